@@ -1,0 +1,15 @@
+//! Load balancing: the load model, the planner, the sweep decision and the evaluation harness.
+//!
+//! Everything here is sans-IO and deterministic; `runtime::rebalancer` drives
+//! [`rebalancer::Rebalancer`] periodically on the coordinator core.
+
+pub mod harness;
+pub mod model;
+pub mod planner;
+pub mod rebalancer;
+
+pub use planner::{MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig};
+pub use rebalancer::{
+    ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher, ProviderError, Rebalancer,
+    RebalancerConfig, SweepOutcome,
+};

@@ -1,0 +1,206 @@
+//! The load model one sweep works on: node and core scores, and each vShard's contribution.
+//!
+//! Built from the topology, the placement table and the per-vShard load samples; the planner
+//! mutates the scores as it plans moves so that every decision sees the effect of the moves
+//! before it. Units are those of `load::ScoreScale`: an average core scores 1.0, and a node
+//! scores the mean of its cores, so a node score *is* that node's load over the mean.
+
+use crate::ids::{NodeId, Placement, VShardId};
+use crate::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
+use crate::placement::PlacementTable;
+use crate::topology::{ClusterTopology, NodeState};
+
+/// One node as the model sees it.
+#[derive(Clone, Debug)]
+pub struct ModelNode {
+    pub id: NodeId,
+    pub cores: u16,
+    pub state: NodeState,
+    /// Index of this node's core 0 in `LoadModel::core_scores`.
+    pub core_base: usize,
+    /// May receive replicas and leadership: `Active` and reporting metrics.
+    pub eligible: bool,
+}
+
+/// One replica in a core's list, with what the planner needs of it at hand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CoreReplica {
+    pub vshard: VShardId,
+    /// Score units the replica carries on its core, leadership included.
+    pub units: f64,
+    pub leader: bool,
+}
+
+/// Scores and contributions for one sweep.
+#[derive(Clone, Debug)]
+pub struct LoadModel {
+    pub nodes: Vec<ModelNode>,
+    pub core_scores: Vec<f64>,
+    pub node_scores: Vec<f64>,
+    /// The replicas each core hosts (indexed like `core_scores`).
+    pub core_replicas: Vec<Vec<CoreReplica>>,
+    /// Score units a follower replica of each vShard adds to its core (indexed by vShard).
+    pub follower_units: Vec<f64>,
+    /// Score units leadership of each vShard adds on top of `follower_units`.
+    pub leader_units: Vec<f64>,
+    /// Bytes of each vShard (what a replica move copies).
+    pub bytes: Vec<u64>,
+    /// vShards whose placement names a node or core outside the topology: their load is not
+    /// attributed there and the planner never moves them (it cannot reason about them).
+    pub frozen: Vec<bool>,
+    /// `None` when there is no load to balance or no capacity to balance it over.
+    pub scale: Option<ScoreScale>,
+}
+
+impl LoadModel {
+    /// Builds the model. `reporting(node)` says whether a node sent metrics this interval;
+    /// only reporting `Active` nodes are eligible targets. `loads` is indexed by vShard id;
+    /// vShards without a sample count as idle.
+    pub fn build(
+        topology: &ClusterTopology,
+        placement: &PlacementTable,
+        loads: &[VShardLoad],
+        weights: &LoadWeights,
+        reporting: impl Fn(NodeId) -> bool,
+    ) -> LoadModel {
+        let mut nodes = Vec::with_capacity(topology.len());
+        let mut core_base = 0usize;
+        for info in topology.nodes() {
+            nodes.push(ModelNode {
+                id: info.node_id,
+                cores: info.cores,
+                state: info.state,
+                core_base,
+                eligible: info.state.accepts_replicas() && reporting(info.node_id),
+            });
+            core_base += usize::from(info.cores);
+        }
+        let vshard_count = placement.vshard_count() as usize;
+        let mut frozen = vec![false; vshard_count];
+        let mut totals = LoadTotals::default();
+        let mut model = LoadModel {
+            core_scores: vec![0.0; core_base],
+            core_replicas: vec![Vec::new(); core_base],
+            node_scores: vec![0.0; nodes.len()],
+            follower_units: vec![0.0; vshard_count],
+            leader_units: vec![0.0; vshard_count],
+            bytes: vec![0; vshard_count],
+            frozen: Vec::new(),
+            scale: None,
+            nodes,
+        };
+        for (vshard, entry) in placement.iter() {
+            let v = vshard.0 as usize;
+            if entry.replicas.iter().any(|p| model.core_index(*p).is_none()) {
+                frozen[v] = true;
+                continue;
+            }
+            let load = &loads[v];
+            let r = entry.replicas.len() as f64;
+            totals.replica_bytes += load.bytes as f64 * r;
+            totals.replica_writes += load.writes_per_sec * r;
+            totals.reads += load.reads_per_sec;
+            totals.leaders += 1.0;
+        }
+        let capacity: u32 = model.nodes.iter().filter(|n| n.eligible).map(|n| u32::from(n.cores)).sum();
+        model.scale = ScoreScale::new(weights, &totals, capacity);
+        if let Some(scale) = model.scale {
+            for (vshard, entry) in placement.iter() {
+                let v = vshard.0 as usize;
+                if frozen[v] {
+                    continue;
+                }
+                let load = &loads[v];
+                model.follower_units[v] = scale.follower_units(load);
+                model.leader_units[v] = scale.leadership_units(load);
+                model.bytes[v] = load.bytes;
+                for (i, p) in entry.replicas.iter().enumerate() {
+                    let core = model.core_index(*p).expect("checked above: not frozen");
+                    let leader = i == entry.leader;
+                    let units = model.replica_units(vshard, leader);
+                    model.core_scores[core] += units;
+                    model.core_replicas[core].push(CoreReplica { vshard, units, leader });
+                }
+            }
+            for n in 0..model.nodes.len() {
+                model.node_scores[n] = model.node_sum(n) / f64::from(model.nodes[n].cores);
+            }
+        }
+        model.frozen = frozen;
+        model
+    }
+
+    /// Index of a node by id (the topology lists nodes in ascending id order).
+    pub fn node_index(&self, id: NodeId) -> Option<usize> {
+        // Fast path: ids are usually dense from 0, so id == index.
+        if let Ok(i) = usize::try_from(id.0)
+            && self.nodes.get(i).is_some_and(|n| n.id == id)
+        {
+            return Some(i);
+        }
+        self.nodes.binary_search_by(|n| n.id.cmp(&id)).ok()
+    }
+
+    /// Index into `core_scores` of a placement, if it names a known node and core.
+    pub fn core_index(&self, p: Placement) -> Option<usize> {
+        let n = self.node_index(p.node)?;
+        let node = &self.nodes[n];
+        (p.core.0 < node.cores).then(|| node.core_base + usize::from(p.core.0))
+    }
+
+    /// Score units a replica of `vshard` carries, with or without its leadership.
+    pub fn replica_units(&self, vshard: VShardId, leader: bool) -> f64 {
+        let v = vshard.0 as usize;
+        self.follower_units[v] + if leader { self.leader_units[v] } else { 0.0 }
+    }
+
+    /// Moves `units` from one core to another and updates both nodes' scores.
+    pub fn shift(&mut self, from: Placement, to: Placement, units: f64) {
+        let (fc, tc) = (self.core_index(from), self.core_index(to));
+        let (fc, tc) = (fc.expect("planner moves only known placements"), tc.expect("known target"));
+        self.core_scores[fc] -= units;
+        self.core_scores[tc] += units;
+        for node in [from.node, to.node] {
+            let n = self.node_index(node).expect("known node");
+            self.node_scores[n] = self.node_sum(n) / f64::from(self.nodes[n].cores);
+        }
+    }
+
+    /// The cores of node `n` as a slice of `core_scores`.
+    pub fn cores_of(&self, n: usize) -> &[f64] {
+        let node = &self.nodes[n];
+        &self.core_scores[node.core_base..node.core_base + usize::from(node.cores)]
+    }
+
+    /// Largest node score over the mean (the mean of eligible nodes is 1.0 by construction).
+    pub fn node_max_over_mean(&self) -> f64 {
+        self.node_scores.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Largest core score over the mean core.
+    pub fn core_max_over_mean(&self) -> f64 {
+        self.core_scores.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// The best node-level max/mean any placement could reach: the heaviest single vShard,
+    /// leadership included, cannot be split (on the largest eligible node).
+    pub fn node_bound(&self) -> f64 {
+        let cores = self.nodes.iter().filter(|n| n.eligible).map(|n| n.cores).max().unwrap_or(1);
+        self.heaviest_vshard_units() / f64::from(cores)
+    }
+
+    /// The best core-level max/mean any placement could reach.
+    pub fn core_bound(&self) -> f64 {
+        self.heaviest_vshard_units()
+    }
+
+    fn heaviest_vshard_units(&self) -> f64 {
+        (0..self.follower_units.len())
+            .map(|v| self.follower_units[v] + self.leader_units[v])
+            .fold(0.0, f64::max)
+    }
+
+    fn node_sum(&self, n: usize) -> f64 {
+        self.cores_of(n).iter().sum()
+    }
+}

@@ -1,0 +1,749 @@
+//! The load-based planner: given placement and load, which moves to make this sweep.
+//!
+//! # Contract (kept from the original NodeDB planner)
+//! - Balancing starts when the node scores spread by more than `trigger_spread` of the mean
+//!   (20 %), or when a node must be emptied, or the cores of a node spread by as much.
+//!   Added here: it also starts when the hottest node exceeds the mean by `trigger_excess`
+//!   (8 %) or a core exceeds the mean core by `core_trigger_excess` (12 %): in a large
+//!   cluster one hot node barely moves the spread, and must not go unnoticed.
+//! - At most `max_moves_per_sweep` (10) moves per sweep; an idle cluster plans nothing.
+//! - The same input and planner state give the same output (no hashing order, no clock).
+//!
+//! # What is better than the original
+//! - Scores are recomputed after every planned move, so the tenth move sees the first nine.
+//! - The vShard to move is chosen by its own load: the move that best closes the gap between
+//!   the hottest node and a colder one, never "the lowest id".
+//! - A target never already holds a replica of the vShard.
+//! - A leader transfer (no data copied) is chosen whenever it achieves at least
+//!   `leader_transfer_preference` of the best replica move's improvement.
+//! - `Draining` and `Decommissioned` nodes are emptied; `Joining` and non-reporting nodes
+//!   receive nothing.
+//! - Two levels: nodes first, then cores inside each node. A node-level move takes its
+//!   replica from the hottest core that offers a near-best move and lands on the target
+//!   node's coldest core, so node moves rarely unbalance cores.
+//! - A *balancing run* starts with the first move and continues (across sweeps) until the
+//!   spread is within `target_spread` (5 %), so it neither stops at the trigger nor flaps
+//!   around it. It ends with the first sweep that does not hit the move cap.
+//! - A vShard moved in a run stays where it was put until a new run starts, and at least
+//!   for `cooldown`: no move is reversed and no data moves twice for the same imbalance. A
+//!   new run starts only when the trigger fires among the vShards that are free to move,
+//!   so the end of a run is a fixed point: the plan stays empty until the load changes.
+//! - A node or core whose load is its heaviest vShard plus less than the target spread is
+//!   left alone: the heaviest vShard cannot be split, and trimming dust around it would cost
+//!   moves without lowering the maximum meaningfully.
+//!
+//! A move only happens if it strictly lowers the larger of the two scores it touches, so
+//! every sweep reduces the sum of squared scores and planning terminates.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+use tracing::warn;
+
+use crate::balance::model::{CoreReplica, LoadModel};
+use crate::constants::{
+    REBALANCE_CORE_TARGET_SPREAD, REBALANCE_CORE_TRIGGER_EXCESS, REBALANCE_COOLDOWN, REBALANCE_LEADER_TRANSFER_PREFERENCE,
+    REBALANCE_MAX_MOVES_PER_SWEEP, REBALANCE_MIN_IMPROVEMENT, REBALANCE_TARGET_SPREAD,
+    REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
+};
+use crate::ids::{CoreId, NodeId, Placement, VShardId};
+use crate::load::{LoadError, LoadMetrics, LoadWeights, VShardLoad};
+use crate::placement::PlacementTable;
+use crate::time::Time;
+use crate::topology::ClusterTopology;
+
+/// Tunables of the planner; `Default` gives the documented defaults from `constants`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlannerConfig {
+    pub weights: LoadWeights,
+    /// Start balancing when `max − min` of node scores exceeds this (fraction of the mean).
+    pub trigger_spread: f64,
+    /// ... or when the hottest node exceeds the mean by more than this.
+    pub trigger_excess: f64,
+    /// Once started, balance nodes until their spread is within this.
+    pub target_spread: f64,
+    /// Balance the cores of a node until their spread is within this.
+    pub core_target_spread: f64,
+    /// Start balancing cores when a core exceeds the mean core by more than this.
+    pub core_trigger_excess: f64,
+    pub max_moves_per_sweep: usize,
+    pub cooldown: Duration,
+    pub leader_transfer_preference: f64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            weights: LoadWeights::default(),
+            trigger_spread: REBALANCE_TRIGGER_SPREAD,
+            trigger_excess: REBALANCE_TRIGGER_EXCESS,
+            target_spread: REBALANCE_TARGET_SPREAD,
+            core_target_spread: REBALANCE_CORE_TARGET_SPREAD,
+            core_trigger_excess: REBALANCE_CORE_TRIGGER_EXCESS,
+            max_moves_per_sweep: REBALANCE_MAX_MOVES_PER_SWEEP,
+            cooldown: REBALANCE_COOLDOWN,
+            leader_transfer_preference: REBALANCE_LEADER_TRANSFER_PREFERENCE,
+        }
+    }
+}
+
+/// Why the planner refused to plan.
+#[derive(Debug, Error, PartialEq)]
+pub enum PlanError {
+    /// A load report is unusable (NaN, negative, duplicate, unknown vShard).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A planner setting is out of range.
+    #[error("invalid planner config: {0}")]
+    InvalidConfig(&'static str),
+}
+
+/// What a move does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveKind {
+    /// Raft leader transfer to an existing replica: no data is copied.
+    LeaderTransfer,
+    /// Add a replica on the target, catch it up, remove the source replica.
+    ReplicaMove,
+}
+
+/// Why a move was planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// The source node is draining or decommissioned.
+    Drain,
+    /// Nodes are out of balance.
+    NodeBalance,
+    /// Cores of one node are out of balance.
+    CoreBalance,
+}
+
+/// One move of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[must_use]
+pub struct PlannedMove {
+    pub vshard: VShardId,
+    pub kind: MoveKind,
+    pub source: Placement,
+    pub target: Placement,
+    pub reason: MoveReason,
+    /// Bytes the move copies (zero for a leader transfer).
+    pub bytes: u64,
+}
+
+/// The state a plan leaves balancing in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    /// No node reported metrics: nothing is known, nothing is moved.
+    NoMetrics,
+    /// No node can receive replicas.
+    NoActiveNodes,
+    /// There is no load to balance.
+    Idle,
+    /// The spread is below the trigger and no balancing is in progress.
+    WithinTrigger,
+    /// The plan (possibly empty) finishes balancing: nothing more to do after it.
+    Converged,
+    /// The plan hit the move cap; the next sweep continues.
+    MoveCapReached,
+}
+
+/// The planner's answer for one sweep.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub moves: Vec<PlannedMove>,
+    pub status: PlanStatus,
+    /// Node-level max / mean before and after the planned moves.
+    pub node_max_over_mean_before: f64,
+    pub node_max_over_mean_after: f64,
+    /// Core-level max / mean before and after the planned moves.
+    pub core_max_over_mean_before: f64,
+    pub core_max_over_mean_after: f64,
+    /// Replicas on draining nodes that have no eligible target (e.g. every other node
+    /// already holds that vShard).
+    pub drain_blocked: usize,
+    /// Metric rows ignored because they name a node outside the topology.
+    pub ignored_metric_rows: usize,
+}
+
+impl Plan {
+    fn empty(status: PlanStatus) -> Plan {
+        Plan {
+            moves: Vec::new(),
+            status,
+            node_max_over_mean_before: 0.0,
+            node_max_over_mean_after: 0.0,
+            core_max_over_mean_before: 0.0,
+            core_max_over_mean_after: 0.0,
+            drain_blocked: 0,
+            ignored_metric_rows: 0,
+        }
+    }
+}
+
+/// Everything one sweep plans from.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    pub topology: &'a ClusterTopology,
+    pub placement: &'a PlacementTable,
+    /// One row per node that reported this interval (node aggregates; core rows ignored).
+    pub node_metrics: &'a [LoadMetrics],
+    /// Load per vShard; vShards without a sample count as idle.
+    pub vshard_loads: &'a [VShardLoad],
+}
+
+/// The planner and the little state it keeps between sweeps (cooldowns, hysteresis).
+#[derive(Clone, Debug)]
+pub struct Planner {
+    config: PlannerConfig,
+    /// When each vShard was last moved, indexed by vShard id.
+    last_moved: Vec<Option<Time>>,
+    /// A balancing run is in progress: continue until the target spread even if the
+    /// spread is already below the trigger.
+    run_active: bool,
+    /// Start of the current (or, between runs, the last) balancing run: vShards moved since
+    /// then stay put until a new run starts.
+    run_started: Option<Time>,
+}
+
+impl Planner {
+    pub fn new(config: PlannerConfig) -> Result<Planner, PlanError> {
+        config.weights.validate()?;
+        let fraction = |x: f64| x.is_finite() && x >= 0.0;
+        let all = [
+            config.trigger_spread,
+            config.trigger_excess,
+            config.target_spread,
+            config.core_target_spread,
+            config.core_trigger_excess,
+        ];
+        if !all.into_iter().all(fraction) {
+            return Err(PlanError::InvalidConfig("spreads must be finite and non-negative"));
+        }
+        if config.target_spread > config.trigger_spread {
+            return Err(PlanError::InvalidConfig("target_spread must not exceed trigger_spread"));
+        }
+        if !(0.0..=1.0).contains(&config.leader_transfer_preference) {
+            return Err(PlanError::InvalidConfig("leader_transfer_preference must be within 0..=1"));
+        }
+        Ok(Planner { config, last_moved: Vec::new(), run_active: false, run_started: None })
+    }
+
+    pub fn config(&self) -> &PlannerConfig {
+        &self.config
+    }
+
+    /// Whether a balancing run is in progress.
+    pub fn is_balancing(&self) -> bool {
+        self.run_active
+    }
+
+    /// Plans the moves of one sweep at time `now`. Planned moves start their vShard's
+    /// cooldown: the caller dispatches every move it is given.
+    pub fn plan(&mut self, now: Time, input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+        let (reporting, ignored_metric_rows) = validate_metrics(input)?;
+        if reporting.is_empty() {
+            return Ok(Plan::empty(PlanStatus::NoMetrics));
+        }
+        let loads = validate_vshard_loads(input)?;
+        let model = LoadModel::build(input.topology, input.placement, &loads, &self.config.weights, |node| {
+            reporting.binary_search(&node).is_ok()
+        });
+        let mut plan = Plan::empty(PlanStatus::Converged);
+        plan.ignored_metric_rows = ignored_metric_rows;
+        if !model.nodes.iter().any(|n| n.eligible) {
+            plan.status = PlanStatus::NoActiveNodes;
+            return Ok(plan);
+        }
+        if model.scale.is_none() {
+            plan.status = PlanStatus::Idle;
+            return Ok(plan);
+        }
+        self.last_moved.resize(input.placement.vshard_count() as usize, None);
+        plan.node_max_over_mean_before = model.node_max_over_mean();
+        plan.core_max_over_mean_before = model.core_max_over_mean();
+
+        let was_balancing = self.run_active;
+        let mut sweep = Sweep::new(self, input.placement, model, now);
+        let cap = self.config.max_moves_per_sweep;
+        while sweep.moves.len() < cap {
+            let found = sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
+            if !found {
+                break;
+            }
+        }
+        let capped = sweep.moves.len() >= cap;
+        plan.drain_blocked = sweep.drain_blocked;
+        plan.node_max_over_mean_after = sweep.model.node_max_over_mean();
+        plan.core_max_over_mean_after = sweep.model.core_max_over_mean();
+        let run_started = sweep.run_started;
+        plan.moves = sweep.moves;
+        plan.status = match (capped, was_balancing || !plan.moves.is_empty()) {
+            (true, _) => PlanStatus::MoveCapReached,
+            (false, true) => PlanStatus::Converged,
+            (false, false) => PlanStatus::WithinTrigger,
+        };
+        for m in &plan.moves {
+            self.last_moved[m.vshard.0 as usize] = Some(now);
+        }
+        self.run_active = capped;
+        self.run_started = run_started;
+        Ok(plan)
+    }
+}
+
+/// Node ids that reported (sorted), and how many rows named unknown nodes.
+fn validate_metrics(input: &PlanInput<'_>) -> Result<(Vec<NodeId>, usize), PlanError> {
+    let mut reporting = Vec::with_capacity(input.node_metrics.len());
+    let mut ignored = 0;
+    for row in input.node_metrics.iter().filter(|m| m.core.is_none()) {
+        row.validate()?;
+        if input.topology.node(row.node_id).is_none() {
+            warn!(node = %row.node_id, "ignoring load metrics from a node outside the topology");
+            ignored += 1;
+            continue;
+        }
+        reporting.push(row.node_id);
+    }
+    reporting.sort_unstable();
+    if let Some(w) = reporting.windows(2).find(|w| w[0] == w[1]) {
+        return Err(LoadError::DuplicateNodeMetrics(w[0]).into());
+    }
+    Ok((reporting, ignored))
+}
+
+/// Per-vShard loads indexed by vShard id, idle where no sample was given.
+fn validate_vshard_loads(input: &PlanInput<'_>) -> Result<Vec<VShardLoad>, PlanError> {
+    let count = input.placement.vshard_count();
+    let mut loads: Vec<VShardLoad> = (0..count)
+        .map(|v| VShardLoad { vshard: VShardId(v), bytes: 0, writes_per_sec: 0.0, reads_per_sec: 0.0 })
+        .collect();
+    let mut seen = vec![false; count as usize];
+    for sample in input.vshard_loads {
+        sample.validate()?;
+        let v = sample.vshard.0 as usize;
+        if v >= loads.len() {
+            return Err(LoadError::UnknownVShard(sample.vshard).into());
+        }
+        if std::mem::replace(&mut seen[v], true) {
+            return Err(LoadError::DuplicateVShardLoad(sample.vshard).into());
+        }
+        loads[v] = *sample;
+    }
+    Ok(loads)
+}
+
+/// A candidate move with the improvement it brings.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    vshard: VShardId,
+    kind: MoveKind,
+    source: Placement,
+    target: Placement,
+    units: f64,
+    improvement: f64,
+}
+
+/// Working state of one sweep.
+struct Sweep<'a> {
+    config: &'a PlannerConfig,
+    last_moved: &'a [Option<Time>],
+    run_active: bool,
+    /// Start of the current or last run: vShards moved since then are not moved again.
+    run_started: Option<Time>,
+    placement: &'a PlacementTable,
+    model: LoadModel,
+    now: Time,
+    /// Replicas by the core (model core index) hosting them.
+    core_replicas: Vec<Vec<CoreReplica>>,
+    /// Units of the heaviest replica on each core (model core index).
+    core_heaviest: Vec<f64>,
+    /// vShards already moved in this sweep; their rows in `core_replicas` are stale.
+    moved: Vec<bool>,
+    /// vShards that balancing may not move: cooling down, or moved in the current (or last)
+    /// run. Drain ignores it.
+    settled: Vec<bool>,
+    moves: Vec<PlannedMove>,
+    drain_blocked: usize,
+    /// Nodes (by model index) with no improving move since the last applied move.
+    node_stuck: Vec<bool>,
+    core_stuck: Vec<bool>,
+}
+
+impl<'a> Sweep<'a> {
+    fn new(planner: &'a Planner, placement: &'a PlacementTable, model: LoadModel, now: Time) -> Sweep<'a> {
+        let mut model = model;
+        let core_replicas = std::mem::take(&mut model.core_replicas);
+        let core_heaviest =
+            core_replicas.iter().map(|list| list.iter().map(|r| r.units).fold(0.0, f64::max)).collect();
+        let settled = planner
+            .last_moved
+            .iter()
+            .map(|moved| {
+                moved.is_some_and(|t| {
+                    planner.run_started.is_some_and(|start| t >= start)
+                        || now.saturating_since(t) < planner.config.cooldown
+                })
+            })
+            .collect();
+        let nodes = model.nodes.len();
+        Sweep {
+            config: &planner.config,
+            last_moved: &planner.last_moved,
+            run_active: planner.run_active,
+            run_started: planner.run_started,
+            placement,
+            now,
+            core_replicas,
+            core_heaviest,
+            moved: vec![false; placement.vshard_count() as usize],
+            settled,
+            moves: Vec::new(),
+            drain_blocked: 0,
+            node_stuck: vec![false; nodes],
+            core_stuck: vec![false; nodes],
+            model,
+        }
+    }
+
+    fn cooling(&self, vshard: VShardId) -> bool {
+        let v = vshard.0 as usize;
+        self.moved[v] || self.settled[v]
+    }
+
+    /// Whether node `h` is hot enough for a node move, given the coldest eligible score.
+    /// Until a run is in progress: the trigger spread, or a score above the excess trigger
+    /// (the mean of eligible nodes is 1.0, so `coldest <= 1.0`). Then: the target spread.
+    fn node_qualifies(&self, score: f64, coldest: f64) -> bool {
+        if self.run_active {
+            score - coldest > self.config.target_spread
+        } else {
+            score - coldest > self.config.trigger_spread || score > 1.0 + self.config.trigger_excess
+        }
+    }
+
+    /// Whether the cores of node `n` call for a core move: the spread inside the node (the
+    /// trigger, then in a run the target), or its hottest core above the excess trigger.
+    fn cores_qualify(&self, n: usize) -> bool {
+        let spread_limit =
+            if self.run_active { self.config.core_target_spread } else { self.config.trigger_spread };
+        let hottest = self.model.cores_of(n).iter().copied().fold(0.0, f64::max);
+        self.core_spread(n) > spread_limit || hottest > 1.0 + self.config.core_trigger_excess
+    }
+
+    /// Recomputes the heaviest replica of a core after one left it.
+    fn refresh_heaviest(&mut self, core: usize) {
+        let moved = &self.moved;
+        self.core_heaviest[core] = self.core_replicas[core]
+            .iter()
+            .filter(|r| !moved[r.vshard.0 as usize])
+            .map(|r| r.units)
+            .fold(0.0, f64::max);
+    }
+
+    fn holds(&self, vshard: VShardId, node: NodeId) -> bool {
+        self.placement.get(vshard).is_some_and(|e| e.replica_on(node).is_some())
+    }
+
+    fn core_spread(&self, n: usize) -> f64 {
+        let cores = self.model.cores_of(n);
+        let hi = cores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lo = cores.iter().copied().fold(f64::INFINITY, f64::min);
+        hi - lo
+    }
+
+    /// The coldest core of node `n`, as a placement.
+    fn coldest_core(&self, n: usize) -> Placement {
+        let cores = self.model.cores_of(n);
+        let mut best = 0;
+        for (i, s) in cores.iter().enumerate() {
+            if *s < cores[best] {
+                best = i;
+            }
+        }
+        Placement::new(self.model.nodes[n].id, CoreId(best as u16))
+    }
+
+    /// Eligible nodes ordered coldest first (ties by id).
+    fn eligible_coldest_first(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.model.nodes.len()).filter(|&n| self.model.nodes[n].eligible).collect();
+        order.sort_by(|&a, &b| self.model.node_scores[a].total_cmp(&self.model.node_scores[b]).then(a.cmp(&b)));
+        order
+    }
+
+    fn apply(&mut self, c: Candidate, reason: MoveReason) {
+        let v = c.vshard.0 as usize;
+        self.model.shift(c.source, c.target, c.units);
+        self.moved[v] = true;
+        let source_core = self.model.core_index(c.source).expect("moves start at known placements");
+        let target_core = self.model.core_index(c.target).expect("moves end at known placements");
+        let (follower_units, leader_units) = (self.model.follower_units[v], self.model.leader_units[v]);
+        let bytes = match c.kind {
+            MoveKind::LeaderTransfer => {
+                // Both replicas stay; leadership (and its units) changes sides.
+                self.update_replica(source_core, c.vshard, |r| {
+                    r.leader = false;
+                    r.units = follower_units;
+                });
+                self.update_replica(target_core, c.vshard, |r| {
+                    r.leader = true;
+                    r.units = follower_units + leader_units;
+                });
+                0
+            }
+            MoveKind::ReplicaMove => {
+                let list = &mut self.core_replicas[source_core];
+                if let Some(i) = list.iter().position(|r| r.vshard == c.vshard) {
+                    let replica = list.swap_remove(i);
+                    self.core_replicas[target_core].push(replica);
+                }
+                self.model.bytes[v]
+            }
+        };
+        self.refresh_heaviest(source_core);
+        self.refresh_heaviest(target_core);
+        self.moves.push(PlannedMove { vshard: c.vshard, kind: c.kind, source: c.source, target: c.target, reason, bytes });
+        self.node_stuck.iter_mut().for_each(|s| *s = false);
+        self.core_stuck.iter_mut().for_each(|s| *s = false);
+        if !self.run_active {
+            // A new run: what the last run moved is free to move again, once cooled down.
+            self.run_active = true;
+            self.run_started = Some(self.now);
+            let (now, cooldown) = (self.now, self.config.cooldown);
+            for (settled, moved_at) in self.settled.iter_mut().zip(self.last_moved) {
+                *settled = moved_at.is_some_and(|t| now.saturating_since(t) < cooldown);
+            }
+        }
+    }
+
+    fn update_replica(&mut self, core: usize, vshard: VShardId, change: impl FnOnce(&mut CoreReplica)) {
+        if let Some(r) = self.core_replicas[core].iter_mut().find(|r| r.vshard == vshard) {
+            change(r);
+        }
+    }
+
+    /// Moves one replica off a draining or decommissioned node, to the coldest eligible
+    /// node without a replica of that vShard. Ignores cooldown: a drain must finish.
+    fn next_forced_move(&mut self) -> bool {
+        let order = self.eligible_coldest_first();
+        for n in 0..self.model.nodes.len() {
+            let node = &self.model.nodes[n];
+            if !node.state.must_be_emptied() {
+                continue;
+            }
+            let node_id = node.id;
+            for c in node.core_base..node.core_base + usize::from(node.cores) {
+                let core = CoreId((c - node.core_base) as u16);
+                let mut i = 0;
+                while i < self.core_replicas[c].len() {
+                    let replica = self.core_replicas[c][i];
+                    // The placement table is stale for a vShard moved in this sweep: its
+                    // drain waits for the next sweep.
+                    if self.moved[replica.vshard.0 as usize] {
+                        i += 1;
+                        continue;
+                    }
+                    let Some(&t) = order.iter().find(|&&t| !self.holds(replica.vshard, self.model.nodes[t].id))
+                    else {
+                        // Nowhere to go: drop it from this sweep's list and count it.
+                        self.core_replicas[c].swap_remove(i);
+                        self.drain_blocked += 1;
+                        continue;
+                    };
+                    let candidate = Candidate {
+                        vshard: replica.vshard,
+                        kind: MoveKind::ReplicaMove,
+                        source: Placement::new(node_id, core),
+                        target: self.coldest_core(t),
+                        units: replica.units,
+                        improvement: 0.0,
+                    };
+                    self.apply(candidate, MoveReason::Drain);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Plans the best move off the hottest node that has one, if nodes spread too much.
+    fn next_node_move(&mut self) -> bool {
+        let order = self.eligible_coldest_first();
+        let Some(&coldest) = order.first() else { return false };
+        let coldest_score = self.model.node_scores[coldest];
+        for &h in order.iter().rev() {
+            let score = self.model.node_scores[h];
+            if !self.node_qualifies(score, coldest_score) {
+                return false;
+            }
+            if self.node_stuck[h] {
+                continue;
+            }
+            // Nothing but its heaviest vShard (plus dust) left on it: nothing to gain here.
+            let node = &self.model.nodes[h];
+            let cores = node.core_base..node.core_base + usize::from(node.cores);
+            let heaviest = self.core_heaviest[cores].iter().copied().fold(0.0, f64::max);
+            if score <= heaviest / f64::from(node.cores) + self.config.target_spread {
+                self.node_stuck[h] = true;
+                continue;
+            }
+            if let Some(c) = self.best_move_from(h, &order) {
+                self.apply(c, MoveReason::NodeBalance);
+                return true;
+            }
+            self.node_stuck[h] = true;
+        }
+        false
+    }
+
+    /// The best move that lowers node `h`'s score: a leader transfer when it does at least
+    /// `leader_transfer_preference` of the best replica move's good, else that replica move.
+    fn best_move_from(&self, h: usize, coldest_first: &[usize]) -> Option<Candidate> {
+        let node = &self.model.nodes[h];
+        let (h_id, h_score, h_cores) = (node.id, self.model.node_scores[h], f64::from(node.cores));
+        // Improvement of moving `units` from h to node t: how much the larger of the two
+        // scores drops. It only grows as t gets colder, so the coldest node gives an upper
+        // bound that lets most candidates be skipped without looking at their placement.
+        let gain = |t: usize, units: f64| {
+            let t_cores = f64::from(self.model.nodes[t].cores);
+            let after = (h_score - units / h_cores).max(self.model.node_scores[t] + units / t_cores);
+            h_score - after
+        };
+        let coldest = coldest_first[0];
+        // Hottest cores first: prefer taking the move from a hot core.
+        let mut cores: Vec<usize> = (0..usize::from(node.cores)).collect();
+        let scores = self.model.cores_of(h);
+        cores.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        let mut best_transfer_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
+        let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
+        let beats = |slot: &Option<Candidate>, improvement: f64| {
+            improvement > REBALANCE_MIN_IMPROVEMENT && slot.is_none_or(|b| improvement > b.improvement + 1e-12)
+        };
+        let core_limit = 1.0 + self.config.core_target_spread;
+        for (rank, &core) in cores.iter().enumerate() {
+            let source = Placement::new(h_id, CoreId(core as u16));
+            let source_score = scores[core];
+            for replica in &self.core_replicas[node.core_base + core] {
+                let vshard = replica.vshard;
+                if self.cooling(vshard) {
+                    continue;
+                }
+                let v = vshard.0 as usize;
+                let lead_units = self.model.leader_units[v];
+                let transfer_bound = replica.leader && beats(&best_transfer_per_core[rank], gain(coldest, lead_units));
+                let replica_bound = beats(&best_replica_per_core[rank], gain(coldest, replica.units));
+                if !transfer_bound && !replica_bound {
+                    continue;
+                }
+                let entry = self.placement.get(vshard).expect("listed vShards exist");
+                if transfer_bound {
+                    for p in entry.replicas.iter().filter(|p| p.node != h_id) {
+                        let Some(t) = self.model.node_index(p.node).filter(|&t| self.model.nodes[t].eligible) else {
+                            continue;
+                        };
+                        // Never create a core hot spot: the follower's core must stay below
+                        // the source core, or within the core target.
+                        let target_core = self.model.core_index(*p).expect("eligible node, known core");
+                        if self.model.core_scores[target_core] + lead_units > source_score.max(core_limit) {
+                            continue;
+                        }
+                        let improvement = gain(t, lead_units);
+                        if beats(&best_transfer_per_core[rank], improvement) {
+                            let kind = MoveKind::LeaderTransfer;
+                            let c = Candidate { vshard, kind, source, target: *p, units: lead_units, improvement };
+                            best_transfer_per_core[rank] = Some(c);
+                        }
+                    }
+                }
+                if replica_bound {
+                    let target = coldest_first.iter().find(|&&t| entry.replica_on(self.model.nodes[t].id).is_none());
+                    if let Some(&t) = target {
+                        let improvement = gain(t, replica.units);
+                        if beats(&best_replica_per_core[rank], improvement) {
+                            let c = Candidate {
+                                vshard,
+                                kind: MoveKind::ReplicaMove,
+                                source,
+                                target: Placement::new(self.model.nodes[t].id, CoreId(0)),
+                                units: replica.units,
+                                improvement,
+                            };
+                            best_replica_per_core[rank] = Some(c);
+                        }
+                    }
+                }
+            }
+        }
+        let pick = |per_core: &[Option<Candidate>]| -> Option<Candidate> {
+            let best = per_core.iter().flatten().map(|c| c.improvement).fold(0.0, f64::max);
+            // The hottest core whose best move is within 10 % of the overall best.
+            per_core.iter().flatten().find(|c| c.improvement >= 0.9 * best).copied()
+        };
+        let transfer = pick(&best_transfer_per_core);
+        let replica = pick(&best_replica_per_core).map(|mut c| {
+            let t = self.model.node_index(c.target.node).expect("target is a model node");
+            c.target = self.coldest_core(t);
+            c
+        });
+        match (transfer, replica) {
+            (Some(t), Some(r)) if t.improvement >= self.config.leader_transfer_preference * r.improvement => Some(t),
+            (_, Some(r)) => Some(r),
+            (t, None) => t,
+        }
+    }
+
+    /// Plans one move between the cores of the node whose cores spread the most.
+    fn next_core_move(&mut self) -> bool {
+        let mut nodes: Vec<(usize, f64)> = (0..self.model.nodes.len())
+            .filter(|&n| self.model.nodes[n].eligible && self.model.nodes[n].cores > 1 && !self.core_stuck[n])
+            .map(|n| (n, self.core_spread(n)))
+            .filter(|&(n, _)| self.cores_qualify(n))
+            .collect();
+        nodes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (n, _) in nodes {
+            if let Some(c) = self.best_core_move(n) {
+                self.apply(c, MoveReason::CoreBalance);
+                return true;
+            }
+            self.core_stuck[n] = true;
+        }
+        false
+    }
+
+    fn best_core_move(&self, n: usize) -> Option<Candidate> {
+        let node = &self.model.nodes[n];
+        let scores = self.model.cores_of(n);
+        let (mut hot, mut cold) = (0, 0);
+        for (i, s) in scores.iter().enumerate() {
+            if *s > scores[hot] {
+                hot = i;
+            }
+            if *s < scores[cold] {
+                cold = i;
+            }
+        }
+        let (hot_score, cold_score) = (scores[hot], scores[cold]);
+        if hot_score <= self.core_heaviest[node.core_base + hot] + self.config.core_target_spread {
+            return None;
+        }
+        let source = Placement::new(node.id, CoreId(hot as u16));
+        let target = Placement::new(node.id, CoreId(cold as u16));
+        let mut best: Option<Candidate> = None;
+        for replica in &self.core_replicas[node.core_base + hot] {
+            if self.cooling(replica.vshard) {
+                continue;
+            }
+            let units = replica.units;
+            let improvement = hot_score - (hot_score - units).max(cold_score + units);
+            if improvement > REBALANCE_MIN_IMPROVEMENT && best.is_none_or(|b| improvement > b.improvement + 1e-12) {
+                let vshard = replica.vshard;
+                best = Some(Candidate { vshard, kind: MoveKind::ReplicaMove, source, target, units, improvement });
+            }
+        }
+        best
+    }
+}

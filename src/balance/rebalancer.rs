@@ -1,0 +1,182 @@
+//! One rebalancer sweep, decided without I/O: gates, plan, fire-and-forget dispatch.
+//!
+//! The periodic driver (`runtime::rebalancer`) calls [`Rebalancer::sweep`] on the coordinator
+//! core of the metadata leader every interval, or at once when kicked by a membership
+//! change. A sweep:
+//! 1. is skipped while any Raft group is electing (moves would race the election);
+//! 2. is skipped while any node's CPU exceeds the back-pressure threshold (0.80): migration
+//!    costs CPU and would make an overloaded node slower;
+//! 3. asks the planner for at most ten moves;
+//! 4. hands each move to the dispatcher and does not wait for it; a dispatch error is counted
+//!    and logged, and the sweep goes on with the next move.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::balance::planner::{Plan, PlanInput, PlanStatus, PlannedMove, Planner};
+use crate::constants::REBALANCE_CPU_BACKPRESSURE;
+use crate::ids::NodeId;
+use crate::load::{LoadMetrics, VShardLoad};
+use crate::metrics::LoopMetrics;
+use crate::placement::PlacementTable;
+use crate::time::Time;
+use crate::topology::ClusterTopology;
+
+/// Name of the rebalancer loop in metrics.
+pub const LOOP_NAME: &str = "rebalancer";
+/// Error kinds the rebalancer counts.
+pub const ERROR_KINDS: &[&str] = &["metrics", "plan", "dispatch"];
+/// Reasons a sweep is skipped.
+pub const SKIP_REASONS: &[&str] = &["election", "cpu_backpressure"];
+
+/// Tells whether any Raft group is electing a leader right now.
+pub trait ElectionGate {
+    fn any_group_electing(&self) -> bool;
+}
+
+/// What the planner needs, gathered from the metadata group and the per-core load slots.
+#[derive(Clone, Debug)]
+pub struct ClusterLoad {
+    pub topology: ClusterTopology,
+    pub placement: PlacementTable,
+    pub node_metrics: Vec<LoadMetrics>,
+    pub vshard_loads: Vec<VShardLoad>,
+}
+
+/// Supplies the current cluster load.
+pub trait LoadMetricsProvider {
+    fn cluster_load(&self) -> Result<ClusterLoad, ProviderError>;
+}
+
+/// The load could not be gathered.
+#[derive(Debug, Error)]
+#[error("load metrics unavailable: {0}")]
+pub struct ProviderError(pub String);
+
+/// Starts a move; returns once the move is accepted, not when it finishes.
+pub trait MigrationDispatcher {
+    fn dispatch(&self, planned: &PlannedMove) -> Result<(), DispatchError>;
+}
+
+/// The dispatcher refused a move.
+#[derive(Debug, Error)]
+#[error("dispatch refused: {0}")]
+pub struct DispatchError(pub String);
+
+/// Configuration of the sweep gates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RebalancerConfig {
+    /// Skip the sweep while any node's CPU utilisation is above this.
+    pub cpu_backpressure: f64,
+}
+
+impl Default for RebalancerConfig {
+    fn default() -> Self {
+        RebalancerConfig { cpu_backpressure: REBALANCE_CPU_BACKPRESSURE }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, PartialEq)]
+pub enum SweepOutcome {
+    /// Some group is electing; nothing was planned.
+    SkippedElection,
+    /// A node is overloaded; nothing was planned.
+    SkippedBackpressure { node: NodeId, cpu_utilization: f64 },
+    /// The provider or planner failed; counted as an error.
+    Failed,
+    /// The planner ran; `dispatched` moves were accepted, `failed` refused.
+    Planned { status: PlanStatus, dispatched: usize, failed: usize },
+}
+
+/// The rebalancer's sans-IO state: planner, gates and loop metrics.
+#[derive(Debug)]
+pub struct Rebalancer {
+    planner: Planner,
+    config: RebalancerConfig,
+    metrics: Arc<LoopMetrics>,
+    last_plan: Option<Plan>,
+}
+
+impl Rebalancer {
+    pub fn new(planner: Planner, config: RebalancerConfig) -> Rebalancer {
+        let metrics = Arc::new(LoopMetrics::new(LOOP_NAME, ERROR_KINDS, SKIP_REASONS));
+        Rebalancer { planner, config, metrics, last_plan: None }
+    }
+
+    /// The loop metrics, to register in the process's `MetricsRegistry`.
+    pub fn metrics(&self) -> &Arc<LoopMetrics> {
+        &self.metrics
+    }
+
+    /// The plan of the last sweep that reached the planner.
+    pub fn last_plan(&self) -> Option<&Plan> {
+        self.last_plan.as_ref()
+    }
+
+    /// Runs one sweep at `now`. The caller records the iteration and its duration.
+    pub fn sweep(
+        &mut self,
+        now: Time,
+        gate: &dyn ElectionGate,
+        provider: &dyn LoadMetricsProvider,
+        dispatcher: &dyn MigrationDispatcher,
+    ) -> SweepOutcome {
+        if gate.any_group_electing() {
+            debug!("rebalancer sweep skipped: a group is electing");
+            self.metrics.record_skip("election");
+            return SweepOutcome::SkippedElection;
+        }
+        let load = match provider.cluster_load() {
+            Ok(load) => load,
+            Err(e) => {
+                warn!(error = %e, "rebalancer sweep failed");
+                self.metrics.record_error("metrics");
+                return SweepOutcome::Failed;
+            }
+        };
+        let overloaded = load
+            .node_metrics
+            .iter()
+            .filter(|m| m.cpu_utilization.is_finite())
+            .find(|m| m.cpu_utilization > self.config.cpu_backpressure);
+        if let Some(m) = overloaded {
+            info!(node = %m.node_id, cpu = m.cpu_utilization, "rebalancer sweep skipped: CPU back-pressure");
+            self.metrics.record_skip("cpu_backpressure");
+            return SweepOutcome::SkippedBackpressure { node: m.node_id, cpu_utilization: m.cpu_utilization };
+        }
+        let input = PlanInput {
+            topology: &load.topology,
+            placement: &load.placement,
+            node_metrics: &load.node_metrics,
+            vshard_loads: &load.vshard_loads,
+        };
+        let plan = match self.planner.plan(now, &input) {
+            Ok(plan) => plan,
+            Err(e) => {
+                warn!(error = %e, "rebalancer could not plan");
+                self.metrics.record_error("plan");
+                return SweepOutcome::Failed;
+            }
+        };
+        let (mut dispatched, mut failed) = (0, 0);
+        for planned in &plan.moves {
+            match dispatcher.dispatch(planned) {
+                Ok(()) => dispatched += 1,
+                Err(e) => {
+                    warn!(vshard = %planned.vshard, error = %e, "move not dispatched");
+                    self.metrics.record_error("dispatch");
+                    failed += 1;
+                }
+            }
+        }
+        if !plan.moves.is_empty() {
+            info!(moves = plan.moves.len(), status = ?plan.status, "rebalancer dispatched a plan");
+        }
+        let status = plan.status;
+        self.last_plan = Some(plan);
+        SweepOutcome::Planned { status, dispatched, failed }
+    }
+}

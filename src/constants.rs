@@ -1,0 +1,108 @@
+//! Every bound and default of the crate, in one place, with the reason beside it.
+//!
+//! Related limits are tied together by compile-time assertions so that changing one cannot
+//! silently break another.
+
+use std::time::Duration;
+
+// ---- vShards and placement -------------------------------------------------------------
+
+/// Default number of vShards in a cluster. A power of two so `key -> vShard` is a shift of
+/// the hash; 1024 keeps a vShard small enough to move in seconds on a 10-node cluster.
+pub const VSHARD_COUNT_DEFAULT: u32 = 1024;
+
+/// Largest supported vShard count (2^20). Placement holds one entry per vShard in memory on
+/// every node; a million entries of ~64 bytes is the most we accept there.
+pub const VSHARD_COUNT_MAX: u32 = 1 << 20;
+
+/// Default replication factor, capped by the number of nodes that can hold replicas.
+pub const REPLICATION_FACTOR_DEFAULT: usize = 3;
+
+/// Largest replication factor: Raft quorum cost grows with it and 7 tolerates 3 failures.
+pub const REPLICATION_FACTOR_MAX: usize = 7;
+
+/// Most nodes in one cluster. Bounds per-node arrays in the planner and the topology.
+pub const NODES_MAX: usize = 1024;
+
+/// Most cores per node. Matches the largest machines we expect; bounds per-core arrays.
+pub const CORES_PER_NODE_MAX: u16 = 256;
+
+const _: () = assert!(VSHARD_COUNT_DEFAULT.is_power_of_two());
+const _: () = assert!(VSHARD_COUNT_MAX.is_power_of_two());
+const _: () = assert!(VSHARD_COUNT_DEFAULT <= VSHARD_COUNT_MAX);
+const _: () = assert!(REPLICATION_FACTOR_DEFAULT <= REPLICATION_FACTOR_MAX);
+
+// ---- Rebalancer ---------------------------------------------------------------------------
+
+/// A sweep is triggered when `max − min` of node scores exceeds this fraction of the mean
+/// (the original NodeDB default: 20 %).
+pub const REBALANCE_TRIGGER_SPREAD: f64 = 0.20;
+
+/// A sweep is also triggered when the hottest node exceeds the mean by this fraction: in a
+/// 16-node cluster a node at +15 % barely moves `max − min`, yet it is the bottleneck. Below
+/// the 10 % a converged cluster promises, so a cluster at rest is always within it.
+pub const REBALANCE_TRIGGER_EXCESS: f64 = 0.08;
+
+/// A core exceeding the mean core by this fraction triggers core balancing. Looser than the
+/// node excess: a core's load is a sum of fewer vShards, so it is noisier.
+pub const REBALANCE_CORE_TRIGGER_EXCESS: f64 = 0.12;
+
+/// Once triggered, balancing continues (across sweeps) until the spread of the nodes that
+/// can still be improved is within this fraction of the mean. Lower than the trigger so the
+/// planner has hysteresis and does not flap around the trigger.
+pub const REBALANCE_TARGET_SPREAD: f64 = 0.05;
+
+/// Cores inside one node are balanced until their spread is within this fraction of the
+/// mean core score. Looser than the node target: a core move copies data too.
+pub const REBALANCE_CORE_TARGET_SPREAD: f64 = 0.10;
+
+const _: () = assert!(REBALANCE_TARGET_SPREAD < REBALANCE_TRIGGER_SPREAD);
+const _: () = assert!(REBALANCE_TARGET_SPREAD < REBALANCE_TRIGGER_EXCESS);
+const _: () = assert!(REBALANCE_TRIGGER_EXCESS < REBALANCE_CORE_TRIGGER_EXCESS);
+const _: () = assert!(REBALANCE_CORE_TARGET_SPREAD < 2.0 * REBALANCE_TRIGGER_SPREAD);
+
+/// Most moves (leader transfers and replica moves) planned in one sweep (original: 10).
+/// Bounds the migration work one sweep can start and the planner's run time.
+pub const REBALANCE_MAX_MOVES_PER_SWEEP: usize = 10;
+
+/// Period of the rebalancer sweep (original: 30 s). Long enough for a wave of moves to
+/// finish and for the load metrics to reflect them.
+pub const REBALANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A vShard that was moved is not moved again for this long, so no move is reversed while
+/// the metrics still reflect the old placement, and load that shifts back and forth within
+/// the hour does not make data follow it.
+pub const REBALANCE_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// Skip a sweep while any node's CPU utilisation exceeds this fraction: migration costs CPU
+/// and would make an overloaded node slower (original: 0.80).
+pub const REBALANCE_CPU_BACKPRESSURE: f64 = 0.80;
+
+/// A leader transfer is preferred over a replica move when it achieves at least this
+/// fraction of the replica move's improvement: it moves no data and finishes in one round
+/// trip.
+pub const REBALANCE_LEADER_TRANSFER_PREFERENCE: f64 = 0.5;
+
+/// Improvements smaller than this (in units of the mean score) are not worth a move; guards
+/// the greedy loop against floating-point dust.
+pub const REBALANCE_MIN_IMPROVEMENT: f64 = 1e-6;
+
+/// Capacity of the rebalancer's kick channel. One pending kick is enough: kicks coalesce,
+/// a second kick before the sweep runs asks for nothing new.
+pub const REBALANCE_KICK_CHANNEL_CAPACITY: usize = 1;
+
+// ---- Metrics -----------------------------------------------------------------------------
+
+/// Most loops registered in one metrics registry; each costs a few atomics.
+pub const METRICS_LOOPS_MAX: usize = 64;
+
+// ---- Runtime -----------------------------------------------------------------------------
+
+/// io_uring registered-buffer memory per executor. glommio's default (10 MiB) exceeds a
+/// typical 8 MiB `RLIMIT_MEMLOCK` once two executors run; 1 MiB lets eight fit.
+pub const RUNTIME_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// glommio refuses to start below this `RLIMIT_MEMLOCK` (its own hard minimum).
+pub const RUNTIME_MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
+
+const _: () = assert!(RUNTIME_IO_MEMORY_BYTES as u64 >= RUNTIME_MEMLOCK_MIN_BYTES);

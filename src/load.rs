@@ -1,0 +1,274 @@
+//! The load model: what nodes, cores and vShards report, and the score the planner balances.
+//!
+//! # The score
+//!
+//! Load has four dimensions, each attributed to replicas so that the effect of moving a
+//! replica or its leadership is known exactly:
+//!
+//! | dimension | carried by           | why                                             |
+//! |-----------|----------------------|-------------------------------------------------|
+//! | bytes     | every replica        | every replica stores the whole vShard           |
+//! | writes/s  | every replica        | every replica appends and applies every write   |
+//! | reads/s   | the leader           | linearizable reads are served by the leader     |
+//! | leaders   | the leader (1 each)  | the leader proposes, replicates and heartbeats  |
+//!
+//! Each dimension is divided by its mean per core over the cores of `Active` nodes, weighted
+//! by `LoadWeights`, and the weighted sum divided by the sum of the weights in use (a
+//! dimension with zero total or zero weight drops out). So a **core score** of 1.0 is an
+//! exactly average core, and a **node score** (the node's total divided by its core count)
+//! of 1.0 is an exactly average node: `max node score` *is* max / mean.
+//!
+//! CPU utilisation and p95 latency are reported per node but not balanced directly: they
+//! cannot be attributed to a vShard without a model, and they follow the dimensions above.
+//! The rebalancer uses CPU as back-pressure (no sweep while a node is overloaded).
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::ids::{CoreId, NodeId, VShardId};
+
+/// Load reported by one node (or, with `core` set, one core of it) for the last interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadMetrics {
+    pub node_id: NodeId,
+    /// `None` for a node aggregate, `Some` for one core's record.
+    pub core: Option<CoreId>,
+    pub vshards_led: u32,
+    pub bytes_stored: u64,
+    pub writes_per_sec: f64,
+    pub reads_per_sec: f64,
+    /// Requests per second over the most recent short window (reads + writes + scans).
+    pub qps_recent: f64,
+    pub p95_latency_us: f64,
+    /// Fraction of the time the node's (or core's) executor was busy, `0.0..=1.0`.
+    pub cpu_utilization: f64,
+}
+
+impl LoadMetrics {
+    /// An all-zero record for `node_id`.
+    pub fn idle(node_id: NodeId) -> LoadMetrics {
+        LoadMetrics {
+            node_id,
+            core: None,
+            vshards_led: 0,
+            bytes_stored: 0,
+            writes_per_sec: 0.0,
+            reads_per_sec: 0.0,
+            qps_recent: 0.0,
+            p95_latency_us: 0.0,
+            cpu_utilization: 0.0,
+        }
+    }
+
+    /// Sums core records into a node record: counters add up, CPU is the mean over cores,
+    /// p95 is the worst core's (a conservative bound, since percentiles do not add).
+    pub fn aggregate(node_id: NodeId, cores: &[LoadMetrics]) -> LoadMetrics {
+        let mut total = LoadMetrics::idle(node_id);
+        for c in cores {
+            total.vshards_led += c.vshards_led;
+            total.bytes_stored += c.bytes_stored;
+            total.writes_per_sec += c.writes_per_sec;
+            total.reads_per_sec += c.reads_per_sec;
+            total.qps_recent += c.qps_recent;
+            total.p95_latency_us = total.p95_latency_us.max(c.p95_latency_us);
+            total.cpu_utilization += c.cpu_utilization;
+        }
+        if !cores.is_empty() {
+            total.cpu_utilization /= cores.len() as f64;
+        }
+        total
+    }
+
+    /// Checks that every rate is finite and non-negative and CPU is within `0..=1`.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let fields = [
+            ("writes_per_sec", self.writes_per_sec),
+            ("reads_per_sec", self.reads_per_sec),
+            ("qps_recent", self.qps_recent),
+            ("p95_latency_us", self.p95_latency_us),
+            ("cpu_utilization", self.cpu_utilization),
+        ];
+        for (field, value) in fields {
+            if !value.is_finite() || value < 0.0 {
+                return Err(LoadError::InvalidNodeMetric { node: self.node_id, field, value });
+            }
+        }
+        if self.cpu_utilization > 1.0 {
+            let value = self.cpu_utilization;
+            return Err(LoadError::InvalidNodeMetric { node: self.node_id, field: "cpu_utilization", value });
+        }
+        Ok(())
+    }
+}
+
+/// Load of one vShard over the last interval, as measured by its leader.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VShardLoad {
+    pub vshard: VShardId,
+    pub bytes: u64,
+    pub writes_per_sec: f64,
+    pub reads_per_sec: f64,
+}
+
+impl VShardLoad {
+    pub fn validate(&self) -> Result<(), LoadError> {
+        for (field, value) in [("writes_per_sec", self.writes_per_sec), ("reads_per_sec", self.reads_per_sec)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(LoadError::InvalidVShardLoad { vshard: self.vshard, field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A load report the planner cannot use.
+#[derive(Debug, Error, PartialEq)]
+pub enum LoadError {
+    /// A node reported a NaN, infinite, negative or out-of-range value.
+    #[error("node {node} reported {field} = {value}, which is not a valid load")]
+    InvalidNodeMetric { node: NodeId, field: &'static str, value: f64 },
+    /// A vShard sample has a NaN, infinite or negative rate.
+    #[error("vShard {vshard} reported {field} = {value}, which is not a valid load")]
+    InvalidVShardLoad { vshard: VShardId, field: &'static str, value: f64 },
+    /// Two samples were given for the same vShard.
+    #[error("vShard {0} has more than one load sample")]
+    DuplicateVShardLoad(VShardId),
+    /// Two metric rows were given for the same node.
+    #[error("node {0} has more than one metrics row")]
+    DuplicateNodeMetrics(NodeId),
+    /// A sample names a vShard outside the placement table.
+    #[error("vShard {0} is not in the placement table")]
+    UnknownVShard(VShardId),
+    /// A weight is NaN, infinite or negative, or all weights are zero.
+    #[error("load weights must be finite, non-negative and not all zero")]
+    InvalidWeights,
+}
+
+/// Relative importance of each load dimension in the score.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadWeights {
+    pub bytes: f64,
+    pub writes: f64,
+    pub reads: f64,
+    pub leaders: f64,
+}
+
+impl Default for LoadWeights {
+    /// Storage, write and read load count equally; leader count is a tie-breaker that keeps
+    /// idle leaders (heartbeats, proposals) spread.
+    fn default() -> Self {
+        LoadWeights { bytes: 1.0, writes: 1.0, reads: 1.0, leaders: 0.25 }
+    }
+}
+
+impl LoadWeights {
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let all = [self.bytes, self.writes, self.reads, self.leaders];
+        if all.iter().any(|w| !w.is_finite() || *w < 0.0) || all.iter().all(|w| *w == 0.0) {
+            return Err(LoadError::InvalidWeights);
+        }
+        Ok(())
+    }
+}
+
+/// Cluster-wide totals of each dimension, from which replica contributions are scaled.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadTotals {
+    /// Bytes summed over all replicas (a vShard with R replicas counts R times).
+    pub replica_bytes: f64,
+    /// Writes/s summed over all replicas.
+    pub replica_writes: f64,
+    /// Reads/s summed over all vShards (served once, by the leader).
+    pub reads: f64,
+    /// Number of vShards (one leader each).
+    pub leaders: f64,
+}
+
+/// Converts a vShard's load into score units (fractions of an average core).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScoreScale {
+    per_replica_byte: f64,
+    per_replica_write: f64,
+    per_read: f64,
+    per_leader: f64,
+}
+
+impl ScoreScale {
+    /// The scale for a cluster with these totals and `capacity_cores` cores on nodes that
+    /// hold load at equilibrium (the `Active` ones). Returns `None` when there is nothing to
+    /// balance: no capacity, or every weighted dimension is zero.
+    pub fn new(weights: &LoadWeights, totals: &LoadTotals, capacity_cores: u32) -> Option<ScoreScale> {
+        if capacity_cores == 0 {
+            return None;
+        }
+        let cores = f64::from(capacity_cores);
+        let dims = [
+            (weights.bytes, totals.replica_bytes),
+            (weights.writes, totals.replica_writes),
+            (weights.reads, totals.reads),
+            (weights.leaders, totals.leaders),
+        ];
+        let weight_sum: f64 = dims.iter().filter(|(w, t)| *w > 0.0 && *t > 0.0).map(|(w, _)| w).sum();
+        if weight_sum <= 0.0 {
+            return None;
+        }
+        // weight / (mean per core) / weight_sum, or 0 for a dimension that drops out.
+        let factor = |(w, total): (f64, f64)| {
+            if w > 0.0 && total > 0.0 { w * cores / total / weight_sum } else { 0.0 }
+        };
+        Some(ScoreScale {
+            per_replica_byte: factor(dims[0]),
+            per_replica_write: factor(dims[1]),
+            per_read: factor(dims[2]),
+            per_leader: factor(dims[3]),
+        })
+    }
+
+    /// Score units a follower replica of this vShard adds to the core hosting it.
+    pub fn follower_units(&self, load: &VShardLoad) -> f64 {
+        load.bytes as f64 * self.per_replica_byte + load.writes_per_sec * self.per_replica_write
+    }
+
+    /// Score units that leadership adds on top of `follower_units`.
+    pub fn leadership_units(&self, load: &VShardLoad) -> f64 {
+        load.reads_per_sec * self.per_read + self.per_leader
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_average_core_scores_one() {
+        // 2 cores, 2 vShards with 2 replicas each: every core holds one leader and one follower.
+        let loads = [
+            VShardLoad { vshard: VShardId(0), bytes: 100, writes_per_sec: 10.0, reads_per_sec: 30.0 },
+            VShardLoad { vshard: VShardId(1), bytes: 100, writes_per_sec: 10.0, reads_per_sec: 30.0 },
+        ];
+        let totals = LoadTotals { replica_bytes: 400.0, replica_writes: 40.0, reads: 60.0, leaders: 2.0 };
+        let scale = ScoreScale::new(&LoadWeights::default(), &totals, 2).unwrap();
+        let core = scale.follower_units(&loads[0]) * 2.0 + scale.leadership_units(&loads[1]);
+        assert!((core - 1.0).abs() < 1e-12, "{core}");
+    }
+
+    #[test]
+    fn nothing_to_balance_gives_no_scale() {
+        assert_eq!(ScoreScale::new(&LoadWeights::default(), &LoadTotals::default(), 4), None);
+        let totals = LoadTotals { replica_bytes: 1.0, ..LoadTotals::default() };
+        assert_eq!(ScoreScale::new(&LoadWeights::default(), &totals, 0), None);
+    }
+
+    #[test]
+    fn invalid_values_are_typed_errors() {
+        let bad = VShardLoad { vshard: VShardId(1), bytes: 0, writes_per_sec: f64::NAN, reads_per_sec: 0.0 };
+        assert!(matches!(bad.validate(), Err(LoadError::InvalidVShardLoad { .. })));
+        let mut m = LoadMetrics::idle(NodeId(1));
+        m.cpu_utilization = 1.5;
+        assert!(m.validate().is_err());
+        m.cpu_utilization = -0.1;
+        assert!(m.validate().is_err());
+        let w = LoadWeights { bytes: 0.0, writes: 0.0, reads: 0.0, leaders: 0.0 };
+        assert_eq!(w.validate(), Err(LoadError::InvalidWeights));
+    }
+}

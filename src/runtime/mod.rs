@@ -1,0 +1,9 @@
+//! The runtime shell: the only part of the crate that touches glommio, clocks and the OS.
+//!
+//! Everything that decides lives in the sans-IO modules; this module moves time (and, in
+//! later issues, bytes) in and out of them. glommio is unmaintained since 2024, so it is
+//! named nowhere else: replacing it means rewriting this module only.
+
+pub mod clock;
+pub mod executor;
+pub mod rebalancer;
