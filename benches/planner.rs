@@ -19,23 +19,29 @@ fn sweep(c: &mut Criterion) {
         let metrics = cluster.node_metrics();
         let planner = Planner::new(PlannerConfig::default()).expect("default config is valid");
         group.throughput(Throughput::Elements(u64::from(vshards)));
-        group.bench_with_input(BenchmarkId::from_parameter(label), &cluster, |b, cluster| {
-            let input = PlanInput {
-                topology: &cluster.topology,
-                placement: &cluster.placement,
-                node_metrics: &metrics,
-                vshard_loads: &cluster.loads,
-            };
-            b.iter_batched(
-                || planner.clone(),
-                |mut planner| {
-                    let plan = planner.plan(Time::ZERO, black_box(&input)).expect("valid input");
-                    assert_eq!(plan.status, PlanStatus::MoveCapReached);
-                    plan
-                },
-                BatchSize::SmallInput,
-            );
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(label),
+            &cluster,
+            |b, cluster| {
+                let input = PlanInput {
+                    topology: &cluster.topology,
+                    placement: &cluster.placement,
+                    node_metrics: &metrics,
+                    vshard_loads: &cluster.loads,
+                };
+                b.iter_batched(
+                    || planner.clone(),
+                    |mut planner| {
+                        let plan = planner
+                            .plan(Time::ZERO, black_box(&input))
+                            .expect("valid input");
+                        assert_eq!(plan.status, PlanStatus::MoveCapReached);
+                        plan
+                    },
+                    BatchSize::SmallInput,
+                );
+            },
+        );
     }
     group.finish();
 }

@@ -90,12 +90,20 @@ impl LoadMetrics {
         ];
         for (field, value) in fields {
             if !value.is_finite() || value < 0.0 {
-                return Err(LoadError::InvalidNodeMetric { node: self.node_id, field, value });
+                return Err(LoadError::InvalidNodeMetric {
+                    node: self.node_id,
+                    field,
+                    value,
+                });
             }
         }
         if self.cpu_utilization > 1.0 {
             let value = self.cpu_utilization;
-            return Err(LoadError::InvalidNodeMetric { node: self.node_id, field: "cpu_utilization", value });
+            return Err(LoadError::InvalidNodeMetric {
+                node: self.node_id,
+                field: "cpu_utilization",
+                value,
+            });
         }
         Ok(())
     }
@@ -112,9 +120,16 @@ pub struct VShardLoad {
 
 impl VShardLoad {
     pub fn validate(&self) -> Result<(), LoadError> {
-        for (field, value) in [("writes_per_sec", self.writes_per_sec), ("reads_per_sec", self.reads_per_sec)] {
+        for (field, value) in [
+            ("writes_per_sec", self.writes_per_sec),
+            ("reads_per_sec", self.reads_per_sec),
+        ] {
             if !value.is_finite() || value < 0.0 {
-                return Err(LoadError::InvalidVShardLoad { vshard: self.vshard, field, value });
+                return Err(LoadError::InvalidVShardLoad {
+                    vshard: self.vshard,
+                    field,
+                    value,
+                });
             }
         }
         Ok(())
@@ -126,10 +141,18 @@ impl VShardLoad {
 pub enum LoadError {
     /// A node reported a NaN, infinite, negative or out-of-range value.
     #[error("node {node} reported {field} = {value}, which is not a valid load")]
-    InvalidNodeMetric { node: NodeId, field: &'static str, value: f64 },
+    InvalidNodeMetric {
+        node: NodeId,
+        field: &'static str,
+        value: f64,
+    },
     /// A vShard sample has a NaN, infinite or negative rate.
     #[error("vShard {vshard} reported {field} = {value}, which is not a valid load")]
-    InvalidVShardLoad { vshard: VShardId, field: &'static str, value: f64 },
+    InvalidVShardLoad {
+        vshard: VShardId,
+        field: &'static str,
+        value: f64,
+    },
     /// Two samples were given for the same vShard.
     #[error("vShard {0} has more than one load sample")]
     DuplicateVShardLoad(VShardId),
@@ -157,7 +180,12 @@ impl Default for LoadWeights {
     /// Storage, write and read load count equally; leader count is a tie-breaker that keeps
     /// idle leaders (heartbeats, proposals) spread.
     fn default() -> Self {
-        LoadWeights { bytes: 1.0, writes: 1.0, reads: 1.0, leaders: 0.25 }
+        LoadWeights {
+            bytes: 1.0,
+            writes: 1.0,
+            reads: 1.0,
+            leaders: 0.25,
+        }
     }
 }
 
@@ -196,9 +224,17 @@ pub struct ScoreScale {
 impl ScoreScale {
     /// The scale for a cluster with these totals and `capacity_cores` cores on nodes that
     /// hold load at equilibrium (the `Active` ones). Returns `None` when there is nothing to
-    /// balance: no capacity, or every weighted dimension is zero.
-    pub fn new(weights: &LoadWeights, totals: &LoadTotals, capacity_cores: u32) -> Option<ScoreScale> {
-        if capacity_cores == 0 {
+    /// balance: no capacity, no data and no traffic, or every weighted dimension is zero.
+    pub fn new(
+        weights: &LoadWeights,
+        totals: &LoadTotals,
+        capacity_cores: u32,
+    ) -> Option<ScoreScale> {
+        // An idle cluster (no data, no traffic) has nothing to balance: leader counts alone
+        // are not load, only a tie-breaker alongside it.
+        let idle =
+            totals.replica_bytes <= 0.0 && totals.replica_writes <= 0.0 && totals.reads <= 0.0;
+        if capacity_cores == 0 || idle {
             return None;
         }
         let cores = f64::from(capacity_cores);
@@ -208,13 +244,21 @@ impl ScoreScale {
             (weights.reads, totals.reads),
             (weights.leaders, totals.leaders),
         ];
-        let weight_sum: f64 = dims.iter().filter(|(w, t)| *w > 0.0 && *t > 0.0).map(|(w, _)| w).sum();
+        let weight_sum: f64 = dims
+            .iter()
+            .filter(|(w, t)| *w > 0.0 && *t > 0.0)
+            .map(|(w, _)| w)
+            .sum();
         if weight_sum <= 0.0 {
             return None;
         }
         // weight / (mean per core) / weight_sum, or 0 for a dimension that drops out.
         let factor = |(w, total): (f64, f64)| {
-            if w > 0.0 && total > 0.0 { w * cores / total / weight_sum } else { 0.0 }
+            if w > 0.0 && total > 0.0 {
+                w * cores / total / weight_sum
+            } else {
+                0.0
+            }
         };
         Some(ScoreScale {
             per_replica_byte: factor(dims[0]),
@@ -243,10 +287,25 @@ mod tests {
     fn an_average_core_scores_one() {
         // 2 cores, 2 vShards with 2 replicas each: every core holds one leader and one follower.
         let loads = [
-            VShardLoad { vshard: VShardId(0), bytes: 100, writes_per_sec: 10.0, reads_per_sec: 30.0 },
-            VShardLoad { vshard: VShardId(1), bytes: 100, writes_per_sec: 10.0, reads_per_sec: 30.0 },
+            VShardLoad {
+                vshard: VShardId(0),
+                bytes: 100,
+                writes_per_sec: 10.0,
+                reads_per_sec: 30.0,
+            },
+            VShardLoad {
+                vshard: VShardId(1),
+                bytes: 100,
+                writes_per_sec: 10.0,
+                reads_per_sec: 30.0,
+            },
         ];
-        let totals = LoadTotals { replica_bytes: 400.0, replica_writes: 40.0, reads: 60.0, leaders: 2.0 };
+        let totals = LoadTotals {
+            replica_bytes: 400.0,
+            replica_writes: 40.0,
+            reads: 60.0,
+            leaders: 2.0,
+        };
         let scale = ScoreScale::new(&LoadWeights::default(), &totals, 2).unwrap();
         let core = scale.follower_units(&loads[0]) * 2.0 + scale.leadership_units(&loads[1]);
         assert!((core - 1.0).abs() < 1e-12, "{core}");
@@ -254,21 +313,40 @@ mod tests {
 
     #[test]
     fn nothing_to_balance_gives_no_scale() {
-        assert_eq!(ScoreScale::new(&LoadWeights::default(), &LoadTotals::default(), 4), None);
-        let totals = LoadTotals { replica_bytes: 1.0, ..LoadTotals::default() };
+        assert_eq!(
+            ScoreScale::new(&LoadWeights::default(), &LoadTotals::default(), 4),
+            None
+        );
+        let totals = LoadTotals {
+            replica_bytes: 1.0,
+            ..LoadTotals::default()
+        };
         assert_eq!(ScoreScale::new(&LoadWeights::default(), &totals, 0), None);
     }
 
     #[test]
     fn invalid_values_are_typed_errors() {
-        let bad = VShardLoad { vshard: VShardId(1), bytes: 0, writes_per_sec: f64::NAN, reads_per_sec: 0.0 };
-        assert!(matches!(bad.validate(), Err(LoadError::InvalidVShardLoad { .. })));
+        let bad = VShardLoad {
+            vshard: VShardId(1),
+            bytes: 0,
+            writes_per_sec: f64::NAN,
+            reads_per_sec: 0.0,
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(LoadError::InvalidVShardLoad { .. })
+        ));
         let mut m = LoadMetrics::idle(NodeId(1));
         m.cpu_utilization = 1.5;
         assert!(m.validate().is_err());
         m.cpu_utilization = -0.1;
         assert!(m.validate().is_err());
-        let w = LoadWeights { bytes: 0.0, writes: 0.0, reads: 0.0, leaders: 0.0 };
+        let w = LoadWeights {
+            bytes: 0.0,
+            writes: 0.0,
+            reads: 0.0,
+            leaders: 0.0,
+        };
         assert_eq!(w.validate(), Err(LoadError::InvalidWeights));
     }
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, HarnessReport, Scenario};
 
 #[derive(Parser, Debug)]
-#[command(name = "nodedb-cluster", version, about = "Thread-per-core distributed coordination layer")]
+#[command(
+    name = "nodedb-cluster",
+    version,
+    about = "Thread-per-core distributed coordination layer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,12 +95,20 @@ fn rebalance_sim(args: &RebalanceSimArgs) -> ExitCode {
         }
     };
     let violations = report.violations();
-    let printed = if args.json { print_json(&report, &violations) } else { print_table(&report, &violations) };
+    let printed = if args.json {
+        print_json(&report, &violations)
+    } else {
+        print_table(&report, &violations)
+    };
     if let Err(e) = printed {
         eprintln!("error: cannot write the report: {e}");
         return ExitCode::FAILURE;
     }
-    if args.check && !violations.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if args.check && !violations.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn print_json(report: &HarnessReport, violations: &[String]) -> std::io::Result<()> {
@@ -116,7 +128,11 @@ fn print_table(r: &HarnessReport, violations: &[String]) -> std::io::Result<()> 
         "rebalance-sim {} : {} nodes x {} cores, {} vShards x {} replicas, seed {}",
         r.scenario, r.nodes, r.cores, r.vshards, r.replicas, r.seed
     )?;
-    writeln!(out, "{:>6} {:>16} {:>6} {:>6} {:>12} {:>9} {:>9} {:>9}", "sweep", "status", "moves", "lt", "bytes", "node_max", "core_max", "plan_us")?;
+    writeln!(
+        out,
+        "{:>6} {:>16} {:>6} {:>6} {:>12} {:>9} {:>9} {:>9}",
+        "sweep", "status", "moves", "lt", "bytes", "node_max", "core_max", "plan_us"
+    )?;
     for row in &r.rows {
         writeln!(
             out,
@@ -131,13 +147,41 @@ fn print_table(r: &HarnessReport, violations: &[String]) -> std::io::Result<()> 
             row.plan_us
         )?;
     }
-    writeln!(out, "converged            {} after {} sweeps", r.converged, r.sweeps_to_converge)?;
-    writeln!(out, "node max/mean        {:.4} -> {:.4} (bound {:.4})", r.initial_max_over_mean, r.final_max_over_mean, r.bound_max_over_mean)?;
-    writeln!(out, "core max/mean        {:.4} -> {:.4} (bound {:.4})", r.initial_core_max_over_mean, r.final_core_max_over_mean, r.core_bound_max_over_mean)?;
-    writeln!(out, "moves                {} ({} leader transfers, {} replica moves)", r.moves, r.leader_transfers, r.replica_moves)?;
-    writeln!(out, "bytes moved          {} (must move {})", r.bytes_moved, r.bytes_must_move)?;
-    writeln!(out, "max moves of a vShard {}, reversed moves {}, after convergence {}", r.max_replica_moves_of_one_vshard, r.reversed_moves, r.moves_after_convergence)?;
-    writeln!(out, "plan time            max {:.1} us, mean {:.1} us", r.plan_us_max, r.plan_us_mean)?;
+    writeln!(
+        out,
+        "converged            {} after {} sweeps",
+        r.converged, r.sweeps_to_converge
+    )?;
+    writeln!(
+        out,
+        "node max/mean        {:.4} -> {:.4} (bound {:.4})",
+        r.initial_max_over_mean, r.final_max_over_mean, r.bound_max_over_mean
+    )?;
+    writeln!(
+        out,
+        "core max/mean        {:.4} -> {:.4} (bound {:.4})",
+        r.initial_core_max_over_mean, r.final_core_max_over_mean, r.core_bound_max_over_mean
+    )?;
+    writeln!(
+        out,
+        "moves                {} ({} leader transfers, {} replica moves)",
+        r.moves, r.leader_transfers, r.replica_moves
+    )?;
+    writeln!(
+        out,
+        "bytes moved          {} (must move {})",
+        r.bytes_moved, r.bytes_must_move
+    )?;
+    writeln!(
+        out,
+        "max moves of a vShard {}, reversed moves {}, after convergence {}",
+        r.max_replica_moves_of_one_vshard, r.reversed_moves, r.moves_after_convergence
+    )?;
+    writeln!(
+        out,
+        "plan time            max {:.1} us, mean {:.1} us",
+        r.plan_us_max, r.plan_us_mean
+    )?;
     if violations.is_empty() {
         writeln!(out, "targets              met")?;
     } else {

@@ -29,7 +29,11 @@ pub struct LoopMetrics {
 impl LoopMetrics {
     /// A loop called `name` (a Prometheus metric prefix: `[a-z_]+`) with fixed sets of error
     /// kinds and skip reasons, so the exposition always lists every series, zeros included.
-    pub fn new(name: &'static str, error_kinds: &[&'static str], skip_reasons: &[&'static str]) -> LoopMetrics {
+    pub fn new(
+        name: &'static str,
+        error_kinds: &[&'static str],
+        skip_reasons: &[&'static str],
+    ) -> LoopMetrics {
         assert!(
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
             "loop name {name:?} is not a valid metric prefix"
@@ -39,8 +43,14 @@ impl LoopMetrics {
             iterations: AtomicU64::new(0),
             last_duration_ns: AtomicU64::new(0),
             up: AtomicBool::new(false),
-            errors: error_kinds.iter().map(|k| (*k, AtomicU64::new(0))).collect(),
-            skips: skip_reasons.iter().map(|k| (*k, AtomicU64::new(0))).collect(),
+            errors: error_kinds
+                .iter()
+                .map(|k| (*k, AtomicU64::new(0)))
+                .collect(),
+            skips: skip_reasons
+                .iter()
+                .map(|k| (*k, AtomicU64::new(0)))
+                .collect(),
         }
     }
 
@@ -95,31 +105,54 @@ impl LoopMetrics {
     }
 
     fn read(series: &[(&'static str, AtomicU64)], label: &str) -> u64 {
-        series.iter().find(|(k, _)| *k == label).map_or(0, |(_, c)| c.load(Ordering::Relaxed))
+        series
+            .iter()
+            .find(|(k, _)| *k == label)
+            .map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 
     fn render(&self, out: &mut String) {
         let n = self.name;
         // Writing to a String cannot fail.
-        let _ = writeln!(out, "# HELP {n}_iterations_total Completed iterations of the {n} loop.");
+        let _ = writeln!(
+            out,
+            "# HELP {n}_iterations_total Completed iterations of the {n} loop."
+        );
         let _ = writeln!(out, "# TYPE {n}_iterations_total counter");
         let _ = writeln!(out, "{n}_iterations_total {}", self.iterations());
-        let _ = writeln!(out, "# HELP {n}_last_iteration_duration_seconds Duration of the last iteration.");
+        let _ = writeln!(
+            out,
+            "# HELP {n}_last_iteration_duration_seconds Duration of the last iteration."
+        );
         let _ = writeln!(out, "# TYPE {n}_last_iteration_duration_seconds gauge");
         let secs = self.last_duration_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{n}_last_iteration_duration_seconds {secs}");
         let _ = writeln!(out, "# HELP {n}_up Whether the {n} loop is running.");
         let _ = writeln!(out, "# TYPE {n}_up gauge");
         let _ = writeln!(out, "{n}_up {}", u8::from(self.is_up()));
-        let _ = writeln!(out, "# HELP {n}_errors_total Errors of the {n} loop by kind.");
+        let _ = writeln!(
+            out,
+            "# HELP {n}_errors_total Errors of the {n} loop by kind."
+        );
         let _ = writeln!(out, "# TYPE {n}_errors_total counter");
         for (kind, c) in &self.errors {
-            let _ = writeln!(out, "{n}_errors_total{{kind=\"{kind}\"}} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{n}_errors_total{{kind=\"{kind}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP {n}_skipped_total Iterations of the {n} loop skipped, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP {n}_skipped_total Iterations of the {n} loop skipped, by reason."
+        );
         let _ = writeln!(out, "# TYPE {n}_skipped_total counter");
         for (reason, c) in &self.skips {
-            let _ = writeln!(out, "{n}_skipped_total{{reason=\"{reason}\"}} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{n}_skipped_total{{reason=\"{reason}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
     }
 }
@@ -147,12 +180,17 @@ impl MetricsRegistry {
     }
 
     pub fn register(&self, metrics: Arc<LoopMetrics>) -> Result<(), RegistryError> {
-        let mut loops = self.loops.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if loops.iter().any(|l| l.name == metrics.name) {
             return Err(RegistryError::DuplicateLoop(metrics.name));
         }
         if loops.len() >= METRICS_LOOPS_MAX {
-            return Err(RegistryError::Full { max: METRICS_LOOPS_MAX });
+            return Err(RegistryError::Full {
+                max: METRICS_LOOPS_MAX,
+            });
         }
         loops.push(metrics);
         Ok(())
@@ -160,7 +198,10 @@ impl MetricsRegistry {
 
     /// The Prometheus text exposition (format 0.0.4) of every registered loop.
     pub fn render_prometheus(&self) -> String {
-        let loops = self.loops.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut out = String::new();
         for l in loops.iter() {
             l.render(&mut out);
@@ -176,9 +217,16 @@ mod tests {
     #[test]
     fn exposition_lists_every_series_with_current_values() {
         let registry = MetricsRegistry::new();
-        let m = Arc::new(LoopMetrics::new("rebalancer", &["dispatch", "plan"], &["election"]));
+        let m = Arc::new(LoopMetrics::new(
+            "rebalancer",
+            &["dispatch", "plan"],
+            &["election"],
+        ));
         registry.register(m.clone()).unwrap();
-        assert_eq!(registry.register(m.clone()), Err(RegistryError::DuplicateLoop("rebalancer")));
+        assert_eq!(
+            registry.register(m.clone()),
+            Err(RegistryError::DuplicateLoop("rebalancer"))
+        );
         m.set_up(true);
         m.record_iteration(Duration::from_millis(250));
         m.record_iteration(Duration::from_millis(500));
@@ -194,7 +242,10 @@ mod tests {
             "rebalancer_skipped_total{reason=\"election\"} 1",
             "# TYPE rebalancer_iterations_total counter",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

@@ -57,7 +57,10 @@ pub enum PlacementError {
     InvalidVShardCount(u32),
     /// The source of a move holds no replica of the vShard.
     #[error("{vshard} has no replica on {source_placement}")]
-    NotAReplica { vshard: VShardId, source_placement: Placement },
+    NotAReplica {
+        vshard: VShardId,
+        source_placement: Placement,
+    },
     /// The target node already holds a replica of the vShard.
     #[error("{vshard} already has a replica on node {node}")]
     AlreadyOnNode { vshard: VShardId, node: NodeId },
@@ -66,7 +69,10 @@ pub enum PlacementError {
     InvalidLeaderTarget { vshard: VShardId, target: Placement },
     /// `validate` found a broken invariant.
     #[error("{vshard}: invalid placement: {reason}")]
-    Invalid { vshard: VShardId, reason: &'static str },
+    Invalid {
+        vshard: VShardId,
+        reason: &'static str,
+    },
 }
 
 /// vShard → replicas, with epochs.
@@ -91,8 +97,10 @@ impl PlacementTable {
         if replication_factor == 0 || replication_factor > REPLICATION_FACTOR_MAX {
             return Err(PlacementError::InvalidReplicationFactor(replication_factor));
         }
-        let nodes: Vec<(NodeId, u16)> =
-            topology.active_nodes().map(|n| (n.node_id, n.cores)).collect();
+        let nodes: Vec<(NodeId, u16)> = topology
+            .active_nodes()
+            .map(|n| (n.node_id, n.cores))
+            .collect();
         if nodes.is_empty() {
             return Err(PlacementError::NoActiveNodes);
         }
@@ -104,7 +112,10 @@ impl PlacementTable {
         for v in 0..vshard_count {
             ranked.clear();
             ranked.extend(
-                nodes.iter().enumerate().map(|(i, (id, _))| (rendezvous_weight(VShardId(v), *id), i)),
+                nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (id, _))| (rendezvous_weight(VShardId(v), *id), i)),
             );
             // Highest weight first; ties (practically impossible) broken by node order.
             ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -117,9 +128,16 @@ impl PlacementTable {
                     Placement::new(node, CoreId(core))
                 })
                 .collect();
-            vshards.push(VShardPlacement { replicas, leader: 0, epoch: Epoch(1) });
+            vshards.push(VShardPlacement {
+                replicas,
+                leader: 0,
+                epoch: Epoch(1),
+            });
         }
-        Ok(PlacementTable { epoch: Epoch(1), vshards })
+        Ok(PlacementTable {
+            epoch: Epoch(1),
+            vshards,
+        })
     }
 
     /// Bumped on every change to any vShard.
@@ -137,11 +155,18 @@ impl PlacementTable {
 
     /// All vShards in id order.
     pub fn iter(&self) -> impl Iterator<Item = (VShardId, &VShardPlacement)> {
-        self.vshards.iter().enumerate().map(|(i, p)| (VShardId(i as u32), p))
+        self.vshards
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (VShardId(i as u32), p))
     }
 
     /// Makes the replica on `target` the leader hint of `vshard`.
-    pub fn transfer_leader(&mut self, vshard: VShardId, target: Placement) -> Result<Epoch, PlacementError> {
+    pub fn transfer_leader(
+        &mut self,
+        vshard: VShardId,
+        target: Placement,
+    ) -> Result<Epoch, PlacementError> {
         let entry = self.entry_mut(vshard)?;
         let index = entry
             .replicas
@@ -163,14 +188,18 @@ impl PlacementTable {
         target: Placement,
     ) -> Result<Epoch, PlacementError> {
         let entry = self.entry_mut(vshard)?;
-        let index = entry
-            .replicas
-            .iter()
-            .position(|p| *p == source)
-            .ok_or(PlacementError::NotAReplica { vshard, source_placement: source })?;
+        let index = entry.replicas.iter().position(|p| *p == source).ok_or(
+            PlacementError::NotAReplica {
+                vshard,
+                source_placement: source,
+            },
+        )?;
         // Moving to another core of the same node is allowed; a second replica on a node is not.
         if target.node != source.node && entry.replica_on(target.node).is_some() {
-            return Err(PlacementError::AlreadyOnNode { vshard, node: target.node });
+            return Err(PlacementError::AlreadyOnNode {
+                vshard,
+                node: target.node,
+            });
         }
         entry.replicas[index] = target;
         Ok(self.bump(vshard))
@@ -180,14 +209,23 @@ impl PlacementTable {
     pub fn validate(&self) -> Result<(), PlacementError> {
         for (vshard, entry) in self.iter() {
             if entry.replicas.is_empty() {
-                return Err(PlacementError::Invalid { vshard, reason: "no replicas" });
+                return Err(PlacementError::Invalid {
+                    vshard,
+                    reason: "no replicas",
+                });
             }
             if entry.leader >= entry.replicas.len() {
-                return Err(PlacementError::Invalid { vshard, reason: "leader is not a replica" });
+                return Err(PlacementError::Invalid {
+                    vshard,
+                    reason: "leader is not a replica",
+                });
             }
             for (i, a) in entry.replicas.iter().enumerate() {
                 if entry.replicas[..i].iter().any(|b| b.node == a.node) {
-                    return Err(PlacementError::Invalid { vshard, reason: "two replicas on one node" });
+                    return Err(PlacementError::Invalid {
+                        vshard,
+                        reason: "two replicas on one node",
+                    });
                 }
             }
         }
@@ -195,7 +233,9 @@ impl PlacementTable {
     }
 
     fn entry_mut(&mut self, vshard: VShardId) -> Result<&mut VShardPlacement, PlacementError> {
-        self.vshards.get_mut(vshard.0 as usize).ok_or(PlacementError::UnknownVShard(vshard))
+        self.vshards
+            .get_mut(vshard.0 as usize)
+            .ok_or(PlacementError::UnknownVShard(vshard))
     }
 
     fn bump(&mut self, vshard: VShardId) -> Epoch {
@@ -248,10 +288,19 @@ mod tests {
         }
         let mean = 1024 * 3 / 5;
         for n in 0..5 {
-            assert!(per_node[n].abs_diff(mean) < mean / 8, "node {n}: {per_node:?}");
-            let (lo, hi) = (per_core[n].iter().min().unwrap(), per_core[n].iter().max().unwrap());
+            assert!(
+                per_node[n].abs_diff(mean) < mean / 8,
+                "node {n}: {per_node:?}"
+            );
+            let (lo, hi) = (
+                per_core[n].iter().min().unwrap(),
+                per_core[n].iter().max().unwrap(),
+            );
             assert!(hi - lo <= 1, "cores of node {n}: {:?}", per_core[n]);
-            assert!(leaders[n].abs_diff(1024 / 5) < 1024 / 5 / 4, "leaders {leaders:?}");
+            assert!(
+                leaders[n].abs_diff(1024 / 5) < 1024 / 5 / 4,
+                "leaders {leaders:?}"
+            );
         }
     }
 
@@ -259,7 +308,10 @@ mod tests {
     fn replication_factor_is_capped_by_active_nodes() {
         let table = PlacementTable::initial(&topology(2, 1), 16, 3).unwrap();
         assert!(table.iter().all(|(_, e)| e.replicas.len() == 2));
-        assert_eq!(PlacementTable::initial(&topology(0, 1), 16, 3), Err(PlacementError::NoActiveNodes));
+        assert_eq!(
+            PlacementTable::initial(&topology(0, 1), 16, 3),
+            Err(PlacementError::NoActiveNodes)
+        );
         assert_eq!(
             PlacementTable::initial(&topology(3, 1), 16, 0),
             Err(PlacementError::InvalidReplicationFactor(0))
@@ -272,12 +324,19 @@ mod tests {
         let mut table = PlacementTable::initial(&t, 8, 3).unwrap();
         let v = VShardId(3);
         let entry = table.get(v).unwrap().clone();
-        let outsider = (0..4).map(NodeId).find(|n| entry.replica_on(*n).is_none()).unwrap();
+        let outsider = (0..4)
+            .map(NodeId)
+            .find(|n| entry.replica_on(*n).is_none())
+            .unwrap();
         let before = table.epoch();
         let target = Placement::new(outsider, CoreId(1));
         table.move_replica(v, entry.leader(), target).unwrap();
         assert!(table.epoch() > before);
-        assert_eq!(table.get(v).unwrap().leader(), target, "leadership follows a moved leader");
+        assert_eq!(
+            table.get(v).unwrap().leader(),
+            target,
+            "leadership follows a moved leader"
+        );
         assert_eq!(table.get(v).unwrap().epoch, entry.epoch.next());
         let follower = table.get(v).unwrap().replicas[1];
         assert!(matches!(
@@ -286,7 +345,10 @@ mod tests {
         ));
         table.transfer_leader(v, follower).unwrap();
         assert_eq!(table.get(v).unwrap().leader(), follower);
-        assert!(table.transfer_leader(v, follower).is_err(), "already the leader");
+        assert!(
+            table.transfer_leader(v, follower).is_err(),
+            "already the leader"
+        );
         assert!(table.transfer_leader(VShardId(99), follower).is_err());
         table.validate().unwrap();
     }

@@ -66,6 +66,9 @@ mod tests {
         let t = Time::from_secs(10);
         assert_eq!(t + Duration::from_secs(5), Time::from_secs(15));
         assert_eq!(Time::from_secs(3) - t, Duration::ZERO);
-        assert_eq!(Time::from_nanos(u64::MAX) + Duration::from_secs(1), Time::from_nanos(u64::MAX));
+        assert_eq!(
+            Time::from_nanos(u64::MAX) + Duration::from_secs(1),
+            Time::from_nanos(u64::MAX)
+        );
     }
 }

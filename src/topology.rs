@@ -66,7 +66,11 @@ pub enum TopologyError {
     TooManyNodes { max: usize },
     /// The requested state change is not a valid lifecycle step.
     #[error("node {node} cannot go from {from:?} to {to:?}")]
-    InvalidTransition { node: NodeId, from: NodeState, to: NodeState },
+    InvalidTransition {
+        node: NodeId,
+        from: NodeState,
+        to: NodeState,
+    },
 }
 
 /// The set of nodes and their states, versioned.
@@ -133,7 +137,10 @@ impl ClusterTopology {
     /// Draining → Active (a drain may be cancelled). Setting the current state is a no-op
     /// that does not bump the version.
     pub fn set_state(&mut self, id: NodeId, to: NodeState) -> Result<Epoch, TopologyError> {
-        let node = self.nodes.get_mut(&id).ok_or(TopologyError::UnknownNode(id))?;
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or(TopologyError::UnknownNode(id))?;
         let from = node.state;
         if from == to {
             return Ok(self.version);
@@ -141,7 +148,10 @@ impl ClusterTopology {
         use NodeState::*;
         let allowed = matches!(
             (from, to),
-            (Joining, Active) | (Active, Draining) | (Draining, Active) | (Draining, Decommissioned)
+            (Joining, Active)
+                | (Active, Draining)
+                | (Draining, Active)
+                | (Draining, Decommissioned)
         );
         if !allowed {
             return Err(TopologyError::InvalidTransition { node: id, from, to });
@@ -157,7 +167,12 @@ mod tests {
     use super::*;
 
     fn node(id: u64, state: NodeState) -> NodeInfo {
-        NodeInfo { node_id: NodeId(id), addr: format!("127.0.0.1:{}", 7000 + id), cores: 2, state }
+        NodeInfo {
+            node_id: NodeId(id),
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            cores: 2,
+            state,
+        }
     }
 
     #[test]
@@ -170,8 +185,14 @@ mod tests {
             t.set_state(NodeId(1), NodeState::Joining),
             Err(TopologyError::InvalidTransition { .. })
         ));
-        assert_eq!(t.add_node(node(1, NodeState::Active)), Err(TopologyError::DuplicateNode(NodeId(1))));
-        assert_eq!(t.set_state(NodeId(9), NodeState::Active), Err(TopologyError::UnknownNode(NodeId(9))));
+        assert_eq!(
+            t.add_node(node(1, NodeState::Active)),
+            Err(TopologyError::DuplicateNode(NodeId(1)))
+        );
+        assert_eq!(
+            t.set_state(NodeId(9), NodeState::Active),
+            Err(TopologyError::UnknownNode(NodeId(9)))
+        );
         assert_eq!(t.version(), Epoch(2));
         assert_eq!(t.set_state(NodeId(1), NodeState::Draining), Ok(Epoch(3)));
         assert_eq!(t.active_nodes().count(), 0);
@@ -182,6 +203,9 @@ mod tests {
         let mut t = ClusterTopology::new();
         let mut n = node(1, NodeState::Active);
         n.cores = 0;
-        assert!(matches!(t.add_node(n), Err(TopologyError::InvalidCoreCount { .. })));
+        assert!(matches!(
+            t.add_node(n),
+            Err(TopologyError::InvalidCoreCount { .. })
+        ));
     }
 }

@@ -51,9 +51,15 @@ impl VShardMap {
             return Err(VShardCountError::NotPowerOfTwo(count));
         }
         if count > VSHARD_COUNT_MAX {
-            return Err(VShardCountError::TooLarge { count, max: VSHARD_COUNT_MAX });
+            return Err(VShardCountError::TooLarge {
+                count,
+                max: VSHARD_COUNT_MAX,
+            });
         }
-        Ok(VShardMap { count, bits: count.trailing_zeros() })
+        Ok(VShardMap {
+            count,
+            bits: count.trailing_zeros(),
+        })
     }
 
     pub fn count(&self) -> u32 {
@@ -64,7 +70,11 @@ impl VShardMap {
     pub fn vshard_of(&self, key: &[u8]) -> VShardId {
         let h = key_hash(key);
         // With one vShard (bits = 0) a shift by 64 would overflow: everything maps to 0.
-        let index = if self.bits == 0 { 0 } else { h >> (64 - self.bits) };
+        let index = if self.bits == 0 {
+            0
+        } else {
+            h >> (64 - self.bits)
+        };
         debug_assert!(index < u64::from(self.count));
         VShardId(index as u32)
     }
@@ -130,8 +140,14 @@ mod tests {
     #[test]
     fn invalid_counts_are_typed_errors() {
         assert_eq!(VShardMap::new(0), Err(VShardCountError::NotPowerOfTwo(0)));
-        assert_eq!(VShardMap::new(1000), Err(VShardCountError::NotPowerOfTwo(1000)));
-        assert!(matches!(VShardMap::new(1 << 21), Err(VShardCountError::TooLarge { .. })));
+        assert_eq!(
+            VShardMap::new(1000),
+            Err(VShardCountError::NotPowerOfTwo(1000))
+        );
+        assert!(matches!(
+            VShardMap::new(1 << 21),
+            Err(VShardCountError::TooLarge { .. })
+        ));
         assert_eq!(VShardMap::new(1).unwrap().vshard_of(b"x"), VShardId(0));
     }
 }

@@ -16,8 +16,12 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::balance::model::LoadModel;
-use crate::balance::planner::{MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig};
-use crate::constants::{CORES_PER_NODE_MAX, NODES_MAX, REBALANCE_INTERVAL, REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX};
+use crate::balance::planner::{
+    MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig,
+};
+use crate::constants::{
+    CORES_PER_NODE_MAX, NODES_MAX, REBALANCE_INTERVAL, REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX,
+};
 use crate::ids::{CoreId, NodeId, Placement, VShardId};
 use crate::load::{LoadMetrics, VShardLoad};
 use crate::placement::{PlacementError, PlacementTable};
@@ -42,8 +46,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] =
-        [Scenario::HotNode, Scenario::HotCore, Scenario::NewNode, Scenario::Drain, Scenario::Zipf];
+    pub const ALL: [Scenario; 5] = [
+        Scenario::HotNode,
+        Scenario::HotCore,
+        Scenario::NewNode,
+        Scenario::Drain,
+        Scenario::Zipf,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -66,7 +75,10 @@ impl FromStr for Scenario {
     type Err = HarnessError;
 
     fn from_str(s: &str) -> Result<Scenario, HarnessError> {
-        Scenario::ALL.into_iter().find(|sc| sc.name() == s).ok_or_else(|| HarnessError::UnknownScenario(s.to_owned()))
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| HarnessError::UnknownScenario(s.to_owned()))
     }
 }
 
@@ -84,7 +96,10 @@ pub enum HarnessError {
     Plan(#[from] PlanError),
     /// A planned move could not be applied: a planner bug.
     #[error("planned move {planned:?} could not be applied: {error}")]
-    Apply { planned: PlannedMove, error: PlacementError },
+    Apply {
+        planned: PlannedMove,
+        error: PlacementError,
+    },
     /// Building the topology failed.
     #[error("topology: {0}")]
     Topology(#[from] TopologyError),
@@ -130,9 +145,16 @@ impl HarnessConfig {
 
     fn validate(&self) -> Result<(), HarnessError> {
         let bad = |m: String| Err(HarnessError::InvalidArgument(m));
-        let min_nodes = if matches!(self.scenario, Scenario::NewNode | Scenario::Drain) { 2 } else { 1 };
+        let min_nodes = if matches!(self.scenario, Scenario::NewNode | Scenario::Drain) {
+            2
+        } else {
+            1
+        };
         if self.nodes < min_nodes || self.nodes > NODES_MAX {
-            return bad(format!("--nodes must be within {min_nodes}..={NODES_MAX} for {}", self.scenario));
+            return bad(format!(
+                "--nodes must be within {min_nodes}..={NODES_MAX} for {}",
+                self.scenario
+            ));
         }
         if self.cores == 0 || self.cores > CORES_PER_NODE_MAX {
             return bad(format!("--cores must be within 1..={CORES_PER_NODE_MAX}"));
@@ -143,7 +165,9 @@ impl HarnessConfig {
             return bad(format!("--vshards must be within 1..={VSHARD_COUNT_MAX}"));
         }
         if self.replicas == 0 || self.replicas > REPLICATION_FACTOR_MAX {
-            return bad(format!("--replicas must be within 1..={REPLICATION_FACTOR_MAX}"));
+            return bad(format!(
+                "--replicas must be within 1..={REPLICATION_FACTOR_MAX}"
+            ));
         }
         if !self.zipf_exponent.is_finite() || self.zipf_exponent < 0.0 {
             return bad("the Zipf exponent must be finite and non-negative".into());
@@ -210,33 +234,54 @@ impl HarnessReport {
     pub fn violations(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.converged {
-            out.push(format!("did not converge within {} sweeps", self.sweeps_to_converge));
+            out.push(format!(
+                "did not converge within {} sweeps",
+                self.sweeps_to_converge
+            ));
         }
         let node_limit = 1.10 * self.bound_max_over_mean.max(1.0);
         if self.final_max_over_mean > node_limit {
-            out.push(format!("final_max_over_mean {:.4} > {node_limit:.4}", self.final_max_over_mean));
+            out.push(format!(
+                "final_max_over_mean {:.4} > {node_limit:.4}",
+                self.final_max_over_mean
+            ));
         }
         let core_limit = 1.15 * self.core_bound_max_over_mean.max(1.0);
         if self.final_core_max_over_mean > core_limit {
-            out.push(format!("final_core_max_over_mean {:.4} > {core_limit:.4}", self.final_core_max_over_mean));
+            out.push(format!(
+                "final_core_max_over_mean {:.4} > {core_limit:.4}",
+                self.final_core_max_over_mean
+            ));
         }
         let sweeps_limit = self.moves.div_ceil(self.max_moves_per_sweep.max(1)) + 2;
         if self.sweeps_to_converge > sweeps_limit {
-            out.push(format!("sweeps_to_converge {} > {sweeps_limit}", self.sweeps_to_converge));
+            out.push(format!(
+                "sweeps_to_converge {} > {sweeps_limit}",
+                self.sweeps_to_converge
+            ));
         }
         if self.moves_after_convergence > 0 {
-            out.push(format!("{} moves planned after convergence", self.moves_after_convergence));
+            out.push(format!(
+                "{} moves planned after convergence",
+                self.moves_after_convergence
+            ));
         }
         if self.reversed_moves > 0 {
             out.push(format!("{} reversed moves", self.reversed_moves));
         }
         if self.scenario != Scenario::Drain && self.max_replica_moves_of_one_vshard > 1 {
-            out.push(format!("a vShard's replicas moved {} times", self.max_replica_moves_of_one_vshard));
+            out.push(format!(
+                "a vShard's replicas moved {} times",
+                self.max_replica_moves_of_one_vshard
+            ));
         }
         if matches!(self.scenario, Scenario::NewNode | Scenario::Drain) {
             let limit = 1.2 * self.bytes_must_move as f64;
             if self.bytes_moved as f64 > limit {
-                out.push(format!("bytes_moved {} > 1.2 × bytes_must_move {}", self.bytes_moved, self.bytes_must_move));
+                out.push(format!(
+                    "bytes_moved {} > 1.2 × bytes_must_move {}",
+                    self.bytes_moved, self.bytes_must_move
+                ));
             }
         }
         out
@@ -264,7 +309,11 @@ impl SyntheticCluster {
         };
         let replicas = config.replicas.min(holding_nodes);
         let mut topology = ClusterTopology::new();
-        let initial = if joining_later { config.nodes - 1 } else { config.nodes };
+        let initial = if joining_later {
+            config.nodes - 1
+        } else {
+            config.nodes
+        };
         for i in 0..initial {
             topology.add_node(node_info(i, config.cores))?;
         }
@@ -279,9 +328,12 @@ impl SyntheticCluster {
             _ => {}
         }
 
-        let mut ops: Vec<f64> = (0..config.vshards).map(|_| 100.0 * (0.75 + 0.5 * rng.next_f64())).collect();
-        let bytes: Vec<u64> =
-            (0..config.vshards).map(|_| ((32u64 << 20) as f64 * (1.0 + 2.0 * rng.next_f64())) as u64).collect();
+        let mut ops: Vec<f64> = (0..config.vshards)
+            .map(|_| 100.0 * (0.75 + 0.5 * rng.next_f64()))
+            .collect();
+        let bytes: Vec<u64> = (0..config.vshards)
+            .map(|_| ((32u64 << 20) as f64 * (1.0 + 2.0 * rng.next_f64())) as u64)
+            .collect();
         match config.scenario {
             Scenario::HotNode | Scenario::HotCore => {
                 let node_wide = config.scenario == Scenario::HotNode;
@@ -289,7 +341,11 @@ impl SyntheticCluster {
                 let hot_core = Placement::new(NodeId(0), CoreId(0));
                 for (vshard, entry) in placement.iter() {
                     let leader = entry.leader();
-                    let hot = if node_wide { leader.node == hot_core.node } else { leader == hot_core };
+                    let hot = if node_wide {
+                        leader.node == hot_core.node
+                    } else {
+                        leader == hot_core
+                    };
                     if hot {
                         ops[vshard.0 as usize] *= factor;
                     }
@@ -299,7 +355,10 @@ impl SyntheticCluster {
                 let mut ranks: Vec<u32> = (1..=config.vshards).collect();
                 rng.shuffle(&mut ranks);
                 let total = 100.0 * f64::from(config.vshards);
-                let weights: Vec<f64> = ranks.iter().map(|&r| f64::from(r).powf(-config.zipf_exponent)).collect();
+                let weights: Vec<f64> = ranks
+                    .iter()
+                    .map(|&r| f64::from(r).powf(-config.zipf_exponent))
+                    .collect();
                 let sum: f64 = weights.iter().sum();
                 for (v, w) in weights.iter().enumerate() {
                     ops[v] = total * w / sum;
@@ -315,12 +374,21 @@ impl SyntheticCluster {
                 reads_per_sec: 0.8 * ops[v],
             })
             .collect();
-        Ok(SyntheticCluster { topology, placement, loads, replicas })
+        Ok(SyntheticCluster {
+            topology,
+            placement,
+            loads,
+            replicas,
+        })
     }
 
     /// One metrics row per node, as nodes would report them.
     pub fn node_metrics(&self) -> Vec<LoadMetrics> {
-        let mut rows: Vec<LoadMetrics> = self.topology.nodes().map(|n| LoadMetrics::idle(n.node_id)).collect();
+        let mut rows: Vec<LoadMetrics> = self
+            .topology
+            .nodes()
+            .map(|n| LoadMetrics::idle(n.node_id))
+            .collect();
         let index = |id: NodeId| rows.binary_search_by(|r| r.node_id.cmp(&id)).ok();
         let mut updates: Vec<(usize, &VShardLoad, bool)> = Vec::new();
         for (vshard, entry) in self.placement.iter() {
@@ -346,15 +414,29 @@ impl SyntheticCluster {
     }
 
     fn model(&self, planner: &PlannerConfig) -> LoadModel {
-        LoadModel::build(&self.topology, &self.placement, &self.loads, &planner.weights, |_| true)
+        LoadModel::build(
+            &self.topology,
+            &self.placement,
+            &self.loads,
+            &planner.weights,
+            |_| true,
+        )
     }
 
     fn apply(&mut self, planned: &PlannedMove) -> Result<(), HarnessError> {
         let result = match planned.kind {
-            MoveKind::LeaderTransfer => self.placement.transfer_leader(planned.vshard, planned.target),
-            MoveKind::ReplicaMove => self.placement.move_replica(planned.vshard, planned.source, planned.target),
+            MoveKind::LeaderTransfer => self
+                .placement
+                .transfer_leader(planned.vshard, planned.target),
+            MoveKind::ReplicaMove => {
+                self.placement
+                    .move_replica(planned.vshard, planned.source, planned.target)
+            }
         };
-        result.map(|_| ()).map_err(|error| HarnessError::Apply { planned: planned.clone(), error })
+        result.map(|_| ()).map_err(|error| HarnessError::Apply {
+            planned: planned.clone(),
+            error,
+        })
     }
 }
 
@@ -400,7 +482,10 @@ impl MoveHistory {
 
 /// Runs the harness. `clock` returns a monotonic elapsed time and is used only to time the
 /// planner (`plan_us_*`); pass a constant to make the report fully deterministic.
-pub fn run(config: &HarnessConfig, clock: &mut dyn FnMut() -> Duration) -> Result<HarnessReport, HarnessError> {
+pub fn run(
+    config: &HarnessConfig,
+    clock: &mut dyn FnMut() -> Duration,
+) -> Result<HarnessReport, HarnessError> {
     let mut cluster = SyntheticCluster::build(config)?;
     let mut planner = Planner::new(config.planner.clone())?;
     let initial = cluster.model(&config.planner);
@@ -436,14 +521,21 @@ pub fn run(config: &HarnessConfig, clock: &mut dyn FnMut() -> Duration) -> Resul
         plan_us_sum += plan_us;
         drain_blocked = plan.drain_blocked;
         for planned in &plan.moves {
-            let source_led = cluster.placement.get(planned.vshard).is_some_and(|e| e.leader() == planned.source);
+            let source_led = cluster
+                .placement
+                .get(planned.vshard)
+                .is_some_and(|e| e.leader() == planned.source);
             cluster.apply(planned)?;
             history.record(planned, source_led);
         }
         if converged_at.is_some() {
             moves_after_convergence += plan.moves.len();
         }
-        let leader_transfers = plan.moves.iter().filter(|m| m.kind == MoveKind::LeaderTransfer).count();
+        let leader_transfers = plan
+            .moves
+            .iter()
+            .filter(|m| m.kind == MoveKind::LeaderTransfer)
+            .count();
         rows.push(SweepRow {
             sweep,
             status: plan.status,
@@ -459,7 +551,10 @@ pub fn run(config: &HarnessConfig, clock: &mut dyn FnMut() -> Duration) -> Resul
         }
     }
     let settled = cluster.model(&config.planner);
-    let counted: Vec<&SweepRow> = rows.iter().take(converged_at.unwrap_or(rows.len())).collect();
+    let counted: Vec<&SweepRow> = rows
+        .iter()
+        .take(converged_at.unwrap_or(rows.len()))
+        .collect();
     let moves: usize = counted.iter().map(|r| r.moves).sum();
     let leader_transfers: usize = counted.iter().map(|r| r.leader_transfers).sum();
     Ok(HarnessReport {
@@ -488,7 +583,11 @@ pub fn run(config: &HarnessConfig, clock: &mut dyn FnMut() -> Duration) -> Resul
         moves_after_convergence,
         drain_blocked,
         plan_us_max,
-        plan_us_mean: if rows.is_empty() { 0.0 } else { plan_us_sum / rows.len() as f64 },
+        plan_us_mean: if rows.is_empty() {
+            0.0
+        } else {
+            plan_us_sum / rows.len() as f64
+        },
         rows,
     })
 }

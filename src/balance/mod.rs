@@ -8,8 +8,11 @@ pub mod model;
 pub mod planner;
 pub mod rebalancer;
 
-pub use planner::{MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig};
+pub use planner::{
+    MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, PlannedMove, Planner,
+    PlannerConfig,
+};
 pub use rebalancer::{
-    ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher, ProviderError, Rebalancer,
-    RebalancerConfig, SweepOutcome,
+    ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher,
+    ProviderError, Rebalancer, RebalancerConfig, SweepOutcome,
 };

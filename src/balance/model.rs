@@ -91,7 +91,11 @@ impl LoadModel {
         };
         for (vshard, entry) in placement.iter() {
             let v = vshard.0 as usize;
-            if entry.replicas.iter().any(|p| model.core_index(*p).is_none()) {
+            if entry
+                .replicas
+                .iter()
+                .any(|p| model.core_index(*p).is_none())
+            {
                 frozen[v] = true;
                 continue;
             }
@@ -102,7 +106,12 @@ impl LoadModel {
             totals.reads += load.reads_per_sec;
             totals.leaders += 1.0;
         }
-        let capacity: u32 = model.nodes.iter().filter(|n| n.eligible).map(|n| u32::from(n.cores)).sum();
+        let capacity: u32 = model
+            .nodes
+            .iter()
+            .filter(|n| n.eligible)
+            .map(|n| u32::from(n.cores))
+            .sum();
         model.scale = ScoreScale::new(weights, &totals, capacity);
         if let Some(scale) = model.scale {
             for (vshard, entry) in placement.iter() {
@@ -119,7 +128,11 @@ impl LoadModel {
                     let leader = i == entry.leader;
                     let units = model.replica_units(vshard, leader);
                     model.core_scores[core] += units;
-                    model.core_replicas[core].push(CoreReplica { vshard, units, leader });
+                    model.core_replicas[core].push(CoreReplica {
+                        vshard,
+                        units,
+                        leader,
+                    });
                 }
             }
             for n in 0..model.nodes.len() {
@@ -157,7 +170,10 @@ impl LoadModel {
     /// Moves `units` from one core to another and updates both nodes' scores.
     pub fn shift(&mut self, from: Placement, to: Placement, units: f64) {
         let (fc, tc) = (self.core_index(from), self.core_index(to));
-        let (fc, tc) = (fc.expect("planner moves only known placements"), tc.expect("known target"));
+        let (fc, tc) = (
+            fc.expect("planner moves only known placements"),
+            tc.expect("known target"),
+        );
         self.core_scores[fc] -= units;
         self.core_scores[tc] += units;
         for node in [from.node, to.node] {
@@ -185,7 +201,13 @@ impl LoadModel {
     /// The best node-level max/mean any placement could reach: the heaviest single vShard,
     /// leadership included, cannot be split (on the largest eligible node).
     pub fn node_bound(&self) -> f64 {
-        let cores = self.nodes.iter().filter(|n| n.eligible).map(|n| n.cores).max().unwrap_or(1);
+        let cores = self
+            .nodes
+            .iter()
+            .filter(|n| n.eligible)
+            .map(|n| n.cores)
+            .max()
+            .unwrap_or(1);
         self.heaviest_vshard_units() / f64::from(cores)
     }
 

@@ -43,9 +43,9 @@ use tracing::warn;
 
 use crate::balance::model::{CoreReplica, LoadModel};
 use crate::constants::{
-    REBALANCE_CORE_TARGET_SPREAD, REBALANCE_CORE_TRIGGER_EXCESS, REBALANCE_COOLDOWN, REBALANCE_LEADER_TRANSFER_PREFERENCE,
-    REBALANCE_MAX_MOVES_PER_SWEEP, REBALANCE_MIN_IMPROVEMENT, REBALANCE_TARGET_SPREAD,
-    REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
+    REBALANCE_COOLDOWN, REBALANCE_CORE_TARGET_SPREAD, REBALANCE_CORE_TRIGGER_EXCESS,
+    REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_MAX_MOVES_PER_SWEEP, REBALANCE_MIN_IMPROVEMENT,
+    REBALANCE_TARGET_SPREAD, REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
 };
 use crate::ids::{CoreId, NodeId, Placement, VShardId};
 use crate::load::{LoadError, LoadMetrics, LoadWeights, VShardLoad};
@@ -222,15 +222,26 @@ impl Planner {
             config.core_trigger_excess,
         ];
         if !all.into_iter().all(fraction) {
-            return Err(PlanError::InvalidConfig("spreads must be finite and non-negative"));
+            return Err(PlanError::InvalidConfig(
+                "spreads must be finite and non-negative",
+            ));
         }
         if config.target_spread > config.trigger_spread {
-            return Err(PlanError::InvalidConfig("target_spread must not exceed trigger_spread"));
+            return Err(PlanError::InvalidConfig(
+                "target_spread must not exceed trigger_spread",
+            ));
         }
         if !(0.0..=1.0).contains(&config.leader_transfer_preference) {
-            return Err(PlanError::InvalidConfig("leader_transfer_preference must be within 0..=1"));
+            return Err(PlanError::InvalidConfig(
+                "leader_transfer_preference must be within 0..=1",
+            ));
         }
-        Ok(Planner { config, last_moved: Vec::new(), run_active: false, run_started: None })
+        Ok(Planner {
+            config,
+            last_moved: Vec::new(),
+            run_active: false,
+            run_started: None,
+        })
     }
 
     pub fn config(&self) -> &PlannerConfig {
@@ -250,9 +261,13 @@ impl Planner {
             return Ok(Plan::empty(PlanStatus::NoMetrics));
         }
         let loads = validate_vshard_loads(input)?;
-        let model = LoadModel::build(input.topology, input.placement, &loads, &self.config.weights, |node| {
-            reporting.binary_search(&node).is_ok()
-        });
+        let model = LoadModel::build(
+            input.topology,
+            input.placement,
+            &loads,
+            &self.config.weights,
+            |node| reporting.binary_search(&node).is_ok(),
+        );
         let mut plan = Plan::empty(PlanStatus::Converged);
         plan.ignored_metric_rows = ignored_metric_rows;
         if !model.nodes.iter().any(|n| n.eligible) {
@@ -263,7 +278,8 @@ impl Planner {
             plan.status = PlanStatus::Idle;
             return Ok(plan);
         }
-        self.last_moved.resize(input.placement.vshard_count() as usize, None);
+        self.last_moved
+            .resize(input.placement.vshard_count() as usize, None);
         plan.node_max_over_mean_before = model.node_max_over_mean();
         plan.core_max_over_mean_before = model.core_max_over_mean();
 
@@ -271,7 +287,8 @@ impl Planner {
         let mut sweep = Sweep::new(self, input.placement, model, now);
         let cap = self.config.max_moves_per_sweep;
         while sweep.moves.len() < cap {
-            let found = sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
+            let found =
+                sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
             if !found {
                 break;
             }
@@ -320,7 +337,12 @@ fn validate_metrics(input: &PlanInput<'_>) -> Result<(Vec<NodeId>, usize), PlanE
 fn validate_vshard_loads(input: &PlanInput<'_>) -> Result<Vec<VShardLoad>, PlanError> {
     let count = input.placement.vshard_count();
     let mut loads: Vec<VShardLoad> = (0..count)
-        .map(|v| VShardLoad { vshard: VShardId(v), bytes: 0, writes_per_sec: 0.0, reads_per_sec: 0.0 })
+        .map(|v| VShardLoad {
+            vshard: VShardId(v),
+            bytes: 0,
+            writes_per_sec: 0.0,
+            reads_per_sec: 0.0,
+        })
         .collect();
     let mut seen = vec![false; count as usize];
     for sample in input.vshard_loads {
@@ -375,11 +397,18 @@ struct Sweep<'a> {
 }
 
 impl<'a> Sweep<'a> {
-    fn new(planner: &'a Planner, placement: &'a PlacementTable, model: LoadModel, now: Time) -> Sweep<'a> {
+    fn new(
+        planner: &'a Planner,
+        placement: &'a PlacementTable,
+        model: LoadModel,
+        now: Time,
+    ) -> Sweep<'a> {
         let mut model = model;
         let core_replicas = std::mem::take(&mut model.core_replicas);
-        let core_heaviest =
-            core_replicas.iter().map(|list| list.iter().map(|r| r.units).fold(0.0, f64::max)).collect();
+        let core_heaviest = core_replicas
+            .iter()
+            .map(|list| list.iter().map(|r| r.units).fold(0.0, f64::max))
+            .collect();
         let settled = planner
             .last_moved
             .iter()
@@ -429,8 +458,11 @@ impl<'a> Sweep<'a> {
     /// Whether the cores of node `n` call for a core move: the spread inside the node (the
     /// trigger, then in a run the target), or its hottest core above the excess trigger.
     fn cores_qualify(&self, n: usize) -> bool {
-        let spread_limit =
-            if self.run_active { self.config.core_target_spread } else { self.config.trigger_spread };
+        let spread_limit = if self.run_active {
+            self.config.core_target_spread
+        } else {
+            self.config.trigger_spread
+        };
         let hottest = self.model.cores_of(n).iter().copied().fold(0.0, f64::max);
         self.core_spread(n) > spread_limit || hottest > 1.0 + self.config.core_trigger_excess
     }
@@ -446,7 +478,9 @@ impl<'a> Sweep<'a> {
     }
 
     fn holds(&self, vshard: VShardId, node: NodeId) -> bool {
-        self.placement.get(vshard).is_some_and(|e| e.replica_on(node).is_some())
+        self.placement
+            .get(vshard)
+            .is_some_and(|e| e.replica_on(node).is_some())
     }
 
     fn core_spread(&self, n: usize) -> f64 {
@@ -470,8 +504,14 @@ impl<'a> Sweep<'a> {
 
     /// Eligible nodes ordered coldest first (ties by id).
     fn eligible_coldest_first(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.model.nodes.len()).filter(|&n| self.model.nodes[n].eligible).collect();
-        order.sort_by(|&a, &b| self.model.node_scores[a].total_cmp(&self.model.node_scores[b]).then(a.cmp(&b)));
+        let mut order: Vec<usize> = (0..self.model.nodes.len())
+            .filter(|&n| self.model.nodes[n].eligible)
+            .collect();
+        order.sort_by(|&a, &b| {
+            self.model.node_scores[a]
+                .total_cmp(&self.model.node_scores[b])
+                .then(a.cmp(&b))
+        });
         order
     }
 
@@ -479,9 +519,16 @@ impl<'a> Sweep<'a> {
         let v = c.vshard.0 as usize;
         self.model.shift(c.source, c.target, c.units);
         self.moved[v] = true;
-        let source_core = self.model.core_index(c.source).expect("moves start at known placements");
-        let target_core = self.model.core_index(c.target).expect("moves end at known placements");
-        let (follower_units, leader_units) = (self.model.follower_units[v], self.model.leader_units[v]);
+        let source_core = self
+            .model
+            .core_index(c.source)
+            .expect("moves start at known placements");
+        let target_core = self
+            .model
+            .core_index(c.target)
+            .expect("moves end at known placements");
+        let (follower_units, leader_units) =
+            (self.model.follower_units[v], self.model.leader_units[v]);
         let bytes = match c.kind {
             MoveKind::LeaderTransfer => {
                 // Both replicas stay; leadership (and its units) changes sides.
@@ -506,7 +553,14 @@ impl<'a> Sweep<'a> {
         };
         self.refresh_heaviest(source_core);
         self.refresh_heaviest(target_core);
-        self.moves.push(PlannedMove { vshard: c.vshard, kind: c.kind, source: c.source, target: c.target, reason, bytes });
+        self.moves.push(PlannedMove {
+            vshard: c.vshard,
+            kind: c.kind,
+            source: c.source,
+            target: c.target,
+            reason,
+            bytes,
+        });
         self.node_stuck.iter_mut().for_each(|s| *s = false);
         self.core_stuck.iter_mut().for_each(|s| *s = false);
         if !self.run_active {
@@ -520,8 +574,16 @@ impl<'a> Sweep<'a> {
         }
     }
 
-    fn update_replica(&mut self, core: usize, vshard: VShardId, change: impl FnOnce(&mut CoreReplica)) {
-        if let Some(r) = self.core_replicas[core].iter_mut().find(|r| r.vshard == vshard) {
+    fn update_replica(
+        &mut self,
+        core: usize,
+        vshard: VShardId,
+        change: impl FnOnce(&mut CoreReplica),
+    ) {
+        if let Some(r) = self.core_replicas[core]
+            .iter_mut()
+            .find(|r| r.vshard == vshard)
+        {
             change(r);
         }
     }
@@ -547,7 +609,9 @@ impl<'a> Sweep<'a> {
                         i += 1;
                         continue;
                     }
-                    let Some(&t) = order.iter().find(|&&t| !self.holds(replica.vshard, self.model.nodes[t].id))
+                    let Some(&t) = order
+                        .iter()
+                        .find(|&&t| !self.holds(replica.vshard, self.model.nodes[t].id))
                     else {
                         // Nowhere to go: drop it from this sweep's list and count it.
                         self.core_replicas[c].swap_remove(i);
@@ -573,7 +637,9 @@ impl<'a> Sweep<'a> {
     /// Plans the best move off the hottest node that has one, if nodes spread too much.
     fn next_node_move(&mut self) -> bool {
         let order = self.eligible_coldest_first();
-        let Some(&coldest) = order.first() else { return false };
+        let Some(&coldest) = order.first() else {
+            return false;
+        };
         let coldest_score = self.model.node_scores[coldest];
         for &h in order.iter().rev() {
             let score = self.model.node_scores[h];
@@ -586,7 +652,10 @@ impl<'a> Sweep<'a> {
             // Nothing but its heaviest vShard (plus dust) left on it: nothing to gain here.
             let node = &self.model.nodes[h];
             let cores = node.core_base..node.core_base + usize::from(node.cores);
-            let heaviest = self.core_heaviest[cores].iter().copied().fold(0.0, f64::max);
+            let heaviest = self.core_heaviest[cores]
+                .iter()
+                .copied()
+                .fold(0.0, f64::max);
             if score <= heaviest / f64::from(node.cores) + self.config.target_spread {
                 self.node_stuck[h] = true;
                 continue;
@@ -610,7 +679,8 @@ impl<'a> Sweep<'a> {
         // bound that lets most candidates be skipped without looking at their placement.
         let gain = |t: usize, units: f64| {
             let t_cores = f64::from(self.model.nodes[t].cores);
-            let after = (h_score - units / h_cores).max(self.model.node_scores[t] + units / t_cores);
+            let after =
+                (h_score - units / h_cores).max(self.model.node_scores[t] + units / t_cores);
             h_score - after
         };
         let coldest = coldest_first[0];
@@ -621,7 +691,8 @@ impl<'a> Sweep<'a> {
         let mut best_transfer_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let beats = |slot: &Option<Candidate>, improvement: f64| {
-            improvement > REBALANCE_MIN_IMPROVEMENT && slot.is_none_or(|b| improvement > b.improvement + 1e-12)
+            improvement > REBALANCE_MIN_IMPROVEMENT
+                && slot.is_none_or(|b| improvement > b.improvement + 1e-12)
         };
         let core_limit = 1.0 + self.config.core_target_spread;
         for (rank, &core) in cores.iter().enumerate() {
@@ -634,33 +705,53 @@ impl<'a> Sweep<'a> {
                 }
                 let v = vshard.0 as usize;
                 let lead_units = self.model.leader_units[v];
-                let transfer_bound = replica.leader && beats(&best_transfer_per_core[rank], gain(coldest, lead_units));
-                let replica_bound = beats(&best_replica_per_core[rank], gain(coldest, replica.units));
+                let transfer_bound = replica.leader
+                    && beats(&best_transfer_per_core[rank], gain(coldest, lead_units));
+                let replica_bound =
+                    beats(&best_replica_per_core[rank], gain(coldest, replica.units));
                 if !transfer_bound && !replica_bound {
                     continue;
                 }
                 let entry = self.placement.get(vshard).expect("listed vShards exist");
                 if transfer_bound {
                     for p in entry.replicas.iter().filter(|p| p.node != h_id) {
-                        let Some(t) = self.model.node_index(p.node).filter(|&t| self.model.nodes[t].eligible) else {
+                        let Some(t) = self
+                            .model
+                            .node_index(p.node)
+                            .filter(|&t| self.model.nodes[t].eligible)
+                        else {
                             continue;
                         };
                         // Never create a core hot spot: the follower's core must stay below
                         // the source core, or within the core target.
-                        let target_core = self.model.core_index(*p).expect("eligible node, known core");
-                        if self.model.core_scores[target_core] + lead_units > source_score.max(core_limit) {
+                        let target_core = self
+                            .model
+                            .core_index(*p)
+                            .expect("eligible node, known core");
+                        if self.model.core_scores[target_core] + lead_units
+                            > source_score.max(core_limit)
+                        {
                             continue;
                         }
                         let improvement = gain(t, lead_units);
                         if beats(&best_transfer_per_core[rank], improvement) {
                             let kind = MoveKind::LeaderTransfer;
-                            let c = Candidate { vshard, kind, source, target: *p, units: lead_units, improvement };
+                            let c = Candidate {
+                                vshard,
+                                kind,
+                                source,
+                                target: *p,
+                                units: lead_units,
+                                improvement,
+                            };
                             best_transfer_per_core[rank] = Some(c);
                         }
                     }
                 }
                 if replica_bound {
-                    let target = coldest_first.iter().find(|&&t| entry.replica_on(self.model.nodes[t].id).is_none());
+                    let target = coldest_first
+                        .iter()
+                        .find(|&&t| entry.replica_on(self.model.nodes[t].id).is_none());
                     if let Some(&t) = target {
                         let improvement = gain(t, replica.units);
                         if beats(&best_replica_per_core[rank], improvement) {
@@ -679,18 +770,33 @@ impl<'a> Sweep<'a> {
             }
         }
         let pick = |per_core: &[Option<Candidate>]| -> Option<Candidate> {
-            let best = per_core.iter().flatten().map(|c| c.improvement).fold(0.0, f64::max);
+            let best = per_core
+                .iter()
+                .flatten()
+                .map(|c| c.improvement)
+                .fold(0.0, f64::max);
             // The hottest core whose best move is within 10 % of the overall best.
-            per_core.iter().flatten().find(|c| c.improvement >= 0.9 * best).copied()
+            per_core
+                .iter()
+                .flatten()
+                .find(|c| c.improvement >= 0.9 * best)
+                .copied()
         };
         let transfer = pick(&best_transfer_per_core);
         let replica = pick(&best_replica_per_core).map(|mut c| {
-            let t = self.model.node_index(c.target.node).expect("target is a model node");
+            let t = self
+                .model
+                .node_index(c.target.node)
+                .expect("target is a model node");
             c.target = self.coldest_core(t);
             c
         });
         match (transfer, replica) {
-            (Some(t), Some(r)) if t.improvement >= self.config.leader_transfer_preference * r.improvement => Some(t),
+            (Some(t), Some(r))
+                if t.improvement >= self.config.leader_transfer_preference * r.improvement =>
+            {
+                Some(t)
+            }
             (_, Some(r)) => Some(r),
             (t, None) => t,
         }
@@ -699,7 +805,9 @@ impl<'a> Sweep<'a> {
     /// Plans one move between the cores of the node whose cores spread the most.
     fn next_core_move(&mut self) -> bool {
         let mut nodes: Vec<(usize, f64)> = (0..self.model.nodes.len())
-            .filter(|&n| self.model.nodes[n].eligible && self.model.nodes[n].cores > 1 && !self.core_stuck[n])
+            .filter(|&n| {
+                self.model.nodes[n].eligible && self.model.nodes[n].cores > 1 && !self.core_stuck[n]
+            })
             .map(|n| (n, self.core_spread(n)))
             .filter(|&(n, _)| self.cores_qualify(n))
             .collect();
@@ -739,9 +847,18 @@ impl<'a> Sweep<'a> {
             }
             let units = replica.units;
             let improvement = hot_score - (hot_score - units).max(cold_score + units);
-            if improvement > REBALANCE_MIN_IMPROVEMENT && best.is_none_or(|b| improvement > b.improvement + 1e-12) {
+            if improvement > REBALANCE_MIN_IMPROVEMENT
+                && best.is_none_or(|b| improvement > b.improvement + 1e-12)
+            {
                 let vshard = replica.vshard;
-                best = Some(Candidate { vshard, kind: MoveKind::ReplicaMove, source, target, units, improvement });
+                best = Some(Candidate {
+                    vshard,
+                    kind: MoveKind::ReplicaMove,
+                    source,
+                    target,
+                    units,
+                    improvement,
+                });
             }
         }
         best

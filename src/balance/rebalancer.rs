@@ -74,7 +74,9 @@ pub struct RebalancerConfig {
 
 impl Default for RebalancerConfig {
     fn default() -> Self {
-        RebalancerConfig { cpu_backpressure: REBALANCE_CPU_BACKPRESSURE }
+        RebalancerConfig {
+            cpu_backpressure: REBALANCE_CPU_BACKPRESSURE,
+        }
     }
 }
 
@@ -88,7 +90,11 @@ pub enum SweepOutcome {
     /// The provider or planner failed; counted as an error.
     Failed,
     /// The planner ran; `dispatched` moves were accepted, `failed` refused.
-    Planned { status: PlanStatus, dispatched: usize, failed: usize },
+    Planned {
+        status: PlanStatus,
+        dispatched: usize,
+        failed: usize,
+    },
 }
 
 /// The rebalancer's sans-IO state: planner, gates and loop metrics.
@@ -103,7 +109,12 @@ pub struct Rebalancer {
 impl Rebalancer {
     pub fn new(planner: Planner, config: RebalancerConfig) -> Rebalancer {
         let metrics = Arc::new(LoopMetrics::new(LOOP_NAME, ERROR_KINDS, SKIP_REASONS));
-        Rebalancer { planner, config, metrics, last_plan: None }
+        Rebalancer {
+            planner,
+            config,
+            metrics,
+            last_plan: None,
+        }
     }
 
     /// The loop metrics, to register in the process's `MetricsRegistry`.
@@ -145,7 +156,10 @@ impl Rebalancer {
         if let Some(m) = overloaded {
             info!(node = %m.node_id, cpu = m.cpu_utilization, "rebalancer sweep skipped: CPU back-pressure");
             self.metrics.record_skip("cpu_backpressure");
-            return SweepOutcome::SkippedBackpressure { node: m.node_id, cpu_utilization: m.cpu_utilization };
+            return SweepOutcome::SkippedBackpressure {
+                node: m.node_id,
+                cpu_utilization: m.cpu_utilization,
+            };
         }
         let input = PlanInput {
             topology: &load.topology,
@@ -177,6 +191,10 @@ impl Rebalancer {
         }
         let status = plan.status;
         self.last_plan = Some(plan);
-        SweepOutcome::Planned { status, dispatched, failed }
+        SweepOutcome::Planned {
+            status,
+            dispatched,
+            failed,
+        }
     }
 }

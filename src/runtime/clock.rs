@@ -18,7 +18,9 @@ impl Default for MonotonicClock {
 
 impl MonotonicClock {
     pub fn new() -> MonotonicClock {
-        MonotonicClock { origin: Instant::now() }
+        MonotonicClock {
+            origin: Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Time {

@@ -38,12 +38,19 @@ pub struct ExecutorHandle<T: Send + 'static> {
 impl<T: Send + 'static> ExecutorHandle<T> {
     /// Waits for the executor's task to finish and returns its result.
     pub fn join(self) -> Result<T, RuntimeError> {
-        self.inner.join().map_err(|e| RuntimeError::Join { name: self.name, message: e.to_string() })
+        self.inner.join().map_err(|e| RuntimeError::Join {
+            name: self.name,
+            message: e.to_string(),
+        })
     }
 }
 
 /// Starts an executor thread named `name` running the future `make()` builds.
-pub fn spawn_executor<G, F, T>(name: &str, placement: CorePlacement, make: G) -> Result<ExecutorHandle<T>, RuntimeError>
+pub fn spawn_executor<G, F, T>(
+    name: &str,
+    placement: CorePlacement,
+    make: G,
+) -> Result<ExecutorHandle<T>, RuntimeError>
 where
     G: FnOnce() -> F + Send + 'static,
     F: Future<Output = T> + 'static,
@@ -59,8 +66,14 @@ where
         // Yield to other tasks at least this often; keeps timers and kicks responsive.
         .preempt_timer(Duration::from_millis(10))
         .spawn(make)
-        .map_err(|e| RuntimeError::Start { name: name.to_owned(), message: explain(&e.to_string()) })?;
-    Ok(ExecutorHandle { name: name.to_owned(), inner })
+        .map_err(|e| RuntimeError::Start {
+            name: name.to_owned(),
+            message: explain(&e.to_string()),
+        })?;
+    Ok(ExecutorHandle {
+        name: name.to_owned(),
+        inner,
+    })
 }
 
 /// Adds the fix to glommio's terser start-up errors.

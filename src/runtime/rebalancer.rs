@@ -18,7 +18,9 @@ use async_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
 use tracing::info;
 
-use crate::balance::rebalancer::{ElectionGate, LoadMetricsProvider, MigrationDispatcher, Rebalancer};
+use crate::balance::rebalancer::{
+    ElectionGate, LoadMetricsProvider, MigrationDispatcher, Rebalancer,
+};
 use crate::constants::REBALANCE_KICK_CHANNEL_CAPACITY;
 use crate::runtime::clock::MonotonicClock;
 
@@ -55,7 +57,13 @@ pub struct RebalancerSignals {
 pub fn rebalancer_control() -> (RebalancerHandle, RebalancerSignals) {
     let (tx, rx) = async_channel::bounded(REBALANCE_KICK_CHANNEL_CAPACITY);
     let stop = Arc::new(AtomicBool::new(false));
-    (RebalancerHandle { kicks: tx, stop: stop.clone() }, RebalancerSignals { kicks: rx, stop })
+    (
+        RebalancerHandle {
+            kicks: tx,
+            stop: stop.clone(),
+        },
+        RebalancerSignals { kicks: rx, stop },
+    )
 }
 
 /// Why the wait before a sweep ended.
@@ -78,7 +86,10 @@ pub async fn run_rebalancer(
     let clock = MonotonicClock::new();
     let metrics = rebalancer.metrics().clone();
     metrics.set_up(true);
-    info!(interval_ms = interval.as_millis() as u64, "rebalancer loop started");
+    info!(
+        interval_ms = interval.as_millis() as u64,
+        "rebalancer loop started"
+    );
     loop {
         let wake = future::or(
             async {
@@ -99,7 +110,11 @@ pub async fn run_rebalancer(
         let started = Instant::now();
         let outcome = rebalancer.sweep(clock.now(), gate, provider, dispatcher);
         metrics.record_iteration(started.elapsed());
-        tracing::debug!(?outcome, kicked = matches!(wake, Wake::Kick), "rebalancer sweep");
+        tracing::debug!(
+            ?outcome,
+            kicked = matches!(wake, Wake::Kick),
+            "rebalancer sweep"
+        );
     }
     metrics.set_up(false);
     info!("rebalancer loop stopped");

@@ -1,0 +1,119 @@
+//! The command line as a user meets it: `rebalance-sim` prints a table or one JSON object,
+//! and bad arguments get a clear message and a non-zero exit.
+
+use std::process::{Command, Output};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+        .args(args)
+        .output()
+        .expect("run the binary")
+}
+
+#[test]
+fn rebalance_sim_json_has_every_documented_field() {
+    let out = cli(&[
+        "rebalance-sim",
+        "--nodes",
+        "4",
+        "--cores",
+        "2",
+        "--vshards",
+        "512",
+        "--scenario",
+        "new-node",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "one JSON object on one line");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in [
+        "sweeps_to_converge",
+        "final_max_over_mean",
+        "final_core_max_over_mean",
+        "bound_max_over_mean",
+        "moves",
+        "leader_transfers",
+        "bytes_moved",
+        "bytes_must_move",
+        "max_replica_moves_of_one_vshard",
+        "reversed_moves",
+        "plan_us_max",
+        "targets_met",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {stdout}");
+    }
+    assert_eq!(v["scenario"], "new-node");
+    assert_eq!(v["targets_met"], true, "{stdout}");
+    assert!(v["bytes_must_move"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn rebalance_sim_table_prints_one_row_per_sweep_and_a_summary() {
+    let out = cli(&[
+        "rebalance-sim",
+        "--nodes",
+        "3",
+        "--cores",
+        "1",
+        "--vshards",
+        "256",
+        "--scenario",
+        "hot-node",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("converged            true"), "{stdout}");
+    assert!(stdout.contains("targets              met"), "{stdout}");
+    let rows = stdout.lines().filter(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|w| w.parse::<u32>().is_ok())
+    });
+    assert!(
+        rows.count() >= 11,
+        "a row per sweep, including the settle sweeps:\n{stdout}"
+    );
+}
+
+#[test]
+fn bad_arguments_fail_with_a_clear_message() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["rebalance-sim", "--scenario", "hot-disk"],
+            "unknown scenario",
+        ),
+        (
+            &["rebalance-sim", "--scenario", "zipf", "--nodes", "0"],
+            "--nodes must be within",
+        ),
+        (
+            &["rebalance-sim", "--scenario", "drain", "--nodes", "1"],
+            "--nodes must be within 2",
+        ),
+        (
+            &["rebalance-sim", "--scenario", "zipf", "--vshards", "0"],
+            "--vshards must be within",
+        ),
+        (
+            &["rebalance-sim", "--scenario", "zipf", "--cores", "many"],
+            "invalid value",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr}"
+        );
+    }
+}

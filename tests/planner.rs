@@ -1,0 +1,474 @@
+//! The planner's contract, one behaviour per test: what it moves, what it never moves, and
+//! how it answers bad input.
+
+use std::time::Duration;
+
+use nodedb_cluster::balance::harness::{HarnessConfig, Scenario, SyntheticCluster};
+use nodedb_cluster::balance::model::LoadModel;
+use nodedb_cluster::balance::{
+    MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, Planner, PlannerConfig,
+};
+use nodedb_cluster::ids::{CoreId, NodeId, Placement, VShardId};
+use nodedb_cluster::load::{LoadError, LoadMetrics, VShardLoad};
+use nodedb_cluster::placement::PlacementTable;
+use nodedb_cluster::time::Time;
+use nodedb_cluster::topology::{ClusterTopology, NodeInfo, NodeState};
+
+fn topology(states: &[NodeState], cores: u16) -> ClusterTopology {
+    let mut t = ClusterTopology::new();
+    for (i, state) in states.iter().enumerate() {
+        let addr = format!("127.0.0.1:{}", 7000 + 100 * i);
+        t.add_node(NodeInfo {
+            node_id: NodeId(i as u64),
+            addr,
+            cores,
+            state: *state,
+        })
+        .unwrap();
+    }
+    t
+}
+
+fn metrics_for(t: &ClusterTopology) -> Vec<LoadMetrics> {
+    t.nodes().map(|n| LoadMetrics::idle(n.node_id)).collect()
+}
+
+/// Uniform loads, with vShards led by `hot_node` carrying `factor`× the reads.
+fn loads(placement: &PlacementTable, hot_node: Option<NodeId>, factor: f64) -> Vec<VShardLoad> {
+    placement
+        .iter()
+        .map(|(vshard, e)| {
+            let hot = hot_node.is_some_and(|n| e.leader().node == n);
+            let reads = if hot { 100.0 * factor } else { 100.0 };
+            VShardLoad {
+                vshard,
+                bytes: 64 << 20,
+                writes_per_sec: 20.0,
+                reads_per_sec: reads,
+            }
+        })
+        .collect()
+}
+
+fn plan(
+    planner: &mut Planner,
+    t: &ClusterTopology,
+    p: &PlacementTable,
+    m: &[LoadMetrics],
+    l: &[VShardLoad],
+) -> Result<Plan, PlanError> {
+    planner.plan(
+        Time::ZERO,
+        &PlanInput {
+            topology: t,
+            placement: p,
+            node_metrics: m,
+            vshard_loads: l,
+        },
+    )
+}
+
+fn planner() -> Planner {
+    Planner::new(PlannerConfig::default()).unwrap()
+}
+
+#[test]
+fn idle_cluster_plans_nothing() {
+    let t = topology(&[NodeState::Active; 3], 2);
+    let p = PlacementTable::initial(&t, 64, 3).unwrap();
+    let idle: Vec<VShardLoad> = p
+        .iter()
+        .map(|(vshard, _)| VShardLoad {
+            vshard,
+            bytes: 0,
+            writes_per_sec: 0.0,
+            reads_per_sec: 0.0,
+        })
+        .collect();
+    let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
+    assert_eq!(result.status, PlanStatus::Idle);
+    assert!(result.moves.is_empty());
+}
+
+#[test]
+fn balanced_cluster_plans_nothing() {
+    let t = topology(&[NodeState::Active; 4], 2);
+    let p = PlacementTable::initial(&t, 256, 3).unwrap();
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &metrics_for(&t),
+        &loads(&p, None, 1.0),
+    )
+    .unwrap();
+    assert_eq!(result.status, PlanStatus::WithinTrigger);
+    assert!(result.moves.is_empty(), "{:?}", result.moves);
+}
+
+#[test]
+fn read_hot_spot_is_fixed_by_leader_transfers_alone() {
+    let t = topology(&[NodeState::Active; 3], 1);
+    let p = PlacementTable::initial(&t, 128, 3).unwrap();
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &metrics_for(&t),
+        &loads(&p, Some(NodeId(0)), 5.0),
+    )
+    .unwrap();
+    assert_eq!(result.moves.len(), 10);
+    assert!(
+        result
+            .moves
+            .iter()
+            .all(|m| m.kind == MoveKind::LeaderTransfer && m.bytes == 0)
+    );
+    assert!(result.moves.iter().all(|m| m.source.node == NodeId(0)));
+    assert!(result.node_max_over_mean_after < result.node_max_over_mean_before);
+}
+
+#[test]
+fn projected_scores_match_the_placement_after_applying_the_plan() {
+    // The planner recomputes scores after each move; its projection must equal a model
+    // rebuilt from scratch on the placement with every move applied.
+    let config = HarnessConfig::new(8, 4, 2048, Scenario::Zipf);
+    let mut cluster = SyntheticCluster::build(&config).unwrap();
+    let metrics = cluster.node_metrics();
+    let input = PlanInput {
+        topology: &cluster.topology,
+        placement: &cluster.placement,
+        node_metrics: &metrics,
+        vshard_loads: &cluster.loads,
+    };
+    let result = planner().plan(Time::ZERO, &input).unwrap();
+    assert_eq!(result.moves.len(), 10);
+    for m in &result.moves {
+        let entry = cluster.placement.get(m.vshard).unwrap();
+        match m.kind {
+            MoveKind::LeaderTransfer => cluster
+                .placement
+                .transfer_leader(m.vshard, m.target)
+                .unwrap(),
+            MoveKind::ReplicaMove => {
+                assert!(
+                    entry.replica_on(m.target.node).is_none(),
+                    "target already holds {}",
+                    m.vshard
+                );
+                cluster
+                    .placement
+                    .move_replica(m.vshard, m.source, m.target)
+                    .unwrap()
+            }
+        };
+    }
+    let rebuilt = LoadModel::build(
+        &cluster.topology,
+        &cluster.placement,
+        &cluster.loads,
+        &Default::default(),
+        |_| true,
+    );
+    assert!((rebuilt.node_max_over_mean() - result.node_max_over_mean_after).abs() < 1e-9);
+    assert!((rebuilt.core_max_over_mean() - result.core_max_over_mean_after).abs() < 1e-9);
+}
+
+#[test]
+fn same_input_gives_the_same_plan() {
+    let config = HarnessConfig::new(6, 3, 1024, Scenario::HotCore);
+    let cluster = SyntheticCluster::build(&config).unwrap();
+    let metrics = cluster.node_metrics();
+    let input = PlanInput {
+        topology: &cluster.topology,
+        placement: &cluster.placement,
+        node_metrics: &metrics,
+        vshard_loads: &cluster.loads,
+    };
+    let a = planner().plan(Time::from_secs(30), &input).unwrap();
+    let b = planner().plan(Time::from_secs(30), &input).unwrap();
+    assert!(!a.moves.is_empty());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn draining_node_is_emptied_and_joining_or_decommissioned_nodes_receive_nothing() {
+    use NodeState::*;
+    let mut t = topology(&[Active, Active, Active, Active], 2);
+    let p = PlacementTable::initial(&t, 64, 2).unwrap();
+    t.set_state(NodeId(3), Draining).unwrap();
+    t.add_node(NodeInfo {
+        node_id: NodeId(4),
+        addr: "127.0.0.1:7400".into(),
+        cores: 2,
+        state: Joining,
+    })
+    .unwrap();
+    let l = loads(&p, None, 1.0);
+    let mut planner = planner();
+    let result = plan(&mut planner, &t, &p, &metrics_for(&t), &l).unwrap();
+    assert_eq!(result.moves.len(), 10);
+    for m in &result.moves {
+        assert_eq!(m.reason, MoveReason::Drain);
+        assert_eq!(m.source.node, NodeId(3));
+        assert!(
+            m.target.node != NodeId(3) && m.target.node != NodeId(4),
+            "{m:?}"
+        );
+        assert_eq!(m.kind, MoveKind::ReplicaMove);
+    }
+    assert_eq!(result.status, PlanStatus::MoveCapReached);
+}
+
+#[test]
+fn drain_with_nowhere_to_go_is_reported_not_forced() {
+    // Three nodes, three replicas: every other node already holds every vShard.
+    let mut t = topology(&[NodeState::Active; 3], 1);
+    let p = PlacementTable::initial(&t, 16, 3).unwrap();
+    t.set_state(NodeId(2), NodeState::Draining).unwrap();
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &metrics_for(&t),
+        &loads(&p, None, 1.0),
+    )
+    .unwrap();
+    assert!(
+        result
+            .moves
+            .iter()
+            .all(|m| m.target.node != NodeId(2) && m.reason != MoveReason::Drain)
+    );
+    assert_eq!(result.drain_blocked, 16);
+}
+
+#[test]
+fn cores_inside_one_node_are_balanced_with_core_moves() {
+    let t = topology(&[NodeState::Active], 4);
+    let p = PlacementTable::initial(&t, 64, 1).unwrap();
+    let l: Vec<VShardLoad> = p
+        .iter()
+        .map(|(vshard, e)| {
+            let reads = if e.leader().core == CoreId(0) {
+                800.0
+            } else {
+                100.0
+            };
+            VShardLoad {
+                vshard,
+                bytes: 1 << 20,
+                writes_per_sec: 10.0,
+                reads_per_sec: reads,
+            }
+        })
+        .collect();
+    let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &l).unwrap();
+    assert!(!result.moves.is_empty());
+    for m in &result.moves {
+        assert_eq!(m.reason, MoveReason::CoreBalance);
+        assert_eq!(m.source, Placement::new(NodeId(0), CoreId(0)));
+        assert_eq!(m.target.node, NodeId(0));
+    }
+    assert!(result.core_max_over_mean_after < result.core_max_over_mean_before);
+}
+
+#[test]
+fn moved_vshards_are_not_moved_again_within_the_cooldown() {
+    let config = HarnessConfig::new(5, 2, 512, Scenario::HotNode);
+    let mut cluster = SyntheticCluster::build(&config).unwrap();
+    let mut planner = planner();
+    let mut moved = std::collections::HashSet::new();
+    for sweep in 0..20u64 {
+        let metrics = cluster.node_metrics();
+        let input = PlanInput {
+            topology: &cluster.topology,
+            placement: &cluster.placement,
+            node_metrics: &metrics,
+            vshard_loads: &cluster.loads,
+        };
+        let result = planner.plan(Time::from_secs(30 * sweep), &input).unwrap();
+        for m in &result.moves {
+            assert!(
+                moved.insert(m.vshard),
+                "{} moved twice within {:?}",
+                m.vshard,
+                Duration::from_secs(600)
+            );
+            match m.kind {
+                MoveKind::LeaderTransfer => cluster.placement.transfer_leader(m.vshard, m.target),
+                MoveKind::ReplicaMove => {
+                    cluster.placement.move_replica(m.vshard, m.source, m.target)
+                }
+            }
+            .unwrap();
+        }
+    }
+    assert!(
+        moved.len() > 10,
+        "the scenario must need more than one sweep"
+    );
+}
+
+// ---- Bad input: typed errors or an empty plan with a reason, never a panic. ----
+
+#[test]
+fn no_metrics_gives_an_empty_plan() {
+    let t = topology(&[NodeState::Active; 3], 1);
+    let p = PlacementTable::initial(&t, 16, 3).unwrap();
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &[],
+        &loads(&p, Some(NodeId(0)), 9.0),
+    )
+    .unwrap();
+    assert_eq!(result.status, PlanStatus::NoMetrics);
+    assert!(result.moves.is_empty());
+}
+
+#[test]
+fn single_node_single_core_plans_nothing() {
+    let t = topology(&[NodeState::Active], 1);
+    let p = PlacementTable::initial(&t, 16, 3).unwrap();
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &metrics_for(&t),
+        &loads(&p, Some(NodeId(0)), 9.0),
+    )
+    .unwrap();
+    assert!(result.moves.is_empty());
+}
+
+#[test]
+fn non_finite_or_negative_loads_are_typed_errors() {
+    let t = topology(&[NodeState::Active; 3], 1);
+    let p = PlacementTable::initial(&t, 16, 3).unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0] {
+        let mut l = loads(&p, None, 1.0);
+        l[3].reads_per_sec = bad;
+        let err = plan(&mut planner(), &t, &p, &metrics_for(&t), &l).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlanError::Load(LoadError::InvalidVShardLoad {
+                    vshard: VShardId(3),
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        let mut m = metrics_for(&t);
+        m[1].cpu_utilization = bad;
+        let err = plan(&mut planner(), &t, &p, &m, &loads(&p, None, 1.0)).unwrap_err();
+        assert!(
+            matches!(err, PlanError::Load(LoadError::InvalidNodeMetric { .. })),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_rows_and_unknown_vshards_are_typed_errors() {
+    let t = topology(&[NodeState::Active; 3], 1);
+    let p = PlacementTable::initial(&t, 16, 3).unwrap();
+    let mut m = metrics_for(&t);
+    m.push(LoadMetrics::idle(NodeId(1)));
+    let err = plan(&mut planner(), &t, &p, &m, &loads(&p, None, 1.0)).unwrap_err();
+    assert_eq!(
+        err,
+        PlanError::Load(LoadError::DuplicateNodeMetrics(NodeId(1)))
+    );
+
+    let mut l = loads(&p, None, 1.0);
+    l.push(l[5]);
+    let err = plan(&mut planner(), &t, &p, &metrics_for(&t), &l).unwrap_err();
+    assert_eq!(
+        err,
+        PlanError::Load(LoadError::DuplicateVShardLoad(VShardId(5)))
+    );
+
+    let mut l = loads(&p, None, 1.0);
+    l.push(VShardLoad {
+        vshard: VShardId(99),
+        bytes: 1,
+        writes_per_sec: 1.0,
+        reads_per_sec: 1.0,
+    });
+    let err = plan(&mut planner(), &t, &p, &metrics_for(&t), &l).unwrap_err();
+    assert_eq!(err, PlanError::Load(LoadError::UnknownVShard(VShardId(99))));
+}
+
+#[test]
+fn metrics_from_unknown_nodes_are_ignored() {
+    let t = topology(&[NodeState::Active; 3], 1);
+    let p = PlacementTable::initial(&t, 64, 3).unwrap();
+    let mut m = metrics_for(&t);
+    m.push(LoadMetrics::idle(NodeId(42)));
+    let result = plan(&mut planner(), &t, &p, &m, &loads(&p, Some(NodeId(0)), 5.0)).unwrap();
+    assert_eq!(result.ignored_metric_rows, 1);
+    assert!(result.moves.iter().all(|mv| mv.target.node != NodeId(42)));
+}
+
+#[test]
+fn a_topology_without_active_nodes_plans_nothing() {
+    use NodeState::*;
+    let mut t = topology(&[Active, Active], 1);
+    let p = PlacementTable::initial(&t, 16, 2).unwrap();
+    t.set_state(NodeId(0), Draining).unwrap();
+    t.set_state(NodeId(1), Draining).unwrap();
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &metrics_for(&t),
+        &loads(&p, None, 1.0),
+    )
+    .unwrap();
+    assert_eq!(result.status, PlanStatus::NoActiveNodes);
+    assert!(result.moves.is_empty());
+}
+
+#[test]
+fn placement_naming_unknown_nodes_is_frozen_not_a_panic() {
+    // A placement built for four nodes, planned against a topology that lost node 3.
+    let full = topology(&[NodeState::Active; 4], 1);
+    let p = PlacementTable::initial(&full, 64, 2).unwrap();
+    let t = topology(&[NodeState::Active; 3], 1);
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &metrics_for(&t),
+        &loads(&p, Some(NodeId(0)), 6.0),
+    )
+    .unwrap();
+    for m in &result.moves {
+        assert!(
+            p.get(m.vshard).unwrap().replica_on(NodeId(3)).is_none(),
+            "moved a frozen vShard"
+        );
+    }
+}
+
+#[test]
+fn invalid_planner_config_is_a_typed_error() {
+    let config = PlannerConfig {
+        target_spread: 0.5,
+        ..PlannerConfig::default()
+    };
+    assert!(matches!(
+        Planner::new(config),
+        Err(PlanError::InvalidConfig(_))
+    ));
+    let mut config = PlannerConfig::default();
+    config.weights.reads = f64::NAN;
+    assert!(matches!(
+        Planner::new(config),
+        Err(PlanError::Load(LoadError::InvalidWeights))
+    ));
+}
