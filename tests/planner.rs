@@ -472,3 +472,112 @@ fn invalid_planner_config_is_a_typed_error() {
         Err(PlanError::Load(LoadError::InvalidWeights))
     ));
 }
+
+#[test]
+fn metrics_from_only_one_node_move_nothing_onto_silent_nodes() {
+    let t = topology(&[NodeState::Active; 3], 2);
+    let p = PlacementTable::initial(&t, 64, 2).unwrap();
+    let only_node_1 = vec![LoadMetrics::idle(NodeId(1))];
+    let result = plan(
+        &mut planner(),
+        &t,
+        &p,
+        &only_node_1,
+        &loads(&p, Some(NodeId(0)), 9.0),
+    )
+    .unwrap();
+    for m in &result.moves {
+        assert_eq!(
+            m.target.node,
+            NodeId(1),
+            "only the reporting node may receive: {m:?}"
+        );
+    }
+}
+
+/// Random topologies (states, core counts, sparse ids), placements and loads, including
+/// zeros and huge values: the planner never panics, and every move it plans is valid.
+#[test]
+fn random_inputs_never_panic_and_every_planned_move_is_valid() {
+    use nodedb_cluster::rng::Rng;
+    let mut rng = Rng::new(0xbad_1dea);
+    let mut cases_with_moves = 0;
+    for case in 0..400 {
+        let nodes = 1 + rng.below(7) as usize;
+        let mut t = ClusterTopology::new();
+        for i in 0..nodes {
+            let id = NodeId(i as u64 * (1 + rng.below(1000)) + i as u64);
+            let cores = 1 + rng.below(4) as u16;
+            let _ = t.add_node(NodeInfo {
+                node_id: id,
+                addr: String::new(),
+                cores,
+                state: NodeState::Active,
+            });
+        }
+        let vshards = 1 + rng.below(300) as u32;
+        let replicas = 1 + rng.below(4) as usize;
+        let p = PlacementTable::initial(&t, vshards, replicas).unwrap();
+        let ids: Vec<NodeId> = t.nodes().map(|n| n.node_id).collect();
+        for id in &ids {
+            let state = [
+                NodeState::Active,
+                NodeState::Draining,
+                NodeState::Decommissioned,
+            ][rng.below(3) as usize];
+            if state == NodeState::Decommissioned {
+                let _ = t.set_state(*id, NodeState::Draining);
+            }
+            let _ = t.set_state(*id, state);
+        }
+        let mut l = Vec::new();
+        for (vshard, _) in p.iter() {
+            // Some vShards report nothing (idle); the rest span twelve orders of magnitude.
+            if rng.below(10) == 0 {
+                continue;
+            }
+            let scale = [0.0, 1.0, 1e3, 1e12][rng.below(4) as usize];
+            let bytes = (rng.next_f64() * scale) as u64;
+            let (writes_per_sec, reads_per_sec) = (rng.next_f64() * scale, rng.next_f64() * scale);
+            l.push(VShardLoad {
+                vshard,
+                bytes,
+                writes_per_sec,
+                reads_per_sec,
+            });
+        }
+        let m: Vec<LoadMetrics> = ids
+            .iter()
+            .filter(|_| rng.below(4) != 0)
+            .map(|id| LoadMetrics::idle(*id))
+            .collect();
+        let mut planner = planner();
+        let result =
+            plan(&mut planner, &t, &p, &m, &l).unwrap_or_else(|e| panic!("case {case}: {e}"));
+        let mut applied = p.clone();
+        for mv in &result.moves {
+            let target = t
+                .node(mv.target.node)
+                .unwrap_or_else(|| panic!("case {case}: unknown target {mv:?}"));
+            assert_eq!(target.state, NodeState::Active, "case {case}: {mv:?}");
+            assert!(
+                m.iter().any(|row| row.node_id == mv.target.node),
+                "case {case}: silent target {mv:?}"
+            );
+            assert!(mv.target.core.0 < target.cores, "case {case}: {mv:?}");
+            match mv.kind {
+                MoveKind::LeaderTransfer => applied.transfer_leader(mv.vshard, mv.target),
+                MoveKind::ReplicaMove => applied.move_replica(mv.vshard, mv.source, mv.target),
+            }
+            .unwrap_or_else(|e| panic!("case {case}: {mv:?}: {e}"));
+        }
+        applied.validate().unwrap();
+        assert!(result.moves.len() <= 10);
+        cases_with_moves += usize::from(!result.moves.is_empty());
+    }
+    // The generator must exercise the planning paths, not only the early exits.
+    assert!(
+        cases_with_moves >= 100,
+        "only {cases_with_moves} cases planned moves"
+    );
+}

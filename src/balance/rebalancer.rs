@@ -186,8 +186,20 @@ impl Rebalancer {
                 }
             }
         }
-        if !plan.moves.is_empty() {
-            info!(moves = plan.moves.len(), status = ?plan.status, "rebalancer dispatched a plan");
+        match plan.status {
+            _ if !plan.moves.is_empty() => {
+                info!(moves = plan.moves.len(), status = ?plan.status, "rebalancer dispatched a plan")
+            }
+            PlanStatus::NoMetrics | PlanStatus::NoActiveNodes => {
+                warn!(status = ?plan.status, "rebalancer cannot plan")
+            }
+            _ => debug!(status = ?plan.status, "rebalancer planned nothing"),
+        }
+        if plan.drain_blocked > 0 {
+            warn!(
+                replicas = plan.drain_blocked,
+                "draining replicas have no eligible target"
+            );
         }
         let status = plan.status;
         self.last_plan = Some(plan);
