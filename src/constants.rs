@@ -106,3 +106,16 @@ pub const RUNTIME_IO_MEMORY_BYTES: usize = 1 << 20;
 pub const RUNTIME_MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
 
 const _: () = assert!(RUNTIME_IO_MEMORY_BYTES as u64 >= RUNTIME_MEMLOCK_MIN_BYTES);
+
+// ---- Wire --------------------------------------------------------------------------------
+
+/// Largest frame payload. A Raft batch or snapshot chunk is at most 1 MiB by construction;
+/// 4 MiB leaves room and caps what a hostile peer can make us buffer per stream.
+pub const FRAME_PAYLOAD_MAX_BYTES: usize = 4 << 20;
+
+// ---- Load slots --------------------------------------------------------------------------
+
+/// A reader gives up on a slot after this many collisions with its writer. A core publishes
+/// once per tick, so even one retry is rare; the bound keeps a reader from spinning forever
+/// on a writer stuck in a loop.
+pub const LOAD_SLOT_READ_RETRIES_MAX: usize = 1024;
