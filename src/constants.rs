@@ -119,3 +119,39 @@ pub const FRAME_PAYLOAD_MAX_BYTES: usize = 4 << 20;
 /// once per tick, so even one retry is rare; the bound keeps a reader from spinning forever
 /// on a writer stuck in a loop.
 pub const LOAD_SLOT_READ_RETRIES_MAX: usize = 1024;
+
+// ---- QUIC transport ----------------------------------------------------------------------
+
+/// A keep-alive every 5 s keeps NAT and idle timers from closing a quiet peer connection.
+pub const QUIC_KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A peer silent for 30 s (six missed keep-alives) is gone; its connection is closed.
+pub const QUIC_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Per-stream receive window. 8 MiB covers the bandwidth-delay product of 10 Gbit/s at
+/// 6 ms, far above a LAN's, and bounds what one stream can make us buffer.
+pub const QUIC_STREAM_WINDOW_BYTES: u32 = 8 << 20;
+
+/// Concurrent streams a peer may open in each direction: one control stream, a few bulk
+/// streams and the client request streams of one connection.
+pub const QUIC_MAX_STREAMS: u32 = 256;
+
+/// Datagram buffers drained per receive call; with GRO each can hold many datagrams.
+pub const QUIC_RECV_BATCH: usize = 8;
+
+/// Size of one receive buffer: the largest GRO super-datagram the kernel delivers.
+pub const QUIC_RECV_SLOT_BYTES: usize = 64 * 1024;
+
+/// Socket buffer sizes asked of the kernel (capped by `net.core.{w,r}mem_max`).
+pub const QUIC_SEND_BUFFER_BYTES: usize = 4 << 20;
+pub const QUIC_RECV_BUFFER_BYTES: usize = 4 << 20;
+
+/// When the socket's send buffer is full, the driver retries after this long (glommio
+/// offers no writability wait on a raw fd; the buffer drains in microseconds on loopback).
+pub const QUIC_SEND_RETRY: std::time::Duration = std::time::Duration::from_micros(50);
+
+const _: () = assert!(QUIC_KEEP_ALIVE_INTERVAL.as_secs() * 2 < QUIC_IDLE_TIMEOUT.as_secs());
+
+/// How long an endpoint's shutdown waits for its connections to send their close and drain
+/// (three probe timeouts on a LAN are milliseconds; a lost peer must not hold us longer).
+pub const QUIC_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

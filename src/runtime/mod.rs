@@ -6,4 +6,6 @@
 
 pub mod clock;
 pub mod executor;
+pub mod quic;
 pub mod rebalancer;
+pub mod tls;

@@ -1,0 +1,961 @@
+//! One QUIC endpoint per core: quinn-proto driven by glommio tasks on one UDP socket.
+//!
+//! quinn-proto is sans-IO; this module moves its datagrams and time. Per endpoint:
+//! - a **receive task** waits for readability with a `MSG_PEEK` (cancel-safe: it never
+//!   consumes a datagram), then drains the socket with quinn-udp (`recvmmsg` + GRO) and
+//!   feeds every datagram to the endpoint; it is never cancelled, so no datagram is lost;
+//! - a **driver task** runs timers (`poll_timeout`), relays endpoint events, flushes
+//!   transmits with quinn-udp (GSO: up to `max_gso_segments` datagrams per `sendmsg`), and
+//!   wakes the streams and handshakes waiting on it.
+//!
+//! With segmentation offload off (or when the kernel lacks it — logged and counted) every
+//! datagram is one `sendmsg`. The datagram size is fixed by `EndpointOptions::mtu`, so
+//! comparisons never profit from loopback's 64 KiB MTU.
+//!
+//! Everything lives on one executor (`Rc`, not `Arc`): the endpoint belongs to its core.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::future;
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::{
+    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
+    IdleTimeout, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
+};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::constants::{
+    QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS, QUIC_RECV_BATCH,
+    QUIC_RECV_BUFFER_BYTES, QUIC_RECV_SLOT_BYTES, QUIC_SEND_BUFFER_BYTES, QUIC_SEND_RETRY,
+    QUIC_SHUTDOWN_GRACE, QUIC_STREAM_WINDOW_BYTES,
+};
+use crate::runtime::tls::{self, TlsError, TlsMode};
+
+/// A transport failure.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// The UDP socket could not be created or bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// quinn refused the TLS configuration (e.g. no TLS 1.3 suite).
+    #[error("QUIC crypto configuration rejected: {0}")]
+    Crypto(String),
+    /// The connection could not be started.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    /// The connection closed (or never completed its handshake).
+    #[error("connection closed: {0}")]
+    Closed(#[from] ConnectionError),
+    /// The peer reset or stopped the stream.
+    #[error("stream {0} was reset or stopped by the peer")]
+    StreamReset(StreamId),
+    /// The endpoint has been shut down.
+    #[error("the endpoint is shut down")]
+    EndpointClosed,
+}
+
+/// Settings of one endpoint.
+#[derive(Clone)]
+pub struct EndpointOptions {
+    pub bind: SocketAddr,
+    pub tls: TlsMode,
+    /// Use GSO/GRO through quinn-udp; when false, one `sendmsg` per datagram.
+    pub segmentation_offload: bool,
+    /// UDP payload size of every datagram (no path MTU discovery).
+    pub mtu: u16,
+    /// Accept incoming connections (a node); clients set false.
+    pub server: bool,
+}
+
+/// Counters of one endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub datagrams_sent: u64,
+    /// `sendmsg` calls; with GSO one call carries several datagrams.
+    pub send_calls: u64,
+    pub datagrams_received: u64,
+    pub recv_calls: u64,
+    /// Sends that found the socket buffer full and were retried.
+    pub send_would_block: u64,
+    /// Whether GSO is in use (false when asked off or the kernel lacks it).
+    pub gso_active: bool,
+    pub max_gso_segments: u64,
+    pub insecure: bool,
+}
+
+/// A wake-up flag for the driver task (single executor).
+#[derive(Default)]
+struct Notify {
+    pending: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.pending.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.pending.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// State of one connection kept beside quinn's.
+struct Conn {
+    conn: quinn_proto::Connection,
+    connected: bool,
+    lost: Option<ConnectionError>,
+    /// Waiters for the handshake, new streams, readable or writable streams.
+    wakers: Vec<Waker>,
+    incoming_uni: VecDeque<StreamId>,
+    incoming_bi: VecDeque<StreamId>,
+    accepted_by_server: bool,
+}
+
+impl Conn {
+    fn new(conn: quinn_proto::Connection, accepted_by_server: bool) -> Conn {
+        Conn {
+            conn,
+            connected: false,
+            lost: None,
+            wakers: Vec::new(),
+            incoming_uni: VecDeque::new(),
+            incoming_bi: VecDeque::new(),
+            accepted_by_server,
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// How datagrams leave and enter the socket.
+enum DatagramIo {
+    /// quinn-udp: GSO on send, GRO + `recvmmsg` on receive.
+    Offload(quinn_udp::UdpSocketState),
+    /// One `sendmsg`/`recvmsg` per datagram.
+    Plain,
+}
+
+struct Inner {
+    endpoint: quinn_proto::Endpoint,
+    server_config: Option<Arc<ServerConfig>>,
+    conns: HashMap<ConnectionHandle, Conn>,
+    accept_queue: VecDeque<ConnectionHandle>,
+    accept_wakers: Vec<Waker>,
+    socket: Rc<glommio::net::UdpSocket>,
+    io: DatagramIo,
+    max_segments: usize,
+    send_buf: Vec<u8>,
+    /// A transmit that found the socket full: retried before anything else is sent.
+    blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
+    stats: EndpointStats,
+    closed: bool,
+    /// The driver task has exited (every connection drained after shutdown).
+    driver_done: bool,
+    shutdown_wakers: Vec<Waker>,
+}
+
+/// A QUIC endpoint owned by the current glommio executor.
+#[derive(Clone)]
+pub struct QuicEndpoint {
+    inner: Rc<RefCell<Inner>>,
+    notify: Rc<Notify>,
+}
+
+/// One connection of a [`QuicEndpoint`].
+#[derive(Clone)]
+pub struct Connection {
+    endpoint: QuicEndpoint,
+    handle: ConnectionHandle,
+}
+
+/// The sending half of a stream.
+pub struct SendStream {
+    conn: Connection,
+    id: StreamId,
+}
+
+/// The receiving half of a stream.
+pub struct RecvStream {
+    conn: Connection,
+    id: StreamId,
+}
+
+fn transport_config(mtu: u16) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.initial_mtu(mtu);
+    t.min_mtu(mtu);
+    t.mtu_discovery_config(None);
+    t.keep_alive_interval(Some(QUIC_KEEP_ALIVE_INTERVAL));
+    t.max_idle_timeout(Some(
+        IdleTimeout::try_from(QUIC_IDLE_TIMEOUT).expect("idle timeout fits a VarInt"),
+    ));
+    t.stream_receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW_BYTES));
+    t.receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW_BYTES.saturating_mul(4)));
+    t.send_window(u64::from(QUIC_STREAM_WINDOW_BYTES) * 4);
+    t.max_concurrent_uni_streams(VarInt::from_u32(QUIC_MAX_STREAMS));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(QUIC_MAX_STREAMS));
+    Arc::new(t)
+}
+
+fn borrowed(socket: &glommio::net::UdpSocket) -> BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `socket`, which outlives the returned borrow.
+    unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
+}
+
+impl QuicEndpoint {
+    /// Binds the endpoint and spawns its receive and driver tasks on the current executor.
+    pub fn bind(options: EndpointOptions) -> Result<QuicEndpoint, TransportError> {
+        let bind_err = |source| TransportError::Bind {
+            addr: options.bind,
+            source,
+        };
+        let domain = socket2::Domain::for_address(options.bind);
+        let raw = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+            .map_err(bind_err)?;
+        raw.set_nonblocking(true).map_err(bind_err)?;
+        raw.bind(&options.bind.into()).map_err(bind_err)?;
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = raw.set_send_buffer_size(QUIC_SEND_BUFFER_BYTES);
+        let _ = raw.set_recv_buffer_size(QUIC_RECV_BUFFER_BYTES);
+        // SAFETY: `into_raw_fd` hands over sole ownership of a valid, bound UDP socket fd.
+        let socket = Rc::new(unsafe { glommio::net::UdpSocket::from_raw_fd(raw.into_raw_fd()) });
+
+        let (io, max_segments) = if options.segmentation_offload {
+            let state =
+                quinn_udp::UdpSocketState::new((&borrowed(&socket)).into()).map_err(bind_err)?;
+            let segments = state.max_gso_segments();
+            if segments <= 1 {
+                warn!(addr = %options.bind, "the kernel offers no UDP GSO: one sendmsg per datagram");
+            }
+            (DatagramIo::Offload(state), segments.max(1))
+        } else {
+            (DatagramIo::Plain, 1)
+        };
+        if options.tls.is_insecure() {
+            warn!(addr = %options.bind, "QUIC endpoint in INSECURE mode: peers are not authenticated");
+        }
+        let server_config = if options.server {
+            let crypto = QuicServerConfig::try_from(tls::server_config(&options.tls)?)
+                .map_err(|e| TransportError::Crypto(e.to_string()))?;
+            let mut config = ServerConfig::with_crypto(Arc::new(crypto));
+            config.transport_config(transport_config(options.mtu));
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        let mut endpoint_config = EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(options.mtu)
+            .map_err(|e| TransportError::Crypto(e.to_string()))?;
+        let endpoint = quinn_proto::Endpoint::new(
+            Arc::new(endpoint_config),
+            server_config.clone(),
+            false,
+            None,
+        );
+        let stats = EndpointStats {
+            gso_active: max_segments > 1,
+            max_gso_segments: max_segments as u64,
+            insecure: options.tls.is_insecure(),
+            ..EndpointStats::default()
+        };
+        let inner = Inner {
+            endpoint,
+            server_config,
+            conns: HashMap::new(),
+            accept_queue: VecDeque::new(),
+            accept_wakers: Vec::new(),
+            socket,
+            io,
+            max_segments,
+            send_buf: Vec::new(),
+            blocked: None,
+            stats,
+            closed: false,
+            driver_done: false,
+            shutdown_wakers: Vec::new(),
+        };
+        let endpoint = QuicEndpoint {
+            inner: Rc::new(RefCell::new(inner)),
+            notify: Rc::new(Notify::default()),
+        };
+        let socket = endpoint.inner.borrow().socket.clone();
+        glommio::spawn_local(receive_task(
+            socket,
+            Rc::downgrade(&endpoint.inner),
+            endpoint.notify.clone(),
+        ))
+        .detach();
+        glommio::spawn_local(driver_task(
+            Rc::downgrade(&endpoint.inner),
+            endpoint.notify.clone(),
+        ))
+        .detach();
+        Ok(endpoint)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner
+            .borrow()
+            .socket
+            .local_addr()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.inner.borrow().stats
+    }
+
+    /// Connects to `addr`, verifying its certificate names `server_name`, speaking `alpn`
+    /// with `tls` credentials; resolves once the handshake completes.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        tls: &TlsMode,
+        alpn: &[u8],
+    ) -> Result<Connection, TransportError> {
+        let crypto = QuicClientConfig::try_from(tls::client_config(tls, alpn)?)
+            .map_err(|e| TransportError::Crypto(e.to_string()))?;
+        self.connect_with(addr, server_name, Arc::new(crypto)).await
+    }
+
+    /// Connects with an explicit rustls client configuration (tests use it to present no
+    /// certificate).
+    pub async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        crypto: Arc<QuicClientConfig>,
+    ) -> Result<Connection, TransportError> {
+        let handle = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed {
+                return Err(TransportError::EndpointClosed);
+            }
+            let mut config = ClientConfig::new(crypto);
+            let mtu = inner.endpoint.config().get_max_udp_payload_size() as u16;
+            config.transport_config(transport_config(mtu));
+            let (handle, conn) = inner
+                .endpoint
+                .connect(Instant::now(), config, addr, server_name)
+                .map_err(|e| TransportError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            inner.conns.insert(handle, Conn::new(conn, false));
+            handle
+        };
+        self.notify.notify();
+        let connection = Connection {
+            endpoint: self.clone(),
+            handle,
+        };
+        connection.established().await?;
+        Ok(connection)
+    }
+
+    /// The next incoming connection whose handshake completed; `None` once shut down.
+    pub async fn accept(&self) -> Option<Connection> {
+        poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if let Some(handle) = inner.accept_queue.pop_front() {
+                return Poll::Ready(Some(Connection {
+                    endpoint: self.clone(),
+                    handle,
+                }));
+            }
+            if inner.closed {
+                return Poll::Ready(None);
+            }
+            inner.accept_wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes every connection, lets the driver send the closes, and stops the tasks.
+    /// Waits at most `QUIC_SHUTDOWN_GRACE` for connections to drain.
+    pub async fn shutdown(&self) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            let now = Instant::now();
+            for c in inner.conns.values_mut() {
+                c.conn
+                    .close(now, VarInt::from_u32(0), Bytes::from_static(b"shutdown"));
+            }
+            inner.closed = true;
+            for w in inner.accept_wakers.drain(..) {
+                w.wake();
+            }
+        }
+        self.notify.notify();
+        let drained = poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.driver_done {
+                return Poll::Ready(());
+            }
+            inner.shutdown_wakers.push(cx.waker().clone());
+            Poll::Pending
+        });
+        future::or(drained, glommio::timer::sleep(QUIC_SHUTDOWN_GRACE)).await;
+    }
+}
+
+impl Connection {
+    /// The ALPN protocol agreed in the handshake.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.with(|c| {
+            c.conn
+                .crypto_session()
+                .handshake_data()
+                .and_then(|d| {
+                    d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                        .ok()
+                })
+                .and_then(|d| d.protocol)
+        })
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        self.with(|c| c.conn.remote_address())
+    }
+
+    /// The peer's certificate chain (DER), when it presented one.
+    pub fn peer_certificates(&self) -> Vec<Vec<u8>> {
+        self.with(|c| {
+            c.conn
+                .crypto_session()
+                .peer_identity()
+                .and_then(|any| {
+                    any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                        .ok()
+                })
+                .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Whether this side accepted the connection (it is the server).
+    pub fn is_incoming(&self) -> bool {
+        self.with(|c| c.accepted_by_server)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> T) -> T {
+        let mut inner = self.endpoint.inner.borrow_mut();
+        let conn = inner
+            .conns
+            .get_mut(&self.handle)
+            .expect("a Connection handle keeps its entry until drained");
+        f(conn)
+    }
+
+    /// Polls `f` on this connection until it returns `Some`, registering for wake-ups.
+    async fn wait_for<T>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Option<Result<T, TransportError>>,
+    ) -> Result<T, TransportError> {
+        poll_fn(|cx| {
+            let mut inner = self.endpoint.inner.borrow_mut();
+            let Some(conn) = inner.conns.get_mut(&self.handle) else {
+                return Poll::Ready(Err(TransportError::EndpointClosed));
+            };
+            if let Some(result) = f(conn) {
+                return Poll::Ready(result);
+            }
+            if let Some(reason) = conn.lost.clone() {
+                return Poll::Ready(Err(TransportError::Closed(reason)));
+            }
+            conn.wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn established(&self) -> Result<(), TransportError> {
+        self.wait_for(|c| c.connected.then_some(Ok(()))).await
+    }
+
+    /// Opens a unidirectional stream, waiting while the peer's stream limit is reached.
+    pub async fn open_uni(&self) -> Result<SendStream, TransportError> {
+        let id = self
+            .wait_for(|c| c.conn.streams().open(Dir::Uni).map(Ok))
+            .await?;
+        Ok(SendStream {
+            conn: self.clone(),
+            id,
+        })
+    }
+
+    /// Opens a bidirectional stream.
+    pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), TransportError> {
+        let id = self
+            .wait_for(|c| c.conn.streams().open(Dir::Bi).map(Ok))
+            .await?;
+        Ok((
+            SendStream {
+                conn: self.clone(),
+                id,
+            },
+            RecvStream {
+                conn: self.clone(),
+                id,
+            },
+        ))
+    }
+
+    /// The next unidirectional stream the peer opened.
+    pub async fn accept_uni(&self) -> Result<RecvStream, TransportError> {
+        let id = self
+            .wait_for(|c| c.incoming_uni.pop_front().map(Ok))
+            .await?;
+        Ok(RecvStream {
+            conn: self.clone(),
+            id,
+        })
+    }
+
+    /// The next bidirectional stream the peer opened.
+    pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), TransportError> {
+        let id = self.wait_for(|c| c.incoming_bi.pop_front().map(Ok)).await?;
+        Ok((
+            SendStream {
+                conn: self.clone(),
+                id,
+            },
+            RecvStream {
+                conn: self.clone(),
+                id,
+            },
+        ))
+    }
+
+    /// Resolves when the connection is closed, with the reason.
+    pub async fn closed(&self) -> ConnectionError {
+        match self.wait_for(|_| None::<Result<(), TransportError>>).await {
+            Err(TransportError::Closed(reason)) => reason,
+            _ => ConnectionError::LocallyClosed,
+        }
+    }
+
+    /// Closes the connection with an application error code.
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        self.with(|c| {
+            c.conn.close(
+                Instant::now(),
+                VarInt::from_u32(code),
+                Bytes::copy_from_slice(reason),
+            )
+        });
+        self.endpoint.notify.notify();
+    }
+}
+
+impl SendStream {
+    /// Writes all of `data`, waiting for flow-control credit as needed.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), TransportError> {
+        while !data.is_empty() {
+            let id = self.id;
+            let written = self
+                .conn
+                .wait_for(|c| match c.conn.send_stream(id).write(data) {
+                    Ok(n) => Some(Ok(n)),
+                    Err(quinn_proto::WriteError::Blocked) => None,
+                    Err(_) => Some(Err(TransportError::StreamReset(id))),
+                })
+                .await?;
+            data = &data[written..];
+            self.conn.endpoint.notify.notify();
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: the peer reads to its end.
+    pub fn finish(&mut self) -> Result<(), TransportError> {
+        let id = self.id;
+        let result = self.conn.with(|c| c.conn.send_stream(id).finish());
+        self.conn.endpoint.notify.notify();
+        result.map_err(|_| TransportError::StreamReset(id))
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+}
+
+impl RecvStream {
+    /// The next chunk of at most `max` bytes; `None` at the end of the stream.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, TransportError> {
+        let id = self.id;
+        let endpoint = self.conn.endpoint.notify.clone();
+        self.conn
+            .wait_for(|c| {
+                let mut stream = c.conn.recv_stream(id);
+                let mut chunks = match stream.read(true) {
+                    Ok(chunks) => chunks,
+                    Err(_) => return Some(Err(TransportError::StreamReset(id))),
+                };
+                let result = match chunks.next(max) {
+                    Ok(Some(chunk)) => Some(Ok(Some(chunk.bytes))),
+                    Ok(None) => Some(Ok(None)),
+                    Err(quinn_proto::ReadError::Blocked) => None,
+                    Err(quinn_proto::ReadError::Reset(_)) => {
+                        Some(Err(TransportError::StreamReset(id)))
+                    }
+                };
+                if chunks.finalize().should_transmit() {
+                    // Flow-control credit to send: let the driver run.
+                    endpoint.notify();
+                }
+                result
+            })
+            .await
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+}
+
+/// Waits for readability, then drains the socket into the endpoint. Never cancelled.
+async fn receive_task(
+    socket: Rc<glommio::net::UdpSocket>,
+    inner: Weak<RefCell<Inner>>,
+    notify: Rc<Notify>,
+) {
+    let mut storage = vec![0u8; QUIC_RECV_BATCH * QUIC_RECV_SLOT_BYTES];
+    let mut meta = vec![quinn_udp::RecvMeta::default(); QUIC_RECV_BATCH];
+    let mut peek = [0u8; 1];
+    loop {
+        // `peek_from` consumes nothing, so waiting here loses no datagram whatever happens.
+        if let Err(e) = socket.peek_from(&mut peek).await {
+            debug!(error = %e, "UDP peek failed");
+        }
+        let Some(rc) = inner.upgrade() else { return };
+        let mut guard = rc.borrow_mut();
+        if guard.closed {
+            return;
+        }
+        let inner_mut = &mut *guard;
+        loop {
+            match recv_batch(inner_mut, &socket, &mut storage, &mut meta) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let now = Instant::now();
+                    for (i, m) in meta[..n].iter().enumerate() {
+                        let slot =
+                            &storage[i * QUIC_RECV_SLOT_BYTES..i * QUIC_RECV_SLOT_BYTES + m.len];
+                        handle_received(inner_mut, now, m, slot);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "UDP receive failed");
+                    break;
+                }
+            }
+        }
+        drop(guard);
+        notify.notify();
+    }
+}
+
+/// Receives up to `QUIC_RECV_BATCH` datagrams (each possibly a GRO super-datagram).
+fn recv_batch(
+    inner: &mut Inner,
+    socket: &glommio::net::UdpSocket,
+    storage: &mut [u8],
+    meta: &mut [quinn_udp::RecvMeta],
+) -> io::Result<usize> {
+    match &inner.io {
+        DatagramIo::Offload(state) => {
+            let mut slices: Vec<IoSliceMut<'_>> = storage
+                .chunks_mut(QUIC_RECV_SLOT_BYTES)
+                .map(IoSliceMut::new)
+                .collect();
+            let n = state.recv((&borrowed(socket)).into(), &mut slices, meta)?;
+            inner.stats.recv_calls += 1;
+            Ok(n)
+        }
+        DatagramIo::Plain => {
+            let fd = borrowed(socket);
+            let sock = socket2::SockRef::from(&fd);
+            let buf = &mut storage[..QUIC_RECV_SLOT_BYTES];
+            // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; the buffer is initialised.
+            let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            let (len, addr) = sock.recv_from(uninit)?;
+            let addr = addr
+                .as_socket()
+                .ok_or_else(|| io::Error::other("non-IP peer address"))?;
+            inner.stats.recv_calls += 1;
+            meta[0] = quinn_udp::RecvMeta {
+                addr,
+                len,
+                stride: len,
+                ecn: None,
+                dst_ip: None,
+            };
+            Ok(1)
+        }
+    }
+}
+
+/// Feeds one received buffer (split into `stride`-sized datagrams) to the endpoint.
+fn handle_received(inner: &mut Inner, now: Instant, meta: &quinn_udp::RecvMeta, data: &[u8]) {
+    let stride = meta.stride.max(1);
+    for datagram in data.chunks(stride) {
+        inner.stats.datagrams_received += 1;
+        let ecn = meta
+            .ecn
+            .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+        let mut response = Vec::new();
+        let event = inner.endpoint.handle(
+            now,
+            meta.addr,
+            meta.dst_ip,
+            ecn,
+            BytesMut::from(datagram),
+            &mut response,
+        );
+        match event {
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(c) = inner.conns.get_mut(&handle) {
+                    c.conn.handle_event(event);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if inner.closed || inner.server_config.is_none() {
+                    let transmit = inner.endpoint.refuse(incoming, &mut response);
+                    inner.queue_response(transmit, response);
+                    continue;
+                }
+                match inner.endpoint.accept(incoming, now, &mut response, None) {
+                    Ok((handle, conn)) => {
+                        inner.conns.insert(handle, Conn::new(conn, true));
+                    }
+                    Err(e) => {
+                        debug!(error = %e.cause, "incoming connection refused");
+                        if let Some(transmit) = e.response {
+                            inner.queue_response(transmit, response);
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(transmit)) => inner.queue_response(transmit, response),
+            None => {}
+        }
+    }
+}
+
+impl Inner {
+    /// Sends a stateless response now (best effort: it is retried by the peer if lost).
+    fn queue_response(&mut self, transmit: quinn_proto::Transmit, buf: Vec<u8>) {
+        if self.send(&transmit, &buf[..transmit.size]).is_err() {
+            debug!("dropped a stateless response");
+        }
+    }
+
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> io::Result<()> {
+        let segments = t.segment_size.map_or(1, |s| contents.len().div_ceil(s)) as u64;
+        let socket = borrowed(&self.socket);
+        match &self.io {
+            DatagramIo::Offload(state) => {
+                let transmit = quinn_udp::Transmit {
+                    destination: t.destination,
+                    ecn: t.ecn.map(|e| {
+                        quinn_udp::EcnCodepoint::from_bits(e as u8).expect("same ECN codepoints")
+                    }),
+                    contents,
+                    segment_size: t.segment_size,
+                    src_ip: t.src_ip,
+                };
+                state.try_send((&socket).into(), &transmit)?;
+            }
+            DatagramIo::Plain => {
+                let sock = socket2::SockRef::from(&socket);
+                sock.send_to(contents, &t.destination.into())?;
+            }
+        }
+        self.stats.send_calls += 1;
+        self.stats.datagrams_sent += segments;
+        Ok(())
+    }
+
+    /// One turn of the driver: timers, endpoint events, transmits, application events.
+    /// Returns the next deadline, and whether the socket was full (retry soon).
+    fn drive(&mut self, now: Instant) -> (Option<Instant>, bool) {
+        if let Some((t, buf)) = self.blocked.take() {
+            match self.send(&t, &buf[..t.size]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.send_would_block += 1;
+                    self.blocked = Some((t, buf));
+                    return (None, true);
+                }
+                Err(e) => debug!(error = %e, "UDP send failed"),
+            }
+        }
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        let mut deadline: Option<Instant> = None;
+        let mut drained = Vec::new();
+        for handle in handles {
+            let Some(mut c) = self.conns.remove(&handle) else {
+                continue;
+            };
+            if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                c.conn.handle_timeout(now);
+            }
+            while let Some(event) = c.conn.poll_endpoint_events() {
+                if let Some(reply) = self.endpoint.handle_event(handle, event) {
+                    c.conn.handle_event(reply);
+                }
+            }
+            let mut woke = false;
+            while let Some(event) = c.conn.poll() {
+                woke = true;
+                match event {
+                    Event::Connected => {
+                        c.connected = true;
+                        if c.accepted_by_server {
+                            self.accept_queue.push_back(handle);
+                            for w in self.accept_wakers.drain(..) {
+                                w.wake();
+                            }
+                        }
+                    }
+                    Event::ConnectionLost { reason } => {
+                        debug!(%reason, "connection lost");
+                        c.lost = Some(reason);
+                    }
+                    Event::Stream(StreamEvent::Opened { dir }) => {
+                        while let Some(id) = c.conn.streams().accept(dir) {
+                            match dir {
+                                Dir::Uni => c.incoming_uni.push_back(id),
+                                Dir::Bi => c.incoming_bi.push_back(id),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let mut blocked = false;
+            if self.blocked.is_none() {
+                loop {
+                    self.send_buf.clear();
+                    let Some(t) = c
+                        .conn
+                        .poll_transmit(now, self.max_segments, &mut self.send_buf)
+                    else {
+                        break;
+                    };
+                    let buf = std::mem::take(&mut self.send_buf);
+                    match self.send(&t, &buf[..t.size]) {
+                        Ok(()) => self.send_buf = buf,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.stats.send_would_block += 1;
+                            self.blocked = Some((t, buf));
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "UDP send failed");
+                            self.send_buf = buf;
+                        }
+                    }
+                }
+            }
+            // Waiters re-check their condition (handshake, stream credit, data) and wait
+            // again if it does not hold; a spurious wake costs one poll.
+            let _ = (woke, blocked);
+            c.wake_all();
+            if let Some(t) = c.conn.poll_timeout() {
+                deadline = Some(deadline.map_or(t, |d: Instant| d.min(t)));
+            }
+            if c.conn.is_drained() {
+                drained.push(handle);
+                c.wake_all();
+            }
+            self.conns.insert(handle, c);
+        }
+        for handle in drained {
+            // Keep a drained connection's entry while handles may still look at it: mark it
+            // lost; it is small and removed when the endpoint shuts down.
+            if let Some(c) = self.conns.get_mut(&handle)
+                && c.lost.is_none()
+            {
+                c.lost = Some(ConnectionError::LocallyClosed);
+            }
+        }
+        (deadline, self.blocked.is_some())
+    }
+}
+
+/// Runs `Inner::drive` whenever notified or a timer expires.
+async fn driver_task(inner: Weak<RefCell<Inner>>, notify: Rc<Notify>) {
+    loop {
+        let Some(rc) = inner.upgrade() else { return };
+        let (deadline, socket_full, closed) = {
+            let mut guard = rc.borrow_mut();
+            let (deadline, full) = guard.drive(Instant::now());
+            (
+                deadline,
+                full,
+                guard.closed
+                    && guard
+                        .conns
+                        .values()
+                        .all(|c| c.conn.is_drained() || c.lost.is_some()),
+            )
+        };
+        if closed {
+            let mut guard = rc.borrow_mut();
+            guard.driver_done = true;
+            for w in guard.shutdown_wakers.drain(..) {
+                w.wake();
+            }
+            return;
+        }
+        drop(rc);
+        let wait = if socket_full {
+            QUIC_SEND_RETRY
+        } else {
+            deadline.map_or(QUIC_IDLE_TIMEOUT, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+        };
+        future::or(notify.wait(), async {
+            glommio::timer::sleep(wait).await;
+        })
+        .await;
+    }
+}

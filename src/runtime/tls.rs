@@ -1,0 +1,425 @@
+//! Cluster certificates and the TLS configurations of the QUIC endpoints.
+//!
+//! mTLS is the default: a cluster CA (`certs init`) signs one certificate per node
+//! (`certs node`) and per client (`certs client`). A node accepts a peer or a client only if
+//! its certificate chains to the cluster CA; it reaches a peer only if the peer's
+//! certificate does, and names `node-<id>` among its SANs. ALPN tells peer traffic
+//! (`nodedb-peer/1`) from client traffic (`nodedb-client/1`).
+//!
+//! The explicit insecure mode encrypts but authenticates nobody; it exists for development,
+//! is logged as a warning at start and shows in metrics. It is never the default.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use thiserror::Error;
+
+use crate::ids::NodeId;
+
+/// ALPN of node-to-node traffic.
+pub const ALPN_PEER: &[u8] = b"nodedb-peer/1";
+/// ALPN of client traffic.
+pub const ALPN_CLIENT: &[u8] = b"nodedb-client/1";
+
+/// File names inside a certificate directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// A certificate or TLS configuration problem.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// Generating a key or certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A PEM file holds no certificate or key of the expected kind.
+    #[error("{path}: {what}")]
+    BadPem { path: PathBuf, what: String },
+    /// rustls refused the configuration (e.g. a key that does not match its certificate).
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A SAN is neither an IP address nor a DNS name.
+    #[error("invalid subject alternative name {0:?}")]
+    BadSan(String),
+    /// The client verifier could not be built from the CA.
+    #[error("cannot verify clients against the cluster CA: {0}")]
+    Verifier(String),
+}
+
+/// PEM text of a certificate and its private key.
+#[derive(Clone)]
+pub struct CertifiedKeyPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Creates a new cluster CA.
+pub fn generate_ca(cluster_name: &str) -> Result<CertifiedKeyPem, TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(&format!("{cluster_name} cluster CA"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+    Ok(CertifiedKeyPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues the certificate of node `node`: SAN `node-<id>` plus `sans` (IPs or DNS names),
+/// usable both as a server (peers and clients reach it) and as a client (it reaches peers).
+pub fn issue_node_cert(
+    ca: &CertifiedKeyPem,
+    node: NodeId,
+    sans: &[String],
+) -> Result<CertifiedKeyPem, TlsError> {
+    let mut all = vec![node_server_name(node)];
+    all.extend(sans.iter().cloned());
+    issue(
+        ca,
+        &format!("node {node}"),
+        &all,
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
+}
+
+/// Issues a client certificate named `client`.
+pub fn issue_client_cert(ca: &CertifiedKeyPem, client: &str) -> Result<CertifiedKeyPem, TlsError> {
+    issue(
+        ca,
+        client,
+        &[client.to_owned()],
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// The DNS-style name a node's certificate carries and peers verify: `node-<id>`.
+pub fn node_server_name(node: NodeId) -> String {
+    format!("node-{}", node.0)
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "nodedb-cluster");
+    dn
+}
+
+fn issue(
+    ca: &CertifiedKeyPem,
+    common_name: &str,
+    sans: &[String],
+    usages: &[ExtendedKeyUsagePurpose],
+) -> Result<CertifiedKeyPem, TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca.cert_pem)?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(common_name);
+    params.subject_alt_names = sans
+        .iter()
+        .map(|san| match san.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => san
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|_| TlsError::BadSan(san.clone())),
+        })
+        .collect::<Result<_, _>>()?;
+    params.extended_key_usages = usages.to_vec();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+    Ok(CertifiedKeyPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Writes `<dir>/<stem>.pem` and `<dir>/<stem>.key` (the key readable by its owner only).
+pub fn write_pem_pair(
+    dir: &Path,
+    stem: &str,
+    pair: &CertifiedKeyPem,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    write_file(&cert_path, pair.cert_pem.as_bytes(), 0o644)?;
+    write_file(&key_path, pair.key_pem.as_bytes(), 0o600)?;
+    Ok((cert_path, key_path))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // Create with the final mode so a key is never readable by others, even briefly.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// Reads a PEM pair written by [`write_pem_pair`].
+pub fn read_pem_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKeyPem, TlsError> {
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    Ok(CertifiedKeyPem {
+        cert_pem: read(cert_path)?,
+        key_pem: read(key_path)?,
+    })
+}
+
+/// What an endpoint presents and trusts.
+#[derive(Clone)]
+pub enum TlsMode {
+    /// Mutual TLS against the cluster CA (the default).
+    Mutual {
+        ca_cert_pem: String,
+        identity: CertifiedKeyPem,
+    },
+    /// Encrypted but unauthenticated. Development only; must be asked for explicitly.
+    Insecure,
+}
+
+impl TlsMode {
+    pub fn is_insecure(&self) -> bool {
+        matches!(self, TlsMode::Insecure)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::BadPem {
+            path: PathBuf::from(what),
+            what: format!("unreadable certificate: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::BadPem {
+            path: PathBuf::from(what),
+            what: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::BadPem {
+        path: PathBuf::from(what),
+        what: format!("no usable private key: {e}"),
+    })
+}
+
+fn roots(ca_cert_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(ca_cert_pem, "cluster CA")? {
+        roots.add(cert)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The server side of an endpoint: presents the node certificate, requires a client
+/// certificate from the cluster CA (mutual mode), offers both ALPNs.
+pub fn server_config(mode: &TlsMode) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match mode {
+        TlsMode::Mutual {
+            ca_cert_pem,
+            identity,
+        } => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots(ca_cert_pem)?, provider())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    parse_certs(&identity.cert_pem, "node certificate")?,
+                    parse_key(&identity.key_pem, "node key")?,
+                )?
+        }
+        TlsMode::Insecure => {
+            let key = KeyPair::generate()?;
+            let cert = CertificateParams::new(vec!["insecure".to_owned()])?.self_signed(&key)?;
+            let key =
+                PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::BadPem {
+                    path: PathBuf::from("generated key"),
+                    what: e.to_owned(),
+                })?;
+            builder
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key)?
+        }
+    };
+    config.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// The client side of an endpoint: trusts only the cluster CA and presents `identity`
+/// (mutual mode), speaking `alpn`.
+pub fn client_config(mode: &TlsMode, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match mode {
+        TlsMode::Mutual {
+            ca_cert_pem,
+            identity,
+        } => builder
+            .with_root_certificates(roots(ca_cert_pem)?)
+            .with_client_auth_cert(
+                parse_certs(&identity.cert_pem, "certificate")?,
+                parse_key(&identity.key_pem, "key")?,
+            )?,
+        TlsMode::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider())))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// A client that presents no certificate (used to test that such a client is refused).
+pub fn client_config_without_certificate(
+    ca_cert_pem: &str,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_cert_pem)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// The insecure mode's server verifier: checks signatures, trusts any certificate.
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_certificates_chain_to_the_cluster_ca_and_build_configs() {
+        let ca = generate_ca("test").unwrap();
+        let node =
+            issue_node_cert(&ca, NodeId(3), &["127.0.0.1".into(), "db3.example".into()]).unwrap();
+        let mode = TlsMode::Mutual {
+            ca_cert_pem: ca.cert_pem.clone(),
+            identity: node,
+        };
+        server_config(&mode).unwrap();
+        client_config(&mode, ALPN_PEER).unwrap();
+        assert!(matches!(
+            issue_node_cert(&ca, NodeId(1), &["not a name!".into()]),
+            Err(TlsError::BadSan(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_pem_is_a_typed_error() {
+        let ca = generate_ca("test").unwrap();
+        let mode = TlsMode::Mutual {
+            ca_cert_pem: "not pem".into(),
+            identity: CertifiedKeyPem {
+                cert_pem: ca.cert_pem.clone(),
+                key_pem: ca.key_pem.clone(),
+            },
+        };
+        assert!(matches!(server_config(&mode), Err(TlsError::BadPem { .. })));
+    }
+}
