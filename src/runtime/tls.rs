@@ -145,11 +145,12 @@ fn issue(
         .iter()
         .map(|san| match san.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => san
+            Err(_) if is_dns_name(san) => san
                 .clone()
                 .try_into()
                 .map(SanType::DnsName)
                 .map_err(|_| TlsError::BadSan(san.clone())),
+            Err(_) => Err(TlsError::BadSan(san.clone())),
         })
         .collect::<Result<_, _>>()?;
     params.extended_key_usages = usages.to_vec();
@@ -159,6 +160,20 @@ fn issue(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// A DNS name as certificates carry it: dot-separated labels of letters, digits and
+/// hyphens (RFC 1123), 1–63 characters each, 253 in all.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Writes `<dir>/<stem>.pem` and `<dir>/<stem>.key` (the key readable by its owner only).
