@@ -155,3 +155,7 @@ const _: () = assert!(QUIC_KEEP_ALIVE_INTERVAL.as_secs() * 2 < QUIC_IDLE_TIMEOUT
 /// How long an endpoint's shutdown waits for its connections to send their close and drain
 /// (three probe timeouts on a LAN are milliseconds; a lost peer must not hold us longer).
 pub const QUIC_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Receive calls per turn of the receive task before it yields to the driver and the
+/// application tasks: 4 × 8 buffers × up to 64 KiB is ~2 MiB between yields.
+pub const QUIC_RECV_ROUNDS_PER_TURN: usize = 4;

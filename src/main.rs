@@ -1,5 +1,6 @@
 //! The `nodedb-cluster` command line.
 //!
+//! `certs init|node|client` manages the cluster CA and certificates (PEM files, keys 0600).
 //! `rebalance-sim` runs the balancer evaluation harness (see `balance::harness`) and prints
 //! one row per sweep and a summary, or one JSON object with `--json`. Exit codes: 0 on
 //! success, 1 when the run fails or misses its targets (with `--check`), 2 on bad arguments.
@@ -8,8 +9,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, HarnessReport, Scenario};
+use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::runtime::tls;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +31,41 @@ struct Cli {
 enum Command {
     /// Run the rebalancer on a synthetic cluster until its plan is empty.
     RebalanceSim(RebalanceSimArgs),
+    /// Create the cluster CA and issue node and client certificates (PEM, keys 0600).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name written into the CA certificate.
+        #[arg(long, default_value = "nodedb")]
+        cluster: String,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue DIR/node-<ID>.pem and .key, signed by the CA in DIR.
+    Node {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        /// Extra subject alternative names (IP addresses or DNS names); repeatable.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Issue DIR/client-<NAME>.pem and .key for a client, signed by the CA in DIR.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,7 +117,74 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::RebalanceSim(args) => rebalance_sim(&args),
+        Command::Certs(command) => match certs(command) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("wrote {}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+fn certs(command: CertsCommand) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+    let load_ca = |dir: &Path| -> Result<tls::CertifiedKeyPem, Box<dyn std::error::Error>> {
+        let ca = tls::read_pem_pair(&dir.join(tls::CA_CERT_FILE), &dir.join(tls::CA_KEY_FILE))
+            .map_err(|e| {
+                format!(
+                    "{e} (create the CA first: nodedb-cluster certs init --dir {})",
+                    dir.display()
+                )
+            })?;
+        Ok(ca)
+    };
+    let (cert, key) = match command {
+        CertsCommand::Init {
+            dir,
+            cluster,
+            force,
+        } => {
+            if dir.join(tls::CA_KEY_FILE).exists() && !force {
+                return Err(format!(
+                    "{} already holds a CA; pass --force to replace it (certificates it issued stop being trusted)",
+                    dir.display()
+                )
+                .into());
+            }
+            tls::write_pem_pair(&dir, "ca", &tls::generate_ca(&cluster)?)?
+        }
+        CertsCommand::Node { dir, id, sans } => {
+            let ca = load_ca(&dir)?;
+            tls::write_pem_pair(
+                &dir,
+                &format!("node-{id}"),
+                &tls::issue_node_cert(&ca, NodeId(id), &sans)?,
+            )?
+        }
+        CertsCommand::Client { dir, name } => {
+            let ca = load_ca(&dir)?;
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(
+                    format!("client name {name:?} must be letters, digits, '-' or '_'").into(),
+                );
+            }
+            tls::write_pem_pair(
+                &dir,
+                &format!("client-{name}"),
+                &tls::issue_client_cert(&ca, &name)?,
+            )?
+        }
+    };
+    Ok(vec![cert, key])
 }
 
 fn rebalance_sim(args: &RebalanceSimArgs) -> ExitCode {

@@ -117,3 +117,59 @@ fn bad_arguments_fail_with_a_clear_message() {
         );
     }
 }
+
+#[test]
+fn certs_init_node_and_client_write_pem_files_with_private_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("nodedb-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let out = cli(&["certs", "node", "--dir", d, "--id", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certs init"),
+        "the error says how to fix it"
+    );
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    let again = cli(&["certs", "init", "--dir", d]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(
+        cli(&[
+            "certs",
+            "node",
+            "--dir",
+            d,
+            "--id",
+            "1",
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "db1.local"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        cli(&["certs", "client", "--dir", d, "--name", "app"])
+            .status
+            .success()
+    );
+    assert!(
+        !cli(&[
+            "certs", "node", "--dir", d, "--id", "2", "--san", "bad name"
+        ])
+        .status
+        .success()
+    );
+    for key in ["ca.key", "node-1.key", "client-app.key"] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let pem = std::fs::read_to_string(dir.join("node-1.pem")).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

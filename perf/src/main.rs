@@ -1,10 +1,15 @@
 //! `nodedb-perf`: load and comparison tools for nodedb-cluster; each prints one JSON object.
 //!
+//! `quic [--bytes 256MiB] [--runs 5] [--mtu 1452] [--json]` measures bulk QUIC throughput:
+//! ours with and without GSO/GRO, stock quinn on tokio, and TCP, in one run (see `quic.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Later issues add transport,
 //! Raft and migration tools here (stock quinn, tokio and friends are dependencies of this
 //! crate only, never of the main one).
+
+mod quic;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,6 +28,13 @@ const SIZES: [(usize, u16, u32); 6] = [
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("quic") => match QuicArgs::parse(&args[1..]) {
+            Ok(quic_args) => quic_bench(&quic_args),
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        },
         Some("balance-matrix") => match parse_seeds(&args[1..]) {
             Ok(seeds) => balance_matrix(seeds),
             Err(message) => {
@@ -31,7 +43,8 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: nodedb-perf balance-matrix [--seeds N]");
+            eprintln!("usage: nodedb-perf quic [--bytes 256MiB] [--runs N] [--mtu M] [--json]");
+            eprintln!("       nodedb-perf balance-matrix [--seeds N]");
             ExitCode::from(2)
         }
     }
@@ -89,4 +102,136 @@ fn balance_matrix(seeds: u64) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+struct QuicArgs {
+    bytes: u64,
+    runs: usize,
+    mtu: u16,
+    json: bool,
+}
+
+impl QuicArgs {
+    fn parse(args: &[String]) -> Result<QuicArgs, String> {
+        let mut parsed = QuicArgs {
+            bytes: 256 << 20,
+            runs: 5,
+            mtu: 1452,
+            json: false,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--bytes" => parsed.bytes = parse_size(value()?)?,
+                "--runs" => {
+                    parsed.runs = value()?
+                        .parse()
+                        .map_err(|_| "--runs takes a positive integer")?
+                }
+                "--mtu" => parsed.mtu = value()?.parse().map_err(|_| "--mtu takes 1200..=65527")?,
+                "--json" => parsed.json = true,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if parsed.runs == 0 || parsed.bytes == 0 || !(1200..=65_527).contains(&parsed.mtu) {
+            return Err("--runs and --bytes must be positive, --mtu within 1200..=65527".into());
+        }
+        Ok(parsed)
+    }
+}
+
+/// `256MiB`, `1GiB`, `1000000`, `64KiB`, `10MB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("bad size {text:?}"))?;
+    let factor = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "bad size unit in {text:?} (use KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} overflows"))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn quic_bench(args: &QuicArgs) -> ExitCode {
+    let certs = quic::Certs::new();
+    let names = ["ours", "ours_nogso", "quinn", "tcp"];
+    let mut samples: Vec<Vec<quic::Sample>> = names.iter().map(|_| Vec::new()).collect();
+    // Interleave the contenders so that machine noise spreads over all of them.
+    for run in 0..args.runs {
+        for (i, name) in names.iter().enumerate() {
+            let result = match *name {
+                "ours" => quic::ours(&certs, args.bytes, args.mtu, true),
+                "ours_nogso" => quic::ours(&certs, args.bytes, args.mtu, false),
+                "quinn" => quic::stock_quinn(&certs, args.bytes, args.mtu),
+                _ => quic::tcp(args.bytes),
+            };
+            match result {
+                Ok(s) => {
+                    if !args.json {
+                        eprintln!(
+                            "run {run} {name:>10}: {:8.1} MB/s {:6.2} cpu-s/GB",
+                            s.mb_s, s.cpu_s_per_gb
+                        );
+                    }
+                    samples[i].push(s);
+                }
+                Err(e) => {
+                    eprintln!("error: {name} run {run}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("bytes".into(), args.bytes.into());
+    out.insert("runs".into(), args.runs.into());
+    out.insert("mtu".into(), args.mtu.into());
+    let mut medians = Vec::new();
+    for (name, s) in names.iter().zip(&samples) {
+        let mb_s = median(s.iter().map(|x| x.mb_s).collect());
+        let cpu = median(s.iter().map(|x| x.cpu_s_per_gb).collect());
+        out.insert(format!("{name}_mb_s"), mb_s.into());
+        out.insert(format!("{name}_cpu_s_per_gb"), cpu.into());
+        out.insert(
+            format!("{name}_mb_s_samples"),
+            s.iter().map(|x| x.mb_s).collect::<Vec<_>>().into(),
+        );
+        medians.push(mb_s);
+    }
+    out.insert("ours_over_quinn".into(), (medians[0] / medians[2]).into());
+    out.insert("ours_over_nogso".into(), (medians[0] / medians[1]).into());
+    let value = serde_json::Value::Object(out);
+    if args.json {
+        println!("{value}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
 }

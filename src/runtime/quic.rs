@@ -37,10 +37,13 @@ use tracing::{debug, warn};
 
 use crate::constants::{
     QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS, QUIC_RECV_BATCH,
-    QUIC_RECV_BUFFER_BYTES, QUIC_RECV_SLOT_BYTES, QUIC_SEND_BUFFER_BYTES, QUIC_SEND_RETRY,
-    QUIC_SHUTDOWN_GRACE, QUIC_STREAM_WINDOW_BYTES,
+    QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
+    QUIC_SEND_BUFFER_BYTES, QUIC_SEND_RETRY, QUIC_SHUTDOWN_GRACE, QUIC_STREAM_WINDOW_BYTES,
 };
 use crate::runtime::tls::{self, TlsError, TlsMode};
+
+/// Largest UDP payload over IPv4 (65 535 − 8 UDP − 20 IP header bytes).
+const UDP_PAYLOAD_MAX_BYTES: usize = 65_507;
 
 /// A transport failure.
 #[derive(Debug, Error)]
@@ -95,6 +98,9 @@ pub struct EndpointStats {
     pub gso_active: bool,
     pub max_gso_segments: u64,
     pub insecure: bool,
+    /// Driver turns, and how many of them a timer (not new work) started.
+    pub driver_turns: u64,
+    pub timer_wakes: u64,
 }
 
 /// A wake-up flag for the driver task (single executor).
@@ -253,7 +259,10 @@ impl QuicEndpoint {
         let (io, max_segments) = if options.segmentation_offload {
             let state =
                 quinn_udp::UdpSocketState::new((&borrowed(&socket)).into()).map_err(bind_err)?;
-            let segments = state.max_gso_segments();
+            // One GSO send is one UDP datagram to the kernel: at most 65 507 payload bytes,
+            // or the send fails with EMSGSIZE (and the loss collapses the window).
+            let by_size = UDP_PAYLOAD_MAX_BYTES / usize::from(options.mtu.max(1));
+            let segments = state.max_gso_segments().min(by_size);
             if segments <= 1 {
                 warn!(addr = %options.bind, "the kernel offers no UDP GSO: one sendmsg per datagram");
             }
@@ -661,32 +670,47 @@ async fn receive_task(
         if let Err(e) = socket.peek_from(&mut peek).await {
             debug!(error = %e, "UDP peek failed");
         }
-        let Some(rc) = inner.upgrade() else { return };
-        let mut guard = rc.borrow_mut();
-        if guard.closed {
+        let closed = {
+            let Some(rc) = inner.upgrade() else { return };
+            let mut guard = rc.borrow_mut();
+            if !guard.closed {
+                drain_socket(&mut guard, &socket, &mut storage, &mut meta);
+            }
+            guard.closed
+        };
+        if closed {
             return;
         }
-        let inner_mut = &mut *guard;
-        loop {
-            match recv_batch(inner_mut, &socket, &mut storage, &mut meta) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let now = Instant::now();
-                    for (i, m) in meta[..n].iter().enumerate() {
-                        let slot =
-                            &storage[i * QUIC_RECV_SLOT_BYTES..i * QUIC_RECV_SLOT_BYTES + m.len];
-                        handle_received(inner_mut, now, m, slot);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    debug!(error = %e, "UDP receive failed");
-                    break;
+        notify.notify();
+        // `peek_from` completes without suspending while data is queued: yield explicitly.
+        future::yield_now().await;
+    }
+}
+
+/// Feeds what the socket holds to the endpoint. Bounded: a busy socket must not starve the
+/// driver (ACKs, flow-control credit) or the application tasks of this core.
+fn drain_socket(
+    inner: &mut Inner,
+    socket: &glommio::net::UdpSocket,
+    storage: &mut [u8],
+    meta: &mut [quinn_udp::RecvMeta],
+) {
+    for _ in 0..QUIC_RECV_ROUNDS_PER_TURN {
+        match recv_batch(inner, socket, storage, meta) {
+            Ok(0) => return,
+            Ok(n) => {
+                let now = Instant::now();
+                for (i, m) in meta[..n].iter().enumerate() {
+                    let start = i * QUIC_RECV_SLOT_BYTES;
+                    handle_received(inner, now, m, &storage[start..start + m.len]);
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                debug!(error = %e, "UDP receive failed");
+                return;
+            }
         }
-        drop(guard);
-        notify.notify();
     }
 }
 
@@ -953,9 +977,21 @@ async fn driver_task(inner: Weak<RefCell<Inner>>, notify: Rc<Notify>) {
                 d.saturating_duration_since(Instant::now())
             })
         };
-        future::or(notify.wait(), async {
-            glommio::timer::sleep(wait).await;
-        })
+        let by_timer = future::or(
+            async {
+                notify.wait().await;
+                false
+            },
+            async {
+                glommio::timer::sleep(wait).await;
+                true
+            },
+        )
         .await;
+        if let Some(rc) = inner.upgrade() {
+            let mut guard = rc.borrow_mut();
+            guard.stats.driver_turns += 1;
+            guard.stats.timer_wakes += u64::from(by_timer);
+        }
     }
 }

@@ -207,6 +207,9 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
         .mode(mode)
         .open(path)
         .map_err(io)?;
+    // An existing file keeps its old mode on open: set it explicitly.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
 }
