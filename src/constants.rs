@@ -159,3 +159,7 @@ pub const QUIC_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_s
 /// Receive calls per turn of the receive task before it yields to the driver and the
 /// application tasks: 4 × 8 buffers × up to 64 KiB is ~2 MiB between yields.
 pub const QUIC_RECV_ROUNDS_PER_TURN: usize = 4;
+
+/// Messages queued for one core from the other cores of its node. Enough for a burst of
+/// one loop turn's forwarded requests from every core; a full inbox pushes back on senders.
+pub const CORE_INBOX_CAPACITY: usize = 1024;

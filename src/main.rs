@@ -1,5 +1,6 @@
 //! The `nodedb-cluster` command line.
 //!
+//! `preflight` checks the machine (locked-memory limit, io_uring) with a fix for each failure.
 //! `certs init|node|client` manages the cluster CA and certificates (PEM files, keys 0600).
 //! `rebalance-sim` runs the balancer evaluation harness (see `balance::harness`) and prints
 //! one row per sweep and a summary, or one JSON object with `--json`. Exit codes: 0 on
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the rebalancer on a synthetic cluster until its plan is empty.
     RebalanceSim(RebalanceSimArgs),
+    /// Check that this machine can run a node (locked-memory limit, io_uring).
+    Preflight,
     /// Create the cluster CA and issue node and client certificates (PEM, keys 0600).
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -117,6 +120,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::RebalanceSim(args) => rebalance_sim(&args),
+        Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
+            Ok(()) => {
+                println!("ok: locked-memory limit and io_uring are sufficient");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Certs(command) => match certs(command) {
             Ok(paths) => {
                 for p in paths {

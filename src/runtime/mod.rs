@@ -5,6 +5,7 @@
 //! named nowhere else: replacing it means rewriting this module only.
 
 pub mod clock;
+pub mod cores;
 pub mod executor;
 pub mod quic;
 pub mod rebalancer;
