@@ -3,6 +3,9 @@
 //! `quic [--bytes 256MiB] [--runs 5] [--mtu 1452] [--json]` measures bulk QUIC throughput:
 //! ours with and without GSO/GRO, stock quinn on tokio, and TCP, in one run (see `quic.rs`).
 //!
+//! `rpc [--requests 20000] [--concurrency 1,16] [--payload 128]` measures small request/
+//! response rate and latency percentiles over our QUIC endpoint (see `rpc.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Later issues add transport,
@@ -10,6 +13,7 @@
 //! crate only, never of the main one).
 
 mod quic;
+mod rpc;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("rpc") => rpc_bench(&args[1..]),
         Some("balance-matrix") => match parse_seeds(&args[1..]) {
             Ok(seeds) => balance_matrix(seeds),
             Err(message) => {
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!("usage: nodedb-perf quic [--bytes 256MiB] [--runs N] [--mtu M] [--json]");
+            eprintln!("       nodedb-perf rpc [--requests N] [--concurrency C] [--payload BYTES]");
             eprintln!("       nodedb-perf balance-matrix [--seeds N]");
             ExitCode::from(2)
         }
@@ -233,5 +239,51 @@ fn quic_bench(args: &QuicArgs) -> ExitCode {
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     }
+    ExitCode::SUCCESS
+}
+
+fn rpc_bench(args: &[String]) -> ExitCode {
+    let (mut requests, mut concurrency, mut payload) = (20_000u64, vec![1usize, 16], 128usize);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            eprintln!("error: {flag} needs a value");
+            return ExitCode::from(2);
+        };
+        let ok = match flag.as_str() {
+            "--requests" => value.parse().map(|v| requests = v).is_ok(),
+            "--payload" => value.parse().map(|v| payload = v).is_ok(),
+            "--concurrency" => value
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>()
+                .map(|v| concurrency = v)
+                .is_ok(),
+            _ => false,
+        };
+        if !ok || requests == 0 || concurrency.contains(&0) {
+            eprintln!("error: bad argument {flag} {value}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut rows = Vec::new();
+    for c in concurrency {
+        match rpc::run(requests, c, payload) {
+            Ok(r) => {
+                let h = &r.histogram;
+                rows.push(serde_json::json!({
+                    "concurrency": c, "requests": r.requests, "payload_bytes": payload,
+                    "requests_per_sec": r.requests as f64 / r.seconds,
+                    "p50_us": h.value_at_quantile(0.50), "p99_us": h.value_at_quantile(0.99),
+                    "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+                }));
+            }
+            Err(e) => {
+                eprintln!("error: rpc with concurrency {c}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("{}", serde_json::json!({ "rpc": rows }));
     ExitCode::SUCCESS
 }
