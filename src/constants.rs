@@ -163,3 +163,22 @@ pub const QUIC_RECV_ROUNDS_PER_TURN: usize = 4;
 /// Messages queued for one core from the other cores of its node. Enough for a burst of
 /// one loop turn's forwarded requests from every core; a full inbox pushes back on senders.
 pub const CORE_INBOX_CAPACITY: usize = 1024;
+
+// ---- Peers -------------------------------------------------------------------------------
+
+/// First reconnect delay after a failure; doubles per consecutive failure.
+pub const PEER_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const PEER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Consecutive failures that open a peer's circuit breaker (original NodeDB: 5).
+pub const PEER_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker fails fast before one probe (original NodeDB: 10 s).
+pub const PEER_BREAKER_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+/// A connection attempt that has not completed its handshake by then has failed.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Control-frame bytes queued for one peer between flushes. Beyond it, senders get
+/// back-pressure instead of growing the queue: a slow peer must not eat our memory.
+pub const PEER_OUTBOX_MAX_BYTES: usize = 8 << 20;
+
+const _: () = assert!(PEER_BACKOFF_INITIAL.as_millis() < PEER_BACKOFF_MAX.as_millis());
+const _: () = assert!(PEER_BACKOFF_MAX.as_secs() <= PEER_BREAKER_COOLDOWN.as_secs());

@@ -63,6 +63,7 @@ pub mod ids;
 pub mod load;
 pub mod load_slots;
 pub mod metrics;
+pub mod peer_health;
 pub mod placement;
 pub mod rng;
 pub mod runtime;

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod cores;
 pub mod executor;
+pub mod peers;
 pub mod quic;
 pub mod rebalancer;
 pub mod tls;

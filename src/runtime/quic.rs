@@ -620,6 +620,14 @@ impl SendStream {
     pub fn id(&self) -> StreamId {
         self.id
     }
+
+    /// Sets the stream's send priority: higher goes first when several streams have data.
+    pub fn set_priority(&mut self, priority: i32) -> Result<(), TransportError> {
+        let id = self.id;
+        self.conn
+            .with(|c| c.conn.send_stream(id).set_priority(priority))
+            .map_err(|_| TransportError::StreamReset(id))
+    }
 }
 
 impl RecvStream {

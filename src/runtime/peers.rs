@@ -1,0 +1,461 @@
+//! Connections from one core to the cores of other nodes, opened on demand.
+//!
+//! Per peer core: one QUIC connection, one long-lived **control stream** (high priority)
+//! carrying batched frames — callers `queue` frames during a loop turn and `flush` writes each
+//! peer's batch in one write — and short-lived **bulk streams** (low priority) for snapshots
+//! and migration, so bulk bytes never delay control frames. Requests use one bidirectional
+//! stream each. Connection attempts follow `PeerHealth`: exponential backoff, then a circuit
+//! breaker that fails fast. Control frames queued for a peer whose connection fails are
+//! dropped and reported: Raft retransmits what it still needs.
+//!
+//! Every stream starts with a `Hello` frame naming the sender's node and core and the stream
+//! class, so the receiver can route frames without trusting anything else.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::constants::{PEER_CONNECT_TIMEOUT, PEER_OUTBOX_MAX_BYTES};
+use crate::ids::{CoreId, NodeId};
+use crate::peer_health::{Admission, PeerHealth};
+use crate::runtime::clock::MonotonicClock;
+use crate::runtime::quic::{Connection, QuicEndpoint, RecvStream, SendStream, TransportError};
+use crate::runtime::tls::{self, ALPN_PEER, TlsMode};
+use crate::time::Time;
+use crate::wire::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
+
+/// A core of another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    pub node: NodeId,
+    pub core: CoreId,
+}
+
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.node, self.core)
+    }
+}
+
+/// What a stream carries; sent in its `Hello` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamClass {
+    Control = 1,
+    Bulk = 2,
+}
+
+const CONTROL_PRIORITY: i32 = 100;
+const BULK_PRIORITY: i32 = 0;
+const HELLO_BYTES: usize = 11;
+
+/// Encodes the `Hello` payload: node (u64 LE), core (u16 LE), class (u8).
+fn hello(from: PeerKey, class: StreamClass) -> [u8; HELLO_BYTES] {
+    let mut out = [0u8; HELLO_BYTES];
+    out[..8].copy_from_slice(&from.node.0.to_le_bytes());
+    out[8..10].copy_from_slice(&from.core.0.to_le_bytes());
+    out[10] = class as u8;
+    out
+}
+
+/// Decodes a `Hello` payload; `None` when malformed.
+pub fn parse_hello(payload: &[u8]) -> Option<(PeerKey, StreamClass)> {
+    let bytes: &[u8; HELLO_BYTES] = payload.try_into().ok()?;
+    let node = NodeId(u64::from_le_bytes(bytes[..8].try_into().ok()?));
+    let core = CoreId(u16::from_le_bytes(bytes[8..10].try_into().ok()?));
+    let class = match bytes[10] {
+        1 => StreamClass::Control,
+        2 => StreamClass::Bulk,
+        _ => return None,
+    };
+    Some((PeerKey { node, core }, class))
+}
+
+/// A peer operation that did not happen.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// The peer was never added.
+    #[error("unknown peer {0}")]
+    UnknownPeer(PeerKey),
+    /// The peer's outbox is full: the caller must slow down.
+    #[error("outbox for {peer} is full ({queued} bytes queued)")]
+    Backpressure { peer: PeerKey, queued: usize },
+    /// Backing off after failures, or the circuit breaker is open.
+    #[error("peer {peer} is unavailable ({why})")]
+    Unavailable { peer: PeerKey, why: &'static str },
+    /// The connection attempt did not complete in time.
+    #[error("connecting to {peer} at {addr} timed out")]
+    ConnectTimeout { peer: PeerKey, addr: SocketAddr },
+    #[error("peer {peer}: {source}")]
+    Transport {
+        peer: PeerKey,
+        source: TransportError,
+    },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Counters of a `Peers`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub connect_attempts: u64,
+    pub connect_failures: u64,
+    pub frames_queued: u64,
+    /// Control-stream writes: one per peer per flush.
+    pub control_writes: u64,
+    pub frames_dropped: u64,
+}
+
+struct Slot {
+    addr: SocketAddr,
+    health: PeerHealth,
+    conn: Option<Connection>,
+    control: Option<SendStream>,
+    outbox: Vec<u8>,
+    outbox_frames: u64,
+}
+
+struct Shared {
+    endpoint: QuicEndpoint,
+    tls: TlsMode,
+    local: PeerKey,
+    clock: MonotonicClock,
+    connect_timeout: Duration,
+    slots: HashMap<PeerKey, Slot>,
+    stats: PeerStats,
+}
+
+/// The peer connections of one core.
+#[derive(Clone)]
+pub struct Peers {
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Peers {
+    /// Peers reached from `endpoint` as `local`, authenticating with `tls`.
+    pub fn new(endpoint: QuicEndpoint, tls: TlsMode, local: PeerKey) -> Peers {
+        let shared = Shared {
+            endpoint,
+            tls,
+            local,
+            clock: MonotonicClock::new(),
+            connect_timeout: PEER_CONNECT_TIMEOUT,
+            slots: HashMap::new(),
+            stats: PeerStats::default(),
+        };
+        Peers {
+            shared: Rc::new(RefCell::new(shared)),
+        }
+    }
+
+    /// Overrides the connect timeout (tests use a short one).
+    pub fn set_connect_timeout(&self, timeout: Duration) {
+        self.shared.borrow_mut().connect_timeout = timeout;
+    }
+
+    /// Registers (or re-addresses) a peer core.
+    pub fn add_peer(&self, peer: PeerKey, addr: SocketAddr) {
+        let mut shared = self.shared.borrow_mut();
+        let slot = shared.slots.entry(peer).or_insert_with(|| Slot {
+            addr,
+            health: PeerHealth::new(),
+            conn: None,
+            control: None,
+            outbox: Vec::new(),
+            outbox_frames: 0,
+        });
+        if slot.addr != addr {
+            slot.addr = addr;
+            slot.conn = None;
+            slot.control = None;
+        }
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        self.shared.borrow().stats
+    }
+
+    /// The breaker state of a peer, for metrics and tests.
+    pub fn health(&self, peer: PeerKey) -> Option<PeerHealth> {
+        self.shared
+            .borrow()
+            .slots
+            .get(&peer)
+            .map(|s| s.health.clone())
+    }
+
+    /// Queues a control frame for `peer`; it leaves with the next `flush`.
+    pub fn queue(&self, peer: PeerKey, kind: FrameKind, payload: &[u8]) -> Result<(), PeerError> {
+        let mut shared = self.shared.borrow_mut();
+        let slot = shared
+            .slots
+            .get_mut(&peer)
+            .ok_or(PeerError::UnknownPeer(peer))?;
+        if slot.outbox.len() + payload.len() > PEER_OUTBOX_MAX_BYTES {
+            return Err(PeerError::Backpressure {
+                peer,
+                queued: slot.outbox.len(),
+            });
+        }
+        encode_frame(kind, 0, payload, &mut slot.outbox)?;
+        slot.outbox_frames += 1;
+        shared.stats.frames_queued += 1;
+        Ok(())
+    }
+
+    /// Writes every peer's queued frames, one write per peer. Returns the peers that failed
+    /// (their frames are dropped and counted).
+    pub async fn flush(&self) -> Vec<(PeerKey, PeerError)> {
+        let pending: Vec<PeerKey> = {
+            let shared = self.shared.borrow();
+            let mut keys: Vec<PeerKey> = shared
+                .slots
+                .iter()
+                .filter(|(_, s)| !s.outbox.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
+            keys.sort_unstable();
+            keys
+        };
+        let mut failures = Vec::new();
+        for peer in pending {
+            if let Err(e) = self.flush_peer(peer).await {
+                let mut shared = self.shared.borrow_mut();
+                if let Some(slot) = shared.slots.get_mut(&peer) {
+                    let dropped = std::mem::take(&mut slot.outbox_frames);
+                    slot.outbox.clear();
+                    shared.stats.frames_dropped += dropped;
+                }
+                failures.push((peer, e));
+            }
+        }
+        failures
+    }
+
+    async fn flush_peer(&self, peer: PeerKey) -> Result<(), PeerError> {
+        let mut control = self.control_stream(peer).await?;
+        let batch = {
+            let mut shared = self.shared.borrow_mut();
+            let slot = shared
+                .slots
+                .get_mut(&peer)
+                .ok_or(PeerError::UnknownPeer(peer))?;
+            slot.outbox_frames = 0;
+            std::mem::take(&mut slot.outbox)
+        };
+        let result = control.write_all(&batch).await;
+        self.shared.borrow_mut().stats.control_writes += 1;
+        match result {
+            Ok(()) => {
+                let mut shared = self.shared.borrow_mut();
+                let slot = shared
+                    .slots
+                    .get_mut(&peer)
+                    .ok_or(PeerError::UnknownPeer(peer))?;
+                slot.control = Some(control);
+                // Reuse the allocation for the next batch.
+                if slot.outbox.is_empty() {
+                    let mut batch = batch;
+                    batch.clear();
+                    slot.outbox = batch;
+                }
+                Ok(())
+            }
+            Err(source) => {
+                self.connection_failed(peer);
+                Err(PeerError::Transport { peer, source })
+            }
+        }
+    }
+
+    /// The peer's control stream, connecting and opening it if needed. Not reentrant per
+    /// peer: one loop per core flushes.
+    async fn control_stream(&self, peer: PeerKey) -> Result<SendStream, PeerError> {
+        if let Some(stream) = self
+            .shared
+            .borrow_mut()
+            .slots
+            .get_mut(&peer)
+            .and_then(|s| s.control.take())
+        {
+            return Ok(stream);
+        }
+        self.open_stream(peer, StreamClass::Control, CONTROL_PRIORITY)
+            .await
+    }
+
+    /// Opens a low-priority bulk stream to `peer` (already introduced with its `Hello`).
+    pub async fn open_bulk(&self, peer: PeerKey) -> Result<SendStream, PeerError> {
+        self.open_stream(peer, StreamClass::Bulk, BULK_PRIORITY)
+            .await
+    }
+
+    async fn open_stream(
+        &self,
+        peer: PeerKey,
+        class: StreamClass,
+        priority: i32,
+    ) -> Result<SendStream, PeerError> {
+        let conn = self.connection(peer).await?;
+        let local = self.shared.borrow().local;
+        let opened = async {
+            let mut stream = conn.open_uni().await?;
+            stream.set_priority(priority)?;
+            let mut first = Vec::new();
+            encode_frame(FrameKind::Hello, 0, &hello(local, class), &mut first)
+                .expect("a hello is small");
+            stream.write_all(&first).await?;
+            Ok::<_, TransportError>(stream)
+        };
+        match opened.await {
+            Ok(stream) => Ok(stream),
+            Err(source) => {
+                self.connection_failed(peer);
+                Err(PeerError::Transport { peer, source })
+            }
+        }
+    }
+
+    /// An established connection failed: forget it and count the failure.
+    fn connection_failed(&self, peer: PeerKey) {
+        let mut shared = self.shared.borrow_mut();
+        let now = shared.clock.now();
+        if let Some(slot) = shared.slots.get_mut(&peer) {
+            slot.conn = None;
+            slot.control = None;
+            slot.health.on_failure(now);
+        }
+    }
+
+    /// The connection to `peer`, opened on demand under the peer's backoff and breaker.
+    pub async fn connection(&self, peer: PeerKey) -> Result<Connection, PeerError> {
+        let (addr, endpoint, tls, timeout) = {
+            let mut shared = self.shared.borrow_mut();
+            let now = shared.clock.now();
+            let slot = shared
+                .slots
+                .get_mut(&peer)
+                .ok_or(PeerError::UnknownPeer(peer))?;
+            if let Some(conn) = &slot.conn {
+                return Ok(conn.clone());
+            }
+            match slot.health.admit(now) {
+                Admission::Attempt => {}
+                Admission::RetryAt(_) => {
+                    return Err(PeerError::Unavailable {
+                        peer,
+                        why: "backing off",
+                    });
+                }
+                Admission::Open => {
+                    return Err(PeerError::Unavailable {
+                        peer,
+                        why: "circuit breaker open",
+                    });
+                }
+            }
+            let addr = slot.addr;
+            shared.stats.connect_attempts += 1;
+            (
+                addr,
+                shared.endpoint.clone(),
+                shared.tls.clone(),
+                shared.connect_timeout,
+            )
+        };
+        let server_name = tls::node_server_name(peer.node);
+        let attempt = async { Some(endpoint.connect(addr, &server_name, &tls, ALPN_PEER).await) };
+        let timed_out = async {
+            glommio::timer::sleep(timeout).await;
+            None
+        };
+        let outcome = future::or(attempt, timed_out).await;
+        let mut shared = self.shared.borrow_mut();
+        let now: Time = shared.clock.now();
+        let failed = !matches!(outcome, Some(Ok(_)));
+        if failed {
+            shared.stats.connect_failures += 1;
+        }
+        let slot = shared
+            .slots
+            .get_mut(&peer)
+            .ok_or(PeerError::UnknownPeer(peer))?;
+        match outcome {
+            Some(Ok(conn)) => {
+                slot.health.on_success();
+                slot.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Some(Err(source)) => {
+                slot.health.on_failure(now);
+                debug!(%peer, error = %source, "peer connection failed");
+                Err(PeerError::Transport { peer, source })
+            }
+            None => {
+                slot.health.on_failure(now);
+                Err(PeerError::ConnectTimeout { peer, addr })
+            }
+        }
+    }
+}
+
+/// Reads every unidirectional stream of an accepted peer connection, passing each frame to
+/// `on_frame` with the sender and stream class from the stream's `Hello`. A stream whose
+/// first frame is not a valid `Hello`, or whose bytes are not valid frames, is abandoned
+/// (and the connection closed): bad bytes from a peer never reach the handler.
+pub async fn receive_streams<F>(conn: Connection, on_frame: F)
+where
+    F: FnMut(PeerKey, StreamClass, Frame) + 'static,
+{
+    let handler = Rc::new(RefCell::new(on_frame));
+    while let Ok(stream) = conn.accept_uni().await {
+        let (handler, conn) = (handler.clone(), conn.clone());
+        glommio::spawn_local(async move {
+            if let Err(reason) = read_stream(stream, &handler).await {
+                debug!(%reason, "closing a peer connection that sent a bad stream");
+                conn.close(1, reason.as_bytes());
+            }
+        })
+        .detach();
+    }
+}
+
+async fn read_stream<F>(mut stream: RecvStream, handler: &Rc<RefCell<F>>) -> Result<(), String>
+where
+    F: FnMut(PeerKey, StreamClass, Frame),
+{
+    let mut decoder = FrameDecoder::new();
+    let mut origin: Option<(PeerKey, StreamClass)> = None;
+    let mut bad: Option<String> = None;
+    while let Some(chunk) = stream
+        .read_chunk(usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        decoder
+            .decode(&chunk, |frame| {
+                if bad.is_some() {
+                    return;
+                }
+                match origin {
+                    None if frame.kind == FrameKind::Hello => match parse_hello(&frame.payload) {
+                        Some(o) => origin = Some(o),
+                        None => bad = Some("malformed hello".into()),
+                    },
+                    None => bad = Some("stream does not start with hello".into()),
+                    Some((peer, class)) => (handler.borrow_mut())(peer, class, frame),
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(reason) = bad {
+            return Err(reason);
+        }
+    }
+    Ok(())
+}

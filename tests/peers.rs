@@ -1,0 +1,220 @@
+//! Peer connections: control frames queued during a loop turn leave in one write per peer
+//! on one long-lived control stream, in order; bulk streams are separate; an unreachable
+//! peer is backed off and then failed fast by its circuit breaker.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::peer_health::BreakerState;
+use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
+use nodedb_cluster::runtime::peers::{PeerError, PeerKey, Peers, StreamClass, receive_streams};
+use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
+use nodedb_cluster::runtime::tls::{CertifiedKeyPem, TlsMode, generate_ca, issue_node_cert};
+use nodedb_cluster::wire::frame::FrameKind;
+
+fn node_tls(ca: &CertifiedKeyPem, node: u64) -> TlsMode {
+    let identity = issue_node_cert(ca, NodeId(node), &["127.0.0.1".into()]).unwrap();
+    TlsMode::Mutual {
+        ca_cert_pem: ca.cert_pem.clone(),
+        identity,
+    }
+}
+
+fn endpoint(tls: TlsMode) -> QuicEndpoint {
+    QuicEndpoint::bind(EndpointOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        tls,
+        segmentation_offload: true,
+        mtu: 1452,
+        server: true,
+    })
+    .unwrap()
+}
+
+const A: PeerKey = PeerKey {
+    node: NodeId(1),
+    core: CoreId(0),
+};
+const B: PeerKey = PeerKey {
+    node: NodeId(2),
+    core: CoreId(3),
+};
+
+type Received = Rc<RefCell<Vec<(PeerKey, StreamClass, u32)>>>;
+
+#[test]
+fn batched_control_frames_arrive_in_order_on_one_stream_per_peer() {
+    let ca = generate_ca("test").unwrap();
+    let (tls_a, tls_b) = (node_tls(&ca, 1), node_tls(&ca, 2));
+    let received = spawn_executor("peers-test", CorePlacement::Unbound, move || async move {
+        let node_b = endpoint(tls_b);
+        let b_addr: SocketAddr = node_b.local_addr().unwrap();
+        let received: Received = Rc::default();
+        let sink = received.clone();
+        let server = node_b.clone();
+        glommio::spawn_local(async move {
+            while let Some(conn) = server.accept().await {
+                let sink = sink.clone();
+                glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
+                    let n = u32::from_le_bytes(frame.payload[..4].try_into().unwrap());
+                    sink.borrow_mut().push((peer, class, n));
+                }))
+                .detach();
+            }
+        })
+        .detach();
+
+        let peers = Peers::new(endpoint(tls_a.clone()), tls_a, A);
+        peers.add_peer(B, b_addr);
+        for turn in 0..10u32 {
+            for i in 0..100u32 {
+                peers
+                    .queue(B, FrameKind::RaftBatch, &(turn * 100 + i).to_le_bytes())
+                    .unwrap();
+            }
+            assert!(peers.flush().await.is_empty());
+        }
+        let mut bulk = peers.open_bulk(B).await.unwrap();
+        let mut chunk = Vec::new();
+        nodedb_cluster::wire::frame::encode_frame(
+            FrameKind::BulkChunk,
+            0,
+            &7777u32.to_le_bytes(),
+            &mut chunk,
+        )
+        .unwrap();
+        bulk.write_all(&chunk).await.unwrap();
+        bulk.finish().unwrap();
+        // Wait (bounded) until everything arrived.
+        for _ in 0..2000 {
+            if received.borrow().len() == 1001 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let stats = peers.stats();
+        assert_eq!(stats.connect_attempts, 1, "one connection, reused");
+        assert_eq!(stats.control_writes, 10, "one write per peer per flush");
+        assert_eq!(stats.frames_queued, 1000);
+        node_b.shutdown().await;
+        let out = received.borrow().clone();
+        out
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(received.len(), 1001);
+    let control: Vec<u32> = received
+        .iter()
+        .filter(|(_, class, _)| *class == StreamClass::Control)
+        .map(|(_, _, n)| *n)
+        .collect();
+    assert_eq!(control, (0..1000).collect::<Vec<_>>(), "in order");
+    assert!(
+        received.iter().all(|(peer, _, _)| *peer == A),
+        "the hello names the sender"
+    );
+    assert!(received.contains(&(A, StreamClass::Bulk, 7777)));
+}
+
+#[test]
+fn an_unreachable_peer_is_backed_off_then_failed_fast() {
+    let ca = generate_ca("test").unwrap();
+    let tls_a = node_tls(&ca, 1);
+    spawn_executor("peers-down", CorePlacement::Unbound, move || async move {
+        // A bound socket that never answers: connection attempts time out.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peers = Peers::new(endpoint(tls_a.clone()), tls_a, A);
+        peers.set_connect_timeout(Duration::from_millis(50));
+        peers.add_peer(B, silent.local_addr().unwrap());
+        assert!(matches!(
+            peers.queue(
+                PeerKey {
+                    node: NodeId(9),
+                    core: CoreId(0)
+                },
+                FrameKind::Ping,
+                b""
+            ),
+            Err(PeerError::UnknownPeer(_))
+        ));
+        let mut saw_backoff = false;
+        // Bounded: five timeouts plus backoffs of 0.1 + 0.2 + 0.4 + 0.8 s.
+        for _ in 0..2000 {
+            peers.queue(B, FrameKind::Ping, b"ping").unwrap();
+            let failures = peers.flush().await;
+            assert_eq!(failures.len(), 1);
+            match &failures[0].1 {
+                PeerError::Unavailable {
+                    why: "backing off", ..
+                } => saw_backoff = true,
+                PeerError::Unavailable {
+                    why: "circuit breaker open",
+                    ..
+                } => break,
+                PeerError::ConnectTimeout { .. } => {}
+                other => panic!("unexpected {other}"),
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(saw_backoff);
+        assert!(matches!(
+            peers.health(B).unwrap().state(),
+            BreakerState::Open { .. }
+        ));
+        let attempts = peers.stats().connect_attempts;
+        assert_eq!(attempts, 5, "the breaker opened after five failed attempts");
+        // While open, sends fail fast without new attempts.
+        peers.queue(B, FrameKind::Ping, b"ping").unwrap();
+        assert!(matches!(
+            peers.flush().await[0].1,
+            PeerError::Unavailable { .. }
+        ));
+        assert_eq!(peers.stats().connect_attempts, attempts);
+        assert!(peers.stats().frames_dropped >= 6);
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_stream_of_bad_bytes_closes_the_connection_and_reaches_no_handler() {
+    use nodedb_cluster::runtime::tls::{self, ALPN_PEER};
+    let ca = generate_ca("test").unwrap();
+    let (tls_a, tls_b) = (node_tls(&ca, 1), node_tls(&ca, 2));
+    spawn_executor("peers-bad", CorePlacement::Unbound, move || async move {
+        let node_b = endpoint(tls_b);
+        let b_addr = node_b.local_addr().unwrap();
+        let delivered = Rc::new(RefCell::new(0usize));
+        let sink = delivered.clone();
+        let server = node_b.clone();
+        glommio::spawn_local(async move {
+            let conn = server.accept().await.unwrap();
+            receive_streams(conn, move |_, _, _| *sink.borrow_mut() += 1).await;
+        })
+        .detach();
+        let node_a = endpoint(tls_a.clone());
+        let conn = node_a
+            .connect(b_addr, &tls::node_server_name(NodeId(2)), &tls_a, ALPN_PEER)
+            .await
+            .unwrap();
+        let mut stream = conn.open_uni().await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\n\r\n not our protocol at all")
+            .await
+            .unwrap();
+        stream.finish().unwrap();
+        let reason = conn.closed().await;
+        assert!(format!("{reason}").contains("bad frame magic"), "{reason}");
+        assert_eq!(*delivered.borrow(), 0);
+        node_b.shutdown().await;
+        node_a.shutdown().await;
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+}
