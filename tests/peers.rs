@@ -100,8 +100,7 @@ fn batched_control_frames_arrive_in_order_on_one_stream_per_peer() {
         assert_eq!(stats.control_writes, 10, "one write per peer per flush");
         assert_eq!(stats.frames_queued, 1000);
         node_b.shutdown().await;
-        let out = received.borrow().clone();
-        out
+        received.take()
     })
     .unwrap()
     .join()
