@@ -182,3 +182,25 @@ pub const PEER_OUTBOX_MAX_BYTES: usize = 8 << 20;
 
 const _: () = assert!(PEER_BACKOFF_INITIAL.as_millis() < PEER_BACKOFF_MAX.as_millis());
 const _: () = assert!(PEER_BACKOFF_MAX.as_secs() <= PEER_BREAKER_COOLDOWN.as_secs());
+
+// ---- Raft --------------------------------------------------------------------------------
+
+/// Entries in one Raft message. raft-rs sends at most `max_inflight` batches of
+/// `max_size_per_msg` bytes; 4096 small entries is far above what one append carries.
+pub const RAFT_ENTRIES_PER_MESSAGE_MAX: usize = 4096;
+/// Messages in one batch frame (one loop turn's traffic from one core to another).
+pub const RAFT_BATCH_MESSAGES_MAX: usize = 65_536;
+/// Replica ids in one conf-state list; replication factors are at most 7, joint
+/// configurations double that.
+pub const RAFT_CONF_IDS_MAX: usize = 64;
+
+// ---- KV ----------------------------------------------------------------------------------
+
+/// Longest key: keys are routing and index material, not payload.
+pub const KV_KEY_MAX_BYTES: usize = 4 << 10;
+/// Largest value: fits one Raft entry well under the frame bound.
+pub const KV_VALUE_MAX_BYTES: usize = 1 << 20;
+/// Most pairs one scan returns; a client pages through larger ranges.
+pub const KV_SCAN_MAX_ITEMS: usize = 10_000;
+
+const _: () = assert!(KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES + 64 < FRAME_PAYLOAD_MAX_BYTES);

@@ -60,6 +60,7 @@
 pub mod balance;
 pub mod constants;
 pub mod ids;
+pub mod kv;
 pub mod load;
 pub mod load_slots;
 pub mod metrics;

@@ -4,4 +4,6 @@
 //! `runtime`. Every decoder treats its input as hostile: bounded allocation, a typed error
 //! for anything malformed, never a panic.
 
+pub mod codec;
 pub mod frame;
+pub mod raft;

@@ -1,0 +1,355 @@
+//! The state machine of a vShard: an ordered key-value map behind the `StateMachine` trait.
+//!
+//! Writes travel through Raft as encoded [`KvCommand`]s; every replica applies the same
+//! commands in the same order and gets the same map. Reads (`get`, `scan`) are served from
+//! the map once the replica has applied at least the read's ReadIndex. A malformed command
+//! (only possible from a bug or a corrupt log, since the leader validates what it proposes)
+//! yields an error response on every replica alike, never a panic and never a divergence.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use thiserror::Error;
+
+use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
+use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
+
+/// What a replicated state machine offers the Raft host.
+pub trait StateMachine {
+    /// Applies the command committed at `index` and returns the response for its proposer.
+    /// Must be deterministic: the same commands in the same order give the same state.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
+    /// The index of the last applied command.
+    fn applied_index(&self) -> u64;
+    /// A full copy of the state, to install on a replica that fell behind the log.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot taken at `index`.
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError>;
+    /// Bytes of user data held (keys + values), for the load metrics.
+    fn bytes_stored(&self) -> u64;
+}
+
+/// A write to the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvCommand {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    /// Sets `key` to `new` (or deletes it when `None`) only if it currently equals `expected`
+    /// (`None`: absent).
+    CompareAndSet { key: Vec<u8>, expected: Option<Vec<u8>>, new: Option<Vec<u8>> },
+}
+
+/// The answer to a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvResponse {
+    Done,
+    /// A delete; whether the key existed.
+    Deleted(bool),
+    /// A compare-and-set; whether it applied, and the value it found.
+    Cas { applied: bool, found: Option<Vec<u8>> },
+    /// The command was malformed.
+    Rejected(String),
+}
+
+/// A command the client may not send.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KvError {
+    #[error("key of {0} bytes exceeds the {KV_KEY_MAX_BYTES}-byte limit")]
+    KeyTooLarge(usize),
+    #[error("value of {0} bytes exceeds the {KV_VALUE_MAX_BYTES}-byte limit")]
+    ValueTooLarge(usize),
+    #[error("keys must not be empty")]
+    EmptyKey,
+}
+
+impl KvCommand {
+    /// Checks the bounds a proposer must enforce before proposing.
+    pub fn validate(&self) -> Result<(), KvError> {
+        let check_key = |k: &[u8]| match k.len() {
+            0 => Err(KvError::EmptyKey),
+            n if n > KV_KEY_MAX_BYTES => Err(KvError::KeyTooLarge(n)),
+            _ => Ok(()),
+        };
+        let check_value = |v: &[u8]| {
+            if v.len() > KV_VALUE_MAX_BYTES { Err(KvError::ValueTooLarge(v.len())) } else { Ok(()) }
+        };
+        match self {
+            KvCommand::Put { key, value } => check_key(key).and(check_value(value)),
+            KvCommand::Delete { key } => check_key(key),
+            KvCommand::CompareAndSet { key, expected, new } => check_key(key)
+                .and(expected.as_deref().map_or(Ok(()), check_value))
+                .and(new.as_deref().map_or(Ok(()), check_value)),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let put_opt = |out: &mut Vec<u8>, v: &Option<Vec<u8>>| match v {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_bytes(out, v);
+            }
+        };
+        match self {
+            KvCommand::Put { key, value } => {
+                out.push(1);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            KvCommand::Delete { key } => {
+                out.push(2);
+                put_bytes(&mut out, key);
+            }
+            KvCommand::CompareAndSet { key, expected, new } => {
+                out.push(3);
+                put_bytes(&mut out, key);
+                put_opt(&mut out, expected);
+                put_opt(&mut out, new);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KvCommand, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let opt = |r: &mut Reader<'_>| -> Result<Option<Vec<u8>>, DecodeError> {
+            match r.u8("option")? {
+                0 => Ok(None),
+                1 => Ok(Some(r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec())),
+                v => Err(DecodeError::BadEnum { what: "option", value: v.into() }),
+            }
+        };
+        let command = match r.u8("command")? {
+            1 => KvCommand::Put {
+                key: r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec(),
+                value: r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec(),
+            },
+            2 => KvCommand::Delete { key: r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec() },
+            3 => {
+                let key = r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec();
+                let expected = opt(&mut r)?;
+                KvCommand::CompareAndSet { key, expected, new: opt(&mut r)? }
+            }
+            v => return Err(DecodeError::BadEnum { what: "command", value: v.into() }),
+        };
+        r.finish()?;
+        Ok(command)
+    }
+}
+
+impl KvResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            KvResponse::Done => out.push(1),
+            KvResponse::Deleted(existed) => {
+                out.push(2);
+                out.push(u8::from(*existed));
+            }
+            KvResponse::Cas { applied, found } => {
+                out.push(3);
+                out.push(u8::from(*applied));
+                match found {
+                    None => out.push(0),
+                    Some(v) => {
+                        out.push(1);
+                        put_bytes(&mut out, v);
+                    }
+                }
+            }
+            KvResponse::Rejected(reason) => {
+                out.push(4);
+                put_bytes(&mut out, reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KvResponse, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let flag = |r: &mut Reader<'_>| match r.u8("flag")? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(DecodeError::BadEnum { what: "flag", value: v.into() }),
+        };
+        let response = match r.u8("response")? {
+            1 => KvResponse::Done,
+            2 => KvResponse::Deleted(flag(&mut r)?),
+            3 => {
+                let applied = flag(&mut r)?;
+                let found = if flag(&mut r)? { Some(r.bytes("found", KV_VALUE_MAX_BYTES)?.to_vec()) } else { None };
+                KvResponse::Cas { applied, found }
+            }
+            4 => KvResponse::Rejected(String::from_utf8_lossy(r.bytes("reason", 1024)?).into_owned()),
+            v => return Err(DecodeError::BadEnum { what: "response", value: v.into() }),
+        };
+        r.finish()?;
+        Ok(response)
+    }
+}
+
+/// An ordered map, the KV state machine of one vShard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStore {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    bytes: u64,
+    applied: u64,
+}
+
+impl KvStore {
+    pub fn new() -> KvStore {
+        KvStore::default()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).map(Vec::as_slice)
+    }
+
+    /// Up to `limit` (capped at `KV_SCAN_MAX_ITEMS`) pairs with `start <= key < end`.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        self.map
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .take(limit.min(KV_SCAN_MAX_ITEMS))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Sets or removes `key`, keeping `bytes` equal to the sum of key and value lengths.
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let key_len = key.len() as u64;
+        let old = match value {
+            Some(v) => {
+                self.bytes += key_len + v.len() as u64;
+                self.map.insert(key, v)
+            }
+            None => self.map.remove(&key),
+        };
+        if let Some(old) = &old {
+            self.bytes -= key_len + old.len() as u64;
+        }
+        old
+    }
+}
+
+impl StateMachine for KvStore {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.applied = self.applied.max(index);
+        let response = match KvCommand::decode(command) {
+            Err(e) => KvResponse::Rejected(e.to_string()),
+            Ok(KvCommand::Put { key, value }) => {
+                self.set(key, Some(value));
+                KvResponse::Done
+            }
+            Ok(KvCommand::Delete { key }) => KvResponse::Deleted(self.set(key, None).is_some()),
+            Ok(KvCommand::CompareAndSet { key, expected, new }) => {
+                let found = self.map.get(&key).cloned();
+                if found == expected {
+                    self.set(key, new);
+                    KvResponse::Cas { applied: true, found }
+                } else {
+                    KvResponse::Cas { applied: false, found }
+                }
+            }
+        };
+        response.encode()
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, self.map.len() as u64);
+        for (k, v) in &self.map {
+            put_bytes(&mut out, k);
+            put_bytes(&mut out, v);
+        }
+        out
+    }
+
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError> {
+        let mut r = Reader::new(snapshot);
+        let n = r.count("snapshot entries", usize::MAX)?;
+        let mut map = BTreeMap::new();
+        let mut bytes = 0u64;
+        for _ in 0..n {
+            let k = r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec();
+            let v = r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec();
+            bytes += (k.len() + v.len()) as u64;
+            map.insert(k, v);
+        }
+        r.finish()?;
+        // Only replace the state once the whole snapshot decoded: never half-installed.
+        *self = KvStore { map, bytes, applied: index };
+        Ok(())
+    }
+
+    fn bytes_stored(&self) -> u64 {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(store: &mut KvStore, index: u64, c: KvCommand) -> KvResponse {
+        KvResponse::decode(&store.apply(index, &c.encode())).unwrap()
+    }
+
+    fn recount(store: &KvStore) -> u64 {
+        store.map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
+    #[test]
+    fn put_delete_cas_and_byte_accounting() {
+        let mut s = KvStore::new();
+        let k = || b"key".to_vec();
+        assert_eq!(apply(&mut s, 1, KvCommand::Put { key: k(), value: b"v1".to_vec() }), KvResponse::Done);
+        assert_eq!(s.bytes_stored(), recount(&s));
+        apply(&mut s, 2, KvCommand::Put { key: k(), value: b"value-2".to_vec() });
+        assert_eq!(s.bytes_stored(), recount(&s));
+        let cas = KvCommand::CompareAndSet { key: k(), expected: Some(b"v1".to_vec()), new: Some(b"x".to_vec()) };
+        assert_eq!(apply(&mut s, 3, cas), KvResponse::Cas { applied: false, found: Some(b"value-2".to_vec()) });
+        let cas = KvCommand::CompareAndSet { key: k(), expected: Some(b"value-2".to_vec()), new: None };
+        assert!(matches!(apply(&mut s, 4, cas), KvResponse::Cas { applied: true, .. }));
+        assert_eq!(s.get(b"key"), None);
+        assert_eq!(s.bytes_stored(), 0);
+        assert_eq!(apply(&mut s, 5, KvCommand::Delete { key: k() }), KvResponse::Deleted(false));
+        assert_eq!(s.applied_index(), 5);
+        assert!(matches!(KvResponse::decode(&s.apply(6, b"\x09garbage")).unwrap(), KvResponse::Rejected(_)));
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_state_and_garbage_leaves_it_untouched() {
+        let mut s = KvStore::new();
+        for i in 0..50u32 {
+            apply(&mut s, u64::from(i) + 1, KvCommand::Put { key: i.to_be_bytes().to_vec(), value: vec![1; i as usize] });
+        }
+        let mut t = KvStore::new();
+        t.restore(50, &s.snapshot()).unwrap();
+        assert_eq!(t, s);
+        assert_eq!(t.scan(&5u32.to_be_bytes(), Some(&8u32.to_be_bytes()), 100).len(), 3);
+        let before = t.clone();
+        assert!(t.restore(60, &[3, 1]).is_err());
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn oversized_or_empty_keys_are_rejected_before_proposal() {
+        assert_eq!(KvCommand::Put { key: vec![], value: vec![] }.validate(), Err(KvError::EmptyKey));
+        let big = KvCommand::Put { key: b"k".to_vec(), value: vec![0; KV_VALUE_MAX_BYTES + 1] };
+        assert!(matches!(big.validate(), Err(KvError::ValueTooLarge(_))));
+    }
+}
