@@ -204,3 +204,13 @@ pub const KV_VALUE_MAX_BYTES: usize = 1 << 20;
 pub const KV_SCAN_MAX_ITEMS: usize = 10_000;
 
 const _: () = assert!(KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES + 64 < FRAME_PAYLOAD_MAX_BYTES);
+
+/// Raft's logical clock period. Election and heartbeat timeouts are counted in ticks.
+pub const RAFT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// Base election timeout in ticks (1 s); each replica adds a fixed offset below this, so
+/// timeouts are distinct (fewer split votes) yet deterministic.
+pub const RAFT_ELECTION_TICKS: usize = 10;
+/// Heartbeat period in ticks (200 ms), well under the election timeout.
+pub const RAFT_HEARTBEAT_TICKS: usize = 2;
+
+const _: () = assert!(RAFT_HEARTBEAT_TICKS * 3 < RAFT_ELECTION_TICKS);

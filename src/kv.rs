@@ -32,11 +32,20 @@ pub trait StateMachine {
 /// A write to the map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvCommand {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Sets `key` to `new` (or deletes it when `None`) only if it currently equals `expected`
     /// (`None`: absent).
-    CompareAndSet { key: Vec<u8>, expected: Option<Vec<u8>>, new: Option<Vec<u8>> },
+    CompareAndSet {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
 }
 
 /// The answer to a write.
@@ -46,7 +55,10 @@ pub enum KvResponse {
     /// A delete; whether the key existed.
     Deleted(bool),
     /// A compare-and-set; whether it applied, and the value it found.
-    Cas { applied: bool, found: Option<Vec<u8>> },
+    Cas {
+        applied: bool,
+        found: Option<Vec<u8>>,
+    },
     /// The command was malformed.
     Rejected(String),
 }
@@ -71,7 +83,11 @@ impl KvCommand {
             _ => Ok(()),
         };
         let check_value = |v: &[u8]| {
-            if v.len() > KV_VALUE_MAX_BYTES { Err(KvError::ValueTooLarge(v.len())) } else { Ok(()) }
+            if v.len() > KV_VALUE_MAX_BYTES {
+                Err(KvError::ValueTooLarge(v.len()))
+            } else {
+                Ok(())
+            }
         };
         match self {
             KvCommand::Put { key, value } => check_key(key).and(check_value(value)),
@@ -117,7 +133,10 @@ impl KvCommand {
             match r.u8("option")? {
                 0 => Ok(None),
                 1 => Ok(Some(r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec())),
-                v => Err(DecodeError::BadEnum { what: "option", value: v.into() }),
+                v => Err(DecodeError::BadEnum {
+                    what: "option",
+                    value: v.into(),
+                }),
             }
         };
         let command = match r.u8("command")? {
@@ -125,13 +144,24 @@ impl KvCommand {
                 key: r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec(),
                 value: r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec(),
             },
-            2 => KvCommand::Delete { key: r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec() },
+            2 => KvCommand::Delete {
+                key: r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec(),
+            },
             3 => {
                 let key = r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec();
                 let expected = opt(&mut r)?;
-                KvCommand::CompareAndSet { key, expected, new: opt(&mut r)? }
+                KvCommand::CompareAndSet {
+                    key,
+                    expected,
+                    new: opt(&mut r)?,
+                }
             }
-            v => return Err(DecodeError::BadEnum { what: "command", value: v.into() }),
+            v => {
+                return Err(DecodeError::BadEnum {
+                    what: "command",
+                    value: v.into(),
+                });
+            }
         };
         r.finish()?;
         Ok(command)
@@ -171,18 +201,32 @@ impl KvResponse {
         let flag = |r: &mut Reader<'_>| match r.u8("flag")? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(DecodeError::BadEnum { what: "flag", value: v.into() }),
+            v => Err(DecodeError::BadEnum {
+                what: "flag",
+                value: v.into(),
+            }),
         };
         let response = match r.u8("response")? {
             1 => KvResponse::Done,
             2 => KvResponse::Deleted(flag(&mut r)?),
             3 => {
                 let applied = flag(&mut r)?;
-                let found = if flag(&mut r)? { Some(r.bytes("found", KV_VALUE_MAX_BYTES)?.to_vec()) } else { None };
+                let found = if flag(&mut r)? {
+                    Some(r.bytes("found", KV_VALUE_MAX_BYTES)?.to_vec())
+                } else {
+                    None
+                };
                 KvResponse::Cas { applied, found }
             }
-            4 => KvResponse::Rejected(String::from_utf8_lossy(r.bytes("reason", 1024)?).into_owned()),
-            v => return Err(DecodeError::BadEnum { what: "response", value: v.into() }),
+            4 => {
+                KvResponse::Rejected(String::from_utf8_lossy(r.bytes("reason", 1024)?).into_owned())
+            }
+            v => {
+                return Err(DecodeError::BadEnum {
+                    what: "response",
+                    value: v.into(),
+                });
+            }
         };
         r.finish()?;
         Ok(response)
@@ -255,9 +299,15 @@ impl StateMachine for KvStore {
                 let found = self.map.get(&key).cloned();
                 if found == expected {
                     self.set(key, new);
-                    KvResponse::Cas { applied: true, found }
+                    KvResponse::Cas {
+                        applied: true,
+                        found,
+                    }
                 } else {
-                    KvResponse::Cas { applied: false, found }
+                    KvResponse::Cas {
+                        applied: false,
+                        found,
+                    }
                 }
             }
         };
@@ -291,7 +341,11 @@ impl StateMachine for KvStore {
         }
         r.finish()?;
         // Only replace the state once the whole snapshot decoded: never half-installed.
-        *self = KvStore { map, bytes, applied: index };
+        *self = KvStore {
+            map,
+            bytes,
+            applied: index,
+        };
         Ok(())
     }
 
@@ -309,38 +363,93 @@ mod tests {
     }
 
     fn recount(store: &KvStore) -> u64 {
-        store.map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+        store
+            .map
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
     }
 
     #[test]
     fn put_delete_cas_and_byte_accounting() {
         let mut s = KvStore::new();
         let k = || b"key".to_vec();
-        assert_eq!(apply(&mut s, 1, KvCommand::Put { key: k(), value: b"v1".to_vec() }), KvResponse::Done);
+        assert_eq!(
+            apply(
+                &mut s,
+                1,
+                KvCommand::Put {
+                    key: k(),
+                    value: b"v1".to_vec()
+                }
+            ),
+            KvResponse::Done
+        );
         assert_eq!(s.bytes_stored(), recount(&s));
-        apply(&mut s, 2, KvCommand::Put { key: k(), value: b"value-2".to_vec() });
+        apply(
+            &mut s,
+            2,
+            KvCommand::Put {
+                key: k(),
+                value: b"value-2".to_vec(),
+            },
+        );
         assert_eq!(s.bytes_stored(), recount(&s));
-        let cas = KvCommand::CompareAndSet { key: k(), expected: Some(b"v1".to_vec()), new: Some(b"x".to_vec()) };
-        assert_eq!(apply(&mut s, 3, cas), KvResponse::Cas { applied: false, found: Some(b"value-2".to_vec()) });
-        let cas = KvCommand::CompareAndSet { key: k(), expected: Some(b"value-2".to_vec()), new: None };
-        assert!(matches!(apply(&mut s, 4, cas), KvResponse::Cas { applied: true, .. }));
+        let cas = KvCommand::CompareAndSet {
+            key: k(),
+            expected: Some(b"v1".to_vec()),
+            new: Some(b"x".to_vec()),
+        };
+        assert_eq!(
+            apply(&mut s, 3, cas),
+            KvResponse::Cas {
+                applied: false,
+                found: Some(b"value-2".to_vec())
+            }
+        );
+        let cas = KvCommand::CompareAndSet {
+            key: k(),
+            expected: Some(b"value-2".to_vec()),
+            new: None,
+        };
+        assert!(matches!(
+            apply(&mut s, 4, cas),
+            KvResponse::Cas { applied: true, .. }
+        ));
         assert_eq!(s.get(b"key"), None);
         assert_eq!(s.bytes_stored(), 0);
-        assert_eq!(apply(&mut s, 5, KvCommand::Delete { key: k() }), KvResponse::Deleted(false));
+        assert_eq!(
+            apply(&mut s, 5, KvCommand::Delete { key: k() }),
+            KvResponse::Deleted(false)
+        );
         assert_eq!(s.applied_index(), 5);
-        assert!(matches!(KvResponse::decode(&s.apply(6, b"\x09garbage")).unwrap(), KvResponse::Rejected(_)));
+        assert!(matches!(
+            KvResponse::decode(&s.apply(6, b"\x09garbage")).unwrap(),
+            KvResponse::Rejected(_)
+        ));
     }
 
     #[test]
     fn snapshot_restores_the_same_state_and_garbage_leaves_it_untouched() {
         let mut s = KvStore::new();
         for i in 0..50u32 {
-            apply(&mut s, u64::from(i) + 1, KvCommand::Put { key: i.to_be_bytes().to_vec(), value: vec![1; i as usize] });
+            apply(
+                &mut s,
+                u64::from(i) + 1,
+                KvCommand::Put {
+                    key: i.to_be_bytes().to_vec(),
+                    value: vec![1; i as usize],
+                },
+            );
         }
         let mut t = KvStore::new();
         t.restore(50, &s.snapshot()).unwrap();
         assert_eq!(t, s);
-        assert_eq!(t.scan(&5u32.to_be_bytes(), Some(&8u32.to_be_bytes()), 100).len(), 3);
+        assert_eq!(
+            t.scan(&5u32.to_be_bytes(), Some(&8u32.to_be_bytes()), 100)
+                .len(),
+            3
+        );
         let before = t.clone();
         assert!(t.restore(60, &[3, 1]).is_err());
         assert_eq!(t, before);
@@ -348,8 +457,18 @@ mod tests {
 
     #[test]
     fn oversized_or_empty_keys_are_rejected_before_proposal() {
-        assert_eq!(KvCommand::Put { key: vec![], value: vec![] }.validate(), Err(KvError::EmptyKey));
-        let big = KvCommand::Put { key: b"k".to_vec(), value: vec![0; KV_VALUE_MAX_BYTES + 1] };
+        assert_eq!(
+            KvCommand::Put {
+                key: vec![],
+                value: vec![]
+            }
+            .validate(),
+            Err(KvError::EmptyKey)
+        );
+        let big = KvCommand::Put {
+            key: b"k".to_vec(),
+            value: vec![0; KV_VALUE_MAX_BYTES + 1],
+        };
         assert!(matches!(big.validate(), Err(KvError::ValueTooLarge(_))));
     }
 }

@@ -66,6 +66,7 @@ pub mod load_slots;
 pub mod metrics;
 pub mod peer_health;
 pub mod placement;
+pub mod raft_host;
 pub mod rng;
 pub mod runtime;
 pub mod time;

@@ -18,7 +18,11 @@ pub enum DecodeError {
     BadVarint(&'static str),
     /// A length or count is above its bound.
     #[error("{what} of {value} exceeds the limit of {max}")]
-    TooLarge { what: &'static str, value: u64, max: u64 },
+    TooLarge {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
     /// An enumeration field holds an unknown value.
     #[error("invalid {what} value {value}")]
     BadEnum { what: &'static str, value: u64 },
@@ -63,11 +67,18 @@ impl<'a> Reader<'a> {
 
     /// Fails unless every byte was consumed.
     pub fn finish(&self) -> Result<(), DecodeError> {
-        if self.input.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes(self.input.len())) }
+        if self.input.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.input.len()))
+        }
     }
 
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        let (&first, rest) = self.input.split_first().ok_or(DecodeError::Truncated(what))?;
+        let (&first, rest) = self
+            .input
+            .split_first()
+            .ok_or(DecodeError::Truncated(what))?;
         self.input = rest;
         Ok(first)
     }
@@ -98,7 +109,11 @@ impl<'a> Reader<'a> {
     pub fn count(&mut self, what: &'static str, max: usize) -> Result<usize, DecodeError> {
         let value = self.varint(what)?;
         if value > max as u64 {
-            return Err(DecodeError::TooLarge { what, value, max: max as u64 });
+            return Err(DecodeError::TooLarge {
+                what,
+                value,
+                max: max as u64,
+            });
         }
         Ok(value as usize)
     }
@@ -121,7 +136,16 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_the_edges() {
-        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             let mut r = Reader::new(&out);
@@ -137,12 +161,27 @@ mod tests {
 
     #[test]
     fn malformed_input_is_a_typed_error() {
-        assert_eq!(Reader::new(&[0x80; 11]).varint("v"), Err(DecodeError::BadVarint("v")));
-        assert_eq!(Reader::new(&[0xff; 9]).varint("v"), Err(DecodeError::Truncated("v")));
+        assert_eq!(
+            Reader::new(&[0x80; 11]).varint("v"),
+            Err(DecodeError::BadVarint("v"))
+        );
+        assert_eq!(
+            Reader::new(&[0xff; 9]).varint("v"),
+            Err(DecodeError::Truncated("v"))
+        );
         let mut big = vec![0xff; 9];
         big.push(0x02);
-        assert_eq!(Reader::new(&big).varint("v"), Err(DecodeError::BadVarint("v")));
-        assert!(matches!(Reader::new(&[5, 1, 2]).bytes("b", 10), Err(DecodeError::Truncated("b"))));
-        assert!(matches!(Reader::new(&[50]).bytes("b", 10), Err(DecodeError::TooLarge { .. })));
+        assert_eq!(
+            Reader::new(&big).varint("v"),
+            Err(DecodeError::BadVarint("v"))
+        );
+        assert!(matches!(
+            Reader::new(&[5, 1, 2]).bytes("b", 10),
+            Err(DecodeError::Truncated("b"))
+        ));
+        assert!(matches!(
+            Reader::new(&[50]).bytes("b", 10),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

@@ -16,10 +16,15 @@
 //! Every count and length is bounded (`constants`) before allocation; an unknown enum value,
 //! a truncated field or trailing bytes is a [`DecodeError`].
 
+// raft-rs' protobuf types are built field by field here: a struct literal would have to name
+// their bookkeeping fields too.
+#![allow(clippy::field_reassign_with_default)]
+
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 
 use crate::constants::{
-    FRAME_PAYLOAD_MAX_BYTES, RAFT_BATCH_MESSAGES_MAX, RAFT_CONF_IDS_MAX, RAFT_ENTRIES_PER_MESSAGE_MAX,
+    FRAME_PAYLOAD_MAX_BYTES, RAFT_BATCH_MESSAGES_MAX, RAFT_CONF_IDS_MAX,
+    RAFT_ENTRIES_PER_MESSAGE_MAX,
 };
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_signed, put_varint};
 
@@ -49,7 +54,12 @@ fn message_type(value: u8) -> Result<MessageType, DecodeError> {
         MsgRequestPreVote,
         MsgRequestPreVoteResponse,
     ];
-    ALL.get(usize::from(value)).copied().ok_or(DecodeError::BadEnum { what: "message type", value: value.into() })
+    ALL.get(usize::from(value))
+        .copied()
+        .ok_or(DecodeError::BadEnum {
+            what: "message type",
+            value: value.into(),
+        })
 }
 
 fn entry_type(value: u8) -> Result<EntryType, DecodeError> {
@@ -57,7 +67,10 @@ fn entry_type(value: u8) -> Result<EntryType, DecodeError> {
         0 => Ok(EntryType::EntryNormal),
         1 => Ok(EntryType::EntryConfChange),
         2 => Ok(EntryType::EntryConfChangeV2),
-        _ => Err(DecodeError::BadEnum { what: "entry type", value: value.into() }),
+        _ => Err(DecodeError::BadEnum {
+            what: "entry type",
+            value: value.into(),
+        }),
     }
 }
 
@@ -82,7 +95,17 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
         flags |= FLAG_SNAPSHOT;
     }
     out.push(flags);
-    for v in [m.to, m.from, m.term, m.log_term, m.index, m.commit, m.commit_term, m.request_snapshot, m.reject_hint] {
+    for v in [
+        m.to,
+        m.from,
+        m.term,
+        m.log_term,
+        m.index,
+        m.commit,
+        m.commit_term,
+        m.request_snapshot,
+        m.reject_hint,
+    ] {
         put_varint(out, v);
     }
     put_signed(out, m.priority);
@@ -116,7 +139,10 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     m.set_msg_type(message_type(r.u8("message type")?)?);
     let flags = r.u8("flags")?;
     if flags & !(FLAG_REJECT | FLAG_SNAPSHOT) != 0 {
-        return Err(DecodeError::BadEnum { what: "message flags", value: flags.into() });
+        return Err(DecodeError::BadEnum {
+            what: "message flags",
+            value: flags.into(),
+        });
     }
     m.reject = flags & FLAG_REJECT != 0;
     m.to = r.varint("to")?;
@@ -137,8 +163,14 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         e.set_entry_type(entry_type(r.u8("entry type")?)?);
         e.term = r.varint("entry term")?;
         e.index = r.varint("entry index")?;
-        e.data = r.bytes("entry data", FRAME_PAYLOAD_MAX_BYTES)?.to_vec().into();
-        e.context = r.bytes("entry context", FRAME_PAYLOAD_MAX_BYTES)?.to_vec().into();
+        e.data = r
+            .bytes("entry data", FRAME_PAYLOAD_MAX_BYTES)?
+            .to_vec()
+            .into();
+        e.context = r
+            .bytes("entry context", FRAME_PAYLOAD_MAX_BYTES)?
+            .to_vec()
+            .into();
         entries.push(e);
     }
     m.entries = entries.into();
@@ -155,10 +187,18 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         cs.auto_leave = match r.u8("auto_leave")? {
             0 => false,
             1 => true,
-            v => return Err(DecodeError::BadEnum { what: "auto_leave", value: v.into() }),
+            v => {
+                return Err(DecodeError::BadEnum {
+                    what: "auto_leave",
+                    value: v.into(),
+                });
+            }
         };
         meta.set_conf_state(cs);
-        s.data = r.bytes("snapshot data", FRAME_PAYLOAD_MAX_BYTES)?.to_vec().into();
+        s.data = r
+            .bytes("snapshot data", FRAME_PAYLOAD_MAX_BYTES)?
+            .to_vec()
+            .into();
         m.set_snapshot(s);
     }
     Ok(m)
@@ -173,7 +213,10 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
 }
 
 /// Appends a batch of `(group, message)` pairs.
-pub fn encode_batch<'a>(messages: impl ExactSizeIterator<Item = (u64, &'a Message)>, out: &mut Vec<u8>) {
+pub fn encode_batch<'a>(
+    messages: impl ExactSizeIterator<Item = (u64, &'a Message)>,
+    out: &mut Vec<u8>,
+) {
     put_varint(out, messages.len() as u64);
     let mut scratch = Vec::new();
     for (group, m) in messages {
@@ -248,10 +291,16 @@ mod tests {
         encode_message(&sample(), &mut out);
         let mut bad_type = out.clone();
         bad_type[0] = 19;
-        assert!(matches!(decode_message(&bad_type), Err(DecodeError::BadEnum { .. })));
+        assert!(matches!(
+            decode_message(&bad_type),
+            Err(DecodeError::BadEnum { .. })
+        ));
         let mut trailing = out.clone();
         trailing.push(0);
-        assert_eq!(decode_message(&trailing), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            decode_message(&trailing),
+            Err(DecodeError::TrailingBytes(1))
+        );
         for cut in 0..out.len() {
             assert!(decode_message(&out[..cut]).is_err(), "cut at {cut}");
         }

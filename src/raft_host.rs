@@ -1,0 +1,545 @@
+//! The Raft groups hosted by one core, over raft-rs `RawNode`, without I/O.
+//!
+//! A core hosts one replica of each vShard placed on it. The host is sans-IO in the
+//! quinn-proto grammar: `handle_tick(now)`, `handle_message(..)`, `propose(..)` take input;
+//! `poll_persist()` yields the log writes of **every** group as one batch (group commit: the
+//! runtime makes the batch durable with one write and one fsync); `handle_persisted(batch)`
+//! says it is durable; `poll_transmit()` and `poll_event()` drain messages and events.
+//!
+//! Durability rule: nothing that depends on a write leaves the host before the write is
+//! durable. Messages raft-rs marks as needing persistence (votes, append acknowledgements)
+//! are held until `handle_persisted`; raft-rs learns that its own log is persisted only then,
+//! so a leader never counts a non-durable copy towards a commit; clients hear about a write
+//! only when it is applied, which requires a durable quorum.
+//!
+//! Determinism: each replica's election timeout is fixed (`min = max − 1` in raft-rs'
+//! terms), derived from its replica id, because raft-rs randomises with `thread_rng`.
+//! raft-rs logs through slog; [`tracing_logger`] forwards it to `tracing`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+use thiserror::Error;
+
+use crate::constants::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_TICK};
+use crate::ids::{CoreId, NodeId};
+use crate::kv::StateMachine;
+use crate::time::Time;
+
+/// Identifies a Raft group (a vShard's group, or the metadata group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+/// A replica's id inside Raft: unique per cluster and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId(pub u64);
+
+/// Where a replica lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CoreAddress {
+    pub node: NodeId,
+    pub core: CoreId,
+}
+
+/// Caller-chosen handle that comes back with the proposal's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProposalToken(pub u64);
+
+/// A host operation that did not happen.
+#[derive(Debug, Error, PartialEq)]
+pub enum HostError {
+    /// The group is not hosted on this core.
+    #[error("group {0:?} is not hosted here")]
+    UnknownGroup(GroupId),
+    /// The group already exists.
+    #[error("group {0:?} is already hosted here")]
+    GroupExists(GroupId),
+    /// This replica does not lead the group; `leader` is the best guess of who does.
+    #[error("not the leader of {group:?}; try {leader:?}")]
+    NotLeader {
+        group: GroupId,
+        leader: Option<CoreAddress>,
+    },
+    /// raft-rs refused the input (e.g. a message for another replica id).
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// One group's share of a persist batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupWrite {
+    pub group: GroupId,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    /// A snapshot installed from the leader (metadata and state-machine data).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Everything to make durable in one write + fsync.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use]
+pub struct PersistBatch {
+    pub id: u64,
+    pub writes: Vec<GroupWrite>,
+}
+
+/// A message for another core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub to: CoreAddress,
+    pub group: GroupId,
+    pub message: Message,
+}
+
+/// Something the host's owner must know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostEvent {
+    /// A proposal made here was applied; `response` is the state machine's answer.
+    Applied {
+        group: GroupId,
+        token: ProposalToken,
+        index: u64,
+        response: Vec<u8>,
+    },
+    /// The replica here learned who leads the group.
+    LeaderChanged {
+        group: GroupId,
+        leader: Option<ReplicaId>,
+        is_self: bool,
+    },
+}
+
+/// What survives a crash for one group: rebuilt from the write-ahead log.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PersistedGroup {
+    pub hard_state: HardState,
+    pub entries: Vec<Entry>,
+    pub snapshot: Option<Snapshot>,
+}
+
+impl PersistedGroup {
+    /// Folds a write into the persisted state, as a log replay does.
+    pub fn apply(&mut self, write: &GroupWrite) {
+        if let Some(snapshot) = &write.snapshot {
+            let index = snapshot.get_metadata().index;
+            self.entries.retain(|e| e.index > index);
+            self.snapshot = Some(snapshot.clone());
+        }
+        if let Some(first) = write.entries.first() {
+            // A new entry at index i truncates the conflicting suffix from i on.
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(write.entries.iter().cloned());
+        }
+        if let Some(hs) = &write.hard_state {
+            self.hard_state = hs.clone();
+        }
+    }
+}
+
+struct Group<S> {
+    raw: RawNode<MemStorage>,
+    state_machine: S,
+    leader: Option<ReplicaId>,
+    /// Messages that may leave only once the batch holding this group's write is durable.
+    held: Vec<Message>,
+}
+
+/// The groups of one core.
+pub struct RaftHost<S: StateMachine> {
+    local: CoreAddress,
+    groups: BTreeMap<GroupId, Group<S>>,
+    directory: HashMap<ReplicaId, CoreAddress>,
+    next_batch: u64,
+    /// The batch being made durable: its id and the ready number of each group in it.
+    in_flight: Option<(u64, Vec<(GroupId, u64)>)>,
+    outbox: VecDeque<Outgoing>,
+    events: VecDeque<HostEvent>,
+    last_tick: Option<Time>,
+    logger: slog::Logger,
+}
+
+/// A slog logger whose records go to `tracing` (raft-rs logs through slog).
+pub fn tracing_logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
+
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let message = record.msg();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{message}")
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{message}"),
+            slog::Level::Info => tracing::debug!(target: "raft", "{message}"),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// Context of a proposal entry: who proposed it, and their token.
+fn proposal_context(local: CoreAddress, token: ProposalToken) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18);
+    out.extend_from_slice(&local.node.0.to_le_bytes());
+    out.extend_from_slice(&local.core.0.to_le_bytes());
+    out.extend_from_slice(&token.0.to_le_bytes());
+    out
+}
+
+fn parse_context(context: &[u8]) -> Option<(CoreAddress, ProposalToken)> {
+    let bytes: &[u8; 18] = context.try_into().ok()?;
+    let node = NodeId(u64::from_le_bytes(bytes[..8].try_into().ok()?));
+    let core = CoreId(u16::from_le_bytes(bytes[8..10].try_into().ok()?));
+    Some((
+        CoreAddress { node, core },
+        ProposalToken(u64::from_le_bytes(bytes[10..].try_into().ok()?)),
+    ))
+}
+
+impl<S: StateMachine> RaftHost<S> {
+    pub fn new(local: CoreAddress) -> RaftHost<S> {
+        RaftHost {
+            local,
+            groups: BTreeMap::new(),
+            directory: HashMap::new(),
+            next_batch: 1,
+            in_flight: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            last_tick: None,
+            logger: tracing_logger(),
+        }
+    }
+
+    /// Records where a replica lives, so messages to it can be addressed.
+    pub fn set_address(&mut self, replica: ReplicaId, address: CoreAddress) {
+        self.directory.insert(replica, address);
+    }
+
+    /// Starts hosting `replica` of `group`, either fresh with `voters` as the initial
+    /// configuration, or rebuilt from what the log persisted.
+    pub fn add_group(
+        &mut self,
+        group: GroupId,
+        replica: ReplicaId,
+        voters: &[ReplicaId],
+        persisted: Option<PersistedGroup>,
+        mut state_machine: S,
+    ) -> Result<(), HostError> {
+        if self.groups.contains_key(&group) {
+            return Err(HostError::GroupExists(group));
+        }
+        let storage = MemStorage::new();
+        let raft_err = |e: raft::Error| HostError::Raft(e.to_string());
+        let mut applied = 0;
+        match persisted {
+            Some(p) if p.hard_state.term > 0 || p.snapshot.is_some() || !p.entries.is_empty() => {
+                let mut core = storage.wl();
+                let conf =
+                    ConfState::from((voters.iter().map(|r| r.0).collect::<Vec<_>>(), vec![]));
+                if let Some(snapshot) = &p.snapshot {
+                    core.apply_snapshot(snapshot.clone()).map_err(raft_err)?;
+                    state_machine
+                        .restore(snapshot.get_metadata().index, &snapshot.data)
+                        .map_err(|e| {
+                            HostError::Raft(format!("snapshot of {group:?} does not decode: {e}"))
+                        })?;
+                    applied = snapshot.get_metadata().index;
+                } else {
+                    core.set_conf_state(conf);
+                }
+                core.append(&p.entries).map_err(raft_err)?;
+                core.set_hardstate(p.hard_state.clone());
+                // Committed entries past the snapshot are re-applied as raft-rs hands them
+                // out again (applied stays at the snapshot).
+            }
+            _ => {
+                storage.initialize_with_conf_state(ConfState::from((
+                    voters.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    vec![],
+                )));
+            }
+        }
+        // Fixed, distinct election timeouts make runs replayable.
+        let election = RAFT_ELECTION_TICKS + (replica.0 % RAFT_ELECTION_TICKS as u64) as usize;
+        let config = Config {
+            id: replica.0,
+            election_tick: election,
+            min_election_tick: election,
+            max_election_tick: election + 1,
+            heartbeat_tick: RAFT_HEARTBEAT_TICKS,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        let raw = RawNode::new(&config, storage, &self.logger).map_err(raft_err)?;
+        self.groups.insert(
+            group,
+            Group {
+                raw,
+                state_machine,
+                leader: None,
+                held: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops hosting a group (its replica was removed or moved away).
+    pub fn remove_group(&mut self, group: GroupId) -> Option<S> {
+        self.groups.remove(&group).map(|g| g.state_machine)
+    }
+
+    pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// The state machine of a hosted group (reads after ReadIndex, tests).
+    pub fn state_machine(&self, group: GroupId) -> Option<&S> {
+        self.groups.get(&group).map(|g| &g.state_machine)
+    }
+
+    /// Whether this replica leads `group`.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|g| g.raw.raft.state == StateRole::Leader)
+    }
+
+    /// The current term of `group` here.
+    pub fn term(&self, group: GroupId) -> Option<u64> {
+        self.groups.get(&group).map(|g| g.raw.raft.term)
+    }
+
+    /// Advances Raft's logical clock: one tick per `RAFT_TICK` of time since the last call.
+    pub fn handle_tick(&mut self, now: Time) {
+        let last = *self.last_tick.get_or_insert(now);
+        let tick_nanos = RAFT_TICK.as_nanos() as u64;
+        let ticks = now.saturating_since(last).as_nanos() as u64 / tick_nanos;
+        if ticks == 0 {
+            return;
+        }
+        self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
+        for group in self.groups.values_mut() {
+            for _ in 0..ticks {
+                group.raw.tick();
+            }
+        }
+    }
+
+    /// Feeds a message from a peer to its group.
+    pub fn handle_message(&mut self, group: GroupId, message: Message) -> Result<(), HostError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        g.raw
+            .step(message)
+            .map_err(|e| HostError::Raft(e.to_string()))
+    }
+
+    /// Proposes a command; its outcome arrives as `HostEvent::Applied` with `token`.
+    pub fn propose(
+        &mut self,
+        group: GroupId,
+        command: Vec<u8>,
+        token: ProposalToken,
+    ) -> Result<(), HostError> {
+        let local = self.local;
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
+            return Err(HostError::NotLeader { group, leader });
+        }
+        g.raw
+            .propose(proposal_context(local, token), command)
+            .map_err(|e| HostError::Raft(e.to_string()))
+    }
+
+    /// Asks this replica to start an election now (tests, leader transfer targets).
+    pub fn campaign(&mut self, group: GroupId) -> Result<(), HostError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        g.raw.campaign().map_err(|e| HostError::Raft(e.to_string()))
+    }
+
+    /// Collects every group's ready state into one batch to make durable. Returns `None`
+    /// while a batch is in flight (the next one accumulates meanwhile) or when there is
+    /// nothing to write. Messages that need no persistence go to the outbox at once.
+    pub fn poll_persist(&mut self) -> Option<PersistBatch> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let mut writes = Vec::new();
+        let mut numbers = Vec::new();
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        for id in ids {
+            let local = self.local;
+            let g = self.groups.get_mut(&id).expect("listed above");
+            if !g.raw.has_ready() {
+                continue;
+            }
+            let mut rd = g.raw.ready();
+            if let Some(ss) = rd.ss() {
+                let leader = (ss.leader_id != 0).then_some(ReplicaId(ss.leader_id));
+                if leader != g.leader {
+                    g.leader = leader;
+                    let is_self = ss.raft_state == StateRole::Leader;
+                    self.events.push_back(HostEvent::LeaderChanged {
+                        group: id,
+                        leader,
+                        is_self,
+                    });
+                }
+            }
+            for m in rd.take_messages() {
+                route(&self.directory, &mut self.outbox, id, m);
+            }
+            let mut write = GroupWrite {
+                group: id,
+                ..GroupWrite::default()
+            };
+            if !rd.snapshot().is_empty() {
+                let snapshot = rd.snapshot().clone();
+                let index = snapshot.get_metadata().index;
+                if let Err(e) = g.state_machine.restore(index, &snapshot.data) {
+                    tracing::error!(group = id.0, error = %e, "dropping a snapshot that does not decode");
+                } else {
+                    // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
+                    let _ = g.raw.store().wl().apply_snapshot(snapshot.clone());
+                    write.snapshot = Some(snapshot);
+                }
+            }
+            apply_committed(&mut self.events, local, id, g, rd.take_committed_entries());
+            if !rd.entries().is_empty() {
+                let _ = g.raw.store().wl().append(rd.entries());
+                write.entries = rd.entries().clone();
+            }
+            if let Some(hs) = rd.hs() {
+                g.raw.store().wl().set_hardstate(hs.clone());
+                write.hard_state = Some(hs.clone());
+            }
+            g.held.extend(rd.take_persisted_messages());
+            numbers.push((id, rd.number()));
+            g.raw.advance_append_async(rd);
+            if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
+                writes.push(write);
+            }
+        }
+        if numbers.is_empty() {
+            return None;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.in_flight = Some((id, numbers));
+        if writes.is_empty() {
+            // Nothing to make durable: complete at once.
+            self.handle_persisted(id);
+            return None;
+        }
+        Some(PersistBatch { id, writes })
+    }
+
+    /// The batch `id` is durable: release what waited for it, and let raft-rs know.
+    pub fn handle_persisted(&mut self, id: u64) {
+        let Some((in_flight, numbers)) = self.in_flight.take() else {
+            return;
+        };
+        if in_flight != id {
+            self.in_flight = Some((in_flight, numbers));
+            return;
+        }
+        for (group, number) in numbers {
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            // May commit entries (the leader's own copy now counts): they come out of the
+            // next `poll_persist`.
+            g.raw.on_persist_ready(number);
+            for m in std::mem::take(&mut g.held) {
+                route(&self.directory, &mut self.outbox, group, m);
+            }
+        }
+    }
+
+    /// The next message for another core.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the owner.
+    pub fn poll_event(&mut self) -> Option<HostEvent> {
+        self.events.pop_front()
+    }
+}
+
+fn route(
+    directory: &HashMap<ReplicaId, CoreAddress>,
+    outbox: &mut VecDeque<Outgoing>,
+    group: GroupId,
+    message: Message,
+) {
+    match directory.get(&ReplicaId(message.to)) {
+        Some(to) => outbox.push_back(Outgoing {
+            to: *to,
+            group,
+            message,
+        }),
+        None => tracing::warn!(
+            group = group.0,
+            to = message.to,
+            "no address for replica; message dropped"
+        ),
+    }
+}
+
+fn apply_committed<S: StateMachine>(
+    events: &mut VecDeque<HostEvent>,
+    local: CoreAddress,
+    group: GroupId,
+    g: &mut Group<S>,
+    entries: Vec<Entry>,
+) {
+    let mut last = None;
+    for entry in entries {
+        last = Some(entry.index);
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            // Empty entries are leader no-ops; configuration changes are not proposed yet.
+            continue;
+        }
+        if entry.index <= g.state_machine.applied_index() {
+            continue;
+        }
+        let response = g.state_machine.apply(entry.index, &entry.data);
+        if let Some((proposer, token)) = parse_context(&entry.context)
+            && proposer == local
+        {
+            events.push_back(HostEvent::Applied {
+                group,
+                token,
+                index: entry.index,
+                response,
+            });
+        }
+    }
+    if let Some(index) = last {
+        g.raw.advance_apply_to(index);
+    }
+}

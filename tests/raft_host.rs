@@ -1,0 +1,326 @@
+//! The sans-IO Raft host driven in one thread on a virtual clock: elections, replication
+//! with group-commit persistence, crash and restart from the persisted log. The harness is
+//! deliberately small; the full simulator (faults, checkers, seeds) builds on the same
+//! grammar.
+
+// raft-rs' protobuf messages are built field by field.
+#![allow(clippy::field_reassign_with_default)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use nodedb_cluster::constants::RAFT_TICK;
+use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::kv::{KvCommand, KvResponse, KvStore, StateMachine};
+use nodedb_cluster::raft_host::{
+    CoreAddress, GroupId, HostEvent, Outgoing, PersistedGroup, ProposalToken, RaftHost, ReplicaId,
+};
+use nodedb_cluster::time::Time;
+use raft::eraftpb::MessageType;
+
+const GROUP: GroupId = GroupId(1);
+
+fn address(i: u64) -> CoreAddress {
+    CoreAddress {
+        node: NodeId(i),
+        core: CoreId(0),
+    }
+}
+
+/// Three replicas of one group, a lossless in-order network, and a disk per node that
+/// holds exactly what was persisted.
+struct Cluster {
+    now: Time,
+    hosts: BTreeMap<u64, RaftHost<KvStore>>,
+    disks: HashMap<u64, PersistedGroup>,
+    in_flight: Vec<Outgoing>,
+    isolated: HashSet<u64>,
+    applied: HashMap<u64, Vec<u8>>,
+    /// (term, leader replica) pairs ever observed as "is_self" leader.
+    leaders: Vec<(u64, u64)>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut c = Cluster {
+            now: Time::ZERO,
+            hosts: BTreeMap::new(),
+            disks: HashMap::new(),
+            in_flight: Vec::new(),
+            isolated: HashSet::new(),
+            applied: HashMap::new(),
+            leaders: Vec::new(),
+        };
+        for i in 1..=3 {
+            c.start(i);
+        }
+        c
+    }
+
+    fn start(&mut self, i: u64) {
+        let mut host = RaftHost::new(address(i));
+        for r in 1..=3 {
+            host.set_address(ReplicaId(r), address(r));
+        }
+        let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+        host.add_group(
+            GROUP,
+            ReplicaId(i),
+            &voters,
+            self.disks.get(&i).cloned(),
+            KvStore::new(),
+        )
+        .unwrap();
+        self.hosts.insert(i, host);
+    }
+
+    /// Crash: the process is gone; only the disk remains.
+    fn crash(&mut self, i: u64) {
+        self.hosts.remove(&i);
+        self.in_flight.retain(|m| m.to != address(i));
+    }
+
+    /// One tick of virtual time, then deliver and persist until quiet.
+    fn step(&mut self) {
+        self.now = self.now + RAFT_TICK;
+        for host in self.hosts.values_mut() {
+            host.handle_tick(self.now);
+        }
+        for _ in 0..100 {
+            let mut progressed = false;
+            for (&i, host) in self.hosts.iter_mut() {
+                while let Some(batch) = host.poll_persist() {
+                    let disk = self.disks.entry(i).or_default();
+                    for w in &batch.writes {
+                        disk.apply(w);
+                    }
+                    host.handle_persisted(batch.id);
+                    progressed = true;
+                }
+                while let Some(out) = host.poll_transmit() {
+                    if !self.isolated.contains(&i) && !self.isolated.contains(&out.to.node.0) {
+                        self.in_flight.push(out);
+                    }
+                    progressed = true;
+                }
+                while let Some(event) = host.poll_event() {
+                    match event {
+                        HostEvent::Applied {
+                            token, response, ..
+                        } => {
+                            self.applied.insert(token.0, response);
+                        }
+                        HostEvent::LeaderChanged { is_self: true, .. } => {
+                            self.leaders.push((host.term(GROUP).unwrap(), i));
+                        }
+                        HostEvent::LeaderChanged { .. } => {}
+                    }
+                }
+            }
+            for out in std::mem::take(&mut self.in_flight) {
+                if let Some(host) = self.hosts.get_mut(&out.to.node.0) {
+                    let _ = host.handle_message(out.group, out.message);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Steps until `done` holds, at most `max_steps` times.
+    fn run_until(&mut self, max_steps: usize, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        for _ in 0..max_steps {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.hosts
+            .iter()
+            .find(|(i, h)| h.is_leader(GROUP) && !self.isolated.contains(i))
+            .map(|(i, _)| *i)
+    }
+
+    fn put(&mut self, token: u64, key: &str, value: &str) -> bool {
+        let leader = self.leader().expect("a leader");
+        let command = KvCommand::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        };
+        self.hosts
+            .get_mut(&leader)
+            .unwrap()
+            .propose(GROUP, command.encode(), ProposalToken(token))
+            .is_ok()
+    }
+
+    fn store(&self, i: u64) -> &KvStore {
+        self.hosts[&i].state_machine(GROUP).unwrap()
+    }
+
+    fn at_most_one_leader_per_term(&self) {
+        let mut by_term: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+        for (term, leader) in &self.leaders {
+            by_term.entry(*term).or_default().insert(*leader);
+        }
+        for (term, leaders) in by_term {
+            assert_eq!(leaders.len(), 1, "term {term} had leaders {leaders:?}");
+        }
+    }
+}
+
+#[test]
+fn a_leader_is_elected_and_writes_commit_on_every_replica() {
+    let mut c = Cluster::new();
+    assert!(
+        c.run_until(200, |c| c.leader().is_some()),
+        "a leader within 20 s of virtual time"
+    );
+    for t in 0..100 {
+        assert!(c.put(t, &format!("k{t}"), &format!("v{t}")));
+    }
+    assert!(c.run_until(50, |c| c.applied.len() == 100));
+    assert!(
+        c.applied
+            .values()
+            .all(|r| KvResponse::decode(r).unwrap() == KvResponse::Done)
+    );
+    assert!(c.run_until(50, |c| (1..=3).all(|i| c.store(i).len() == 100)));
+    assert_eq!(c.store(1), c.store(2));
+    assert_eq!(c.store(2), c.store(3));
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn writes_continue_after_the_leader_crashes_and_it_catches_up_from_its_log_on_restart() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    for t in 0..20 {
+        c.put(t, &format!("a{t}"), "1");
+    }
+    assert!(c.run_until(50, |c| c.applied.len() == 20));
+    let old_leader = c.leader().unwrap();
+    c.crash(old_leader);
+    assert!(
+        c.run_until(300, |c| c.leader().is_some_and(|l| l != old_leader)),
+        "re-election"
+    );
+    for t in 20..40 {
+        assert!(c.put(t, &format!("b{t}"), "2"));
+    }
+    assert!(
+        c.run_until(50, |c| c.applied.len() == 40),
+        "the surviving majority commits"
+    );
+    c.start(old_leader);
+    assert!(
+        c.run_until(300, |c| c.store(old_leader).len() == 40),
+        "the restarted node catches up"
+    );
+    for i in 1..=3 {
+        for t in 0..20 {
+            assert_eq!(
+                c.store(i).get(format!("a{t}").as_bytes()),
+                Some(&b"1"[..]),
+                "node {i} a{t}"
+            );
+        }
+        for t in 20..40 {
+            assert_eq!(
+                c.store(i).get(format!("b{t}").as_bytes()),
+                Some(&b"2"[..]),
+                "node {i} b{t}"
+            );
+        }
+    }
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn a_restarted_replica_keeps_its_term_and_vote() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let leader = c.leader().unwrap();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let term = c.hosts[&follower].term(GROUP).unwrap();
+    let vote = c.disks[&follower].hard_state.vote;
+    assert!(term > 0 && vote != 0, "the follower voted in term {term}");
+    c.crash(follower);
+    c.start(follower);
+    assert_eq!(
+        c.hosts[&follower].term(GROUP),
+        Some(term),
+        "term survives the restart"
+    );
+    assert_eq!(c.disks[&follower].hard_state.vote, vote);
+    // With the term and vote kept, no second leader can be elected in a term already used.
+    c.isolated.insert(leader);
+    assert!(c.run_until(300, |c| c.leader().is_some()));
+    c.isolated.clear();
+    c.run_until(100, |_| false);
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn an_append_is_acknowledged_only_after_it_is_durable() {
+    let mut follower: RaftHost<KvStore> = RaftHost::new(address(2));
+    for r in 1..=3 {
+        follower.set_address(ReplicaId(r), address(r));
+    }
+    let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    follower
+        .add_group(GROUP, ReplicaId(2), &voters, None, KvStore::new())
+        .unwrap();
+    // Replica 1, leader of term 1, appends one entry.
+    let mut append = raft::eraftpb::Message::default();
+    append.set_msg_type(MessageType::MsgAppend);
+    append.from = 1;
+    append.to = 2;
+    append.term = 1;
+    let mut entry = raft::eraftpb::Entry::default();
+    entry.term = 1;
+    entry.index = 1;
+    entry.data = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    }
+    .encode()
+    .into();
+    append.entries = vec![entry].into();
+    follower.handle_message(GROUP, append).unwrap();
+
+    let batch = follower
+        .poll_persist()
+        .expect("the entry and the new term must be persisted");
+    assert_eq!(batch.writes[0].entries.len(), 1);
+    assert_eq!(
+        batch.writes[0].hard_state.as_ref().map(|hs| hs.term),
+        Some(1)
+    );
+    assert!(
+        follower.poll_transmit().is_none(),
+        "no acknowledgement before the write is durable"
+    );
+    assert!(
+        follower.poll_persist().is_none(),
+        "one batch in flight at a time"
+    );
+
+    follower.handle_persisted(batch.id);
+    let ack = follower.poll_transmit().expect("acknowledged once durable");
+    assert_eq!(ack.message.get_msg_type(), MessageType::MsgAppendResponse);
+    assert_eq!(
+        (ack.to, ack.message.index, ack.message.reject),
+        (address(1), 1, false)
+    );
+    assert_eq!(
+        follower.state_machine(GROUP).unwrap().applied_index(),
+        0,
+        "not applied before commit"
+    );
+}
