@@ -214,3 +214,13 @@ pub const RAFT_ELECTION_TICKS: usize = 10;
 pub const RAFT_HEARTBEAT_TICKS: usize = 2;
 
 const _: () = assert!(RAFT_HEARTBEAT_TICKS * 3 < RAFT_ELECTION_TICKS);
+
+// ---- Write-ahead log ---------------------------------------------------------------------
+
+/// Alignment and padding unit of WAL records: the O_DIRECT block size of common devices.
+/// A record never shares a block with an earlier one, so a torn write cannot damage
+/// acknowledged data.
+pub const WAL_BLOCK_BYTES: usize = 4096;
+/// Largest WAL record (one persist batch). A batch is bounded by raft-rs' ready sizes; this
+/// keeps the recovery buffer bounded too.
+pub const WAL_RECORD_MAX_BYTES: usize = 64 << 20;

@@ -72,4 +72,5 @@ pub mod runtime;
 pub mod time;
 pub mod topology;
 pub mod vshard;
+pub mod wal;
 pub mod wire;

@@ -11,3 +11,4 @@ pub mod peers;
 pub mod quic;
 pub mod rebalancer;
 pub mod tls;
+pub mod wal;

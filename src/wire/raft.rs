@@ -112,25 +112,77 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) {
     put_bytes(out, &m.context);
     put_varint(out, m.entries.len() as u64);
     for e in m.entries.iter() {
-        out.push(e.get_entry_type() as u8);
-        put_varint(out, e.term);
-        put_varint(out, e.index);
-        put_bytes(out, &e.data);
-        put_bytes(out, &e.context);
+        encode_entry(e, out);
     }
     if m.has_snapshot() {
-        let s = m.get_snapshot();
-        let meta = s.get_metadata();
-        put_varint(out, meta.index);
-        put_varint(out, meta.term);
-        let cs = meta.get_conf_state();
-        put_ids(out, &cs.voters);
-        put_ids(out, &cs.learners);
-        put_ids(out, &cs.voters_outgoing);
-        put_ids(out, &cs.learners_next);
-        out.push(u8::from(cs.auto_leave));
-        put_bytes(out, &s.data);
+        encode_snapshot(m.get_snapshot(), out);
     }
+}
+
+/// Appends one log entry (also the write-ahead log's entry format).
+pub fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+    out.push(e.get_entry_type() as u8);
+    put_varint(out, e.term);
+    put_varint(out, e.index);
+    put_bytes(out, &e.data);
+    put_bytes(out, &e.context);
+}
+
+/// Reads one log entry written by [`encode_entry`].
+pub fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+    let mut e = Entry::default();
+    e.set_entry_type(entry_type(r.u8("entry type")?)?);
+    e.term = r.varint("entry term")?;
+    e.index = r.varint("entry index")?;
+    e.data = r
+        .bytes("entry data", FRAME_PAYLOAD_MAX_BYTES)?
+        .to_vec()
+        .into();
+    e.context = r
+        .bytes("entry context", FRAME_PAYLOAD_MAX_BYTES)?
+        .to_vec()
+        .into();
+    Ok(e)
+}
+
+/// Appends a snapshot: metadata, configuration and state-machine data.
+pub fn encode_snapshot(s: &Snapshot, out: &mut Vec<u8>) {
+    let meta = s.get_metadata();
+    put_varint(out, meta.index);
+    put_varint(out, meta.term);
+    let cs = meta.get_conf_state();
+    put_ids(out, &cs.voters);
+    put_ids(out, &cs.learners);
+    put_ids(out, &cs.voters_outgoing);
+    put_ids(out, &cs.learners_next);
+    out.push(u8::from(cs.auto_leave));
+    put_bytes(out, &s.data);
+}
+
+/// Reads a snapshot written by [`encode_snapshot`]; its data may be up to `data_max` bytes.
+pub fn read_snapshot(r: &mut Reader<'_>, data_max: usize) -> Result<Snapshot, DecodeError> {
+    let mut s = Snapshot::default();
+    let meta = s.mut_metadata();
+    meta.index = r.varint("snapshot index")?;
+    meta.term = r.varint("snapshot term")?;
+    let mut cs = ConfState::default();
+    cs.voters = read_ids(r, "voters")?;
+    cs.learners = read_ids(r, "learners")?;
+    cs.voters_outgoing = read_ids(r, "voters_outgoing")?;
+    cs.learners_next = read_ids(r, "learners_next")?;
+    cs.auto_leave = match r.u8("auto_leave")? {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(DecodeError::BadEnum {
+                what: "auto_leave",
+                value: v.into(),
+            });
+        }
+    };
+    meta.set_conf_state(cs);
+    s.data = r.bytes("snapshot data", data_max)?.to_vec().into();
+    Ok(s)
 }
 
 /// Decodes one message that fills `r` up to where the caller stops it.
@@ -159,47 +211,11 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     let n = r.count("entry count", RAFT_ENTRIES_PER_MESSAGE_MAX)?;
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut e = Entry::default();
-        e.set_entry_type(entry_type(r.u8("entry type")?)?);
-        e.term = r.varint("entry term")?;
-        e.index = r.varint("entry index")?;
-        e.data = r
-            .bytes("entry data", FRAME_PAYLOAD_MAX_BYTES)?
-            .to_vec()
-            .into();
-        e.context = r
-            .bytes("entry context", FRAME_PAYLOAD_MAX_BYTES)?
-            .to_vec()
-            .into();
-        entries.push(e);
+        entries.push(read_entry(r)?);
     }
     m.entries = entries.into();
     if flags & FLAG_SNAPSHOT != 0 {
-        let mut s = Snapshot::default();
-        let meta = s.mut_metadata();
-        meta.index = r.varint("snapshot index")?;
-        meta.term = r.varint("snapshot term")?;
-        let mut cs = ConfState::default();
-        cs.voters = read_ids(r, "voters")?;
-        cs.learners = read_ids(r, "learners")?;
-        cs.voters_outgoing = read_ids(r, "voters_outgoing")?;
-        cs.learners_next = read_ids(r, "learners_next")?;
-        cs.auto_leave = match r.u8("auto_leave")? {
-            0 => false,
-            1 => true,
-            v => {
-                return Err(DecodeError::BadEnum {
-                    what: "auto_leave",
-                    value: v.into(),
-                });
-            }
-        };
-        meta.set_conf_state(cs);
-        s.data = r
-            .bytes("snapshot data", FRAME_PAYLOAD_MAX_BYTES)?
-            .to_vec()
-            .into();
-        m.set_snapshot(s);
+        m.set_snapshot(read_snapshot(r, FRAME_PAYLOAD_MAX_BYTES)?);
     }
     Ok(m)
 }
