@@ -18,6 +18,10 @@
 //! nothing valid after it is a torn tail (truncated, never applied); an invalid record
 //! followed by a valid one is corruption of acknowledged data and a hard error.
 
+// raft-rs' protobuf types are built field by field here: a struct literal would have to name
+// their bookkeeping fields too.
+#![allow(clippy::field_reassign_with_default)]
+
 use bytemuck::{Pod, Zeroable};
 use raft::eraftpb::HardState;
 use thiserror::Error;
