@@ -6,6 +6,9 @@
 //! `rpc [--requests 20000] [--concurrency 1,16] [--payload 128]` measures small request/
 //! response rate and latency percentiles over our QUIC endpoint (see `rpc.rs`).
 //!
+//! `wal [--groups 64] [--rounds 200] [--payload 256] [--dir target/perf-wal]` measures WAL
+//! appends per second with group commit against one fsync per group (see `wal.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Later issues add transport,
@@ -14,6 +17,7 @@
 
 mod quic;
 mod rpc;
+mod wal;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
             }
         },
         Some("rpc") => rpc_bench(&args[1..]),
+        Some("wal") => wal_bench(&args[1..]),
         Some("balance-matrix") => match parse_seeds(&args[1..]) {
             Ok(seeds) => balance_matrix(seeds),
             Err(message) => {
@@ -50,6 +55,9 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: nodedb-perf quic [--bytes 256MiB] [--runs N] [--mtu M] [--json]");
             eprintln!("       nodedb-perf rpc [--requests N] [--concurrency C] [--payload BYTES]");
+            eprintln!(
+                "       nodedb-perf wal [--groups 64] [--rounds 200] [--payload 256] [--dir D]"
+            );
             eprintln!("       nodedb-perf balance-matrix [--seeds N]");
             ExitCode::from(2)
         }
@@ -286,4 +294,49 @@ fn rpc_bench(args: &[String]) -> ExitCode {
     }
     println!("{}", serde_json::json!({ "rpc": rows }));
     ExitCode::SUCCESS
+}
+
+fn wal_bench(args: &[String]) -> ExitCode {
+    let (mut groups, mut rounds, mut payload) = (64u64, 200u64, 256usize);
+    let mut dir = std::path::PathBuf::from("target/perf-wal");
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            eprintln!("error: {flag} needs a value");
+            return ExitCode::from(2);
+        };
+        let ok = match flag.as_str() {
+            "--groups" => value.parse().map(|v| groups = v).is_ok(),
+            "--rounds" => value.parse().map(|v| rounds = v).is_ok(),
+            "--payload" => value.parse().map(|v| payload = v).is_ok(),
+            "--dir" => {
+                dir = value.into();
+                true
+            }
+            _ => false,
+        };
+        if !ok || groups == 0 || rounds == 0 {
+            eprintln!("error: bad argument {flag} {value}");
+            return ExitCode::from(2);
+        }
+    }
+    match wal::run(dir, groups, rounds, payload) {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "groups": groups, "rounds": rounds, "payload_bytes": payload,
+                    "group_commit_writes_per_sec": r.group_commit_writes_per_sec,
+                    "per_group_fsync_writes_per_sec": r.per_group_writes_per_sec,
+                    "group_commit_fsyncs": r.group_commit_fsyncs, "per_group_fsyncs": r.per_group_fsyncs,
+                    "speedup": r.group_commit_writes_per_sec / r.per_group_writes_per_sec,
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
