@@ -224,3 +224,26 @@ pub const WAL_BLOCK_BYTES: usize = 4096;
 /// Largest WAL record (one persist batch). A batch is bounded by raft-rs' ready sizes; this
 /// keeps the recovery buffer bounded too.
 pub const WAL_RECORD_MAX_BYTES: usize = 64 << 20;
+
+// ---- Node --------------------------------------------------------------------------------
+
+/// Client requests one core keeps waiting for commit or ReadIndex; beyond it, new requests
+/// are refused as busy (back-pressure) instead of queueing without bound.
+pub const CLIENT_PENDING_MAX: usize = 16_384;
+/// A request not answered by then (its leader lost leadership mid-flight) is answered with
+/// an unknown outcome, so neither side waits forever.
+pub const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest a core loop sleeps with no work: bounds tick lateness and shutdown latency.
+pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
+/// Attempts a client makes for one request (redirects and retries included).
+pub const CLIENT_ATTEMPTS_MAX: usize = 40;
+/// Pause between a client's attempts: an election takes about a second, so 40 attempts at
+/// 50 ms cover two elections.
+pub const CLIENT_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+/// A client's QUIC handshake with a node: one round trip on a LAN; a dead node's silence
+/// must not cost more than this.
+pub const CLIENT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// A client avoids a node that just failed it for this long, doubling per failure.
+pub const CLIENT_NODE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... up to this, and this long after three failures in a row.
+pub const CLIENT_NODE_DOWN_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(10);

@@ -35,9 +35,42 @@ pub enum Admission {
     Open,
 }
 
+/// How quickly a failing peer is given up on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Consecutive failures that open the breaker.
+    pub failures_to_open: u32,
+    pub cooldown: Duration,
+}
+
+impl Default for HealthPolicy {
+    /// The peer-to-peer policy (the original NodeDB's numbers).
+    fn default() -> Self {
+        HealthPolicy {
+            backoff_initial: PEER_BACKOFF_INITIAL,
+            backoff_max: PEER_BACKOFF_MAX,
+            failures_to_open: PEER_BREAKER_FAILURES,
+            cooldown: PEER_BREAKER_COOLDOWN,
+        }
+    }
+}
+
+impl HealthPolicy {
+    /// Wait after `failures` consecutive failures: initial × 2^(failures − 1), capped.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(20);
+        self.backoff_initial
+            .saturating_mul(1 << exponent)
+            .min(self.backoff_max)
+    }
+}
+
 /// Backoff and breaker of one peer.
 #[derive(Clone, Debug)]
 pub struct PeerHealth {
+    policy: HealthPolicy,
     state: BreakerState,
     consecutive_failures: u32,
     next_attempt: Time,
@@ -51,7 +84,12 @@ impl Default for PeerHealth {
 
 impl PeerHealth {
     pub fn new() -> PeerHealth {
+        PeerHealth::with_policy(HealthPolicy::default())
+    }
+
+    pub fn with_policy(policy: HealthPolicy) -> PeerHealth {
         PeerHealth {
+            policy,
             state: BreakerState::Closed,
             consecutive_failures: 0,
             next_attempt: Time::ZERO,
@@ -92,23 +130,20 @@ impl PeerHealth {
     pub fn on_failure(&mut self, now: Time) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         if self.state == BreakerState::HalfOpen
-            || self.consecutive_failures >= PEER_BREAKER_FAILURES
+            || self.consecutive_failures >= self.policy.failures_to_open
         {
             self.state = BreakerState::Open {
-                until: now + PEER_BREAKER_COOLDOWN,
+                until: now + self.policy.cooldown,
             };
         } else {
-            self.next_attempt = now + backoff(self.consecutive_failures);
+            self.next_attempt = now + self.policy.backoff(self.consecutive_failures);
         }
     }
 }
 
-/// Wait after `failures` consecutive failures: initial × 2^(failures − 1), capped.
+/// The peer policy's wait after `failures` consecutive failures.
 pub fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(20);
-    PEER_BACKOFF_INITIAL
-        .saturating_mul(1 << exponent)
-        .min(PEER_BACKOFF_MAX)
+    HealthPolicy::default().backoff(failures)
 }
 
 #[cfg(test)]

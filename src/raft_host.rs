@@ -110,6 +110,12 @@ pub enum HostEvent {
         leader: Option<ReplicaId>,
         is_self: bool,
     },
+    /// A linearizable read asked with `read` may now be served from the state machine:
+    /// every write committed before the read was asked has been applied here.
+    ReadReady {
+        group: GroupId,
+        token: ProposalToken,
+    },
 }
 
 /// What survives a crash for one group: rebuilt from the write-ahead log.
@@ -145,6 +151,8 @@ struct Group<S> {
     leader: Option<ReplicaId>,
     /// Messages that may leave only once the batch holding this group's write is durable.
     held: Vec<Message>,
+    /// Reads confirmed by a quorum at a commit index, waiting for it to be applied.
+    pending_reads: Vec<(u64, ProposalToken)>,
 }
 
 /// The groups of one core.
@@ -292,6 +300,7 @@ impl<S: StateMachine> RaftHost<S> {
                 state_machine,
                 leader: None,
                 held: Vec::new(),
+                pending_reads: Vec::new(),
             },
         );
         Ok(())
@@ -371,6 +380,21 @@ impl<S: StateMachine> RaftHost<S> {
             .map_err(|e| HostError::Raft(e.to_string()))
     }
 
+    /// Starts a linearizable read (Raft ReadIndex): `HostEvent::ReadReady` with `token` says
+    /// when the state machine here may answer it. Only the leader serves reads.
+    pub fn read(&mut self, group: GroupId, token: ProposalToken) -> Result<(), HostError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
+            return Err(HostError::NotLeader { group, leader });
+        }
+        g.raw.read_index(token.0.to_le_bytes().to_vec());
+        Ok(())
+    }
+
     /// Asks this replica to start an election now (tests, leader transfer targets).
     pub fn campaign(&mut self, group: GroupId) -> Result<(), HostError> {
         let g = self
@@ -425,6 +449,12 @@ impl<S: StateMachine> RaftHost<S> {
                     // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
                     let _ = g.raw.store().wl().apply_snapshot(snapshot.clone());
                     write.snapshot = Some(snapshot);
+                }
+            }
+            for rs in rd.take_read_states() {
+                if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+                    g.pending_reads
+                        .push((rs.index, ProposalToken(u64::from_le_bytes(bytes))));
                 }
             }
             apply_committed(&mut self.events, local, id, g, rd.take_committed_entries());
@@ -542,4 +572,15 @@ fn apply_committed<S: StateMachine>(
     if let Some(index) = last {
         g.raw.advance_apply_to(index);
     }
+    let applied = g.raw.raft.raft_log.applied;
+    g.pending_reads.retain(|(index, token)| {
+        let ready = *index <= applied;
+        if ready {
+            events.push_back(HostEvent::ReadReady {
+                group,
+                token: *token,
+            });
+        }
+        !ready
+    });
 }

@@ -112,7 +112,7 @@ impl Cluster {
                         HostEvent::LeaderChanged { is_self: true, .. } => {
                             self.leaders.push((host.term(GROUP).unwrap(), i));
                         }
-                        HostEvent::LeaderChanged { .. } => {}
+                        HostEvent::LeaderChanged { .. } | HostEvent::ReadReady { .. } => {}
                     }
                 }
             }

@@ -4,9 +4,11 @@
 //! later issues, bytes) in and out of them. glommio is unmaintained since 2024, so it is
 //! named nowhere else: replacing it means rewriting this module only.
 
+pub mod client;
 pub mod clock;
 pub mod cores;
 pub mod executor;
+pub mod node;
 pub mod peers;
 pub mod quic;
 pub mod rebalancer;

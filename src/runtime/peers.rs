@@ -117,6 +117,8 @@ struct Slot {
     health: PeerHealth,
     conn: Option<Connection>,
     control: Option<SendStream>,
+    /// A background task is establishing the connection and control stream.
+    connecting: bool,
     outbox: Vec<u8>,
     outbox_frames: u64,
 }
@@ -167,6 +169,7 @@ impl Peers {
             health: PeerHealth::new(),
             conn: None,
             control: None,
+            connecting: false,
             outbox: Vec::new(),
             outbox_frames: 0,
         });
@@ -239,7 +242,19 @@ impl Peers {
     }
 
     async fn flush_peer(&self, peer: PeerKey) -> Result<(), PeerError> {
-        let mut control = self.control_stream(peer).await?;
+        // Never wait for a handshake here: the caller is a core's loop. Connect in the
+        // background; this turn's frames are dropped (Raft retransmits).
+        let existing = {
+            let mut shared = self.shared.borrow_mut();
+            let slot = shared
+                .slots
+                .get_mut(&peer)
+                .ok_or(PeerError::UnknownPeer(peer))?;
+            slot.control.take()
+        };
+        let Some(mut control) = existing else {
+            return Err(self.connect_in_background(peer));
+        };
         let batch = {
             let mut shared = self.shared.borrow_mut();
             let slot = shared
@@ -274,8 +289,79 @@ impl Peers {
         }
     }
 
-    /// The peer's control stream, connecting and opening it if needed. Not reentrant per
-    /// peer: one loop per core flushes.
+    /// Starts establishing `peer`'s connection and control stream, unless a previous attempt
+    /// is still running or the peer's health says to wait; returns why nothing was sent.
+    fn connect_in_background(&self, peer: PeerKey) -> PeerError {
+        {
+            let mut shared = self.shared.borrow_mut();
+            let now = shared.clock.now();
+            let Some(slot) = shared.slots.get_mut(&peer) else {
+                return PeerError::UnknownPeer(peer);
+            };
+            if slot.connecting {
+                return PeerError::Unavailable {
+                    peer,
+                    why: "connecting",
+                };
+            }
+            // Peek at the health without consuming a half-open probe: `connection` admits.
+            let mut probe = slot.health.clone();
+            match probe.admit(now) {
+                Admission::Attempt => {}
+                Admission::RetryAt(_) => {
+                    return PeerError::Unavailable {
+                        peer,
+                        why: "backing off",
+                    };
+                }
+                Admission::Open => {
+                    return PeerError::Unavailable {
+                        peer,
+                        why: "circuit breaker open",
+                    };
+                }
+            }
+            slot.connecting = true;
+        }
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let result = this.control_stream(peer).await;
+            let mut shared = this.shared.borrow_mut();
+            if let Some(slot) = shared.slots.get_mut(&peer) {
+                slot.connecting = false;
+                match result {
+                    Ok(stream) => slot.control = Some(stream),
+                    Err(e) => debug!(%peer, error = %e, "peer connection attempt failed"),
+                }
+            }
+        })
+        .detach();
+        PeerError::Unavailable {
+            peer,
+            why: "connecting",
+        }
+    }
+
+    /// Establishes `peer`'s connection and control stream now, waiting for the handshake
+    /// (start-up and tests; a core's loop uses `flush`, which never waits).
+    pub async fn connect(&self, peer: PeerKey) -> Result<(), PeerError> {
+        if self
+            .shared
+            .borrow()
+            .slots
+            .get(&peer)
+            .is_some_and(|s| s.control.is_some())
+        {
+            return Ok(());
+        }
+        let stream = self.control_stream(peer).await?;
+        if let Some(slot) = self.shared.borrow_mut().slots.get_mut(&peer) {
+            slot.control = Some(stream);
+        }
+        Ok(())
+    }
+
+    /// The peer's control stream, connecting and opening it if needed.
     async fn control_stream(&self, peer: PeerKey) -> Result<SendStream, PeerError> {
         if let Some(stream) = self
             .shared

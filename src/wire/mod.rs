@@ -6,4 +6,5 @@
 
 pub mod codec;
 pub mod frame;
+pub mod kv_rpc;
 pub mod raft;

@@ -1,0 +1,352 @@
+//! The KV client: key → vShard → group → leader `(node, core)`, over QUIC with mTLS.
+//!
+//! The client caches the leader of each group; a `NotLeader` answer updates the cache from
+//! its hint (or forgets the entry and tries the next node), a failed connection forgets the
+//! connection and the cached leader. Every request is bounded in attempts and time.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use futures_lite::future;
+use thiserror::Error;
+
+use crate::constants::{
+    CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_NODE_BACKOFF, CLIENT_NODE_DOWN_COOLDOWN,
+    CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF,
+};
+use crate::ids::NodeId;
+use crate::kv::{KvCommand, KvError, KvResponse};
+use crate::peer_health::{Admission, HealthPolicy, PeerHealth};
+use crate::raft_host::{CoreAddress, GroupId};
+use crate::runtime::clock::MonotonicClock;
+use crate::runtime::node::ClusterSpec;
+use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
+use crate::runtime::tls::{self, ALPN_CLIENT, TlsMode};
+use crate::vshard::{VShardCountError, VShardMap};
+use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
+
+/// A request that did not succeed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The request itself is invalid (empty or oversized key or value).
+    #[error("invalid request: {0}")]
+    Invalid(#[from] KvError),
+    /// The cluster spec's group count is not a power of two.
+    #[error(transparent)]
+    Spec(#[from] VShardCountError),
+    /// No leader answered within the attempt budget.
+    #[error("no leader for group {group} after {attempts} attempts (last error: {last})")]
+    NoLeader {
+        group: u64,
+        attempts: usize,
+        last: String,
+    },
+    /// The server answered with an error (the outcome of a write may be unknown).
+    #[error("server error: {0}")]
+    Server(String),
+    /// The endpoint could not be created.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The server's answer does not fit the request.
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+/// A node that fails a client is avoided for a second at first (an unreachable node costs a
+/// connect timeout per attempt), and for `CLIENT_NODE_DOWN_COOLDOWN` after three failures.
+fn client_health() -> PeerHealth {
+    PeerHealth::with_policy(HealthPolicy {
+        backoff_initial: CLIENT_NODE_BACKOFF,
+        backoff_max: CLIENT_NODE_DOWN_COOLDOWN,
+        failures_to_open: 3,
+        cooldown: CLIENT_NODE_DOWN_COOLDOWN,
+    })
+}
+
+/// A client of one cluster; lives on one glommio executor.
+pub struct KvClient {
+    endpoint: QuicEndpoint,
+    tls: TlsMode,
+    spec: ClusterSpec,
+    map: VShardMap,
+    conns: RefCell<HashMap<SocketAddr, Connection>>,
+    leaders: RefCell<HashMap<GroupId, CoreAddress>>,
+    next_id: Cell<u64>,
+    next_node: Cell<usize>,
+    /// Nodes that failed recently are skipped (backoff, then a circuit breaker).
+    health: RefCell<HashMap<NodeId, PeerHealth>>,
+    clock: MonotonicClock,
+}
+
+impl KvClient {
+    /// A client for the cluster `spec`, authenticating with `tls` (a client certificate).
+    pub fn new(spec: ClusterSpec, tls: TlsMode, mtu: u16) -> Result<KvClient, ClientError> {
+        let map = VShardMap::new(spec.groups)?;
+        let endpoint = QuicEndpoint::bind(EndpointOptions {
+            bind: "127.0.0.1:0".parse().expect("literal address"),
+            tls: tls.clone(),
+            segmentation_offload: true,
+            mtu,
+            server: false,
+        })?;
+        Ok(KvClient {
+            endpoint,
+            tls,
+            spec,
+            map,
+            conns: RefCell::default(),
+            leaders: RefCell::default(),
+            next_id: Cell::new(1),
+            next_node: Cell::new(0),
+            health: RefCell::default(),
+            clock: MonotonicClock::new(),
+        })
+    }
+
+    /// The group that owns `key`: its vShard's group (`vshard + 1`).
+    pub fn group_of(&self, key: &[u8]) -> GroupId {
+        GroupId(u64::from(self.map.vshard_of(key).0) + 1)
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        let command = KvCommand::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        match self.write(key, command).await? {
+            KvResponse::Done => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
+        match self
+            .write(key, KvCommand::Delete { key: key.to_vec() })
+            .await?
+        {
+            KvResponse::Deleted(existed) => Ok(existed),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `new` only if it holds `expected`; returns whether it did and what it found.
+    pub async fn compare_and_set(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<(bool, Option<Vec<u8>>), ClientError> {
+        let command = KvCommand::CompareAndSet {
+            key: key.to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.map(<[u8]>::to_vec),
+        };
+        match self.write(key, command).await? {
+            KvResponse::Cas { applied, found } => Ok((applied, found)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// A linearizable read of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        KvCommand::Delete { key: key.to_vec() }.validate()?;
+        match self
+            .call(self.group_of(key), KvOp::Get { key: key.to_vec() })
+            .await?
+        {
+            KvReply::Value(v) => Ok(v),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    async fn write(&self, key: &[u8], command: KvCommand) -> Result<KvResponse, ClientError> {
+        command.validate()?;
+        match self
+            .call(
+                self.group_of(key),
+                KvOp::Write {
+                    command: command.encode(),
+                },
+            )
+            .await?
+        {
+            KvReply::Written(bytes) => {
+                let response =
+                    KvResponse::decode(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                match response {
+                    KvResponse::Rejected(reason) => Err(ClientError::Server(reason)),
+                    r => Ok(r),
+                }
+            }
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    fn pick_target(&self, group: GroupId) -> CoreAddress {
+        if let Some(leader) = self.leaders.borrow().get(&group) {
+            return *leader;
+        }
+        // Round-robin over the nodes, skipping those that failed recently.
+        let now = self.clock.now();
+        let n = self.spec.nodes.len();
+        let start = self.next_node.get();
+        let mut health = self.health.borrow_mut();
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| {
+                health
+                    .entry(self.spec.nodes[i].0)
+                    .or_insert_with(client_health)
+                    .admit(now)
+                    == Admission::Attempt
+            })
+            .unwrap_or(start % n);
+        self.next_node.set(pick + 1);
+        CoreAddress {
+            node: self.spec.nodes[pick].0,
+            core: self.spec.core_of(group),
+        }
+    }
+
+    fn node_failed(&self, node: NodeId) {
+        let now = self.clock.now();
+        self.health
+            .borrow_mut()
+            .entry(node)
+            .or_insert_with(client_health)
+            .on_failure(now);
+    }
+
+    /// Sends `op` to the leader of `group`, following redirects.
+    async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
+        let mut last = String::from("no attempt");
+        let mut pause = false;
+        for _ in 0..CLIENT_ATTEMPTS_MAX {
+            // A redirect with a hint is followed at once; anything else waits a little
+            // (an election may be under way).
+            if std::mem::replace(&mut pause, true) {
+                glommio::timer::sleep(CLIENT_RETRY_BACKOFF).await;
+            }
+            let target = self.pick_target(group);
+            let id = self.next_id.get();
+            self.next_id.set(id + 1);
+            let request = KvRequest {
+                id,
+                group,
+                op: op.clone(),
+            };
+            match self.request(target, &request).await {
+                Ok(KvReply::NotLeader(hint)) => {
+                    let mut leaders = self.leaders.borrow_mut();
+                    match hint.filter(|h| *h != target) {
+                        Some(h) => {
+                            leaders.insert(group, h);
+                            pause = false;
+                        }
+                        None => {
+                            leaders.remove(&group);
+                        }
+                    }
+                    last = format!("{}/{} is not the leader", target.node, target.core);
+                }
+                Ok(KvReply::Error(message)) => return Err(ClientError::Server(message)),
+                Ok(reply) => {
+                    self.leaders.borrow_mut().insert(group, target);
+                    self.health
+                        .borrow_mut()
+                        .entry(target.node)
+                        .or_insert_with(client_health)
+                        .on_success();
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    self.leaders.borrow_mut().remove(&group);
+                    self.node_failed(target.node);
+                    last = e;
+                }
+            }
+        }
+        Err(ClientError::NoLeader {
+            group: group.0,
+            attempts: CLIENT_ATTEMPTS_MAX,
+            last,
+        })
+    }
+
+    async fn connection(&self, node: NodeId, addr: SocketAddr) -> Result<Connection, String> {
+        if let Some(conn) = self.conns.borrow().get(&addr) {
+            return Ok(conn.clone());
+        }
+        let name = tls::node_server_name(node);
+        let connect = async {
+            Some(
+                self.endpoint
+                    .connect(addr, &name, &self.tls, ALPN_CLIENT)
+                    .await,
+            )
+        };
+        let timeout = async {
+            glommio::timer::sleep(CLIENT_CONNECT_TIMEOUT).await;
+            None
+        };
+        let conn = match future::or(connect, timeout).await {
+            Some(result) => result.map_err(|e| e.to_string())?,
+            None => return Err(format!("connecting to {addr} timed out")),
+        };
+        self.conns.borrow_mut().insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// One request on its own stream, bounded by `CLIENT_REQUEST_TIMEOUT`.
+    async fn request(&self, target: CoreAddress, request: &KvRequest) -> Result<KvReply, String> {
+        let addr = self
+            .spec
+            .address(target.node, target.core)
+            .ok_or("hint names an unknown node")?;
+        let exchange = async {
+            let conn = self.connection(target.node, addr).await?;
+            let result = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                encode_frame(FrameKind::Request, 0, &request.encode(), &mut out)
+                    .map_err(|e| e.to_string())?;
+                send.write_all(&out).await.map_err(|e| e.to_string())?;
+                send.finish().map_err(|e| e.to_string())?;
+                let mut decoder = FrameDecoder::new();
+                let mut frame = None;
+                while let Some(chunk) = recv
+                    .read_chunk(usize::MAX)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    decoder
+                        .decode(&chunk, |f| frame = Some(f))
+                        .map_err(|e| e.to_string())?;
+                }
+                let frame = frame.ok_or("the server closed the stream without an answer")?;
+                let response =
+                    KvResponseFrame::decode(&frame.payload).map_err(|e| e.to_string())?;
+                Ok::<_, String>(response.reply)
+            }
+            .await;
+            if result.is_err() {
+                self.conns.borrow_mut().remove(&addr);
+            }
+            result
+        };
+        let timeout = async {
+            glommio::timer::sleep(CLIENT_REQUEST_TIMEOUT).await;
+            Err(format!(
+                "no answer from {addr} within {CLIENT_REQUEST_TIMEOUT:?}"
+            ))
+        };
+        future::or(exchange, timeout).await
+    }
+
+    /// Closes the client's connections.
+    pub async fn shutdown(&self) {
+        self.endpoint.shutdown().await;
+    }
+}

@@ -1,0 +1,462 @@
+//! A running node: one loop per core driving its Raft host, write-ahead log, peers and
+//! client service.
+//!
+//! Each core runs [`core_loop`]: every turn it advances Raft's clock, feeds the Raft
+//! messages and client requests that arrived, makes the turn's log writes of every group
+//! durable with one record (group commit), answers the clients whose writes were applied
+//! or whose reads became linearizable, and sends each peer core its Raft messages as one
+//! batch frame. Only the accept/receive tasks run beside it; they hand work to the loop
+//! through a local queue.
+//!
+//! Placement here is static (the metadata group that will drive it is a later step): the
+//! cluster has `groups` vShard groups, group `g` lives on core `g % cores` of every node,
+//! and its replica on node `n` has Raft id `(g << 16) | n`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE};
+use crate::ids::{CoreId, NodeId};
+use crate::kv::{KvCommand, KvStore};
+use crate::raft_host::{
+    CoreAddress, GroupId, HostError, HostEvent, ProposalToken, RaftHost, ReplicaId,
+};
+use crate::runtime::clock::MonotonicClock;
+use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
+use crate::runtime::executor::RuntimeError;
+use crate::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
+use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream};
+use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
+use crate::runtime::wal::WalFile;
+use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
+use crate::wire::raft::{decode_batch, encode_batch};
+
+/// The static shape of a cluster every node agrees on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// Every node and the IP + base port its cores listen on (core `i` on `base + i`).
+    pub nodes: Vec<(NodeId, SocketAddr)>,
+    pub cores: u16,
+    /// Data groups (vShards); group ids are `1..=groups`.
+    pub groups: u32,
+}
+
+impl ClusterSpec {
+    /// The core that hosts `group` on every node.
+    pub fn core_of(&self, group: GroupId) -> CoreId {
+        CoreId((group.0 % u64::from(self.cores)) as u16)
+    }
+
+    /// The Raft id of `group`'s replica on `node`.
+    pub fn replica(&self, group: GroupId, node: NodeId) -> ReplicaId {
+        ReplicaId((group.0 << 16) | (node.0 & 0xffff))
+    }
+
+    /// The UDP address of `core` on `node`.
+    pub fn address(&self, node: NodeId, core: CoreId) -> Option<SocketAddr> {
+        self.nodes
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, base)| SocketAddr::new(base.ip(), base.port() + core.0))
+    }
+}
+
+/// How to run one node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub node: NodeId,
+    pub spec: ClusterSpec,
+    pub data_dir: PathBuf,
+    pub tls: TlsMode,
+    pub layout: CoreLayout,
+    /// Datagram size of the QUIC endpoints.
+    pub mtu: u16,
+}
+
+/// A node that could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("node {0} is not in the cluster spec")]
+    NotInSpec(NodeId),
+    #[error("listen IP {0} is not a loopback or local address this build can bind")]
+    BadAddress(IpAddr),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// A running node; `shutdown` stops every core.
+pub struct Node {
+    runtime: CoreRuntime<()>,
+}
+
+impl Node {
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        if config.spec.address(config.node, CoreId(0)).is_none() {
+            return Err(NodeError::NotInSpec(config.node));
+        }
+        let runtime_config = CoreRuntimeConfig {
+            name: format!("node-{}", config.node.0),
+            cores: config.spec.cores,
+            layout: config.layout,
+        };
+        let config = Arc::new(config);
+        let runtime = CoreRuntime::start(&runtime_config, move |ctx: CoreContext<()>| {
+            let config = config.clone();
+            async move {
+                if let Err(e) = core_loop(ctx, config).await {
+                    tracing::error!(error = %e, "core stopped with an error");
+                }
+            }
+        })?;
+        Ok(Node { runtime })
+    }
+
+    pub fn shutdown(self) -> Result<(), RuntimeError> {
+        self.runtime.shutdown().map(|_| ())
+    }
+}
+
+/// Work handed from the receive tasks to the core loop.
+enum Work {
+    Raft(GroupId, raft::eraftpb::Message),
+    Client(KvRequest, async_channel::Sender<KvResponseFrame>),
+}
+
+/// The local queue between the receive tasks and the loop.
+#[derive(Default)]
+struct Inbox {
+    work: RefCell<VecDeque<Work>>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Inbox {
+    fn push(&self, work: Work) {
+        self.work.borrow_mut().push_back(work);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        let ready = std::future::poll_fn(|cx| {
+            if self.work.borrow().is_empty() {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        });
+        future::or(ready, glommio::timer::sleep(timeout)).await;
+    }
+}
+
+/// A client waiting for its write to apply or its read to become linearizable.
+enum Pending {
+    Write(u64, async_channel::Sender<KvResponseFrame>),
+    Read(u64, KvOp, async_channel::Sender<KvResponseFrame>),
+}
+
+impl Pending {
+    fn answer(self, reply: KvReply) {
+        let (id, tx) = match self {
+            Pending::Write(id, tx) | Pending::Read(id, _, tx) => (id, tx),
+        };
+        let _ = tx.try_send(KvResponseFrame { id, reply });
+    }
+}
+
+async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), String> {
+    let spec = &config.spec;
+    let core = ctx.core();
+    let local = CoreAddress {
+        node: config.node,
+        core,
+    };
+    let bind = spec.address(config.node, core).ok_or("node not in spec")?;
+    let endpoint = QuicEndpoint::bind(EndpointOptions {
+        bind,
+        tls: config.tls.clone(),
+        segmentation_offload: true,
+        mtu: config.mtu,
+        server: true,
+    })
+    .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let wal_path = config
+        .data_dir
+        .join(format!("node-{}-core-{}.wal", config.node.0, core.0));
+    let (mut wal, mut recovered) = WalFile::open(&wal_path).await.map_err(|e| e.to_string())?;
+
+    let mut host: RaftHost<KvStore> = RaftHost::new(local);
+    let peers = Peers::new(
+        endpoint.clone(),
+        config.tls.clone(),
+        PeerKey {
+            node: config.node,
+            core,
+        },
+    );
+    for (node, _) in &spec.nodes {
+        if *node != config.node {
+            let addr = spec.address(*node, core).ok_or("node without address")?;
+            peers.add_peer(PeerKey { node: *node, core }, addr);
+        }
+    }
+    for g in 1..=u64::from(spec.groups) {
+        let group = GroupId(g);
+        if spec.core_of(group) != core {
+            continue;
+        }
+        let voters: Vec<ReplicaId> = spec
+            .nodes
+            .iter()
+            .map(|(n, _)| spec.replica(group, *n))
+            .collect();
+        for (n, _) in &spec.nodes {
+            host.set_address(spec.replica(group, *n), CoreAddress { node: *n, core });
+        }
+        let persisted = recovered.groups.remove(&group);
+        host.add_group(
+            group,
+            spec.replica(group, config.node),
+            &voters,
+            persisted,
+            KvStore::new(),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    info!(node = config.node.0, core = core.0, %bind, records = recovered.records, "core started");
+
+    let inbox = Rc::new(Inbox::default());
+    let accept = glommio::spawn_local(accept_loop(endpoint.clone(), inbox.clone()));
+    let clock = MonotonicClock::new();
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    // Tokens in the order they were issued, with when: for expiring abandoned requests.
+    let mut issued: VecDeque<(u64, crate::time::Time)> = VecDeque::new();
+    let mut next_token = 1u64;
+    while !ctx.stopping() {
+        host.handle_tick(clock.now());
+        let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
+        for w in work {
+            match w {
+                Work::Raft(group, message) => {
+                    if let Err(e) = host.handle_message(group, message) {
+                        debug!(group = group.0, error = %e, "raft message dropped");
+                    }
+                }
+                Work::Client(request, reply) => {
+                    let token = ProposalToken(next_token);
+                    next_token += 1;
+                    issued.push_back((token.0, clock.now()));
+                    handle_request(&mut host, &mut pending, token, request, reply);
+                }
+            }
+        }
+        wal.persist(&mut host).await.map_err(|e| e.to_string())?;
+        while let Some(event) = host.poll_event() {
+            match event {
+                HostEvent::Applied {
+                    token, response, ..
+                } => {
+                    if let Some(Pending::Write(id, reply)) = pending.remove(&token.0) {
+                        let _ = reply.try_send(KvResponseFrame {
+                            id,
+                            reply: KvReply::Written(response),
+                        });
+                    }
+                }
+                HostEvent::ReadReady { group, token } => {
+                    if let Some(Pending::Read(id, op, reply)) = pending.remove(&token.0) {
+                        let store = host.state_machine(group);
+                        let answer = match (store, op) {
+                            (Some(s), KvOp::Get { key }) => {
+                                KvReply::Value(s.get(&key).map(<[u8]>::to_vec))
+                            }
+                            (Some(s), KvOp::Scan { start, end, limit }) => {
+                                KvReply::Items(s.scan(&start, end.as_deref(), limit as usize))
+                            }
+                            _ => KvReply::Error("read lost its group".into()),
+                        };
+                        let _ = reply.try_send(KvResponseFrame { id, reply: answer });
+                    }
+                }
+                HostEvent::LeaderChanged { group, is_self, .. } => {
+                    debug!(group = group.0, is_self, "leader changed");
+                }
+            }
+        }
+        // One batch frame per peer core per turn.
+        let mut by_peer: BTreeMap<PeerKey, Vec<(u64, raft::eraftpb::Message)>> = BTreeMap::new();
+        while let Some(out) = host.poll_transmit() {
+            by_peer
+                .entry(PeerKey {
+                    node: out.to.node,
+                    core: out.to.core,
+                })
+                .or_default()
+                .push((out.group.0, out.message));
+        }
+        for (peer, messages) in by_peer {
+            let mut payload = Vec::new();
+            encode_batch(messages.iter().map(|(g, m)| (*g, m)), &mut payload);
+            if let Err(e) = peers.queue(peer, FrameKind::RaftBatch, &payload) {
+                debug!(%peer, error = %e, "raft batch not queued");
+            }
+        }
+        for (peer, e) in peers.flush().await {
+            debug!(%peer, error = %e, "raft batch not sent");
+        }
+        // A proposal lost to a leader change never applies: answer it after a while, with an
+        // outcome the client must treat as unknown.
+        let now = clock.now();
+        while let Some(&(token, at)) = issued.front() {
+            if now.saturating_since(at) < CLIENT_REQUEST_TIMEOUT {
+                break;
+            }
+            issued.pop_front();
+            if let Some(p) = pending.remove(&token) {
+                p.answer(KvReply::Error(
+                    "timed out waiting for commit; the outcome is unknown".into(),
+                ));
+            }
+        }
+        inbox.wait(NODE_LOOP_IDLE).await;
+    }
+    for (_, p) in pending.drain() {
+        p.answer(KvReply::Error(
+            "the node is shutting down; the outcome is unknown".into(),
+        ));
+    }
+    drop(accept);
+    endpoint.shutdown().await;
+    wal.close().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn handle_request(
+    host: &mut RaftHost<KvStore>,
+    pending: &mut HashMap<u64, Pending>,
+    token: ProposalToken,
+    request: KvRequest,
+    reply: async_channel::Sender<KvResponseFrame>,
+) {
+    let id = request.id;
+    let refuse = |reply: &async_channel::Sender<KvResponseFrame>, answer: KvReply| {
+        let _ = reply.try_send(KvResponseFrame { id, reply: answer });
+    };
+    if pending.len() >= CLIENT_PENDING_MAX {
+        return refuse(
+            &reply,
+            KvReply::Error("server busy: too many requests in flight".into()),
+        );
+    }
+    let result = match &request.op {
+        KvOp::Write { command } => match KvCommand::decode(command) {
+            Err(e) => return refuse(&reply, KvReply::Error(format!("malformed command: {e}"))),
+            Ok(c) => match c.validate() {
+                Err(e) => return refuse(&reply, KvReply::Error(e.to_string())),
+                Ok(()) => host
+                    .propose(request.group, command.clone(), token)
+                    .map(|_| Pending::Write(id, reply.clone())),
+            },
+        },
+        KvOp::Get { .. } | KvOp::Scan { .. } => host
+            .read(request.group, token)
+            .map(|_| Pending::Read(id, request.op.clone(), reply.clone())),
+    };
+    match result {
+        Ok(p) => {
+            pending.insert(token.0, p);
+        }
+        Err(HostError::NotLeader { leader, .. }) => refuse(&reply, KvReply::NotLeader(leader)),
+        Err(HostError::UnknownGroup(group)) => refuse(
+            &reply,
+            KvReply::Error(format!("group {} is not hosted on this core", group.0)),
+        ),
+        Err(e) => refuse(&reply, KvReply::Error(e.to_string())),
+    }
+}
+
+/// Accepts connections: peers' streams carry Raft batches, clients' streams requests.
+async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>) {
+    while let Some(conn) = endpoint.accept().await {
+        let inbox = inbox.clone();
+        match conn.alpn().as_deref() {
+            Some(ALPN_PEER) => {
+                glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
+                    if class != StreamClass::Control || frame.kind != FrameKind::RaftBatch {
+                        return;
+                    }
+                    match decode_batch(&frame.payload) {
+                        Ok(messages) => {
+                            for (group, message) in messages {
+                                inbox.push(Work::Raft(GroupId(group), message));
+                            }
+                        }
+                        Err(e) => warn!(%peer, error = %e, "malformed raft batch dropped"),
+                    }
+                }))
+                .detach();
+            }
+            Some(ALPN_CLIENT) => {
+                glommio::spawn_local(serve_client(conn, inbox)).detach();
+            }
+            _ => conn.close(2, b"unknown ALPN"),
+        }
+    }
+}
+
+async fn serve_client(conn: Connection, inbox: Rc<Inbox>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        glommio::spawn_local(serve_request(send, recv, inbox.clone())).detach();
+    }
+}
+
+/// One request per stream: a request frame in, a response frame out.
+async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inbox>) {
+    let mut decoder = FrameDecoder::new();
+    let mut request = None;
+    loop {
+        match recv.read_chunk(usize::MAX).await {
+            Ok(Some(chunk)) => {
+                if decoder.decode(&chunk, |f| request = Some(f)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => return,
+        }
+    }
+    let reply = match request.map(|f| KvRequest::decode(&f.payload)) {
+        Some(Ok(request)) => {
+            let (tx, rx) = async_channel::bounded(1);
+            inbox.push(Work::Client(request, tx));
+            match rx.recv().await {
+                Ok(reply) => reply,
+                Err(_) => return,
+            }
+        }
+        Some(Err(e)) => KvResponseFrame {
+            id: 0,
+            reply: KvReply::Error(format!("malformed request: {e}")),
+        },
+        None => return,
+    };
+    let mut out = Vec::new();
+    if encode_frame(FrameKind::Response, 0, &reply.encode(), &mut out).is_ok()
+        && send.write_all(&out).await.is_ok()
+    {
+        let _ = send.finish();
+    }
+}

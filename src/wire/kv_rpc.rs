@@ -1,0 +1,285 @@
+//! Client requests and responses for the KV service, as frame payloads.
+//!
+//! ```text
+//! request  = id:varint group:varint op:u8 body
+//!   op 1 get    body = key:bytes
+//!   op 2 write  body = command:bytes          (an encoded `KvCommand`)
+//!   op 3 scan   body = start:bytes end_present:u8 [end:bytes] limit:varint
+//! response = id:varint status:u8 body
+//!   status 1 written    body = response:bytes  (an encoded `KvResponse`)
+//!   status 2 value      body = present:u8 [value:bytes]
+//!   status 3 items      body = count:varint (key:bytes value:bytes)*
+//!   status 4 not leader body = hint_present:u8 [node:varint core:varint]
+//!   status 5 error      body = message:bytes
+//! ```
+
+use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
+use crate::ids::{CoreId, NodeId};
+use crate::raft_host::{CoreAddress, GroupId};
+use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
+
+/// What a client asks of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    Get {
+        key: Vec<u8>,
+    },
+    /// An encoded `KvCommand` (put, delete, compare-and-set).
+    Write {
+        command: Vec<u8>,
+    },
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvRequest {
+    pub id: u64,
+    pub group: GroupId,
+    pub op: KvOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvReply {
+    /// An encoded `KvResponse`.
+    Written(Vec<u8>),
+    Value(Option<Vec<u8>>),
+    Items(Vec<(Vec<u8>, Vec<u8>)>),
+    NotLeader(Option<CoreAddress>),
+    Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvResponseFrame {
+    pub id: u64,
+    pub reply: KvReply,
+}
+
+const ERROR_MAX_BYTES: usize = 4096;
+
+impl KvRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, self.id);
+        put_varint(&mut out, self.group.0);
+        match &self.op {
+            KvOp::Get { key } => {
+                out.push(1);
+                put_bytes(&mut out, key);
+            }
+            KvOp::Write { command } => {
+                out.push(2);
+                put_bytes(&mut out, command);
+            }
+            KvOp::Scan { start, end, limit } => {
+                out.push(3);
+                put_bytes(&mut out, start);
+                match end {
+                    None => out.push(0),
+                    Some(end) => {
+                        out.push(1);
+                        put_bytes(&mut out, end);
+                    }
+                }
+                put_varint(&mut out, u64::from(*limit));
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KvRequest, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let id = r.varint("request id")?;
+        let group = GroupId(r.varint("group")?);
+        let op = match r.u8("op")? {
+            1 => KvOp::Get {
+                key: r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec(),
+            },
+            2 => KvOp::Write {
+                command: r
+                    .bytes("command", KV_KEY_MAX_BYTES + 2 * KV_VALUE_MAX_BYTES + 64)?
+                    .to_vec(),
+            },
+            3 => {
+                let start = r.bytes("start", KV_KEY_MAX_BYTES)?.to_vec();
+                let end = match r.u8("end present")? {
+                    0 => None,
+                    1 => Some(r.bytes("end", KV_KEY_MAX_BYTES)?.to_vec()),
+                    v => {
+                        return Err(DecodeError::BadEnum {
+                            what: "end present",
+                            value: v.into(),
+                        });
+                    }
+                };
+                let limit = r.count("limit", KV_SCAN_MAX_ITEMS)? as u32;
+                KvOp::Scan { start, end, limit }
+            }
+            v => {
+                return Err(DecodeError::BadEnum {
+                    what: "op",
+                    value: v.into(),
+                });
+            }
+        };
+        r.finish()?;
+        Ok(KvRequest { id, group, op })
+    }
+}
+
+impl KvResponseFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, self.id);
+        match &self.reply {
+            KvReply::Written(response) => {
+                out.push(1);
+                put_bytes(&mut out, response);
+            }
+            KvReply::Value(value) => {
+                out.push(2);
+                match value {
+                    None => out.push(0),
+                    Some(v) => {
+                        out.push(1);
+                        put_bytes(&mut out, v);
+                    }
+                }
+            }
+            KvReply::Items(items) => {
+                out.push(3);
+                put_varint(&mut out, items.len() as u64);
+                for (k, v) in items {
+                    put_bytes(&mut out, k);
+                    put_bytes(&mut out, v);
+                }
+            }
+            KvReply::NotLeader(hint) => {
+                out.push(4);
+                match hint {
+                    None => out.push(0),
+                    Some(a) => {
+                        out.push(1);
+                        put_varint(&mut out, a.node.0);
+                        put_varint(&mut out, u64::from(a.core.0));
+                    }
+                }
+            }
+            KvReply::Error(message) => {
+                out.push(5);
+                put_bytes(
+                    &mut out,
+                    &message.as_bytes()[..message.len().min(ERROR_MAX_BYTES)],
+                );
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KvResponseFrame, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let id = r.varint("response id")?;
+        let reply = match r.u8("status")? {
+            1 => KvReply::Written(r.bytes("response", KV_VALUE_MAX_BYTES + 64)?.to_vec()),
+            2 => match r.u8("present")? {
+                0 => KvReply::Value(None),
+                1 => KvReply::Value(Some(r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec())),
+                v => {
+                    return Err(DecodeError::BadEnum {
+                        what: "present",
+                        value: v.into(),
+                    });
+                }
+            },
+            3 => {
+                let n = r.count("items", KV_SCAN_MAX_ITEMS)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec();
+                    items.push((k, r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec()));
+                }
+                KvReply::Items(items)
+            }
+            4 => match r.u8("hint present")? {
+                0 => KvReply::NotLeader(None),
+                1 => {
+                    let node = NodeId(r.varint("node")?);
+                    let core =
+                        u16::try_from(r.varint("core")?).map_err(|_| DecodeError::TooLarge {
+                            what: "core",
+                            value: u64::MAX,
+                            max: u16::MAX.into(),
+                        })?;
+                    KvReply::NotLeader(Some(CoreAddress {
+                        node,
+                        core: CoreId(core),
+                    }))
+                }
+                v => {
+                    return Err(DecodeError::BadEnum {
+                        what: "hint present",
+                        value: v.into(),
+                    });
+                }
+            },
+            5 => KvReply::Error(
+                String::from_utf8_lossy(r.bytes("error", ERROR_MAX_BYTES)?).into_owned(),
+            ),
+            v => {
+                return Err(DecodeError::BadEnum {
+                    what: "status",
+                    value: v.into(),
+                });
+            }
+        };
+        r.finish()?;
+        Ok(KvResponseFrame { id, reply })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        for op in [
+            KvOp::Get { key: b"k".to_vec() },
+            KvOp::Write {
+                command: vec![1, 2, 3],
+            },
+            KvOp::Scan {
+                start: b"a".to_vec(),
+                end: Some(b"z".to_vec()),
+                limit: 10,
+            },
+        ] {
+            let req = KvRequest {
+                id: 9,
+                group: GroupId(3),
+                op,
+            };
+            assert_eq!(KvRequest::decode(&req.encode()).unwrap(), req);
+        }
+        let hint = CoreAddress {
+            node: NodeId(2),
+            core: CoreId(1),
+        };
+        for reply in [
+            KvReply::Written(vec![1]),
+            KvReply::Value(None),
+            KvReply::Value(Some(b"v".to_vec())),
+            KvReply::Items(vec![(b"k".to_vec(), b"v".to_vec())]),
+            KvReply::NotLeader(Some(hint)),
+            KvReply::NotLeader(None),
+            KvReply::Error("boom".into()),
+        ] {
+            let resp = KvResponseFrame { id: 4, reply };
+            assert_eq!(KvResponseFrame::decode(&resp.encode()).unwrap(), resp);
+        }
+        assert!(KvRequest::decode(&[1, 1, 9]).is_err());
+    }
+}
