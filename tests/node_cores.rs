@@ -123,6 +123,7 @@ fn each_core_owns_an_endpoint_and_reaches_its_peer_core() {
                     core: CoreId(core),
                 };
                 peers.add_peer(target, addr(base2, core));
+                peers.connect(target).await.unwrap();
                 for i in 0..FRAMES {
                     peers
                         .queue(target, FrameKind::RaftBatch, &i.to_le_bytes())
