@@ -1,5 +1,6 @@
 //! The `nodedb-cluster` command line.
 //!
+//! `demo` starts an embedded three-node cluster on loopback and runs a mixed load.
 //! `preflight` checks the machine (locked-memory limit, io_uring) with a fix for each failure.
 //! `certs init|node|client` manages the cluster CA and certificates (PEM files, keys 0600).
 //! `rebalance-sim` runs the balancer evaluation harness (see `balance::harness`) and prints
@@ -8,13 +9,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, HarnessReport, Scenario};
 use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::runtime::demo::DemoConfig;
 use nodedb_cluster::runtime::tls;
 
 #[derive(Parser, Debug)]
@@ -32,11 +34,38 @@ struct Cli {
 enum Command {
     /// Run the rebalancer on a synthetic cluster until its plan is empty.
     RebalanceSim(RebalanceSimArgs),
+    /// Start an embedded 3-node cluster on loopback (mTLS, WAL) and run a mixed load.
+    Demo(DemoArgs),
     /// Check that this machine can run a node (locked-memory limit, io_uring).
     Preflight,
     /// Create the cluster CA and issue node and client certificates (PEM, keys 0600).
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Nodes in the embedded cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Cores per node.
+    #[arg(long, default_value_t = 2)]
+    cores: u16,
+    /// vShard groups (a power of two).
+    #[arg(long, default_value_t = 8)]
+    groups: u32,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Concurrent closed-loop callers.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Fraction of operations that are writes.
+    #[arg(long, default_value_t = 0.5)]
+    write_fraction: f64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +149,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::RebalanceSim(args) => rebalance_sim(&args),
+        Command::Demo(args) => demo(&args),
         Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
             Ok(()) => {
                 println!("ok: locked-memory limit and io_uring are sufficient");
@@ -142,6 +172,64 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn demo(args: &DemoArgs) -> ExitCode {
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 3600.0) {
+        eprintln!("error: --seconds must be within (0, 3600]");
+        return ExitCode::from(2);
+    }
+    let config = DemoConfig {
+        nodes: args.nodes,
+        cores: args.cores,
+        groups: args.groups,
+        duration: Duration::from_secs_f64(args.seconds),
+        concurrency: args.concurrency,
+        write_fraction: args.write_fraction,
+        ..DemoConfig::default()
+    };
+    if !args.json {
+        eprintln!(
+            "starting {} nodes x {} cores ({} groups, mTLS, write-ahead logs) on 127.0.0.1 ...",
+            config.nodes, config.cores, config.groups
+        );
+    }
+    match nodedb_cluster::runtime::demo::run(&config) {
+        Ok(r) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "cluster ready in {:.2} s; {:.1} s of load with {} callers",
+                    r.startup_seconds, r.seconds, r.concurrency
+                );
+                println!(
+                    "writes  {:>8} ({:>8.0}/s)  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us",
+                    r.writes,
+                    r.writes_per_sec,
+                    r.write_p50_us,
+                    r.write_p99_us,
+                    r.write_p999_us,
+                    r.write_max_us
+                );
+                println!(
+                    "reads   {:>8} ({:>8.0}/s)  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us",
+                    r.reads,
+                    r.reads_per_sec,
+                    r.read_p50_us,
+                    r.read_p99_us,
+                    r.read_p999_us,
+                    r.read_max_us
+                );
+                println!("errors  {:>8}", r.errors);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

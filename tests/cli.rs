@@ -173,3 +173,33 @@ fn certs_init_node_and_client_write_pem_files_with_private_keys() {
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn demo_runs_a_cluster_and_reports_json() {
+    let out = cli(&["demo", "--seconds", "1", "--concurrency", "4", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "writes",
+        "reads",
+        "errors",
+        "write_p50_us",
+        "write_p99_us",
+        "write_p999_us",
+        "read_p99_us",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert!(
+        v["writes"].as_u64().unwrap() > 0 && v["reads"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(v["errors"], 0, "{v}");
+    let bad = cli(&["demo", "--groups", "6"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("power of two"));
+}

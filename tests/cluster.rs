@@ -118,6 +118,16 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
             Some(7u32.to_le_bytes().to_vec())
         );
         assert_eq!(c.get(b"missing").await.unwrap(), None);
+        // Bad input gets a typed error before it reaches the log.
+        let huge = vec![0u8; nodedb_cluster::constants::KV_VALUE_MAX_BYTES + 1];
+        assert!(matches!(
+            c.put(b"huge", &huge).await,
+            Err(nodedb_cluster::runtime::client::ClientError::Invalid(_))
+        ));
+        assert!(matches!(
+            c.put(b"", b"v").await,
+            Err(nodedb_cluster::runtime::client::ClientError::Invalid(_))
+        ));
         let (applied, _) = c
             .compare_and_set(b"before-1", Some(&1u32.to_le_bytes()), Some(b"x"))
             .await

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod clock;
 pub mod cores;
+pub mod demo;
 pub mod executor;
 pub mod node;
 pub mod peers;

@@ -1,0 +1,284 @@
+//! `nodedb-cluster demo`: an embedded three-node cluster on loopback under a mixed load.
+//!
+//! Generates a cluster CA and node and client certificates into a temporary directory,
+//! starts the nodes in this process (unbound placement, each with its cores, QUIC endpoints
+//! and write-ahead logs), waits until every group has a leader, then runs closed-loop
+//! clients issuing puts and linearizable gets for a fixed time, and reports throughput and
+//! latency percentiles (HdrHistogram, microseconds). Everything is removed afterwards.
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, UdpSocket};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::ids::NodeId;
+use crate::rng::Rng;
+use crate::runtime::client::KvClient;
+use crate::runtime::cores::CoreLayout;
+use crate::runtime::executor::{CorePlacement, spawn_executor};
+use crate::runtime::node::{ClusterSpec, Node, NodeConfig};
+use crate::runtime::tls::{self, TlsMode};
+
+/// What the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    pub nodes: u64,
+    pub cores: u16,
+    /// vShard groups (a power of two).
+    pub groups: u32,
+    pub duration: Duration,
+    /// Concurrent closed-loop callers.
+    pub concurrency: usize,
+    /// Distinct keys the load touches.
+    pub keys: u32,
+    /// Fraction of operations that are writes.
+    pub write_fraction: f64,
+    pub value_bytes: usize,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            nodes: 3,
+            cores: 2,
+            groups: 8,
+            duration: Duration::from_secs(5),
+            concurrency: 16,
+            keys: 10_000,
+            write_fraction: 0.5,
+            value_bytes: 128,
+        }
+    }
+}
+
+/// The demo's results; field names are the `--json` keys.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoReport {
+    pub nodes: u64,
+    pub cores: u16,
+    pub groups: u32,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub writes: u64,
+    pub reads: u64,
+    pub errors: u64,
+    pub writes_per_sec: f64,
+    pub reads_per_sec: f64,
+    pub write_p50_us: u64,
+    pub write_p99_us: u64,
+    pub write_p999_us: u64,
+    pub write_max_us: u64,
+    pub read_p50_us: u64,
+    pub read_p99_us: u64,
+    pub read_p999_us: u64,
+    pub read_max_us: u64,
+    /// Seconds from start until every group accepted a write.
+    pub startup_seconds: f64,
+}
+
+/// The demo could not run.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    #[error("invalid demo setting: {0}")]
+    Invalid(String),
+    #[error("setting up: {0}")]
+    Setup(String),
+    #[error("the cluster did not become ready: {0}")]
+    NotReady(String),
+}
+
+fn free_base_port(cores: u16) -> Result<u16, DemoError> {
+    for _ in 0..200 {
+        let probe = UdpSocket::bind("127.0.0.1:0").map_err(|e| DemoError::Setup(e.to_string()))?;
+        let base = probe
+            .local_addr()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+            .port();
+        drop(probe);
+        if base < u16::MAX - cores
+            && (0..cores).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    Err(DemoError::Setup(
+        "no run of free UDP ports on 127.0.0.1".into(),
+    ))
+}
+
+/// Runs the demo and tears everything down.
+pub fn run(config: &DemoConfig) -> Result<DemoReport, DemoError> {
+    if config.nodes == 0
+        || config.nodes > 7
+        || config.cores == 0
+        || !config.groups.is_power_of_two()
+    {
+        return Err(DemoError::Invalid(
+            "nodes must be 1..=7, cores ≥ 1, groups a power of two".into(),
+        ));
+    }
+    if config.concurrency == 0 || config.keys == 0 || !(0.0..=1.0).contains(&config.write_fraction)
+    {
+        return Err(DemoError::Invalid(
+            "concurrency and keys ≥ 1, write fraction within 0..=1".into(),
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("nodedb-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = run_in(config, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, DemoError> {
+    let setup = |e: &dyn std::fmt::Display| DemoError::Setup(e.to_string());
+    let certs = dir.join("certs");
+    let ca = tls::generate_ca("demo").map_err(|e| setup(&e))?;
+    tls::write_pem_pair(&certs, "ca", &ca).map_err(|e| setup(&e))?;
+    let mut nodes = Vec::new();
+    for n in 1..=config.nodes {
+        let base = free_base_port(config.cores)?;
+        nodes.push((NodeId(n), SocketAddr::from(([127, 0, 0, 1], base))));
+    }
+    let spec = ClusterSpec {
+        nodes: nodes.clone(),
+        cores: config.cores,
+        groups: config.groups,
+    };
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for (node, _) in &nodes {
+        let identity =
+            tls::issue_node_cert(&ca, *node, &["127.0.0.1".into()]).map_err(|e| setup(&e))?;
+        tls::write_pem_pair(&certs, &format!("node-{}", node.0), &identity)
+            .map_err(|e| setup(&e))?;
+        let node_config = NodeConfig {
+            node: *node,
+            spec: spec.clone(),
+            data_dir: dir.join(format!("node-{}", node.0)),
+            tls: TlsMode::Mutual {
+                ca_cert_pem: ca.cert_pem.clone(),
+                identity,
+            },
+            layout: CoreLayout::Unbound,
+            mtu: 1452,
+        };
+        running.push(Node::start(node_config).map_err(|e| setup(&e))?);
+    }
+    let client_identity = tls::issue_client_cert(&ca, "demo").map_err(|e| setup(&e))?;
+    let client_tls = TlsMode::Mutual {
+        ca_cert_pem: ca.cert_pem.clone(),
+        identity: client_identity,
+    };
+    let load = config.clone();
+    let outcome = spawn_executor("demo-client", CorePlacement::Unbound, move || async move {
+        load_cluster(spec, client_tls, load, started).await
+    })
+    .map_err(|e| setup(&e))
+    .and_then(|h| h.join().map_err(|e| setup(&e)));
+    for node in running {
+        let _ = node.shutdown();
+    }
+    outcome?
+}
+
+/// Waits until every group takes a write, then runs the timed load.
+async fn load_cluster(
+    spec: ClusterSpec,
+    tls: TlsMode,
+    config: DemoConfig,
+    started: Instant,
+) -> Result<DemoReport, DemoError> {
+    let client =
+        Rc::new(KvClient::new(spec, tls, 1452).map_err(|e| DemoError::Setup(e.to_string()))?);
+    // One key per group, retried until its group has a leader.
+    let mut ready = std::collections::BTreeSet::new();
+    let mut probe = 0u32;
+    while ready.len() < config.groups as usize {
+        let key = format!("ready-{probe}");
+        probe += 1;
+        let group = client.group_of(key.as_bytes());
+        if ready.contains(&group) {
+            continue;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(DemoError::NotReady(format!(
+                "{} of {} groups ready after 60 s",
+                ready.len(),
+                config.groups
+            )));
+        }
+        if client.put(key.as_bytes(), b"1").await.is_ok() {
+            ready.insert(group);
+        }
+    }
+    let startup_seconds = started.elapsed().as_secs_f64();
+    let new_histogram =
+        || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let writes = Rc::new(RefCell::new(new_histogram()));
+    let reads = Rc::new(RefCell::new(new_histogram()));
+    let errors = Rc::new(RefCell::new(0u64));
+    let deadline = Instant::now() + config.duration;
+    let load_started = Instant::now();
+    let mut callers = Vec::new();
+    for caller in 0..config.concurrency {
+        let (client, writes, reads, errors, config) = (
+            client.clone(),
+            writes.clone(),
+            reads.clone(),
+            errors.clone(),
+            config.clone(),
+        );
+        callers.push(glommio::spawn_local(async move {
+            let mut rng = Rng::new(0xde30 + caller as u64);
+            let value = vec![0x42u8; config.value_bytes];
+            while Instant::now() < deadline {
+                let key = format!("key-{}", rng.below(u64::from(config.keys)));
+                let write = rng.next_f64() < config.write_fraction;
+                let t = Instant::now();
+                let ok = if write {
+                    client.put(key.as_bytes(), &value).await.is_ok()
+                } else {
+                    client.get(key.as_bytes()).await.is_ok()
+                };
+                let micros = t.elapsed().as_micros() as u64;
+                match (ok, write) {
+                    (false, _) => *errors.borrow_mut() += 1,
+                    (true, true) => writes.borrow_mut().saturating_record(micros),
+                    (true, false) => reads.borrow_mut().saturating_record(micros),
+                }
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await;
+    }
+    let seconds = load_started.elapsed().as_secs_f64();
+    client.shutdown().await;
+    let (w, r) = (writes.borrow(), reads.borrow());
+    Ok(DemoReport {
+        nodes: config.nodes,
+        cores: config.cores,
+        groups: config.groups,
+        concurrency: config.concurrency,
+        seconds,
+        writes: w.len(),
+        reads: r.len(),
+        errors: *errors.borrow(),
+        writes_per_sec: w.len() as f64 / seconds,
+        reads_per_sec: r.len() as f64 / seconds,
+        write_p50_us: w.value_at_quantile(0.50),
+        write_p99_us: w.value_at_quantile(0.99),
+        write_p999_us: w.value_at_quantile(0.999),
+        write_max_us: w.max(),
+        read_p50_us: r.value_at_quantile(0.50),
+        read_p99_us: r.value_at_quantile(0.99),
+        read_p999_us: r.value_at_quantile(0.999),
+        read_max_us: r.max(),
+        startup_seconds,
+    })
+}
