@@ -9,6 +9,9 @@
 //! `wal [--groups 64] [--rounds 200] [--payload 256] [--dir target/perf-wal]` measures WAL
 //! appends per second with group commit against one fsync per group (see `wal.rs`).
 //!
+//! `raft [--seconds 5] [--concurrency 1,32]` measures commit throughput and latency of a
+//! 3-replica group over QUIC with fsync against raft-rs in memory (see `raft.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Later issues add transport,
@@ -16,6 +19,7 @@
 //! crate only, never of the main one).
 
 mod quic;
+mod raft;
 mod rpc;
 mod wal;
 
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
             }
         },
         Some("rpc") => rpc_bench(&args[1..]),
+        Some("raft") => raft_bench(&args[1..]),
         Some("wal") => wal_bench(&args[1..]),
         Some("balance-matrix") => match parse_seeds(&args[1..]) {
             Ok(seeds) => balance_matrix(seeds),
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "       nodedb-perf wal [--groups 64] [--rounds 200] [--payload 256] [--dir D]"
             );
+            eprintln!("       nodedb-perf raft [--seconds 5] [--concurrency 1,32]");
             eprintln!("       nodedb-perf balance-matrix [--seeds N]");
             ExitCode::from(2)
         }
@@ -339,4 +345,57 @@ fn wal_bench(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn raft_bench(args: &[String]) -> ExitCode {
+    let (mut seconds, mut concurrency) = (5.0f64, vec![1usize, 32]);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            eprintln!("error: {flag} needs a value");
+            return ExitCode::from(2);
+        };
+        let ok = match flag.as_str() {
+            "--seconds" => value.parse().map(|v| seconds = v).is_ok(),
+            "--concurrency" => value
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>()
+                .map(|v| concurrency = v)
+                .is_ok(),
+            _ => false,
+        };
+        if !ok || !(seconds > 0.0) || concurrency.contains(&0) {
+            eprintln!("error: bad argument {flag} {value}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut rows = Vec::new();
+    for c in concurrency {
+        let ours = match raft::ours(c, seconds) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: ours with {c} writers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let commits = ((ours.commits_per_sec * seconds) as u64).clamp(1_000, 200_000);
+        let ceiling = match raft::in_memory(c, commits) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: in-memory ceiling with {c} in flight: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        rows.push(serde_json::json!({
+            "concurrency": c,
+            "ours_commits_per_sec": ours.commits_per_sec, "ours_p50_us": ours.p50_us,
+            "ours_p99_us": ours.p99_us, "ours_p999_us": ours.p999_us,
+            "memory_commits_per_sec": ceiling.commits_per_sec, "memory_p50_us": ceiling.p50_us,
+            "memory_p99_us": ceiling.p99_us, "memory_p999_us": ceiling.p999_us,
+            "ours_over_memory": ours.commits_per_sec / ceiling.commits_per_sec,
+        }));
+    }
+    println!("{}", serde_json::json!({ "raft_commit": rows }));
+    ExitCode::SUCCESS
 }

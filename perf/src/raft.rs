@@ -1,0 +1,144 @@
+//! `raft`: commit throughput and latency of one 3-replica group, ours over loopback QUIC
+//! with fsync against raft-rs in memory with no I/O (the ceiling), in the same run.
+//!
+//! Ours: the embedded cluster of `demo` with one core per node and one group, closed-loop
+//! writers over the KV client (mTLS, write-ahead logs, group commit). Ceiling: three of our
+//! sans-IO Raft hosts in one thread, messages handed over directly and every persist batch
+//! "durable" at once, with the same number of writes in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nodedb_cluster::constants::RAFT_TICK;
+use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::kv::{KvCommand, KvStore};
+use nodedb_cluster::raft_host::{
+    CoreAddress, GroupId, HostEvent, ProposalToken, RaftHost, ReplicaId,
+};
+use nodedb_cluster::runtime::demo::{self, DemoConfig};
+use nodedb_cluster::time::Time;
+
+pub struct CommitResult {
+    pub commits_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+/// Ours: `concurrency` closed-loop writers for `seconds`.
+pub fn ours(concurrency: usize, seconds: f64) -> Result<CommitResult, String> {
+    let config = DemoConfig {
+        nodes: 3,
+        cores: 1,
+        groups: 1,
+        duration: Duration::from_secs_f64(seconds),
+        concurrency,
+        write_fraction: 1.0,
+        ..DemoConfig::default()
+    };
+    let r = demo::run(&config).map_err(|e| e.to_string())?;
+    if r.errors > 0 {
+        return Err(format!("{} writes failed", r.errors));
+    }
+    Ok(CommitResult {
+        commits_per_sec: r.writes_per_sec,
+        p50_us: r.write_p50_us,
+        p99_us: r.write_p99_us,
+        p999_us: r.write_p999_us,
+    })
+}
+
+/// The ceiling: raft-rs through our host in memory, `in_flight` proposals outstanding.
+pub fn in_memory(in_flight: usize, commits: u64) -> Result<CommitResult, String> {
+    let group = GroupId(1);
+    let address = |i: u64| CoreAddress {
+        node: NodeId(i),
+        core: CoreId(0),
+    };
+    let mut hosts: BTreeMap<u64, RaftHost<KvStore>> = BTreeMap::new();
+    for i in 1..=3u64 {
+        let mut host = RaftHost::new(address(i));
+        for r in 1..=3 {
+            host.set_address(ReplicaId(r), address(r));
+        }
+        let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+        host.add_group(group, ReplicaId(i), &voters, None, KvStore::new())
+            .map_err(|e| e.to_string())?;
+        hosts.insert(i, host);
+    }
+    hosts
+        .get_mut(&1)
+        .expect("host 1")
+        .campaign(group)
+        .map_err(|e| e.to_string())?;
+    let mut now = Time::ZERO;
+    let mut started: HashMap<u64, Instant> = HashMap::new();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let (mut next, mut done) = (0u64, 0u64);
+    let value = vec![0x42u8; 128];
+    let mut begin = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done < commits {
+        if Instant::now() > deadline {
+            return Err("the in-memory group stalled".into());
+        }
+        let leader = hosts
+            .iter()
+            .find(|(_, h)| h.is_leader(group))
+            .map(|(i, _)| *i);
+        if let Some(leader) = leader {
+            begin.get_or_insert_with(Instant::now);
+            while started.len() < in_flight && next < commits {
+                let command = KvCommand::Put {
+                    key: format!("k{}", next % 10_000).into_bytes(),
+                    value: value.clone(),
+                };
+                let host = hosts.get_mut(&leader).expect("leader");
+                if host
+                    .propose(group, command.encode(), ProposalToken(next))
+                    .is_err()
+                {
+                    break;
+                }
+                started.insert(next, Instant::now());
+                next += 1;
+            }
+        } else {
+            now = now + RAFT_TICK;
+            for h in hosts.values_mut() {
+                h.handle_tick(now);
+            }
+        }
+        // Persist (instantly), collect messages and events, deliver.
+        let mut messages = Vec::new();
+        for host in hosts.values_mut() {
+            while let Some(batch) = host.poll_persist() {
+                host.handle_persisted(batch.id);
+            }
+            while let Some(out) = host.poll_transmit() {
+                messages.push(out);
+            }
+            while let Some(event) = host.poll_event() {
+                if let HostEvent::Applied { token, .. } = event
+                    && let Some(t) = started.remove(&token.0)
+                {
+                    histogram.saturating_record(t.elapsed().as_micros() as u64);
+                    done += 1;
+                }
+            }
+        }
+        for out in messages {
+            if let Some(host) = hosts.get_mut(&out.to.node.0) {
+                let _ = host.handle_message(out.group, out.message);
+            }
+        }
+    }
+    let seconds = begin.map_or(1.0, |b| b.elapsed().as_secs_f64());
+    Ok(CommitResult {
+        commits_per_sec: done as f64 / seconds,
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+    })
+}
