@@ -365,7 +365,7 @@ fn raft_bench(args: &[String]) -> ExitCode {
                 .is_ok(),
             _ => false,
         };
-        if !ok || !(seconds > 0.0) || concurrency.contains(&0) {
+        if !ok || !seconds.is_finite() || seconds <= 0.0 || concurrency.contains(&0) {
             eprintln!("error: bad argument {flag} {value}");
             return ExitCode::from(2);
         }
