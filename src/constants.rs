@@ -247,3 +247,7 @@ pub const CLIENT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 pub const CLIENT_NODE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 /// ... up to this, and this long after three failures in a row.
 pub const CLIENT_NODE_DOWN_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+/// A group's log is compacted (state-machine snapshot, applied entries dropped) once it
+/// holds this many applied entries: bounds memory and replay, while a follower a little
+/// behind still catches up from the log rather than a snapshot.
+pub const RAFT_LOG_COMPACT_ENTRIES: usize = 1024;

@@ -19,12 +19,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
 
-use crate::constants::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_TICK};
+use crate::constants::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES, RAFT_TICK};
 use crate::ids::{CoreId, NodeId};
 use crate::kv::StateMachine;
 use crate::time::Time;
@@ -145,14 +148,60 @@ impl PersistedGroup {
     }
 }
 
+/// raft-rs' view of a group's storage: the in-memory log (whose durable copy is the
+/// write-ahead log) and the latest state-machine snapshot, which raft-rs sends to a
+/// follower that fell behind the compacted log.
+#[derive(Clone)]
+pub struct GroupStorage {
+    log: MemStorage,
+    snapshot: Rc<RefCell<Option<Snapshot>>>,
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.log.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.log.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.log.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.log.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.log.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &*self.snapshot.borrow() {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            _ => Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)),
+        }
+    }
+}
+
 struct Group<S> {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<GroupStorage>,
     state_machine: S,
     leader: Option<ReplicaId>,
     /// Messages that may leave only once the batch holding this group's write is durable.
     held: Vec<Message>,
     /// Reads confirmed by a quorum at a commit index, waiting for it to be applied.
     pending_reads: Vec<(u64, ProposalToken)>,
+    /// A compaction snapshot to write to the log with the next batch.
+    snapshot_to_persist: Option<Snapshot>,
 }
 
 /// The groups of one core.
@@ -246,12 +295,13 @@ impl<S: StateMachine> RaftHost<S> {
         if self.groups.contains_key(&group) {
             return Err(HostError::GroupExists(group));
         }
-        let storage = MemStorage::new();
+        let log = MemStorage::new();
+        let snapshot_slot = Rc::new(RefCell::new(None));
         let raft_err = |e: raft::Error| HostError::Raft(e.to_string());
         let mut applied = 0;
         match persisted {
             Some(p) if p.hard_state.term > 0 || p.snapshot.is_some() || !p.entries.is_empty() => {
-                let mut core = storage.wl();
+                let mut core = log.wl();
                 let conf =
                     ConfState::from((voters.iter().map(|r| r.0).collect::<Vec<_>>(), vec![]));
                 if let Some(snapshot) = &p.snapshot {
@@ -262,6 +312,7 @@ impl<S: StateMachine> RaftHost<S> {
                             HostError::Raft(format!("snapshot of {group:?} does not decode: {e}"))
                         })?;
                     applied = snapshot.get_metadata().index;
+                    *snapshot_slot.borrow_mut() = Some(snapshot.clone());
                 } else {
                     core.set_conf_state(conf);
                 }
@@ -271,7 +322,7 @@ impl<S: StateMachine> RaftHost<S> {
                 // out again (applied stays at the snapshot).
             }
             _ => {
-                storage.initialize_with_conf_state(ConfState::from((
+                log.initialize_with_conf_state(ConfState::from((
                     voters.iter().map(|r| r.0).collect::<Vec<_>>(),
                     vec![],
                 )));
@@ -292,6 +343,7 @@ impl<S: StateMachine> RaftHost<S> {
             pre_vote: true,
             ..Config::default()
         };
+        let storage = GroupStorage { log, snapshot: snapshot_slot };
         let raw = RawNode::new(&config, storage, &self.logger).map_err(raft_err)?;
         self.groups.insert(
             group,
@@ -301,6 +353,7 @@ impl<S: StateMachine> RaftHost<S> {
                 leader: None,
                 held: Vec::new(),
                 pending_reads: Vec::new(),
+                snapshot_to_persist: None,
             },
         );
         Ok(())
@@ -433,13 +486,20 @@ impl<S: StateMachine> RaftHost<S> {
                     });
                 }
             }
-            for m in rd.take_messages() {
-                route(&self.directory, &mut self.outbox, id, m);
-            }
             let mut write = GroupWrite {
                 group: id,
                 ..GroupWrite::default()
             };
+            let mut sent_snapshots = Vec::new();
+            for m in rd.take_messages() {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    sent_snapshots.push(m.to);
+                }
+                route(&self.directory, &mut self.outbox, id, m);
+            }
+            if let Some(snapshot) = g.snapshot_to_persist.take() {
+                write.snapshot = Some(snapshot);
+            }
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
                 let index = snapshot.get_metadata().index;
@@ -447,7 +507,8 @@ impl<S: StateMachine> RaftHost<S> {
                     tracing::error!(group = id.0, error = %e, "dropping a snapshot that does not decode");
                 } else {
                     // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
-                    let _ = g.raw.store().wl().apply_snapshot(snapshot.clone());
+                    let _ = g.raw.store().log.wl().apply_snapshot(snapshot.clone());
+                    *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
                     write.snapshot = Some(snapshot);
                 }
             }
@@ -459,16 +520,21 @@ impl<S: StateMachine> RaftHost<S> {
             }
             apply_committed(&mut self.events, local, id, g, rd.take_committed_entries());
             if !rd.entries().is_empty() {
-                let _ = g.raw.store().wl().append(rd.entries());
+                let _ = g.raw.store().log.wl().append(rd.entries());
                 write.entries = rd.entries().clone();
             }
             if let Some(hs) = rd.hs() {
-                g.raw.store().wl().set_hardstate(hs.clone());
+                g.raw.store().log.wl().set_hardstate(hs.clone());
                 write.hard_state = Some(hs.clone());
             }
             g.held.extend(rd.take_persisted_messages());
             numbers.push((id, rd.number()));
             g.raw.advance_append_async(rd);
+            // Snapshots travel inside the message: consider them delivered; a lost one shows
+            // as a rejected append and is sent again.
+            for to in sent_snapshots {
+                g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            }
             if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
                 writes.push(write);
             }
@@ -506,6 +572,7 @@ impl<S: StateMachine> RaftHost<S> {
             for m in std::mem::take(&mut g.held) {
                 route(&self.directory, &mut self.outbox, group, m);
             }
+            compact_if_long(g);
         }
     }
 
@@ -518,6 +585,29 @@ impl<S: StateMachine> RaftHost<S> {
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
     }
+}
+
+/// Snapshots the state machine and drops the applied log once it holds more than
+/// `RAFT_LOG_COMPACT_ENTRIES` entries; the snapshot goes to the log with the next batch
+/// (so a restart starts from it) and serves followers that fell behind.
+fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
+    let applied = g.raw.raft.raft_log.applied;
+    let first = g.raw.store().first_index().unwrap_or(1);
+    if applied < first + RAFT_LOG_COMPACT_ENTRIES as u64 {
+        return;
+    }
+    let Ok(term) = g.raw.store().term(applied) else { return };
+    let mut snapshot = Snapshot::default();
+    snapshot.data = g.state_machine.snapshot().into();
+    let meta = snapshot.mut_metadata();
+    meta.index = applied;
+    meta.term = term;
+    meta.set_conf_state(g.raw.raft.prs().conf().to_conf_state());
+    if g.raw.store().log.wl().compact(applied).is_err() {
+        return;
+    }
+    *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
+    g.snapshot_to_persist = Some(snapshot);
 }
 
 fn route(

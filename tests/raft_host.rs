@@ -37,6 +37,8 @@ struct Cluster {
     applied: HashMap<u64, Vec<u8>>,
     /// (term, leader replica) pairs ever observed as "is_self" leader.
     leaders: Vec<(u64, u64)>,
+    /// Snapshot messages delivered.
+    snapshots_delivered: usize,
 }
 
 impl Cluster {
@@ -49,6 +51,7 @@ impl Cluster {
             isolated: HashSet::new(),
             applied: HashMap::new(),
             leaders: Vec::new(),
+            snapshots_delivered: 0,
         };
         for i in 1..=3 {
             c.start(i);
@@ -118,6 +121,9 @@ impl Cluster {
             }
             for out in std::mem::take(&mut self.in_flight) {
                 if let Some(host) = self.hosts.get_mut(&out.to.node.0) {
+                    if out.message.get_msg_type() == MessageType::MsgSnapshot {
+                        self.snapshots_delivered += 1;
+                    }
                     let _ = host.handle_message(out.group, out.message);
                     progressed = true;
                 }
@@ -323,4 +329,33 @@ fn an_append_is_acknowledged_only_after_it_is_durable() {
         0,
         "not applied before commit"
     );
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let leader = c.leader().unwrap();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    c.crash(follower);
+    // Enough writes for the leader to compact its log past where the follower stopped.
+    let writes = nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES as u64 * 2;
+    for t in 0..writes {
+        assert!(c.put(t, &format!("k{t}"), "v"), "write {t}");
+        if t % 100 == 99 {
+            c.step();
+        }
+    }
+    assert!(c.run_until(100, |c| c.applied.len() as u64 == writes));
+    assert!(c.disks[&leader].snapshot.is_some(), "the leader compacted and logged a snapshot");
+    assert!(c.disks[&leader].entries.len() < writes as usize, "its persisted log was cut at the snapshot");
+    c.start(follower);
+    assert!(c.run_until(300, |c| c.store(follower).len() as u64 == writes), "caught up");
+    assert_eq!(c.store(follower), c.store(leader));
+    assert!(c.snapshots_delivered > 0, "through a snapshot, not the (compacted) log");
+    assert!(c.disks[&follower].snapshot.is_some());
+    // And the follower restarts from its own snapshot + log.
+    c.crash(follower);
+    c.start(follower);
+    assert!(c.run_until(100, |c| c.store(follower).len() as u64 == writes));
 }
