@@ -251,3 +251,5 @@ pub const CLIENT_NODE_DOWN_COOLDOWN: std::time::Duration = std::time::Duration::
 /// holds this many applied entries: bounds memory and replay, while a follower a little
 /// behind still catches up from the log rather than a snapshot.
 pub const RAFT_LOG_COMPACT_ENTRIES: usize = 1024;
+/// A reply channel carries exactly one answer.
+pub const REPLY_CHANNEL_CAPACITY: usize = 1;

@@ -24,7 +24,7 @@ use futures_lite::future;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE};
+use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY};
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
 use crate::raft_host::{
@@ -440,7 +440,7 @@ async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inb
     }
     let reply = match request.map(|f| KvRequest::decode(&f.payload)) {
         Some(Ok(request)) => {
-            let (tx, rx) = async_channel::bounded(1);
+            let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
             inbox.push(Work::Client(request, tx));
             match rx.recv().await {
                 Ok(reply) => reply,
