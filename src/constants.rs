@@ -253,3 +253,7 @@ pub const CLIENT_NODE_DOWN_COOLDOWN: std::time::Duration = std::time::Duration::
 pub const RAFT_LOG_COMPACT_ENTRIES: usize = 1024;
 /// A reply channel carries exactly one answer.
 pub const REPLY_CHANNEL_CAPACITY: usize = 1;
+/// The write-ahead log is rewritten as a checkpoint (snapshots and the entries after them)
+/// once it exceeds this size and twice its last checkpoint: disk use stays within about
+/// twice the live state plus this.
+pub const WAL_REWRITE_BYTES: u64 = 64 << 20;

@@ -27,7 +27,9 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
 
-use crate::constants::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES, RAFT_TICK};
+use crate::constants::{
+    RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES, RAFT_TICK,
+};
 use crate::ids::{CoreId, NodeId};
 use crate::kv::StateMachine;
 use crate::time::Time;
@@ -187,7 +189,9 @@ impl Storage for GroupStorage {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         match &*self.snapshot.borrow() {
             Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
-            _ => Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)),
+            _ => Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            )),
         }
     }
 }
@@ -343,7 +347,10 @@ impl<S: StateMachine> RaftHost<S> {
             pre_vote: true,
             ..Config::default()
         };
-        let storage = GroupStorage { log, snapshot: snapshot_slot };
+        let storage = GroupStorage {
+            log,
+            snapshot: snapshot_slot,
+        };
         let raw = RawNode::new(&config, storage, &self.logger).map_err(raft_err)?;
         self.groups.insert(
             group,
@@ -596,7 +603,9 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
     if applied < first + RAFT_LOG_COMPACT_ENTRIES as u64 {
         return;
     }
-    let Ok(term) = g.raw.store().term(applied) else { return };
+    let Ok(term) = g.raw.store().term(applied) else {
+        return;
+    };
     let mut snapshot = Snapshot::default();
     snapshot.data = g.state_machine.snapshot().into();
     let meta = snapshot.mut_metadata();

@@ -347,12 +347,24 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
         }
     }
     assert!(c.run_until(100, |c| c.applied.len() as u64 == writes));
-    assert!(c.disks[&leader].snapshot.is_some(), "the leader compacted and logged a snapshot");
-    assert!(c.disks[&leader].entries.len() < writes as usize, "its persisted log was cut at the snapshot");
+    assert!(
+        c.disks[&leader].snapshot.is_some(),
+        "the leader compacted and logged a snapshot"
+    );
+    assert!(
+        c.disks[&leader].entries.len() < writes as usize,
+        "its persisted log was cut at the snapshot"
+    );
     c.start(follower);
-    assert!(c.run_until(300, |c| c.store(follower).len() as u64 == writes), "caught up");
+    assert!(
+        c.run_until(300, |c| c.store(follower).len() as u64 == writes),
+        "caught up"
+    );
     assert_eq!(c.store(follower), c.store(leader));
-    assert!(c.snapshots_delivered > 0, "through a snapshot, not the (compacted) log");
+    assert!(
+        c.snapshots_delivered > 0,
+        "through a snapshot, not the (compacted) log"
+    );
     assert!(c.disks[&follower].snapshot.is_some());
     // And the follower restarts from its own snapshot + log.
     c.crash(follower);

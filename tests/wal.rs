@@ -209,3 +209,43 @@ fn a_group_is_rebuilt_from_its_log_with_every_acknowledged_write() {
     }
     assert_eq!(after.bytes_stored(), before.bytes_stored());
 }
+
+#[test]
+fn disk_use_stays_bounded_under_a_steady_write_load() {
+    use raft::eraftpb::Snapshot;
+    let path = wal_path("bounded");
+    let p = path.clone();
+    let (max_len, final_len, recovered) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.set_rewrite_threshold(256 << 10);
+        let mut max_len = 0;
+        for i in 1..=2_000u64 {
+            let mut writes = vec![write(1, i), write(2, i)];
+            // Every 100 entries a compaction snapshot makes the older entries unnecessary.
+            if i % 100 == 0 {
+                let mut snapshot = Snapshot::default();
+                snapshot.mut_metadata().index = i;
+                snapshot.mut_metadata().term = 1;
+                snapshot.data = vec![7u8; 512].into();
+                writes[0].snapshot = Some(snapshot.clone());
+                writes[0].entries.clear();
+                writes[1].snapshot = Some(snapshot);
+                writes[1].entries.clear();
+            }
+            wal.append(&writes).await.unwrap();
+            max_len = max_len.max(wal.len_bytes());
+        }
+        let final_len = wal.len_bytes();
+        wal.close().await.unwrap();
+        (max_len, final_len, WalFile::open(&p).await.unwrap().1)
+    });
+    // 2 000 batches of 4 KiB blocks would be 8 MB without rewriting.
+    assert!(max_len < 1 << 20, "the log grew to {max_len} bytes");
+    assert!(final_len < 1 << 20);
+    for group in [1, 2] {
+        let g = &recovered.groups[&GroupId(group)];
+        assert_eq!(g.snapshot.as_ref().unwrap().get_metadata().index, 2000);
+        assert!(g.entries.is_empty(), "entries before the snapshot are gone");
+        assert_eq!(g.hard_state.commit, 2000);
+    }
+}

@@ -24,7 +24,9 @@ use futures_lite::future;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY};
+use crate::constants::{
+    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
+};
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
 use crate::raft_host::{

@@ -16,7 +16,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::constants::WAL_BLOCK_BYTES;
+use crate::constants::{WAL_BLOCK_BYTES, WAL_REWRITE_BYTES};
 use crate::kv::StateMachine;
 use crate::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
 use crate::wal::{WalError, encode_record, scan};
@@ -61,6 +61,11 @@ pub struct WalFile {
     end: u64,
     next_sequence: u64,
     stats: WalStats,
+    /// What the log holds, folded: the content of the next checkpoint.
+    mirror: BTreeMap<GroupId, PersistedGroup>,
+    /// Rewrite the log once it exceeds this and twice its last checkpoint.
+    rewrite_threshold: u64,
+    last_checkpoint: u64,
 }
 
 impl WalFile {
@@ -123,6 +128,9 @@ impl WalFile {
             end: replay.valid_bytes,
             next_sequence,
             stats: WalStats::default(),
+            mirror: recovered.groups.clone(),
+            rewrite_threshold: WAL_REWRITE_BYTES,
+            last_checkpoint: replay.valid_bytes,
         };
         Ok((wal, recovered))
     }
@@ -178,6 +186,88 @@ impl WalFile {
         self.stats.records += 1;
         self.stats.fsyncs += 1;
         self.stats.bytes += record.len() as u64;
+        for w in writes {
+            self.mirror.entry(w.group).or_default().apply(w);
+        }
+        if self.end >= self.rewrite_threshold && self.end >= 2 * self.last_checkpoint {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Overrides the size at which the log is rewritten (tests use a small one).
+    pub fn set_rewrite_threshold(&mut self, bytes: u64) {
+        self.rewrite_threshold = bytes;
+    }
+
+    /// Bytes the log file holds.
+    pub fn len_bytes(&self) -> u64 {
+        self.end
+    }
+
+    /// Rewrites the log as one record per group holding only what a restart needs (its
+    /// snapshot, the entries after it, its hard state), then swaps it in atomically. Entries
+    /// a snapshot made unnecessary are gone, so disk use follows the live state, not the
+    /// history. A crash midway leaves the old log in place.
+    async fn checkpoint(&mut self) -> Result<(), WalIoError> {
+        let path = self.path.clone();
+        let tmp = self.path.with_extension("wal.checkpoint");
+        let io = |operation: &'static str| {
+            let path = path.clone();
+            move |e: glommio::GlommioError<()>| WalIoError::Io {
+                path,
+                operation,
+                message: e.to_string(),
+            }
+        };
+        let file = DmaFile::create(&tmp)
+            .await
+            .map_err(io("create checkpoint"))?;
+        let mut end = 0u64;
+        let mut sequence = self.next_sequence;
+        for (group, state) in &self.mirror {
+            let write = GroupWrite {
+                group: *group,
+                hard_state: Some(state.hard_state.clone()),
+                entries: state.entries.clone(),
+                snapshot: state.snapshot.clone(),
+            };
+            let record =
+                encode_record(sequence, std::slice::from_ref(&write)).map_err(|source| {
+                    WalIoError::Log {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
+            let mut buffer = file.alloc_dma_buffer(record.len());
+            buffer.as_bytes_mut().copy_from_slice(&record);
+            file.write_at(buffer, end)
+                .await
+                .map_err(io("write checkpoint"))?;
+            end += record.len() as u64;
+            sequence += 1;
+        }
+        file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
+        let std_io = |operation: &'static str| {
+            let path = path.clone();
+            move |e: std::io::Error| WalIoError::Io {
+                path,
+                operation,
+                message: e.to_string(),
+            }
+        };
+        std::fs::rename(&tmp, &self.path).map_err(std_io("rename checkpoint"))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(std_io("fsync directory"))?;
+        }
+        let old = std::mem::replace(&mut self.file, file);
+        let _ = old.close().await;
+        self.end = end;
+        self.last_checkpoint = end;
+        self.next_sequence = sequence;
+        self.stats.fsyncs += 1;
         Ok(())
     }
 
