@@ -22,7 +22,11 @@ use std::time::Duration;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, Message, MessageType, Snapshot,
+};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
@@ -47,6 +51,16 @@ pub struct ReplicaId(pub u64);
 pub struct CoreAddress {
     pub node: NodeId,
     pub core: CoreId,
+}
+
+/// One change of a group's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// A non-voting replica that receives the log (the first step of a replica move).
+    AddLearner(ReplicaId),
+    /// A voter, or a learner promoted to voter.
+    AddVoter(ReplicaId),
+    Remove(ReplicaId),
 }
 
 /// Caller-chosen handle that comes back with the proposal's outcome.
@@ -114,6 +128,13 @@ pub enum HostEvent {
         group: GroupId,
         leader: Option<ReplicaId>,
         is_self: bool,
+    },
+    /// The group's configuration changed (at every replica that applied the change).
+    MembershipChanged {
+        group: GroupId,
+        voters: Vec<ReplicaId>,
+        learners: Vec<ReplicaId>,
+        joint: bool,
     },
     /// A linearizable read asked with `read` may now be served from the state machine:
     /// every write committed before the read was asked has been applied here.
@@ -332,26 +353,55 @@ impl<S: StateMachine> RaftHost<S> {
                 )));
             }
         }
-        // Fixed, distinct election timeouts make runs replayable.
-        let election = RAFT_ELECTION_TICKS + (replica.0 % RAFT_ELECTION_TICKS as u64) as usize;
-        let config = Config {
-            id: replica.0,
-            election_tick: election,
-            min_election_tick: election,
-            max_election_tick: election + 1,
-            heartbeat_tick: RAFT_HEARTBEAT_TICKS,
-            applied,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            ..Config::default()
-        };
         let storage = GroupStorage {
             log,
             snapshot: snapshot_slot,
         };
-        let raw = RawNode::new(&config, storage, &self.logger).map_err(raft_err)?;
+        let raw = RawNode::new(&raft_config(replica, applied), storage, &self.logger)
+            .map_err(raft_err)?;
+        self.groups.insert(
+            group,
+            Group {
+                raw,
+                state_machine,
+                leader: None,
+                held: Vec::new(),
+                pending_reads: Vec::new(),
+                snapshot_to_persist: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts hosting a new replica that joins an existing group as a learner: it starts from
+    /// the group's current configuration (`voters`, `learners`, itself among the learners)
+    /// and an empty log; the leader sends it the log (or a snapshot).
+    pub fn add_joining_group(
+        &mut self,
+        group: GroupId,
+        replica: ReplicaId,
+        voters: &[ReplicaId],
+        learners: &[ReplicaId],
+        state_machine: S,
+    ) -> Result<(), HostError> {
+        if self.groups.contains_key(&group) {
+            return Err(HostError::GroupExists(group));
+        }
+        let mut learner_ids: Vec<u64> = learners.iter().map(|r| r.0).collect();
+        if !learner_ids.contains(&replica.0) {
+            learner_ids.push(replica.0);
+        }
+        let log = MemStorage::new();
+        log.initialize_with_conf_state(ConfState::from((
+            voters.iter().map(|r| r.0).collect::<Vec<_>>(),
+            learner_ids,
+        )));
+        let storage = GroupStorage {
+            log,
+            snapshot: Rc::new(RefCell::new(None)),
+        };
+        let raw = RawNode::new(&raft_config(replica, 0), storage, &self.logger)
+            .map_err(|e| HostError::Raft(e.to_string()))?;
         self.groups.insert(
             group,
             Group {
@@ -438,6 +488,61 @@ impl<S: StateMachine> RaftHost<S> {
         g.raw
             .propose(proposal_context(local, token), command)
             .map_err(|e| HostError::Raft(e.to_string()))
+    }
+
+    /// Proposes a membership change; several changes at once go through joint consensus
+    /// (Raft §6) and leave the joint configuration automatically. The outcome arrives as
+    /// `HostEvent::Applied` with `token`, and `MembershipChanged` at every replica.
+    pub fn change_membership(
+        &mut self,
+        group: GroupId,
+        changes: &[MembershipChange],
+        token: ProposalToken,
+    ) -> Result<(), HostError> {
+        let local = self.local;
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
+            return Err(HostError::NotLeader { group, leader });
+        }
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.changes = changes
+            .iter()
+            .map(|c| {
+                let (kind, id) = match *c {
+                    MembershipChange::AddLearner(r) => (ConfChangeType::AddLearnerNode, r),
+                    MembershipChange::AddVoter(r) => (ConfChangeType::AddNode, r),
+                    MembershipChange::Remove(r) => (ConfChangeType::RemoveNode, r),
+                };
+                let mut single = ConfChangeSingle::default();
+                single.set_change_type(kind);
+                single.node_id = id.0;
+                single
+            })
+            .collect::<Vec<_>>()
+            .into();
+        g.raw
+            .propose_conf_change(proposal_context(local, token), cc)
+            .map_err(|e| HostError::Raft(e.to_string()))
+    }
+
+    /// Asks the leader of `group` to hand leadership to `to` (which must be an up-to-date
+    /// voter); it does so once `to` has caught up, then stops proposing.
+    pub fn transfer_leader(&mut self, group: GroupId, to: ReplicaId) -> Result<(), HostError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        if g.raw.raft.state != StateRole::Leader {
+            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
+            return Err(HostError::NotLeader { group, leader });
+        }
+        g.raw.transfer_leader(to.0);
+        Ok(())
     }
 
     /// Starts a linearizable read (Raft ReadIndex): `HostEvent::ReadReady` with `token` says
@@ -594,6 +699,25 @@ impl<S: StateMachine> RaftHost<S> {
     }
 }
 
+/// raft-rs settings of one replica. Election timeouts are fixed and distinct per replica
+/// (derived from its id) so runs replay exactly; raft-rs would draw them from `thread_rng`.
+fn raft_config(replica: ReplicaId, applied: u64) -> Config {
+    let election = RAFT_ELECTION_TICKS + (replica.0 % RAFT_ELECTION_TICKS as u64) as usize;
+    Config {
+        id: replica.0,
+        election_tick: election,
+        min_election_tick: election,
+        max_election_tick: election + 1,
+        heartbeat_tick: RAFT_HEARTBEAT_TICKS,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Config::default()
+    }
+}
+
 /// Snapshots the state machine and drops the applied log once it holds more than
 /// `RAFT_LOG_COMPACT_ENTRIES` entries; the snapshot goes to the log with the next batch
 /// (so a restart starts from it) and serves followers that fell behind.
@@ -639,6 +763,47 @@ fn route(
     }
 }
 
+/// Applies a committed configuration change. raft-rs requires its protobuf encoding inside
+/// the entry (it parses it itself when the leader proposes); the bytes were written by our
+/// own leader and checksummed on every hop, and a parse failure is logged, never a panic.
+fn apply_conf_change<S: StateMachine>(
+    events: &mut VecDeque<HostEvent>,
+    local: CoreAddress,
+    group: GroupId,
+    g: &mut Group<S>,
+    entry: &Entry,
+) {
+    let cc = match ConfChangeV2::parse_from_bytes(&entry.data) {
+        Ok(cc) => cc,
+        Err(e) => {
+            tracing::error!(group = group.0, index = entry.index, error = %e, "undecodable configuration change");
+            return;
+        }
+    };
+    match g.raw.apply_conf_change(&cc) {
+        Ok(conf) => {
+            g.raw.store().log.wl().set_conf_state(conf.clone());
+            events.push_back(HostEvent::MembershipChanged {
+                group,
+                voters: conf.voters.iter().map(|v| ReplicaId(*v)).collect(),
+                learners: conf.learners.iter().map(|v| ReplicaId(*v)).collect(),
+                joint: !conf.voters_outgoing.is_empty(),
+            });
+        }
+        Err(e) => tracing::warn!(group = group.0, error = %e, "configuration change refused"),
+    }
+    if let Some((proposer, token)) = parse_context(&entry.context)
+        && proposer == local
+    {
+        events.push_back(HostEvent::Applied {
+            group,
+            token,
+            index: entry.index,
+            response: Vec::new(),
+        });
+    }
+}
+
 fn apply_committed<S: StateMachine>(
     events: &mut VecDeque<HostEvent>,
     local: CoreAddress,
@@ -649,8 +814,12 @@ fn apply_committed<S: StateMachine>(
     let mut last = None;
     for entry in entries {
         last = Some(entry.index);
+        if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            apply_conf_change(events, local, group, g, &entry);
+            continue;
+        }
         if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-            // Empty entries are leader no-ops; configuration changes are not proposed yet.
+            // Empty entries are leader no-ops; v1 configuration changes are never proposed.
             continue;
         }
         if entry.index <= g.state_machine.applied_index() {

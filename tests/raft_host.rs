@@ -39,6 +39,8 @@ struct Cluster {
     leaders: Vec<(u64, u64)>,
     /// Snapshot messages delivered.
     snapshots_delivered: usize,
+    /// The last configuration each host applied: (voters, learners, joint).
+    confs: HashMap<u64, (Vec<u64>, Vec<u64>, bool)>,
 }
 
 impl Cluster {
@@ -52,6 +54,7 @@ impl Cluster {
             applied: HashMap::new(),
             leaders: Vec::new(),
             snapshots_delivered: 0,
+            confs: HashMap::new(),
         };
         for i in 1..=3 {
             c.start(i);
@@ -60,15 +63,20 @@ impl Cluster {
     }
 
     fn start(&mut self, i: u64) {
+        self.start_with(i, &[ReplicaId(1), ReplicaId(2), ReplicaId(3)]);
+    }
+
+    /// Starts replica `i` with `voters` as its initial configuration (empty for a replica
+    /// that joins an existing group and learns the configuration from the leader).
+    fn start_with(&mut self, i: u64, voters: &[ReplicaId]) {
         let mut host = RaftHost::new(address(i));
-        for r in 1..=3 {
+        for r in 1..=4 {
             host.set_address(ReplicaId(r), address(r));
         }
-        let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
         host.add_group(
             GROUP,
             ReplicaId(i),
-            &voters,
+            voters,
             self.disks.get(&i).cloned(),
             KvStore::new(),
         )
@@ -114,6 +122,16 @@ impl Cluster {
                         }
                         HostEvent::LeaderChanged { is_self: true, .. } => {
                             self.leaders.push((host.term(GROUP).unwrap(), i));
+                        }
+                        HostEvent::MembershipChanged {
+                            voters,
+                            learners,
+                            joint,
+                            ..
+                        } => {
+                            let ids =
+                                |v: Vec<ReplicaId>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
+                            self.confs.insert(i, (ids(voters), ids(learners), joint));
                         }
                         HostEvent::LeaderChanged { .. } | HostEvent::ReadReady { .. } => {}
                     }
@@ -370,4 +388,88 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
     c.crash(follower);
     c.start(follower);
     assert!(c.run_until(100, |c| c.store(follower).len() as u64 == writes));
+}
+
+#[test]
+fn a_replica_moves_by_learner_promotion_joint_removal_and_leader_transfer() {
+    use nodedb_cluster::raft_host::MembershipChange::{AddLearner, AddVoter, Remove};
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    for t in 0..50 {
+        c.put(t, &format!("k{t}"), "v");
+    }
+    assert!(c.run_until(50, |c| c.applied.len() == 50));
+    let leader = c.leader().unwrap();
+    let removed = (1..=3).find(|i| *i != leader).unwrap();
+
+    // 1. A learner on a fourth core receives the log without voting.
+    let mut joining: RaftHost<KvStore> = RaftHost::new(address(4));
+    for r in 1..=4 {
+        joining.set_address(ReplicaId(r), address(r));
+    }
+    let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    joining
+        .add_joining_group(GROUP, ReplicaId(4), &voters, &[], KvStore::new())
+        .unwrap();
+    c.hosts.insert(4, joining);
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .change_membership(GROUP, &[AddLearner(ReplicaId(4))], ProposalToken(1000))
+        .unwrap();
+    assert!(
+        c.run_until(100, |c| c.hosts.contains_key(&4) && c.store(4).len() == 50),
+        "the learner caught up"
+    );
+    assert!(
+        c.confs[&leader].1.contains(&4),
+        "4 is a learner: {:?}",
+        c.confs[&leader]
+    );
+
+    // 2. Promote it and remove another replica in one joint change (Raft §6).
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .change_membership(
+            GROUP,
+            &[AddVoter(ReplicaId(4)), Remove(ReplicaId(removed))],
+            ProposalToken(1001),
+        )
+        .unwrap();
+    let mut expected: Vec<u64> = (1..=4).filter(|i| *i != removed).collect();
+    expected.sort_unstable();
+    assert!(
+        c.run_until(100, |c| c.confs.get(&leader).is_some_and(
+            |(v, _, joint)| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                v == expected && !joint
+            }
+        )),
+        "left the joint configuration with voters {expected:?}: {:?}",
+        c.confs.get(&leader)
+    );
+
+    // 3. Hand leadership to the new replica; the removed one goes away; writes continue.
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .transfer_leader(GROUP, ReplicaId(4))
+        .unwrap();
+    assert!(
+        c.run_until(100, |c| c.leader() == Some(4)),
+        "leadership moved to the new replica"
+    );
+    c.crash(removed);
+    for t in 50..100 {
+        assert!(c.put(t, &format!("k{t}"), "v"));
+    }
+    assert!(c.run_until(100, |c| (0..100).all(|t| c.applied.contains_key(&t))));
+    assert!(
+        c.applied.contains_key(&1000) && c.applied.contains_key(&1001),
+        "membership changes acknowledged"
+    );
+    assert!(c.run_until(100, |c| expected.iter().all(|i| c.store(*i).len() == 100)));
+    c.at_most_one_leader_per_term();
 }

@@ -296,6 +296,20 @@ async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), 
                 HostEvent::LeaderChanged { group, is_self, .. } => {
                     debug!(group = group.0, is_self, "leader changed");
                 }
+                HostEvent::MembershipChanged {
+                    group,
+                    voters,
+                    learners,
+                    joint,
+                } => {
+                    info!(
+                        group = group.0,
+                        ?voters,
+                        ?learners,
+                        joint,
+                        "membership changed"
+                    );
+                }
             }
         }
         // One batch frame per peer core per turn.
