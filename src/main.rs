@@ -1,5 +1,6 @@
 //! The `nodedb-cluster` command line.
 //!
+//! `start --config node.toml` runs a node; `kv --config F put|get|del` talks to a cluster.
 //! `demo` starts an embedded three-node cluster on loopback and runs a mixed load.
 //! `preflight` checks the machine (locked-memory limit, io_uring) with a fix for each failure.
 //! `certs init|node|client` manages the cluster CA and certificates (PEM files, keys 0600).
@@ -16,7 +17,11 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, HarnessReport, Scenario};
 use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::runtime::client::KvClient;
+use nodedb_cluster::runtime::config::LoadedConfig;
 use nodedb_cluster::runtime::demo::DemoConfig;
+use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
+use nodedb_cluster::runtime::node::Node;
 use nodedb_cluster::runtime::tls;
 
 #[derive(Parser, Debug)]
@@ -36,11 +41,38 @@ enum Command {
     RebalanceSim(RebalanceSimArgs),
     /// Start an embedded 3-node cluster on loopback (mTLS, WAL) and run a mixed load.
     Demo(DemoArgs),
+    /// Run a node described by a configuration file until stopped (SIGINT/SIGTERM; the
+    /// write-ahead log makes any stop safe).
+    Start {
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many seconds (tests, demos).
+        #[arg(long)]
+        run_for: Option<f64>,
+    },
+    /// Put, get or delete a key in a running cluster.
+    Kv {
+        /// A configuration file with the cluster's [[nodes]], cores, groups and [tls].
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        op: KvCommandArg,
+    },
     /// Check that this machine can run a node (locked-memory limit, io_uring).
     Preflight,
     /// Create the cluster CA and issue node and client certificates (PEM, keys 0600).
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommandArg {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print KEY's value (linearizable read).
+    Get { key: String },
+    /// Delete KEY.
+    Del { key: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +182,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::RebalanceSim(args) => rebalance_sim(&args),
         Command::Demo(args) => demo(&args),
+        Command::Start { config, run_for } => start(&config, run_for),
+        Command::Kv { config, op } => kv(&config, op),
         Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
             Ok(()) => {
                 println!("ok: locked-memory limit and io_uring are sufficient");
@@ -172,6 +206,93 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn start(path: &Path, run_for: Option<f64>) -> ExitCode {
+    let node_config = match LoadedConfig::load(path).and_then(|c| c.node_config(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let node_id = node_config.node;
+    let node = match Node::start(node_config) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("node {} running", node_id.0);
+    match run_for {
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                std::thread::park_timeout(left);
+            }
+            match node.shutdown() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(_) => {
+            eprintln!("error: --run-for must be a non-negative number of seconds");
+            ExitCode::from(2)
+        }
+        None => loop {
+            // The cores run on their own threads until the process is stopped.
+            std::thread::park();
+        },
+    }
+}
+
+fn kv(path: &Path, op: KvCommandArg) -> ExitCode {
+    let config = match LoadedConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = spawn_executor("kv-client", CorePlacement::Unbound, move || async move {
+        let client = KvClient::new(config.spec.clone(), config.tls.clone(), config.mtu)
+            .map_err(|e| e.to_string())?;
+        let result = match op {
+            KvCommandArg::Put { key, value } => client
+                .put(key.as_bytes(), value.as_bytes())
+                .await
+                .map(|()| "OK".to_owned()),
+            KvCommandArg::Get { key } => client.get(key.as_bytes()).await.map(|v| {
+                v.map_or_else(
+                    || "(not found)".to_owned(),
+                    |v| String::from_utf8_lossy(&v).into_owned(),
+                )
+            }),
+            KvCommandArg::Del { key } => client
+                .delete(key.as_bytes())
+                .await
+                .map(|existed| if existed { "deleted" } else { "(not found)" }.to_owned()),
+        };
+        client.shutdown().await;
+        result.map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|h| h.join().map_err(|e| e.to_string()))
+    .and_then(|r| r);
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -203,3 +203,111 @@ fn demo_runs_a_cluster_and_reports_json() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("power of two"));
 }
+
+/// Three `start` processes from configuration files, then `kv put/get/del` against them.
+#[test]
+fn nodes_started_from_config_files_serve_the_kv_cli() {
+    use std::process::{Child, Stdio};
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    for n in 1..=3 {
+        assert!(
+            cli(&[
+                "certs",
+                "node",
+                "--dir",
+                d,
+                "--id",
+                &n.to_string(),
+                "--san",
+                "127.0.0.1"
+            ])
+            .status
+            .success()
+        );
+    }
+    assert!(
+        cli(&["certs", "client", "--dir", d, "--name", "cli"])
+            .status
+            .success()
+    );
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        })
+        .collect();
+    let nodes: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("[[nodes]]\nid = {}\naddr = \"127.0.0.1:{p}\"\n", i + 1))
+        .collect();
+    let config = |id: Option<u64>, cert: &str| {
+        let node = id.map_or(String::new(), |id| {
+            format!("node_id = {id}\ndata_dir = \"data-{id}\"\n")
+        });
+        format!(
+            "{node}cores = 1\ngroups = 4\nlayout = \"unbound\"\n\n[tls]\nca_cert = \"ca.pem\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\n\n{nodes}"
+        )
+    };
+    for n in 1..=3 {
+        std::fs::write(
+            dir.join(format!("node-{n}.toml")),
+            config(Some(n), &format!("node-{n}")),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("client.toml"), config(None, "client-cli")).unwrap();
+    let mut children: Vec<Child> = (1..=3)
+        .map(|n| {
+            Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+                .args([
+                    "start",
+                    "--config",
+                    dir.join(format!("node-{n}.toml")).to_str().unwrap(),
+                    "--run-for",
+                    "60",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let client = dir.join("client.toml");
+    let c = client.to_str().unwrap();
+    let put = cli(&["kv", "--config", c, "put", "greeting", "hello"]);
+    let get = cli(&["kv", "--config", c, "get", "greeting"]);
+    let del = cli(&["kv", "--config", c, "del", "greeting"]);
+    let gone = cli(&["kv", "--config", c, "get", "greeting"]);
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
+    assert_eq!(String::from_utf8_lossy(&del.stdout).trim(), "deleted");
+    assert_eq!(String::from_utf8_lossy(&gone.stdout).trim(), "(not found)");
+    // A configuration with an unknown field is refused with its name.
+    std::fs::write(
+        dir.join("bad.toml"),
+        config(Some(1), "node-1").replace("cores = 1", "cores = 1\nshards = 9"),
+    )
+    .unwrap();
+    let bad = cli(&["start", "--config", dir.join("bad.toml").to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("shards"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod cores;
 pub mod demo;
 pub mod executor;

@@ -1,0 +1,332 @@
+//! The node and client configuration file (TOML), checked strictly.
+//!
+//! ```toml
+//! node_id = 1                    # this node (omit in a client-only file)
+//! data_dir = "/var/lib/nodedb"   # write-ahead logs (omit in a client-only file)
+//! cores = 2                      # executors per node, the same on every node
+//! groups = 8                     # vShard groups, a power of two, the same everywhere
+//! layout = "pinned"              # or "unbound" (several nodes on one machine)
+//! first_cpu = 0                  # with "pinned": core i runs on CPU first_cpu + i
+//! mtu = 1452                     # QUIC datagram size
+//!
+//! [tls]                          # mutual TLS with the cluster CA (see `certs`)
+//! ca_cert = "certs/ca.pem"
+//! cert = "certs/node-1.pem"
+//! key = "certs/node-1.key"
+//! # insecure = true              # development only: encrypted, nobody authenticated
+//!
+//! [[nodes]]                      # every node: id and IP + base port (core i: base + i)
+//! id = 1
+//! addr = "127.0.0.1:7100"
+//! ```
+//!
+//! Unknown fields, a missing section or an invalid value are errors that name the field;
+//! nothing is silently defaulted except the documented defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::constants::CORES_PER_NODE_MAX;
+use crate::ids::NodeId;
+use crate::runtime::cores::CoreLayout;
+use crate::runtime::node::{ClusterSpec, NodeConfig};
+use crate::runtime::tls::{self, TlsMode};
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax errors and unknown or mistyped fields, with their position.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value out of range, or a required field missing for this use.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    ca_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    id: u64,
+    addr: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LayoutName {
+    Pinned,
+    Unbound,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    #[serde(default = "default_cores")]
+    cores: u16,
+    #[serde(default = "default_groups")]
+    groups: u32,
+    layout: Option<LayoutName>,
+    #[serde(default)]
+    first_cpu: usize,
+    #[serde(default = "default_mtu")]
+    mtu: u16,
+    tls: TlsSection,
+    nodes: Vec<NodeEntry>,
+}
+
+fn default_cores() -> u16 {
+    1
+}
+
+fn default_groups() -> u32 {
+    8
+}
+
+fn default_mtu() -> u16 {
+    1452
+}
+
+/// A parsed, validated configuration.
+#[derive(Clone)]
+pub struct LoadedConfig {
+    pub spec: ClusterSpec,
+    pub tls: TlsMode,
+    pub node: Option<NodeId>,
+    pub data_dir: Option<PathBuf>,
+    pub layout: CoreLayout,
+    pub mtu: u16,
+}
+
+impl LoadedConfig {
+    /// Reads and checks `path`. Relative certificate paths are relative to the file.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        LoadedConfig::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text (`path` names it in errors and anchors
+    /// relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if file.cores == 0 || file.cores > CORES_PER_NODE_MAX {
+            return Err(invalid(format!(
+                "cores = {} is outside 1..={CORES_PER_NODE_MAX}",
+                file.cores
+            )));
+        }
+        if !file.groups.is_power_of_two() || file.groups > 1 << 16 {
+            return Err(invalid(format!(
+                "groups = {} must be a power of two up to 65536",
+                file.groups
+            )));
+        }
+        if !(1200..=65_527).contains(&file.mtu) {
+            return Err(invalid(format!(
+                "mtu = {} is outside 1200..=65527",
+                file.mtu
+            )));
+        }
+        if file.nodes.is_empty() {
+            return Err(invalid("[[nodes]] lists no node".into()));
+        }
+        let mut ids: Vec<u64> = file.nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1])
+            || ids.contains(&0)
+            || ids.iter().any(|id| *id > 0xffff)
+        {
+            return Err(invalid(
+                "[[nodes]] ids must be distinct and within 1..=65535".into(),
+            ));
+        }
+        for n in &file.nodes {
+            if u32::from(n.addr.port()) + u32::from(file.cores) > u32::from(u16::MAX) {
+                return Err(invalid(format!(
+                    "node {}: base port {} leaves no room for {} cores",
+                    n.id,
+                    n.addr.port(),
+                    file.cores
+                )));
+            }
+        }
+        if let Some(id) = file.node_id
+            && !ids.contains(&id)
+        {
+            return Err(invalid(format!(
+                "node_id = {id} is not listed in [[nodes]]"
+            )));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let tls = if file.tls.insecure {
+            if file.tls.ca_cert.is_some() || file.tls.cert.is_some() {
+                return Err(invalid(
+                    "[tls] insecure = true cannot be combined with certificates".into(),
+                ));
+            }
+            TlsMode::Insecure
+        } else {
+            let need = |field: &Option<PathBuf>, name: &str| {
+                field.as_deref().map(resolve).ok_or_else(|| {
+                    invalid(format!("[tls] {name} is required (or insecure = true)"))
+                })
+            };
+            let (ca, cert, key) = (
+                need(&file.tls.ca_cert, "ca_cert")?,
+                need(&file.tls.cert, "cert")?,
+                need(&file.tls.key, "key")?,
+            );
+            let ca_cert_pem = std::fs::read_to_string(&ca)
+                .map_err(|e| invalid(format!("[tls] ca_cert {}: {e}", ca.display())))?;
+            let identity =
+                tls::read_pem_pair(&cert, &key).map_err(|e| invalid(format!("[tls] {e}")))?;
+            TlsMode::Mutual {
+                ca_cert_pem,
+                identity,
+            }
+        };
+        let layout = match file.layout.unwrap_or(LayoutName::Pinned) {
+            LayoutName::Pinned => CoreLayout::Pinned {
+                first_cpu: file.first_cpu,
+            },
+            LayoutName::Unbound => CoreLayout::Unbound,
+        };
+        Ok(LoadedConfig {
+            spec: ClusterSpec {
+                nodes: file.nodes.iter().map(|n| (NodeId(n.id), n.addr)).collect(),
+                cores: file.cores,
+                groups: file.groups,
+            },
+            tls,
+            node: file.node_id.map(NodeId),
+            data_dir: file.data_dir.map(|d| resolve(&d)),
+            layout,
+            mtu: file.mtu,
+        })
+    }
+
+    /// The node configuration, when the file describes a node.
+    pub fn node_config(&self, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let invalid = |message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.into(),
+        };
+        Ok(NodeConfig {
+            node: self
+                .node
+                .ok_or_else(|| invalid("node_id is required to start a node"))?,
+            spec: self.spec.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .ok_or_else(|| invalid("data_dir is required to start a node"))?,
+            tls: self.tls.clone(),
+            layout: self.layout,
+            mtu: self.mtu,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 2
+data_dir = "data"
+cores = 2
+groups = 8
+layout = "unbound"
+
+[tls]
+insecure = true
+
+[[nodes]]
+id = 1
+addr = "127.0.0.1:7100"
+
+[[nodes]]
+id = 2
+addr = "127.0.0.1:7200"
+"#;
+
+    fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
+        LoadedConfig::parse(Path::new("/etc/nodedb/node.toml"), text)
+    }
+
+    #[test]
+    fn a_valid_file_parses_with_relative_paths_anchored_at_the_file() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.node, Some(NodeId(2)));
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/etc/nodedb/data")));
+        assert_eq!(c.spec.cores, 2);
+        assert!(c.tls.is_insecure());
+        assert!(c.node_config(Path::new("x")).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let err = parse(&GOOD.replace("cores = 2", "cores = 2\ncoress = 3"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("coress"), "{err}");
+        let err = parse(&GOOD.replace("groups = 8", "groups = 6"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("power of two"), "{err}");
+        let err = parse(&GOOD.replace("node_id = 2", "node_id = 9"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not listed"), "{err}");
+        let err = parse(&GOOD.replace("insecure = true", ""))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("ca_cert is required"), "{err}");
+        let err = parse(&GOOD.replace("\"127.0.0.1:7200\"", "\"nowhere\""))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("addr") || err.contains("invalid"), "{err}");
+        let err = parse("cores = [").err().unwrap().to_string();
+        assert!(err.contains("node.toml"), "{err}");
+    }
+}
