@@ -257,3 +257,19 @@ pub const REPLY_CHANNEL_CAPACITY: usize = 1;
 /// once it exceeds this size and twice its last checkpoint: disk use stays within about
 /// twice the live state plus this.
 pub const WAL_REWRITE_BYTES: u64 = 64 << 20;
+
+// ---- Snapshot transfer -------------------------------------------------------------------
+
+/// Bytes of snapshot data per bulk frame; well under the frame bound.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot a replica accepts (one vShard's state): bounds the assembly buffer.
+pub const SNAPSHOT_MAX_BYTES: u64 = 4 << 30;
+/// Snapshot transfers one core assembles at once.
+pub const SNAPSHOT_TRANSFERS_MAX: usize = 8;
+/// An incomplete transfer is dropped after this long; the leader sends it again.
+pub const SNAPSHOT_TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Default snapshot send rate per core: unlimited (None). Set a rate in production to keep
+/// snapshots from crowding out client traffic; benchmarks run without a limit.
+pub const SNAPSHOT_RATE_BYTES_PER_SEC: Option<u64> = None;
+
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 < FRAME_PAYLOAD_MAX_BYTES);

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
+    SNAPSHOT_RATE_BYTES_PER_SEC,
 };
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
@@ -39,6 +40,7 @@ use crate::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream};
 use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
 use crate::runtime::wal::WalFile;
+use crate::snapshot_transfer::{SnapshotAssembler, TokenBucket, split};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
 use crate::wire::raft::{decode_batch, encode_batch};
@@ -241,8 +243,15 @@ async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), 
     info!(node = config.node.0, core = core.0, %bind, records = recovered.records, "core started");
 
     let inbox = Rc::new(Inbox::default());
-    let accept = glommio::spawn_local(accept_loop(endpoint.clone(), inbox.clone()));
     let clock = MonotonicClock::new();
+    let assembler = Rc::new(RefCell::new(SnapshotAssembler::new()));
+    let bucket = Rc::new(RefCell::new(TokenBucket::new(SNAPSHOT_RATE_BYTES_PER_SEC)));
+    let accept = glommio::spawn_local(accept_loop(
+        endpoint.clone(),
+        inbox.clone(),
+        assembler.clone(),
+        clock,
+    ));
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     // Tokens in the order they were issued, with when: for expiring abandoned requests.
     let mut issued: VecDeque<(u64, crate::time::Time)> = VecDeque::new();
@@ -315,14 +324,28 @@ async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), 
         // One batch frame per peer core per turn.
         let mut by_peer: BTreeMap<PeerKey, Vec<(u64, raft::eraftpb::Message)>> = BTreeMap::new();
         while let Some(out) = host.poll_transmit() {
+            let peer = PeerKey {
+                node: out.to.node,
+                core: out.to.core,
+            };
+            // Snapshot data goes out of band, on a throttled bulk stream.
+            let (message, chunks) = split(out.group, out.message);
+            if !chunks.is_empty() {
+                glommio::spawn_local(send_snapshot(
+                    peers.clone(),
+                    peer,
+                    chunks,
+                    bucket.clone(),
+                    clock,
+                ))
+                .detach();
+            }
             by_peer
-                .entry(PeerKey {
-                    node: out.to.node,
-                    core: out.to.core,
-                })
+                .entry(peer)
                 .or_default()
-                .push((out.group.0, out.message));
+                .push((out.group.0, message));
         }
+        assembler.borrow_mut().expire(clock.now());
         for (peer, messages) in by_peer {
             let mut payload = Vec::new();
             encode_batch(messages.iter().map(|(g, m)| (*g, m)), &mut payload);
@@ -405,22 +428,81 @@ fn handle_request(
 }
 
 /// Accepts connections: peers' streams carry Raft batches, clients' streams requests.
-async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>) {
+/// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.
+async fn send_snapshot(
+    peers: Peers,
+    peer: PeerKey,
+    chunks: Vec<Vec<u8>>,
+    bucket: Rc<RefCell<TokenBucket>>,
+    clock: MonotonicClock,
+) {
+    let mut stream = match peers.open_bulk(peer).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(%peer, error = %e, "snapshot not sent; the leader will send it again");
+            return;
+        }
+    };
+    for chunk in chunks {
+        loop {
+            let wait = bucket.borrow_mut().take(clock.now(), chunk.len() as u64);
+            match wait {
+                Ok(()) => break,
+                Err(wait) => glommio::timer::sleep(wait).await,
+            }
+        }
+        let mut frame = Vec::with_capacity(chunk.len() + 16);
+        if encode_frame(FrameKind::BulkChunk, 0, &chunk, &mut frame).is_err()
+            || stream.write_all(&frame).await.is_err()
+        {
+            debug!(%peer, "snapshot stream failed; the leader will send it again");
+            return;
+        }
+    }
+    let _ = stream.finish();
+}
+
+async fn accept_loop(
+    endpoint: QuicEndpoint,
+    inbox: Rc<Inbox>,
+    assembler: Rc<RefCell<SnapshotAssembler>>,
+    clock: MonotonicClock,
+) {
     while let Some(conn) = endpoint.accept().await {
         let inbox = inbox.clone();
         match conn.alpn().as_deref() {
             Some(ALPN_PEER) => {
+                let assembler = assembler.clone();
                 glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
-                    if class != StreamClass::Control || frame.kind != FrameKind::RaftBatch {
-                        return;
-                    }
-                    match decode_batch(&frame.payload) {
-                        Ok(messages) => {
-                            for (group, message) in messages {
-                                inbox.push(Work::Raft(GroupId(group), message));
+                    match (class, frame.kind) {
+                        (StreamClass::Control, FrameKind::RaftBatch) => {
+                            match decode_batch(&frame.payload) {
+                                Ok(messages) => {
+                                    for (group, message) in messages {
+                                        let group = GroupId(group);
+                                        // A snapshot waits here until its data is in.
+                                        if let Some(message) = assembler.borrow_mut().on_message(
+                                            clock.now(),
+                                            group,
+                                            message,
+                                        ) {
+                                            inbox.push(Work::Raft(group, message));
+                                        }
+                                    }
+                                }
+                                Err(e) => warn!(%peer, error = %e, "malformed raft batch dropped"),
                             }
                         }
-                        Err(e) => warn!(%peer, error = %e, "malformed raft batch dropped"),
+                        (StreamClass::Bulk, FrameKind::BulkChunk) => {
+                            match assembler.borrow_mut().on_chunk(clock.now(), &frame.payload) {
+                                Ok(Some((group, message))) => {
+                                    inbox.push(Work::Raft(group, message))
+                                }
+                                Ok(None) => {}
+                                Err(e) => warn!(%peer, error = %e, "snapshot chunk refused"),
+                            }
+                        }
+                        _ => debug!(%peer, kind = ?frame.kind, "unexpected frame on a peer stream"),
                     }
                 }))
                 .detach();

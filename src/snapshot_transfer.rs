@@ -1,0 +1,314 @@
+//! Snapshots travel out of band: metadata in the Raft message, data in chunks on a bulk
+//! stream, throttled by a token bucket.
+//!
+//! The sender strips the state-machine data from a `MsgSnapshot` (which then fits any
+//! control frame) and sends the data as `BulkChunk` frames on a low-priority bulk stream, so
+//! heartbeats never queue behind snapshot bytes. The receiver's [`SnapshotAssembler`] joins
+//! the two halves — whichever arrives first waits, within bounds — and hands Raft the whole
+//! message only once every byte is there, so a snapshot is installed entirely or not at all.
+//!
+//! ```text
+//! chunk = group:varint index:varint term:varint total:varint offset:varint bytes:bytes
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use raft::eraftpb::{Message, MessageType};
+use thiserror::Error;
+
+use crate::constants::{
+    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_MAX_BYTES, SNAPSHOT_TRANSFER_TIMEOUT, SNAPSHOT_TRANSFERS_MAX,
+};
+use crate::raft_host::GroupId;
+use crate::time::Time;
+use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
+
+/// A chunk that cannot be accepted.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TransferError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The announced size is over the limit.
+    #[error("a snapshot of {0} bytes exceeds the {SNAPSHOT_MAX_BYTES}-byte limit")]
+    TooLarge(u64),
+    /// The chunk does not continue its transfer (wrong offset or total).
+    #[error("chunk at offset {offset} does not continue a transfer at {expected} of {total}")]
+    OutOfOrder {
+        offset: u64,
+        expected: u64,
+        total: u64,
+    },
+    /// Too many transfers in progress.
+    #[error("too many snapshot transfers in progress")]
+    Busy,
+}
+
+/// Identifies one transfer: a group's snapshot at an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    group: GroupId,
+    index: u64,
+}
+
+/// Splits a message's snapshot data off: returns the message carrying metadata only and
+/// the chunk payloads to send on a bulk stream (none when the message is not a snapshot).
+pub fn split(group: GroupId, mut message: Message) -> (Message, Vec<Vec<u8>>) {
+    if message.get_msg_type() != MessageType::MsgSnapshot || !message.has_snapshot() {
+        return (message, Vec::new());
+    }
+    let snapshot = message.mut_snapshot();
+    let data = std::mem::take(&mut snapshot.data);
+    let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+    let total = data.len() as u64;
+    let mut chunks = Vec::with_capacity(data.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1));
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+        let mut out = Vec::with_capacity(end - offset + 40);
+        for v in [group.0, index, term, total, offset as u64] {
+            put_varint(&mut out, v);
+        }
+        put_bytes(&mut out, &data[offset..end]);
+        chunks.push(out);
+        offset = end;
+        if offset >= data.len() {
+            break;
+        }
+    }
+    (message, chunks)
+}
+
+#[derive(Default)]
+struct Partial {
+    message: Option<Message>,
+    data: Vec<u8>,
+    total: Option<u64>,
+    started: Option<Time>,
+}
+
+impl Partial {
+    fn complete(&self) -> bool {
+        self.message.is_some() && self.total.is_some_and(|t| self.data.len() as u64 == t)
+    }
+}
+
+/// Joins snapshot messages with their data.
+#[derive(Default)]
+pub struct SnapshotAssembler {
+    partial: HashMap<Key, Partial>,
+}
+
+impl SnapshotAssembler {
+    pub fn new() -> SnapshotAssembler {
+        SnapshotAssembler::default()
+    }
+
+    /// Transfers in progress.
+    pub fn in_progress(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Takes a Raft message for `group`; returns it (possibly completed with its data)
+    /// when it can go to Raft now, or `None` while its data is still arriving.
+    pub fn on_message(&mut self, now: Time, group: GroupId, message: Message) -> Option<Message> {
+        if message.get_msg_type() != MessageType::MsgSnapshot || !message.has_snapshot() {
+            return Some(message);
+        }
+        let key = Key {
+            group,
+            index: message.get_snapshot().get_metadata().index,
+        };
+        let partial = self.partial.entry(key).or_default();
+        partial.started.get_or_insert(now);
+        partial.message = Some(message);
+        self.finish(key)
+    }
+
+    /// Takes one chunk; returns the completed message and its group when it was the last
+    /// missing piece.
+    pub fn on_chunk(
+        &mut self,
+        now: Time,
+        payload: &[u8],
+    ) -> Result<Option<(GroupId, Message)>, TransferError> {
+        let mut r = Reader::new(payload);
+        let group = GroupId(r.varint("group")?);
+        let index = r.varint("index")?;
+        let _term = r.varint("term")?;
+        let total = r.varint("total")?;
+        let offset = r.varint("offset")?;
+        let bytes = r.bytes("chunk", SNAPSHOT_CHUNK_BYTES)?;
+        r.finish()?;
+        if total > SNAPSHOT_MAX_BYTES {
+            return Err(TransferError::TooLarge(total));
+        }
+        let key = Key { group, index };
+        if !self.partial.contains_key(&key) && self.partial.len() >= SNAPSHOT_TRANSFERS_MAX {
+            return Err(TransferError::Busy);
+        }
+        let partial = self.partial.entry(key).or_default();
+        partial.started.get_or_insert(now);
+        let expected = partial.data.len() as u64;
+        if offset != expected
+            || partial.total.is_some_and(|t| t != total)
+            || expected + bytes.len() as u64 > total
+        {
+            self.partial.remove(&key);
+            return Err(TransferError::OutOfOrder {
+                offset,
+                expected,
+                total,
+            });
+        }
+        partial.total = Some(total);
+        partial.data.extend_from_slice(bytes);
+        Ok(self.finish(key).map(|m| (group, m)))
+    }
+
+    fn finish(&mut self, key: Key) -> Option<Message> {
+        if !self.partial.get(&key).is_some_and(Partial::complete) {
+            return None;
+        }
+        let partial = self.partial.remove(&key).expect("checked above");
+        let mut message = partial.message.expect("complete");
+        message.mut_snapshot().data = partial.data.into();
+        Some(message)
+    }
+
+    /// Forgets transfers older than `SNAPSHOT_TRANSFER_TIMEOUT` (the leader sends again).
+    pub fn expire(&mut self, now: Time) -> usize {
+        let before = self.partial.len();
+        self.partial.retain(|_, p| {
+            p.started
+                .is_none_or(|t| now.saturating_since(t) < SNAPSHOT_TRANSFER_TIMEOUT)
+        });
+        before - self.partial.len()
+    }
+}
+
+/// Limits bulk bytes per second (snapshots, migrations); unlimited when `rate` is `None`.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate_bytes_per_sec: Option<u64>,
+    capacity: f64,
+    tokens: f64,
+    last: Option<Time>,
+}
+
+impl TokenBucket {
+    /// A bucket refilled at `rate_bytes_per_sec`, holding at most one second of tokens.
+    pub fn new(rate_bytes_per_sec: Option<u64>) -> TokenBucket {
+        let capacity = rate_bytes_per_sec.map_or(0.0, |r| r as f64);
+        TokenBucket {
+            rate_bytes_per_sec,
+            capacity,
+            tokens: capacity,
+            last: None,
+        }
+    }
+
+    /// Takes `bytes` tokens at `now`; `Err(wait)` says how long until they are there (the
+    /// tokens are then owed, so calling again after `wait` succeeds).
+    pub fn take(&mut self, now: Time, bytes: u64) -> Result<(), Duration> {
+        let Some(rate) = self.rate_bytes_per_sec else {
+            return Ok(());
+        };
+        if let Some(last) = self.last {
+            self.tokens = (self.tokens + now.saturating_since(last).as_secs_f64() * rate as f64)
+                .min(self.capacity);
+        }
+        self.last = Some(now);
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(-self.tokens / rate as f64))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_message(data: Vec<u8>) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = 2;
+        let s = m.mut_snapshot();
+        s.mut_metadata().index = 77;
+        s.mut_metadata().term = 3;
+        s.data = data.into();
+        m
+    }
+
+    #[test]
+    fn data_split_off_and_joined_back_in_any_order() {
+        let data: Vec<u8> = (0..(SNAPSHOT_CHUNK_BYTES * 2 + 10))
+            .map(|i| i as u8)
+            .collect();
+        let original = snapshot_message(data);
+        let (meta, chunks) = split(GroupId(5), original.clone());
+        assert!(meta.get_snapshot().data.is_empty());
+        assert_eq!(chunks.len(), 3);
+        // Metadata first.
+        let mut a = SnapshotAssembler::new();
+        assert!(
+            a.on_message(Time::ZERO, GroupId(5), meta.clone()).is_none(),
+            "waits for its data"
+        );
+        for (i, c) in chunks.iter().enumerate() {
+            let done = a.on_chunk(Time::ZERO, c).unwrap();
+            assert_eq!(done.is_some(), i == 2);
+            if let Some((g, m)) = done {
+                assert_eq!((g, m), (GroupId(5), original.clone()));
+            }
+        }
+        // Data first.
+        let mut b = SnapshotAssembler::new();
+        for c in &chunks {
+            assert!(b.on_chunk(Time::ZERO, c).unwrap().is_none());
+        }
+        assert_eq!(
+            b.on_message(Time::ZERO, GroupId(5), meta).unwrap(),
+            original
+        );
+        assert_eq!(b.in_progress(), 0);
+    }
+
+    #[test]
+    fn bad_chunks_are_refused_and_stale_transfers_expire() {
+        let (meta, chunks) = split(
+            GroupId(1),
+            snapshot_message(vec![1; SNAPSHOT_CHUNK_BYTES + 1]),
+        );
+        let mut a = SnapshotAssembler::new();
+        assert!(matches!(
+            a.on_chunk(Time::ZERO, &chunks[1]),
+            Err(TransferError::OutOfOrder { .. })
+        ));
+        assert!(a.on_chunk(Time::ZERO, b"\xff").is_err());
+        assert!(a.on_message(Time::ZERO, GroupId(1), meta).is_none());
+        assert_eq!(a.expire(Time::ZERO + SNAPSHOT_TRANSFER_TIMEOUT), 1);
+        let normal = Message::default();
+        assert_eq!(
+            a.on_message(Time::ZERO, GroupId(1), normal.clone()),
+            Some(normal)
+        );
+    }
+
+    #[test]
+    fn the_bucket_limits_the_rate() {
+        let mut bucket = TokenBucket::new(Some(1_000));
+        let t = Time::from_secs(10);
+        assert_eq!(bucket.take(t, 1_000), Ok(()));
+        assert_eq!(bucket.take(t, 500), Err(Duration::from_millis(500)));
+        assert_eq!(
+            bucket.take(t + Duration::from_millis(1000), 0),
+            Ok(()),
+            "the debt is paid after the wait"
+        );
+        assert_eq!(TokenBucket::new(None).take(t, u64::MAX), Ok(()));
+    }
+}
