@@ -7,7 +7,8 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 
-use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::cores::CoreLayout;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
@@ -15,6 +16,7 @@ use nodedb_cluster::runtime::node::{ClusterSpec, Node, NodeConfig};
 use nodedb_cluster::runtime::tls::{
     CertifiedKeyPem, TlsMode, generate_ca, issue_client_cert, issue_node_cert,
 };
+use nodedb_cluster::wire::kv_rpc::{KvOp, KvReply};
 
 const CORES: u16 = 2;
 
@@ -107,7 +109,7 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
     let mut nodes: Vec<Option<Node>> = (1..=3).map(|n| Some(h.start(n))).collect();
 
     // Writes and reads succeed (the first ones wait for the elections).
-    let acked = with_client(&h, |c| async move {
+    let (acked, leader_node) = with_client(&h, |c| async move {
         let mut acked = Vec::new();
         for i in 0..100u32 {
             let key = format!("before-{i}");
@@ -134,21 +136,57 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
             .await
             .unwrap();
         assert!(applied);
+        // A request at the wrong core of the right node is forwarded to the right core;
+        // a group that does not exist is a typed error.
+        let group = c.group_of(b"before-7");
+        let leader = c
+            .cached_leader(group)
+            .expect("the client learned the leader");
+        let wrong_core = CoreId((leader.core.0 + 1) % CORES);
+        let reply = c
+            .call_at(
+                CoreAddress {
+                    node: leader.node,
+                    core: wrong_core,
+                },
+                group,
+                KvOp::Get {
+                    key: b"before-7".to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, KvReply::Value(Some(7u32.to_le_bytes().to_vec())));
+        let reply = c
+            .call_at(leader, GroupId(99), KvOp::Get { key: b"k".to_vec() })
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply, KvReply::Error(ref m) if m.contains("does not exist")),
+            "{reply:?}"
+        );
         c.shutdown().await;
-        acked
+        (acked, leader.node.0)
     });
     assert_eq!(acked.len(), 100);
 
-    // Node 1 stops; the other two elect leaders where needed and keep accepting writes.
-    nodes[0].take().unwrap().shutdown().unwrap();
+    // A node that leads a group stops; the other two elect leaders where needed and keep
+    // accepting writes.
+    let stopped = leader_node;
+    let other = (1..=3).find(|n| *n != stopped).unwrap();
+    nodes[stopped as usize - 1]
+        .take()
+        .unwrap()
+        .shutdown()
+        .unwrap();
     let hot_keys = with_client(&h, |c| async move {
         for i in 0..100u32 {
             c.put(format!("during-{i}").as_bytes(), &i.to_le_bytes())
                 .await
                 .unwrap();
         }
-        // Enough writes to one group that its leader compacts its log past where node 1
-        // stopped: node 1 can then only catch up through a snapshot (sent out of band).
+        // Enough writes to one group that its leader compacts its log past where the stopped
+        // node stopped: it can then only catch up through a snapshot (sent out of band).
         let group = c.group_of(b"hot-0");
         let keys: Vec<String> = (0..)
             .map(|i| format!("hot-{i}"))
@@ -172,10 +210,14 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
         keys
     });
 
-    // Node 1 restarts from its logs; node 2 stops, so every group needs node 1 in its quorum:
-    // it can only serve if it caught up.
-    nodes[0] = Some(h.start(1));
-    nodes[1].take().unwrap().shutdown().unwrap();
+    // The stopped node restarts from its logs; another stops, so every group needs the
+    // restarted node in its quorum: it can only serve if it caught up.
+    nodes[stopped as usize - 1] = Some(h.start(stopped));
+    nodes[other as usize - 1]
+        .take()
+        .unwrap()
+        .shutdown()
+        .unwrap();
     with_client(&h, move |c| async move {
         for i in 0..100u32 {
             let key = if i == 1 {
@@ -201,8 +243,8 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
                 "{k}"
             );
         }
-        // A write to the hot group commits only with node 1's acknowledgement, which it can
-        // give only after installing the snapshot.
+        // A write to the hot group commits only with the restarted node's acknowledgement,
+        // which it can give only after installing the snapshot.
         c.put(hot_keys[0].as_bytes(), b"again").await.unwrap();
         assert_eq!(
             c.get(hot_keys[0].as_bytes()).await.unwrap(),

@@ -345,6 +345,25 @@ impl KvClient {
         future::or(exchange, timeout).await
     }
 
+    /// The leader of `group` this client last saw, if any.
+    pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
+        self.leaders.borrow().get(&group).copied()
+    }
+
+    /// Sends one request to one specific core, without redirects (diagnostics and tests).
+    pub async fn call_at(
+        &self,
+        target: CoreAddress,
+        group: GroupId,
+        op: KvOp,
+    ) -> Result<KvReply, ClientError> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.request(target, &KvRequest { id, group, op })
+            .await
+            .map_err(ClientError::Server)
+    }
+
     /// Closes the client's connections.
     pub async fn shutdown(&self) {
         self.endpoint.shutdown().await;

@@ -114,7 +114,7 @@ impl Node {
             layout: config.layout,
         };
         let config = Arc::new(config);
-        let runtime = CoreRuntime::start(&runtime_config, move |ctx: CoreContext<()>| {
+        let runtime = CoreRuntime::start(&runtime_config, move |ctx: CoreContext<Forwarded>| {
             let config = config.clone();
             async move {
                 if let Err(e) = core_loop(ctx, config).await {
@@ -179,7 +179,11 @@ impl Pending {
     }
 }
 
-async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), String> {
+/// A client request handed to the core that hosts its group, with where to answer.
+type Forwarded = (KvRequest, async_channel::Sender<KvResponseFrame>);
+
+async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Result<(), String> {
+    let ctx = Rc::new(ctx);
     let spec = &config.spec;
     let core = ctx.core();
     let local = CoreAddress {
@@ -252,6 +256,15 @@ async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), 
         assembler.clone(),
         clock,
     ));
+    // Requests other cores of this node forwarded here join the local queue.
+    let forwarded = glommio::spawn_local({
+        let (ctx, inbox) = (ctx.clone(), inbox.clone());
+        async move {
+            while let Some((request, reply)) = ctx.recv().await {
+                inbox.push(Work::Client(request, reply));
+            }
+        }
+    });
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     // Tokens in the order they were issued, with when: for expiring abandoned requests.
     let mut issued: VecDeque<(u64, crate::time::Time)> = VecDeque::new();
@@ -267,6 +280,27 @@ async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), 
                     }
                 }
                 Work::Client(request, reply) => {
+                    let group = request.group;
+                    if group.0 == 0 || group.0 > u64::from(spec.groups) {
+                        let answer = KvReply::Error(format!("group {} does not exist", group.0));
+                        let _ = reply.try_send(KvResponseFrame {
+                            id: request.id,
+                            reply: answer,
+                        });
+                        continue;
+                    }
+                    let home = spec.core_of(group);
+                    if home != core {
+                        // Right node, wrong core: hand it over through the core's inbox.
+                        let id = request.id;
+                        if let Err(e) = ctx.try_send(home, (request, reply.clone())) {
+                            let _ = reply.try_send(KvResponseFrame {
+                                id,
+                                reply: KvReply::Error(format!("busy: {e}")),
+                            });
+                        }
+                        continue;
+                    }
                     let token = ProposalToken(next_token);
                     next_token += 1;
                     issued.push_back((token.0, clock.now()));
@@ -378,6 +412,7 @@ async fn core_loop(ctx: CoreContext<()>, config: Arc<NodeConfig>) -> Result<(), 
         ));
     }
     drop(accept);
+    drop(forwarded);
     endpoint.shutdown().await;
     wal.close().await.map_err(|e| e.to_string())?;
     Ok(())
