@@ -69,6 +69,7 @@ pub mod placement;
 pub mod raft_host;
 pub mod rng;
 pub mod runtime;
+pub mod sim;
 pub mod snapshot_transfer;
 pub mod time;
 pub mod topology;

@@ -1,6 +1,7 @@
 //! The `nodedb-cluster` command line.
 //!
 //! `start --config node.toml` runs a node; `kv --config F put|get|del` talks to a cluster.
+//! `sim --seed N | --seeds N [--json]` runs the deterministic simulator.
 //! `demo` starts an embedded three-node cluster on loopback and runs a mixed load.
 //! `preflight` checks the machine (locked-memory limit, io_uring) with a fix for each failure.
 //! `certs init|node|client` manages the cluster CA and certificates (PEM files, keys 0600).
@@ -57,6 +58,18 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         op: KvCommandArg,
+    },
+    /// Run the deterministic cluster simulator: one seed (replay) or many.
+    Sim {
+        /// Replay exactly this seed.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Run seeds 1..=N.
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Check that this machine can run a node (locked-memory limit, io_uring).
     Preflight,
@@ -182,6 +195,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::RebalanceSim(args) => rebalance_sim(&args),
         Command::Demo(args) => demo(&args),
+        Command::Sim { seed, seeds, json } => sim(seed, seeds, json),
         Command::Start { config, run_for } => start(&config, run_for),
         Command::Kv { config, op } => kv(&config, op),
         Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
@@ -206,6 +220,64 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
+    use nodedb_cluster::sim::{SimOptions, run};
+    let list: Vec<u64> = match (seed, seeds) {
+        (Some(s), _) => vec![s],
+        (None, Some(0)) => {
+            eprintln!("error: --seeds must be at least 1");
+            return ExitCode::from(2);
+        }
+        (None, Some(n)) => (1..=n).collect(),
+        (None, None) => (1..=100).collect(),
+    };
+    let started = Instant::now();
+    let (mut failures, mut ops, mut virtual_seconds) = (0u64, 0u64, 0.0f64);
+    let mut first_failing = None;
+    for s in &list {
+        let report = run(&SimOptions::new(*s));
+        ops += report.ops_completed;
+        virtual_seconds += report.virtual_seconds;
+        if !report.violations.is_empty() {
+            failures += 1;
+            first_failing.get_or_insert(*s);
+            if !json {
+                eprintln!(
+                    "seed {s} FAILED: {:?}\n  replay: nodedb-cluster sim --seed {s}  (or SEED={s} cargo test --release --test sim)",
+                    report.violations
+                );
+            }
+        } else if list.len() == 1 && !json {
+            println!(
+                "seed {s}: ok, {} ops checked, trace {:016x}",
+                report.ops_completed, report.trace_hash
+            );
+        }
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seeds": list.len(), "failures": failures, "first_failing_seed": first_failing,
+                "ops_checked": ops, "virtual_seconds": virtual_seconds, "wall_seconds": wall_seconds,
+                "speedup": virtual_seconds / wall_seconds.max(1e-9),
+            })
+        );
+    } else {
+        println!(
+            "{} seeds, {failures} failed, {ops} ops checked, {virtual_seconds:.0} s simulated in {wall_seconds:.1} s ({:.0}x real time)",
+            list.len(),
+            virtual_seconds / wall_seconds.max(1e-9)
+        );
+    }
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
