@@ -182,8 +182,10 @@ pub fn run(options: &SimOptions) -> SimReport {
     }
 }
 
-struct Sim<'a> {
-    o: &'a SimOptions,
+struct Sim {
+    o: SimOptions,
+    /// Scripted scenarios: no random faults, no random client operations.
+    scripted: bool,
     rng: Rng,
     faults: Faults,
     step: u64,
@@ -200,10 +202,13 @@ struct Sim<'a> {
     next_op: u64,
     /// Groups that completed a write after the cluster was healed.
     healed_writes: HashSet<GroupId>,
+    /// Completed operations' results, by op id (scenarios look them up).
+    results: HashMap<u64, RegisterOp>,
 }
 
-impl<'a> Sim<'a> {
-    fn new(o: &'a SimOptions) -> Sim<'a> {
+impl Sim {
+    fn new(o: &SimOptions) -> Sim {
+        let o = o.clone();
         let mut rng = Rng::new(o.seed);
         let faults = Faults::draw(&mut rng);
         let report = SimReport {
@@ -218,7 +223,7 @@ impl<'a> Sim<'a> {
             violations: Vec::new(),
         };
         let mut sim = Sim {
-            o,
+            scripted: false,
             rng,
             faults,
             step: 0,
@@ -239,8 +244,10 @@ impl<'a> Sim<'a> {
             report,
             next_op: 1,
             healed_writes: HashSet::new(),
+            results: HashMap::new(),
+            o,
         };
-        for n in 1..=o.nodes {
+        for n in 1..=sim.o.nodes {
             sim.nodes.insert(
                 n,
                 SimNode {
@@ -351,6 +358,46 @@ impl<'a> Sim<'a> {
         self.report
     }
 
+    /// One step with no random faults (scripted scenarios).
+    fn step_quietly(&mut self) {
+        self.step += 1;
+        self.restart_due();
+        let now = self.now();
+        for node in self.nodes.values_mut() {
+            if let Some(host) = node.host.as_mut() {
+                host.handle_tick(now);
+            }
+        }
+        self.drive_nodes();
+        self.deliver();
+        self.drive_clients();
+    }
+
+    /// Crashes node `n`: whatever it wrote but did not sync is lost. It restarts after
+    /// `down_steps`, or when told to.
+    fn crash(&mut self, n: u64, down_steps: Option<u64>) {
+        let step = self.step;
+        let Some(node) = self.nodes.get_mut(&n) else {
+            return;
+        };
+        if node.host.is_none() {
+            return;
+        }
+        // The durable term is what a restart must not go below (a term only in memory may
+        // be lost: votes leave only once durable).
+        node.terms_at_crash = node
+            .durable
+            .iter()
+            .map(|(g, p)| (*g, p.hard_state.term))
+            .collect();
+        node.host = None;
+        node.pending = None;
+        node.down_until = down_steps.map(|d| step + d);
+        self.report.crashes += 1;
+        self.network.retain(|m| m.to != n);
+        self.record(5, n);
+    }
+
     fn restart_due(&mut self) {
         let due: Vec<u64> = self
             .nodes
@@ -368,28 +415,14 @@ impl<'a> Sim<'a> {
         self.restart_due();
         if self.rng.next_f64() < self.faults.crash_per_step {
             let n = 1 + self.rng.below(self.o.nodes);
-            let node = self.nodes.get_mut(&n).expect("known");
-            if node.host.is_some() {
-                // A crash loses whatever was written but not yet synced.
-                // What the node had made durable: a term only in memory may be lost, but
-                // one on disk must survive (votes are sent only once durable).
-                node.terms_at_crash = node
-                    .durable
-                    .iter()
-                    .map(|(g, p)| (*g, p.hard_state.term))
-                    .collect();
-                node.host = None;
-                node.pending = None;
+            if self.nodes.get(&n).is_some_and(|node| node.host.is_some()) {
                 // Sometimes back at once (mid-election), sometimes after seconds.
                 let down = if self.rng.below(2) == 0 {
                     1 + self.rng.below(20)
                 } else {
                     50 + self.rng.below(300)
                 };
-                node.down_until = Some(self.step + down);
-                self.report.crashes += 1;
-                self.network.retain(|m| m.to != n);
-                self.record(5, n);
+                self.crash(n, Some(down));
             }
         }
         if self.rng.next_f64() < self.faults.partition_per_step {
@@ -587,6 +620,7 @@ impl<'a> Sim<'a> {
             Pending::Read { key } | Pending::Write { key, .. } => *key,
         };
         if let Some(op) = make(pending) {
+            self.results.insert(op_id, op.clone());
             self.history.entry(key).or_default().push(HistoryOp {
                 invoked,
                 completed: Some(step),
@@ -623,7 +657,7 @@ impl<'a> Sim<'a> {
                 self.record(10, id);
                 self.clients[c].guess = 1 + self.rng.below(self.o.nodes);
             }
-            if self.clients[c].outstanding.is_none() && self.rng.below(4) == 0 {
+            if !self.scripted && self.clients[c].outstanding.is_none() && self.rng.below(4) == 0 {
                 self.issue(c);
             }
         }
@@ -631,18 +665,24 @@ impl<'a> Sim<'a> {
 
     fn issue(&mut self, c: usize) {
         let key = self.rng.below(self.o.keys);
-        let group = GroupId(1 + key % self.o.groups);
-        let op_id = self.next_op;
-        self.next_op += 1;
         self.clients[c].counter += 1;
         let value = format!("c{c}-{}", self.clients[c].counter).into_bytes();
         let kind = self.rng.below(10);
+        self.issue_op(c, key, kind, value);
+    }
+
+    /// Issues an operation for client `c` at its guessed node: `kind` 0..3 read, 3..8 put,
+    /// 8..10 compare-and-set. Returns the op id.
+    fn issue_op(&mut self, c: usize, key: u64, kind: u64, value: Vec<u8>) -> u64 {
+        let group = GroupId(1 + key % self.o.groups);
+        let op_id = self.next_op;
+        self.next_op += 1;
         let node = self.clients[c].guess;
         let stale_read = self.o.bug == Some(Bug::StaleRead);
         let deadline = self.step + OP_TIMEOUT_STEPS;
         let Some(host) = self.nodes.get_mut(&node).and_then(|n| n.host.as_mut()) else {
             self.clients[c].guess = 1 + self.rng.below(self.o.nodes);
-            return;
+            return op_id;
         };
         let (pending, result, is_write) = if kind < 3 {
             if stale_read {
@@ -657,7 +697,7 @@ impl<'a> Sim<'a> {
                     op: RegisterOp::Get { found },
                 });
                 self.report.ops_completed += 1;
-                return;
+                return op_id;
             }
             (
                 Pending::Read { key },
@@ -711,6 +751,7 @@ impl<'a> Sim<'a> {
             }) => self.clients[c].guess = hint.node.0,
             Err(_) => self.clients[c].guess = 1 + self.rng.below(self.o.nodes),
         }
+        op_id
     }
 
     fn check(&mut self) {
@@ -751,5 +792,158 @@ impl<'a> Sim<'a> {
                     .push(format!("group {}: replicas at index {top} diverged", g.0));
             }
         }
+    }
+}
+
+/// A scripted run for scenario tests: no random faults; the test cuts, isolates, crashes
+/// and heals, and issues operations itself, in the simulator's vocabulary.
+pub struct Scenario {
+    sim: Sim,
+}
+
+/// An operation issued by a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpHandle(u64);
+
+impl Scenario {
+    /// `nodes` nodes hosting one group, a perfect network and instant fsyncs until told
+    /// otherwise.
+    pub fn new(nodes: u64) -> Scenario {
+        let options = SimOptions {
+            nodes,
+            groups: 1,
+            clients: 0,
+            keys: 1,
+            ..SimOptions::new(0)
+        };
+        let mut sim = Sim::new(&options);
+        sim.scripted = true;
+        sim.faults = Faults {
+            loss: 0.0,
+            duplicate: 0.0,
+            max_delay_steps: 1,
+            max_fsync_steps: 0,
+            crash_per_step: 0.0,
+            partition_per_step: 0.0,
+        };
+        Scenario { sim }
+    }
+
+    /// Runs for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let steps = (duration.as_nanos() / STEP.as_nanos()) as u64;
+        for _ in 0..steps {
+            self.sim.step_quietly();
+        }
+    }
+
+    /// Runs until `done` holds, for at most `limit` of virtual time; returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Scenario) -> bool) -> bool {
+        let steps = (limit.as_nanos() / STEP.as_nanos()) as u64;
+        for _ in 0..steps {
+            if done(self) {
+                return true;
+            }
+            self.sim.step_quietly();
+        }
+        done(self)
+    }
+
+    /// The node whose replica leads, if one does (and is up).
+    pub fn leader(&self) -> Option<u64> {
+        self.sim
+            .nodes
+            .iter()
+            .find(|(_, n)| n.host.as_ref().is_some_and(|h| h.is_leader(GroupId(1))))
+            .map(|(i, _)| *i)
+    }
+
+    /// Cuts every link to and from `node`.
+    pub fn isolate(&mut self, node: u64) {
+        for other in 1..=self.sim.o.nodes {
+            if other != node {
+                self.sim.cut.insert((node, other));
+                self.sim.cut.insert((other, node));
+            }
+        }
+    }
+
+    /// Cuts the link from `from` to `to` only (an asymmetric partition).
+    pub fn cut(&mut self, from: u64, to: u64) {
+        self.sim.cut.insert((from, to));
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.sim.cut.clear();
+    }
+
+    /// Makes every fsync take `duration`: writes stay unsynced that long.
+    pub fn slow_fsync(&mut self, duration: Duration) {
+        self.sim.faults.max_fsync_steps = (duration.as_nanos() / STEP.as_nanos()) as u64;
+    }
+
+    /// Crashes `node`, losing its unsynced writes; it stays down until `restart`.
+    pub fn crash(&mut self, node: u64) {
+        self.sim.crash(node, None);
+    }
+
+    pub fn restart(&mut self, node: u64) {
+        if self.sim.nodes.get(&node).is_some_and(|n| n.host.is_none()) {
+            self.sim.start(node);
+        }
+    }
+
+    /// Asks the current leader to hand leadership to `node`.
+    pub fn transfer_leader(&mut self, node: u64) {
+        let Some(leader) = self.leader() else { return };
+        if let Some(host) = self
+            .sim
+            .nodes
+            .get_mut(&leader)
+            .and_then(|n| n.host.as_mut())
+        {
+            let _ = host.transfer_leader(GroupId(1), replica(GroupId(1), node));
+        }
+    }
+
+    fn issue(&mut self, node: u64, key: u64, kind: u64, value: &str) -> OpHandle {
+        self.sim.clients.push(Client {
+            guess: node,
+            outstanding: None,
+            counter: 0,
+        });
+        let c = self.sim.clients.len() - 1;
+        OpHandle(self.sim.issue_op(c, key, kind, value.as_bytes().to_vec()))
+    }
+
+    /// A client writes `value` to `key` through `node` (which must lead to accept it).
+    pub fn put(&mut self, node: u64, key: u64, value: &str) -> OpHandle {
+        self.issue(node, key, 5, value)
+    }
+
+    /// A client reads `key` through `node` (ReadIndex at the leader).
+    pub fn get(&mut self, node: u64, key: u64) -> OpHandle {
+        self.issue(node, key, 0, "")
+    }
+
+    /// The result of an operation, once it completed.
+    pub fn result(&self, op: OpHandle) -> Option<&RegisterOp> {
+        self.sim.results.get(&op.0)
+    }
+
+    /// Whether `op` is still waiting (not completed, not timed out).
+    pub fn pending(&self, op: OpHandle) -> bool {
+        self.sim
+            .clients
+            .iter()
+            .any(|c| c.outstanding.as_ref().is_some_and(|o| o.0 == op.0))
+    }
+
+    /// Every checker's complaints so far (linearizability, leaders per term, convergence).
+    pub fn violations(&mut self) -> Vec<String> {
+        self.sim.report.violations.clear();
+        self.sim.check();
+        self.sim.report.violations.clone()
     }
 }

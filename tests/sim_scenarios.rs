@@ -1,0 +1,113 @@
+//! Scenarios that read like specifications, on the simulator's vocabulary: `isolate`,
+//! `cut`, `heal`, `crash`, `restart`, `slow_fsync`. Each ends with every checker clean.
+
+use std::time::Duration;
+
+use nodedb_cluster::sim::Scenario;
+use nodedb_cluster::sim::linearizability::RegisterOp;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn value(v: &str) -> Option<Vec<u8>> {
+    Some(v.as_bytes().to_vec())
+}
+
+fn elected(s: &mut Scenario) -> u64 {
+    assert!(
+        s.run_until(10 * SECOND, |s| s.leader().is_some()),
+        "a leader within 10 s"
+    );
+    s.leader().unwrap()
+}
+
+#[test]
+fn a_leader_isolated_in_the_minority_cannot_commit_while_the_majority_does() {
+    let mut s = Scenario::new(3);
+    let old = elected(&mut s);
+    s.isolate(old);
+    // The isolated leader accepts the proposal but can never commit it.
+    let lost = s.put(old, 0, "to-the-minority");
+    assert!(
+        s.run_until(10 * SECOND, |s| s.leader().is_some_and(|l| l != old)),
+        "the majority elects another leader"
+    );
+    let new = s.leader().filter(|l| *l != old).unwrap();
+    let kept = s.put(new, 0, "to-the-majority");
+    assert!(s.run_until(5 * SECOND, |s| s.result(kept).is_some()));
+    assert!(s.result(lost).is_none(), "the minority never acknowledges");
+    s.heal();
+    s.run_for(5 * SECOND);
+    let read = s.get(s.leader().unwrap(), 0);
+    assert!(s.run_until(5 * SECOND, |s| s.result(read).is_some()));
+    assert_eq!(
+        s.result(read),
+        Some(&RegisterOp::Get {
+            found: value("to-the-majority")
+        })
+    );
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_follower_that_crashes_loses_its_unsynced_tail_but_no_acknowledged_write() {
+    let mut s = Scenario::new(3);
+    let leader = elected(&mut s);
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let first = s.put(leader, 0, "synced");
+    assert!(s.run_until(5 * SECOND, |s| s.result(first).is_some()));
+    // Fsyncs now take a while: the follower's next writes sit unsynced when it crashes.
+    s.slow_fsync(Duration::from_millis(500));
+    let second = s.put(leader, 0, "in-flight");
+    s.run_for(Duration::from_millis(100));
+    s.crash(follower);
+    s.slow_fsync(Duration::ZERO);
+    assert!(
+        s.run_until(5 * SECOND, |s| s.result(second).is_some()),
+        "the other follower completes the quorum"
+    );
+    s.restart(follower);
+    s.run_for(5 * SECOND);
+    let read = s.get(s.leader().unwrap(), 0);
+    assert!(s.run_until(5 * SECOND, |s| s.result(read).is_some()));
+    assert_eq!(
+        s.result(read),
+        Some(&RegisterOp::Get {
+            found: value("in-flight")
+        })
+    );
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_partition_that_heals_during_a_leader_transfer_leaves_one_leader_per_term() {
+    let mut s = Scenario::new(3);
+    let leader = elected(&mut s);
+    let target = (1..=3).find(|n| *n != leader).unwrap();
+    let bystander = (1..=3).find(|n| *n != leader && *n != target).unwrap();
+    s.cut(target, bystander);
+    s.transfer_leader(target);
+    s.run_for(Duration::from_millis(300));
+    s.heal();
+    assert!(s.run_until(10 * SECOND, |s| s.leader().is_some()));
+    let w = s.put(s.leader().unwrap(), 0, "after-transfer");
+    assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_one_way_partition_does_not_stop_progress_forever() {
+    let mut s = Scenario::new(3);
+    let leader = elected(&mut s);
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    // The leader still hears the follower but cannot reach it.
+    s.cut(leader, follower);
+    for i in 0..10 {
+        let w = s.put(s.leader().unwrap_or(leader), 0, &format!("v{i}"));
+        s.run_until(3 * SECOND, |s| s.result(w).is_some() || !s.pending(w));
+    }
+    s.heal();
+    s.run_for(5 * SECOND);
+    let w = s.put(s.leader().unwrap(), 0, "healed");
+    assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
