@@ -357,19 +357,28 @@ impl<S: StateMachine> RaftHost<S> {
             log,
             snapshot: snapshot_slot,
         };
+        self.insert_group(group, replica, applied, storage, state_machine)
+    }
+
+    fn insert_group(
+        &mut self,
+        group: GroupId,
+        replica: ReplicaId,
+        applied: u64,
+        storage: GroupStorage,
+        state_machine: S,
+    ) -> Result<(), HostError> {
         let raw = RawNode::new(&raft_config(replica, applied), storage, &self.logger)
-            .map_err(raft_err)?;
-        self.groups.insert(
-            group,
-            Group {
-                raw,
-                state_machine,
-                leader: None,
-                held: Vec::new(),
-                pending_reads: Vec::new(),
-                snapshot_to_persist: None,
-            },
-        );
+            .map_err(|e| HostError::Raft(e.to_string()))?;
+        let g = Group {
+            raw,
+            state_machine,
+            leader: None,
+            held: Vec::new(),
+            pending_reads: Vec::new(),
+            snapshot_to_persist: None,
+        };
+        self.groups.insert(group, g);
         Ok(())
     }
 
@@ -400,20 +409,7 @@ impl<S: StateMachine> RaftHost<S> {
             log,
             snapshot: Rc::new(RefCell::new(None)),
         };
-        let raw = RawNode::new(&raft_config(replica, 0), storage, &self.logger)
-            .map_err(|e| HostError::Raft(e.to_string()))?;
-        self.groups.insert(
-            group,
-            Group {
-                raw,
-                state_machine,
-                leader: None,
-                held: Vec::new(),
-                pending_reads: Vec::new(),
-                snapshot_to_persist: None,
-            },
-        );
-        Ok(())
+        self.insert_group(group, replica, 0, storage, state_machine)
     }
 
     /// Stops hosting a group (its replica was removed or moved away).

@@ -4,13 +4,14 @@
 //! acknowledged write is readable afterwards; a group whose log was compacted meanwhile is
 //! caught up through a snapshot streamed on a bulk stream.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::cores::CoreLayout;
+use nodedb_cluster::runtime::demo::free_base_port;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::node::{ClusterSpec, Node, NodeConfig};
 use nodedb_cluster::runtime::tls::{
@@ -19,20 +20,6 @@ use nodedb_cluster::runtime::tls::{
 use nodedb_cluster::wire::kv_rpc::{KvOp, KvReply};
 
 const CORES: u16 = 2;
-
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base < u16::MAX - CORES
-            && (0..CORES).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no run of free UDP ports");
-}
 
 struct Harness {
     ca: CertifiedKeyPem,
@@ -49,7 +36,7 @@ impl Harness {
             .map(|n| {
                 (
                     NodeId(n),
-                    SocketAddr::from(([127, 0, 0, 1], free_base_port())),
+                    SocketAddr::from(([127, 0, 0, 1], free_base_port(CORES).unwrap())),
                 )
             })
             .collect();

@@ -1,12 +1,13 @@
 //! Thread-per-core transport: two nodes of two cores each, every core with its own QUIC
 //! endpoint on `base_port + core`, each core of node 1 talking to the same core of node 2.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::runtime::cores::{CoreLayout, CoreRuntime, CoreRuntimeConfig};
+use nodedb_cluster::runtime::demo::free_base_port;
 use nodedb_cluster::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
 use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
 use nodedb_cluster::runtime::tls::{TlsMode, generate_ca, issue_node_cert};
@@ -14,21 +15,6 @@ use nodedb_cluster::wire::frame::FrameKind;
 
 const CORES: u16 = 2;
 const FRAMES: u32 = 200;
-
-/// A base port whose next `CORES` UDP ports are free right now.
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base < u16::MAX - CORES
-            && (0..CORES).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no run of free UDP ports");
-}
 
 fn addr(base: u16, core: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], base + core))
@@ -42,7 +28,10 @@ fn each_core_owns_an_endpoint_and_reaches_its_peer_core() {
         identity: issue_node_cert(&ca, NodeId(node), &["127.0.0.1".into()]).unwrap(),
     };
     let (tls1, tls2) = (tls(1), tls(2));
-    let (base1, base2) = (free_base_port(), free_base_port());
+    let (base1, base2) = (
+        free_base_port(CORES).unwrap(),
+        free_base_port(CORES).unwrap(),
+    );
     let (report_tx, report_rx) = mpsc::channel::<(u16, PeerKey, u32)>();
 
     // Node 2: every core serves its endpoint and reports what it receives.

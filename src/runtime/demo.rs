@@ -91,7 +91,9 @@ pub enum DemoError {
     NotReady(String),
 }
 
-fn free_base_port(cores: u16) -> Result<u16, DemoError> {
+/// A loopback base port whose next `cores` UDP ports are free right now (demos and tests
+/// that run several nodes on one machine; another process may still take them).
+pub fn free_base_port(cores: u16) -> Result<u16, DemoError> {
     for _ in 0..200 {
         let probe = UdpSocket::bind("127.0.0.1:0").map_err(|e| DemoError::Setup(e.to_string()))?;
         let base = probe

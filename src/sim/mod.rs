@@ -328,20 +328,7 @@ impl Sim {
                     self.start(n);
                 }
             }
-            if safety {
-                self.inject_faults();
-            } else {
-                self.restart_due();
-            }
-            let now = self.now();
-            for node in self.nodes.values_mut() {
-                if let Some(host) = node.host.as_mut() {
-                    host.handle_tick(now);
-                }
-            }
-            self.drive_nodes();
-            self.deliver();
-            self.drive_clients();
+            self.advance(safety);
             if live_since.is_some() && progress.is_none() && self.all_groups_serve() {
                 progress = Some(self.step);
             }
@@ -361,7 +348,17 @@ impl Sim {
     /// One step with no random faults (scripted scenarios).
     fn step_quietly(&mut self) {
         self.step += 1;
-        self.restart_due();
+        self.advance(false);
+    }
+
+    /// The body of a step: faults (or due restarts), ticks, persistence and messages,
+    /// deliveries, clients.
+    fn advance(&mut self, faults: bool) {
+        if faults {
+            self.inject_faults();
+        } else {
+            self.restart_due();
+        }
         let now = self.now();
         for node in self.nodes.values_mut() {
             if let Some(host) = node.host.as_mut() {
