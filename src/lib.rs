@@ -63,6 +63,7 @@ pub mod ids;
 pub mod kv;
 pub mod load;
 pub mod load_slots;
+pub mod metadata;
 pub mod metrics;
 pub mod peer_health;
 pub mod placement;

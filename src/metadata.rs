@@ -1,0 +1,467 @@
+//! The metadata group's state machine (group 0): topology and placement, with epochs.
+//!
+//! Every change to the cluster's shape goes through this group's Raft log, which is the
+//! change log every node follows: the nodes and their states, and for each data group its
+//! replicas as `(replica id, node, core)` with an epoch bumped on every change. Readers
+//! compare epochs to detect stale routing. Commands are validated when applied, on every
+//! replica alike: an invalid one is rejected deterministically, never half-applied.
+//!
+//! ```text
+//! command = 1 bootstrap  nodes:(count (id:varint cores:varint addr:bytes)*)
+//!                        groups:(count (group:varint replicas)*)
+//!         | 2 node_state node:varint state:u8        (0 joining, 1 active, 2 draining, 3 decommissioned)
+//!         | 3 set_group  group:varint replicas
+//! replicas = count (replica:varint node:varint core:varint)*
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::constants::{CORES_PER_NODE_MAX, NODES_MAX, RAFT_CONF_IDS_MAX, VSHARD_COUNT_MAX};
+use crate::ids::{CoreId, Epoch, NodeId};
+use crate::kv::StateMachine;
+use crate::raft_host::{CoreAddress, GroupId, ReplicaId};
+use crate::topology::{ClusterTopology, NodeInfo, NodeState};
+use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
+
+/// Where a data group's replicas live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPlacement {
+    pub replicas: Vec<(ReplicaId, CoreAddress)>,
+    /// Bumped whenever this group's replicas change.
+    pub epoch: Epoch,
+}
+
+/// A change to the cluster's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataCommand {
+    /// The first command of a new cluster: its nodes and initial placement.
+    Bootstrap {
+        nodes: Vec<NodeInfo>,
+        groups: Vec<(GroupId, Vec<(ReplicaId, CoreAddress)>)>,
+    },
+    SetNodeState {
+        node: NodeId,
+        state: NodeState,
+    },
+    SetGroup {
+        group: GroupId,
+        replicas: Vec<(ReplicaId, CoreAddress)>,
+    },
+}
+
+fn state_code(state: NodeState) -> u8 {
+    match state {
+        NodeState::Joining => 0,
+        NodeState::Active => 1,
+        NodeState::Draining => 2,
+        NodeState::Decommissioned => 3,
+    }
+}
+
+fn state_from(code: u8) -> Result<NodeState, DecodeError> {
+    Ok(match code {
+        0 => NodeState::Joining,
+        1 => NodeState::Active,
+        2 => NodeState::Draining,
+        3 => NodeState::Decommissioned,
+        v => {
+            return Err(DecodeError::BadEnum {
+                what: "node state",
+                value: v.into(),
+            });
+        }
+    })
+}
+
+fn put_replicas(out: &mut Vec<u8>, replicas: &[(ReplicaId, CoreAddress)]) {
+    put_varint(out, replicas.len() as u64);
+    for (r, a) in replicas {
+        put_varint(out, r.0);
+        put_varint(out, a.node.0);
+        put_varint(out, u64::from(a.core.0));
+    }
+}
+
+fn read_replicas(r: &mut Reader<'_>) -> Result<Vec<(ReplicaId, CoreAddress)>, DecodeError> {
+    let n = r.count("replicas", RAFT_CONF_IDS_MAX)?;
+    (0..n)
+        .map(|_| {
+            let replica = ReplicaId(r.varint("replica")?);
+            let node = NodeId(r.varint("node")?);
+            let core = r.count("core", usize::from(CORES_PER_NODE_MAX))? as u16;
+            Ok((
+                replica,
+                CoreAddress {
+                    node,
+                    core: CoreId(core),
+                },
+            ))
+        })
+        .collect()
+}
+
+impl MetadataCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            MetadataCommand::Bootstrap { nodes, groups } => {
+                out.push(1);
+                put_varint(&mut out, nodes.len() as u64);
+                for n in nodes {
+                    put_varint(&mut out, n.node_id.0);
+                    put_varint(&mut out, u64::from(n.cores));
+                    put_bytes(&mut out, n.addr.as_bytes());
+                    out.push(state_code(n.state));
+                }
+                put_varint(&mut out, groups.len() as u64);
+                for (g, replicas) in groups {
+                    put_varint(&mut out, g.0);
+                    put_replicas(&mut out, replicas);
+                }
+            }
+            MetadataCommand::SetNodeState { node, state } => {
+                out.push(2);
+                put_varint(&mut out, node.0);
+                out.push(state_code(*state));
+            }
+            MetadataCommand::SetGroup { group, replicas } => {
+                out.push(3);
+                put_varint(&mut out, group.0);
+                put_replicas(&mut out, replicas);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MetadataCommand, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let command = match r.u8("command")? {
+            1 => {
+                let n = r.count("nodes", NODES_MAX)?;
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let node_id = NodeId(r.varint("node")?);
+                    let cores = r.count("cores", usize::from(CORES_PER_NODE_MAX))? as u16;
+                    let addr = String::from_utf8_lossy(r.bytes("addr", 256)?).into_owned();
+                    let state = state_from(r.u8("state")?)?;
+                    nodes.push(NodeInfo {
+                        node_id,
+                        addr,
+                        cores,
+                        state,
+                    });
+                }
+                let g = r.count("groups", VSHARD_COUNT_MAX as usize)?;
+                let mut groups = Vec::with_capacity(g.min(65_536));
+                for _ in 0..g {
+                    let group = GroupId(r.varint("group")?);
+                    groups.push((group, read_replicas(&mut r)?));
+                }
+                MetadataCommand::Bootstrap { nodes, groups }
+            }
+            2 => MetadataCommand::SetNodeState {
+                node: NodeId(r.varint("node")?),
+                state: state_from(r.u8("state")?)?,
+            },
+            3 => MetadataCommand::SetGroup {
+                group: GroupId(r.varint("group")?),
+                replicas: read_replicas(&mut r)?,
+            },
+            v => {
+                return Err(DecodeError::BadEnum {
+                    what: "metadata command",
+                    value: v.into(),
+                });
+            }
+        };
+        r.finish()?;
+        Ok(command)
+    }
+}
+
+/// Topology and placement, as the metadata group's log built them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetadataStore {
+    topology: ClusterTopology,
+    groups: BTreeMap<GroupId, GroupPlacement>,
+    /// Bumped on every applied change.
+    epoch: Epoch,
+    applied: u64,
+}
+
+impl MetadataStore {
+    pub fn new() -> MetadataStore {
+        MetadataStore::default()
+    }
+
+    pub fn is_bootstrapped(&self) -> bool {
+        !self.topology.is_empty()
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn topology(&self) -> &ClusterTopology {
+        &self.topology
+    }
+
+    pub fn group(&self, group: GroupId) -> Option<&GroupPlacement> {
+        self.groups.get(&group)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (GroupId, &GroupPlacement)> {
+        self.groups.iter().map(|(g, p)| (*g, p))
+    }
+
+    /// Applies a decoded command; `Err` is the reason it was rejected (nothing changed).
+    fn execute(&mut self, command: MetadataCommand) -> Result<(), String> {
+        match command {
+            MetadataCommand::Bootstrap { nodes, groups } => {
+                if self.is_bootstrapped() {
+                    return Err("the cluster is already bootstrapped".into());
+                }
+                let mut topology = ClusterTopology::new();
+                for n in nodes {
+                    topology.add_node(n).map_err(|e| e.to_string())?;
+                }
+                let mut placed = BTreeMap::new();
+                for (g, replicas) in groups {
+                    check_replicas(&topology, &replicas)?;
+                    placed.insert(
+                        g,
+                        GroupPlacement {
+                            replicas,
+                            epoch: Epoch(1),
+                        },
+                    );
+                }
+                self.topology = topology;
+                self.groups = placed;
+            }
+            MetadataCommand::SetNodeState { node, state } => {
+                self.topology
+                    .set_state(node, state)
+                    .map_err(|e| e.to_string())?;
+            }
+            MetadataCommand::SetGroup { group, replicas } => {
+                check_replicas(&self.topology, &replicas)?;
+                let epoch = self.groups.get(&group).map_or(Epoch(1), |p| p.epoch.next());
+                self.groups
+                    .insert(group, GroupPlacement { replicas, epoch });
+            }
+        }
+        self.epoch = self.epoch.next();
+        Ok(())
+    }
+}
+
+/// Replicas must be on known nodes and cores, one per node, with distinct ids.
+fn check_replicas(
+    topology: &ClusterTopology,
+    replicas: &[(ReplicaId, CoreAddress)],
+) -> Result<(), String> {
+    if replicas.is_empty() {
+        return Err("a group needs at least one replica".into());
+    }
+    for (i, (r, a)) in replicas.iter().enumerate() {
+        let node = topology
+            .node(a.node)
+            .ok_or_else(|| format!("replica {} names unknown node {}", r.0, a.node))?;
+        if a.core.0 >= node.cores {
+            return Err(format!(
+                "replica {} names core {} of node {} which has {}",
+                r.0, a.core.0, a.node, node.cores
+            ));
+        }
+        if replicas[..i]
+            .iter()
+            .any(|(r2, a2)| r2 == r || a2.node == a.node)
+        {
+            return Err(format!("replica {} repeats a replica id or a node", r.0));
+        }
+    }
+    Ok(())
+}
+
+impl StateMachine for MetadataStore {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.applied = self.applied.max(index);
+        let outcome = MetadataCommand::decode(command)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.execute(c));
+        match outcome {
+            Ok(()) => vec![1],
+            Err(reason) => {
+                let mut out = vec![0];
+                put_bytes(&mut out, reason.as_bytes());
+                out
+            }
+        }
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        // The current shape as a (length-prefixed) bootstrap, then the epochs.
+        let nodes: Vec<NodeInfo> = self.topology.nodes().cloned().collect();
+        let groups = self
+            .groups
+            .iter()
+            .map(|(g, p)| (*g, p.replicas.clone()))
+            .collect();
+        let mut out = Vec::new();
+        put_bytes(
+            &mut out,
+            &MetadataCommand::Bootstrap { nodes, groups }.encode(),
+        );
+        put_varint(&mut out, self.epoch.0);
+        for p in self.groups.values() {
+            put_varint(&mut out, p.epoch.0);
+        }
+        out
+    }
+
+    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError> {
+        let mut store = MetadataStore::default();
+        if !snapshot.is_empty() {
+            let mut r = Reader::new(snapshot);
+            let bootstrap = MetadataCommand::decode(r.bytes("bootstrap", usize::MAX)?)?;
+            let empty =
+                matches!(&bootstrap, MetadataCommand::Bootstrap { nodes, .. } if nodes.is_empty());
+            if !empty {
+                store.execute(bootstrap).map_err(|_| DecodeError::BadEnum {
+                    what: "snapshot bootstrap",
+                    value: 0,
+                })?;
+            }
+            store.epoch = Epoch(r.varint("epoch")?);
+            for p in store.groups.values_mut() {
+                p.epoch = Epoch(r.varint("group epoch")?);
+            }
+            r.finish()?;
+        }
+        store.applied = index;
+        // Replace the state only once the whole snapshot decoded.
+        *self = store;
+        Ok(())
+    }
+
+    fn bytes_stored(&self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64) -> NodeInfo {
+        NodeInfo {
+            node_id: NodeId(id),
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            cores: 2,
+            state: NodeState::Active,
+        }
+    }
+
+    fn at(node: u64, core: u16) -> CoreAddress {
+        CoreAddress {
+            node: NodeId(node),
+            core: CoreId(core),
+        }
+    }
+
+    fn apply(store: &mut MetadataStore, index: u64, c: MetadataCommand) -> bool {
+        store.apply(index, &c.encode())[0] == 1
+    }
+
+    fn bootstrap() -> MetadataCommand {
+        MetadataCommand::Bootstrap {
+            nodes: vec![node(1), node(2), node(3)],
+            groups: vec![(
+                GroupId(1),
+                vec![(ReplicaId(11), at(1, 1)), (ReplicaId(12), at(2, 1))],
+            )],
+        }
+    }
+
+    #[test]
+    fn bootstrap_then_changes_bump_epochs() {
+        let mut m = MetadataStore::new();
+        assert!(apply(&mut m, 1, bootstrap()));
+        assert!(m.is_bootstrapped());
+        assert_eq!(m.epoch(), Epoch(1));
+        assert!(
+            !apply(&mut m, 2, bootstrap()),
+            "a second bootstrap is rejected"
+        );
+        assert_eq!(m.epoch(), Epoch(1), "a rejected command changes nothing");
+        let moved = vec![(ReplicaId(11), at(1, 1)), (ReplicaId(13), at(3, 0))];
+        assert!(apply(
+            &mut m,
+            3,
+            MetadataCommand::SetGroup {
+                group: GroupId(1),
+                replicas: moved.clone()
+            }
+        ));
+        assert_eq!(m.group(GroupId(1)).unwrap().epoch, Epoch(2));
+        assert_eq!(m.group(GroupId(1)).unwrap().replicas, moved);
+        assert!(apply(
+            &mut m,
+            4,
+            MetadataCommand::SetNodeState {
+                node: NodeId(2),
+                state: NodeState::Draining
+            }
+        ));
+        assert_eq!(m.epoch(), Epoch(3));
+    }
+
+    #[test]
+    fn invalid_placements_are_rejected_on_every_replica_alike() {
+        let mut m = MetadataStore::new();
+        apply(&mut m, 1, bootstrap());
+        for replicas in [
+            vec![],
+            vec![(ReplicaId(1), at(9, 0))],
+            vec![(ReplicaId(1), at(1, 5))],
+            vec![(ReplicaId(1), at(1, 0)), (ReplicaId(2), at(1, 1))],
+        ] {
+            assert!(!apply(
+                &mut m,
+                2,
+                MetadataCommand::SetGroup {
+                    group: GroupId(2),
+                    replicas
+                }
+            ));
+        }
+        assert!(m.group(GroupId(2)).is_none());
+        assert_eq!(m.apply(3, b"\x09junk")[0], 0);
+    }
+
+    #[test]
+    fn snapshots_restore_the_same_shape_and_epochs() {
+        let mut m = MetadataStore::new();
+        apply(&mut m, 1, bootstrap());
+        let moved = vec![(ReplicaId(11), at(1, 1)), (ReplicaId(13), at(3, 0))];
+        apply(
+            &mut m,
+            2,
+            MetadataCommand::SetGroup {
+                group: GroupId(1),
+                replicas: moved,
+            },
+        );
+        let mut r = MetadataStore::new();
+        r.restore(2, &m.snapshot()).unwrap();
+        assert_eq!(r.epoch(), m.epoch());
+        assert_eq!(r.group(GroupId(1)), m.group(GroupId(1)));
+        assert_eq!(r.topology().len(), 3);
+        assert!(r.restore(3, b"\x01\xff").is_err());
+    }
+}
