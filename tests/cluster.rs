@@ -152,6 +152,14 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
             matches!(reply, KvReply::Error(ref m) if m.contains("does not exist")),
             "{reply:?}"
         );
+        // The metadata group bootstrapped the cluster's shape: every group, three replicas.
+        let (epoch, groups) = c.routing().await.unwrap();
+        assert!(epoch >= 1);
+        assert_eq!(groups.len(), 8);
+        assert!(
+            groups.iter().all(|(_, replicas)| replicas.len() == 3),
+            "{groups:?}"
+        );
         c.shutdown().await;
         (acked, leader.node.0)
     });

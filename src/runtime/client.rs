@@ -345,6 +345,20 @@ impl KvClient {
         future::or(exchange, timeout).await
     }
 
+    /// The cluster's placement table from the metadata group (a linearizable read): its
+    /// epoch and each group's replicas as `(Raft id, node/core)`.
+    pub async fn routing(
+        &self,
+    ) -> Result<(u64, Vec<(GroupId, Vec<(u64, CoreAddress)>)>), ClientError> {
+        match self
+            .call(crate::runtime::node::METADATA_GROUP, KvOp::Routing)
+            .await?
+        {
+            KvReply::Routing { epoch, groups } => Ok((epoch, groups)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// The leader of `group` this client last saw, if any.
     pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
         self.leaders.borrow().get(&group).copied()

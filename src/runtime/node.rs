@@ -30,6 +30,7 @@ use crate::constants::{
 };
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
+use crate::metadata::{Cell, MetadataCommand, MetadataStore};
 use crate::raft_host::{
     CoreAddress, GroupId, HostError, HostEvent, ProposalToken, RaftHost, ReplicaId,
 };
@@ -41,9 +42,13 @@ use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream
 use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
 use crate::runtime::wal::WalFile;
 use crate::snapshot_transfer::{SnapshotAssembler, TokenBucket, split};
+use crate::topology::{NodeInfo, NodeState};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
 use crate::wire::raft::{decode_batch, encode_batch};
+
+/// The metadata group: topology and placement (hosted on core 0 of every node).
+pub const METADATA_GROUP: GroupId = GroupId(0);
 
 /// The static shape of a cluster every node agrees on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,7 +211,7 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
         .join(format!("node-{}-core-{}.wal", config.node.0, core.0));
     let (mut wal, mut recovered) = WalFile::open(&wal_path).await.map_err(|e| e.to_string())?;
 
-    let mut host: RaftHost<KvStore> = RaftHost::new(local);
+    let mut host: RaftHost<Cell> = RaftHost::new(local);
     let peers = Peers::new(
         endpoint.clone(),
         config.tls.clone(),
@@ -240,10 +245,34 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
             spec.replica(group, config.node),
             &voters,
             persisted,
-            KvStore::new(),
+            Cell::Kv(KvStore::new()),
         )
         .map_err(|e| e.to_string())?;
     }
+    // Core 0 of every node hosts a replica of the metadata group (group 0).
+    if core == CoreId(0) {
+        let voters: Vec<ReplicaId> = spec
+            .nodes
+            .iter()
+            .map(|(n, _)| spec.replica(METADATA_GROUP, *n))
+            .collect();
+        for (n, _) in &spec.nodes {
+            host.set_address(
+                spec.replica(METADATA_GROUP, *n),
+                CoreAddress { node: *n, core },
+            );
+        }
+        let persisted = recovered.groups.remove(&METADATA_GROUP);
+        host.add_group(
+            METADATA_GROUP,
+            spec.replica(METADATA_GROUP, config.node),
+            &voters,
+            persisted,
+            Cell::Meta(MetadataStore::new()),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let mut bootstrap_asked: Option<crate::time::Time> = None;
     info!(node = config.node.0, core = core.0, %bind, records = recovered.records, "core started");
 
     let inbox = Rc::new(Inbox::default());
@@ -281,7 +310,8 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                 }
                 Work::Client(request, reply) => {
                     let group = request.group;
-                    if group.0 == 0 || group.0 > u64::from(spec.groups) {
+                    let routing = matches!(request.op, KvOp::Routing);
+                    if routing != (group == METADATA_GROUP) || group.0 > u64::from(spec.groups) {
                         let answer = KvReply::Error(format!("group {} does not exist", group.0));
                         let _ = reply.try_send(KvResponseFrame {
                             id: request.id,
@@ -309,6 +339,26 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
             }
         }
         wal.persist(&mut host).await.map_err(|e| e.to_string())?;
+        // The metadata group's first leader bootstraps the cluster's shape (once; asked
+        // again if the proposal was lost to a leader change).
+        if core == CoreId(0) && host.is_leader(METADATA_GROUP) {
+            let bootstrapped = host
+                .state_machine(METADATA_GROUP)
+                .and_then(Cell::meta)
+                .is_some_and(MetadataStore::is_bootstrapped);
+            let now = clock.now();
+            let retry =
+                bootstrap_asked.is_none_or(|t| now.saturating_since(t) > CLIENT_REQUEST_TIMEOUT);
+            if !bootstrapped && retry {
+                let command = bootstrap_command(spec).encode();
+                if host
+                    .propose(METADATA_GROUP, command, ProposalToken(0))
+                    .is_ok()
+                {
+                    bootstrap_asked = Some(now);
+                }
+            }
+        }
         while let Some(event) = host.poll_event() {
             match event {
                 HostEvent::Applied {
@@ -323,8 +373,11 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                 }
                 HostEvent::ReadReady { group, token } => {
                     if let Some(Pending::Read(id, op, reply)) = pending.remove(&token.0) {
-                        let store = host.state_machine(group);
+                        let store = host.state_machine(group).and_then(Cell::kv);
                         let answer = match (store, op) {
+                            (_, KvOp::Routing) => {
+                                routing_reply(host.state_machine(group).and_then(Cell::meta))
+                            }
                             (Some(s), KvOp::Get { key }) => {
                                 KvReply::Value(s.get(&key).map(<[u8]>::to_vec))
                             }
@@ -418,8 +471,51 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
     Ok(())
 }
 
+/// The placement table as the metadata group knows it.
+fn routing_reply(meta: Option<&MetadataStore>) -> KvReply {
+    match meta {
+        Some(m) if m.is_bootstrapped() => KvReply::Routing {
+            epoch: m.epoch().0,
+            groups: m
+                .groups()
+                .map(|(g, p)| (g, p.replicas.iter().map(|(r, a)| (r.0, *a)).collect()))
+                .collect(),
+        },
+        Some(_) => KvReply::Error("the cluster is not bootstrapped yet; retry".into()),
+        None => KvReply::Error("no metadata group on this core".into()),
+    }
+}
+
+/// The metadata command that bootstraps a cluster from its static spec.
+fn bootstrap_command(spec: &ClusterSpec) -> MetadataCommand {
+    let nodes = spec
+        .nodes
+        .iter()
+        .map(|(n, addr)| NodeInfo {
+            node_id: *n,
+            addr: addr.to_string(),
+            cores: spec.cores,
+            state: NodeState::Active,
+        })
+        .collect();
+    let groups = (1..=u64::from(spec.groups))
+        .map(GroupId)
+        .map(|g| {
+            let core = spec.core_of(g);
+            (
+                g,
+                spec.nodes
+                    .iter()
+                    .map(|(n, _)| (spec.replica(g, *n), CoreAddress { node: *n, core }))
+                    .collect(),
+            )
+        })
+        .collect();
+    MetadataCommand::Bootstrap { nodes, groups }
+}
+
 fn handle_request(
-    host: &mut RaftHost<KvStore>,
+    host: &mut RaftHost<Cell>,
     pending: &mut HashMap<u64, Pending>,
     token: ProposalToken,
     request: KvRequest,
@@ -445,7 +541,7 @@ fn handle_request(
                     .map(|_| Pending::Write(id, reply.clone())),
             },
         },
-        KvOp::Get { .. } | KvOp::Scan { .. } => host
+        KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing => host
             .read(request.group, token)
             .map(|_| Pending::Read(id, request.op.clone(), reply.clone())),
     };
@@ -462,7 +558,6 @@ fn handle_request(
     }
 }
 
-/// Accepts connections: peers' streams carry Raft batches, clients' streams requests.
 /// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.
 async fn send_snapshot(
     peers: Peers,
@@ -497,6 +592,7 @@ async fn send_snapshot(
     let _ = stream.finish();
 }
 
+/// Accepts connections: peers' streams carry Raft batches, clients' streams requests.
 async fn accept_loop(
     endpoint: QuicEndpoint,
     inbox: Rc<Inbox>,

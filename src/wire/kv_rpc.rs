@@ -33,6 +33,8 @@ pub enum KvOp {
         end: Option<Vec<u8>>,
         limit: u32,
     },
+    /// The placement table (sent to group 0, the metadata group).
+    Routing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +52,11 @@ pub enum KvReply {
     Items(Vec<(Vec<u8>, Vec<u8>)>),
     NotLeader(Option<CoreAddress>),
     Error(String),
+    /// The placement table at `epoch`: each group's replicas (Raft id and address).
+    Routing {
+        epoch: u64,
+        groups: Vec<(GroupId, Vec<(u64, CoreAddress)>)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +93,7 @@ impl KvRequest {
                 }
                 put_varint(&mut out, u64::from(*limit));
             }
+            KvOp::Routing => out.push(4),
         }
         out
     }
@@ -118,6 +126,7 @@ impl KvRequest {
                 let limit = r.count("limit", KV_SCAN_MAX_ITEMS)? as u32;
                 KvOp::Scan { start, end, limit }
             }
+            4 => KvOp::Routing,
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "op",
@@ -163,6 +172,20 @@ impl KvResponseFrame {
                     None => out.push(0),
                     Some(a) => {
                         out.push(1);
+                        put_varint(&mut out, a.node.0);
+                        put_varint(&mut out, u64::from(a.core.0));
+                    }
+                }
+            }
+            KvReply::Routing { epoch, groups } => {
+                out.push(6);
+                put_varint(&mut out, *epoch);
+                put_varint(&mut out, groups.len() as u64);
+                for (g, replicas) in groups {
+                    put_varint(&mut out, g.0);
+                    put_varint(&mut out, replicas.len() as u64);
+                    for (r, a) in replicas {
+                        put_varint(&mut out, *r);
                         put_varint(&mut out, a.node.0);
                         put_varint(&mut out, u64::from(a.core.0));
                     }
@@ -228,6 +251,32 @@ impl KvResponseFrame {
             5 => KvReply::Error(
                 String::from_utf8_lossy(r.bytes("error", ERROR_MAX_BYTES)?).into_owned(),
             ),
+            6 => {
+                let epoch = r.varint("epoch")?;
+                let n = r.count("groups", crate::constants::VSHARD_COUNT_MAX as usize)?;
+                let mut groups = Vec::with_capacity(n.min(65_536));
+                for _ in 0..n {
+                    let g = GroupId(r.varint("group")?);
+                    let m = r.count("replicas", crate::constants::RAFT_CONF_IDS_MAX)?;
+                    let mut replicas = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        let id = r.varint("replica")?;
+                        let node = NodeId(r.varint("node")?);
+                        let core = r
+                            .count("core", usize::from(crate::constants::CORES_PER_NODE_MAX))?
+                            as u16;
+                        replicas.push((
+                            id,
+                            CoreAddress {
+                                node,
+                                core: CoreId(core),
+                            },
+                        ));
+                    }
+                    groups.push((g, replicas));
+                }
+                KvReply::Routing { epoch, groups }
+            }
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "status",
@@ -276,6 +325,10 @@ mod tests {
             KvReply::NotLeader(Some(hint)),
             KvReply::NotLeader(None),
             KvReply::Error("boom".into()),
+            KvReply::Routing {
+                epoch: 3,
+                groups: vec![(GroupId(1), vec![(65537, hint)])],
+            },
         ] {
             let resp = KvResponseFrame { id: 4, reply };
             assert_eq!(KvResponseFrame::decode(&resp.encode()).unwrap(), resp);
