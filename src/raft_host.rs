@@ -465,14 +465,8 @@ impl<S: StateMachine> RaftHost<S> {
             .map_err(|e| HostError::Raft(e.to_string()))
     }
 
-    /// Proposes a command; its outcome arrives as `HostEvent::Applied` with `token`.
-    pub fn propose(
-        &mut self,
-        group: GroupId,
-        command: Vec<u8>,
-        token: ProposalToken,
-    ) -> Result<(), HostError> {
-        let local = self.local;
+    /// The group, if this replica leads it; otherwise who does, as far as known.
+    fn leading_group(&mut self, group: GroupId) -> Result<&mut Group<S>, HostError> {
         let g = self
             .groups
             .get_mut(&group)
@@ -481,6 +475,18 @@ impl<S: StateMachine> RaftHost<S> {
             let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
             return Err(HostError::NotLeader { group, leader });
         }
+        Ok(g)
+    }
+
+    /// Proposes a command; its outcome arrives as `HostEvent::Applied` with `token`.
+    pub fn propose(
+        &mut self,
+        group: GroupId,
+        command: Vec<u8>,
+        token: ProposalToken,
+    ) -> Result<(), HostError> {
+        let local = self.local;
+        let g = self.leading_group(group)?;
         g.raw
             .propose(proposal_context(local, token), command)
             .map_err(|e| HostError::Raft(e.to_string()))
@@ -496,14 +502,7 @@ impl<S: StateMachine> RaftHost<S> {
         token: ProposalToken,
     ) -> Result<(), HostError> {
         let local = self.local;
-        let g = self
-            .groups
-            .get_mut(&group)
-            .ok_or(HostError::UnknownGroup(group))?;
-        if g.raw.raft.state != StateRole::Leader {
-            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
-            return Err(HostError::NotLeader { group, leader });
-        }
+        let g = self.leading_group(group)?;
         let mut cc = ConfChangeV2::default();
         cc.set_transition(ConfChangeTransition::Auto);
         cc.changes = changes
@@ -529,14 +528,7 @@ impl<S: StateMachine> RaftHost<S> {
     /// Asks the leader of `group` to hand leadership to `to` (which must be an up-to-date
     /// voter); it does so once `to` has caught up, then stops proposing.
     pub fn transfer_leader(&mut self, group: GroupId, to: ReplicaId) -> Result<(), HostError> {
-        let g = self
-            .groups
-            .get_mut(&group)
-            .ok_or(HostError::UnknownGroup(group))?;
-        if g.raw.raft.state != StateRole::Leader {
-            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
-            return Err(HostError::NotLeader { group, leader });
-        }
+        let g = self.leading_group(group)?;
         g.raw.transfer_leader(to.0);
         Ok(())
     }
@@ -544,14 +536,7 @@ impl<S: StateMachine> RaftHost<S> {
     /// Starts a linearizable read (Raft ReadIndex): `HostEvent::ReadReady` with `token` says
     /// when the state machine here may answer it. Only the leader serves reads.
     pub fn read(&mut self, group: GroupId, token: ProposalToken) -> Result<(), HostError> {
-        let g = self
-            .groups
-            .get_mut(&group)
-            .ok_or(HostError::UnknownGroup(group))?;
-        if g.raw.raft.state != StateRole::Leader {
-            let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
-            return Err(HostError::NotLeader { group, leader });
-        }
+        let g = self.leading_group(group)?;
         g.raw.read_index(token.0.to_le_bytes().to_vec());
         Ok(())
     }

@@ -141,6 +141,9 @@ struct Conn {
     incoming_uni: VecDeque<StreamId>,
     incoming_bi: VecDeque<StreamId>,
     accepted_by_server: bool,
+    /// Shared with every `Connection` handle: the entry is removed once the connection is
+    /// drained and no handle is left (so a long-running endpoint does not accumulate them).
+    handles: Rc<()>,
 }
 
 impl Conn {
@@ -153,6 +156,7 @@ impl Conn {
             incoming_uni: VecDeque::new(),
             incoming_bi: VecDeque::new(),
             accepted_by_server,
+            handles: Rc::new(()),
         }
     }
 
@@ -202,6 +206,8 @@ pub struct QuicEndpoint {
 pub struct Connection {
     endpoint: QuicEndpoint,
     handle: ConnectionHandle,
+    /// Keeps the endpoint's entry for this connection alive.
+    _alive: Rc<()>,
 }
 
 /// The sending half of a stream.
@@ -382,13 +388,17 @@ impl QuicEndpoint {
                     addr,
                     reason: e.to_string(),
                 })?;
-            inner.conns.insert(handle, Conn::new(conn, false));
-            handle
+            let entry = Conn::new(conn, false);
+            let alive = entry.handles.clone();
+            inner.conns.insert(handle, entry);
+            (handle, alive)
         };
+        let (handle, alive) = handle;
         self.notify.notify();
         let connection = Connection {
             endpoint: self.clone(),
             handle,
+            _alive: alive,
         };
         connection.established().await?;
         Ok(connection)
@@ -398,11 +408,15 @@ impl QuicEndpoint {
     pub async fn accept(&self) -> Option<Connection> {
         poll_fn(|cx| {
             let mut inner = self.inner.borrow_mut();
-            if let Some(handle) = inner.accept_queue.pop_front() {
-                return Poll::Ready(Some(Connection {
-                    endpoint: self.clone(),
-                    handle,
-                }));
+            while let Some(handle) = inner.accept_queue.pop_front() {
+                if let Some(entry) = inner.conns.get(&handle) {
+                    let alive = entry.handles.clone();
+                    return Poll::Ready(Some(Connection {
+                        endpoint: self.clone(),
+                        handle,
+                        _alive: alive,
+                    }));
+                }
             }
             if inner.closed {
                 return Poll::Ready(None);
@@ -940,12 +954,15 @@ impl Inner {
             self.conns.insert(handle, c);
         }
         for handle in drained {
-            // Keep a drained connection's entry while handles may still look at it: mark it
-            // lost; it is small and removed when the endpoint shuts down.
-            if let Some(c) = self.conns.get_mut(&handle)
-                && c.lost.is_none()
-            {
-                c.lost = Some(ConnectionError::LocallyClosed);
+            // A drained connection stays visible (as lost) while handles may look at it, and
+            // goes once the last handle is gone.
+            if let Some(c) = self.conns.get_mut(&handle) {
+                if c.lost.is_none() {
+                    c.lost = Some(ConnectionError::LocallyClosed);
+                }
+                if Rc::strong_count(&c.handles) == 1 {
+                    self.conns.remove(&handle);
+                }
             }
         }
         (deadline, self.blocked.is_some())
