@@ -84,6 +84,9 @@ pub struct Faults {
     pub max_fsync_steps: u64,
     pub crash_per_step: f64,
     pub partition_per_step: f64,
+    /// Chance per step that a node's clock jumps ahead, or its process pauses.
+    pub clock_jump_per_step: f64,
+    pub pause_per_step: f64,
 }
 
 impl Faults {
@@ -95,6 +98,8 @@ impl Faults {
             max_fsync_steps: rng.below(20),
             crash_per_step: rng.next_f64() * 0.006,
             partition_per_step: rng.next_f64() * 0.004,
+            clock_jump_per_step: rng.next_f64() * 0.002,
+            pause_per_step: rng.next_f64() * 0.002,
         }
     }
 }
@@ -130,6 +135,10 @@ struct SimNode {
     down_until: Option<u64>,
     /// The durable term of each group when the node crashed: a restart must not go below it.
     terms_at_crash: HashMap<GroupId, u64>,
+    /// How far this node's clock runs ahead of true time (clock jumps).
+    clock_ahead: Duration,
+    /// The node's process is paused (no ticks, no I/O) until this step.
+    paused_until: u64,
 }
 
 #[derive(Clone)]
@@ -256,6 +265,8 @@ impl Sim {
                     pending: None,
                     down_until: None,
                     terms_at_crash: HashMap::new(),
+                    clock_ahead: Duration::ZERO,
+                    paused_until: 0,
                 },
             );
             sim.start(n);
@@ -359,10 +370,12 @@ impl Sim {
         } else {
             self.restart_due();
         }
-        let now = self.now();
+        let (now, step) = (self.now(), self.step);
         for node in self.nodes.values_mut() {
-            if let Some(host) = node.host.as_mut() {
-                host.handle_tick(now);
+            if let Some(host) = node.host.as_mut()
+                && node.paused_until <= step
+            {
+                host.handle_tick(now + node.clock_ahead);
             }
         }
         self.drive_nodes();
@@ -422,6 +435,24 @@ impl Sim {
                 self.crash(n, Some(down));
             }
         }
+        if self.rng.next_f64() < self.faults.clock_jump_per_step {
+            // A node's clock jumps ahead by up to 3 s: its timers fire early, all at once.
+            let n = 1 + self.rng.below(self.o.nodes);
+            let jump = STEP * (1 + self.rng.below(300)) as u32;
+            if let Some(node) = self.nodes.get_mut(&n) {
+                node.clock_ahead += jump;
+            }
+            self.record(11, n);
+        }
+        if self.rng.next_f64() < self.faults.pause_per_step {
+            // A process pause (GC, swap, SIGSTOP): nothing runs on the node for up to 2 s.
+            let n = 1 + self.rng.below(self.o.nodes);
+            let until = self.step + 1 + self.rng.below(200);
+            if let Some(node) = self.nodes.get_mut(&n) {
+                node.paused_until = until;
+            }
+            self.record(12, n);
+        }
         if self.rng.next_f64() < self.faults.partition_per_step {
             self.cut.clear();
             let a = 1 + self.rng.below(self.o.nodes);
@@ -448,6 +479,9 @@ impl Sim {
             let fsync_delay = self.rng.below(self.faults.max_fsync_steps + 1);
             let ack_early = self.o.bug == Some(Bug::AckBeforeFsync);
             let node = self.nodes.get_mut(&n).expect("known");
+            if node.paused_until > self.step {
+                continue;
+            }
             let Some(host) = node.host.as_mut() else {
                 continue;
             };
@@ -517,7 +551,12 @@ impl Sim {
         let mut due: Vec<InFlight> = Vec::new();
         let mut i = 0;
         while i < self.network.len() {
-            if self.network[i].deliver_at <= step {
+            // A paused process reads its socket only when it resumes.
+            let paused_until = self
+                .nodes
+                .get(&self.network[i].to)
+                .map_or(0, |n| n.paused_until);
+            if self.network[i].deliver_at <= step && paused_until <= step {
                 due.push(self.network.swap_remove(i));
             } else {
                 i += 1;
@@ -822,6 +861,8 @@ impl Scenario {
             max_fsync_steps: 0,
             crash_per_step: 0.0,
             partition_per_step: 0.0,
+            clock_jump_per_step: 0.0,
+            pause_per_step: 0.0,
         };
         Scenario { sim }
     }
