@@ -129,6 +129,14 @@ pub enum HostEvent {
         leader: Option<ReplicaId>,
         is_self: bool,
     },
+    /// An entry this replica applied (only with `set_audit(true)`): replicas of a group
+    /// must report the same term and digest for every index.
+    Committed {
+        group: GroupId,
+        index: u64,
+        term: u64,
+        digest: u64,
+    },
     /// The group's configuration changed (at every replica that applied the change).
     MembershipChanged {
         group: GroupId,
@@ -241,6 +249,8 @@ pub struct RaftHost<S: StateMachine> {
     events: VecDeque<HostEvent>,
     last_tick: Option<Time>,
     logger: slog::Logger,
+    /// Report every applied entry (`HostEvent::Committed`): for checkers, not production.
+    audit: bool,
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -299,7 +309,13 @@ impl<S: StateMachine> RaftHost<S> {
             events: VecDeque::new(),
             last_tick: None,
             logger: tracing_logger(),
+            audit: false,
         }
+    }
+
+    /// Reports every applied entry as `HostEvent::Committed` (simulation checkers).
+    pub fn set_audit(&mut self, on: bool) {
+        self.audit = on;
     }
 
     /// Records where a replica lives, so messages to it can be addressed.
@@ -611,7 +627,14 @@ impl<S: StateMachine> RaftHost<S> {
                         .push((rs.index, ProposalToken(u64::from_le_bytes(bytes))));
                 }
             }
-            apply_committed(&mut self.events, local, id, g, rd.take_committed_entries());
+            apply_committed(
+                &mut self.events,
+                local,
+                id,
+                g,
+                rd.take_committed_entries(),
+                self.audit,
+            );
             if !rd.entries().is_empty() {
                 let _ = g.raw.store().log.wl().append(rd.entries());
                 write.entries = rd.entries().clone();
@@ -791,10 +814,25 @@ fn apply_committed<S: StateMachine>(
     group: GroupId,
     g: &mut Group<S>,
     entries: Vec<Entry>,
+    audit: bool,
 ) {
     let mut last = None;
     for entry in entries {
         last = Some(entry.index);
+        if audit {
+            let digest = entry
+                .data
+                .iter()
+                .fold(crate::rng::mix64(entry.get_entry_type() as u64), |h, b| {
+                    crate::rng::mix64(h ^ u64::from(*b))
+                });
+            events.push_back(HostEvent::Committed {
+                group,
+                index: entry.index,
+                term: entry.term,
+                digest,
+            });
+        }
         if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
             apply_conf_change(events, local, group, g, &entry);
             continue;

@@ -133,7 +133,9 @@ impl Cluster {
                                 |v: Vec<ReplicaId>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
                             self.confs.insert(i, (ids(voters), ids(learners), joint));
                         }
-                        HostEvent::LeaderChanged { .. } | HostEvent::ReadReady { .. } => {}
+                        HostEvent::LeaderChanged { .. }
+                        | HostEvent::ReadReady { .. }
+                        | HostEvent::Committed { .. } => {}
                     }
                 }
             }

@@ -392,6 +392,8 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                 HostEvent::LeaderChanged { group, is_self, .. } => {
                     debug!(group = group.0, is_self, "leader changed");
                 }
+                // Only reported in audit mode (simulation), which nodes do not enable.
+                HostEvent::Committed { .. } => {}
                 HostEvent::MembershipChanged {
                     group,
                     voters,

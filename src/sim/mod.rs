@@ -213,6 +213,8 @@ struct Sim {
     healed_writes: HashSet<GroupId>,
     /// Completed operations' results, by op id (scenarios look them up).
     results: HashMap<u64, RegisterOp>,
+    /// What each (group, index) was applied as: (term, digest), by the first replica.
+    committed: HashMap<(GroupId, u64), (u64, u64)>,
 }
 
 impl Sim {
@@ -254,6 +256,7 @@ impl Sim {
             next_op: 1,
             healed_writes: HashSet::new(),
             results: HashMap::new(),
+            committed: HashMap::new(),
             o,
         };
         for n in 1..=sim.o.nodes {
@@ -284,6 +287,7 @@ impl Sim {
 
     fn start(&mut self, n: u64) {
         let mut host = RaftHost::new(address(n));
+        host.set_audit(true);
         let groups: Vec<GroupId> = (1..=self.o.groups).map(GroupId).collect();
         let node = self.nodes.get_mut(&n).expect("known node");
         for g in &groups {
@@ -613,6 +617,24 @@ impl Sim {
             HostEvent::ReadReady { group, token } => {
                 let value = self.read_local(node, group, token.0);
                 self.complete(token.0, |_| Some(RegisterOp::Get { found: value }));
+            }
+            HostEvent::Committed {
+                group,
+                index,
+                term,
+                digest,
+            } => {
+                // Replicas apply the same sequence, and a committed entry never changes.
+                match self.committed.get(&(group, index)) {
+                    None => {
+                        self.committed.insert((group, index), (term, digest));
+                    }
+                    Some(&(t, d)) if (t, d) != (term, digest) => self.report.violations.push(format!(
+                        "group {} index {index}: node {node} applied term {term} digest {digest:x}, another replica term {t} digest {d:x}",
+                        group.0
+                    )),
+                    Some(_) => {}
+                }
             }
             HostEvent::LeaderChanged { .. } | HostEvent::MembershipChanged { .. } => {}
         }
