@@ -87,6 +87,8 @@ pub struct Faults {
     /// Chance per step that a node's clock jumps ahead, or its process pauses.
     pub clock_jump_per_step: f64,
     pub pause_per_step: f64,
+    /// Chance per step that a group's leader is asked to hand leadership to another node.
+    pub transfer_per_step: f64,
 }
 
 impl Faults {
@@ -100,6 +102,7 @@ impl Faults {
             partition_per_step: rng.next_f64() * 0.004,
             clock_jump_per_step: rng.next_f64() * 0.002,
             pause_per_step: rng.next_f64() * 0.002,
+            transfer_per_step: rng.next_f64() * 0.004,
         }
     }
 }
@@ -447,6 +450,20 @@ impl Sim {
                 node.clock_ahead += jump;
             }
             self.record(11, n);
+        }
+        if self.rng.next_f64() < self.faults.transfer_per_step {
+            // Leadership moves (as the rebalancer would move it) while faults go on.
+            let group = GroupId(1 + self.rng.below(self.o.groups));
+            let to = 1 + self.rng.below(self.o.nodes);
+            if let Some(host) = self
+                .nodes
+                .values_mut()
+                .filter_map(|n| n.host.as_mut())
+                .find(|h| h.is_leader(group))
+            {
+                let _ = host.transfer_leader(group, replica(group, to));
+            }
+            self.record(13, to);
         }
         if self.rng.next_f64() < self.faults.pause_per_step {
             // A process pause (GC, swap, SIGSTOP): nothing runs on the node for up to 2 s.
@@ -885,6 +902,7 @@ impl Scenario {
             partition_per_step: 0.0,
             clock_jump_per_step: 0.0,
             pause_per_step: 0.0,
+            transfer_per_step: 0.0,
         };
         Scenario { sim }
     }
