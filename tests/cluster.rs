@@ -160,6 +160,9 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
             groups.iter().all(|(_, replicas)| replicas.len() == 3),
             "{groups:?}"
         );
+        // The client routes by that table (fetched with its epoch) from now on.
+        c.put(b"routed", b"1").await.unwrap();
+        assert_eq!(c.routing_epoch(), Some(epoch));
         c.shutdown().await;
         (acked, leader.node.0)
     });

@@ -65,6 +65,9 @@ fn client_health() -> PeerHealth {
     })
 }
 
+/// The placement table a client caches: its epoch and each group's replica addresses.
+type RoutingCache = (u64, HashMap<GroupId, Vec<CoreAddress>>);
+
 /// A client of one cluster; lives on one glommio executor.
 pub struct KvClient {
     endpoint: QuicEndpoint,
@@ -75,6 +78,9 @@ pub struct KvClient {
     leaders: RefCell<HashMap<GroupId, CoreAddress>>,
     next_id: Cell<u64>,
     next_node: Cell<usize>,
+    /// The placement table with its epoch: each group's replica addresses.
+    routing: RefCell<Option<RoutingCache>>,
+    routing_failed_at: Cell<Option<crate::time::Time>>,
     /// Nodes that failed recently are skipped (backoff, then a circuit breaker).
     health: RefCell<HashMap<NodeId, PeerHealth>>,
     clock: MonotonicClock,
@@ -100,6 +106,8 @@ impl KvClient {
             leaders: RefCell::default(),
             next_id: Cell::new(1),
             next_node: Cell::new(0),
+            routing: RefCell::new(None),
+            routing_failed_at: Cell::new(None),
             health: RefCell::default(),
             clock: MonotonicClock::new(),
         })
@@ -188,26 +196,67 @@ impl KvClient {
         if let Some(leader) = self.leaders.borrow().get(&group) {
             return *leader;
         }
-        // Round-robin over the nodes, skipping those that failed recently.
+        // The group's replicas from the cached placement table, else from the static spec.
+        let candidates: Vec<CoreAddress> = self
+            .routing
+            .borrow()
+            .as_ref()
+            .and_then(|(_, table)| table.get(&group).cloned())
+            .unwrap_or_else(|| {
+                let core = self.spec.core_of(group);
+                self.spec
+                    .nodes
+                    .iter()
+                    .map(|(node, _)| CoreAddress { node: *node, core })
+                    .collect()
+            });
+        // Round-robin over them, skipping nodes that failed recently.
         let now = self.clock.now();
-        let n = self.spec.nodes.len();
+        let n = candidates.len().max(1);
         let start = self.next_node.get();
         let mut health = self.health.borrow_mut();
         let pick = (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| {
-                health
-                    .entry(self.spec.nodes[i].0)
-                    .or_insert_with(client_health)
-                    .admit(now)
-                    == Admission::Attempt
+                candidates.get(i).is_some_and(|c| {
+                    health
+                        .entry(c.node)
+                        .or_insert_with(client_health)
+                        .admit(now)
+                        == Admission::Attempt
+                })
             })
             .unwrap_or(start % n);
         self.next_node.set(pick + 1);
-        CoreAddress {
-            node: self.spec.nodes[pick].0,
+        candidates.get(pick).copied().unwrap_or(CoreAddress {
+            node: self.spec.nodes[0].0,
             core: self.spec.core_of(group),
+        })
+    }
+
+    /// Fetches the placement table once (and again after a routing error); until the
+    /// cluster is bootstrapped the static spec routes.
+    async fn ensure_routing(&self, group: GroupId) {
+        if group == crate::runtime::node::METADATA_GROUP || self.routing.borrow().is_some() {
+            return;
         }
+        // After a failed fetch, route by the spec for a while rather than ask every time.
+        let now = self.clock.now();
+        if self
+            .routing_failed_at
+            .get()
+            .is_some_and(|t| now.saturating_since(t) < CLIENT_NODE_BACKOFF)
+        {
+            return;
+        }
+        if self.routing().await.is_err() {
+            self.routing_failed_at.set(Some(self.clock.now()));
+        }
+    }
+
+    /// The epoch of the cached placement table, if one was fetched.
+    pub fn routing_epoch(&self) -> Option<u64> {
+        self.routing.borrow().as_ref().map(|(epoch, _)| *epoch)
     }
 
     fn node_failed(&self, node: NodeId) {
@@ -221,6 +270,12 @@ impl KvClient {
 
     /// Sends `op` to the leader of `group`, following redirects.
     async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
+        self.ensure_routing(group).await;
+        self.call_routed(group, op).await
+    }
+
+    /// `call` without fetching the placement table (the table's own read uses it).
+    async fn call_routed(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
         let mut last = String::from("no attempt");
         let mut pause = false;
         for _ in 0..CLIENT_ATTEMPTS_MAX {
@@ -250,6 +305,14 @@ impl KvClient {
                         }
                     }
                     last = format!("{}/{} is not the leader", target.node, target.core);
+                }
+                Ok(KvReply::Error(message))
+                    if message.contains("not hosted") || message.contains("does not exist") =>
+                {
+                    // The cached placement is stale: fetch it again, then retry.
+                    *self.routing.borrow_mut() = None;
+                    self.leaders.borrow_mut().remove(&group);
+                    last = message;
                 }
                 Ok(KvReply::Error(message)) => return Err(ClientError::Server(message)),
                 Ok(reply) => {
@@ -346,15 +409,24 @@ impl KvClient {
     }
 
     /// The cluster's placement table from the metadata group (a linearizable read): its
-    /// epoch and each group's replicas as `(Raft id, node/core)`.
+    /// epoch and each group's replicas as `(Raft id, node/core)`. The client caches it and
+    /// routes by it.
     pub async fn routing(
         &self,
     ) -> Result<(u64, Vec<(GroupId, Vec<(u64, CoreAddress)>)>), ClientError> {
         match self
-            .call(crate::runtime::node::METADATA_GROUP, KvOp::Routing)
+            .call_routed(crate::runtime::node::METADATA_GROUP, KvOp::Routing)
             .await?
         {
-            KvReply::Routing { epoch, groups } => Ok((epoch, groups)),
+            KvReply::Routing { epoch, groups } => {
+                // Cache it: requests route by this table from now on.
+                let table = groups
+                    .iter()
+                    .map(|(g, replicas)| (*g, replicas.iter().map(|(_, a)| *a).collect()))
+                    .collect();
+                *self.routing.borrow_mut() = Some((epoch, table));
+                Ok((epoch, groups))
+            }
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }

@@ -141,15 +141,22 @@ struct Conn {
     incoming_uni: VecDeque<StreamId>,
     incoming_bi: VecDeque<StreamId>,
     accepted_by_server: bool,
+    /// quinn's handle for this connection (for endpoint events).
+    quinn_handle: ConnectionHandle,
     /// Shared with every `Connection` handle: the entry is removed once the connection is
     /// drained and no handle is left (so a long-running endpoint does not accumulate them).
     handles: Rc<()>,
 }
 
 impl Conn {
-    fn new(conn: quinn_proto::Connection, accepted_by_server: bool) -> Conn {
+    fn new(
+        conn: quinn_proto::Connection,
+        quinn_handle: ConnectionHandle,
+        accepted_by_server: bool,
+    ) -> Conn {
         Conn {
             conn,
+            quinn_handle,
             connected: false,
             lost: None,
             wakers: Vec::new(),
@@ -178,8 +185,13 @@ enum DatagramIo {
 struct Inner {
     endpoint: quinn_proto::Endpoint,
     server_config: Option<Arc<ServerConfig>>,
-    conns: HashMap<ConnectionHandle, Conn>,
-    accept_queue: VecDeque<ConnectionHandle>,
+    /// Our connections by our own id: quinn reuses its `ConnectionHandle`s once a
+    /// connection drains, while handles to the old connection may still exist.
+    conns: HashMap<ConnId, Conn>,
+    /// quinn's handle of each live connection → our id.
+    by_handle: HashMap<ConnectionHandle, ConnId>,
+    next_conn: u64,
+    accept_queue: VecDeque<ConnId>,
     accept_wakers: Vec<Waker>,
     socket: Rc<glommio::net::UdpSocket>,
     io: DatagramIo,
@@ -205,7 +217,7 @@ pub struct QuicEndpoint {
 #[derive(Clone)]
 pub struct Connection {
     endpoint: QuicEndpoint,
-    handle: ConnectionHandle,
+    handle: ConnId,
     /// Keeps the endpoint's entry for this connection alive.
     _alive: Rc<()>,
 }
@@ -308,6 +320,8 @@ impl QuicEndpoint {
             endpoint,
             server_config,
             conns: HashMap::new(),
+            by_handle: HashMap::new(),
+            next_conn: 0,
             accept_queue: VecDeque::new(),
             accept_wakers: Vec::new(),
             socket,
@@ -388,10 +402,9 @@ impl QuicEndpoint {
                     addr,
                     reason: e.to_string(),
                 })?;
-            let entry = Conn::new(conn, false);
-            let alive = entry.handles.clone();
-            inner.conns.insert(handle, entry);
-            (handle, alive)
+            let id = inner.add_conn(handle, conn, false);
+            let alive = inner.conns[&id].handles.clone();
+            (id, alive)
         };
         let (handle, alive) = handle;
         self.notify.notify();
@@ -795,7 +808,8 @@ fn handle_received(inner: &mut Inner, now: Instant, meta: &quinn_udp::RecvMeta, 
         );
         match event {
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                if let Some(c) = inner.conns.get_mut(&handle) {
+                let id = inner.by_handle.get(&handle).copied();
+                if let Some(c) = id.and_then(|id| inner.conns.get_mut(&id)) {
                     c.conn.handle_event(event);
                 }
             }
@@ -807,7 +821,7 @@ fn handle_received(inner: &mut Inner, now: Instant, meta: &quinn_udp::RecvMeta, 
                 }
                 match inner.endpoint.accept(incoming, now, &mut response, None) {
                     Ok((handle, conn)) => {
-                        inner.conns.insert(handle, Conn::new(conn, true));
+                        inner.add_conn(handle, conn, true);
                     }
                     Err(e) => {
                         debug!(error = %e.cause, "incoming connection refused");
@@ -823,7 +837,24 @@ fn handle_received(inner: &mut Inner, now: Instant, meta: &quinn_udp::RecvMeta, 
     }
 }
 
+/// Our id of a connection, never reused (unlike quinn's `ConnectionHandle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConnId(u64);
+
 impl Inner {
+    fn add_conn(
+        &mut self,
+        handle: ConnectionHandle,
+        conn: quinn_proto::Connection,
+        accepted: bool,
+    ) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.by_handle.insert(handle, id);
+        self.conns.insert(id, Conn::new(conn, handle, accepted));
+        id
+    }
+
     /// Sends a stateless response now (best effort: it is retried by the peer if lost).
     fn queue_response(&mut self, transmit: quinn_proto::Transmit, buf: Vec<u8>) {
         if self.send(&transmit, &buf[..transmit.size]).is_err() {
@@ -871,7 +902,7 @@ impl Inner {
                 Err(e) => debug!(error = %e, "UDP send failed"),
             }
         }
-        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        let handles: Vec<ConnId> = self.conns.keys().copied().collect();
         let mut deadline: Option<Instant> = None;
         let mut drained = Vec::new();
         for handle in handles {
@@ -882,7 +913,7 @@ impl Inner {
                 c.conn.handle_timeout(now);
             }
             while let Some(event) = c.conn.poll_endpoint_events() {
-                if let Some(reply) = self.endpoint.handle_event(handle, event) {
+                if let Some(reply) = self.endpoint.handle_event(c.quinn_handle, event) {
                     c.conn.handle_event(reply);
                 }
             }
@@ -959,6 +990,10 @@ impl Inner {
             if let Some(c) = self.conns.get_mut(&handle) {
                 if c.lost.is_none() {
                     c.lost = Some(ConnectionError::LocallyClosed);
+                }
+                // quinn has forgotten the connection and may reuse its handle.
+                if self.by_handle.get(&c.quinn_handle) == Some(&handle) {
+                    self.by_handle.remove(&c.quinn_handle);
                 }
                 if Rc::strong_count(&c.handles) == 1 {
                     self.conns.remove(&handle);
