@@ -111,6 +111,10 @@ struct DemoArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where the certificates and write-ahead logs go (removed afterwards); a filesystem
+    /// that supports O_DIRECT (not tmpfs). Default: the system temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,6 +384,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
         duration: Duration::from_secs_f64(args.seconds),
         concurrency: args.concurrency,
         write_fraction: args.write_fraction,
+        dir: args.dir.clone(),
         ..DemoConfig::default()
     };
     if !args.json {

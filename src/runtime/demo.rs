@@ -38,6 +38,8 @@ pub struct DemoConfig {
     /// Fraction of operations that are writes.
     pub write_fraction: f64,
     pub value_bytes: usize,
+    /// Parent of the demo's working directory (default: the system temporary directory).
+    pub dir: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoConfig {
@@ -51,6 +53,7 @@ impl Default for DemoConfig {
             keys: 10_000,
             write_fraction: 0.5,
             value_bytes: 128,
+            dir: None,
         }
     }
 }
@@ -129,7 +132,8 @@ pub fn run(config: &DemoConfig) -> Result<DemoReport, DemoError> {
             "concurrency and keys ≥ 1, write fraction within 0..=1".into(),
         ));
     }
-    let dir = std::env::temp_dir().join(format!("nodedb-demo-{}", std::process::id()));
+    let parent = config.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!("nodedb-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = run_in(config, &dir);
     let _ = std::fs::remove_dir_all(&dir);

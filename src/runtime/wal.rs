@@ -106,10 +106,15 @@ impl WalFile {
             .create(true)
             .dma_open(path)
             .await
-            .map_err(|e| WalIoError::Io {
-                path: path.to_owned(),
-                operation: "open",
-                message: e.to_string(),
+            .map_err(|e| {
+                let mut message = e.to_string();
+                if message.contains("Invalid argument") || message.contains("os error 22") {
+                    // O_DIRECT is refused by tmpfs and some overlay filesystems.
+                    message.push_str(
+                        " (the write-ahead log needs O_DIRECT: put data_dir on ext4, xfs or btrfs, not tmpfs)",
+                    );
+                }
+                WalIoError::Io { path: path.to_owned(), operation: "open", message }
             })?;
         let mut recovered = Recovered {
             records: replay.records.len(),
