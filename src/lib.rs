@@ -69,6 +69,7 @@ pub mod peer_health;
 pub mod placement;
 pub mod raft_host;
 pub mod rng;
+pub mod routing;
 pub mod runtime;
 pub mod sim;
 pub mod snapshot_transfer;

@@ -12,13 +12,13 @@ use futures_lite::future;
 use thiserror::Error;
 
 use crate::constants::{
-    CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_NODE_BACKOFF, CLIENT_NODE_DOWN_COOLDOWN,
-    CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF,
+    CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_NODE_BACKOFF, CLIENT_REQUEST_TIMEOUT,
+    CLIENT_RETRY_BACKOFF,
 };
 use crate::ids::NodeId;
 use crate::kv::{KvCommand, KvError, KvResponse};
-use crate::peer_health::{Admission, HealthPolicy, PeerHealth};
 use crate::raft_host::{CoreAddress, GroupId};
+use crate::routing::{Next, Router};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::node::ClusterSpec;
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
@@ -54,17 +54,6 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// A node that fails a client is avoided for a second at first (an unreachable node costs a
-/// connect timeout per attempt), and for `CLIENT_NODE_DOWN_COOLDOWN` after three failures.
-fn client_health() -> PeerHealth {
-    PeerHealth::with_policy(HealthPolicy {
-        backoff_initial: CLIENT_NODE_BACKOFF,
-        backoff_max: CLIENT_NODE_DOWN_COOLDOWN,
-        failures_to_open: 3,
-        cooldown: CLIENT_NODE_DOWN_COOLDOWN,
-    })
-}
-
 /// The placement table a client caches: its epoch and each group's replica addresses.
 type RoutingCache = (u64, HashMap<GroupId, Vec<CoreAddress>>);
 
@@ -75,14 +64,12 @@ pub struct KvClient {
     spec: ClusterSpec,
     map: VShardMap,
     conns: RefCell<HashMap<SocketAddr, Connection>>,
-    leaders: RefCell<HashMap<GroupId, CoreAddress>>,
     next_id: Cell<u64>,
-    next_node: Cell<usize>,
+    /// Leader cache, redirects and node health (sans-IO, shared with the simulator).
+    router: RefCell<Router>,
     /// The placement table with its epoch: each group's replica addresses.
     routing: RefCell<Option<RoutingCache>>,
     routing_failed_at: Cell<Option<crate::time::Time>>,
-    /// Nodes that failed recently are skipped (backoff, then a circuit breaker).
-    health: RefCell<HashMap<NodeId, PeerHealth>>,
     clock: MonotonicClock,
 }
 
@@ -103,12 +90,10 @@ impl KvClient {
             spec,
             map,
             conns: RefCell::default(),
-            leaders: RefCell::default(),
             next_id: Cell::new(1),
-            next_node: Cell::new(0),
+            router: RefCell::new(Router::new()),
             routing: RefCell::new(None),
             routing_failed_at: Cell::new(None),
-            health: RefCell::default(),
             clock: MonotonicClock::new(),
         })
     }
@@ -193,45 +178,27 @@ impl KvClient {
     }
 
     fn pick_target(&self, group: GroupId) -> CoreAddress {
-        if let Some(leader) = self.leaders.borrow().get(&group) {
-            return *leader;
-        }
         // The group's replicas from the cached placement table, else from the static spec.
+        let core = self.spec.core_of(group);
         let candidates: Vec<CoreAddress> = self
             .routing
             .borrow()
             .as_ref()
             .and_then(|(_, table)| table.get(&group).cloned())
             .unwrap_or_else(|| {
-                let core = self.spec.core_of(group);
                 self.spec
                     .nodes
                     .iter()
                     .map(|(node, _)| CoreAddress { node: *node, core })
                     .collect()
             });
-        // Round-robin over them, skipping nodes that failed recently.
-        let now = self.clock.now();
-        let n = candidates.len().max(1);
-        let start = self.next_node.get();
-        let mut health = self.health.borrow_mut();
-        let pick = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| {
-                candidates.get(i).is_some_and(|c| {
-                    health
-                        .entry(c.node)
-                        .or_insert_with(client_health)
-                        .admit(now)
-                        == Admission::Attempt
-                })
+        self.router
+            .borrow_mut()
+            .target(self.clock.now(), group, &candidates)
+            .unwrap_or(CoreAddress {
+                node: self.spec.nodes[0].0,
+                core,
             })
-            .unwrap_or(start % n);
-        self.next_node.set(pick + 1);
-        candidates.get(pick).copied().unwrap_or(CoreAddress {
-            node: self.spec.nodes[0].0,
-            core: self.spec.core_of(group),
-        })
     }
 
     /// Fetches the placement table once (and again after a routing error); until the
@@ -259,15 +226,6 @@ impl KvClient {
         self.routing.borrow().as_ref().map(|(epoch, _)| *epoch)
     }
 
-    fn node_failed(&self, node: NodeId) {
-        let now = self.clock.now();
-        self.health
-            .borrow_mut()
-            .entry(node)
-            .or_insert_with(client_health)
-            .on_failure(now);
-    }
-
     /// Sends `op` to the leader of `group`, following redirects.
     async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
         self.ensure_routing(group).await;
@@ -281,7 +239,7 @@ impl KvClient {
         for _ in 0..CLIENT_ATTEMPTS_MAX {
             // A redirect with a hint is followed at once; anything else waits a little
             // (an election may be under way).
-            if std::mem::replace(&mut pause, true) {
+            if pause {
                 glommio::timer::sleep(CLIENT_RETRY_BACKOFF).await;
             }
             let target = self.pick_target(group);
@@ -292,44 +250,33 @@ impl KvClient {
                 group,
                 op: op.clone(),
             };
-            match self.request(target, &request).await {
+            let next = match self.request(target, &request).await {
                 Ok(KvReply::NotLeader(hint)) => {
-                    let mut leaders = self.leaders.borrow_mut();
-                    match hint.filter(|h| *h != target) {
-                        Some(h) => {
-                            leaders.insert(group, h);
-                            pause = false;
-                        }
-                        None => {
-                            leaders.remove(&group);
-                        }
-                    }
                     last = format!("{}/{} is not the leader", target.node, target.core);
+                    self.router.borrow_mut().on_not_leader(group, target, hint)
                 }
                 Ok(KvReply::Error(message))
                     if message.contains("not hosted") || message.contains("does not exist") =>
                 {
                     // The cached placement is stale: fetch it again, then retry.
                     *self.routing.borrow_mut() = None;
-                    self.leaders.borrow_mut().remove(&group);
+                    self.router.borrow_mut().forget(group);
                     last = message;
+                    Next::RetryLater
                 }
                 Ok(KvReply::Error(message)) => return Err(ClientError::Server(message)),
                 Ok(reply) => {
-                    self.leaders.borrow_mut().insert(group, target);
-                    self.health
-                        .borrow_mut()
-                        .entry(target.node)
-                        .or_insert_with(client_health)
-                        .on_success();
+                    self.router.borrow_mut().on_answer(group, target);
                     return Ok(reply);
                 }
                 Err(e) => {
-                    self.leaders.borrow_mut().remove(&group);
-                    self.node_failed(target.node);
                     last = e;
+                    self.router
+                        .borrow_mut()
+                        .on_failure(self.clock.now(), group, target)
                 }
-            }
+            };
+            pause = next != Next::RetryNow;
         }
         Err(ClientError::NoLeader {
             group: group.0,
@@ -433,7 +380,7 @@ impl KvClient {
 
     /// The leader of `group` this client last saw, if any.
     pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
-        self.leaders.borrow().get(&group).copied()
+        self.router.borrow().leader(group)
     }
 
     /// Sends one request to one specific core, without redirects (diagnostics and tests).

@@ -27,6 +27,7 @@ use crate::raft_host::{
     RaftHost, ReplicaId,
 };
 use crate::rng::{Rng, mix64};
+use crate::routing::Router;
 use crate::sim::linearizability::{HistoryOp, RegisterOp, check_register};
 use crate::time::Time;
 
@@ -151,8 +152,12 @@ enum Pending {
 }
 
 struct Client {
-    guess: u64,
-    outstanding: Option<(u64, u64, u64, GroupId, Pending, bool)>,
+    /// The real client routing logic: leader cache, hints, avoidance of failed nodes.
+    router: Router,
+    /// A scripted client sends every request to this node.
+    pinned: Option<u64>,
+    /// (op id, invoked, deadline, group, target, pending, is write)
+    outstanding: Option<(u64, u64, u64, GroupId, CoreAddress, Pending, bool)>,
     counter: u64,
 }
 
@@ -247,7 +252,8 @@ impl Sim {
             cut: HashSet::new(),
             clients: (0..o.clients)
                 .map(|c| Client {
-                    guess: 1 + c as u64 % o.nodes,
+                    router: Router::starting_at(c),
+                    pinned: None,
                     outstanding: None,
                     counter: 0,
                 })
@@ -659,7 +665,7 @@ impl Sim {
 
     fn key_of(&self, op_id: u64) -> Option<u64> {
         self.clients.iter().find_map(|c| match &c.outstanding {
-            Some((id, _, _, _, Pending::Read { key } | Pending::Write { key, .. }, _))
+            Some((id, _, _, _, _, Pending::Read { key } | Pending::Write { key, .. }, _))
                 if *id == op_id =>
             {
                 Some(*key)
@@ -686,8 +692,9 @@ impl Sim {
         else {
             return;
         };
-        let (_, invoked, _, group, pending, is_write) =
+        let (_, invoked, _, group, target, pending, is_write) =
             client.outstanding.take().expect("found above");
+        client.router.on_answer(group, target);
         if is_write && step > self.o.safety_steps {
             self.healed_writes.insert(group);
         }
@@ -716,7 +723,7 @@ impl Sim {
     fn drive_clients(&mut self) {
         for c in 0..self.clients.len() {
             // Time out an operation: its outcome is unknown.
-            if let Some((id, invoked, deadline, _, pending, is_write)) =
+            if let Some((id, invoked, deadline, group, target, pending, is_write)) =
                 self.clients[c].outstanding.clone()
                 && self.step >= deadline
             {
@@ -730,7 +737,8 @@ impl Sim {
                 }
                 self.report.ops_unknown += 1;
                 self.record(10, id);
-                self.clients[c].guess = 1 + self.rng.below(self.o.nodes);
+                let now = self.now();
+                self.clients[c].router.on_failure(now, group, target);
             }
             if !self.scripted && self.clients[c].outstanding.is_none() && self.rng.below(4) == 0 {
                 self.issue(c);
@@ -752,11 +760,21 @@ impl Sim {
         let group = GroupId(1 + key % self.o.groups);
         let op_id = self.next_op;
         self.next_op += 1;
-        let node = self.clients[c].guess;
+        let now = self.now();
+        let candidates: Vec<CoreAddress> = (1..=self.o.nodes).map(address).collect();
+        let client = &mut self.clients[c];
+        let target = match client.pinned {
+            Some(node) => address(node),
+            None => client
+                .router
+                .target(now, group, &candidates)
+                .expect("every group has candidates"),
+        };
+        let node = target.node.0;
         let stale_read = self.o.bug == Some(Bug::StaleRead);
         let deadline = self.step + OP_TIMEOUT_STEPS;
         let Some(host) = self.nodes.get_mut(&node).and_then(|n| n.host.as_mut()) else {
-            self.clients[c].guess = 1 + self.rng.below(self.o.nodes);
+            self.clients[c].router.on_failure(now, group, target);
             return op_id;
         };
         let (pending, result, is_write) = if kind < 3 {
@@ -819,12 +837,14 @@ impl Sim {
         match result {
             Ok(()) => {
                 self.clients[c].outstanding =
-                    Some((op_id, self.step, deadline, group, pending, is_write))
+                    Some((op_id, self.step, deadline, group, target, pending, is_write))
             }
-            Err(HostError::NotLeader {
-                leader: Some(hint), ..
-            }) => self.clients[c].guess = hint.node.0,
-            Err(_) => self.clients[c].guess = 1 + self.rng.below(self.o.nodes),
+            Err(HostError::NotLeader { leader, .. }) => {
+                self.clients[c].router.on_not_leader(group, target, leader);
+            }
+            Err(_) => {
+                self.clients[c].router.on_failure(now, group, target);
+            }
         }
         op_id
     }
@@ -987,7 +1007,8 @@ impl Scenario {
 
     fn issue(&mut self, node: u64, key: u64, kind: u64, value: &str) -> OpHandle {
         self.sim.clients.push(Client {
-            guess: node,
+            router: Router::new(),
+            pinned: Some(node),
             outstanding: None,
             counter: 0,
         });

@@ -1,0 +1,177 @@
+//! The client's routing decisions, sans-IO: which core to ask for a group, and what an
+//! answer teaches. Shared by `runtime::client::KvClient` and the simulator's clients, so the
+//! simulator exercises the real redirect logic under faults.
+//!
+//! A router knows each group's candidate replicas (from the placement table, or a default),
+//! remembers the last leader it saw per group, follows `NotLeader` hints at once, and
+//! avoids nodes that failed recently (`PeerHealth` with the client policy: backoff from
+//! 1 s, 10 s after three failures in a row).
+
+use std::collections::HashMap;
+
+use crate::constants::{CLIENT_NODE_BACKOFF, CLIENT_NODE_DOWN_COOLDOWN};
+use crate::ids::NodeId;
+use crate::peer_health::{Admission, HealthPolicy, PeerHealth};
+use crate::raft_host::{CoreAddress, GroupId};
+use crate::time::Time;
+
+/// What to do after an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Done: the answer stands.
+    Done,
+    /// Ask again at once (a redirect with a hint).
+    RetryNow,
+    /// Ask again after a short pause (an election may be under way, a node failed).
+    RetryLater,
+}
+
+/// How a node that fails a client is avoided.
+fn client_health() -> PeerHealth {
+    PeerHealth::with_policy(HealthPolicy {
+        backoff_initial: CLIENT_NODE_BACKOFF,
+        backoff_max: CLIENT_NODE_DOWN_COOLDOWN,
+        failures_to_open: 3,
+        cooldown: CLIENT_NODE_DOWN_COOLDOWN,
+    })
+}
+
+/// Routing state of one client.
+#[derive(Debug, Default)]
+pub struct Router {
+    leaders: HashMap<GroupId, CoreAddress>,
+    health: HashMap<NodeId, PeerHealth>,
+    next: usize,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// A router whose first choice among candidates is the `first`-th (modulo their
+    /// number), so that many clients spread their first requests.
+    pub fn starting_at(first: usize) -> Router {
+        Router {
+            next: first,
+            ..Router::default()
+        }
+    }
+
+    /// The leader of `group` last seen, if any.
+    pub fn leader(&self, group: GroupId) -> Option<CoreAddress> {
+        self.leaders.get(&group).copied()
+    }
+
+    /// Where to send a request for `group`: its last known leader, else the next of
+    /// `candidates` (its replicas) whose node is not being avoided.
+    pub fn target(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        candidates: &[CoreAddress],
+    ) -> Option<CoreAddress> {
+        if let Some(leader) = self.leaders.get(&group) {
+            return Some(*leader);
+        }
+        let n = candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next;
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| {
+                self.health
+                    .entry(candidates[i].node)
+                    .or_insert_with(client_health)
+                    .admit(now)
+                    == Admission::Attempt
+            })
+            .unwrap_or(start % n);
+        self.next = pick + 1;
+        Some(candidates[pick])
+    }
+
+    /// `target` answered with a result for `group`: it leads.
+    pub fn on_answer(&mut self, group: GroupId, target: CoreAddress) -> Next {
+        self.leaders.insert(group, target);
+        self.health
+            .entry(target.node)
+            .or_insert_with(client_health)
+            .on_success();
+        Next::Done
+    }
+
+    /// `target` does not lead `group`; `hint` is who it thinks does.
+    pub fn on_not_leader(
+        &mut self,
+        group: GroupId,
+        target: CoreAddress,
+        hint: Option<CoreAddress>,
+    ) -> Next {
+        match hint.filter(|h| *h != target) {
+            Some(h) => {
+                self.leaders.insert(group, h);
+                Next::RetryNow
+            }
+            None => {
+                self.leaders.remove(&group);
+                Next::RetryLater
+            }
+        }
+    }
+
+    /// The request to `target` failed (no answer, connection error).
+    pub fn on_failure(&mut self, now: Time, group: GroupId, target: CoreAddress) -> Next {
+        self.leaders.remove(&group);
+        self.health
+            .entry(target.node)
+            .or_insert_with(client_health)
+            .on_failure(now);
+        Next::RetryLater
+    }
+
+    /// The cached routing for `group` is wrong (the group moved): forget its leader.
+    pub fn forget(&mut self, group: GroupId) {
+        self.leaders.remove(&group);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::CoreId;
+
+    fn at(node: u64) -> CoreAddress {
+        CoreAddress {
+            node: NodeId(node),
+            core: CoreId(1),
+        }
+    }
+
+    #[test]
+    fn hints_are_followed_and_failed_nodes_avoided() {
+        let mut r = Router::new();
+        let g = GroupId(3);
+        let all = [at(1), at(2), at(3)];
+        let t = Time::from_secs(1);
+        assert_eq!(r.target(t, g, &all), Some(at(1)));
+        assert_eq!(r.on_not_leader(g, at(1), Some(at(3))), Next::RetryNow);
+        assert_eq!(r.target(t, g, &all), Some(at(3)));
+        assert_eq!(r.on_failure(t, g, at(3)), Next::RetryLater);
+        // Node 3 is avoided for a while; the others are tried.
+        for _ in 0..4 {
+            assert_ne!(r.target(t, g, &all), Some(at(3)));
+        }
+        assert_eq!(r.on_answer(g, at(2)), Next::Done);
+        assert_eq!(r.leader(g), Some(at(2)));
+        assert_eq!(
+            r.target(t, g, &[]),
+            Some(at(2)),
+            "a known leader needs no candidates"
+        );
+        r.forget(g);
+        assert_eq!(r.target(t, g, &[]), None);
+    }
+}
