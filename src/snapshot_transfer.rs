@@ -84,7 +84,8 @@ struct Partial {
     message: Option<Message>,
     data: Vec<u8>,
     total: Option<u64>,
-    started: Option<Time>,
+    /// When the last piece (message or chunk) arrived.
+    last_progress: Option<Time>,
 }
 
 impl Partial {
@@ -120,7 +121,7 @@ impl SnapshotAssembler {
             index: message.get_snapshot().get_metadata().index,
         };
         let partial = self.partial.entry(key).or_default();
-        partial.started.get_or_insert(now);
+        partial.last_progress = Some(now);
         partial.message = Some(message);
         self.finish(key)
     }
@@ -148,7 +149,7 @@ impl SnapshotAssembler {
             return Err(TransferError::Busy);
         }
         let partial = self.partial.entry(key).or_default();
-        partial.started.get_or_insert(now);
+        partial.last_progress = Some(now);
         let expected = partial.data.len() as u64;
         if offset != expected
             || partial.total.is_some_and(|t| t != total)
@@ -176,11 +177,13 @@ impl SnapshotAssembler {
         Some(message)
     }
 
-    /// Forgets transfers older than `SNAPSHOT_TRANSFER_TIMEOUT` (the leader sends again).
+    /// Forgets transfers that received nothing for `SNAPSHOT_TRANSFER_TIMEOUT` (the leader
+    /// sends again). Idle time, not age: a large or rate-limited snapshot that keeps
+    /// arriving may take as long as it needs.
     pub fn expire(&mut self, now: Time) -> usize {
         let before = self.partial.len();
         self.partial.retain(|_, p| {
-            p.started
+            p.last_progress
                 .is_none_or(|t| now.saturating_since(t) < SNAPSHOT_TRANSFER_TIMEOUT)
         });
         before - self.partial.len()
@@ -275,6 +278,31 @@ mod tests {
             original
         );
         assert_eq!(b.in_progress(), 0);
+    }
+
+    #[test]
+    fn a_slow_transfer_that_keeps_arriving_is_not_expired() {
+        let data = vec![7; 2 * SNAPSHOT_CHUNK_BYTES + 1];
+        let (meta, chunks) = split(GroupId(4), snapshot_message(data.clone()));
+        assert_eq!(chunks.len(), 3);
+        let mut a = SnapshotAssembler::new();
+        let almost = SNAPSHOT_TRANSFER_TIMEOUT - Duration::from_secs(1);
+        let mut now = Time::ZERO;
+        assert!(a.on_message(now, GroupId(4), meta).is_none());
+        for chunk in &chunks[..2] {
+            now = now + almost;
+            assert_eq!(a.expire(now), 0, "progress was made within the timeout");
+            assert!(a.on_chunk(now, chunk).unwrap().is_none());
+        }
+        now = now + almost;
+        assert_eq!(a.expire(now), 0);
+        let (group, message) = a.on_chunk(now, &chunks[2]).unwrap().unwrap();
+        assert_eq!(group, GroupId(4));
+        assert_eq!(message.get_snapshot().data.as_ref(), data.as_slice());
+        assert!(
+            now.saturating_since(Time::ZERO) > SNAPSHOT_TRANSFER_TIMEOUT,
+            "the whole transfer took longer than the idle timeout"
+        );
     }
 
     #[test]

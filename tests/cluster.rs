@@ -63,6 +63,7 @@ impl Harness {
             },
             layout: CoreLayout::Unbound,
             mtu: 1452,
+            snapshot_rate: nodedb_cluster::constants::SNAPSHOT_RATE_BYTES_PER_SEC,
         })
         .unwrap()
     }

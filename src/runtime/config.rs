@@ -8,6 +8,7 @@
 //! layout = "pinned"              # or "unbound" (several nodes on one machine)
 //! first_cpu = 0                  # with "pinned": core i runs on CPU first_cpu + i
 //! mtu = 1452                     # QUIC datagram size
+//! # snapshot_rate_bytes_per_sec = 67108864  # per core; omit for unlimited
 //!
 //! [tls]                          # mutual TLS with the cluster CA (see `certs`)
 //! ca_cert = "certs/ca.pem"
@@ -89,6 +90,7 @@ struct ConfigFile {
     first_cpu: usize,
     #[serde(default = "default_mtu")]
     mtu: u16,
+    snapshot_rate_bytes_per_sec: Option<u64>,
     tls: TlsSection,
     nodes: Vec<NodeEntry>,
 }
@@ -114,6 +116,8 @@ pub struct LoadedConfig {
     pub data_dir: Option<PathBuf>,
     pub layout: CoreLayout,
     pub mtu: u16,
+    /// Snapshot send rate per core in bytes per second; `None` is unlimited.
+    pub snapshot_rate: Option<u64>,
 }
 
 impl LoadedConfig {
@@ -154,6 +158,12 @@ impl LoadedConfig {
                 "mtu = {} is outside 1200..=65527",
                 file.mtu
             )));
+        }
+        if file.snapshot_rate_bytes_per_sec == Some(0) {
+            return Err(invalid(
+                "snapshot_rate_bytes_per_sec = 0 would stop every snapshot; omit it for no limit"
+                    .into(),
+            ));
         }
         if file.nodes.is_empty() {
             return Err(invalid("[[nodes]] lists no node".into()));
@@ -237,6 +247,7 @@ impl LoadedConfig {
             data_dir: file.data_dir.map(|d| resolve(&d)),
             layout,
             mtu: file.mtu,
+            snapshot_rate: file.snapshot_rate_bytes_per_sec,
         })
     }
 
@@ -258,6 +269,7 @@ impl LoadedConfig {
             tls: self.tls.clone(),
             layout: self.layout,
             mtu: self.mtu,
+            snapshot_rate: self.snapshot_rate,
         })
     }
 }
@@ -297,6 +309,30 @@ addr = "127.0.0.1:7200"
         assert_eq!(c.spec.cores, 2);
         assert!(c.tls.is_insecure());
         assert!(c.node_config(Path::new("x")).is_ok());
+        assert_eq!(c.snapshot_rate, None, "snapshots are unlimited by default");
+    }
+
+    #[test]
+    fn the_snapshot_rate_reaches_the_node_and_zero_is_refused() {
+        let text = GOOD.replace(
+            "cores = 2",
+            "cores = 2\nsnapshot_rate_bytes_per_sec = 1048576",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.node_config(Path::new("x")).unwrap().snapshot_rate,
+            Some(1 << 20)
+        );
+        let err = parse(&GOOD.replace("cores = 2", "cores = 2\nsnapshot_rate_bytes_per_sec = 0"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("snapshot_rate_bytes_per_sec"), "{err}");
+        let err = parse(&GOOD.replace("cores = 2", "cores = 2\nsnapshot_rate_bytes_per_sec = -5"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("snapshot_rate_bytes_per_sec"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,6 @@ use tracing::{debug, info, warn};
 
 use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
-    SNAPSHOT_RATE_BYTES_PER_SEC,
 };
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
@@ -90,6 +89,9 @@ pub struct NodeConfig {
     pub layout: CoreLayout,
     /// Datagram size of the QUIC endpoints.
     pub mtu: u16,
+    /// Snapshot send rate per core in bytes per second; `None` is unlimited
+    /// (`constants::SNAPSHOT_RATE_BYTES_PER_SEC`, the default).
+    pub snapshot_rate: Option<u64>,
 }
 
 /// A node that could not start.
@@ -278,7 +280,7 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
     let inbox = Rc::new(Inbox::default());
     let clock = MonotonicClock::new();
     let assembler = Rc::new(RefCell::new(SnapshotAssembler::new()));
-    let bucket = Rc::new(RefCell::new(TokenBucket::new(SNAPSHOT_RATE_BYTES_PER_SEC)));
+    let bucket = Rc::new(RefCell::new(TokenBucket::new(config.snapshot_rate)));
     let accept = glommio::spawn_local(accept_loop(
         endpoint.clone(),
         inbox.clone(),
