@@ -65,6 +65,7 @@ pub mod load;
 pub mod load_slots;
 pub mod metadata;
 pub mod metrics;
+pub mod node_metrics;
 pub mod peer_health;
 pub mod placement;
 pub mod raft_host;

@@ -4,10 +4,12 @@
 //! acknowledged write is readable afterwards; a group whose log was compacted meanwhile is
 //! caught up through a snapshot streamed on a bulk stream.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::node_metrics::CoreCounter;
 use nodedb_cluster::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::cores::CoreLayout;
@@ -64,6 +66,7 @@ impl Harness {
             layout: CoreLayout::Unbound,
             mtu: 1452,
             snapshot_rate: nodedb_cluster::constants::SNAPSHOT_RATE_BYTES_PER_SEC,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         })
         .unwrap()
     }
@@ -168,6 +171,45 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
         (acked, leader.node.0)
     });
     assert_eq!(acked.len(), 100);
+
+    // The nodes counted what they did, and serve it to Prometheus.
+    let live = || nodes.iter().flatten();
+    let total = |c: CoreCounter| live().map(|n| n.metrics().total(c)).sum::<u64>();
+    assert!(
+        total(CoreCounter::WritesAcked) >= 101,
+        "100 puts and one more were acked"
+    );
+    assert!(total(CoreCounter::ReadsServed) >= 3);
+    assert!(
+        total(CoreCounter::ClientErrors) >= 1,
+        "the unknown group was an error"
+    );
+    assert!(live().all(|n| n.metrics().total(CoreCounter::WalBatches) > 0));
+    assert!(live().all(|n| n.metrics().total(CoreCounter::RaftMessagesIn) > 0));
+    let scrape = {
+        let addr = nodes[0].as_ref().unwrap().metrics_addr().unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: n1\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
+    let acked_on_node_1: u64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("nodedb_core_writes_acked_total{node=\"1\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        acked_on_node_1,
+        nodes[0]
+            .as_ref()
+            .unwrap()
+            .metrics()
+            .total(CoreCounter::WritesAcked),
+        "the endpoint serves the node's counters"
+    );
 
     // A node that leads a group stops; the other two elect leaders where needed and keep
     // accepting writes.

@@ -9,6 +9,7 @@
 //! first_cpu = 0                  # with "pinned": core i runs on CPU first_cpu + i
 //! mtu = 1452                     # QUIC datagram size
 //! # snapshot_rate_bytes_per_sec = 67108864  # per core; omit for unlimited
+//! # metrics_addr = "127.0.0.1:9100"         # Prometheus `GET /metrics`; omit for none
 //!
 //! [tls]                          # mutual TLS with the cluster CA (see `certs`)
 //! ca_cert = "certs/ca.pem"
@@ -91,6 +92,7 @@ struct ConfigFile {
     #[serde(default = "default_mtu")]
     mtu: u16,
     snapshot_rate_bytes_per_sec: Option<u64>,
+    metrics_addr: Option<SocketAddr>,
     tls: TlsSection,
     nodes: Vec<NodeEntry>,
 }
@@ -118,6 +120,8 @@ pub struct LoadedConfig {
     pub mtu: u16,
     /// Snapshot send rate per core in bytes per second; `None` is unlimited.
     pub snapshot_rate: Option<u64>,
+    /// Where the node serves Prometheus metrics; `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl LoadedConfig {
@@ -248,6 +252,7 @@ impl LoadedConfig {
             layout,
             mtu: file.mtu,
             snapshot_rate: file.snapshot_rate_bytes_per_sec,
+            metrics_addr: file.metrics_addr,
         })
     }
 
@@ -270,6 +275,7 @@ impl LoadedConfig {
             layout: self.layout,
             mtu: self.mtu,
             snapshot_rate: self.snapshot_rate,
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -310,6 +316,11 @@ addr = "127.0.0.1:7200"
         assert!(c.tls.is_insecure());
         assert!(c.node_config(Path::new("x")).is_ok());
         assert_eq!(c.snapshot_rate, None, "snapshots are unlimited by default");
+        assert_eq!(c.metrics_addr, None, "no metrics endpoint unless asked");
+        let with =
+            parse(&GOOD.replace("cores = 2", "cores = 2\nmetrics_addr = \"127.0.0.1:9100\""))
+                .unwrap();
+        assert_eq!(with.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
     #[test]

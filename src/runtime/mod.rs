@@ -10,6 +10,7 @@ pub mod config;
 pub mod cores;
 pub mod demo;
 pub mod executor;
+pub mod metrics_http;
 pub mod node;
 pub mod peers;
 pub mod quic;

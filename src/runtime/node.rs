@@ -30,12 +30,14 @@ use crate::constants::{
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
 use crate::metadata::{Cell, MetadataCommand, MetadataStore};
+use crate::node_metrics::{CoreCounter, CoreGauge, NodeMetrics};
 use crate::raft_host::{
     CoreAddress, GroupId, HostError, HostEvent, ProposalToken, RaftHost, ReplicaId,
 };
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use crate::runtime::executor::RuntimeError;
+use crate::runtime::metrics_http::MetricsServer;
 use crate::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream};
 use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
@@ -92,6 +94,8 @@ pub struct NodeConfig {
     /// Snapshot send rate per core in bytes per second; `None` is unlimited
     /// (`constants::SNAPSHOT_RATE_BYTES_PER_SEC`, the default).
     pub snapshot_rate: Option<u64>,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A node that could not start.
@@ -101,6 +105,11 @@ pub enum NodeError {
     NotInSpec(NodeId),
     #[error("listen IP {0} is not a loopback or local address this build can bind")]
     BadAddress(IpAddr),
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -108,6 +117,8 @@ pub enum NodeError {
 /// A running node; `shutdown` stops every core.
 pub struct Node {
     runtime: CoreRuntime<()>,
+    metrics: Arc<NodeMetrics>,
+    http: Option<MetricsServer>,
 }
 
 impl Node {
@@ -115,24 +126,50 @@ impl Node {
         if config.spec.address(config.node, CoreId(0)).is_none() {
             return Err(NodeError::NotInSpec(config.node));
         }
+        let metrics = Arc::new(NodeMetrics::new(config.node, config.spec.cores));
+        let http = config
+            .metrics_addr
+            .map(|addr| {
+                MetricsServer::start(addr, metrics.clone())
+                    .map_err(|source| NodeError::Metrics { addr, source })
+            })
+            .transpose()?;
         let runtime_config = CoreRuntimeConfig {
             name: format!("node-{}", config.node.0),
             cores: config.spec.cores,
             layout: config.layout,
         };
         let config = Arc::new(config);
-        let runtime = CoreRuntime::start(&runtime_config, move |ctx: CoreContext<Forwarded>| {
-            let config = config.clone();
-            async move {
-                if let Err(e) = core_loop(ctx, config).await {
-                    tracing::error!(error = %e, "core stopped with an error");
+        let runtime = CoreRuntime::start(&runtime_config, {
+            let metrics = metrics.clone();
+            move |ctx: CoreContext<Forwarded>| {
+                let (config, metrics) = (config.clone(), metrics.clone());
+                async move {
+                    if let Err(e) = core_loop(ctx, config, metrics).await {
+                        tracing::error!(error = %e, "core stopped with an error");
+                    }
                 }
             }
         })?;
-        Ok(Node { runtime })
+        Ok(Node {
+            runtime,
+            metrics,
+            http,
+        })
+    }
+
+    /// The node's per-core counters (also served at `metrics_addr`).
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
+    }
+
+    /// Where the metrics endpoint listens, when one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(MetricsServer::local_addr)
     }
 
     pub fn shutdown(self) -> Result<(), RuntimeError> {
+        drop(self.http);
         self.runtime.shutdown().map(|_| ())
     }
 }
@@ -189,10 +226,15 @@ impl Pending {
 /// A client request handed to the core that hosts its group, with where to answer.
 type Forwarded = (KvRequest, async_channel::Sender<KvResponseFrame>);
 
-async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Result<(), String> {
+async fn core_loop(
+    ctx: CoreContext<Forwarded>,
+    config: Arc<NodeConfig>,
+    node_metrics: Arc<NodeMetrics>,
+) -> Result<(), String> {
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
     let core = ctx.core();
+    let metrics = node_metrics.core(core.0);
     let local = CoreAddress {
         node: config.node,
         core,
@@ -301,11 +343,13 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
     let mut issued: VecDeque<(u64, crate::time::Time)> = VecDeque::new();
     let mut next_token = 1u64;
     while !ctx.stopping() {
+        metrics.add(CoreCounter::LoopTurns, 1);
         host.handle_tick(clock.now());
         let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
         for w in work {
             match w {
                 Work::Raft(group, message) => {
+                    metrics.add(CoreCounter::RaftMessagesIn, 1);
                     if let Err(e) = host.handle_message(group, message) {
                         debug!(group = group.0, error = %e, "raft message dropped");
                     }
@@ -314,6 +358,7 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                     let group = request.group;
                     let routing = matches!(request.op, KvOp::Routing);
                     if routing != (group == METADATA_GROUP) || group.0 > u64::from(spec.groups) {
+                        metrics.add(CoreCounter::ClientErrors, 1);
                         let answer = KvReply::Error(format!("group {} does not exist", group.0));
                         let _ = reply.try_send(KvResponseFrame {
                             id: request.id,
@@ -326,6 +371,7 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                         // Right node, wrong core: hand it over through the core's inbox.
                         let id = request.id;
                         if let Err(e) = ctx.try_send(home, (request, reply.clone())) {
+                            metrics.add(CoreCounter::ClientErrors, 1);
                             let _ = reply.try_send(KvResponseFrame {
                                 id,
                                 reply: KvReply::Error(format!("busy: {e}")),
@@ -336,11 +382,17 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                     let token = ProposalToken(next_token);
                     next_token += 1;
                     issued.push_back((token.0, clock.now()));
-                    handle_request(&mut host, &mut pending, token, request, reply);
+                    metrics.add(CoreCounter::ClientRequests, 1);
+                    match handle_request(&mut host, &mut pending, token, request, reply) {
+                        Taken::Pending => {}
+                        Taken::Redirected => metrics.add(CoreCounter::ClientRedirects, 1),
+                        Taken::Refused => metrics.add(CoreCounter::ClientErrors, 1),
+                    }
                 }
             }
         }
-        wal.persist(&mut host).await.map_err(|e| e.to_string())?;
+        let batches = wal.persist(&mut host).await.map_err(|e| e.to_string())?;
+        metrics.add(CoreCounter::WalBatches, batches as u64);
         // The metadata group's first leader bootstraps the cluster's shape (once; asked
         // again if the proposal was lost to a leader change).
         if core == CoreId(0) && host.is_leader(METADATA_GROUP) {
@@ -367,6 +419,7 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                     token, response, ..
                 } => {
                     if let Some(Pending::Write(id, reply)) = pending.remove(&token.0) {
+                        metrics.add(CoreCounter::WritesAcked, 1);
                         let _ = reply.try_send(KvResponseFrame {
                             id,
                             reply: KvReply::Written(response),
@@ -375,6 +428,7 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                 }
                 HostEvent::ReadReady { group, token } => {
                     if let Some(Pending::Read(id, op, reply)) = pending.remove(&token.0) {
+                        metrics.add(CoreCounter::ReadsServed, 1);
                         let store = host.state_machine(group).and_then(Cell::kv);
                         let answer = match (store, op) {
                             (_, KvOp::Routing) => {
@@ -420,8 +474,10 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
                 core: out.to.core,
             };
             // Snapshot data goes out of band, on a throttled bulk stream.
+            metrics.add(CoreCounter::RaftMessagesOut, 1);
             let (message, chunks) = split(out.group, out.message);
             if !chunks.is_empty() {
+                metrics.add(CoreCounter::SnapshotsSent, 1);
                 glommio::spawn_local(send_snapshot(
                     peers.clone(),
                     peer,
@@ -456,14 +512,20 @@ async fn core_loop(ctx: CoreContext<Forwarded>, config: Arc<NodeConfig>) -> Resu
             }
             issued.pop_front();
             if let Some(p) = pending.remove(&token) {
+                metrics.add(CoreCounter::ClientErrors, 1);
                 p.answer(KvReply::Error(
                     "timed out waiting for commit; the outcome is unknown".into(),
                 ));
             }
         }
+        metrics.set(CoreGauge::PendingRequests, pending.len() as u64);
+        let leading = host.group_ids().filter(|g| host.is_leader(*g)).count();
+        metrics.set(CoreGauge::LeaderGroups, leading as u64);
         inbox.wait(NODE_LOOP_IDLE).await;
     }
+    metrics.set(CoreGauge::LeaderGroups, 0);
     for (_, p) in pending.drain() {
+        metrics.add(CoreCounter::ClientErrors, 1);
         p.answer(KvReply::Error(
             "the node is shutting down; the outcome is unknown".into(),
         ));
@@ -518,16 +580,32 @@ fn bootstrap_command(spec: &ClusterSpec) -> MetadataCommand {
     MetadataCommand::Bootstrap { nodes, groups }
 }
 
+/// What became of a client request a core took.
+enum Taken {
+    /// Waiting for its commit or read index.
+    Pending,
+    /// Answered `NotLeader`.
+    Redirected,
+    /// Answered with an error.
+    Refused,
+}
+
 fn handle_request(
     host: &mut RaftHost<Cell>,
     pending: &mut HashMap<u64, Pending>,
     token: ProposalToken,
     request: KvRequest,
     reply: async_channel::Sender<KvResponseFrame>,
-) {
+) -> Taken {
     let id = request.id;
     let refuse = |reply: &async_channel::Sender<KvResponseFrame>, answer: KvReply| {
+        let redirect = matches!(answer, KvReply::NotLeader(_));
         let _ = reply.try_send(KvResponseFrame { id, reply: answer });
+        if redirect {
+            Taken::Redirected
+        } else {
+            Taken::Refused
+        }
     };
     if pending.len() >= CLIENT_PENDING_MAX {
         return refuse(
@@ -552,6 +630,7 @@ fn handle_request(
     match result {
         Ok(p) => {
             pending.insert(token.0, p);
+            Taken::Pending
         }
         Err(HostError::NotLeader { leader, .. }) => refuse(&reply, KvReply::NotLeader(leader)),
         Err(HostError::UnknownGroup(group)) => refuse(

@@ -1,0 +1,154 @@
+//! The node's Prometheus endpoint: `GET /metrics` over plain HTTP/1.x on its own thread.
+//!
+//! A scrape runs on this thread, never on a core's executor, so a slow or stuck scraper
+//! cannot stall Raft or client traffic; it only reads the cores' relaxed atomic counters.
+//! One connection is served at a time with short socket timeouts; anything but
+//! `GET /metrics` is answered 404 or 400.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::debug;
+
+use crate::node_metrics::NodeMetrics;
+
+/// Longest request head read (request line and headers).
+const REQUEST_HEAD_MAX_BYTES: usize = 8 * 1024;
+/// A scraper that sends or reads nothing for this long is dropped.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running metrics endpoint; stopped when dropped.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port) and serves `metrics` from a new thread.
+    pub fn start(addr: SocketAddr, metrics: Arc<NodeMetrics>) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("metrics-http".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        match stream {
+                            Ok(stream) => {
+                                if let Err(e) = serve(stream, &metrics) {
+                                    debug!(error = %e, "metrics request failed");
+                                }
+                            }
+                            Err(e) => debug!(error = %e, "metrics accept failed"),
+                        }
+                    }
+                }
+            })?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocking accept; if the connection fails the thread is past accepting.
+        let _ = TcpStream::connect_timeout(&self.addr, SOCKET_TIMEOUT);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, metrics: &NodeMetrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(SOCKET_TIMEOUT))?;
+    stream.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > REQUEST_HEAD_MAX_BYTES {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "");
+        }
+    }
+    let line = head
+        .split(|b| *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let mut parts = line.split(|b| *b == b' ');
+    match (parts.next(), parts.next()) {
+        (Some(b"GET"), Some(b"/metrics")) => {
+            respond(&mut stream, "200 OK", &metrics.render_prometheus())
+        }
+        (Some(_), Some(_)) => respond(&mut stream, "404 Not Found", "only /metrics is served\n"),
+        _ => respond(&mut stream, "400 Bad Request", "not an HTTP request\n"),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use crate::node_metrics::CoreCounter;
+
+    fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_the_exposition_and_refuses_other_paths() {
+        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1));
+        metrics.core(0).add(CoreCounter::WalBatches, 9);
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+        let ok = get(
+            server.local_addr(),
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(
+            ok.contains("nodedb_core_wal_batches_total{node=\"1\",core=\"0\"} 9"),
+            "{ok}"
+        );
+        let other = get(server.local_addr(), "GET / HTTP/1.1\r\n\r\n");
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        let junk = get(server.local_addr(), "\r\n\r\n");
+        assert!(junk.starts_with("HTTP/1.1 400"), "{junk}");
+        drop(server);
+    }
+}
