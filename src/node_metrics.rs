@@ -32,10 +32,18 @@ pub enum CoreCounter {
     SnapshotsSent,
     /// Turns of the core loop.
     LoopTurns,
+    /// UDP datagrams the core's QUIC endpoint sent.
+    QuicDatagramsSent,
+    /// `sendmsg` calls of the endpoint (with GSO, one call carries several datagrams).
+    QuicSendCalls,
+    /// UDP datagrams the endpoint received.
+    QuicDatagramsReceived,
+    /// Sends that found the socket buffer full and were retried.
+    QuicSendWouldBlock,
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 10] = [
+    pub const ALL: [CoreCounter; 14] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -46,6 +54,10 @@ impl CoreCounter {
         CoreCounter::RaftMessagesOut,
         CoreCounter::SnapshotsSent,
         CoreCounter::LoopTurns,
+        CoreCounter::QuicDatagramsSent,
+        CoreCounter::QuicSendCalls,
+        CoreCounter::QuicDatagramsReceived,
+        CoreCounter::QuicSendWouldBlock,
     ];
 
     fn name_and_help(self) -> (&'static str, &'static str) {
@@ -71,6 +83,18 @@ impl CoreCounter {
             CoreCounter::RaftMessagesOut => ("raft_messages_sent_total", "Raft messages sent."),
             CoreCounter::SnapshotsSent => ("snapshots_sent_total", "Snapshots streamed to peers."),
             CoreCounter::LoopTurns => ("loop_turns_total", "Turns of the core loop."),
+            CoreCounter::QuicDatagramsSent => ("quic_datagrams_sent_total", "UDP datagrams sent."),
+            CoreCounter::QuicSendCalls => (
+                "quic_send_calls_total",
+                "sendmsg calls (one carries several datagrams with GSO).",
+            ),
+            CoreCounter::QuicDatagramsReceived => {
+                ("quic_datagrams_received_total", "UDP datagrams received.")
+            }
+            CoreCounter::QuicSendWouldBlock => (
+                "quic_send_would_block_total",
+                "Sends that found the socket buffer full and were retried.",
+            ),
         }
     }
 }
@@ -82,10 +106,16 @@ pub enum CoreGauge {
     LeaderGroups,
     /// Client requests waiting for a commit or a read index.
     PendingRequests,
+    /// 1 when the endpoint sends with GSO (segmentation offload), 0 when it fell back.
+    QuicGsoActive,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 2] = [CoreGauge::LeaderGroups, CoreGauge::PendingRequests];
+    pub const ALL: [CoreGauge; 3] = [
+        CoreGauge::LeaderGroups,
+        CoreGauge::PendingRequests,
+        CoreGauge::QuicGsoActive,
+    ];
 
     fn name_and_help(self) -> (&'static str, &'static str) {
         match self {
@@ -93,6 +123,10 @@ impl CoreGauge {
             CoreGauge::PendingRequests => (
                 "pending_requests",
                 "Client requests waiting for a commit or a read index.",
+            ),
+            CoreGauge::QuicGsoActive => (
+                "quic_gso_active",
+                "1 when the QUIC endpoint sends with GSO, 0 when it fell back.",
             ),
         }
     }
@@ -108,6 +142,12 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     pub fn add(&self, counter: CoreCounter, n: u64) {
         self.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Mirrors a counter whose owner keeps its own running total (the transport's stats):
+    /// stores `total` instead of adding to it.
+    pub fn mirror(&self, counter: CoreCounter, total: u64) {
+        self.counters[counter as usize].store(total, Ordering::Relaxed);
     }
 
     pub fn set(&self, gauge: CoreGauge, value: u64) {

@@ -186,6 +186,12 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
     );
     assert!(live().all(|n| n.metrics().total(CoreCounter::WalBatches) > 0));
     assert!(live().all(|n| n.metrics().total(CoreCounter::RaftMessagesIn) > 0));
+    assert!(live().all(|n| n.metrics().total(CoreCounter::QuicDatagramsReceived) > 0));
+    assert!(
+        live().all(|n| n.metrics().total(CoreCounter::QuicSendCalls)
+            <= n.metrics().total(CoreCounter::QuicDatagramsSent)),
+        "a send call carries at least one datagram"
+    );
     let scrape = {
         let addr = nodes[0].as_ref().unwrap().metrics_addr().unwrap();
         let mut s = std::net::TcpStream::connect(addr).unwrap();

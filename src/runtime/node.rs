@@ -521,6 +521,12 @@ async fn core_loop(
         metrics.set(CoreGauge::PendingRequests, pending.len() as u64);
         let leading = host.group_ids().filter(|g| host.is_leader(*g)).count();
         metrics.set(CoreGauge::LeaderGroups, leading as u64);
+        let quic = endpoint.stats();
+        metrics.mirror(CoreCounter::QuicDatagramsSent, quic.datagrams_sent);
+        metrics.mirror(CoreCounter::QuicSendCalls, quic.send_calls);
+        metrics.mirror(CoreCounter::QuicDatagramsReceived, quic.datagrams_received);
+        metrics.mirror(CoreCounter::QuicSendWouldBlock, quic.send_would_block);
+        metrics.set(CoreGauge::QuicGsoActive, u64::from(quic.gso_active));
         inbox.wait(NODE_LOOP_IDLE).await;
     }
     metrics.set(CoreGauge::LeaderGroups, 0);
