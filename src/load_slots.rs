@@ -39,7 +39,7 @@ pub struct CoreLoadRecord {
 }
 
 const WORDS: usize = std::mem::size_of::<CoreLoadRecord>() / 8;
-const _: () = assert!(std::mem::size_of::<CoreLoadRecord>() % 8 == 0);
+const _: () = assert!(std::mem::size_of::<CoreLoadRecord>().is_multiple_of(8));
 
 /// A read that kept colliding with writes.
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -49,7 +49,7 @@ impl MigrationDispatcher for Recorder {
     fn dispatch(&self, planned: &PlannedMove) -> Result<(), DispatchError> {
         let mut moves = self.moves.borrow_mut();
         moves.push(planned.clone());
-        if self.refuse_every_other && moves.len() % 2 == 0 {
+        if self.refuse_every_other && moves.len().is_multiple_of(2) {
             return Err(DispatchError("target is busy".into()));
         }
         Ok(())
