@@ -20,6 +20,16 @@ fn elected(s: &mut Scenario) -> u64 {
     s.leader().unwrap()
 }
 
+/// Reads `key` through the current leader and returns what it found.
+fn read_through_leader(s: &mut Scenario, key: u64) -> Option<Vec<u8>> {
+    let read = s.get(s.leader().expect("a leader to read through"), key);
+    assert!(s.run_until(5 * SECOND, |s| s.result(read).is_some()));
+    match s.result(read) {
+        Some(RegisterOp::Get { found }) => found.clone(),
+        other => panic!("a read completed as {other:?}"),
+    }
+}
+
 #[test]
 fn a_leader_isolated_in_the_minority_cannot_commit_while_the_majority_does() {
     let mut s = Scenario::new(3);
@@ -37,14 +47,7 @@ fn a_leader_isolated_in_the_minority_cannot_commit_while_the_majority_does() {
     assert!(s.result(lost).is_none(), "the minority never acknowledges");
     s.heal();
     s.run_for(5 * SECOND);
-    let read = s.get(s.leader().unwrap(), 0);
-    assert!(s.run_until(5 * SECOND, |s| s.result(read).is_some()));
-    assert_eq!(
-        s.result(read),
-        Some(&RegisterOp::Get {
-            found: value("to-the-majority")
-        })
-    );
+    assert_eq!(read_through_leader(&mut s, 0), value("to-the-majority"));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
 }
 
@@ -67,14 +70,7 @@ fn a_follower_that_crashes_loses_its_unsynced_tail_but_no_acknowledged_write() {
     );
     s.restart(follower);
     s.run_for(5 * SECOND);
-    let read = s.get(s.leader().unwrap(), 0);
-    assert!(s.run_until(5 * SECOND, |s| s.result(read).is_some()));
-    assert_eq!(
-        s.result(read),
-        Some(&RegisterOp::Get {
-            found: value("in-flight")
-        })
-    );
+    assert_eq!(read_through_leader(&mut s, 0), value("in-flight"));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
 }
 

@@ -256,29 +256,52 @@ fn quic_bench(args: &QuicArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn rpc_bench(args: &[String]) -> ExitCode {
-    let (mut requests, mut concurrency, mut payload) = (20_000u64, vec![1usize, 16], 128usize);
+/// Applies `--flag value` pairs in order with `apply`, which returns false for an unknown
+/// flag or a value it cannot parse.
+fn flags(args: &[String], mut apply: impl FnMut(&str, &str) -> bool) -> Result<(), String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let Some(value) = it.next() else {
-            eprintln!("error: {flag} needs a value");
-            return ExitCode::from(2);
-        };
-        let ok = match flag.as_str() {
-            "--requests" => value.parse().map(|v| requests = v).is_ok(),
-            "--payload" => value.parse().map(|v| payload = v).is_ok(),
-            "--concurrency" => value
-                .split(',')
-                .map(str::parse)
-                .collect::<Result<Vec<usize>, _>>()
-                .map(|v| concurrency = v)
-                .is_ok(),
-            _ => false,
-        };
-        if !ok || requests == 0 || concurrency.contains(&0) {
-            eprintln!("error: bad argument {flag} {value}");
-            return ExitCode::from(2);
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if !apply(flag, value) {
+            return Err(format!("bad argument {flag} {value}"));
         }
+    }
+    Ok(())
+}
+
+/// Parses `value` into `slot`; false when it does not parse.
+fn set<T: std::str::FromStr>(slot: &mut T, value: &str) -> bool {
+    value.parse().map(|v| *slot = v).is_ok()
+}
+
+/// Parses a comma-separated list into `slot`; false when an item does not parse.
+fn set_list<T: std::str::FromStr>(slot: &mut Vec<T>, value: &str) -> bool {
+    value
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<T>, _>>()
+        .map(|v| *slot = v)
+        .is_ok()
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn rpc_bench(args: &[String]) -> ExitCode {
+    let (mut requests, mut concurrency, mut payload) = (20_000u64, vec![1usize, 16], 128usize);
+    let parsed = flags(args, |flag, value| match flag {
+        "--requests" => set(&mut requests, value),
+        "--payload" => set(&mut payload, value),
+        "--concurrency" => set_list(&mut concurrency, value),
+        _ => false,
+    });
+    if let Err(e) = parsed {
+        return usage(&e);
+    }
+    if requests == 0 || concurrency.contains(&0) {
+        return usage("--requests and --concurrency must be positive");
     }
     let mut rows = Vec::new();
     for c in concurrency {
@@ -305,26 +328,21 @@ fn rpc_bench(args: &[String]) -> ExitCode {
 fn wal_bench(args: &[String]) -> ExitCode {
     let (mut groups, mut rounds, mut payload) = (64u64, 200u64, 256usize);
     let mut dir = std::path::PathBuf::from("target/perf-wal");
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let Some(value) = it.next() else {
-            eprintln!("error: {flag} needs a value");
-            return ExitCode::from(2);
-        };
-        let ok = match flag.as_str() {
-            "--groups" => value.parse().map(|v| groups = v).is_ok(),
-            "--rounds" => value.parse().map(|v| rounds = v).is_ok(),
-            "--payload" => value.parse().map(|v| payload = v).is_ok(),
-            "--dir" => {
-                dir = value.into();
-                true
-            }
-            _ => false,
-        };
-        if !ok || groups == 0 || rounds == 0 {
-            eprintln!("error: bad argument {flag} {value}");
-            return ExitCode::from(2);
+    let parsed = flags(args, |flag, value| match flag {
+        "--groups" => set(&mut groups, value),
+        "--rounds" => set(&mut rounds, value),
+        "--payload" => set(&mut payload, value),
+        "--dir" => {
+            dir = value.into();
+            true
         }
+        _ => false,
+    });
+    if let Err(e) = parsed {
+        return usage(&e);
+    }
+    if groups == 0 || rounds == 0 {
+        return usage("--groups and --rounds must be positive");
     }
     match wal::run(dir, groups, rounds, payload) {
         Ok(r) => {
@@ -349,26 +367,16 @@ fn wal_bench(args: &[String]) -> ExitCode {
 
 fn raft_bench(args: &[String]) -> ExitCode {
     let (mut seconds, mut concurrency) = (5.0f64, vec![1usize, 32]);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let Some(value) = it.next() else {
-            eprintln!("error: {flag} needs a value");
-            return ExitCode::from(2);
-        };
-        let ok = match flag.as_str() {
-            "--seconds" => value.parse().map(|v| seconds = v).is_ok(),
-            "--concurrency" => value
-                .split(',')
-                .map(str::parse)
-                .collect::<Result<Vec<usize>, _>>()
-                .map(|v| concurrency = v)
-                .is_ok(),
-            _ => false,
-        };
-        if !ok || !seconds.is_finite() || seconds <= 0.0 || concurrency.contains(&0) {
-            eprintln!("error: bad argument {flag} {value}");
-            return ExitCode::from(2);
-        }
+    let parsed = flags(args, |flag, value| match flag {
+        "--seconds" => set(&mut seconds, value),
+        "--concurrency" => set_list(&mut concurrency, value),
+        _ => false,
+    });
+    if let Err(e) = parsed {
+        return usage(&e);
+    }
+    if !seconds.is_finite() || seconds <= 0.0 || concurrency.contains(&0) {
+        return usage("--seconds and --concurrency must be positive");
     }
     let mut rows = Vec::new();
     for c in concurrency {

@@ -203,6 +203,8 @@ struct Sim {
     o: SimOptions,
     /// Scripted scenarios: no random faults, no random client operations.
     scripted: bool,
+    /// Every node's address: where a client without a known leader may ask.
+    candidates: Vec<CoreAddress>,
     rng: Rng,
     faults: Faults,
     step: u64,
@@ -243,6 +245,7 @@ impl Sim {
         };
         let mut sim = Sim {
             scripted: false,
+            candidates: (1..=o.nodes).map(address).collect(),
             rng,
             faults,
             step: 0,
@@ -761,13 +764,11 @@ impl Sim {
         let op_id = self.next_op;
         self.next_op += 1;
         let now = self.now();
-        let candidates: Vec<CoreAddress> = (1..=self.o.nodes).map(address).collect();
-        let client = &mut self.clients[c];
-        let target = match client.pinned {
+        let target = match self.clients[c].pinned {
             Some(node) => address(node),
-            None => client
+            None => self.clients[c]
                 .router
-                .target(now, group, &candidates)
+                .target(now, group, &self.candidates)
                 .expect("every group has candidates"),
         };
         let node = target.node.0;
