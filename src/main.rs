@@ -241,8 +241,22 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
     let started = Instant::now();
     let (mut failures, mut ops, mut virtual_seconds) = (0u64, 0u64, 0.0f64);
     let mut first_failing = None;
+    // Fault totals over every seed: crashes, partitions, torn writes, corruptions (and
+    // refusals to start on them), replica moves started and finished.
+    let mut faults = [0u64; 7];
     for s in &list {
         let report = run(&SimOptions::new(*s));
+        for (total, n) in faults.iter_mut().zip([
+            report.crashes,
+            report.partitions,
+            report.torn_writes,
+            report.corruptions,
+            report.corruptions_refused,
+            report.moves_started,
+            report.moves_finished,
+        ]) {
+            *total += n;
+        }
         ops += report.ops_completed;
         virtual_seconds += report.virtual_seconds;
         if !report.violations.is_empty() {
@@ -269,6 +283,9 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
                 "seeds": list.len(), "failures": failures, "first_failing_seed": first_failing,
                 "ops_checked": ops, "virtual_seconds": virtual_seconds, "wall_seconds": wall_seconds,
                 "speedup": virtual_seconds / wall_seconds.max(1e-9),
+                "crashes": faults[0], "partitions": faults[1], "torn_writes": faults[2],
+                "corruptions": faults[3], "corruptions_refused": faults[4],
+                "moves_started": faults[5], "moves_finished": faults[6],
             })
         );
     } else {
@@ -276,6 +293,10 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
             "{} seeds, {failures} failed, {ops} ops checked, {virtual_seconds:.0} s simulated in {wall_seconds:.1} s ({:.0}x real time)",
             list.len(),
             virtual_seconds / wall_seconds.max(1e-9)
+        );
+        println!(
+            "faults: {} crashes, {} partitions, {} torn writes, {} corruptions ({} refused at start), {} replica moves started, {} finished",
+            faults[0], faults[1], faults[2], faults[3], faults[4], faults[5], faults[6]
         );
     }
     if failures == 0 {

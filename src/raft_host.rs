@@ -63,6 +63,22 @@ pub enum MembershipChange {
     Remove(ReplicaId),
 }
 
+/// A group's configuration: who votes, who only receives the log, and whether a joint
+/// change (old and new voters both deciding) is under way.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The voters (during a joint change, the incoming ones).
+    pub voters: Vec<ReplicaId>,
+    pub learners: Vec<ReplicaId>,
+    pub joint: bool,
+}
+
+impl Membership {
+    pub fn contains(&self, replica: ReplicaId) -> bool {
+        self.voters.contains(&replica) || self.learners.contains(&replica)
+    }
+}
+
 /// Caller-chosen handle that comes back with the proposal's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ProposalToken(pub u64);
@@ -82,7 +98,11 @@ pub enum HostError {
         group: GroupId,
         leader: Option<CoreAddress>,
     },
-    /// raft-rs refused the input (e.g. a message for another replica id).
+    /// A message for a replica of the group that this core no longer hosts (it left, and
+    /// a new replica of the same group may live here now).
+    #[error("message for replica {to:?} of {group:?}, which is not hosted here")]
+    WrongReplica { group: GroupId, to: ReplicaId },
+    /// raft-rs refused the input.
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -233,6 +253,9 @@ struct Group<S> {
     held: Vec<Message>,
     /// Reads confirmed by a quorum at a commit index, waiting for it to be applied.
     pending_reads: Vec<(u64, ProposalToken)>,
+    /// Reads asked of a new leader before it committed an entry of its term: raft-rs
+    /// drops those silently, so they wait here and are asked once it has.
+    deferred_reads: Vec<ProposalToken>,
     /// A compaction snapshot to write to the log with the next batch.
     snapshot_to_persist: Option<Snapshot>,
 }
@@ -392,6 +415,7 @@ impl<S: StateMachine> RaftHost<S> {
             leader: None,
             held: Vec::new(),
             pending_reads: Vec::new(),
+            deferred_reads: Vec::new(),
             snapshot_to_persist: None,
         };
         self.groups.insert(group, g);
@@ -454,6 +478,29 @@ impl<S: StateMachine> RaftHost<S> {
         self.groups.get(&group).map(|g| g.raw.raft.term)
     }
 
+    /// The group's configuration as this replica knows it (the leader's is authoritative).
+    pub fn membership(&self, group: GroupId) -> Option<Membership> {
+        let g = self.groups.get(&group)?;
+        let conf = g.raw.raft.prs().conf().to_conf_state();
+        let ids = |v: &[u64]| v.iter().map(|r| ReplicaId(*r)).collect::<Vec<_>>();
+        Some(Membership {
+            voters: ids(&conf.voters),
+            learners: ids(&conf.learners),
+            joint: !conf.voters_outgoing.is_empty(),
+        })
+    }
+
+    /// At the leader: how far `replica`'s log is known to match, and the commit index
+    /// (a learner is caught up when the first reaches the second). `None` elsewhere.
+    pub fn replication(&self, group: GroupId, replica: ReplicaId) -> Option<(u64, u64)> {
+        let g = self.groups.get(&group)?;
+        if g.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let matched = g.raw.raft.prs().get(replica.0)?.matched;
+        Some((matched, g.raw.raft.raft_log.committed))
+    }
+
     /// Advances Raft's logical clock: one tick per `RAFT_TICK` of time since the last call.
     pub fn handle_tick(&mut self, now: Time) {
         let last = *self.last_tick.get_or_insert(now);
@@ -476,6 +523,15 @@ impl<S: StateMachine> RaftHost<S> {
             .groups
             .get_mut(&group)
             .ok_or(HostError::UnknownGroup(group))?;
+        // raft-rs does not check the recipient: a message for an earlier replica of the
+        // group on this core would be taken as its own (found by the simulator: a heartbeat
+        // carrying the old replica's commit index crashed the new one).
+        if message.to != g.raw.raft.id {
+            return Err(HostError::WrongReplica {
+                group,
+                to: ReplicaId(message.to),
+            });
+        }
         g.raw
             .step(message)
             .map_err(|e| HostError::Raft(e.to_string()))
@@ -553,7 +609,11 @@ impl<S: StateMachine> RaftHost<S> {
     /// when the state machine here may answer it. Only the leader serves reads.
     pub fn read(&mut self, group: GroupId, token: ProposalToken) -> Result<(), HostError> {
         let g = self.leading_group(group)?;
-        g.raw.read_index(token.0.to_le_bytes().to_vec());
+        if g.raw.raft.commit_to_current_term() {
+            g.raw.read_index(token.0.to_le_bytes().to_vec());
+        } else {
+            g.deferred_reads.push(token);
+        }
         Ok(())
     }
 
@@ -579,6 +639,17 @@ impl<S: StateMachine> RaftHost<S> {
         for id in ids {
             let local = self.local;
             let g = self.groups.get_mut(&id).expect("listed above");
+            if !g.deferred_reads.is_empty() {
+                if g.raw.raft.state != StateRole::Leader {
+                    // Deposed before committing: the reads fail like any other request
+                    // to a replica that does not lead (the client retries elsewhere).
+                    g.deferred_reads.clear();
+                } else if g.raw.raft.commit_to_current_term() {
+                    for token in std::mem::take(&mut g.deferred_reads) {
+                        g.raw.read_index(token.0.to_le_bytes().to_vec());
+                    }
+                }
+            }
             if !g.raw.has_ready() {
                 continue;
             }
@@ -627,14 +698,10 @@ impl<S: StateMachine> RaftHost<S> {
                         .push((rs.index, ProposalToken(u64::from_le_bytes(bytes))));
                 }
             }
-            apply_committed(
-                &mut self.events,
-                local,
-                id,
-                g,
-                rd.take_committed_entries(),
-                self.audit,
-            );
+            // Applied only after `advance_append_async` below: applying a joint
+            // configuration makes the leader append the entry that leaves it, which must
+            // not land between `ready()` and its advance.
+            let committed = rd.take_committed_entries();
             if !rd.entries().is_empty() {
                 let _ = g.raw.store().log.wl().append(rd.entries());
                 write.entries = rd.entries().clone();
@@ -646,6 +713,7 @@ impl<S: StateMachine> RaftHost<S> {
             g.held.extend(rd.take_persisted_messages());
             numbers.push((id, rd.number()));
             g.raw.advance_append_async(rd);
+            apply_committed(&mut self.events, local, id, g, committed, self.audit);
             // Snapshots travel inside the message: consider them delivered; a lost one shows
             // as a rejected append and is sent again.
             for to in sent_snapshots {
@@ -787,6 +855,7 @@ fn apply_conf_change<S: StateMachine>(
     match g.raw.apply_conf_change(&cc) {
         Ok(conf) => {
             g.raw.store().log.wl().set_conf_state(conf.clone());
+            step_down_if_removed(g, &conf);
             events.push_back(HostEvent::MembershipChanged {
                 group,
                 voters: conf.voters.iter().map(|v| ReplicaId(*v)).collect(),
@@ -805,6 +874,38 @@ fn apply_conf_change<S: StateMachine>(
             index: entry.index,
             response: Vec::new(),
         });
+    }
+}
+
+/// A leader that applied a configuration without itself must stop leading: raft-rs keeps
+/// it leader, and its next step would panic looking for its own progress (found by the
+/// simulator: the replica being moved away was elected during the joint phase and applied
+/// its own removal). It becomes a follower, which cannot campaign as it is no voter, and
+/// tells the most up-to-date remaining voter to start an election at once.
+fn step_down_if_removed<S>(g: &mut Group<S>, conf: &ConfState) {
+    let raft = &mut g.raw.raft;
+    let id = raft.id;
+    if raft.state != StateRole::Leader
+        || conf.voters.contains(&id)
+        || conf.voters_outgoing.contains(&id)
+    {
+        return;
+    }
+    let successor = raft
+        .prs()
+        .iter()
+        .filter(|(r, _)| **r != id && conf.voters.contains(r))
+        .max_by_key(|(_, p)| p.matched)
+        .map(|(r, _)| *r);
+    let term = raft.term;
+    raft.become_follower(term, raft::INVALID_ID);
+    if let Some(to) = successor {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgTimeoutNow);
+        m.to = to;
+        m.from = id;
+        m.term = term;
+        raft.msgs.push(m);
     }
 }
 

@@ -171,6 +171,10 @@ fn check_record(bytes: &[u8]) -> Result<(u64, &[u8], usize), String> {
     if crc32c::crc32c(&raw[..24]) != u32::from_le(header.header_crc) {
         return Err("header checksum mismatch".into());
     }
+    if header.reserved != 0 {
+        // Written as zero and outside the header checksum: anything else is damage.
+        return Err("reserved header field is not zero".into());
+    }
     let len = u32::from_le(header.payload_len) as usize;
     if len > WAL_RECORD_MAX_BYTES {
         return Err(format!("payload length {len} over the limit"));

@@ -107,3 +107,64 @@ fn a_one_way_partition_does_not_stop_progress_forever() {
     assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
 }
+
+#[test]
+fn a_replica_moves_to_a_spare_node_while_clients_write_and_keeps_every_write() {
+    let mut s = Scenario::with_replicas(4, 3);
+    let leader = elected(&mut s);
+    let before = s.put(leader, 0, "before-the-move");
+    assert!(s.run_until(5 * SECOND, |s| s.result(before).is_some()));
+    assert!(!s.replicas().contains(&4), "node 4 starts as a spare");
+    // The leader's own replica moves: it must hand leadership over before it leaves.
+    s.move_replica(leader, 4);
+    let during = s.put(leader, 1, "during-the-move");
+    assert!(
+        s.run_until(30 * SECOND, |s| !s.moving()),
+        "the move finishes"
+    );
+    assert!(
+        s.result(during).is_some(),
+        "a write during the move commits"
+    );
+    let replicas = s.replicas();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert!(
+        replicas.contains(&4) && !replicas.contains(&leader),
+        "{replicas:?}"
+    );
+    // The new replica holds everything: let it lead and read through it.
+    elected(&mut s);
+    s.transfer_leader(4);
+    assert!(s.run_until(10 * SECOND, |s| s.leader() == Some(4)));
+    assert_eq!(read_through_leader(&mut s, 0), value("before-the-move"));
+    assert_eq!(read_through_leader(&mut s, 1), value("during-the-move"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_node_whose_log_is_damaged_refuses_to_start_and_its_replica_is_replaced() {
+    let mut s = Scenario::with_replicas(4, 3);
+    let leader = elected(&mut s);
+    for i in 0..5 {
+        let w = s.put(leader, 0, &format!("v{i}"));
+        assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
+    }
+    let victim = (1..=3).find(|n| *n != leader).unwrap();
+    assert!(
+        s.corrupt_disk(victim),
+        "the follower's log holds synced records"
+    );
+    s.crash(victim);
+    s.restart(victim);
+    assert!(s.failed(victim), "a damaged log is refused, never replayed");
+    assert!(
+        s.run_until(30 * SECOND, |s| !s.moving() && s.replicas().contains(&4)),
+        "the failed node's replica is replaced on the spare"
+    );
+    assert!(!s.replicas().contains(&victim));
+    elected(&mut s);
+    s.transfer_leader(4);
+    assert!(s.run_until(10 * SECOND, |s| s.leader() == Some(4)));
+    assert_eq!(read_through_leader(&mut s, 0), value("v4"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}

@@ -1,18 +1,24 @@
-//! The deterministic cluster simulator: every replica of every node in one thread, on a
+//! The deterministic cluster simulator: every core of every node in one thread, on a
 //! virtual clock, with a seeded network and disk that misbehave.
 //!
 //! A run draws its fault options from its seed (VOPR style), then has two phases. The
 //! **safety phase** runs clients against the cluster while messages are lost, duplicated,
-//! delayed and reordered, links are cut (both ways or one way), fsyncs are slow, and nodes
-//! crash — losing whatever their disk had not synced — and restart from what it had. The
-//! **liveness phase** heals everything and requires every group to elect a leader and
-//! accept a write within a bounded time. Checkers then verify: each key's history is
-//! linearizable, no term of any group had two leaders, and the replicas converged to the
-//! same state. The same seed always gives the same run; `trace_hash` proves it.
+//! delayed and reordered, links are cut (both ways or one way), fsyncs are slow, nodes
+//! crash mid-write (the record being written is lost, torn or lands whole) and restart from
+//! their log, a disk's synced data is corrupted (the node must refuse to start; its
+//! replicas are then replaced on other nodes), leadership is transferred, and replicas move
+//! between nodes and cores (learner, catch-up, joint promotion and removal) — all at once.
+//! The **liveness phase** heals everything and requires every group to elect a leader and
+//! accept a write, and every replica move to finish, within a bounded time. Checkers then
+//! verify: each key's history is linearizable, no term of any group had two leaders, every
+//! replica applied the same entry at each index, and the replicas converged. The same seed
+//! always gives the same run; `trace_hash` proves it.
 //!
-//! The simulator drives the very `RaftHost` and `KvStore` the nodes run; only the I/O is
-//! simulated. Known bugs can be injected ([`Bug`]) to show the checkers catch them.
+//! The simulator drives the very `RaftHost` and `KvStore` the cores run, the write-ahead
+//! log's real encoder and recovery ([`disk`]), and the client's real `Router`; only the I/O
+//! is simulated. Known bugs can be injected ([`Bug`]) to show the checkers catch them.
 
+pub mod disk;
 pub mod linearizability;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -23,11 +29,12 @@ use serde::Serialize;
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvResponse, KvStore, StateMachine};
 use crate::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, PersistBatch, PersistedGroup, ProposalToken,
+    CoreAddress, GroupId, HostError, HostEvent, MembershipChange, PersistBatch, ProposalToken,
     RaftHost, ReplicaId,
 };
 use crate::rng::{Rng, mix64};
 use crate::routing::Router;
+use crate::sim::disk::{SimDisk, Tear};
 use crate::sim::linearizability::{HistoryOp, RegisterOp, check_register};
 use crate::time::Time;
 
@@ -47,6 +54,10 @@ pub enum Bug {
 pub struct SimOptions {
     pub seed: u64,
     pub nodes: u64,
+    /// Cores per node: each has its own Raft host and its own log.
+    pub cores: u64,
+    /// Replicas per group.
+    pub replicas: u64,
     pub groups: u64,
     pub clients: usize,
     pub keys: u64,
@@ -57,13 +68,17 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
+    /// Four nodes of two cores, three groups of three replicas: a replica always has a
+    /// node to move to, and a node whose disk fails can be replaced.
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
-            nodes: 3,
-            groups: 2,
+            nodes: 4,
+            cores: 2,
+            replicas: 3,
+            groups: 3,
             clients: 4,
-            keys: 4,
+            keys: 6,
             safety_steps: 2_000,
             liveness_steps: 3_000,
             bug: None,
@@ -75,6 +90,10 @@ impl SimOptions {
 pub const STEP: Duration = Duration::from_millis(10);
 /// A client gives up on an operation after this many steps (outcome unknown).
 const OP_TIMEOUT_STEPS: u64 = 300;
+/// A replica move retries its next membership step after this many steps.
+const MOVE_RETRY_STEPS: u64 = 20;
+/// A learner is caught up when its log is within this many entries of the commit index.
+const LEARNER_CAUGHT_UP_ENTRIES: u64 = 8;
 
 /// Fault rates drawn from the seed.
 #[derive(Clone, Debug, Serialize)]
@@ -88,8 +107,13 @@ pub struct Faults {
     /// Chance per step that a node's clock jumps ahead, or its process pauses.
     pub clock_jump_per_step: f64,
     pub pause_per_step: f64,
-    /// Chance per step that a group's leader is asked to hand leadership to another node.
+    /// Chance per step that a group's leader is asked to hand leadership to another voter.
     pub transfer_per_step: f64,
+    /// Chance per step that a replica starts moving to another node or core.
+    pub move_per_step: f64,
+    /// Chance per step that a node's synced log is damaged (then it crashes; at most once
+    /// per run, so a quorum of every group survives).
+    pub corrupt_per_step: f64,
 }
 
 impl Faults {
@@ -104,19 +128,51 @@ impl Faults {
             clock_jump_per_step: rng.next_f64() * 0.002,
             pause_per_step: rng.next_f64() * 0.002,
             transfer_per_step: rng.next_f64() * 0.004,
+            move_per_step: rng.next_f64() * 0.004,
+            corrupt_per_step: if rng.below(4) == 0 {
+                rng.next_f64() * 0.002
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// No faults at all (scripted scenarios).
+    fn none() -> Faults {
+        Faults {
+            loss: 0.0,
+            duplicate: 0.0,
+            max_delay_steps: 1,
+            max_fsync_steps: 0,
+            crash_per_step: 0.0,
+            partition_per_step: 0.0,
+            clock_jump_per_step: 0.0,
+            pause_per_step: 0.0,
+            transfer_per_step: 0.0,
+            move_per_step: 0.0,
+            corrupt_per_step: 0.0,
         }
     }
 }
 
 /// The result of one run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SimReport {
     pub seed: u64,
-    pub faults: Faults,
+    pub faults: Option<Faults>,
     pub ops_completed: u64,
     pub ops_unknown: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Crashes that tore the record being written (recovery cut it off).
+    pub torn_writes: u64,
+    /// Logs whose synced data was damaged, and nodes that refused to start because of it.
+    pub corruptions: u64,
+    pub corruptions_refused: u64,
+    /// Replica moves started (including replacements of a failed node's replicas), and
+    /// finished (moved, or abandoned because the target failed).
+    pub moves_started: u64,
+    pub moves_finished: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -125,24 +181,48 @@ pub struct SimReport {
 struct InFlight {
     deliver_at: u64,
     seq: u64,
-    from: u64,
-    to: u64,
+    from: CoreAddress,
+    to: CoreAddress,
     group: GroupId,
     message: raft::eraftpb::Message,
 }
 
-struct SimNode {
+/// One core of a node: its Raft host (while the node is up), its log, the batch being
+/// written, and which replica of each group it hosts (its durable catalog).
+struct SimCore {
     host: Option<RaftHost<KvStore>>,
-    durable: BTreeMap<GroupId, PersistedGroup>,
+    disk: SimDisk,
     /// A written batch, durable at the given step unless the node crashes first.
     pending: Option<(PersistBatch, u64, bool)>,
+    catalog: BTreeMap<GroupId, ReplicaId>,
+}
+
+struct SimNode {
+    cores: Vec<SimCore>,
+    up: bool,
+    /// The node's disk failed (its log was refused): it stays down for good.
+    failed: bool,
+    /// Synced data in one of its logs was damaged: its next start must refuse the log.
+    corrupted: bool,
     down_until: Option<u64>,
-    /// The durable term of each group when the node crashed: a restart must not go below it.
-    terms_at_crash: HashMap<GroupId, u64>,
+    /// The durable term of each replica when the node crashed: a restart must not go below.
+    terms_at_crash: HashMap<ReplicaId, u64>,
     /// How far this node's clock runs ahead of true time (clock jumps).
     clock_ahead: Duration,
     /// The node's process is paused (no ticks, no I/O) until this step.
     paused_until: u64,
+}
+
+/// A replica moving from `from` to a new replica `new` at `to`: learner, catch-up, then
+/// one joint change that promotes it and removes `from`.
+#[derive(Clone, Debug)]
+struct Move {
+    from: ReplicaId,
+    to: CoreAddress,
+    new: ReplicaId,
+    /// The new replica exists in the target core's catalog.
+    created: bool,
+    next_try: u64,
 }
 
 #[derive(Clone)]
@@ -161,15 +241,11 @@ struct Client {
     counter: u64,
 }
 
-fn address(node: u64) -> CoreAddress {
+fn address(node: u64, core: u64) -> CoreAddress {
     CoreAddress {
         node: NodeId(node),
-        core: CoreId(0),
+        core: CoreId(core as u16),
     }
-}
-
-fn replica(group: GroupId, node: u64) -> ReplicaId {
-    ReplicaId((group.0 << 16) | node)
 }
 
 /// Runs one seed. A panic inside (raft-rs asserts its invariants, e.g. a commit index past
@@ -183,17 +259,11 @@ pub fn run(options: &SimOptions) -> SimReport {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_else(|| "unknown panic".into());
-            let mut rng = Rng::new(options.seed);
             SimReport {
                 seed: options.seed,
-                faults: Faults::draw(&mut rng),
-                ops_completed: 0,
-                ops_unknown: 0,
-                crashes: 0,
-                partitions: 0,
-                virtual_seconds: 0.0,
-                trace_hash: 0,
+                faults: Some(Faults::draw(&mut Rng::new(options.seed))),
                 violations: vec![format!("panic: {message}")],
+                ..SimReport::default()
             }
         }
     }
@@ -203,19 +273,26 @@ struct Sim {
     o: SimOptions,
     /// Scripted scenarios: no random faults, no random client operations.
     scripted: bool,
-    /// Every node's address: where a client without a known leader may ask.
-    candidates: Vec<CoreAddress>,
     rng: Rng,
     faults: Faults,
     step: u64,
     nodes: BTreeMap<u64, SimNode>,
+    /// The placement table: every live replica of every group and where it is.
+    placement: BTreeMap<GroupId, BTreeMap<ReplicaId, CoreAddress>>,
+    /// Every replica ever created (hosts learn addresses from it).
+    addresses: BTreeMap<ReplicaId, CoreAddress>,
+    /// Each group's initial voters: the configuration at index 0 of its log.
+    bootstrap: BTreeMap<GroupId, Vec<ReplicaId>>,
+    next_replica: u64,
+    moves: BTreeMap<GroupId, Move>,
     network: Vec<InFlight>,
     seq: u64,
+    /// Cut links between nodes, (from, to).
     cut: HashSet<(u64, u64)>,
     clients: Vec<Client>,
     history: BTreeMap<u64, Vec<HistoryOp>>,
     /// Replicas that announced themselves leader, per (group, term).
-    leaders: HashMap<(GroupId, u64), HashSet<u64>>,
+    leaders: HashMap<(GroupId, u64), HashSet<ReplicaId>>,
     trace: u64,
     report: SimReport,
     next_op: u64,
@@ -230,26 +307,71 @@ struct Sim {
 impl Sim {
     fn new(o: &SimOptions) -> Sim {
         let o = o.clone();
+        assert!(
+            o.replicas >= 1 && o.replicas <= o.nodes && o.cores >= 1,
+            "replicas must fit on distinct nodes"
+        );
         let mut rng = Rng::new(o.seed);
         let faults = Faults::draw(&mut rng);
         let report = SimReport {
             seed: o.seed,
-            faults: faults.clone(),
-            ops_completed: 0,
-            ops_unknown: 0,
-            crashes: 0,
-            partitions: 0,
-            virtual_seconds: 0.0,
-            trace_hash: 0,
-            violations: Vec::new(),
+            faults: Some(faults.clone()),
+            ..SimReport::default()
         };
+        let mut nodes = BTreeMap::new();
+        for n in 1..=o.nodes {
+            nodes.insert(
+                n,
+                SimNode {
+                    cores: (0..o.cores)
+                        .map(|_| SimCore {
+                            host: None,
+                            disk: SimDisk::new(),
+                            pending: None,
+                            catalog: BTreeMap::new(),
+                        })
+                        .collect(),
+                    up: false,
+                    failed: false,
+                    corrupted: false,
+                    down_until: None,
+                    terms_at_crash: HashMap::new(),
+                    clock_ahead: Duration::ZERO,
+                    paused_until: 0,
+                },
+            );
+        }
+        // Group g's replicas start on consecutive nodes from g, each on core g mod cores;
+        // the first replica ids are (g << 16) | node.
+        let mut placement = BTreeMap::new();
+        let mut addresses = BTreeMap::new();
+        let mut bootstrap = BTreeMap::new();
+        for g in (1..=o.groups).map(GroupId) {
+            let mut members = BTreeMap::new();
+            for k in 0..o.replicas {
+                let node = 1 + (g.0 - 1 + k) % o.nodes;
+                let at = address(node, (g.0 + k) % o.cores);
+                let replica = ReplicaId((g.0 << 16) | node);
+                members.insert(replica, at);
+                addresses.insert(replica, at);
+                let core =
+                    &mut nodes.get_mut(&node).expect("placed on a node").cores[at.core.0 as usize];
+                core.catalog.insert(g, replica);
+            }
+            bootstrap.insert(g, members.keys().copied().collect());
+            placement.insert(g, members);
+        }
         let mut sim = Sim {
             scripted: false,
-            candidates: (1..=o.nodes).map(address).collect(),
             rng,
             faults,
             step: 0,
-            nodes: BTreeMap::new(),
+            nodes,
+            placement,
+            addresses,
+            bootstrap,
+            next_replica: 1 << 32,
+            moves: BTreeMap::new(),
             network: Vec::new(),
             seq: 0,
             cut: HashSet::new(),
@@ -272,18 +394,6 @@ impl Sim {
             o,
         };
         for n in 1..=sim.o.nodes {
-            sim.nodes.insert(
-                n,
-                SimNode {
-                    host: None,
-                    durable: BTreeMap::new(),
-                    pending: None,
-                    down_until: None,
-                    terms_at_crash: HashMap::new(),
-                    clock_ahead: Duration::ZERO,
-                    paused_until: 0,
-                },
-            );
             sim.start(n);
         }
         sim
@@ -297,40 +407,80 @@ impl Sim {
         self.trace = mix64(self.trace ^ mix64(a.wrapping_mul(31).wrapping_add(b)));
     }
 
+    fn host_mut(&mut self, at: CoreAddress) -> Option<&mut RaftHost<KvStore>> {
+        self.nodes
+            .get_mut(&at.node.0)?
+            .cores
+            .get_mut(at.core.0 as usize)?
+            .host
+            .as_mut()
+    }
+
+    fn host(&self, at: CoreAddress) -> Option<&RaftHost<KvStore>> {
+        self.nodes
+            .get(&at.node.0)?
+            .cores
+            .get(at.core.0 as usize)?
+            .host
+            .as_ref()
+    }
+
+    /// Starts node `n`: every core replays its log and hosts the replicas of its catalog.
+    /// A log that recovery refuses (corruption) fails the node for good.
     fn start(&mut self, n: u64) {
-        let mut host = RaftHost::new(address(n));
-        host.set_audit(true);
-        let groups: Vec<GroupId> = (1..=self.o.groups).map(GroupId).collect();
         let node = self.nodes.get_mut(&n).expect("known node");
-        for g in &groups {
-            for m in 1..=self.o.nodes {
-                host.set_address(replica(*g, m), address(m));
-            }
-            let voters: Vec<ReplicaId> = (1..=self.o.nodes).map(|m| replica(*g, m)).collect();
-            let mut persisted = node.durable.get(g).cloned();
-            if self.o.bug == Some(Bug::ForgetVote)
-                && let Some(p) = persisted.as_mut()
-            {
-                p.hard_state.vote = 0;
-                p.hard_state.term = p.entries.last().map_or(0, |e| e.term);
-            }
-            host.add_group(*g, replica(*g, n), &voters, persisted, KvStore::new())
-                .expect("fresh host");
+        if node.failed {
+            return;
         }
-        // Raft (Figure 2): currentTerm is persistent; a server's term never goes back.
-        for g in &groups {
-            let (before, after) = (
-                node.terms_at_crash.get(g).copied().unwrap_or(0),
-                host.term(*g).unwrap_or(0),
-            );
-            if after < before {
-                self.report.violations.push(format!(
-                    "node {n} group {} restarted at term {after} after term {before}",
-                    g.0
-                ));
+        let mut recovered = Vec::new();
+        for core in &mut node.cores {
+            match core.disk.recover() {
+                Ok(groups) => recovered.push(groups),
+                Err(e) => {
+                    node.failed = true;
+                    node.down_until = None;
+                    self.report.corruptions_refused += 1;
+                    self.record(14, n);
+                    tracing::debug!(node = n, error = %e, "the log is corrupt; the node stays down");
+                    return;
+                }
             }
         }
-        node.host = Some(host);
+        if node.corrupted {
+            self.report.violations.push(format!(
+                "node {n} started from a log whose synced data was damaged"
+            ));
+        }
+        for (c, mut groups) in recovered.into_iter().enumerate() {
+            let core = &mut node.cores[c];
+            let mut host = RaftHost::new(address(n, c as u64));
+            host.set_audit(true);
+            for (replica, at) in &self.addresses {
+                host.set_address(*replica, *at);
+            }
+            for (g, replica) in &core.catalog {
+                let mut persisted = groups.remove(g);
+                if self.o.bug == Some(Bug::ForgetVote)
+                    && let Some(p) = persisted.as_mut()
+                {
+                    p.hard_state.vote = 0;
+                    p.hard_state.term = p.entries.last().map_or(0, |e| e.term);
+                }
+                host.add_group(*g, *replica, &self.bootstrap[g], persisted, KvStore::new())
+                    .expect("one replica per group per core");
+                // Raft (Figure 2): currentTerm is persistent; a server's term never goes back.
+                let before = node.terms_at_crash.get(replica).copied().unwrap_or(0);
+                let after = host.term(*g).unwrap_or(0);
+                if after < before {
+                    self.report.violations.push(format!(
+                        "replica {} of group {} restarted at term {after} after term {before}",
+                        replica.0, g.0
+                    ));
+                }
+            }
+            core.host = Some(host);
+        }
+        node.up = true;
         node.down_until = None;
     }
 
@@ -342,13 +492,13 @@ impl Sim {
             self.step += 1;
             let safety = self.step <= self.o.safety_steps;
             if !safety && live_since.is_none() {
-                // Liveness phase: heal every partition and restart every node.
+                // Liveness phase: heal every partition and restart every node that can.
                 live_since = Some(self.step);
                 self.cut.clear();
                 let down: Vec<u64> = self
                     .nodes
                     .iter()
-                    .filter(|(_, n)| n.host.is_none())
+                    .filter(|(_, n)| !n.up)
                     .map(|(i, _)| *i)
                     .collect();
                 for n in down {
@@ -356,15 +506,17 @@ impl Sim {
                 }
             }
             self.advance(safety);
-            if live_since.is_some() && progress.is_none() && self.all_groups_serve() {
+            if live_since.is_some() && progress.is_none() && self.settled() {
                 progress = Some(self.step);
             }
         }
         self.report.virtual_seconds = (STEP * self.step as u32).as_secs_f64();
         if progress.is_none() {
             self.report.violations.push(format!(
-                "liveness: not every group elected a leader and committed a write within {} s of healing",
-                (STEP * self.o.liveness_steps as u32).as_secs()
+                "liveness: within {} s of healing, not every group elected a leader and committed a write, or a replica move did not finish ({} moving: {:?})",
+                (STEP * self.o.liveness_steps as u32).as_secs(),
+                self.moves.len(),
+                self.moves
             ));
         }
         self.check();
@@ -379,7 +531,7 @@ impl Sim {
     }
 
     /// The body of a step: faults (or due restarts), ticks, persistence and messages,
-    /// deliveries, clients.
+    /// deliveries, replica moves, clients.
     fn advance(&mut self, faults: bool) {
         if faults {
             self.inject_faults();
@@ -388,39 +540,52 @@ impl Sim {
         }
         let (now, step) = (self.now(), self.step);
         for node in self.nodes.values_mut() {
-            if let Some(host) = node.host.as_mut()
-                && node.paused_until <= step
-            {
-                host.handle_tick(now + node.clock_ahead);
+            if node.paused_until > step {
+                continue;
+            }
+            for core in &mut node.cores {
+                if let Some(host) = core.host.as_mut() {
+                    host.handle_tick(now + node.clock_ahead);
+                }
             }
         }
         self.drive_nodes();
         self.deliver();
+        self.replace_failed();
+        self.drive_moves();
         self.drive_clients();
     }
 
-    /// Crashes node `n`: whatever it wrote but did not sync is lost. It restarts after
-    /// `down_steps`, or when told to.
+    /// Crashes node `n`: a record being written is lost, torn or lands whole; nothing else
+    /// unsynced survives. It restarts after `down_steps`, or when told to.
     fn crash(&mut self, n: u64, down_steps: Option<u64>) {
         let step = self.step;
         let Some(node) = self.nodes.get_mut(&n) else {
             return;
         };
-        if node.host.is_none() {
+        if !node.up {
             return;
         }
-        // The durable term is what a restart must not go below (a term only in memory may
-        // be lost: votes leave only once durable).
-        node.terms_at_crash = node
-            .durable
-            .iter()
-            .map(|(g, p)| (*g, p.hard_state.term))
-            .collect();
-        node.host = None;
-        node.pending = None;
+        node.terms_at_crash.clear();
+        for core in &mut node.cores {
+            // The durable term is what a restart must not go below (a term only in memory
+            // may be lost: votes leave only once durable).
+            for (g, term) in core.disk.terms() {
+                if let Some(replica) = core.catalog.get(&g) {
+                    node.terms_at_crash.insert(*replica, term);
+                }
+            }
+            if let Some((batch, ..)) = core.pending.take()
+                && core.disk.crash_during(&batch.writes, &mut self.rng) == Tear::Torn
+            {
+                self.report.torn_writes += 1;
+            }
+            core.host = None;
+        }
+        node.up = false;
         node.down_until = down_steps.map(|d| step + d);
         self.report.crashes += 1;
-        self.network.retain(|m| m.to != n);
+        self.network.retain(|m| m.to.node.0 != n);
         self.record(5, n);
     }
 
@@ -441,7 +606,7 @@ impl Sim {
         self.restart_due();
         if self.rng.next_f64() < self.faults.crash_per_step {
             let n = 1 + self.rng.below(self.o.nodes);
-            if self.nodes.get(&n).is_some_and(|node| node.host.is_some()) {
+            if self.nodes.get(&n).is_some_and(|node| node.up) {
                 // Sometimes back at once (mid-election), sometimes after seconds.
                 let down = if self.rng.below(2) == 0 {
                     1 + self.rng.below(20)
@@ -449,6 +614,21 @@ impl Sim {
                     50 + self.rng.below(300)
                 };
                 self.crash(n, Some(down));
+            }
+        }
+        if self.rng.next_f64() < self.faults.corrupt_per_step
+            && self.o.nodes > self.o.replicas
+            && self.nodes.values().all(|n| !n.failed)
+        {
+            // A disk returns damaged data: the node notices on its next start.
+            let n = 1 + self.rng.below(self.o.nodes);
+            let c = self.rng.below(self.o.cores) as usize;
+            let node = self.nodes.get_mut(&n).expect("known node");
+            if node.up && node.cores[c].disk.corrupt(&mut self.rng) {
+                node.corrupted = true;
+                self.report.corruptions += 1;
+                self.record(15, n);
+                self.crash(n, Some(1));
             }
         }
         if self.rng.next_f64() < self.faults.clock_jump_per_step {
@@ -463,16 +643,18 @@ impl Sim {
         if self.rng.next_f64() < self.faults.transfer_per_step {
             // Leadership moves (as the rebalancer would move it) while faults go on.
             let group = GroupId(1 + self.rng.below(self.o.groups));
-            let to = 1 + self.rng.below(self.o.nodes);
-            if let Some(host) = self
-                .nodes
-                .values_mut()
-                .filter_map(|n| n.host.as_mut())
-                .find(|h| h.is_leader(group))
-            {
-                let _ = host.transfer_leader(group, replica(group, to));
+            if let Some((at, _)) = self.leader_of(group) {
+                let pick = self.rng.next_u64();
+                let host = self.host_mut(at).expect("the leader is up");
+                if let Some(m) = host.membership(group) {
+                    let to = m.voters[(pick % m.voters.len() as u64) as usize];
+                    let _ = host.transfer_leader(group, to);
+                    self.record(13, to.0);
+                }
             }
-            self.record(13, to);
+        }
+        if self.rng.next_f64() < self.faults.move_per_step {
+            self.start_random_move();
         }
         if self.rng.next_f64() < self.faults.pause_per_step {
             // A process pause (GC, swap, SIGSTOP): nothing runs on the node for up to 2 s.
@@ -505,74 +687,81 @@ impl Sim {
     fn drive_nodes(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for n in ids {
-            // Persistence: one batch at a time, durable after a random fsync delay.
-            let fsync_delay = self.rng.below(self.faults.max_fsync_steps + 1);
-            let ack_early = self.o.bug == Some(Bug::AckBeforeFsync);
-            let node = self.nodes.get_mut(&n).expect("known");
-            if node.paused_until > self.step {
-                continue;
+            for c in 0..self.o.cores as usize {
+                self.drive_core(n, c);
             }
-            let Some(host) = node.host.as_mut() else {
-                continue;
-            };
-            if node.pending.is_none()
-                && let Some(batch) = host.poll_persist()
-            {
-                if ack_early {
+        }
+    }
+
+    fn drive_core(&mut self, n: u64, c: usize) {
+        // Persistence: one batch at a time, durable after a random fsync delay.
+        let fsync_delay = self.rng.below(self.faults.max_fsync_steps + 1);
+        let ack_early = self.o.bug == Some(Bug::AckBeforeFsync);
+        let step = self.step;
+        let node = self.nodes.get_mut(&n).expect("known");
+        if node.paused_until > step {
+            return;
+        }
+        let core = &mut node.cores[c];
+        let Some(host) = core.host.as_mut() else {
+            return;
+        };
+        if core.pending.is_none()
+            && let Some(batch) = host.poll_persist()
+        {
+            if ack_early {
+                host.handle_persisted(batch.id);
+            }
+            core.pending = Some((batch, step + fsync_delay, ack_early));
+        }
+        if let Some((batch, at, acked)) = core.pending.take() {
+            if at <= step {
+                core.disk.append(&batch.writes);
+                if !acked {
                     host.handle_persisted(batch.id);
                 }
-                node.pending = Some((batch, self.step + fsync_delay, ack_early));
+            } else {
+                core.pending = Some((batch, at, acked));
             }
-            if let Some((batch, at, acked)) = node.pending.take() {
-                if at <= self.step {
-                    for w in &batch.writes {
-                        node.durable.entry(w.group).or_default().apply(w);
-                    }
-                    if !acked {
-                        host.handle_persisted(batch.id);
-                    }
-                } else {
-                    node.pending = Some((batch, at, acked));
-                }
+        }
+        let mut outgoing = Vec::new();
+        while let Some(out) = host.poll_transmit() {
+            outgoing.push(out);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = host.poll_event() {
+            events.push(e);
+        }
+        let terms: HashMap<GroupId, u64> = host
+            .group_ids()
+            .filter_map(|g| host.term(g).map(|t| (g, t)))
+            .collect();
+        let from = address(n, c as u64);
+        for out in outgoing {
+            let to = out.to;
+            if self.cut.contains(&(n, to.node.0)) || self.rng.next_f64() < self.faults.loss {
+                continue;
             }
-            let mut outgoing = Vec::new();
-            while let Some(out) = host.poll_transmit() {
-                outgoing.push(out);
+            let copies = if self.rng.next_f64() < self.faults.duplicate {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let deliver_at = self.step + 1 + self.rng.below(self.faults.max_delay_steps);
+                self.seq += 1;
+                self.network.push(InFlight {
+                    deliver_at,
+                    seq: self.seq,
+                    from,
+                    to,
+                    group: out.group,
+                    message: out.message.clone(),
+                });
             }
-            let mut events = Vec::new();
-            while let Some(e) = host.poll_event() {
-                events.push(e);
-            }
-            let terms: HashMap<GroupId, u64> = (1..=self.o.groups)
-                .map(GroupId)
-                .filter_map(|g| host.term(g).map(|t| (g, t)))
-                .collect();
-            for out in outgoing {
-                let to = out.to.node.0;
-                if self.cut.contains(&(n, to)) || self.rng.next_f64() < self.faults.loss {
-                    continue;
-                }
-                let copies = if self.rng.next_f64() < self.faults.duplicate {
-                    2
-                } else {
-                    1
-                };
-                for _ in 0..copies {
-                    let deliver_at = self.step + 1 + self.rng.below(self.faults.max_delay_steps);
-                    self.seq += 1;
-                    self.network.push(InFlight {
-                        deliver_at,
-                        seq: self.seq,
-                        from: n,
-                        to,
-                        group: out.group,
-                        message: out.message.clone(),
-                    });
-                }
-            }
-            for e in events {
-                self.on_event(n, e, &terms);
-            }
+        }
+        for e in events {
+            self.on_event(from, e, &terms);
         }
     }
 
@@ -584,7 +773,7 @@ impl Sim {
             // A paused process reads its socket only when it resumes.
             let paused_until = self
                 .nodes
-                .get(&self.network[i].to)
+                .get(&self.network[i].to.node.0)
                 .map_or(0, |n| n.paused_until);
             if self.network[i].deliver_at <= step && paused_until <= step {
                 due.push(self.network.swap_remove(i));
@@ -594,29 +783,268 @@ impl Sim {
         }
         due.sort_by_key(|m| (m.deliver_at, m.seq));
         for m in due {
-            if self.cut.contains(&(m.from, m.to)) {
+            if self.cut.contains(&(m.from.node.0, m.to.node.0)) {
                 continue;
             }
             self.record(
-                m.to,
+                m.to.node.0 << 16 | u64::from(m.to.core.0),
                 (m.message.get_msg_type() as u64) << 32 | m.message.index,
             );
-            if let Some(host) = self.nodes.get_mut(&m.to).and_then(|n| n.host.as_mut()) {
+            if let Some(host) = self.host_mut(m.to) {
                 let _ = host.handle_message(m.group, m.message);
             }
         }
     }
 
-    fn on_event(&mut self, node: u64, event: HostEvent, terms: &HashMap<GroupId, u64>) {
+    /// The up, unpaused core whose replica leads `group` in the highest term, and its
+    /// replica id.
+    fn leader_of(&self, group: GroupId) -> Option<(CoreAddress, ReplicaId)> {
+        let members = self.placement.get(&group)?;
+        members
+            .iter()
+            .filter(|(_, at)| {
+                self.nodes
+                    .get(&at.node.0)
+                    .is_some_and(|n| n.paused_until <= self.step)
+            })
+            .filter_map(|(r, at)| {
+                let host = self.host(*at)?;
+                host.is_leader(group)
+                    .then(|| (host.term(group).unwrap_or(0), *at, *r))
+            })
+            .max_by_key(|(term, ..)| *term)
+            .map(|(_, at, r)| (at, r))
+    }
+
+    /// Whether `group` may get a replica at `to` when `from` leaves: no other replica of
+    /// the group on that node (a move within a node goes to another core), node not failed.
+    fn valid_target(&self, group: GroupId, from: ReplicaId, to: CoreAddress) -> bool {
+        let Some(members) = self.placement.get(&group) else {
+            return false;
+        };
+        let from_at = members.get(&from).copied();
+        !self.nodes[&to.node.0].failed
+            && members.iter().all(|(r, at)| {
+                at.node != to.node || (*r == from && from_at.is_some_and(|f| f.core != to.core))
+            })
+    }
+
+    /// Picks a random target for moving `from` of `group`; `None` if the draw found none.
+    fn draw_target(&mut self, group: GroupId, from: ReplicaId) -> Option<CoreAddress> {
+        for _ in 0..8 {
+            let to = address(
+                1 + self.rng.below(self.o.nodes),
+                self.rng.below(self.o.cores),
+            );
+            if self.valid_target(group, from, to) {
+                return Some(to);
+            }
+        }
+        None
+    }
+
+    fn begin_move(&mut self, group: GroupId, from: ReplicaId, to: CoreAddress) {
+        let new = ReplicaId(self.next_replica);
+        self.next_replica += 1;
+        self.moves.insert(
+            group,
+            Move {
+                from,
+                to,
+                new,
+                created: false,
+                next_try: self.step,
+            },
+        );
+        self.report.moves_started += 1;
+        self.record(16, new.0);
+    }
+
+    /// The rebalancer's job, at random: move a replica of a group that is not moving.
+    fn start_random_move(&mut self) {
+        let group = GroupId(1 + self.rng.below(self.o.groups));
+        if self.moves.contains_key(&group) {
+            return;
+        }
+        let members: Vec<ReplicaId> = self.placement[&group].keys().copied().collect();
+        let from = members[self.rng.below(members.len() as u64) as usize];
+        if let Some(to) = self.draw_target(group, from) {
+            self.begin_move(group, from, to);
+        }
+    }
+
+    /// An operator's job: replicas on a failed node are replaced elsewhere.
+    fn replace_failed(&mut self) {
+        let failed: Vec<(GroupId, ReplicaId)> = self
+            .placement
+            .iter()
+            .filter(|(g, _)| !self.moves.contains_key(g))
+            .flat_map(|(g, members)| {
+                members
+                    .iter()
+                    .filter(|(_, at)| self.nodes[&at.node.0].failed)
+                    .map(|(r, _)| (*g, *r))
+            })
+            .collect();
+        for (group, from) in failed {
+            if let Some(to) = self.draw_target(group, from) {
+                self.begin_move(group, from, to);
+            }
+        }
+    }
+
+    /// Places a replica in a core's catalog (and hosts it, if the node is up).
+    fn create_replica(&mut self, group: GroupId, replica: ReplicaId, at: CoreAddress) {
+        self.placement
+            .get_mut(&group)
+            .expect("known group")
+            .insert(replica, at);
+        self.addresses.insert(replica, at);
+        for node in self.nodes.values_mut() {
+            for core in &mut node.cores {
+                if let Some(host) = core.host.as_mut() {
+                    host.set_address(replica, at);
+                }
+            }
+        }
+        let bootstrap = self.bootstrap[&group].clone();
+        let core =
+            &mut self.nodes.get_mut(&at.node.0).expect("known node").cores[at.core.0 as usize];
+        core.catalog.insert(group, replica);
+        if let Some(host) = core.host.as_mut() {
+            // Its log starts as every replica's did, at the group's initial configuration;
+            // the leader sends it the entries (or a snapshot) from there.
+            host.add_joining_group(group, replica, &bootstrap, &[], KvStore::new())
+                .expect("the target hosts no replica of the group");
+        }
+    }
+
+    /// A replica left its group's configuration: its core stops hosting it and drops it
+    /// from its log.
+    fn destroy_replica(&mut self, group: GroupId, replica: ReplicaId) {
+        let Some(at) = self
+            .placement
+            .get_mut(&group)
+            .and_then(|m| m.remove(&replica))
+        else {
+            return;
+        };
+        let core =
+            &mut self.nodes.get_mut(&at.node.0).expect("known node").cores[at.core.0 as usize];
+        if core.catalog.get(&group) == Some(&replica) {
+            core.catalog.remove(&group);
+            if let Some(host) = core.host.as_mut() {
+                host.remove_group(group);
+            }
+            if let Some((batch, ..)) = core.pending.as_mut() {
+                batch.writes.retain(|w| w.group != group);
+            }
+            core.disk.drop_group(group);
+        }
+        self.record(17, replica.0);
+    }
+
+    /// Takes each replica move one membership step further, as seen by the group's leader.
+    fn drive_moves(&mut self) {
+        let groups: Vec<GroupId> = self.moves.keys().copied().collect();
+        for group in groups {
+            let m = self.moves[&group].clone();
+            if m.next_try > self.step {
+                continue;
+            }
+            let Some((leader_at, leader)) = self.leader_of(group) else {
+                continue;
+            };
+            let host = self.host(leader_at).expect("the leader is up");
+            let Some(conf) = host.membership(group) else {
+                continue;
+            };
+            if conf.joint {
+                continue;
+            }
+            let target_failed = self.nodes[&m.to.node.0].failed;
+            let token = ProposalToken(u64::MAX - group.0);
+            let mut proposal: Option<Vec<MembershipChange>> = None;
+            let mut finished = false;
+            if !conf.contains(m.new) {
+                if !conf.voters.contains(&m.from) || target_failed {
+                    // Nothing to do any more (or nowhere to go): abandon.
+                    if m.created {
+                        self.destroy_replica(group, m.new);
+                    }
+                    finished = true;
+                } else {
+                    if !m.created {
+                        self.create_replica(group, m.new, m.to);
+                        self.moves.get_mut(&group).expect("moving").created = true;
+                    }
+                    proposal = Some(vec![MembershipChange::AddLearner(m.new)]);
+                }
+            } else if conf.learners.contains(&m.new) {
+                if target_failed {
+                    proposal = Some(vec![MembershipChange::Remove(m.new)]);
+                } else if host
+                    .replication(group, m.new)
+                    .is_some_and(|(matched, commit)| matched + LEARNER_CAUGHT_UP_ENTRIES >= commit)
+                {
+                    if leader == m.from {
+                        // The leader does not remove itself: it hands over first.
+                        // To the voter whose log is furthest along (a dead one never
+                        // catches up, and the transfer would never finish).
+                        if let Some(to) = conf
+                            .voters
+                            .iter()
+                            .filter(|v| **v != m.from)
+                            .max_by_key(|v| host.replication(group, **v).map_or(0, |(m, _)| m))
+                            .copied()
+                        {
+                            let host = self.host_mut(leader_at).expect("the leader is up");
+                            let _ = host.transfer_leader(group, to);
+                        }
+                    } else {
+                        proposal = Some(vec![
+                            MembershipChange::AddVoter(m.new),
+                            MembershipChange::Remove(m.from),
+                        ]);
+                    }
+                }
+            } else if conf.contains(m.from) {
+                // Promoted, but the old replica is still there (a change half-proposed).
+                if leader != m.from {
+                    proposal = Some(vec![MembershipChange::Remove(m.from)]);
+                }
+            } else {
+                // Done: the old replica is out of the configuration for good.
+                self.destroy_replica(group, m.from);
+                finished = true;
+            }
+            if let Some(changes) = proposal {
+                let host = self.host_mut(leader_at).expect("the leader is up");
+                let _ = host.change_membership(group, &changes, token);
+            }
+            if finished {
+                self.moves.remove(&group);
+                self.report.moves_finished += 1;
+                self.record(18, group.0);
+            } else if let Some(m) = self.moves.get_mut(&group) {
+                m.next_try = self.step + MOVE_RETRY_STEPS;
+            }
+        }
+    }
+
+    fn on_event(&mut self, at: CoreAddress, event: HostEvent, terms: &HashMap<GroupId, u64>) {
         match event {
             HostEvent::LeaderChanged {
                 group,
                 is_self: true,
-                ..
+                leader: Some(leader),
             } => {
                 let term = terms.get(&group).copied().unwrap_or(0);
-                self.leaders.entry((group, term)).or_default().insert(node);
-                self.record(8, node ^ term << 8);
+                self.leaders
+                    .entry((group, term))
+                    .or_default()
+                    .insert(leader);
+                self.record(8, leader.0 ^ term << 8);
             }
             HostEvent::Applied {
                 token, response, ..
@@ -641,7 +1069,7 @@ impl Sim {
                 });
             }
             HostEvent::ReadReady { group, token } => {
-                let value = self.read_local(node, group, token.0);
+                let value = self.read_local(at, group, token.0);
                 self.complete(token.0, |_| Some(RegisterOp::Get { found: value }));
             }
             HostEvent::Committed {
@@ -656,7 +1084,7 @@ impl Sim {
                         self.committed.insert((group, index), (term, digest));
                     }
                     Some(&(t, d)) if (t, d) != (term, digest) => self.report.violations.push(format!(
-                        "group {} index {index}: node {node} applied term {term} digest {digest:x}, another replica term {t} digest {d:x}",
+                        "group {} index {index}: {at:?} applied term {term} digest {digest:x}, another replica term {t} digest {d:x}",
                         group.0
                     )),
                     Some(_) => {}
@@ -677,10 +1105,10 @@ impl Sim {
         })
     }
 
-    fn read_local(&self, node: u64, group: GroupId, op_id: u64) -> Option<Vec<u8>> {
+    fn read_local(&self, at: CoreAddress, group: GroupId, op_id: u64) -> Option<Vec<u8>> {
         let key = self.key_of(op_id)?;
-        let host = self.nodes.get(&node)?.host.as_ref()?;
-        host.state_machine(group)?
+        self.host(at)?
+            .state_machine(group)?
             .get(&key.to_be_bytes())
             .map(<[u8]>::to_vec)
     }
@@ -716,11 +1144,27 @@ impl Sim {
         }
     }
 
-    /// Progress after healing: every group committed a client write.
-    fn all_groups_serve(&self) -> bool {
+    /// Progress after healing: every group committed a client write, no replica move is
+    /// under way, and no replica is left on a failed node.
+    fn settled(&self) -> bool {
         (1..=self.o.groups)
             .map(GroupId)
             .all(|g| self.healed_writes.contains(&g))
+            && self.moves.is_empty()
+            && self
+                .placement
+                .values()
+                .flat_map(|m| m.values())
+                .all(|at| !self.nodes[&at.node.0].failed)
+    }
+
+    /// Where a request for `group` may go when its leader is unknown: its replicas, as the
+    /// placement table lists them.
+    fn candidates(&self, group: GroupId) -> Vec<CoreAddress> {
+        self.placement
+            .get(&group)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default()
     }
 
     fn drive_clients(&mut self) {
@@ -764,17 +1208,26 @@ impl Sim {
         let op_id = self.next_op;
         self.next_op += 1;
         let now = self.now();
+        let candidates = self.candidates(group);
         let target = match self.clients[c].pinned {
-            Some(node) => address(node),
+            Some(node) => candidates
+                .iter()
+                .find(|a| a.node.0 == node)
+                .copied()
+                .unwrap_or(address(node, 0)),
             None => self.clients[c]
                 .router
-                .target(now, group, &self.candidates)
-                .expect("every group has candidates"),
+                .target(now, group, &candidates)
+                .expect("every group has replicas"),
         };
-        let node = target.node.0;
         let stale_read = self.o.bug == Some(Bug::StaleRead);
         let deadline = self.step + OP_TIMEOUT_STEPS;
-        let Some(host) = self.nodes.get_mut(&node).and_then(|n| n.host.as_mut()) else {
+        let Some(host) = self
+            .nodes
+            .get_mut(&target.node.0)
+            .and_then(|n| n.cores.get_mut(target.core.0 as usize))
+            .and_then(|core| core.host.as_mut())
+        else {
             self.clients[c].router.on_failure(now, group, target);
             return op_id;
         };
@@ -874,7 +1327,8 @@ impl Sim {
             let states: Vec<&KvStore> = self
                 .nodes
                 .values()
-                .filter_map(|n| n.host.as_ref().and_then(|h| h.state_machine(g)))
+                .flat_map(|n| &n.cores)
+                .filter_map(|c| c.host.as_ref().and_then(|h| h.state_machine(g)))
                 .collect();
             let top = states.iter().map(|s| s.applied_index()).max().unwrap_or(0);
             let complete: Vec<&&KvStore> =
@@ -905,8 +1359,16 @@ impl Scenario {
     /// `nodes` nodes hosting one group, a perfect network and instant fsyncs until told
     /// otherwise.
     pub fn new(nodes: u64) -> Scenario {
+        Scenario::with_replicas(nodes, nodes)
+    }
+
+    /// Like [`Scenario::new`], with the group's `replicas` on the first nodes and the rest
+    /// spare (somewhere to move to).
+    pub fn with_replicas(nodes: u64, replicas: u64) -> Scenario {
         let options = SimOptions {
             nodes,
+            cores: 1,
+            replicas,
             groups: 1,
             clients: 0,
             keys: 1,
@@ -914,17 +1376,7 @@ impl Scenario {
         };
         let mut sim = Sim::new(&options);
         sim.scripted = true;
-        sim.faults = Faults {
-            loss: 0.0,
-            duplicate: 0.0,
-            max_delay_steps: 1,
-            max_fsync_steps: 0,
-            crash_per_step: 0.0,
-            partition_per_step: 0.0,
-            clock_jump_per_step: 0.0,
-            pause_per_step: 0.0,
-            transfer_per_step: 0.0,
-        };
+        sim.faults = Faults::none();
         Scenario { sim }
     }
 
@@ -950,11 +1402,7 @@ impl Scenario {
 
     /// The node whose replica leads, if one does (and is up).
     pub fn leader(&self) -> Option<u64> {
-        self.sim
-            .nodes
-            .iter()
-            .find(|(_, n)| n.host.as_ref().is_some_and(|h| h.is_leader(GroupId(1))))
-            .map(|(i, _)| *i)
+        self.sim.leader_of(GroupId(1)).map(|(at, _)| at.node.0)
     }
 
     /// Cuts every link to and from `node`.
@@ -988,21 +1436,26 @@ impl Scenario {
     }
 
     pub fn restart(&mut self, node: u64) {
-        if self.sim.nodes.get(&node).is_some_and(|n| n.host.is_none()) {
+        if self.sim.nodes.get(&node).is_some_and(|n| !n.up) {
             self.sim.start(node);
         }
     }
 
     /// Asks the current leader to hand leadership to `node`.
     pub fn transfer_leader(&mut self, node: u64) {
-        let Some(leader) = self.leader() else { return };
-        if let Some(host) = self
-            .sim
-            .nodes
-            .get_mut(&leader)
-            .and_then(|n| n.host.as_mut())
-        {
-            let _ = host.transfer_leader(GroupId(1), replica(GroupId(1), node));
+        let group = GroupId(1);
+        let Some((leader, _)) = self.sim.leader_of(group) else {
+            return;
+        };
+        let Some(to) = self.sim.placement[&group]
+            .iter()
+            .find(|(_, at)| at.node.0 == node)
+            .map(|(r, _)| *r)
+        else {
+            return;
+        };
+        if let Some(host) = self.sim.host_mut(leader) {
+            let _ = host.transfer_leader(group, to);
         }
     }
 
@@ -1038,6 +1491,47 @@ impl Scenario {
             .clients
             .iter()
             .any(|c| c.outstanding.as_ref().is_some_and(|o| o.0 == op.0))
+    }
+
+    /// The nodes holding a replica of the group (voter or learner), per the placement table.
+    pub fn replicas(&self) -> Vec<u64> {
+        self.sim.placement[&GroupId(1)]
+            .values()
+            .map(|at| at.node.0)
+            .collect()
+    }
+
+    /// Starts moving the replica on node `from` to node `to`: a learner there, caught up,
+    /// then promoted while `from` is removed in one joint change.
+    pub fn move_replica(&mut self, from: u64, to: u64) {
+        let group = GroupId(1);
+        let replica = self.sim.placement[&group]
+            .iter()
+            .find(|(_, at)| at.node.0 == from)
+            .map(|(r, _)| *r)
+            .expect("a replica on the source node");
+        assert!(!self.sim.moves.contains_key(&group), "one move at a time");
+        self.sim.begin_move(group, replica, address(to, 0));
+    }
+
+    /// Whether a replica move is under way.
+    pub fn moving(&self) -> bool {
+        !self.sim.moves.is_empty()
+    }
+
+    /// Damages synced data in `node`'s log (a bit flip in a record that has another after
+    /// it). Returns false if the log holds too little to damage that way.
+    pub fn corrupt_disk(&mut self, node: u64) -> bool {
+        let n = self.sim.nodes.get_mut(&node).expect("known node");
+        let done = n.cores[0].disk.corrupt(&mut self.sim.rng);
+        n.corrupted |= done;
+        done
+    }
+
+    /// Whether `node` refused to start on a damaged log (it then stays down; its replica is
+    /// replaced on another node).
+    pub fn failed(&self, node: u64) -> bool {
+        self.sim.nodes[&node].failed
     }
 
     /// Every checker's complaints so far (linearizability, leaders per term, convergence).
