@@ -256,6 +256,9 @@ struct Group<S> {
     /// Reads asked of a new leader before it committed an entry of its term: raft-rs
     /// drops those silently, so they wait here and are asked once it has.
     deferred_reads: Vec<ProposalToken>,
+    /// A leader that removed itself asks this voter to campaign, in this term, on its next
+    /// few ticks (the voter refuses while it has not applied the removal yet).
+    handover: Option<(u64, u64, u8)>,
     /// A compaction snapshot to write to the log with the next batch.
     snapshot_to_persist: Option<Snapshot>,
 }
@@ -416,6 +419,7 @@ impl<S: StateMachine> RaftHost<S> {
             held: Vec::new(),
             pending_reads: Vec::new(),
             deferred_reads: Vec::new(),
+            handover: None,
             snapshot_to_persist: None,
         };
         self.groups.insert(group, g);
@@ -514,6 +518,7 @@ impl<S: StateMachine> RaftHost<S> {
             for _ in 0..ticks {
                 group.raw.tick();
             }
+            send_handover(group);
         }
     }
 
@@ -881,7 +886,7 @@ fn apply_conf_change<S: StateMachine>(
 /// it leader, and its next step would panic looking for its own progress (found by the
 /// simulator: the replica being moved away was elected during the joint phase and applied
 /// its own removal). It becomes a follower, which cannot campaign as it is no voter, and
-/// tells the most up-to-date remaining voter to start an election at once.
+/// tells the most up-to-date remaining voter to start an election on its next ticks.
 fn step_down_if_removed<S>(g: &mut Group<S>, conf: &ConfState) {
     let raft = &mut g.raw.raft;
     let id = raft.id;
@@ -899,14 +904,29 @@ fn step_down_if_removed<S>(g: &mut Group<S>, conf: &ConfState) {
         .map(|(r, _)| *r);
     let term = raft.term;
     raft.become_follower(term, raft::INVALID_ID);
-    if let Some(to) = successor {
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgTimeoutNow);
-        m.to = to;
-        m.from = id;
-        m.term = term;
-        raft.msgs.push(m);
+    g.handover = successor.map(|to| (to, term, HANDOVER_TICKS));
+}
+
+/// Ticks on which a stepped-down leader repeats its `TimeoutNow` (harmless once a newer
+/// term exists: the message's term is then stale).
+const HANDOVER_TICKS: u8 = 3;
+
+fn send_handover<S>(g: &mut Group<S>) {
+    let Some((to, term, left)) = g.handover else {
+        return;
+    };
+    let raft = &mut g.raw.raft;
+    if left == 0 || raft.term != term {
+        g.handover = None;
+        return;
     }
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgTimeoutNow);
+    m.to = to;
+    m.from = raft.id;
+    m.term = term;
+    raft.msgs.push(m);
+    g.handover = Some((to, term, left - 1));
 }
 
 fn apply_committed<S: StateMachine>(

@@ -475,3 +475,59 @@ fn a_replica_moves_by_learner_promotion_joint_removal_and_leader_transfer() {
     assert!(c.run_until(100, |c| expected.iter().all(|i| c.store(*i).len() == 100)));
     c.at_most_one_leader_per_term();
 }
+
+#[test]
+fn a_leader_that_removes_itself_steps_down_and_hands_over_at_once() {
+    use nodedb_cluster::raft_host::MembershipChange::Remove;
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    for t in 0..10 {
+        c.put(t, &format!("k{t}"), "v");
+    }
+    assert!(c.run_until(50, |c| c.applied.len() == 10));
+    let old = c.leader().unwrap();
+    c.hosts
+        .get_mut(&old)
+        .unwrap()
+        .change_membership(GROUP, &[Remove(ReplicaId(old))], ProposalToken(1000))
+        .unwrap();
+    assert!(
+        c.run_until(50, |c| c.confs.get(&old).is_some_and(|v| v.0.len() == 2)),
+        "the removal is applied"
+    );
+    // raft-rs would keep the removed replica leading, and panic on its next step; it
+    // steps down and the most up-to-date voter campaigns at once (TimeoutNow), well
+    // before an election timeout (10 ticks at the least; 13 without the hand-over).
+    assert!(
+        c.run_until(3, |c| c.leader().is_some_and(|l| l != old)),
+        "another voter leads soon after the removal"
+    );
+    assert!(!c.hosts[&old].is_leader(GROUP));
+    for t in 10..20 {
+        assert!(c.put(t, &format!("k{t}"), "v"));
+    }
+    assert!(c.run_until(50, |c| (0..20).all(|t| c.applied.contains_key(&t))));
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn a_message_for_an_earlier_replica_of_the_group_is_refused() {
+    use nodedb_cluster::raft_host::HostError;
+    let mut host: RaftHost<KvStore> = RaftHost::new(address(1));
+    host.add_group(GROUP, ReplicaId(7), &[ReplicaId(7)], None, KvStore::new())
+        .unwrap();
+    let mut heartbeat = raft::eraftpb::Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.to = 4; // the replica of this group that lived here before
+    heartbeat.from = 2;
+    heartbeat.term = 5;
+    heartbeat.commit = 100;
+    assert_eq!(
+        host.handle_message(GROUP, heartbeat),
+        Err(HostError::WrongReplica {
+            group: GROUP,
+            to: ReplicaId(4)
+        })
+    );
+    assert_eq!(host.term(GROUP), Some(0), "the message changed nothing");
+}

@@ -121,7 +121,7 @@ impl SimDisk {
 
     /// The process died while the record for `writes` was being written.
     pub fn crash_during(&mut self, writes: &[GroupWrite], rng: &mut Rng) -> Tear {
-        let mut tear = match rng.below(3) {
+        let tear = match rng.below(3) {
             0 => Tear::Lost,
             1 => Tear::Whole,
             _ => Tear::Torn,
@@ -136,11 +136,9 @@ impl SimDisk {
             Tear::Torn => {
                 // Some sectors landed, the rest still hold zeros, or garbage from a write
                 // that went astray.
-                let keep = 1 + rng.below(record.len() as u64 - 1) as usize;
-                if keep >= WAL_HEADER_BYTES + payload_len(&record) {
-                    // Only padding is missing: the record is whole.
-                    tear = Tear::Whole;
-                }
+                // Cut inside the header or payload (a cut in the padding is a whole record).
+                let meaningful = WAL_HEADER_BYTES + payload_len(&record);
+                let keep = 1 + rng.below(meaningful as u64 - 1) as usize;
                 let start = self.image.len();
                 self.image.extend_from_slice(&record[..keep]);
                 if rng.below(2) == 0 {
