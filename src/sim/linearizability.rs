@@ -15,6 +15,8 @@ pub enum RegisterOp {
     Put {
         value: Vec<u8>,
     },
+    /// Removes the value (the register reads as absent).
+    Delete,
     /// A read and what it returned.
     Get {
         found: Option<Vec<u8>>,
@@ -99,6 +101,7 @@ fn search(
         let unknown = history[i].completed.is_none();
         let next = match (&history[i].op, unknown) {
             (RegisterOp::Put { value }, _) => Some(Some(value.clone())),
+            (RegisterOp::Delete, _) => Some(None),
             (RegisterOp::Get { found }, false) => (found == &state).then(|| state.clone()),
             (RegisterOp::Get { .. }, true) => Some(state.clone()),
             (
@@ -150,6 +153,21 @@ mod tests {
         RegisterOp::Get {
             found: v.map(|v| vec![v]),
         }
+    }
+
+    #[test]
+    fn a_delete_empties_the_register() {
+        let delete = RegisterOp::Delete;
+        let history = |after: Option<u8>| {
+            vec![
+                op(0, Some(1), put(1)),
+                op(2, Some(3), delete.clone()),
+                op(4, Some(5), get(after)),
+            ]
+        };
+        assert_eq!(check_register(&history(None), None, 10_000), Some(true));
+        // The value read back after a completed delete: not linearizable.
+        assert_eq!(check_register(&history(Some(1)), None, 10_000), Some(false));
     }
 
     #[test]

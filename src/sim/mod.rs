@@ -1197,12 +1197,12 @@ impl Sim {
         let key = self.rng.below(self.o.keys);
         self.clients[c].counter += 1;
         let value = format!("c{c}-{}", self.clients[c].counter).into_bytes();
-        let kind = self.rng.below(10);
+        let kind = self.rng.below(11);
         self.issue_op(c, key, kind, value);
     }
 
     /// Issues an operation for client `c` at its guessed node: `kind` 0..3 read, 3..8 put,
-    /// 8..10 compare-and-set. Returns the op id.
+    /// 8..10 compare-and-set, 10 delete. Returns the op id.
     fn issue_op(&mut self, c: usize, key: u64, kind: u64, value: Vec<u8>) -> u64 {
         let group = GroupId(1 + key % self.o.groups);
         let op_id = self.next_op;
@@ -1253,7 +1253,9 @@ impl Sim {
             )
         } else {
             let k = key.to_be_bytes().to_vec();
-            let (command, op) = if kind < 8 {
+            let (command, op) = if kind >= 10 {
+                (KvCommand::Delete { key: k }, RegisterOp::Delete)
+            } else if kind < 8 {
                 (
                     KvCommand::Put {
                         key: k,
