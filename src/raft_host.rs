@@ -505,6 +505,17 @@ impl<S: StateMachine> RaftHost<S> {
         Some((matched, g.raw.raft.raft_log.committed))
     }
 
+    /// At the leader: the voter best placed to take over from it (heard from recently,
+    /// longest log), for handing leadership over before this replica leaves. `None`
+    /// elsewhere, or when no other voter is reachable.
+    pub fn successor(&self, group: GroupId) -> Option<ReplicaId> {
+        let g = self.groups.get(&group)?;
+        if g.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        best_voter(&g.raw.raft, &g.raw.raft.prs().conf().to_conf_state().voters).map(ReplicaId)
+    }
+
     /// Advances Raft's logical clock: one tick per `RAFT_TICK` of time since the last call.
     pub fn handle_tick(&mut self, now: Time) {
         let last = *self.last_tick.get_or_insert(now);
@@ -896,15 +907,22 @@ fn step_down_if_removed<S>(g: &mut Group<S>, conf: &ConfState) {
     {
         return;
     }
-    let successor = raft
-        .prs()
-        .iter()
-        .filter(|(r, _)| **r != id && conf.voters.contains(r))
-        .max_by_key(|(_, p)| p.matched)
-        .map(|(r, _)| *r);
+    let successor = best_voter(raft, &conf.voters);
     let term = raft.term;
     raft.become_follower(term, raft::INVALID_ID);
     g.handover = successor.map(|to| (to, term, HANDOVER_TICKS));
+}
+
+/// Among `voters` other than `raft` itself, the one recently heard from with the longest
+/// log (a voter on a dead node keeps its last `matched` and must not win a tie).
+fn best_voter(raft: &raft::Raft<GroupStorage>, voters: &[u64]) -> Option<u64> {
+    voters
+        .iter()
+        .filter(|r| **r != raft.id)
+        .filter_map(|r| raft.prs().get(*r).map(|p| (*r, p)))
+        .filter(|(_, p)| p.recent_active)
+        .max_by_key(|(r, p)| (p.matched, std::cmp::Reverse(*r)))
+        .map(|(r, _)| r)
 }
 
 /// Ticks on which a stepped-down leader repeats its `TimeoutNow` (harmless once a newer

@@ -168,3 +168,32 @@ fn a_node_whose_log_is_damaged_refuses_to_start_and_its_replica_is_replaced() {
     assert_eq!(read_through_leader(&mut s, 0), value("v4"));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
 }
+
+#[test]
+fn a_leader_that_moves_away_while_a_voter_is_down_hands_over_to_a_live_one() {
+    let mut s = Scenario::with_replicas(4, 3);
+    let old = elected(&mut s);
+    let w = s.put(old, 0, "x");
+    assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
+    // The hand-over must go to the voter the leader still hears from.
+    let dead = (1..=3).filter(|n| *n != old).min().unwrap();
+    s.crash(dead);
+    s.move_replica(old, 4);
+    assert!(
+        s.run_until(30 * SECOND, |s| s.leader().is_some_and(|l| l != old)),
+        "leadership left the moving replica while a voter was down"
+    );
+    s.restart(dead);
+    assert!(
+        s.run_until(30 * SECOND, |s| !s.moving()),
+        "the move finishes"
+    );
+    let replicas = s.replicas();
+    assert!(
+        replicas.contains(&4) && !replicas.contains(&old),
+        "{replicas:?}"
+    );
+    elected(&mut s);
+    assert_eq!(read_through_leader(&mut s, 0), value("x"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}

@@ -70,6 +70,11 @@ impl SimDisk {
         self.mirror.iter().map(|(g, p)| (*g, p.hard_state.term))
     }
 
+    /// The commit index of `group` that a restart would find (its durable hard state).
+    pub fn commit(&self, group: GroupId) -> u64 {
+        self.mirror.get(&group).map_or(0, |p| p.hard_state.commit)
+    }
+
     fn push_record(&mut self, writes: &[GroupWrite]) -> Vec<u8> {
         // Simulated batches are far below the record limit.
         let record = encode_record(self.next_sequence, writes).expect("a simulated batch fits");

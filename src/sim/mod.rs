@@ -222,6 +222,9 @@ struct Move {
     new: ReplicaId,
     /// The new replica exists in the target core's catalog.
     created: bool,
+    /// The old replica left the configuration at or before this commit index; it is
+    /// destroyed once every remaining voter has that commit index durably.
+    retiring: Option<u64>,
     next_try: u64,
 }
 
@@ -853,6 +856,7 @@ impl Sim {
                 to,
                 new,
                 created: false,
+                retiring: None,
                 next_try: self.step,
             },
         );
@@ -944,6 +948,18 @@ impl Sim {
         self.record(17, replica.0);
     }
 
+    /// Whether every voter of `group` not on a failed node has a durable commit index of at
+    /// least `index`.
+    fn voters_know_commit(&self, group: GroupId, voters: &[ReplicaId], index: u64) -> bool {
+        voters.iter().all(|v| {
+            let Some(at) = self.placement[&group].get(v) else {
+                return true;
+            };
+            let node = &self.nodes[&at.node.0];
+            node.failed || node.cores[at.core.0 as usize].disk.commit(group) >= index
+        })
+    }
+
     /// Takes each replica move one membership step further, as seen by the group's leader.
     fn drive_moves(&mut self) {
         let groups: Vec<GroupId> = self.moves.keys().copied().collect();
@@ -989,15 +1005,7 @@ impl Sim {
                 {
                     if leader == m.from {
                         // The leader does not remove itself: it hands over first.
-                        // To the voter whose log is furthest along (a dead one never
-                        // catches up, and the transfer would never finish).
-                        if let Some(to) = conf
-                            .voters
-                            .iter()
-                            .filter(|v| **v != m.from)
-                            .max_by_key(|v| host.replication(group, **v).map_or(0, |(m, _)| m))
-                            .copied()
-                        {
+                        if let Some(to) = host.successor(group) {
                             let host = self.host_mut(leader_at).expect("the leader is up");
                             let _ = host.transfer_leader(group, to);
                         }
@@ -1013,10 +1021,20 @@ impl Sim {
                 if leader != m.from {
                     proposal = Some(vec![MembershipChange::Remove(m.from)]);
                 }
+            } else if let Some(index) = m.retiring {
+                // The old replica is out of the configuration. It is destroyed only once
+                // every remaining voter would restart knowing that: a voter that restarts
+                // with the leave-joint entry not yet known committed campaigns under the
+                // joint configuration, which needs the old replica's vote (found by the
+                // simulator: with the old replica destroyed and another voter's node
+                // failed, a group could never elect a leader again).
+                if self.voters_know_commit(group, &conf.voters, index) {
+                    self.destroy_replica(group, m.from);
+                    finished = true;
+                }
             } else {
-                // Done: the old replica is out of the configuration for good.
-                self.destroy_replica(group, m.from);
-                finished = true;
+                let commit = host.replication(group, leader).map_or(0, |(_, c)| c);
+                self.moves.get_mut(&group).expect("moving").retiring = Some(commit);
             }
             if let Some(changes) = proposal {
                 let host = self.host_mut(leader_at).expect("the leader is up");
