@@ -251,6 +251,10 @@ pub const CLIENT_NODE_DOWN_COOLDOWN: std::time::Duration = std::time::Duration::
 /// holds this many applied entries: bounds memory and replay, while a follower a little
 /// behind still catches up from the log rather than a snapshot.
 pub const RAFT_LOG_COMPACT_ENTRIES: usize = 1024;
+/// A learner being moved in is promoted once its log is within this many entries of the
+/// commit index: close enough that the new voter does not stall commits while it catches
+/// up, loose enough that a steady write load cannot keep it "behind" forever.
+pub const LEARNER_CAUGHT_UP_ENTRIES: u64 = 8;
 /// A reply channel carries exactly one answer.
 pub const REPLY_CHANNEL_CAPACITY: usize = 1;
 /// The write-ahead log is rewritten as a checkpoint (snapshots and the entries after them)

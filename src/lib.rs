@@ -69,6 +69,7 @@ pub mod node_metrics;
 pub mod peer_health;
 pub mod placement;
 pub mod raft_host;
+pub mod replica_move;
 pub mod rng;
 pub mod routing;
 pub mod runtime;

@@ -29,9 +29,9 @@ use serde::Serialize;
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvResponse, KvStore, StateMachine};
 use crate::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, MembershipChange, PersistBatch, ProposalToken,
-    RaftHost, ReplicaId,
+    CoreAddress, GroupId, HostError, HostEvent, PersistBatch, ProposalToken, RaftHost, ReplicaId,
 };
+use crate::replica_move::{MoveAction, MoveContext, ReplicaMove, leader_view};
 use crate::rng::{Rng, mix64};
 use crate::routing::Router;
 use crate::sim::disk::{SimDisk, Tear};
@@ -92,8 +92,6 @@ pub const STEP: Duration = Duration::from_millis(10);
 const OP_TIMEOUT_STEPS: u64 = 300;
 /// A replica move retries its next membership step after this many steps.
 const MOVE_RETRY_STEPS: u64 = 20;
-/// A learner is caught up when its log is within this many entries of the commit index.
-const LEARNER_CAUGHT_UP_ENTRIES: u64 = 8;
 
 /// Fault rates drawn from the seed.
 #[derive(Clone, Debug, Serialize)]
@@ -213,19 +211,34 @@ struct SimNode {
     paused_until: u64,
 }
 
-/// A replica moving from `from` to a new replica `new` at `to`: learner, catch-up, then
-/// one joint change that promotes it and removes `from`.
+/// A replica move in progress ([`ReplicaMove`] decides its steps) and when to look again.
 #[derive(Clone, Debug)]
 struct Move {
-    from: ReplicaId,
-    to: CoreAddress,
-    new: ReplicaId,
-    /// The new replica exists in the target core's catalog.
-    created: bool,
-    /// The old replica left the configuration at or before this commit index; it is
-    /// destroyed once every remaining voter has that commit index durably.
-    retiring: Option<u64>,
+    decide: ReplicaMove,
     next_try: u64,
+}
+
+/// What the simulator knows for a move beyond the leader's view.
+struct SimMoveContext<'a> {
+    sim: &'a Sim,
+    group: GroupId,
+    to: CoreAddress,
+}
+
+impl MoveContext for SimMoveContext<'_> {
+    fn target_failed(&self) -> bool {
+        self.sim.nodes[&self.to.node.0].failed
+    }
+
+    fn voters_durably_know(&self, voters: &[ReplicaId], index: u64) -> bool {
+        voters.iter().all(|v| {
+            let Some(at) = self.sim.placement[&self.group].get(v) else {
+                return true;
+            };
+            let node = &self.sim.nodes[&at.node.0];
+            node.failed || node.cores[at.core.0 as usize].disk.commit(self.group) >= index
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -852,11 +865,7 @@ impl Sim {
         self.moves.insert(
             group,
             Move {
-                from,
-                to,
-                new,
-                created: false,
-                retiring: None,
+                decide: ReplicaMove::new(group, from, to, new),
                 next_try: self.step,
             },
         );
@@ -948,23 +957,11 @@ impl Sim {
         self.record(17, replica.0);
     }
 
-    /// Whether every voter of `group` not on a failed node has a durable commit index of at
-    /// least `index`.
-    fn voters_know_commit(&self, group: GroupId, voters: &[ReplicaId], index: u64) -> bool {
-        voters.iter().all(|v| {
-            let Some(at) = self.placement[&group].get(v) else {
-                return true;
-            };
-            let node = &self.nodes[&at.node.0];
-            node.failed || node.cores[at.core.0 as usize].disk.commit(group) >= index
-        })
-    }
-
     /// Takes each replica move one membership step further, as seen by the group's leader.
     fn drive_moves(&mut self) {
         let groups: Vec<GroupId> = self.moves.keys().copied().collect();
         for group in groups {
-            let m = self.moves[&group].clone();
+            let mut m = self.moves[&group].clone();
             if m.next_try > self.step {
                 continue;
             }
@@ -972,80 +969,39 @@ impl Sim {
                 continue;
             };
             let host = self.host(leader_at).expect("the leader is up");
-            let Some(conf) = host.membership(group) else {
+            let Some(view) = leader_view(host, group, leader, m.decide.new) else {
                 continue;
             };
-            if conf.joint {
-                continue;
-            }
-            let target_failed = self.nodes[&m.to.node.0].failed;
-            let token = ProposalToken(u64::MAX - group.0);
-            let mut proposal: Option<Vec<MembershipChange>> = None;
-            let mut finished = false;
-            if !conf.contains(m.new) {
-                if !conf.voters.contains(&m.from) || target_failed {
-                    // Nothing to do any more (or nowhere to go): abandon.
-                    if m.created {
-                        self.destroy_replica(group, m.new);
+            let context = SimMoveContext {
+                sim: self,
+                group,
+                to: m.decide.to,
+            };
+            let (actions, outcome) = m.decide.next(&view, &context);
+            for action in actions {
+                match action {
+                    MoveAction::CreateReplica { replica, at } => {
+                        self.create_replica(group, replica, at)
                     }
-                    finished = true;
-                } else {
-                    if !m.created {
-                        self.create_replica(group, m.new, m.to);
-                        self.moves.get_mut(&group).expect("moving").created = true;
+                    MoveAction::DestroyReplica(replica) => self.destroy_replica(group, replica),
+                    MoveAction::Propose(changes) => {
+                        let host = self.host_mut(leader_at).expect("the leader is up");
+                        let token = ProposalToken(u64::MAX - group.0);
+                        let _ = host.change_membership(group, &changes, token);
                     }
-                    proposal = Some(vec![MembershipChange::AddLearner(m.new)]);
-                }
-            } else if conf.learners.contains(&m.new) {
-                if target_failed {
-                    proposal = Some(vec![MembershipChange::Remove(m.new)]);
-                } else if host
-                    .replication(group, m.new)
-                    .is_some_and(|(matched, commit)| matched + LEARNER_CAUGHT_UP_ENTRIES >= commit)
-                {
-                    if leader == m.from {
-                        // The leader does not remove itself: it hands over first.
-                        if let Some(to) = host.successor(group) {
-                            let host = self.host_mut(leader_at).expect("the leader is up");
-                            let _ = host.transfer_leader(group, to);
-                        }
-                    } else {
-                        proposal = Some(vec![
-                            MembershipChange::AddVoter(m.new),
-                            MembershipChange::Remove(m.from),
-                        ]);
+                    MoveAction::TransferLeader(to) => {
+                        let host = self.host_mut(leader_at).expect("the leader is up");
+                        let _ = host.transfer_leader(group, to);
                     }
                 }
-            } else if conf.contains(m.from) {
-                // Promoted, but the old replica is still there (a change half-proposed).
-                if leader != m.from {
-                    proposal = Some(vec![MembershipChange::Remove(m.from)]);
-                }
-            } else if let Some(index) = m.retiring {
-                // The old replica is out of the configuration. It is destroyed only once
-                // every remaining voter would restart knowing that: a voter that restarts
-                // with the leave-joint entry not yet known committed campaigns under the
-                // joint configuration, which needs the old replica's vote (found by the
-                // simulator: with the old replica destroyed and another voter's node
-                // failed, a group could never elect a leader again).
-                if self.voters_know_commit(group, &conf.voters, index) {
-                    self.destroy_replica(group, m.from);
-                    finished = true;
-                }
-            } else {
-                let commit = host.replication(group, leader).map_or(0, |(_, c)| c);
-                self.moves.get_mut(&group).expect("moving").retiring = Some(commit);
             }
-            if let Some(changes) = proposal {
-                let host = self.host_mut(leader_at).expect("the leader is up");
-                let _ = host.change_membership(group, &changes, token);
-            }
-            if finished {
+            if outcome.is_some() {
                 self.moves.remove(&group);
                 self.report.moves_finished += 1;
                 self.record(18, group.0);
-            } else if let Some(m) = self.moves.get_mut(&group) {
+            } else {
                 m.next_try = self.step + MOVE_RETRY_STEPS;
+                self.moves.insert(group, m);
             }
         }
     }
