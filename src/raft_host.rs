@@ -277,6 +277,9 @@ pub struct RaftHost<S: StateMachine> {
     logger: slog::Logger,
     /// Report every applied entry (`HostEvent::Committed`): for checkers, not production.
     audit: bool,
+    /// The owner reports each snapshot's delivery ([`RaftHost::report_snapshot`]) instead
+    /// of the host assuming it delivered as soon as its message leaves.
+    owner_reports_snapshots: bool,
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -336,6 +339,28 @@ impl<S: StateMachine> RaftHost<S> {
             last_tick: None,
             logger: tracing_logger(),
             audit: false,
+            owner_reports_snapshots: false,
+        }
+    }
+
+    /// Leaves reporting snapshot delivery to the owner, who streams the data out of band:
+    /// raft-rs then sends a follower no other snapshot (and no entries) until the owner says
+    /// the one under way was delivered or failed. Without it, a slow (throttled) transfer
+    /// was followed by another snapshot on the next rejected probe, and another.
+    pub fn set_owner_reports_snapshots(&mut self, on: bool) {
+        self.owner_reports_snapshots = on;
+    }
+
+    /// The snapshot of `group` sent to `to` was delivered in full, or failed (it is then
+    /// sent again).
+    pub fn report_snapshot(&mut self, group: GroupId, to: ReplicaId, delivered: bool) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            let status = if delivered {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            };
+            g.raw.report_snapshot(to.0, status);
         }
     }
 
@@ -730,10 +755,12 @@ impl<S: StateMachine> RaftHost<S> {
             numbers.push((id, rd.number()));
             g.raw.advance_append_async(rd);
             apply_committed(&mut self.events, local, id, g, committed, self.audit);
-            // Snapshots travel inside the message: consider them delivered; a lost one shows
-            // as a rejected append and is sent again.
-            for to in sent_snapshots {
-                g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            // Unless the owner reports delivery, a snapshot travels inside its message:
+            // consider it delivered; a lost one shows as a rejected append and is sent again.
+            if !self.owner_reports_snapshots {
+                for to in sent_snapshots {
+                    g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+                }
             }
             if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
                 writes.push(write);

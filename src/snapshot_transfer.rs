@@ -211,8 +211,8 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `bytes` tokens at `now`; `Err(wait)` says how long until they are there (the
-    /// tokens are then owed, so calling again after `wait` succeeds).
+    /// Takes `bytes` tokens at `now`. `Err(wait)`: they are taken all the same, on credit;
+    /// send the bytes after `wait`, without taking them again.
     pub fn take(&mut self, now: Time, bytes: u64) -> Result<(), Duration> {
         let Some(rate) = self.rate_bytes_per_sec else {
             return Ok(());

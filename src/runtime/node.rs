@@ -177,6 +177,12 @@ impl Node {
 /// Work handed from the receive tasks to the core loop.
 enum Work {
     Raft(GroupId, raft::eraftpb::Message),
+    /// The snapshot of a group sent to a replica was streamed in full (or failed).
+    SnapshotSent {
+        group: GroupId,
+        to: ReplicaId,
+        delivered: bool,
+    },
     Client(KvRequest, async_channel::Sender<KvResponseFrame>),
 }
 
@@ -256,6 +262,8 @@ async fn core_loop(
     let (mut wal, mut recovered) = WalFile::open(&wal_path).await.map_err(|e| e.to_string())?;
 
     let mut host: RaftHost<Cell> = RaftHost::new(local);
+    // Snapshots stream out of band: the send task reports when they are through.
+    host.set_owner_reports_snapshots(true);
     let peers = Peers::new(
         endpoint.clone(),
         config.tls.clone(),
@@ -348,6 +356,11 @@ async fn core_loop(
         let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
         for w in work {
             match w {
+                Work::SnapshotSent {
+                    group,
+                    to,
+                    delivered,
+                } => host.report_snapshot(group, to, delivered),
                 Work::Raft(group, message) => {
                     metrics.add(CoreCounter::RaftMessagesIn, 1);
                     if let Err(e) = host.handle_message(group, message) {
@@ -475,16 +488,20 @@ async fn core_loop(
             };
             // Snapshot data goes out of band, on a throttled bulk stream.
             metrics.add(CoreCounter::RaftMessagesOut, 1);
+            let to = ReplicaId(out.message.to);
             let (message, chunks) = split(out.group, out.message);
             if !chunks.is_empty() {
                 metrics.add(CoreCounter::SnapshotsSent, 1);
-                glommio::spawn_local(send_snapshot(
-                    peers.clone(),
-                    peer,
-                    chunks,
-                    bucket.clone(),
-                    clock,
-                ))
+                let (inbox, group) = (inbox.clone(), out.group);
+                let send = send_snapshot(peers.clone(), peer, chunks, bucket.clone(), clock);
+                glommio::spawn_local(async move {
+                    let delivered = send.await;
+                    inbox.push(Work::SnapshotSent {
+                        group,
+                        to,
+                        delivered,
+                    });
+                })
                 .detach();
             }
             by_peer
@@ -648,37 +665,38 @@ fn handle_request(
 }
 
 /// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.
+/// Returns whether all of it was written (the host is told either way).
 async fn send_snapshot(
     peers: Peers,
     peer: PeerKey,
     chunks: Vec<Vec<u8>>,
     bucket: Rc<RefCell<TokenBucket>>,
     clock: MonotonicClock,
-) {
+) -> bool {
     let mut stream = match peers.open_bulk(peer).await {
         Ok(stream) => stream,
         Err(e) => {
             debug!(%peer, error = %e, "snapshot not sent; the leader will send it again");
-            return;
+            return false;
         }
     };
     for chunk in chunks {
-        loop {
-            let wait = bucket.borrow_mut().take(clock.now(), chunk.len() as u64);
-            match wait {
-                Ok(()) => break,
-                Err(wait) => glommio::timer::sleep(wait).await,
-            }
+        // The chunk's tokens are taken (owed) either way: wait until they are paid, then
+        // send. Taking them again after the wait, as this once did, owed them again on
+        // every call, and a snapshot larger than the burst never went out at all.
+        let owed = bucket.borrow_mut().take(clock.now(), chunk.len() as u64);
+        if let Err(wait) = owed {
+            glommio::timer::sleep(wait).await;
         }
         let mut frame = Vec::with_capacity(chunk.len() + 16);
         if encode_frame(FrameKind::BulkChunk, 0, &chunk, &mut frame).is_err()
             || stream.write_all(&frame).await.is_err()
         {
             debug!(%peer, "snapshot stream failed; the leader will send it again");
-            return;
+            return false;
         }
     }
-    let _ = stream.finish();
+    stream.finish().is_ok()
 }
 
 /// Accepts connections: peers' streams carry Raft batches, clients' streams requests.
