@@ -242,8 +242,9 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
     let (mut failures, mut ops, mut virtual_seconds) = (0u64, 0u64, 0.0f64);
     let mut first_failing = None;
     // Fault totals over every seed: crashes, partitions, torn writes, corruptions (and
-    // refusals to start on them), replica moves started and finished.
-    let mut faults = [0u64; 7];
+    // refusals to start on them), replica moves started and finished, requests routed by a
+    // stale placement table.
+    let mut faults = [0u64; 8];
     for s in &list {
         let report = run(&SimOptions::new(*s));
         for (total, n) in faults.iter_mut().zip([
@@ -254,6 +255,7 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
             report.corruptions_refused,
             report.moves_started,
             report.moves_finished,
+            report.stale_routes,
         ]) {
             *total += n;
         }
@@ -286,6 +288,7 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
                 "crashes": faults[0], "partitions": faults[1], "torn_writes": faults[2],
                 "corruptions": faults[3], "corruptions_refused": faults[4],
                 "moves_started": faults[5], "moves_finished": faults[6],
+                "stale_routes": faults[7],
             })
         );
     } else {
@@ -295,8 +298,8 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
             virtual_seconds / wall_seconds.max(1e-9)
         );
         println!(
-            "faults: {} crashes, {} partitions, {} torn writes, {} corruptions ({} refused at start), {} replica moves started, {} finished",
-            faults[0], faults[1], faults[2], faults[3], faults[4], faults[5], faults[6]
+            "faults: {} crashes, {} partitions, {} torn writes, {} corruptions ({} refused at start), {} replica moves started, {} finished, {} requests routed by a stale table",
+            faults[0], faults[1], faults[2], faults[3], faults[4], faults[5], faults[6], faults[7]
         );
     }
     if failures == 0 {

@@ -138,10 +138,65 @@ impl Router {
     }
 }
 
+/// The placement table a client caches: its epoch and each group's replicas. A replica
+/// that answers it does not host a group shows the table is stale: it is dropped, the
+/// group's cached leader forgotten, and the table fetched again before the next request.
+/// A failed fetch is not retried for `CLIENT_NODE_BACKOFF` (the caller routes by a
+/// default meanwhile).
+#[derive(Debug, Default)]
+pub struct PlacementCache {
+    table: Option<(u64, HashMap<GroupId, Vec<CoreAddress>>)>,
+    failed_at: Option<Time>,
+}
+
+impl PlacementCache {
+    pub fn new() -> PlacementCache {
+        PlacementCache::default()
+    }
+
+    /// The cached table's epoch, if a table is cached.
+    pub fn epoch(&self) -> Option<u64> {
+        self.table.as_ref().map(|(epoch, _)| *epoch)
+    }
+
+    /// The replicas of `group` per the cached table.
+    pub fn replicas(&self, group: GroupId) -> Option<&[CoreAddress]> {
+        self.table
+            .as_ref()
+            .and_then(|(_, t)| t.get(&group))
+            .map(Vec::as_slice)
+    }
+
+    /// Whether to fetch the table before the next request.
+    pub fn wants_fetch(&self, now: Time) -> bool {
+        self.table.is_none()
+            && self
+                .failed_at
+                .is_none_or(|t| now.saturating_since(t) >= CLIENT_NODE_BACKOFF)
+    }
+
+    pub fn store(&mut self, epoch: u64, table: HashMap<GroupId, Vec<CoreAddress>>) {
+        self.table = Some((epoch, table));
+        self.failed_at = None;
+    }
+
+    pub fn on_fetch_failed(&mut self, now: Time) {
+        self.failed_at = Some(now);
+    }
+
+    /// A replica of the cached table does not host `group` (it moved).
+    pub fn on_not_hosted(&mut self, router: &mut Router, group: GroupId) -> Next {
+        self.table = None;
+        router.forget(group);
+        Next::RetryLater
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::CoreId;
+    use std::time::Duration;
 
     fn at(node: u64) -> CoreAddress {
         CoreAddress {
@@ -173,5 +228,24 @@ mod tests {
         );
         r.forget(g);
         assert_eq!(r.target(t, g, &[]), None);
+    }
+
+    #[test]
+    fn a_stale_table_is_dropped_and_fetched_again_and_failed_fetches_back_off() {
+        let (mut cache, mut router) = (PlacementCache::new(), Router::new());
+        let g = GroupId(1);
+        let t = Time::from_secs(1);
+        assert!(cache.wants_fetch(t));
+        cache.on_fetch_failed(t);
+        assert!(!cache.wants_fetch(t + Duration::from_millis(10)));
+        assert!(cache.wants_fetch(t + CLIENT_NODE_BACKOFF));
+        cache.store(7, HashMap::from([(g, vec![at(1), at(2)])]));
+        assert_eq!(cache.epoch(), Some(7));
+        assert_eq!(cache.replicas(g), Some(&[at(1), at(2)][..]));
+        assert!(!cache.wants_fetch(t));
+        router.on_answer(g, at(1));
+        assert_eq!(cache.on_not_hosted(&mut router, g), Next::RetryLater);
+        assert_eq!(router.leader(g), None, "the moved leader is forgotten");
+        assert!(cache.wants_fetch(t), "and the table fetched again");
     }
 }

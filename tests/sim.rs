@@ -16,13 +16,14 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn two_hundred_seeds_pass_every_checker() {
     let mut failures = Vec::new();
-    let (mut ops, mut torn, mut refused, mut moves) = (0, 0, 0, 0);
+    let (mut ops, mut torn, mut refused, mut moves, mut stale) = (0, 0, 0, 0, 0);
     for seed in seeds() {
         let report = run(&SimOptions::new(seed));
         ops += report.ops_completed;
         torn += report.torn_writes;
         refused += report.corruptions_refused;
         moves += report.moves_finished;
+        stale += report.stale_routes;
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?} (faults {:?}); replay with SEED={seed} cargo test --release --test sim",
@@ -37,6 +38,7 @@ fn two_hundred_seeds_pass_every_checker() {
         assert!(torn > 0, "no crash tore a write");
         assert!(refused > 0, "no damaged log was refused");
         assert!(moves > 0, "no replica moved");
+        assert!(stale > 0, "no client followed a stale placement table");
     }
 }
 

@@ -12,13 +12,12 @@ use futures_lite::future;
 use thiserror::Error;
 
 use crate::constants::{
-    CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_NODE_BACKOFF, CLIENT_REQUEST_TIMEOUT,
-    CLIENT_RETRY_BACKOFF,
+    CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF,
 };
 use crate::ids::NodeId;
 use crate::kv::{KvCommand, KvError, KvResponse};
 use crate::raft_host::{CoreAddress, GroupId};
-use crate::routing::{Next, Router};
+use crate::routing::{Next, PlacementCache, Router};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::node::ClusterSpec;
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
@@ -54,9 +53,6 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// The placement table a client caches: its epoch and each group's replica addresses.
-type RoutingCache = (u64, HashMap<GroupId, Vec<CoreAddress>>);
-
 /// A client of one cluster; lives on one glommio executor.
 pub struct KvClient {
     endpoint: QuicEndpoint,
@@ -67,9 +63,8 @@ pub struct KvClient {
     next_id: Cell<u64>,
     /// Leader cache, redirects and node health (sans-IO, shared with the simulator).
     router: RefCell<Router>,
-    /// The placement table with its epoch: each group's replica addresses.
-    routing: RefCell<Option<RoutingCache>>,
-    routing_failed_at: Cell<Option<crate::time::Time>>,
+    /// The placement table with its epoch (sans-IO, shared with the simulator).
+    placement: RefCell<PlacementCache>,
     clock: MonotonicClock,
 }
 
@@ -92,8 +87,7 @@ impl KvClient {
             conns: RefCell::default(),
             next_id: Cell::new(1),
             router: RefCell::new(Router::new()),
-            routing: RefCell::new(None),
-            routing_failed_at: Cell::new(None),
+            placement: RefCell::new(PlacementCache::new()),
             clock: MonotonicClock::new(),
         })
     }
@@ -181,10 +175,10 @@ impl KvClient {
         // The group's replicas from the cached placement table, else from the static spec.
         let core = self.spec.core_of(group);
         let candidates: Vec<CoreAddress> = self
-            .routing
+            .placement
             .borrow()
-            .as_ref()
-            .and_then(|(_, table)| table.get(&group).cloned())
+            .replicas(group)
+            .map(<[CoreAddress]>::to_vec)
             .unwrap_or_else(|| {
                 self.spec
                     .nodes
@@ -204,26 +198,22 @@ impl KvClient {
     /// Fetches the placement table once (and again after a routing error); until the
     /// cluster is bootstrapped the static spec routes.
     async fn ensure_routing(&self, group: GroupId) {
-        if group == crate::runtime::node::METADATA_GROUP || self.routing.borrow().is_some() {
-            return;
-        }
-        // After a failed fetch, route by the spec for a while rather than ask every time.
-        let now = self.clock.now();
-        if self
-            .routing_failed_at
-            .get()
-            .is_some_and(|t| now.saturating_since(t) < CLIENT_NODE_BACKOFF)
+        // After a failed fetch, the spec routes for a while rather than asking every time.
+        if group == crate::runtime::node::METADATA_GROUP
+            || !self.placement.borrow().wants_fetch(self.clock.now())
         {
             return;
         }
         if self.routing().await.is_err() {
-            self.routing_failed_at.set(Some(self.clock.now()));
+            self.placement
+                .borrow_mut()
+                .on_fetch_failed(self.clock.now());
         }
     }
 
     /// The epoch of the cached placement table, if one was fetched.
     pub fn routing_epoch(&self) -> Option<u64> {
-        self.routing.borrow().as_ref().map(|(epoch, _)| *epoch)
+        self.placement.borrow().epoch()
     }
 
     /// Sends `op` to the leader of `group`, following redirects.
@@ -259,10 +249,10 @@ impl KvClient {
                     if message.contains("not hosted") || message.contains("does not exist") =>
                 {
                     // The cached placement is stale: fetch it again, then retry.
-                    *self.routing.borrow_mut() = None;
-                    self.router.borrow_mut().forget(group);
                     last = message;
-                    Next::RetryLater
+                    self.placement
+                        .borrow_mut()
+                        .on_not_hosted(&mut self.router.borrow_mut(), group)
                 }
                 Ok(KvReply::Error(message)) => return Err(ClientError::Server(message)),
                 Ok(reply) => {
@@ -371,7 +361,7 @@ impl KvClient {
                     .iter()
                     .map(|(g, replicas)| (*g, replicas.iter().map(|(_, a)| *a).collect()))
                     .collect();
-                *self.routing.borrow_mut() = Some((epoch, table));
+                self.placement.borrow_mut().store(epoch, table);
                 Ok((epoch, groups))
             }
             other => Err(ClientError::Protocol(format!("{other:?}"))),

@@ -33,7 +33,7 @@ use crate::raft_host::{
 };
 use crate::replica_move::{MoveAction, MoveContext, ReplicaMove, leader_view};
 use crate::rng::{Rng, mix64};
-use crate::routing::Router;
+use crate::routing::{PlacementCache, Router};
 use crate::sim::disk::{SimDisk, Tear};
 use crate::sim::linearizability::{HistoryOp, RegisterOp, check_register};
 use crate::time::Time;
@@ -171,6 +171,9 @@ pub struct SimReport {
     /// finished (moved, or abandoned because the target failed).
     pub moves_started: u64,
     pub moves_finished: u64,
+    /// Requests that reached a core the group had moved away from (the client then
+    /// refetched its placement table).
+    pub stale_routes: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -250,6 +253,8 @@ enum Pending {
 struct Client {
     /// The real client routing logic: leader cache, hints, avoidance of failed nodes.
     router: Router,
+    /// The real client's placement-table cache: stale until a replica says it moved.
+    table: PlacementCache,
     /// A scripted client sends every request to this node.
     pinned: Option<u64>,
     /// (op id, invoked, deadline, group, target, pending, is write)
@@ -300,6 +305,8 @@ struct Sim {
     /// Each group's initial voters: the configuration at index 0 of its log.
     bootstrap: BTreeMap<GroupId, Vec<ReplicaId>>,
     next_replica: u64,
+    /// Bumped at every change of `placement` (what clients' cached tables are checked by).
+    placement_epoch: u64,
     moves: BTreeMap<GroupId, Move>,
     network: Vec<InFlight>,
     seq: u64,
@@ -387,6 +394,7 @@ impl Sim {
             addresses,
             bootstrap,
             next_replica: 1 << 32,
+            placement_epoch: 1,
             moves: BTreeMap::new(),
             network: Vec::new(),
             seq: 0,
@@ -394,6 +402,7 @@ impl Sim {
             clients: (0..o.clients)
                 .map(|c| Client {
                     router: Router::starting_at(c),
+                    table: PlacementCache::new(),
                     pinned: None,
                     outstanding: None,
                     counter: 0,
@@ -912,6 +921,7 @@ impl Sim {
             .get_mut(&group)
             .expect("known group")
             .insert(replica, at);
+        self.placement_epoch += 1;
         self.addresses.insert(replica, at);
         for node in self.nodes.values_mut() {
             for core in &mut node.cores {
@@ -942,6 +952,7 @@ impl Sim {
         else {
             return;
         };
+        self.placement_epoch += 1;
         let core =
             &mut self.nodes.get_mut(&at.node.0).expect("known node").cores[at.core.0 as usize];
         if core.catalog.get(&group) == Some(&replica) {
@@ -1132,15 +1143,6 @@ impl Sim {
                 .all(|at| !self.nodes[&at.node.0].failed)
     }
 
-    /// Where a request for `group` may go when its leader is unknown: its replicas, as the
-    /// placement table lists them.
-    fn candidates(&self, group: GroupId) -> Vec<CoreAddress> {
-        self.placement
-            .get(&group)
-            .map(|m| m.values().copied().collect())
-            .unwrap_or_default()
-    }
-
     fn drive_clients(&mut self) {
         for c in 0..self.clients.len() {
             // Time out an operation: its outcome is unknown.
@@ -1182,7 +1184,20 @@ impl Sim {
         let op_id = self.next_op;
         self.next_op += 1;
         let now = self.now();
-        let candidates = self.candidates(group);
+        if self.clients[c].table.wants_fetch(now) {
+            // The routing read of the placement table (answered at once here).
+            let table = self
+                .placement
+                .iter()
+                .map(|(g, m)| (*g, m.values().copied().collect()))
+                .collect();
+            self.clients[c].table.store(self.placement_epoch, table);
+        }
+        let candidates = self.clients[c]
+            .table
+            .replicas(group)
+            .map(<[CoreAddress]>::to_vec)
+            .unwrap_or_default();
         let target = match self.clients[c].pinned {
             Some(node) => candidates
                 .iter()
@@ -1271,6 +1286,12 @@ impl Sim {
             }
             Err(HostError::NotLeader { leader, .. }) => {
                 self.clients[c].router.on_not_leader(group, target, leader);
+            }
+            Err(HostError::UnknownGroup(_)) => {
+                // The replica moved away: the cached table is stale.
+                self.report.stale_routes += 1;
+                let client = &mut self.clients[c];
+                client.table.on_not_hosted(&mut client.router, group);
             }
             Err(_) => {
                 self.clients[c].router.on_failure(now, group, target);
@@ -1438,6 +1459,7 @@ impl Scenario {
     fn issue(&mut self, node: u64, key: u64, kind: u64, value: &str) -> OpHandle {
         self.sim.clients.push(Client {
             router: Router::new(),
+            table: PlacementCache::new(),
             pinned: Some(node),
             outstanding: None,
             counter: 0,
