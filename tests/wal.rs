@@ -249,3 +249,25 @@ fn disk_use_stays_bounded_under_a_steady_write_load() {
         assert_eq!(g.hard_state.commit, 2000);
     }
 }
+
+#[test]
+fn a_dropped_group_stays_gone_after_a_restart_and_the_others_stay() {
+    let path = wal_path("drop");
+    let p = path.clone();
+    let recovered = on_executor(move || async move {
+        append_batches(p.clone(), 1, 10).await;
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        assert!(wal.drop_group(GroupId(2)).await.unwrap());
+        assert!(!wal.drop_group(GroupId(2)).await.unwrap(), "already gone");
+        wal.append(&[write(1, 11)]).await.unwrap();
+        wal.close().await.unwrap();
+        WalFile::open(&p).await.unwrap().1
+    });
+    assert!(!recovered.groups.contains_key(&GroupId(2)));
+    let g = &recovered.groups[&GroupId(1)];
+    assert_eq!(
+        g.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        (1..=11).collect::<Vec<_>>()
+    );
+    assert_eq!(g.hard_state.commit, 11);
+}

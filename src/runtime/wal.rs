@@ -200,6 +200,18 @@ impl WalFile {
         Ok(())
     }
 
+    /// Forgets `group` (its replica left this core): the log is rewritten without it, so a
+    /// restart does not bring it back and a later replica of the same group here starts
+    /// empty. The caller stops hosting the group first, so no batch in flight holds it.
+    /// Returns whether the log held the group.
+    pub async fn drop_group(&mut self, group: GroupId) -> Result<bool, WalIoError> {
+        if self.mirror.remove(&group).is_none() {
+            return Ok(false);
+        }
+        self.checkpoint().await?;
+        Ok(true)
+    }
+
     /// Overrides the size at which the log is rewritten (tests use a small one).
     pub fn set_rewrite_threshold(&mut self, bytes: u64) {
         self.rewrite_threshold = bytes;
