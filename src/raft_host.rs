@@ -451,9 +451,13 @@ impl<S: StateMachine> RaftHost<S> {
         Ok(())
     }
 
-    /// Starts hosting a new replica that joins an existing group as a learner: it starts from
-    /// the group's current configuration (`voters`, `learners`, itself among the learners)
-    /// and an empty log; the leader sends it the log (or a snapshot).
+    /// Starts hosting a new replica that joins an existing group as a learner, with an empty
+    /// log whose configuration at index 0 is the group's **initial** one (`voters`; pass no
+    /// `learners` unless the group started with some) plus itself as a learner. The leader
+    /// sends it the entries from index 1, whose configuration changes then replay exactly
+    /// as on every other replica, or a snapshot, which carries its own configuration.
+    /// Passing the *current* configuration instead would replay those changes on top of
+    /// it (re-adding a voter as a learner demotes it in raft-rs): never do that.
     pub fn add_joining_group(
         &mut self,
         group: GroupId,
@@ -530,9 +534,9 @@ impl<S: StateMachine> RaftHost<S> {
         Some((matched, g.raw.raft.raft_log.committed))
     }
 
-    /// At the leader: the voter best placed to take over from it (heard from recently,
-    /// longest log), for handing leadership over before this replica leaves. `None`
-    /// elsewhere, or when no other voter is reachable.
+    /// At the leader: the voter best placed to take over from it (recently active, longest
+    /// log), for handing leadership over before this replica leaves. `None` elsewhere, or
+    /// when it is the only voter.
     pub fn successor(&self, group: GroupId) -> Option<ReplicaId> {
         let g = self.groups.get(&group)?;
         if g.raw.raft.state != StateRole::Leader {
@@ -682,8 +686,9 @@ impl<S: StateMachine> RaftHost<S> {
             let g = self.groups.get_mut(&id).expect("listed above");
             if !g.deferred_reads.is_empty() {
                 if g.raw.raft.state != StateRole::Leader {
-                    // Deposed before committing: the reads fail like any other request
-                    // to a replica that does not lead (the client retries elsewhere).
+                    // Deposed before committing: the reads are dropped, as raft-rs drops
+                    // pending ReadIndex requests on losing leadership; the client times
+                    // out and retries elsewhere.
                     g.deferred_reads.clear();
                 } else if g.raw.raft.commit_to_current_term() {
                     for token in std::mem::take(&mut g.deferred_reads) {
@@ -940,20 +945,21 @@ fn step_down_if_removed<S>(g: &mut Group<S>, conf: &ConfState) {
     g.handover = successor.map(|to| (to, term, HANDOVER_TICKS));
 }
 
-/// Among `voters` other than `raft` itself, the one recently heard from with the longest
-/// log (a voter on a dead node keeps its last `matched` and must not win a tie).
+/// Among `voters` other than `raft` itself, the one with the longest log, preferring those
+/// raft-rs marks recently active (a voter on a dead node keeps its last `matched` and must
+/// not win a tie). `check_quorum` clears every mark once per election timeout, until the
+/// next replies: in that window the longest log wins alone.
 fn best_voter(raft: &raft::Raft<GroupStorage>, voters: &[u64]) -> Option<u64> {
     voters
         .iter()
         .filter(|r| **r != raft.id)
         .filter_map(|r| raft.prs().get(*r).map(|p| (*r, p)))
-        .filter(|(_, p)| p.recent_active)
-        .max_by_key(|(r, p)| (p.matched, std::cmp::Reverse(*r)))
+        .max_by_key(|(r, p)| (p.recent_active, p.matched, std::cmp::Reverse(*r)))
         .map(|(r, _)| r)
 }
 
-/// Ticks on which a stepped-down leader repeats its `TimeoutNow` (harmless once a newer
-/// term exists: the message's term is then stale).
+/// `handle_tick` calls (each advancing at least one tick) on which a stepped-down leader
+/// repeats its `TimeoutNow` (harmless once a newer term exists: its term is then stale).
 const HANDOVER_TICKS: u8 = 3;
 
 fn send_handover<S>(g: &mut Group<S>) {

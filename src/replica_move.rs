@@ -162,7 +162,12 @@ impl ReplicaMove {
             }
         } else if conf.contains(self.from) {
             // Promoted while the old replica stayed (a change proposed in parts).
-            if view.leader != self.from {
+            if context.target_failed() {
+                // Keep the old replica; the new one is dead: take it out again.
+                actions.push(MoveAction::Propose(vec![MembershipChange::Remove(
+                    self.new,
+                )]));
+            } else if view.leader != self.from {
                 actions.push(MoveAction::Propose(vec![MembershipChange::Remove(
                     self.from,
                 )]));
@@ -312,12 +317,51 @@ mod tests {
     #[test]
     fn nothing_is_decided_during_a_joint_configuration() {
         let mut m = a_move();
-        let mut v = view(1, &[1, 2, 9], &[], Some(100));
-        v.membership.joint = true;
         let world = World {
+            failed: true,
+            durable: 100,
+        };
+        // Joint: the old and the new replica both vote; even a failed target waits.
+        let mut v = view(1, &[1, 2, 9], &[], Some(100));
+        v.membership.voters.push(OLD);
+        v.membership.joint = true;
+        assert_eq!(m.next(&v, &world), (vec![], None));
+    }
+
+    #[test]
+    fn the_old_replica_retires_at_the_first_commit_seen_without_it() {
+        let mut m = a_move();
+        let mut v = view(1, &[1, 2, 9], &[], Some(100));
+        let behind = World {
+            failed: false,
+            durable: 99,
+        };
+        assert_eq!(m.next(&v, &behind), (vec![], None));
+        // Later writes raise the commit index; the bar stays where the removal was seen.
+        v.commit = 500;
+        let caught_up = World {
             failed: false,
             durable: 100,
         };
-        assert_eq!(m.next(&v, &world), (vec![], None));
+        assert_eq!(
+            m.next(&v, &caught_up).1,
+            Some(MoveOutcome::Moved),
+            "voters need the removal's commit, not every later one"
+        );
+    }
+
+    #[test]
+    fn a_promoted_replica_on_a_failed_node_is_taken_out_again() {
+        let mut m = a_move();
+        let failed = World {
+            failed: true,
+            durable: 0,
+        };
+        let (actions, done) = m.next(&view(1, &[1, 2, 3, 9], &[], Some(100)), &failed);
+        assert_eq!(
+            actions,
+            vec![MoveAction::Propose(vec![MembershipChange::Remove(NEW)])]
+        );
+        assert_eq!(done, None);
     }
 }

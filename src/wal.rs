@@ -15,8 +15,9 @@
 //!
 //! Entries and snapshots use the Raft codec's formats. [`scan`] replays a log image: it
 //! stops at the first zero block (the end) or at an invalid record; an invalid record with
-//! nothing valid after it is a torn tail (truncated, never applied); an invalid record
-//! followed by a valid one is corruption of acknowledged data and a hard error.
+//! nothing valid after it is a torn tail (truncated, never applied); an invalid record or a
+//! zero block followed by a valid later record is damage to acknowledged data (a flipped
+//! bit, a lost write) and a hard error.
 
 // raft-rs' protobuf types are built field by field here: a struct literal would have to name
 // their bookkeeping fields too.
@@ -203,6 +204,20 @@ pub struct Scan {
     pub torn_bytes: u64,
 }
 
+/// Whether a valid record later than `expected` starts on a block after `offset`.
+fn valid_record_after(image: &[u8], offset: usize, expected: Option<u64>) -> bool {
+    let mut probe = offset + WAL_BLOCK_BYTES;
+    while probe + WAL_HEADER_BYTES <= image.len() {
+        if let Ok((sequence, ..)) = check_record(&image[probe..])
+            && expected.is_none_or(|e| sequence > e)
+        {
+            return true;
+        }
+        probe += WAL_BLOCK_BYTES;
+    }
+    false
+}
+
 /// Replays a log image (see the module documentation for the rules).
 pub fn scan(image: &[u8]) -> Result<Scan, WalError> {
     let mut out = Scan::default();
@@ -211,6 +226,14 @@ pub fn scan(image: &[u8]) -> Result<Scan, WalError> {
     while offset + WAL_HEADER_BYTES <= image.len() {
         let rest = &image[offset..];
         if rest[..WAL_HEADER_BYTES].iter().all(|b| *b == 0) {
+            // The end of the log, unless records follow: then an acknowledged record was
+            // lost (a write that never reached its block, a block read back as zeros).
+            if valid_record_after(image, offset, expected) {
+                return Err(WalError::Corrupt {
+                    offset: offset as u64,
+                    reason: "a zeroed block where a record should be".into(),
+                });
+            }
             break;
         }
         match check_record(rest) {
@@ -228,17 +251,11 @@ pub fn scan(image: &[u8]) -> Result<Scan, WalError> {
             }
             Err(reason) => {
                 // Anything valid later means acknowledged data was damaged.
-                let mut probe = offset + WAL_BLOCK_BYTES;
-                while probe + WAL_HEADER_BYTES <= image.len() {
-                    if let Ok((sequence, ..)) = check_record(&image[probe..])
-                        && expected.is_none_or(|e| sequence > e)
-                    {
-                        return Err(WalError::Corrupt {
-                            offset: offset as u64,
-                            reason,
-                        });
-                    }
-                    probe += WAL_BLOCK_BYTES;
+                if valid_record_after(image, offset, expected) {
+                    return Err(WalError::Corrupt {
+                        offset: offset as u64,
+                        reason,
+                    });
                 }
                 out.torn_bytes = image[offset..]
                     .iter()
@@ -302,6 +319,15 @@ mod tests {
         assert_eq!(scan.records.len(), 4);
         assert_eq!(scan.valid_bytes as usize, last);
         assert!(scan.torn_bytes > 0);
+    }
+
+    #[test]
+    fn a_zeroed_record_before_valid_ones_is_corruption_not_the_end() {
+        let mut img = image(5);
+        img[WAL_BLOCK_BYTES..2 * WAL_BLOCK_BYTES].fill(0);
+        assert!(
+            matches!(scan(&img), Err(WalError::Corrupt { offset, .. }) if offset == WAL_BLOCK_BYTES as u64)
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
+    SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
@@ -665,7 +666,9 @@ fn handle_request(
 }
 
 /// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.
-/// Returns whether all of it was written (the host is told either way).
+/// Returns whether all of it was written and the stream finished (the host is told either
+/// way). A stream that makes no progress for `SNAPSHOT_TRANSFER_TIMEOUT` (a peer that stopped
+/// reading) counts as failed, so raft-rs sends again rather than waiting forever.
 async fn send_snapshot(
     peers: Peers,
     peer: PeerKey,
@@ -673,10 +676,18 @@ async fn send_snapshot(
     bucket: Rc<RefCell<TokenBucket>>,
     clock: MonotonicClock,
 ) -> bool {
-    let mut stream = match peers.open_bulk(peer).await {
-        Ok(stream) => stream,
-        Err(e) => {
+    let opened = glommio::timer::timeout(SNAPSHOT_TRANSFER_TIMEOUT, async {
+        Ok(peers.open_bulk(peer).await)
+    })
+    .await;
+    let mut stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
             debug!(%peer, error = %e, "snapshot not sent; the leader will send it again");
+            return false;
+        }
+        Err(_) => {
+            debug!(%peer, "no bulk stream in time; the leader will send the snapshot again");
             return false;
         }
     };
@@ -689,9 +700,14 @@ async fn send_snapshot(
             glommio::timer::sleep(wait).await;
         }
         let mut frame = Vec::with_capacity(chunk.len() + 16);
-        if encode_frame(FrameKind::BulkChunk, 0, &chunk, &mut frame).is_err()
-            || stream.write_all(&frame).await.is_err()
-        {
+        if encode_frame(FrameKind::BulkChunk, 0, &chunk, &mut frame).is_err() {
+            return false;
+        }
+        let written = glommio::timer::timeout(SNAPSHOT_TRANSFER_TIMEOUT, async {
+            Ok(stream.write_all(&frame).await)
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
             debug!(%peer, "snapshot stream failed; the leader will send it again");
             return false;
         }

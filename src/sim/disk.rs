@@ -7,8 +7,9 @@
 //!
 //! - a crash **during** a write leaves the unsynced record lost, whole (it reached the disk
 //!   though nobody was told), or torn (a prefix, sometimes followed by garbage);
-//! - **corruption** flips a byte inside a synced record that has a synced record after it,
-//!   which recovery must refuse rather than apply or silently drop.
+//! - **corruption** flips a bit inside a synced record that has a synced record after it,
+//!   or zeroes the record's first block (a write that never reached the disk, or a block
+//!   read back as zeros); recovery must refuse either rather than apply or silently drop.
 //!
 //! Damage to the newest synced record cannot be told from a torn write by this format and
 //! is not injected (see ARCHITECTURE.md, "What the simulator does not cover").
@@ -124,7 +125,9 @@ impl SimDisk {
         }
     }
 
-    /// The process died while the record for `writes` was being written.
+    /// The process died while the record for `writes` was being written. (A record that
+    /// lands whole is not folded into [`SimDisk::terms`] and [`SimDisk::commit`] until
+    /// the restart's `recover`: they report what was synced, a safe underestimate.)
     pub fn crash_during(&mut self, writes: &[GroupWrite], rng: &mut Rng) -> Tear {
         let tear = match rng.below(3) {
             0 => Tear::Lost,
@@ -157,14 +160,19 @@ impl SimDisk {
         tear
     }
 
-    /// Flips one byte inside a synced record that has a synced record after it. Returns
-    /// false when the image has no such record.
+    /// Damages a synced record that has a synced record after it: flips one bit in its
+    /// header or payload, or zeroes its first block. Returns false when the image has no
+    /// such record.
     pub fn corrupt(&mut self, rng: &mut Rng) -> bool {
         if self.starts.len() < 2 {
             return false;
         }
         let victim = rng.below(self.starts.len() as u64 - 1) as usize;
         let start = self.starts[victim];
+        if rng.below(4) == 0 {
+            self.image[start..start + WAL_BLOCK_BYTES].fill(0);
+            return true;
+        }
         let len = WAL_HEADER_BYTES + payload_len(&self.image[start..]);
         let at = start + rng.below(len as u64) as usize;
         self.image[at] ^= 1 << rng.below(8);
@@ -175,10 +183,11 @@ impl SimDisk {
     /// records is refused. Returns every group's recovered state.
     pub fn recover(&mut self) -> Result<BTreeMap<GroupId, PersistedGroup>, WalError> {
         let replay = scan(&self.image)?;
-        // Appends continue at the end of the valid records: a torn tail is cut off, and a
-        // record whose padding never landed is padded (as a file write past the end would).
+        // Appends continue at the end of the valid records: a torn tail is cut off. (A
+        // record lands whole with its padding or is cut inside it, so the image is never
+        // shorter than the valid records.)
         let valid = replay.valid_bytes as usize;
-        self.image.resize(valid, 0);
+        self.image.truncate(valid);
         self.starts.retain(|s| *s < valid);
         let mut groups: BTreeMap<GroupId, PersistedGroup> = BTreeMap::new();
         for (_, writes) in &replay.records {

@@ -196,6 +196,9 @@ struct SimCore {
     /// A written batch, durable at the given step unless the node crashes first.
     pending: Option<(PersistBatch, u64, bool)>,
     catalog: BTreeMap<GroupId, ReplicaId>,
+    /// Groups that left while the node was down: dropped from the log when it restarts
+    /// (after recovery has read the log as it was).
+    drop_on_start: Vec<GroupId>,
 }
 
 struct SimNode {
@@ -352,6 +355,7 @@ impl Sim {
                             disk: SimDisk::new(),
                             pending: None,
                             catalog: BTreeMap::new(),
+                            drop_on_start: Vec::new(),
                         })
                         .collect(),
                     up: false,
@@ -478,6 +482,11 @@ impl Sim {
         }
         for (c, mut groups) in recovered.into_iter().enumerate() {
             let core = &mut node.cores[c];
+            for group in std::mem::take(&mut core.drop_on_start) {
+                // The old replica's state: a new replica of the group here starts empty.
+                core.disk.drop_group(group);
+                groups.remove(&group);
+            }
             let mut host = RaftHost::new(address(n, c as u64));
             host.set_audit(true);
             for (replica, at) in &self.addresses {
@@ -963,7 +972,12 @@ impl Sim {
             if let Some((batch, ..)) = core.pending.as_mut() {
                 batch.writes.retain(|w| w.group != group);
             }
-            core.disk.drop_group(group);
+            if core.host.is_some() {
+                core.disk.drop_group(group);
+            } else {
+                // A down node's disk is not touched until it runs again.
+                core.drop_on_start.push(group);
+            }
         }
         self.record(17, replica.0);
     }
