@@ -102,9 +102,13 @@ struct DemoArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Concurrent closed-loop callers.
+    /// Concurrent closed-loop callers; with --rate, the most operations in flight.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Open loop: offer this many operations per second in total and measure latency from
+    /// each operation's scheduled send time (no coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Fraction of operations that are writes.
     #[arg(long, default_value_t = 0.5)]
     write_fraction: f64,
@@ -407,6 +411,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
         groups: args.groups,
         duration: Duration::from_secs_f64(args.seconds),
         concurrency: args.concurrency,
+        rate: args.rate,
         write_fraction: args.write_fraction,
         dir: args.dir.clone(),
         ..DemoConfig::default()
@@ -422,10 +427,16 @@ fn demo(args: &DemoArgs) -> ExitCode {
             if args.json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!(
-                    "cluster ready in {:.2} s; {:.1} s of load with {} callers",
-                    r.startup_seconds, r.seconds, r.concurrency
-                );
+                match r.offered_per_sec {
+                    Some(rate) => println!(
+                        "cluster ready in {:.2} s; {:.1} s of open-loop load offered at {rate:.0} ops/s (at most {} in flight; latency from the scheduled send time)",
+                        r.startup_seconds, r.seconds, r.concurrency
+                    ),
+                    None => println!(
+                        "cluster ready in {:.2} s; {:.1} s of load with {} callers",
+                        r.startup_seconds, r.seconds, r.concurrency
+                    ),
+                }
                 println!(
                     "writes  {:>8} ({:>8.0}/s)  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us  max {:>7} us",
                     r.writes,

@@ -204,6 +204,27 @@ fn demo_runs_a_cluster_and_reports_json() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("power of two"));
 }
 
+#[test]
+fn the_open_loop_demo_sends_every_scheduled_operation() {
+    // 200 operations per second for one second: operations 0..200 are due, and each one is
+    // sent and answered, however late (latency counts from when it was due).
+    let out = cli(&["demo", "--seconds", "1", "--rate", "200", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "open", "{v}");
+    assert_eq!(v["offered_per_sec"], 200.0, "{v}");
+    let done = v["writes"].as_u64().unwrap() + v["reads"].as_u64().unwrap();
+    assert_eq!(done + v["errors"].as_u64().unwrap(), 200, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    let bad = cli(&["demo", "--rate", "0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("offered rate"));
+}
+
 /// Three `start` processes from configuration files, then `kv put/get/del` against them.
 #[test]
 fn nodes_started_from_config_files_serve_the_kv_cli() {

@@ -31,8 +31,13 @@ pub struct DemoConfig {
     /// vShard groups (a power of two).
     pub groups: u32,
     pub duration: Duration,
-    /// Concurrent closed-loop callers.
+    /// Concurrent closed-loop callers; with `rate`, the most operations in flight at once.
     pub concurrency: usize,
+    /// Open loop: offer this many operations per second in total, on a fixed schedule,
+    /// and measure each operation's latency from when the schedule said to send it (so a
+    /// stall counts for every operation it delayed: no coordinated omission). `None`:
+    /// closed loop (each caller sends its next operation when the last one returns).
+    pub rate: Option<f64>,
     /// Distinct keys the load touches.
     pub keys: u32,
     /// Fraction of operations that are writes.
@@ -50,6 +55,7 @@ impl Default for DemoConfig {
             groups: 8,
             duration: Duration::from_secs(5),
             concurrency: 16,
+            rate: None,
             keys: 10_000,
             write_fraction: 0.5,
             value_bytes: 128,
@@ -65,6 +71,10 @@ pub struct DemoReport {
     pub cores: u16,
     pub groups: u32,
     pub concurrency: usize,
+    /// "closed" or "open" (see `offered_per_sec`).
+    pub mode: &'static str,
+    /// The open loop's offered rate (operations per second); `None` in closed loop.
+    pub offered_per_sec: Option<f64>,
     pub seconds: f64,
     pub writes: u64,
     pub reads: u64,
@@ -124,6 +134,14 @@ pub fn run(config: &DemoConfig) -> Result<DemoReport, DemoError> {
     {
         return Err(DemoError::Invalid(
             "nodes must be 1..=7, cores ≥ 1, groups a power of two".into(),
+        ));
+    }
+    if config
+        .rate
+        .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 10_000_000.0))
+    {
+        return Err(DemoError::Invalid(
+            "the offered rate must be within (0, 10 000 000] operations per second".into(),
         ));
     }
     if config.concurrency == 0 || config.keys == 0 || !(0.0..=1.0).contains(&config.write_fraction)
@@ -233,7 +251,20 @@ async fn load_cluster(
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
-    for caller in 0..config.concurrency {
+    if let Some(rate) = config.rate {
+        open_loop(
+            &client,
+            &config,
+            rate,
+            Recorders {
+                writes: writes.clone(),
+                reads: reads.clone(),
+                errors: errors.clone(),
+            },
+        )
+        .await;
+    }
+    for caller in 0..config.concurrency * usize::from(config.rate.is_none()) {
         let (client, writes, reads, errors, config) = (
             client.clone(),
             writes.clone(),
@@ -273,6 +304,12 @@ async fn load_cluster(
         cores: config.cores,
         groups: config.groups,
         concurrency: config.concurrency,
+        mode: if config.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        offered_per_sec: config.rate,
         seconds,
         writes: w.len(),
         reads: r.len(),
@@ -289,4 +326,58 @@ async fn load_cluster(
         read_max_us: r.max(),
         startup_seconds,
     })
+}
+
+/// Where operations' outcomes go.
+struct Recorders {
+    writes: Rc<RefCell<Histogram<u64>>>,
+    reads: Rc<RefCell<Histogram<u64>>>,
+    errors: Rc<RefCell<u64>>,
+}
+
+/// Offers `rate` operations per second for the configured duration: operation `i` is due
+/// at `start + i / rate`; it is sent then (or as soon as one of `concurrency` slots frees
+/// up), and its latency runs from when it was due. Behind schedule, due operations go out
+/// at once, so a stall shows in the latencies of everything it held up.
+async fn open_loop(client: &Rc<KvClient>, config: &DemoConfig, rate: f64, out: Recorders) {
+    let slots = Rc::new(glommio::sync::Semaphore::new(config.concurrency as u64));
+    let start = Instant::now();
+    let out = Rc::new(out);
+    let mut rng = Rng::new(0xde30);
+    let value = Rc::new(vec![0x42u8; config.value_bytes]);
+    let mut tasks = Vec::new();
+    for i in 0u64.. {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        if due.duration_since(start) >= config.duration {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            glommio::timer::sleep(wait).await;
+        }
+        // A full set of slots holds the schedule back; the latency clock is already running.
+        if slots.acquire(1).await.is_err() {
+            break;
+        }
+        let key = format!("key-{}", rng.below(u64::from(config.keys)));
+        let write = rng.next_f64() < config.write_fraction;
+        let (client, slots, out, value) =
+            (client.clone(), slots.clone(), out.clone(), value.clone());
+        tasks.push(glommio::spawn_local(async move {
+            let ok = if write {
+                client.put(key.as_bytes(), &value).await.is_ok()
+            } else {
+                client.get(key.as_bytes()).await.is_ok()
+            };
+            let micros = due.elapsed().as_micros() as u64;
+            match (ok, write) {
+                (false, _) => *out.errors.borrow_mut() += 1,
+                (true, true) => out.writes.borrow_mut().saturating_record(micros),
+                (true, false) => out.reads.borrow_mut().saturating_record(micros),
+            }
+            slots.signal(1);
+        }));
+    }
+    for task in tasks {
+        task.await;
+    }
 }
