@@ -11,7 +11,9 @@ use std::ops::Bound;
 
 use thiserror::Error;
 
-use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
+use crate::constants::{
+    KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES, VSHARD_STATE_MAX_BYTES,
+};
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 
 /// What a replicated state machine offers the Raft host.
@@ -264,6 +266,32 @@ impl KvStore {
         self.map.len()
     }
 
+    /// What the snapshot would take (at most) after setting `key` to a `value_len`-byte
+    /// value: keys, values, and up to 8 bytes of length prefixes per pair.
+    fn snapshot_bytes_with(&self, key: &[u8], value_len: usize) -> u64 {
+        let (bytes, pairs) = match self.map.get(key) {
+            Some(old) => (
+                self.bytes - old.len() as u64 + value_len as u64,
+                self.map.len(),
+            ),
+            None => (
+                self.bytes + (key.len() + value_len) as u64,
+                self.map.len() + 1,
+            ),
+        };
+        bytes + 8 * pairs as u64 + 16
+    }
+
+    /// The refusal of a write that would take the vShard past `VSHARD_STATE_MAX_BYTES`.
+    fn full(&self, key: &[u8], value_len: usize) -> Option<KvResponse> {
+        let after = self.snapshot_bytes_with(key, value_len);
+        (after > VSHARD_STATE_MAX_BYTES).then(|| {
+            KvResponse::Rejected(format!(
+                "vShard full: this write would take it to {after} bytes, over the {VSHARD_STATE_MAX_BYTES}-byte limit; delete keys or spread them over more vShards"
+            ))
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -290,14 +318,20 @@ impl StateMachine for KvStore {
         self.applied = self.applied.max(index);
         let response = match KvCommand::decode(command) {
             Err(e) => KvResponse::Rejected(e.to_string()),
-            Ok(KvCommand::Put { key, value }) => {
-                self.set(key, Some(value));
-                KvResponse::Done
-            }
+            Ok(KvCommand::Put { key, value }) => match self.full(&key, value.len()) {
+                Some(refusal) => refusal,
+                None => {
+                    self.set(key, Some(value));
+                    KvResponse::Done
+                }
+            },
             Ok(KvCommand::Delete { key }) => KvResponse::Deleted(self.set(key, None).is_some()),
             Ok(KvCommand::CompareAndSet { key, expected, new }) => {
                 let found = self.map.get(&key).cloned();
-                if found == expected {
+                let refusal = new.as_ref().and_then(|v| self.full(&key, v.len()));
+                if let (true, Some(refusal)) = (found == expected, refusal) {
+                    refusal
+                } else if found == expected {
                     self.set(key, new);
                     KvResponse::Cas {
                         applied: true,
@@ -368,6 +402,49 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum()
+    }
+
+    #[test]
+    fn a_vshard_refuses_writes_past_its_size_limit_and_its_snapshot_fits_one_record() {
+        let mut s = KvStore::new();
+        let value = vec![7u8; KV_VALUE_MAX_BYTES];
+        let put = |i: u64| KvCommand::Put {
+            key: format!("k{i}").into_bytes(),
+            value: value.clone(),
+        };
+        let mut index = 0;
+        loop {
+            index += 1;
+            match apply(&mut s, index, put(index)) {
+                KvResponse::Done => {}
+                KvResponse::Rejected(reason) => {
+                    assert!(reason.contains("vShard full"), "{reason}");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(index < 100, "never refused");
+        }
+        // The refused write changed nothing; a CAS that shrinks the vShard still applies,
+        // and then the refused write fits.
+        assert!(s.get(format!("k{index}").as_bytes()).is_none());
+        assert_eq!(s.bytes, recount(&s));
+        let shrink = KvCommand::CompareAndSet {
+            key: b"k1".to_vec(),
+            expected: Some(value.clone()),
+            new: Some(vec![1]),
+        };
+        assert!(matches!(
+            apply(&mut s, index + 1, shrink),
+            KvResponse::Cas { applied: true, .. }
+        ));
+        assert_eq!(apply(&mut s, index + 2, put(index)), KvResponse::Done);
+        let snapshot = s.snapshot().len() as u64;
+        assert!(snapshot <= VSHARD_STATE_MAX_BYTES, "{snapshot}");
+        assert!(
+            snapshot + (1 << 20) < crate::constants::WAL_RECORD_MAX_BYTES as u64,
+            "the snapshot fits one log record"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use bytemuck::{Pod, Zeroable};
-use raft::eraftpb::HardState;
+use raft::eraftpb::{Entry, HardState, Snapshot};
 use thiserror::Error;
 
 use crate::constants::{WAL_BLOCK_BYTES, WAL_RECORD_MAX_BYTES};
@@ -70,6 +70,96 @@ pub enum WalError {
 
 fn align_up(n: usize) -> usize {
     n.div_ceil(WAL_BLOCK_BYTES) * WAL_BLOCK_BYTES
+}
+
+/// Payload bytes [`split_for_records`] gives one record: half the hard limit, so that its
+/// size estimates never need to be exact.
+pub const WAL_SPLIT_BYTES: usize = WAL_RECORD_MAX_BYTES / 2;
+
+/// An upper bound of an entry's encoded size.
+fn entry_estimate(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 32
+}
+
+/// An upper bound of a snapshot's encoded size.
+fn snapshot_estimate(s: &Snapshot) -> usize {
+    let cs = s.get_metadata().get_conf_state();
+    let ids =
+        cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len();
+    s.data.len() + 64 + 11 * ids
+}
+
+/// Cuts a persist batch that would not fit one record into several, in order, each under
+/// `limit` payload bytes; `None` when it fits (the common case, nothing is copied). A
+/// group's entries may be spread over consecutive records — its snapshot goes with the
+/// first part, its hard state with the last — and replay exactly as the one write would:
+/// each part's entries extend the previous part's. Written one after the other and made
+/// durable by one fsync, a crash midway leaves a prefix, which Raft tolerates as it would
+/// an unsynced batch. A single entry or snapshot over the limit is refused.
+pub fn split_for_records(
+    writes: &[GroupWrite],
+    limit: usize,
+) -> Result<Option<Vec<Vec<GroupWrite>>>, WalError> {
+    let write_estimate = |w: &GroupWrite| {
+        48 + w.snapshot.as_ref().map_or(0, snapshot_estimate)
+            + w.entries.iter().map(entry_estimate).sum::<usize>()
+    };
+    if 16 + writes.iter().map(write_estimate).sum::<usize>() <= limit {
+        return Ok(None);
+    }
+    let mut records: Vec<Vec<GroupWrite>> = Vec::new();
+    let mut record: Vec<GroupWrite> = Vec::new();
+    let mut size = 16;
+    for w in writes {
+        let snapshot = w.snapshot.as_ref().map_or(0, snapshot_estimate);
+        if 16 + 48 + snapshot > limit {
+            return Err(WalError::RecordTooLarge(snapshot));
+        }
+        let mut part = GroupWrite {
+            group: w.group,
+            hard_state: None,
+            entries: Vec::new(),
+            snapshot: w.snapshot.clone(),
+        };
+        let mut part_size = 48 + snapshot;
+        if size + part_size > limit && !record.is_empty() {
+            records.push(std::mem::take(&mut record));
+            size = 16;
+        }
+        for e in &w.entries {
+            let entry = entry_estimate(e);
+            if 16 + 48 + entry > limit {
+                return Err(WalError::RecordTooLarge(entry));
+            }
+            if size + part_size + entry > limit {
+                if part.snapshot.is_some() || !part.entries.is_empty() {
+                    record.push(std::mem::replace(
+                        &mut part,
+                        GroupWrite {
+                            group: w.group,
+                            hard_state: None,
+                            entries: Vec::new(),
+                            snapshot: None,
+                        },
+                    ));
+                }
+                if !record.is_empty() {
+                    records.push(std::mem::take(&mut record));
+                }
+                size = 16;
+                part_size = 48;
+            }
+            part.entries.push(e.clone());
+            part_size += entry;
+        }
+        part.hard_state = w.hard_state.clone();
+        record.push(part);
+        size += part_size;
+    }
+    if !record.is_empty() {
+        records.push(record);
+    }
+    Ok(Some(records))
 }
 
 /// Encodes `writes` as record `sequence`, padded to whole blocks.
@@ -272,7 +362,6 @@ pub fn scan(image: &[u8]) -> Result<Scan, WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft::eraftpb::Entry;
 
     fn write(group: u64, index: u64) -> GroupWrite {
         let mut e = Entry::default();
@@ -319,6 +408,73 @@ mod tests {
         assert_eq!(scan.records.len(), 4);
         assert_eq!(scan.valid_bytes as usize, last);
         assert!(scan.torn_bytes > 0);
+    }
+
+    fn replay(
+        records: &[Vec<GroupWrite>],
+    ) -> std::collections::BTreeMap<GroupId, crate::raft_host::PersistedGroup> {
+        let mut img = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            img.extend(encode_record(i as u64 + 1, r).unwrap());
+        }
+        let mut groups = std::collections::BTreeMap::new();
+        for (_, writes) in scan(&img).unwrap().records {
+            for w in writes {
+                groups
+                    .entry(w.group)
+                    .or_insert_with(crate::raft_host::PersistedGroup::default)
+                    .apply(&w);
+            }
+        }
+        groups
+    }
+
+    #[test]
+    fn a_batch_too_large_for_one_record_is_split_and_replays_the_same() {
+        // Three groups of 20 entries of 100 bytes, records of at most 1 000 bytes.
+        let writes: Vec<GroupWrite> = (1..=3)
+            .map(|g| {
+                let mut w = write(g, 1);
+                w.entries = (1..=20).map(|i| write(g, i).entries[0].clone()).collect();
+                w
+            })
+            .collect();
+        assert_eq!(split_for_records(&writes, 1 << 20).unwrap(), None, "fits");
+        let records = split_for_records(&writes, 1_000).unwrap().expect("split");
+        assert!(records.len() > 3, "{} records", records.len());
+        for r in &records {
+            let payload = encode_record(1, r).unwrap().len();
+            assert!(payload <= 1_000 + WAL_BLOCK_BYTES, "{payload}");
+        }
+        let whole = replay(std::slice::from_ref(&writes));
+        assert_eq!(replay(&records), whole, "the parts replay as the batch");
+        // The hard state comes with each group's last part only.
+        for g in 1..=3 {
+            let parts: Vec<&GroupWrite> = records
+                .iter()
+                .flatten()
+                .filter(|w| w.group.0 == g)
+                .collect();
+            assert!(parts.len() > 1);
+            assert!(
+                parts[..parts.len() - 1]
+                    .iter()
+                    .all(|w| w.hard_state.is_none())
+            );
+            assert!(parts.last().unwrap().hard_state.is_some());
+        }
+    }
+
+    #[test]
+    fn a_single_entry_over_the_limit_is_refused() {
+        let mut w = write(1, 1);
+        w.entries[0].data = vec![0; 5_000].into();
+        let mut small = write(2, 1);
+        small.entries[0].data = vec![0; 10].into();
+        assert!(matches!(
+            split_for_records(&[small, w], 1_000),
+            Err(WalError::RecordTooLarge(_))
+        ));
     }
 
     #[test]

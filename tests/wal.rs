@@ -271,3 +271,50 @@ fn a_dropped_group_stays_gone_after_a_restart_and_the_others_stay() {
     );
     assert_eq!(g.hard_state.commit, 11);
 }
+
+#[test]
+fn a_batch_larger_than_one_record_is_written_in_parts_and_replayed_whole() {
+    use nodedb_cluster::constants::WAL_RECORD_MAX_BYTES;
+    let path = wal_path("split");
+    let p = path.clone();
+    // One group's batch of 1 MiB entries, more than one record may hold (a burst of large
+    // writes in one loop turn): before batches were split, this failed with
+    // RecordTooLarge and the core stopped. Then a small batch after it.
+    let entries = (WAL_RECORD_MAX_BYTES >> 20) as u64 + 8;
+    let (stats, recovered) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        // No checkpoint rewrite in this test (that path splits the same way).
+        wal.set_rewrite_threshold(u64::MAX);
+        let mut big = write(1, 1);
+        big.entries = (1..=entries)
+            .map(|i| {
+                let mut e = write(1, i).entries.remove(0);
+                e.data = vec![i as u8; 1 << 20].into();
+                e
+            })
+            .collect();
+        big.hard_state.as_mut().unwrap().commit = entries;
+        wal.append(&[write(2, 1), big]).await.unwrap();
+        wal.append(&[write(2, 2)]).await.unwrap();
+        let stats = wal.stats();
+        wal.close().await.unwrap();
+        (stats, WalFile::open(&p).await.unwrap().1)
+    });
+    assert_eq!(stats.fsyncs, 2, "one fsync per batch, however many records");
+    assert!(
+        stats.records >= 3,
+        "the big batch took several records: {stats:?}"
+    );
+    let g1 = &recovered.groups[&GroupId(1)];
+    assert_eq!(
+        g1.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        (1..=entries).collect::<Vec<_>>()
+    );
+    assert!(
+        g1.entries
+            .iter()
+            .all(|e| e.data.len() == 1 << 20 && e.data[0] == e.index as u8)
+    );
+    assert_eq!(g1.hard_state.commit, entries);
+    assert_eq!(recovered.groups[&GroupId(2)].entries.len(), 2);
+}

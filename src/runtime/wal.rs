@@ -19,7 +19,7 @@ use tracing::warn;
 use crate::constants::{WAL_BLOCK_BYTES, WAL_REWRITE_BYTES};
 use crate::kv::StateMachine;
 use crate::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
-use crate::wal::{WalError, encode_record, scan};
+use crate::wal::{WAL_SPLIT_BYTES, WalError, encode_record, scan, split_for_records};
 
 /// A write-ahead log that cannot be used.
 #[derive(Debug, Error)]
@@ -165,32 +165,42 @@ impl WalFile {
                 message: e.to_string(),
             }
         };
-        let record =
-            encode_record(self.next_sequence, writes).map_err(|source| WalIoError::Log {
-                path: self.path.clone(),
-                source,
-            })?;
-        debug_assert_eq!(record.len() % WAL_BLOCK_BYTES, 0);
-        let mut buffer = self.file.alloc_dma_buffer(record.len());
-        buffer.as_bytes_mut().copy_from_slice(&record);
-        let written = self
-            .file
-            .write_at(buffer, self.end)
-            .await
-            .map_err(io("write"))?;
-        if written != record.len() {
-            return Err(WalIoError::Io {
-                path: self.path.clone(),
-                operation: "write",
-                message: format!("short write: {written} of {} bytes", record.len()),
-            });
+        let log = |source| WalIoError::Log {
+            path: self.path.clone(),
+            source,
+        };
+        // Almost always one record; a batch too large for one is cut into several, written
+        // in order and made durable together.
+        let records: Vec<Vec<u8>> = match split_for_records(writes, WAL_SPLIT_BYTES).map_err(log)? {
+            None => vec![encode_record(self.next_sequence, writes).map_err(log)?],
+            Some(parts) => parts
+                .iter()
+                .enumerate()
+                .map(|(i, part)| encode_record(self.next_sequence + i as u64, part))
+                .collect::<Result<_, _>>()
+                .map_err(log)?,
+        };
+        let mut end = self.end;
+        for record in &records {
+            debug_assert_eq!(record.len() % WAL_BLOCK_BYTES, 0);
+            let mut buffer = self.file.alloc_dma_buffer(record.len());
+            buffer.as_bytes_mut().copy_from_slice(record);
+            let written = self.file.write_at(buffer, end).await.map_err(io("write"))?;
+            if written != record.len() {
+                return Err(WalIoError::Io {
+                    path: self.path.clone(),
+                    operation: "write",
+                    message: format!("short write: {written} of {} bytes", record.len()),
+                });
+            }
+            end += record.len() as u64;
         }
         self.file.fdatasync().await.map_err(io("fdatasync"))?;
-        self.end += record.len() as u64;
-        self.next_sequence += 1;
-        self.stats.records += 1;
+        self.stats.bytes += end - self.end;
+        self.end = end;
+        self.next_sequence += records.len() as u64;
+        self.stats.records += records.len() as u64;
         self.stats.fsyncs += 1;
-        self.stats.bytes += record.len() as u64;
         for w in writes {
             self.mirror.entry(w.group).or_default().apply(w);
         }
@@ -249,20 +259,22 @@ impl WalFile {
                 entries: state.entries.clone(),
                 snapshot: state.snapshot.clone(),
             };
-            let record =
-                encode_record(sequence, std::slice::from_ref(&write)).map_err(|source| {
-                    WalIoError::Log {
-                        path: self.path.clone(),
-                        source,
-                    }
-                })?;
-            let mut buffer = file.alloc_dma_buffer(record.len());
-            buffer.as_bytes_mut().copy_from_slice(&record);
-            file.write_at(buffer, end)
-                .await
-                .map_err(io("write checkpoint"))?;
-            end += record.len() as u64;
-            sequence += 1;
+            let log = |source| WalIoError::Log {
+                path: self.path.clone(),
+                source,
+            };
+            let split = split_for_records(std::slice::from_ref(&write), WAL_SPLIT_BYTES);
+            let parts = split.map_err(log)?.unwrap_or_else(|| vec![vec![write]]);
+            for part in &parts {
+                let record = encode_record(sequence, part).map_err(log)?;
+                let mut buffer = file.alloc_dma_buffer(record.len());
+                buffer.as_bytes_mut().copy_from_slice(&record);
+                file.write_at(buffer, end)
+                    .await
+                    .map_err(io("write checkpoint"))?;
+                end += record.len() as u64;
+                sequence += 1;
+            }
         }
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
         let std_io = |operation: &'static str| {

@@ -1052,6 +1052,8 @@ impl Sim {
                     return;
                 };
                 self.complete(token.0, |pending| match (pending, r) {
+                    // Refused by the state machine: it had no effect.
+                    (_, KvResponse::Rejected(_)) => None,
                     (
                         Pending::Write {
                             op: RegisterOp::Cas { expected, new, .. },
