@@ -313,6 +313,9 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
     }
 }
 
+/// How often `start` checks that every core still runs.
+const NODE_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 fn start(path: &Path, run_for: Option<f64>) -> ExitCode {
     let node_config = match LoadedConfig::load(path).and_then(|c| c.node_config(path)) {
         Ok(c) => c,
@@ -329,29 +332,42 @@ fn start(path: &Path, run_for: Option<f64>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("node {} running", node_id.0);
-    match run_for {
+    let deadline = match run_for {
         Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                std::thread::park_timeout(left);
-            }
-            match node.shutdown() {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            Some(Instant::now() + Duration::from_secs_f64(seconds))
         }
         Some(_) => {
             eprintln!("error: --run-for must be a non-negative number of seconds");
-            ExitCode::from(2)
+            let _ = node.shutdown();
+            return ExitCode::from(2);
         }
-        None => loop {
-            // The cores run on their own threads until the process is stopped.
-            std::thread::park();
-        },
+        None => None,
+    };
+    eprintln!("node {} running", node_id.0);
+    // The cores run on their own threads; this one watches for a core that stopped with
+    // an error (a node that silently serves only some of its groups helps nobody: exit,
+    // and let the supervisor restart it or the operator see why).
+    let failure = loop {
+        if let Some(failure) = node.failure() {
+            break Some(failure);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            break None;
+        }
+        std::thread::park_timeout(left.map_or(NODE_WATCH_INTERVAL, |l| l.min(NODE_WATCH_INTERVAL)));
+    };
+    let stopped = node.shutdown();
+    match (failure, stopped) {
+        (Some(failure), _) => {
+            eprintln!("error: {failure}; node stopped");
+            ExitCode::FAILURE
+        }
+        (None, Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        (None, Ok(())) => ExitCode::SUCCESS,
     }
 }
 

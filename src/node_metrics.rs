@@ -108,13 +108,16 @@ pub enum CoreGauge {
     PendingRequests,
     /// 1 when the endpoint sends with GSO (segmentation offload), 0 when it fell back.
     QuicGsoActive,
+    /// 1 once the core stopped with an error (its groups are not served).
+    Failed,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 3] = [
+    pub const ALL: [CoreGauge; 4] = [
         CoreGauge::LeaderGroups,
         CoreGauge::PendingRequests,
         CoreGauge::QuicGsoActive,
+        CoreGauge::Failed,
     ];
 
     fn name_and_help(self) -> (&'static str, &'static str) {
@@ -127,6 +130,10 @@ impl CoreGauge {
             CoreGauge::QuicGsoActive => (
                 "quic_gso_active",
                 "1 when the QUIC endpoint sends with GSO, 0 when it fell back.",
+            ),
+            CoreGauge::Failed => (
+                "failed",
+                "1 once the core stopped with an error; its groups are not served.",
             ),
         }
     }

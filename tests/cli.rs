@@ -332,3 +332,57 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A core that cannot run (here: its data directory is a file) stops the node with the
+/// reason and a failure exit, instead of leaving a process that serves nothing.
+#[test]
+fn a_node_whose_core_fails_exits_with_the_reason() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-core-fails-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    assert!(
+        cli(&[
+            "certs",
+            "node",
+            "--dir",
+            d,
+            "--id",
+            "1",
+            "--san",
+            "127.0.0.1"
+        ])
+        .status
+        .success()
+    );
+    std::fs::write(dir.join("data-1"), "not a directory").unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("node-1.toml"),
+        format!(
+            "node_id = 1\ndata_dir = \"data-1\"\ncores = 1\ngroups = 4\nlayout = \"unbound\"\n\n[tls]\nca_cert = \"ca.pem\"\ncert = \"node-1.pem\"\nkey = \"node-1.key\"\n\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join("node-1.toml");
+    let out = cli(&[
+        "start",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-for",
+        "120",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("core 0 stopped") && stderr.contains("data-1"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -120,6 +120,8 @@ pub struct Node {
     runtime: CoreRuntime<()>,
     metrics: Arc<NodeMetrics>,
     http: Option<MetricsServer>,
+    /// The first error a core stopped with, if any.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Node {
@@ -141,13 +143,18 @@ impl Node {
             layout: config.layout,
         };
         let config = Arc::new(config);
+        let failure = Arc::new(std::sync::Mutex::new(None));
         let runtime = CoreRuntime::start(&runtime_config, {
-            let metrics = metrics.clone();
+            let (metrics, failure) = (metrics.clone(), failure.clone());
             move |ctx: CoreContext<Forwarded>| {
-                let (config, metrics) = (config.clone(), metrics.clone());
+                let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
+                let core = ctx.core();
                 async move {
-                    if let Err(e) = core_loop(ctx, config, metrics).await {
-                        tracing::error!(error = %e, "core stopped with an error");
+                    if let Err(e) = core_loop(ctx, config, metrics.clone()).await {
+                        tracing::error!(core = core.0, error = %e, "core stopped with an error");
+                        metrics.core(core.0).set(CoreGauge::Failed, 1);
+                        let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+                        first.get_or_insert_with(|| format!("core {} stopped: {e}", core.0));
                     }
                 }
             }
@@ -156,10 +163,20 @@ impl Node {
             runtime,
             metrics,
             http,
+            failure,
         })
     }
 
     /// The node's per-core counters (also served at `metrics_addr`).
+    /// The first error a core stopped with: the node no longer serves that core's groups
+    /// and should be stopped (`nodedb-cluster start` exits on it).
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
         &self.metrics
     }
