@@ -201,19 +201,20 @@ pub const KV_KEY_MAX_BYTES: usize = 4 << 10;
 /// Largest value: fits one Raft entry well under the frame bound.
 pub const KV_VALUE_MAX_BYTES: usize = 1 << 20;
 /// Most a vShard may hold, as its snapshot would encode it (keys, values and their length
-/// prefixes): a write past it is refused, identically on every replica. A snapshot is
-/// written to the write-ahead log as one record, so it must stay under
-/// `WAL_RECORD_MAX_BYTES`; beyond that the core's next compaction could not be made
-/// durable. Lifting it means storing snapshots in files of their own.
-pub const VSHARD_STATE_MAX_BYTES: u64 = 48 << 20;
+/// prefixes): a write past it is refused, identically on every replica. Its state, its
+/// snapshot and a snapshot in transfer are each held in memory whole; this bounds them
+/// (and the time a compaction or a snapshot install holds its core).
+pub const VSHARD_STATE_MAX_BYTES: u64 = 1 << 30;
+/// A snapshot at least this large is kept in a file of its own, the log recording only
+/// its metadata and checksum: the log's record size does not bound a vShard, and a
+/// checkpoint does not rewrite it. Smaller ones stay inline (fewer files).
+pub const SNAPSHOT_FILE_BYTES: usize = 1 << 20;
 /// Most pairs one scan returns; a client pages through larger ranges.
 pub const KV_SCAN_MAX_ITEMS: usize = 10_000;
 
 const _: () = assert!(KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES + 64 < FRAME_PAYLOAD_MAX_BYTES);
-const _: () = assert!(
-    VSHARD_STATE_MAX_BYTES + (KV_KEY_MAX_BYTES + KV_VALUE_MAX_BYTES) as u64 + (1 << 20)
-        < WAL_RECORD_MAX_BYTES as u64
-);
+const _: () = assert!(SNAPSHOT_FILE_BYTES < WAL_RECORD_MAX_BYTES / 4);
+const _: () = assert!(VSHARD_STATE_MAX_BYTES < SNAPSHOT_MAX_BYTES);
 
 /// Raft's logical clock period. Election and heartbeat timeouts are counted in ticks.
 pub const RAFT_TICK: std::time::Duration = std::time::Duration::from_millis(100);

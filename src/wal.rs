@@ -37,6 +37,25 @@ const WAL_MAGIC: u64 = u64::from_le_bytes(*b"NDBWAL01");
 pub const WAL_HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>();
 const FLAG_HARD_STATE: u8 = 1;
 const FLAG_SNAPSHOT: u8 = 2;
+/// With `FLAG_SNAPSHOT`: the snapshot's data is in a file of its own; the record holds its
+/// metadata, the data's length and its CRC-32C.
+const FLAG_SNAPSHOT_FILE: u8 = 4;
+
+/// Where a snapshot's data lives when it is not in the record: its length and checksum
+/// (the runtime names the file after the group, index and term).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// For a write's snapshot, the file holding its data, if it is not to be inlined.
+pub type SnapshotFiles<'a> = &'a dyn Fn(GroupId, &Snapshot) -> Option<SnapshotFile>;
+
+/// Every snapshot inlined.
+pub fn inline(_: GroupId, _: &Snapshot) -> Option<SnapshotFile> {
+    None
+}
 
 const _: () = assert!(WAL_HEADER_BYTES == 32);
 const _: () = assert!(WAL_BLOCK_BYTES.is_power_of_two() && WAL_BLOCK_BYTES >= WAL_HEADER_BYTES);
@@ -83,10 +102,13 @@ fn entry_estimate(e: &Entry) -> usize {
 
 /// An upper bound of a snapshot's encoded size.
 fn snapshot_estimate(s: &Snapshot) -> usize {
+    s.data.len() + 64 + 11 * snapshot_ids(s)
+}
+
+/// Replica ids in a snapshot's configuration.
+fn snapshot_ids(s: &Snapshot) -> usize {
     let cs = s.get_metadata().get_conf_state();
-    let ids =
-        cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len();
-    s.data.len() + 64 + 11 * ids
+    cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len()
 }
 
 /// Cuts a persist batch that would not fit one record into several, in order, each under
@@ -99,10 +121,17 @@ fn snapshot_estimate(s: &Snapshot) -> usize {
 pub fn split_for_records(
     writes: &[GroupWrite],
     limit: usize,
+    files: SnapshotFiles<'_>,
 ) -> Result<Option<Vec<Vec<GroupWrite>>>, WalError> {
+    // A snapshot kept in its own file takes only its metadata in the record.
+    let snapshot_size = |w: &GroupWrite| {
+        w.snapshot.as_ref().map_or(0, |s| match files(w.group, s) {
+            Some(_) => 96 + 11 * snapshot_ids(s),
+            None => snapshot_estimate(s),
+        })
+    };
     let write_estimate = |w: &GroupWrite| {
-        48 + w.snapshot.as_ref().map_or(0, snapshot_estimate)
-            + w.entries.iter().map(entry_estimate).sum::<usize>()
+        48 + snapshot_size(w) + w.entries.iter().map(entry_estimate).sum::<usize>()
     };
     if 16 + writes.iter().map(write_estimate).sum::<usize>() <= limit {
         return Ok(None);
@@ -111,7 +140,7 @@ pub fn split_for_records(
     let mut record: Vec<GroupWrite> = Vec::new();
     let mut size = 16;
     for w in writes {
-        let snapshot = w.snapshot.as_ref().map_or(0, snapshot_estimate);
+        let snapshot = snapshot_size(w);
         if 16 + 48 + snapshot > limit {
             return Err(WalError::RecordTooLarge(snapshot));
         }
@@ -162,18 +191,32 @@ pub fn split_for_records(
     Ok(Some(records))
 }
 
-/// Encodes `writes` as record `sequence`, padded to whole blocks.
+/// Encodes `writes` as record `sequence`, padded to whole blocks, snapshots inlined.
 pub fn encode_record(sequence: u64, writes: &[GroupWrite]) -> Result<Vec<u8>, WalError> {
+    encode_record_with(sequence, writes, &inline)
+}
+
+/// Encodes `writes` as record `sequence`; a snapshot for which `files` names a file is
+/// recorded as a reference to it (metadata, length, checksum) instead of its data.
+pub fn encode_record_with(
+    sequence: u64,
+    writes: &[GroupWrite],
+    files: SnapshotFiles<'_>,
+) -> Result<Vec<u8>, WalError> {
     let mut payload = Vec::new();
     put_varint(&mut payload, writes.len() as u64);
     for w in writes {
         put_varint(&mut payload, w.group.0);
+        let file = w.snapshot.as_ref().and_then(|s| files(w.group, s));
         let mut flags = 0;
         if w.hard_state.is_some() {
             flags |= FLAG_HARD_STATE;
         }
         if w.snapshot.is_some() {
             flags |= FLAG_SNAPSHOT;
+        }
+        if file.is_some() {
+            flags |= FLAG_SNAPSHOT_FILE;
         }
         payload.push(flags);
         if let Some(hs) = &w.hard_state {
@@ -185,8 +228,16 @@ pub fn encode_record(sequence: u64, writes: &[GroupWrite]) -> Result<Vec<u8>, Wa
         for e in &w.entries {
             encode_entry(e, &mut payload);
         }
-        if let Some(s) = &w.snapshot {
-            encode_snapshot(s, &mut payload);
+        match (&w.snapshot, file) {
+            (Some(s), Some(file)) => {
+                let mut metadata_only = Snapshot::default();
+                metadata_only.set_metadata(s.get_metadata().clone());
+                encode_snapshot(&metadata_only, &mut payload);
+                put_varint(&mut payload, file.len);
+                put_varint(&mut payload, u64::from(file.crc));
+            }
+            (Some(s), None) => encode_snapshot(s, &mut payload),
+            (None, _) => {}
         }
     }
     if payload.len() > WAL_RECORD_MAX_BYTES {
@@ -208,14 +259,21 @@ pub fn encode_record(sequence: u64, writes: &[GroupWrite]) -> Result<Vec<u8>, Wa
     Ok(out)
 }
 
-fn decode_payload(payload: &[u8]) -> Result<Vec<GroupWrite>, DecodeError> {
+/// The writes of a record, and the snapshots whose data is in files: by (group, index,
+/// term).
+type Decoded = (Vec<GroupWrite>, Vec<((GroupId, u64, u64), SnapshotFile)>);
+
+fn decode_payload(payload: &[u8]) -> Result<Decoded, DecodeError> {
     let mut r = Reader::new(payload);
     let n = r.count("group writes", usize::MAX)?;
     let mut writes = Vec::with_capacity(n.min(4096));
+    let mut files = Vec::new();
     for _ in 0..n {
         let group = GroupId(r.varint("group")?);
         let flags = r.u8("flags")?;
-        if flags & !(FLAG_HARD_STATE | FLAG_SNAPSHOT) != 0 {
+        if flags & !(FLAG_HARD_STATE | FLAG_SNAPSHOT | FLAG_SNAPSHOT_FILE) != 0
+            || (flags & FLAG_SNAPSHOT_FILE != 0 && flags & FLAG_SNAPSHOT == 0)
+        {
             return Err(DecodeError::BadEnum {
                 what: "write flags",
                 value: flags.into(),
@@ -235,7 +293,20 @@ fn decode_payload(payload: &[u8]) -> Result<Vec<GroupWrite>, DecodeError> {
         for _ in 0..count {
             entries.push(read_entry(&mut r)?);
         }
-        let snapshot = if flags & FLAG_SNAPSHOT != 0 {
+        let snapshot = if flags & FLAG_SNAPSHOT_FILE != 0 {
+            // Metadata only; the data is in the snapshot's file.
+            let s = read_snapshot(&mut r, 0)?;
+            let len = r.varint("snapshot file length")?;
+            let crc = u32::try_from(r.varint("snapshot file checksum")?).map_err(|_| {
+                DecodeError::BadEnum {
+                    what: "snapshot file checksum",
+                    value: u64::MAX,
+                }
+            })?;
+            let meta = s.get_metadata();
+            files.push(((group, meta.index, meta.term), SnapshotFile { len, crc }));
+            Some(s)
+        } else if flags & FLAG_SNAPSHOT != 0 {
             Some(read_snapshot(&mut r, WAL_RECORD_MAX_BYTES)?)
         } else {
             None
@@ -248,7 +319,7 @@ fn decode_payload(payload: &[u8]) -> Result<Vec<GroupWrite>, DecodeError> {
         });
     }
     r.finish()?;
-    Ok(writes)
+    Ok((writes, files))
 }
 
 /// Checks the record at the start of `bytes`; returns its sequence, payload and total
@@ -292,6 +363,8 @@ pub struct Scan {
     pub valid_bytes: u64,
     /// Bytes after the valid records that were not zero (a torn or corrupt tail).
     pub torn_bytes: u64,
+    /// Snapshots whose data is in files, by (group, index, term).
+    pub snapshot_files: std::collections::BTreeMap<(GroupId, u64, u64), SnapshotFile>,
 }
 
 /// Whether a valid record later than `expected` starts on a block after `offset`.
@@ -328,8 +401,9 @@ pub fn scan(image: &[u8]) -> Result<Scan, WalError> {
         }
         match check_record(rest) {
             Ok((sequence, payload, size)) if expected.is_none_or(|e| e == sequence) => {
-                let writes = decode_payload(payload)
+                let (writes, files) = decode_payload(payload)
                     .map_err(|source| WalError::BadPayload { sequence, source })?;
+                out.snapshot_files.extend(files);
                 out.records.push((sequence, writes));
                 expected = Some(sequence + 1);
                 offset += size;
@@ -439,8 +513,14 @@ mod tests {
                 w
             })
             .collect();
-        assert_eq!(split_for_records(&writes, 1 << 20).unwrap(), None, "fits");
-        let records = split_for_records(&writes, 1_000).unwrap().expect("split");
+        assert_eq!(
+            split_for_records(&writes, 1 << 20, &inline).unwrap(),
+            None,
+            "fits"
+        );
+        let records = split_for_records(&writes, 1_000, &inline)
+            .unwrap()
+            .expect("split");
         assert!(records.len() > 3, "{} records", records.len());
         for r in &records {
             let payload = encode_record(1, r).unwrap().len();
@@ -472,7 +552,7 @@ mod tests {
         let mut small = write(2, 1);
         small.entries[0].data = vec![0; 10].into();
         assert!(matches!(
-            split_for_records(&[small, w], 1_000),
+            split_for_records(&[small, w], 1_000, &inline),
             Err(WalError::RecordTooLarge(_))
         ));
     }

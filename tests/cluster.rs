@@ -32,8 +32,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::named("main")
+    }
+
+    /// A cluster whose files live in a directory of its own (tests run side by side).
+    fn named(name: &str) -> Harness {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("cluster-{}", std::process::id()));
+            .join(format!("cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let nodes = (1..=3u64)
             .map(|n| {
@@ -322,6 +327,70 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
         (1..=2).contains(&snapshots),
         "the catch-up took {snapshots} snapshots"
     );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}
+
+/// A vShard larger than a log record (64 MiB): its snapshot goes to a file of its own, a
+/// node restarts from it, and a node that missed everything catches up through it. Before
+/// snapshots had files, the core holding it stopped at its first compaction
+/// (`RecordTooLarge`).
+#[test]
+fn a_vshard_larger_than_a_log_record_is_snapshotted_restarted_and_streamed() {
+    let h = Harness::named("large");
+    let mut nodes: Vec<Option<Node>> = (1..=3).map(|n| Some(h.start(n))).collect();
+    with_client(&h, |c| async move {
+        c.put(b"ready", b"1").await.unwrap();
+        c.shutdown().await;
+    });
+    nodes[2].take().unwrap().shutdown().unwrap();
+    const BIG: usize = 80;
+    let keys = with_client(&h, |c| async move {
+        let group = c.group_of(b"big-0");
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("big-{i}"))
+            .filter(|k| c.group_of(k.as_bytes()) == group)
+            .take(BIG + nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 100)
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            // 80 values of 1 MiB, then small writes until the log is compacted.
+            let value = if i < BIG {
+                vec![i as u8; nodedb_cluster::constants::KV_VALUE_MAX_BYTES]
+            } else {
+                k.as_bytes().to_vec()
+            };
+            c.put(k.as_bytes(), &value).await.unwrap();
+        }
+        c.shutdown().await;
+        keys
+    });
+    // Node 2 restarts from its log and the snapshot file; node 3, which saw none of it,
+    // comes back while node 1 stops: the group commits only once node 3 has the snapshot.
+    nodes[1].take().unwrap().shutdown().unwrap();
+    nodes[1] = Some(h.start(2));
+    nodes[2] = Some(h.start(3));
+    nodes[0].take().unwrap().shutdown().unwrap();
+    with_client(&h, move |c| async move {
+        // Installing 80 MiB and replaying the rest can outlast one call's retries.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while let Err(e) = c.put(keys[0].as_bytes(), b"after").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no commit after 120 s: {e}"
+            );
+        }
+        for (i, k) in keys.iter().enumerate().skip(1).step_by(7) {
+            let expected = if i < BIG {
+                vec![i as u8; nodedb_cluster::constants::KV_VALUE_MAX_BYTES]
+            } else {
+                k.as_bytes().to_vec()
+            };
+            assert_eq!(c.get(k.as_bytes()).await.unwrap(), Some(expected), "{k}");
+        }
+        c.shutdown().await;
+    });
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
     }

@@ -318,3 +318,114 @@ fn a_batch_larger_than_one_record_is_written_in_parts_and_replayed_whole() {
     assert_eq!(g1.hard_state.commit, entries);
     assert_eq!(recovered.groups[&GroupId(2)].entries.len(), 2);
 }
+
+fn snapshot_write(group: u64, index: u64, bytes: usize) -> GroupWrite {
+    let mut s = raft::eraftpb::Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = 1;
+    s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    s.data = (0..bytes)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let mut w = write(group, index + 1);
+    w.snapshot = Some(s);
+    w
+}
+
+fn snapshot_files(path: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("core-0.snap-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_large_snapshot_lives_in_its_own_file_and_comes_back_after_restarts_and_checkpoints() {
+    let path = wal_path("snapfile");
+    let p = path.clone();
+    let (log_bytes, after_first, after_second, recovered) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.set_rewrite_threshold(u64::MAX);
+        wal.append(&[snapshot_write(1, 10, 3 << 20), write(2, 1)])
+            .await
+            .unwrap();
+        let log_bytes = wal.len_bytes();
+        let after_first = snapshot_files(&p);
+        // A newer snapshot replaces the file; a checkpoint keeps referring to it.
+        wal.append(&[snapshot_write(1, 20, 2 << 20)]).await.unwrap();
+        let after_second = snapshot_files(&p);
+        wal.set_rewrite_threshold(1);
+        wal.append(&[write(2, 2)]).await.unwrap();
+        wal.close().await.unwrap();
+        let (_, recovered) = WalFile::open(&p).await.unwrap();
+        (log_bytes, after_first, after_second, recovered)
+    });
+    assert!(
+        log_bytes < 1 << 20,
+        "the 3 MiB snapshot is not in the log: {log_bytes} bytes"
+    );
+    assert_eq!(after_first, vec!["core-0.snap-1-10-1".to_string()]);
+    assert_eq!(
+        after_second,
+        vec!["core-0.snap-1-20-1".to_string()],
+        "the old file is deleted"
+    );
+    let snapshot = recovered.groups[&GroupId(1)].snapshot.clone().unwrap();
+    assert_eq!(snapshot.get_metadata().index, 20);
+    assert_eq!(
+        snapshot.data,
+        snapshot_write(1, 20, 2 << 20).snapshot.unwrap().data
+    );
+    assert_eq!(recovered.groups[&GroupId(2)].entries.len(), 2);
+    assert_eq!(
+        snapshot_files(&path),
+        vec!["core-0.snap-1-20-1".to_string()]
+    );
+}
+
+#[test]
+fn a_damaged_or_missing_snapshot_file_is_refused_and_strays_are_removed() {
+    let path = wal_path("snapfile-damage");
+    let p = path.clone();
+    on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.append(&[snapshot_write(1, 10, 2 << 20)]).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let file = path.with_extension("snap-1-10-1");
+    // A file written just before a crash whose record never landed is not needed.
+    std::fs::write(path.with_extension("snap-1-99-3"), b"stray").unwrap();
+    let p = path.clone();
+    assert!(on_executor(move || async move {
+        WalFile::open(&p).await.is_ok()
+    }));
+    assert_eq!(
+        snapshot_files(&path),
+        vec!["core-0.snap-1-10-1".to_string()]
+    );
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[12345] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let p = path.clone();
+    let damaged =
+        on_executor(move || async move { WalFile::open(&p).await.err().map(|e| e.to_string()) });
+    assert!(
+        damaged.as_deref().is_some_and(|e| e.contains("checksum")),
+        "{damaged:?}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    let p = path.clone();
+    let missing =
+        on_executor(move || async move { WalFile::open(&p).await.err().map(|e| e.to_string()) });
+    assert!(
+        missing
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot be read")),
+        "{missing:?}"
+    );
+}

@@ -107,16 +107,17 @@ pub enum DemoError {
 /// A loopback base port whose next `cores` UDP ports are free right now (demos and tests
 /// that run several nodes on one machine; another process may still take them).
 pub fn free_base_port(cores: u16) -> Result<u16, DemoError> {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind("127.0.0.1:0").map_err(|e| DemoError::Setup(e.to_string()))?;
-        let base = probe
-            .local_addr()
-            .map_err(|e| DemoError::Setup(e.to_string()))?
-            .port();
-        drop(probe);
-        if base < u16::MAX - cores
-            && (0..cores).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok())
-        {
+    // Below the kernel's ephemeral range (32768 and up by default), so that a client's
+    // socket bound to port 0 never takes the port of a node that is restarting; a
+    // per-process start and a counter keep concurrent tests apart.
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..1_000 {
+        let step = NEXT.fetch_add(u32::from(cores) + 1, std::sync::atomic::Ordering::Relaxed);
+        let base = (LOW + start.wrapping_add(step) % SPAN) as u16;
+        if (0..cores).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }
     }

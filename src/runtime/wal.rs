@@ -1,10 +1,18 @@
 //! The per-core write-ahead log file: O_DIRECT appends through glommio, group commit.
 //!
 //! `WalFile::append` writes one record (a whole persist batch: every group's entries and
-//! hard states of one loop turn) with one `write` and one `fdatasync`; the Raft host is told
+//! hard states of one loop turn; several records if it is too large for one) and one
+//! `fdatasync`; the Raft host is told
 //! the batch is durable only after both returned. `WalFile::open` replays the log (see
 //! `wal::scan`): a torn tail is cut off and never applied; damage before valid records is
 //! refused with an error rather than guessed around.
+//!
+//! A snapshot of at least `SNAPSHOT_FILE_BYTES` is written to a file of its own
+//! (`<log>.snap-<group>-<index>-<term>`, made durable before the record that names it) and
+//! the record holds only its metadata, length and checksum: a vShard's size is then not
+//! bounded by the record size, and a checkpoint does not rewrite it. Recovery reads the
+//! file of each group's latest snapshot and refuses one that is missing or does not match
+//! its checksum; files no record needs any more are deleted.
 //!
 //! The record format and the replay rules are sans-IO (`crate::wal`); this module only
 //! moves blocks to and from the disk.
@@ -16,10 +24,14 @@ use glommio::io::{DmaFile, OpenOptions};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::constants::{WAL_BLOCK_BYTES, WAL_REWRITE_BYTES};
+use raft::eraftpb::Snapshot;
+
+use crate::constants::{SNAPSHOT_FILE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES};
 use crate::kv::StateMachine;
 use crate::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
-use crate::wal::{WAL_SPLIT_BYTES, WalError, encode_record, scan, split_for_records};
+use crate::wal::{
+    SnapshotFile, WAL_SPLIT_BYTES, WalError, encode_record_with, scan, split_for_records,
+};
 
 /// A write-ahead log that cannot be used.
 #[derive(Debug, Error)]
@@ -34,6 +46,9 @@ pub enum WalIoError {
     /// The log's contents cannot be trusted or encoded.
     #[error("{path}: {source}")]
     Log { path: PathBuf, source: WalError },
+    /// A snapshot file the log names is missing or damaged: the group's state is lost here.
+    #[error("snapshot file {path}: {reason}")]
+    SnapshotFile { path: PathBuf, reason: String },
 }
 
 /// What the log held when it was opened.
@@ -61,8 +76,11 @@ pub struct WalFile {
     end: u64,
     next_sequence: u64,
     stats: WalStats,
-    /// What the log holds, folded: the content of the next checkpoint.
+    /// What the log holds, folded: the content of the next checkpoint (a snapshot kept in
+    /// a file appears here with its metadata only).
     mirror: BTreeMap<GroupId, PersistedGroup>,
+    /// The group snapshots kept in files: (index, term, length and checksum).
+    files: BTreeMap<GroupId, (u64, u64, SnapshotFile)>,
     /// Rewrite the log once it exceeds this and twice its last checkpoint.
     rewrite_threshold: u64,
     last_checkpoint: u64,
@@ -127,16 +145,39 @@ impl WalFile {
                 recovered.groups.entry(w.group).or_default().apply(w);
             }
         }
+        // Each group's latest snapshot, when kept in a file, is read back and checked.
+        let mut files = BTreeMap::new();
+        let mut mirror = recovered.groups.clone();
+        for (group, state) in &mut recovered.groups {
+            let Some(snapshot) = state.snapshot.as_mut() else {
+                continue;
+            };
+            let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+            if let Some(file) = replay.snapshot_files.get(&(*group, index, term)) {
+                snapshot.data =
+                    read_snapshot_file(&snapshot_path(path, *group, index, term), *file)?.into();
+                files.insert(*group, (index, term, *file));
+            }
+        }
+        for (group, state) in &mut mirror {
+            if files.contains_key(group)
+                && let Some(snapshot) = state.snapshot.as_mut()
+            {
+                snapshot.data = Default::default();
+            }
+        }
         let wal = WalFile {
             file,
             path: path.to_owned(),
             end: replay.valid_bytes,
             next_sequence,
             stats: WalStats::default(),
-            mirror: recovered.groups.clone(),
+            mirror,
+            files,
             rewrite_threshold: WAL_REWRITE_BYTES,
             last_checkpoint: replay.valid_bytes,
         };
+        wal.remove_unneeded_snapshot_files();
         Ok((wal, recovered))
     }
 
@@ -169,14 +210,33 @@ impl WalFile {
             path: self.path.clone(),
             source,
         };
+        // Large snapshots go to files of their own first, durable before the record that
+        // names them.
+        let mut new_files: BTreeMap<(GroupId, u64, u64), SnapshotFile> = BTreeMap::new();
+        for w in writes {
+            if let Some(s) = &w.snapshot
+                && s.data.len() >= SNAPSHOT_FILE_BYTES
+            {
+                let (index, term) = (s.get_metadata().index, s.get_metadata().term);
+                let file =
+                    write_snapshot_file(&snapshot_path(&self.path, w.group, index, term), s)?;
+                new_files.insert((w.group, index, term), file);
+            }
+        }
+        let in_file = |group: GroupId, s: &Snapshot| {
+            let meta = s.get_metadata();
+            new_files.get(&(group, meta.index, meta.term)).copied()
+        };
         // Almost always one record; a batch too large for one is cut into several, written
         // in order and made durable together.
-        let records: Vec<Vec<u8>> = match split_for_records(writes, WAL_SPLIT_BYTES).map_err(log)? {
-            None => vec![encode_record(self.next_sequence, writes).map_err(log)?],
+        let records: Vec<Vec<u8>> = match split_for_records(writes, WAL_SPLIT_BYTES, &in_file)
+            .map_err(log)?
+        {
+            None => vec![encode_record_with(self.next_sequence, writes, &in_file).map_err(log)?],
             Some(parts) => parts
                 .iter()
                 .enumerate()
-                .map(|(i, part)| encode_record(self.next_sequence + i as u64, part))
+                .map(|(i, part)| encode_record_with(self.next_sequence + i as u64, part, &in_file))
                 .collect::<Result<_, _>>()
                 .map_err(log)?,
         };
@@ -201,8 +261,29 @@ impl WalFile {
         self.next_sequence += records.len() as u64;
         self.stats.records += records.len() as u64;
         self.stats.fsyncs += 1;
+        let mut superseded = false;
         for w in writes {
-            self.mirror.entry(w.group).or_default().apply(w);
+            let state = self.mirror.entry(w.group).or_default();
+            state.apply(w);
+            let Some(s) = &w.snapshot else { continue };
+            let (index, term) = (s.get_metadata().index, s.get_metadata().term);
+            superseded |= self.files.contains_key(&w.group);
+            match new_files.get(&(w.group, index, term)) {
+                Some(file) => {
+                    // The mirror keeps the metadata; the data is in the file.
+                    if let Some(kept) = state.snapshot.as_mut() {
+                        kept.data = Default::default();
+                    }
+                    self.files.insert(w.group, (index, term, *file));
+                }
+                None => {
+                    self.files.remove(&w.group);
+                }
+            }
+        }
+        if superseded {
+            // The records naming older snapshot files are superseded by durable ones.
+            self.remove_unneeded_snapshot_files();
         }
         if self.end >= self.rewrite_threshold && self.end >= 2 * self.last_checkpoint {
             self.checkpoint().await?;
@@ -219,6 +300,8 @@ impl WalFile {
             return Ok(false);
         }
         self.checkpoint().await?;
+        self.files.remove(&group);
+        self.remove_unneeded_snapshot_files();
         Ok(true)
     }
 
@@ -263,10 +346,18 @@ impl WalFile {
                 path: self.path.clone(),
                 source,
             };
-            let split = split_for_records(std::slice::from_ref(&write), WAL_SPLIT_BYTES);
+            let files = &self.files;
+            let in_file = |group: GroupId, s: &Snapshot| {
+                let meta = s.get_metadata();
+                files
+                    .get(&group)
+                    .filter(|(index, term, _)| (meta.index, meta.term) == (*index, *term))
+                    .map(|(.., file)| *file)
+            };
+            let split = split_for_records(std::slice::from_ref(&write), WAL_SPLIT_BYTES, &in_file);
             let parts = split.map_err(log)?.unwrap_or_else(|| vec![vec![write]]);
             for part in &parts {
-                let record = encode_record(sequence, part).map_err(log)?;
+                let record = encode_record_with(sequence, part, &in_file).map_err(log)?;
                 let mut buffer = file.alloc_dma_buffer(record.len());
                 buffer.as_bytes_mut().copy_from_slice(&record);
                 file.write_at(buffer, end)
@@ -313,5 +404,94 @@ impl WalFile {
             batches += 1;
         }
         Ok(batches)
+    }
+}
+
+/// The file holding a snapshot's data: beside the log, named after the log, group, index
+/// and term.
+fn snapshot_path(log: &Path, group: GroupId, index: u64, term: u64) -> PathBuf {
+    log.with_extension(format!("snap-{}-{index}-{term}", group.0))
+}
+
+/// Writes a snapshot's data to `path` durably (temporary file, fsync, rename, directory
+/// fsync) and returns its length and checksum.
+fn write_snapshot_file(path: &Path, snapshot: &Snapshot) -> Result<SnapshotFile, WalIoError> {
+    let io = |operation: &'static str| {
+        let path = path.to_owned();
+        move |e: std::io::Error| WalIoError::Io {
+            path,
+            operation,
+            message: e.to_string(),
+        }
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp).map_err(io("create snapshot file"))?;
+        file.write_all(&snapshot.data)
+            .map_err(io("write snapshot file"))?;
+        file.sync_all().map_err(io("fsync snapshot file"))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("rename snapshot file"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory"))?;
+    }
+    Ok(SnapshotFile {
+        len: snapshot.data.len() as u64,
+        crc: crc32c::crc32c(&snapshot.data),
+    })
+}
+
+/// Reads a snapshot's data back, refusing a file that is missing or does not match the
+/// length and checksum its record gives.
+fn read_snapshot_file(path: &Path, expected: SnapshotFile) -> Result<Vec<u8>, WalIoError> {
+    let refuse = |reason: String| WalIoError::SnapshotFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let data = std::fs::read(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    if data.len() as u64 != expected.len {
+        return Err(refuse(format!(
+            "holds {} bytes, the log says {}",
+            data.len(),
+            expected.len
+        )));
+    }
+    if crc32c::crc32c(&data) != expected.crc {
+        return Err(refuse("checksum mismatch".into()));
+    }
+    Ok(data)
+}
+
+impl WalFile {
+    /// Deletes snapshot files (and leftover temporary ones) of this log that no group's
+    /// current snapshot is: older snapshots, those of dropped groups, and one written just
+    /// before a crash whose record never landed.
+    fn remove_unneeded_snapshot_files(&self) {
+        let (Some(dir), Some(stem)) = (self.path.parent(), self.path.file_stem()) else {
+            return;
+        };
+        let prefix = format!("{}.snap-", stem.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let keep: Vec<PathBuf> = self
+            .files
+            .iter()
+            .map(|(g, (index, term, _))| snapshot_path(&self.path, *g, *index, *term))
+            .collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(&prefix)
+                && !keep.contains(&entry.path())
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                warn!(path = %entry.path().display(), error = %e, "could not delete an unneeded snapshot file");
+            }
+        }
     }
 }
