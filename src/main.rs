@@ -231,6 +231,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Fault and event totals over the seeds of a `sim` run (the `--json` keys).
+#[derive(Clone, Copy, Default, serde::Serialize)]
+struct FaultTotals {
+    crashes: u64,
+    partitions: u64,
+    torn_writes: u64,
+    corruptions: u64,
+    corruptions_refused: u64,
+    moves_started: u64,
+    moves_finished: u64,
+    stale_routes: u64,
+}
+
+impl FaultTotals {
+    fn add(&mut self, r: &nodedb_cluster::sim::SimReport) {
+        self.crashes += r.crashes;
+        self.partitions += r.partitions;
+        self.torn_writes += r.torn_writes;
+        self.corruptions += r.corruptions;
+        self.corruptions_refused += r.corruptions_refused;
+        self.moves_started += r.moves_started;
+        self.moves_finished += r.moves_finished;
+        self.stale_routes += r.stale_routes;
+    }
+}
+
 fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
     use nodedb_cluster::sim::{SimOptions, run};
     let list: Vec<u64> = match (seed, seeds) {
@@ -245,24 +271,10 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
     let started = Instant::now();
     let (mut failures, mut ops, mut virtual_seconds) = (0u64, 0u64, 0.0f64);
     let mut first_failing = None;
-    // Fault totals over every seed: crashes, partitions, torn writes, corruptions (and
-    // refusals to start on them), replica moves started and finished, requests routed by a
-    // stale placement table.
-    let mut faults = [0u64; 8];
+    let mut faults = FaultTotals::default();
     for s in &list {
         let report = run(&SimOptions::new(*s));
-        for (total, n) in faults.iter_mut().zip([
-            report.crashes,
-            report.partitions,
-            report.torn_writes,
-            report.corruptions,
-            report.corruptions_refused,
-            report.moves_started,
-            report.moves_finished,
-            report.stale_routes,
-        ]) {
-            *total += n;
-        }
+        faults.add(&report);
         ops += report.ops_completed;
         virtual_seconds += report.virtual_seconds;
         if !report.violations.is_empty() {
@@ -283,27 +295,34 @@ fn sim(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
     }
     let wall_seconds = started.elapsed().as_secs_f64();
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "seeds": list.len(), "failures": failures, "first_failing_seed": first_failing,
-                "ops_checked": ops, "virtual_seconds": virtual_seconds, "wall_seconds": wall_seconds,
-                "speedup": virtual_seconds / wall_seconds.max(1e-9),
-                "crashes": faults[0], "partitions": faults[1], "torn_writes": faults[2],
-                "corruptions": faults[3], "corruptions_refused": faults[4],
-                "moves_started": faults[5], "moves_finished": faults[6],
-                "stale_routes": faults[7],
-            })
-        );
+        let mut out = serde_json::json!({
+            "seeds": list.len(), "failures": failures, "first_failing_seed": first_failing,
+            "ops_checked": ops, "virtual_seconds": virtual_seconds, "wall_seconds": wall_seconds,
+            "speedup": virtual_seconds / wall_seconds.max(1e-9),
+        });
+        if let (Some(out), Ok(serde_json::Value::Object(totals))) =
+            (out.as_object_mut(), serde_json::to_value(faults))
+        {
+            out.extend(totals);
+        }
+        println!("{out}");
     } else {
         println!(
             "{} seeds, {failures} failed, {ops} ops checked, {virtual_seconds:.0} s simulated in {wall_seconds:.1} s ({:.0}x real time)",
             list.len(),
             virtual_seconds / wall_seconds.max(1e-9)
         );
+        let f = faults;
         println!(
             "faults: {} crashes, {} partitions, {} torn writes, {} corruptions ({} refused at start), {} replica moves started, {} finished, {} requests routed by a stale table",
-            faults[0], faults[1], faults[2], faults[3], faults[4], faults[5], faults[6], faults[7]
+            f.crashes,
+            f.partitions,
+            f.torn_writes,
+            f.corruptions,
+            f.corruptions_refused,
+            f.moves_started,
+            f.moves_finished,
+            f.stale_routes
         );
     }
     if failures == 0 {

@@ -913,16 +913,7 @@ fn apply_conf_change<S: StateMachine>(
         }
         Err(e) => tracing::warn!(group = group.0, error = %e, "configuration change refused"),
     }
-    if let Some((proposer, token)) = parse_context(&entry.context)
-        && proposer == local
-    {
-        events.push_back(HostEvent::Applied {
-            group,
-            token,
-            index: entry.index,
-            response: Vec::new(),
-        });
-    }
+    report_applied(events, local, group, entry, Vec::new());
 }
 
 /// A leader that applied a configuration without itself must stop leading: raft-rs keeps
@@ -980,6 +971,27 @@ fn send_handover<S>(g: &mut Group<S>) {
     g.handover = Some((to, term, left - 1));
 }
 
+/// Tells the owner that an entry proposed here was applied, with the state machine's answer
+/// (entries proposed elsewhere are answered there).
+fn report_applied(
+    events: &mut VecDeque<HostEvent>,
+    local: CoreAddress,
+    group: GroupId,
+    entry: &Entry,
+    response: Vec<u8>,
+) {
+    if let Some((proposer, token)) = parse_context(&entry.context)
+        && proposer == local
+    {
+        events.push_back(HostEvent::Applied {
+            group,
+            token,
+            index: entry.index,
+            response,
+        });
+    }
+}
+
 fn apply_committed<S: StateMachine>(
     events: &mut VecDeque<HostEvent>,
     local: CoreAddress,
@@ -1017,16 +1029,7 @@ fn apply_committed<S: StateMachine>(
             continue;
         }
         let response = g.state_machine.apply(entry.index, &entry.data);
-        if let Some((proposer, token)) = parse_context(&entry.context)
-            && proposer == local
-        {
-            events.push_back(HostEvent::Applied {
-                group,
-                token,
-                index: entry.index,
-                response,
-            });
-        }
+        report_applied(events, local, group, &entry, response);
     }
     if let Some(index) = last {
         g.raw.advance_apply_to(index);

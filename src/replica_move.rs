@@ -204,6 +204,10 @@ mod tests {
         }
     }
 
+    fn known(failed: bool, durable: u64) -> World {
+        World { failed, durable }
+    }
+
     const OLD: ReplicaId = ReplicaId(3);
     const NEW: ReplicaId = ReplicaId(9);
 
@@ -232,10 +236,7 @@ mod tests {
     #[test]
     fn a_move_goes_learner_then_joint_then_retires_once_voters_know() {
         let mut m = a_move();
-        let world = World {
-            failed: false,
-            durable: 0,
-        };
+        let world = known(false, 0);
         let (actions, done) = m.next(&view(1, &[1, 2, 3], &[], None), &world);
         assert!(matches!(
             actions[0],
@@ -266,10 +267,7 @@ mod tests {
         // Out of the configuration, but a voter does not durably know it yet.
         let final_view = view(1, &[1, 2, 9], &[], Some(100));
         assert_eq!(m.next(&final_view, &world), (vec![], None));
-        let world = World {
-            failed: false,
-            durable: 100,
-        };
+        let world = known(false, 100);
         assert_eq!(
             m.next(&final_view, &world),
             (
@@ -282,10 +280,7 @@ mod tests {
     #[test]
     fn a_leader_that_is_moving_hands_over_before_the_joint_change() {
         let mut m = a_move();
-        let world = World {
-            failed: false,
-            durable: 0,
-        };
+        let world = known(false, 0);
         m.next(&view(3, &[1, 2, 3], &[], None), &world);
         let (actions, _) = m.next(&view(3, &[1, 2, 3], &[9], Some(100)), &world);
         assert_eq!(actions, vec![MoveAction::TransferLeader(ReplicaId(2))]);
@@ -294,15 +289,9 @@ mod tests {
     #[test]
     fn a_move_to_a_failed_node_removes_its_learner_and_is_abandoned() {
         let mut m = a_move();
-        let ok = World {
-            failed: false,
-            durable: 0,
-        };
+        let ok = known(false, 0);
         m.next(&view(1, &[1, 2, 3], &[], None), &ok);
-        let failed = World {
-            failed: true,
-            durable: 0,
-        };
+        let failed = known(true, 0);
         let (actions, done) = m.next(&view(1, &[1, 2, 3], &[9], Some(0)), &failed);
         assert_eq!(
             actions,
@@ -317,10 +306,7 @@ mod tests {
     #[test]
     fn nothing_is_decided_during_a_joint_configuration() {
         let mut m = a_move();
-        let world = World {
-            failed: true,
-            durable: 100,
-        };
+        let world = known(true, 100);
         // Joint: the old and the new replica both vote; even a failed target waits.
         let mut v = view(1, &[1, 2, 9], &[], Some(100));
         v.membership.voters.push(OLD);
@@ -332,17 +318,11 @@ mod tests {
     fn the_old_replica_retires_at_the_first_commit_seen_without_it() {
         let mut m = a_move();
         let mut v = view(1, &[1, 2, 9], &[], Some(100));
-        let behind = World {
-            failed: false,
-            durable: 99,
-        };
+        let behind = known(false, 99);
         assert_eq!(m.next(&v, &behind), (vec![], None));
         // Later writes raise the commit index; the bar stays where the removal was seen.
         v.commit = 500;
-        let caught_up = World {
-            failed: false,
-            durable: 100,
-        };
+        let caught_up = known(false, 100);
         assert_eq!(
             m.next(&v, &caught_up).1,
             Some(MoveOutcome::Moved),
@@ -353,10 +333,7 @@ mod tests {
     #[test]
     fn a_promoted_replica_on_a_failed_node_is_taken_out_again() {
         let mut m = a_move();
-        let failed = World {
-            failed: true,
-            durable: 0,
-        };
+        let failed = known(true, 0);
         let (actions, done) = m.next(&view(1, &[1, 2, 3, 9], &[], Some(100)), &failed);
         assert_eq!(
             actions,

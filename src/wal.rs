@@ -191,6 +191,23 @@ pub fn split_for_records(
     Ok(Some(records))
 }
 
+/// Encodes a persist batch as one record, or as several consecutive ones when it does not
+/// fit one ([`split_for_records`]), numbered from `first_sequence`.
+pub fn encode_records(
+    first_sequence: u64,
+    writes: &[GroupWrite],
+    files: SnapshotFiles<'_>,
+) -> Result<Vec<Vec<u8>>, WalError> {
+    match split_for_records(writes, WAL_SPLIT_BYTES, files)? {
+        None => Ok(vec![encode_record_with(first_sequence, writes, files)?]),
+        Some(parts) => parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| encode_record_with(first_sequence + i as u64, part, files))
+            .collect(),
+    }
+}
+
 /// Encodes `writes` as record `sequence`, padded to whole blocks, snapshots inlined.
 pub fn encode_record(sequence: u64, writes: &[GroupWrite]) -> Result<Vec<u8>, WalError> {
     encode_record_with(sequence, writes, &inline)
@@ -320,6 +337,13 @@ fn decode_payload(payload: &[u8]) -> Result<Decoded, DecodeError> {
     }
     r.finish()?;
     Ok((writes, files))
+}
+
+/// Bytes of the record at the start of `bytes` that carry data (header and payload, not
+/// the padding), as its header states them; `None` if the header is cut short.
+pub fn record_data_len(bytes: &[u8]) -> Option<usize> {
+    let header: RecordHeader = bytemuck::pod_read_unaligned(bytes.get(..WAL_HEADER_BYTES)?);
+    Some(WAL_HEADER_BYTES + u32::from_le(header.payload_len) as usize)
 }
 
 /// Checks the record at the start of `bytes`; returns its sequence, payload and total

@@ -225,14 +225,31 @@ fn the_open_loop_demo_sends_every_scheduled_operation() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("offered rate"));
 }
 
+/// An empty directory for one test's files.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A node (with `id`) or client configuration file of one core and four groups, with the
+/// certificate pair `cert` and the `[[nodes]]` tables `nodes`.
+fn config_toml(id: Option<u64>, cert: &str, nodes: &str) -> String {
+    let node = id.map_or(String::new(), |id| {
+        format!("node_id = {id}\ndata_dir = \"data-{id}\"\n")
+    });
+    format!(
+        "{node}cores = 1\ngroups = 4\nlayout = \"unbound\"\n\n[tls]\nca_cert = \"ca.pem\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\n\n{nodes}"
+    )
+}
+
 /// Three `start` processes from configuration files, then `kv put/get/del` against them.
 #[test]
 fn nodes_started_from_config_files_serve_the_kv_cli() {
     use std::process::{Child, Stdio};
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cli-cluster-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("cli-cluster");
     let d = dir.to_str().unwrap();
     assert!(cli(&["certs", "init", "--dir", d]).status.success());
     for n in 1..=3 {
@@ -267,14 +284,7 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         .enumerate()
         .map(|(i, p)| format!("[[nodes]]\nid = {}\naddr = \"127.0.0.1:{p}\"\n", i + 1))
         .collect();
-    let config = |id: Option<u64>, cert: &str| {
-        let node = id.map_or(String::new(), |id| {
-            format!("node_id = {id}\ndata_dir = \"data-{id}\"\n")
-        });
-        format!(
-            "{node}cores = 1\ngroups = 4\nlayout = \"unbound\"\n\n[tls]\nca_cert = \"ca.pem\"\ncert = \"{cert}.pem\"\nkey = \"{cert}.key\"\n\n{nodes}"
-        )
-    };
+    let config = |id: Option<u64>, cert: &str| config_toml(id, cert, &nodes);
     for n in 1..=3 {
         std::fs::write(
             dir.join(format!("node-{n}.toml")),
@@ -337,10 +347,7 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
 /// reason and a failure exit, instead of leaving a process that serves nothing.
 #[test]
 fn a_node_whose_core_fails_exits_with_the_reason() {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cli-core-fails-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("cli-core-fails");
     let d = dir.to_str().unwrap();
     assert!(cli(&["certs", "init", "--dir", d]).status.success());
     assert!(
@@ -363,11 +370,10 @@ fn a_node_whose_core_fails_exits_with_the_reason() {
         .local_addr()
         .unwrap()
         .port();
+    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
     std::fs::write(
         dir.join("node-1.toml"),
-        format!(
-            "node_id = 1\ndata_dir = \"data-1\"\ncores = 1\ngroups = 4\nlayout = \"unbound\"\n\n[tls]\nca_cert = \"ca.pem\"\ncert = \"node-1.pem\"\nkey = \"node-1.key\"\n\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n"
-        ),
+        config_toml(Some(1), "node-1", &nodes),
     )
     .unwrap();
     let config = dir.join("node-1.toml");

@@ -244,53 +244,28 @@ async fn load_cluster(
         }
     }
     let startup_seconds = started.elapsed().as_secs_f64();
-    let new_histogram =
-        || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let writes = Rc::new(RefCell::new(new_histogram()));
-    let reads = Rc::new(RefCell::new(new_histogram()));
-    let errors = Rc::new(RefCell::new(0u64));
+    let out = Rc::new(Recorders::new());
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
     if let Some(rate) = config.rate {
-        open_loop(
-            &client,
-            &config,
-            rate,
-            Recorders {
-                writes: writes.clone(),
-                reads: reads.clone(),
-                errors: errors.clone(),
-            },
-        )
-        .await;
+        open_loop(&client, &config, rate, &out).await;
     }
     for caller in 0..config.concurrency * usize::from(config.rate.is_none()) {
-        let (client, writes, reads, errors, config) = (
-            client.clone(),
-            writes.clone(),
-            reads.clone(),
-            errors.clone(),
-            config.clone(),
-        );
+        let (client, out, config) = (client.clone(), out.clone(), config.clone());
         callers.push(glommio::spawn_local(async move {
             let mut rng = Rng::new(0xde30 + caller as u64);
             let value = vec![0x42u8; config.value_bytes];
             while Instant::now() < deadline {
                 let key = format!("key-{}", rng.below(u64::from(config.keys)));
                 let write = rng.next_f64() < config.write_fraction;
-                let t = Instant::now();
-                let ok = if write {
-                    client.put(key.as_bytes(), &value).await.is_ok()
-                } else {
-                    client.get(key.as_bytes()).await.is_ok()
-                };
-                let micros = t.elapsed().as_micros() as u64;
-                match (ok, write) {
-                    (false, _) => *errors.borrow_mut() += 1,
-                    (true, true) => writes.borrow_mut().saturating_record(micros),
-                    (true, false) => reads.borrow_mut().saturating_record(micros),
-                }
+                out.operate(
+                    &client,
+                    key.as_bytes(),
+                    write.then_some(&value[..]),
+                    Instant::now(),
+                )
+                .await;
             }
         }));
     }
@@ -299,7 +274,7 @@ async fn load_cluster(
     }
     let seconds = load_started.elapsed().as_secs_f64();
     client.shutdown().await;
-    let (w, r) = (writes.borrow(), reads.borrow());
+    let (w, r) = (out.writes.borrow(), out.reads.borrow());
     Ok(DemoReport {
         nodes: config.nodes,
         cores: config.cores,
@@ -314,7 +289,7 @@ async fn load_cluster(
         seconds,
         writes: w.len(),
         reads: r.len(),
-        errors: *errors.borrow(),
+        errors: out.errors.get(),
         writes_per_sec: w.len() as f64 / seconds,
         reads_per_sec: r.len() as f64 / seconds,
         write_p50_us: w.value_at_quantile(0.50),
@@ -329,21 +304,47 @@ async fn load_cluster(
     })
 }
 
-/// Where operations' outcomes go.
+/// The load's outcomes: latency histograms (microseconds) and the error count.
 struct Recorders {
-    writes: Rc<RefCell<Histogram<u64>>>,
-    reads: Rc<RefCell<Histogram<u64>>>,
-    errors: Rc<RefCell<u64>>,
+    writes: RefCell<Histogram<u64>>,
+    reads: RefCell<Histogram<u64>>,
+    errors: std::cell::Cell<u64>,
+}
+
+impl Recorders {
+    fn new() -> Recorders {
+        let histogram =
+            || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        Recorders {
+            writes: RefCell::new(histogram()),
+            reads: RefCell::new(histogram()),
+            errors: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Puts `value` at `key` (a write) or gets `key` (a read without one) and records the
+    /// outcome, with the latency counted from `since`.
+    async fn operate(&self, client: &KvClient, key: &[u8], value: Option<&[u8]>, since: Instant) {
+        let ok = match value {
+            Some(value) => client.put(key, value).await.is_ok(),
+            None => client.get(key).await.is_ok(),
+        };
+        let micros = since.elapsed().as_micros() as u64;
+        match (ok, value.is_some()) {
+            (false, _) => self.errors.set(self.errors.get() + 1),
+            (true, true) => self.writes.borrow_mut().saturating_record(micros),
+            (true, false) => self.reads.borrow_mut().saturating_record(micros),
+        }
+    }
 }
 
 /// Offers `rate` operations per second for the configured duration: operation `i` is due
 /// at `start + i / rate`; it is sent then (or as soon as one of `concurrency` slots frees
 /// up), and its latency runs from when it was due. Behind schedule, due operations go out
 /// at once, so a stall shows in the latencies of everything it held up.
-async fn open_loop(client: &Rc<KvClient>, config: &DemoConfig, rate: f64, out: Recorders) {
+async fn open_loop(client: &Rc<KvClient>, config: &DemoConfig, rate: f64, out: &Rc<Recorders>) {
     let slots = Rc::new(glommio::sync::Semaphore::new(config.concurrency as u64));
     let start = Instant::now();
-    let out = Rc::new(out);
     let mut rng = Rng::new(0xde30);
     let value = Rc::new(vec![0x42u8; config.value_bytes]);
     let mut tasks = Vec::new();
@@ -364,17 +365,8 @@ async fn open_loop(client: &Rc<KvClient>, config: &DemoConfig, rate: f64, out: R
         let (client, slots, out, value) =
             (client.clone(), slots.clone(), out.clone(), value.clone());
         tasks.push(glommio::spawn_local(async move {
-            let ok = if write {
-                client.put(key.as_bytes(), &value).await.is_ok()
-            } else {
-                client.get(key.as_bytes()).await.is_ok()
-            };
-            let micros = due.elapsed().as_micros() as u64;
-            match (ok, write) {
-                (false, _) => *out.errors.borrow_mut() += 1,
-                (true, true) => out.writes.borrow_mut().saturating_record(micros),
-                (true, false) => out.reads.borrow_mut().saturating_record(micros),
-            }
+            out.operate(&client, key.as_bytes(), write.then_some(&value[..]), due)
+                .await;
             slots.signal(1);
         }));
     }

@@ -29,9 +29,7 @@ use raft::eraftpb::Snapshot;
 use crate::constants::{SNAPSHOT_FILE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES};
 use crate::kv::StateMachine;
 use crate::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
-use crate::wal::{
-    SnapshotFile, WAL_SPLIT_BYTES, WalError, encode_record_with, scan, split_for_records,
-};
+use crate::wal::{SnapshotFile, WalError, encode_records, scan};
 
 /// A write-ahead log that cannot be used.
 #[derive(Debug, Error)]
@@ -229,32 +227,8 @@ impl WalFile {
         };
         // Almost always one record; a batch too large for one is cut into several, written
         // in order and made durable together.
-        let records: Vec<Vec<u8>> = match split_for_records(writes, WAL_SPLIT_BYTES, &in_file)
-            .map_err(log)?
-        {
-            None => vec![encode_record_with(self.next_sequence, writes, &in_file).map_err(log)?],
-            Some(parts) => parts
-                .iter()
-                .enumerate()
-                .map(|(i, part)| encode_record_with(self.next_sequence + i as u64, part, &in_file))
-                .collect::<Result<_, _>>()
-                .map_err(log)?,
-        };
-        let mut end = self.end;
-        for record in &records {
-            debug_assert_eq!(record.len() % WAL_BLOCK_BYTES, 0);
-            let mut buffer = self.file.alloc_dma_buffer(record.len());
-            buffer.as_bytes_mut().copy_from_slice(record);
-            let written = self.file.write_at(buffer, end).await.map_err(io("write"))?;
-            if written != record.len() {
-                return Err(WalIoError::Io {
-                    path: self.path.clone(),
-                    operation: "write",
-                    message: format!("short write: {written} of {} bytes", record.len()),
-                });
-            }
-            end += record.len() as u64;
-        }
+        let records = encode_records(self.next_sequence, writes, &in_file).map_err(log)?;
+        let end = write_records(&self.file, &self.path, self.end, &records, "write").await?;
         self.file.fdatasync().await.map_err(io("fdatasync"))?;
         self.stats.bytes += end - self.end;
         self.end = end;
@@ -354,18 +328,10 @@ impl WalFile {
                     .filter(|(index, term, _)| (meta.index, meta.term) == (*index, *term))
                     .map(|(.., file)| *file)
             };
-            let split = split_for_records(std::slice::from_ref(&write), WAL_SPLIT_BYTES, &in_file);
-            let parts = split.map_err(log)?.unwrap_or_else(|| vec![vec![write]]);
-            for part in &parts {
-                let record = encode_record_with(sequence, part, &in_file).map_err(log)?;
-                let mut buffer = file.alloc_dma_buffer(record.len());
-                buffer.as_bytes_mut().copy_from_slice(&record);
-                file.write_at(buffer, end)
-                    .await
-                    .map_err(io("write checkpoint"))?;
-                end += record.len() as u64;
-                sequence += 1;
-            }
+            let records =
+                encode_records(sequence, std::slice::from_ref(&write), &in_file).map_err(log)?;
+            end = write_records(&file, &self.path, end, &records, "write checkpoint").await?;
+            sequence += records.len() as u64;
         }
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
         let std_io = |operation: &'static str| {
@@ -405,6 +371,39 @@ impl WalFile {
         }
         Ok(batches)
     }
+}
+
+/// Writes block-aligned `records` one after the other from offset `at` (no fsync); returns
+/// where they end.
+async fn write_records(
+    file: &DmaFile,
+    path: &Path,
+    mut at: u64,
+    records: &[Vec<u8>],
+    operation: &'static str,
+) -> Result<u64, WalIoError> {
+    for record in records {
+        debug_assert_eq!(record.len() % WAL_BLOCK_BYTES, 0);
+        let mut buffer = file.alloc_dma_buffer(record.len());
+        buffer.as_bytes_mut().copy_from_slice(record);
+        let written = file
+            .write_at(buffer, at)
+            .await
+            .map_err(|e| WalIoError::Io {
+                path: path.to_owned(),
+                operation,
+                message: e.to_string(),
+            })?;
+        if written != record.len() {
+            return Err(WalIoError::Io {
+                path: path.to_owned(),
+                operation,
+                message: format!("short write: {written} of {} bytes", record.len()),
+            });
+        }
+        at += record.len() as u64;
+    }
+    Ok(at)
 }
 
 /// The file holding a snapshot's data: beside the log, named after the log, group, index

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use crate::constants::WAL_BLOCK_BYTES;
 use crate::raft_host::{GroupId, GroupWrite, PersistedGroup};
 use crate::rng::Rng;
-use crate::wal::{WAL_HEADER_BYTES, WalError, encode_record, scan};
+use crate::wal::{WalError, encode_record, record_data_len, scan};
 
 /// Records after which the image is rewritten as a checkpoint.
 const CHECKPOINT_RECORDS: usize = 64;
@@ -145,7 +145,7 @@ impl SimDisk {
                 // Some sectors landed, the rest still hold zeros, or garbage from a write
                 // that went astray.
                 // Cut inside the header or payload (a cut in the padding is a whole record).
-                let meaningful = WAL_HEADER_BYTES + payload_len(&record);
+                let meaningful = record_data_len(&record).expect("a whole record");
                 let keep = 1 + rng.below(meaningful as u64 - 1) as usize;
                 let start = self.image.len();
                 self.image.extend_from_slice(&record[..keep]);
@@ -173,7 +173,7 @@ impl SimDisk {
             self.image[start..start + WAL_BLOCK_BYTES].fill(0);
             return true;
         }
-        let len = WAL_HEADER_BYTES + payload_len(&self.image[start..]);
+        let len = record_data_len(&self.image[start..]).expect("a synced record");
         let at = start + rng.below(len as u64) as usize;
         self.image[at] ^= 1 << rng.below(8);
         true
@@ -201,11 +201,6 @@ impl SimDisk {
         self.mirror = groups.clone();
         Ok(groups)
     }
-}
-
-/// The payload length in the header of the record at the start of `record`.
-fn payload_len(record: &[u8]) -> usize {
-    u32::from_le_bytes(record[16..20].try_into().expect("four bytes")) as usize
 }
 
 #[cfg(test)]
