@@ -250,6 +250,13 @@ pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis
 pub const CLIENT_ATTEMPTS_MAX: usize = 40;
 /// Pause between a client's attempts: an election takes about a second, so 40 attempts at
 /// 50 ms cover two elections.
+/// The longest reason a refused metadata command's answer carries that a client reads.
+pub const METADATA_REASON_MAX_BYTES: usize = 4096;
+
+/// How often the migration executor takes each recorded replica move one step (each step
+/// is one leader view request, plus the action it decides).
+pub const MOVE_STEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub const CLIENT_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// A client's QUIC handshake with a node: one round trip on a LAN; a dead node's silence
 /// must not cost more than this.

@@ -11,8 +11,16 @@
 //!                        groups:(count (group:varint replicas)*)
 //!         | 2 node_state node:varint state:u8        (0 joining, 1 active, 2 draining, 3 decommissioned)
 //!         | 3 set_group  group:varint replicas
+//!         | 4 start_move group:varint from:varint node:varint core:varint
+//!         | 5 end_move   group:varint new:varint moved:u8
 //! replicas = count (replica:varint node:varint core:varint)*
 //! ```
+//!
+//! A replica move is two commands around the Raft membership change the migration
+//! executor performs: `start_move` adds the new replica to the table (so its core hosts it
+//! and any metadata leader can resume the move), `end_move` removes the replica that left
+//! (or, for an abandoned move, the new one). New replica ids come from a counter in this
+//! state, so they are never reused.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +37,24 @@ pub struct GroupPlacement {
     pub replicas: Vec<(ReplicaId, CoreAddress)>,
     /// Bumped whenever this group's replicas change.
     pub epoch: Epoch,
+    /// The voters the group started with: the configuration at index 0 of every replica's
+    /// log, which a new replica's log must start from too.
+    pub initial: Vec<ReplicaId>,
+    /// The move under way, if any (at most one per group).
+    pub moving: Option<PendingMove>,
 }
+
+/// A replica move recorded in the table: `from` is being replaced by `new` at `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingMove {
+    pub from: ReplicaId,
+    pub new: ReplicaId,
+    pub to: CoreAddress,
+}
+
+/// The first replica id `start_move` hands out; bootstrap ids (`(group << 16) | node`)
+/// stay below it.
+pub const MOVED_REPLICA_IDS_FROM: u64 = 1 << 48;
 
 /// A change to the cluster's shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +71,20 @@ pub enum MetadataCommand {
     SetGroup {
         group: GroupId,
         replicas: Vec<(ReplicaId, CoreAddress)>,
+    },
+    /// Starts moving `group`'s replica `from` to the core at `to`: a new replica (with a
+    /// fresh id) is added to the table and the move recorded.
+    StartMove {
+        group: GroupId,
+        from: ReplicaId,
+        to: CoreAddress,
+    },
+    /// Ends the move to `new`: `moved` removes the replica that left, otherwise (abandoned)
+    /// `new` itself.
+    EndMove {
+        group: GroupId,
+        new: ReplicaId,
+        moved: bool,
     },
 }
 
@@ -129,6 +168,19 @@ impl MetadataCommand {
                 put_varint(&mut out, group.0);
                 put_replicas(&mut out, replicas);
             }
+            MetadataCommand::StartMove { group, from, to } => {
+                out.push(4);
+                put_varint(&mut out, group.0);
+                put_varint(&mut out, from.0);
+                put_varint(&mut out, to.node.0);
+                put_varint(&mut out, u64::from(to.core.0));
+            }
+            MetadataCommand::EndMove { group, new, moved } => {
+                out.push(5);
+                put_varint(&mut out, group.0);
+                put_varint(&mut out, new.0);
+                out.push(u8::from(*moved));
+            }
         }
         out
     }
@@ -167,6 +219,28 @@ impl MetadataCommand {
                 group: GroupId(r.varint("group")?),
                 replicas: read_replicas(&mut r)?,
             },
+            4 => MetadataCommand::StartMove {
+                group: GroupId(r.varint("group")?),
+                from: ReplicaId(r.varint("from")?),
+                to: CoreAddress {
+                    node: NodeId(r.varint("node")?),
+                    core: CoreId(r.count("core", usize::from(CORES_PER_NODE_MAX))? as u16),
+                },
+            },
+            5 => MetadataCommand::EndMove {
+                group: GroupId(r.varint("group")?),
+                new: ReplicaId(r.varint("new")?),
+                moved: match r.u8("moved")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::BadEnum {
+                            what: "moved",
+                            value: v.into(),
+                        });
+                    }
+                },
+            },
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "metadata command",
@@ -187,6 +261,8 @@ pub struct MetadataStore {
     /// Bumped on every applied change.
     epoch: Epoch,
     applied: u64,
+    /// The id the next `start_move` gives its new replica.
+    next_replica: u64,
 }
 
 impl MetadataStore {
@@ -214,6 +290,14 @@ impl MetadataStore {
         self.groups.iter().map(|(g, p)| (*g, p))
     }
 
+    /// The placement table as it stands (what each core must host).
+    pub fn table(&self) -> PlacementTable {
+        PlacementTable {
+            epoch: self.epoch,
+            groups: self.groups.clone(),
+        }
+    }
+
     /// Applies a decoded command; `Err` is the reason it was rejected (nothing changed).
     fn execute(&mut self, command: MetadataCommand) -> Result<(), String> {
         match command {
@@ -228,16 +312,22 @@ impl MetadataStore {
                 let mut placed = BTreeMap::new();
                 for (g, replicas) in groups {
                     check_replicas(&topology, &replicas)?;
+                    if replicas.iter().any(|(r, _)| r.0 >= MOVED_REPLICA_IDS_FROM) {
+                        return Err("bootstrap replica ids must be below 2^48".into());
+                    }
                     placed.insert(
                         g,
                         GroupPlacement {
+                            initial: replicas.iter().map(|(r, _)| *r).collect(),
                             replicas,
                             epoch: Epoch(1),
+                            moving: None,
                         },
                     );
                 }
                 self.topology = topology;
                 self.groups = placed;
+                self.next_replica = MOVED_REPLICA_IDS_FROM;
             }
             MetadataCommand::SetNodeState { node, state } => {
                 self.topology
@@ -246,13 +336,111 @@ impl MetadataStore {
             }
             MetadataCommand::SetGroup { group, replicas } => {
                 check_replicas(&self.topology, &replicas)?;
-                let epoch = self.groups.get(&group).map_or(Epoch(1), |p| p.epoch.next());
-                self.groups
-                    .insert(group, GroupPlacement { replicas, epoch });
+                let placement = match self.groups.get(&group) {
+                    Some(p) if p.moving.is_some() => {
+                        return Err(format!("group {} is moving a replica", group.0));
+                    }
+                    Some(p) => GroupPlacement {
+                        replicas,
+                        epoch: p.epoch.next(),
+                        initial: p.initial.clone(),
+                        moving: None,
+                    },
+                    None => GroupPlacement {
+                        initial: replicas.iter().map(|(r, _)| *r).collect(),
+                        replicas,
+                        epoch: Epoch(1),
+                        moving: None,
+                    },
+                };
+                self.groups.insert(group, placement);
+            }
+            MetadataCommand::StartMove { group, from, to } => {
+                let new = ReplicaId(self.next_replica);
+                let placement = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| format!("group {} does not exist", group.0))?;
+                if let Some(m) = placement.moving {
+                    return Err(format!(
+                        "group {} is already moving replica {} to node {} core {}",
+                        group.0, m.from.0, m.to.node, m.to.core.0
+                    ));
+                }
+                if !placement.replicas.iter().any(|(r, _)| *r == from) {
+                    return Err(format!("group {} has no replica {}", group.0, from.0));
+                }
+                let node = self
+                    .topology
+                    .node(to.node)
+                    .ok_or_else(|| format!("node {} is not in the cluster", to.node))?;
+                if node.state != NodeState::Active {
+                    return Err(format!("node {} is {:?}, not active", to.node, node.state));
+                }
+                if to.core.0 >= node.cores {
+                    return Err(format!(
+                        "node {} has {} cores; there is no core {}",
+                        to.node, node.cores, to.core.0
+                    ));
+                }
+                // One replica per node, except the one moving between cores of a node.
+                if let Some((r, _)) = placement
+                    .replicas
+                    .iter()
+                    .find(|(r, a)| a.node == to.node && (*r != from || *a == to))
+                {
+                    return Err(format!(
+                        "node {} already holds replica {} of group {}",
+                        to.node, r.0, group.0
+                    ));
+                }
+                placement.replicas.push((new, to));
+                placement.moving = Some(PendingMove { from, new, to });
+                placement.epoch = placement.epoch.next();
+                self.next_replica += 1;
+            }
+            MetadataCommand::EndMove { group, new, moved } => {
+                let placement = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| format!("group {} does not exist", group.0))?;
+                let m = match placement.moving {
+                    Some(m) if m.new == new => m,
+                    _ => {
+                        return Err(format!(
+                            "group {} has no move to replica {}",
+                            group.0, new.0
+                        ));
+                    }
+                };
+                let gone = if moved { m.from } else { m.new };
+                placement.replicas.retain(|(r, _)| *r != gone);
+                placement.moving = None;
+                placement.epoch = placement.epoch.next();
             }
         }
         self.epoch = self.epoch.next();
         Ok(())
+    }
+}
+
+/// The placement table at one epoch: what every core hosts. Core 0 of each node hands it
+/// to the node's cores after each change the metadata group applies.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlacementTable {
+    pub epoch: Epoch,
+    pub groups: BTreeMap<GroupId, GroupPlacement>,
+}
+
+impl PlacementTable {
+    /// The replica of each group the table places on `at`.
+    pub fn hosted_at(&self, at: CoreAddress) -> impl Iterator<Item = (GroupId, ReplicaId)> + '_ {
+        self.groups.iter().filter_map(move |(g, p)| {
+            p.replicas
+                .iter()
+                .find(|(_, a)| *a == at)
+                .map(|(r, _)| (*g, *r))
+        })
     }
 }
 
@@ -305,21 +493,39 @@ impl StateMachine for MetadataStore {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        // The current shape as a (length-prefixed) bootstrap, then the epochs.
+        // The nodes as a (length-prefixed) bootstrap without groups, the epoch and id
+        // counter, then every group whole.
         let nodes: Vec<NodeInfo> = self.topology.nodes().cloned().collect();
-        let groups = self
-            .groups
-            .iter()
-            .map(|(g, p)| (*g, p.replicas.clone()))
-            .collect();
         let mut out = Vec::new();
         put_bytes(
             &mut out,
-            &MetadataCommand::Bootstrap { nodes, groups }.encode(),
+            &MetadataCommand::Bootstrap {
+                nodes,
+                groups: Vec::new(),
+            }
+            .encode(),
         );
         put_varint(&mut out, self.epoch.0);
-        for p in self.groups.values() {
+        put_varint(&mut out, self.next_replica);
+        put_varint(&mut out, self.groups.len() as u64);
+        for (g, p) in &self.groups {
+            put_varint(&mut out, g.0);
             put_varint(&mut out, p.epoch.0);
+            put_replicas(&mut out, &p.replicas);
+            put_varint(&mut out, p.initial.len() as u64);
+            for r in &p.initial {
+                put_varint(&mut out, r.0);
+            }
+            match p.moving {
+                None => out.push(0),
+                Some(m) => {
+                    out.push(1);
+                    put_varint(&mut out, m.from.0);
+                    put_varint(&mut out, m.new.0);
+                    put_varint(&mut out, m.to.node.0);
+                    put_varint(&mut out, u64::from(m.to.core.0));
+                }
+            }
         }
         out
     }
@@ -329,17 +535,54 @@ impl StateMachine for MetadataStore {
         if !snapshot.is_empty() {
             let mut r = Reader::new(snapshot);
             let bootstrap = MetadataCommand::decode(r.bytes("bootstrap", usize::MAX)?)?;
-            let empty =
-                matches!(&bootstrap, MetadataCommand::Bootstrap { nodes, .. } if nodes.is_empty());
-            if !empty {
-                store.execute(bootstrap).map_err(|_| DecodeError::BadEnum {
-                    what: "snapshot bootstrap",
-                    value: 0,
-                })?;
+            let invalid = |what: &'static str| DecodeError::BadEnum { what, value: 0 };
+            if let MetadataCommand::Bootstrap { nodes, .. } = bootstrap {
+                for n in nodes {
+                    store
+                        .topology
+                        .add_node(n)
+                        .map_err(|_| invalid("snapshot node"))?;
+                }
+            } else {
+                return Err(invalid("snapshot nodes"));
             }
             store.epoch = Epoch(r.varint("epoch")?);
-            for p in store.groups.values_mut() {
-                p.epoch = Epoch(r.varint("group epoch")?);
+            store.next_replica = r.varint("next replica")?;
+            let n = r.count("groups", VSHARD_COUNT_MAX as usize)?;
+            for _ in 0..n {
+                let group = GroupId(r.varint("group")?);
+                let epoch = Epoch(r.varint("group epoch")?);
+                let replicas = read_replicas(&mut r)?;
+                let k = r.count("initial voters", RAFT_CONF_IDS_MAX)?;
+                let initial = (0..k)
+                    .map(|_| r.varint("initial voter").map(ReplicaId))
+                    .collect::<Result<_, _>>()?;
+                let moving = match r.u8("moving")? {
+                    0 => None,
+                    1 => Some(PendingMove {
+                        from: ReplicaId(r.varint("from")?),
+                        new: ReplicaId(r.varint("new")?),
+                        to: CoreAddress {
+                            node: NodeId(r.varint("node")?),
+                            core: CoreId(r.count("core", usize::from(CORES_PER_NODE_MAX))? as u16),
+                        },
+                    }),
+                    v => {
+                        return Err(DecodeError::BadEnum {
+                            what: "moving",
+                            value: v.into(),
+                        });
+                    }
+                };
+                store.groups.insert(
+                    group,
+                    GroupPlacement {
+                        replicas,
+                        epoch,
+                        initial,
+                        moving,
+                    },
+                );
             }
             r.finish()?;
         }
@@ -524,5 +767,103 @@ mod tests {
         assert_eq!(r.group(GroupId(1)), m.group(GroupId(1)));
         assert_eq!(r.topology().len(), 3);
         assert!(r.restore(3, b"\x01\xff").is_err());
+    }
+
+    #[test]
+    fn a_move_adds_a_fresh_replica_then_removes_the_one_that_left() {
+        let mut m = MetadataStore::new();
+        apply(&mut m, 1, bootstrap());
+        let g = GroupId(1);
+        let start = |to| MetadataCommand::StartMove {
+            group: g,
+            from: ReplicaId(11),
+            to,
+        };
+        // Refused: a node holding another replica, an unknown node or core, a missing replica.
+        assert!(!apply(&mut m, 2, start(at(2, 0))));
+        assert!(!apply(&mut m, 2, start(at(9, 0))));
+        assert!(!apply(&mut m, 2, start(at(3, 7))));
+        assert!(!apply(
+            &mut m,
+            2,
+            MetadataCommand::StartMove {
+                group: g,
+                from: ReplicaId(99),
+                to: at(3, 0)
+            }
+        ));
+        // Between cores of the node the replica is on: allowed.
+        assert!(apply(&mut m, 2, start(at(1, 0))));
+        let p = m.group(g).unwrap().clone();
+        let moving = p.moving.unwrap();
+        assert_eq!(moving.new, ReplicaId(MOVED_REPLICA_IDS_FROM));
+        assert!(p.replicas.contains(&(moving.new, at(1, 0))));
+        assert_eq!(p.initial, vec![ReplicaId(11), ReplicaId(12)]);
+        assert!(!apply(&mut m, 3, start(at(3, 0))), "one move at a time");
+        // A snapshot taken mid-move restores it.
+        let mut r = MetadataStore::new();
+        r.restore(3, &m.snapshot()).unwrap();
+        assert_eq!(
+            r,
+            MetadataStore {
+                applied: 3,
+                ..m.clone()
+            }
+        );
+        let end = |new, moved| MetadataCommand::EndMove {
+            group: g,
+            new,
+            moved,
+        };
+        assert!(!apply(&mut m, 4, end(ReplicaId(5), true)), "not this move");
+        assert!(apply(&mut m, 4, end(moving.new, true)));
+        let p = m.group(g).unwrap();
+        assert_eq!(
+            p.replicas,
+            vec![(ReplicaId(12), at(2, 1)), (moving.new, at(1, 0))]
+        );
+        assert_eq!(p.moving, None);
+        // The next move gets the next id, and an abandoned one removes its new replica.
+        assert!(apply(
+            &mut m,
+            5,
+            MetadataCommand::StartMove {
+                group: g,
+                from: ReplicaId(12),
+                to: at(3, 1)
+            }
+        ));
+        let next = m.group(g).unwrap().moving.unwrap().new;
+        assert_eq!(next.0, MOVED_REPLICA_IDS_FROM + 1);
+        assert!(apply(&mut m, 6, end(next, false)));
+        assert_eq!(
+            m.group(g).unwrap().replicas,
+            vec![(ReplicaId(12), at(2, 1)), (moving.new, at(1, 0))]
+        );
+        let table = m.table();
+        assert_eq!(
+            table.hosted_at(at(1, 0)).collect::<Vec<_>>(),
+            vec![(g, moving.new)]
+        );
+        assert_eq!(table.hosted_at(at(1, 1)).count(), 0);
+    }
+
+    #[test]
+    fn move_commands_round_trip() {
+        for c in [
+            MetadataCommand::StartMove {
+                group: GroupId(3),
+                from: ReplicaId(7),
+                to: at(2, 1),
+            },
+            MetadataCommand::EndMove {
+                group: GroupId(3),
+                new: ReplicaId(1 << 48),
+                moved: true,
+            },
+        ] {
+            assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
+        }
+        assert!(MetadataCommand::decode(b"\x05\x01\x01\x02").is_err());
     }
 }

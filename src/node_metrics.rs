@@ -40,10 +40,14 @@ pub enum CoreCounter {
     QuicDatagramsReceived,
     /// Sends that found the socket buffer full and were retried.
     QuicSendWouldBlock,
+    /// Replica move steps the migration executor decided from a leader's view (core 0).
+    MoveSteps,
+    /// Replica moves the migration executor ended, moved or abandoned (core 0).
+    MovesEnded,
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 14] = [
+    pub const ALL: [CoreCounter; 16] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -58,6 +62,8 @@ impl CoreCounter {
         CoreCounter::QuicSendCalls,
         CoreCounter::QuicDatagramsReceived,
         CoreCounter::QuicSendWouldBlock,
+        CoreCounter::MoveSteps,
+        CoreCounter::MovesEnded,
     ];
 
     fn name_and_help(self) -> (&'static str, &'static str) {
@@ -95,6 +101,14 @@ impl CoreCounter {
                 "quic_send_would_block_total",
                 "Sends that found the socket buffer full and were retried.",
             ),
+            CoreCounter::MoveSteps => (
+                "replica_move_steps_total",
+                "Replica move steps the migration executor decided from a leader's view.",
+            ),
+            CoreCounter::MovesEnded => (
+                "replica_moves_ended_total",
+                "Replica moves the migration executor ended (moved or abandoned).",
+            ),
         }
     }
 }
@@ -110,14 +124,18 @@ pub enum CoreGauge {
     QuicGsoActive,
     /// 1 once the core stopped with an error (its groups are not served).
     Failed,
+    /// Raft group replicas this core hosts (its placement-table share, plus the metadata
+    /// group on core 0).
+    Replicas,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 4] = [
+    pub const ALL: [CoreGauge; 5] = [
         CoreGauge::LeaderGroups,
         CoreGauge::PendingRequests,
         CoreGauge::QuicGsoActive,
         CoreGauge::Failed,
+        CoreGauge::Replicas,
     ];
 
     fn name_and_help(self) -> (&'static str, &'static str) {
@@ -135,6 +153,7 @@ impl CoreGauge {
                 "failed",
                 "1 once the core stopped with an error; its groups are not served.",
             ),
+            CoreGauge::Replicas => ("replicas", "Raft group replicas this core hosts."),
         }
     }
 }

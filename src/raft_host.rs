@@ -261,7 +261,13 @@ struct Group<S> {
     handover: Option<(u64, u64, u8)>,
     /// A compaction snapshot to write to the log with the next batch.
     snapshot_to_persist: Option<Snapshot>,
+    /// The commit index this replica's log holds durably (the last persisted hard state's).
+    durable_commit: u64,
 }
+
+/// A group's part of the batch being made durable: its ready number, and the commit index
+/// of the hard state it writes (if it writes one).
+type InFlight = (GroupId, u64, Option<u64>);
 
 /// The groups of one core.
 pub struct RaftHost<S: StateMachine> {
@@ -269,8 +275,8 @@ pub struct RaftHost<S: StateMachine> {
     groups: BTreeMap<GroupId, Group<S>>,
     directory: HashMap<ReplicaId, CoreAddress>,
     next_batch: u64,
-    /// The batch being made durable: its id and the ready number of each group in it.
-    in_flight: Option<(u64, Vec<(GroupId, u64)>)>,
+    /// The batch being made durable: its id and what it holds of each group.
+    in_flight: Option<(u64, Vec<InFlight>)>,
     outbox: VecDeque<Outgoing>,
     events: VecDeque<HostEvent>,
     last_tick: Option<Time>,
@@ -435,6 +441,7 @@ impl<S: StateMachine> RaftHost<S> {
         storage: GroupStorage,
         state_machine: S,
     ) -> Result<(), HostError> {
+        let durable_commit = storage.log.rl().hard_state().commit;
         let raw = RawNode::new(&raft_config(replica, applied), storage, &self.logger)
             .map_err(|e| HostError::Raft(e.to_string()))?;
         let g = Group {
@@ -446,6 +453,7 @@ impl<S: StateMachine> RaftHost<S> {
             deferred_reads: Vec::new(),
             handover: None,
             snapshot_to_persist: None,
+            durable_commit,
         };
         self.groups.insert(group, g);
         Ok(())
@@ -504,6 +512,18 @@ impl<S: StateMachine> RaftHost<S> {
         self.groups
             .get(&group)
             .is_some_and(|g| g.raw.raft.state == StateRole::Leader)
+    }
+
+    /// This core's replica of `group`.
+    pub fn replica_id(&self, group: GroupId) -> Option<ReplicaId> {
+        self.groups.get(&group).map(|g| ReplicaId(g.raw.raft.id))
+    }
+
+    /// The commit index of `group` this replica holds durably: a restart here knows at
+    /// least this much is committed (a replica move retires the old replica only once
+    /// every voter durably knows the configuration that excludes it).
+    pub fn durable_commit(&self, group: GroupId) -> Option<u64> {
+        self.groups.get(&group).map(|g| g.durable_commit)
     }
 
     /// The current term of `group` here.
@@ -593,6 +613,11 @@ impl<S: StateMachine> RaftHost<S> {
             return Err(HostError::NotLeader { group, leader });
         }
         Ok(g)
+    }
+
+    /// `Ok` if this replica leads `group`, else where the leader probably is.
+    pub fn ensure_leader(&mut self, group: GroupId) -> Result<(), HostError> {
+        self.leading_group(group).map(|_| ())
     }
 
     /// Proposes a command; its outcome arrives as `HostEvent::Applied` with `token`.
@@ -757,7 +782,7 @@ impl<S: StateMachine> RaftHost<S> {
                 write.hard_state = Some(hs.clone());
             }
             g.held.extend(rd.take_persisted_messages());
-            numbers.push((id, rd.number()));
+            numbers.push((id, rd.number(), write.hard_state.as_ref().map(|h| h.commit)));
             g.raw.advance_append_async(rd);
             apply_committed(&mut self.events, local, id, g, committed, self.audit);
             // Unless the owner reports delivery, a snapshot travels inside its message:
@@ -794,10 +819,13 @@ impl<S: StateMachine> RaftHost<S> {
             self.in_flight = Some((in_flight, numbers));
             return;
         }
-        for (group, number) in numbers {
+        for (group, number, commit) in numbers {
             let Some(g) = self.groups.get_mut(&group) else {
                 continue;
             };
+            if let Some(commit) = commit {
+                g.durable_commit = g.durable_commit.max(commit);
+            }
             // May commit entries (the leader's own copy now counts): they come out of the
             // next `poll_persist`.
             g.raw.on_persist_ready(number);

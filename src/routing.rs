@@ -184,6 +184,25 @@ impl PlacementCache {
         self.failed_at = Some(now);
     }
 
+    /// A stale-epoch redirect: `target` hosts no replica of `group` in its node's table at
+    /// `epoch`. If the cached table is older (or absent) it is the stale one: drop it and
+    /// fetch again. Otherwise that node has not caught up yet: count it a failure of
+    /// `target`, so another replica is tried.
+    pub fn on_moved(
+        &mut self,
+        router: &mut Router,
+        now: Time,
+        group: GroupId,
+        target: CoreAddress,
+        epoch: u64,
+    ) -> Next {
+        if self.epoch().is_none_or(|cached| cached < epoch) {
+            self.on_not_hosted(router, group)
+        } else {
+            router.on_failure(now, group, target)
+        }
+    }
+
     /// A replica of the cached table does not host `group` (it moved).
     pub fn on_not_hosted(&mut self, router: &mut Router, group: GroupId) -> Next {
         self.table = None;

@@ -412,3 +412,202 @@ fn check_large_group(
     );
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// A replica moves to the other core of its node while clients write to its group and a
+/// node is down. The move is recorded in the placement table; the metadata leader's
+/// executor adds the new replica as a learner, promotes it and removes the old one in one
+/// joint change (both configurations have a quorum without the stopped node), and retires
+/// the old replica only once every voter durably knows the change — so not before the
+/// stopped node is back. Every acknowledged write is readable afterwards.
+#[test]
+fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
+    use nodedb_cluster::raft_host::ReplicaId;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    let h = Harness::named("move");
+    let mut nodes: Vec<Option<Node>> = (1..=3).map(|n| Some(h.start(n))).collect();
+
+    /// Waits (bounded) until the group's replicas in the table satisfy `done`.
+    async fn wait_for_table(
+        c: &KvClient,
+        what: &str,
+        group: GroupId,
+        done: impl Fn(&[(u64, CoreAddress)]) -> bool,
+    ) -> Vec<(u64, CoreAddress)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((_, groups)) = c.routing().await {
+                let replicas = groups.into_iter().find(|(g, _)| *g == group).unwrap().1;
+                if done(&replicas) {
+                    return replicas;
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let before = with_client(&h, |c| async move {
+        let mut acked = Vec::new();
+        for i in 0..50 {
+            let k = format!("before-{i}");
+            c.put(k.as_bytes(), k.as_bytes()).await.unwrap();
+            acked.push(k);
+        }
+        c.shutdown().await;
+        acked
+    });
+    nodes[2].take().unwrap().shutdown().unwrap();
+    let executors: Vec<_> = nodes
+        .iter()
+        .flatten()
+        .map(|n| n.metrics().clone())
+        .collect();
+    let replicas_on = |metrics: &nodedb_cluster::node_metrics::NodeMetrics, core: CoreId| {
+        metrics
+            .core(core.0)
+            .gauge(nodedb_cluster::node_metrics::CoreGauge::Replicas)
+    };
+    let hosted_before: Vec<u64> = (0..CORES)
+        .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
+        .collect();
+
+    // The move runs while writers write to the group.
+    let (group, from, to, new, during) = with_client(&h, |c| async move {
+        let c = Rc::new(c);
+        let group = c.group_of(b"move-0");
+        let from_core = CoreId((group.0 % u64::from(CORES)) as u16);
+        let from = CoreAddress {
+            node: NodeId(1),
+            core: from_core,
+        };
+        let to = CoreAddress {
+            node: NodeId(1),
+            core: CoreId((from_core.0 + 1) % CORES),
+        };
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("move-{i}"))
+            .filter(|k| c.group_of(k.as_bytes()) == group)
+            .take(300)
+            .collect();
+        let acked = Rc::new(RefCell::new(Vec::new()));
+        let next = Rc::new(Cell::new(0usize));
+        let mut writers = Vec::new();
+        for _ in 0..4 {
+            let (c, keys, acked, next) = (c.clone(), keys.clone(), acked.clone(), next.clone());
+            writers.push(glommio::spawn_local(async move {
+                loop {
+                    let i = next.get();
+                    if i == keys.len() {
+                        break;
+                    }
+                    next.set(i + 1);
+                    if c.put(keys[i].as_bytes(), keys[i].as_bytes()).await.is_ok() {
+                        acked.borrow_mut().push(keys[i].clone());
+                    }
+                }
+            }));
+        }
+        while acked.borrow().len() < 20 {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        c.move_replica(group, NodeId(1), to).await.unwrap();
+        // A second move of the group is refused while this one runs.
+        let refused = c.move_replica(group, NodeId(2), to).await;
+        assert!(
+            matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Server(m)) if m.contains("already moving")),
+            "{refused:?}"
+        );
+        let replicas = wait_for_table(&c, "the new replica", group, |r| r.len() == 4).await;
+        let new = ReplicaId(replicas.iter().find(|(_, a)| *a == to).unwrap().0);
+        // The membership change completes without node 3.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(KvReply::View(view)) = c.admin(group, KvOp::View { new }).await
+                && view.membership.voters.contains(&new)
+                && !view.membership.joint
+                && view.membership.voters.len() == 3
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new replica never became a voter"
+            );
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        for w in writers {
+            w.await;
+        }
+        // Node 3 cannot confirm it knows the change: however many steps the executor
+        // takes, the old replica stays in the table.
+        let steps = || {
+            executors
+                .iter()
+                .map(|m| m.core(0).counter(CoreCounter::MoveSteps))
+                .sum::<u64>()
+        };
+        let (start, deadline) = (steps(), Instant::now() + Duration::from_secs(60));
+        while steps() < start + 10 {
+            let (_, groups) = c.routing().await.unwrap();
+            let replicas = &groups.iter().find(|(g, _)| *g == group).unwrap().1;
+            assert!(
+                replicas.iter().any(|(_, a)| *a == from) && replicas.len() == 4,
+                "the old replica must be kept while node 3 is down: {replicas:?}"
+            );
+            assert!(Instant::now() < deadline, "the executor stopped stepping");
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        c.shutdown().await;
+        let acked = acked.borrow().clone();
+        (group, from, to, new, acked)
+    });
+    assert!(
+        during.len() >= 250,
+        "writes during the move: {} of 300 acknowledged",
+        during.len()
+    );
+
+    // Node 3 returns; the executor retires the old replica.
+    nodes[2] = Some(h.start(3));
+    with_client(&h, move |c| async move {
+        let replicas = wait_for_table(&c, "the old replica's retirement", group, |r| {
+            r.len() == 3 && !r.iter().any(|(_, a)| *a == from)
+        })
+        .await;
+        assert!(replicas.contains(&(new.0, to)), "{replicas:?}");
+        for k in before.iter().chain(&during) {
+            assert_eq!(
+                c.get(k.as_bytes()).await.unwrap(),
+                Some(k.as_bytes().to_vec()),
+                "{k}"
+            );
+        }
+        c.put(b"move-after", b"1").await.unwrap();
+        c.shutdown().await;
+    });
+    // Node 1's cores host what the table says: one replica fewer on the old core, one more
+    // on the new (the old one was dropped from its core and its log).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<u64> = (0..CORES)
+            .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
+            .collect();
+        if now[usize::from(from.core.0)] + 1 == hosted_before[usize::from(from.core.0)]
+            && now[usize::from(to.core.0)] == hosted_before[usize::from(to.core.0)] + 1
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 hosts {now:?}, before {hosted_before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}

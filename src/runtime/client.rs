@@ -16,7 +16,8 @@ use crate::constants::{
 };
 use crate::ids::NodeId;
 use crate::kv::{KvCommand, KvError, KvResponse};
-use crate::raft_host::{CoreAddress, GroupId};
+use crate::metadata::MetadataCommand;
+use crate::raft_host::{CoreAddress, GroupId, ReplicaId};
 use crate::routing::{Next, PlacementCache, Router};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::node::ClusterSpec;
@@ -72,8 +73,14 @@ impl KvClient {
     /// A client for the cluster `spec`, authenticating with `tls` (a client certificate).
     pub fn new(spec: ClusterSpec, tls: TlsMode, mtu: u16) -> Result<KvClient, ClientError> {
         let map = VShardMap::new(spec.groups)?;
+        // Loopback clusters are reached from loopback; others from any local address.
+        let ip = match spec.nodes.first().map(|(_, a)| a.ip()) {
+            Some(ip) if ip.is_loopback() => ip,
+            Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        };
         let endpoint = QuicEndpoint::bind(EndpointOptions {
-            bind: "127.0.0.1:0".parse().expect("literal address"),
+            bind: SocketAddr::new(ip, 0),
             tls: tls.clone(),
             segmentation_offload: true,
             mtu,
@@ -222,6 +229,63 @@ impl KvClient {
         self.call_routed(group, op).await
     }
 
+    /// Sends an admin request (`View`, `ChangeMembership`, `TransferLeader`) to the leader of
+    /// `group`, following redirects. An error answer is `ClientError::Server`.
+    pub async fn admin(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
+        self.call(group, op).await
+    }
+
+    /// Starts moving `group`'s replica on node `from` to the core at `to`: the move is
+    /// recorded in the placement table, and the metadata leader's migration executor
+    /// carries it out (learner, catch-up, joint change, retirement of the old replica).
+    /// Returns once the move is recorded; `routing` shows when it ended (the old replica is
+    /// gone from the table).
+    pub async fn move_replica(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: CoreAddress,
+    ) -> Result<(), ClientError> {
+        let (_, groups) = self.routing().await?;
+        let replica = groups
+            .iter()
+            .find(|(g, _)| *g == group)
+            .ok_or_else(|| ClientError::Server(format!("group {} does not exist", group.0)))?
+            .1
+            .iter()
+            .find(|(_, a)| a.node == from)
+            .map(|(r, _)| ReplicaId(*r))
+            .ok_or_else(|| {
+                ClientError::Server(format!("node {from} holds no replica of group {}", group.0))
+            })?;
+        let command = MetadataCommand::StartMove {
+            group,
+            from: replica,
+            to,
+        };
+        let op = KvOp::Write {
+            command: command.encode(),
+        };
+        match self
+            .call_routed(crate::runtime::node::METADATA_GROUP, op)
+            .await?
+        {
+            KvReply::Written(response) => match response.split_first() {
+                Some((1, _)) => Ok(()),
+                Some((0, reason)) => {
+                    let mut r = crate::wire::codec::Reader::new(reason);
+                    let reason = r
+                        .bytes("reason", crate::constants::METADATA_REASON_MAX_BYTES)
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_else(|e| format!("(unreadable reason: {e})"));
+                    Err(ClientError::Server(format!("move refused: {reason}")))
+                }
+                _ => Err(ClientError::Protocol(format!("{response:?}"))),
+            },
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// `call` without fetching the placement table (the table's own read uses it).
     async fn call_routed(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
         let mut last = String::from("no attempt");
@@ -245,14 +309,20 @@ impl KvClient {
                     last = format!("{}/{} is not the leader", target.node, target.core);
                     self.router.borrow_mut().on_not_leader(group, target, hint)
                 }
-                Ok(KvReply::Error(message))
-                    if message.contains("not hosted") || message.contains("does not exist") =>
-                {
-                    // The cached placement is stale: fetch it again, then retry.
-                    last = message;
-                    self.placement
-                        .borrow_mut()
-                        .on_not_hosted(&mut self.router.borrow_mut(), group)
+                Ok(KvReply::Moved { epoch }) => {
+                    // A stale-epoch redirect: fetch the table again if ours is older,
+                    // else that node is behind and another replica is tried.
+                    last = format!(
+                        "{}/{} does not host group {} at epoch {epoch}",
+                        target.node, target.core, group.0
+                    );
+                    self.placement.borrow_mut().on_moved(
+                        &mut self.router.borrow_mut(),
+                        self.clock.now(),
+                        group,
+                        target,
+                        epoch,
+                    )
                 }
                 Ok(KvReply::Error(message)) => return Err(ClientError::Server(message)),
                 Ok(reply) => {

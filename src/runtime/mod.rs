@@ -11,6 +11,7 @@ pub mod cores;
 pub mod demo;
 pub mod executor;
 pub mod metrics_http;
+pub mod mover;
 pub mod node;
 pub mod peers;
 pub mod quic;

@@ -8,9 +8,13 @@
 //! batch frame. Only the accept/receive tasks run beside it; they hand work to the loop
 //! through a local queue.
 //!
-//! Placement here is static (the metadata group that will drive it is a later step): the
-//! cluster has `groups` vShard groups, group `g` lives on core `g % cores` of every node,
-//! and its replica on node `n` has Raft id `(g << 16) | n`.
+//! What a core hosts comes from the placement table of the metadata group (group 0, on
+//! core 0 of every node): core 0 hands each table it applies to every core of its node,
+//! and each core creates the replicas the table places on it and drops the others (see
+//! [`Hosting`]). A new cluster's table is its static spec: group `g` on core `g % cores`
+//! of every node, its replica on node `n` with Raft id `(g << 16) | n`. Core 0 of the
+//! metadata group's leader also runs the migration executor ([`crate::runtime::mover`]),
+//! which carries out the replica moves recorded in the table.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,17 +32,20 @@ use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
     SNAPSHOT_TRANSFER_TIMEOUT,
 };
+use crate::ids::Epoch;
 use crate::ids::{CoreId, NodeId};
 use crate::kv::{KvCommand, KvStore};
-use crate::metadata::{Cell, MetadataCommand, MetadataStore};
+use crate::metadata::{Cell, GroupPlacement, MetadataCommand, MetadataStore, PlacementTable};
 use crate::node_metrics::{CoreCounter, CoreGauge, NodeMetrics};
 use crate::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, ProposalToken, RaftHost, ReplicaId,
+    CoreAddress, GroupId, HostError, HostEvent, PersistedGroup, ProposalToken, RaftHost, ReplicaId,
 };
+use crate::replica_move::leader_view;
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use crate::runtime::executor::RuntimeError;
 use crate::runtime::metrics_http::MetricsServer;
+use crate::runtime::mover::{self, MoverShared};
 use crate::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream};
 use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
@@ -146,7 +153,7 @@ impl Node {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let runtime = CoreRuntime::start(&runtime_config, {
             let (metrics, failure) = (metrics.clone(), failure.clone());
-            move |ctx: CoreContext<Forwarded>| {
+            move |ctx: CoreContext<CoreMail>| {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
                 let core = ctx.core();
                 async move {
@@ -201,7 +208,15 @@ enum Work {
         to: ReplicaId,
         delivered: bool,
     },
-    Client(KvRequest, async_channel::Sender<KvResponseFrame>),
+    /// A client request; `trusted` ones come from this node's migration executor and may
+    /// change the placement table in any way (network clients may only start moves).
+    Client {
+        request: KvRequest,
+        reply: async_channel::Sender<KvResponseFrame>,
+        trusted: bool,
+    },
+    /// A new placement table from core 0.
+    Placement(Arc<PlacementTable>),
 }
 
 /// The local queue between the receive tasks and the loop.
@@ -247,11 +262,117 @@ impl Pending {
     }
 }
 
-/// A client request handed to the core that hosts its group, with where to answer.
-type Forwarded = (KvRequest, async_channel::Sender<KvResponseFrame>);
+/// What the cores of a node send each other.
+enum CoreMail {
+    /// A client request handed to the core that hosts its group, with where to answer.
+    Request {
+        request: KvRequest,
+        reply: async_channel::Sender<KvResponseFrame>,
+        trusted: bool,
+    },
+    /// Core 0's latest placement table.
+    Placement(Arc<PlacementTable>),
+}
+
+/// What a core hosts: the replicas its latest placement table places on it, plus the
+/// metadata group on core 0.
+struct Hosting {
+    local: CoreAddress,
+    /// The latest table this core applied; `None` until core 0 sends one.
+    table: Option<Arc<PlacementTable>>,
+    /// Groups the log held at start that no table has claimed yet.
+    recovered: BTreeMap<GroupId, PersistedGroup>,
+}
+
+impl Hosting {
+    /// Hosts exactly what `table` places on this core: creates the missing replicas (from
+    /// their state in the log if it has one, as a voter of the initial configuration if
+    /// the replica is one, else as a joining learner) and drops the others from the host
+    /// and the log. An older table than the one applied is ignored.
+    async fn apply(
+        &mut self,
+        table: Arc<PlacementTable>,
+        host: &mut RaftHost<Cell>,
+        wal: &mut WalFile,
+    ) -> Result<(), String> {
+        if self.table.as_ref().is_some_and(|t| t.epoch >= table.epoch) {
+            return Ok(());
+        }
+        for p in table.groups.values() {
+            for (r, a) in &p.replicas {
+                host.set_address(*r, *a);
+            }
+        }
+        let want: BTreeMap<GroupId, ReplicaId> = table.hosted_at(self.local).collect();
+        let hosted: Vec<GroupId> = host.group_ids().filter(|g| *g != METADATA_GROUP).collect();
+        for group in hosted {
+            if want.get(&group).copied() != host.replica_id(group) {
+                host.remove_group(group);
+                wal.drop_group(group).await.map_err(|e| e.to_string())?;
+                info!(
+                    core = self.local.core.0,
+                    group = group.0,
+                    "replica dropped: the placement table moved it away"
+                );
+            }
+        }
+        let unclaimed: Vec<GroupId> = self
+            .recovered
+            .keys()
+            .copied()
+            .filter(|g| !want.contains_key(g))
+            .collect();
+        for group in unclaimed {
+            self.recovered.remove(&group);
+            wal.drop_group(group).await.map_err(|e| e.to_string())?;
+            info!(
+                core = self.local.core.0,
+                group = group.0,
+                "logged replica dropped: the placement table no longer places it here"
+            );
+        }
+        for (&group, &replica) in &want {
+            if host.replica_id(group).is_some() {
+                continue;
+            }
+            let GroupPlacement { initial, .. } = &table.groups[&group];
+            let state = Cell::Kv(KvStore::new());
+            let added = match self.recovered.remove(&group) {
+                Some(persisted) => host.add_group(group, replica, initial, Some(persisted), state),
+                None if initial.contains(&replica) => {
+                    host.add_group(group, replica, initial, None, state)
+                }
+                None => {
+                    info!(
+                        core = self.local.core.0,
+                        group = group.0,
+                        replica = replica.0,
+                        "joining replica created"
+                    );
+                    host.add_joining_group(group, replica, initial, &[], state)
+                }
+            };
+            added.map_err(|e| e.to_string())?;
+        }
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// The core of this node that hosts a replica of `group` per the table, if any.
+    fn home(&self, group: GroupId) -> Option<CoreId> {
+        let table = self.table.as_ref()?;
+        table
+            .groups
+            .get(&group)?
+            .replicas
+            .iter()
+            .find(|(_, a)| a.node == self.local.node)
+            .map(|(_, a)| a.core)
+    }
+}
 
 async fn core_loop(
-    ctx: CoreContext<Forwarded>,
+    ctx: CoreContext<CoreMail>,
     config: Arc<NodeConfig>,
     node_metrics: Arc<NodeMetrics>,
 ) -> Result<(), String> {
@@ -290,35 +411,28 @@ async fn core_loop(
             core,
         },
     );
+    // Any core may come to host a replica that talks to any core of another node (a moved
+    // replica): every core of every node is a peer, connected on first use.
     for (node, _) in &spec.nodes {
-        if *node != config.node {
-            let addr = spec.address(*node, core).ok_or("node without address")?;
-            peers.add_peer(PeerKey { node: *node, core }, addr);
+        for c in 0..spec.cores {
+            let peer = PeerKey {
+                node: *node,
+                core: CoreId(c),
+            };
+            if (peer.node, peer.core) != (config.node, core) {
+                let addr = spec
+                    .address(*node, peer.core)
+                    .ok_or("node without address")?;
+                peers.add_peer(peer, addr);
+            }
         }
     }
-    for g in 1..=u64::from(spec.groups) {
-        let group = GroupId(g);
-        if spec.core_of(group) != core {
-            continue;
-        }
-        let voters: Vec<ReplicaId> = spec
-            .nodes
-            .iter()
-            .map(|(n, _)| spec.replica(group, *n))
-            .collect();
-        for (n, _) in &spec.nodes {
-            host.set_address(spec.replica(group, *n), CoreAddress { node: *n, core });
-        }
-        let persisted = recovered.groups.remove(&group);
-        host.add_group(
-            group,
-            spec.replica(group, config.node),
-            &voters,
-            persisted,
-            Cell::Kv(KvStore::new()),
-        )
-        .map_err(|e| e.to_string())?;
-    }
+    // A brand-new node (no metadata log) hosts the spec's placement until the metadata
+    // group has a table; one with a log waits for its own replay of it.
+    let fresh = recovered
+        .groups
+        .get(&METADATA_GROUP)
+        .is_none_or(|p| p.entries.is_empty() && p.snapshot.is_none());
     // Core 0 of every node hosts a replica of the metadata group (group 0).
     if core == CoreId(0) {
         let voters: Vec<ReplicaId> = spec
@@ -344,6 +458,14 @@ async fn core_loop(
     }
     let mut bootstrap_asked: Option<crate::time::Time> = None;
     info!(node = config.node.0, core = core.0, %bind, records = recovered.records, "core started");
+    let mut hosting = Hosting {
+        local,
+        table: None,
+        recovered: recovered.groups,
+    };
+    // Core 0: the table last handed out, and the cores still to receive it.
+    let mut distributed: Option<Arc<PlacementTable>> = None;
+    let mut undelivered: Vec<CoreId> = Vec::new();
 
     let inbox = Rc::new(Inbox::default());
     let clock = MonotonicClock::new();
@@ -355,14 +477,46 @@ async fn core_loop(
         assembler.clone(),
         clock,
     ));
-    // Requests other cores of this node forwarded here join the local queue.
+    // Requests other cores of this node forwarded here, and core 0's tables, join the
+    // local queue.
     let forwarded = glommio::spawn_local({
         let (ctx, inbox) = (ctx.clone(), inbox.clone());
         async move {
-            while let Some((request, reply)) = ctx.recv().await {
-                inbox.push(Work::Client(request, reply));
+            while let Some(mail) = ctx.recv().await {
+                inbox.push(match mail {
+                    CoreMail::Request {
+                        request,
+                        reply,
+                        trusted,
+                    } => Work::Client {
+                        request,
+                        reply,
+                        trusted,
+                    },
+                    CoreMail::Placement(table) => Work::Placement(table),
+                });
             }
         }
+    });
+    // Core 0 runs the migration executor; it acts while this core leads the metadata group.
+    let mover_shared = Rc::new(MoverShared::default());
+    let mover = (core == CoreId(0)).then(|| {
+        let inbox = inbox.clone();
+        let submit = move |request: KvRequest| {
+            let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
+            inbox.push(Work::Client {
+                request,
+                reply: tx,
+                trusted: true,
+            });
+            rx
+        };
+        glommio::spawn_local(mover::run(
+            mover_shared.clone(),
+            config.clone(),
+            node_metrics.clone(),
+            Rc::new(submit),
+        ))
     });
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     // Tokens in the order they were issued, with when: for expiring abandoned requests.
@@ -385,37 +539,23 @@ async fn core_loop(
                         debug!(group = group.0, error = %e, "raft message dropped");
                     }
                 }
-                Work::Client(request, reply) => {
-                    let group = request.group;
-                    let routing = matches!(request.op, KvOp::Routing);
-                    if routing != (group == METADATA_GROUP) || group.0 > u64::from(spec.groups) {
-                        metrics.add(CoreCounter::ClientErrors, 1);
-                        let answer = KvReply::Error(format!("group {} does not exist", group.0));
-                        let _ = reply.try_send(KvResponseFrame {
-                            id: request.id,
-                            reply: answer,
-                        });
+                Work::Placement(table) => hosting.apply(table, &mut host, &mut wal).await?,
+                Work::Client {
+                    request,
+                    reply,
+                    trusted,
+                } => {
+                    let Some(request) =
+                        route_request(&ctx, &hosting, &host, metrics, request, &reply, trusted)
+                    else {
                         continue;
-                    }
-                    let home = spec.core_of(group);
-                    if home != core {
-                        // Right node, wrong core: hand it over through the core's inbox.
-                        let id = request.id;
-                        if let Err(e) = ctx.try_send(home, (request, reply.clone())) {
-                            metrics.add(CoreCounter::ClientErrors, 1);
-                            let _ = reply.try_send(KvResponseFrame {
-                                id,
-                                reply: KvReply::Error(format!("busy: {e}")),
-                            });
-                        }
-                        continue;
-                    }
+                    };
                     let token = ProposalToken(next_token);
                     next_token += 1;
                     issued.push_back((token.0, clock.now()));
                     metrics.add(CoreCounter::ClientRequests, 1);
-                    match handle_request(&mut host, &mut pending, token, request, reply) {
-                        Taken::Pending => {}
+                    match handle_request(&mut host, &mut pending, token, request, reply, trusted) {
+                        Taken::Pending | Taken::Answered => {}
                         Taken::Redirected => metrics.add(CoreCounter::ClientRedirects, 1),
                         Taken::Refused => metrics.add(CoreCounter::ClientErrors, 1),
                     }
@@ -443,6 +583,33 @@ async fn core_loop(
                     bootstrap_asked = Some(now);
                 }
             }
+        }
+        if core == CoreId(0) {
+            let meta = host.state_machine(METADATA_GROUP).and_then(Cell::meta);
+            let newer = match meta {
+                Some(m) if m.is_bootstrapped() => distributed
+                    .as_ref()
+                    .is_none_or(|t| t.epoch < m.epoch())
+                    .then(|| m.table()),
+                _ if fresh && distributed.is_none() => Some(spec_table(spec)),
+                _ => None,
+            };
+            if let Some(table) = newer {
+                distributed = Some(Arc::new(table));
+                undelivered = (1..spec.cores).map(CoreId).collect();
+                hosting
+                    .apply(distributed.clone().expect("just set"), &mut host, &mut wal)
+                    .await?;
+                *mover_shared.table.borrow_mut() = distributed.clone();
+            }
+            if let Some(table) = &distributed {
+                // A full inbox is retried next turn: every core gets every table.
+                undelivered.retain(|c| {
+                    ctx.try_send(*c, CoreMail::Placement(table.clone()))
+                        .is_err()
+                });
+            }
+            mover_shared.leader.set(host.is_leader(METADATA_GROUP));
         }
         while let Some(event) = host.poll_event() {
             match event {
@@ -556,6 +723,7 @@ async fn core_loop(
         metrics.set(CoreGauge::PendingRequests, pending.len() as u64);
         let leading = host.group_ids().filter(|g| host.is_leader(*g)).count();
         metrics.set(CoreGauge::LeaderGroups, leading as u64);
+        metrics.set(CoreGauge::Replicas, host.group_ids().count() as u64);
         let quic = endpoint.stats();
         metrics.mirror(CoreCounter::QuicDatagramsSent, quic.datagrams_sent);
         metrics.mirror(CoreCounter::QuicSendCalls, quic.send_calls);
@@ -573,6 +741,7 @@ async fn core_loop(
     }
     drop(accept);
     drop(forwarded);
+    drop(mover);
     endpoint.shutdown().await;
     wal.close().await.map_err(|e| e.to_string())?;
     Ok(())
@@ -593,6 +762,46 @@ fn routing_reply(meta: Option<&MetadataStore>) -> KvReply {
     }
 }
 
+/// A new cluster's placement: group `g` on core `g % cores` of every node.
+fn spec_groups(spec: &ClusterSpec) -> Vec<(GroupId, Vec<(ReplicaId, CoreAddress)>)> {
+    (1..=u64::from(spec.groups))
+        .map(GroupId)
+        .map(|g| {
+            let core = spec.core_of(g);
+            (
+                g,
+                spec.nodes
+                    .iter()
+                    .map(|(n, _)| (spec.replica(g, *n), CoreAddress { node: *n, core }))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The table a brand-new node hosts until the metadata group has one (epoch 0: any table
+/// the group applies is newer).
+fn spec_table(spec: &ClusterSpec) -> PlacementTable {
+    PlacementTable {
+        epoch: Epoch(0),
+        groups: spec_groups(spec)
+            .into_iter()
+            .map(|(g, replicas)| {
+                let initial = replicas.iter().map(|(r, _)| *r).collect();
+                (
+                    g,
+                    GroupPlacement {
+                        replicas,
+                        epoch: Epoch(0),
+                        initial,
+                        moving: None,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
 /// The metadata command that bootstraps a cluster from its static spec.
 fn bootstrap_command(spec: &ClusterSpec) -> MetadataCommand {
     let nodes = spec
@@ -605,20 +814,84 @@ fn bootstrap_command(spec: &ClusterSpec) -> MetadataCommand {
             state: NodeState::Active,
         })
         .collect();
-    let groups = (1..=u64::from(spec.groups))
-        .map(GroupId)
-        .map(|g| {
-            let core = spec.core_of(g);
-            (
-                g,
-                spec.nodes
-                    .iter()
-                    .map(|(n, _)| (spec.replica(g, *n), CoreAddress { node: *n, core }))
-                    .collect(),
-            )
-        })
-        .collect();
-    MetadataCommand::Bootstrap { nodes, groups }
+    MetadataCommand::Bootstrap {
+        nodes,
+        groups: spec_groups(spec),
+    }
+}
+
+/// Decides where a client request goes: `Some` if this core takes it; otherwise it was
+/// forwarded to the core of this node that hosts the group, or answered (a stale-epoch
+/// redirect when no core here hosts it, or an error).
+fn route_request(
+    ctx: &CoreContext<CoreMail>,
+    hosting: &Hosting,
+    host: &RaftHost<Cell>,
+    metrics: &crate::node_metrics::CoreMetrics,
+    request: KvRequest,
+    reply: &async_channel::Sender<KvResponseFrame>,
+    trusted: bool,
+) -> Option<KvRequest> {
+    let (id, group) = (request.id, request.group);
+    let answer = |metrics: &crate::node_metrics::CoreMetrics, answer: KvReply| {
+        let counter = if matches!(answer, KvReply::Moved { .. }) {
+            CoreCounter::ClientRedirects
+        } else {
+            CoreCounter::ClientErrors
+        };
+        metrics.add(counter, 1);
+        let _ = reply.try_send(KvResponseFrame { id, reply: answer });
+    };
+    let is_meta = group == METADATA_GROUP;
+    let meta_op = matches!(request.op, KvOp::Routing | KvOp::Write { .. });
+    let data_op = !matches!(request.op, KvOp::Routing);
+    if (is_meta && !meta_op) || (!is_meta && !data_op) {
+        answer(
+            metrics,
+            KvReply::Error(format!(
+                "{:?} is not an operation on group {}",
+                request.op, group.0
+            )),
+        );
+        return None;
+    }
+    if host.replica_id(group).is_some() {
+        return Some(request);
+    }
+    let home = if is_meta {
+        Some(CoreId(0))
+    } else {
+        hosting.home(group)
+    };
+    match home {
+        Some(home) if home != ctx.core() => {
+            // Right node, wrong core: hand it over through the core's inbox.
+            let mail = CoreMail::Request {
+                request,
+                reply: reply.clone(),
+                trusted,
+            };
+            if let Err(e) = ctx.try_send(home, mail) {
+                answer(metrics, KvReply::Error(format!("busy: {e}")));
+            }
+        }
+        _ => match &hosting.table {
+            Some(t) if !t.groups.contains_key(&group) && t.epoch > Epoch(0) => {
+                answer(
+                    metrics,
+                    KvReply::Error(format!("group {} does not exist", group.0)),
+                );
+            }
+            // Not here (any more): the client's table is stale, or this node's is.
+            t => answer(
+                metrics,
+                KvReply::Moved {
+                    epoch: t.as_ref().map_or(0, |t| t.epoch.0),
+                },
+            ),
+        },
+    }
+    None
 }
 
 /// What became of a client request a core took.
@@ -629,6 +902,8 @@ enum Taken {
     Redirected,
     /// Answered with an error.
     Refused,
+    /// Answered at once (an admin request).
+    Answered,
 }
 
 fn handle_request(
@@ -637,8 +912,9 @@ fn handle_request(
     token: ProposalToken,
     request: KvRequest,
     reply: async_channel::Sender<KvResponseFrame>,
+    trusted: bool,
 ) -> Taken {
-    let id = request.id;
+    let (id, group) = (request.id, request.group);
     let refuse = |reply: &async_channel::Sender<KvResponseFrame>, answer: KvReply| {
         let redirect = matches!(answer, KvReply::NotLeader(_));
         let _ = reply.try_send(KvResponseFrame { id, reply: answer });
@@ -654,30 +930,81 @@ fn handle_request(
             KvReply::Error("server busy: too many requests in flight".into()),
         );
     }
+    let accepted = |result: Result<(), HostError>| {
+        result.map(|()| {
+            let _ = reply.try_send(KvResponseFrame {
+                id,
+                reply: KvReply::Accepted,
+            });
+            None
+        })
+    };
     let result = match &request.op {
+        KvOp::Write { command } if group == METADATA_GROUP => {
+            match MetadataCommand::decode(command) {
+                Err(e) => {
+                    return refuse(
+                        &reply,
+                        KvReply::Error(format!("malformed metadata command: {e}")),
+                    );
+                }
+                Ok(MetadataCommand::StartMove { .. }) => {}
+                Ok(_) if trusted => {}
+                Ok(c) => {
+                    return refuse(
+                        &reply,
+                        KvReply::Error(format!("clients may only start replica moves, not {c:?}")),
+                    );
+                }
+            }
+            host.propose(group, command.clone(), token)
+                .map(|_| Some(Pending::Write(id, reply.clone())))
+        }
         KvOp::Write { command } => match KvCommand::decode(command) {
             Err(e) => return refuse(&reply, KvReply::Error(format!("malformed command: {e}"))),
             Ok(c) => match c.validate() {
                 Err(e) => return refuse(&reply, KvReply::Error(e.to_string())),
                 Ok(()) => host
-                    .propose(request.group, command.clone(), token)
-                    .map(|_| Pending::Write(id, reply.clone())),
+                    .propose(group, command.clone(), token)
+                    .map(|_| Some(Pending::Write(id, reply.clone()))),
             },
         },
         KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing => host
-            .read(request.group, token)
-            .map(|_| Pending::Read(id, request.op.clone(), reply.clone())),
+            .read(group, token)
+            .map(|_| Some(Pending::Read(id, request.op.clone(), reply.clone()))),
+        KvOp::View { new } => host.ensure_leader(group).map(|()| {
+            let view = host
+                .replica_id(group)
+                .and_then(|leader| leader_view(host, group, leader, *new));
+            let answer = view.map_or_else(
+                || KvReply::Error("the leader's view is unavailable".into()),
+                KvReply::View,
+            );
+            let _ = reply.try_send(KvResponseFrame { id, reply: answer });
+            None
+        }),
+        // Fire and forget: the executor reads the outcome from later views.
+        KvOp::ChangeMembership { changes } => {
+            accepted(host.change_membership(group, changes, ProposalToken(0)))
+        }
+        KvOp::TransferLeader { to } => accepted(host.transfer_leader(group, *to)),
+        KvOp::DurableCommit => {
+            let index = host.durable_commit(group).unwrap_or(0);
+            let _ = reply.try_send(KvResponseFrame {
+                id,
+                reply: KvReply::Index(index),
+            });
+            Ok(None)
+        }
     };
     match result {
-        Ok(p) => {
+        Ok(Some(p)) => {
             pending.insert(token.0, p);
             Taken::Pending
         }
+        Ok(None) => Taken::Answered,
         Err(HostError::NotLeader { leader, .. }) => refuse(&reply, KvReply::NotLeader(leader)),
-        Err(HostError::UnknownGroup(group)) => refuse(
-            &reply,
-            KvReply::Error(format!("group {} is not hosted on this core", group.0)),
-        ),
+        Err(HostError::UnknownGroup(_)) => refuse(&reply, KvReply::Moved { epoch: 0 }),
         Err(e) => refuse(&reply, KvReply::Error(e.to_string())),
     }
 }
@@ -810,7 +1137,11 @@ async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inb
     let reply = match request.map(|f| KvRequest::decode(&f.payload)) {
         Some(Ok(request)) => {
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            inbox.push(Work::Client(request, tx));
+            inbox.push(Work::Client {
+                request,
+                reply: tx,
+                trusted: false,
+            });
             match rx.recv().await {
                 Ok(reply) => reply,
                 Err(_) => return,

@@ -5,17 +5,33 @@
 //!   op 1 get    body = key:bytes
 //!   op 2 write  body = command:bytes          (an encoded `KvCommand`)
 //!   op 3 scan   body = start:bytes end_present:u8 [end:bytes] limit:varint
+//!   op 4 routing                              (group 0: the placement table)
+//!   op 5 view            body = new:varint    (the leader's view for a replica move)
+//!   op 6 change members  body = count (kind:u8 replica:varint)*   kind 1 learner, 2 voter, 3 remove
+//!   op 7 transfer leader body = to:varint
+//!   op 8 durable commit                       (this core's durable commit index)
 //! response = id:varint status:u8 body
 //!   status 1 written    body = response:bytes  (an encoded `KvResponse`)
 //!   status 2 value      body = present:u8 [value:bytes]
 //!   status 3 items      body = count:varint (key:bytes value:bytes)*
 //!   status 4 not leader body = hint_present:u8 [node:varint core:varint]
 //!   status 5 error      body = message:bytes
+//!   status 6 routing    body = epoch:varint count (group:varint count (replica:varint node:varint core:varint)*)*
+//!   status 7 view       body = leader:varint voters learners joint:u8 new_matched:opt commit:varint successor:opt
+//!   status 8 accepted
+//!   status 9 index      body = index:varint
+//!   status 10 moved     body = epoch:varint   (this node hosts no replica of the group at that epoch)
+//! ids = count replica:varint*;  opt = present:u8 [varint]
 //! ```
+//!
+//! Ops 5–8 are the migration executor's admin requests (a node's core 0 sends them with
+//! its node certificate; any holder of a cluster certificate may). Writes to group 0 are
+//! metadata commands, of which clients may send only `start_move`.
 
 use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
 use crate::ids::{CoreId, NodeId};
-use crate::raft_host::{CoreAddress, GroupId};
+use crate::raft_host::{CoreAddress, GroupId, Membership, MembershipChange, ReplicaId};
+use crate::replica_move::LeaderView;
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 
 /// What a client asks of one group.
@@ -35,6 +51,20 @@ pub enum KvOp {
     },
     /// The placement table (sent to group 0, the metadata group).
     Routing,
+    /// The leader's view of the group for a move whose new replica is `new`.
+    View {
+        new: ReplicaId,
+    },
+    /// Propose these membership changes at the leader (one joint change if several).
+    ChangeMembership {
+        changes: Vec<MembershipChange>,
+    },
+    /// Ask the leader to hand leadership to `to`.
+    TransferLeader {
+        to: ReplicaId,
+    },
+    /// The group's commit index the addressed core holds durably.
+    DurableCommit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +87,48 @@ pub enum KvReply {
         epoch: u64,
         groups: Vec<(GroupId, Vec<(u64, CoreAddress)>)>,
     },
+    View(LeaderView),
+    /// An admin request was taken (its effect shows in later views).
+    Accepted,
+    Index(u64),
+    /// A stale-epoch redirect: this node hosts no replica of the group in its placement
+    /// table at `epoch`; a client whose table is older fetches it again.
+    Moved {
+        epoch: u64,
+    },
+}
+
+fn put_ids(out: &mut Vec<u8>, ids: &[ReplicaId]) {
+    put_varint(out, ids.len() as u64);
+    for r in ids {
+        put_varint(out, r.0);
+    }
+}
+
+fn read_ids(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<ReplicaId>, DecodeError> {
+    let n = r.count(what, crate::constants::RAFT_CONF_IDS_MAX)?;
+    (0..n).map(|_| r.varint(what).map(ReplicaId)).collect()
+}
+
+fn put_opt(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            put_varint(out, v);
+        }
+    }
+}
+
+fn read_opt(r: &mut Reader<'_>, what: &'static str) -> Result<Option<u64>, DecodeError> {
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => r.varint(what).map(Some),
+        v => Err(DecodeError::BadEnum {
+            what,
+            value: v.into(),
+        }),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +166,28 @@ impl KvRequest {
                 put_varint(&mut out, u64::from(*limit));
             }
             KvOp::Routing => out.push(4),
+            KvOp::View { new } => {
+                out.push(5);
+                put_varint(&mut out, new.0);
+            }
+            KvOp::ChangeMembership { changes } => {
+                out.push(6);
+                put_varint(&mut out, changes.len() as u64);
+                for c in changes {
+                    let (kind, r) = match c {
+                        MembershipChange::AddLearner(r) => (1, r),
+                        MembershipChange::AddVoter(r) => (2, r),
+                        MembershipChange::Remove(r) => (3, r),
+                    };
+                    out.push(kind);
+                    put_varint(&mut out, r.0);
+                }
+            }
+            KvOp::TransferLeader { to } => {
+                out.push(7);
+                put_varint(&mut out, to.0);
+            }
+            KvOp::DurableCommit => out.push(8),
         }
         out
     }
@@ -127,6 +221,33 @@ impl KvRequest {
                 KvOp::Scan { start, end, limit }
             }
             4 => KvOp::Routing,
+            5 => KvOp::View {
+                new: ReplicaId(r.varint("new replica")?),
+            },
+            6 => {
+                let n = r.count("changes", crate::constants::RAFT_CONF_IDS_MAX)?;
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let kind = r.u8("change kind")?;
+                    let replica = ReplicaId(r.varint("replica")?);
+                    changes.push(match kind {
+                        1 => MembershipChange::AddLearner(replica),
+                        2 => MembershipChange::AddVoter(replica),
+                        3 => MembershipChange::Remove(replica),
+                        v => {
+                            return Err(DecodeError::BadEnum {
+                                what: "change kind",
+                                value: v.into(),
+                            });
+                        }
+                    });
+                }
+                KvOp::ChangeMembership { changes }
+            }
+            7 => KvOp::TransferLeader {
+                to: ReplicaId(r.varint("to")?),
+            },
+            8 => KvOp::DurableCommit,
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "op",
@@ -190,6 +311,25 @@ impl KvResponseFrame {
                         put_varint(&mut out, u64::from(a.core.0));
                     }
                 }
+            }
+            KvReply::View(view) => {
+                out.push(7);
+                put_varint(&mut out, view.leader.0);
+                put_ids(&mut out, &view.membership.voters);
+                put_ids(&mut out, &view.membership.learners);
+                out.push(u8::from(view.membership.joint));
+                put_opt(&mut out, view.new_matched);
+                put_varint(&mut out, view.commit);
+                put_opt(&mut out, view.successor.map(|r| r.0));
+            }
+            KvReply::Accepted => out.push(8),
+            KvReply::Index(index) => {
+                out.push(9);
+                put_varint(&mut out, *index);
+            }
+            KvReply::Moved { epoch } => {
+                out.push(10);
+                put_varint(&mut out, *epoch);
             }
             KvReply::Error(message) => {
                 out.push(5);
@@ -277,6 +417,37 @@ impl KvResponseFrame {
                 }
                 KvReply::Routing { epoch, groups }
             }
+            7 => {
+                let leader = ReplicaId(r.varint("leader")?);
+                let voters = read_ids(&mut r, "voters")?;
+                let learners = read_ids(&mut r, "learners")?;
+                let joint = match r.u8("joint")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::BadEnum {
+                            what: "joint",
+                            value: v.into(),
+                        });
+                    }
+                };
+                KvReply::View(LeaderView {
+                    leader,
+                    membership: Membership {
+                        voters,
+                        learners,
+                        joint,
+                    },
+                    new_matched: read_opt(&mut r, "new matched")?,
+                    commit: r.varint("commit")?,
+                    successor: read_opt(&mut r, "successor")?.map(ReplicaId),
+                })
+            }
+            8 => KvReply::Accepted,
+            9 => KvReply::Index(r.varint("index")?),
+            10 => KvReply::Moved {
+                epoch: r.varint("epoch")?,
+            },
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "status",
@@ -305,6 +476,17 @@ mod tests {
                 end: Some(b"z".to_vec()),
                 limit: 10,
             },
+            KvOp::Routing,
+            KvOp::View { new: ReplicaId(9) },
+            KvOp::ChangeMembership {
+                changes: vec![
+                    MembershipChange::AddLearner(ReplicaId(1)),
+                    MembershipChange::AddVoter(ReplicaId(2)),
+                    MembershipChange::Remove(ReplicaId(3)),
+                ],
+            },
+            KvOp::TransferLeader { to: ReplicaId(4) },
+            KvOp::DurableCommit,
         ] {
             let req = KvRequest {
                 id: 9,
@@ -325,6 +507,20 @@ mod tests {
             KvReply::NotLeader(Some(hint)),
             KvReply::NotLeader(None),
             KvReply::Error("boom".into()),
+            KvReply::Accepted,
+            KvReply::Index(77),
+            KvReply::Moved { epoch: 5 },
+            KvReply::View(LeaderView {
+                leader: ReplicaId(1),
+                membership: Membership {
+                    voters: vec![ReplicaId(1), ReplicaId(2)],
+                    learners: vec![ReplicaId(3)],
+                    joint: true,
+                },
+                new_matched: Some(12),
+                commit: 14,
+                successor: None,
+            }),
             KvReply::Routing {
                 epoch: 3,
                 groups: vec![(GroupId(1), vec![(65537, hint)])],
