@@ -336,9 +336,8 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
 /// A vShard larger than a log record (64 MiB): its snapshot goes to a file of its own, and
 /// a node that missed everything catches up through it, streamed. Before snapshots had
 /// files, the core holding it stopped at its first compaction (`RecordTooLarge`). (Node 3
-/// starts only once the data is in, and no node is restarted: a node restarted in the same
-/// process sometimes finds its port still held by its previous instance — see
-/// ARCHITECTURE.md. Restarting from a snapshot file is covered in `tests/wal.rs`.)
+/// starts only once the data is in. Restarting from a snapshot file is covered in
+/// `tests/wal.rs`.)
 #[test]
 fn a_vshard_larger_than_a_log_record_is_snapshotted_and_streamed() {
     const BIG: usize = 80;
@@ -605,6 +604,72 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
             "node 1 hosts {now:?}, before {hosted_before:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}
+
+/// A node stopped and started again in the same process binds its ports again, also
+/// while a throttled snapshot was streaming to it. Before `QuicEndpoint::shutdown`
+/// released the port itself, tasks parked on the old connections kept the socket open for
+/// the life of the process, and the restart failed with "address in use" (every time in
+/// this test).
+#[test]
+fn a_node_restarts_in_the_same_process_right_after_it_stopped() {
+    let h = Harness {
+        snapshot_rate: Some(SNAPSHOT_TEST_RATE),
+        ..Harness::named("restart")
+    };
+    let mut nodes: Vec<Option<Node>> = (1..=3).map(|n| Some(h.start(n))).collect();
+    nodes[2].take().unwrap().shutdown().unwrap();
+    // Enough writes to one group that node 3 can only catch up through a snapshot.
+    with_client(&h, move |c| async move {
+        let group = c.group_of(b"hot-0");
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("hot-{i}"))
+            .filter(|k| c.group_of(k.as_bytes()) == group)
+            .take(nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300)
+            .collect();
+        let client = std::rc::Rc::new(c);
+        let mut writers = Vec::new();
+        for part in keys.chunks(keys.len().div_ceil(8)) {
+            let (client, part) = (client.clone(), part.to_vec());
+            writers.push(glommio::spawn_local(async move {
+                for k in part {
+                    client.put(k.as_bytes(), k.as_bytes()).await.unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await;
+        }
+        client.shutdown().await;
+    });
+    for round in 0..4 {
+        let node = h.start(3);
+        // Each core binds its port before its first loop turn, or fails.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while node.failure().is_none()
+            && (0..CORES).any(|c| node.metrics().core(c).counter(CoreCounter::LoopTurns) == 0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: cores never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(node.failure(), None, "round {round}");
+        // Give the snapshot stream a moment to start before stopping mid-transfer.
+        while node.metrics().total(CoreCounter::RaftMessagesIn) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no traffic"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        node.shutdown().unwrap();
     }
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();

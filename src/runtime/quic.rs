@@ -465,6 +465,60 @@ impl QuicEndpoint {
             Poll::Pending
         });
         future::or(drained, glommio::timer::sleep(QUIC_SHUTDOWN_GRACE)).await;
+        self.release_port();
+    }
+
+    /// Frees the UDP port now, whatever still holds this endpoint. Tasks parked on a
+    /// connection (a stream read, a snapshot send) keep the endpoint's state — and with
+    /// it the socket — alive past its executor: a node restarted in the same process then
+    /// could not bind its port ("address in use", for the life of the process). The fd
+    /// number is pointed at a fresh unbound socket, and the wait the receive task has in
+    /// flight on the bound one (which holds it open until it completes) is completed with
+    /// one datagram.
+    fn release_port(&self) {
+        let inner = self.inner.borrow();
+        let socket = &inner.socket;
+        let Ok(addr) = socket.local_addr() else {
+            return;
+        };
+        let fresh = match socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            None,
+        ) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                warn!(%addr, error = %e, "no socket to release the endpoint's port with");
+                return;
+            }
+        };
+        // SAFETY: both fds are open and owned by live objects; `dup2` atomically makes the
+        // endpoint's fd number refer to the unbound socket (dropping its reference to the
+        // bound one), and the endpoint's socket object still owns and later closes it.
+        if unsafe { libc::dup2(fresh.as_raw_fd(), socket.as_raw_fd()) } < 0 {
+            warn!(%addr, error = %io::Error::last_os_error(), "could not release the endpoint's port");
+            return;
+        }
+        let target = match addr.ip() {
+            ip if ip.is_unspecified() && addr.is_ipv4() => {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+            }
+            ip if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        let from = SocketAddr::new(
+            if target.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        );
+        if let Ok(poke) = std::net::UdpSocket::bind(from) {
+            let _ = poke.send_to(&[0], target);
+        }
     }
 }
 
