@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, HarnessReport, Scenario};
-use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::config::LoadedConfig;
 use nodedb_cluster::runtime::demo::DemoConfig;
@@ -51,7 +52,8 @@ enum Command {
         #[arg(long)]
         run_for: Option<f64>,
     },
-    /// Put, get or delete a key in a running cluster.
+    /// Put, get or delete a key in a running cluster; show its placement table or move a
+    /// replica.
     Kv {
         /// A configuration file with the cluster's [[nodes]], cores, groups and [tls].
         #[arg(long)]
@@ -86,6 +88,30 @@ enum KvCommandArg {
     Get { key: String },
     /// Delete KEY.
     Del { key: String },
+    /// Print the placement table: its epoch and each group's replicas (id@node/core).
+    Placement,
+    /// Move GROUP's replica on node FROM to core CORE of node NODE (`--to NODE:CORE`). The
+    /// move is recorded in the placement table and carried out by the metadata leader;
+    /// `placement` shows when it is done.
+    Move {
+        #[arg(long)]
+        group: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long, value_parser = parse_core_address)]
+        to: CoreAddress,
+    },
+}
+
+/// `NODE:CORE`, e.g. `4:1`.
+fn parse_core_address(text: &str) -> Result<CoreAddress, String> {
+    let (node, core) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NODE:CORE"))?;
+    Ok(CoreAddress {
+        node: NodeId(node.parse().map_err(|e| format!("node {node:?}: {e}"))?),
+        core: CoreId(core.parse().map_err(|e| format!("core {core:?}: {e}"))?),
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -416,6 +442,20 @@ fn kv(path: &Path, op: KvCommandArg) -> ExitCode {
                 .delete(key.as_bytes())
                 .await
                 .map(|existed| if existed { "deleted" } else { "(not found)" }.to_owned()),
+            KvCommandArg::Placement => client.routing().await.map(|(epoch, groups)| {
+                let mut text = format!("epoch {epoch}");
+                for (group, replicas) in groups {
+                    text.push_str(&format!("\ngroup {}:", group.0));
+                    for (replica, at) in replicas {
+                        text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
+                    }
+                }
+                text
+            }),
+            KvCommandArg::Move { group, from, to } => client
+                .move_replica(GroupId(group), NodeId(from), to)
+                .await
+                .map(|()| "move recorded".to_owned()),
         };
         client.shutdown().await;
         result.map_err(|e| e.to_string())

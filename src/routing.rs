@@ -267,4 +267,28 @@ mod tests {
         assert_eq!(router.leader(g), None, "the moved leader is forgotten");
         assert!(cache.wants_fetch(t), "and the table fetched again");
     }
+
+    #[test]
+    fn a_stale_epoch_redirect_refetches_only_an_older_table() {
+        let (mut cache, mut router) = (PlacementCache::new(), Router::new());
+        let g = GroupId(1);
+        let t = Time::from_secs(1);
+        cache.store(7, HashMap::from([(g, vec![at(1), at(2)])]));
+        router.on_answer(g, at(1));
+        // The node answering is behind (epoch 6 < 7): try another replica, keep the table.
+        assert_eq!(
+            cache.on_moved(&mut router, t, g, at(1), 6),
+            Next::RetryLater
+        );
+        assert_eq!(cache.epoch(), Some(7));
+        assert_eq!(router.leader(g), None);
+        // Our table is the stale one: drop it and fetch again.
+        router.on_answer(g, at(2));
+        assert_eq!(
+            cache.on_moved(&mut router, t, g, at(2), 9),
+            Next::RetryLater
+        );
+        assert!(cache.wants_fetch(t));
+        assert_eq!(router.leader(g), None);
+    }
 }

@@ -245,7 +245,8 @@ fn config_toml(id: Option<u64>, cert: &str, nodes: &str) -> String {
     )
 }
 
-/// Three `start` processes from configuration files, then `kv put/get/del` against them.
+/// Three `start` processes from configuration files (two replicas per group), then `kv
+/// put/get/del` against them, the placement table, and a replica moved to the third node.
 #[test]
 fn nodes_started_from_config_files_serve_the_kv_cli() {
     use std::process::{Child, Stdio};
@@ -284,7 +285,9 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         .enumerate()
         .map(|(i, p)| format!("[[nodes]]\nid = {}\naddr = \"127.0.0.1:{p}\"\n", i + 1))
         .collect();
-    let config = |id: Option<u64>, cert: &str| config_toml(id, cert, &nodes);
+    let config = |id: Option<u64>, cert: &str| {
+        config_toml(id, cert, &nodes).replace("cores = 1", "cores = 1\nreplicas = 2")
+    };
     for n in 1..=3 {
         std::fs::write(
             dir.join(format!("node-{n}.toml")),
@@ -315,6 +318,35 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     let get = cli(&["kv", "--config", c, "get", "greeting"]);
     let del = cli(&["kv", "--config", c, "del", "greeting"]);
     let gone = cli(&["kv", "--config", c, "get", "greeting"]);
+    // Group 1 starts on nodes 1 and 2; its replica on node 1 moves to node 3.
+    let placement = || {
+        let out = cli(&["kv", "--config", c, "placement"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let group_1 = |table: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("group 1:"))
+            .map(str::to_owned)
+    };
+    let before = placement();
+    let refused = cli(&[
+        "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "2:0",
+    ]);
+    let moved = cli(&[
+        "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "3:0",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let after = loop {
+        let line = group_1(&placement()).unwrap_or_default();
+        if line.contains("@3/0") && !line.contains("@1/0") || std::time::Instant::now() > deadline {
+            break line;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let bad_to = cli(&[
+        "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "3",
+    ]);
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
@@ -327,6 +359,30 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
     assert_eq!(String::from_utf8_lossy(&del.stdout).trim(), "deleted");
     assert_eq!(String::from_utf8_lossy(&gone.stdout).trim(), "(not found)");
+    assert!(before.starts_with("epoch "), "{before}");
+    assert_eq!(
+        group_1(&before).as_deref(),
+        Some("group 1: 65537@1/0 65538@2/0"),
+        "{before}"
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&moved.stdout).trim(),
+        "move recorded",
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert_eq!(after, "group 1: 65538@2/0 281474976710656@3/0");
+    assert_eq!(
+        bad_to.status.code(),
+        Some(2),
+        "a malformed --to is a usage error"
+    );
     // A configuration with an unknown field is refused with its name.
     std::fs::write(
         dir.join("bad.toml"),

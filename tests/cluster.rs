@@ -37,10 +37,15 @@ impl Harness {
 
     /// A cluster whose files live in a directory of its own (tests run side by side).
     fn named(name: &str) -> Harness {
+        Harness::sized(name, 3)
+    }
+
+    /// `nodes` nodes; every group has three replicas.
+    fn sized(name: &str, nodes: u64) -> Harness {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let nodes = (1..=3u64)
+        let nodes = (1..=nodes)
             .map(|n| {
                 (
                     NodeId(n),
@@ -54,6 +59,7 @@ impl Harness {
                 nodes,
                 cores: CORES,
                 groups: 8,
+                replicas: 3,
             },
             dir,
             snapshot_rate: nodedb_cluster::constants::SNAPSHOT_RATE_BYTES_PER_SEC,
@@ -672,6 +678,107 @@ fn a_node_restarts_in_the_same_process_right_after_it_stopped() {
         node.shutdown().unwrap();
     }
     for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}
+
+/// In a cluster of four nodes, the replica that leads a group moves to the node that does
+/// not hold the group: it hands leadership over first, and a client that cached the old
+/// table follows the old node's stale-epoch redirect (`Moved`) to the new table.
+#[test]
+fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_redirect() {
+    use std::time::{Duration, Instant};
+
+    let h = Harness::sized("move-node", 4);
+    let nodes: Vec<Node> = (1..=4).map(|n| h.start(n)).collect();
+    let (spec, tls) = (h.spec.clone(), h.client_tls());
+    with_client(&h, |c| async move {
+        let keys: Vec<String> = (0..100).map(|i| format!("k-{i}")).collect();
+        for k in &keys {
+            c.put(k.as_bytes(), k.as_bytes()).await.unwrap();
+        }
+        // A second client caches the table and the group's leader before the move.
+        let stale = KvClient::new(spec, tls, 1452).unwrap();
+        assert_eq!(stale.get(b"k-0").await.unwrap(), Some(b"k-0".to_vec()));
+        let stale_epoch = stale.routing_epoch().unwrap();
+        let group = c.group_of(b"k-0");
+        let (epoch, groups) = c.routing().await.unwrap();
+        let replicas = groups.iter().find(|(g, _)| *g == group).unwrap().1.clone();
+        assert_eq!(replicas.len(), 3);
+        let leader = c.cached_leader(group).expect("the client knows the leader");
+        let spare = (1..=4)
+            .map(NodeId)
+            .find(|n| !replicas.iter().any(|(_, a)| a.node == *n))
+            .unwrap();
+        let to = CoreAddress {
+            node: spare,
+            core: leader.core,
+        };
+        assert_eq!(stale.cached_leader(group), Some(leader));
+        c.move_replica(group, leader.node, to).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let moved = loop {
+            let (e, groups) = c.routing().await.unwrap();
+            let now = &groups.iter().find(|(g, _)| *g == group).unwrap().1;
+            if now.len() == 3 && !now.iter().any(|(_, a)| a.node == leader.node) {
+                assert!(now.iter().any(|(_, a)| *a == to), "{now:?}");
+                break e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the move did not finish: {now:?}"
+            );
+            // Writes go on during the move.
+            c.put(b"k-0", b"during").await.unwrap();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            moved >= epoch + 2,
+            "start and end of the move each bump the epoch"
+        );
+        // The old node no longer hosts the group: a stale-epoch redirect, once its own
+        // table has the move.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = c
+                .call_at(
+                    leader,
+                    group,
+                    KvOp::Get {
+                        key: b"k-0".to_vec(),
+                    },
+                )
+                .await
+                .unwrap();
+            if let KvReply::Moved { epoch } = reply {
+                assert!(epoch >= moved, "{reply:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old node still answers {reply:?}"
+            );
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        // The stale client asks the old node first, is redirected, fetches the new table
+        // and reads from the group's new leader.
+        assert_eq!(stale.get(b"k-0").await.unwrap(), Some(b"during".to_vec()));
+        assert!(stale.routing_epoch().unwrap() > stale_epoch);
+        assert_ne!(
+            stale.cached_leader(group).map(|a| a.node),
+            Some(leader.node)
+        );
+        for k in &keys[1..] {
+            assert_eq!(
+                c.get(k.as_bytes()).await.unwrap(),
+                Some(k.as_bytes().to_vec())
+            );
+        }
+        stale.shutdown().await;
+        c.shutdown().await;
+    });
+    for node in nodes {
         node.shutdown().unwrap();
     }
     let _ = std::fs::remove_dir_all(&h.dir);

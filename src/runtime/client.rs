@@ -188,9 +188,9 @@ impl KvClient {
             .map(<[CoreAddress]>::to_vec)
             .unwrap_or_else(|| {
                 self.spec
-                    .nodes
-                    .iter()
-                    .map(|(node, _)| CoreAddress { node: *node, core })
+                    .nodes_of(group)
+                    .into_iter()
+                    .map(|node| CoreAddress { node, core })
                     .collect()
             });
         self.router
@@ -211,7 +211,9 @@ impl KvClient {
         {
             return;
         }
-        if self.routing().await.is_err() {
+        // Boxed: the fetch is itself a routed call, which ensures routing before each try.
+        let fetch: std::pin::Pin<Box<dyn Future<Output = _> + '_>> = Box::pin(self.routing());
+        if fetch.await.is_err() {
             self.placement
                 .borrow_mut()
                 .on_fetch_failed(self.clock.now());
@@ -221,12 +223,6 @@ impl KvClient {
     /// The epoch of the cached placement table, if one was fetched.
     pub fn routing_epoch(&self) -> Option<u64> {
         self.placement.borrow().epoch()
-    }
-
-    /// Sends `op` to the leader of `group`, following redirects.
-    async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
-        self.ensure_routing(group).await;
-        self.call_routed(group, op).await
     }
 
     /// Sends an admin request (`View`, `ChangeMembership`, `TransferLeader`) to the leader of
@@ -266,10 +262,7 @@ impl KvClient {
         let op = KvOp::Write {
             command: command.encode(),
         };
-        match self
-            .call_routed(crate::runtime::node::METADATA_GROUP, op)
-            .await?
-        {
+        match self.call(crate::runtime::node::METADATA_GROUP, op).await? {
             KvReply::Written(response) => match response.split_first() {
                 Some((1, _)) => Ok(()),
                 Some((0, reason)) => {
@@ -286,8 +279,8 @@ impl KvClient {
         }
     }
 
-    /// `call` without fetching the placement table (the table's own read uses it).
-    async fn call_routed(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
+    /// Sends `op` to the leader of `group`, following redirects.
+    async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
         let mut last = String::from("no attempt");
         let mut pause = false;
         for _ in 0..CLIENT_ATTEMPTS_MAX {
@@ -296,6 +289,9 @@ impl KvClient {
             if pause {
                 glommio::timer::sleep(CLIENT_RETRY_BACKOFF).await;
             }
+            // Route by the current table: fetched first, and again after a stale-epoch
+            // redirect dropped it.
+            self.ensure_routing(group).await;
             let target = self.pick_target(group);
             let id = self.next_id.get();
             self.next_id.set(id + 1);
@@ -422,7 +418,7 @@ impl KvClient {
         &self,
     ) -> Result<(u64, Vec<(GroupId, Vec<(u64, CoreAddress)>)>), ClientError> {
         match self
-            .call_routed(crate::runtime::node::METADATA_GROUP, KvOp::Routing)
+            .call(crate::runtime::node::METADATA_GROUP, KvOp::Routing)
             .await?
         {
             KvReply::Routing { epoch, groups } => {

@@ -5,6 +5,7 @@
 //! data_dir = "/var/lib/nodedb"   # write-ahead logs (omit in a client-only file)
 //! cores = 2                      # executors per node, the same on every node
 //! groups = 8                     # vShard groups, a power of two, the same everywhere
+//! replicas = 3                   # replicas per group (default 3, or every node if fewer)
 //! layout = "pinned"              # or "unbound" (several nodes on one machine)
 //! first_cpu = 0                  # with "pinned": core i runs on CPU first_cpu + i
 //! mtu = 1452                     # QUIC datagram size
@@ -86,6 +87,8 @@ struct ConfigFile {
     cores: u16,
     #[serde(default = "default_groups")]
     groups: u32,
+    /// Replicas per group; defaults to three, or every node in a smaller cluster.
+    replicas: Option<u16>,
     layout: Option<LayoutName>,
     #[serde(default)]
     first_cpu: usize,
@@ -104,6 +107,9 @@ fn default_cores() -> u16 {
 fn default_groups() -> u32 {
     8
 }
+
+/// Replicas per group unless the file says otherwise (fewer in a smaller cluster).
+pub const DEFAULT_REPLICAS: u16 = 3;
 
 fn default_mtu() -> u16 {
     1452
@@ -171,6 +177,15 @@ impl LoadedConfig {
         }
         if file.nodes.is_empty() {
             return Err(invalid("[[nodes]] lists no node".into()));
+        }
+        let replicas = file
+            .replicas
+            .unwrap_or(DEFAULT_REPLICAS.min(file.nodes.len() as u16));
+        if replicas == 0 || usize::from(replicas) > file.nodes.len() {
+            return Err(invalid(format!(
+                "replicas = {replicas} must be between 1 and the {} nodes listed",
+                file.nodes.len()
+            )));
         }
         let mut ids: Vec<u64> = file.nodes.iter().map(|n| n.id).collect();
         ids.sort_unstable();
@@ -245,6 +260,7 @@ impl LoadedConfig {
                 nodes: file.nodes.iter().map(|n| (NodeId(n.id), n.addr)).collect(),
                 cores: file.cores,
                 groups: file.groups,
+                replicas,
             },
             tls,
             node: file.node_id.map(NodeId),
@@ -313,6 +329,11 @@ addr = "127.0.0.1:7200"
         assert_eq!(c.node, Some(NodeId(2)));
         assert_eq!(c.data_dir.as_deref(), Some(Path::new("/etc/nodedb/data")));
         assert_eq!(c.spec.cores, 2);
+        assert_eq!(
+            usize::from(c.spec.replicas),
+            c.spec.nodes.len().min(3),
+            "three replicas, or every node if fewer"
+        );
         assert!(c.tls.is_insecure());
         assert!(c.node_config(Path::new("x")).is_ok());
         assert_eq!(c.snapshot_rate, None, "snapshots are unlimited by default");
@@ -358,6 +379,11 @@ addr = "127.0.0.1:7200"
             .unwrap()
             .to_string();
         assert!(err.contains("power of two"), "{err}");
+        let err = parse(&GOOD.replace("groups = 8", "groups = 8\nreplicas = 0"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("replicas = 0"), "{err}");
         let err = parse(&GOOD.replace("node_id = 2", "node_id = 9"))
             .err()
             .unwrap()

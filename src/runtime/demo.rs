@@ -173,6 +173,7 @@ fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, Demo
         nodes: nodes.clone(),
         cores: config.cores,
         groups: config.groups,
+        replicas: (config.nodes as u16).min(crate::runtime::config::DEFAULT_REPLICAS),
     };
     let started = Instant::now();
     let mut running = Vec::new();

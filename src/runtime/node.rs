@@ -67,12 +67,25 @@ pub struct ClusterSpec {
     pub cores: u16,
     /// Data groups (vShards); group ids are `1..=groups`.
     pub groups: u32,
+    /// Replicas per data group in a new cluster (1..=nodes): group `g` starts on the
+    /// `replicas` nodes from position `(g - 1) mod nodes` of `nodes` on. The metadata group
+    /// has a replica on every node.
+    pub replicas: u16,
 }
 
 impl ClusterSpec {
     /// The core that hosts `group` on every node.
     pub fn core_of(&self, group: GroupId) -> CoreId {
         CoreId((group.0 % u64::from(self.cores)) as u16)
+    }
+
+    /// The nodes a new cluster places `group` on.
+    pub fn nodes_of(&self, group: GroupId) -> Vec<NodeId> {
+        let n = self.nodes.len() as u64;
+        let first = group.0.saturating_sub(1);
+        (0..u64::from(self.replicas).min(n))
+            .map(|i| self.nodes[((first + i) % n) as usize].0)
+            .collect()
     }
 
     /// The Raft id of `group`'s replica on `node`.
@@ -762,7 +775,7 @@ fn routing_reply(meta: Option<&MetadataStore>) -> KvReply {
     }
 }
 
-/// A new cluster's placement: group `g` on core `g % cores` of every node.
+/// A new cluster's placement: group `g` on core `g % cores` of its `replicas` nodes.
 fn spec_groups(spec: &ClusterSpec) -> Vec<(GroupId, Vec<(ReplicaId, CoreAddress)>)> {
     (1..=u64::from(spec.groups))
         .map(GroupId)
@@ -770,9 +783,9 @@ fn spec_groups(spec: &ClusterSpec) -> Vec<(GroupId, Vec<(ReplicaId, CoreAddress)
             let core = spec.core_of(g);
             (
                 g,
-                spec.nodes
-                    .iter()
-                    .map(|(n, _)| (spec.replica(g, *n), CoreAddress { node: *n, core }))
+                spec.nodes_of(g)
+                    .into_iter()
+                    .map(|n| (spec.replica(g, n), CoreAddress { node: n, core }))
                     .collect(),
             )
         })
