@@ -206,6 +206,9 @@ impl PersistedGroup {
 pub struct GroupStorage {
     log: MemStorage,
     snapshot: Rc<RefCell<Option<Snapshot>>>,
+    /// raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
+    /// the recipient joined): take a fresh one at the next chance.
+    wanted: Rc<std::cell::Cell<bool>>,
 }
 
 impl Storage for GroupStorage {
@@ -235,14 +238,35 @@ impl Storage for GroupStorage {
         self.log.last_index()
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &*self.snapshot.borrow() {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            // raft-rs refuses to install a snapshot whose configuration does not name it: a
+            // replica that joined after the last compaction (a move's learner) needs a
+            // newer one.
+            Some(s)
+                if s.get_metadata().index >= request_index
+                    && conf_names(s.get_metadata().get_conf_state(), to) =>
+            {
+                Ok(s.clone())
+            }
+            _ => {
+                self.wanted.set(true);
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
         }
     }
+}
+
+/// Whether `id` is a voter or learner of `conf` (either half of a joint configuration).
+fn conf_names(conf: &ConfState, id: u64) -> bool {
+    conf.voters
+        .iter()
+        .chain(&conf.learners)
+        .chain(&conf.voters_outgoing)
+        .chain(&conf.learners_next)
+        .any(|v| *v == id)
 }
 
 struct Group<S> {
@@ -429,6 +453,7 @@ impl<S: StateMachine> RaftHost<S> {
         let storage = GroupStorage {
             log,
             snapshot: snapshot_slot,
+            wanted: Rc::default(),
         };
         self.insert_group(group, replica, applied, storage, state_machine)
     }
@@ -489,6 +514,7 @@ impl<S: StateMachine> RaftHost<S> {
         let storage = GroupStorage {
             log,
             snapshot: Rc::new(RefCell::new(None)),
+            wanted: Rc::default(),
         };
         self.insert_group(group, replica, 0, storage, state_machine)
     }
@@ -872,7 +898,16 @@ fn raft_config(replica: ReplicaId, applied: u64) -> Config {
 fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
     let applied = g.raw.raft.raft_log.applied;
     let first = g.raw.store().first_index().unwrap_or(1);
-    if applied < first + RAFT_LOG_COMPACT_ENTRIES as u64 {
+    // A snapshot raft-rs asked for and could not get is taken as soon as anything was
+    // applied since the stored one.
+    let wanted = g.raw.store().wanted.get()
+        && g.raw
+            .store()
+            .snapshot
+            .borrow()
+            .as_ref()
+            .is_none_or(|s| s.get_metadata().index < applied);
+    if applied < first + RAFT_LOG_COMPACT_ENTRIES as u64 && !wanted {
         return;
     }
     let Ok(term) = g.raw.store().term(applied) else {
@@ -888,6 +923,7 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
         return;
     }
     *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
+    g.raw.store().wanted.set(false);
     g.snapshot_to_persist = Some(snapshot);
 }
 

@@ -783,3 +783,99 @@ fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_re
     }
     let _ = std::fs::remove_dir_all(&h.dir);
 }
+
+/// The metadata leader stops in the middle of a move: another node's executor resumes the
+/// move from the table and finishes it. (The group's log is compacted and snapshots are
+/// throttled, so the new replica needs seconds to catch up: the move cannot be over before
+/// the leader stops.)
+#[test]
+fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
+    use nodedb_cluster::runtime::node::METADATA_GROUP;
+    use std::time::{Duration, Instant};
+
+    let h = Harness {
+        snapshot_rate: Some(SNAPSHOT_TEST_RATE),
+        ..Harness::sized("move-resume", 4)
+    };
+    let mut nodes: Vec<Option<Node>> = (1..=4).map(|n| Some(h.start(n))).collect();
+    // A group the metadata leader holds no replica of, with a compacted log.
+    let (group, meta_leader, from, to) = with_client(&h, |c| async move {
+        let (_, groups) = c.routing().await.unwrap();
+        let meta_leader = c.cached_leader(METADATA_GROUP).unwrap().node;
+        let (group, replicas) = groups
+            .iter()
+            .find(|(_, r)| !r.iter().any(|(_, a)| a.node == meta_leader))
+            .unwrap()
+            .clone();
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("resume-{i}"))
+            .filter(|k| c.group_of(k.as_bytes()) == group)
+            .take(nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300)
+            .collect();
+        let client = std::rc::Rc::new(c);
+        let mut writers = Vec::new();
+        for part in keys.chunks(keys.len().div_ceil(8)) {
+            let (client, part) = (client.clone(), part.to_vec());
+            writers.push(glommio::spawn_local(async move {
+                for k in part {
+                    client.put(k.as_bytes(), k.as_bytes()).await.unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await;
+        }
+        let from = replicas[0].1;
+        let to = CoreAddress {
+            node: from.node,
+            core: CoreId((from.core.0 + 1) % CORES),
+        };
+        client.move_replica(group, from.node, to).await.unwrap();
+        client.shutdown().await;
+        (group, meta_leader, from, to)
+    });
+    let stopped = nodes[meta_leader.0 as usize - 1].take().unwrap();
+    let ended_by_stopped = stopped.metrics().core(0).counter(CoreCounter::MovesEnded);
+    stopped.shutdown().unwrap();
+    assert_eq!(ended_by_stopped, 0, "the move was still under way");
+    with_client(&h, move |c| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, groups) = c.routing().await.unwrap();
+            let now = &groups.iter().find(|(g, _)| *g == group).unwrap().1;
+            if now.len() == 3 && !now.iter().any(|(_, a)| *a == from) {
+                assert!(now.iter().any(|(_, a)| *a == to), "{now:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the move was not resumed: {now:?}"
+            );
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        // The group serves from its new configuration, its data intact.
+        let keys = (0..)
+            .map(|i| format!("resume-{i}"))
+            .filter(|k| c.group_of(k.as_bytes()) == group)
+            .take(100);
+        for k in keys {
+            assert_eq!(
+                c.get(k.as_bytes()).await.unwrap(),
+                Some(k.clone().into_bytes()),
+                "{k}"
+            );
+        }
+        c.put(b"resume-after", b"1").await.unwrap();
+        c.shutdown().await;
+    });
+    let ended: u64 = nodes
+        .iter()
+        .flatten()
+        .map(|n| n.metrics().core(0).counter(CoreCounter::MovesEnded))
+        .sum();
+    assert_eq!(ended, 1, "another node's executor ended the move");
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}

@@ -531,3 +531,49 @@ fn a_message_for_an_earlier_replica_of_the_group_is_refused() {
     );
     assert_eq!(host.term(GROUP), Some(0), "the message changed nothing");
 }
+
+/// A learner that joins after the log was compacted can only catch up through a snapshot,
+/// and the stored one predates it: raft-rs refuses to install a snapshot whose
+/// configuration does not name the recipient. The host takes a fresh snapshot when
+/// raft-rs asks for one it cannot serve. Before, the learner waited for the next
+/// compaction — forever, on a group with no more writes.
+#[test]
+fn a_learner_joining_after_compaction_gets_a_snapshot_that_names_it() {
+    use nodedb_cluster::raft_host::MembershipChange::AddLearner;
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let writes = nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES as u64 + 100;
+    for t in 0..writes {
+        assert!(c.put(t, &format!("k{t}"), "v"), "write {t}");
+        if t % 100 == 99 {
+            c.step();
+        }
+    }
+    assert!(c.run_until(100, |c| c.applied.len() as u64 == writes));
+    let leader = c.leader().unwrap();
+    assert!(c.disks[&leader].snapshot.is_some(), "the log was compacted");
+    let mut joining: RaftHost<KvStore> = RaftHost::new(address(4));
+    for r in 1..=4 {
+        joining.set_address(ReplicaId(r), address(r));
+    }
+    let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    joining
+        .add_joining_group(GROUP, ReplicaId(4), &voters, &[], KvStore::new())
+        .unwrap();
+    c.hosts.insert(4, joining);
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .change_membership(GROUP, &[AddLearner(ReplicaId(4))], ProposalToken(1 << 40))
+        .unwrap();
+    // No further writes: only a new snapshot can bring the learner up to date.
+    assert!(
+        c.run_until(300, |c| c.store(4).len() as u64 == writes),
+        "the learner caught up through a snapshot naming it"
+    );
+    assert!(c.snapshots_delivered > 0);
+    for t in 0..writes {
+        let key = format!("k{t}");
+        assert_eq!(c.store(4).get(key.as_bytes()), Some(&b"v"[..]), "{key}");
+    }
+}
