@@ -101,6 +101,12 @@ enum KvCommandArg {
         #[arg(long, value_parser = parse_core_address)]
         to: CoreAddress,
     },
+    /// Give up GROUP's move (its target node is gone for good): the new replica is taken
+    /// out again, unless the old one already left.
+    AbandonMove {
+        #[arg(long)]
+        group: u64,
+    },
 }
 
 /// `NODE:CORE`, e.g. `4:1`.
@@ -456,6 +462,10 @@ fn kv(path: &Path, op: KvCommandArg) -> ExitCode {
                 .move_replica(GroupId(group), NodeId(from), to)
                 .await
                 .map(|()| "move recorded".to_owned()),
+            KvCommandArg::AbandonMove { group } => client
+                .abandon_move(GroupId(group))
+                .await
+                .map(|()| "abandon recorded".to_owned()),
         };
         client.shutdown().await;
         result.map_err(|e| e.to_string())

@@ -13,6 +13,7 @@
 //!         | 3 set_group  group:varint replicas
 //!         | 4 start_move group:varint from:varint node:varint core:varint
 //!         | 5 end_move   group:varint new:varint moved:u8
+//!         | 6 abandon_move group:varint
 //! replicas = count (replica:varint node:varint core:varint)*
 //! ```
 //!
@@ -50,6 +51,8 @@ pub struct PendingMove {
     pub from: ReplicaId,
     pub new: ReplicaId,
     pub to: CoreAddress,
+    /// An operator asked to give the move up.
+    pub abandon: bool,
 }
 
 /// The first replica id `start_move` hands out; bootstrap ids (`(group << 16) | node`)
@@ -85,6 +88,10 @@ pub enum MetadataCommand {
         group: GroupId,
         new: ReplicaId,
         moved: bool,
+    },
+    /// Asks the executor to give up `group`'s move.
+    AbandonMove {
+        group: GroupId,
     },
 }
 
@@ -181,6 +188,10 @@ impl MetadataCommand {
                 put_varint(&mut out, new.0);
                 out.push(u8::from(*moved));
             }
+            MetadataCommand::AbandonMove { group } => {
+                out.push(6);
+                put_varint(&mut out, group.0);
+            }
         }
         out
     }
@@ -240,6 +251,9 @@ impl MetadataCommand {
                         });
                     }
                 },
+            },
+            6 => MetadataCommand::AbandonMove {
+                group: GroupId(r.varint("group")?),
             },
             v => {
                 return Err(DecodeError::BadEnum {
@@ -395,7 +409,12 @@ impl MetadataStore {
                     ));
                 }
                 placement.replicas.push((new, to));
-                placement.moving = Some(PendingMove { from, new, to });
+                placement.moving = Some(PendingMove {
+                    from,
+                    new,
+                    to,
+                    abandon: false,
+                });
                 placement.epoch = placement.epoch.next();
                 self.next_replica += 1;
             }
@@ -417,6 +436,22 @@ impl MetadataStore {
                 placement.replicas.retain(|(r, _)| *r != gone);
                 placement.moving = None;
                 placement.epoch = placement.epoch.next();
+            }
+            MetadataCommand::AbandonMove { group } => {
+                let placement = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| format!("group {} does not exist", group.0))?;
+                match placement.moving.as_mut() {
+                    Some(m) if !m.abandon => m.abandon = true,
+                    Some(_) => {
+                        return Err(format!(
+                            "group {}'s move is already being abandoned",
+                            group.0
+                        ));
+                    }
+                    None => return Err(format!("group {} is not moving a replica", group.0)),
+                }
             }
         }
         self.epoch = self.epoch.next();
@@ -519,7 +554,7 @@ impl StateMachine for MetadataStore {
             match p.moving {
                 None => out.push(0),
                 Some(m) => {
-                    out.push(1);
+                    out.push(if m.abandon { 2 } else { 1 });
                     put_varint(&mut out, m.from.0);
                     put_varint(&mut out, m.new.0);
                     put_varint(&mut out, m.to.node.0);
@@ -559,13 +594,14 @@ impl StateMachine for MetadataStore {
                     .collect::<Result<_, _>>()?;
                 let moving = match r.u8("moving")? {
                     0 => None,
-                    1 => Some(PendingMove {
+                    flag @ (1 | 2) => Some(PendingMove {
                         from: ReplicaId(r.varint("from")?),
                         new: ReplicaId(r.varint("new")?),
                         to: CoreAddress {
                             node: NodeId(r.varint("node")?),
                             core: CoreId(r.count("core", usize::from(CORES_PER_NODE_MAX))? as u16),
                         },
+                        abandon: flag == 2,
                     }),
                     v => {
                         return Err(DecodeError::BadEnum {
@@ -800,6 +836,10 @@ mod tests {
         assert!(p.replicas.contains(&(moving.new, at(1, 0))));
         assert_eq!(p.initial, vec![ReplicaId(11), ReplicaId(12)]);
         assert!(!apply(&mut m, 3, start(at(3, 0))), "one move at a time");
+        let abandon = MetadataCommand::AbandonMove { group: g };
+        assert!(apply(&mut m, 3, abandon.clone()));
+        assert!(m.group(g).unwrap().moving.unwrap().abandon);
+        assert!(!apply(&mut m, 3, abandon), "asked once");
         // A snapshot taken mid-move restores it.
         let mut r = MetadataStore::new();
         r.restore(3, &m.snapshot()).unwrap();
@@ -861,6 +901,7 @@ mod tests {
                 new: ReplicaId(1 << 48),
                 moved: true,
             },
+            MetadataCommand::AbandonMove { group: GroupId(3) },
         ] {
             assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
         }

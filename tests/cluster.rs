@@ -879,3 +879,84 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
     }
     let _ = std::fs::remove_dir_all(&h.dir);
 }
+
+/// The replicas of `group` in the cluster's placement table.
+async fn replicas_of(c: &KvClient, group: GroupId) -> Vec<(u64, CoreAddress)> {
+    let (_, groups) = c.routing().await.unwrap();
+    groups.into_iter().find(|(g, _)| *g == group).unwrap().1
+}
+
+/// A move to a node that is down waits for it; an operator abandons it, and the executor
+/// takes the new replica out of the group again and removes it from the table.
+#[test]
+fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
+    use std::time::{Duration, Instant};
+
+    let h = Harness::sized("move-abandon", 4);
+    let mut nodes: Vec<Option<Node>> = (1..=4).map(|n| Some(h.start(n))).collect();
+    // Group 4 starts on nodes 4, 1 and 2; node 3, the spare, stops.
+    let group = GroupId(4);
+    let before = with_client(&h, move |c| async move {
+        let replicas = replicas_of(&c, group).await;
+        assert!(
+            !replicas.iter().any(|(_, a)| a.node == NodeId(3)),
+            "{replicas:?}"
+        );
+        c.shutdown().await;
+        replicas
+    });
+    nodes[2].take().unwrap().shutdown().unwrap();
+    with_client(&h, move |c| async move {
+        let refused = c.abandon_move(group).await;
+        assert!(
+            matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Server(m)) if m.contains("not moving")),
+            "{refused:?}"
+        );
+        let to = CoreAddress {
+            node: NodeId(3),
+            core: CoreId(0),
+        };
+        c.move_replica(group, NodeId(1), to).await.unwrap();
+        assert_eq!(
+            replicas_of(&c, group).await.len(),
+            4,
+            "the new replica is placed"
+        );
+        // It cannot catch up while its node is down; the group keeps serving meanwhile.
+        let key = (0..)
+            .map(|i| format!("abandon-{i}"))
+            .find(|k| c.group_of(k.as_bytes()) == group)
+            .unwrap();
+        c.put(key.as_bytes(), b"1").await.unwrap();
+        c.abandon_move(group).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = replicas_of(&c, group).await;
+            if now == before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the move was not abandoned: {now:?}"
+            );
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        // Out of the configuration too: the leader's view no longer names it.
+        let new =
+            nodedb_cluster::raft_host::ReplicaId(nodedb_cluster::metadata::MOVED_REPLICA_IDS_FROM);
+        match c.admin(group, KvOp::View { new }).await.unwrap() {
+            KvReply::View(view) => {
+                assert!(!view.membership.contains(new), "{view:?}");
+                assert_eq!(view.membership.voters.len(), 3, "{view:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        c.put(key.as_bytes(), b"2").await.unwrap();
+        assert_eq!(c.get(key.as_bytes()).await.unwrap(), Some(b"2".to_vec()));
+        c.shutdown().await;
+    });
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&h.dir);
+}

@@ -254,11 +254,24 @@ impl KvClient {
             .ok_or_else(|| {
                 ClientError::Server(format!("node {from} holds no replica of group {}", group.0))
             })?;
-        let command = MetadataCommand::StartMove {
+        self.propose_metadata(MetadataCommand::StartMove {
             group,
             from: replica,
             to,
-        };
+        })
+        .await
+    }
+
+    /// Asks the metadata leader to give up `group`'s move: the new replica is taken out of
+    /// the group again, unless the old one already left (the move then completes). For a
+    /// move whose target node is gone for good.
+    pub async fn abandon_move(&self, group: GroupId) -> Result<(), ClientError> {
+        self.propose_metadata(MetadataCommand::AbandonMove { group })
+            .await
+    }
+
+    /// Proposes a metadata command; a refused one is `ClientError::Server` with the reason.
+    async fn propose_metadata(&self, command: MetadataCommand) -> Result<(), ClientError> {
         let op = KvOp::Write {
             command: command.encode(),
         };
@@ -271,7 +284,7 @@ impl KvClient {
                         .bytes("reason", crate::constants::METADATA_REASON_MAX_BYTES)
                         .map(|b| String::from_utf8_lossy(b).into_owned())
                         .unwrap_or_else(|e| format!("(unreadable reason: {e})"));
-                    Err(ClientError::Server(format!("move refused: {reason}")))
+                    Err(ClientError::Server(format!("refused: {reason}")))
                 }
                 _ => Err(ClientError::Protocol(format!("{response:?}"))),
             },

@@ -11,7 +11,8 @@
 //!
 //! What the runtime cannot know, it does not guess: a voter that does not answer its
 //! `DurableCommit` counts as not knowing (the old replica then stays until it answers), and
-//! no target is declared failed (a move to a node that is down waits for it).
+//! no target is declared failed by the executor (a move to a node that is down waits for
+//! it, until an operator abandons the move with `abandon_move`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -81,7 +82,7 @@ pub(crate) async fn run(
             let m = moves.entry(group).or_insert_with(|| {
                 ReplicaMove::new(group, recorded.from, recorded.to, recorded.new)
             });
-            match step(client, &submit, &table, m).await {
+            match step(client, &submit, &table, m, recorded.abandon).await {
                 Ok(ended) => {
                     metrics.add(CoreCounter::MoveSteps, 1);
                     if ended {
@@ -94,18 +95,24 @@ pub(crate) async fn run(
     }
 }
 
-/// The voters' durable commit indexes, as far as they answered.
-struct Known(BTreeMap<ReplicaId, u64>);
+/// What the executor knows beyond the leader's view.
+struct Known {
+    /// The voters' durable commit indexes, as far as they answered.
+    durable: BTreeMap<ReplicaId, u64>,
+    /// An operator asked to give the move up (`abandon_move`).
+    abandon: bool,
+}
 
 impl MoveContext for Known {
+    /// The runtime declares no target failed by itself; an operator's `abandon_move` does.
     fn target_failed(&self) -> bool {
-        false
+        self.abandon
     }
 
     fn voters_durably_know(&self, voters: &[ReplicaId], index: u64) -> bool {
         voters
             .iter()
-            .all(|v| self.0.get(v).is_some_and(|known| *known >= index))
+            .all(|v| self.durable.get(v).is_some_and(|known| *known >= index))
     }
 }
 
@@ -115,6 +122,7 @@ async fn step(
     submit: &Submit,
     table: &PlacementTable,
     m: &mut ReplicaMove,
+    abandon: bool,
 ) -> Result<bool, ClientError> {
     let group = m.group;
     let view = match client.admin(group, KvOp::View { new: m.new }).await? {
@@ -138,7 +146,13 @@ async fn step(
             }
         }
     }
-    let (actions, outcome) = m.next(&view, &Known(known));
+    let (actions, outcome) = m.next(
+        &view,
+        &Known {
+            durable: known,
+            abandon,
+        },
+    );
     for action in actions {
         let op = match action {
             // The table placed the new replica (its core created it) and `end_move` retires

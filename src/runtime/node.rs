@@ -961,7 +961,7 @@ fn handle_request(
                         KvReply::Error(format!("malformed metadata command: {e}")),
                     );
                 }
-                Ok(MetadataCommand::StartMove { .. }) => {}
+                Ok(MetadataCommand::StartMove { .. } | MetadataCommand::AbandonMove { .. }) => {}
                 Ok(_) if trusted => {}
                 Ok(c) => {
                     return refuse(
