@@ -250,6 +250,10 @@ pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis
 pub const CLIENT_ATTEMPTS_MAX: usize = 40;
 /// Pause between a client's attempts: an election takes about a second, so 40 attempts at
 /// 50 ms cover two elections.
+/// A snapshot file is written in pieces of this size (each copied once into an io_uring
+/// write): bounds the extra memory a write of a 1 GiB vShard takes.
+pub const SNAPSHOT_FILE_WRITE_BYTES: usize = 8 << 20;
+
 /// The longest reason a refused metadata command's answer carries that a client reads.
 pub const METADATA_REASON_MAX_BYTES: usize = 4096;
 

@@ -26,7 +26,9 @@ use tracing::warn;
 
 use raft::eraftpb::Snapshot;
 
-use crate::constants::{SNAPSHOT_FILE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES};
+use crate::constants::{
+    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES,
+};
 use crate::kv::StateMachine;
 use crate::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
 use crate::wal::{SnapshotFile, WalError, encode_records, scan};
@@ -217,7 +219,8 @@ impl WalFile {
             {
                 let (index, term) = (s.get_metadata().index, s.get_metadata().term);
                 let file =
-                    write_snapshot_file(&snapshot_path(&self.path, w.group, index, term), s)?;
+                    write_snapshot_file(&snapshot_path(&self.path, w.group, index, term), &s.data)
+                        .await?;
                 new_files.insert((w.group, index, term), file);
             }
         }
@@ -334,20 +337,7 @@ impl WalFile {
             sequence += records.len() as u64;
         }
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
-        let std_io = |operation: &'static str| {
-            let path = path.clone();
-            move |e: std::io::Error| WalIoError::Io {
-                path,
-                operation,
-                message: e.to_string(),
-            }
-        };
-        std::fs::rename(&tmp, &self.path).map_err(std_io("rename checkpoint"))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(std_io("fsync directory"))?;
-        }
+        replace_durably(&tmp, &self.path, "checkpoint").await?;
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
         self.end = end;
@@ -412,12 +402,13 @@ fn snapshot_path(log: &Path, group: GroupId, index: u64, term: u64) -> PathBuf {
     log.with_extension(format!("snap-{}-{index}-{term}", group.0))
 }
 
-/// Writes a snapshot's data to `path` durably (temporary file, fsync, rename, directory
-/// fsync) and returns its length and checksum.
-fn write_snapshot_file(path: &Path, snapshot: &Snapshot) -> Result<SnapshotFile, WalIoError> {
+/// Writes a snapshot's data to `path` durably (temporary file, fdatasync, rename,
+/// directory fsync) and returns its length and checksum. Every step is an io_uring
+/// operation: a large snapshot does not stall the core's other tasks while it is written.
+async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFile, WalIoError> {
     let io = |operation: &'static str| {
         let path = path.to_owned();
-        move |e: std::io::Error| WalIoError::Io {
+        move |e: glommio::GlommioError<()>| WalIoError::Io {
             path,
             operation,
             message: e.to_string(),
@@ -426,23 +417,60 @@ fn write_snapshot_file(path: &Path, snapshot: &Snapshot) -> Result<SnapshotFile,
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp).map_err(io("create snapshot file"))?;
-        file.write_all(&snapshot.data)
+    let file = glommio::io::BufferedFile::create(&tmp)
+        .await
+        .map_err(io("create snapshot file"))?;
+    let mut at = 0usize;
+    while at < data.len() {
+        let end = (at + SNAPSHOT_FILE_WRITE_BYTES).min(data.len());
+        let written = file
+            .write_at(data[at..end].to_vec(), at as u64)
+            .await
             .map_err(io("write snapshot file"))?;
-        file.sync_all().map_err(io("fsync snapshot file"))?;
+        if written == 0 {
+            return Err(WalIoError::Io {
+                path: tmp,
+                operation: "write snapshot file",
+                message: "the write made no progress".into(),
+            });
+        }
+        at += written;
     }
-    std::fs::rename(&tmp, path).map_err(io("rename snapshot file"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory"))?;
-    }
+    file.fdatasync()
+        .await
+        .map_err(io("fdatasync snapshot file"))?;
+    file.close().await.map_err(io("close snapshot file"))?;
+    replace_durably(&tmp, path, "snapshot file").await?;
     Ok(SnapshotFile {
-        len: snapshot.data.len() as u64,
-        crc: crc32c::crc32c(&snapshot.data),
+        len: data.len() as u64,
+        crc: crc32c::crc32c(data),
     })
+}
+
+/// Renames `tmp` over `path` and makes the rename durable (fsync of the directory).
+async fn replace_durably(tmp: &Path, path: &Path, what: &'static str) -> Result<(), WalIoError> {
+    let io = |operation: &'static str| {
+        let path = path.to_owned();
+        move |e: glommio::GlommioError<()>| WalIoError::Io {
+            path,
+            operation,
+            message: format!("{what}: {e}"),
+        }
+    };
+    glommio::io::rename(tmp, path).await.map_err(io("rename"))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let d = glommio::io::Directory::open(dir)
+            .await
+            .map_err(io("open directory"))?;
+        d.sync().await.map_err(io("fsync directory"))?;
+        let _ = d.close().await;
+    }
+    Ok(())
 }
 
 /// Reads a snapshot's data back, refusing a file that is missing or does not match the
