@@ -259,6 +259,22 @@ impl Storage for GroupStorage {
     }
 }
 
+/// A leader that is handing leadership over (a transfer under way) or that removed itself
+/// drops proposals (raft-rs' `ProposalDropped`); the client is told to find the leader
+/// again, after a pause, rather than given an error: it is not a failure of the request.
+/// No hint: the transferee does not lead yet, and pointing at it would make the client
+/// bounce between the two.
+fn refuse_while_handing_over<S>(g: &Group<S>, group: GroupId) -> Result<(), HostError> {
+    let raft = &g.raw.raft;
+    if raft.lead_transferee.is_some() || raft.prs().get(raft.id).is_none() {
+        return Err(HostError::NotLeader {
+            group,
+            leader: None,
+        });
+    }
+    Ok(())
+}
+
 /// Whether `id` is a voter or learner of `conf` (either half of a joint configuration).
 fn conf_names(conf: &ConfState, id: u64) -> bool {
     conf.voters
@@ -655,6 +671,7 @@ impl<S: StateMachine> RaftHost<S> {
     ) -> Result<(), HostError> {
         let local = self.local;
         let g = self.leading_group(group)?;
+        refuse_while_handing_over(g, group)?;
         g.raw
             .propose(proposal_context(local, token), command)
             .map_err(|e| HostError::Raft(e.to_string()))

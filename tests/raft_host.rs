@@ -12,7 +12,8 @@ use nodedb_cluster::constants::RAFT_TICK;
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::kv::{KvCommand, KvResponse, KvStore, StateMachine};
 use nodedb_cluster::raft_host::{
-    CoreAddress, GroupId, HostEvent, Outgoing, PersistedGroup, ProposalToken, RaftHost, ReplicaId,
+    CoreAddress, GroupId, HostError, HostEvent, Outgoing, PersistedGroup, ProposalToken, RaftHost,
+    ReplicaId,
 };
 use nodedb_cluster::time::Time;
 use raft::eraftpb::MessageType;
@@ -576,4 +577,39 @@ fn a_learner_joining_after_compaction_gets_a_snapshot_that_names_it() {
         let key = format!("k{t}");
         assert_eq!(c.store(4).get(key.as_bytes()), Some(&b"v"[..]), "{key}");
     }
+}
+
+/// While a leader hands leadership over, raft-rs drops proposals; the host answers
+/// `NotLeader` without a hint (the client pauses and finds the new leader) instead of an
+/// error the client would report as a failed write.
+#[test]
+fn a_proposal_during_a_leader_transfer_is_redirected_not_failed() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let leader = c.leader().unwrap();
+    let target = (1..=3).find(|i| *i != leader).unwrap();
+    // The target cannot be reached, so the transfer stays under way.
+    c.isolated.insert(target);
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .transfer_leader(GROUP, ReplicaId(target))
+        .unwrap();
+    c.step();
+    let command = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    };
+    let refused =
+        c.hosts
+            .get_mut(&leader)
+            .unwrap()
+            .propose(GROUP, command.encode(), ProposalToken(1));
+    assert_eq!(
+        refused,
+        Err(HostError::NotLeader {
+            group: GROUP,
+            leader: None
+        })
+    );
 }

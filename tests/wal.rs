@@ -344,6 +344,39 @@ fn snapshot_files(path: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// A log opened by a relative path (a relative `data_dir`) writes snapshot files too. The
+/// path is made absolute at open: glommio's directory open failed with EBADF on a relative
+/// path, which stopped the core at its first large snapshot.
+#[test]
+fn a_log_opened_by_a_relative_path_writes_snapshot_files() {
+    let dir = PathBuf::from("target").join(format!("wal-relative-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(dir.is_relative());
+    let path = dir.join("core-0.wal");
+    let p = path.clone();
+    let recovered = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.append(&[snapshot_write(1, 10, 2 << 20)]).await.unwrap();
+        wal.close().await.unwrap();
+        WalFile::open(&p).await.unwrap().1
+    });
+    assert_eq!(
+        snapshot_files(&path),
+        vec!["core-0.snap-1-10-1".to_string()]
+    );
+    assert_eq!(
+        recovered.groups[&GroupId(1)]
+            .snapshot
+            .as_ref()
+            .unwrap()
+            .data
+            .len(),
+        2 << 20
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_large_snapshot_lives_in_its_own_file_and_comes_back_after_restarts_and_checkpoints() {
     let path = wal_path("snapfile");

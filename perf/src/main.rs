@@ -12,12 +12,17 @@
 //! `raft [--seconds 5] [--concurrency 1,32]` measures commit throughput and latency of a
 //! 3-replica group over QUIC with fsync against raft-rs in memory (see `raft.rs`).
 //!
+//! `migrate [--mib 64] [--dir target/perf-migrate]` moves a replica of a loaded vShard to
+//! another node while a writer runs and reports the move's time and throughput and the
+//! writer's latency before and during it (see `migrate.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Later issues add transport,
 //! Raft and migration tools here (stock quinn, tokio and friends are dependencies of this
 //! crate only, never of the main one).
 
+mod migrate;
 mod quic;
 mod raft;
 mod rpc;
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Some("rpc") => rpc_bench(&args[1..]),
         Some("raft") => raft_bench(&args[1..]),
         Some("wal") => wal_bench(&args[1..]),
+        Some("migrate") => migrate_bench(&args[1..]),
         Some("balance-matrix") => match parse_seeds(&args[1..]) {
             Ok(seeds) => balance_matrix(seeds),
             Err(message) => {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
                 "       nodedb-perf wal [--groups 64] [--rounds 200] [--payload 256] [--dir D]"
             );
             eprintln!("       nodedb-perf raft [--seconds 5] [--concurrency 1,32]");
+            eprintln!("       nodedb-perf migrate [--mib 64] [--dir D]");
             eprintln!("       nodedb-perf balance-matrix [--seeds N]");
             ExitCode::from(2)
         }
@@ -323,6 +330,50 @@ fn rpc_bench(args: &[String]) -> ExitCode {
     }
     println!("{}", serde_json::json!({ "rpc": rows }));
     ExitCode::SUCCESS
+}
+
+fn migrate_bench(args: &[String]) -> ExitCode {
+    let mut mib = 64u64;
+    let mut dir = std::path::PathBuf::from("target/perf-migrate");
+    let parsed = flags(args, |flag, value| match flag {
+        "--mib" => set(&mut mib, value),
+        "--dir" => {
+            dir = value.into();
+            true
+        }
+        _ => false,
+    });
+    if let Err(e) = parsed {
+        return usage(&e);
+    }
+    if mib == 0 || mib > 1024 {
+        return usage("--mib must be within 1..=1024 (a vShard holds at most 1 GiB)");
+    }
+    match migrate::run(dir, mib) {
+        Ok(r) => {
+            let mb = r.vshard_bytes as f64 / 1e6;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "vshard_bytes": r.vshard_bytes,
+                    "move_seconds": r.move_seconds,
+                    "move_mb_per_sec": mb / r.move_seconds,
+                    "baseline_write_p50_us": r.baseline_p50_us,
+                    "baseline_write_p99_us": r.baseline_p99_us,
+                    "baseline_writes": r.baseline_writes,
+                    "during_write_p50_us": r.during_p50_us,
+                    "during_write_p99_us": r.during_p99_us,
+                    "during_writes": r.during_writes,
+                    "during_over_baseline_p99": r.during_p99_us as f64 / r.baseline_p99_us.max(1) as f64,
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn wal_bench(args: &[String]) -> ExitCode {

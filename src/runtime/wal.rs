@@ -89,6 +89,15 @@ pub struct WalFile {
 impl WalFile {
     /// Opens (or creates) the log at `path` and replays it.
     pub async fn open(path: &Path) -> Result<(WalFile, Recovered), WalIoError> {
+        // Absolute from here on: glommio's io_uring directory open fails (EBADF) on a
+        // relative path, which made every snapshot file written under a relative data_dir
+        // stop its core.
+        let absolute = std::path::absolute(path).map_err(|e| WalIoError::Io {
+            path: path.to_owned(),
+            operation: "resolve path",
+            message: e.to_string(),
+        })?;
+        let path = absolute.as_path();
         let std_io = |operation: &'static str| {
             let path = path.to_owned();
             move |e: std::io::Error| WalIoError::Io {

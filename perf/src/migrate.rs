@@ -1,0 +1,198 @@
+//! `migrate`: how fast a replica of a loaded vShard moves to another node, and what the
+//! move costs the writes that keep arriving meanwhile.
+//!
+//! Four nodes × one core over loopback QUIC with mTLS and write-ahead logs; one group with
+//! three replicas (nodes 1–3), loaded with `mib` MiB. A closed-loop writer measures write
+//! latency for a baseline window, then the group's replica on node 1 moves to node 4
+//! (`start_move`; the executor adds a learner, which catches up through a streamed snapshot,
+//! promotes it, hands leadership over if needed and retires the old replica) while the
+//! writer goes on. Reported: the move's wall time and the vShard bytes moved per second,
+//! and write p50/p99 in the baseline window and during the move — the same run, so the
+//! ratio is the move's cost.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::raft_host::{CoreAddress, GroupId};
+use nodedb_cluster::runtime::client::KvClient;
+use nodedb_cluster::runtime::cores::CoreLayout;
+use nodedb_cluster::runtime::demo::free_base_port;
+use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
+use nodedb_cluster::runtime::node::{ClusterSpec, Node, NodeConfig};
+use nodedb_cluster::runtime::tls::{self, TlsMode};
+
+pub struct MigrateResult {
+    pub vshard_bytes: u64,
+    pub move_seconds: f64,
+    pub baseline_p50_us: u64,
+    pub baseline_p99_us: u64,
+    pub baseline_writes: u64,
+    pub during_p50_us: u64,
+    pub during_p99_us: u64,
+    pub during_writes: u64,
+}
+
+const VALUE_BYTES: usize = 4096;
+const GROUP: GroupId = GroupId(1);
+
+pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca = tls::generate_ca("perf").map_err(|e| e.to_string())?;
+    let nodes: Vec<(NodeId, SocketAddr)> = (1..=4)
+        .map(|n| {
+            free_base_port(1)
+                .map(|p| (NodeId(n), SocketAddr::from(([127, 0, 0, 1], p))))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let spec = ClusterSpec {
+        nodes,
+        cores: 1,
+        groups: 1,
+        replicas: 3,
+    };
+    let mut running = Vec::new();
+    for n in 1..=4 {
+        let identity = tls::issue_node_cert(&ca, NodeId(n), &["127.0.0.1".into()])
+            .map_err(|e| e.to_string())?;
+        running.push(
+            Node::start(NodeConfig {
+                node: NodeId(n),
+                spec: spec.clone(),
+                data_dir: dir.join(format!("node-{n}")),
+                tls: TlsMode::Mutual {
+                    ca_cert_pem: ca.cert_pem.clone(),
+                    identity,
+                },
+                layout: CoreLayout::Unbound,
+                mtu: 1452,
+                snapshot_rate: None,
+                metrics_addr: None,
+            })
+            .map_err(|e| e.to_string())?,
+        );
+    }
+    let client_tls = TlsMode::Mutual {
+        ca_cert_pem: ca.cert_pem.clone(),
+        identity: tls::issue_client_cert(&ca, "perf").map_err(|e| e.to_string())?,
+    };
+    let outcome = spawn_executor("migrate", CorePlacement::Unbound, move || async move {
+        let client = Rc::new(KvClient::new(spec, client_tls, 1452).map_err(|e| e.to_string())?);
+        let result = measure(&client, mib).await;
+        client.shutdown().await;
+        result
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|h| h.join().map_err(|e| e.to_string()))
+    .and_then(|r| r);
+    let failures: Vec<String> = running.iter().filter_map(Node::failure).collect();
+    for node in running {
+        let _ = node.shutdown();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    match (outcome, failures.is_empty()) {
+        (Ok(r), true) => Ok(r),
+        (Ok(_), false) => Err(failures.join("; ")),
+        (Err(e), _) => Err(format!("{e} {}", failures.join("; "))),
+    }
+}
+
+async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, String> {
+    // Load the vShard: `mib` MiB of 4 KiB values, 16 writers.
+    let values = (mib << 20) / VALUE_BYTES as u64;
+    let next = Rc::new(Cell::new(0u64));
+    let mut loaders = Vec::new();
+    for _ in 0..16 {
+        let (client, next) = (client.clone(), next.clone());
+        loaders.push(glommio::spawn_local(async move {
+            let value = vec![0x5au8; VALUE_BYTES];
+            loop {
+                let i = next.get();
+                if i >= values {
+                    return Ok::<(), String>(());
+                }
+                next.set(i + 1);
+                client
+                    .put(format!("load-{i:08}").as_bytes(), &value)
+                    .await
+                    .map_err(|e| format!("loading: {e}"))?;
+            }
+        }));
+    }
+    for l in loaders {
+        l.await?;
+    }
+    let baseline = write_window(client, Duration::from_secs(3), None).await?;
+    let moving = Rc::new(Cell::new(true));
+    let writer = {
+        let (client, moving) = (client.clone(), moving.clone());
+        glommio::spawn_local(async move {
+            write_window(&client, Duration::from_secs(600), Some(moving)).await
+        })
+    };
+    let started = Instant::now();
+    let to = CoreAddress {
+        node: NodeId(4),
+        core: CoreId(0),
+    };
+    client
+        .move_replica(GROUP, NodeId(1), to)
+        .await
+        .map_err(|e| format!("starting the move: {e}"))?;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
+        let replicas = &groups
+            .iter()
+            .find(|(g, _)| *g == GROUP)
+            .ok_or("no group")?
+            .1;
+        if replicas.len() == 3 && !replicas.iter().any(|(_, a)| a.node == NodeId(1)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the move did not finish in 600 s".into());
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let move_seconds = started.elapsed().as_secs_f64();
+    moving.set(false);
+    let during = writer.await?;
+    Ok(MigrateResult {
+        vshard_bytes: values * VALUE_BYTES as u64,
+        move_seconds,
+        baseline_p50_us: baseline.value_at_quantile(0.5),
+        baseline_p99_us: baseline.value_at_quantile(0.99),
+        baseline_writes: baseline.len(),
+        during_p50_us: during.value_at_quantile(0.5),
+        during_p99_us: during.value_at_quantile(0.99),
+        during_writes: during.len(),
+    })
+}
+
+/// One closed-loop writer of small values for `length`, or until `running` turns false.
+async fn write_window(
+    client: &KvClient,
+    length: Duration,
+    running: Option<Rc<Cell<bool>>>,
+) -> Result<Histogram<u64>, String> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let end = Instant::now() + length;
+    let mut i = 0u64;
+    while Instant::now() < end && running.as_ref().is_none_or(|r| r.get()) {
+        let t = Instant::now();
+        client
+            .put(format!("probe-{}", i % 1000).as_bytes(), b"v")
+            .await
+            .map_err(|e| format!("a write failed: {e}"))?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+        i += 1;
+    }
+    Ok(h)
+}
