@@ -270,9 +270,21 @@ pub const CLIENT_NODE_BACKOFF: std::time::Duration = std::time::Duration::from_s
 /// ... up to this, and this long after three failures in a row.
 pub const CLIENT_NODE_DOWN_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 /// A group's log is compacted (state-machine snapshot, applied entries dropped) once it
-/// holds this many applied entries: bounds memory and replay, while a follower a little
-/// behind still catches up from the log rather than a snapshot.
+/// holds this many applied entries **and** enough log bytes (below): bounds memory and
+/// replay, while a follower a little behind still catches up from the log rather than a
+/// snapshot.
 pub const RAFT_LOG_COMPACT_ENTRIES: usize = 1024;
+/// ... and once the log's bytes since the last snapshot reach a quarter of the state's
+/// size (`RAFT_LOG_COMPACT_STATE_FRACTION`) or this many bytes, whichever is smaller. A
+/// snapshot costs the whole state (serialised on the core, written to disk), so compacting
+/// every 1 024 entries made a large vShard rewrite itself over and over: a 256 MiB vShard
+/// written with 4 KiB values was snapshotted (256 MiB each) every 4 MiB of writes, 64×
+/// write amplification. Now at most 4× (and 16× for a full 1 GiB vShard, where the cap
+/// bounds the log kept in memory).
+pub const RAFT_LOG_COMPACT_MAX_BYTES: u64 = 64 << 20;
+/// See `RAFT_LOG_COMPACT_MAX_BYTES`: the log since the last snapshot may grow to this
+/// fraction (1/N) of the state before it is compacted.
+pub const RAFT_LOG_COMPACT_STATE_FRACTION: u64 = 4;
 /// A learner being moved in is promoted once its log is within this many entries of the
 /// commit index: close enough that the new voter does not stall commits while it catches
 /// up, loose enough that a steady write load cannot keep it "behind" forever.

@@ -32,7 +32,8 @@ use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
 
 use crate::constants::{
-    RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES, RAFT_TICK,
+    RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES,
+    RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION, RAFT_TICK,
 };
 use crate::ids::{CoreId, NodeId};
 use crate::kv::StateMachine;
@@ -275,6 +276,14 @@ fn refuse_while_handing_over<S>(g: &Group<S>, group: GroupId) -> Result<(), Host
     Ok(())
 }
 
+/// The log bytes `entries` count for the compaction rule: data plus a fixed overhead each.
+fn entries_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| e.data.len() as u64 + e.context.len() as u64 + 32)
+        .sum()
+}
+
 /// Whether `id` is a voter or learner of `conf` (either half of a joint configuration).
 fn conf_names(conf: &ConfState, id: u64) -> bool {
     conf.voters
@@ -303,6 +312,9 @@ struct Group<S> {
     snapshot_to_persist: Option<Snapshot>,
     /// The commit index this replica's log holds durably (the last persisted hard state's).
     durable_commit: u64,
+    /// Bytes of entries appended to the log since its last compaction (approximate: entry
+    /// data plus a fixed overhead each), for the compaction rule.
+    log_bytes: u64,
 }
 
 /// A group's part of the batch being made durable: its ready number, and the commit index
@@ -483,6 +495,14 @@ impl<S: StateMachine> RaftHost<S> {
         state_machine: S,
     ) -> Result<(), HostError> {
         let durable_commit = storage.log.rl().hard_state().commit;
+        // A log rebuilt at restart counts what it holds.
+        let log_bytes = match (storage.log.first_index(), storage.log.last_index()) {
+            (Ok(first), Ok(last)) if last >= first => storage
+                .log
+                .entries(first, last + 1, u64::MAX, raft::GetEntriesContext::empty(false))
+                .map_or(0, |entries| entries_bytes(&entries)),
+            _ => 0,
+        };
         let raw = RawNode::new(&raft_config(replica, applied), storage, &self.logger)
             .map_err(|e| HostError::Raft(e.to_string()))?;
         let g = Group {
@@ -495,6 +515,7 @@ impl<S: StateMachine> RaftHost<S> {
             handover: None,
             snapshot_to_persist: None,
             durable_commit,
+            log_bytes,
         };
         self.groups.insert(group, g);
         Ok(())
@@ -818,6 +839,7 @@ impl<S: StateMachine> RaftHost<S> {
             let committed = rd.take_committed_entries();
             if !rd.entries().is_empty() {
                 let _ = g.raw.store().log.wl().append(rd.entries());
+                g.log_bytes += entries_bytes(rd.entries());
                 write.entries = rd.entries().clone();
             }
             if let Some(hs) = rd.hs() {
@@ -924,7 +946,11 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
             .borrow()
             .as_ref()
             .is_none_or(|s| s.get_metadata().index < applied);
-    if applied < first + RAFT_LOG_COMPACT_ENTRIES as u64 && !wanted {
+    let long = applied >= first + RAFT_LOG_COMPACT_ENTRIES as u64
+        && g.log_bytes
+            >= (g.state_machine.bytes_stored() / RAFT_LOG_COMPACT_STATE_FRACTION)
+                .min(RAFT_LOG_COMPACT_MAX_BYTES);
+    if !long && !wanted {
         return;
     }
     let Ok(term) = g.raw.store().term(applied) else {
@@ -941,6 +967,7 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
     }
     *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
     g.raw.store().wanted.set(false);
+    g.log_bytes = 0;
     g.snapshot_to_persist = Some(snapshot);
 }
 

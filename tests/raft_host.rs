@@ -613,3 +613,63 @@ fn a_proposal_during_a_leader_transfer_is_redirected_not_failed() {
         })
     );
 }
+
+/// A group whose state is large compacts only once its log since the last snapshot is a
+/// sizeable fraction of that state: each compaction snapshots the whole state, and doing it
+/// every 1 024 entries rewrote a large vShard over and over (64× write amplification for
+/// 4 KiB values in a 256 MiB vShard).
+#[test]
+fn a_large_state_is_not_snapshotted_every_thousand_small_entries() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let big = vec![b'x'; 1 << 20];
+    let mut token = 0u64;
+    let mut put = |c: &mut Cluster, key: String, value: &[u8]| {
+        let leader = c.leader().expect("a leader");
+        let command = KvCommand::Put {
+            key: key.into_bytes(),
+            value: value.to_vec(),
+        };
+        c.hosts
+            .get_mut(&leader)
+            .unwrap()
+            .propose(GROUP, command.encode(), ProposalToken(token))
+            .unwrap();
+        token += 1;
+        c.step();
+    };
+    // 8 MiB of state and enough entries for a first compaction.
+    for i in 0..8 {
+        put(&mut c, format!("big-{i}"), &big);
+    }
+    for i in 0..1100 {
+        put(&mut c, format!("small-{i}"), b"v");
+    }
+    let leader = c.leader().unwrap();
+    let index = |c: &Cluster| {
+        c.disks[&leader]
+            .snapshot
+            .as_ref()
+            .map(|s| s.get_metadata().index)
+    };
+    let first = index(&c).expect("the first compaction");
+    // Then 2 048 small entries: far more than 1 024 entries, far less than a quarter of
+    // the state in bytes.
+    for i in 0..2048 {
+        put(&mut c, format!("more-{i}"), b"v");
+    }
+    assert_eq!(
+        index(&c),
+        Some(first),
+        "no new snapshot of an 8 MiB state for 2 048 small entries"
+    );
+    // Another 3 MiB of writes brings the log past a quarter of the (11 MiB) state.
+    for i in 8..11 {
+        put(&mut c, format!("big-{i}"), &big);
+    }
+    put(&mut c, "tail".into(), b"v");
+    assert!(
+        index(&c) > Some(first),
+        "compacted once the log reached a quarter of the state"
+    );
+}
