@@ -499,7 +499,12 @@ impl<S: StateMachine> RaftHost<S> {
         let log_bytes = match (storage.log.first_index(), storage.log.last_index()) {
             (Ok(first), Ok(last)) if last >= first => storage
                 .log
-                .entries(first, last + 1, u64::MAX, raft::GetEntriesContext::empty(false))
+                .entries(
+                    first,
+                    last + 1,
+                    u64::MAX,
+                    raft::GetEntriesContext::empty(false),
+                )
                 .map_or(0, |entries| entries_bytes(&entries)),
             _ => 0,
         };

@@ -107,6 +107,42 @@ fn with_client<T: Send + 'static, F: Future<Output = T> + 'static>(
     .unwrap()
 }
 
+/// The first `n` keys named `<prefix>-<i>` that fall in `group`.
+fn keys_in(c: &KvClient, prefix: &str, group: GroupId, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|k| c.group_of(k.as_bytes()) == group)
+        .take(n)
+        .collect()
+}
+
+/// Enough keys of `group` for its leader to compact its log: a replica that missed them
+/// can only catch up through a snapshot.
+fn compacting_keys(c: &KvClient, prefix: &str, group: GroupId) -> Vec<String> {
+    keys_in(
+        c,
+        prefix,
+        group,
+        nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300,
+    )
+}
+
+/// Writes every key with itself as the value, eight writers at a time.
+async fn put_all(client: &std::rc::Rc<KvClient>, keys: &[String]) {
+    let mut writers = Vec::new();
+    for part in keys.chunks(keys.len().div_ceil(8)) {
+        let (client, part) = (client.clone(), part.to_vec());
+        writers.push(glommio::spawn_local(async move {
+            for k in part {
+                client.put(k.as_bytes(), k.as_bytes()).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await;
+    }
+}
+
 /// Bytes per second for snapshot streams in the restart test: the hot group's snapshot
 /// (about 18 KB) then streams for about 3.5 s beyond the bucket's one-second burst. Before
 /// the send task reported delivery, raft-rs sent a new snapshot on every rejected probe
@@ -259,24 +295,9 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
         // Enough writes to one group that its leader compacts its log past where the stopped
         // node stopped: it can then only catch up through a snapshot (sent out of band).
         let group = c.group_of(b"hot-0");
-        let keys: Vec<String> = (0..)
-            .map(|i| format!("hot-{i}"))
-            .filter(|k| c.group_of(k.as_bytes()) == group)
-            .take(nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300)
-            .collect();
+        let keys = compacting_keys(&c, "hot", group);
         let client = std::rc::Rc::new(c);
-        let mut writers = Vec::new();
-        for part in keys.chunks(keys.len().div_ceil(8)) {
-            let (client, part) = (client.clone(), part.to_vec());
-            writers.push(glommio::spawn_local(async move {
-                for k in part {
-                    client.put(k.as_bytes(), k.as_bytes()).await.unwrap();
-                }
-            }));
-        }
-        for w in writers {
-            w.await;
-        }
+        put_all(&client, &keys).await;
         client.shutdown().await;
         keys
     });
@@ -351,11 +372,12 @@ fn a_vshard_larger_than_a_log_record_is_snapshotted_and_streamed() {
     let mut nodes: Vec<Option<Node>> = vec![Some(h.start(1)), Some(h.start(2)), None];
     let keys = with_client(&h, |c| async move {
         let group = c.group_of(b"big-0");
-        let keys: Vec<String> = (0..)
-            .map(|i| format!("big-{i}"))
-            .filter(|k| c.group_of(k.as_bytes()) == group)
-            .take(BIG + nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 100)
-            .collect();
+        let keys = keys_in(
+            &c,
+            "big",
+            group,
+            BIG + nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 100,
+        );
         for (i, k) in keys.iter().enumerate() {
             // 80 values of 1 MiB, then small writes until the log is compacted.
             c.put(k.as_bytes(), &expected_value(i, k)).await.unwrap();
@@ -492,11 +514,7 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
             node: NodeId(1),
             core: CoreId((from_core.0 + 1) % CORES),
         };
-        let keys: Vec<String> = (0..)
-            .map(|i| format!("move-{i}"))
-            .filter(|k| c.group_of(k.as_bytes()) == group)
-            .take(300)
-            .collect();
+        let keys = keys_in(&c, "move", group, 300);
         let acked = Rc::new(RefCell::new(Vec::new()));
         let next = Rc::new(Cell::new(0usize));
         let mut writers = Vec::new();
@@ -633,24 +651,9 @@ fn a_node_restarts_in_the_same_process_right_after_it_stopped() {
     // Enough writes to one group that node 3 can only catch up through a snapshot.
     with_client(&h, move |c| async move {
         let group = c.group_of(b"hot-0");
-        let keys: Vec<String> = (0..)
-            .map(|i| format!("hot-{i}"))
-            .filter(|k| c.group_of(k.as_bytes()) == group)
-            .take(nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300)
-            .collect();
+        let keys = compacting_keys(&c, "hot", group);
         let client = std::rc::Rc::new(c);
-        let mut writers = Vec::new();
-        for part in keys.chunks(keys.len().div_ceil(8)) {
-            let (client, part) = (client.clone(), part.to_vec());
-            writers.push(glommio::spawn_local(async move {
-                for k in part {
-                    client.put(k.as_bytes(), k.as_bytes()).await.unwrap();
-                }
-            }));
-        }
-        for w in writers {
-            w.await;
-        }
+        put_all(&client, &keys).await;
         client.shutdown().await;
     });
     for round in 0..4 {
@@ -807,24 +810,9 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
             .find(|(_, r)| !r.iter().any(|(_, a)| a.node == meta_leader))
             .unwrap()
             .clone();
-        let keys: Vec<String> = (0..)
-            .map(|i| format!("resume-{i}"))
-            .filter(|k| c.group_of(k.as_bytes()) == group)
-            .take(nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300)
-            .collect();
+        let keys = compacting_keys(&c, "resume", group);
         let client = std::rc::Rc::new(c);
-        let mut writers = Vec::new();
-        for part in keys.chunks(keys.len().div_ceil(8)) {
-            let (client, part) = (client.clone(), part.to_vec());
-            writers.push(glommio::spawn_local(async move {
-                for k in part {
-                    client.put(k.as_bytes(), k.as_bytes()).await.unwrap();
-                }
-            }));
-        }
-        for w in writers {
-            w.await;
-        }
+        put_all(&client, &keys).await;
         let from = replicas[0].1;
         let to = CoreAddress {
             node: from.node,
@@ -854,11 +842,7 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
         // The group serves from its new configuration, its data intact.
-        let keys = (0..)
-            .map(|i| format!("resume-{i}"))
-            .filter(|k| c.group_of(k.as_bytes()) == group)
-            .take(100);
-        for k in keys {
+        for k in keys_in(&c, "resume", group, 100) {
             assert_eq!(
                 c.get(k.as_bytes()).await.unwrap(),
                 Some(k.clone().into_bytes()),
@@ -923,10 +907,7 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
             "the new replica is placed"
         );
         // It cannot catch up while its node is down; the group keeps serving meanwhile.
-        let key = (0..)
-            .map(|i| format!("abandon-{i}"))
-            .find(|k| c.group_of(k.as_bytes()) == group)
-            .unwrap();
+        let key = keys_in(&c, "abandon", group, 1).remove(0);
         c.put(key.as_bytes(), b"1").await.unwrap();
         c.abandon_move(group).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);

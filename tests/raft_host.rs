@@ -12,8 +12,8 @@ use nodedb_cluster::constants::RAFT_TICK;
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::kv::{KvCommand, KvResponse, KvStore, StateMachine};
 use nodedb_cluster::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, Outgoing, PersistedGroup, ProposalToken, RaftHost,
-    ReplicaId,
+    CoreAddress, GroupId, HostError, HostEvent, MembershipChange, Outgoing, PersistedGroup,
+    ProposalToken, RaftHost, ReplicaId,
 };
 use nodedb_cluster::time::Time;
 use raft::eraftpb::MessageType;
@@ -184,6 +184,29 @@ impl Cluster {
             .unwrap()
             .propose(GROUP, command.encode(), ProposalToken(token))
             .is_ok()
+    }
+
+    /// Hosts a joining replica 4 (on a fourth core) and has `leader` add it as a learner,
+    /// the change acknowledged under `token`.
+    fn add_learner_4(&mut self, leader: u64, token: u64) {
+        let mut joining: RaftHost<KvStore> = RaftHost::new(address(4));
+        for r in 1..=4 {
+            joining.set_address(ReplicaId(r), address(r));
+        }
+        let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+        joining
+            .add_joining_group(GROUP, ReplicaId(4), &voters, &[], KvStore::new())
+            .unwrap();
+        self.hosts.insert(4, joining);
+        self.hosts
+            .get_mut(&leader)
+            .unwrap()
+            .change_membership(
+                GROUP,
+                &[MembershipChange::AddLearner(ReplicaId(4))],
+                ProposalToken(token),
+            )
+            .unwrap();
     }
 
     fn store(&self, i: u64) -> &KvStore {
@@ -395,7 +418,7 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
 
 #[test]
 fn a_replica_moves_by_learner_promotion_joint_removal_and_leader_transfer() {
-    use nodedb_cluster::raft_host::MembershipChange::{AddLearner, AddVoter, Remove};
+    use nodedb_cluster::raft_host::MembershipChange::{AddVoter, Remove};
     let mut c = Cluster::new();
     assert!(c.run_until(200, |c| c.leader().is_some()));
     for t in 0..50 {
@@ -406,20 +429,7 @@ fn a_replica_moves_by_learner_promotion_joint_removal_and_leader_transfer() {
     let removed = (1..=3).find(|i| *i != leader).unwrap();
 
     // 1. A learner on a fourth core receives the log without voting.
-    let mut joining: RaftHost<KvStore> = RaftHost::new(address(4));
-    for r in 1..=4 {
-        joining.set_address(ReplicaId(r), address(r));
-    }
-    let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
-    joining
-        .add_joining_group(GROUP, ReplicaId(4), &voters, &[], KvStore::new())
-        .unwrap();
-    c.hosts.insert(4, joining);
-    c.hosts
-        .get_mut(&leader)
-        .unwrap()
-        .change_membership(GROUP, &[AddLearner(ReplicaId(4))], ProposalToken(1000))
-        .unwrap();
+    c.add_learner_4(leader, 1000);
     assert!(
         c.run_until(100, |c| c.hosts.contains_key(&4) && c.store(4).len() == 50),
         "the learner caught up"
@@ -540,7 +550,6 @@ fn a_message_for_an_earlier_replica_of_the_group_is_refused() {
 /// compaction — forever, on a group with no more writes.
 #[test]
 fn a_learner_joining_after_compaction_gets_a_snapshot_that_names_it() {
-    use nodedb_cluster::raft_host::MembershipChange::AddLearner;
     let mut c = Cluster::new();
     assert!(c.run_until(200, |c| c.leader().is_some()));
     let writes = nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES as u64 + 100;
@@ -553,20 +562,7 @@ fn a_learner_joining_after_compaction_gets_a_snapshot_that_names_it() {
     assert!(c.run_until(100, |c| c.applied.len() as u64 == writes));
     let leader = c.leader().unwrap();
     assert!(c.disks[&leader].snapshot.is_some(), "the log was compacted");
-    let mut joining: RaftHost<KvStore> = RaftHost::new(address(4));
-    for r in 1..=4 {
-        joining.set_address(ReplicaId(r), address(r));
-    }
-    let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
-    joining
-        .add_joining_group(GROUP, ReplicaId(4), &voters, &[], KvStore::new())
-        .unwrap();
-    c.hosts.insert(4, joining);
-    c.hosts
-        .get_mut(&leader)
-        .unwrap()
-        .change_membership(GROUP, &[AddLearner(ReplicaId(4))], ProposalToken(1 << 40))
-        .unwrap();
+    c.add_learner_4(leader, 1 << 40);
     // No further writes: only a new snapshot can bring the learner up to date.
     assert!(
         c.run_until(300, |c| c.store(4).len() as u64 == writes),

@@ -338,7 +338,7 @@ fn migrate_bench(args: &[String]) -> ExitCode {
     let parsed = flags(args, |flag, value| match flag {
         "--mib" => set(&mut mib, value),
         "--dir" => {
-            dir = value.into();
+            dir = std::path::PathBuf::from(value);
             true
         }
         _ => false,
@@ -384,7 +384,7 @@ fn wal_bench(args: &[String]) -> ExitCode {
         "--rounds" => set(&mut rounds, value),
         "--payload" => set(&mut payload, value),
         "--dir" => {
-            dir = value.into();
+            dir = std::path::PathBuf::from(value);
             true
         }
         _ => false,
