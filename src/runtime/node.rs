@@ -12,7 +12,8 @@
 //! core 0 of every node): core 0 hands each table it applies to every core of its node,
 //! and each core creates the replicas the table places on it and drops the others (see
 //! [`Hosting`]). A new cluster's table is its static spec: group `g` on core `g % cores`
-//! of every node, its replica on node `n` with Raft id `(g << 16) | n`. Core 0 of the
+//! of `replicas` nodes (`ClusterSpec::nodes_of`), its replica on node `n` with Raft id
+//! `(g << 16) | n`. Core 0 of the
 //! metadata group's leader also runs the migration executor ([`crate::runtime::mover`]),
 //! which carries out the replica moves recorded in the table.
 
@@ -32,8 +33,7 @@ use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
     SNAPSHOT_TRANSFER_TIMEOUT,
 };
-use crate::ids::Epoch;
-use crate::ids::{CoreId, NodeId};
+use crate::ids::{CoreId, Epoch, NodeId};
 use crate::kv::{KvCommand, KvStore};
 use crate::metadata::{Cell, GroupPlacement, MetadataCommand, MetadataStore, PlacementTable};
 use crate::node_metrics::{CoreCounter, CoreGauge, NodeMetrics};
