@@ -445,7 +445,8 @@ fn check_large_group(
 /// executor adds the new replica as a learner, promotes it and removes the old one in one
 /// joint change (both configurations have a quorum without the stopped node), and retires
 /// the old replica only once every voter durably knows the change — so not before the
-/// stopped node is back. Every acknowledged write is readable afterwards.
+/// stopped node is back. Every acknowledged write is readable afterwards, and after node 1
+/// restarts it hosts the new replica, from its log, where the table places it.
 #[test]
 fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
     use nodedb_cluster::raft_host::ReplicaId;
@@ -593,6 +594,7 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
         during.len()
     );
 
+    let sample: Vec<String> = during.iter().take(20).cloned().collect();
     // Node 3 returns; the executor retires the old replica.
     nodes[2] = Some(h.start(3));
     with_client(&h, move |c| async move {
@@ -629,6 +631,41 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let hosted_after: Vec<u64> = (0..CORES)
+        .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
+        .collect();
+    // Node 1 restarts: from its logs and its own metadata log it hosts the new replica on
+    // the new core and not the old one. With node 2 down, the group's quorum needs that
+    // recovered replica.
+    nodes[0].take().unwrap().shutdown().unwrap();
+    nodes[0] = Some(h.start(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<u64> = (0..CORES)
+            .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
+            .collect();
+        if now == hosted_after {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted node 1 hosts {now:?}, expected {hosted_after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nodes[1].take().unwrap().shutdown().unwrap();
+    with_client(&h, move |c| async move {
+        for k in &sample {
+            assert_eq!(
+                c.get(k.as_bytes()).await.unwrap(),
+                Some(k.as_bytes().to_vec()),
+                "{k}"
+            );
+        }
+        let key = keys_in(&c, "move-restarted", group, 1).remove(0);
+        c.put(key.as_bytes(), b"1").await.unwrap();
+        c.shutdown().await;
+    });
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
     }
