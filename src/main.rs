@@ -448,16 +448,29 @@ fn kv(path: &Path, op: KvCommandArg) -> ExitCode {
                 .delete(key.as_bytes())
                 .await
                 .map(|existed| if existed { "deleted" } else { "(not found)" }.to_owned()),
-            KvCommandArg::Placement => client.routing().await.map(|(epoch, groups)| {
-                let mut text = format!("epoch {epoch}");
-                for (group, replicas) in groups {
-                    text.push_str(&format!("\ngroup {}:", group.0));
-                    for (replica, at) in replicas {
-                        text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
+            KvCommandArg::Placement => match (client.routing().await, client.moves().await) {
+                (Ok((epoch, groups)), Ok(moves)) => {
+                    let mut text = format!("epoch {epoch}");
+                    for (group, replicas) in groups {
+                        text.push_str(&format!("\ngroup {}:", group.0));
+                        for (replica, at) in replicas {
+                            text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
+                        }
+                        if let Some((_, m)) = moves.iter().find(|(g, _)| *g == group) {
+                            text.push_str(&format!(
+                                " (moving {} to {}@{}/{}{})",
+                                m.from.0,
+                                m.new.0,
+                                m.to.node.0,
+                                m.to.core.0,
+                                if m.abandon { ", abandoning" } else { "" }
+                            ));
+                        }
                     }
+                    Ok(text)
                 }
-                text
-            }),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            },
             KvCommandArg::Move { group, from, to } => client
                 .move_replica(GroupId(group), NodeId(from), to)
                 .await

@@ -943,10 +943,21 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
             4,
             "the new replica is placed"
         );
+        let moves = c.moves().await.unwrap();
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        assert_eq!(
+            (moves[0].0, moves[0].1.to, moves[0].1.abandon),
+            (group, to, false)
+        );
         // It cannot catch up while its node is down; the group keeps serving meanwhile.
         let key = keys_in(&c, "abandon", group, 1).remove(0);
         c.put(key.as_bytes(), b"1").await.unwrap();
         c.abandon_move(group).await.unwrap();
+        let moves = c.moves().await.unwrap();
+        assert!(
+            moves.is_empty() || moves[0].1.abandon,
+            "the move is being abandoned, or already was: {moves:?}"
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let now = replicas_of(&c, group).await;
@@ -971,6 +982,10 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
         }
         c.put(key.as_bytes(), b"2").await.unwrap();
         assert_eq!(c.get(key.as_bytes()).await.unwrap(), Some(b"2".to_vec()));
+        assert!(
+            c.moves().await.unwrap().is_empty(),
+            "no move left in the table"
+        );
         c.shutdown().await;
     });
     for node in nodes.into_iter().flatten() {

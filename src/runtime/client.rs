@@ -447,6 +447,17 @@ impl KvClient {
         }
     }
 
+    /// The replica moves under way (a linearizable read of the metadata group).
+    pub async fn moves(&self) -> Result<Vec<(GroupId, crate::metadata::PendingMove)>, ClientError> {
+        match self
+            .call(crate::runtime::node::METADATA_GROUP, KvOp::Moves)
+            .await?
+        {
+            KvReply::Moves(moves) => Ok(moves),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// The leader of `group` this client last saw, if any.
     pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
         self.router.borrow().leader(group)

@@ -645,6 +645,9 @@ async fn core_loop(
                             (_, KvOp::Routing) => {
                                 routing_reply(host.state_machine(group).and_then(Cell::meta))
                             }
+                            (_, KvOp::Moves) => {
+                                moves_reply(host.state_machine(group).and_then(Cell::meta))
+                            }
                             (Some(s), KvOp::Get { key }) => {
                                 KvReply::Value(s.get(&key).map(<[u8]>::to_vec))
                             }
@@ -815,6 +818,19 @@ fn spec_table(spec: &ClusterSpec) -> PlacementTable {
     }
 }
 
+/// The replica moves under way, as the metadata group knows them.
+fn moves_reply(meta: Option<&MetadataStore>) -> KvReply {
+    match meta {
+        Some(m) if m.is_bootstrapped() => KvReply::Moves(
+            m.groups()
+                .filter_map(|(g, p)| p.moving.map(|mv| (g, mv)))
+                .collect(),
+        ),
+        Some(_) => KvReply::Error("the cluster is not bootstrapped yet; retry".into()),
+        None => KvReply::Error("no metadata group on this core".into()),
+    }
+}
+
 /// The metadata command that bootstraps a cluster from its static spec.
 fn bootstrap_command(spec: &ClusterSpec) -> MetadataCommand {
     let nodes = spec
@@ -856,8 +872,8 @@ fn route_request(
         let _ = reply.try_send(KvResponseFrame { id, reply: answer });
     };
     let is_meta = group == METADATA_GROUP;
-    let meta_op = matches!(request.op, KvOp::Routing | KvOp::Write { .. });
-    let data_op = !matches!(request.op, KvOp::Routing);
+    let meta_op = matches!(request.op, KvOp::Routing | KvOp::Moves | KvOp::Write { .. });
+    let data_op = !matches!(request.op, KvOp::Routing | KvOp::Moves);
     if (is_meta && !meta_op) || (!is_meta && !data_op) {
         answer(
             metrics,
@@ -982,7 +998,7 @@ fn handle_request(
                     .map(|_| Some(Pending::Write(id, reply.clone()))),
             },
         },
-        KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing => host
+        KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves => host
             .read(group, token)
             .map(|_| Some(Pending::Read(id, request.op.clone(), reply.clone()))),
         KvOp::View { new } => host.ensure_leader(group).map(|()| {

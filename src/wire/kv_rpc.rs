@@ -10,6 +10,7 @@
 //!   op 6 change members  body = count (kind:u8 replica:varint)*   kind 1 learner, 2 voter, 3 remove
 //!   op 7 transfer leader body = to:varint
 //!   op 8 durable commit                       (this core's durable commit index)
+//!   op 9 moves                                (group 0: the replica moves under way)
 //! response = id:varint status:u8 body
 //!   status 1 written    body = response:bytes  (an encoded `KvResponse`)
 //!   status 2 value      body = present:u8 [value:bytes]
@@ -21,6 +22,7 @@
 //!   status 8 accepted
 //!   status 9 index      body = index:varint
 //!   status 10 moved     body = epoch:varint   (this node hosts no replica of the group at that epoch)
+//!   status 11 moves     body = count (group:varint from:varint new:varint node:varint core:varint abandon:u8)*
 //! ids = count replica:varint*;  opt = present:u8 [varint]
 //! ```
 //!
@@ -65,6 +67,8 @@ pub enum KvOp {
     },
     /// The group's commit index the addressed core holds durably.
     DurableCommit,
+    /// The replica moves under way (sent to group 0, the metadata group).
+    Moves,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +100,8 @@ pub enum KvReply {
     Moved {
         epoch: u64,
     },
+    /// The replica moves under way, per group.
+    Moves(Vec<(GroupId, crate::metadata::PendingMove)>),
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[ReplicaId]) {
@@ -188,6 +194,7 @@ impl KvRequest {
                 put_varint(&mut out, to.0);
             }
             KvOp::DurableCommit => out.push(8),
+            KvOp::Moves => out.push(9),
         }
         out
     }
@@ -248,6 +255,7 @@ impl KvRequest {
                 to: ReplicaId(r.varint("to")?),
             },
             8 => KvOp::DurableCommit,
+            9 => KvOp::Moves,
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "op",
@@ -330,6 +338,18 @@ impl KvResponseFrame {
             KvReply::Moved { epoch } => {
                 out.push(10);
                 put_varint(&mut out, *epoch);
+            }
+            KvReply::Moves(moves) => {
+                out.push(11);
+                put_varint(&mut out, moves.len() as u64);
+                for (g, m) in moves {
+                    put_varint(&mut out, g.0);
+                    put_varint(&mut out, m.from.0);
+                    put_varint(&mut out, m.new.0);
+                    put_varint(&mut out, m.to.node.0);
+                    put_varint(&mut out, u64::from(m.to.core.0));
+                    out.push(u8::from(m.abandon));
+                }
             }
             KvReply::Error(message) => {
                 out.push(5);
@@ -448,6 +468,39 @@ impl KvResponseFrame {
             10 => KvReply::Moved {
                 epoch: r.varint("epoch")?,
             },
+            11 => {
+                let n = r.count("moves", crate::constants::VSHARD_COUNT_MAX as usize)?;
+                let mut moves = Vec::with_capacity(n.min(65_536));
+                for _ in 0..n {
+                    let group = GroupId(r.varint("group")?);
+                    let from = ReplicaId(r.varint("from")?);
+                    let new = ReplicaId(r.varint("new")?);
+                    let node = NodeId(r.varint("node")?);
+                    let core = CoreId(
+                        r.count("core", usize::from(crate::constants::CORES_PER_NODE_MAX))? as u16,
+                    );
+                    let abandon = match r.u8("abandon")? {
+                        0 => false,
+                        1 => true,
+                        v => {
+                            return Err(DecodeError::BadEnum {
+                                what: "abandon",
+                                value: v.into(),
+                            });
+                        }
+                    };
+                    moves.push((
+                        group,
+                        crate::metadata::PendingMove {
+                            from,
+                            new,
+                            to: CoreAddress { node, core },
+                            abandon,
+                        },
+                    ));
+                }
+                KvReply::Moves(moves)
+            }
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "status",
@@ -487,6 +540,7 @@ mod tests {
             },
             KvOp::TransferLeader { to: ReplicaId(4) },
             KvOp::DurableCommit,
+            KvOp::Moves,
         ] {
             let req = KvRequest {
                 id: 9,
@@ -510,6 +564,15 @@ mod tests {
             KvReply::Accepted,
             KvReply::Index(77),
             KvReply::Moved { epoch: 5 },
+            KvReply::Moves(vec![(
+                GroupId(2),
+                crate::metadata::PendingMove {
+                    from: ReplicaId(3),
+                    new: ReplicaId(1 << 48),
+                    to: hint,
+                    abandon: true,
+                },
+            )]),
             KvReply::View(LeaderView {
                 leader: ReplicaId(1),
                 membership: Membership {
@@ -529,6 +592,6 @@ mod tests {
             let resp = KvResponseFrame { id: 4, reply };
             assert_eq!(KvResponseFrame::decode(&resp.encode()).unwrap(), resp);
         }
-        assert!(KvRequest::decode(&[1, 1, 9]).is_err());
+        assert!(KvRequest::decode(&[1, 1, 99]).is_err());
     }
 }
