@@ -241,16 +241,7 @@ impl MetadataCommand {
             5 => MetadataCommand::EndMove {
                 group: GroupId(r.varint("group")?),
                 new: ReplicaId(r.varint("new")?),
-                moved: match r.u8("moved")? {
-                    0 => false,
-                    1 => true,
-                    v => {
-                        return Err(DecodeError::BadEnum {
-                            what: "moved",
-                            value: v.into(),
-                        });
-                    }
-                },
+                moved: r.bool("moved")?,
             },
             6 => MetadataCommand::AbandonMove {
                 group: GroupId(r.varint("group")?),

@@ -10,6 +10,17 @@ fn cli(args: &[&str]) -> Output {
         .expect("run the binary")
 }
 
+/// Runs a command that must succeed and print one JSON object.
+fn cli_json(args: &[&str]) -> serde_json::Value {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn rebalance_sim_json_has_every_documented_field() {
     let out = cli(&[
@@ -176,13 +187,7 @@ fn certs_init_node_and_client_write_pem_files_with_private_keys() {
 
 #[test]
 fn demo_runs_a_cluster_and_reports_json() {
-    let out = cli(&["demo", "--seconds", "1", "--concurrency", "4", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = cli_json(&["demo", "--seconds", "1", "--concurrency", "4", "--json"]);
     for key in [
         "writes",
         "reads",
@@ -208,13 +213,7 @@ fn demo_runs_a_cluster_and_reports_json() {
 fn the_open_loop_demo_sends_every_scheduled_operation() {
     // 200 operations per second for one second: operations 0..200 are due, and each one is
     // sent and answered, however late (latency counts from when it was due).
-    let out = cli(&["demo", "--seconds", "1", "--rate", "200", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = cli_json(&["demo", "--seconds", "1", "--rate", "200", "--json"]);
     assert_eq!(v["mode"], "open", "{v}");
     assert_eq!(v["offered_per_sec"], 200.0, "{v}");
     let done = v["writes"].as_u64().unwrap() + v["reads"].as_u64().unwrap();

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::node_metrics::CoreCounter;
@@ -141,6 +142,56 @@ async fn put_all(client: &std::rc::Rc<KvClient>, keys: &[String]) {
     for w in writers {
         w.await;
     }
+}
+
+/// How often a waiting test looks at its condition again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Blocks the test thread until `done` holds; fails after `within`.
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// On a client's executor: asks `check` again until it gives `Some`; fails after `within`.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        glommio::timer::sleep(POLL).await;
+    }
+}
+
+/// Waits until the group's replicas in the table satisfy `done`, and returns them.
+async fn replicas_until(
+    c: &KvClient,
+    what: &str,
+    within: Duration,
+    group: GroupId,
+    done: impl Fn(&[(u64, CoreAddress)]) -> bool,
+) -> Vec<(u64, CoreAddress)> {
+    let done = &done;
+    eventually(what, within, move || async move {
+        let replicas = replicas_of(c, group).await;
+        done(&replicas).then_some(replicas)
+    })
+    .await
+}
+
+/// The replicas of `group` in the cluster's placement table.
+async fn replicas_of(c: &KvClient, group: GroupId) -> Vec<(u64, CoreAddress)> {
+    let (_, groups) = c.routing().await.unwrap();
+    groups.into_iter().find(|(g, _)| *g == group).unwrap().1
 }
 
 /// Bytes per second for snapshot streams in the restart test: the hot group's snapshot
@@ -415,9 +466,9 @@ fn check_large_group(
 ) {
     let committed = with_client(h, move |c| async move {
         // Installing 80 MiB and replaying the rest can outlast one call's retries.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while let Err(e) = c.put(keys[0].as_bytes(), marker.as_bytes()).await {
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 c.shutdown().await;
                 return Err(format!("no commit after 120 s: {e}"));
             }
@@ -452,30 +503,8 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
     use nodedb_cluster::raft_host::ReplicaId;
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
-    use std::time::{Duration, Instant};
-
     let h = Harness::named("move");
     let mut nodes: Vec<Option<Node>> = (1..=3).map(|n| Some(h.start(n))).collect();
-
-    /// Waits (bounded) until the group's replicas in the table satisfy `done`.
-    async fn wait_for_table(
-        c: &KvClient,
-        what: &str,
-        group: GroupId,
-        done: impl Fn(&[(u64, CoreAddress)]) -> bool,
-    ) -> Vec<(u64, CoreAddress)> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((_, groups)) = c.routing().await {
-                let replicas = groups.into_iter().find(|(g, _)| *g == group).unwrap().1;
-                if done(&replicas) {
-                    return replicas;
-                }
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
-    }
 
     let before = with_client(&h, |c| async move {
         let mut acked = Vec::new();
@@ -534,9 +563,13 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
                 }
             }));
         }
-        while acked.borrow().len() < 20 {
-            glommio::timer::sleep(Duration::from_millis(5)).await;
-        }
+        let some_acked = &acked;
+        eventually(
+            "the first writes",
+            Duration::from_secs(60),
+            move || async move { (some_acked.borrow().len() >= 20).then_some(()) },
+        )
+        .await;
         c.move_replica(group, NodeId(1), to).await.unwrap();
         // A second move of the group is refused while this one runs.
         let refused = c.move_replica(group, NodeId(2), to).await;
@@ -544,24 +577,24 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
             matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Server(m)) if m.contains("already moving")),
             "{refused:?}"
         );
-        let replicas = wait_for_table(&c, "the new replica", group, |r| r.len() == 4).await;
+        let within = Duration::from_secs(60);
+        let replicas = replicas_until(&c, "the new replica", within, group, |r| r.len() == 4).await;
         let new = ReplicaId(replicas.iter().find(|(_, a)| *a == to).unwrap().0);
         // The membership change completes without node 3.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(KvReply::View(view)) = c.admin(group, KvOp::View { new }).await
-                && view.membership.voters.contains(&new)
-                && !view.membership.joint
-                && view.membership.voters.len() == 3
-            {
-                break;
+        let client = &*c;
+        eventually("the new replica as a voter", within, move || async move {
+            match client.admin(group, KvOp::View { new }).await {
+                Ok(KvReply::View(view))
+                    if view.membership.voters.contains(&new)
+                        && !view.membership.joint
+                        && view.membership.voters.len() == 3 =>
+                {
+                    Some(())
+                }
+                _ => None,
             }
-            assert!(
-                Instant::now() < deadline,
-                "the new replica never became a voter"
-            );
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
         for w in writers {
             w.await;
         }
@@ -573,17 +606,17 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
                 .map(|m| m.core(0).counter(CoreCounter::MoveSteps))
                 .sum::<u64>()
         };
-        let (start, deadline) = (steps(), Instant::now() + Duration::from_secs(60));
-        while steps() < start + 10 {
-            let (_, groups) = c.routing().await.unwrap();
-            let replicas = &groups.iter().find(|(g, _)| *g == group).unwrap().1;
+        let start = steps();
+        let (steps, client) = (&steps, &*c);
+        eventually("ten executor steps", within, move || async move {
+            let replicas = replicas_of(client, group).await;
             assert!(
                 replicas.iter().any(|(_, a)| *a == from) && replicas.len() == 4,
                 "the old replica must be kept while node 3 is down: {replicas:?}"
             );
-            assert!(Instant::now() < deadline, "the executor stopped stepping");
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
+            (steps() >= start + 10).then_some(())
+        })
+        .await;
         c.shutdown().await;
         let acked = acked.borrow().clone();
         (group, from, to, new, acked)
@@ -598,10 +631,10 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
     // Node 3 returns; the executor retires the old replica.
     nodes[2] = Some(h.start(3));
     with_client(&h, move |c| async move {
-        let replicas = wait_for_table(&c, "the old replica's retirement", group, |r| {
-            r.len() == 3 && !r.iter().any(|(_, a)| *a == from)
-        })
-        .await;
+        let retired = |r: &[(u64, CoreAddress)]| r.len() == 3 && !r.iter().any(|(_, a)| *a == from);
+        let within = Duration::from_secs(60);
+        let replicas =
+            replicas_until(&c, "the old replica's retirement", within, group, retired).await;
         assert!(replicas.contains(&(new.0, to)), "{replicas:?}");
         for k in before.iter().chain(&during) {
             assert_eq!(
@@ -615,44 +648,29 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
     });
     // Node 1's cores host what the table says: one replica fewer on the old core, one more
     // on the new (the old one was dropped from its core and its log).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now: Vec<u64> = (0..CORES)
+    let hosted = |nodes: &[Option<Node>]| -> Vec<u64> {
+        (0..CORES)
             .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
-            .collect();
-        if now[usize::from(from.core.0)] + 1 == hosted_before[usize::from(from.core.0)]
-            && now[usize::from(to.core.0)] == hosted_before[usize::from(to.core.0)] + 1
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 1 hosts {now:?}, before {hosted_before:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let hosted_after: Vec<u64> = (0..CORES)
-        .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
-        .collect();
+            .collect()
+    };
+    let mut hosted_after = hosted_before.clone();
+    hosted_after[usize::from(from.core.0)] -= 1;
+    hosted_after[usize::from(to.core.0)] += 1;
+    wait_until(
+        "node 1 to host the moved replica's core change",
+        Duration::from_secs(30),
+        || hosted(&nodes) == hosted_after,
+    );
     // Node 1 restarts: from its logs and its own metadata log it hosts the new replica on
     // the new core and not the old one. With node 2 down, the group's quorum needs that
     // recovered replica.
     nodes[0].take().unwrap().shutdown().unwrap();
     nodes[0] = Some(h.start(1));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now: Vec<u64> = (0..CORES)
-            .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
-            .collect();
-        if now == hosted_after {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "restarted node 1 hosts {now:?}, expected {hosted_after:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "restarted node 1 to host as before",
+        Duration::from_secs(30),
+        || hosted(&nodes) == hosted_after,
+    );
     nodes[1].take().unwrap().shutdown().unwrap();
     with_client(&h, move |c| async move {
         for k in &sample {
@@ -696,25 +714,16 @@ fn a_node_restarts_in_the_same_process_right_after_it_stopped() {
     for round in 0..4 {
         let node = h.start(3);
         // Each core binds its port before its first loop turn, or fails.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while node.failure().is_none()
-            && (0..CORES).any(|c| node.metrics().core(c).counter(CoreCounter::LoopTurns) == 0)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: cores never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let (started, within) = (Instant::now(), Duration::from_secs(30));
+        wait_until("the cores to start", within, || {
+            node.failure().is_some()
+                || (0..CORES).all(|c| node.metrics().core(c).counter(CoreCounter::LoopTurns) > 0)
+        });
         assert_eq!(node.failure(), None, "round {round}");
-        // Give the snapshot stream a moment to start before stopping mid-transfer.
-        while node.metrics().total(CoreCounter::RaftMessagesIn) == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: no traffic"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        // Stop once the catch-up traffic has started, i.e. mid-transfer.
+        wait_until("traffic", within.saturating_sub(started.elapsed()), || {
+            node.metrics().total(CoreCounter::RaftMessagesIn) > 0
+        });
         node.shutdown().unwrap();
     }
     for node in nodes.into_iter().flatten() {
@@ -728,8 +737,6 @@ fn a_node_restarts_in_the_same_process_right_after_it_stopped() {
 /// table follows the old node's stale-epoch redirect (`Moved`) to the new table.
 #[test]
 fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_redirect() {
-    use std::time::{Duration, Instant};
-
     let h = Harness::sized("move-node", 4);
     let nodes: Vec<Node> = (1..=4).map(|n| h.start(n)).collect();
     let (spec, tls) = (h.spec.clone(), h.client_tls());
@@ -757,50 +764,45 @@ fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_re
         };
         assert_eq!(stale.cached_leader(group), Some(leader));
         c.move_replica(group, leader.node, to).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let moved = loop {
-            let (e, groups) = c.routing().await.unwrap();
+        let client = &c;
+        let moved = eventually("the move", Duration::from_secs(60), move || async move {
+            let (e, groups) = client.routing().await.unwrap();
             let now = &groups.iter().find(|(g, _)| *g == group).unwrap().1;
             if now.len() == 3 && !now.iter().any(|(_, a)| a.node == leader.node) {
                 assert!(now.iter().any(|(_, a)| *a == to), "{now:?}");
-                break e;
+                return Some(e);
             }
-            assert!(
-                Instant::now() < deadline,
-                "the move did not finish: {now:?}"
-            );
             // Writes go on during the move.
-            c.put(b"k-0", b"during").await.unwrap();
-            glommio::timer::sleep(Duration::from_millis(20)).await;
-        };
+            client.put(b"k-0", b"during").await.unwrap();
+            None
+        })
+        .await;
         assert!(
             moved >= epoch + 2,
             "start and end of the move each bump the epoch"
         );
         // The old node no longer hosts the group: a stale-epoch redirect, once its own
         // table has the move.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let reply = c
-                .call_at(
-                    leader,
-                    group,
-                    KvOp::Get {
-                        key: b"k-0".to_vec(),
-                    },
-                )
-                .await
-                .unwrap();
-            if let KvReply::Moved { epoch } = reply {
-                assert!(epoch >= moved, "{reply:?}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the old node still answers {reply:?}"
-            );
-            glommio::timer::sleep(Duration::from_millis(20)).await;
-        }
+        let redirect = eventually(
+            "a redirect from the old node",
+            Duration::from_secs(30),
+            move || async move {
+                let key = b"k-0".to_vec();
+                match client
+                    .call_at(leader, group, KvOp::Get { key })
+                    .await
+                    .unwrap()
+                {
+                    KvReply::Moved { epoch } => Some(epoch),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        assert!(
+            redirect >= moved,
+            "redirect at epoch {redirect}, table at {moved}"
+        );
         // The stale client asks the old node first, is redirected, fetches the new table
         // and reads from the group's new leader.
         assert_eq!(stale.get(b"k-0").await.unwrap(), Some(b"during".to_vec()));
@@ -831,7 +833,6 @@ fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_re
 #[test]
 fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
     use nodedb_cluster::runtime::node::METADATA_GROUP;
-    use std::time::{Duration, Instant};
 
     let h = Harness {
         snapshot_rate: Some(SNAPSHOT_TEST_RATE),
@@ -864,20 +865,10 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
     stopped.shutdown().unwrap();
     assert_eq!(ended_by_stopped, 0, "the move was still under way");
     with_client(&h, move |c| async move {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, groups) = c.routing().await.unwrap();
-            let now = &groups.iter().find(|(g, _)| *g == group).unwrap().1;
-            if now.len() == 3 && !now.iter().any(|(_, a)| *a == from) {
-                assert!(now.iter().any(|(_, a)| *a == to), "{now:?}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the move was not resumed: {now:?}"
-            );
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
+        let done = |r: &[(u64, CoreAddress)]| r.len() == 3 && !r.iter().any(|(_, a)| *a == from);
+        let now =
+            replicas_until(&c, "the resumed move", Duration::from_secs(60), group, done).await;
+        assert!(now.iter().any(|(_, a)| *a == to), "{now:?}");
         // The group serves from its new configuration, its data intact.
         for k in keys_in(&c, "resume", group, 100) {
             assert_eq!(
@@ -901,18 +892,10 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
     let _ = std::fs::remove_dir_all(&h.dir);
 }
 
-/// The replicas of `group` in the cluster's placement table.
-async fn replicas_of(c: &KvClient, group: GroupId) -> Vec<(u64, CoreAddress)> {
-    let (_, groups) = c.routing().await.unwrap();
-    groups.into_iter().find(|(g, _)| *g == group).unwrap().1
-}
-
 /// A move to a node that is down waits for it; an operator abandons it, and the executor
 /// takes the new replica out of the group again and removes it from the table.
 #[test]
 fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
-    use std::time::{Duration, Instant};
-
     let h = Harness::sized("move-abandon", 4);
     let mut nodes: Vec<Option<Node>> = (1..=4).map(|n| Some(h.start(n))).collect();
     // Group 4 starts on nodes 4, 1 and 2; node 3, the spare, stops.
@@ -958,18 +941,14 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
             moves.is_empty() || moves[0].1.abandon,
             "the move is being abandoned, or already was: {moves:?}"
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = replicas_of(&c, group).await;
-            if now == before {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the move was not abandoned: {now:?}"
-            );
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
+        replicas_until(
+            &c,
+            "the abandoned move",
+            Duration::from_secs(60),
+            group,
+            |r| r == before.as_slice(),
+        )
+        .await;
         // Out of the configuration too: the leader's view no longer names it.
         let new =
             nodedb_cluster::raft_host::ReplicaId(nodedb_cluster::metadata::MOVED_REPLICA_IDS_FROM);

@@ -192,12 +192,8 @@ impl WalFile {
 
     /// Closes the file (waits for the close to complete).
     pub async fn close(self) -> Result<(), WalIoError> {
-        let path = self.path.clone();
-        self.file.close().await.map_err(|e| WalIoError::Io {
-            path,
-            operation: "close",
-            message: e.to_string(),
-        })
+        let io = glommio_error(&self.path, "close");
+        self.file.close().await.map_err(io)
     }
 
     pub fn stats(&self) -> WalStats {
@@ -206,15 +202,7 @@ impl WalFile {
 
     /// Appends `writes` as one record and makes it durable (one write, one fdatasync).
     pub async fn append(&mut self, writes: &[GroupWrite]) -> Result<(), WalIoError> {
-        let path = self.path.clone();
-        let io = move |operation: &'static str| {
-            let path = path.clone();
-            move |e: glommio::GlommioError<()>| WalIoError::Io {
-                path,
-                operation,
-                message: e.to_string(),
-            }
-        };
+        let io = |operation| glommio_error(&self.path, operation);
         let log = |source| WalIoError::Log {
             path: self.path.clone(),
             source,
@@ -306,16 +294,8 @@ impl WalFile {
     /// a snapshot made unnecessary are gone, so disk use follows the live state, not the
     /// history. A crash midway leaves the old log in place.
     async fn checkpoint(&mut self) -> Result<(), WalIoError> {
-        let path = self.path.clone();
         let tmp = self.path.with_extension("wal.checkpoint");
-        let io = |operation: &'static str| {
-            let path = path.clone();
-            move |e: glommio::GlommioError<()>| WalIoError::Io {
-                path,
-                operation,
-                message: e.to_string(),
-            }
-        };
+        let io = |operation| glommio_error(&self.path, operation);
         let file = DmaFile::create(&tmp)
             .await
             .map_err(io("create checkpoint"))?;
@@ -346,7 +326,7 @@ impl WalFile {
             sequence += records.len() as u64;
         }
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
-        replace_durably(&tmp, &self.path, "checkpoint").await?;
+        replace_durably(&tmp, &self.path).await?;
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
         self.end = end;
@@ -388,11 +368,7 @@ async fn write_records(
         let written = file
             .write_at(buffer, at)
             .await
-            .map_err(|e| WalIoError::Io {
-                path: path.to_owned(),
-                operation,
-                message: e.to_string(),
-            })?;
+            .map_err(glommio_error(path, operation))?;
         if written != record.len() {
             return Err(WalIoError::Io {
                 path: path.to_owned(),
@@ -415,14 +391,7 @@ fn snapshot_path(log: &Path, group: GroupId, index: u64, term: u64) -> PathBuf {
 /// directory fsync) and returns its length and checksum. Every step is an io_uring
 /// operation: a large snapshot does not stall the core's other tasks while it is written.
 async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFile, WalIoError> {
-    let io = |operation: &'static str| {
-        let path = path.to_owned();
-        move |e: glommio::GlommioError<()>| WalIoError::Io {
-            path,
-            operation,
-            message: e.to_string(),
-        }
-    };
+    let io = |operation| glommio_error(path, operation);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -449,30 +418,32 @@ async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFile, W
         .await
         .map_err(io("fdatasync snapshot file"))?;
     file.close().await.map_err(io("close snapshot file"))?;
-    replace_durably(&tmp, path, "snapshot file").await?;
+    replace_durably(&tmp, path).await?;
     Ok(SnapshotFile {
         len: data.len() as u64,
         crc: crc32c::crc32c(data),
     })
 }
 
-/// Renames `tmp` over `path` and makes the rename durable (fsync of the directory).
-async fn replace_durably(tmp: &Path, path: &Path, what: &'static str) -> Result<(), WalIoError> {
-    let io = |operation: &'static str| {
-        let path = path.to_owned();
-        move |e: glommio::GlommioError<()>| WalIoError::Io {
-            path,
-            operation,
-            message: format!("{what}: {e}"),
-        }
-    };
+/// The `WalIoError` of a glommio operation on `path`.
+fn glommio_error(
+    path: &Path,
+    operation: &'static str,
+) -> impl FnOnce(glommio::GlommioError<()>) -> WalIoError {
+    let path = path.to_owned();
+    move |e| WalIoError::Io {
+        path,
+        operation,
+        message: e.to_string(),
+    }
+}
+
+/// Renames `tmp` over `path` and makes the rename durable (fsync of the directory). `path`
+/// is absolute (every log path is made so at open).
+async fn replace_durably(tmp: &Path, path: &Path) -> Result<(), WalIoError> {
+    let io = |operation| glommio_error(path, operation);
     glommio::io::rename(tmp, path).await.map_err(io("rename"))?;
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
         let d = glommio::io::Directory::open(dir)
             .await
             .map_err(io("open directory"))?;

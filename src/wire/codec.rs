@@ -83,6 +83,18 @@ impl<'a> Reader<'a> {
         Ok(first)
     }
 
+    /// A flag byte: 0 or 1; anything else is `BadEnum`.
+    pub fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(DecodeError::BadEnum {
+                what,
+                value: v.into(),
+            }),
+        }
+    }
+
     pub fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..10 {

@@ -441,16 +441,7 @@ impl KvResponseFrame {
                 let leader = ReplicaId(r.varint("leader")?);
                 let voters = read_ids(&mut r, "voters")?;
                 let learners = read_ids(&mut r, "learners")?;
-                let joint = match r.u8("joint")? {
-                    0 => false,
-                    1 => true,
-                    v => {
-                        return Err(DecodeError::BadEnum {
-                            what: "joint",
-                            value: v.into(),
-                        });
-                    }
-                };
+                let joint = r.bool("joint")?;
                 KvReply::View(LeaderView {
                     leader,
                     membership: Membership {
@@ -479,16 +470,7 @@ impl KvResponseFrame {
                     let core = CoreId(
                         r.count("core", usize::from(crate::constants::CORES_PER_NODE_MAX))? as u16,
                     );
-                    let abandon = match r.u8("abandon")? {
-                        0 => false,
-                        1 => true,
-                        v => {
-                            return Err(DecodeError::BadEnum {
-                                what: "abandon",
-                                value: v.into(),
-                            });
-                        }
-                    };
+                    let abandon = r.bool("abandon")?;
                     moves.push((
                         group,
                         crate::metadata::PendingMove {

@@ -170,16 +170,7 @@ pub fn read_snapshot(r: &mut Reader<'_>, data_max: usize) -> Result<Snapshot, De
     cs.learners = read_ids(r, "learners")?;
     cs.voters_outgoing = read_ids(r, "voters_outgoing")?;
     cs.learners_next = read_ids(r, "learners_next")?;
-    cs.auto_leave = match r.u8("auto_leave")? {
-        0 => false,
-        1 => true,
-        v => {
-            return Err(DecodeError::BadEnum {
-                what: "auto_leave",
-                value: v.into(),
-            });
-        }
-    };
+    cs.auto_leave = r.bool("auto_leave")?;
     meta.set_conf_state(cs);
     s.data = r.bytes("snapshot data", data_max)?.to_vec().into();
     Ok(s)
