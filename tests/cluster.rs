@@ -85,6 +85,14 @@ impl Harness {
         .unwrap()
     }
 
+    /// Stops the nodes still running and removes the cluster's files.
+    fn stop(&self, nodes: impl IntoIterator<Item = Node>) {
+        for node in nodes {
+            node.shutdown().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
     fn client_tls(&self) -> TlsMode {
         TlsMode::Mutual {
             ca_cert_pem: self.ca.cert_pem.clone(),
@@ -405,10 +413,7 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
         (1..=2).contains(&snapshots),
         "the catch-up took {snapshots} snapshots"
     );
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes.into_iter().flatten());
 }
 
 /// A vShard larger than a log record (64 MiB): its snapshot goes to a file of its own, and
@@ -441,10 +446,7 @@ fn a_vshard_larger_than_a_log_record_is_snapshotted_and_streamed() {
     nodes[2] = Some(h.start(3));
     nodes[0].take().unwrap().shutdown().unwrap();
     check_large_group(&h, &nodes, std::sync::Arc::new(keys), "after-stream");
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes.into_iter().flatten());
 }
 
 /// The value the large-vShard test writes at position `i` (key `k`).
@@ -684,10 +686,7 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
         c.put(key.as_bytes(), b"1").await.unwrap();
         c.shutdown().await;
     });
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes.into_iter().flatten());
 }
 
 /// A node stopped and started again in the same process binds its ports again, also
@@ -726,10 +725,7 @@ fn a_node_restarts_in_the_same_process_right_after_it_stopped() {
         });
         node.shutdown().unwrap();
     }
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes.into_iter().flatten());
 }
 
 /// In a cluster of four nodes, the replica that leads a group moves to the node that does
@@ -820,10 +816,7 @@ fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_re
         stale.shutdown().await;
         c.shutdown().await;
     });
-    for node in nodes {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes);
 }
 
 /// The metadata leader stops in the middle of a move: another node's executor resumes the
@@ -886,10 +879,7 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
         .map(|n| n.metrics().core(0).counter(CoreCounter::MovesEnded))
         .sum();
     assert_eq!(ended, 1, "another node's executor ended the move");
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes.into_iter().flatten());
 }
 
 /// A move to a node that is down waits for it; an operator abandons it, and the executor
@@ -967,8 +957,5 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
         );
         c.shutdown().await;
     });
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&h.dir);
+    h.stop(nodes.into_iter().flatten());
 }
