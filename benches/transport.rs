@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use nodedb_cluster::load_slots::{CoreLoadRecord, LoadSlots};
+use nodedb_cluster::metrics::load_slots::{CoreLoadRecord, LoadSlots};
 use nodedb_cluster::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 
 fn load_slots(c: &mut Criterion) {

@@ -20,10 +20,10 @@
 //! ```
 //! use nodedb_cluster::balance::{PlanInput, Planner, PlannerConfig, PlanStatus};
 //! use nodedb_cluster::ids::{NodeId, VShardId};
-//! use nodedb_cluster::load::{LoadMetrics, VShardLoad};
-//! use nodedb_cluster::placement::PlacementTable;
+//! use nodedb_cluster::balance::load::{LoadMetrics, VShardLoad};
+//! use nodedb_cluster::cluster::placement::PlacementTable;
 //! use nodedb_cluster::time::Time;
-//! use nodedb_cluster::topology::{ClusterTopology, NodeInfo, NodeState};
+//! use nodedb_cluster::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
 //!
 //! // 1. Three nodes with two cores each, 64 vShards, three replicas.
 //! let mut topology = ClusterTopology::new();
@@ -58,25 +58,14 @@
 //! (see [`balance::harness`]).
 
 pub mod balance;
+pub mod client;
+pub mod cluster;
 pub mod constants;
 pub mod ids;
-pub mod kv;
-pub mod load;
-pub mod load_slots;
-pub mod metadata;
 pub mod metrics;
-pub mod node_metrics;
-pub mod peer_health;
-pub mod placement;
-pub mod raft_host;
-pub mod replica_move;
+pub mod replication;
 pub mod rng;
-pub mod routing;
 pub mod runtime;
 pub mod sim;
-pub mod snapshot_transfer;
 pub mod time;
-pub mod topology;
-pub mod vshard;
-pub mod wal;
 pub mod wire;

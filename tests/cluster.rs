@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::node_metrics::CoreCounter;
-use nodedb_cluster::raft_host::{CoreAddress, GroupId};
+use nodedb_cluster::metrics::cores::CoreCounter;
+use nodedb_cluster::replication::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::cores::CoreLayout;
 use nodedb_cluster::runtime::demo::free_base_port;
@@ -502,7 +502,7 @@ fn check_large_group(
 /// restarts it hosts the new replica, from its log, where the table places it.
 #[test]
 fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
-    use nodedb_cluster::raft_host::ReplicaId;
+    use nodedb_cluster::replication::raft_host::ReplicaId;
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
     let h = Harness::named("move");
@@ -524,10 +524,10 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
         .flatten()
         .map(|n| n.metrics().clone())
         .collect();
-    let replicas_on = |metrics: &nodedb_cluster::node_metrics::NodeMetrics, core: CoreId| {
+    let replicas_on = |metrics: &nodedb_cluster::metrics::cores::NodeMetrics, core: CoreId| {
         metrics
             .core(core.0)
-            .gauge(nodedb_cluster::node_metrics::CoreGauge::Replicas)
+            .gauge(nodedb_cluster::metrics::cores::CoreGauge::Replicas)
     };
     let hosted_before: Vec<u64> = (0..CORES)
         .map(|c| replicas_on(nodes[0].as_ref().unwrap().metrics(), CoreId(c)))
@@ -940,8 +940,9 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
         )
         .await;
         // Out of the configuration too: the leader's view no longer names it.
-        let new =
-            nodedb_cluster::raft_host::ReplicaId(nodedb_cluster::metadata::MOVED_REPLICA_IDS_FROM);
+        let new = nodedb_cluster::replication::raft_host::ReplicaId(
+            nodedb_cluster::cluster::metadata::MOVED_REPLICA_IDS_FROM,
+        );
         match c.admin(group, KvOp::View { new }).await.unwrap() {
             KvReply::View(view) => {
                 assert!(!view.membership.contains(new), "{view:?}");

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nodedb_cluster::load_slots::{CoreLoadRecord, LoadSlots, SlotError};
+use nodedb_cluster::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotError};
 
 /// A record whose every field is derived from `i`, so a torn read is detectable.
 fn record(i: u64) -> CoreLoadRecord {

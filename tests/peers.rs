@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use nodedb_cluster::client::peer_health::BreakerState;
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::peer_health::BreakerState;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::peers::{PeerError, PeerKey, Peers, StreamClass, receive_streams};
 use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};

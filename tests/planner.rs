@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use nodedb_cluster::balance::harness::{HarnessConfig, Scenario, SyntheticCluster};
+use nodedb_cluster::balance::load::{LoadError, LoadMetrics, VShardLoad};
 use nodedb_cluster::balance::model::LoadModel;
 use nodedb_cluster::balance::{
     MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, Planner, PlannerConfig,
 };
+use nodedb_cluster::cluster::placement::PlacementTable;
+use nodedb_cluster::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
 use nodedb_cluster::ids::{CoreId, NodeId, Placement, VShardId};
-use nodedb_cluster::load::{LoadError, LoadMetrics, VShardLoad};
-use nodedb_cluster::placement::PlacementTable;
 use nodedb_cluster::time::Time;
-use nodedb_cluster::topology::{ClusterTopology, NodeInfo, NodeState};
 
 fn topology(states: &[NodeState], cores: u16) -> ClusterTopology {
     let mut t = ClusterTopology::new();

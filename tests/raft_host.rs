@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use nodedb_cluster::constants::RAFT_TICK;
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::kv::{KvCommand, KvResponse, KvStore, StateMachine};
-use nodedb_cluster::raft_host::{
+use nodedb_cluster::replication::kv::{KvCommand, KvResponse, KvStore, StateMachine};
+use nodedb_cluster::replication::raft_host::{
     CoreAddress, GroupId, HostError, HostEvent, MembershipChange, Outgoing, PersistedGroup,
     ProposalToken, RaftHost, ReplicaId,
 };
@@ -418,7 +418,7 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
 
 #[test]
 fn a_replica_moves_by_learner_promotion_joint_removal_and_leader_transfer() {
-    use nodedb_cluster::raft_host::MembershipChange::{AddVoter, Remove};
+    use nodedb_cluster::replication::raft_host::MembershipChange::{AddVoter, Remove};
     let mut c = Cluster::new();
     assert!(c.run_until(200, |c| c.leader().is_some()));
     for t in 0..50 {
@@ -489,7 +489,7 @@ fn a_replica_moves_by_learner_promotion_joint_removal_and_leader_transfer() {
 
 #[test]
 fn a_leader_that_removes_itself_steps_down_and_hands_over_at_once() {
-    use nodedb_cluster::raft_host::MembershipChange::Remove;
+    use nodedb_cluster::replication::raft_host::MembershipChange::Remove;
     let mut c = Cluster::new();
     assert!(c.run_until(200, |c| c.leader().is_some()));
     for t in 0..10 {
@@ -523,7 +523,7 @@ fn a_leader_that_removes_itself_steps_down_and_hands_over_at_once() {
 
 #[test]
 fn a_message_for_an_earlier_replica_of_the_group_is_refused() {
-    use nodedb_cluster::raft_host::HostError;
+    use nodedb_cluster::replication::raft_host::HostError;
     let mut host: RaftHost<KvStore> = RaftHost::new(address(1));
     host.add_group(GROUP, ReplicaId(7), &[ReplicaId(7)], None, KvStore::new())
         .unwrap();

@@ -14,7 +14,7 @@ use nodedb_cluster::balance::{
     PlannedMove, Planner, PlannerConfig, ProviderError, Rebalancer, RebalancerConfig, SweepOutcome,
 };
 use nodedb_cluster::ids::NodeId;
-use nodedb_cluster::metrics::MetricsRegistry;
+use nodedb_cluster::metrics::loops::MetricsRegistry;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::rebalancer::{rebalancer_control, run_rebalancer};
 use nodedb_cluster::time::Time;

@@ -8,13 +8,13 @@
 use std::path::PathBuf;
 
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::kv::{KvCommand, KvStore, StateMachine};
-use nodedb_cluster::raft_host::{
+use nodedb_cluster::replication::kv::{KvCommand, KvStore, StateMachine};
+use nodedb_cluster::replication::raft_host::{
     CoreAddress, GroupId, GroupWrite, HostEvent, ProposalToken, RaftHost, ReplicaId,
 };
+use nodedb_cluster::replication::wal::WalError;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::wal::{WalFile, WalIoError};
-use nodedb_cluster::wal::WalError;
 use raft::eraftpb::{Entry, HardState};
 
 fn wal_path(name: &str) -> PathBuf {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use nodedb_cluster::constants::RAFT_TICK;
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::kv::{KvCommand, KvStore};
-use nodedb_cluster::raft_host::{
+use nodedb_cluster::replication::kv::{KvCommand, KvStore};
+use nodedb_cluster::replication::raft_host::{
     CoreAddress, GroupId, HostEvent, ProposalToken, RaftHost, ReplicaId,
 };
 use nodedb_cluster::runtime::demo::{self, DemoConfig};

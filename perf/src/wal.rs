@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use nodedb_cluster::raft_host::{GroupId, GroupWrite};
+use nodedb_cluster::replication::raft_host::{GroupId, GroupWrite};
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::wal::WalFile;
 use raft::eraftpb::{Entry, HardState};

@@ -15,19 +15,19 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::balance::load::{LoadMetrics, VShardLoad};
 use crate::balance::model::LoadModel;
 use crate::balance::planner::{
     MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig,
 };
+use crate::cluster::placement::{PlacementError, PlacementTable};
+use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState, TopologyError};
 use crate::constants::{
     CORES_PER_NODE_MAX, NODES_MAX, REBALANCE_INTERVAL, REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX,
 };
 use crate::ids::{CoreId, NodeId, Placement, VShardId};
-use crate::load::{LoadMetrics, VShardLoad};
-use crate::placement::{PlacementError, PlacementTable};
 use crate::rng::Rng;
 use crate::time::Time;
-use crate::topology::{ClusterTopology, NodeInfo, NodeState, TopologyError};
 
 /// The skew the synthetic cluster starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

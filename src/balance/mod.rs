@@ -1,9 +1,11 @@
-//! Load balancing: the load model, the planner, the sweep decision and the evaluation harness.
+//! Load balancing: what load is reported, the load model, the planner, the sweep decision and
+//! the evaluation harness.
 //!
 //! Everything here is sans-IO and deterministic; `runtime::rebalancer` drives
 //! [`rebalancer::Rebalancer`] periodically on the coordinator core.
 
 pub mod harness;
+pub mod load;
 pub mod model;
 pub mod planner;
 pub mod rebalancer;

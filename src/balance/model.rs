@@ -5,10 +5,10 @@
 //! before it. Units are those of `load::ScoreScale`: an average core scores 1.0, and a node
 //! scores the mean of its cores, so a node score *is* that node's load over the mean.
 
+use crate::balance::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
+use crate::cluster::placement::PlacementTable;
+use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::ids::{NodeId, Placement, VShardId};
-use crate::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
-use crate::placement::PlacementTable;
-use crate::topology::{ClusterTopology, NodeState};
 
 /// One node as the model sees it.
 #[derive(Clone, Debug)]

@@ -41,17 +41,17 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::warn;
 
+use crate::balance::load::{LoadError, LoadMetrics, LoadWeights, VShardLoad};
 use crate::balance::model::{CoreReplica, LoadModel};
+use crate::cluster::placement::PlacementTable;
+use crate::cluster::topology::ClusterTopology;
 use crate::constants::{
     REBALANCE_COOLDOWN, REBALANCE_CORE_TARGET_SPREAD, REBALANCE_CORE_TRIGGER_EXCESS,
     REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_MAX_MOVES_PER_SWEEP, REBALANCE_MIN_IMPROVEMENT,
     REBALANCE_TARGET_SPREAD, REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
 };
 use crate::ids::{CoreId, NodeId, Placement, VShardId};
-use crate::load::{LoadError, LoadMetrics, LoadWeights, VShardLoad};
-use crate::placement::PlacementTable;
 use crate::time::Time;
-use crate::topology::ClusterTopology;
 
 /// Tunables of the planner; `Default` gives the documented defaults from `constants`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::balance::load::{LoadMetrics, VShardLoad};
 use crate::balance::planner::{Plan, PlanInput, PlanStatus, PlannedMove, Planner};
+use crate::cluster::placement::PlacementTable;
+use crate::cluster::topology::ClusterTopology;
 use crate::constants::REBALANCE_CPU_BACKPRESSURE;
 use crate::ids::NodeId;
-use crate::load::{LoadMetrics, VShardLoad};
-use crate::metrics::LoopMetrics;
-use crate::placement::PlacementTable;
+use crate::metrics::loops::LoopMetrics;
 use crate::time::Time;
-use crate::topology::ClusterTopology;
 
 /// Name of the rebalancer loop in metrics.
 pub const LOOP_NAME: &str = "rebalancer";

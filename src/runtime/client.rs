@@ -11,19 +11,19 @@ use std::net::SocketAddr;
 use futures_lite::future;
 use thiserror::Error;
 
+use crate::client::routing::{Next, PlacementCache, Router};
+use crate::cluster::metadata::MetadataCommand;
+use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{
     CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF,
 };
 use crate::ids::NodeId;
-use crate::kv::{KvCommand, KvError, KvResponse};
-use crate::metadata::MetadataCommand;
-use crate::raft_host::{CoreAddress, GroupId, ReplicaId};
-use crate::routing::{Next, PlacementCache, Router};
+use crate::replication::kv::{KvCommand, KvError, KvResponse};
+use crate::replication::raft_host::{CoreAddress, GroupId, ReplicaId};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::node::ClusterSpec;
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
 use crate::runtime::tls::{self, ALPN_CLIENT, TlsMode};
-use crate::vshard::{VShardCountError, VShardMap};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
 
@@ -448,7 +448,9 @@ impl KvClient {
     }
 
     /// The replica moves under way (a linearizable read of the metadata group).
-    pub async fn moves(&self) -> Result<Vec<(GroupId, crate::metadata::PendingMove)>, ClientError> {
+    pub async fn moves(
+        &self,
+    ) -> Result<Vec<(GroupId, crate::cluster::metadata::PendingMove)>, ClientError> {
         match self
             .call(crate::runtime::node::METADATA_GROUP, KvOp::Moves)
             .await?

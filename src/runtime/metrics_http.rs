@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::node_metrics::NodeMetrics;
+use crate::metrics::cores::NodeMetrics;
 
 /// Longest request head read (request line and headers).
 const REQUEST_HEAD_MAX_BYTES: usize = 8 * 1024;
@@ -121,7 +121,7 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<
 mod tests {
     use super::*;
     use crate::ids::NodeId;
-    use crate::node_metrics::CoreCounter;
+    use crate::metrics::cores::CoreCounter;
 
     fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();

@@ -21,11 +21,11 @@ use std::sync::Arc;
 
 use tracing::{debug, info};
 
+use crate::cluster::metadata::{MetadataCommand, PendingMove, PlacementTable};
 use crate::constants::MOVE_STEP_INTERVAL;
-use crate::metadata::{MetadataCommand, PendingMove, PlacementTable};
-use crate::node_metrics::{CoreCounter, NodeMetrics};
-use crate::raft_host::{GroupId, ReplicaId};
-use crate::replica_move::{MoveAction, MoveContext, MoveOutcome, ReplicaMove};
+use crate::metrics::cores::{CoreCounter, NodeMetrics};
+use crate::replication::raft_host::{GroupId, ReplicaId};
+use crate::replication::replica_move::{MoveAction, MoveContext, MoveOutcome, ReplicaMove};
 use crate::runtime::client::{ClientError, KvClient};
 use crate::runtime::node::{METADATA_GROUP, NodeConfig};
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};

@@ -29,18 +29,22 @@ use futures_lite::future;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::cluster::metadata::{
+    Cell, GroupPlacement, MetadataCommand, MetadataStore, PlacementTable,
+};
+use crate::cluster::topology::{NodeInfo, NodeState};
 use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
     SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreId, Epoch, NodeId};
-use crate::kv::{KvCommand, KvStore};
-use crate::metadata::{Cell, GroupPlacement, MetadataCommand, MetadataStore, PlacementTable};
-use crate::node_metrics::{CoreCounter, CoreGauge, NodeMetrics};
-use crate::raft_host::{
+use crate::metrics::cores::{CoreCounter, CoreGauge, NodeMetrics};
+use crate::replication::kv::{KvCommand, KvStore};
+use crate::replication::raft_host::{
     CoreAddress, GroupId, HostError, HostEvent, PersistedGroup, ProposalToken, RaftHost, ReplicaId,
 };
-use crate::replica_move::leader_view;
+use crate::replication::replica_move::leader_view;
+use crate::replication::snapshot_transfer::{SnapshotAssembler, TokenBucket, split};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use crate::runtime::executor::RuntimeError;
@@ -50,8 +54,6 @@ use crate::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream};
 use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
 use crate::runtime::wal::WalFile;
-use crate::snapshot_transfer::{SnapshotAssembler, TokenBucket, split};
-use crate::topology::{NodeInfo, NodeState};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
 use crate::wire::raft::{decode_batch, encode_batch};
@@ -856,13 +858,13 @@ fn route_request(
     ctx: &CoreContext<CoreMail>,
     hosting: &Hosting,
     host: &RaftHost<Cell>,
-    metrics: &crate::node_metrics::CoreMetrics,
+    metrics: &crate::metrics::cores::CoreMetrics,
     request: KvRequest,
     reply: &async_channel::Sender<KvResponseFrame>,
     trusted: bool,
 ) -> Option<KvRequest> {
     let (id, group) = (request.id, request.group);
-    let answer = |metrics: &crate::node_metrics::CoreMetrics, answer: KvReply| {
+    let answer = |metrics: &crate::metrics::cores::CoreMetrics, answer: KvReply| {
         let counter = if matches!(answer, KvReply::Moved { .. }) {
             CoreCounter::ClientRedirects
         } else {

@@ -21,9 +21,9 @@ use futures_lite::future;
 use thiserror::Error;
 use tracing::debug;
 
+use crate::client::peer_health::{Admission, PeerHealth};
 use crate::constants::{PEER_CONNECT_TIMEOUT, PEER_OUTBOX_MAX_BYTES};
 use crate::ids::{CoreId, NodeId};
-use crate::peer_health::{Admission, PeerHealth};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::quic::{Connection, QuicEndpoint, RecvStream, SendStream, TransportError};
 use crate::runtime::tls::{self, ALPN_PEER, TlsMode};

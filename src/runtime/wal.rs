@@ -14,7 +14,7 @@
 //! file of each group's latest snapshot and refuses one that is missing or does not match
 //! its checksum; files no record needs any more are deleted.
 //!
-//! The record format and the replay rules are sans-IO (`crate::wal`); this module only
+//! The record format and the replay rules are sans-IO (`crate::replication::wal`); this module only
 //! moves blocks to and from the disk.
 
 use std::collections::BTreeMap;
@@ -29,9 +29,9 @@ use raft::eraftpb::Snapshot;
 use crate::constants::{
     SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES,
 };
-use crate::kv::StateMachine;
-use crate::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
-use crate::wal::{SnapshotFile, WalError, encode_records, scan};
+use crate::replication::kv::StateMachine;
+use crate::replication::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
+use crate::replication::wal::{SnapshotFile, WalError, encode_records, scan};
 
 /// A write-ahead log that cannot be used.
 #[derive(Debug, Error)]

@@ -20,9 +20,9 @@
 use std::collections::BTreeMap;
 
 use crate::constants::WAL_BLOCK_BYTES;
-use crate::raft_host::{GroupId, GroupWrite, PersistedGroup};
+use crate::replication::raft_host::{GroupId, GroupWrite, PersistedGroup};
+use crate::replication::wal::{WalError, encode_record, record_data_len, scan};
 use crate::rng::Rng;
-use crate::wal::{WalError, encode_record, record_data_len, scan};
 
 /// Records after which the image is rewritten as a checkpoint.
 const CHECKPOINT_RECORDS: usize = 64;

@@ -26,14 +26,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::client::routing::{PlacementCache, Router};
 use crate::ids::{CoreId, NodeId};
-use crate::kv::{KvCommand, KvResponse, KvStore, StateMachine};
-use crate::raft_host::{
+use crate::replication::kv::{KvCommand, KvResponse, KvStore, StateMachine};
+use crate::replication::raft_host::{
     CoreAddress, GroupId, HostError, HostEvent, PersistBatch, ProposalToken, RaftHost, ReplicaId,
 };
-use crate::replica_move::{MoveAction, MoveContext, ReplicaMove, leader_view};
+use crate::replication::replica_move::{MoveAction, MoveContext, ReplicaMove, leader_view};
 use crate::rng::{Rng, mix64};
-use crate::routing::{PlacementCache, Router};
 use crate::sim::disk::{SimDisk, Tear};
 use crate::sim::linearizability::{HistoryOp, RegisterOp, check_register};
 use crate::time::Time;

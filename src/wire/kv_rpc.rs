@@ -32,8 +32,10 @@
 
 use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
 use crate::ids::{CoreId, NodeId};
-use crate::raft_host::{CoreAddress, GroupId, Membership, MembershipChange, ReplicaId};
-use crate::replica_move::LeaderView;
+use crate::replication::raft_host::{
+    CoreAddress, GroupId, Membership, MembershipChange, ReplicaId,
+};
+use crate::replication::replica_move::LeaderView;
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 
 /// What a client asks of one group.
@@ -101,7 +103,7 @@ pub enum KvReply {
         epoch: u64,
     },
     /// The replica moves under way, per group.
-    Moves(Vec<(GroupId, crate::metadata::PendingMove)>),
+    Moves(Vec<(GroupId, crate::cluster::metadata::PendingMove)>),
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[ReplicaId]) {
@@ -473,7 +475,7 @@ impl KvResponseFrame {
                     let abandon = r.bool("abandon")?;
                     moves.push((
                         group,
-                        crate::metadata::PendingMove {
+                        crate::cluster::metadata::PendingMove {
                             from,
                             new,
                             to: CoreAddress { node, core },
@@ -548,7 +550,7 @@ mod tests {
             KvReply::Moved { epoch: 5 },
             KvReply::Moves(vec![(
                 GroupId(2),
-                crate::metadata::PendingMove {
+                crate::cluster::metadata::PendingMove {
                     from: ReplicaId(3),
                     new: ReplicaId(1 << 48),
                     to: hint,

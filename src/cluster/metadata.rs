@@ -25,11 +25,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
 use crate::constants::{CORES_PER_NODE_MAX, NODES_MAX, RAFT_CONF_IDS_MAX, VSHARD_COUNT_MAX};
 use crate::ids::{CoreId, Epoch, NodeId};
-use crate::kv::StateMachine;
-use crate::raft_host::{CoreAddress, GroupId, ReplicaId};
-use crate::topology::{ClusterTopology, NodeInfo, NodeState};
+use crate::replication::kv::StateMachine;
+use crate::replication::raft_host::{CoreAddress, GroupId, ReplicaId};
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 
 /// Where a data group's replicas live.
@@ -628,12 +628,12 @@ impl StateMachine for MetadataStore {
 /// (group 0) a `MetadataStore`.
 #[derive(Clone, Debug)]
 pub enum Cell {
-    Kv(crate::kv::KvStore),
+    Kv(crate::replication::kv::KvStore),
     Meta(MetadataStore),
 }
 
 impl Cell {
-    pub fn kv(&self) -> Option<&crate::kv::KvStore> {
+    pub fn kv(&self) -> Option<&crate::replication::kv::KvStore> {
         match self {
             Cell::Kv(s) => Some(s),
             Cell::Meta(_) => None,

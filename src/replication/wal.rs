@@ -28,7 +28,7 @@ use raft::eraftpb::{Entry, HardState, Snapshot};
 use thiserror::Error;
 
 use crate::constants::{WAL_BLOCK_BYTES, WAL_RECORD_MAX_BYTES};
-use crate::raft_host::{GroupId, GroupWrite};
+use crate::replication::raft_host::{GroupId, GroupWrite};
 use crate::wire::codec::{DecodeError, Reader, put_varint};
 use crate::wire::raft::{encode_entry, encode_snapshot, read_entry, read_snapshot};
 
@@ -510,7 +510,7 @@ mod tests {
 
     fn replay(
         records: &[Vec<GroupWrite>],
-    ) -> std::collections::BTreeMap<GroupId, crate::raft_host::PersistedGroup> {
+    ) -> std::collections::BTreeMap<GroupId, crate::replication::raft_host::PersistedGroup> {
         let mut img = Vec::new();
         for (i, r) in records.iter().enumerate() {
             img.extend(encode_record(i as u64 + 1, r).unwrap());
@@ -520,7 +520,7 @@ mod tests {
             for w in writes {
                 groups
                     .entry(w.group)
-                    .or_insert_with(crate::raft_host::PersistedGroup::default)
+                    .or_insert_with(crate::replication::raft_host::PersistedGroup::default)
                     .apply(&w);
             }
         }

@@ -12,10 +12,10 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::cluster::topology::ClusterTopology;
 use crate::constants::{REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX};
 use crate::ids::{CoreId, Epoch, NodeId, Placement, VShardId};
 use crate::rng::mix64;
-use crate::topology::ClusterTopology;
 
 /// Where one vShard's replicas live.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,7 +254,7 @@ pub fn rendezvous_weight(vshard: VShardId, node: NodeId) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{NodeInfo, NodeState};
+    use crate::cluster::topology::{NodeInfo, NodeState};
 
     fn topology(nodes: u64, cores: u16) -> ClusterTopology {
         let mut t = ClusterTopology::new();

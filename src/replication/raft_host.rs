@@ -36,7 +36,7 @@ use crate::constants::{
     RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION, RAFT_TICK,
 };
 use crate::ids::{CoreId, NodeId};
-use crate::kv::StateMachine;
+use crate::replication::kv::StateMachine;
 use crate::time::Time;
 
 /// Identifies a Raft group (a vShard's group, or the metadata group).

@@ -1,0 +1,7 @@
+//! What the cluster measures about itself: loop counters and their Prometheus text
+//! (`loops`), each core's counters and gauges (`cores`), and the lock-free per-core load
+//! slots the coordinator reads (`load_slots`).
+
+pub mod cores;
+pub mod load_slots;
+pub mod loops;

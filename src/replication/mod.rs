@@ -1,0 +1,10 @@
+//! Replication of one core's groups: the Raft host over raft-rs (`raft_host`), the vShard
+//! state machine (`kv`), the write-ahead log's record format and replay rules (`wal`),
+//! out-of-band snapshot transfer (`snapshot_transfer`) and the decision procedure of one
+//! replica move (`replica_move`). All sans-IO.
+
+pub mod kv;
+pub mod raft_host;
+pub mod replica_move;
+pub mod snapshot_transfer;
+pub mod wal;
