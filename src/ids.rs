@@ -2,7 +2,8 @@
 //!
 //! One concept, one word: a **node** is a process in the cluster, a **core** is one of its
 //! executors, a **vShard** is a slice of the key space (and one Raft group), a **replica** is
-//! one copy of a vShard placed on a `(node, core)`, an **epoch** counts changes to a piece of
+//! one copy of a vShard placed on a `(node, core)` (its [`CoreAddress`]), a **group** is the
+//! Raft group of one vShard (or the metadata group), an **epoch** counts changes to a piece of
 //! metadata. Bare integers never cross a module boundary with these meanings.
 
 use std::fmt;
@@ -37,16 +38,62 @@ impl Epoch {
     }
 }
 
-/// Where one replica of a vShard lives: a core of a node.
+/// Identifies a Raft group: group 0 is the metadata group; data group `g ≥ 1` replicates
+/// vShard `g − 1` (see [`GroupId::of_vshard`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+impl GroupId {
+    /// The metadata group: topology and placement, on core 0 of its nodes.
+    pub const METADATA: GroupId = GroupId(0);
+
+    /// The group that replicates `vshard`.
+    pub fn of_vshard(vshard: VShardId) -> GroupId {
+        GroupId(u64::from(vshard.0) + 1)
+    }
+
+    /// The vShard this data group replicates; `None` for the metadata group (or an id past
+    /// the vShard range).
+    pub fn vshard(self) -> Option<VShardId> {
+        self.0
+            .checked_sub(1)
+            .and_then(|v| u32::try_from(v).ok())
+            .map(VShardId)
+    }
+}
+
+/// A replica's id inside Raft: unique in the cluster and never reused.
+///
+/// Two ranges, defined here once: the replicas a group starts with are
+/// [`ReplicaId::initial`] (below 2^48), and every replica a move creates takes the next id
+/// of a counter from [`ReplicaId::MOVED_FROM`] kept in the placement table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId(pub u64);
+
+impl ReplicaId {
+    /// The first id a replica move hands out; initial ids stay below it.
+    pub const MOVED_FROM: u64 = 1 << 48;
+
+    /// The id of the `ordinal`-th replica `group` starts with: `(group << 16) | (ordinal +
+    /// 1)`. Distinct within a group modulo 10, which spreads the replicas' fixed election
+    /// timeouts (derived from the id) over distinct ticks.
+    pub fn initial(group: GroupId, ordinal: usize) -> ReplicaId {
+        debug_assert!(ordinal < 0xffff && group.0 < 1 << 32);
+        ReplicaId((group.0 << 16) | (ordinal as u64 + 1))
+    }
+}
+
+/// Where a replica lives: a core of a node. The one address type of the crate (placement,
+/// routing, Raft messages, moves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Placement {
+pub struct CoreAddress {
     pub node: NodeId,
     pub core: CoreId,
 }
 
-impl Placement {
-    pub fn new(node: NodeId, core: CoreId) -> Placement {
-        Placement { node, core }
+impl CoreAddress {
+    pub fn new(node: NodeId, core: CoreId) -> CoreAddress {
+        CoreAddress { node, core }
     }
 }
 
@@ -74,7 +121,7 @@ impl fmt::Display for Epoch {
     }
 }
 
-impl fmt::Display for Placement {
+impl fmt::Display for CoreAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.node, self.core)
     }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, HarnessReport, Scenario};
+use nodedb_cluster::ids::{CoreAddress, GroupId};
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::replication::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::config::LoadedConfig;
 use nodedb_cluster::runtime::demo::DemoConfig;

@@ -317,7 +317,7 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     let get = cli(&["kv", "--config", c, "get", "greeting"]);
     let del = cli(&["kv", "--config", c, "del", "greeting"]);
     let gone = cli(&["kv", "--config", c, "get", "greeting"]);
-    // Group 1 starts on nodes 1 and 2; its replica on node 1 moves to node 3.
+    // Group 1 starts on two of the three nodes; one of its replicas moves to the third.
     let placement = || {
         let out = cli(&["kv", "--config", c, "placement"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -329,16 +329,48 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
             .map(str::to_owned)
     };
     let before = placement();
+    // "group 1: ID@NODE/CORE ID@NODE/CORE": the nodes holding it, and the spare.
+    let holders: Vec<u64> = group_1(&before)
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(2)
+        .filter_map(|r| r.split_once('@')?.1.split_once('/')?.0.parse().ok())
+        .collect();
+    assert_eq!(holders.len(), 2, "{before}");
+    let (from, other) = (holders[0].to_string(), holders[1].to_string());
+    let spare = (1..=3u64)
+        .find(|n| !holders.contains(n))
+        .unwrap()
+        .to_string();
     let refused = cli(&[
-        "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "2:0",
+        "kv",
+        "--config",
+        c,
+        "move",
+        "--group",
+        "1",
+        "--from",
+        &from,
+        "--to",
+        &format!("{other}:0"),
     ]);
     let moved = cli(&[
-        "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "3:0",
+        "kv",
+        "--config",
+        c,
+        "move",
+        "--group",
+        "1",
+        "--from",
+        &from,
+        "--to",
+        &format!("{spare}:0"),
     ]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let after = loop {
         let line = group_1(&placement()).unwrap_or_default();
-        if line.contains("@3/0") && !line.contains("@1/0") || std::time::Instant::now() > deadline {
+        let done = line.contains(&format!("@{spare}/0")) && !line.contains(&format!("@{from}/0"));
+        if done || std::time::Instant::now() > deadline {
             break line;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -361,8 +393,8 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     assert!(before.starts_with("epoch "), "{before}");
     assert_eq!(
         group_1(&before).as_deref(),
-        Some("group 1: 65537@1/0 65538@2/0"),
-        "{before}"
+        Some(format!("group 1: 65537@{from}/0 65538@{other}/0").as_str()),
+        "initial replica ids (1 << 16) | (k + 1): {before}"
     );
     assert!(!refused.status.success());
     assert!(
@@ -376,7 +408,11 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         "{}",
         String::from_utf8_lossy(&moved.stderr)
     );
-    assert_eq!(after, "group 1: 65538@2/0 281474976710656@3/0");
+    assert_eq!(
+        after,
+        format!("group 1: 65538@{other}/0 281474976710656@{spare}/0"),
+        "the first moved replica's id is 2^48"
+    );
     assert_eq!(
         bad_to.status.code(),
         Some(2),

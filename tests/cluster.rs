@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use nodedb_cluster::ids::{CoreAddress, GroupId};
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::metrics::cores::CoreCounter;
-use nodedb_cluster::replication::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::cores::CoreLayout;
 use nodedb_cluster::runtime::demo::free_base_port;
@@ -502,7 +502,7 @@ fn check_large_group(
 /// restarts it hosts the new replica, from its log, where the table places it.
 #[test]
 fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
-    use nodedb_cluster::replication::raft_host::ReplicaId;
+    use nodedb_cluster::ids::ReplicaId;
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
     let h = Harness::named("move");
@@ -537,14 +537,15 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
     let (group, from, to, new, during) = with_client(&h, |c| async move {
         let c = Rc::new(c);
         let group = c.group_of(b"move-0");
-        let from_core = CoreId((group.0 % u64::from(CORES)) as u16);
-        let from = CoreAddress {
-            node: NodeId(1),
-            core: from_core,
-        };
+        let from = replicas_of(&c, group)
+            .await
+            .into_iter()
+            .map(|(_, a)| a)
+            .find(|a| a.node == NodeId(1))
+            .expect("every node holds a replica of every group");
         let to = CoreAddress {
             node: NodeId(1),
-            core: CoreId((from_core.0 + 1) % CORES),
+            core: CoreId((from.core.0 + 1) % CORES),
         };
         let keys = keys_in(&c, "move", group, 300);
         let acked = Rc::new(RefCell::new(Vec::new()));
@@ -827,10 +828,12 @@ fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_re
 fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
     use nodedb_cluster::runtime::node::METADATA_GROUP;
 
-    let h = Harness {
+    let mut h = Harness {
         snapshot_rate: Some(SNAPSHOT_TEST_RATE),
         ..Harness::sized("move-resume", 4)
     };
+    // Sixteen groups of three replicas on four nodes: every node lacks some group.
+    h.spec.groups = 16;
     let mut nodes: Vec<Option<Node>> = (1..=4).map(|n| Some(h.start(n))).collect();
     // A group the metadata leader holds no replica of, with a compacted log.
     let (group, meta_leader, from, to) = with_client(&h, |c| async move {
@@ -888,18 +891,23 @@ fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
 fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
     let h = Harness::sized("move-abandon", 4);
     let mut nodes: Vec<Option<Node>> = (1..=4).map(|n| Some(h.start(n))).collect();
-    // Group 4 starts on nodes 4, 1 and 2; node 3, the spare, stops.
+    // Group 4 starts on three of the four nodes; the spare stops.
     let group = GroupId(4);
     let before = with_client(&h, move |c| async move {
         let replicas = replicas_of(&c, group).await;
-        assert!(
-            !replicas.iter().any(|(_, a)| a.node == NodeId(3)),
-            "{replicas:?}"
-        );
         c.shutdown().await;
         replicas
     });
-    nodes[2].take().unwrap().shutdown().unwrap();
+    let spare = (1..=4)
+        .map(NodeId)
+        .find(|n| !before.iter().any(|(_, a)| a.node == *n))
+        .expect("three replicas on four nodes leave a spare");
+    let source = before[0].1.node;
+    nodes[spare.0 as usize - 1]
+        .take()
+        .unwrap()
+        .shutdown()
+        .unwrap();
     with_client(&h, move |c| async move {
         let refused = c.abandon_move(group).await;
         assert!(
@@ -907,10 +915,10 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
             "{refused:?}"
         );
         let to = CoreAddress {
-            node: NodeId(3),
+            node: spare,
             core: CoreId(0),
         };
-        c.move_replica(group, NodeId(1), to).await.unwrap();
+        c.move_replica(group, source, to).await.unwrap();
         assert_eq!(
             replicas_of(&c, group).await.len(),
             4,
@@ -940,9 +948,7 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
         )
         .await;
         // Out of the configuration too: the leader's view no longer names it.
-        let new = nodedb_cluster::replication::raft_host::ReplicaId(
-            nodedb_cluster::cluster::metadata::MOVED_REPLICA_IDS_FROM,
-        );
+        let new = nodedb_cluster::ids::ReplicaId(nodedb_cluster::ids::ReplicaId::MOVED_FROM);
         match c.admin(group, KvOp::View { new }).await.unwrap() {
             KvReply::View(view) => {
                 assert!(!view.membership.contains(new), "{view:?}");

@@ -11,7 +11,7 @@ use nodedb_cluster::balance::{
 };
 use nodedb_cluster::cluster::placement::PlacementTable;
 use nodedb_cluster::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
-use nodedb_cluster::ids::{CoreId, NodeId, Placement, VShardId};
+use nodedb_cluster::ids::{CoreAddress, CoreId, NodeId, VShardId};
 use nodedb_cluster::time::Time;
 
 fn topology(states: &[NodeState], cores: u16) -> ClusterTopology {
@@ -268,7 +268,7 @@ fn cores_inside_one_node_are_balanced_with_core_moves() {
     assert!(!result.moves.is_empty());
     for m in &result.moves {
         assert_eq!(m.reason, MoveReason::CoreBalance);
-        assert_eq!(m.source, Placement::new(NodeId(0), CoreId(0)));
+        assert_eq!(m.source, CoreAddress::new(NodeId(0), CoreId(0)));
         assert_eq!(m.target.node, NodeId(0));
     }
     assert!(result.core_max_over_mean_after < result.core_max_over_mean_before);

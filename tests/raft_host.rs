@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use nodedb_cluster::constants::RAFT_TICK;
+use nodedb_cluster::ids::{CoreAddress, GroupId, ReplicaId};
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::replication::kv::{KvCommand, KvResponse, KvStore, StateMachine};
 use nodedb_cluster::replication::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, MembershipChange, Outgoing, PersistedGroup,
-    ProposalToken, RaftHost, ReplicaId,
+    HostError, HostEvent, MembershipChange, Outgoing, PersistedGroup, ProposalToken, RaftHost,
 };
 use nodedb_cluster::time::Time;
 use raft::eraftpb::MessageType;

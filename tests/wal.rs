@@ -7,11 +7,10 @@
 
 use std::path::PathBuf;
 
+use nodedb_cluster::ids::{CoreAddress, GroupId, ReplicaId};
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::replication::kv::{KvCommand, KvStore, StateMachine};
-use nodedb_cluster::replication::raft_host::{
-    CoreAddress, GroupId, GroupWrite, HostEvent, ProposalToken, RaftHost, ReplicaId,
-};
+use nodedb_cluster::replication::raft_host::{GroupWrite, HostEvent, ProposalToken, RaftHost};
 use nodedb_cluster::replication::wal::WalError;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::wal::{WalFile, WalIoError};

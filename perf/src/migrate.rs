@@ -17,8 +17,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use nodedb_cluster::ids::{CoreAddress, GroupId};
 use nodedb_cluster::ids::{CoreId, NodeId};
-use nodedb_cluster::replication::raft_host::{CoreAddress, GroupId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::cores::CoreLayout;
 use nodedb_cluster::runtime::demo::free_base_port;

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use nodedb_cluster::constants::RAFT_TICK;
+use nodedb_cluster::ids::{CoreAddress, GroupId, ReplicaId};
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::replication::kv::{KvCommand, KvStore};
-use nodedb_cluster::replication::raft_host::{
-    CoreAddress, GroupId, HostEvent, ProposalToken, RaftHost, ReplicaId,
-};
+use nodedb_cluster::replication::raft_host::{HostEvent, ProposalToken, RaftHost};
 use nodedb_cluster::runtime::demo::{self, DemoConfig};
 use nodedb_cluster::time::Time;
 

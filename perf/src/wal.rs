@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use nodedb_cluster::replication::raft_host::{GroupId, GroupWrite};
+use nodedb_cluster::replication::raft_host::GroupWrite;
+
+use nodedb_cluster::ids::GroupId;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::wal::WalFile;
 use raft::eraftpb::{Entry, HardState};

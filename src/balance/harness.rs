@@ -25,7 +25,7 @@ use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState, TopologyErr
 use crate::constants::{
     CORES_PER_NODE_MAX, NODES_MAX, REBALANCE_INTERVAL, REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX,
 };
-use crate::ids::{CoreId, NodeId, Placement, VShardId};
+use crate::ids::{CoreAddress, CoreId, NodeId, VShardId};
 use crate::rng::Rng;
 use crate::time::Time;
 
@@ -338,7 +338,7 @@ impl SyntheticCluster {
             Scenario::HotNode | Scenario::HotCore => {
                 let node_wide = config.scenario == Scenario::HotNode;
                 let factor = if node_wide { 4.0 } else { 8.0 };
-                let hot_core = Placement::new(NodeId(0), CoreId(0));
+                let hot_core = CoreAddress::new(NodeId(0), CoreId(0));
                 for (vshard, entry) in placement.iter() {
                     let leader = entry.leader();
                     let hot = if node_wide {
@@ -393,7 +393,7 @@ impl SyntheticCluster {
         let mut updates: Vec<(usize, &VShardLoad, bool)> = Vec::new();
         for (vshard, entry) in self.placement.iter() {
             let load = &self.loads[vshard.0 as usize];
-            for (i, p) in entry.replicas.iter().enumerate() {
+            for (i, p) in entry.addresses().enumerate() {
                 if let Some(n) = index(p.node) {
                     updates.push((n, load, i == entry.leader));
                 }
@@ -453,7 +453,7 @@ fn node_info(i: usize, cores: u16) -> NodeInfo {
 #[derive(Default)]
 struct MoveHistory {
     /// Places each vShard's replicas or leadership left: (kind, where).
-    departed: HashMap<VShardId, Vec<(MoveKind, Placement)>>,
+    departed: HashMap<VShardId, Vec<(MoveKind, CoreAddress)>>,
     replica_moves: HashMap<VShardId, usize>,
     reversed: usize,
 }

@@ -8,7 +8,7 @@
 use crate::balance::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
 use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::{ClusterTopology, NodeState};
-use crate::ids::{NodeId, Placement, VShardId};
+use crate::ids::{CoreAddress, NodeId, VShardId};
 
 /// One node as the model sees it.
 #[derive(Clone, Debug)]
@@ -91,11 +91,7 @@ impl LoadModel {
         };
         for (vshard, entry) in placement.iter() {
             let v = vshard.0 as usize;
-            if entry
-                .replicas
-                .iter()
-                .any(|p| model.core_index(*p).is_none())
-            {
+            if entry.addresses().any(|p| model.core_index(p).is_none()) {
                 frozen[v] = true;
                 continue;
             }
@@ -123,8 +119,8 @@ impl LoadModel {
                 model.follower_units[v] = scale.follower_units(load);
                 model.leader_units[v] = scale.leadership_units(load);
                 model.bytes[v] = load.bytes;
-                for (i, p) in entry.replicas.iter().enumerate() {
-                    let core = model.core_index(*p).expect("checked above: not frozen");
+                for (i, p) in entry.addresses().enumerate() {
+                    let core = model.core_index(p).expect("checked above: not frozen");
                     let leader = i == entry.leader;
                     let units = model.replica_units(vshard, leader);
                     model.core_scores[core] += units;
@@ -155,7 +151,7 @@ impl LoadModel {
     }
 
     /// Index into `core_scores` of a placement, if it names a known node and core.
-    pub fn core_index(&self, p: Placement) -> Option<usize> {
+    pub fn core_index(&self, p: CoreAddress) -> Option<usize> {
         let n = self.node_index(p.node)?;
         let node = &self.nodes[n];
         (p.core.0 < node.cores).then(|| node.core_base + usize::from(p.core.0))
@@ -168,7 +164,7 @@ impl LoadModel {
     }
 
     /// Moves `units` from one core to another and updates both nodes' scores.
-    pub fn shift(&mut self, from: Placement, to: Placement, units: f64) {
+    pub fn shift(&mut self, from: CoreAddress, to: CoreAddress, units: f64) {
         let (fc, tc) = (self.core_index(from), self.core_index(to));
         let (fc, tc) = (
             fc.expect("planner moves only known placements"),

@@ -50,7 +50,7 @@ use crate::constants::{
     REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_MAX_MOVES_PER_SWEEP, REBALANCE_MIN_IMPROVEMENT,
     REBALANCE_TARGET_SPREAD, REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
 };
-use crate::ids::{CoreId, NodeId, Placement, VShardId};
+use crate::ids::{CoreAddress, CoreId, NodeId, VShardId};
 use crate::time::Time;
 
 /// Tunables of the planner; `Default` gives the documented defaults from `constants`.
@@ -127,8 +127,8 @@ pub enum MoveReason {
 pub struct PlannedMove {
     pub vshard: VShardId,
     pub kind: MoveKind,
-    pub source: Placement,
-    pub target: Placement,
+    pub source: CoreAddress,
+    pub target: CoreAddress,
     pub reason: MoveReason,
     /// Bytes the move copies (zero for a leader transfer).
     pub bytes: u64,
@@ -364,8 +364,8 @@ fn validate_vshard_loads(input: &PlanInput<'_>) -> Result<Vec<VShardLoad>, PlanE
 struct Candidate {
     vshard: VShardId,
     kind: MoveKind,
-    source: Placement,
-    target: Placement,
+    source: CoreAddress,
+    target: CoreAddress,
     units: f64,
     improvement: f64,
 }
@@ -491,7 +491,7 @@ impl<'a> Sweep<'a> {
     }
 
     /// The coldest core of node `n`, as a placement.
-    fn coldest_core(&self, n: usize) -> Placement {
+    fn coldest_core(&self, n: usize) -> CoreAddress {
         let cores = self.model.cores_of(n);
         let mut best = 0;
         for (i, s) in cores.iter().enumerate() {
@@ -499,7 +499,7 @@ impl<'a> Sweep<'a> {
                 best = i;
             }
         }
-        Placement::new(self.model.nodes[n].id, CoreId(best as u16))
+        CoreAddress::new(self.model.nodes[n].id, CoreId(best as u16))
     }
 
     /// Eligible nodes ordered coldest first (ties by id).
@@ -621,7 +621,7 @@ impl<'a> Sweep<'a> {
                     let candidate = Candidate {
                         vshard: replica.vshard,
                         kind: MoveKind::ReplicaMove,
-                        source: Placement::new(node_id, core),
+                        source: CoreAddress::new(node_id, core),
                         target: self.coldest_core(t),
                         units: replica.units,
                         improvement: 0.0,
@@ -696,7 +696,7 @@ impl<'a> Sweep<'a> {
         };
         let core_limit = 1.0 + self.config.core_target_spread;
         for (rank, &core) in cores.iter().enumerate() {
-            let source = Placement::new(h_id, CoreId(core as u16));
+            let source = CoreAddress::new(h_id, CoreId(core as u16));
             let source_score = scores[core];
             for replica in &self.core_replicas[node.core_base + core] {
                 let vshard = replica.vshard;
@@ -714,7 +714,7 @@ impl<'a> Sweep<'a> {
                 }
                 let entry = self.placement.get(vshard).expect("listed vShards exist");
                 if transfer_bound {
-                    for p in entry.replicas.iter().filter(|p| p.node != h_id) {
+                    for p in entry.addresses().filter(|p| p.node != h_id) {
                         let Some(t) = self
                             .model
                             .node_index(p.node)
@@ -724,10 +724,8 @@ impl<'a> Sweep<'a> {
                         };
                         // Never create a core hot spot: the follower's core must stay below
                         // the source core, or within the core target.
-                        let target_core = self
-                            .model
-                            .core_index(*p)
-                            .expect("eligible node, known core");
+                        let target_core =
+                            self.model.core_index(p).expect("eligible node, known core");
                         if self.model.core_scores[target_core] + lead_units
                             > source_score.max(core_limit)
                         {
@@ -740,7 +738,7 @@ impl<'a> Sweep<'a> {
                                 vshard,
                                 kind,
                                 source,
-                                target: *p,
+                                target: p,
                                 units: lead_units,
                                 improvement,
                             };
@@ -759,7 +757,7 @@ impl<'a> Sweep<'a> {
                                 vshard,
                                 kind: MoveKind::ReplicaMove,
                                 source,
-                                target: Placement::new(self.model.nodes[t].id, CoreId(0)),
+                                target: CoreAddress::new(self.model.nodes[t].id, CoreId(0)),
                                 units: replica.units,
                                 improvement,
                             };
@@ -838,8 +836,8 @@ impl<'a> Sweep<'a> {
         if hot_score <= self.core_heaviest[node.core_base + hot] + self.config.core_target_spread {
             return None;
         }
-        let source = Placement::new(node.id, CoreId(hot as u16));
-        let target = Placement::new(node.id, CoreId(cold as u16));
+        let source = CoreAddress::new(node.id, CoreId(hot as u16));
+        let target = CoreAddress::new(node.id, CoreId(cold as u16));
         let mut best: Option<Candidate> = None;
         for replica in &self.core_replicas[node.core_base + hot] {
             if self.cooling(replica.vshard) {

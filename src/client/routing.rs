@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::client::peer_health::{Admission, HealthPolicy, PeerHealth};
 use crate::constants::{CLIENT_NODE_BACKOFF, CLIENT_NODE_DOWN_COOLDOWN};
 use crate::ids::NodeId;
-use crate::replication::raft_host::{CoreAddress, GroupId};
+use crate::ids::{CoreAddress, GroupId};
 use crate::time::Time;
 
 /// What to do after an answer.

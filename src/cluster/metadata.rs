@@ -1,63 +1,35 @@
 //! The metadata group's state machine (group 0): topology and placement, with epochs.
 //!
 //! Every change to the cluster's shape goes through this group's Raft log, which is the
-//! change log every node follows: the nodes and their states, and for each data group its
-//! replicas as `(replica id, node, core)` with an epoch bumped on every change. Readers
-//! compare epochs to detect stale routing. Commands are validated when applied, on every
-//! replica alike: an invalid one is rejected deterministically, never half-applied.
+//! change log every node follows: the nodes and their states, and the placement table
+//! (`cluster::placement`: every vShard's replicas as `(replica id, node, core)`, the move
+//! under way, an epoch bumped on every change). Readers compare epochs to detect stale
+//! routing. Commands are validated when applied, on every replica alike: an invalid one is
+//! rejected deterministically, never half-applied.
 //!
 //! ```text
-//! command = 1 bootstrap  nodes:(count (id:varint cores:varint addr:bytes)*)
+//! command = 1 bootstrap  nodes:(count (id:varint cores:varint addr:bytes state:u8)*)
 //!                        groups:(count (group:varint replicas)*)
 //!         | 2 node_state node:varint state:u8        (0 joining, 1 active, 2 draining, 3 decommissioned)
-//!         | 3 set_group  group:varint replicas
 //!         | 4 start_move group:varint from:varint node:varint core:varint
 //!         | 5 end_move   group:varint new:varint moved:u8
 //!         | 6 abandon_move group:varint
 //! replicas = count (replica:varint node:varint core:varint)*
 //! ```
 //!
-//! A replica move is two commands around the Raft membership change the migration
-//! executor performs: `start_move` adds the new replica to the table (so its core hosts it
-//! and any metadata leader can resume the move), `end_move` removes the replica that left
-//! (or, for an abandoned move, the new one). New replica ids come from a counter in this
-//! state, so they are never reused.
+//! A bootstrap lists groups `1..=n` in order (vShard `v` is group `v + 1`), each with its
+//! initial replicas. A replica move is two commands around the Raft membership change the
+//! migration executor performs: `start_move` adds the new replica to the table (so its core
+//! hosts it and any metadata leader can resume the move), `end_move` removes the replica
+//! that left (or, for an abandoned move, the new one). New replica ids come from a counter
+//! in the table, so they are never reused.
 
-use std::collections::BTreeMap;
-
+use crate::cluster::placement::{PendingMove, PlacementTable, Replica, VShardPlacement};
 use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
 use crate::constants::{CORES_PER_NODE_MAX, NODES_MAX, RAFT_CONF_IDS_MAX, VSHARD_COUNT_MAX};
-use crate::ids::{CoreId, Epoch, NodeId};
+use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId};
 use crate::replication::kv::StateMachine;
-use crate::replication::raft_host::{CoreAddress, GroupId, ReplicaId};
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
-
-/// Where a data group's replicas live.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupPlacement {
-    pub replicas: Vec<(ReplicaId, CoreAddress)>,
-    /// Bumped whenever this group's replicas change.
-    pub epoch: Epoch,
-    /// The voters the group started with: the configuration at index 0 of every replica's
-    /// log, which a new replica's log must start from too.
-    pub initial: Vec<ReplicaId>,
-    /// The move under way, if any (at most one per group).
-    pub moving: Option<PendingMove>,
-}
-
-/// A replica move recorded in the table: `from` is being replaced by `new` at `to`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingMove {
-    pub from: ReplicaId,
-    pub new: ReplicaId,
-    pub to: CoreAddress,
-    /// An operator asked to give the move up.
-    pub abandon: bool,
-}
-
-/// The first replica id `start_move` hands out; bootstrap ids (`(group << 16) | node`)
-/// stay below it.
-pub const MOVED_REPLICA_IDS_FROM: u64 = 1 << 48;
 
 /// A change to the cluster's shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,10 +42,6 @@ pub enum MetadataCommand {
     SetNodeState {
         node: NodeId,
         state: NodeState,
-    },
-    SetGroup {
-        group: GroupId,
-        replicas: Vec<(ReplicaId, CoreAddress)>,
     },
     /// Starts moving `group`'s replica `from` to the core at `to`: a new replica (with a
     /// fresh id) is added to the table and the move recorded.
@@ -170,11 +138,6 @@ impl MetadataCommand {
                 put_varint(&mut out, node.0);
                 out.push(state_code(*state));
             }
-            MetadataCommand::SetGroup { group, replicas } => {
-                out.push(3);
-                put_varint(&mut out, group.0);
-                put_replicas(&mut out, replicas);
-            }
             MetadataCommand::StartMove { group, from, to } => {
                 out.push(4);
                 put_varint(&mut out, group.0);
@@ -226,10 +189,6 @@ impl MetadataCommand {
                 node: NodeId(r.varint("node")?),
                 state: state_from(r.u8("state")?)?,
             },
-            3 => MetadataCommand::SetGroup {
-                group: GroupId(r.varint("group")?),
-                replicas: read_replicas(&mut r)?,
-            },
             4 => MetadataCommand::StartMove {
                 group: GroupId(r.varint("group")?),
                 from: ReplicaId(r.varint("from")?),
@@ -262,12 +221,8 @@ impl MetadataCommand {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetadataStore {
     topology: ClusterTopology,
-    groups: BTreeMap<GroupId, GroupPlacement>,
-    /// Bumped on every applied change.
-    epoch: Epoch,
+    table: PlacementTable,
     applied: u64,
-    /// The id the next `start_move` gives its new replica.
-    next_replica: u64,
 }
 
 impl MetadataStore {
@@ -279,28 +234,22 @@ impl MetadataStore {
         !self.topology.is_empty()
     }
 
+    /// The table's epoch: bumped by every applied change, topology changes included.
     pub fn epoch(&self) -> Epoch {
-        self.epoch
+        self.table.epoch()
     }
 
     pub fn topology(&self) -> &ClusterTopology {
         &self.topology
     }
 
-    pub fn group(&self, group: GroupId) -> Option<&GroupPlacement> {
-        self.groups.get(&group)
-    }
-
-    pub fn groups(&self) -> impl Iterator<Item = (GroupId, &GroupPlacement)> {
-        self.groups.iter().map(|(g, p)| (*g, p))
-    }
-
     /// The placement table as it stands (what each core must host).
-    pub fn table(&self) -> PlacementTable {
-        PlacementTable {
-            epoch: self.epoch,
-            groups: self.groups.clone(),
-        }
+    pub fn table(&self) -> &PlacementTable {
+        &self.table
+    }
+
+    pub fn group(&self, group: GroupId) -> Option<&VShardPlacement> {
+        self.table.group(group)
     }
 
     /// Applies a decoded command; `Err` is the reason it was rejected (nothing changed).
@@ -314,188 +263,50 @@ impl MetadataStore {
                 for n in nodes {
                     topology.add_node(n).map_err(|e| e.to_string())?;
                 }
-                let mut placed = BTreeMap::new();
-                for (g, replicas) in groups {
-                    check_replicas(&topology, &replicas)?;
-                    if replicas.iter().any(|(r, _)| r.0 >= MOVED_REPLICA_IDS_FROM) {
-                        return Err("bootstrap replica ids must be below 2^48".into());
+                let mut vshards = Vec::with_capacity(groups.len());
+                for (i, (g, replicas)) in groups.into_iter().enumerate() {
+                    if g.0 != i as u64 + 1 {
+                        return Err(format!("bootstrap lists group {} in place {}", g.0, i + 1));
                     }
-                    placed.insert(
-                        g,
-                        GroupPlacement {
-                            initial: replicas.iter().map(|(r, _)| *r).collect(),
-                            replicas,
-                            epoch: Epoch(1),
-                            moving: None,
-                        },
-                    );
+                    vshards.push(VShardPlacement {
+                        initial: replicas.iter().map(|(r, _)| *r).collect(),
+                        replicas: replicas
+                            .into_iter()
+                            .map(|(id, at)| Replica { id, at })
+                            .collect(),
+                        leader: 0,
+                        epoch: Epoch(1),
+                        moving: None,
+                    });
                 }
+                self.table =
+                    PlacementTable::from_parts(Epoch(1), vshards, ReplicaId::MOVED_FROM, &topology)
+                        .map_err(|e| e.to_string())?;
                 self.topology = topology;
-                self.groups = placed;
-                self.next_replica = MOVED_REPLICA_IDS_FROM;
+                return Ok(());
             }
             MetadataCommand::SetNodeState { node, state } => {
                 self.topology
                     .set_state(node, state)
                     .map_err(|e| e.to_string())?;
-            }
-            MetadataCommand::SetGroup { group, replicas } => {
-                check_replicas(&self.topology, &replicas)?;
-                let placement = match self.groups.get(&group) {
-                    Some(p) if p.moving.is_some() => {
-                        return Err(format!("group {} is moving a replica", group.0));
-                    }
-                    Some(p) => GroupPlacement {
-                        replicas,
-                        epoch: p.epoch.next(),
-                        initial: p.initial.clone(),
-                        moving: None,
-                    },
-                    None => GroupPlacement {
-                        initial: replicas.iter().map(|(r, _)| *r).collect(),
-                        replicas,
-                        epoch: Epoch(1),
-                        moving: None,
-                    },
-                };
-                self.groups.insert(group, placement);
+                self.table.bump_epoch();
             }
             MetadataCommand::StartMove { group, from, to } => {
-                let new = ReplicaId(self.next_replica);
-                let placement = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or_else(|| format!("group {} does not exist", group.0))?;
-                if let Some(m) = placement.moving {
-                    return Err(format!(
-                        "group {} is already moving replica {} to node {} core {}",
-                        group.0, m.from.0, m.to.node, m.to.core.0
-                    ));
-                }
-                if !placement.replicas.iter().any(|(r, _)| *r == from) {
-                    return Err(format!("group {} has no replica {}", group.0, from.0));
-                }
-                let node = self
-                    .topology
-                    .node(to.node)
-                    .ok_or_else(|| format!("node {} is not in the cluster", to.node))?;
-                if node.state != NodeState::Active {
-                    return Err(format!("node {} is {:?}, not active", to.node, node.state));
-                }
-                if to.core.0 >= node.cores {
-                    return Err(format!(
-                        "node {} has {} cores; there is no core {}",
-                        to.node, node.cores, to.core.0
-                    ));
-                }
-                // One replica per node, except the one moving between cores of a node.
-                if let Some((r, _)) = placement
-                    .replicas
-                    .iter()
-                    .find(|(r, a)| a.node == to.node && (*r != from || *a == to))
-                {
-                    return Err(format!(
-                        "node {} already holds replica {} of group {}",
-                        to.node, r.0, group.0
-                    ));
-                }
-                placement.replicas.push((new, to));
-                placement.moving = Some(PendingMove {
-                    from,
-                    new,
-                    to,
-                    abandon: false,
-                });
-                placement.epoch = placement.epoch.next();
-                self.next_replica += 1;
+                self.table
+                    .start_move(group, from, to, &self.topology)
+                    .map_err(|e| e.to_string())?;
             }
             MetadataCommand::EndMove { group, new, moved } => {
-                let placement = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or_else(|| format!("group {} does not exist", group.0))?;
-                let m = match placement.moving {
-                    Some(m) if m.new == new => m,
-                    _ => {
-                        return Err(format!(
-                            "group {} has no move to replica {}",
-                            group.0, new.0
-                        ));
-                    }
-                };
-                let gone = if moved { m.from } else { m.new };
-                placement.replicas.retain(|(r, _)| *r != gone);
-                placement.moving = None;
-                placement.epoch = placement.epoch.next();
+                self.table
+                    .end_move(group, new, moved)
+                    .map_err(|e| e.to_string())?;
             }
             MetadataCommand::AbandonMove { group } => {
-                let placement = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or_else(|| format!("group {} does not exist", group.0))?;
-                match placement.moving.as_mut() {
-                    Some(m) if !m.abandon => m.abandon = true,
-                    Some(_) => {
-                        return Err(format!(
-                            "group {}'s move is already being abandoned",
-                            group.0
-                        ));
-                    }
-                    None => return Err(format!("group {} is not moving a replica", group.0)),
-                }
+                self.table.abandon_move(group).map_err(|e| e.to_string())?;
             }
         }
-        self.epoch = self.epoch.next();
         Ok(())
     }
-}
-
-/// The placement table at one epoch: what every core hosts. Core 0 of each node hands it
-/// to the node's cores after each change the metadata group applies.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PlacementTable {
-    pub epoch: Epoch,
-    pub groups: BTreeMap<GroupId, GroupPlacement>,
-}
-
-impl PlacementTable {
-    /// The replica of each group the table places on `at`.
-    pub fn hosted_at(&self, at: CoreAddress) -> impl Iterator<Item = (GroupId, ReplicaId)> + '_ {
-        self.groups.iter().filter_map(move |(g, p)| {
-            p.replicas
-                .iter()
-                .find(|(_, a)| *a == at)
-                .map(|(r, _)| (*g, *r))
-        })
-    }
-}
-
-/// Replicas must be on known nodes and cores, one per node, with distinct ids.
-fn check_replicas(
-    topology: &ClusterTopology,
-    replicas: &[(ReplicaId, CoreAddress)],
-) -> Result<(), String> {
-    if replicas.is_empty() {
-        return Err("a group needs at least one replica".into());
-    }
-    for (i, (r, a)) in replicas.iter().enumerate() {
-        let node = topology
-            .node(a.node)
-            .ok_or_else(|| format!("replica {} names unknown node {}", r.0, a.node))?;
-        if a.core.0 >= node.cores {
-            return Err(format!(
-                "replica {} names core {} of node {} which has {}",
-                r.0, a.core.0, a.node, node.cores
-            ));
-        }
-        if replicas[..i]
-            .iter()
-            .any(|(r2, a2)| r2 == r || a2.node == a.node)
-        {
-            return Err(format!("replica {} repeats a replica id or a node", r.0));
-        }
-    }
-    Ok(())
 }
 
 impl StateMachine for MetadataStore {
@@ -531,13 +342,15 @@ impl StateMachine for MetadataStore {
             }
             .encode(),
         );
-        put_varint(&mut out, self.epoch.0);
-        put_varint(&mut out, self.next_replica);
-        put_varint(&mut out, self.groups.len() as u64);
-        for (g, p) in &self.groups {
-            put_varint(&mut out, g.0);
+        put_varint(&mut out, self.table.epoch().0);
+        put_varint(&mut out, self.table.next_replica());
+        put_varint(&mut out, u64::from(self.table.vshard_count()));
+        for (_, p) in self.table.iter() {
             put_varint(&mut out, p.epoch.0);
-            put_replicas(&mut out, &p.replicas);
+            let replicas: Vec<(ReplicaId, CoreAddress)> =
+                p.replicas.iter().map(|r| (r.id, r.at)).collect();
+            put_replicas(&mut out, &replicas);
+            put_varint(&mut out, p.leader as u64);
             put_varint(&mut out, p.initial.len() as u64);
             for r in &p.initial {
                 put_varint(&mut out, r.0);
@@ -572,13 +385,17 @@ impl StateMachine for MetadataStore {
             } else {
                 return Err(invalid("snapshot nodes"));
             }
-            store.epoch = Epoch(r.varint("epoch")?);
-            store.next_replica = r.varint("next replica")?;
+            let epoch = Epoch(r.varint("epoch")?);
+            let next_replica = r.varint("next replica")?;
             let n = r.count("groups", VSHARD_COUNT_MAX as usize)?;
+            let mut vshards = Vec::with_capacity(n.min(1 << 16));
             for _ in 0..n {
-                let group = GroupId(r.varint("group")?);
                 let epoch = Epoch(r.varint("group epoch")?);
-                let replicas = read_replicas(&mut r)?;
+                let replicas = read_replicas(&mut r)?
+                    .into_iter()
+                    .map(|(id, at)| Replica { id, at })
+                    .collect();
+                let leader = r.count("leader", RAFT_CONF_IDS_MAX)?;
                 let k = r.count("initial voters", RAFT_CONF_IDS_MAX)?;
                 let initial = (0..k)
                     .map(|_| r.varint("initial voter").map(ReplicaId))
@@ -601,17 +418,17 @@ impl StateMachine for MetadataStore {
                         });
                     }
                 };
-                store.groups.insert(
-                    group,
-                    GroupPlacement {
-                        replicas,
-                        epoch,
-                        initial,
-                        moving,
-                    },
-                );
+                vshards.push(VShardPlacement {
+                    replicas,
+                    leader,
+                    epoch,
+                    initial,
+                    moving,
+                });
             }
             r.finish()?;
+            store.table = PlacementTable::from_parts(epoch, vshards, next_replica, &store.topology)
+                .map_err(|_| invalid("snapshot placement"))?;
         }
         store.applied = index;
         // Replace the state only once the whole snapshot decoded.
@@ -719,6 +536,16 @@ mod tests {
         }
     }
 
+    fn replicas(store: &MetadataStore, g: GroupId) -> Vec<(ReplicaId, CoreAddress)> {
+        store
+            .group(g)
+            .unwrap()
+            .replicas
+            .iter()
+            .map(|r| (r.id, r.at))
+            .collect()
+    }
+
     #[test]
     fn bootstrap_then_changes_bump_epochs() {
         let mut m = MetadataStore::new();
@@ -730,17 +557,16 @@ mod tests {
             "a second bootstrap is rejected"
         );
         assert_eq!(m.epoch(), Epoch(1), "a rejected command changes nothing");
-        let moved = vec![(ReplicaId(11), at(1, 1)), (ReplicaId(13), at(3, 0))];
         assert!(apply(
             &mut m,
             3,
-            MetadataCommand::SetGroup {
+            MetadataCommand::StartMove {
                 group: GroupId(1),
-                replicas: moved.clone()
+                from: ReplicaId(11),
+                to: at(3, 0)
             }
         ));
         assert_eq!(m.group(GroupId(1)).unwrap().epoch, Epoch(2));
-        assert_eq!(m.group(GroupId(1)).unwrap().replicas, moved);
         assert!(apply(
             &mut m,
             4,
@@ -753,47 +579,28 @@ mod tests {
     }
 
     #[test]
-    fn invalid_placements_are_rejected_on_every_replica_alike() {
-        let mut m = MetadataStore::new();
-        apply(&mut m, 1, bootstrap());
-        for replicas in [
-            vec![],
-            vec![(ReplicaId(1), at(9, 0))],
-            vec![(ReplicaId(1), at(1, 5))],
-            vec![(ReplicaId(1), at(1, 0)), (ReplicaId(2), at(1, 1))],
+    fn invalid_bootstraps_are_rejected_on_every_replica_alike() {
+        for groups in [
+            vec![(GroupId(1), vec![])],
+            vec![(GroupId(1), vec![(ReplicaId(1), at(9, 0))])],
+            vec![(GroupId(1), vec![(ReplicaId(1), at(1, 5))])],
+            vec![(
+                GroupId(1),
+                vec![(ReplicaId(1), at(1, 0)), (ReplicaId(2), at(1, 1))],
+            )],
+            vec![(GroupId(2), vec![(ReplicaId(1), at(1, 0))])],
+            vec![(GroupId(1), vec![(ReplicaId(1 << 48), at(1, 0))])],
         ] {
-            assert!(!apply(
-                &mut m,
-                2,
-                MetadataCommand::SetGroup {
-                    group: GroupId(2),
-                    replicas
-                }
-            ));
+            let mut m = MetadataStore::new();
+            let command = MetadataCommand::Bootstrap {
+                nodes: vec![node(1), node(2)],
+                groups,
+            };
+            assert!(!apply(&mut m, 1, command.clone()), "{command:?}");
+            assert!(!m.is_bootstrapped());
         }
-        assert!(m.group(GroupId(2)).is_none());
-        assert_eq!(m.apply(3, b"\x09junk")[0], 0);
-    }
-
-    #[test]
-    fn snapshots_restore_the_same_shape_and_epochs() {
-        let mut m = MetadataStore::new();
-        apply(&mut m, 1, bootstrap());
-        let moved = vec![(ReplicaId(11), at(1, 1)), (ReplicaId(13), at(3, 0))];
-        apply(
-            &mut m,
-            2,
-            MetadataCommand::SetGroup {
-                group: GroupId(1),
-                replicas: moved,
-            },
-        );
-        let mut r = MetadataStore::new();
-        r.restore(2, &m.snapshot()).unwrap();
-        assert_eq!(r.epoch(), m.epoch());
-        assert_eq!(r.group(GroupId(1)), m.group(GroupId(1)));
-        assert_eq!(r.topology().len(), 3);
-        assert!(r.restore(3, b"\x01\xff").is_err());
+        assert_eq!(MetadataStore::new().apply(3, b"\x09junk")[0], 0);
+        assert_eq!(MetadataStore::new().apply(3, b"\x03\x01\x00")[0], 0);
     }
 
     #[test]
@@ -823,8 +630,8 @@ mod tests {
         assert!(apply(&mut m, 2, start(at(1, 0))));
         let p = m.group(g).unwrap().clone();
         let moving = p.moving.unwrap();
-        assert_eq!(moving.new, ReplicaId(MOVED_REPLICA_IDS_FROM));
-        assert!(p.replicas.contains(&(moving.new, at(1, 0))));
+        assert_eq!(moving.new, ReplicaId(ReplicaId::MOVED_FROM));
+        assert!(replicas(&m, g).contains(&(moving.new, at(1, 0))));
         assert_eq!(p.initial, vec![ReplicaId(11), ReplicaId(12)]);
         assert!(!apply(&mut m, 3, start(at(3, 0))), "one move at a time");
         let abandon = MetadataCommand::AbandonMove { group: g };
@@ -841,6 +648,7 @@ mod tests {
                 ..m.clone()
             }
         );
+        assert!(r.restore(3, b"\x01\xff").is_err());
         let end = |new, moved| MetadataCommand::EndMove {
             group: g,
             new,
@@ -848,12 +656,11 @@ mod tests {
         };
         assert!(!apply(&mut m, 4, end(ReplicaId(5), true)), "not this move");
         assert!(apply(&mut m, 4, end(moving.new, true)));
-        let p = m.group(g).unwrap();
         assert_eq!(
-            p.replicas,
+            replicas(&m, g),
             vec![(ReplicaId(12), at(2, 1)), (moving.new, at(1, 0))]
         );
-        assert_eq!(p.moving, None);
+        assert_eq!(m.group(g).unwrap().moving, None);
         // The next move gets the next id, and an abandoned one removes its new replica.
         assert!(apply(
             &mut m,
@@ -865,10 +672,10 @@ mod tests {
             }
         ));
         let next = m.group(g).unwrap().moving.unwrap().new;
-        assert_eq!(next.0, MOVED_REPLICA_IDS_FROM + 1);
+        assert_eq!(next.0, ReplicaId::MOVED_FROM + 1);
         assert!(apply(&mut m, 6, end(next, false)));
         assert_eq!(
-            m.group(g).unwrap().replicas,
+            replicas(&m, g),
             vec![(ReplicaId(12), at(2, 1)), (moving.new, at(1, 0))]
         );
         let table = m.table();
@@ -893,6 +700,10 @@ mod tests {
                 moved: true,
             },
             MetadataCommand::AbandonMove { group: GroupId(3) },
+            MetadataCommand::SetNodeState {
+                node: NodeId(2),
+                state: NodeState::Decommissioned,
+            },
         ] {
             assert_eq!(MetadataCommand::decode(&c.encode()).unwrap(), c);
         }

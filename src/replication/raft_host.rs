@@ -35,24 +35,9 @@ use crate::constants::{
     RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES,
     RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION, RAFT_TICK,
 };
-use crate::ids::{CoreId, NodeId};
+use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::replication::kv::StateMachine;
 use crate::time::Time;
-
-/// Identifies a Raft group (a vShard's group, or the metadata group).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupId(pub u64);
-
-/// A replica's id inside Raft: unique per cluster and never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReplicaId(pub u64);
-
-/// Where a replica lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CoreAddress {
-    pub node: NodeId,
-    pub core: CoreId,
-}
 
 /// One change of a group's membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

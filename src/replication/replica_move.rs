@@ -20,10 +20,9 @@
 //! A move whose target node failed is abandoned: its learner is removed and destroyed.
 
 use crate::constants::LEARNER_CAUGHT_UP_ENTRIES;
+use crate::ids::{CoreAddress, GroupId, ReplicaId};
 use crate::replication::kv::StateMachine;
-use crate::replication::raft_host::{
-    CoreAddress, GroupId, Membership, MembershipChange, RaftHost, ReplicaId,
-};
+use crate::replication::raft_host::{Membership, MembershipChange, RaftHost};
 
 /// A replica moving from `from` to the new replica `new` at `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::constants::{
     SNAPSHOT_CHUNK_BYTES, SNAPSHOT_MAX_BYTES, SNAPSHOT_TRANSFER_TIMEOUT, SNAPSHOT_TRANSFERS_MAX,
 };
-use crate::replication::raft_host::GroupId;
+use crate::ids::GroupId;
 use crate::time::Time;
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 

@@ -28,7 +28,8 @@ use raft::eraftpb::{Entry, HardState, Snapshot};
 use thiserror::Error;
 
 use crate::constants::{WAL_BLOCK_BYTES, WAL_RECORD_MAX_BYTES};
-use crate::replication::raft_host::{GroupId, GroupWrite};
+use crate::ids::GroupId;
+use crate::replication::raft_host::GroupWrite;
 use crate::wire::codec::{DecodeError, Reader, put_varint};
 use crate::wire::raft::{encode_entry, encode_snapshot, read_entry, read_snapshot};
 

@@ -13,15 +13,16 @@ use thiserror::Error;
 
 use crate::client::routing::{Next, PlacementCache, Router};
 use crate::cluster::metadata::MetadataCommand;
+use crate::cluster::placement::PlacementTable;
+use crate::cluster::spec::ClusterSpec;
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{
     CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF,
 };
-use crate::ids::NodeId;
+use crate::ids::{CoreAddress, GroupId, ReplicaId};
+use crate::ids::{CoreId, NodeId};
 use crate::replication::kv::{KvCommand, KvError, KvResponse};
-use crate::replication::raft_host::{CoreAddress, GroupId, ReplicaId};
 use crate::runtime::clock::MonotonicClock;
-use crate::runtime::node::ClusterSpec;
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
 use crate::runtime::tls::{self, ALPN_CLIENT, TlsMode};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
@@ -59,6 +60,8 @@ pub struct KvClient {
     endpoint: QuicEndpoint,
     tls: TlsMode,
     spec: ClusterSpec,
+    /// Where a new cluster's replicas are: routes until the placement table is fetched.
+    initial: PlacementTable,
     map: VShardMap,
     conns: RefCell<HashMap<SocketAddr, Connection>>,
     next_id: Cell<u64>,
@@ -73,6 +76,9 @@ impl KvClient {
     /// A client for the cluster `spec`, authenticating with `tls` (a client certificate).
     pub fn new(spec: ClusterSpec, tls: TlsMode, mtu: u16) -> Result<KvClient, ClientError> {
         let map = VShardMap::new(spec.groups)?;
+        let initial = spec
+            .initial_table()
+            .map_err(|e| ClientError::Protocol(format!("the cluster spec: {e}")))?;
         // Loopback clusters are reached from loopback; others from any local address.
         let ip = match spec.nodes.first().map(|(_, a)| a.ip()) {
             Some(ip) if ip.is_loopback() => ip,
@@ -90,6 +96,7 @@ impl KvClient {
             endpoint,
             tls,
             spec,
+            initial,
             map,
             conns: RefCell::default(),
             next_id: Cell::new(1),
@@ -179,26 +186,28 @@ impl KvClient {
     }
 
     fn pick_target(&self, group: GroupId) -> CoreAddress {
-        // The group's replicas from the cached placement table, else from the static spec.
-        let core = self.spec.core_of(group);
+        // The group's replicas from the cached placement table, else from the spec's
+        // initial placement (the metadata group on core 0 of every node).
         let candidates: Vec<CoreAddress> = self
             .placement
             .borrow()
             .replicas(group)
             .map(<[CoreAddress]>::to_vec)
-            .unwrap_or_else(|| {
-                self.spec
-                    .nodes_of(group)
+            .unwrap_or_else(|| match self.initial.group(group) {
+                Some(p) => p.addresses().collect(),
+                None => self
+                    .spec
+                    .metadata_voters()
                     .into_iter()
-                    .map(|node| CoreAddress { node, core })
-                    .collect()
+                    .map(|(_, a)| a)
+                    .collect(),
             });
         self.router
             .borrow_mut()
             .target(self.clock.now(), group, &candidates)
             .unwrap_or(CoreAddress {
                 node: self.spec.nodes[0].0,
-                core,
+                core: CoreId(0),
             })
     }
 
@@ -450,7 +459,7 @@ impl KvClient {
     /// The replica moves under way (a linearizable read of the metadata group).
     pub async fn moves(
         &self,
-    ) -> Result<Vec<(GroupId, crate::cluster::metadata::PendingMove)>, ClientError> {
+    ) -> Result<Vec<(GroupId, crate::cluster::placement::PendingMove)>, ClientError> {
         match self
             .call(crate::runtime::node::METADATA_GROUP, KvOp::Moves)
             .await?

@@ -21,10 +21,11 @@ use std::sync::Arc;
 
 use tracing::{debug, info};
 
-use crate::cluster::metadata::{MetadataCommand, PendingMove, PlacementTable};
+use crate::cluster::metadata::MetadataCommand;
+use crate::cluster::placement::{PendingMove, PlacementTable};
 use crate::constants::MOVE_STEP_INTERVAL;
+use crate::ids::{GroupId, ReplicaId};
 use crate::metrics::cores::{CoreCounter, NodeMetrics};
-use crate::replication::raft_host::{GroupId, ReplicaId};
 use crate::replication::replica_move::{MoveAction, MoveContext, MoveOutcome, ReplicaMove};
 use crate::runtime::client::{ClientError, KvClient};
 use crate::runtime::node::{METADATA_GROUP, NodeConfig};
@@ -60,9 +61,8 @@ pub(crate) async fn run(
             continue;
         };
         let recorded: BTreeMap<GroupId, PendingMove> = table
-            .groups
-            .iter()
-            .filter_map(|(g, p)| p.moving.map(|m| (*g, m)))
+            .groups()
+            .filter_map(|(g, p)| p.moving.map(|m| (g, m)))
             .collect();
         moves.retain(|g, m| recorded.get(g).is_some_and(|r| r.new == m.new));
         if recorded.is_empty() {
@@ -132,12 +132,9 @@ async fn step(
     // Durable knowledge matters once the old replica is out of the configuration.
     let mut known = BTreeMap::new();
     if !view.membership.joint && !view.membership.contains(m.from) {
-        let placement = table.groups.get(&group);
+        let placement = table.group(group);
         for voter in &view.membership.voters {
-            let Some(at) = placement
-                .and_then(|p| p.replicas.iter().find(|(r, _)| r == voter))
-                .map(|(_, a)| *a)
-            else {
+            let Some(at) = placement.and_then(|p| p.address_of(*voter)) else {
                 continue;
             };
             if let Ok(KvReply::Index(index)) = client.call_at(at, group, KvOp::DurableCommit).await

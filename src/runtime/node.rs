@@ -29,19 +29,19 @@ use futures_lite::future;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::cluster::metadata::{
-    Cell, GroupPlacement, MetadataCommand, MetadataStore, PlacementTable,
-};
-use crate::cluster::topology::{NodeInfo, NodeState};
+use crate::cluster::metadata::{Cell, MetadataCommand, MetadataStore};
+use crate::cluster::placement::PlacementTable;
+pub use crate::cluster::spec::ClusterSpec;
 use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
     SNAPSHOT_TRANSFER_TIMEOUT,
 };
+use crate::ids::{CoreAddress, GroupId, ReplicaId};
 use crate::ids::{CoreId, Epoch, NodeId};
 use crate::metrics::cores::{CoreCounter, CoreGauge, NodeMetrics};
 use crate::replication::kv::{KvCommand, KvStore};
 use crate::replication::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, PersistedGroup, ProposalToken, RaftHost, ReplicaId,
+    HostError, HostEvent, PersistedGroup, ProposalToken, RaftHost,
 };
 use crate::replication::replica_move::leader_view;
 use crate::replication::snapshot_transfer::{SnapshotAssembler, TokenBucket, split};
@@ -60,49 +60,6 @@ use crate::wire::raft::{decode_batch, encode_batch};
 
 /// The metadata group: topology and placement (hosted on core 0 of every node).
 pub const METADATA_GROUP: GroupId = GroupId(0);
-
-/// The static shape of a cluster every node agrees on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterSpec {
-    /// Every node and the IP + base port its cores listen on (core `i` on `base + i`).
-    pub nodes: Vec<(NodeId, SocketAddr)>,
-    pub cores: u16,
-    /// Data groups (vShards); group ids are `1..=groups`.
-    pub groups: u32,
-    /// Replicas per data group in a new cluster (1..=nodes): group `g` starts on the
-    /// `replicas` nodes from position `(g - 1) mod nodes` of `nodes` on. The metadata group
-    /// has a replica on every node.
-    pub replicas: u16,
-}
-
-impl ClusterSpec {
-    /// The core that hosts `group` on every node.
-    pub fn core_of(&self, group: GroupId) -> CoreId {
-        CoreId((group.0 % u64::from(self.cores)) as u16)
-    }
-
-    /// The nodes a new cluster places `group` on.
-    pub fn nodes_of(&self, group: GroupId) -> Vec<NodeId> {
-        let n = self.nodes.len() as u64;
-        let first = group.0.saturating_sub(1);
-        (0..u64::from(self.replicas).min(n))
-            .map(|i| self.nodes[((first + i) % n) as usize].0)
-            .collect()
-    }
-
-    /// The Raft id of `group`'s replica on `node`.
-    pub fn replica(&self, group: GroupId, node: NodeId) -> ReplicaId {
-        ReplicaId((group.0 << 16) | (node.0 & 0xffff))
-    }
-
-    /// The UDP address of `core` on `node`.
-    pub fn address(&self, node: NodeId, core: CoreId) -> Option<SocketAddr> {
-        self.nodes
-            .iter()
-            .find(|(n, _)| *n == node)
-            .map(|(_, base)| SocketAddr::new(base.ip(), base.port() + core.0))
-    }
-}
 
 /// How to run one node.
 #[derive(Clone)]
@@ -310,12 +267,16 @@ impl Hosting {
         host: &mut RaftHost<Cell>,
         wal: &mut WalFile,
     ) -> Result<(), String> {
-        if self.table.as_ref().is_some_and(|t| t.epoch >= table.epoch) {
+        if self
+            .table
+            .as_ref()
+            .is_some_and(|t| t.epoch() >= table.epoch())
+        {
             return Ok(());
         }
-        for p in table.groups.values() {
-            for (r, a) in &p.replicas {
-                host.set_address(*r, *a);
+        for (_, p) in table.iter() {
+            for r in &p.replicas {
+                host.set_address(r.id, r.at);
             }
         }
         let want: BTreeMap<GroupId, ReplicaId> = table.hosted_at(self.local).collect();
@@ -350,7 +311,10 @@ impl Hosting {
             if host.replica_id(group).is_some() {
                 continue;
             }
-            let GroupPlacement { initial, .. } = &table.groups[&group];
+            let initial = &table
+                .group(group)
+                .expect("hosted groups are in the table")
+                .initial;
             let state = Cell::Kv(KvStore::new());
             let added = match self.recovered.remove(&group) {
                 Some(persisted) => host.add_group(group, replica, initial, Some(persisted), state),
@@ -377,12 +341,9 @@ impl Hosting {
     fn home(&self, group: GroupId) -> Option<CoreId> {
         let table = self.table.as_ref()?;
         table
-            .groups
-            .get(&group)?
-            .replicas
-            .iter()
-            .find(|(_, a)| a.node == self.local.node)
-            .map(|(_, a)| a.core)
+            .group(group)?
+            .replica_on(self.local.node)
+            .map(|a| a.core)
     }
 }
 
@@ -450,21 +411,20 @@ async fn core_loop(
         .is_none_or(|p| p.entries.is_empty() && p.snapshot.is_none());
     // Core 0 of every node hosts a replica of the metadata group (group 0).
     if core == CoreId(0) {
-        let voters: Vec<ReplicaId> = spec
-            .nodes
-            .iter()
-            .map(|(n, _)| spec.replica(METADATA_GROUP, *n))
-            .collect();
-        for (n, _) in &spec.nodes {
-            host.set_address(
-                spec.replica(METADATA_GROUP, *n),
-                CoreAddress { node: *n, core },
-            );
+        let voters = spec.metadata_voters();
+        for (r, at) in &voters {
+            host.set_address(*r, *at);
         }
+        let own = voters
+            .iter()
+            .find(|(_, at)| at.node == config.node)
+            .map(|(r, _)| *r)
+            .ok_or("node not in spec")?;
+        let voters: Vec<ReplicaId> = voters.iter().map(|(r, _)| *r).collect();
         let persisted = recovered.groups.remove(&METADATA_GROUP);
         host.add_group(
             METADATA_GROUP,
-            spec.replica(METADATA_GROUP, config.node),
+            own,
             &voters,
             persisted,
             Cell::Meta(MetadataStore::new()),
@@ -590,7 +550,10 @@ async fn core_loop(
             let retry =
                 bootstrap_asked.is_none_or(|t| now.saturating_since(t) > CLIENT_REQUEST_TIMEOUT);
             if !bootstrapped && retry {
-                let command = bootstrap_command(spec).encode();
+                let command = spec
+                    .bootstrap_command()
+                    .map_err(|e| e.to_string())?
+                    .encode();
                 if host
                     .propose(METADATA_GROUP, command, ProposalToken(0))
                     .is_ok()
@@ -604,9 +567,11 @@ async fn core_loop(
             let newer = match meta {
                 Some(m) if m.is_bootstrapped() => distributed
                     .as_ref()
-                    .is_none_or(|t| t.epoch < m.epoch())
-                    .then(|| m.table()),
-                _ if fresh && distributed.is_none() => Some(spec_table(spec)),
+                    .is_none_or(|t| t.epoch() < m.epoch())
+                    .then(|| m.table().clone()),
+                _ if fresh && distributed.is_none() => {
+                    Some(spec.initial_table().map_err(|e| e.to_string())?)
+                }
                 _ => None,
             };
             if let Some(table) = newer {
@@ -771,8 +736,9 @@ fn routing_reply(meta: Option<&MetadataStore>) -> KvReply {
         Some(m) if m.is_bootstrapped() => KvReply::Routing {
             epoch: m.epoch().0,
             groups: m
+                .table()
                 .groups()
-                .map(|(g, p)| (g, p.replicas.iter().map(|(r, a)| (r.0, *a)).collect()))
+                .map(|(g, p)| (g, p.replicas.iter().map(|r| (r.id.0, r.at)).collect()))
                 .collect(),
         },
         Some(_) => KvReply::Error("the cluster is not bootstrapped yet; retry".into()),
@@ -780,74 +746,17 @@ fn routing_reply(meta: Option<&MetadataStore>) -> KvReply {
     }
 }
 
-/// A new cluster's placement: group `g` on core `g % cores` of its `replicas` nodes.
-fn spec_groups(spec: &ClusterSpec) -> Vec<(GroupId, Vec<(ReplicaId, CoreAddress)>)> {
-    (1..=u64::from(spec.groups))
-        .map(GroupId)
-        .map(|g| {
-            let core = spec.core_of(g);
-            (
-                g,
-                spec.nodes_of(g)
-                    .into_iter()
-                    .map(|n| (spec.replica(g, n), CoreAddress { node: n, core }))
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
-/// The table a brand-new node hosts until the metadata group has one (epoch 0: any table
-/// the group applies is newer).
-fn spec_table(spec: &ClusterSpec) -> PlacementTable {
-    PlacementTable {
-        epoch: Epoch(0),
-        groups: spec_groups(spec)
-            .into_iter()
-            .map(|(g, replicas)| {
-                let initial = replicas.iter().map(|(r, _)| *r).collect();
-                (
-                    g,
-                    GroupPlacement {
-                        replicas,
-                        epoch: Epoch(0),
-                        initial,
-                        moving: None,
-                    },
-                )
-            })
-            .collect(),
-    }
-}
-
 /// The replica moves under way, as the metadata group knows them.
 fn moves_reply(meta: Option<&MetadataStore>) -> KvReply {
     match meta {
         Some(m) if m.is_bootstrapped() => KvReply::Moves(
-            m.groups()
+            m.table()
+                .groups()
                 .filter_map(|(g, p)| p.moving.map(|mv| (g, mv)))
                 .collect(),
         ),
         Some(_) => KvReply::Error("the cluster is not bootstrapped yet; retry".into()),
         None => KvReply::Error("no metadata group on this core".into()),
-    }
-}
-
-/// The metadata command that bootstraps a cluster from its static spec.
-fn bootstrap_command(spec: &ClusterSpec) -> MetadataCommand {
-    let nodes = spec
-        .nodes
-        .iter()
-        .map(|(n, addr)| NodeInfo {
-            node_id: *n,
-            addr: addr.to_string(),
-            cores: spec.cores,
-            state: NodeState::Active,
-        })
-        .collect();
-    MetadataCommand::Bootstrap {
-        nodes,
-        groups: spec_groups(spec),
     }
 }
 
@@ -907,7 +816,7 @@ fn route_request(
             }
         }
         _ => match &hosting.table {
-            Some(t) if !t.groups.contains_key(&group) && t.epoch > Epoch(0) => {
+            Some(t) if t.group(group).is_none() && t.epoch() > Epoch(0) => {
                 answer(
                     metrics,
                     KvReply::Error(format!("group {} does not exist", group.0)),
@@ -917,7 +826,7 @@ fn route_request(
             t => answer(
                 metrics,
                 KvReply::Moved {
-                    epoch: t.as_ref().map_or(0, |t| t.epoch.0),
+                    epoch: t.as_ref().map_or(0, |t| t.epoch().0),
                 },
             ),
         },

@@ -29,8 +29,9 @@ use raft::eraftpb::Snapshot;
 use crate::constants::{
     SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES,
 };
+use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
-use crate::replication::raft_host::{GroupId, GroupWrite, PersistBatch, PersistedGroup, RaftHost};
+use crate::replication::raft_host::{GroupWrite, PersistBatch, PersistedGroup, RaftHost};
 use crate::replication::wal::{SnapshotFile, WalError, encode_records, scan};
 
 /// A write-ahead log that cannot be used.

@@ -20,7 +20,8 @@
 use std::collections::BTreeMap;
 
 use crate::constants::WAL_BLOCK_BYTES;
-use crate::replication::raft_host::{GroupId, GroupWrite, PersistedGroup};
+use crate::ids::GroupId;
+use crate::replication::raft_host::{GroupWrite, PersistedGroup};
 use crate::replication::wal::{WalError, encode_record, record_data_len, scan};
 use crate::rng::Rng;
 

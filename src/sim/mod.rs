@@ -27,11 +27,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::client::routing::{PlacementCache, Router};
+use crate::ids::{CoreAddress, GroupId, ReplicaId};
 use crate::ids::{CoreId, NodeId};
 use crate::replication::kv::{KvCommand, KvResponse, KvStore, StateMachine};
-use crate::replication::raft_host::{
-    CoreAddress, GroupId, HostError, HostEvent, PersistBatch, ProposalToken, RaftHost, ReplicaId,
-};
+use crate::replication::raft_host::{HostError, HostEvent, PersistBatch, ProposalToken, RaftHost};
 use crate::replication::replica_move::{MoveAction, MoveContext, ReplicaMove, leader_view};
 use crate::rng::{Rng, mix64};
 use crate::sim::disk::{SimDisk, Tear};

@@ -31,10 +31,9 @@
 //! metadata commands, of which clients may send only `start_move`.
 
 use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
+use crate::ids::{CoreAddress, GroupId, ReplicaId};
 use crate::ids::{CoreId, NodeId};
-use crate::replication::raft_host::{
-    CoreAddress, GroupId, Membership, MembershipChange, ReplicaId,
-};
+use crate::replication::raft_host::{Membership, MembershipChange};
 use crate::replication::replica_move::LeaderView;
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 
@@ -103,7 +102,7 @@ pub enum KvReply {
         epoch: u64,
     },
     /// The replica moves under way, per group.
-    Moves(Vec<(GroupId, crate::cluster::metadata::PendingMove)>),
+    Moves(Vec<(GroupId, crate::cluster::placement::PendingMove)>),
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[ReplicaId]) {
@@ -475,7 +474,7 @@ impl KvResponseFrame {
                     let abandon = r.bool("abandon")?;
                     moves.push((
                         group,
-                        crate::cluster::metadata::PendingMove {
+                        crate::cluster::placement::PendingMove {
                             from,
                             new,
                             to: CoreAddress { node, core },
@@ -550,7 +549,7 @@ mod tests {
             KvReply::Moved { epoch: 5 },
             KvReply::Moves(vec![(
                 GroupId(2),
-                crate::cluster::metadata::PendingMove {
+                crate::cluster::placement::PendingMove {
                     from: ReplicaId(3),
                     new: ReplicaId(1 << 48),
                     to: hint,
