@@ -5,7 +5,7 @@
 //! simulator advances a virtual one. `Time` is nanoseconds since an arbitrary origin, so two
 //! values are only comparable when they come from the same clock.
 
-use std::ops::{Add, Sub};
+use std::ops::{Add, AddAssign, Sub};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,12 @@ impl Add<Duration> for Time {
     fn add(self, rhs: Duration) -> Time {
         let nanos = u64::try_from(rhs.as_nanos()).unwrap_or(u64::MAX);
         Time(self.0.saturating_add(nanos))
+    }
+}
+
+impl AddAssign<Duration> for Time {
+    fn add_assign(&mut self, rhs: Duration) {
+        *self = *self + rhs;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The client's routing decisions, sans-IO: which core to ask for a group, and what an
-//! answer teaches. Shared by `runtime::client::KvClient` and the simulator's clients, so the
-//! simulator exercises the real redirect logic under faults.
+//! answer teaches. [`Routing`] holds a client's whole routing state and is what every
+//! [`crate::client::call::Call`] of that client consults; `KvClient`, the migration
+//! executor and the simulator's clients each keep one.
 //!
 //! A router knows each group's candidate replicas (from the placement table, or a default),
 //! remembers the last leader it saw per group, follows `NotLeader` hints at once, and
@@ -10,9 +11,10 @@
 use std::collections::HashMap;
 
 use crate::client::peer_health::{Admission, HealthPolicy, PeerHealth};
+use crate::cluster::placement::{PlacementError, PlacementTable};
+use crate::cluster::spec::ClusterSpec;
 use crate::constants::{CLIENT_NODE_BACKOFF, CLIENT_NODE_DOWN_COOLDOWN};
-use crate::ids::NodeId;
-use crate::ids::{CoreAddress, GroupId};
+use crate::ids::{CoreAddress, GroupId, NodeId};
 use crate::time::Time;
 
 /// What to do after an answer.
@@ -208,6 +210,80 @@ impl PlacementCache {
         self.table = None;
         router.forget(group);
         Next::RetryLater
+    }
+}
+
+/// A client's routing state: the leader cache and node health ([`Router`]), the cached
+/// placement table ([`PlacementCache`]), the spec's initial placement that routes until a
+/// table is fetched, and the ids of its requests.
+#[derive(Debug)]
+pub struct Routing {
+    pub router: Router,
+    pub table: PlacementCache,
+    /// Where a new cluster's replicas are: routes until the metadata group has a table.
+    initial: PlacementTable,
+    /// The metadata group's replicas (core 0 of every node).
+    metadata: Vec<CoreAddress>,
+    next_id: u64,
+}
+
+impl Routing {
+    /// Routing for a client of the cluster `spec`.
+    pub fn new(spec: &ClusterSpec) -> Result<Routing, PlacementError> {
+        Ok(Routing {
+            router: Router::new(),
+            table: PlacementCache::new(),
+            initial: spec.initial_table()?,
+            metadata: spec.metadata_voters().into_iter().map(|(_, a)| a).collect(),
+            next_id: 1,
+        })
+    }
+
+    /// Like [`Routing::new`], whose first choice among candidates is the `first`-th, so
+    /// that many clients spread their first requests.
+    pub fn starting_at(spec: &ClusterSpec, first: usize) -> Result<Routing, PlacementError> {
+        Ok(Routing {
+            router: Router::starting_at(first),
+            ..Routing::new(spec)?
+        })
+    }
+
+    /// Where to send the next request for `group`: its last known leader, else one of its
+    /// replicas per the cached table (the initial placement without one).
+    pub fn target(&mut self, now: Time, group: GroupId) -> CoreAddress {
+        let cached = self.table.replicas(group).map(<[CoreAddress]>::to_vec);
+        let candidates = cached.unwrap_or_else(|| match self.initial.group(group) {
+            Some(p) => p.addresses().collect(),
+            None => self.metadata.clone(),
+        });
+        self.router
+            .target(now, group, &candidates)
+            .unwrap_or(self.metadata[0])
+    }
+
+    /// A fresh id for the next request.
+    pub fn next_request_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Caches the placement table a `Routing` read returned.
+    pub fn store_table(&mut self, epoch: u64, groups: &[(GroupId, Vec<(u64, CoreAddress)>)]) {
+        let table = groups
+            .iter()
+            .map(|(g, replicas)| (*g, replicas.iter().map(|(_, a)| *a).collect()))
+            .collect();
+        self.table.store(epoch, table);
+    }
+
+    /// Caches a placement table known locally (a node's own).
+    pub fn store_placement(&mut self, table: &PlacementTable) {
+        let groups = table
+            .groups()
+            .map(|(g, p)| (g, p.addresses().collect()))
+            .collect();
+        self.table.store(table.epoch().0, groups);
     }
 }
 

@@ -1,26 +1,26 @@
 //! The KV client: key → vShard → group → leader `(node, core)`, over QUIC with mTLS.
 //!
-//! The client caches the leader of each group; a `NotLeader` answer updates the cache from
-//! its hint (or forgets the entry and tries the next node), a failed connection forgets the
-//! connection and the cached leader. Every request is bounded in attempts and time.
+//! A thin driver of the sans-IO [`Call`]: the call decides where each attempt goes and
+//! what each answer means (leader cache, redirects, stale-epoch refetches, unknown
+//! outcomes); this module moves its requests over QUIC, one stream per request, and sleeps
+//! when it says to wait. A failed connection is forgotten. Every request is bounded in
+//! attempts and time.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use futures_lite::future;
 use thiserror::Error;
 
-use crate::client::routing::{Next, PlacementCache, Router};
+use crate::client::call::{Call, CallError, CallPolicy, CallStep, Failure};
+use crate::client::routing::Routing;
 use crate::cluster::metadata::MetadataCommand;
-use crate::cluster::placement::PlacementTable;
+use crate::cluster::placement::PlacementError;
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::vshard::{VShardCountError, VShardMap};
-use crate::constants::{
-    CLIENT_ATTEMPTS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF,
-};
-use crate::ids::{CoreAddress, GroupId, ReplicaId};
-use crate::ids::{CoreId, NodeId};
+use crate::constants::{CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT};
+use crate::ids::{CoreAddress, GroupId, NodeId, ReplicaId};
 use crate::replication::kv::{KvCommand, KvError, KvResponse};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
@@ -37,16 +37,22 @@ pub enum ClientError {
     /// The cluster spec's group count is not a power of two.
     #[error(transparent)]
     Spec(#[from] VShardCountError),
-    /// No leader answered within the attempt budget.
+    /// The cluster spec places no replica (no nodes, a bad replica count).
+    #[error("the cluster spec: {0}")]
+    Placement(#[from] PlacementError),
+    /// No leader answered within the attempt budget; nothing took effect.
     #[error("no leader for group {group} after {attempts} attempts (last error: {last})")]
     NoLeader {
         group: u64,
         attempts: usize,
         last: String,
     },
-    /// The server answered with an error (the outcome of a write may be unknown).
+    /// The server refused the request; it had no effect.
     #[error("server error: {0}")]
     Server(String),
+    /// The request may or may not have taken effect (a write whose answer was lost).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     /// The endpoint could not be created.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -55,20 +61,33 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl From<CallError> for ClientError {
+    fn from(e: CallError) -> ClientError {
+        match e {
+            CallError::NoLeader {
+                group,
+                attempts,
+                last,
+            } => ClientError::NoLeader {
+                group,
+                attempts,
+                last,
+            },
+            CallError::Server(message) => ClientError::Server(message),
+            CallError::Unknown(message) => ClientError::Unknown(message),
+        }
+    }
+}
+
 /// A client of one cluster; lives on one glommio executor.
 pub struct KvClient {
     endpoint: QuicEndpoint,
     tls: TlsMode,
     spec: ClusterSpec,
-    /// Where a new cluster's replicas are: routes until the placement table is fetched.
-    initial: PlacementTable,
     map: VShardMap,
     conns: RefCell<HashMap<SocketAddr, Connection>>,
-    next_id: Cell<u64>,
-    /// Leader cache, redirects and node health (sans-IO, shared with the simulator).
-    router: RefCell<Router>,
-    /// The placement table with its epoch (sans-IO, shared with the simulator).
-    placement: RefCell<PlacementCache>,
+    /// Leader cache, node health, the placement table (sans-IO, shared by every call).
+    routing: RefCell<Routing>,
     clock: MonotonicClock,
 }
 
@@ -76,9 +95,7 @@ impl KvClient {
     /// A client for the cluster `spec`, authenticating with `tls` (a client certificate).
     pub fn new(spec: ClusterSpec, tls: TlsMode, mtu: u16) -> Result<KvClient, ClientError> {
         let map = VShardMap::new(spec.groups)?;
-        let initial = spec
-            .initial_table()
-            .map_err(|e| ClientError::Protocol(format!("the cluster spec: {e}")))?;
+        let routing = Routing::new(&spec)?;
         // Loopback clusters are reached from loopback; others from any local address.
         let ip = match spec.nodes.first().map(|(_, a)| a.ip()) {
             Some(ip) if ip.is_loopback() => ip,
@@ -96,12 +113,9 @@ impl KvClient {
             endpoint,
             tls,
             spec,
-            initial,
             map,
             conns: RefCell::default(),
-            next_id: Cell::new(1),
-            router: RefCell::new(Router::new()),
-            placement: RefCell::new(PlacementCache::new()),
+            routing: RefCell::new(routing),
             clock: MonotonicClock::new(),
         })
     }
@@ -185,53 +199,9 @@ impl KvClient {
         }
     }
 
-    fn pick_target(&self, group: GroupId) -> CoreAddress {
-        // The group's replicas from the cached placement table, else from the spec's
-        // initial placement (the metadata group on core 0 of every node).
-        let candidates: Vec<CoreAddress> = self
-            .placement
-            .borrow()
-            .replicas(group)
-            .map(<[CoreAddress]>::to_vec)
-            .unwrap_or_else(|| match self.initial.group(group) {
-                Some(p) => p.addresses().collect(),
-                None => self
-                    .spec
-                    .metadata_voters()
-                    .into_iter()
-                    .map(|(_, a)| a)
-                    .collect(),
-            });
-        self.router
-            .borrow_mut()
-            .target(self.clock.now(), group, &candidates)
-            .unwrap_or(CoreAddress {
-                node: self.spec.nodes[0].0,
-                core: CoreId(0),
-            })
-    }
-
-    /// Fetches the placement table once (and again after a routing error); until the
-    /// cluster is bootstrapped the static spec routes.
-    async fn ensure_routing(&self, group: GroupId) {
-        // After a failed fetch, the spec routes for a while rather than asking every time.
-        if group == crate::runtime::node::METADATA_GROUP
-            || !self.placement.borrow().wants_fetch(self.clock.now())
-        {
-            return;
-        }
-        // Boxed: the fetch is itself a routed call, which ensures routing before each try.
-        let fetch: std::pin::Pin<Box<dyn Future<Output = _> + '_>> = Box::pin(self.routing());
-        if fetch.await.is_err() {
-            self.placement
-                .borrow_mut()
-                .on_fetch_failed(self.clock.now());
-        }
-    }
-
     /// The epoch of the cached placement table, if one was fetched.
     pub fn routing_epoch(&self) -> Option<u64> {
-        self.placement.borrow().epoch()
+        self.routing.borrow().table.epoch()
     }
 
     /// Sends an admin request (`View`, `ChangeMembership`, `TransferLeader`) to the leader of
@@ -284,7 +254,7 @@ impl KvClient {
         let op = KvOp::Write {
             command: command.encode(),
         };
-        match self.call(crate::runtime::node::METADATA_GROUP, op).await? {
+        match self.call(GroupId::METADATA, op).await? {
             KvReply::Written(response) => match response.split_first() {
                 Some((1, _)) => Ok(()),
                 Some((0, reason)) => {
@@ -303,64 +273,29 @@ impl KvClient {
 
     /// Sends `op` to the leader of `group`, following redirects.
     async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
-        let mut last = String::from("no attempt");
-        let mut pause = false;
-        for _ in 0..CLIENT_ATTEMPTS_MAX {
-            // A redirect with a hint is followed at once; anything else waits a little
-            // (an election may be under way).
-            if pause {
-                glommio::timer::sleep(CLIENT_RETRY_BACKOFF).await;
+        self.drive(Call::new(group, op, CallPolicy::default()))
+            .await
+    }
+
+    /// Carries out a call's steps until it is over.
+    async fn drive(&self, mut call: Call) -> Result<KvReply, ClientError> {
+        loop {
+            let step = call.poll(self.clock.now(), &mut self.routing.borrow_mut());
+            match step {
+                CallStep::Send { target, request } => {
+                    let result = self.exchange(target, &request).await;
+                    let (now, routing) = (self.clock.now(), &mut *self.routing.borrow_mut());
+                    match result {
+                        Ok(reply) => call.handle_reply(now, routing, request.id, reply),
+                        Err(failure) => call.handle_failure(now, routing, request.id, failure),
+                    }
+                }
+                CallStep::Wait(until) => {
+                    glommio::timer::sleep(until.saturating_since(self.clock.now())).await;
+                }
+                CallStep::Done(outcome) => return outcome.map_err(ClientError::from),
             }
-            // Route by the current table: fetched first, and again after a stale-epoch
-            // redirect dropped it.
-            self.ensure_routing(group).await;
-            let target = self.pick_target(group);
-            let id = self.next_id.get();
-            self.next_id.set(id + 1);
-            let request = KvRequest {
-                id,
-                group,
-                op: op.clone(),
-            };
-            let next = match self.request(target, &request).await {
-                Ok(KvReply::NotLeader(hint)) => {
-                    last = format!("{}/{} is not the leader", target.node, target.core);
-                    self.router.borrow_mut().on_not_leader(group, target, hint)
-                }
-                Ok(KvReply::Moved { epoch }) => {
-                    // A stale-epoch redirect: fetch the table again if ours is older,
-                    // else that node is behind and another replica is tried.
-                    last = format!(
-                        "{}/{} does not host group {} at epoch {epoch}",
-                        target.node, target.core, group.0
-                    );
-                    self.placement.borrow_mut().on_moved(
-                        &mut self.router.borrow_mut(),
-                        self.clock.now(),
-                        group,
-                        target,
-                        epoch,
-                    )
-                }
-                Ok(KvReply::Error(message)) => return Err(ClientError::Server(message)),
-                Ok(reply) => {
-                    self.router.borrow_mut().on_answer(group, target);
-                    return Ok(reply);
-                }
-                Err(e) => {
-                    last = e;
-                    self.router
-                        .borrow_mut()
-                        .on_failure(self.clock.now(), group, target)
-                }
-            };
-            pause = next != Next::RetryNow;
         }
-        Err(ClientError::NoLeader {
-            group: group.0,
-            attempts: CLIENT_ATTEMPTS_MAX,
-            last,
-        })
     }
 
     async fn connection(&self, node: NodeId, addr: SocketAddr) -> Result<Connection, String> {
@@ -387,36 +322,53 @@ impl KvClient {
         Ok(conn)
     }
 
-    /// One request on its own stream, bounded by `CLIENT_REQUEST_TIMEOUT`.
-    async fn request(&self, target: CoreAddress, request: &KvRequest) -> Result<KvReply, String> {
-        let addr = self
-            .spec
-            .address(target.node, target.core)
-            .ok_or("hint names an unknown node")?;
+    /// One request to the core at `target` on its own stream, bounded by
+    /// `CLIENT_REQUEST_TIMEOUT`. A request that fails before its stream is finished never
+    /// reached a server (`NotSent`); after that, a server may have acted on it (`Lost`).
+    pub async fn exchange(
+        &self,
+        target: CoreAddress,
+        request: &KvRequest,
+    ) -> Result<KvReply, Failure> {
+        let addr = self.spec.address(target.node, target.core).ok_or_else(|| {
+            Failure::NotSent(format!(
+                "{}/{} is not in the cluster spec",
+                target.node, target.core
+            ))
+        })?;
         let exchange = async {
-            let conn = self.connection(target.node, addr).await?;
+            let conn = self
+                .connection(target.node, addr)
+                .await
+                .map_err(Failure::NotSent)?;
             let result = async {
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                let not_sent = |e: String| Failure::NotSent(e);
+                let (mut send, mut recv) =
+                    conn.open_bi().await.map_err(|e| not_sent(e.to_string()))?;
                 let mut out = Vec::new();
                 encode_frame(FrameKind::Request, 0, &request.encode(), &mut out)
-                    .map_err(|e| e.to_string())?;
-                send.write_all(&out).await.map_err(|e| e.to_string())?;
-                send.finish().map_err(|e| e.to_string())?;
+                    .map_err(|e| not_sent(e.to_string()))?;
+                send.write_all(&out)
+                    .await
+                    .map_err(|e| not_sent(e.to_string()))?;
+                send.finish().map_err(|e| not_sent(e.to_string()))?;
+                let lost = |e: String| Failure::Lost(e);
                 let mut decoder = FrameDecoder::new();
                 let mut frame = None;
                 while let Some(chunk) = recv
                     .read_chunk(usize::MAX)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| lost(e.to_string()))?
                 {
                     decoder
                         .decode(&chunk, |f| frame = Some(f))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| lost(e.to_string()))?;
                 }
-                let frame = frame.ok_or("the server closed the stream without an answer")?;
+                let frame = frame
+                    .ok_or_else(|| lost("the server closed the stream without an answer".into()))?;
                 let response =
-                    KvResponseFrame::decode(&frame.payload).map_err(|e| e.to_string())?;
-                Ok::<_, String>(response.reply)
+                    KvResponseFrame::decode(&frame.payload).map_err(|e| lost(e.to_string()))?;
+                Ok::<_, Failure>(response.reply)
             }
             .await;
             if result.is_err() {
@@ -426,9 +378,9 @@ impl KvClient {
         };
         let timeout = async {
             glommio::timer::sleep(CLIENT_REQUEST_TIMEOUT).await;
-            Err(format!(
+            Err(Failure::Lost(format!(
                 "no answer from {addr} within {CLIENT_REQUEST_TIMEOUT:?}"
-            ))
+            )))
         };
         future::or(exchange, timeout).await
     }
@@ -439,19 +391,9 @@ impl KvClient {
     pub async fn routing(
         &self,
     ) -> Result<(u64, Vec<(GroupId, Vec<(u64, CoreAddress)>)>), ClientError> {
-        match self
-            .call(crate::runtime::node::METADATA_GROUP, KvOp::Routing)
-            .await?
-        {
-            KvReply::Routing { epoch, groups } => {
-                // Cache it: requests route by this table from now on.
-                let table = groups
-                    .iter()
-                    .map(|(g, replicas)| (*g, replicas.iter().map(|(_, a)| *a).collect()))
-                    .collect();
-                self.placement.borrow_mut().store(epoch, table);
-                Ok((epoch, groups))
-            }
+        match self.call(GroupId::METADATA, KvOp::Routing).await? {
+            // The call cached it: requests route by this table from now on.
+            KvReply::Routing { epoch, groups } => Ok((epoch, groups)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
@@ -460,10 +402,7 @@ impl KvClient {
     pub async fn moves(
         &self,
     ) -> Result<Vec<(GroupId, crate::cluster::placement::PendingMove)>, ClientError> {
-        match self
-            .call(crate::runtime::node::METADATA_GROUP, KvOp::Moves)
-            .await?
-        {
+        match self.call(GroupId::METADATA, KvOp::Moves).await? {
             KvReply::Moves(moves) => Ok(moves),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -471,7 +410,7 @@ impl KvClient {
 
     /// The leader of `group` this client last saw, if any.
     pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
-        self.router.borrow().leader(group)
+        self.routing.borrow().router.leader(group)
     }
 
     /// Sends one request to one specific core, without redirects (diagnostics and tests).
@@ -481,11 +420,8 @@ impl KvClient {
         group: GroupId,
         op: KvOp,
     ) -> Result<KvReply, ClientError> {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        self.request(target, &KvRequest { id, group, op })
+        self.drive(Call::pinned(target, group, op, CallPolicy::default()))
             .await
-            .map_err(ClientError::Server)
     }
 
     /// Closes the client's connections.

@@ -698,7 +698,7 @@ async fn core_loop(
             issued.pop_front();
             if let Some(p) = pending.remove(&token) {
                 metrics.add(CoreCounter::ClientErrors, 1);
-                p.answer(KvReply::Error(
+                p.answer(KvReply::Unknown(
                     "timed out waiting for commit; the outcome is unknown".into(),
                 ));
             }
@@ -718,7 +718,7 @@ async fn core_loop(
     metrics.set(CoreGauge::LeaderGroups, 0);
     for (_, p) in pending.drain() {
         metrics.add(CoreCounter::ClientErrors, 1);
-        p.answer(KvReply::Error(
+        p.answer(KvReply::Unknown(
             "the node is shutting down; the outcome is unknown".into(),
         ));
     }

@@ -23,6 +23,7 @@
 //!   status 9 index      body = index:varint
 //!   status 10 moved     body = epoch:varint   (this node hosts no replica of the group at that epoch)
 //!   status 11 moves     body = count (group:varint from:varint new:varint node:varint core:varint abandon:u8)*
+//!   status 12 unknown   body = message:bytes  (the request may or may not have taken effect)
 //! ids = count replica:varint*;  opt = present:u8 [varint]
 //! ```
 //!
@@ -72,6 +73,17 @@ pub enum KvOp {
     Moves,
 }
 
+impl KvOp {
+    /// Whether the op changes state (a write, a membership change, a leader transfer):
+    /// one that may have reached a server must not be sent again blindly.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            KvOp::Write { .. } | KvOp::ChangeMembership { .. } | KvOp::TransferLeader { .. }
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvRequest {
     pub id: u64,
@@ -86,7 +98,12 @@ pub enum KvReply {
     Value(Option<Vec<u8>>),
     Items(Vec<(Vec<u8>, Vec<u8>)>),
     NotLeader(Option<CoreAddress>),
+    /// The request was refused or failed; it had no effect.
     Error(String),
+    /// The request may or may not have taken effect (a write whose leader lost leadership
+    /// before it committed, a node stopping with writes in flight): the client must not
+    /// assume either.
+    Unknown(String),
     /// The placement table at `epoch`: each group's replicas (Raft id and address).
     Routing {
         epoch: u64,
@@ -359,6 +376,13 @@ impl KvResponseFrame {
                     &message.as_bytes()[..message.len().min(ERROR_MAX_BYTES)],
                 );
             }
+            KvReply::Unknown(message) => {
+                out.push(12);
+                put_bytes(
+                    &mut out,
+                    &message.as_bytes()[..message.len().min(ERROR_MAX_BYTES)],
+                );
+            }
         }
         out
     }
@@ -411,6 +435,9 @@ impl KvResponseFrame {
             },
             5 => KvReply::Error(
                 String::from_utf8_lossy(r.bytes("error", ERROR_MAX_BYTES)?).into_owned(),
+            ),
+            12 => KvReply::Unknown(
+                String::from_utf8_lossy(r.bytes("unknown", ERROR_MAX_BYTES)?).into_owned(),
             ),
             6 => {
                 let epoch = r.varint("epoch")?;
@@ -544,6 +571,7 @@ mod tests {
             KvReply::NotLeader(Some(hint)),
             KvReply::NotLeader(None),
             KvReply::Error("boom".into()),
+            KvReply::Unknown("maybe".into()),
             KvReply::Accepted,
             KvReply::Index(77),
             KvReply::Moved { epoch: 5 },
