@@ -163,7 +163,7 @@ mod tests {
                 Admission::RetryAt(now + wait),
                 "failure {failure}"
             );
-            now = now + wait;
+            now += wait;
         }
         assert_eq!(h.admit(now), Admission::Attempt);
         h.on_failure(now);

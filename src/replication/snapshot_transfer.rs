@@ -290,11 +290,11 @@ mod tests {
         let mut now = Time::ZERO;
         assert!(a.on_message(now, GroupId(4), meta).is_none());
         for chunk in &chunks[..2] {
-            now = now + almost;
+            now += almost;
             assert_eq!(a.expire(now), 0, "progress was made within the timeout");
             assert!(a.on_chunk(now, chunk).unwrap().is_none());
         }
-        now = now + almost;
+        now += almost;
         assert_eq!(a.expire(now), 0);
         let (group, message) = a.on_chunk(now, &chunks[2]).unwrap().unwrap();
         assert_eq!(group, GroupId(4));
