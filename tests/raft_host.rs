@@ -93,7 +93,7 @@ impl Cluster {
 
     /// One tick of virtual time, then deliver and persist until quiet.
     fn step(&mut self) {
-        self.now = self.now + RAFT_TICK;
+        self.now += RAFT_TICK;
         for host in self.hosts.values_mut() {
             host.handle_tick(self.now);
         }
