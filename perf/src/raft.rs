@@ -104,7 +104,7 @@ pub fn in_memory(in_flight: usize, commits: u64) -> Result<CommitResult, String>
                 next += 1;
             }
         } else {
-            now = now + RAFT_TICK;
+            now += RAFT_TICK;
             for h in hosts.values_mut() {
                 h.handle_tick(now);
             }
