@@ -63,6 +63,7 @@ pub mod cluster;
 pub mod constants;
 pub mod ids;
 pub mod metrics;
+pub mod node;
 pub mod replication;
 pub mod rng;
 pub mod runtime;

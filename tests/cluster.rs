@@ -826,7 +826,7 @@ fn a_leading_replica_moves_to_another_node_and_clients_follow_the_stale_epoch_re
 /// the leader stops.)
 #[test]
 fn a_new_metadata_leader_resumes_a_move_its_predecessor_started() {
-    use nodedb_cluster::runtime::node::METADATA_GROUP;
+    const METADATA_GROUP: GroupId = GroupId::METADATA;
 
     let mut h = Harness {
         snapshot_rate: Some(SNAPSHOT_TEST_RATE),

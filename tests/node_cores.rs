@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::ids::{CoreAddress, CoreId, NodeId};
 use nodedb_cluster::runtime::cores::{CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use nodedb_cluster::runtime::demo::free_base_port;
-use nodedb_cluster::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
+use nodedb_cluster::runtime::peers::{Peers, StreamClass, receive_streams};
 use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
 use nodedb_cluster::runtime::tls::{TlsMode, generate_ca, issue_node_cert};
 use nodedb_cluster::wire::frame::FrameKind;
@@ -32,7 +32,7 @@ fn each_core_owns_an_endpoint_and_reaches_its_peer_core() {
         free_base_port(CORES).unwrap(),
         free_base_port(CORES).unwrap(),
     );
-    let (report_tx, report_rx) = mpsc::channel::<(u16, PeerKey, u32)>();
+    let (report_tx, report_rx) = mpsc::channel::<(u16, CoreAddress, u32)>();
 
     // Node 2: every core serves its endpoint and reports what it receives.
     let config2 = CoreRuntimeConfig {
@@ -102,12 +102,12 @@ fn each_core_owns_an_endpoint_and_reaches_its_peer_core() {
                 let peers = Peers::new(
                     endpoint.clone(),
                     tls,
-                    PeerKey {
+                    CoreAddress {
                         node: NodeId(1),
                         core: CoreId(core),
                     },
                 );
-                let target = PeerKey {
+                let target = CoreAddress {
                     node: NodeId(2),
                     core: CoreId(core),
                 };
@@ -135,7 +135,7 @@ fn each_core_owns_an_endpoint_and_reaches_its_peer_core() {
             .expect("every frame arrives");
         assert_eq!(
             from,
-            PeerKey {
+            CoreAddress {
                 node: NodeId(1),
                 core: CoreId(core)
             },

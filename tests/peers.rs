@@ -8,9 +8,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use nodedb_cluster::client::peer_health::BreakerState;
-use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::ids::{CoreAddress, CoreId, NodeId};
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
-use nodedb_cluster::runtime::peers::{PeerError, PeerKey, Peers, StreamClass, receive_streams};
+use nodedb_cluster::runtime::peers::{PeerError, Peers, StreamClass, receive_streams};
 use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
 use nodedb_cluster::runtime::tls::{CertifiedKeyPem, TlsMode, generate_ca, issue_node_cert};
 use nodedb_cluster::wire::frame::FrameKind;
@@ -34,16 +34,16 @@ fn endpoint(tls: TlsMode) -> QuicEndpoint {
     .unwrap()
 }
 
-const A: PeerKey = PeerKey {
+const A: CoreAddress = CoreAddress {
     node: NodeId(1),
     core: CoreId(0),
 };
-const B: PeerKey = PeerKey {
+const B: CoreAddress = CoreAddress {
     node: NodeId(2),
     core: CoreId(3),
 };
 
-type Received = Rc<RefCell<Vec<(PeerKey, StreamClass, u32)>>>;
+type Received = Rc<RefCell<Vec<(CoreAddress, StreamClass, u32)>>>;
 
 #[test]
 fn batched_control_frames_arrive_in_order_on_one_stream_per_peer() {
@@ -132,7 +132,7 @@ fn an_unreachable_peer_is_backed_off_then_failed_fast() {
         peers.add_peer(B, silent.local_addr().unwrap());
         assert!(matches!(
             peers.queue(
-                PeerKey {
+                CoreAddress {
                     node: NodeId(9),
                     core: CoreId(0)
                 },

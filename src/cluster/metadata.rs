@@ -441,67 +441,6 @@ impl StateMachine for MetadataStore {
     }
 }
 
-/// The state machine of a node's groups: data groups hold a `KvStore`, the metadata group
-/// (group 0) a `MetadataStore`.
-#[derive(Clone, Debug)]
-pub enum Cell {
-    Kv(crate::replication::kv::KvStore),
-    Meta(MetadataStore),
-}
-
-impl Cell {
-    pub fn kv(&self) -> Option<&crate::replication::kv::KvStore> {
-        match self {
-            Cell::Kv(s) => Some(s),
-            Cell::Meta(_) => None,
-        }
-    }
-
-    pub fn meta(&self) -> Option<&MetadataStore> {
-        match self {
-            Cell::Meta(m) => Some(m),
-            Cell::Kv(_) => None,
-        }
-    }
-}
-
-impl StateMachine for Cell {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
-        match self {
-            Cell::Kv(s) => s.apply(index, command),
-            Cell::Meta(m) => m.apply(index, command),
-        }
-    }
-
-    fn applied_index(&self) -> u64 {
-        match self {
-            Cell::Kv(s) => s.applied_index(),
-            Cell::Meta(m) => m.applied_index(),
-        }
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        match self {
-            Cell::Kv(s) => s.snapshot(),
-            Cell::Meta(m) => m.snapshot(),
-        }
-    }
-
-    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError> {
-        match self {
-            Cell::Kv(s) => s.restore(index, snapshot),
-            Cell::Meta(m) => m.restore(index, snapshot),
-        }
-    }
-
-    fn bytes_stored(&self) -> u64 {
-        match self {
-            Cell::Kv(s) => s.bytes_stored(),
-            Cell::Meta(m) => m.bytes_stored(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

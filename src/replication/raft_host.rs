@@ -546,9 +546,19 @@ impl<S: StateMachine> RaftHost<S> {
         self.insert_group(group, replica, 0, storage, state_machine)
     }
 
-    /// Stops hosting a group (its replica was removed or moved away).
+    /// Stops hosting a group (its replica was removed or moved away). Its part of a batch
+    /// in flight is forgotten: a new replica of the group here must not take the old one's
+    /// persistence acknowledgement.
     pub fn remove_group(&mut self, group: GroupId) -> Option<S> {
+        if let Some((_, numbers)) = self.in_flight.as_mut() {
+            numbers.retain(|(g, ..)| *g != group);
+        }
         self.groups.remove(&group).map(|g| g.state_machine)
+    }
+
+    /// When the next Raft tick is due (`None` before the first `handle_tick`).
+    pub fn next_tick(&self) -> Option<Time> {
+        self.last_tick.map(|t| t + RAFT_TICK)
     }
 
     pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {

@@ -131,15 +131,15 @@ impl<M: Send + 'static> CoreContext<M> {
             .map_err(|_| SendError::Closed(core))
     }
 
-    /// Sends without waiting; a full inbox is reported, not waited on.
-    pub fn try_send(&self, core: CoreId, message: M) -> Result<(), SendError> {
-        let sender = self
-            .senders
-            .get(usize::from(core.0))
-            .ok_or(SendError::NoSuchCore(core))?;
+    /// Sends without waiting; a full inbox is reported, not waited on, and the message
+    /// handed back.
+    pub fn try_send(&self, core: CoreId, message: M) -> Result<(), (SendError, M)> {
+        let Some(sender) = self.senders.get(usize::from(core.0)) else {
+            return Err((SendError::NoSuchCore(core), message));
+        };
         sender.try_send(message).map_err(|e| match e {
-            TrySendError::Full(_) => SendError::Full(core),
-            TrySendError::Closed(_) => SendError::Closed(core),
+            TrySendError::Full(m) => (SendError::Full(core), m),
+            TrySendError::Closed(m) => (SendError::Closed(core), m),
         })
     }
 

@@ -11,7 +11,6 @@ pub mod cores;
 pub mod demo;
 pub mod executor;
 pub mod metrics_http;
-pub mod mover;
 pub mod node;
 pub mod peers;
 pub mod quic;

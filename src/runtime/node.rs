@@ -1,65 +1,47 @@
-//! A running node: one loop per core driving its Raft host, write-ahead log, peers and
-//! client service.
+//! A running node: one glommio loop per core, carrying a sans-IO [`NodeCore`]'s inputs and
+//! outputs — QUIC, the write-ahead log, timers and metrics — and nothing else.
 //!
-//! Each core runs [`core_loop`]: every turn it advances Raft's clock, feeds the Raft
-//! messages and client requests that arrived, makes the turn's log writes of every group
-//! durable with one record (group commit), answers the clients whose writes were applied
-//! or whose reads became linearizable, and sends each peer core its Raft messages as one
-//! batch frame. Only the accept/receive tasks run beside it; they hand work to the loop
-//! through a local queue.
-//!
-//! What a core hosts comes from the placement table of the metadata group (group 0, on
-//! core 0 of every node): core 0 hands each table it applies to every core of its node,
-//! and each core creates the replicas the table places on it and drops the others (see
-//! [`Hosting`]). A new cluster's table is its static spec: group `g` on core `g % cores`
-//! of `replicas` nodes (`ClusterSpec::nodes_of`), its replica on node `n` with Raft id
-//! `(g << 16) | n`. Core 0 of the
-//! metadata group's leader also runs the migration executor ([`crate::runtime::mover`]),
-//! which carries out the replica moves recorded in the table.
+//! Each turn of [`core_loop`] hands the core the time and whatever arrived (Raft batches,
+//! snapshot chunks, client requests, mail from the node's other cores, answers to the
+//! migration executor's requests), then carries out what it polls, in its order: log
+//! writes (one record and one fsync per batch: group commit), answers, mail, one Raft batch
+//! per peer core and snapshot streams, the executor's requests. It then sleeps until the
+//! core's next timeout or new input. Accept and receive tasks run beside the loop and hand
+//! it work through a local queue. What the core decides — hosting, routing, the metadata
+//! group, replica moves — is in `crate::node`, which the simulator drives too.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_lite::future;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::cluster::metadata::{Cell, MetadataCommand, MetadataStore};
-use crate::cluster::placement::PlacementTable;
+use crate::client::call::Failure;
 pub use crate::cluster::spec::ClusterSpec;
-use crate::constants::{
-    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
-    SNAPSHOT_TRANSFER_TIMEOUT,
-};
-use crate::ids::{CoreAddress, GroupId, ReplicaId};
-use crate::ids::{CoreId, Epoch, NodeId};
-use crate::metrics::cores::{CoreCounter, CoreGauge, NodeMetrics};
-use crate::replication::kv::{KvCommand, KvStore};
-use crate::replication::raft_host::{
-    HostError, HostEvent, PersistedGroup, ProposalToken, RaftHost,
-};
-use crate::replication::replica_move::leader_view;
-use crate::replication::snapshot_transfer::{SnapshotAssembler, TokenBucket, split};
+use crate::constants::{NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY, SNAPSHOT_TRANSFER_TIMEOUT};
+use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
+use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
+use crate::node::{CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit};
+use crate::replication::snapshot_transfer::TokenBucket;
+use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use crate::runtime::executor::RuntimeError;
 use crate::runtime::metrics_http::MetricsServer;
-use crate::runtime::mover::{self, MoverShared};
-use crate::runtime::peers::{PeerKey, Peers, StreamClass, receive_streams};
-use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream};
+use crate::runtime::peers::{Peers, StreamClass, receive_streams};
+use crate::runtime::quic::{
+    Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
+};
 use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
-use crate::runtime::wal::WalFile;
+use crate::runtime::wal::{WalFile, WalIoError};
+use crate::time::Time;
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
-use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
-use crate::wire::raft::{decode_batch, encode_batch};
-
-/// The metadata group: topology and placement (hosted on core 0 of every node).
-pub const METADATA_GROUP: GroupId = GroupId(0);
+use crate::wire::kv_rpc::{KvReply, KvRequest, KvResponseFrame};
 
 /// How to run one node.
 #[derive(Clone)]
@@ -94,6 +76,24 @@ pub enum NodeError {
     Runtime(#[from] RuntimeError),
 }
 
+/// Why a core stopped.
+#[derive(Debug, Error)]
+enum CoreLoopError {
+    #[error("its QUIC endpoint: {0}")]
+    Transport(#[from] TransportError),
+    #[error("its data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("its write-ahead log: {0}")]
+    Wal(#[from] WalIoError),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A running node; `shutdown` stops every core.
 pub struct Node {
     runtime: CoreRuntime<()>,
@@ -125,7 +125,7 @@ impl Node {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let runtime = CoreRuntime::start(&runtime_config, {
             let (metrics, failure) = (metrics.clone(), failure.clone());
-            move |ctx: CoreContext<CoreMail>| {
+            move |ctx: CoreContext<Mail<Reply>>| {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
                 let core = ctx.core();
                 async move {
@@ -146,7 +146,6 @@ impl Node {
         })
     }
 
-    /// The node's per-core counters (also served at `metrics_addr`).
     /// The first error a core stopped with: the node no longer serves that core's groups
     /// and should be stopped (`nodedb-cluster start` exits on it).
     pub fn failure(&self) -> Option<String> {
@@ -156,6 +155,7 @@ impl Node {
             .clone()
     }
 
+    /// The node's per-core counters (also served at `metrics_addr`).
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
         &self.metrics
     }
@@ -171,24 +171,25 @@ impl Node {
     }
 }
 
+/// Where a client's answer goes: the task serving its stream waits on the other end.
+type Reply = async_channel::Sender<KvResponseFrame>;
+
 /// Work handed from the receive tasks to the core loop.
 enum Work {
-    Raft(GroupId, raft::eraftpb::Message),
+    /// A `RaftBatch` frame's payload from a peer core.
+    RaftBatch(CoreAddress, Vec<u8>),
+    /// A `BulkChunk` frame's payload: part of a snapshot.
+    SnapshotChunk(CoreAddress, Vec<u8>),
     /// The snapshot of a group sent to a replica was streamed in full (or failed).
     SnapshotSent {
         group: GroupId,
-        to: ReplicaId,
+        replica: ReplicaId,
         delivered: bool,
     },
-    /// A client request; `trusted` ones come from this node's migration executor and may
-    /// change the placement table in any way (network clients may only start moves).
-    Client {
-        request: KvRequest,
-        reply: async_channel::Sender<KvResponseFrame>,
-        trusted: bool,
-    },
-    /// A new placement table from core 0.
-    Placement(Arc<PlacementTable>),
+    Request(KvRequest, Reply),
+    Mail(Mail<Reply>),
+    /// What came of one of the migration executor's requests.
+    CallReply(u64, Result<KvReply, Failure>),
 }
 
 /// The local queue between the receive tasks and the loop.
@@ -206,7 +207,8 @@ impl Inbox {
         }
     }
 
-    async fn wait(&self, timeout: Duration) {
+    /// Waits for work, or for `timeout` to pass.
+    async fn wait(&self, timeout: std::time::Duration) {
         let ready = std::future::poll_fn(|cx| {
             if self.work.borrow().is_empty() {
                 *self.waker.borrow_mut() = Some(cx.waker().clone());
@@ -219,743 +221,250 @@ impl Inbox {
     }
 }
 
-/// A client waiting for its write to apply or its read to become linearizable.
-enum Pending {
-    Write(u64, async_channel::Sender<KvResponseFrame>),
-    Read(u64, KvOp, async_channel::Sender<KvResponseFrame>),
-}
-
-impl Pending {
-    fn answer(self, reply: KvReply) {
-        let (id, tx) = match self {
-            Pending::Write(id, tx) | Pending::Read(id, _, tx) => (id, tx),
-        };
-        let _ = tx.try_send(KvResponseFrame { id, reply });
-    }
-}
-
-/// What the cores of a node send each other.
-enum CoreMail {
-    /// A client request handed to the core that hosts its group, with where to answer.
-    Request {
-        request: KvRequest,
-        reply: async_channel::Sender<KvResponseFrame>,
-        trusted: bool,
-    },
-    /// Core 0's latest placement table.
-    Placement(Arc<PlacementTable>),
-}
-
-/// What a core hosts: the replicas its latest placement table places on it, plus the
-/// metadata group on core 0.
-struct Hosting {
-    local: CoreAddress,
-    /// The latest table this core applied; `None` until core 0 sends one.
-    table: Option<Arc<PlacementTable>>,
-    /// Groups the log held at start that no table has claimed yet.
-    recovered: BTreeMap<GroupId, PersistedGroup>,
-}
-
-impl Hosting {
-    /// Hosts exactly what `table` places on this core: creates the missing replicas (from
-    /// their state in the log if it has one, as a voter of the initial configuration if
-    /// the replica is one, else as a joining learner) and drops the others from the host
-    /// and the log. An older table than the one applied is ignored.
-    async fn apply(
-        &mut self,
-        table: Arc<PlacementTable>,
-        host: &mut RaftHost<Cell>,
-        wal: &mut WalFile,
-    ) -> Result<(), String> {
-        if self
-            .table
-            .as_ref()
-            .is_some_and(|t| t.epoch() >= table.epoch())
-        {
-            return Ok(());
-        }
-        for (_, p) in table.iter() {
-            for r in &p.replicas {
-                host.set_address(r.id, r.at);
-            }
-        }
-        let want: BTreeMap<GroupId, ReplicaId> = table.hosted_at(self.local).collect();
-        let hosted: Vec<GroupId> = host.group_ids().filter(|g| *g != METADATA_GROUP).collect();
-        for group in hosted {
-            if want.get(&group).copied() != host.replica_id(group) {
-                host.remove_group(group);
-                wal.drop_group(group).await.map_err(|e| e.to_string())?;
-                info!(
-                    core = self.local.core.0,
-                    group = group.0,
-                    "replica dropped: the placement table moved it away"
-                );
-            }
-        }
-        let unclaimed: Vec<GroupId> = self
-            .recovered
-            .keys()
-            .copied()
-            .filter(|g| !want.contains_key(g))
-            .collect();
-        for group in unclaimed {
-            self.recovered.remove(&group);
-            wal.drop_group(group).await.map_err(|e| e.to_string())?;
-            info!(
-                core = self.local.core.0,
-                group = group.0,
-                "logged replica dropped: the placement table no longer places it here"
-            );
-        }
-        for (&group, &replica) in &want {
-            if host.replica_id(group).is_some() {
-                continue;
-            }
-            let initial = &table
-                .group(group)
-                .expect("hosted groups are in the table")
-                .initial;
-            let state = Cell::Kv(KvStore::new());
-            let added = match self.recovered.remove(&group) {
-                Some(persisted) => host.add_group(group, replica, initial, Some(persisted), state),
-                None if initial.contains(&replica) => {
-                    host.add_group(group, replica, initial, None, state)
-                }
-                None => {
-                    info!(
-                        core = self.local.core.0,
-                        group = group.0,
-                        replica = replica.0,
-                        "joining replica created"
-                    );
-                    host.add_joining_group(group, replica, initial, &[], state)
-                }
-            };
-            added.map_err(|e| e.to_string())?;
-        }
-        self.table = Some(table);
-        Ok(())
-    }
-
-    /// The core of this node that hosts a replica of `group` per the table, if any.
-    fn home(&self, group: GroupId) -> Option<CoreId> {
-        let table = self.table.as_ref()?;
-        table
-            .group(group)?
-            .replica_on(self.local.node)
-            .map(|a| a.core)
-    }
-}
-
 async fn core_loop(
-    ctx: CoreContext<CoreMail>,
+    ctx: CoreContext<Mail<Reply>>,
     config: Arc<NodeConfig>,
     node_metrics: Arc<NodeMetrics>,
-) -> Result<(), String> {
+) -> Result<(), CoreLoopError> {
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
-    let core = ctx.core();
-    let metrics = node_metrics.core(core.0);
-    let local = CoreAddress {
-        node: config.node,
-        core,
-    };
-    let bind = spec.address(config.node, core).ok_or("node not in spec")?;
+    let local = CoreAddress::new(config.node, ctx.core());
+    let metrics = node_metrics.core(local.core.0);
+    let bind = spec
+        .address(local.node, local.core)
+        .ok_or_else(|| CoreLoopError::Failed("the node is not in the cluster spec".into()))?;
     let endpoint = QuicEndpoint::bind(EndpointOptions {
         bind,
         tls: config.tls.clone(),
         segmentation_offload: true,
         mtu: config.mtu,
         server: true,
-    })
-    .map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| CoreLoopError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let wal_path = config
         .data_dir
-        .join(format!("node-{}-core-{}.wal", config.node.0, core.0));
-    let (mut wal, mut recovered) = WalFile::open(&wal_path).await.map_err(|e| e.to_string())?;
+        .join(format!("node-{}-core-{}.wal", local.node.0, local.core.0));
+    let (mut wal, recovered) = WalFile::open(&wal_path).await?;
+    info!(node = local.node.0, core = local.core.0, %bind, records = recovered.records, "core started");
+    let core_config = CoreConfig {
+        local,
+        spec: spec.clone(),
+        audit: false,
+        bug: None,
+    };
+    let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
-    let mut host: RaftHost<Cell> = RaftHost::new(local);
-    // Snapshots stream out of band: the send task reports when they are through.
-    host.set_owner_reports_snapshots(true);
-    let peers = Peers::new(
-        endpoint.clone(),
-        config.tls.clone(),
-        PeerKey {
-            node: config.node,
-            core,
-        },
-    );
+    let peers = Peers::new(endpoint.clone(), config.tls.clone(), local);
     // Any core may come to host a replica that talks to any core of another node (a moved
     // replica): every core of every node is a peer, connected on first use.
-    for (node, _) in &spec.nodes {
-        for c in 0..spec.cores {
-            let peer = PeerKey {
-                node: *node,
-                core: CoreId(c),
-            };
-            if (peer.node, peer.core) != (config.node, core) {
-                let addr = spec
-                    .address(*node, peer.core)
-                    .ok_or("node without address")?;
+    for (peer_node, _) in &spec.nodes {
+        for c in (0..spec.cores).map(CoreId) {
+            let peer = CoreAddress::new(*peer_node, c);
+            if peer != local
+                && let Some(addr) = spec.address(peer.node, peer.core)
+            {
                 peers.add_peer(peer, addr);
             }
         }
     }
-    // A brand-new node (no metadata log) hosts the spec's placement until the metadata
-    // group has a table; one with a log waits for its own replay of it.
-    let fresh = recovered
-        .groups
-        .get(&METADATA_GROUP)
-        .is_none_or(|p| p.entries.is_empty() && p.snapshot.is_none());
-    // Core 0 of every node hosts a replica of the metadata group (group 0).
-    if core == CoreId(0) {
-        let voters = spec.metadata_voters();
-        for (r, at) in &voters {
-            host.set_address(*r, *at);
-        }
-        let own = voters
-            .iter()
-            .find(|(_, at)| at.node == config.node)
-            .map(|(r, _)| *r)
-            .ok_or("node not in spec")?;
-        let voters: Vec<ReplicaId> = voters.iter().map(|(r, _)| *r).collect();
-        let persisted = recovered.groups.remove(&METADATA_GROUP);
-        host.add_group(
-            METADATA_GROUP,
-            own,
-            &voters,
-            persisted,
-            Cell::Meta(MetadataStore::new()),
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    let mut bootstrap_asked: Option<crate::time::Time> = None;
-    info!(node = config.node.0, core = core.0, %bind, records = recovered.records, "core started");
-    let mut hosting = Hosting {
-        local,
-        table: None,
-        recovered: recovered.groups,
-    };
-    // Core 0: the table last handed out, and the cores still to receive it.
-    let mut distributed: Option<Arc<PlacementTable>> = None;
-    let mut undelivered: Vec<CoreId> = Vec::new();
-
     let inbox = Rc::new(Inbox::default());
     let clock = MonotonicClock::new();
-    let assembler = Rc::new(RefCell::new(SnapshotAssembler::new()));
     let bucket = Rc::new(RefCell::new(TokenBucket::new(config.snapshot_rate)));
-    let accept = glommio::spawn_local(accept_loop(
-        endpoint.clone(),
-        inbox.clone(),
-        assembler.clone(),
-        clock,
-    ));
-    // Requests other cores of this node forwarded here, and core 0's tables, join the
-    // local queue.
-    let forwarded = glommio::spawn_local({
+    let accept = glommio::spawn_local(accept_loop(endpoint.clone(), inbox.clone()));
+    // Requests other cores of this node forwarded here, and core 0's tables.
+    let mail = glommio::spawn_local({
         let (ctx, inbox) = (ctx.clone(), inbox.clone());
         async move {
             while let Some(mail) = ctx.recv().await {
-                inbox.push(match mail {
-                    CoreMail::Request {
-                        request,
-                        reply,
-                        trusted,
-                    } => Work::Client {
-                        request,
-                        reply,
-                        trusted,
-                    },
-                    CoreMail::Placement(table) => Work::Placement(table),
-                });
+                inbox.push(Work::Mail(mail));
             }
         }
     });
-    // Core 0 runs the migration executor; it acts while this core leads the metadata group.
-    let mover_shared = Rc::new(MoverShared::default());
-    let mover = (core == CoreId(0)).then(|| {
-        let inbox = inbox.clone();
-        let submit = move |request: KvRequest| {
-            let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            inbox.push(Work::Client {
-                request,
-                reply: tx,
-                trusted: true,
-            });
-            rx
-        };
-        glommio::spawn_local(mover::run(
-            mover_shared.clone(),
-            config.clone(),
-            node_metrics.clone(),
-            Rc::new(submit),
-        ))
-    });
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    // Tokens in the order they were issued, with when: for expiring abandoned requests.
-    let mut issued: VecDeque<(u64, crate::time::Time)> = VecDeque::new();
-    let mut next_token = 1u64;
+    // The migration executor's requests go out through a client of this core, made on
+    // first use and authenticated with the node's certificate.
+    let caller: Rc<RefCell<Option<Rc<KvClient>>>> = Rc::default();
     while !ctx.stopping() {
         metrics.add(CoreCounter::LoopTurns, 1);
-        host.handle_tick(clock.now());
+        let now = clock.now();
+        node.handle_timeout(now);
         let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
         for w in work {
-            match w {
-                Work::SnapshotSent {
-                    group,
+            feed(&mut node, now, w);
+        }
+        while let Some(write) = node.poll_log() {
+            match write {
+                LogWrite::Drop(group) => {
+                    wal.drop_group(group).await?;
+                }
+                LogWrite::Persist(batch) => {
+                    wal.append(&batch.writes).await?;
+                    node.handle_persisted(batch.id);
+                }
+            }
+        }
+        if let Some(reason) = node.failure() {
+            return Err(CoreLoopError::Failed(reason.to_owned()));
+        }
+        while let Some((core, mail)) = node.poll_mail() {
+            // A full inbox hands the mail back: a request is answered busy, a table is
+            // handed out again next turn.
+            if let Err((e, mail)) = ctx.try_send(core, mail) {
+                debug!(core = core.0, error = %e, "mail refused");
+                node.handle_mail_refused(core, mail);
+            }
+        }
+        while let Some((reply, frame)) = node.poll_reply() {
+            let _ = reply.try_send(frame);
+        }
+        while let Some(transmit) = node.poll_transmit() {
+            match transmit {
+                Transmit::Raft { to, payload } => {
+                    if let Err(e) = peers.queue(to, FrameKind::RaftBatch, &payload) {
+                        debug!(peer = %to, error = %e, "raft batch not queued");
+                    }
+                }
+                // Snapshot data goes out of band, on a throttled bulk stream.
+                Transmit::Snapshot {
                     to,
-                    delivered,
-                } => host.report_snapshot(group, to, delivered),
-                Work::Raft(group, message) => {
-                    metrics.add(CoreCounter::RaftMessagesIn, 1);
-                    if let Err(e) = host.handle_message(group, message) {
-                        debug!(group = group.0, error = %e, "raft message dropped");
-                    }
-                }
-                Work::Placement(table) => hosting.apply(table, &mut host, &mut wal).await?,
-                Work::Client {
-                    request,
-                    reply,
-                    trusted,
-                } => {
-                    let Some(request) =
-                        route_request(&ctx, &hosting, &host, metrics, request, &reply, trusted)
-                    else {
-                        continue;
-                    };
-                    let token = ProposalToken(next_token);
-                    next_token += 1;
-                    issued.push_back((token.0, clock.now()));
-                    metrics.add(CoreCounter::ClientRequests, 1);
-                    match handle_request(&mut host, &mut pending, token, request, reply, trusted) {
-                        Taken::Pending | Taken::Answered => {}
-                        Taken::Redirected => metrics.add(CoreCounter::ClientRedirects, 1),
-                        Taken::Refused => metrics.add(CoreCounter::ClientErrors, 1),
-                    }
-                }
-            }
-        }
-        let batches = wal.persist(&mut host).await.map_err(|e| e.to_string())?;
-        metrics.add(CoreCounter::WalBatches, batches as u64);
-        // The metadata group's first leader bootstraps the cluster's shape (once; asked
-        // again if the proposal was lost to a leader change).
-        if core == CoreId(0) && host.is_leader(METADATA_GROUP) {
-            let bootstrapped = host
-                .state_machine(METADATA_GROUP)
-                .and_then(Cell::meta)
-                .is_some_and(MetadataStore::is_bootstrapped);
-            let now = clock.now();
-            let retry =
-                bootstrap_asked.is_none_or(|t| now.saturating_since(t) > CLIENT_REQUEST_TIMEOUT);
-            if !bootstrapped && retry {
-                let command = spec
-                    .bootstrap_command()
-                    .map_err(|e| e.to_string())?
-                    .encode();
-                if host
-                    .propose(METADATA_GROUP, command, ProposalToken(0))
-                    .is_ok()
-                {
-                    bootstrap_asked = Some(now);
-                }
-            }
-        }
-        if core == CoreId(0) {
-            let meta = host.state_machine(METADATA_GROUP).and_then(Cell::meta);
-            let newer = match meta {
-                Some(m) if m.is_bootstrapped() => distributed
-                    .as_ref()
-                    .is_none_or(|t| t.epoch() < m.epoch())
-                    .then(|| m.table().clone()),
-                _ if fresh && distributed.is_none() => {
-                    Some(spec.initial_table().map_err(|e| e.to_string())?)
-                }
-                _ => None,
-            };
-            if let Some(table) = newer {
-                distributed = Some(Arc::new(table));
-                undelivered = (1..spec.cores).map(CoreId).collect();
-                hosting
-                    .apply(distributed.clone().expect("just set"), &mut host, &mut wal)
-                    .await?;
-                *mover_shared.table.borrow_mut() = distributed.clone();
-            }
-            if let Some(table) = &distributed {
-                // A full inbox is retried next turn: every core gets every table.
-                undelivered.retain(|c| {
-                    ctx.try_send(*c, CoreMail::Placement(table.clone()))
-                        .is_err()
-                });
-            }
-            mover_shared.leader.set(host.is_leader(METADATA_GROUP));
-        }
-        while let Some(event) = host.poll_event() {
-            match event {
-                HostEvent::Applied {
-                    token, response, ..
-                } => {
-                    if let Some(Pending::Write(id, reply)) = pending.remove(&token.0) {
-                        metrics.add(CoreCounter::WritesAcked, 1);
-                        let _ = reply.try_send(KvResponseFrame {
-                            id,
-                            reply: KvReply::Written(response),
-                        });
-                    }
-                }
-                HostEvent::ReadReady { group, token } => {
-                    if let Some(Pending::Read(id, op, reply)) = pending.remove(&token.0) {
-                        metrics.add(CoreCounter::ReadsServed, 1);
-                        let store = host.state_machine(group).and_then(Cell::kv);
-                        let answer = match (store, op) {
-                            (_, KvOp::Routing) => {
-                                routing_reply(host.state_machine(group).and_then(Cell::meta))
-                            }
-                            (_, KvOp::Moves) => {
-                                moves_reply(host.state_machine(group).and_then(Cell::meta))
-                            }
-                            (Some(s), KvOp::Get { key }) => {
-                                KvReply::Value(s.get(&key).map(<[u8]>::to_vec))
-                            }
-                            (Some(s), KvOp::Scan { start, end, limit }) => {
-                                KvReply::Items(s.scan(&start, end.as_deref(), limit as usize))
-                            }
-                            _ => KvReply::Error("read lost its group".into()),
-                        };
-                        let _ = reply.try_send(KvResponseFrame { id, reply: answer });
-                    }
-                }
-                HostEvent::LeaderChanged { group, is_self, .. } => {
-                    debug!(group = group.0, is_self, "leader changed");
-                }
-                // Only reported in audit mode (simulation), which nodes do not enable.
-                HostEvent::Committed { .. } => {}
-                HostEvent::MembershipChanged {
                     group,
-                    voters,
-                    learners,
-                    joint,
+                    replica,
+                    chunks,
                 } => {
-                    info!(
-                        group = group.0,
-                        ?voters,
-                        ?learners,
-                        joint,
-                        "membership changed"
-                    );
+                    let send = send_snapshot(peers.clone(), to, chunks, bucket.clone(), clock);
+                    let inbox = inbox.clone();
+                    glommio::spawn_local(async move {
+                        let delivered = send.await;
+                        inbox.push(Work::SnapshotSent {
+                            group,
+                            replica,
+                            delivered,
+                        });
+                    })
+                    .detach();
                 }
             }
         }
-        // One batch frame per peer core per turn.
-        let mut by_peer: BTreeMap<PeerKey, Vec<(u64, raft::eraftpb::Message)>> = BTreeMap::new();
-        while let Some(out) = host.poll_transmit() {
-            let peer = PeerKey {
-                node: out.to.node,
-                core: out.to.core,
-            };
-            // Snapshot data goes out of band, on a throttled bulk stream.
-            metrics.add(CoreCounter::RaftMessagesOut, 1);
-            let to = ReplicaId(out.message.to);
-            let (message, chunks) = split(out.group, out.message);
-            if !chunks.is_empty() {
-                metrics.add(CoreCounter::SnapshotsSent, 1);
-                let (inbox, group) = (inbox.clone(), out.group);
-                let send = send_snapshot(peers.clone(), peer, chunks, bucket.clone(), clock);
-                glommio::spawn_local(async move {
-                    let delivered = send.await;
-                    inbox.push(Work::SnapshotSent {
-                        group,
-                        to,
-                        delivered,
-                    });
-                })
-                .detach();
-            }
-            by_peer
-                .entry(peer)
-                .or_default()
-                .push((out.group.0, message));
-        }
-        assembler.borrow_mut().expire(clock.now());
-        for (peer, messages) in by_peer {
-            let mut payload = Vec::new();
-            encode_batch(messages.iter().map(|(g, m)| (*g, m)), &mut payload);
-            if let Err(e) = peers.queue(peer, FrameKind::RaftBatch, &payload) {
-                debug!(%peer, error = %e, "raft batch not queued");
-            }
+        while let Some(call) = node.poll_call() {
+            glommio::spawn_local(send_call(
+                call,
+                caller.clone(),
+                config.clone(),
+                inbox.clone(),
+            ))
+            .detach();
         }
         for (peer, e) in peers.flush().await {
             debug!(%peer, error = %e, "raft batch not sent");
         }
-        // A proposal lost to a leader change never applies: answer it after a while, with an
-        // outcome the client must treat as unknown.
-        let now = clock.now();
-        while let Some(&(token, at)) = issued.front() {
-            if now.saturating_since(at) < CLIENT_REQUEST_TIMEOUT {
-                break;
-            }
-            issued.pop_front();
-            if let Some(p) = pending.remove(&token) {
-                metrics.add(CoreCounter::ClientErrors, 1);
-                p.answer(KvReply::Unknown(
-                    "timed out waiting for commit; the outcome is unknown".into(),
-                ));
-            }
-        }
-        metrics.set(CoreGauge::PendingRequests, pending.len() as u64);
-        let leading = host.group_ids().filter(|g| host.is_leader(*g)).count();
-        metrics.set(CoreGauge::LeaderGroups, leading as u64);
-        metrics.set(CoreGauge::Replicas, host.group_ids().count() as u64);
-        let quic = endpoint.stats();
-        metrics.mirror(CoreCounter::QuicDatagramsSent, quic.datagrams_sent);
-        metrics.mirror(CoreCounter::QuicSendCalls, quic.send_calls);
-        metrics.mirror(CoreCounter::QuicDatagramsReceived, quic.datagrams_received);
-        metrics.mirror(CoreCounter::QuicSendWouldBlock, quic.send_would_block);
-        metrics.set(CoreGauge::QuicGsoActive, u64::from(quic.gso_active));
-        inbox.wait(NODE_LOOP_IDLE).await;
+        publish(&node, metrics, &endpoint);
+        let idle = node.poll_timeout().map_or(NODE_LOOP_IDLE, |t| {
+            t.saturating_since(clock.now()).min(NODE_LOOP_IDLE)
+        });
+        inbox.wait(idle).await;
     }
+    node.shutdown();
+    while let Some((reply, frame)) = node.poll_reply() {
+        let _ = reply.try_send(frame);
+    }
+    publish(&node, metrics, &endpoint);
     metrics.set(CoreGauge::LeaderGroups, 0);
-    for (_, p) in pending.drain() {
-        metrics.add(CoreCounter::ClientErrors, 1);
-        p.answer(KvReply::Unknown(
-            "the node is shutting down; the outcome is unknown".into(),
-        ));
-    }
     drop(accept);
-    drop(forwarded);
-    drop(mover);
+    drop(mail);
     endpoint.shutdown().await;
-    wal.close().await.map_err(|e| e.to_string())?;
+    wal.close().await?;
     Ok(())
 }
 
-/// The placement table as the metadata group knows it.
-fn routing_reply(meta: Option<&MetadataStore>) -> KvReply {
-    match meta {
-        Some(m) if m.is_bootstrapped() => KvReply::Routing {
-            epoch: m.epoch().0,
-            groups: m
-                .table()
-                .groups()
-                .map(|(g, p)| (g, p.replicas.iter().map(|r| (r.id.0, r.at)).collect()))
-                .collect(),
-        },
-        Some(_) => KvReply::Error("the cluster is not bootstrapped yet; retry".into()),
-        None => KvReply::Error("no metadata group on this core".into()),
-    }
-}
-
-/// The replica moves under way, as the metadata group knows them.
-fn moves_reply(meta: Option<&MetadataStore>) -> KvReply {
-    match meta {
-        Some(m) if m.is_bootstrapped() => KvReply::Moves(
-            m.table()
-                .groups()
-                .filter_map(|(g, p)| p.moving.map(|mv| (g, mv)))
-                .collect(),
-        ),
-        Some(_) => KvReply::Error("the cluster is not bootstrapped yet; retry".into()),
-        None => KvReply::Error("no metadata group on this core".into()),
-    }
-}
-
-/// Decides where a client request goes: `Some` if this core takes it; otherwise it was
-/// forwarded to the core of this node that hosts the group, or answered (a stale-epoch
-/// redirect when no core here hosts it, or an error).
-fn route_request(
-    ctx: &CoreContext<CoreMail>,
-    hosting: &Hosting,
-    host: &RaftHost<Cell>,
-    metrics: &crate::metrics::cores::CoreMetrics,
-    request: KvRequest,
-    reply: &async_channel::Sender<KvResponseFrame>,
-    trusted: bool,
-) -> Option<KvRequest> {
-    let (id, group) = (request.id, request.group);
-    let answer = |metrics: &crate::metrics::cores::CoreMetrics, answer: KvReply| {
-        let counter = if matches!(answer, KvReply::Moved { .. }) {
-            CoreCounter::ClientRedirects
-        } else {
-            CoreCounter::ClientErrors
-        };
-        metrics.add(counter, 1);
-        let _ = reply.try_send(KvResponseFrame { id, reply: answer });
-    };
-    let is_meta = group == METADATA_GROUP;
-    let meta_op = matches!(request.op, KvOp::Routing | KvOp::Moves | KvOp::Write { .. });
-    let data_op = !matches!(request.op, KvOp::Routing | KvOp::Moves);
-    if (is_meta && !meta_op) || (!is_meta && !data_op) {
-        answer(
-            metrics,
-            KvReply::Error(format!(
-                "{:?} is not an operation on group {}",
-                request.op, group.0
-            )),
-        );
-        return None;
-    }
-    if host.replica_id(group).is_some() {
-        return Some(request);
-    }
-    let home = if is_meta {
-        Some(CoreId(0))
-    } else {
-        hosting.home(group)
-    };
-    match home {
-        Some(home) if home != ctx.core() => {
-            // Right node, wrong core: hand it over through the core's inbox.
-            let mail = CoreMail::Request {
-                request,
-                reply: reply.clone(),
-                trusted,
-            };
-            if let Err(e) = ctx.try_send(home, mail) {
-                answer(metrics, KvReply::Error(format!("busy: {e}")));
+/// Hands one piece of work to the core.
+fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
+    match work {
+        Work::RaftBatch(peer, payload) => {
+            if let Err(e) = node.handle_raft_batch(now, &payload) {
+                warn!(%peer, error = %e, "malformed raft batch dropped");
             }
         }
-        _ => match &hosting.table {
-            Some(t) if t.group(group).is_none() && t.epoch() > Epoch(0) => {
-                answer(
-                    metrics,
-                    KvReply::Error(format!("group {} does not exist", group.0)),
-                );
+        Work::SnapshotChunk(peer, payload) => {
+            if let Err(e) = node.handle_snapshot_chunk(now, &payload) {
+                warn!(%peer, error = %e, "snapshot chunk refused");
             }
-            // Not here (any more): the client's table is stale, or this node's is.
-            t => answer(
-                metrics,
-                KvReply::Moved {
-                    epoch: t.as_ref().map_or(0, |t| t.epoch().0),
-                },
-            ),
-        },
+        }
+        Work::SnapshotSent {
+            group,
+            replica,
+            delivered,
+        } => node.handle_snapshot_sent(group, replica, delivered),
+        Work::Request(request, reply) => node.handle_request(now, request, reply),
+        Work::Mail(mail) => node.handle_mail(now, mail),
+        Work::CallReply(id, result) => node.handle_call_reply(now, id, result),
     }
-    None
 }
 
-/// What became of a client request a core took.
-enum Taken {
-    /// Waiting for its commit or read index.
-    Pending,
-    /// Answered `NotLeader`.
-    Redirected,
-    /// Answered with an error.
-    Refused,
-    /// Answered at once (an admin request).
-    Answered,
+/// Mirrors the core's counters and gauges, and the transport's, into the node's metrics.
+fn publish(node: &NodeCore<Reply>, metrics: &CoreMetrics, endpoint: &QuicEndpoint) {
+    const FROM_CORE: [CoreCounter; 11] = [
+        CoreCounter::ClientRequests,
+        CoreCounter::ClientErrors,
+        CoreCounter::ClientRedirects,
+        CoreCounter::WritesAcked,
+        CoreCounter::ReadsServed,
+        CoreCounter::WalBatches,
+        CoreCounter::RaftMessagesIn,
+        CoreCounter::RaftMessagesOut,
+        CoreCounter::SnapshotsSent,
+        CoreCounter::MoveSteps,
+        CoreCounter::MovesEnded,
+    ];
+    for counter in FROM_CORE {
+        metrics.mirror(counter, node.counter(counter));
+    }
+    metrics.set(CoreGauge::PendingRequests, node.pending_requests() as u64);
+    metrics.set(CoreGauge::LeaderGroups, node.leader_groups() as u64);
+    metrics.set(CoreGauge::Replicas, node.replicas() as u64);
+    let quic = endpoint.stats();
+    metrics.mirror(CoreCounter::QuicDatagramsSent, quic.datagrams_sent);
+    metrics.mirror(CoreCounter::QuicSendCalls, quic.send_calls);
+    metrics.mirror(CoreCounter::QuicDatagramsReceived, quic.datagrams_received);
+    metrics.mirror(CoreCounter::QuicSendWouldBlock, quic.send_would_block);
+    metrics.set(CoreGauge::QuicGsoActive, u64::from(quic.gso_active));
 }
 
-fn handle_request(
-    host: &mut RaftHost<Cell>,
-    pending: &mut HashMap<u64, Pending>,
-    token: ProposalToken,
-    request: KvRequest,
-    reply: async_channel::Sender<KvResponseFrame>,
-    trusted: bool,
-) -> Taken {
-    let (id, group) = (request.id, request.group);
-    let refuse = |reply: &async_channel::Sender<KvResponseFrame>, answer: KvReply| {
-        let redirect = matches!(answer, KvReply::NotLeader(_));
-        let _ = reply.try_send(KvResponseFrame { id, reply: answer });
-        if redirect {
-            Taken::Redirected
-        } else {
-            Taken::Refused
-        }
-    };
-    if pending.len() >= CLIENT_PENDING_MAX {
-        return refuse(
-            &reply,
-            KvReply::Error("server busy: too many requests in flight".into()),
-        );
-    }
-    let accepted = |result: Result<(), HostError>| {
-        result.map(|()| {
-            let _ = reply.try_send(KvResponseFrame {
-                id,
-                reply: KvReply::Accepted,
-            });
-            None
-        })
-    };
-    let result = match &request.op {
-        KvOp::Write { command } if group == METADATA_GROUP => {
-            match MetadataCommand::decode(command) {
-                Err(e) => {
-                    return refuse(
-                        &reply,
-                        KvReply::Error(format!("malformed metadata command: {e}")),
-                    );
-                }
-                Ok(MetadataCommand::StartMove { .. } | MetadataCommand::AbandonMove { .. }) => {}
-                Ok(_) if trusted => {}
-                Ok(c) => {
-                    return refuse(
-                        &reply,
-                        KvReply::Error(format!("clients may only start replica moves, not {c:?}")),
-                    );
-                }
+/// Sends one of the migration executor's requests and hands its outcome to the loop.
+async fn send_call(
+    call: OutgoingCall,
+    caller: Rc<RefCell<Option<Rc<KvClient>>>>,
+    config: Arc<NodeConfig>,
+    inbox: Rc<Inbox>,
+) {
+    let client = caller.borrow().clone();
+    let client = match client {
+        Some(c) => c,
+        None => match KvClient::new(config.spec.clone(), config.tls.clone(), config.mtu) {
+            Ok(c) => {
+                let c = Rc::new(c);
+                *caller.borrow_mut() = Some(c.clone());
+                c
             }
-            host.propose(group, command.clone(), token)
-                .map(|_| Some(Pending::Write(id, reply.clone())))
-        }
-        KvOp::Write { command } => match KvCommand::decode(command) {
-            Err(e) => return refuse(&reply, KvReply::Error(format!("malformed command: {e}"))),
-            Ok(c) => match c.validate() {
-                Err(e) => return refuse(&reply, KvReply::Error(e.to_string())),
-                Ok(()) => host
-                    .propose(group, command.clone(), token)
-                    .map(|_| Some(Pending::Write(id, reply.clone()))),
-            },
+            Err(e) => {
+                let failure = Failure::NotSent(format!("no client: {e}"));
+                inbox.push(Work::CallReply(call.request.id, Err(failure)));
+                return;
+            }
         },
-        KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves => host
-            .read(group, token)
-            .map(|_| Some(Pending::Read(id, request.op.clone(), reply.clone()))),
-        KvOp::View { new } => host.ensure_leader(group).map(|()| {
-            let view = host
-                .replica_id(group)
-                .and_then(|leader| leader_view(host, group, leader, *new));
-            let answer = view.map_or_else(
-                || KvReply::Error("the leader's view is unavailable".into()),
-                KvReply::View,
-            );
-            let _ = reply.try_send(KvResponseFrame { id, reply: answer });
-            None
-        }),
-        // Fire and forget: the executor reads the outcome from later views.
-        KvOp::ChangeMembership { changes } => {
-            accepted(host.change_membership(group, changes, ProposalToken(0)))
-        }
-        KvOp::TransferLeader { to } => accepted(host.transfer_leader(group, *to)),
-        KvOp::DurableCommit => {
-            let index = host.durable_commit(group).unwrap_or(0);
-            let _ = reply.try_send(KvResponseFrame {
-                id,
-                reply: KvReply::Index(index),
-            });
-            Ok(None)
-        }
     };
-    match result {
-        Ok(Some(p)) => {
-            pending.insert(token.0, p);
-            Taken::Pending
-        }
-        Ok(None) => Taken::Answered,
-        Err(HostError::NotLeader { leader, .. }) => refuse(&reply, KvReply::NotLeader(leader)),
-        Err(HostError::UnknownGroup(_)) => refuse(&reply, KvReply::Moved { epoch: 0 }),
-        Err(e) => refuse(&reply, KvReply::Error(e.to_string())),
-    }
+    let result = client.exchange(call.to, &call.request).await;
+    inbox.push(Work::CallReply(call.request.id, result));
 }
 
 /// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.
-/// Returns whether all of it was written and the stream finished (the host is told either
-/// way). A stream that makes no progress for `SNAPSHOT_TRANSFER_TIMEOUT` (a peer that stopped
-/// reading) counts as failed, so raft-rs sends again rather than waiting forever.
+/// Returns whether all of it was written and the stream finished (the core is told either
+/// way). A stream that makes no progress for `SNAPSHOT_TRANSFER_TIMEOUT` (a peer that
+/// stopped reading) counts as failed, so raft-rs sends again rather than waiting forever.
 async fn send_snapshot(
     peers: Peers,
-    peer: PeerKey,
+    peer: CoreAddress,
     chunks: Vec<Vec<u8>>,
     bucket: Rc<RefCell<TokenBucket>>,
     clock: MonotonicClock,
@@ -999,46 +508,20 @@ async fn send_snapshot(
     stream.finish().is_ok()
 }
 
-/// Accepts connections: peers' streams carry Raft batches, clients' streams requests.
-async fn accept_loop(
-    endpoint: QuicEndpoint,
-    inbox: Rc<Inbox>,
-    assembler: Rc<RefCell<SnapshotAssembler>>,
-    clock: MonotonicClock,
-) {
+/// Accepts connections: peers' streams carry Raft batches and snapshot chunks, clients'
+/// streams requests.
+async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>) {
     while let Some(conn) = endpoint.accept().await {
         let inbox = inbox.clone();
         match conn.alpn().as_deref() {
             Some(ALPN_PEER) => {
-                let assembler = assembler.clone();
                 glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
                     match (class, frame.kind) {
                         (StreamClass::Control, FrameKind::RaftBatch) => {
-                            match decode_batch(&frame.payload) {
-                                Ok(messages) => {
-                                    for (group, message) in messages {
-                                        let group = GroupId(group);
-                                        // A snapshot waits here until its data is in.
-                                        if let Some(message) = assembler.borrow_mut().on_message(
-                                            clock.now(),
-                                            group,
-                                            message,
-                                        ) {
-                                            inbox.push(Work::Raft(group, message));
-                                        }
-                                    }
-                                }
-                                Err(e) => warn!(%peer, error = %e, "malformed raft batch dropped"),
-                            }
+                            inbox.push(Work::RaftBatch(peer, frame.payload))
                         }
                         (StreamClass::Bulk, FrameKind::BulkChunk) => {
-                            match assembler.borrow_mut().on_chunk(clock.now(), &frame.payload) {
-                                Ok(Some((group, message))) => {
-                                    inbox.push(Work::Raft(group, message))
-                                }
-                                Ok(None) => {}
-                                Err(e) => warn!(%peer, error = %e, "snapshot chunk refused"),
-                            }
+                            inbox.push(Work::SnapshotChunk(peer, frame.payload))
                         }
                         _ => debug!(%peer, kind = ?frame.kind, "unexpected frame on a peer stream"),
                     }
@@ -1077,11 +560,7 @@ async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inb
     let reply = match request.map(|f| KvRequest::decode(&f.payload)) {
         Some(Ok(request)) => {
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            inbox.push(Work::Client {
-                request,
-                reply: tx,
-                trusted: false,
-            });
+            inbox.push(Work::Request(request, tx));
             match rx.recv().await {
                 Ok(reply) => reply,
                 Err(_) => return,

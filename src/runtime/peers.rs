@@ -23,25 +23,12 @@ use tracing::debug;
 
 use crate::client::peer_health::{Admission, PeerHealth};
 use crate::constants::{PEER_CONNECT_TIMEOUT, PEER_OUTBOX_MAX_BYTES};
-use crate::ids::{CoreId, NodeId};
+use crate::ids::{CoreAddress, CoreId, NodeId};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::quic::{Connection, QuicEndpoint, RecvStream, SendStream, TransportError};
 use crate::runtime::tls::{self, ALPN_PEER, TlsMode};
 use crate::time::Time;
 use crate::wire::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
-
-/// A core of another node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerKey {
-    pub node: NodeId,
-    pub core: CoreId,
-}
-
-impl std::fmt::Display for PeerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.node, self.core)
-    }
-}
 
 /// What a stream carries; sent in its `Hello` frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +43,7 @@ const BULK_PRIORITY: i32 = 0;
 const HELLO_BYTES: usize = 11;
 
 /// Encodes the `Hello` payload: node (u64 LE), core (u16 LE), class (u8).
-fn hello(from: PeerKey, class: StreamClass) -> [u8; HELLO_BYTES] {
+fn hello(from: CoreAddress, class: StreamClass) -> [u8; HELLO_BYTES] {
     let mut out = [0u8; HELLO_BYTES];
     out[..8].copy_from_slice(&from.node.0.to_le_bytes());
     out[8..10].copy_from_slice(&from.core.0.to_le_bytes());
@@ -65,7 +52,7 @@ fn hello(from: PeerKey, class: StreamClass) -> [u8; HELLO_BYTES] {
 }
 
 /// Decodes a `Hello` payload; `None` when malformed.
-pub fn parse_hello(payload: &[u8]) -> Option<(PeerKey, StreamClass)> {
+pub fn parse_hello(payload: &[u8]) -> Option<(CoreAddress, StreamClass)> {
     let bytes: &[u8; HELLO_BYTES] = payload.try_into().ok()?;
     let node = NodeId(u64::from_le_bytes(bytes[..8].try_into().ok()?));
     let core = CoreId(u16::from_le_bytes(bytes[8..10].try_into().ok()?));
@@ -74,7 +61,7 @@ pub fn parse_hello(payload: &[u8]) -> Option<(PeerKey, StreamClass)> {
         2 => StreamClass::Bulk,
         _ => return None,
     };
-    Some((PeerKey { node, core }, class))
+    Some((CoreAddress { node, core }, class))
 }
 
 /// A peer operation that did not happen.
@@ -82,19 +69,22 @@ pub fn parse_hello(payload: &[u8]) -> Option<(PeerKey, StreamClass)> {
 pub enum PeerError {
     /// The peer was never added.
     #[error("unknown peer {0}")]
-    UnknownPeer(PeerKey),
+    UnknownPeer(CoreAddress),
     /// The peer's outbox is full: the caller must slow down.
     #[error("outbox for {peer} is full ({queued} bytes queued)")]
-    Backpressure { peer: PeerKey, queued: usize },
+    Backpressure { peer: CoreAddress, queued: usize },
     /// Backing off after failures, or the circuit breaker is open.
     #[error("peer {peer} is unavailable ({why})")]
-    Unavailable { peer: PeerKey, why: &'static str },
+    Unavailable {
+        peer: CoreAddress,
+        why: &'static str,
+    },
     /// The connection attempt did not complete in time.
     #[error("connecting to {peer} at {addr} timed out")]
-    ConnectTimeout { peer: PeerKey, addr: SocketAddr },
+    ConnectTimeout { peer: CoreAddress, addr: SocketAddr },
     #[error("peer {peer}: {source}")]
     Transport {
-        peer: PeerKey,
+        peer: CoreAddress,
         source: TransportError,
     },
     #[error(transparent)]
@@ -126,10 +116,10 @@ struct Slot {
 struct Shared {
     endpoint: QuicEndpoint,
     tls: TlsMode,
-    local: PeerKey,
+    local: CoreAddress,
     clock: MonotonicClock,
     connect_timeout: Duration,
-    slots: HashMap<PeerKey, Slot>,
+    slots: HashMap<CoreAddress, Slot>,
     stats: PeerStats,
 }
 
@@ -141,7 +131,7 @@ pub struct Peers {
 
 impl Peers {
     /// Peers reached from `endpoint` as `local`, authenticating with `tls`.
-    pub fn new(endpoint: QuicEndpoint, tls: TlsMode, local: PeerKey) -> Peers {
+    pub fn new(endpoint: QuicEndpoint, tls: TlsMode, local: CoreAddress) -> Peers {
         let shared = Shared {
             endpoint,
             tls,
@@ -162,7 +152,7 @@ impl Peers {
     }
 
     /// Registers (or re-addresses) a peer core.
-    pub fn add_peer(&self, peer: PeerKey, addr: SocketAddr) {
+    pub fn add_peer(&self, peer: CoreAddress, addr: SocketAddr) {
         let mut shared = self.shared.borrow_mut();
         let slot = shared.slots.entry(peer).or_insert_with(|| Slot {
             addr,
@@ -185,7 +175,7 @@ impl Peers {
     }
 
     /// The breaker state of a peer, for metrics and tests.
-    pub fn health(&self, peer: PeerKey) -> Option<PeerHealth> {
+    pub fn health(&self, peer: CoreAddress) -> Option<PeerHealth> {
         self.shared
             .borrow()
             .slots
@@ -194,7 +184,12 @@ impl Peers {
     }
 
     /// Queues a control frame for `peer`; it leaves with the next `flush`.
-    pub fn queue(&self, peer: PeerKey, kind: FrameKind, payload: &[u8]) -> Result<(), PeerError> {
+    pub fn queue(
+        &self,
+        peer: CoreAddress,
+        kind: FrameKind,
+        payload: &[u8],
+    ) -> Result<(), PeerError> {
         let mut shared = self.shared.borrow_mut();
         let slot = shared
             .slots
@@ -214,10 +209,10 @@ impl Peers {
 
     /// Writes every peer's queued frames, one write per peer. Returns the peers that failed
     /// (their frames are dropped and counted).
-    pub async fn flush(&self) -> Vec<(PeerKey, PeerError)> {
-        let pending: Vec<PeerKey> = {
+    pub async fn flush(&self) -> Vec<(CoreAddress, PeerError)> {
+        let pending: Vec<CoreAddress> = {
             let shared = self.shared.borrow();
-            let mut keys: Vec<PeerKey> = shared
+            let mut keys: Vec<CoreAddress> = shared
                 .slots
                 .iter()
                 .filter(|(_, s)| !s.outbox.is_empty())
@@ -241,7 +236,7 @@ impl Peers {
         failures
     }
 
-    async fn flush_peer(&self, peer: PeerKey) -> Result<(), PeerError> {
+    async fn flush_peer(&self, peer: CoreAddress) -> Result<(), PeerError> {
         // Never wait for a handshake here: the caller is a core's loop. Connect in the
         // background; this turn's frames are dropped (Raft retransmits).
         let existing = {
@@ -291,7 +286,7 @@ impl Peers {
 
     /// Starts establishing `peer`'s connection and control stream, unless a previous attempt
     /// is still running or the peer's health says to wait; returns why nothing was sent.
-    fn connect_in_background(&self, peer: PeerKey) -> PeerError {
+    fn connect_in_background(&self, peer: CoreAddress) -> PeerError {
         {
             let mut shared = self.shared.borrow_mut();
             let now = shared.clock.now();
@@ -344,7 +339,7 @@ impl Peers {
 
     /// Establishes `peer`'s connection and control stream now, waiting for the handshake
     /// (start-up and tests; a core's loop uses `flush`, which never waits).
-    pub async fn connect(&self, peer: PeerKey) -> Result<(), PeerError> {
+    pub async fn connect(&self, peer: CoreAddress) -> Result<(), PeerError> {
         if self
             .shared
             .borrow()
@@ -362,7 +357,7 @@ impl Peers {
     }
 
     /// The peer's control stream, connecting and opening it if needed.
-    async fn control_stream(&self, peer: PeerKey) -> Result<SendStream, PeerError> {
+    async fn control_stream(&self, peer: CoreAddress) -> Result<SendStream, PeerError> {
         if let Some(stream) = self
             .shared
             .borrow_mut()
@@ -377,14 +372,14 @@ impl Peers {
     }
 
     /// Opens a low-priority bulk stream to `peer` (already introduced with its `Hello`).
-    pub async fn open_bulk(&self, peer: PeerKey) -> Result<SendStream, PeerError> {
+    pub async fn open_bulk(&self, peer: CoreAddress) -> Result<SendStream, PeerError> {
         self.open_stream(peer, StreamClass::Bulk, BULK_PRIORITY)
             .await
     }
 
     async fn open_stream(
         &self,
-        peer: PeerKey,
+        peer: CoreAddress,
         class: StreamClass,
         priority: i32,
     ) -> Result<SendStream, PeerError> {
@@ -409,7 +404,7 @@ impl Peers {
     }
 
     /// An established connection failed: forget it and count the failure.
-    fn connection_failed(&self, peer: PeerKey) {
+    fn connection_failed(&self, peer: CoreAddress) {
         let mut shared = self.shared.borrow_mut();
         let now = shared.clock.now();
         if let Some(slot) = shared.slots.get_mut(&peer) {
@@ -420,7 +415,7 @@ impl Peers {
     }
 
     /// The connection to `peer`, opened on demand under the peer's backoff and breaker.
-    pub async fn connection(&self, peer: PeerKey) -> Result<Connection, PeerError> {
+    pub async fn connection(&self, peer: CoreAddress) -> Result<Connection, PeerError> {
         let (addr, endpoint, tls, timeout) = {
             let mut shared = self.shared.borrow_mut();
             let now = shared.clock.now();
@@ -497,7 +492,7 @@ impl Peers {
 /// (and the connection closed): bad bytes from a peer never reach the handler.
 pub async fn receive_streams<F>(conn: Connection, on_frame: F)
 where
-    F: FnMut(PeerKey, StreamClass, Frame) + 'static,
+    F: FnMut(CoreAddress, StreamClass, Frame) + 'static,
 {
     let handler = Rc::new(RefCell::new(on_frame));
     while let Ok(stream) = conn.accept_uni().await {
@@ -514,10 +509,10 @@ where
 
 async fn read_stream<F>(mut stream: RecvStream, handler: &Rc<RefCell<F>>) -> Result<(), String>
 where
-    F: FnMut(PeerKey, StreamClass, Frame),
+    F: FnMut(CoreAddress, StreamClass, Frame),
 {
     let mut decoder = FrameDecoder::new();
-    let mut origin: Option<(PeerKey, StreamClass)> = None;
+    let mut origin: Option<(CoreAddress, StreamClass)> = None;
     let mut bad: Option<String> = None;
     while let Some(chunk) = stream
         .read_chunk(usize::MAX)

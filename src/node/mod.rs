@@ -1,0 +1,1072 @@
+//! One core of a running node, sans-IO: the logic the glommio loop (`runtime::node`) and the
+//! simulator (`sim`) both drive.
+//!
+//! A [`NodeCore`] owns the core's [`RaftHost`] and state machines, decides what the core
+//! hosts from the placement table ([`hosting`]), routes, forwards, answers and expires
+//! client requests, and on core 0 runs the metadata group's duties: the bootstrap of a new
+//! cluster, handing every table the group applies to the node's cores, and the migration
+//! executor ([`mover`]). It names no clock, socket, file or executor.
+//!
+//! The grammar is quinn-proto's. Inputs: [`NodeCore::handle_timeout`] (time passes),
+//! [`NodeCore::handle_request`] (a client request), [`NodeCore::handle_mail`] (from
+//! another core of the node), [`NodeCore::handle_raft_batch`] and
+//! [`NodeCore::handle_snapshot_chunk`] (bytes from peers), [`NodeCore::handle_persisted`],
+//! [`NodeCore::handle_snapshot_sent`] and [`NodeCore::handle_call_reply`] (what came of
+//! outputs). Outputs, to drain after every input, in this order:
+//!
+//! 1. [`NodeCore::poll_log`]: log writes, one at a time — a group to drop, or a batch to
+//!    make durable (write + fsync), then `handle_persisted`. Nothing else is handed out
+//!    while a batch is in flight, so drops and batches reach the log in order.
+//! 2. [`NodeCore::poll_mail`]: requests and tables for the node's other cores (mail the
+//!    shell cannot deliver goes back with `handle_mail_refused`).
+//! 3. [`NodeCore::poll_reply`]: answers to clients, each with its reply handle `R`.
+//! 4. [`NodeCore::poll_transmit`]: one Raft batch per peer core, and snapshot data to
+//!    stream out of band (report with `handle_snapshot_sent`).
+//! 5. [`NodeCore::poll_call`]: the migration executor's requests to other cores (answer
+//!    with `handle_call_reply`).
+//!
+//! and [`NodeCore::poll_timeout`] says when to call `handle_timeout` next.
+//!
+//! Why a table is handed out only after the batch that applied it is durable: the metadata
+//! group applies an entry before its commit index is durable here; handing out the table
+//! later means a restart never replays a table older than one a core acted on.
+
+pub mod cell;
+mod hosting;
+mod mover;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::{debug, info};
+
+use crate::client::call::Failure;
+use crate::cluster::metadata::{MetadataCommand, MetadataStore};
+use crate::cluster::placement::{PlacementError, PlacementTable};
+use crate::cluster::spec::ClusterSpec;
+use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
+use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, ReplicaId};
+use crate::metrics::cores::CoreCounter;
+use crate::node::cell::Cell;
+use crate::node::hosting::Hosting;
+use crate::node::mover::Mover;
+use crate::replication::kv::{KvCommand, KvResponse};
+use crate::replication::raft_host::{
+    HostError, HostEvent, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
+};
+use crate::replication::replica_move::leader_view;
+use crate::replication::snapshot_transfer::{SnapshotAssembler, TransferError, split};
+use crate::time::Time;
+use crate::wire::codec::DecodeError;
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
+use crate::wire::raft::{decode_batch, encode_batch};
+
+/// A deliberate bug in the node core's request path, to show that the simulator catches
+/// it. Only the simulator sets one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum NodeBug {
+    /// Answer a read from whatever replica the request reached, without ReadIndex.
+    ReadWithoutReadIndex,
+    /// Acknowledge a put as soon as it is proposed, before it commits.
+    AckWriteBeforeCommit,
+}
+
+/// How to run one core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub local: CoreAddress,
+    pub spec: ClusterSpec,
+    /// Report every applied entry and every leader as [`Audit`] events (the simulator's
+    /// checkers; off in nodes).
+    pub audit: bool,
+    /// Simulation only.
+    pub bug: Option<NodeBug>,
+}
+
+/// A core that cannot start or go on.
+#[derive(Debug, Error)]
+pub enum CoreError {
+    /// The node is not in the cluster spec.
+    #[error("node {0} is not in the cluster spec")]
+    NotInSpec(crate::ids::NodeId),
+    /// The spec places nothing (no nodes, a bad replica or group count).
+    #[error("the cluster spec: {0}")]
+    Placement(#[from] PlacementError),
+    /// A group could not be hosted (its logged state does not load).
+    #[error("hosting a group: {0}")]
+    Host(#[from] HostError),
+}
+
+/// What a core sends the node's other cores.
+#[derive(Debug)]
+pub enum Mail<R> {
+    /// A client request for a group the receiving core hosts, with where to answer.
+    Request { request: KvRequest, reply: R },
+    /// Core 0's latest placement table.
+    Table(Arc<PlacementTable>),
+}
+
+/// A write to the core's log.
+#[derive(Debug, PartialEq)]
+#[must_use]
+pub enum LogWrite {
+    /// Remove every record of this group (its replica left the core).
+    Drop(GroupId),
+    /// Make this batch durable (one write and one fsync), then `handle_persisted(id)`.
+    Persist(PersistBatch),
+}
+
+/// Bytes for a peer core.
+#[derive(Debug, PartialEq)]
+#[must_use]
+pub enum Transmit {
+    /// This turn's Raft messages for the core at `to`: a `RaftBatch` frame's payload.
+    Raft { to: CoreAddress, payload: Vec<u8> },
+    /// A snapshot's data for `replica` of `group`, to stream in order on a bulk stream
+    /// (`BulkChunk` frames); report the outcome with `handle_snapshot_sent`.
+    Snapshot {
+        to: CoreAddress,
+        group: GroupId,
+        replica: ReplicaId,
+        chunks: Vec<Vec<u8>>,
+    },
+}
+
+/// A request the core sends another core as a client (the migration executor's).
+#[derive(Debug, PartialEq)]
+pub struct OutgoingCall {
+    pub to: CoreAddress,
+    pub request: KvRequest,
+}
+
+/// What checkers learn from a core with `audit` on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audit {
+    /// `replica` became the leader of `group` in `term`.
+    Leader {
+        group: GroupId,
+        replica: ReplicaId,
+        term: u64,
+    },
+    /// This core applied the entry at `index` of `group`.
+    Applied {
+        group: GroupId,
+        index: u64,
+        term: u64,
+        digest: u64,
+    },
+}
+
+/// What a request taken here waits for.
+enum Wait {
+    /// Its proposal to apply.
+    Commit,
+    /// Its read index to be applied here; then `op` is answered from the state machine.
+    ReadIndex(KvOp),
+}
+
+/// A client request taken here, waiting for its commit or read index.
+enum Pending<R> {
+    Write {
+        id: u64,
+        reply: R,
+    },
+    Read {
+        id: u64,
+        op: KvOp,
+        reply: R,
+    },
+    /// An `end_move` the migration executor proposed.
+    EndMove(GroupId),
+}
+
+/// Core 0's duties for the metadata group.
+struct Coordinator {
+    /// The table last handed out, and the cores still to receive it.
+    distributed: Option<Arc<PlacementTable>>,
+    undelivered: BTreeSet<CoreId>,
+    /// Cores whose inbox was full: given the table again at the next timeout.
+    refused: BTreeSet<CoreId>,
+    /// The store's epoch last seen, and the batch whose fsync makes its table durable.
+    seen_epoch: Epoch,
+    distribute_after: Option<u64>,
+    bootstrap_asked: Option<Time>,
+    mover: Mover,
+    leading: bool,
+}
+
+/// One core of a node. `R` is the shell's handle for answering a client.
+pub struct NodeCore<R> {
+    local: CoreAddress,
+    cores: u16,
+    spec: ClusterSpec,
+    host: RaftHost<Cell>,
+    hosting: Hosting,
+    assembler: SnapshotAssembler,
+    pending: BTreeMap<u64, Pending<R>>,
+    /// Tokens in the order they were issued, with when: expiry of abandoned requests.
+    issued: VecDeque<(u64, Time)>,
+    next_token: u64,
+    now: Time,
+    replies: VecDeque<(R, KvResponseFrame)>,
+    mail: VecDeque<(CoreId, Mail<R>)>,
+    log: VecDeque<LogWrite>,
+    /// The batch being made durable.
+    in_flight: Option<u64>,
+    transmits: VecDeque<Transmit>,
+    audit: Option<VecDeque<Audit>>,
+    coordinator: Option<Coordinator>,
+    counters: [u64; CoreCounter::ALL.len()],
+    bug: Option<NodeBug>,
+    /// The first error that stopped the core.
+    failure: Option<String>,
+}
+
+impl<R> NodeCore<R> {
+    /// A core rebuilt from what its log held (`recovered`; empty for a new node).
+    pub fn new(
+        config: CoreConfig,
+        mut recovered: BTreeMap<GroupId, PersistedGroup>,
+    ) -> Result<NodeCore<R>, CoreError> {
+        let local = config.local;
+        let mut host = RaftHost::new(local);
+        // Snapshots stream out of band: the shell reports when they are through.
+        host.set_owner_reports_snapshots(true);
+        host.set_audit(config.audit);
+        let mut coordinator = None;
+        let mut log = VecDeque::new();
+        let hosting = if local.core == CoreId(0) {
+            let voters = config.spec.metadata_voters();
+            for (r, at) in &voters {
+                host.set_address(*r, *at);
+            }
+            let own = voters
+                .iter()
+                .find(|(_, at)| *at == local)
+                .map(|(r, _)| *r)
+                .ok_or(CoreError::NotInSpec(local.node))?;
+            let ids: Vec<ReplicaId> = voters.iter().map(|(r, _)| *r).collect();
+            let persisted = recovered.remove(&GroupId::METADATA);
+            // A brand-new node (no metadata log) hosts the spec's placement until the
+            // metadata group has a table; a restarted one waits for its own replay.
+            let fresh = persisted
+                .as_ref()
+                .is_none_or(|p| p.entries.is_empty() && p.snapshot.is_none());
+            host.add_group(
+                GroupId::METADATA,
+                own,
+                &ids,
+                persisted,
+                Cell::Meta(MetadataStore::new()),
+            )?;
+            let mut hosting = Hosting::new(local, std::mem::take(&mut recovered));
+            let mut c = Coordinator {
+                distributed: None,
+                undelivered: BTreeSet::new(),
+                refused: BTreeSet::new(),
+                seen_epoch: Epoch(0),
+                distribute_after: None,
+                bootstrap_asked: None,
+                mover: Mover::new(&config.spec)?,
+                leading: false,
+            };
+            if fresh {
+                let table = Arc::new(config.spec.initial_table()?);
+                hosting.apply(table.clone(), &mut host, &mut log)?;
+                c.mover.on_table(&table);
+                c.undelivered = (1..config.spec.cores).map(CoreId).collect();
+                c.distributed = Some(table);
+            }
+            coordinator = Some(c);
+            hosting
+        } else {
+            Hosting::new(local, recovered)
+        };
+        Ok(NodeCore {
+            local,
+            cores: config.spec.cores,
+            spec: config.spec,
+            host,
+            hosting,
+            assembler: SnapshotAssembler::new(),
+            pending: BTreeMap::new(),
+            issued: VecDeque::new(),
+            next_token: 1,
+            now: Time::ZERO,
+            replies: VecDeque::new(),
+            mail: VecDeque::new(),
+            log,
+            in_flight: None,
+            transmits: VecDeque::new(),
+            audit: config.audit.then(VecDeque::new),
+            coordinator,
+            counters: [0; CoreCounter::ALL.len()],
+            bug: config.bug,
+            failure: None,
+        })
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Time passed: Raft ticks, requests that waited too long are answered, the migration
+    /// executor and the bootstrap take their next step.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        self.host.handle_tick(now);
+        self.assembler.expire(now);
+        self.expire_requests(now);
+        self.coordinate(now);
+    }
+
+    /// A client request, answered through `reply` (now, or after a commit or read index).
+    pub fn handle_request(&mut self, now: Time, request: KvRequest, reply: R) {
+        self.now = now;
+        if let Err(answer) = check_op(&request) {
+            return self.answer(reply, request.id, answer);
+        }
+        if self.host.replica_id(request.group).is_some() {
+            return self.take(request, reply);
+        }
+        match self.hosting.home(request.group) {
+            Some(home) if home != self.local.core => {
+                // Right node, wrong core: hand it over.
+                self.mail
+                    .push_back((home, Mail::Request { request, reply }));
+            }
+            _ => self.not_here(request, reply),
+        }
+    }
+
+    /// Mail from another core of this node.
+    pub fn handle_mail(&mut self, now: Time, mail: Mail<R>) {
+        self.now = now;
+        match mail {
+            // Forwarded once: if this core does not host the group either, the node is
+            // behind or the client's table is stale.
+            Mail::Request { request, reply } => {
+                if self.host.replica_id(request.group).is_some() {
+                    self.take(request, reply);
+                } else {
+                    self.not_here(request, reply);
+                }
+            }
+            Mail::Table(table) => self.apply_table(table),
+        }
+    }
+
+    /// Mail this core handed out could not be delivered (the other core's inbox is full).
+    pub fn handle_mail_refused(&mut self, core: CoreId, mail: Mail<R>) {
+        match mail {
+            Mail::Request { request, reply } => {
+                let answer = KvReply::Error(format!("busy: core {} cannot take more", core.0));
+                self.answer(reply, request.id, answer);
+            }
+            Mail::Table(_) => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.refused.insert(core);
+                }
+            }
+        }
+    }
+
+    /// A `RaftBatch` payload from a peer. Malformed bytes are refused whole.
+    pub fn handle_raft_batch(&mut self, now: Time, payload: &[u8]) -> Result<(), DecodeError> {
+        self.now = now;
+        for (group, message) in decode_batch(payload)? {
+            let group = GroupId(group);
+            // A snapshot waits here until its data is in.
+            if let Some(message) = self.assembler.on_message(now, group, message) {
+                self.step_raft(group, message);
+            }
+        }
+        Ok(())
+    }
+
+    /// A `BulkChunk` payload: part of a snapshot streamed out of band.
+    pub fn handle_snapshot_chunk(
+        &mut self,
+        now: Time,
+        payload: &[u8],
+    ) -> Result<(), TransferError> {
+        self.now = now;
+        if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
+            self.step_raft(group, message);
+        }
+        Ok(())
+    }
+
+    /// The snapshot of `group` for `replica` was streamed in full (or failed: it is then
+    /// sent again).
+    pub fn handle_snapshot_sent(&mut self, group: GroupId, replica: ReplicaId, delivered: bool) {
+        self.host.report_snapshot(group, replica, delivered);
+    }
+
+    /// The batch `id` handed out by `poll_log` is durable.
+    pub fn handle_persisted(&mut self, id: u64) {
+        if self.in_flight == Some(id) {
+            self.in_flight = None;
+        }
+        self.host.handle_persisted(id);
+        self.count(CoreCounter::WalBatches, 1);
+        let due = self
+            .coordinator
+            .as_ref()
+            .is_some_and(|c| c.distribute_after == Some(id));
+        if due {
+            self.distribute();
+        }
+    }
+
+    /// What came of a request `poll_call` handed out.
+    pub fn handle_call_reply(&mut self, now: Time, id: u64, reply: Result<KvReply, Failure>) {
+        self.now = now;
+        let store = self
+            .host
+            .state_machine(GroupId::METADATA)
+            .and_then(Cell::meta);
+        if let (Some(c), Some(store)) = (self.coordinator.as_mut(), store) {
+            c.mover.handle_reply(now, id, reply, store);
+        }
+        self.propose_move_ends();
+    }
+
+    /// The node is stopping: every waiting client hears that its outcome is unknown.
+    pub fn shutdown(&mut self) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            if let Pending::Write { id, reply } | Pending::Read { id, reply, .. } = p {
+                self.count(CoreCounter::ClientErrors, 1);
+                let answer = KvReply::Unknown("the node is shutting down".into());
+                self.replies
+                    .push_back((reply, KvResponseFrame { id, reply: answer }));
+            }
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// The next log write (see the module documentation for the order).
+    pub fn poll_log(&mut self) -> Option<LogWrite> {
+        if self.in_flight.is_some() || self.failure.is_some() {
+            return None;
+        }
+        if let Some(write) = self.log.pop_front() {
+            return Some(write);
+        }
+        let batch = self.host.poll_persist();
+        self.drain_host_events();
+        match batch {
+            Some(batch) => {
+                self.in_flight = Some(batch.id);
+                self.note_table_change(Some(batch.id));
+                Some(LogWrite::Persist(batch))
+            }
+            None => {
+                // Entries applied without a batch had their commit durable already.
+                self.note_table_change(None);
+                self.log.pop_front()
+            }
+        }
+    }
+
+    /// The next answer to a client.
+    pub fn poll_reply(&mut self) -> Option<(R, KvResponseFrame)> {
+        self.replies.pop_front()
+    }
+
+    /// The next mail for another core of this node.
+    pub fn poll_mail(&mut self) -> Option<(CoreId, Mail<R>)> {
+        if let Some(mail) = self.mail.pop_front() {
+            return Some(mail);
+        }
+        let c = self.coordinator.as_mut()?;
+        let table = c.distributed.clone()?;
+        let core = c.undelivered.pop_first()?;
+        Some((core, Mail::Table(table)))
+    }
+
+    /// The next bytes for a peer core: this turn's Raft messages, one batch per peer.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.transmits.is_empty() {
+            self.gather_transmits();
+        }
+        self.transmits.pop_front()
+    }
+
+    /// The next request of the migration executor.
+    pub fn poll_call(&mut self) -> Option<OutgoingCall> {
+        let send = self.coordinator.as_mut()?.mover.poll_send()?;
+        Some(OutgoingCall {
+            to: send.to,
+            request: send.request,
+        })
+    }
+
+    /// The next audit event (with `audit` on).
+    pub fn poll_audit(&mut self) -> Option<Audit> {
+        self.audit.as_mut()?.pop_front()
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let expiry = self
+            .issued
+            .front()
+            .map(|(_, at)| *at + CLIENT_REQUEST_TIMEOUT);
+        let mover = self
+            .coordinator
+            .as_ref()
+            .filter(|c| c.leading)
+            .and_then(|c| c.mover.poll_timeout());
+        [self.host.next_tick(), expiry, mover]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    // ---- state for the shell, metrics and checkers -----------------------------------------
+
+    pub fn local(&self) -> CoreAddress {
+        self.local
+    }
+
+    /// The first error that stopped this core; the shell stops the node on it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    pub fn host(&self) -> &RaftHost<Cell> {
+        &self.host
+    }
+
+    /// The latest placement table this core applied.
+    pub fn table(&self) -> Option<&Arc<PlacementTable>> {
+        self.hosting.table()
+    }
+
+    /// The metadata group's state on this core (core 0 only).
+    pub fn metadata(&self) -> Option<&MetadataStore> {
+        self.host
+            .state_machine(GroupId::METADATA)
+            .and_then(Cell::meta)
+    }
+
+    pub fn counter(&self, counter: CoreCounter) -> u64 {
+        let mover = self.coordinator.as_ref().map(|c| &c.mover);
+        match counter {
+            CoreCounter::MoveSteps => mover.map_or(0, |m| m.steps),
+            CoreCounter::MovesEnded => mover.map_or(0, |m| m.ended),
+            counter => self.counters[counter as usize],
+        }
+    }
+
+    /// Client requests waiting for a commit or a read index.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Groups this core leads.
+    pub fn leader_groups(&self) -> usize {
+        self.host
+            .group_ids()
+            .filter(|g| self.host.is_leader(*g))
+            .count()
+    }
+
+    /// Replicas this core hosts (the metadata group included).
+    pub fn replicas(&self) -> usize {
+        self.host.group_ids().count()
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn count(&mut self, counter: CoreCounter, n: u64) {
+        self.counters[counter as usize] += n;
+    }
+
+    fn answer(&mut self, reply: R, id: u64, answer: KvReply) {
+        let counter = match &answer {
+            KvReply::Moved { .. } | KvReply::NotLeader(_) => Some(CoreCounter::ClientRedirects),
+            KvReply::Error(_) | KvReply::Unknown(_) => Some(CoreCounter::ClientErrors),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            self.count(counter, 1);
+        }
+        self.replies
+            .push_back((reply, KvResponseFrame { id, reply: answer }));
+    }
+
+    /// A request for a group no core of this node hosts: a stale-epoch redirect (the
+    /// client's table, or this node's, is stale), or an error for a group that does not
+    /// exist.
+    fn not_here(&mut self, request: KvRequest, reply: R) {
+        let answer = match self.hosting.table() {
+            Some(t) if t.group(request.group).is_none() && t.epoch() > Epoch(0) => {
+                KvReply::Error(format!("group {} does not exist", request.group.0))
+            }
+            t => KvReply::Moved {
+                epoch: t.map_or(0, |t| t.epoch().0),
+            },
+        };
+        self.answer(reply, request.id, answer);
+    }
+
+    /// Takes a request for a group this core hosts.
+    fn take(&mut self, request: KvRequest, reply: R) {
+        self.count(CoreCounter::ClientRequests, 1);
+        let (id, group) = (request.id, request.group);
+        if self.pending.len() >= CLIENT_PENDING_MAX {
+            let answer = KvReply::Error("server busy: too many requests in flight".into());
+            return self.answer(reply, id, answer);
+        }
+        let token = ProposalToken(self.next_token);
+        self.next_token += 1;
+        match self.start(group, request.op, token) {
+            Ok(Wait::Commit) => self.wait(token, Pending::Write { id, reply }),
+            Ok(Wait::ReadIndex(op)) => self.wait(token, Pending::Read { id, op, reply }),
+            Err(answer) => self.answer(reply, id, answer),
+        }
+    }
+
+    /// Starts what `op` asks of the hosted `group`: what it now waits for, or the answer
+    /// to give at once (not only errors: admin requests are answered at once).
+    fn start(&mut self, group: GroupId, op: KvOp, token: ProposalToken) -> Result<Wait, KvReply> {
+        match op {
+            KvOp::Write { command } if group == GroupId::METADATA => {
+                match MetadataCommand::decode(&command) {
+                    Err(e) => Err(KvReply::Error(format!("malformed metadata command: {e}"))),
+                    Ok(
+                        MetadataCommand::StartMove { .. }
+                        | MetadataCommand::AbandonMove { .. }
+                        | MetadataCommand::SetNodeState { .. },
+                    ) => self.propose(group, command, token).map(|()| Wait::Commit),
+                    Ok(c) => Err(KvReply::Error(format!(
+                        "clients may start and abandon moves and set node states, not {c:?}"
+                    ))),
+                }
+            }
+            KvOp::Write { command } => {
+                let c = KvCommand::decode(&command)
+                    .map_err(|e| KvReply::Error(format!("malformed command: {e}")))?;
+                c.validate().map_err(|e| KvReply::Error(e.to_string()))?;
+                if self.bug == Some(NodeBug::AckWriteBeforeCommit)
+                    && matches!(c, KvCommand::Put { .. })
+                {
+                    // The bug: the client hears "done" before a quorum has the entry.
+                    self.propose(group, command, ProposalToken(0))?;
+                    return Err(KvReply::Written(KvResponse::Done.encode()));
+                }
+                self.propose(group, command, token).map(|()| Wait::Commit)
+            }
+            KvOp::Get { key } if self.bug == Some(NodeBug::ReadWithoutReadIndex) => {
+                // The bug: answer from this replica's state, whoever it is.
+                let value = self
+                    .host
+                    .state_machine(group)
+                    .and_then(Cell::kv)
+                    .and_then(|s| s.get(&key).map(<[u8]>::to_vec));
+                self.count(CoreCounter::ReadsServed, 1);
+                Err(KvReply::Value(value))
+            }
+            op @ (KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves) => {
+                match self.host.read(group, token) {
+                    Ok(()) => Ok(Wait::ReadIndex(op)),
+                    Err(e) => Err(self.host_error(e)),
+                }
+            }
+            KvOp::View { new } => {
+                self.host
+                    .ensure_leader(group)
+                    .map_err(|e| self.host_error(e))?;
+                let view = self
+                    .host
+                    .replica_id(group)
+                    .and_then(|leader| leader_view(&self.host, group, leader, new));
+                Err(view.map_or_else(
+                    || KvReply::Error("the leader's view is unavailable".into()),
+                    KvReply::View,
+                ))
+            }
+            // Fire and forget: the executor reads the outcome from later views.
+            KvOp::ChangeMembership { changes } => {
+                let changed = self
+                    .host
+                    .change_membership(group, &changes, ProposalToken(0));
+                changed.map_err(|e| self.host_error(e))?;
+                Err(KvReply::Accepted)
+            }
+            KvOp::TransferLeader { to } => {
+                let transferred = self.host.transfer_leader(group, to);
+                transferred.map_err(|e| self.host_error(e))?;
+                Err(KvReply::Accepted)
+            }
+            KvOp::DurableCommit => {
+                Err(KvReply::Index(self.host.durable_commit(group).unwrap_or(0)))
+            }
+        }
+    }
+
+    /// A request waits under `token` for its commit or read index (or expiry).
+    fn wait(&mut self, token: ProposalToken, pending: Pending<R>) {
+        self.pending.insert(token.0, pending);
+        self.issued.push_back((token.0, self.now));
+    }
+
+    /// Proposes `command` on `group` under `token`.
+    fn propose(
+        &mut self,
+        group: GroupId,
+        command: Vec<u8>,
+        token: ProposalToken,
+    ) -> Result<(), KvReply> {
+        self.host
+            .propose(group, command, token)
+            .map_err(|e| self.host_error(e))
+    }
+
+    /// The answer to a request the host refused.
+    fn host_error(&self, e: HostError) -> KvReply {
+        match e {
+            HostError::NotLeader { leader, .. } => KvReply::NotLeader(leader),
+            HostError::UnknownGroup(_) => KvReply::Moved {
+                epoch: self.hosting.table().map_or(0, |t| t.epoch().0),
+            },
+            e => KvReply::Error(e.to_string()),
+        }
+    }
+
+    fn step_raft(&mut self, group: GroupId, message: raft::eraftpb::Message) {
+        self.count(CoreCounter::RaftMessagesIn, 1);
+        if let Err(e) = self.host.handle_message(group, message) {
+            debug!(group = group.0, error = %e, "raft message dropped");
+        }
+    }
+
+    /// A proposal lost to a leader change never applies: its client hears, after a while,
+    /// that the outcome is unknown.
+    fn expire_requests(&mut self, now: Time) {
+        while let Some(&(token, at)) = self.issued.front() {
+            if now.saturating_since(at) < CLIENT_REQUEST_TIMEOUT {
+                break;
+            }
+            self.issued.pop_front();
+            match self.pending.remove(&token) {
+                Some(Pending::Write { id, reply } | Pending::Read { id, reply, .. }) => {
+                    let answer = KvReply::Unknown("timed out waiting for commit".into());
+                    self.answer(reply, id, answer);
+                }
+                Some(Pending::EndMove(group)) => {
+                    if let Some(c) = self.coordinator.as_mut() {
+                        c.mover.handle_end_applied(group, false);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Answers what the host applied or made readable, and records audit events.
+    fn drain_host_events(&mut self) {
+        while let Some(event) = self.host.poll_event() {
+            match event {
+                HostEvent::Applied {
+                    token, response, ..
+                } => match self.pending.remove(&token.0) {
+                    Some(Pending::Write { id, reply }) => {
+                        self.count(CoreCounter::WritesAcked, 1);
+                        self.replies.push_back((
+                            reply,
+                            KvResponseFrame {
+                                id,
+                                reply: KvReply::Written(response),
+                            },
+                        ));
+                    }
+                    Some(Pending::EndMove(group)) => {
+                        if let Some(c) = self.coordinator.as_mut() {
+                            c.mover
+                                .handle_end_applied(group, response.first() == Some(&1));
+                        }
+                    }
+                    Some(p @ Pending::Read { .. }) => {
+                        self.pending.insert(token.0, p);
+                    }
+                    None => {}
+                },
+                HostEvent::ReadReady { group, token } => {
+                    if let Some(Pending::Read { id, op, reply }) = self.pending.remove(&token.0) {
+                        self.count(CoreCounter::ReadsServed, 1);
+                        let answer = read_answer(self.host.state_machine(group), op);
+                        self.replies
+                            .push_back((reply, KvResponseFrame { id, reply: answer }));
+                    }
+                }
+                HostEvent::LeaderChanged {
+                    group,
+                    leader,
+                    is_self,
+                } => {
+                    debug!(group = group.0, ?leader, is_self, "leader changed");
+                    if let (Some(audit), Some(leader), true) =
+                        (self.audit.as_mut(), leader, is_self)
+                    {
+                        let term = self.host.term(group).unwrap_or(0);
+                        audit.push_back(Audit::Leader {
+                            group,
+                            replica: leader,
+                            term,
+                        });
+                    }
+                }
+                HostEvent::Committed {
+                    group,
+                    index,
+                    term,
+                    digest,
+                } => {
+                    if let Some(audit) = self.audit.as_mut() {
+                        audit.push_back(Audit::Applied {
+                            group,
+                            index,
+                            term,
+                            digest,
+                        });
+                    }
+                }
+                HostEvent::MembershipChanged {
+                    group,
+                    voters,
+                    learners,
+                    joint,
+                } => {
+                    info!(
+                        node = self.local.node.0,
+                        core = self.local.core.0,
+                        group = group.0,
+                        ?voters,
+                        ?learners,
+                        joint,
+                        "membership changed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Drains the host's messages into one batch per peer core, snapshots split off.
+    fn gather_transmits(&mut self) {
+        let mut by_peer: BTreeMap<CoreAddress, Vec<(u64, raft::eraftpb::Message)>> =
+            BTreeMap::new();
+        while let Some(out) = self.host.poll_transmit() {
+            self.count(CoreCounter::RaftMessagesOut, 1);
+            let replica = ReplicaId(out.message.to);
+            let (message, chunks) = split(out.group, out.message);
+            if !chunks.is_empty() {
+                self.count(CoreCounter::SnapshotsSent, 1);
+                self.transmits.push_back(Transmit::Snapshot {
+                    to: out.to,
+                    group: out.group,
+                    replica,
+                    chunks,
+                });
+            }
+            let batch = by_peer.entry(out.to).or_default();
+            batch.push((out.group.0, message));
+            if batch.len() == RAFT_BATCH_MESSAGES_MAX {
+                let full = std::mem::take(batch);
+                self.transmits.push_back(raft_transmit(out.to, &full));
+            }
+        }
+        for (to, messages) in by_peer {
+            if !messages.is_empty() {
+                self.transmits.push_back(raft_transmit(to, &messages));
+            }
+        }
+    }
+
+    /// Core 0: remembers when a table the metadata group applied may be handed out — at
+    /// once if its commit was already durable (`batch` is `None`), else after `batch`.
+    fn note_table_change(&mut self, batch: Option<u64>) {
+        let epoch = self.metadata().map(MetadataStore::epoch);
+        let (Some(c), Some(epoch)) = (self.coordinator.as_mut(), epoch) else {
+            return;
+        };
+        if epoch <= c.seen_epoch {
+            return;
+        }
+        c.seen_epoch = epoch;
+        match batch {
+            Some(id) => c.distribute_after = Some(id),
+            None => self.distribute(),
+        }
+    }
+
+    /// Core 0: hands the metadata group's table to this core's hosting and to every other
+    /// core of the node.
+    fn distribute(&mut self) {
+        let store = self
+            .host
+            .state_machine(GroupId::METADATA)
+            .and_then(Cell::meta);
+        let Some(store) = store.filter(|m| m.is_bootstrapped()) else {
+            return;
+        };
+        let table = store.table();
+        let c = self.coordinator.as_mut().expect("core 0 coordinates");
+        c.distribute_after = None;
+        if c.distributed
+            .as_ref()
+            .is_some_and(|t| t.epoch() >= table.epoch())
+        {
+            return;
+        }
+        let table = Arc::new(table.clone());
+        c.mover.on_table(&table);
+        c.distributed = Some(table.clone());
+        c.undelivered = (1..self.cores).map(CoreId).collect();
+        self.apply_table(table);
+    }
+
+    fn apply_table(&mut self, table: Arc<PlacementTable>) {
+        if let Err(e) = self.hosting.apply(table, &mut self.host, &mut self.log) {
+            self.fail(format!("applying the placement table: {e}"));
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        tracing::error!(node = self.local.node.0, core = self.local.core.0, %reason, "core stopped");
+        self.failure.get_or_insert(reason);
+    }
+
+    /// Core 0's turn: the bootstrap of a new cluster, tables refused by full inboxes, and
+    /// the migration executor while this core leads the metadata group.
+    fn coordinate(&mut self, now: Time) {
+        let leading = self.host.is_leader(GroupId::METADATA);
+        let bootstrapped = self.metadata().is_some_and(MetadataStore::is_bootstrapped);
+        let Some(c) = self.coordinator.as_mut() else {
+            return;
+        };
+        let refused = std::mem::take(&mut c.refused);
+        c.undelivered.extend(refused);
+        if c.leading && !leading {
+            c.mover.stand_down();
+        }
+        c.leading = leading;
+        if !leading {
+            return;
+        }
+        if bootstrapped {
+            let store = self
+                .host
+                .state_machine(GroupId::METADATA)
+                .and_then(Cell::meta)
+                .expect("core 0 hosts the metadata group");
+            c.mover.handle_timeout(now, store);
+            self.propose_move_ends();
+            return;
+        }
+        // The first leader bootstraps the cluster's shape (asked again if the proposal was
+        // lost to a leader change).
+        let due = c
+            .bootstrap_asked
+            .is_none_or(|t| now.saturating_since(t) > CLIENT_REQUEST_TIMEOUT);
+        if !due {
+            return;
+        }
+        c.bootstrap_asked = Some(now);
+        match self.spec.bootstrap_command() {
+            Ok(command) => {
+                let command = command.encode();
+                if let Err(e) = self
+                    .host
+                    .propose(GroupId::METADATA, command, ProposalToken(0))
+                {
+                    debug!(error = %e, "bootstrap not proposed; retrying");
+                }
+            }
+            Err(e) => self.fail(format!("bootstrap: {e}")),
+        }
+    }
+
+    /// Proposes the `end_move` commands the executor decided, on this core.
+    fn propose_move_ends(&mut self) {
+        while let Some((group, command)) =
+            self.coordinator.as_mut().and_then(|c| c.mover.poll_end())
+        {
+            let token = ProposalToken(self.next_token);
+            self.next_token += 1;
+            match self.propose(GroupId::METADATA, command.encode(), token) {
+                Ok(()) => self.wait(token, Pending::EndMove(group)),
+                Err(_) => {
+                    if let Some(c) = self.coordinator.as_mut() {
+                        c.mover.handle_end_applied(group, false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `request`'s op fits its group: group 0 takes routing and moves reads and
+/// metadata writes; data groups take everything else.
+fn check_op(request: &KvRequest) -> Result<(), KvReply> {
+    let is_meta = request.group == GroupId::METADATA;
+    let meta_op = matches!(request.op, KvOp::Routing | KvOp::Moves | KvOp::Write { .. });
+    let data_op = !matches!(request.op, KvOp::Routing | KvOp::Moves);
+    if (is_meta && meta_op) || (!is_meta && data_op) {
+        Ok(())
+    } else {
+        Err(KvReply::Error(format!(
+            "{:?} is not an operation on group {}",
+            request.op, request.group.0
+        )))
+    }
+}
+
+/// The answer to a read once it is linearizable.
+fn read_answer(state: Option<&Cell>, op: KvOp) -> KvReply {
+    match (state, op) {
+        (Some(Cell::Meta(m)), KvOp::Routing) => routing_reply(m),
+        (Some(Cell::Meta(m)), KvOp::Moves) => moves_reply(m),
+        (Some(Cell::Kv(s)), KvOp::Get { key }) => KvReply::Value(s.get(&key).map(<[u8]>::to_vec)),
+        (Some(Cell::Kv(s)), KvOp::Scan { start, end, limit }) => {
+            KvReply::Items(s.scan(&start, end.as_deref(), limit as usize))
+        }
+        _ => KvReply::Error("read lost its group".into()),
+    }
+}
+
+/// The placement table as the metadata group knows it.
+fn routing_reply(m: &MetadataStore) -> KvReply {
+    if !m.is_bootstrapped() {
+        return KvReply::Error("the cluster is not bootstrapped yet; retry".into());
+    }
+    KvReply::Routing {
+        epoch: m.epoch().0,
+        groups: m
+            .table()
+            .groups()
+            .map(|(g, p)| (g, p.replicas.iter().map(|r| (r.id.0, r.at)).collect()))
+            .collect(),
+    }
+}
+
+/// The replica moves under way, as the metadata group knows them.
+fn moves_reply(m: &MetadataStore) -> KvReply {
+    if !m.is_bootstrapped() {
+        return KvReply::Error("the cluster is not bootstrapped yet; retry".into());
+    }
+    KvReply::Moves(
+        m.table()
+            .groups()
+            .filter_map(|(g, p)| p.moving.map(|mv| (g, mv)))
+            .collect(),
+    )
+}
+
+fn raft_transmit(to: CoreAddress, messages: &[(u64, raft::eraftpb::Message)]) -> Transmit {
+    let mut payload = Vec::new();
+    encode_batch(messages.iter().map(|(g, m)| (*g, m)), &mut payload);
+    Transmit::Raft { to, payload }
+}
