@@ -260,6 +260,12 @@ pub const METADATA_REASON_MAX_BYTES: usize = 4096;
 /// How often the migration executor takes each recorded replica move one step (each step
 /// is one leader view request, plus the action it decides).
 pub const MOVE_STEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// The migration executor gives up on one of its requests (a leader's view, a voter's
+/// durable commit index, a membership change) after this long and asks again at a later
+/// step: they are answered at once, so silence means a lost message or a node that is
+/// down, and a client's five seconds would stall a move by five seconds per lost message.
+/// Above twice the worst one-way delay the simulator draws (150 ms) plus a busy turn.
+pub const MOVE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub const CLIENT_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// A client's QUIC handshake with a node: one round trip on a LAN; a dead node's silence

@@ -12,6 +12,22 @@ fn value(v: &str) -> Option<Vec<u8>> {
     Some(v.as_bytes().to_vec())
 }
 
+/// The node of four that holds no replica of the group (three replicas).
+fn spare(s: &Scenario) -> u64 {
+    let replicas = s.replicas();
+    (1..=4)
+        .find(|n| !replicas.contains(n))
+        .expect("a spare node")
+}
+
+/// A node other than `not` that holds a replica.
+fn follower(s: &Scenario, not: u64) -> u64 {
+    s.replicas()
+        .into_iter()
+        .find(|n| *n != not)
+        .expect("another replica")
+}
+
 fn elected(s: &mut Scenario) -> u64 {
     assert!(
         s.run_until(10 * SECOND, |s| s.leader().is_some()),
@@ -114,9 +130,9 @@ fn a_replica_moves_to_a_spare_node_while_clients_write_and_keeps_every_write() {
     let leader = elected(&mut s);
     let before = s.put(leader, 0, "before-the-move");
     assert!(s.run_until(5 * SECOND, |s| s.result(before).is_some()));
-    assert!(!s.replicas().contains(&4), "node 4 starts as a spare");
+    let spare = spare(&s);
     // The leader's own replica moves: it must hand leadership over before it leaves.
-    s.move_replica(leader, 4);
+    s.move_replica(leader, spare);
     let during = s.put(leader, 1, "during-the-move");
     assert!(
         s.run_until(30 * SECOND, |s| !s.moving()),
@@ -129,13 +145,13 @@ fn a_replica_moves_to_a_spare_node_while_clients_write_and_keeps_every_write() {
     let replicas = s.replicas();
     assert_eq!(replicas.len(), 3, "{replicas:?}");
     assert!(
-        replicas.contains(&4) && !replicas.contains(&leader),
+        replicas.contains(&spare) && !replicas.contains(&leader),
         "{replicas:?}"
     );
     // The new replica holds everything: let it lead and read through it.
     elected(&mut s);
-    s.transfer_leader(4);
-    assert!(s.run_until(10 * SECOND, |s| s.leader() == Some(4)));
+    s.transfer_leader(spare);
+    assert!(s.run_until(10 * SECOND, |s| s.leader() == Some(spare)));
     assert_eq!(read_through_leader(&mut s, 0), value("before-the-move"));
     assert_eq!(read_through_leader(&mut s, 1), value("during-the-move"));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
@@ -149,7 +165,8 @@ fn a_node_whose_log_is_damaged_refuses_to_start_and_its_replica_is_replaced() {
         let w = s.put(leader, 0, &format!("v{i}"));
         assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
     }
-    let victim = (1..=3).find(|n| *n != leader).unwrap();
+    let victim = follower(&s, leader);
+    let spare = spare(&s);
     assert!(
         s.corrupt_disk(victim),
         "the follower's log holds synced records"
@@ -158,13 +175,14 @@ fn a_node_whose_log_is_damaged_refuses_to_start_and_its_replica_is_replaced() {
     s.restart(victim);
     assert!(s.failed(victim), "a damaged log is refused, never replayed");
     assert!(
-        s.run_until(30 * SECOND, |s| !s.moving() && s.replicas().contains(&4)),
+        s.run_until(30 * SECOND, |s| !s.moving()
+            && s.replicas().contains(&spare)),
         "the failed node's replica is replaced on the spare"
     );
     assert!(!s.replicas().contains(&victim));
     elected(&mut s);
-    s.transfer_leader(4);
-    assert!(s.run_until(10 * SECOND, |s| s.leader() == Some(4)));
+    s.transfer_leader(spare);
+    assert!(s.run_until(10 * SECOND, |s| s.leader() == Some(spare)));
     assert_eq!(read_through_leader(&mut s, 0), value("v4"));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
 }
@@ -176,9 +194,10 @@ fn a_leader_that_moves_away_while_a_voter_is_down_hands_over_to_a_live_one() {
     let w = s.put(old, 0, "x");
     assert!(s.run_until(5 * SECOND, |s| s.result(w).is_some()));
     // The hand-over must go to the voter the leader still hears from.
-    let dead = (1..=3).filter(|n| *n != old).min().unwrap();
+    let dead = follower(&s, old);
+    let spare = spare(&s);
     s.crash(dead);
-    s.move_replica(old, 4);
+    s.move_replica(old, spare);
     assert!(
         s.run_until(30 * SECOND, |s| s.leader().is_some_and(|l| l != old)),
         "leadership left the moving replica while a voter was down"
@@ -190,7 +209,7 @@ fn a_leader_that_moves_away_while_a_voter_is_down_hands_over_to_a_live_one() {
     );
     let replicas = s.replicas();
     assert!(
-        replicas.contains(&4) && !replicas.contains(&old),
+        replicas.contains(&spare) && !replicas.contains(&old),
         "{replicas:?}"
     );
     elected(&mut s);

@@ -27,7 +27,7 @@ use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PendingMove, PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::topology::NodeState;
-use crate::constants::MOVE_STEP_INTERVAL;
+use crate::constants::{MOVE_REQUEST_TIMEOUT, MOVE_STEP_INTERVAL};
 use crate::ids::{CoreAddress, GroupId, ReplicaId};
 use crate::replication::replica_move::{
     LeaderView, MoveAction, MoveContext, MoveOutcome, ReplicaMove,
@@ -41,11 +41,11 @@ enum Stage {
     Idle,
     /// Asked the group's leader for its view.
     View(Call),
-    /// Asked every remaining voter for its durable commit index.
+    /// Asked the remaining voters not yet known to be far enough for their durable commit
+    /// index.
     Durable {
         view: LeaderView,
         calls: Vec<(ReplicaId, Call)>,
-        known: BTreeMap<ReplicaId, u64>,
     },
     /// Admin requests under way; the next step waits for them.
     Acting(Vec<Call>),
@@ -57,6 +57,10 @@ struct Move {
     decide: ReplicaMove,
     abandon: bool,
     stage: Stage,
+    /// The highest durable commit index each voter reported. It never goes down (a
+    /// replica's durable hard state only advances), so an answer counts in later steps too
+    /// and a lost message costs one voter's answer, not the whole round.
+    durable: BTreeMap<ReplicaId, u64>,
 }
 
 /// A request the executor sends, through the node core's shell.
@@ -139,6 +143,7 @@ impl Mover {
                 decide: ReplicaMove::new(*group, pending.from, pending.to, pending.new),
                 abandon: pending.abandon,
                 stage: Stage::Idle,
+                durable: BTreeMap::new(),
             });
             m.abandon = pending.abandon;
         }
@@ -152,7 +157,7 @@ impl Mover {
             if idle && step_due {
                 let m = self.moves.get_mut(&group).expect("listed above");
                 let new = m.decide.new;
-                m.stage = Stage::View(Call::new(group, KvOp::View { new }, CallPolicy::default()));
+                m.stage = Stage::View(Call::new(group, KvOp::View { new }, move_policy()));
             }
             self.drive(now, group, store);
         }
@@ -251,54 +256,67 @@ impl Mover {
                 Stage::View(mut call) => {
                     match poll(&mut call, now, &mut self.routing, &mut self.sends) {
                         None => (Stage::View(call), false),
-                        // Durable knowledge matters once the old replica is out.
+                        // Durable knowledge matters once the old replica is out: ask the
+                        // voters not yet known to hold this commit index durably.
                         Some(Ok(KvReply::View(view)))
                             if !view.membership.joint && !view.membership.contains(from) =>
                         {
                             let placement = store.table().group(group);
+                            let known = &self.moves[&group].durable;
                             let calls = view
                                 .membership
                                 .voters
                                 .iter()
+                                .filter(|v| known.get(v).is_none_or(|k| *k < view.commit))
                                 .filter_map(|v| {
                                     let at = placement?.address_of(*v)?;
                                     let op = KvOp::DurableCommit;
-                                    Some((*v, Call::pinned(at, group, op, CallPolicy::default())))
+                                    Some((*v, Call::pinned(at, group, op, move_policy())))
                                 })
                                 .collect();
-                            let known = BTreeMap::new();
-                            (Stage::Durable { view, calls, known }, true)
+                            (Stage::Durable { view, calls }, true)
                         }
-                        Some(Ok(KvReply::View(view))) => (
-                            self.decide(now, group, &view, &BTreeMap::new(), store),
-                            false,
-                        ),
+                        Some(Ok(KvReply::View(view))) => {
+                            (self.decide(now, group, &view, store), false)
+                        }
                         Some(outcome) => {
                             debug!(group = group.0, ?outcome, "no leader view; retrying");
                             (Stage::Idle, false)
                         }
                     }
                 }
-                Stage::Durable {
-                    view,
-                    mut calls,
-                    mut known,
-                } => {
+                Stage::Durable { view, mut calls } => {
+                    let mut answers = Vec::new();
                     calls.retain_mut(|(voter, call)| {
                         match poll(call, now, &mut self.routing, &mut self.sends) {
                             None => true,
                             Some(Ok(KvReply::Index(index))) => {
-                                known.insert(*voter, index);
+                                answers.push((*voter, index));
                                 false
                             }
                             // Unanswered: counts as not knowing.
-                            Some(_) => false,
+                            Some(outcome) => {
+                                debug!(
+                                    group = group.0,
+                                    ?now,
+                                    voter = voter.0,
+                                    ?outcome,
+                                    "no durable commit index"
+                                );
+                                false
+                            }
                         }
                     });
+                    if let Some(m) = self.moves.get_mut(&group) {
+                        for (voter, index) in answers {
+                            let known = m.durable.entry(voter).or_insert(0);
+                            *known = (*known).max(index);
+                        }
+                    }
                     if calls.is_empty() {
-                        (self.decide(now, group, &view, &known, store), false)
+                        (self.decide(now, group, &view, store), false)
                     } else {
-                        (Stage::Durable { view, calls, known }, false)
+                        (Stage::Durable { view, calls }, false)
                     }
                 }
                 Stage::Acting(mut calls) => {
@@ -328,7 +346,6 @@ impl Mover {
         now: Time,
         group: GroupId,
         view: &LeaderView,
-        durable: &BTreeMap<ReplicaId, u64>,
         store: &MetadataStore,
     ) -> Stage {
         let topology = store.topology();
@@ -352,12 +369,13 @@ impl Mover {
             return Stage::Idle;
         };
         let known = Known {
-            durable,
+            durable: &m.durable,
             abandon: m.abandon,
             target_gone: decommissioned(m.decide.to.node),
             gone: &gone,
         };
         let (actions, outcome) = m.decide.next(view, &known);
+        debug!(group = group.0, ?now, ?view, durable = ?m.durable, ?actions, ?outcome, "replica move decided");
         let new = m.decide.new;
         self.steps += 1;
         let mut calls = Vec::new();
@@ -371,7 +389,7 @@ impl Mover {
             };
             debug!(group = group.0, ?op, "replica move step");
             // The answer only says the request was taken; later views show its effect.
-            let mut call = Call::new(group, op, CallPolicy::default());
+            let mut call = Call::new(group, op, move_policy());
             if poll(&mut call, now, &mut self.routing, &mut self.sends).is_none() {
                 calls.push(call);
             }
@@ -387,6 +405,16 @@ impl Mover {
         } else {
             Stage::Acting(calls)
         }
+    }
+}
+
+/// How the executor's requests behave: a leader answers them at once, so one unanswered
+/// for `MOVE_REQUEST_TIMEOUT` is given up and asked again at a later step, rather than
+/// waited on as long as a client's write.
+fn move_policy() -> CallPolicy {
+    CallPolicy {
+        request_timeout: MOVE_REQUEST_TIMEOUT,
+        ..CallPolicy::default()
     }
 }
 

@@ -300,6 +300,11 @@ struct Group<S> {
     /// Bytes of entries appended to the log since its last compaction (approximate: entry
     /// data plus a fixed overhead each), for the compaction rule.
     log_bytes: u64,
+    /// Proposals made here and not yet applied: index → (term, token). An entry applied
+    /// at that index with that term is ours; anything else there means ours was lost. The
+    /// token alone would not do: a core that restarted hands out tokens from 1 again, and
+    /// an entry its earlier incarnation proposed may apply after the restart.
+    proposed: BTreeMap<u64, (u64, ProposalToken)>,
 }
 
 /// A group's part of the batch being made durable: its ready number, and the commit index
@@ -506,6 +511,7 @@ impl<S: StateMachine> RaftHost<S> {
             snapshot_to_persist: None,
             durable_commit,
             log_bytes,
+            proposed: BTreeMap::new(),
         };
         self.groups.insert(group, g);
         Ok(())
@@ -587,6 +593,24 @@ impl<S: StateMachine> RaftHost<S> {
     /// every voter durably knows the configuration that excludes it).
     pub fn durable_commit(&self, group: GroupId) -> Option<u64> {
         self.groups.get(&group).map(|g| g.durable_commit)
+    }
+
+    /// A one-line summary of this replica of `group` for debugging: role, term, leader,
+    /// commit and applied indexes, last log index, configuration.
+    pub fn describe(&self, group: GroupId) -> Option<String> {
+        let g = self.groups.get(&group)?;
+        let raft = &g.raw.raft;
+        Some(format!(
+            "replica {} {:?} term {} leader {} commit {} applied {} last {} conf {:?}",
+            raft.id,
+            raft.state,
+            raft.term,
+            raft.leader_id,
+            raft.raft_log.committed,
+            raft.raft_log.applied,
+            raft.raft_log.last_index(),
+            raft.prs().conf().to_conf_state()
+        ))
     }
 
     /// The current term of `group` here.
@@ -695,7 +719,9 @@ impl<S: StateMachine> RaftHost<S> {
         refuse_while_handing_over(g, group)?;
         g.raw
             .propose(proposal_context(local, token), command)
-            .map_err(|e| HostError::Raft(e.to_string()))
+            .map_err(|e| HostError::Raft(e.to_string()))?;
+        note_proposal(g, token);
+        Ok(())
     }
 
     /// Proposes a membership change; several changes at once go through joint consensus
@@ -728,7 +754,9 @@ impl<S: StateMachine> RaftHost<S> {
             .into();
         g.raw
             .propose_conf_change(proposal_context(local, token), cc)
-            .map_err(|e| HostError::Raft(e.to_string()))
+            .map_err(|e| HostError::Raft(e.to_string()))?;
+        note_proposal(g, token);
+        Ok(())
     }
 
     /// Asks the leader of `group` to hand leadership to `to` (which must be an up-to-date
@@ -1021,7 +1049,7 @@ fn apply_conf_change<S: StateMachine>(
         }
         Err(e) => tracing::warn!(group = group.0, error = %e, "configuration change refused"),
     }
-    report_applied(events, local, group, entry, Vec::new());
+    report_applied(events, local, group, g, entry, Vec::new());
 }
 
 /// A leader that applied a configuration without itself must stop leading: raft-rs keeps
@@ -1079,17 +1107,28 @@ fn send_handover<S>(g: &mut Group<S>) {
     g.handover = Some((to, term, left - 1));
 }
 
+/// Remembers the entry a proposal just appended: the log's last, in the current term.
+fn note_proposal<S>(g: &mut Group<S>, token: ProposalToken) {
+    let index = g.raw.raft.raft_log.last_index();
+    g.proposed.insert(index, (g.raw.raft.term, token));
+}
+
 /// Tells the owner that an entry proposed here was applied, with the state machine's answer
-/// (entries proposed elsewhere are answered there).
-fn report_applied(
+/// (entries proposed elsewhere are answered there). Proposals at or before the entry's
+/// index that are not it were lost: they are forgotten.
+fn report_applied<S>(
     events: &mut VecDeque<HostEvent>,
     local: CoreAddress,
     group: GroupId,
+    g: &mut Group<S>,
     entry: &Entry,
     response: Vec<u8>,
 ) {
+    let ours = g.proposed.remove(&entry.index);
+    g.proposed = g.proposed.split_off(&(entry.index + 1));
     if let Some((proposer, token)) = parse_context(&entry.context)
         && proposer == local
+        && ours == Some((entry.term, token))
     {
         events.push_back(HostEvent::Applied {
             group,
@@ -1137,7 +1176,7 @@ fn apply_committed<S: StateMachine>(
             continue;
         }
         let response = g.state_machine.apply(entry.index, &entry.data);
-        report_applied(events, local, group, &entry, response);
+        report_applied(events, local, group, g, &entry, response);
     }
     if let Some(index) = last {
         g.raw.advance_apply_to(index);

@@ -1,0 +1,222 @@
+//! The simulated operator: what a rebalancer and an on-call engineer do to a cluster,
+//! through the requests they would send — leader transfers at random, replica moves at
+//! random, and, when a node's disk fails, marking the node decommissioned and moving its
+//! replicas elsewhere. Every chore is a client [`Call`] over the simulated network; the
+//! nodes' own migration executor carries the moves out.
+
+use crate::client::call::{Call, CallError, CallPolicy, CallStep, Failure};
+use crate::client::routing::Routing;
+use crate::cluster::metadata::MetadataCommand;
+use crate::cluster::placement::PlacementTable;
+use crate::cluster::topology::NodeState;
+use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
+use crate::sim::network::Endpoint;
+use crate::time::Time;
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
+
+/// What a chore is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chore {
+    /// Hand a group's leadership to another voter.
+    Transfer,
+    /// Start moving one of a group's replicas.
+    Move(GroupId),
+    /// Mark a node whose disk failed as gone for good.
+    Decommission(NodeId),
+}
+
+/// A chore that is over, with its outcome.
+pub type ChoreDone = (Chore, Result<KvReply, CallError>);
+
+/// The operator's chores under way.
+pub struct Operator {
+    pub routing: Routing,
+    tasks: Vec<(Chore, Call)>,
+}
+
+impl Operator {
+    pub fn new(routing: Routing) -> Operator {
+        Operator {
+            routing,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// How the operator's calls behave: like a client's.
+    pub fn policy() -> CallPolicy {
+        crate::sim::clients::client_policy()
+    }
+
+    pub fn start(&mut self, chore: Chore, call: Call) {
+        self.tasks.push((chore, call));
+    }
+
+    /// Whether a chore like `chore` is under way.
+    pub fn busy(&self, chore: Chore) -> bool {
+        self.tasks.iter().any(|(c, _)| *c == chore)
+    }
+
+    /// Takes every chore as far as it goes: the requests to send, and the chores that are
+    /// over with their outcome.
+    pub fn poll(&mut self, now: Time) -> (Vec<(CoreAddress, KvRequest)>, Vec<ChoreDone>) {
+        let (mut sends, mut done) = (Vec::new(), Vec::new());
+        let routing = &mut self.routing;
+        self.tasks.retain_mut(|(chore, call)| {
+            loop {
+                match call.poll(now, routing) {
+                    CallStep::Send { target, request } => sends.push((target, request)),
+                    CallStep::Wait(_) => return true,
+                    CallStep::Done(outcome) => {
+                        done.push((*chore, outcome));
+                        return false;
+                    }
+                }
+            }
+        });
+        (sends, done)
+    }
+
+    /// An answer for one of the chores' requests.
+    pub fn on_reply(&mut self, now: Time, frame: KvResponseFrame) {
+        for (_, call) in &mut self.tasks {
+            if call.awaiting().is_some_and(|(id, _)| id == frame.id) {
+                call.handle_reply(now, &mut self.routing, frame.id, frame.reply);
+                return;
+            }
+        }
+    }
+
+    /// Request `id` could not be sent (its node refused the connection).
+    pub fn on_refused(&mut self, now: Time, id: u64, failure: Failure) {
+        for (_, call) in &mut self.tasks {
+            if call.awaiting().is_some_and(|(awaited, _)| awaited == id) {
+                call.handle_failure(now, &mut self.routing, id, failure);
+                return;
+            }
+        }
+    }
+}
+
+impl crate::sim::Sim {
+    /// The operator's turn: a node whose disk failed is decommissioned and its replicas
+    /// moved elsewhere; with faults on, leadership and replicas move at random too.
+    pub(super) fn operate(&mut self, faults: bool) {
+        let now = self.now();
+        if let Some(store) = self.metadata() {
+            let table = store.table().clone();
+            // A node leaves through its lifecycle: drained, then decommissioned.
+            let next_state: Vec<(NodeId, NodeState)> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.failed)
+                .filter_map(|(id, _)| match store.topology().node(*id)?.state {
+                    NodeState::Joining | NodeState::Active => Some((*id, NodeState::Draining)),
+                    NodeState::Draining => Some((*id, NodeState::Decommissioned)),
+                    NodeState::Decommissioned => None,
+                })
+                .collect();
+            let failed: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.failed)
+                .map(|(id, _)| *id)
+                .collect();
+            for (node, state) in next_state {
+                let chore = Chore::Decommission(node);
+                if !self.operator.busy(chore) {
+                    let command = MetadataCommand::SetNodeState { node, state };
+                    self.operator.start(chore, metadata_call(command));
+                }
+            }
+            for (group, p) in table.groups() {
+                let lost = p.replicas.iter().find(|r| failed.contains(&r.at.node));
+                if let Some(lost) = lost
+                    && p.moving.is_none()
+                    && !self.operator.busy(Chore::Move(group))
+                    && let Some(to) = self.draw_target(&table, group, lost.id)
+                {
+                    let command = MetadataCommand::StartMove {
+                        group,
+                        from: lost.id,
+                        to,
+                    };
+                    self.operator
+                        .start(Chore::Move(group), metadata_call(command));
+                }
+            }
+            if faults && self.rng.next_f64() < self.faults.move_per_step {
+                let group = GroupId(1 + self.rng.below(u64::from(self.o.groups)));
+                if let Some(p) = table.group(group)
+                    && p.moving.is_none()
+                    && !self.operator.busy(Chore::Move(group))
+                {
+                    let from = p.replicas[self.rng.below(p.replicas.len() as u64) as usize].id;
+                    if let Some(to) = self.draw_target(&table, group, from) {
+                        let command = MetadataCommand::StartMove { group, from, to };
+                        self.operator
+                            .start(Chore::Move(group), metadata_call(command));
+                        self.record(17, group.0);
+                    }
+                }
+            }
+        }
+        if faults && self.rng.next_f64() < self.faults.transfer_per_step {
+            // Leadership moves (as the rebalancer would move it) while faults go on.
+            let group = GroupId(1 + self.rng.below(u64::from(self.o.groups)));
+            let pick = self.rng.next_u64();
+            let voters = self
+                .leader_of(group)
+                .and_then(|(at, _)| Some((at, self.core(at)?.host().membership(group)?.voters)));
+            if let Some((at, voters)) = voters
+                && !voters.is_empty()
+            {
+                let to = voters[(pick % voters.len() as u64) as usize];
+                let op = KvOp::TransferLeader { to };
+                let call = Call::pinned(at, group, op, Operator::policy());
+                self.operator.start(Chore::Transfer, call);
+                self.record(13, to.0);
+            }
+        }
+        let (sends, done) = self.operator.poll(now);
+        for (target, request) in sends {
+            self.send_request(Endpoint::Operator, target, request);
+        }
+        for (chore, outcome) in done {
+            tracing::debug!(step = self.step, ?chore, ?outcome, "operator chore done");
+        }
+    }
+
+    /// A random core to move `group`'s replica `from` to: not on a failed node, not on a
+    /// node holding another replica of the group (another core of `from`'s node is fine).
+    fn draw_target(
+        &mut self,
+        table: &PlacementTable,
+        group: GroupId,
+        from: ReplicaId,
+    ) -> Option<CoreAddress> {
+        let p = table.group(group)?;
+        let from_at = p.address_of(from)?;
+        for _ in 0..8 {
+            let to = CoreAddress::new(
+                NodeId(1 + self.rng.below(self.o.nodes)),
+                CoreId(self.rng.below(u64::from(self.o.cores)) as u16),
+            );
+            let taken = p
+                .replicas
+                .iter()
+                .any(|r| r.at.node == to.node && (r.id != from || from_at.core == to.core));
+            if !taken && !self.nodes[&to.node].failed {
+                return Some(to);
+            }
+        }
+        None
+    }
+}
+
+/// A call that proposes `command` to the metadata group.
+fn metadata_call(command: MetadataCommand) -> Call {
+    let op = KvOp::Write {
+        command: command.encode(),
+    };
+    Call::new(GroupId::METADATA, op, Operator::policy())
+}

@@ -1,0 +1,232 @@
+//! Scripted runs for scenario tests: no random faults; the test cuts, isolates, crashes
+//! and heals, and issues operations itself, in the simulator's vocabulary
+//! (`tests/sim_scenarios.rs` reads like a specification).
+
+use std::time::Duration;
+
+use crate::client::call::Call;
+use crate::client::routing::Routing;
+use crate::cluster::metadata::MetadataCommand;
+use crate::ids::{CoreAddress, CoreId, GroupId, NodeId};
+use crate::sim::clients::{OpKind, SimClient};
+use crate::sim::faults::Faults;
+use crate::sim::linearizability::RegisterOp;
+use crate::sim::operator::{Chore, Operator};
+use crate::sim::{STEP, Sim, SimOptions};
+use crate::wire::kv_rpc::KvOp;
+
+/// A scripted run: one group, one core per node.
+pub struct Scenario {
+    sim: Sim,
+}
+
+/// An operation issued by a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpHandle(u64);
+
+/// The group every scenario runs.
+const GROUP: GroupId = GroupId(1);
+
+impl Scenario {
+    /// `nodes` nodes hosting one group, a perfect network and instant fsyncs until told
+    /// otherwise.
+    pub fn new(nodes: u64) -> Scenario {
+        Scenario::with_replicas(nodes, nodes as u16)
+    }
+
+    /// Like [`Scenario::new`], with the group's `replicas` on some of the nodes and the
+    /// rest spare (somewhere to move to).
+    pub fn with_replicas(nodes: u64, replicas: u16) -> Scenario {
+        let options = SimOptions {
+            nodes,
+            cores: 1,
+            replicas,
+            groups: 1,
+            clients: 0,
+            keys: 1,
+            ..SimOptions::new(0)
+        };
+        let mut sim = Sim::new(&options);
+        sim.scripted = true;
+        sim.faults = Faults::none();
+        Scenario { sim }
+    }
+
+    /// Runs for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let steps = (duration.as_nanos() / STEP.as_nanos()) as u64;
+        for _ in 0..steps {
+            self.sim.step_quietly();
+        }
+    }
+
+    /// Runs until `done` holds, for at most `limit` of virtual time; returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Scenario) -> bool) -> bool {
+        let steps = (limit.as_nanos() / STEP.as_nanos()) as u64;
+        for _ in 0..steps {
+            if done(self) {
+                return true;
+            }
+            self.sim.step_quietly();
+        }
+        done(self)
+    }
+
+    /// The node whose replica leads, if one does (and runs).
+    pub fn leader(&self) -> Option<u64> {
+        self.sim.leader_of(GROUP).map(|(at, _)| at.node.0)
+    }
+
+    /// Cuts every link to and from `node`.
+    pub fn isolate(&mut self, node: u64) {
+        for other in (1..=self.sim.o.nodes).filter(|o| *o != node) {
+            self.sim.network.cut(NodeId(node), NodeId(other));
+            self.sim.network.cut(NodeId(other), NodeId(node));
+        }
+    }
+
+    /// Cuts the link from `from` to `to` only (an asymmetric partition).
+    pub fn cut(&mut self, from: u64, to: u64) {
+        self.sim.network.cut(NodeId(from), NodeId(to));
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        self.sim.network.heal();
+    }
+
+    /// Makes every fsync take `duration`: writes stay unsynced that long.
+    pub fn slow_fsync(&mut self, duration: Duration) {
+        self.sim.faults.max_fsync_steps = (duration.as_nanos() / STEP.as_nanos()) as u64;
+    }
+
+    /// Crashes `node`, losing its unsynced writes; it stays down until `restart`.
+    pub fn crash(&mut self, node: u64) {
+        self.sim.crash(NodeId(node), None);
+    }
+
+    pub fn restart(&mut self, node: u64) {
+        self.sim.start(NodeId(node));
+    }
+
+    /// Asks the current leader to hand leadership to the replica on `node` (an admin
+    /// request, as the rebalancer sends).
+    pub fn transfer_leader(&mut self, node: u64) {
+        let Some((leader, _)) = self.sim.leader_of(GROUP) else {
+            return;
+        };
+        let Some(to) = self
+            .placement()
+            .into_iter()
+            .find(|(_, at)| at.node == NodeId(node))
+            .map(|(r, _)| r)
+        else {
+            return;
+        };
+        let op = KvOp::TransferLeader { to };
+        let call = Call::pinned(leader, GROUP, op, Operator::policy());
+        self.sim.operator.start(Chore::Transfer, call);
+    }
+
+    fn issue(&mut self, node: u64, key: u64, kind: OpKind, value: &str) -> OpHandle {
+        let routing = Routing::new(&self.sim.spec).expect("a valid spec");
+        let at = CoreAddress::new(NodeId(node), CoreId(0));
+        self.sim.clients.push(SimClient::new(routing, Some(at)));
+        let c = self.sim.clients.len() - 1;
+        OpHandle(self.sim.issue_op(c, key, kind, value.as_bytes().to_vec()))
+    }
+
+    /// A client writes `value` to `key` through `node` (which must lead to accept it).
+    pub fn put(&mut self, node: u64, key: u64, value: &str) -> OpHandle {
+        self.issue(node, key, OpKind::Put, value)
+    }
+
+    /// A client reads `key` through `node` (ReadIndex at the leader).
+    pub fn get(&mut self, node: u64, key: u64) -> OpHandle {
+        self.issue(node, key, OpKind::Get, "")
+    }
+
+    /// The result of an operation, once it completed.
+    pub fn result(&self, op: OpHandle) -> Option<&RegisterOp> {
+        self.sim.results.get(&op.0)
+    }
+
+    /// Whether `op` is still waiting (not completed, not given up).
+    pub fn pending(&self, op: OpHandle) -> bool {
+        self.sim.clients.iter().any(|c| c.running(op.0))
+    }
+
+    /// The group's replicas per the placement table (the spec's initial placement until the
+    /// metadata group recorded one).
+    fn placement(&self) -> Vec<(crate::ids::ReplicaId, CoreAddress)> {
+        let recorded = self.sim.metadata().map(|m| m.table().clone());
+        let table =
+            recorded.unwrap_or_else(|| self.sim.spec.initial_table().expect("a valid spec"));
+        table
+            .group(GROUP)
+            .map(|p| p.replicas.iter().map(|r| (r.id, r.at)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The nodes holding a replica of the group (voter or learner), per the placement table.
+    pub fn replicas(&self) -> Vec<u64> {
+        self.placement().iter().map(|(_, at)| at.node.0).collect()
+    }
+
+    /// Starts moving the replica on node `from` to node `to` (an operator's `start_move`,
+    /// carried out by the metadata leader's migration executor): a learner there, caught
+    /// up, then promoted while `from` is removed in one joint change.
+    pub fn move_replica(&mut self, from: u64, to: u64) {
+        assert!(
+            self.run_until(Duration::from_secs(10), |s| s.sim.metadata().is_some()),
+            "the metadata group records the placement within 10 s"
+        );
+        let replica = self
+            .placement()
+            .into_iter()
+            .find(|(_, at)| at.node == NodeId(from))
+            .map(|(r, _)| r)
+            .expect("a replica on the source node");
+        let command = MetadataCommand::StartMove {
+            group: GROUP,
+            from: replica,
+            to: CoreAddress::new(NodeId(to), CoreId(0)),
+        };
+        let op = KvOp::Write {
+            command: command.encode(),
+        };
+        let call = Call::new(GroupId::METADATA, op, Operator::policy());
+        self.sim.operator.start(Chore::Move(GROUP), call);
+    }
+
+    /// Whether a replica move is asked for or under way.
+    pub fn moving(&self) -> bool {
+        self.sim.operator.busy(Chore::Move(GROUP))
+            || self
+                .sim
+                .metadata()
+                .and_then(|m| m.table().group(GROUP))
+                .is_some_and(|p| p.moving.is_some())
+    }
+
+    /// Damages synced data in `node`'s log (a bit flip in a record that has another after
+    /// it). Returns false if the log holds too little to damage that way.
+    pub fn corrupt_disk(&mut self, node: u64) -> bool {
+        let n = self.sim.nodes.get_mut(&NodeId(node)).expect("known node");
+        let done = n.cores[0].disk.corrupt(&mut self.sim.rng);
+        n.corrupted |= done;
+        done
+    }
+
+    /// Whether `node` refused to start on a damaged log (it then stays down; the operator
+    /// decommissions it and its replica is replaced on another node).
+    pub fn failed(&self, node: u64) -> bool {
+        self.sim.nodes[&NodeId(node)].failed
+    }
+
+    /// Every checker's complaints so far (linearizability, leaders per term, convergence).
+    pub fn violations(&mut self) -> Vec<String> {
+        self.sim.check();
+        self.sim.report.violations.clone()
+    }
+}
