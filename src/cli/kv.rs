@@ -1,0 +1,128 @@
+//! `nodedb-cluster kv`: put, get or delete a key in a running cluster; show its placement
+//! table; move a replica or give a move up.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use nodedb_cluster::ids::{CoreAddress, CoreId, GroupId, NodeId};
+use nodedb_cluster::runtime::client::KvClient;
+use nodedb_cluster::runtime::config::LoadedConfig;
+use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommandArg {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print KEY's value (linearizable read).
+    Get { key: String },
+    /// Delete KEY.
+    Del { key: String },
+    /// Print the placement table: its epoch and each group's replicas (id@node/core).
+    Placement,
+    /// Move GROUP's replica on node FROM to core CORE of node NODE (`--to NODE:CORE`). The
+    /// move is recorded in the placement table and carried out by the metadata leader;
+    /// `placement` shows when it is done.
+    Move {
+        #[arg(long)]
+        group: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long, value_parser = parse_core_address)]
+        to: CoreAddress,
+    },
+    /// Give up GROUP's move (its target node is gone for good): the new replica is taken
+    /// out again, unless the old one already left.
+    AbandonMove {
+        #[arg(long)]
+        group: u64,
+    },
+}
+
+/// `NODE:CORE`, e.g. `4:1`.
+fn parse_core_address(text: &str) -> Result<CoreAddress, String> {
+    let (node, core) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NODE:CORE"))?;
+    Ok(CoreAddress {
+        node: NodeId(node.parse().map_err(|e| format!("node {node:?}: {e}"))?),
+        core: CoreId(core.parse().map_err(|e| format!("core {core:?}: {e}"))?),
+    })
+}
+
+/// Runs one `kv` operation against the cluster `path` describes.
+pub fn run(path: &Path, op: KvCommandArg) -> ExitCode {
+    let config = match LoadedConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = spawn_executor("kv-client", CorePlacement::Unbound, move || async move {
+        let client = KvClient::new(config.spec.clone(), config.tls.clone(), config.mtu)
+            .map_err(|e| e.to_string())?;
+        let result = match op {
+            KvCommandArg::Put { key, value } => client
+                .put(key.as_bytes(), value.as_bytes())
+                .await
+                .map(|()| "OK".to_owned()),
+            KvCommandArg::Get { key } => client.get(key.as_bytes()).await.map(|v| {
+                v.map_or_else(
+                    || "(not found)".to_owned(),
+                    |v| String::from_utf8_lossy(&v).into_owned(),
+                )
+            }),
+            KvCommandArg::Del { key } => client
+                .delete(key.as_bytes())
+                .await
+                .map(|existed| if existed { "deleted" } else { "(not found)" }.to_owned()),
+            KvCommandArg::Placement => match (client.routing().await, client.moves().await) {
+                (Ok((epoch, groups)), Ok(moves)) => {
+                    let mut text = format!("epoch {epoch}");
+                    for (group, replicas) in groups {
+                        text.push_str(&format!("\ngroup {}:", group.0));
+                        for (replica, at) in replicas {
+                            text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
+                        }
+                        if let Some((_, m)) = moves.iter().find(|(g, _)| *g == group) {
+                            text.push_str(&format!(
+                                " (moving {} to {}@{}/{}{})",
+                                m.from.0,
+                                m.new.0,
+                                m.to.node.0,
+                                m.to.core.0,
+                                if m.abandon { ", abandoning" } else { "" }
+                            ));
+                        }
+                    }
+                    Ok(text)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            },
+            KvCommandArg::Move { group, from, to } => client
+                .move_replica(GroupId(group), NodeId(from), to)
+                .await
+                .map(|()| "move recorded".to_owned()),
+            KvCommandArg::AbandonMove { group } => client
+                .abandon_move(GroupId(group))
+                .await
+                .map(|()| "abandon recorded".to_owned()),
+        };
+        client.shutdown().await;
+        result.map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|h| h.join().map_err(|e| e.to_string()))
+    .and_then(|r| r);
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
