@@ -1,6 +1,7 @@
-//! `nodedb-perf`: load and comparison tools for nodedb-cluster; each prints one JSON object.
+//! `nodedb-perf`: load and comparison tools for nodedb-cluster; each prints one JSON object
+//! (indented, or one line with `--json`); `--help` on any tool lists its options.
 //!
-//! `quic [--bytes 256MiB] [--runs 5] [--mtu 1452] [--json]` measures bulk QUIC throughput:
+//! `quic [--bytes 256MiB] [--runs 5] [--mtu 1452]` measures bulk QUIC throughput:
 //! ours with and without GSO/GRO, stock quinn on tokio, and TCP, in one run (see `quic.rs`).
 //!
 //! `rpc [--requests 20000] [--concurrency 1,16] [--payload 128]` measures small request/
@@ -18,9 +19,8 @@
 //!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
-//! whether the balancer targets were met, with a summary line. Later issues add transport,
-//! Raft and migration tools here (stock quinn, tokio and friends are dependencies of this
-//! crate only, never of the main one).
+//! whether the balancer targets were met, with a summary line. Stock quinn, tokio and friends
+//! are dependencies of this crate only, never of the main one.
 
 mod migrate;
 mod quic;
@@ -28,9 +28,11 @@ mod raft;
 mod rpc;
 mod wal;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, Scenario};
 
 const SIZES: [(usize, u16, u32); 6] = [
@@ -42,55 +44,148 @@ const SIZES: [(usize, u16, u32); 6] = [
     (16, 8, 16_384),
 ];
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodedb-perf",
+    about = "Load and comparison tools for nodedb-cluster; each prints one JSON object"
+)]
+struct Cli {
+    #[command(subcommand)]
+    tool: Tool,
+    /// Print the result as one line of JSON (default: indented JSON).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Bulk QUIC throughput of one connection: ours with and without GSO/GRO, stock quinn
+    /// on tokio, and TCP, interleaved.
+    Quic {
+        /// Bytes per run (units: B, KiB, MiB, GiB, KB, MB, GB).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        bytes: u64,
+        /// Runs of each contender (medians reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Datagram size, fixed for every QUIC contender.
+        #[arg(long, default_value_t = 1452, value_parser = clap::value_parser!(u16).range(1200..=65527))]
+        mtu: u16,
+    },
+    /// Small request/response rate and latency percentiles over our QUIC endpoint.
+    Rpc {
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+        requests: u64,
+        /// Concurrent callers; a comma-separated list runs each in turn.
+        #[arg(long, value_delimiter = ',', default_value = "1,16", value_parser = positive)]
+        concurrency: Vec<usize>,
+        /// Payload bytes per request.
+        #[arg(long, default_value_t = 128)]
+        payload: usize,
+    },
+    /// Write-ahead log appends per second with group commit against one fsync per group.
+    Wal {
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        groups: u64,
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
+        #[arg(long, default_value_t = 256)]
+        payload: usize,
+        /// Where the log goes; must support O_DIRECT (not tmpfs).
+        #[arg(long, default_value = "target/perf-wal")]
+        dir: PathBuf,
+    },
+    /// Commit throughput and latency of a 3-replica group over QUIC with fsync, against
+    /// raft-rs in memory.
+    Raft {
+        #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+        seconds: f64,
+        /// Closed-loop writers; a comma-separated list runs each in turn.
+        #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = positive)]
+        concurrency: Vec<usize>,
+    },
+    /// Moves a replica of a loaded vShard to another node while a writer runs: the move's
+    /// time and throughput, and the writer's latency before and during it.
+    Migrate {
+        /// MiB loaded into the vShard (a vShard holds at most 1 GiB).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        mib: u64,
+        /// Where the nodes' logs go; must support O_DIRECT (not tmpfs).
+        #[arg(long, default_value = "target/perf-migrate")]
+        dir: PathBuf,
+    },
+    /// The balancer harness over every scenario and six cluster sizes (3×1×256 up to
+    /// 16×8×16384), with whether the balancer targets were met.
+    BalanceMatrix {
+        /// Seeds per case.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        seeds: u64,
+    },
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a positive integer")),
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("quic") => match QuicArgs::parse(&args[1..]) {
-            Ok(quic_args) => quic_bench(&quic_args),
-            Err(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(2)
+    let cli = Cli::parse();
+    let result = match cli.tool {
+        Tool::Quic { bytes, runs, mtu } => quic_bench(bytes, runs as usize, mtu, cli.json),
+        Tool::Rpc {
+            requests,
+            concurrency,
+            payload,
+        } => rpc_bench(requests, &concurrency, payload),
+        Tool::Wal {
+            groups,
+            rounds,
+            payload,
+            dir,
+        } => wal_bench(dir, groups, rounds, payload),
+        Tool::Raft {
+            seconds,
+            concurrency,
+        } => raft_bench(seconds, &concurrency),
+        Tool::Migrate { mib, dir } => migrate_bench(dir, mib),
+        Tool::BalanceMatrix { seeds } => balance_matrix(seeds),
+    };
+    match result {
+        Ok((value, passed)) => {
+            if cli.json {
+                println!("{value}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
             }
-        },
-        Some("rpc") => rpc_bench(&args[1..]),
-        Some("raft") => raft_bench(&args[1..]),
-        Some("wal") => wal_bench(&args[1..]),
-        Some("migrate") => migrate_bench(&args[1..]),
-        Some("balance-matrix") => match parse_seeds(&args[1..]) {
-            Ok(seeds) => balance_matrix(seeds),
-            Err(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(2)
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
-        },
-        _ => {
-            eprintln!("usage: nodedb-perf quic [--bytes 256MiB] [--runs N] [--mtu M] [--json]");
-            eprintln!("       nodedb-perf rpc [--requests N] [--concurrency C] [--payload BYTES]");
-            eprintln!(
-                "       nodedb-perf wal [--groups 64] [--rounds 200] [--payload 256] [--dir D]"
-            );
-            eprintln!("       nodedb-perf raft [--seconds 5] [--concurrency 1,32]");
-            eprintln!("       nodedb-perf migrate [--mib 64] [--dir D]");
-            eprintln!("       nodedb-perf balance-matrix [--seeds N]");
-            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn parse_seeds(args: &[String]) -> Result<u64, String> {
-    match args {
-        [] => Ok(3),
-        [flag, n] if flag == "--seeds" => match n.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("--seeds takes a positive integer, not {n:?}")),
-        },
-        _ => Err(format!(
-            "unexpected arguments {args:?}; usage: balance-matrix [--seeds N]"
-        )),
-    }
-}
+/// A tool's result: its JSON, and whether it passed (only the balance matrix can fail).
+type Outcome = Result<(serde_json::Value, bool), String>;
 
-fn balance_matrix(seeds: u64) -> ExitCode {
+fn balance_matrix(seeds: u64) -> Outcome {
     let origin = Instant::now();
     let mut cases = Vec::new();
     let mut failed = 0;
@@ -99,13 +194,8 @@ fn balance_matrix(seeds: u64) -> ExitCode {
             for seed in 1..=seeds {
                 let mut config = HarnessConfig::new(nodes, cores, vshards, scenario);
                 config.seed = seed;
-                let report = match harness::run(&config, &mut || origin.elapsed()) {
-                    Ok(report) => report,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
+                let report =
+                    harness::run(&config, &mut || origin.elapsed()).map_err(|e| e.to_string())?;
                 let violations = report.violations();
                 failed += usize::from(!violations.is_empty());
                 cases.push(serde_json::json!({
@@ -123,49 +213,7 @@ fn balance_matrix(seeds: u64) -> ExitCode {
         }
     }
     let summary = serde_json::json!({ "cases": cases.len(), "failed": failed, "results": cases });
-    println!("{summary}");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-struct QuicArgs {
-    bytes: u64,
-    runs: usize,
-    mtu: u16,
-    json: bool,
-}
-
-impl QuicArgs {
-    fn parse(args: &[String]) -> Result<QuicArgs, String> {
-        let mut parsed = QuicArgs {
-            bytes: 256 << 20,
-            runs: 5,
-            mtu: 1452,
-            json: false,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--bytes" => parsed.bytes = parse_size(value()?)?,
-                "--runs" => {
-                    parsed.runs = value()?
-                        .parse()
-                        .map_err(|_| "--runs takes a positive integer")?
-                }
-                "--mtu" => parsed.mtu = value()?.parse().map_err(|_| "--mtu takes 1200..=65527")?,
-                "--json" => parsed.json = true,
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        if parsed.runs == 0 || parsed.bytes == 0 || !(1200..=65_527).contains(&parsed.mtu) {
-            return Err("--runs and --bytes must be positive, --mtu within 1200..=65527".into());
-        }
-        Ok(parsed)
-    }
+    Ok((summary, failed == 0))
 }
 
 /// `256MiB`, `1GiB`, `1000000`, `64KiB`, `10MB`.
@@ -203,22 +251,22 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn quic_bench(args: &QuicArgs) -> ExitCode {
+fn quic_bench(bytes: u64, runs: usize, mtu: u16, quiet: bool) -> Outcome {
     let certs = quic::Certs::new();
     let names = ["ours", "ours_nogso", "quinn", "tcp"];
     let mut samples: Vec<Vec<quic::Sample>> = names.iter().map(|_| Vec::new()).collect();
     // Interleave the contenders so that machine noise spreads over all of them.
-    for run in 0..args.runs {
+    for run in 0..runs {
         for (i, name) in names.iter().enumerate() {
             let result = match *name {
-                "ours" => quic::ours(&certs, args.bytes, args.mtu, true),
-                "ours_nogso" => quic::ours(&certs, args.bytes, args.mtu, false),
-                "quinn" => quic::stock_quinn(&certs, args.bytes, args.mtu),
-                _ => quic::tcp(args.bytes),
+                "ours" => quic::ours(&certs, bytes, mtu, true),
+                "ours_nogso" => quic::ours(&certs, bytes, mtu, false),
+                "quinn" => quic::stock_quinn(&certs, bytes, mtu),
+                _ => quic::tcp(bytes),
             };
             match result {
                 Ok(s) => {
-                    if !args.json {
+                    if !quiet {
                         eprintln!(
                             "run {run} {name:>10}: {:8.1} MB/s {:6.2} cpu-s/GB",
                             s.mb_s, s.cpu_s_per_gb
@@ -226,17 +274,14 @@ fn quic_bench(args: &QuicArgs) -> ExitCode {
                     }
                     samples[i].push(s);
                 }
-                Err(e) => {
-                    eprintln!("error: {name} run {run}: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return Err(format!("{name} run {run}: {e}")),
             }
         }
     }
     let mut out = serde_json::Map::new();
-    out.insert("bytes".into(), args.bytes.into());
-    out.insert("runs".into(), args.runs.into());
-    out.insert("mtu".into(), args.mtu.into());
+    out.insert("bytes".into(), bytes.into());
+    out.insert("runs".into(), runs.into());
+    out.insert("mtu".into(), mtu.into());
     let mut medians = Vec::new();
     for (name, s) in names.iter().zip(&samples) {
         let mb_s = median(s.iter().map(|x| x.mb_s).collect());
@@ -251,201 +296,62 @@ fn quic_bench(args: &QuicArgs) -> ExitCode {
     }
     out.insert("ours_over_quinn".into(), (medians[0] / medians[2]).into());
     out.insert("ours_over_nogso".into(), (medians[0] / medians[1]).into());
-    let value = serde_json::Value::Object(out);
-    if args.json {
-        println!("{value}");
-    } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
-    }
-    ExitCode::SUCCESS
+    Ok((serde_json::Value::Object(out), true))
 }
 
-/// Applies `--flag value` pairs in order with `apply`, which returns false for an unknown
-/// flag or a value it cannot parse.
-fn flags(args: &[String], mut apply: impl FnMut(&str, &str) -> bool) -> Result<(), String> {
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        if !apply(flag, value) {
-            return Err(format!("bad argument {flag} {value}"));
-        }
-    }
-    Ok(())
-}
-
-/// Parses `value` into `slot`; false when it does not parse.
-fn set<T: std::str::FromStr>(slot: &mut T, value: &str) -> bool {
-    value.parse().map(|v| *slot = v).is_ok()
-}
-
-/// Parses a comma-separated list into `slot`; false when an item does not parse.
-fn set_list<T: std::str::FromStr>(slot: &mut Vec<T>, value: &str) -> bool {
-    value
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<Vec<T>, _>>()
-        .map(|v| *slot = v)
-        .is_ok()
-}
-
-fn usage(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
-}
-
-fn rpc_bench(args: &[String]) -> ExitCode {
-    let (mut requests, mut concurrency, mut payload) = (20_000u64, vec![1usize, 16], 128usize);
-    let parsed = flags(args, |flag, value| match flag {
-        "--requests" => set(&mut requests, value),
-        "--payload" => set(&mut payload, value),
-        "--concurrency" => set_list(&mut concurrency, value),
-        _ => false,
-    });
-    if let Err(e) = parsed {
-        return usage(&e);
-    }
-    if requests == 0 || concurrency.contains(&0) {
-        return usage("--requests and --concurrency must be positive");
-    }
+fn rpc_bench(requests: u64, concurrency: &[usize], payload: usize) -> Outcome {
     let mut rows = Vec::new();
-    for c in concurrency {
-        match rpc::run(requests, c, payload) {
-            Ok(r) => {
-                let h = &r.histogram;
-                rows.push(serde_json::json!({
-                    "concurrency": c, "requests": r.requests, "payload_bytes": payload,
-                    "requests_per_sec": r.requests as f64 / r.seconds,
-                    "p50_us": h.value_at_quantile(0.50), "p99_us": h.value_at_quantile(0.99),
-                    "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
-                }));
-            }
-            Err(e) => {
-                eprintln!("error: rpc with concurrency {c}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    for &c in concurrency {
+        let r =
+            rpc::run(requests, c, payload).map_err(|e| format!("rpc with concurrency {c}: {e}"))?;
+        let h = &r.histogram;
+        rows.push(serde_json::json!({
+            "concurrency": c, "requests": r.requests, "payload_bytes": payload,
+            "requests_per_sec": r.requests as f64 / r.seconds,
+            "p50_us": h.value_at_quantile(0.50), "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+        }));
     }
-    println!("{}", serde_json::json!({ "rpc": rows }));
-    ExitCode::SUCCESS
+    Ok((serde_json::json!({ "rpc": rows }), true))
 }
 
-fn migrate_bench(args: &[String]) -> ExitCode {
-    let mut mib = 64u64;
-    let mut dir = std::path::PathBuf::from("target/perf-migrate");
-    let parsed = flags(args, |flag, value| match flag {
-        "--mib" => set(&mut mib, value),
-        "--dir" => {
-            dir = std::path::PathBuf::from(value);
-            true
-        }
-        _ => false,
+fn migrate_bench(dir: PathBuf, mib: u64) -> Outcome {
+    let r = migrate::run(dir, mib)?;
+    let mb = r.vshard_bytes as f64 / 1e6;
+    let value = serde_json::json!({
+        "vshard_bytes": r.vshard_bytes,
+        "move_seconds": r.move_seconds,
+        "move_mb_per_sec": mb / r.move_seconds,
+        "baseline_write_p50_us": r.baseline_p50_us,
+        "baseline_write_p99_us": r.baseline_p99_us,
+        "baseline_writes": r.baseline_writes,
+        "during_write_p50_us": r.during_p50_us,
+        "during_write_p99_us": r.during_p99_us,
+        "during_writes": r.during_writes,
+        "during_over_baseline_p99": r.during_p99_us as f64 / r.baseline_p99_us.max(1) as f64,
     });
-    if let Err(e) = parsed {
-        return usage(&e);
-    }
-    if mib == 0 || mib > 1024 {
-        return usage("--mib must be within 1..=1024 (a vShard holds at most 1 GiB)");
-    }
-    match migrate::run(dir, mib) {
-        Ok(r) => {
-            let mb = r.vshard_bytes as f64 / 1e6;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "vshard_bytes": r.vshard_bytes,
-                    "move_seconds": r.move_seconds,
-                    "move_mb_per_sec": mb / r.move_seconds,
-                    "baseline_write_p50_us": r.baseline_p50_us,
-                    "baseline_write_p99_us": r.baseline_p99_us,
-                    "baseline_writes": r.baseline_writes,
-                    "during_write_p50_us": r.during_p50_us,
-                    "during_write_p99_us": r.during_p99_us,
-                    "during_writes": r.during_writes,
-                    "during_over_baseline_p99": r.during_p99_us as f64 / r.baseline_p99_us.max(1) as f64,
-                })
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok((value, true))
 }
 
-fn wal_bench(args: &[String]) -> ExitCode {
-    let (mut groups, mut rounds, mut payload) = (64u64, 200u64, 256usize);
-    let mut dir = std::path::PathBuf::from("target/perf-wal");
-    let parsed = flags(args, |flag, value| match flag {
-        "--groups" => set(&mut groups, value),
-        "--rounds" => set(&mut rounds, value),
-        "--payload" => set(&mut payload, value),
-        "--dir" => {
-            dir = std::path::PathBuf::from(value);
-            true
-        }
-        _ => false,
+fn wal_bench(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Outcome {
+    let r = wal::run(dir, groups, rounds, payload)?;
+    let value = serde_json::json!({
+        "groups": groups, "rounds": rounds, "payload_bytes": payload,
+        "group_commit_writes_per_sec": r.group_commit_writes_per_sec,
+        "per_group_fsync_writes_per_sec": r.per_group_writes_per_sec,
+        "group_commit_fsyncs": r.group_commit_fsyncs, "per_group_fsyncs": r.per_group_fsyncs,
+        "speedup": r.group_commit_writes_per_sec / r.per_group_writes_per_sec,
     });
-    if let Err(e) = parsed {
-        return usage(&e);
-    }
-    if groups == 0 || rounds == 0 {
-        return usage("--groups and --rounds must be positive");
-    }
-    match wal::run(dir, groups, rounds, payload) {
-        Ok(r) => {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "groups": groups, "rounds": rounds, "payload_bytes": payload,
-                    "group_commit_writes_per_sec": r.group_commit_writes_per_sec,
-                    "per_group_fsync_writes_per_sec": r.per_group_writes_per_sec,
-                    "group_commit_fsyncs": r.group_commit_fsyncs, "per_group_fsyncs": r.per_group_fsyncs,
-                    "speedup": r.group_commit_writes_per_sec / r.per_group_writes_per_sec,
-                })
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok((value, true))
 }
 
-fn raft_bench(args: &[String]) -> ExitCode {
-    let (mut seconds, mut concurrency) = (5.0f64, vec![1usize, 32]);
-    let parsed = flags(args, |flag, value| match flag {
-        "--seconds" => set(&mut seconds, value),
-        "--concurrency" => set_list(&mut concurrency, value),
-        _ => false,
-    });
-    if let Err(e) = parsed {
-        return usage(&e);
-    }
-    if !seconds.is_finite() || seconds <= 0.0 || concurrency.contains(&0) {
-        return usage("--seconds and --concurrency must be positive");
-    }
+fn raft_bench(seconds: f64, concurrency: &[usize]) -> Outcome {
     let mut rows = Vec::new();
-    for c in concurrency {
-        let ours = match raft::ours(c, seconds) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: ours with {c} writers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    for &c in concurrency {
+        let ours = raft::ours(c, seconds).map_err(|e| format!("ours with {c} writers: {e}"))?;
         let commits = ((ours.commits_per_sec * seconds) as u64).clamp(1_000, 200_000);
-        let ceiling = match raft::in_memory(c, commits) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: in-memory ceiling with {c} in flight: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let ceiling = raft::in_memory(c, commits)
+            .map_err(|e| format!("in-memory ceiling with {c} in flight: {e}"))?;
         rows.push(serde_json::json!({
             "concurrency": c,
             "ours_commits_per_sec": ours.commits_per_sec, "ours_p50_us": ours.p50_us,
@@ -455,6 +361,5 @@ fn raft_bench(args: &[String]) -> ExitCode {
             "ours_over_memory": ours.commits_per_sec / ceiling.commits_per_sec,
         }));
     }
-    println!("{}", serde_json::json!({ "raft_commit": rows }));
-    ExitCode::SUCCESS
+    Ok((serde_json::json!({ "raft_commit": rows }), true))
 }
