@@ -2,8 +2,9 @@
 //! move costs the writes that keep arriving meanwhile.
 //!
 //! Four nodes × one core over loopback QUIC with mTLS and write-ahead logs; one group with
-//! three replicas (nodes 1–3), loaded with `mib` MiB. A closed-loop writer measures write
-//! latency for a baseline window, then the group's replica on node 1 moves to node 4
+//! three replicas (on three of the nodes), loaded with `mib` MiB. A closed-loop writer
+//! measures write latency for a baseline window, then the group's first replica moves to
+//! the fourth node
 //! (`start_move`; the executor adds a learner, which catches up through a streamed snapshot,
 //! promotes it, hands leadership over if needed and retires the old replica) while the
 //! writer goes on. Reported: the move's wall time and the vShard bytes moved per second,
@@ -136,13 +137,21 @@ async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, Strin
             write_window(&client, Duration::from_secs(600), Some(moving)).await
         })
     };
+    // The group's first replica moves to the node that holds none.
+    let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
+    let replicas = &groups.iter().find(|(g, _)| *g == GROUP).ok_or("no group")?.1;
+    let source = replicas.first().ok_or("a group without replicas")?.1.node;
+    let spare = (1..=4)
+        .map(NodeId)
+        .find(|n| !replicas.iter().any(|(_, a)| a.node == *n))
+        .ok_or("no spare node")?;
     let started = Instant::now();
     let to = CoreAddress {
-        node: NodeId(4),
+        node: spare,
         core: CoreId(0),
     };
     client
-        .move_replica(GROUP, NodeId(1), to)
+        .move_replica(GROUP, source, to)
         .await
         .map_err(|e| format!("starting the move: {e}"))?;
     let deadline = started + Duration::from_secs(600);
@@ -153,7 +162,7 @@ async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, Strin
             .find(|(g, _)| *g == GROUP)
             .ok_or("no group")?
             .1;
-        if replicas.len() == 3 && !replicas.iter().any(|(_, a)| a.node == NodeId(1)) {
+        if replicas.len() == 3 && !replicas.iter().any(|(_, a)| a.node == source) {
             break;
         }
         if Instant::now() > deadline {
