@@ -669,3 +669,43 @@ fn a_large_state_is_not_snapshotted_every_thousand_small_entries() {
         "compacted once the log reached a quarter of the state"
     );
 }
+
+/// A core that restarts hands out proposal tokens from 1 again, and an entry its earlier
+/// incarnation proposed may commit after the restart. The host reports `Applied` only for
+/// proposals of this incarnation (matched by index and term, not token alone): otherwise
+/// a new request holding the same token would be answered with the old entry's outcome.
+#[test]
+fn an_entry_proposed_before_a_restart_is_not_reported_as_a_new_proposal() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let leader = c.leader().unwrap();
+    // The leader appends an entry nobody else receives, then crashes with it on disk.
+    c.isolated.insert(leader);
+    let stale = KvCommand::Put {
+        key: b"stale".to_vec(),
+        value: b"from-the-earlier-incarnation".to_vec(),
+    };
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .propose(GROUP, stale.encode(), ProposalToken(7))
+        .unwrap();
+    c.step();
+    c.crash(leader);
+    c.isolated.clear();
+    c.start(leader);
+    // Its log is the longest: it wins the next election and commits the entry.
+    c.hosts.get_mut(&leader).unwrap().campaign(GROUP).unwrap();
+    assert!(
+        c.run_until(50, |c| c.store(leader).get(b"stale").is_some()),
+        "the entry commits after the restart"
+    );
+    assert_eq!(c.leader(), Some(leader));
+    assert!(
+        !c.applied.contains_key(&7),
+        "the restarted host reported the old entry as its own new proposal"
+    );
+    // Its own new proposals are still reported.
+    assert!(c.put(8, "fresh", "now"));
+    assert!(c.run_until(50, |c| c.applied.contains_key(&8)));
+}

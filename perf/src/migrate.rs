@@ -139,7 +139,11 @@ async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, Strin
     };
     // The group's first replica moves to the node that holds none.
     let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
-    let replicas = &groups.iter().find(|(g, _)| *g == GROUP).ok_or("no group")?.1;
+    let replicas = &groups
+        .iter()
+        .find(|(g, _)| *g == GROUP)
+        .ok_or("no group")?
+        .1;
     let source = replicas.first().ok_or("a group without replicas")?.1.node;
     let spare = (1..=4)
         .map(NodeId)

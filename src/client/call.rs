@@ -505,7 +505,7 @@ mod tests {
             t,
             &mut r,
             fetch.id,
-            KvReply::Error("not bootstrapped".into()),
+            KvReply::Error("refused".into()),
         );
         // The fetch failed: the spec's placement routes meanwhile, and no fetch for a while.
         let (_, second) = sent(call.poll(t, &mut r));

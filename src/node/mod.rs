@@ -1037,10 +1037,16 @@ fn read_answer(state: Option<&Cell>, op: KvOp) -> KvReply {
     }
 }
 
+/// Before the bootstrap applies there is no table to read: the read's outcome is not known
+/// yet, and a client asks again (as it does a read whose answer was lost).
+fn not_bootstrapped() -> KvReply {
+    KvReply::Unknown("the cluster is not bootstrapped yet".into())
+}
+
 /// The placement table as the metadata group knows it.
 fn routing_reply(m: &MetadataStore) -> KvReply {
     if !m.is_bootstrapped() {
-        return KvReply::Error("the cluster is not bootstrapped yet; retry".into());
+        return not_bootstrapped();
     }
     KvReply::Routing {
         epoch: m.epoch().0,
@@ -1055,7 +1061,7 @@ fn routing_reply(m: &MetadataStore) -> KvReply {
 /// The replica moves under way, as the metadata group knows them.
 fn moves_reply(m: &MetadataStore) -> KvReply {
     if !m.is_bootstrapped() {
-        return KvReply::Error("the cluster is not bootstrapped yet; retry".into());
+        return not_bootstrapped();
     }
     KvReply::Moves(
         m.table()
