@@ -248,8 +248,6 @@ pub const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fro
 pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Attempts a client makes for one request (redirects and retries included).
 pub const CLIENT_ATTEMPTS_MAX: usize = 40;
-/// Pause between a client's attempts: an election takes about a second, so 40 attempts at
-/// 50 ms cover two elections.
 /// A snapshot file is written in pieces of this size (each copied once into an io_uring
 /// write): bounds the extra memory a write of a 1 GiB vShard takes.
 pub const SNAPSHOT_FILE_WRITE_BYTES: usize = 8 << 20;
@@ -260,13 +258,17 @@ pub const METADATA_REASON_MAX_BYTES: usize = 4096;
 /// How often the migration executor takes each recorded replica move one step (each step
 /// is one leader view request, plus the action it decides).
 pub const MOVE_STEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
-/// The migration executor gives up on one of its requests (a leader's view, a voter's
-/// durable commit index, a membership change) after this long and asks again at a later
-/// step: they are answered at once, so silence means a lost message or a node that is
+/// One of the migration executor's requests (a leader's view, a voter's durable commit
+/// index, a membership change) is lost after this long; a later step asks again: they are answered at once, so silence means a lost message or a node that is
 /// down, and a client's five seconds would stall a move by five seconds per lost message.
 /// Above twice the worst one-way delay the simulator draws (150 ms) plus a busy turn.
 pub const MOVE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Requests one call of the migration executor sends at most: a redirect or two to the
+/// leader and one loss. The next step (50 ms later) starts a new call anyway.
+pub const MOVE_CALL_ATTEMPTS: usize = 4;
 
+/// Pause between a client's attempts: an election takes about a second, so 40 attempts at
+/// 50 ms cover two elections.
 pub const CLIENT_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 /// A client's QUIC handshake with a node: one round trip on a LAN; a dead node's silence
 /// must not cost more than this.

@@ -153,10 +153,6 @@ impl Call {
         self.group
     }
 
-    pub fn op(&self) -> &KvOp {
-        &self.op
-    }
-
     /// The request (and the core) this call awaits an answer from, if any.
     pub fn awaiting(&self) -> Option<(u64, CoreAddress)> {
         if let Some(fetch) = &self.fetch {
@@ -267,6 +263,28 @@ impl Call {
         }
     }
 
+    /// Polls until the call waits or ends: what it sends is pushed on `sends`; its outcome
+    /// once it is over.
+    pub fn drive(
+        &mut self,
+        now: Time,
+        routing: &mut Routing,
+        sends: &mut Vec<(CoreAddress, KvRequest)>,
+    ) -> Option<Result<KvReply, CallError>> {
+        loop {
+            match self.poll(now, routing) {
+                CallStep::Send { target, request } => sends.push((target, request)),
+                CallStep::Wait(_) => return None,
+                CallStep::Done(outcome) => return Some(outcome),
+            }
+        }
+    }
+
+    /// Whether this call awaits the answer to request `id`.
+    pub fn awaits(&self, id: u64) -> bool {
+        self.awaiting().is_some_and(|(awaited, _)| awaited == id)
+    }
+
     /// Request `id` was answered with `reply`. An answer to a request this call no longer
     /// awaits (a late one) is ignored.
     pub fn handle_reply(&mut self, now: Time, routing: &mut Routing, id: u64, reply: KvReply) {
@@ -300,9 +318,7 @@ impl Call {
                     "{}/{} does not host group {} at epoch {epoch}",
                     target.node, target.core, group.0
                 );
-                routing
-                    .table
-                    .on_moved(&mut routing.router, now, group, target, epoch)
+                routing.table.on_moved(&mut routing.router, group, epoch)
             }
             KvReply::Error(message) => {
                 self.state = State::Done(Some(Err(CallError::Server(message))));
@@ -501,12 +517,7 @@ mod tests {
         t += CLIENT_RETRY_BACKOFF;
         let (_, fetch) = sent(call.poll(t, &mut r));
         assert_eq!(fetch.op, KvOp::Routing);
-        call.handle_reply(
-            t,
-            &mut r,
-            fetch.id,
-            KvReply::Error("refused".into()),
-        );
+        call.handle_reply(t, &mut r, fetch.id, KvReply::Error("refused".into()));
         // The fetch failed: the spec's placement routes meanwhile, and no fetch for a while.
         let (_, second) = sent(call.poll(t, &mut r));
         assert_eq!(second.op, KvOp::Get { key: vec![1] });

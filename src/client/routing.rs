@@ -188,20 +188,15 @@ impl PlacementCache {
 
     /// A stale-epoch redirect: `target` hosts no replica of `group` in its node's table at
     /// `epoch`. If the cached table is older (or absent) it is the stale one: drop it and
-    /// fetch again. Otherwise that node has not caught up yet: count it a failure of
-    /// `target`, so another replica is tried.
-    pub fn on_moved(
-        &mut self,
-        router: &mut Router,
-        now: Time,
-        group: GroupId,
-        target: CoreAddress,
-        epoch: u64,
-    ) -> Next {
+    /// fetch again. Otherwise that node has not caught up yet (core 0 hands a new table to
+    /// the node's other cores a turn later): another replica is tried, without holding it
+    /// against the node.
+    pub fn on_moved(&mut self, router: &mut Router, group: GroupId, epoch: u64) -> Next {
         if self.epoch().is_none_or(|cached| cached < epoch) {
             self.on_not_hosted(router, group)
         } else {
-            router.on_failure(now, group, target)
+            router.forget(group);
+            Next::RetryLater
         }
     }
 
@@ -352,18 +347,12 @@ mod tests {
         cache.store(7, HashMap::from([(g, vec![at(1), at(2)])]));
         router.on_answer(g, at(1));
         // The node answering is behind (epoch 6 < 7): try another replica, keep the table.
-        assert_eq!(
-            cache.on_moved(&mut router, t, g, at(1), 6),
-            Next::RetryLater
-        );
+        assert_eq!(cache.on_moved(&mut router, g, 6), Next::RetryLater);
         assert_eq!(cache.epoch(), Some(7));
         assert_eq!(router.leader(g), None);
         // Our table is the stale one: drop it and fetch again.
         router.on_answer(g, at(2));
-        assert_eq!(
-            cache.on_moved(&mut router, t, g, at(2), 9),
-            Next::RetryLater
-        );
+        assert_eq!(cache.on_moved(&mut router, g, 9), Next::RetryLater);
         assert!(cache.wants_fetch(t));
         assert_eq!(router.leader(g), None);
     }

@@ -27,12 +27,15 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    /// The UDP address of `core` on `node`.
+    /// The UDP address of `core` on `node`; `None` for a node not in the spec or a core
+    /// it does not have (a hint from the network may name anything).
     pub fn address(&self, node: NodeId, core: CoreId) -> Option<SocketAddr> {
-        self.nodes
-            .iter()
-            .find(|(n, _)| *n == node)
-            .map(|(_, base)| SocketAddr::new(base.ip(), base.port() + core.0))
+        if core.0 >= self.cores {
+            return None;
+        }
+        let (_, base) = self.nodes.iter().find(|(n, _)| *n == node)?;
+        let port = base.port().checked_add(core.0)?;
+        Some(SocketAddr::new(base.ip(), port))
     }
 
     /// The nodes as a new cluster's topology: all active.
@@ -136,5 +139,7 @@ mod tests {
             Some(SocketAddr::from(([127, 0, 0, 1], 7021)))
         );
         assert_eq!(s.address(NodeId(9), CoreId(0)), None);
+        assert_eq!(s.address(NodeId(2), CoreId(2)), None, "no core 2");
+        assert_eq!(s.address(NodeId(2), CoreId(u16::MAX)), None);
     }
 }

@@ -199,7 +199,6 @@ struct Coordinator {
 /// One core of a node. `R` is the shell's handle for answering a client.
 pub struct NodeCore<R> {
     local: CoreAddress,
-    cores: u16,
     spec: ClusterSpec,
     host: RaftHost<Cell>,
     hosting: Hosting,
@@ -215,6 +214,8 @@ pub struct NodeCore<R> {
     /// The batch being made durable.
     in_flight: Option<u64>,
     transmits: VecDeque<Transmit>,
+    /// The migration executor's requests, ready to go.
+    calls: VecDeque<(CoreAddress, KvRequest)>,
     audit: Option<VecDeque<Audit>>,
     coordinator: Option<Coordinator>,
     counters: [u64; CoreCounter::ALL.len()],
@@ -285,7 +286,6 @@ impl<R> NodeCore<R> {
         };
         Ok(NodeCore {
             local,
-            cores: config.spec.cores,
             spec: config.spec,
             host,
             hosting,
@@ -299,6 +299,7 @@ impl<R> NodeCore<R> {
             log,
             in_flight: None,
             transmits: VecDeque::new(),
+            calls: VecDeque::new(),
             audit: config.audit.then(VecDeque::new),
             coordinator,
             counters: [0; CoreCounter::ALL.len()],
@@ -495,11 +496,13 @@ impl<R> NodeCore<R> {
 
     /// The next request of the migration executor.
     pub fn poll_call(&mut self) -> Option<OutgoingCall> {
-        let send = self.coordinator.as_mut()?.mover.poll_send()?;
-        Some(OutgoingCall {
-            to: send.to,
-            request: send.request,
-        })
+        if self.calls.is_empty()
+            && let Some(c) = self.coordinator.as_mut()
+        {
+            self.calls.extend(c.mover.take_sends());
+        }
+        let (to, request) = self.calls.pop_front()?;
+        Some(OutgoingCall { to, request })
     }
 
     /// The next audit event (with `audit` on).
@@ -525,10 +528,6 @@ impl<R> NodeCore<R> {
     }
 
     // ---- state for the shell, metrics and checkers -----------------------------------------
-
-    pub fn local(&self) -> CoreAddress {
-        self.local
-    }
 
     /// The first error that stopped this core; the shell stops the node on it.
     pub fn failure(&self) -> Option<&str> {
@@ -766,8 +765,18 @@ impl<R> NodeCore<R> {
         }
     }
 
-    /// Answers what the host applied or made readable, and records audit events.
+    /// Answers what the host applied or made readable, and records audit events. Tokens
+    /// answered meanwhile leave the front of the expiry queue.
     fn drain_host_events(&mut self) {
+        self.drain_events();
+        while let Some(&(token, _)) = self.issued.front()
+            && !self.pending.contains_key(&token)
+        {
+            self.issued.pop_front();
+        }
+    }
+
+    fn drain_events(&mut self) {
         while let Some(event) = self.host.poll_event() {
             match event {
                 HostEvent::Applied {
@@ -789,10 +798,8 @@ impl<R> NodeCore<R> {
                                 .handle_end_applied(group, response.first() == Some(&1));
                         }
                     }
-                    Some(p @ Pending::Read { .. }) => {
-                        self.pending.insert(token.0, p);
-                    }
-                    None => {}
+                    // Reads are answered by `ReadReady`; their tokens never apply.
+                    Some(Pending::Read { .. }) | None => {}
                 },
                 HostEvent::ReadReady { group, token } => {
                     if let Some(Pending::Read { id, op, reply }) = self.pending.remove(&token.0) {
@@ -924,7 +931,7 @@ impl<R> NodeCore<R> {
         let table = Arc::new(table.clone());
         c.mover.on_table(&table);
         c.distributed = Some(table.clone());
-        c.undelivered = (1..self.cores).map(CoreId).collect();
+        c.undelivered = (1..self.spec.cores).map(CoreId).collect();
         self.apply_table(table);
     }
 

@@ -20,15 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{debug, info};
 
-use crate::client::call::CallError;
-use crate::client::call::{Call, CallPolicy, CallStep, Failure};
+use crate::client::call::{Call, CallPolicy, Failure};
 use crate::client::routing::Routing;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PendingMove, PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::topology::NodeState;
-use crate::constants::{MOVE_REQUEST_TIMEOUT, MOVE_STEP_INTERVAL};
-use crate::ids::{CoreAddress, GroupId, ReplicaId};
+use crate::constants::{MOVE_CALL_ATTEMPTS, MOVE_REQUEST_TIMEOUT, MOVE_STEP_INTERVAL};
+use crate::ids::{CoreAddress, Epoch, GroupId, ReplicaId};
 use crate::replication::replica_move::{
     LeaderView, MoveAction, MoveContext, MoveOutcome, ReplicaMove,
 };
@@ -63,18 +62,15 @@ struct Move {
     durable: BTreeMap<ReplicaId, u64>,
 }
 
-/// A request the executor sends, through the node core's shell.
-pub(crate) struct Send {
-    pub to: CoreAddress,
-    pub request: KvRequest,
-}
-
 /// The executor of one node (core 0).
 pub(crate) struct Mover {
     routing: Routing,
     moves: BTreeMap<GroupId, Move>,
     next_step: Time,
-    sends: Vec<Send>,
+    /// The table epoch whose moves `moves` follows.
+    seen_epoch: Option<Epoch>,
+    /// Requests to send, in order.
+    sends: Vec<(CoreAddress, KvRequest)>,
     /// `end_move` commands to propose: (group, command).
     ends: Vec<(GroupId, MetadataCommand)>,
     /// Steps decided and moves ended, for the core's metrics.
@@ -109,6 +105,7 @@ impl Mover {
             routing: Routing::new(spec)?,
             moves: BTreeMap::new(),
             next_step: Time::ZERO,
+            seen_epoch: None,
             sends: Vec::new(),
             ends: Vec::new(),
             steps: 0,
@@ -126,26 +123,32 @@ impl Mover {
     pub(crate) fn stand_down(&mut self) {
         self.moves.clear();
         self.ends.clear();
+        self.sends.clear();
+        self.seen_epoch = None;
     }
 
     /// Takes every recorded move one step further when its time has come. `store` is the
     /// metadata group's state on this (leading) core.
     pub(crate) fn handle_timeout(&mut self, now: Time, store: &MetadataStore) {
-        let table = store.table();
-        let recorded: BTreeMap<GroupId, PendingMove> = table
-            .groups()
-            .filter_map(|(g, p)| p.moving.map(|m| (g, m)))
-            .collect();
-        self.moves
-            .retain(|g, m| recorded.get(g).is_some_and(|r| r.new == m.decide.new));
-        for (group, pending) in &recorded {
-            let m = self.moves.entry(*group).or_insert_with(|| Move {
-                decide: ReplicaMove::new(*group, pending.from, pending.to, pending.new),
-                abandon: pending.abandon,
-                stage: Stage::Idle,
-                durable: BTreeMap::new(),
-            });
-            m.abandon = pending.abandon;
+        // The moves recorded in the table change only with its epoch.
+        if self.seen_epoch != Some(store.epoch()) {
+            self.seen_epoch = Some(store.epoch());
+            let recorded: BTreeMap<GroupId, PendingMove> = store
+                .table()
+                .groups()
+                .filter_map(|(g, p)| p.moving.map(|m| (g, m)))
+                .collect();
+            self.moves
+                .retain(|g, m| recorded.get(g).is_some_and(|r| r.new == m.decide.new));
+            for (group, pending) in &recorded {
+                let m = self.moves.entry(*group).or_insert_with(|| Move {
+                    decide: ReplicaMove::new(*group, pending.from, pending.to, pending.new),
+                    abandon: pending.abandon,
+                    stage: Stage::Idle,
+                    durable: BTreeMap::new(),
+                });
+                m.abandon = pending.abandon;
+            }
         }
         let step_due = now >= self.next_step;
         if step_due {
@@ -171,30 +174,29 @@ impl Mover {
         reply: Result<KvReply, Failure>,
         store: &MetadataStore,
     ) {
-        let Some(group) = self.moves.iter().find_map(|(g, m)| {
-            let awaits = |c: &Call| c.awaiting().is_some_and(|(awaited, _)| awaited == id);
-            let found = match &m.stage {
-                Stage::View(c) => awaits(c),
-                Stage::Durable { calls, .. } => calls.iter().any(|(_, c)| awaits(c)),
-                Stage::Acting(calls) => calls.iter().any(awaits),
-                Stage::Idle | Stage::Ending => false,
-            };
-            found.then_some(*g)
-        }) else {
-            return;
-        };
         let routing = &mut self.routing;
-        let feed = |c: &mut Call, routing: &mut Routing| match reply.clone() {
-            Ok(r) => c.handle_reply(now, routing, id, r),
-            Err(f) => c.handle_failure(now, routing, id, f),
-        };
-        match &mut self.moves.get_mut(&group).expect("found above").stage {
-            Stage::View(c) => feed(c, routing),
-            Stage::Durable { calls, .. } => calls.iter_mut().for_each(|(_, c)| feed(c, routing)),
-            Stage::Acting(calls) => calls.iter_mut().for_each(|c| feed(c, routing)),
-            Stage::Idle | Stage::Ending => {}
+        let mut answered = None;
+        for (group, m) in &mut self.moves {
+            let call = match &mut m.stage {
+                Stage::View(c) => Some(c).filter(|c| c.awaits(id)),
+                Stage::Durable { calls, .. } => {
+                    calls.iter_mut().map(|(_, c)| c).find(|c| c.awaits(id))
+                }
+                Stage::Acting(calls) => calls.iter_mut().find(|c| c.awaits(id)),
+                Stage::Idle | Stage::Ending => None,
+            };
+            if let Some(call) = call {
+                match reply {
+                    Ok(r) => call.handle_reply(now, routing, id, r),
+                    Err(f) => call.handle_failure(now, routing, id, f),
+                }
+                answered = Some(*group);
+                break;
+            }
         }
-        self.drive(now, group, store);
+        if let Some(group) = answered {
+            self.drive(now, group, store);
+        }
     }
 
     /// The `end_move` proposed for `group` applied (`accepted`) or was lost.
@@ -215,13 +217,9 @@ impl Mover {
         }
     }
 
-    /// The next request to send.
-    pub(crate) fn poll_send(&mut self) -> Option<Send> {
-        if self.sends.is_empty() {
-            None
-        } else {
-            Some(self.sends.remove(0))
-        }
+    /// The requests to send, in order.
+    pub(crate) fn take_sends(&mut self) -> std::vec::Drain<'_, (CoreAddress, KvRequest)> {
+        self.sends.drain(..)
     }
 
     /// The next `end_move` to propose on this core.
@@ -254,7 +252,7 @@ impl Mover {
             let (next, again) = match stage {
                 Stage::Idle | Stage::Ending => (stage, false),
                 Stage::View(mut call) => {
-                    match poll(&mut call, now, &mut self.routing, &mut self.sends) {
+                    match call.drive(now, &mut self.routing, &mut self.sends) {
                         None => (Stage::View(call), false),
                         // Durable knowledge matters once the old replica is out: ask the
                         // voters not yet known to hold this commit index durably.
@@ -288,7 +286,7 @@ impl Mover {
                 Stage::Durable { view, mut calls } => {
                     let mut answers = Vec::new();
                     calls.retain_mut(|(voter, call)| {
-                        match poll(call, now, &mut self.routing, &mut self.sends) {
+                        match call.drive(now, &mut self.routing, &mut self.sends) {
                             None => true,
                             Some(Ok(KvReply::Index(index))) => {
                                 answers.push((*voter, index));
@@ -321,7 +319,8 @@ impl Mover {
                 }
                 Stage::Acting(mut calls) => {
                     calls.retain_mut(|call| {
-                        poll(call, now, &mut self.routing, &mut self.sends).is_none()
+                        call.drive(now, &mut self.routing, &mut self.sends)
+                            .is_none()
                     });
                     if calls.is_empty() {
                         (Stage::Idle, false)
@@ -390,7 +389,10 @@ impl Mover {
             debug!(group = group.0, ?op, "replica move step");
             // The answer only says the request was taken; later views show its effect.
             let mut call = Call::new(group, op, move_policy());
-            if poll(&mut call, now, &mut self.routing, &mut self.sends).is_none() {
+            if call
+                .drive(now, &mut self.routing, &mut self.sends)
+                .is_none()
+            {
                 calls.push(call);
             }
         }
@@ -409,30 +411,13 @@ impl Mover {
 }
 
 /// How the executor's requests behave: a leader answers them at once, so one unanswered
-/// for `MOVE_REQUEST_TIMEOUT` is given up and asked again at a later step, rather than
-/// waited on as long as a client's write.
+/// for `MOVE_REQUEST_TIMEOUT` is lost, and a call gives up after `MOVE_CALL_ATTEMPTS` (a
+/// redirect or two and a loss); the next step asks again, rather than waiting as long as a
+/// client's write would.
 fn move_policy() -> CallPolicy {
     CallPolicy {
         request_timeout: MOVE_REQUEST_TIMEOUT,
+        attempts_max: MOVE_CALL_ATTEMPTS,
         ..CallPolicy::default()
-    }
-}
-
-/// Polls `call`: queues what it sends; `Some` with its outcome once it is over.
-fn poll(
-    call: &mut Call,
-    now: Time,
-    routing: &mut Routing,
-    sends: &mut Vec<Send>,
-) -> Option<Result<KvReply, CallError>> {
-    loop {
-        match call.poll(now, routing) {
-            CallStep::Send { target, request } => sends.push(Send {
-                to: target,
-                request,
-            }),
-            CallStep::Wait(_) => return None,
-            CallStep::Done(outcome) => return Some(outcome),
-        }
     }
 }

@@ -1125,7 +1125,13 @@ fn report_applied<S>(
     response: Vec<u8>,
 ) {
     let ours = g.proposed.remove(&entry.index);
-    g.proposed = g.proposed.split_off(&(entry.index + 1));
+    while g
+        .proposed
+        .first_key_value()
+        .is_some_and(|(index, _)| *index < entry.index)
+    {
+        g.proposed.pop_first();
+    }
     if let Some((proposer, token)) = parse_context(&entry.context)
         && proposer == local
         && ours == Some((entry.term, token))

@@ -4,7 +4,7 @@
 //! Each turn of [`core_loop`] hands the core the time and whatever arrived (Raft batches,
 //! snapshot chunks, client requests, mail from the node's other cores, answers to the
 //! migration executor's requests), then carries out what it polls, in its order: log
-//! writes (one record and one fsync per batch: group commit), answers, mail, one Raft batch
+//! writes (one record and one fsync per batch: group commit), mail, answers, one Raft batch
 //! per peer core and snapshot streams, the executor's requests. It then sleeps until the
 //! core's next timeout or new input. Accept and receive tasks run beside the loop and hand
 //! it work through a local queue. What the core decides — hosting, routing, the metadata

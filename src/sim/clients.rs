@@ -7,7 +7,7 @@
 //! a server, a server that could not say) records that it may have happened; a read that
 //! failed, or a write that certainly did not apply, records nothing.
 
-use crate::client::call::{Call, CallError, CallPolicy, CallStep, Failure};
+use crate::client::call::{Call, CallError, CallPolicy, Failure};
 use crate::client::routing::Routing;
 use crate::ids::{CoreAddress, GroupId};
 use crate::replication::kv::{KvCommand, KvResponse};
@@ -187,23 +187,18 @@ impl SimClient {
         let Some(op) = self.op.as_mut() else {
             return (sends, None);
         };
-        loop {
-            match op.call.poll(now, &mut self.routing) {
-                CallStep::Send { target, request } => sends.push((target, request)),
-                CallStep::Wait(_) => return (sends, None),
-                CallStep::Done(result) => {
-                    let op = self.op.take().expect("polled above");
-                    let finished = Finished {
-                        id: op.id,
-                        key: op.key,
-                        group: op.call.group(),
-                        invoked: op.invoked,
-                        outcome: outcome(op.intent, result),
-                    };
-                    return (sends, Some(finished));
-                }
-            }
-        }
+        let Some(result) = op.call.drive(now, &mut self.routing, &mut sends) else {
+            return (sends, None);
+        };
+        let op = self.op.take().expect("driven above");
+        let finished = Finished {
+            id: op.id,
+            key: op.key,
+            group: op.call.group(),
+            invoked: op.invoked,
+            outcome: outcome(op.intent, result),
+        };
+        (sends, Some(finished))
     }
 
     /// An answer arrived.

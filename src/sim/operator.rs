@@ -4,7 +4,7 @@
 //! replicas elsewhere. Every chore is a client [`Call`] over the simulated network; the
 //! nodes' own migration executor carries the moves out.
 
-use crate::client::call::{Call, CallError, CallPolicy, CallStep, Failure};
+use crate::client::call::{Call, CallError, CallPolicy, Failure};
 use crate::client::routing::Routing;
 use crate::cluster::metadata::MetadataCommand;
 use crate::cluster::placement::PlacementTable;
@@ -61,38 +61,28 @@ impl Operator {
     pub fn poll(&mut self, now: Time) -> (Vec<(CoreAddress, KvRequest)>, Vec<ChoreDone>) {
         let (mut sends, mut done) = (Vec::new(), Vec::new());
         let routing = &mut self.routing;
-        self.tasks.retain_mut(|(chore, call)| {
-            loop {
-                match call.poll(now, routing) {
-                    CallStep::Send { target, request } => sends.push((target, request)),
-                    CallStep::Wait(_) => return true,
-                    CallStep::Done(outcome) => {
-                        done.push((*chore, outcome));
-                        return false;
-                    }
+        self.tasks
+            .retain_mut(|(chore, call)| match call.drive(now, routing, &mut sends) {
+                None => true,
+                Some(outcome) => {
+                    done.push((*chore, outcome));
+                    false
                 }
-            }
-        });
+            });
         (sends, done)
     }
 
     /// An answer for one of the chores' requests.
     pub fn on_reply(&mut self, now: Time, frame: KvResponseFrame) {
-        for (_, call) in &mut self.tasks {
-            if call.awaiting().is_some_and(|(id, _)| id == frame.id) {
-                call.handle_reply(now, &mut self.routing, frame.id, frame.reply);
-                return;
-            }
+        if let Some((_, call)) = self.tasks.iter_mut().find(|(_, c)| c.awaits(frame.id)) {
+            call.handle_reply(now, &mut self.routing, frame.id, frame.reply);
         }
     }
 
     /// Request `id` could not be sent (its node refused the connection).
     pub fn on_refused(&mut self, now: Time, id: u64, failure: Failure) {
-        for (_, call) in &mut self.tasks {
-            if call.awaiting().is_some_and(|(awaited, _)| awaited == id) {
-                call.handle_failure(now, &mut self.routing, id, failure);
-                return;
-            }
+        if let Some((_, call)) = self.tasks.iter_mut().find(|(_, c)| c.awaits(id)) {
+            call.handle_failure(now, &mut self.routing, id, failure);
         }
     }
 }

@@ -29,9 +29,13 @@
 //!
 //! Ops 5–8 are the migration executor's admin requests (a node's core 0 sends them with
 //! its node certificate; any holder of a cluster certificate may). Writes to group 0 are
-//! metadata commands, of which clients may send only `start_move`.
+//! metadata commands, of which clients may send the operator's: `start_move`,
+//! `abandon_move` and `node_state` (roles on certificates, to confine these to operators,
+//! are not built yet); `end_move` comes only from the migration executor's own core.
 
-use crate::constants::{KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES};
+use crate::constants::{
+    CORES_PER_NODE_MAX, KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES,
+};
 use crate::ids::{CoreAddress, GroupId, ReplicaId};
 use crate::ids::{CoreId, NodeId};
 use crate::replication::raft_host::{Membership, MembershipChange};
@@ -415,12 +419,7 @@ impl KvResponseFrame {
                 0 => KvReply::NotLeader(None),
                 1 => {
                     let node = NodeId(r.varint("node")?);
-                    let core =
-                        u16::try_from(r.varint("core")?).map_err(|_| DecodeError::TooLarge {
-                            what: "core",
-                            value: u64::MAX,
-                            max: u16::MAX.into(),
-                        })?;
+                    let core = r.count("core", usize::from(CORES_PER_NODE_MAX))? as u16;
                     KvReply::NotLeader(Some(CoreAddress {
                         node,
                         core: CoreId(core),
