@@ -342,30 +342,14 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         .find(|n| !holders.contains(n))
         .unwrap()
         .to_string();
-    let refused = cli(&[
-        "kv",
-        "--config",
-        c,
-        "move",
-        "--group",
-        "1",
-        "--from",
-        &from,
-        "--to",
-        &format!("{other}:0"),
-    ]);
-    let moved = cli(&[
-        "kv",
-        "--config",
-        c,
-        "move",
-        "--group",
-        "1",
-        "--from",
-        &from,
-        "--to",
-        &format!("{spare}:0"),
-    ]);
+    let move_to = |to: String| {
+        let args = [
+            "kv", "--config", c, "move", "--group", "1", "--from", &from, "--to", &to,
+        ];
+        cli(&args)
+    };
+    let refused = move_to(format!("{other}:0"));
+    let moved = move_to(format!("{spare}:0"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let after = loop {
         let line = group_1(&placement()).unwrap_or_default();

@@ -577,7 +577,7 @@ fn a_replica_moves_to_another_core_while_clients_write_and_a_node_is_down() {
         // A second move of the group is refused while this one runs.
         let refused = c.move_replica(group, NodeId(2), to).await;
         assert!(
-            matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Server(m)) if m.contains("already moving")),
+            matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Call(nodedb_cluster::client::call::CallError::Server(m))) if m.contains("already moving")),
             "{refused:?}"
         );
         let within = Duration::from_secs(60);
@@ -911,7 +911,7 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
     with_client(&h, move |c| async move {
         let refused = c.abandon_move(group).await;
         assert!(
-            matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Server(m)) if m.contains("not moving")),
+            matches!(&refused, Err(nodedb_cluster::runtime::client::ClientError::Call(nodedb_cluster::client::call::CallError::Server(m))) if m.contains("not moving")),
             "{refused:?}"
         );
         let to = CoreAddress {

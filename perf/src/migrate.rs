@@ -104,6 +104,16 @@ pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
     }
 }
 
+/// The group's replicas in the placement table (Raft id, core).
+async fn group_replicas(client: &KvClient) -> Result<Vec<(u64, CoreAddress)>, String> {
+    let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
+    let (_, replicas) = groups
+        .into_iter()
+        .find(|(g, _)| *g == GROUP)
+        .ok_or("no group")?;
+    Ok(replicas)
+}
+
 async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, String> {
     // Load the vShard: `mib` MiB of 4 KiB values, 16 writers.
     let values = (mib << 20) / VALUE_BYTES as u64;
@@ -160,12 +170,7 @@ async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, Strin
         .map_err(|e| format!("starting the move: {e}"))?;
     let deadline = started + Duration::from_secs(600);
     loop {
-        let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
-        let replicas = &groups
-            .iter()
-            .find(|(g, _)| *g == GROUP)
-            .ok_or("no group")?
-            .1;
+        let replicas = group_replicas(client).await?;
         if replicas.len() == 3 && !replicas.iter().any(|(_, a)| a.node == source) {
             break;
         }

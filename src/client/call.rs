@@ -280,6 +280,18 @@ impl Call {
         }
     }
 
+    /// Where request `id` went, if this call (not its table fetch) awaits its answer.
+    fn target_of(&self, id: u64) -> Option<CoreAddress> {
+        match self.state {
+            State::Waiting {
+                id: awaited,
+                target,
+                ..
+            } if awaited == id => Some(target),
+            _ => None,
+        }
+    }
+
     /// Whether this call awaits the answer to request `id`.
     pub fn awaits(&self, id: u64) -> bool {
         self.awaiting().is_some_and(|(awaited, _)| awaited == id)
@@ -292,17 +304,9 @@ impl Call {
             fetch.handle_reply(now, routing, id, reply);
             return;
         }
-        let State::Waiting {
-            id: awaited,
-            target,
-            ..
-        } = self.state
-        else {
+        let Some(target) = self.target_of(id) else {
             return;
         };
-        if awaited != id {
-            return;
-        }
         let (group, pause) = (self.group, now + self.policy.retry_pause);
         if self.pinned.is_some() {
             self.state = State::Done(Some(Ok(reply)));
@@ -349,17 +353,9 @@ impl Call {
             fetch.handle_failure(now, routing, id, failure);
             return;
         }
-        let State::Waiting {
-            id: awaited,
-            target,
-            ..
-        } = self.state
-        else {
+        let Some(target) = self.target_of(id) else {
             return;
         };
-        if awaited != id {
-            return;
-        }
         routing.router.on_failure(now, self.group, target);
         match failure {
             Failure::NotSent(reason) => {

@@ -66,6 +66,19 @@ impl CoreCounter {
         CoreCounter::MovesEnded,
     ];
 
+    /// Whether the core loop's shell counts this itself (its turns, its transport); the
+    /// node core counts the others.
+    pub fn counted_by_shell(self) -> bool {
+        matches!(
+            self,
+            CoreCounter::LoopTurns
+                | CoreCounter::QuicDatagramsSent
+                | CoreCounter::QuicSendCalls
+                | CoreCounter::QuicDatagramsReceived
+                | CoreCounter::QuicSendWouldBlock
+        )
+    }
+
     fn name_and_help(self) -> (&'static str, &'static str) {
         match self {
             CoreCounter::ClientRequests => ("client_requests_total", "Client requests taken."),

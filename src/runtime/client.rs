@@ -40,19 +40,9 @@ pub enum ClientError {
     /// The cluster spec places no replica (no nodes, a bad replica count).
     #[error("the cluster spec: {0}")]
     Placement(#[from] PlacementError),
-    /// No leader answered within the attempt budget; nothing took effect.
-    #[error("no leader for group {group} after {attempts} attempts (last error: {last})")]
-    NoLeader {
-        group: u64,
-        attempts: usize,
-        last: String,
-    },
-    /// The server refused the request; it had no effect.
-    #[error("server error: {0}")]
-    Server(String),
-    /// The request may or may not have taken effect (a write whose answer was lost).
-    #[error("outcome unknown: {0}")]
-    Unknown(String),
+    /// The request failed (no leader, refused, or with an unknown outcome).
+    #[error(transparent)]
+    Call(#[from] CallError),
     /// The endpoint could not be created.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -61,22 +51,9 @@ pub enum ClientError {
     Protocol(String),
 }
 
-impl From<CallError> for ClientError {
-    fn from(e: CallError) -> ClientError {
-        match e {
-            CallError::NoLeader {
-                group,
-                attempts,
-                last,
-            } => ClientError::NoLeader {
-                group,
-                attempts,
-                last,
-            },
-            CallError::Server(message) => ClientError::Server(message),
-            CallError::Unknown(message) => ClientError::Unknown(message),
-        }
-    }
+/// The server refused the request; it had no effect.
+fn refused(message: String) -> ClientError {
+    ClientError::Call(CallError::Server(message))
 }
 
 /// A client of one cluster; lives on one glommio executor.
@@ -191,7 +168,7 @@ impl KvClient {
                 let response =
                     KvResponse::decode(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 match response {
-                    KvResponse::Rejected(reason) => Err(ClientError::Server(reason)),
+                    KvResponse::Rejected(reason) => Err(refused(reason)),
                     r => Ok(r),
                 }
             }
@@ -205,7 +182,7 @@ impl KvClient {
     }
 
     /// Sends an admin request (`View`, `ChangeMembership`, `TransferLeader`) to the leader of
-    /// `group`, following redirects. An error answer is `ClientError::Server`.
+    /// `group`, following redirects. An error answer is `CallError::Server`.
     pub async fn admin(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
         self.call(group, op).await
     }
@@ -225,14 +202,12 @@ impl KvClient {
         let replica = groups
             .iter()
             .find(|(g, _)| *g == group)
-            .ok_or_else(|| ClientError::Server(format!("group {} does not exist", group.0)))?
+            .ok_or_else(|| refused(format!("group {} does not exist", group.0)))?
             .1
             .iter()
             .find(|(_, a)| a.node == from)
             .map(|(r, _)| ReplicaId(*r))
-            .ok_or_else(|| {
-                ClientError::Server(format!("node {from} holds no replica of group {}", group.0))
-            })?;
+            .ok_or_else(|| refused(format!("node {from} holds no replica of group {}", group.0)))?;
         self.propose_metadata(MetadataCommand::StartMove {
             group,
             from: replica,
@@ -249,7 +224,7 @@ impl KvClient {
             .await
     }
 
-    /// Proposes a metadata command; a refused one is `ClientError::Server` with the reason.
+    /// Proposes a metadata command; a refused one is `CallError::Server` with the reason.
     async fn propose_metadata(&self, command: MetadataCommand) -> Result<(), ClientError> {
         let op = KvOp::Write {
             command: command.encode(),
@@ -263,7 +238,7 @@ impl KvClient {
                         .bytes("reason", crate::constants::METADATA_REASON_MAX_BYTES)
                         .map(|b| String::from_utf8_lossy(b).into_owned())
                         .unwrap_or_else(|e| format!("(unreadable reason: {e})"));
-                    Err(ClientError::Server(format!("refused: {reason}")))
+                    Err(refused(format!("refused: {reason}")))
                 }
                 _ => Err(ClientError::Protocol(format!("{response:?}"))),
             },
@@ -293,7 +268,7 @@ impl KvClient {
                 CallStep::Wait(until) => {
                     glommio::timer::sleep(until.saturating_since(self.clock.now())).await;
                 }
-                CallStep::Done(outcome) => return outcome.map_err(ClientError::from),
+                CallStep::Done(outcome) => return Ok(outcome?),
             }
         }
     }

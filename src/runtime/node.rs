@@ -404,20 +404,10 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
 
 /// Mirrors the core's counters and gauges, and the transport's, into the node's metrics.
 fn publish(node: &NodeCore<Reply>, metrics: &CoreMetrics, endpoint: &QuicEndpoint) {
-    const FROM_CORE: [CoreCounter; 11] = [
-        CoreCounter::ClientRequests,
-        CoreCounter::ClientErrors,
-        CoreCounter::ClientRedirects,
-        CoreCounter::WritesAcked,
-        CoreCounter::ReadsServed,
-        CoreCounter::WalBatches,
-        CoreCounter::RaftMessagesIn,
-        CoreCounter::RaftMessagesOut,
-        CoreCounter::SnapshotsSent,
-        CoreCounter::MoveSteps,
-        CoreCounter::MovesEnded,
-    ];
-    for counter in FROM_CORE {
+    for counter in CoreCounter::ALL
+        .into_iter()
+        .filter(|c| !c.counted_by_shell())
+    {
         metrics.mirror(counter, node.counter(counter));
     }
     metrics.set(CoreGauge::PendingRequests, node.pending_requests() as u64);

@@ -299,38 +299,29 @@ impl crate::sim::Sim {
     fn finish(&mut self, f: Finished) {
         let step = self.step;
         tracing::trace!(step, id = f.id, key = f.key, invoked = f.invoked, outcome = ?f.outcome, "operation ended");
-        match f.outcome {
+        let (op, completed) = match f.outcome {
             Outcome::Completed(op) => {
                 if !matches!(op, RegisterOp::Get { .. }) && step > self.o.safety_steps {
                     self.healed_writes.insert(f.group);
                 }
                 self.results.insert(f.id, op.clone());
-                self.checks
-                    .history
-                    .entry(f.key)
-                    .or_default()
-                    .push(HistoryOp {
-                        invoked: f.invoked,
-                        completed: Some(step),
-                        op,
-                    });
                 self.report.ops_completed += 1;
                 self.record(9, f.id);
+                (op, Some(step))
             }
             Outcome::Unknown(op) => {
-                self.checks
-                    .history
-                    .entry(f.key)
-                    .or_default()
-                    .push(HistoryOp {
-                        invoked: f.invoked,
-                        completed: None,
-                        op,
-                    });
                 self.report.ops_unknown += 1;
                 self.record(10, f.id);
+                (op, None)
             }
-            Outcome::NoEffect => self.record(19, f.id),
-        }
+            Outcome::NoEffect => return self.record(19, f.id),
+        };
+        let invoked = f.invoked;
+        let entry = HistoryOp {
+            invoked,
+            completed,
+            op,
+        };
+        self.checks.history.entry(f.key).or_default().push(entry);
     }
 }
