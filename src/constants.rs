@@ -164,6 +164,18 @@ pub const QUIC_RECV_ROUNDS_PER_TURN: usize = 4;
 /// one loop turn's forwarded requests from every core; a full inbox pushes back on senders.
 pub const CORE_INBOX_CAPACITY: usize = 1024;
 
+// ---- Certificates ------------------------------------------------------------------------
+
+/// A node, admin or client certificate is valid this long from its issue: long enough
+/// that rotation is a yearly chore, short enough that a lost key does not stay good for
+/// ever (rcgen's default is the year 4096).
+pub const CERT_VALIDITY_DAYS: u32 = 365;
+/// The cluster CA is valid this long: every certificate it signs stops being trusted with
+/// it, so it outlives them by years.
+pub const CA_VALIDITY_DAYS: u32 = 3650;
+
+const _: () = assert!(CERT_VALIDITY_DAYS < CA_VALIDITY_DAYS);
+
 // ---- Peers -------------------------------------------------------------------------------
 
 /// First reconnect delay after a failure; doubles per consecutive failure.

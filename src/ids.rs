@@ -97,6 +97,37 @@ impl CoreAddress {
     }
 }
 
+/// What the holder of a certificate may do; the role is carried in the certificate (see
+/// `runtime::tls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Reads and writes data, reads the placement table.
+    Client,
+    /// A client that may also run the cluster: start and abandon moves, change a node's
+    /// state, transfer leadership, read a group's view.
+    Admin,
+    /// A node: speaks the peer protocol as itself, and may do what an admin does and what
+    /// only the migration executor does (membership changes).
+    Node(NodeId),
+}
+
+impl Role {
+    /// Whether this role may run the cluster (an admin or a node).
+    pub fn administers(self) -> bool {
+        !matches!(self, Role::Client)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Client => write!(f, "client"),
+            Role::Admin => write!(f, "admin"),
+            Role::Node(n) => write!(f, "node {n}"),
+        }
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "n{}", self.0)

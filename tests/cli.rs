@@ -268,11 +268,13 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
             .success()
         );
     }
-    assert!(
-        cli(&["certs", "client", "--dir", d, "--name", "cli"])
-            .status
-            .success()
-    );
+    for role in ["client", "admin"] {
+        assert!(
+            cli(&["certs", role, "--dir", d, "--name", "cli"])
+                .status
+                .success()
+        );
+    }
     let ports: Vec<u16> = (0..3)
         .map(|_| {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -295,6 +297,9 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         .unwrap();
     }
     std::fs::write(dir.join("client.toml"), config(None, "client-cli")).unwrap();
+    std::fs::write(dir.join("admin.toml"), config(None, "admin-cli")).unwrap();
+    let admin = dir.join("admin.toml");
+    let a = admin.to_str().unwrap();
     let mut children: Vec<Child> = (1..=3)
         .map(|n| {
             Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
@@ -342,14 +347,16 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         .find(|n| !holders.contains(n))
         .unwrap()
         .to_string();
-    let move_to = |to: String| {
+    let move_to = |config: &str, to: String| {
         let args = [
-            "kv", "--config", c, "move", "--group", "1", "--from", &from, "--to", &to,
+            "kv", "--config", config, "move", "--group", "1", "--from", &from, "--to", &to,
         ];
         cli(&args)
     };
-    let refused = move_to(format!("{other}:0"));
-    let moved = move_to(format!("{spare}:0"));
+    // A client certificate may not move replicas; an admin certificate may.
+    let forbidden = move_to(c, format!("{spare}:0"));
+    let refused = move_to(a, format!("{other}:0"));
+    let moved = move_to(a, format!("{spare}:0"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let after = loop {
         let line = group_1(&placement()).unwrap_or_default();
@@ -379,6 +386,13 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         group_1(&before).as_deref(),
         Some(format!("group 1: 65537@{from}/0 65538@{other}/0").as_str()),
         "initial replica ids (1 << 16) | (k + 1): {before}"
+    );
+    assert!(!forbidden.status.success());
+    assert!(
+        String::from_utf8_lossy(&forbidden.stderr)
+            .contains("forbidden: start_move needs an admin or node certificate"),
+        "{}",
+        String::from_utf8_lossy(&forbidden.stderr)
     );
     assert!(!refused.status.success());
     assert!(

@@ -18,7 +18,7 @@ use nodedb_cluster::runtime::demo::free_base_port;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::node::{ClusterSpec, Node, NodeConfig};
 use nodedb_cluster::runtime::tls::{
-    CertifiedKeyPem, TlsMode, generate_ca, issue_client_cert, issue_node_cert,
+    CertifiedKeyPem, TlsMode, generate_ca, issue_admin_cert, issue_node_cert,
 };
 use nodedb_cluster::wire::kv_rpc::{KvOp, KvReply};
 
@@ -93,10 +93,11 @@ impl Harness {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
+    /// The tests' client runs the cluster too (moves, views): an admin certificate.
     fn client_tls(&self) -> TlsMode {
         TlsMode::Mutual {
             ca_cert_pem: self.ca.cert_pem.clone(),
-            identity: issue_client_cert(&self.ca, "test").unwrap(),
+            identity: issue_admin_cert(&self.ca, "test").unwrap(),
         }
     }
 }

@@ -221,3 +221,98 @@ fn a_stream_of_bad_bytes_closes_the_connection_and_reaches_no_handler() {
     .join()
     .unwrap();
 }
+
+/// Sends one stream from `sender` to node 2's endpoint, which receives with
+/// `receive_streams`: a `Hello` claiming `claimed`, then one control frame. Returns why the
+/// connection was closed and how many frames reached the handler.
+fn claim_on_the_peer_protocol(
+    ca: &CertifiedKeyPem,
+    sender: TlsMode,
+    claimed: CoreAddress,
+) -> (String, usize) {
+    use nodedb_cluster::runtime::tls::{self, ALPN_PEER};
+    use nodedb_cluster::wire::frame::encode_frame;
+    let tls_b = node_tls(ca, 2);
+    spawn_executor("peers-claim", CorePlacement::Unbound, move || async move {
+        let node_b = endpoint(tls_b);
+        let b_addr = node_b.local_addr().unwrap();
+        let delivered = Rc::new(RefCell::new(0usize));
+        let sink = delivered.clone();
+        let server = node_b.clone();
+        glommio::spawn_local(async move {
+            let conn = server.accept().await.unwrap();
+            receive_streams(conn, move |_, _, _| *sink.borrow_mut() += 1).await;
+        })
+        .detach();
+        let from = endpoint(sender.clone());
+        let conn = from
+            .connect(
+                b_addr,
+                &tls::node_server_name(NodeId(2)),
+                &sender,
+                ALPN_PEER,
+            )
+            .await
+            .unwrap();
+        let mut hello = Vec::new();
+        hello.extend_from_slice(&claimed.node.0.to_le_bytes());
+        hello.extend_from_slice(&claimed.core.0.to_le_bytes());
+        hello.push(StreamClass::Control as u8);
+        let mut bytes = Vec::new();
+        encode_frame(FrameKind::Hello, 0, &hello, &mut bytes).unwrap();
+        encode_frame(FrameKind::RaftBatch, 0, b"forged", &mut bytes).unwrap();
+        if let Ok(mut stream) = conn.open_uni().await {
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.finish();
+        }
+        // Either the receiver closes the connection, or the frame arrives.
+        let arrived = async {
+            while *delivered.borrow() == 0 {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            String::from("open")
+        };
+        let closed = async { format!("{}", conn.closed().await) };
+        let reason = futures_lite::future::or(closed, arrived).await;
+        let n = *delivered.borrow();
+        node_b.shutdown().await;
+        from.shutdown().await;
+        (reason, n)
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_client_or_admin_certificate_on_the_peer_protocol_is_refused() {
+    use nodedb_cluster::runtime::tls::{issue_admin_cert, issue_client_cert};
+    let ca = generate_ca("test").unwrap();
+    for identity in [
+        issue_client_cert(&ca, "node-1").unwrap(),
+        issue_admin_cert(&ca, "ops").unwrap(),
+    ] {
+        let sender = TlsMode::Mutual {
+            ca_cert_pem: ca.cert_pem.clone(),
+            identity,
+        };
+        let (reason, delivered) = claim_on_the_peer_protocol(&ca, sender, A);
+        assert!(reason.contains("needs a node certificate"), "{reason}");
+        assert_eq!(delivered, 0, "no frame reached the handler");
+    }
+}
+
+#[test]
+fn a_node_that_claims_another_node_in_its_hello_is_refused() {
+    let ca = generate_ca("test").unwrap();
+    let claimed = CoreAddress {
+        node: NodeId(3),
+        core: CoreId(0),
+    };
+    let (reason, delivered) = claim_on_the_peer_protocol(&ca, node_tls(&ca, 1), claimed);
+    assert!(reason.contains("hello claims node n3"), "{reason}");
+    assert_eq!(delivered, 0);
+    // Claiming itself, node 1 gets its frame through.
+    let (_, delivered) = claim_on_the_peer_protocol(&ca, node_tls(&ca, 1), A);
+    assert_eq!(delivered, 1);
+}

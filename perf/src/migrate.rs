@@ -81,7 +81,8 @@ pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
     }
     let client_tls = TlsMode::Mutual {
         ca_cert_pem: ca.cert_pem.clone(),
-        identity: tls::issue_client_cert(&ca, "perf").map_err(|e| e.to_string())?,
+        // It moves a replica: an operator's certificate.
+        identity: tls::issue_admin_cert(&ca, "perf").map_err(|e| e.to_string())?,
     };
     let outcome = spawn_executor("migrate", CorePlacement::Unbound, move || async move {
         let client = Rc::new(KvClient::new(spec, client_tls, 1452).map_err(|e| e.to_string())?);

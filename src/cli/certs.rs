@@ -1,5 +1,6 @@
-//! `nodedb-cluster certs`: the cluster CA and the node and client certificates it signs
-//! (PEM files, keys 0600).
+//! `nodedb-cluster certs`: the cluster CA and the node, admin and client certificates it
+//! signs (PEM files, keys 0600). Each certificate carries its holder's role; it is valid
+//! for a year, and rotating it means issuing a new one and restarting what uses it.
 
 use std::path::{Path, PathBuf};
 
@@ -30,13 +31,35 @@ pub enum CertsCommand {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
-    /// Issue DIR/client-<NAME>.pem and .key for a client, signed by the CA in DIR.
+    /// Issue DIR/client-<NAME>.pem and .key for a client (data reads and writes), signed
+    /// by the CA in DIR.
     Client {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
         name: String,
     },
+    /// Issue DIR/admin-<NAME>.pem and .key for an operator: a client that may also move
+    /// replicas, abandon moves and change node states (`kv move`, `kv abandon-move`).
+    Admin {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// A client or admin name: letters, digits, '-' or '_'.
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("name {name:?} must be letters, digits, '-' or '_'"))
+    }
 }
 
 /// Writes what `command` asks for; returns the files written.
@@ -75,20 +98,21 @@ pub fn run(command: CertsCommand) -> Result<Vec<PathBuf>, Box<dyn std::error::Er
             )?
         }
         CertsCommand::Client { dir, name } => {
+            check_name(&name)?;
             let ca = load_ca(&dir)?;
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid {
-                return Err(
-                    format!("client name {name:?} must be letters, digits, '-' or '_'").into(),
-                );
-            }
             tls::write_pem_pair(
                 &dir,
                 &format!("client-{name}"),
                 &tls::issue_client_cert(&ca, &name)?,
+            )?
+        }
+        CertsCommand::Admin { dir, name } => {
+            check_name(&name)?;
+            let ca = load_ca(&dir)?;
+            tls::write_pem_pair(
+                &dir,
+                &format!("admin-{name}"),
+                &tls::issue_admin_cert(&ca, &name)?,
             )?
         }
     };

@@ -68,6 +68,9 @@ pub enum CallError {
     /// The request may or may not have taken effect.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The sender's certificate does not allow the request; it had no effect.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// What came of a request that got no answer.
@@ -326,6 +329,10 @@ impl Call {
             }
             KvReply::Error(message) => {
                 self.state = State::Done(Some(Err(CallError::Server(message))));
+                return;
+            }
+            KvReply::Forbidden(message) => {
+                self.state = State::Done(Some(Err(CallError::Forbidden(message))));
                 return;
             }
             KvReply::Unknown(message) => {

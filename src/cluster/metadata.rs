@@ -115,6 +115,17 @@ fn read_replicas(r: &mut Reader<'_>) -> Result<Vec<(ReplicaId, CoreAddress)>, De
 }
 
 impl MetadataCommand {
+    /// The command's name as the documentation writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetadataCommand::Bootstrap { .. } => "bootstrap",
+            MetadataCommand::SetNodeState { .. } => "node_state",
+            MetadataCommand::StartMove { .. } => "start_move",
+            MetadataCommand::EndMove { .. } => "end_move",
+            MetadataCommand::AbandonMove { .. } => "abandon_move",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {

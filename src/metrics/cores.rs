@@ -18,6 +18,8 @@ pub enum CoreCounter {
     ClientErrors,
     /// Client requests answered `NotLeader` (the client retries elsewhere).
     ClientRedirects,
+    /// Requests refused because the sender's certificate does not allow them.
+    ClientRefusals,
     /// Client writes applied and acknowledged.
     WritesAcked,
     /// Linearizable client reads answered.
@@ -47,10 +49,11 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 16] = [
+    pub const ALL: [CoreCounter; 17] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
+        CoreCounter::ClientRefusals,
         CoreCounter::WritesAcked,
         CoreCounter::ReadsServed,
         CoreCounter::WalBatches,
@@ -89,6 +92,10 @@ impl CoreCounter {
             CoreCounter::ClientRedirects => (
                 "client_redirects_total",
                 "Client requests answered NotLeader.",
+            ),
+            CoreCounter::ClientRefusals => (
+                "client_refusals_total",
+                "Requests refused because the sender's certificate does not allow them.",
             ),
             CoreCounter::WritesAcked => ("writes_acked_total", "Client writes acknowledged."),
             CoreCounter::ReadsServed => ("reads_served_total", "Linearizable reads answered."),

@@ -39,21 +39,21 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::client::call::Failure;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
 use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
-use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, ReplicaId};
+use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
 use crate::node::mover::Mover;
 use crate::replication::kv::{KvCommand, KvResponse};
 use crate::replication::raft_host::{
-    HostError, HostEvent, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
+    HostError, HostEvent, MembershipChange, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
 };
 use crate::replication::replica_move::leader_view;
 use crate::replication::snapshot_transfer::{SnapshotAssembler, TransferError, split};
@@ -101,8 +101,13 @@ pub enum CoreError {
 /// What a core sends the node's other cores.
 #[derive(Debug)]
 pub enum Mail<R> {
-    /// A client request for a group the receiving core hosts, with where to answer.
-    Request { request: KvRequest, reply: R },
+    /// A client request for a group the receiving core hosts, with where to answer and
+    /// the role of its sender.
+    Request {
+        request: KvRequest,
+        reply: R,
+        role: Role,
+    },
     /// Core 0's latest placement table.
     Table(Arc<PlacementTable>),
 }
@@ -320,20 +325,25 @@ impl<R> NodeCore<R> {
         self.coordinate(now);
     }
 
-    /// A client request, answered through `reply` (now, or after a commit or read index).
-    pub fn handle_request(&mut self, now: Time, request: KvRequest, reply: R) {
+    /// A request from a holder of `role`, answered through `reply` (now, or after a commit
+    /// or read index).
+    pub fn handle_request(&mut self, now: Time, request: KvRequest, reply: R, role: Role) {
         self.now = now;
         if let Err(answer) = check_op(&request) {
             return self.answer(reply, request.id, answer);
         }
         if self.host.replica_id(request.group).is_some() {
-            return self.take(request, reply);
+            return self.take(request, reply, role);
         }
         match self.hosting.home(request.group) {
             Some(home) if home != self.local.core => {
                 // Right node, wrong core: hand it over.
-                self.mail
-                    .push_back((home, Mail::Request { request, reply }));
+                let mail = Mail::Request {
+                    request,
+                    reply,
+                    role,
+                };
+                self.mail.push_back((home, mail));
             }
             _ => self.not_here(request, reply),
         }
@@ -345,9 +355,13 @@ impl<R> NodeCore<R> {
         match mail {
             // Forwarded once: if this core does not host the group either, the node is
             // behind or the client's table is stale.
-            Mail::Request { request, reply } => {
+            Mail::Request {
+                request,
+                reply,
+                role,
+            } => {
                 if self.host.replica_id(request.group).is_some() {
-                    self.take(request, reply);
+                    self.take(request, reply, role);
                 } else {
                     self.not_here(request, reply);
                 }
@@ -359,7 +373,7 @@ impl<R> NodeCore<R> {
     /// Mail this core handed out could not be delivered (the other core's inbox is full).
     pub fn handle_mail_refused(&mut self, core: CoreId, mail: Mail<R>) {
         match mail {
-            Mail::Request { request, reply } => {
+            Mail::Request { request, reply, .. } => {
                 let answer = KvReply::Error(format!("busy: core {} cannot take more", core.0));
                 self.answer(reply, request.id, answer);
             }
@@ -612,9 +626,21 @@ impl<R> NodeCore<R> {
     }
 
     /// Takes a request for a group this core hosts.
-    fn take(&mut self, request: KvRequest, reply: R) {
+    fn take(&mut self, request: KvRequest, reply: R, role: Role) {
         self.count(CoreCounter::ClientRequests, 1);
         let (id, group) = (request.id, request.group);
+        if let Err(refusal) = self.permitted(role, group, &request.op) {
+            warn!(
+                node = self.local.node.0,
+                core = self.local.core.0,
+                %role,
+                group = group.0,
+                %refusal,
+                "request refused"
+            );
+            self.count(CoreCounter::ClientRefusals, 1);
+            return self.answer(reply, id, KvReply::Forbidden(refusal));
+        }
         if self.pending.len() >= CLIENT_PENDING_MAX {
             let answer = KvReply::Error("server busy: too many requests in flight".into());
             return self.answer(reply, id, answer);
@@ -628,6 +654,67 @@ impl<R> NodeCore<R> {
         }
     }
 
+    /// Whether a holder of `role` may ask `op` of `group`; the reason when not.
+    ///
+    /// Data reads and writes and the placement table: everyone. Running the cluster — a
+    /// group's view, a voter's durable commit, a leader transfer, the operator's metadata
+    /// commands (`start_move`, `abandon_move`, `node_state`) — an admin or a node. A
+    /// membership change: only a node (the migration executor), and only the changes the
+    /// group's recorded move implies. No one may send `bootstrap` or `end_move`: a core
+    /// proposes those itself.
+    fn permitted(&self, role: Role, group: GroupId, op: &KvOp) -> Result<(), String> {
+        let needs_admin = |what: &str| {
+            if role.administers() {
+                Ok(())
+            } else {
+                Err(format!("{what} needs an admin or node certificate"))
+            }
+        };
+        match op {
+            KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves => Ok(()),
+            KvOp::Write { .. } if group != GroupId::METADATA => Ok(()),
+            KvOp::Write { command } => match MetadataCommand::decode(command) {
+                // Malformed: refused with its decode error when started.
+                Err(_) => Ok(()),
+                Ok(MetadataCommand::StartMove { .. }) => needs_admin("start_move"),
+                Ok(MetadataCommand::AbandonMove { .. }) => needs_admin("abandon_move"),
+                Ok(MetadataCommand::SetNodeState { .. }) => needs_admin("node_state"),
+                Ok(c @ (MetadataCommand::Bootstrap { .. } | MetadataCommand::EndMove { .. })) => {
+                    Err(format!("{} is proposed by the cluster itself", c.name()))
+                }
+            },
+            KvOp::View { .. } => needs_admin("a group's view"),
+            KvOp::DurableCommit => needs_admin("a durable commit index"),
+            KvOp::TransferLeader { .. } => needs_admin("a leader transfer"),
+            KvOp::ChangeMembership { changes } => {
+                if !matches!(role, Role::Node(_)) {
+                    return Err(
+                        "membership changes come from the migration executor (a node)".into(),
+                    );
+                }
+                let pending = self
+                    .hosting
+                    .table()
+                    .and_then(|t| t.group(group))
+                    .and_then(|p| p.moving);
+                let Some(m) = pending else {
+                    return Err(format!("group {} is not moving a replica", group.0));
+                };
+                let implied = |c: &MembershipChange| match *c {
+                    MembershipChange::AddLearner(r) | MembershipChange::AddVoter(r) => r == m.new,
+                    MembershipChange::Remove(r) => r == m.new || r == m.from,
+                };
+                match changes.iter().find(|c| !implied(c)) {
+                    None => Ok(()),
+                    Some(c) => Err(format!(
+                        "{c:?} is not a step of group {}'s move of replica {} to {}",
+                        group.0, m.from.0, m.new.0
+                    )),
+                }
+            }
+        }
+    }
+
     /// Starts what `op` asks of the hosted `group`: what it now waits for, or the answer
     /// to give at once (not only errors: admin requests are answered at once).
     fn start(&mut self, group: GroupId, op: KvOp, token: ProposalToken) -> Result<Wait, KvReply> {
@@ -635,14 +722,8 @@ impl<R> NodeCore<R> {
             KvOp::Write { command } if group == GroupId::METADATA => {
                 match MetadataCommand::decode(&command) {
                     Err(e) => Err(KvReply::Error(format!("malformed metadata command: {e}"))),
-                    Ok(
-                        MetadataCommand::StartMove { .. }
-                        | MetadataCommand::AbandonMove { .. }
-                        | MetadataCommand::SetNodeState { .. },
-                    ) => self.propose(group, command, token).map(|()| Wait::Commit),
-                    Ok(c) => Err(KvReply::Error(format!(
-                        "clients may start and abandon moves and set node states, not {c:?}"
-                    ))),
+                    // `permitted` let through only the operator's commands.
+                    Ok(_) => self.propose(group, command, token).map(|()| Wait::Commit),
                 }
             }
             KvOp::Write { command } => {
@@ -1082,4 +1163,116 @@ fn raft_transmit(to: CoreAddress, messages: &[(u64, raft::eraftpb::Message)]) ->
     let mut payload = Vec::new();
     encode_batch(messages.iter().map(|(g, m)| (*g, m)), &mut payload);
     Transmit::Raft { to, payload }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use std::net::SocketAddr;
+
+    /// A one-node, one-core cluster's core 0: it hosts the metadata group and group 1.
+    fn core() -> NodeCore<u64> {
+        let spec = ClusterSpec {
+            nodes: vec![(NodeId(1), SocketAddr::from(([127, 0, 0, 1], 7000)))],
+            cores: 1,
+            groups: 1,
+            replicas: 1,
+        };
+        let config = CoreConfig {
+            local: CoreAddress::new(NodeId(1), CoreId(0)),
+            spec,
+            audit: false,
+            bug: None,
+        };
+        NodeCore::new(config, BTreeMap::new()).unwrap()
+    }
+
+    fn ask(core: &mut NodeCore<u64>, id: u64, group: u64, op: KvOp, role: Role) -> KvReply {
+        let request = KvRequest {
+            id,
+            group: GroupId(group),
+            op,
+        };
+        core.handle_request(Time::from_secs(1), request, id, role);
+        let (reply, frame) = core.poll_reply().expect("answered at once");
+        assert_eq!((reply, frame.id), (id, id));
+        frame.reply
+    }
+
+    #[test]
+    fn a_client_may_not_run_the_cluster_and_nobody_may_change_membership_outside_a_move() {
+        let mut core = core();
+        let membership = KvOp::ChangeMembership {
+            changes: vec![MembershipChange::Remove(ReplicaId(1))],
+        };
+        let start_move = KvOp::Write {
+            command: MetadataCommand::StartMove {
+                group: GroupId(1),
+                from: ReplicaId::initial(GroupId(1), 0),
+                to: CoreAddress::new(NodeId(1), CoreId(0)),
+            }
+            .encode(),
+        };
+        let end_move = KvOp::Write {
+            command: MetadataCommand::EndMove {
+                group: GroupId(1),
+                new: ReplicaId(1 << 48),
+                moved: true,
+            }
+            .encode(),
+        };
+        let refused = |reply: KvReply, why: &str| match reply {
+            KvReply::Forbidden(reason) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        refused(
+            ask(
+                &mut core,
+                1,
+                1,
+                KvOp::View { new: ReplicaId(9) },
+                Role::Client,
+            ),
+            "needs an admin or node certificate",
+        );
+        refused(
+            ask(
+                &mut core,
+                2,
+                1,
+                KvOp::TransferLeader { to: ReplicaId(9) },
+                Role::Client,
+            ),
+            "needs an admin or node certificate",
+        );
+        refused(
+            ask(&mut core, 3, 0, start_move.clone(), Role::Client),
+            "start_move needs",
+        );
+        refused(
+            ask(&mut core, 4, 1, membership.clone(), Role::Admin),
+            "come from the migration executor",
+        );
+        refused(
+            ask(&mut core, 5, 1, membership, Role::Node(NodeId(1))),
+            "not moving a replica",
+        );
+        refused(
+            ask(&mut core, 6, 0, end_move, Role::Node(NodeId(1))),
+            "proposed by the cluster itself",
+        );
+        assert_eq!(core.counter(CoreCounter::ClientRefusals), 6);
+        // An admin is let through (the group has no leader yet: a redirect, not a refusal).
+        assert!(!matches!(
+            ask(
+                &mut core,
+                7,
+                1,
+                KvOp::View { new: ReplicaId(9) },
+                Role::Admin
+            ),
+            KvReply::Forbidden(_)
+        ));
+    }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::client::call::Failure;
 pub use crate::cluster::spec::ClusterSpec;
 use crate::constants::{NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY, SNAPSHOT_TRANSFER_TIMEOUT};
-use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
+use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
 use crate::node::{CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit};
 use crate::replication::snapshot_transfer::TokenBucket;
@@ -37,7 +37,7 @@ use crate::runtime::peers::{Peers, StreamClass, receive_streams};
 use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
-use crate::runtime::tls::{ALPN_CLIENT, ALPN_PEER, TlsMode};
+use crate::runtime::tls::{self, ALPN_CLIENT, ALPN_PEER, TlsMode};
 use crate::runtime::wal::{WalFile, WalIoError};
 use crate::time::Time;
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
@@ -186,7 +186,8 @@ enum Work {
         replica: ReplicaId,
         delivered: bool,
     },
-    Request(KvRequest, Reply),
+    /// A client request, where to answer it, and its sender's role.
+    Request(KvRequest, Reply, Role),
     Mail(Mail<Reply>),
     /// What came of one of the migration executor's requests.
     CallReply(u64, Result<KvReply, Failure>),
@@ -396,7 +397,7 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
             replica,
             delivered,
         } => node.handle_snapshot_sent(group, replica, delivered),
-        Work::Request(request, reply) => node.handle_request(now, request, reply),
+        Work::Request(request, reply, role) => node.handle_request(now, request, reply, role),
         Work::Mail(mail) => node.handle_mail(now, mail),
         Work::CallReply(id, result) => node.handle_call_reply(now, id, result),
     }
@@ -526,14 +527,24 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>) {
     }
 }
 
+/// Serves a client connection's requests with the role its certificate carries (in the
+/// insecure mode, which authenticates nobody, everyone is an admin).
 async fn serve_client(conn: Connection, inbox: Rc<Inbox>) {
+    let role = match tls::role_of(&conn.peer_certificates()) {
+        Ok(role) => role.unwrap_or(Role::Admin),
+        Err(e) => {
+            warn!(remote = %conn.remote_address(), error = %e, "client connection refused");
+            conn.close(3, e.to_string().as_bytes());
+            return;
+        }
+    };
     while let Ok((send, recv)) = conn.accept_bi().await {
-        glommio::spawn_local(serve_request(send, recv, inbox.clone())).detach();
+        glommio::spawn_local(serve_request(send, recv, inbox.clone(), role)).detach();
     }
 }
 
 /// One request per stream: a request frame in, a response frame out.
-async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inbox>) {
+async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inbox>, role: Role) {
     let mut decoder = FrameDecoder::new();
     let mut request = None;
     loop {
@@ -550,7 +561,7 @@ async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inb
     let reply = match request.map(|f| KvRequest::decode(&f.payload)) {
         Some(Ok(request)) => {
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            inbox.push(Work::Request(request, tx));
+            inbox.push(Work::Request(request, tx, role));
             match rx.recv().await {
                 Ok(reply) => reply,
                 Err(_) => return,

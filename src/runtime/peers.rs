@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use futures_lite::future;
 use thiserror::Error;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::client::peer_health::{Admission, PeerHealth};
 use crate::constants::{PEER_CONNECT_TIMEOUT, PEER_OUTBOX_MAX_BYTES};
-use crate::ids::{CoreAddress, CoreId, NodeId};
+use crate::ids::{CoreAddress, CoreId, NodeId, Role};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::quic::{Connection, QuicEndpoint, RecvStream, SendStream, TransportError};
 use crate::runtime::tls::{self, ALPN_PEER, TlsMode};
@@ -486,38 +486,80 @@ impl Peers {
     }
 }
 
+/// Why a peer connection or stream was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PeerRefusal {
+    /// The peer protocol is for nodes; this certificate's holder is not one.
+    #[error("the peer protocol needs a node certificate; this one is a {0}'s")]
+    NotANode(Role),
+    /// The certificate does not parse or names several roles.
+    #[error("unusable certificate: {0}")]
+    BadCertificate(String),
+    /// A stream's `Hello` claims another node than the certificate names.
+    #[error("hello claims node {claimed}, the certificate names node {certified}")]
+    WrongNode { claimed: NodeId, certified: NodeId },
+    /// A stream that does not start with a valid `Hello`, or carries bad frames.
+    #[error("{0}")]
+    BadStream(String),
+}
+
+/// The node an accepted peer connection may speak for: the one its certificate names
+/// (`None` in the insecure mode, which authenticates nobody: any `Hello` is taken).
+pub fn peer_node(conn: &Connection) -> Result<Option<NodeId>, PeerRefusal> {
+    match tls::role_of(&conn.peer_certificates()) {
+        Ok(None) => Ok(None),
+        Ok(Some(Role::Node(node))) => Ok(Some(node)),
+        Ok(Some(role)) => Err(PeerRefusal::NotANode(role)),
+        Err(e) => Err(PeerRefusal::BadCertificate(e.to_string())),
+    }
+}
+
 /// Reads every unidirectional stream of an accepted peer connection, passing each frame to
-/// `on_frame` with the sender and stream class from the stream's `Hello`. A stream whose
-/// first frame is not a valid `Hello`, or whose bytes are not valid frames, is abandoned
-/// (and the connection closed): bad bytes from a peer never reach the handler.
+/// `on_frame` with the sender and stream class from the stream's `Hello`. A connection whose
+/// certificate is not a node's is closed at once; a stream whose first frame is not a valid
+/// `Hello` for the node the certificate names, or whose bytes are not valid frames, is
+/// abandoned and the connection closed: bad bytes from a peer never reach the handler.
 pub async fn receive_streams<F>(conn: Connection, on_frame: F)
 where
     F: FnMut(CoreAddress, StreamClass, Frame) + 'static,
 {
+    let certified = match peer_node(&conn) {
+        Ok(node) => node,
+        Err(refusal) => {
+            warn!(remote = %conn.remote_address(), %refusal, "peer connection refused");
+            conn.close(3, refusal.to_string().as_bytes());
+            return;
+        }
+    };
     let handler = Rc::new(RefCell::new(on_frame));
     while let Ok(stream) = conn.accept_uni().await {
         let (handler, conn) = (handler.clone(), conn.clone());
         glommio::spawn_local(async move {
-            if let Err(reason) = read_stream(stream, &handler).await {
-                debug!(%reason, "closing a peer connection that sent a bad stream");
-                conn.close(1, reason.as_bytes());
+            if let Err(refusal) = read_stream(stream, certified, &handler).await {
+                warn!(remote = %conn.remote_address(), %refusal, "closing a peer connection that sent a bad stream");
+                conn.close(1, refusal.to_string().as_bytes());
             }
         })
         .detach();
     }
 }
 
-async fn read_stream<F>(mut stream: RecvStream, handler: &Rc<RefCell<F>>) -> Result<(), String>
+async fn read_stream<F>(
+    mut stream: RecvStream,
+    certified: Option<NodeId>,
+    handler: &Rc<RefCell<F>>,
+) -> Result<(), PeerRefusal>
 where
     F: FnMut(CoreAddress, StreamClass, Frame),
 {
     let mut decoder = FrameDecoder::new();
     let mut origin: Option<(CoreAddress, StreamClass)> = None;
-    let mut bad: Option<String> = None;
+    let mut bad: Option<PeerRefusal> = None;
+    let stream_error = |e: String| PeerRefusal::BadStream(e);
     while let Some(chunk) = stream
         .read_chunk(usize::MAX)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| stream_error(e.to_string()))?
     {
         decoder
             .decode(&chunk, |frame| {
@@ -526,16 +568,22 @@ where
                 }
                 match origin {
                     None if frame.kind == FrameKind::Hello => match parse_hello(&frame.payload) {
+                        Some((peer, _)) if certified.is_some_and(|n| n != peer.node) => {
+                            bad = Some(PeerRefusal::WrongNode {
+                                claimed: peer.node,
+                                certified: certified.unwrap_or(peer.node),
+                            });
+                        }
                         Some(o) => origin = Some(o),
-                        None => bad = Some("malformed hello".into()),
+                        None => bad = Some(stream_error("malformed hello".into())),
                     },
-                    None => bad = Some("stream does not start with hello".into()),
+                    None => bad = Some(stream_error("stream does not start with hello".into())),
                     Some((peer, class)) => (handler.borrow_mut())(peer, class, frame),
                 }
             })
-            .map_err(|e| e.to_string())?;
-        if let Some(reason) = bad {
-            return Err(reason);
+            .map_err(|e| stream_error(e.to_string()))?;
+        if let Some(refusal) = bad {
+            return Err(refusal);
         }
     }
     Ok(())

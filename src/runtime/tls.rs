@@ -1,10 +1,21 @@
 //! Cluster certificates and the TLS configurations of the QUIC endpoints.
 //!
 //! mTLS is the default: a cluster CA (`certs init`) signs one certificate per node
-//! (`certs node`) and per client (`certs client`). A node accepts a peer or a client only if
-//! its certificate chains to the cluster CA; it reaches a peer only if the peer's
-//! certificate does, and names `node-<id>` among its SANs. ALPN tells peer traffic
-//! (`nodedb-peer/1`) from client traffic (`nodedb-client/1`).
+//! (`certs node`), per operator (`certs admin`) and per client (`certs client`). A node
+//! accepts a peer or a client only if its certificate chains to the cluster CA; it reaches a
+//! peer only if the peer's certificate does, and names `node-<id>` among its SANs. ALPN
+//! tells peer traffic (`nodedb-peer/1`) from client traffic (`nodedb-client/1`).
+//!
+//! **Roles.** Each certificate carries its holder's [`Role`] as a URI SAN:
+//! `urn:nodedb:node:<id>`, `urn:nodedb:admin:<name>` or `urn:nodedb:client:<name>`
+//! ([`role_of`]). Only a node certificate may speak the peer protocol, as the node it
+//! names; admin operations need an admin or node certificate. A certificate without a role
+//! URI (issued before roles existed) is a client's. A DNS SAN never grants a role: a client
+//! could be issued one named `node-1`.
+//!
+//! **Validity.** Certificates are valid for `CERT_VALIDITY_DAYS` (a year) from issue, the CA
+//! for `CA_VALIDITY_DAYS`; rotation is a new certificate from the same CA and a restart of
+//! the process that uses it (`certs node|admin|client` again).
 //!
 //! The explicit insecure mode encrypts but authenticates nobody; it exists for development,
 //! is logged as a warning at start and shows in metrics. It is never the default.
@@ -25,7 +36,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use thiserror::Error;
 
-use crate::ids::NodeId;
+use crate::constants::{CA_VALIDITY_DAYS, CERT_VALIDITY_DAYS};
+use crate::ids::{NodeId, Role};
 
 /// ALPN of node-to-node traffic.
 pub const ALPN_PEER: &[u8] = b"nodedb-peer/1";
@@ -60,6 +72,9 @@ pub enum TlsError {
     /// The client verifier could not be built from the CA.
     #[error("cannot verify clients against the cluster CA: {0}")]
     Verifier(String),
+    /// A certificate does not parse, or names more than one role.
+    #[error("certificate: {0}")]
+    BadCertificate(String),
 }
 
 /// PEM text of a certificate and its private key.
@@ -69,10 +84,18 @@ pub struct CertifiedKeyPem {
     pub key_pem: String,
 }
 
+/// Sets a certificate valid from yesterday (clock skew between machines) for `days`.
+fn set_validity(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
 /// Creates a new cluster CA.
 pub fn generate_ca(cluster_name: &str) -> Result<CertifiedKeyPem, TlsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
+    set_validity(&mut params, CA_VALIDITY_DAYS);
     params.distinguished_name = name(&format!("{cluster_name} cluster CA"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -87,8 +110,9 @@ pub fn generate_ca(cluster_name: &str) -> Result<CertifiedKeyPem, TlsError> {
     })
 }
 
-/// Issues the certificate of node `node`: SAN `node-<id>` plus `sans` (IPs or DNS names),
-/// usable both as a server (peers and clients reach it) and as a client (it reaches peers).
+/// Issues the certificate of node `node`: the node role, SAN `node-<id>` plus `sans` (IPs
+/// or DNS names), usable both as a server (peers and clients reach it) and as a client (it
+/// reaches peers).
 pub fn issue_node_cert(
     ca: &CertifiedKeyPem,
     node: NodeId,
@@ -99,6 +123,8 @@ pub fn issue_node_cert(
     issue(
         ca,
         &format!("node {node}"),
+        Role::Node(node),
+        &node.0.to_string(),
         &all,
         &[
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -112,9 +138,72 @@ pub fn issue_client_cert(ca: &CertifiedKeyPem, client: &str) -> Result<Certified
     issue(
         ca,
         client,
+        Role::Client,
+        client,
         &[client.to_owned()],
         &[ExtendedKeyUsagePurpose::ClientAuth],
     )
+}
+
+/// Issues an operator's certificate named `admin`: a client that may also run the cluster.
+pub fn issue_admin_cert(ca: &CertifiedKeyPem, admin: &str) -> Result<CertifiedKeyPem, TlsError> {
+    issue(
+        ca,
+        admin,
+        Role::Admin,
+        admin,
+        &[admin.to_owned()],
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// The URI SAN that carries `role` for the holder `name`.
+fn role_uri(role: Role, name: &str) -> String {
+    match role {
+        Role::Node(_) => format!("{ROLE_URI_PREFIX}node:{name}"),
+        Role::Admin => format!("{ROLE_URI_PREFIX}admin:{name}"),
+        Role::Client => format!("{ROLE_URI_PREFIX}client:{name}"),
+    }
+}
+
+const ROLE_URI_PREFIX: &str = "urn:nodedb:";
+
+/// The role a certificate chain's end-entity certificate carries; `None` when the chain is
+/// empty (the insecure mode authenticates nobody). A certificate without a role URI is a
+/// client's; one with two role URIs, or a node role without a node id, is refused.
+pub fn role_of(chain: &[Vec<u8>]) -> Result<Option<Role>, TlsError> {
+    let Some(der) = chain.first() else {
+        return Ok(None);
+    };
+    let bad = |e: String| TlsError::BadCertificate(e);
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut roles = Vec::new();
+    for name in sans.iter().flat_map(|s| s.value.general_names.iter()) {
+        let x509_parser::extensions::GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(rest) = uri.strip_prefix(ROLE_URI_PREFIX) else {
+            continue;
+        };
+        let role = match rest.split_once(':') {
+            Some(("node", id)) => Role::Node(NodeId(
+                id.parse()
+                    .map_err(|_| bad(format!("node role without a node id: {uri}")))?,
+            )),
+            Some(("admin", _)) => Role::Admin,
+            Some(("client", _)) => Role::Client,
+            _ => return Err(bad(format!("unknown role {uri}"))),
+        };
+        roles.push(role);
+    }
+    match roles.as_slice() {
+        [] => Ok(Some(Role::Client)),
+        [role] => Ok(Some(*role)),
+        _ => Err(bad(format!("a certificate with several roles: {roles:?}"))),
+    }
 }
 
 /// The DNS-style name a node's certificate carries and peers verify: `node-<id>`.
@@ -132,6 +221,8 @@ fn name(common_name: &str) -> DistinguishedName {
 fn issue(
     ca: &CertifiedKeyPem,
     common_name: &str,
+    role: Role,
+    holder: &str,
     sans: &[String],
     usages: &[ExtendedKeyUsagePurpose],
 ) -> Result<CertifiedKeyPem, TlsError> {
@@ -152,7 +243,12 @@ fn issue(
                 .map_err(|_| TlsError::BadSan(san.clone())),
             Err(_) => Err(TlsError::BadSan(san.clone())),
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let uri = role_uri(role, holder)
+        .try_into()
+        .map_err(|_| TlsError::BadSan(holder.to_owned()))?;
+    params.subject_alt_names.push(SanType::URI(uri));
+    set_validity(&mut params, CERT_VALIDITY_DAYS);
     params.extended_key_usages = usages.to_vec();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
@@ -426,6 +522,39 @@ mod tests {
             issue_node_cert(&ca, NodeId(1), &["not a name!".into()]),
             Err(TlsError::BadSan(_))
         ));
+    }
+
+    fn der(pem: &str) -> Vec<Vec<u8>> {
+        parse_certs(pem, "test")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn certificates_carry_their_role_and_a_finite_validity() {
+        let ca = generate_ca("test").unwrap();
+        let node = issue_node_cert(&ca, NodeId(7), &[]).unwrap();
+        let admin = issue_admin_cert(&ca, "ops").unwrap();
+        let client = issue_client_cert(&ca, "node-1").unwrap();
+        assert_eq!(
+            role_of(&der(&node.cert_pem)).unwrap(),
+            Some(Role::Node(NodeId(7)))
+        );
+        assert_eq!(role_of(&der(&admin.cert_pem)).unwrap(), Some(Role::Admin));
+        assert_eq!(
+            role_of(&der(&client.cert_pem)).unwrap(),
+            Some(Role::Client),
+            "a client named like a node is a client"
+        );
+        assert_eq!(role_of(&[]).unwrap(), None);
+        assert!(role_of(&[b"garbage".to_vec()]).is_err());
+        let chain = der(&node.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
+            / 86_400;
+        assert_eq!(days, i64::from(CERT_VALIDITY_DAYS) + 1);
     }
 
     #[test]

@@ -626,7 +626,9 @@ impl Sim {
                         Payload::Chunk(bytes) => {
                             let _ = core.handle_snapshot_chunk(now, &bytes);
                         }
-                        Payload::Request(request) => core.handle_request(now, request, m.from),
+                        Payload::Request(request) => {
+                            core.handle_request(now, request, m.from, m.from.role())
+                        }
                         Payload::Reply(frame) => {
                             core.handle_call_reply(now, frame.id, Ok(frame.reply))
                         }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::ids::{CoreAddress, NodeId};
+use crate::ids::{CoreAddress, NodeId, Role};
 use crate::rng::Rng;
 use crate::sim::faults::Faults;
 use crate::wire::kv_rpc::{KvRequest, KvResponseFrame};
@@ -26,6 +26,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The role its certificate would carry: clients are clients, the operator an admin, a
+    /// core its node.
+    pub fn role(self) -> Role {
+        match self {
+            Endpoint::Core(at) => Role::Node(at.node),
+            Endpoint::Client(_) => Role::Client,
+            Endpoint::Operator => Role::Admin,
+        }
+    }
+
     fn node(self) -> Option<NodeId> {
         match self {
             Endpoint::Core(at) => Some(at.node),

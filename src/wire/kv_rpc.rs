@@ -24,6 +24,7 @@
 //!   status 10 moved     body = epoch:varint   (this node hosts no replica of the group at that epoch)
 //!   status 11 moves     body = count (group:varint from:varint new:varint node:varint core:varint abandon:u8)*
 //!   status 12 unknown   body = message:bytes  (the request may or may not have taken effect)
+//!   status 13 forbidden body = message:bytes  (the sender's certificate does not allow it)
 //! ids = count replica:varint*;  opt = present:u8 [varint]
 //! ```
 //!
@@ -108,6 +109,8 @@ pub enum KvReply {
     /// before it committed, a node stopping with writes in flight): the client must not
     /// assume either.
     Unknown(String),
+    /// The sender's role (its certificate) does not allow the request; it had no effect.
+    Forbidden(String),
     /// The placement table at `epoch`: each group's replicas (Raft id and address).
     Routing {
         epoch: u64,
@@ -387,6 +390,13 @@ impl KvResponseFrame {
                     &message.as_bytes()[..message.len().min(ERROR_MAX_BYTES)],
                 );
             }
+            KvReply::Forbidden(message) => {
+                out.push(13);
+                put_bytes(
+                    &mut out,
+                    &message.as_bytes()[..message.len().min(ERROR_MAX_BYTES)],
+                );
+            }
         }
         out
     }
@@ -437,6 +447,9 @@ impl KvResponseFrame {
             ),
             12 => KvReply::Unknown(
                 String::from_utf8_lossy(r.bytes("unknown", ERROR_MAX_BYTES)?).into_owned(),
+            ),
+            13 => KvReply::Forbidden(
+                String::from_utf8_lossy(r.bytes("forbidden", ERROR_MAX_BYTES)?).into_owned(),
             ),
             6 => {
                 let epoch = r.varint("epoch")?;
@@ -571,6 +584,7 @@ mod tests {
             KvReply::NotLeader(None),
             KvReply::Error("boom".into()),
             KvReply::Unknown("maybe".into()),
+            KvReply::Forbidden("not yours".into()),
             KvReply::Accepted,
             KvReply::Index(77),
             KvReply::Moved { epoch: 5 },
