@@ -136,6 +136,11 @@ pub const QUIC_STREAM_WINDOW_BYTES: u32 = 8 << 20;
 /// streams and the client request streams of one connection.
 pub const QUIC_MAX_STREAMS: u32 = 256;
 
+/// Bytes of unfinished requests one client connection may have a server hold, across its
+/// streams (without it, 256 streams × a 4 MiB frame each). A request past it is answered
+/// with an error and its stream stopped.
+pub const CLIENT_CONNECTION_BUFFER_BYTES: usize = 8 << 20;
+
 /// Datagram buffers drained per receive call; with GRO each can hold many datagrams.
 pub const QUIC_RECV_BATCH: usize = 8;
 

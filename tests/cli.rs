@@ -435,7 +435,7 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
 /// A core that cannot run (here: its data directory is a file) stops the node with the
 /// reason and a failure exit, instead of leaving a process that serves nothing.
 #[test]
-fn a_node_whose_core_fails_exits_with_the_reason() {
+fn a_node_whose_data_directory_is_unusable_exits_with_the_reason() {
     let dir = scratch_dir("cli-core-fails");
     let d = dir.to_str().unwrap();
     assert!(cli(&["certs", "init", "--dir", d]).status.success());
@@ -476,7 +476,54 @@ fn a_node_whose_core_fails_exits_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("core 0 stopped") && stderr.contains("data-1"),
+        stderr.contains("data directory") && stderr.contains("data-1"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A panic on a core (injected through `NODEDB_INJECT_PANIC`) stops the whole node: the
+/// process exits non-zero and says which core panicked and why.
+#[test]
+fn a_panic_on_a_core_exits_the_process_non_zero() {
+    let dir = scratch_dir("cli-core-panics");
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    let node = [
+        "certs",
+        "node",
+        "--dir",
+        d,
+        "--id",
+        "1",
+        "--san",
+        "127.0.0.1",
+    ];
+    assert!(cli(&node).status.success());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
+    let toml = config_toml(Some(1), "node-1", &nodes).replace("cores = 1", "cores = 2");
+    std::fs::write(dir.join("node-1.toml"), toml).unwrap();
+    let config = dir.join("node-1.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+        .args([
+            "start",
+            "--config",
+            config.to_str().unwrap(),
+            "--run-for",
+            "120",
+        ])
+        .env("NODEDB_INJECT_PANIC", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("core 1 panicked") && stderr.contains("injected by NODEDB_INJECT_PANIC"),
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

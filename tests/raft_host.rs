@@ -33,7 +33,8 @@ struct Cluster {
     now: Time,
     hosts: BTreeMap<u64, RaftHost<KvStore>>,
     disks: HashMap<u64, PersistedGroup>,
-    in_flight: Vec<Outgoing>,
+    /// Messages on their way, with the node that sent each.
+    in_flight: Vec<(NodeId, Outgoing)>,
     isolated: HashSet<u64>,
     applied: HashMap<u64, Vec<u8>>,
     /// (term, leader replica) pairs ever observed as "is_self" leader.
@@ -42,6 +43,8 @@ struct Cluster {
     snapshots_delivered: usize,
     /// The last configuration each host applied: (voters, learners, joint).
     confs: HashMap<u64, (Vec<u64>, Vec<u64>, bool)>,
+    /// Delivers forged copies of messages alongside the real ones, when set.
+    forger: Option<Forger>,
 }
 
 impl Cluster {
@@ -56,6 +59,7 @@ impl Cluster {
             leaders: Vec::new(),
             snapshots_delivered: 0,
             confs: HashMap::new(),
+            forger: None,
         };
         for i in 1..=3 {
             c.start(i);
@@ -88,7 +92,7 @@ impl Cluster {
     /// Crash: the process is gone; only the disk remains.
     fn crash(&mut self, i: u64) {
         self.hosts.remove(&i);
-        self.in_flight.retain(|m| m.to != address(i));
+        self.in_flight.retain(|(_, m)| m.to != address(i));
     }
 
     /// One tick of virtual time, then deliver and persist until quiet.
@@ -110,7 +114,7 @@ impl Cluster {
                 }
                 while let Some(out) = host.poll_transmit() {
                     if !self.isolated.contains(&i) && !self.isolated.contains(&out.to.node.0) {
-                        self.in_flight.push(out);
+                        self.in_flight.push((NodeId(i), out));
                     }
                     progressed = true;
                 }
@@ -140,12 +144,15 @@ impl Cluster {
                     }
                 }
             }
-            for out in std::mem::take(&mut self.in_flight) {
+            for (from, out) in std::mem::take(&mut self.in_flight) {
                 if let Some(host) = self.hosts.get_mut(&out.to.node.0) {
+                    if let Some(forger) = self.forger.as_mut() {
+                        forger.forge(host, from, &out);
+                    }
                     if out.message.get_msg_type() == MessageType::MsgSnapshot {
                         self.snapshots_delivered += 1;
                     }
-                    let _ = host.handle_message(out.group, out.message);
+                    let _ = host.handle_message(out.group, from, out.message);
                     progressed = true;
                 }
             }
@@ -342,7 +349,7 @@ fn an_append_is_acknowledged_only_after_it_is_durable() {
     .encode()
     .into();
     append.entries = vec![entry].into();
-    follower.handle_message(GROUP, append).unwrap();
+    follower.handle_message(GROUP, NodeId(1), append).unwrap();
 
     let batch = follower
         .poll_persist()
@@ -534,7 +541,7 @@ fn a_message_for_an_earlier_replica_of_the_group_is_refused() {
     heartbeat.term = 5;
     heartbeat.commit = 100;
     assert_eq!(
-        host.handle_message(GROUP, heartbeat),
+        host.handle_message(GROUP, NodeId(2), heartbeat),
         Err(HostError::WrongReplica {
             group: GROUP,
             to: ReplicaId(4)
@@ -708,4 +715,252 @@ fn an_entry_proposed_before_a_restart_is_not_reported_as_a_new_proposal() {
     // Its own new proposals are still reported.
     assert!(c.put(8, "fresh", "now"));
     assert!(c.run_until(50, |c| c.applied.contains_key(&8)));
+}
+
+/// SplitMix64: a small deterministic generator for the property tests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A value from the edges that break arithmetic, or an ordinary small one.
+    fn interesting(&mut self) -> u64 {
+        match self.below(8) {
+            0 => 0,
+            1 => 1,
+            2 => u64::MAX,
+            3 => 1 << 40,
+            4 => 1 << 62,
+            5 => self.next(),
+            _ => self.below(64),
+        }
+    }
+}
+
+/// Sends, alongside real messages, forged ones: mutated copies of them and messages made
+/// up from scratch, from the real sender's node or from another node.
+struct Forger {
+    rng: Rng,
+    /// Forgeries per real message, in percent.
+    rate: u64,
+    accepted: u64,
+    refused: u64,
+    /// Refused for another reason than screening (unknown group, wrong replica, raft-rs).
+    dropped: u64,
+}
+
+impl Forger {
+    fn new(seed: u64, rate: u64) -> Forger {
+        Forger {
+            rng: Rng(seed),
+            rate,
+            accepted: 0,
+            refused: 0,
+            dropped: 0,
+        }
+    }
+
+    fn forge(&mut self, host: &mut RaftHost<KvStore>, from: NodeId, real: &Outgoing) {
+        while self.rng.below(100) < self.rate {
+            let mut message = if self.rng.below(5) == 0 {
+                raft::eraftpb::Message::default()
+            } else {
+                real.message.clone()
+            };
+            for _ in 0..1 + self.rng.below(3) {
+                self.mutate(&mut message);
+            }
+            let sender = if self.rng.below(5) == 0 {
+                NodeId(1 + self.rng.below(4))
+            } else {
+                from
+            };
+            match host.handle_message(real.group, sender, message) {
+                Ok(()) => self.accepted += 1,
+                Err(HostError::Refused { .. }) => self.refused += 1,
+                Err(_) => self.dropped += 1,
+            }
+            if self.rate < 100 {
+                break;
+            }
+        }
+    }
+
+    fn mutate(&mut self, m: &mut raft::eraftpb::Message) {
+        let rng = &mut self.rng;
+        match rng.below(12) {
+            0 => m.term = rng.interesting(),
+            1 => m.index = rng.interesting(),
+            2 => m.commit = rng.interesting(),
+            3 => m.log_term = rng.interesting(),
+            4 => m.from = rng.below(6),
+            5 => m.to = rng.below(6),
+            6 => {
+                let kinds = [
+                    MessageType::MsgHup,
+                    MessageType::MsgBeat,
+                    MessageType::MsgPropose,
+                    MessageType::MsgAppend,
+                    MessageType::MsgAppendResponse,
+                    MessageType::MsgRequestVote,
+                    MessageType::MsgRequestVoteResponse,
+                    MessageType::MsgSnapshot,
+                    MessageType::MsgHeartbeat,
+                    MessageType::MsgHeartbeatResponse,
+                    MessageType::MsgUnreachable,
+                    MessageType::MsgSnapStatus,
+                    MessageType::MsgCheckQuorum,
+                    MessageType::MsgTransferLeader,
+                    MessageType::MsgTimeoutNow,
+                    MessageType::MsgReadIndex,
+                    MessageType::MsgReadIndexResp,
+                    MessageType::MsgRequestPreVote,
+                    MessageType::MsgRequestPreVoteResponse,
+                ];
+                m.set_msg_type(kinds[rng.below(kinds.len() as u64) as usize]);
+            }
+            7 => {
+                m.reject = !m.reject;
+                m.reject_hint = rng.interesting();
+            }
+            8 => {
+                let n = rng.below(4) as usize;
+                let mut entries = Vec::new();
+                for i in 0..n {
+                    let mut e = raft::eraftpb::Entry::default();
+                    e.index = match rng.below(3) {
+                        0 => rng.interesting(),
+                        _ => m.index + 1 + i as u64,
+                    };
+                    e.term = match rng.below(3) {
+                        0 => rng.interesting(),
+                        _ => m.term,
+                    };
+                    e.data = match rng.below(3) {
+                        0 => (0..rng.below(40)).map(|_| rng.next() as u8).collect(),
+                        _ => KvCommand::Put {
+                            key: b"forged".to_vec(),
+                            value: b"x".to_vec(),
+                        }
+                        .encode(),
+                    }
+                    .into();
+                    entries.push(e);
+                }
+                m.entries = entries.into();
+            }
+            9 => {
+                let meta = m.mut_snapshot().mut_metadata();
+                meta.index = rng.interesting();
+                meta.term = rng.interesting();
+                let conf = meta.mut_conf_state();
+                let ids = |rng: &mut Rng| (0..rng.below(4)).map(|_| rng.below(5)).collect();
+                conf.voters = ids(rng);
+                conf.learners = ids(rng);
+                conf.voters_outgoing = ids(rng);
+                conf.learners_next = ids(rng);
+                conf.auto_leave = rng.below(2) == 0;
+                m.mut_snapshot().data = (0..rng.below(40)).map(|_| rng.next() as u8).collect();
+            }
+            10 => m.request_snapshot = rng.interesting(),
+            _ => m.context = (0..rng.below(16)).map(|_| rng.next() as u8).collect(),
+        }
+    }
+}
+
+#[test]
+fn a_forged_heartbeat_committing_past_the_log_is_refused_and_the_group_keeps_serving() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let leader = c.leader().unwrap();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let mut heartbeat = raft::eraftpb::Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = leader;
+    heartbeat.to = follower;
+    heartbeat.term = c.hosts[&leader].term(GROUP).unwrap();
+    heartbeat.commit = 1 << 40;
+    // The leader's own node sends it: authenticated, yet impossible.
+    let answer =
+        c.hosts
+            .get_mut(&follower)
+            .unwrap()
+            .handle_message(GROUP, NodeId(leader), heartbeat);
+    assert!(
+        matches!(answer, Err(HostError::Refused { .. })),
+        "{answer:?}"
+    );
+    for t in 0..5 {
+        assert!(c.put(t, &format!("k{t}"), "v"));
+    }
+    assert!(c.run_until(50, |c| (0..5).all(|t| c.applied.contains_key(&t))));
+}
+
+#[test]
+fn a_message_in_the_name_of_a_replica_on_another_node_is_refused() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    let leader = c.leader().unwrap();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let other = (1..=3).find(|&i| i != leader && i != follower).unwrap();
+    let term = c.hosts[&leader].term(GROUP).unwrap();
+    // The third node claims to be the leader, in a later term, and to commit nothing.
+    let mut heartbeat = raft::eraftpb::Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = leader;
+    heartbeat.to = follower;
+    heartbeat.term = term + 5;
+    let answer =
+        c.hosts
+            .get_mut(&follower)
+            .unwrap()
+            .handle_message(GROUP, NodeId(other), heartbeat);
+    assert!(
+        matches!(answer, Err(HostError::Refused { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(
+        c.hosts[&follower].term(GROUP),
+        Some(term),
+        "nothing changed"
+    );
+}
+
+/// Thousands of random and mutated messages, delivered next to a running group's real
+/// traffic, from the real sender's node or another: raft-rs never panics, screening refuses
+/// a share of them, and the rest are stepped.
+#[test]
+fn random_and_mutated_raft_messages_never_panic_a_host() {
+    let mut forged = 0;
+    for seed in 0..256u64 {
+        let mut c = Cluster::new();
+        c.forger = Some(Forger::new(seed, 60));
+        let mut token = 0;
+        for _ in 0..150 {
+            if c.leader().is_some() {
+                token += 1;
+                c.put(token, &format!("k{token}"), "v");
+            }
+            c.step();
+        }
+        let f = c.forger.take().unwrap();
+        assert!(
+            f.refused > 0 && f.accepted > 0,
+            "seed {seed}: {} {}",
+            f.refused,
+            f.accepted
+        );
+        forged += f.accepted + f.refused + f.dropped;
+    }
+    assert!(forged > 100_000, "only {forged} forged messages");
 }

@@ -111,12 +111,12 @@ pub fn in_memory(in_flight: usize, commits: u64) -> Result<CommitResult, String>
         }
         // Persist (instantly), collect messages and events, deliver.
         let mut messages = Vec::new();
-        for host in hosts.values_mut() {
+        for (&node, host) in hosts.iter_mut() {
             while let Some(batch) = host.poll_persist() {
                 host.handle_persisted(batch.id);
             }
             while let Some(out) = host.poll_transmit() {
-                messages.push(out);
+                messages.push((NodeId(node), out));
             }
             while let Some(event) = host.poll_event() {
                 if let HostEvent::Applied { token, .. } = event
@@ -127,9 +127,9 @@ pub fn in_memory(in_flight: usize, commits: u64) -> Result<CommitResult, String>
                 }
             }
         }
-        for out in messages {
+        for (from, out) in messages {
             if let Some(host) = hosts.get_mut(&out.to.node.0) {
-                let _ = host.handle_message(out.group, out.message);
+                let _ = host.handle_message(out.group, from, out.message);
             }
         }
     }

@@ -71,6 +71,9 @@ pub enum CallError {
     /// The sender's certificate does not allow the request; it had no effect.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The client's configuration does not match the cluster's; nothing was sent.
+    #[error("misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 /// What came of a request that got no answer.
@@ -183,6 +186,18 @@ impl Call {
         loop {
             if let Some(fetch) = self.fetch.as_mut() {
                 match fetch.poll(now, routing) {
+                    // A table of another shape: this client would send keys to the wrong
+                    // groups. Nothing is sent; the call ends with why.
+                    CallStep::Done(Ok(KvReply::Routing { groups, .. }))
+                        if groups.len() != routing.groups as usize =>
+                    {
+                        self.fetch = None;
+                        self.state = State::Done(Some(Err(CallError::Misconfigured(format!(
+                            "the cluster has {} groups, but this client's configuration says groups = {}",
+                            groups.len(),
+                            routing.groups
+                        )))));
+                    }
                     // A table that arrived was stored by the fetch itself.
                     CallStep::Done(Ok(_)) => self.fetch = None,
                     CallStep::Done(Err(e)) => {
@@ -341,7 +356,9 @@ impl Call {
             }
             reply => {
                 routing.router.on_answer(group, target);
-                if let KvReply::Routing { epoch, groups } = &reply {
+                if let KvReply::Routing { epoch, groups } = &reply
+                    && groups.len() == routing.groups as usize
+                {
                     routing.store_table(*epoch, groups);
                 }
                 self.state = State::Done(Some(Ok(reply)));

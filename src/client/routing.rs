@@ -220,6 +220,8 @@ pub struct Routing {
     /// The metadata group's replicas (core 0 of every node).
     metadata: Vec<CoreAddress>,
     next_id: u64,
+    /// The groups count this client hashes keys with; a table of another count is refused.
+    pub groups: u32,
 }
 
 impl Routing {
@@ -231,6 +233,7 @@ impl Routing {
             initial: spec.initial_table()?,
             metadata: spec.metadata_voters().into_iter().map(|(_, a)| a).collect(),
             next_id: 1,
+            groups: spec.groups,
         })
     }
 

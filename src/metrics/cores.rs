@@ -28,6 +28,8 @@ pub enum CoreCounter {
     WalBatches,
     /// Raft messages received from peers.
     RaftMessagesIn,
+    /// Raft messages from peers refused before stepping (see `replication::screen`).
+    RaftMessagesRefused,
     /// Raft messages sent to peers.
     RaftMessagesOut,
     /// Snapshots streamed to lagging replicas.
@@ -49,7 +51,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 17] = [
+    pub const ALL: [CoreCounter; 18] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -58,6 +60,7 @@ impl CoreCounter {
         CoreCounter::ReadsServed,
         CoreCounter::WalBatches,
         CoreCounter::RaftMessagesIn,
+        CoreCounter::RaftMessagesRefused,
         CoreCounter::RaftMessagesOut,
         CoreCounter::SnapshotsSent,
         CoreCounter::LoopTurns,
@@ -106,6 +109,10 @@ impl CoreCounter {
             CoreCounter::RaftMessagesIn => {
                 ("raft_messages_received_total", "Raft messages received.")
             }
+            CoreCounter::RaftMessagesRefused => (
+                "raft_messages_refused_total",
+                "Raft messages from peers refused before stepping (forged or malformed).",
+            ),
             CoreCounter::RaftMessagesOut => ("raft_messages_sent_total", "Raft messages sent."),
             CoreCounter::SnapshotsSent => ("snapshots_sent_total", "Snapshots streamed to peers."),
             CoreCounter::LoopTurns => ("loop_turns_total", "Turns of the core loop."),

@@ -45,8 +45,9 @@ use crate::client::call::Failure;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
+use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
-use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, ReplicaId, Role};
+use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
@@ -96,6 +97,9 @@ pub enum CoreError {
     /// A group could not be hosted (its logged state does not load).
     #[error("hosting a group: {0}")]
     Host(#[from] HostError),
+    /// The spec's groups count is not one keys can be hashed to.
+    #[error("the cluster spec: {0}")]
+    Groups(#[from] VShardCountError),
 }
 
 /// What a core sends the node's other cores.
@@ -205,6 +209,8 @@ struct Coordinator {
 pub struct NodeCore<R> {
     local: CoreAddress,
     spec: ClusterSpec,
+    /// Which group each key belongs to (the spec's groups count).
+    keys: VShardMap,
     host: RaftHost<Cell>,
     hosting: Hosting,
     assembler: SnapshotAssembler,
@@ -291,6 +297,7 @@ impl<R> NodeCore<R> {
         };
         Ok(NodeCore {
             local,
+            keys: VShardMap::new(config.spec.groups)?,
             spec: config.spec,
             host,
             hosting,
@@ -386,13 +393,18 @@ impl<R> NodeCore<R> {
     }
 
     /// A `RaftBatch` payload from a peer. Malformed bytes are refused whole.
-    pub fn handle_raft_batch(&mut self, now: Time, payload: &[u8]) -> Result<(), DecodeError> {
+    pub fn handle_raft_batch(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
         self.now = now;
         for (group, message) in decode_batch(payload)? {
             let group = GroupId(group);
             // A snapshot waits here until its data is in.
             if let Some(message) = self.assembler.on_message(now, group, message) {
-                self.step_raft(group, message);
+                self.step_raft(group, from, message);
             }
         }
         Ok(())
@@ -402,11 +414,12 @@ impl<R> NodeCore<R> {
     pub fn handle_snapshot_chunk(
         &mut self,
         now: Time,
+        from: NodeId,
         payload: &[u8],
     ) -> Result<(), TransferError> {
         self.now = now;
         if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
-            self.step_raft(group, message);
+            self.step_raft(group, from, message);
         }
         Ok(())
     }
@@ -730,6 +743,7 @@ impl<R> NodeCore<R> {
                 let c = KvCommand::decode(&command)
                     .map_err(|e| KvReply::Error(format!("malformed command: {e}")))?;
                 c.validate().map_err(|e| KvReply::Error(e.to_string()))?;
+                self.check_owner(c.key(), group)?;
                 if self.bug == Some(NodeBug::AckWriteBeforeCommit)
                     && matches!(c, KvCommand::Put { .. })
                 {
@@ -748,6 +762,13 @@ impl<R> NodeCore<R> {
                     .and_then(|s| s.get(&key).map(<[u8]>::to_vec));
                 self.count(CoreCounter::ReadsServed, 1);
                 Err(KvReply::Value(value))
+            }
+            KvOp::Get { ref key } if group != GroupId::METADATA => {
+                self.check_owner(key, group)?;
+                match self.host.read(group, token) {
+                    Ok(()) => Ok(Wait::ReadIndex(op)),
+                    Err(e) => Err(self.host_error(e)),
+                }
             }
             op @ (KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves) => {
                 match self.host.read(group, token) {
@@ -787,6 +808,22 @@ impl<R> NodeCore<R> {
         }
     }
 
+    /// A key must be sent to the group it hashes to: a client that counts groups otherwise
+    /// (a stale or wrong `groups` setting) would split the keyspace, one key living in two
+    /// groups with two values.
+    fn check_owner(&self, key: &[u8], group: GroupId) -> Result<(), KvReply> {
+        let owner = GroupId(u64::from(self.keys.vshard_of(key).0) + 1);
+        if owner == group {
+            return Ok(());
+        }
+        Err(KvReply::Error(format!(
+            "the key belongs to group {} of the cluster's {}, not group {}: the client's `groups` setting differs from the cluster's",
+            owner.0,
+            self.keys.count(),
+            group.0
+        )))
+    }
+
     /// A request waits under `token` for its commit or read index (or expiry).
     fn wait(&mut self, token: ProposalToken, pending: Pending<R>) {
         self.pending.insert(token.0, pending);
@@ -816,10 +853,17 @@ impl<R> NodeCore<R> {
         }
     }
 
-    fn step_raft(&mut self, group: GroupId, message: raft::eraftpb::Message) {
+    /// Steps a message from a replica on node `from`. One that fails screening is counted
+    /// and dropped (logged at debug level only: a hostile peer must not flood the log).
+    fn step_raft(&mut self, group: GroupId, from: NodeId, message: raft::eraftpb::Message) {
         self.count(CoreCounter::RaftMessagesIn, 1);
-        if let Err(e) = self.host.handle_message(group, message) {
-            debug!(group = group.0, error = %e, "raft message dropped");
+        match self.host.handle_message(group, from, message) {
+            Ok(()) => {}
+            Err(e @ HostError::Refused { .. }) => {
+                self.count(CoreCounter::RaftMessagesRefused, 1);
+                debug!(group = group.0, peer = from.0, error = %e, "raft message refused");
+            }
+            Err(e) => debug!(group = group.0, error = %e, "raft message dropped"),
         }
     }
 

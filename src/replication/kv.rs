@@ -77,6 +77,15 @@ pub enum KvError {
 }
 
 impl KvCommand {
+    /// The key the command writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvCommand::Put { key, .. }
+            | KvCommand::Delete { key }
+            | KvCommand::CompareAndSet { key, .. } => key,
+        }
+    }
+
     /// Checks the bounds a proposer must enforce before proposing.
     pub fn validate(&self) -> Result<(), KvError> {
         let check_key = |k: &[u8]| match k.len() {

@@ -37,6 +37,7 @@ use crate::constants::{
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::replication::kv::StateMachine;
+use crate::replication::screen::{Recipient, Refusal, screen};
 use crate::time::Time;
 
 /// One change of a group's membership.
@@ -91,6 +92,9 @@ pub enum HostError {
     /// raft-rs refused the input.
     #[error("raft: {0}")]
     Raft(String),
+    /// A message from a peer failed screening and never reached raft-rs.
+    #[error("message for {group:?} refused: {refusal}")]
+    Refused { group: GroupId, refusal: Refusal },
 }
 
 /// One group's share of a persist batch.
@@ -669,8 +673,14 @@ impl<S: StateMachine> RaftHost<S> {
         }
     }
 
-    /// Feeds a message from a peer to its group.
-    pub fn handle_message(&mut self, group: GroupId, message: Message) -> Result<(), HostError> {
+    /// Feeds a message from a replica on `node` to its group, once it passed screening
+    /// ([`screen`]): nothing a peer sends can make raft-rs panic.
+    pub fn handle_message(
+        &mut self,
+        group: GroupId,
+        node: NodeId,
+        message: Message,
+    ) -> Result<(), HostError> {
         let g = self
             .groups
             .get_mut(&group)
@@ -684,6 +694,15 @@ impl<S: StateMachine> RaftHost<S> {
                 to: ReplicaId(message.to),
             });
         }
+        let raft = &g.raw.raft;
+        let recipient = Recipient {
+            id: raft.id,
+            last_index: raft.raft_log.last_index(),
+            committed: raft.raft_log.committed,
+            committed_term: raft.raft_log.term(raft.raft_log.committed).unwrap_or(0),
+        };
+        screen(&recipient, node, &self.directory, &message)
+            .map_err(|refusal| HostError::Refused { group, refusal })?;
         g.raw
             .step(message)
             .map_err(|e| HostError::Raft(e.to_string()))

@@ -1,16 +1,18 @@
 //! The node's Prometheus endpoint: `GET /metrics` over plain HTTP/1.x on its own thread.
 //!
-//! A scrape runs on this thread, never on a core's executor, so a slow or stuck scraper
+//! A scrape runs on these threads, never on a core's executor, so a slow or stuck scraper
 //! cannot stall Raft or client traffic; it only reads the cores' relaxed atomic counters.
-//! One connection is served at a time with short socket timeouts; anything but
-//! `GET /metrics` is answered 404 or 400.
+//! Each connection gets its own thread, up to [`CONNECTIONS_MAX`] at once (more are
+//! answered 503 at once), and must send its request within [`REQUEST_DEADLINE`] in all:
+//! a client trickling bytes blocks neither the scrapes beside it nor, for long, itself.
+//! Anything but `GET /metrics` is answered 404 or 400.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -20,6 +22,10 @@ use crate::metrics::cores::NodeMetrics;
 const REQUEST_HEAD_MAX_BYTES: usize = 8 * 1024;
 /// A scraper that sends or reads nothing for this long is dropped.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
+/// The whole request head must arrive within this, however it trickles in.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once.
+pub const CONNECTIONS_MAX: usize = 16;
 
 /// A running metrics endpoint; stopped when dropped.
 pub struct MetricsServer {
@@ -39,17 +45,35 @@ impl MetricsServer {
             .spawn({
                 let stop = stop.clone();
                 move || {
+                    let active = Arc::new(AtomicUsize::new(0));
                     for stream in listener.incoming() {
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
-                        match stream {
-                            Ok(stream) => {
+                        let mut stream = match stream {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                debug!(error = %e, "metrics accept failed");
+                                continue;
+                            }
+                        };
+                        if active.load(Ordering::Acquire) >= CONNECTIONS_MAX {
+                            let _ = stream.set_write_timeout(Some(SOCKET_TIMEOUT));
+                            let _ = respond(&mut stream, "503 Service Unavailable", "busy\n");
+                            continue;
+                        }
+                        active.fetch_add(1, Ordering::AcqRel);
+                        let (metrics, active) = (metrics.clone(), active.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("metrics-conn".into())
+                            .spawn(move || {
                                 if let Err(e) = serve(stream, &metrics) {
                                     debug!(error = %e, "metrics request failed");
                                 }
-                            }
-                            Err(e) => debug!(error = %e, "metrics accept failed"),
+                                active.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if let Err(e) = spawned {
+                            debug!(error = %e, "metrics connection thread not started");
                         }
                     }
                 }
@@ -79,11 +103,16 @@ impl Drop for MetricsServer {
 }
 
 fn serve(mut stream: TcpStream, metrics: &NodeMetrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(SOCKET_TIMEOUT))?;
     stream.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return respond(&mut stream, "408 Request Timeout", "");
+        }
+        stream.set_read_timeout(Some(left.min(SOCKET_TIMEOUT)))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -150,5 +179,39 @@ mod tests {
         let junk = get(server.local_addr(), "\r\n\r\n");
         assert!(junk.starts_with("HTTP/1.1 400"), "{junk}");
         drop(server);
+    }
+
+    /// A client that sends one byte and then nothing (or one a second) holds its own
+    /// connection only; a scrape beside it is answered.
+    #[test]
+    fn a_slow_client_does_not_block_a_scrape() {
+        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1));
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+        let mut slow = TcpStream::connect(server.local_addr()).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let trickle = std::thread::spawn({
+            let done = done.clone();
+            move || {
+                // One byte every half second, never a whole request head.
+                for _ in 0..40 {
+                    if done.load(Ordering::Acquire) || slow.write_all(b"G").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        });
+        let mut scrape = TcpStream::connect(server.local_addr()).unwrap();
+        // Bounded: if the scrape waited behind the slow client, the read fails instead of
+        // the test hanging.
+        scrape.set_read_timeout(Some(REQUEST_DEADLINE / 2)).unwrap();
+        scrape
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        scrape.read_to_string(&mut out).unwrap();
+        done.store(true, Ordering::Release);
+        trickle.join().unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     }
 }

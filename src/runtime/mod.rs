@@ -8,6 +8,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod cores;
+pub mod datadir;
 pub mod demo;
 pub mod executor;
 pub mod metrics_http;

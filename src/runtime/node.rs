@@ -10,20 +10,24 @@
 //! it work through a local queue. What the core decides — hosting, routing, the metadata
 //! group, replica moves — is in `crate::node`, which the simulator drives too.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures_lite::future;
+use futures_lite::{FutureExt, future};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::client::call::Failure;
 pub use crate::cluster::spec::ClusterSpec;
-use crate::constants::{NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY, SNAPSHOT_TRANSFER_TIMEOUT};
+use crate::constants::{
+    CLIENT_CONNECTION_BUFFER_BYTES, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
+    SNAPSHOT_TRANSFER_TIMEOUT,
+};
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
 use crate::node::{CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit};
@@ -31,6 +35,7 @@ use crate::replication::snapshot_transfer::TokenBucket;
 use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
+use crate::runtime::datadir::{DataDir, DataDirError, Identity};
 use crate::runtime::executor::RuntimeError;
 use crate::runtime::metrics_http::MetricsServer;
 use crate::runtime::peers::{Peers, StreamClass, receive_streams};
@@ -74,6 +79,10 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("the cluster CA: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Why a core stopped.
@@ -101,6 +110,8 @@ pub struct Node {
     http: Option<MetricsServer>,
     /// The first error a core stopped with, if any.
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// The locked data directory, released once every core has stopped.
+    _data_dir: DataDir,
 }
 
 impl Node {
@@ -108,6 +119,11 @@ impl Node {
         if config.spec.address(config.node, CoreId(0)).is_none() {
             return Err(NodeError::NotInSpec(config.node));
         }
+        // Everything the node writes is its owner's alone: directories 0700, files 0600.
+        // SAFETY: umask only sets the process's file-creation mask.
+        unsafe { libc::umask(0o077) };
+        let identity = Identity::of(config.tls.cluster_id()?, config.node, &config.spec);
+        let data_dir = DataDir::open(&config.data_dir, &identity)?;
         let metrics = Arc::new(NodeMetrics::new(config.node, config.spec.cores));
         let http = config
             .metrics_addr
@@ -129,12 +145,18 @@ impl Node {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
                 let core = ctx.core();
                 async move {
-                    if let Err(e) = core_loop(ctx, config, metrics.clone()).await {
-                        tracing::error!(core = core.0, error = %e, "core stopped with an error");
-                        metrics.core(core.0).set(CoreGauge::Failed, 1);
-                        let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
-                        first.get_or_insert_with(|| format!("core {} stopped: {e}", core.0));
-                    }
+                    // A panic is caught here, where the core's loop ends, so that it stops
+                    // the node like any other failure instead of leaving a silent thread.
+                    let run = AssertUnwindSafe(core_loop(ctx, config, metrics.clone()));
+                    let reason = match run.catch_unwind().await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => format!("core {} stopped: {e}", core.0),
+                        Err(panic) => format!("core {} panicked: {}", core.0, panic_text(&*panic)),
+                    };
+                    tracing::error!(core = core.0, %reason, "core stopped");
+                    metrics.core(core.0).set(CoreGauge::Failed, 1);
+                    let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert(reason);
                 }
             }
         })?;
@@ -143,6 +165,7 @@ impl Node {
             metrics,
             http,
             failure,
+            _data_dir: data_dir,
         })
     }
 
@@ -169,6 +192,26 @@ impl Node {
         drop(self.http);
         self.runtime.shutdown().map(|_| ())
     }
+}
+
+/// Fault injection for tests of the failure path: a core whose number this environment
+/// variable holds panics on its first turn. Never set it in production.
+pub const INJECT_PANIC_VAR: &str = "NODEDB_INJECT_PANIC";
+
+fn panic_injected(core: CoreId) -> bool {
+    std::env::var(INJECT_PANIC_VAR)
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+        == Some(core.0)
+}
+
+/// The message a panic carried, when it is text.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Where a client's answer goes: the task serving its stream waits on the other end.
@@ -287,10 +330,14 @@ async fn core_loop(
     // The migration executor's requests go out through a client of this core, made on
     // first use and authenticated with the node's certificate.
     let caller: Rc<RefCell<Option<Rc<KvClient>>>> = Rc::default();
+    let inject_panic = panic_injected(local.core);
     while !ctx.stopping() {
         metrics.add(CoreCounter::LoopTurns, 1);
         let now = clock.now();
         node.handle_timeout(now);
+        if inject_panic {
+            panic!("injected by {INJECT_PANIC_VAR}");
+        }
         let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
         for w in work {
             feed(&mut node, now, w);
@@ -383,12 +430,12 @@ async fn core_loop(
 fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
     match work {
         Work::RaftBatch(peer, payload) => {
-            if let Err(e) = node.handle_raft_batch(now, &payload) {
+            if let Err(e) = node.handle_raft_batch(now, peer.node, &payload) {
                 warn!(%peer, error = %e, "malformed raft batch dropped");
             }
         }
         Work::SnapshotChunk(peer, payload) => {
-            if let Err(e) = node.handle_snapshot_chunk(now, &payload) {
+            if let Err(e) = node.handle_snapshot_chunk(now, peer.node, &payload) {
                 warn!(%peer, error = %e, "snapshot chunk refused");
             }
         }
@@ -538,28 +585,100 @@ async fn serve_client(conn: Connection, inbox: Rc<Inbox>) {
             return;
         }
     };
+    // Bytes held in partial requests across the connection's streams, bounded.
+    let buffered = Rc::new(Cell::new(0usize));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        glommio::spawn_local(serve_request(send, recv, inbox.clone(), role)).detach();
+        glommio::spawn_local(serve_request(
+            send,
+            recv,
+            inbox.clone(),
+            role,
+            buffered.clone(),
+        ))
+        .detach();
     }
 }
 
-/// One request per stream: a request frame in, a response frame out.
-async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inbox>, role: Role) {
+/// A stream's share of its connection's buffered bytes, given back when it ends.
+struct Buffered {
+    total: Rc<Cell<usize>>,
+    mine: usize,
+}
+
+impl Buffered {
+    /// Counts `n` more bytes; false once the connection holds more than it may.
+    fn add(&mut self, n: usize) -> bool {
+        self.mine += n;
+        self.total.set(self.total.get() + n);
+        self.total.get() <= CLIENT_CONNECTION_BUFFER_BYTES
+    }
+}
+
+impl Drop for Buffered {
+    fn drop(&mut self) {
+        self.total.set(self.total.get() - self.mine);
+    }
+}
+
+/// QUIC application error code a server stops a request stream with after answering it
+/// with an error (malformed, oversized, over the connection's budget).
+const STREAM_REFUSED: u32 = 1;
+
+/// One request per stream: a request frame in, a response frame out. A malformed or
+/// oversized request, or one past the connection's buffer budget, is answered with an
+/// error frame (id 0: its id is unknown) and the rest of the stream refused.
+async fn serve_request(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    inbox: Rc<Inbox>,
+    role: Role,
+    buffered: Rc<Cell<usize>>,
+) {
+    let mut budget = Buffered {
+        total: buffered,
+        mine: 0,
+    };
     let mut decoder = FrameDecoder::new();
     let mut request = None;
-    loop {
+    let mut frames = 0;
+    let refusal = loop {
         match recv.read_chunk(usize::MAX).await {
             Ok(Some(chunk)) => {
-                if decoder.decode(&chunk, |f| request = Some(f)).is_err() {
-                    return;
+                if !budget.add(chunk.len()) {
+                    break Some(format!(
+                        "the connection holds more than {CLIENT_CONNECTION_BUFFER_BYTES} bytes of unfinished requests"
+                    ));
+                }
+                if let Err(e) = decoder.decode(&chunk, |f| {
+                    frames += 1;
+                    request.get_or_insert(f);
+                }) {
+                    break Some(format!("malformed request frame: {e}"));
+                }
+                // One request per stream, read to the stream's end (which frees the
+                // stream for the connection's stream count).
+                if frames > 1 {
+                    break Some("one request per stream".into());
                 }
             }
-            Ok(None) => break,
+            Ok(None) if request.is_none() => {
+                break Some("the stream ended before a whole request frame".into());
+            }
+            Ok(None) => break None,
             Err(_) => return,
         }
-    }
-    let reply = match request.map(|f| KvRequest::decode(&f.payload)) {
-        Some(Ok(request)) => {
+    };
+    drop(decoder);
+    let reply = match (refusal, request.map(|f| KvRequest::decode(&f.payload))) {
+        (Some(why), _) => {
+            recv.stop(STREAM_REFUSED);
+            KvResponseFrame {
+                id: 0,
+                reply: KvReply::Error(why),
+            }
+        }
+        (None, Some(Ok(request))) => {
+            drop(budget);
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
             inbox.push(Work::Request(request, tx, role));
             match rx.recv().await {
@@ -567,11 +686,11 @@ async fn serve_request(mut send: SendStream, mut recv: RecvStream, inbox: Rc<Inb
                 Err(_) => return,
             }
         }
-        Some(Err(e)) => KvResponseFrame {
+        (None, Some(Err(e))) => KvResponseFrame {
             id: 0,
             reply: KvReply::Error(format!("malformed request: {e}")),
         },
-        None => return,
+        (None, None) => return,
     };
     let mut out = Vec::new();
     if encode_frame(FrameKind::Response, 0, &reply.encode(), &mut out).is_ok()

@@ -743,6 +743,16 @@ impl RecvStream {
     pub fn id(&self) -> StreamId {
         self.id
     }
+
+    /// Asks the peer to stop sending on this stream (it sees `code`); what it already sent
+    /// is discarded.
+    pub fn stop(&mut self, code: u32) {
+        let id = self.id;
+        let _ = self
+            .conn
+            .with(|c| c.conn.recv_stream(id).stop(VarInt::from_u32(code)));
+        self.conn.endpoint.notify.notify();
+    }
 }
 
 /// Waits for readability, then drains the socket into the endpoint. Never cancelled.

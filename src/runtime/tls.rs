@@ -75,6 +75,11 @@ pub enum TlsError {
     /// A certificate does not parse, or names more than one role.
     #[error("certificate: {0}")]
     BadCertificate(String),
+    /// A private key file others may read.
+    #[error(
+        "{path}: the private key is readable by other users (mode {mode:o}); run `chmod 600` on it"
+    )]
+    KeyExposed { path: PathBuf, mode: u32 },
 }
 
 /// PEM text of a certificate and its private key.
@@ -312,6 +317,20 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
 
 /// Reads a PEM pair written by [`write_pem_pair`].
 pub fn read_pem_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKeyPem, TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(key_path)
+        .map_err(|source| TlsError::Io {
+            path: key_path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(TlsError::KeyExposed {
+            path: key_path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
     let read = |path: &Path| {
         fs::read_to_string(path).map_err(|source| TlsError::Io {
             path: path.to_owned(),
@@ -339,6 +358,19 @@ pub enum TlsMode {
 impl TlsMode {
     pub fn is_insecure(&self) -> bool {
         matches!(self, TlsMode::Insecure)
+    }
+
+    /// The cluster's id: a 64-bit FNV-1a digest of the CA certificate (its DER bytes), so
+    /// every node and client configured with one CA derives the same id without being told;
+    /// 0 in insecure mode. An id, not a secret: the CA is what authenticates.
+    pub fn cluster_id(&self) -> Result<u64, TlsError> {
+        let TlsMode::Mutual { ca_cert_pem, .. } = self else {
+            return Ok(0);
+        };
+        let ca = parse_certs(ca_cert_pem, "ca_cert")?;
+        Ok(ca[0].iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        }))
     }
 }
 

@@ -266,7 +266,7 @@ impl crate::sim::Sim {
     /// A random operation of client `c` on one of the few contended keys, with a value no
     /// other write in the run uses.
     fn issue(&mut self, c: usize) {
-        let key = self.rng.below(self.o.keys);
+        let key = self.key_table[self.rng.below(self.o.keys) as usize];
         self.clients[c].counter += 1;
         let value = format!("c{c}-{}", self.clients[c].counter).into_bytes();
         let kind = match self.rng.below(11) {
@@ -278,10 +278,10 @@ impl crate::sim::Sim {
         self.issue_op(c, key, kind, value);
     }
 
-    /// Starts an operation of client `c` on `key` (in group `1 + key mod groups`); a
+    /// Starts an operation of client `c` on `key` (in the group the key hashes to); a
     /// compare-and-set expects the last value put. Returns the operation's id.
     pub(super) fn issue_op(&mut self, c: usize, key: u64, kind: OpKind, value: Vec<u8>) -> u64 {
-        let group = GroupId(1 + key % u64::from(self.o.groups));
+        let group = GroupId(1 + u64::from(self.vshards.vshard_of(&key.to_be_bytes()).0));
         let expected = self.checks.history.get(&key).and_then(|h| {
             h.iter().rev().find_map(|o| match &o.op {
                 RegisterOp::Put { value } => Some(value.clone()),

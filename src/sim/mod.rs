@@ -42,6 +42,7 @@ use crate::client::call::Failure;
 use crate::client::routing::Routing;
 use crate::cluster::metadata::MetadataStore;
 use crate::cluster::spec::ClusterSpec;
+use crate::cluster::vshard::VShardMap;
 use crate::constants::CLIENT_CONNECT_TIMEOUT;
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::node::cell::Cell;
@@ -106,17 +107,18 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    /// Four nodes of two cores, three groups of three replicas: a replica always has a
-    /// node to move to, and a node whose disk fails can be replaced.
+    /// Four nodes of two cores, four groups of three replicas: a replica always has a
+    /// node to move to, and a node whose disk fails can be replaced. Eight keys, two per
+    /// group: few enough to contend.
     pub fn new(seed: u64) -> SimOptions {
         SimOptions {
             seed,
             nodes: 4,
             cores: 2,
             replicas: 3,
-            groups: 3,
+            groups: 4,
             clients: 4,
-            keys: 6,
+            keys: 8,
             safety_steps: 2_000,
             liveness_steps: 3_000,
             bug: None,
@@ -229,6 +231,10 @@ struct Sim {
     next_op: u64,
     /// Groups that completed a write after the cluster was healed.
     healed_writes: BTreeSet<GroupId>,
+    /// The keys clients use: key `i` of `keys` lives in group `1 + i mod groups` under the
+    /// real key → group hash (which the nodes check).
+    key_table: Vec<u64>,
+    vshards: VShardMap,
     /// Completed operations' results, by op id (scenarios look them up).
     results: HashMap<u64, RegisterOp>,
     /// Moves seen in the freshest table, and the highest epoch observed.
@@ -246,6 +252,7 @@ impl Sim {
             o.replicas >= 1 && u64::from(o.replicas) <= o.nodes && o.cores >= 1,
             "replicas must fit on distinct nodes"
         );
+        let vshards = VShardMap::new(o.groups).expect("groups must be a power of two");
         let mut rng = Rng::new(o.seed);
         let faults = Faults::draw(&mut rng);
         let report = SimReport {
@@ -303,6 +310,8 @@ impl Sim {
             report,
             next_op: 1,
             healed_writes: BTreeSet::new(),
+            key_table: key_table(&vshards, o.keys),
+            vshards,
             results: HashMap::new(),
             moves_seen: BTreeSet::new(),
             observed_epoch: 0,
@@ -619,12 +628,16 @@ impl Sim {
                     let Some(core) = self.core_mut(at) else {
                         continue;
                     };
+                    let sender = match m.from {
+                        Endpoint::Core(from) => from.node,
+                        _ => NodeId(0),
+                    };
                     match payload {
                         Payload::Raft(bytes) => {
-                            let _ = core.handle_raft_batch(now, &bytes);
+                            let _ = core.handle_raft_batch(now, sender, &bytes);
                         }
                         Payload::Chunk(bytes) => {
-                            let _ = core.handle_snapshot_chunk(now, &bytes);
+                            let _ = core.handle_snapshot_chunk(now, sender, &bytes);
                         }
                         Payload::Request(request) => {
                             core.handle_request(now, request, m.from, m.from.role())
@@ -862,4 +875,19 @@ impl Sim {
         self.report.violations = violations;
         self.report.unchecked_keys = unchecked;
     }
+}
+
+/// `count` distinct keys, key `i` in vShard `i mod groups` (group `1 + i mod groups`).
+fn key_table(vshards: &VShardMap, count: u64) -> Vec<u64> {
+    let groups = u64::from(vshards.count());
+    let mut next = 0u64;
+    (0..count)
+        .map(|i| {
+            while u64::from(vshards.vshard_of(&next.to_be_bytes()).0) != i % groups {
+                next += 1;
+            }
+            next += 1;
+            next - 1
+        })
+        .collect()
 }
