@@ -136,6 +136,10 @@ pub const QUIC_STREAM_WINDOW_BYTES: u32 = 8 << 20;
 /// streams and the client request streams of one connection.
 pub const QUIC_MAX_STREAMS: u32 = 256;
 
+/// Connections one core's endpoint holds at once; more are refused (CONNECTION_REFUSED).
+/// Peers need `nodes × cores` of them, clients the rest.
+pub const QUIC_CONNECTIONS_MAX: usize = 1024;
+
 /// Bytes of unfinished requests one client connection may have a server hold, across its
 /// streams (without it, 256 streams × a 4 MiB frame each). A request past it is answered
 /// with an error and its stream stopped.

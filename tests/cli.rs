@@ -369,10 +369,58 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     let bad_to = cli(&[
         "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "3",
     ]);
+    // A client that counts groups otherwise would write keys into the wrong groups.
+    std::fs::write(
+        dir.join("client-8.toml"),
+        config(None, "client-cli").replace("groups = 4", "groups = 8"),
+    )
+    .unwrap();
+    let eight = dir.join("client-8.toml");
+    let wrong_groups = cli(&["kv", "--config", eight.to_str().unwrap(), "put", "k", "v"]);
+    // A second process on a running node's data directory.
+    let node_1 = dir.join("node-1.toml");
+    let n1 = node_1.to_str().unwrap();
+    let second = cli(&["start", "--config", n1, "--run-for", "5"]);
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
+    // Node 1 restarted from edited files: each edit contradicts its data directory.
+    let restart_with = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        cli(&[
+            "start",
+            "--config",
+            path.to_str().unwrap(),
+            "--run-for",
+            "5",
+        ])
+    };
+    let own_line = nodes.lines().take(3).collect::<Vec<_>>().join("\n");
+    let edits = [
+        (
+            restart_with(
+                "groups.toml",
+                config(Some(1), "node-1").replace("groups = 4", "groups = 8"),
+            ),
+            "groups = 4",
+        ),
+        (
+            restart_with(
+                "cores.toml",
+                config(Some(1), "node-1").replace("cores = 1", "cores = 2"),
+            ),
+            "cores = 1",
+        ),
+        (
+            restart_with(
+                "alone.toml",
+                config_toml(Some(1), "node-1", &format!("{own_line}\n")),
+            ),
+            "[[nodes]] ids = [1, 2, 3]",
+        ),
+    ];
     assert!(
         put.status.success(),
         "{}",
@@ -416,6 +464,28 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         Some(2),
         "a malformed --to is a usage error"
     );
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!wrong_groups.status.success());
+    assert!(
+        stderr(&wrong_groups)
+            .contains("the cluster has 4 groups, but this client's configuration says groups = 8"),
+        "{}",
+        stderr(&wrong_groups)
+    );
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("in use by another process"),
+        "{}",
+        stderr(&second)
+    );
+    for (out, recorded) in &edits {
+        assert!(!out.status.success(), "{}", stderr(out));
+        assert!(
+            stderr(out).contains(&format!("belongs to a node with {recorded}")),
+            "{}",
+            stderr(out)
+        );
+    }
     // A configuration with an unknown field is refused with its name.
     std::fs::write(
         dir.join("bad.toml"),
@@ -526,5 +596,163 @@ fn a_panic_on_a_core_exits_the_process_non_zero() {
         stderr.contains("core 1 panicked") && stderr.contains("injected by NODEDB_INJECT_PANIC"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// One counter's value (summed over cores) from a node's metrics endpoint.
+fn scrape_counter(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let values: Vec<u64> = body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A flood of QUIC Initials (each a new connection attempt that never completes) is met
+/// with stateless Retries: the node's memory stays within 64 MiB of where it started, and
+/// it serves clients afterwards.
+#[test]
+fn twenty_thousand_quic_initials_leave_the_node_s_memory_bounded() {
+    use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT, TlsMode};
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = scratch_dir("cli-initials");
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    let node = [
+        "certs",
+        "node",
+        "--dir",
+        d,
+        "--id",
+        "1",
+        "--san",
+        "127.0.0.1",
+    ];
+    assert!(cli(&node).status.success());
+    let client = ["certs", "client", "--dir", d, "--name", "flood"];
+    assert!(cli(&client).status.success());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
+    let toml = config_toml(Some(1), "node-1", &nodes).replace(
+        "cores = 1",
+        &format!("cores = 1\nmetrics_addr = \"{metrics}\""),
+    );
+    std::fs::write(dir.join("node-1.toml"), toml).unwrap();
+    std::fs::write(
+        dir.join("client.toml"),
+        config_toml(None, "client-flood", &nodes),
+    )
+    .unwrap();
+    let client_file = dir.join("client.toml");
+    let c = client_file.to_str().unwrap();
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+        .args([
+            "start",
+            "--config",
+            dir.join("node-1.toml").to_str().unwrap(),
+            "--run-for",
+            "120",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serves = |key: &str| {
+        cli(&["kv", "--config", c, "put", key, "v"])
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serves("before") {
+        assert!(Instant::now() < deadline, "the node never served");
+    }
+    let received = || scrape_counter(metrics, "nodedb_core_quic_datagrams_received_total");
+    let start = received().unwrap();
+    let before = rss_bytes(child.id());
+
+    let pems =
+        tls::read_pem_pair(&dir.join("client-flood.pem"), &dir.join("client-flood.key")).unwrap();
+    let mode = TlsMode::Mutual {
+        ca_cert_pem: std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        identity: pems,
+    };
+    let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(
+        tls::client_config(&mode, ALPN_CLIENT).unwrap(),
+    )
+    .unwrap();
+    let config = quinn_proto::ClientConfig::new(std::sync::Arc::new(crypto));
+    let server: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let name = tls::node_server_name(nodedb_cluster::ids::NodeId(1));
+    let mut sent = 0u64;
+    let mut buf = Vec::new();
+    for _ in 0..40 {
+        // A fresh client endpoint per batch: the attempts are abandoned, never completed.
+        let mut endpoint = quinn_proto::Endpoint::new(
+            std::sync::Arc::new(quinn_proto::EndpointConfig::default()),
+            None,
+            false,
+            None,
+        );
+        for _ in 0..500 {
+            let now = Instant::now();
+            let (_, mut conn) = endpoint
+                .connect(now, config.clone(), server, &name)
+                .unwrap();
+            buf.clear();
+            if let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
+                socket.send_to(&buf[..t.size], server).unwrap();
+                sent += 1;
+            }
+        }
+        // Paced: wait (bounded) until the node has taken most of what was sent.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received().is_some_and(|r| r - start < sent * 9 / 10) {
+            assert!(
+                Instant::now() < deadline,
+                "the node stopped taking datagrams"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let after = rss_bytes(child.id());
+    let still_serves = serves("after");
+    eprintln!("rss before {} KiB after {} KiB", before >> 10, after >> 10);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(sent, 20_000);
+    assert!(
+        after < before + (64 << 20),
+        "RSS grew from {} MiB to {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(still_serves);
     std::fs::remove_dir_all(&dir).unwrap();
 }

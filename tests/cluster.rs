@@ -967,3 +967,53 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
     });
     h.stop(nodes.into_iter().flatten());
 }
+
+/// Bytes that are no request frame get an error frame back, not silence (the client would
+/// otherwise wait out its timeout); the node keeps serving.
+#[test]
+fn a_malformed_request_is_answered_with_an_error_frame() {
+    use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
+    use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT};
+    use nodedb_cluster::wire::frame::FrameDecoder;
+    use nodedb_cluster::wire::kv_rpc::KvResponseFrame;
+    let h = Harness::sized("malformed", 1);
+    let node = h.start(1);
+    let addr = h.spec.address(NodeId(1), CoreId(0)).unwrap();
+    let tls = h.client_tls();
+    let answer = spawn_executor("hostile", CorePlacement::Unbound, move || async move {
+        let endpoint = QuicEndpoint::bind(EndpointOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            tls: tls.clone(),
+            segmentation_offload: true,
+            mtu: 1452,
+            server: false,
+        })
+        .unwrap();
+        let conn = endpoint
+            .connect(addr, &tls::node_server_name(NodeId(1)), &tls, ALPN_CLIENT)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"GET / HTTP/1.1\r\n\r\nnot a frame")
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let mut decoder = FrameDecoder::new();
+        let mut frame = None;
+        while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX).await {
+            decoder.decode(&chunk, |f| frame = Some(f)).unwrap();
+        }
+        endpoint.shutdown().await;
+        frame.map(|f| KvResponseFrame::decode(&f.payload).unwrap())
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    let reply = answer.expect("an answer frame").reply;
+    assert!(
+        matches!(&reply, KvReply::Error(why) if why.contains("malformed request frame")),
+        "{reply:?}"
+    );
+    assert!(node.failure().is_none());
+    h.stop([node]);
+}

@@ -107,6 +107,11 @@ impl Identity {
                 configured.node.0.to_string(),
             ),
             (
+                "[[nodes]] ids",
+                format!("{:?}", self.nodes),
+                format!("{:?}", configured.nodes),
+            ),
+            (
                 "cores",
                 self.cores.to_string(),
                 configured.cores.to_string(),
@@ -120,11 +125,6 @@ impl Identity {
                 "replicas",
                 self.replicas.to_string(),
                 configured.replicas.to_string(),
-            ),
-            (
-                "[[nodes]] ids",
-                format!("{:?}", self.nodes),
-                format!("{:?}", configured.nodes),
             ),
         ];
         fields.into_iter().find(|(_, a, b)| a != b)

@@ -36,8 +36,8 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::constants::{
-    QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS, QUIC_RECV_BATCH,
-    QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
+    QUIC_CONNECTIONS_MAX, QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS,
+    QUIC_RECV_BATCH, QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
     QUIC_SEND_BUFFER_BYTES, QUIC_SEND_RETRY, QUIC_SHUTDOWN_GRACE, QUIC_STREAM_WINDOW_BYTES,
 };
 use crate::runtime::tls::{self, TlsError, TlsMode};
@@ -878,9 +878,22 @@ fn handle_received(inner: &mut Inner, now: Instant, meta: &quinn_udp::RecvMeta, 
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if inner.closed || inner.server_config.is_none() {
+                if inner.closed
+                    || inner.server_config.is_none()
+                    || inner.conns.len() >= QUIC_CONNECTIONS_MAX
+                {
                     let transmit = inner.endpoint.refuse(incoming, &mut response);
                     inner.queue_response(transmit, response);
+                    continue;
+                }
+                // Address validation first: an Initial from an address that has not echoed
+                // a Retry token costs one stateless reply and no handshake state, so a
+                // flood of Initials (spoofed or not) cannot grow memory.
+                if incoming.may_retry() {
+                    match inner.endpoint.retry(incoming, &mut response) {
+                        Ok(transmit) => inner.queue_response(transmit, response),
+                        Err(e) => inner.endpoint.ignore(e.into_incoming()),
+                    }
                     continue;
                 }
                 match inner.endpoint.accept(incoming, now, &mut response, None) {
