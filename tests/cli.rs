@@ -244,6 +244,32 @@ fn config_toml(id: Option<u64>, cert: &str, nodes: &str) -> String {
     )
 }
 
+/// A scratch directory `name` with the cluster CA and node 1's certificate, and a
+/// `[[nodes]]` table placing node 1 on a free loopback port: (directory, port, table).
+fn one_node(name: &str) -> (std::path::PathBuf, u16, String) {
+    let dir = scratch_dir(name);
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    let node = [
+        "certs",
+        "node",
+        "--dir",
+        d,
+        "--id",
+        "1",
+        "--san",
+        "127.0.0.1",
+    ];
+    assert!(cli(&node).status.success());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
+    (dir, port, nodes)
+}
+
 /// Three `start` processes from configuration files (two replicas per group), then `kv
 /// put/get/del` against them, the placement table, and a replica moved to the third node.
 #[test]
@@ -502,34 +528,12 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A core that cannot run (here: its data directory is a file) stops the node with the
+/// A node whose data directory cannot be used (here: it is a file) stops at once with the
 /// reason and a failure exit, instead of leaving a process that serves nothing.
 #[test]
 fn a_node_whose_data_directory_is_unusable_exits_with_the_reason() {
-    let dir = scratch_dir("cli-core-fails");
-    let d = dir.to_str().unwrap();
-    assert!(cli(&["certs", "init", "--dir", d]).status.success());
-    assert!(
-        cli(&[
-            "certs",
-            "node",
-            "--dir",
-            d,
-            "--id",
-            "1",
-            "--san",
-            "127.0.0.1"
-        ])
-        .status
-        .success()
-    );
+    let (dir, _, nodes) = one_node("cli-core-fails");
     std::fs::write(dir.join("data-1"), "not a directory").unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
     std::fs::write(
         dir.join("node-1.toml"),
         config_toml(Some(1), "node-1", &nodes),
@@ -556,26 +560,7 @@ fn a_node_whose_data_directory_is_unusable_exits_with_the_reason() {
 /// process exits non-zero and says which core panicked and why.
 #[test]
 fn a_panic_on_a_core_exits_the_process_non_zero() {
-    let dir = scratch_dir("cli-core-panics");
-    let d = dir.to_str().unwrap();
-    assert!(cli(&["certs", "init", "--dir", d]).status.success());
-    let node = [
-        "certs",
-        "node",
-        "--dir",
-        d,
-        "--id",
-        "1",
-        "--san",
-        "127.0.0.1",
-    ];
-    assert!(cli(&node).status.success());
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
+    let (dir, _, nodes) = one_node("cli-core-panics");
     let toml = config_toml(Some(1), "node-1", &nodes).replace("cores = 1", "cores = 2");
     std::fs::write(dir.join("node-1.toml"), toml).unwrap();
     let config = dir.join("node-1.toml");
@@ -633,32 +618,14 @@ fn twenty_thousand_quic_initials_leave_the_node_s_memory_bounded() {
     use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT, TlsMode};
     use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
-    let dir = scratch_dir("cli-initials");
+    let (dir, port, nodes) = one_node("cli-initials");
     let d = dir.to_str().unwrap();
-    assert!(cli(&["certs", "init", "--dir", d]).status.success());
-    let node = [
-        "certs",
-        "node",
-        "--dir",
-        d,
-        "--id",
-        "1",
-        "--san",
-        "127.0.0.1",
-    ];
-    assert!(cli(&node).status.success());
     let client = ["certs", "client", "--dir", d, "--name", "flood"];
     assert!(cli(&client).status.success());
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let nodes = format!("[[nodes]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n");
     let toml = config_toml(Some(1), "node-1", &nodes).replace(
         "cores = 1",
         &format!("cores = 1\nmetrics_addr = \"{metrics}\""),
