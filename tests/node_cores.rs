@@ -8,7 +8,7 @@ use std::time::Duration;
 use nodedb_cluster::ids::{CoreAddress, CoreId, NodeId};
 use nodedb_cluster::runtime::cores::{CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use nodedb_cluster::runtime::demo::free_base_port;
-use nodedb_cluster::runtime::peers::{Peers, StreamClass, receive_streams};
+use nodedb_cluster::runtime::peers::{ClusterShape, Peers, StreamClass, receive_streams};
 use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
 use nodedb_cluster::runtime::tls::{TlsMode, generate_ca, issue_node_cert};
 use nodedb_cluster::wire::frame::FrameKind;
@@ -58,11 +58,15 @@ fn each_core_owns_an_endpoint_and_reaches_its_peer_core() {
                 glommio::spawn_local(async move {
                     while let Some(conn) = server.accept().await {
                         let report = report.clone();
-                        glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
-                            assert_eq!(class, StreamClass::Control);
-                            let n = u32::from_le_bytes(frame.payload[..4].try_into().unwrap());
-                            report.send((core, peer, n)).unwrap();
-                        }))
+                        glommio::spawn_local(receive_streams(
+                            conn,
+                            ClusterShape::default(),
+                            move |peer, class, frame| {
+                                assert_eq!(class, StreamClass::Control);
+                                let n = u32::from_le_bytes(frame.payload[..4].try_into().unwrap());
+                                report.send((core, peer, n)).unwrap();
+                            },
+                        ))
                         .detach();
                     }
                 })

@@ -10,7 +10,9 @@ use std::time::Duration;
 use nodedb_cluster::client::peer_health::BreakerState;
 use nodedb_cluster::ids::{CoreAddress, CoreId, NodeId};
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
-use nodedb_cluster::runtime::peers::{PeerError, Peers, StreamClass, receive_streams};
+use nodedb_cluster::runtime::peers::{
+    ClusterShape, Hello, PeerError, Peers, StreamClass, receive_streams,
+};
 use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
 use nodedb_cluster::runtime::tls::{CertifiedKeyPem, TlsMode, generate_ca, issue_node_cert};
 use nodedb_cluster::wire::frame::FrameKind;
@@ -58,10 +60,14 @@ fn batched_control_frames_arrive_in_order_on_one_stream_per_peer() {
         glommio::spawn_local(async move {
             while let Some(conn) = server.accept().await {
                 let sink = sink.clone();
-                glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
-                    let n = u32::from_le_bytes(frame.payload[..4].try_into().unwrap());
-                    sink.borrow_mut().push((peer, class, n));
-                }))
+                glommio::spawn_local(receive_streams(
+                    conn,
+                    ClusterShape::default(),
+                    move |peer, class, frame| {
+                        let n = u32::from_le_bytes(frame.payload[..4].try_into().unwrap());
+                        sink.borrow_mut().push((peer, class, n));
+                    },
+                ))
                 .detach();
             }
         })
@@ -197,7 +203,10 @@ fn a_stream_of_bad_bytes_closes_the_connection_and_reaches_no_handler() {
         let server = node_b.clone();
         glommio::spawn_local(async move {
             let conn = server.accept().await.unwrap();
-            receive_streams(conn, move |_, _, _| *sink.borrow_mut() += 1).await;
+            receive_streams(conn, ClusterShape::default(), move |_, _, _| {
+                *sink.borrow_mut() += 1
+            })
+            .await;
         })
         .detach();
         let node_a = endpoint(tls_a.clone());
@@ -230,6 +239,17 @@ fn claim_on_the_peer_protocol(
     sender: TlsMode,
     claimed: CoreAddress,
 ) -> (String, usize) {
+    claim_shape_on_the_peer_protocol(ca, sender, claimed, ClusterShape::default())
+}
+
+/// Like `claim_on_the_peer_protocol`, the `Hello` naming the cluster `shape` (node 2
+/// expects the default one).
+fn claim_shape_on_the_peer_protocol(
+    ca: &CertifiedKeyPem,
+    sender: TlsMode,
+    claimed: CoreAddress,
+    shape: ClusterShape,
+) -> (String, usize) {
     use nodedb_cluster::runtime::tls::{self, ALPN_PEER};
     use nodedb_cluster::wire::frame::encode_frame;
     let tls_b = node_tls(ca, 2);
@@ -241,7 +261,10 @@ fn claim_on_the_peer_protocol(
         let server = node_b.clone();
         glommio::spawn_local(async move {
             let conn = server.accept().await.unwrap();
-            receive_streams(conn, move |_, _, _| *sink.borrow_mut() += 1).await;
+            receive_streams(conn, ClusterShape::default(), move |_, _, _| {
+                *sink.borrow_mut() += 1
+            })
+            .await;
         })
         .detach();
         let from = endpoint(sender.clone());
@@ -254,12 +277,13 @@ fn claim_on_the_peer_protocol(
             )
             .await
             .unwrap();
-        let mut hello = Vec::new();
-        hello.extend_from_slice(&claimed.node.0.to_le_bytes());
-        hello.extend_from_slice(&claimed.core.0.to_le_bytes());
-        hello.push(StreamClass::Control as u8);
+        let hello = Hello {
+            from: claimed,
+            class: StreamClass::Control,
+            shape,
+        };
         let mut bytes = Vec::new();
-        encode_frame(FrameKind::Hello, 0, &hello, &mut bytes).unwrap();
+        encode_frame(FrameKind::Hello, 0, &hello.encode(), &mut bytes).unwrap();
         encode_frame(FrameKind::RaftBatch, 0, b"forged", &mut bytes).unwrap();
         if let Ok(mut stream) = conn.open_uni().await {
             let _ = stream.write_all(&bytes).await;
@@ -315,4 +339,23 @@ fn a_node_that_claims_another_node_in_its_hello_is_refused() {
     // Claiming itself, node 1 gets its frame through.
     let (_, delivered) = claim_on_the_peer_protocol(&ca, node_tls(&ca, 1), A);
     assert_eq!(delivered, 1);
+}
+
+#[test]
+fn a_node_of_another_cluster_or_groups_count_is_refused() {
+    let ca = generate_ca("test").unwrap();
+    for shape in [
+        ClusterShape {
+            cluster: 7,
+            groups: 0,
+        },
+        ClusterShape {
+            cluster: 0,
+            groups: 8,
+        },
+    ] {
+        let (reason, delivered) = claim_shape_on_the_peer_protocol(&ca, node_tls(&ca, 1), A, shape);
+        assert!(reason.contains("the peer's cluster is"), "{reason}");
+        assert_eq!(delivered, 0, "no frame reached the handler");
+    }
 }

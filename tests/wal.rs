@@ -13,7 +13,7 @@ use nodedb_cluster::replication::kv::{KvCommand, KvStore, StateMachine};
 use nodedb_cluster::replication::raft_host::{GroupWrite, HostEvent, ProposalToken, RaftHost};
 use nodedb_cluster::replication::wal::WalError;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
-use nodedb_cluster::runtime::wal::{WalFile, WalIoError};
+use nodedb_cluster::runtime::wal::{WalFile, WalIoError, mark_path};
 use raft::eraftpb::{Entry, HardState};
 
 fn wal_path(name: &str) -> PathBuf {
@@ -89,7 +89,12 @@ fn batches_survive_a_restart() {
 fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
     let path = wal_path("torn");
     let p = path.clone();
-    on_executor(move || append_batches(p, 1, 10));
+    on_executor(move || append_batches(p, 1, 9));
+    // The mark as it was when record 10's write began: a crash midway never updates it.
+    let mark = std::fs::read(mark_path(&path)).unwrap();
+    let p = path.clone();
+    on_executor(move || append_batches(p, 10, 10));
+    std::fs::write(mark_path(&path), mark).unwrap();
     // Crash mid-write of record 10: damage its block and leave garbage after it.
     let mut bytes = std::fs::read(&path).unwrap();
     let len = bytes.len();
@@ -111,6 +116,34 @@ fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
         "appends continue where the valid log ended"
     );
     assert_eq!(second.truncated_bytes, 0);
+}
+
+/// A log cut at a record boundary while the node was stopped parses cleanly, but it lost
+/// records it had acknowledged: it is refused, with the way out; so is a deleted log.
+#[test]
+fn a_log_shortened_at_a_record_boundary_is_refused() {
+    let path = wal_path("shortened");
+    let p = path.clone();
+    on_executor(move || append_batches(p, 1, 5));
+    let boundary = std::fs::metadata(&path).unwrap().len();
+    let p = path.clone();
+    on_executor(move || append_batches(p, 6, 8));
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(boundary).unwrap();
+    drop(file);
+    let p = path.clone();
+    let err =
+        on_executor(move || async move { WalFile::open(&p).await.err().map(|e| e.to_string()) });
+    let err = err.expect("a shortened log must be refused");
+    assert!(
+        err.contains("ends at record 5, but record 8 was durable") && err.contains("decommission"),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let p = path.clone();
+    let err =
+        on_executor(move || async move { WalFile::open(&p).await.err().map(|e| e.to_string()) });
+    assert!(err.is_some_and(|e| e.contains("ends at record 0")));
 }
 
 #[test]

@@ -43,11 +43,17 @@ fn write(group: u64, index: u64, payload: usize) -> GroupWrite {
     }
 }
 
+/// Removes a log and its mark (a log removed alone is refused as shortened).
+fn remove_log(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(nodedb_cluster::runtime::wal::mark_path(path));
+}
+
 pub fn run(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Result<WalResult, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     spawn_executor("wal-bench", CorePlacement::Unbound, move || async move {
         let path = dir.join(format!("bench-{}.wal", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        remove_log(&path);
         let (mut wal, _) = WalFile::open(&path).await.map_err(|e| e.to_string())?;
         let started = Instant::now();
         for round in 1..=rounds {
@@ -57,7 +63,7 @@ pub fn run(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Result<Wal
         let grouped = (groups * rounds) as f64 / started.elapsed().as_secs_f64();
         let grouped_fsyncs = wal.stats().fsyncs;
         wal.close().await.map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&path);
+        remove_log(&path);
 
         let (mut wal, _) = WalFile::open(&path).await.map_err(|e| e.to_string())?;
         let started = Instant::now();
@@ -71,7 +77,7 @@ pub fn run(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Result<Wal
         let single = (groups * rounds) as f64 / started.elapsed().as_secs_f64();
         let single_fsyncs = wal.stats().fsyncs;
         wal.close().await.map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&path);
+        remove_log(&path);
         Ok(WalResult {
             group_commit_writes_per_sec: grouped,
             per_group_writes_per_sec: single,

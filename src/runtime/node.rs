@@ -38,7 +38,7 @@ use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeCon
 use crate::runtime::datadir::{DataDir, DataDirError, Identity};
 use crate::runtime::executor::RuntimeError;
 use crate::runtime::metrics_http::MetricsServer;
-use crate::runtime::peers::{Peers, StreamClass, receive_streams};
+use crate::runtime::peers::{ClusterShape, Peers, StreamClass, receive_streams};
 use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
@@ -301,7 +301,15 @@ async fn core_loop(
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
+    let shape = ClusterShape {
+        cluster: config
+            .tls
+            .cluster_id()
+            .map_err(|e| CoreLoopError::Failed(format!("the cluster CA: {e}")))?,
+        groups: spec.groups,
+    };
     let peers = Peers::new(endpoint.clone(), config.tls.clone(), local);
+    peers.set_shape(shape);
     // Any core may come to host a replica that talks to any core of another node (a moved
     // replica): every core of every node is a peer, connected on first use.
     for (peer_node, _) in &spec.nodes {
@@ -317,7 +325,7 @@ async fn core_loop(
     let inbox = Rc::new(Inbox::default());
     let clock = MonotonicClock::new();
     let bucket = Rc::new(RefCell::new(TokenBucket::new(config.snapshot_rate)));
-    let accept = glommio::spawn_local(accept_loop(endpoint.clone(), inbox.clone()));
+    let accept = glommio::spawn_local(accept_loop(endpoint.clone(), inbox.clone(), shape));
     // Requests other cores of this node forwarded here, and core 0's tables.
     let mail = glommio::spawn_local({
         let (ctx, inbox) = (ctx.clone(), inbox.clone());
@@ -548,13 +556,15 @@ async fn send_snapshot(
 
 /// Accepts connections: peers' streams carry Raft batches and snapshot chunks, clients'
 /// streams requests.
-async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>) {
+async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterShape) {
     while let Some(conn) = endpoint.accept().await {
         let inbox = inbox.clone();
         match conn.alpn().as_deref() {
             Some(ALPN_PEER) => {
-                glommio::spawn_local(receive_streams(conn, move |peer, class, frame| {
-                    match (class, frame.kind) {
+                glommio::spawn_local(receive_streams(
+                    conn,
+                    shape,
+                    move |peer, class, frame| match (class, frame.kind) {
                         (StreamClass::Control, FrameKind::RaftBatch) => {
                             inbox.push(Work::RaftBatch(peer, frame.payload))
                         }
@@ -562,8 +572,8 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>) {
                             inbox.push(Work::SnapshotChunk(peer, frame.payload))
                         }
                         _ => debug!(%peer, kind = ?frame.kind, "unexpected frame on a peer stream"),
-                    }
-                }))
+                    },
+                ))
                 .detach();
             }
             Some(ALPN_CLIENT) => {

@@ -40,28 +40,59 @@ pub enum StreamClass {
 
 const CONTROL_PRIORITY: i32 = 100;
 const BULK_PRIORITY: i32 = 0;
-const HELLO_BYTES: usize = 11;
+const HELLO_BYTES: usize = 23;
 
-/// Encodes the `Hello` payload: node (u64 LE), core (u16 LE), class (u8).
-fn hello(from: CoreAddress, class: StreamClass) -> [u8; HELLO_BYTES] {
-    let mut out = [0u8; HELLO_BYTES];
-    out[..8].copy_from_slice(&from.node.0.to_le_bytes());
-    out[8..10].copy_from_slice(&from.core.0.to_le_bytes());
-    out[10] = class as u8;
-    out
+/// What every node of one cluster agrees on, carried in each stream's `Hello`: a node of
+/// another cluster (another CA) or one configured with another groups count (it would
+/// hash keys to other groups) is refused before anything it sends is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterShape {
+    /// The cluster's id (`TlsMode::cluster_id`).
+    pub cluster: u64,
+    pub groups: u32,
 }
 
-/// Decodes a `Hello` payload; `None` when malformed.
-pub fn parse_hello(payload: &[u8]) -> Option<(CoreAddress, StreamClass)> {
-    let bytes: &[u8; HELLO_BYTES] = payload.try_into().ok()?;
-    let node = NodeId(u64::from_le_bytes(bytes[..8].try_into().ok()?));
-    let core = CoreId(u16::from_le_bytes(bytes[8..10].try_into().ok()?));
-    let class = match bytes[10] {
-        1 => StreamClass::Control,
-        2 => StreamClass::Bulk,
-        _ => return None,
-    };
-    Some((CoreAddress { node, core }, class))
+/// A stream's `Hello`: who sends, what the stream carries, and the sender's cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub from: CoreAddress,
+    pub class: StreamClass,
+    pub shape: ClusterShape,
+}
+
+impl Hello {
+    /// The payload: node (u64 LE), core (u16 LE), class (u8), cluster (u64 LE), groups
+    /// (u32 LE).
+    pub fn encode(&self) -> [u8; HELLO_BYTES] {
+        let mut out = [0u8; HELLO_BYTES];
+        out[..8].copy_from_slice(&self.from.node.0.to_le_bytes());
+        out[8..10].copy_from_slice(&self.from.core.0.to_le_bytes());
+        out[10] = self.class as u8;
+        out[11..19].copy_from_slice(&self.shape.cluster.to_le_bytes());
+        out[19..23].copy_from_slice(&self.shape.groups.to_le_bytes());
+        out
+    }
+
+    /// Decodes a payload; `None` when malformed.
+    pub fn parse(payload: &[u8]) -> Option<Hello> {
+        let bytes: &[u8; HELLO_BYTES] = payload.try_into().ok()?;
+        let node = NodeId(u64::from_le_bytes(bytes[..8].try_into().ok()?));
+        let core = CoreId(u16::from_le_bytes(bytes[8..10].try_into().ok()?));
+        let class = match bytes[10] {
+            1 => StreamClass::Control,
+            2 => StreamClass::Bulk,
+            _ => return None,
+        };
+        let shape = ClusterShape {
+            cluster: u64::from_le_bytes(bytes[11..19].try_into().ok()?),
+            groups: u32::from_le_bytes(bytes[19..23].try_into().ok()?),
+        };
+        Some(Hello {
+            from: CoreAddress { node, core },
+            class,
+            shape,
+        })
+    }
 }
 
 /// A peer operation that did not happen.
@@ -117,6 +148,7 @@ struct Shared {
     endpoint: QuicEndpoint,
     tls: TlsMode,
     local: CoreAddress,
+    shape: ClusterShape,
     clock: MonotonicClock,
     connect_timeout: Duration,
     slots: HashMap<CoreAddress, Slot>,
@@ -136,6 +168,7 @@ impl Peers {
             endpoint,
             tls,
             local,
+            shape: ClusterShape::default(),
             clock: MonotonicClock::new(),
             connect_timeout: PEER_CONNECT_TIMEOUT,
             slots: HashMap::new(),
@@ -144,6 +177,11 @@ impl Peers {
         Peers {
             shared: Rc::new(RefCell::new(shared)),
         }
+    }
+
+    /// The cluster this core's streams say they belong to (default: id 0, 0 groups).
+    pub fn set_shape(&self, shape: ClusterShape) {
+        self.shared.borrow_mut().shape = shape;
     }
 
     /// Overrides the connect timeout (tests use a short one).
@@ -384,12 +422,20 @@ impl Peers {
         priority: i32,
     ) -> Result<SendStream, PeerError> {
         let conn = self.connection(peer).await?;
-        let local = self.shared.borrow().local;
+        let (local, shape) = {
+            let shared = self.shared.borrow();
+            (shared.local, shared.shape)
+        };
         let opened = async {
             let mut stream = conn.open_uni().await?;
             stream.set_priority(priority)?;
             let mut first = Vec::new();
-            encode_frame(FrameKind::Hello, 0, &hello(local, class), &mut first)
+            let hello = Hello {
+                from: local,
+                class,
+                shape,
+            };
+            encode_frame(FrameKind::Hello, 0, &hello.encode(), &mut first)
                 .expect("a hello is small");
             stream.write_all(&first).await?;
             Ok::<_, TransportError>(stream)
@@ -498,6 +544,14 @@ pub enum PeerRefusal {
     /// A stream's `Hello` claims another node than the certificate names.
     #[error("hello claims node {claimed}, the certificate names node {certified}")]
     WrongNode { claimed: NodeId, certified: NodeId },
+    /// The sender belongs to another cluster, or counts groups otherwise.
+    #[error(
+        "the peer's cluster is {theirs:?} but this node's is {ours:?} (cluster id from the CA, groups from the configuration)"
+    )]
+    WrongCluster {
+        theirs: ClusterShape,
+        ours: ClusterShape,
+    },
     /// A stream that does not start with a valid `Hello`, or carries bad frames.
     #[error("{0}")]
     BadStream(String),
@@ -519,7 +573,7 @@ pub fn peer_node(conn: &Connection) -> Result<Option<NodeId>, PeerRefusal> {
 /// certificate is not a node's is closed at once; a stream whose first frame is not a valid
 /// `Hello` for the node the certificate names, or whose bytes are not valid frames, is
 /// abandoned and the connection closed: bad bytes from a peer never reach the handler.
-pub async fn receive_streams<F>(conn: Connection, on_frame: F)
+pub async fn receive_streams<F>(conn: Connection, shape: ClusterShape, on_frame: F)
 where
     F: FnMut(CoreAddress, StreamClass, Frame) + 'static,
 {
@@ -535,7 +589,7 @@ where
     while let Ok(stream) = conn.accept_uni().await {
         let (handler, conn) = (handler.clone(), conn.clone());
         glommio::spawn_local(async move {
-            if let Err(refusal) = read_stream(stream, certified, &handler).await {
+            if let Err(refusal) = read_stream(stream, certified, shape, &handler).await {
                 warn!(remote = %conn.remote_address(), %refusal, "closing a peer connection that sent a bad stream");
                 conn.close(1, refusal.to_string().as_bytes());
             }
@@ -547,6 +601,7 @@ where
 async fn read_stream<F>(
     mut stream: RecvStream,
     certified: Option<NodeId>,
+    shape: ClusterShape,
     handler: &Rc<RefCell<F>>,
 ) -> Result<(), PeerRefusal>
 where
@@ -567,14 +622,20 @@ where
                     return;
                 }
                 match origin {
-                    None if frame.kind == FrameKind::Hello => match parse_hello(&frame.payload) {
-                        Some((peer, _)) if certified.is_some_and(|n| n != peer.node) => {
+                    None if frame.kind == FrameKind::Hello => match Hello::parse(&frame.payload) {
+                        Some(h) if certified.is_some_and(|n| n != h.from.node) => {
                             bad = Some(PeerRefusal::WrongNode {
-                                claimed: peer.node,
-                                certified: certified.unwrap_or(peer.node),
+                                claimed: h.from.node,
+                                certified: certified.unwrap_or(h.from.node),
                             });
                         }
-                        Some(o) => origin = Some(o),
+                        Some(h) if h.shape != shape => {
+                            bad = Some(PeerRefusal::WrongCluster {
+                                theirs: h.shape,
+                                ours: shape,
+                            });
+                        }
+                        Some(h) => origin = Some((h.from, h.class)),
                         None => bad = Some(stream_error("malformed hello".into())),
                     },
                     None => bad = Some(stream_error("stream does not start with hello".into())),

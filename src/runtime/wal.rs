@@ -14,6 +14,15 @@
 //! file of each group's latest snapshot and refuses one that is missing or does not match
 //! its checksum; files no record needs any more are deleted.
 //!
+//! A log that lost acknowledged records is refused, even when it was cut at a record
+//! boundary and looks whole: after every fdatasync the log's last durable record number is
+//! written to `<log>.mark` (a 20-byte file, page cache only: it survives the process being
+//! killed, and after a power loss it can only be older than the log, never ahead of it). At
+//! open, a log whose last record is below the mark forgot what its replicas acknowledged
+//! (the leader counted those acknowledgements towards commits) and must not rejoin as the
+//! same voters. A torn final record was never durable, so the mark never names it and it
+//! is still cut off as before.
+//!
 //! The record format and the replay rules are sans-IO (`crate::replication::wal`); this module only
 //! moves blocks to and from the disk.
 
@@ -50,6 +59,46 @@ pub enum WalIoError {
     /// A snapshot file the log names is missing or damaged: the group's state is lost here.
     #[error("snapshot file {path}: {reason}")]
     SnapshotFile { path: PathBuf, reason: String },
+    /// The log ends before a record it had made durable: acknowledged data is gone.
+    #[error(
+        "{path}: the log ends at record {found}, but record {durable} was durable before (per {mark}): \
+         acknowledged writes were lost, and its replicas must not rejoin as the voters they were. \
+         Restore the lost file, or retire this node (decommission it) and start a new one with an empty data directory"
+    )]
+    Shortened {
+        path: PathBuf,
+        mark: PathBuf,
+        durable: u64,
+        found: u64,
+    },
+}
+
+const MARK_MAGIC: u64 = u64::from_le_bytes(*b"NDBMARK1");
+
+/// The file holding the log's last durable record number.
+pub fn mark_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".mark");
+    PathBuf::from(name)
+}
+
+fn encode_mark(sequence: u64) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[..8].copy_from_slice(&MARK_MAGIC.to_le_bytes());
+    out[8..16].copy_from_slice(&sequence.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..16]);
+    out[16..].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The record number a mark holds; `None` for a damaged one (a torn write at power loss:
+/// then nothing can be checked, and the log is trusted as before marks existed).
+fn decode_mark(bytes: &[u8]) -> Option<u64> {
+    let bytes: &[u8; 20] = bytes.try_into().ok()?;
+    let magic = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+    let crc = u32::from_le_bytes(bytes[16..].try_into().ok()?);
+    (magic == MARK_MAGIC && crc == crc32c::crc32c(&bytes[..16]))
+        .then(|| u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")))
 }
 
 /// What the log held when it was opened.
@@ -85,6 +134,8 @@ pub struct WalFile {
     /// Rewrite the log once it exceeds this and twice its last checkpoint.
     rewrite_threshold: u64,
     last_checkpoint: u64,
+    /// Where the last durable record number is written after each fdatasync.
+    mark: std::fs::File,
 }
 
 impl WalFile {
@@ -150,6 +201,33 @@ impl WalFile {
             ..Recovered::default()
         };
         let next_sequence = replay.records.last().map_or(1, |(s, _)| s + 1);
+        let mark_file = mark_path(path);
+        match std::fs::read(&mark_file) {
+            Ok(bytes) => match decode_mark(&bytes) {
+                Some(durable) if durable >= next_sequence => {
+                    return Err(WalIoError::Shortened {
+                        path: path.to_owned(),
+                        mark: mark_file,
+                        durable,
+                        found: next_sequence - 1,
+                    });
+                }
+                Some(_) => {}
+                None => warn!(path = %mark_file.display(), "damaged log mark ignored"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(std_io("read mark")(e)),
+        }
+        let mark = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&mark_file)
+            .map_err(|e| WalIoError::Io {
+                path: mark_file.clone(),
+                operation: "open mark",
+                message: e.to_string(),
+            })?;
         for (_, writes) in &replay.records {
             for w in writes {
                 recovered.groups.entry(w.group).or_default().apply(w);
@@ -186,6 +264,7 @@ impl WalFile {
             files,
             rewrite_threshold: WAL_REWRITE_BYTES,
             last_checkpoint: replay.valid_bytes,
+            mark,
         };
         wal.remove_unneeded_snapshot_files();
         Ok((wal, recovered))
@@ -236,6 +315,7 @@ impl WalFile {
         self.next_sequence += records.len() as u64;
         self.stats.records += records.len() as u64;
         self.stats.fsyncs += 1;
+        self.write_mark()?;
         let mut superseded = false;
         for w in writes {
             let state = self.mirror.entry(w.group).or_default();
@@ -334,7 +414,21 @@ impl WalFile {
         self.last_checkpoint = end;
         self.next_sequence = sequence;
         self.stats.fsyncs += 1;
-        Ok(())
+        self.write_mark()
+    }
+
+    /// Records that every record before `next_sequence` is durable (after an fdatasync).
+    /// A 20-byte positioned write into the page cache: no fsync of its own.
+    fn write_mark(&self) -> Result<(), WalIoError> {
+        use std::os::unix::fs::FileExt;
+        let durable = self.next_sequence - 1;
+        self.mark
+            .write_all_at(&encode_mark(durable), 0)
+            .map_err(|e| WalIoError::Io {
+                path: mark_path(&self.path),
+                operation: "write mark",
+                message: e.to_string(),
+            })
     }
 
     /// Makes every batch the host has ready durable, one record per batch, and tells the
