@@ -140,6 +140,10 @@ pub const QUIC_MAX_STREAMS: u32 = 256;
 /// Peers need `nodes × cores` of them, clients the rest.
 pub const QUIC_CONNECTIONS_MAX: usize = 1024;
 
+/// Connections one certificate may hold on one core's endpoint (a node needs one per
+/// peer core; a client process one per core it talks to, a few for tools).
+pub const CONNECTIONS_PER_IDENTITY_MAX: usize = 64;
+
 /// Bytes of unfinished requests one client connection may have a server hold, across its
 /// streams (without it, 256 streams × a 4 MiB frame each). A request past it is answered
 /// with an error and its stream stopped.

@@ -1017,3 +1017,69 @@ fn a_malformed_request_is_answered_with_an_error_frame() {
     assert!(node.failure().is_none());
     h.stop([node]);
 }
+
+/// One certificate may hold `CONNECTIONS_PER_IDENTITY_MAX` connections to a core; the next
+/// is closed with the reason, and another certificate still gets in.
+#[test]
+fn one_certificate_cannot_take_every_connection() {
+    use nodedb_cluster::constants::CONNECTIONS_PER_IDENTITY_MAX;
+    use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
+    use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT, issue_client_cert};
+    let h = Harness::sized("per-identity", 1);
+    let node = h.start(1);
+    let addr = h.spec.address(NodeId(1), CoreId(0)).unwrap();
+    let tls = h.client_tls();
+    let other = TlsMode::Mutual {
+        ca_cert_pem: h.ca.cert_pem.clone(),
+        identity: issue_client_cert(&h.ca, "other").unwrap(),
+    };
+    let (reason, other_ok) = spawn_executor("greedy", CorePlacement::Unbound, move || async move {
+        let endpoint = QuicEndpoint::bind(EndpointOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            tls: tls.clone(),
+            segmentation_offload: true,
+            mtu: 1452,
+            server: false,
+        })
+        .unwrap();
+        let name = tls::node_server_name(NodeId(1));
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS_PER_IDENTITY_MAX {
+            held.push(
+                endpoint
+                    .connect(addr, &name, &tls, ALPN_CLIENT)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let extra = endpoint
+            .connect(addr, &name, &tls, ALPN_CLIENT)
+            .await
+            .unwrap();
+        let reason = format!("{}", extra.closed().await);
+        // Served: a request on it is answered (an empty stream gets an error frame).
+        let other_conn = endpoint
+            .connect(addr, &name, &other, ALPN_CLIENT)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = other_conn.open_bi().await.unwrap();
+        send.finish().unwrap();
+        let mut answered = 0;
+        while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX).await {
+            answered += chunk.len();
+        }
+        let other_ok = answered > 0;
+        drop(held);
+        endpoint.shutdown().await;
+        (reason, other_ok)
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    assert!(
+        reason.contains("too many connections for this certificate"),
+        "{reason}"
+    );
+    assert!(other_ok, "another certificate is still served");
+    h.stop([node]);
+}

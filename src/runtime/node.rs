@@ -11,7 +11,7 @@
 //! group, replica moves — is in `crate::node`, which the simulator drives too.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -25,8 +25,8 @@ use tracing::{debug, info, warn};
 use crate::client::call::Failure;
 pub use crate::cluster::spec::ClusterSpec;
 use crate::constants::{
-    CLIENT_CONNECTION_BUFFER_BYTES, NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY,
-    SNAPSHOT_TRANSFER_TIMEOUT,
+    CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, NODE_LOOP_IDLE,
+    REPLY_CHANNEL_CAPACITY, SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
@@ -557,14 +557,31 @@ async fn send_snapshot(
 /// Accepts connections: peers' streams carry Raft batches and snapshot chunks, clients'
 /// streams requests.
 async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterShape) {
+    let per_identity: Rc<RefCell<HashMap<u64, usize>>> = Rc::default();
     while let Some(conn) = endpoint.accept().await {
         let inbox = inbox.clone();
+        // One certificate holds at most `CONNECTIONS_PER_IDENTITY_MAX` connections here,
+        // so one leaked or hostile key cannot take the endpoint's whole connection budget.
+        // (The insecure mode has no certificates to count.)
+        let identity = conn.peer_certificates().first().map(|c| fingerprint(c));
+        let held = identity.map_or(0, |i| *per_identity.borrow().get(&i).unwrap_or(&0));
+        if held >= CONNECTIONS_PER_IDENTITY_MAX {
+            warn!(remote = %conn.remote_address(), held, "connection refused: too many for one certificate");
+            conn.close(4, b"too many connections for this certificate");
+            continue;
+        }
+        let release = identity.map(|identity| {
+            *per_identity.borrow_mut().entry(identity).or_default() += 1;
+            IdentitySlot {
+                counts: per_identity.clone(),
+                identity,
+            }
+        });
         match conn.alpn().as_deref() {
             Some(ALPN_PEER) => {
-                glommio::spawn_local(receive_streams(
-                    conn,
-                    shape,
-                    move |peer, class, frame| match (class, frame.kind) {
+                glommio::spawn_local(async move {
+                    let _release = release;
+                    receive_streams(conn, shape, move |peer, class, frame| match (class, frame.kind) {
                         (StreamClass::Control, FrameKind::RaftBatch) => {
                             inbox.push(Work::RaftBatch(peer, frame.payload))
                         }
@@ -572,16 +589,46 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterSha
                             inbox.push(Work::SnapshotChunk(peer, frame.payload))
                         }
                         _ => debug!(%peer, kind = ?frame.kind, "unexpected frame on a peer stream"),
-                    },
-                ))
+                    })
+                    .await
+                })
                 .detach();
             }
             Some(ALPN_CLIENT) => {
-                glommio::spawn_local(serve_client(conn, inbox)).detach();
+                glommio::spawn_local(async move {
+                    let _release = release;
+                    serve_client(conn, inbox).await
+                })
+                .detach();
             }
             _ => conn.close(2, b"unknown ALPN"),
         }
     }
+}
+
+/// A connection's place in its certificate's count, given back when it ends.
+struct IdentitySlot {
+    counts: Rc<RefCell<HashMap<u64, usize>>>,
+    identity: u64,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.borrow_mut();
+        if let Some(n) = counts.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// A 64-bit FNV-1a digest of a certificate's bytes: which key a connection holds.
+fn fingerprint(der: &[u8]) -> u64 {
+    der.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Serves a client connection's requests with the role its certificate carries (in the
@@ -702,10 +749,55 @@ async fn serve_request(
         },
         (None, None) => return,
     };
-    let mut out = Vec::new();
-    if encode_frame(FrameKind::Response, 0, &reply.encode(), &mut out).is_ok()
-        && send.write_all(&out).await.is_ok()
-    {
+    if send.write_all(&response_bytes(&reply)).await.is_ok() {
         let _ = send.finish();
+    }
+}
+
+/// The response frame for `reply`; a reply too large for one frame (a scan over large
+/// values) becomes an error naming the sizes, so the client hears why instead of waiting.
+fn response_bytes(reply: &KvResponseFrame) -> Vec<u8> {
+    let payload = reply.encode();
+    let mut out = Vec::new();
+    if let Err(e) = encode_frame(FrameKind::Response, 0, &payload, &mut out) {
+        let refusal = KvResponseFrame {
+            id: reply.id,
+            reply: KvReply::Error(format!(
+                "the reply does not fit one frame ({e}); ask for less (a smaller scan limit)"
+            )),
+        };
+        out.clear();
+        encode_frame(FrameKind::Response, 0, &refusal.encode(), &mut out)
+            .expect("an error reply fits a frame");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constants::FRAME_PAYLOAD_MAX_BYTES;
+    use crate::wire::frame::FrameDecoder;
+
+    #[test]
+    fn a_reply_over_the_frame_limit_is_answered_with_an_error() {
+        let big = KvResponseFrame {
+            id: 9,
+            reply: KvReply::Items(vec![(b"k".to_vec(), vec![0u8; FRAME_PAYLOAD_MAX_BYTES])]),
+        };
+        let mut frames = Vec::new();
+        FrameDecoder::new()
+            .decode(&response_bytes(&big), |f| frames.push(f))
+            .unwrap();
+        let answer = KvResponseFrame::decode(&frames[0].payload).unwrap();
+        assert_eq!(
+            answer.id, 9,
+            "the client can match the answer to its request"
+        );
+        assert!(
+            matches!(&answer.reply, KvReply::Error(why) if why.contains("does not fit one frame")),
+            "{:?}",
+            answer.reply
+        );
     }
 }
