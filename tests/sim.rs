@@ -17,7 +17,7 @@ fn seeds() -> Vec<u64> {
 fn two_hundred_seeds_pass_every_checker() {
     let mut failures = Vec::new();
     let (mut ops, mut torn, mut refused, mut moves, mut stale) = (0, 0, 0, 0, 0);
-    let mut unchecked = 0;
+    let (mut unchecked, mut hostile) = (0, 0);
     for seed in seeds() {
         let report = run(&SimOptions::new(seed));
         ops += report.ops_completed;
@@ -26,6 +26,7 @@ fn two_hundred_seeds_pass_every_checker() {
         moves += report.moves_finished;
         stale += report.stale_routes;
         unchecked += report.unchecked_keys;
+        hostile += report.hostile_refused;
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?} (faults {:?}); replay with SEED={seed} cargo test --release --test sim",
@@ -48,6 +49,7 @@ fn two_hundred_seeds_pass_every_checker() {
             stale > 0,
             "no client was told its placement table was stale"
         );
+        assert!(hostile > 0, "no hostile request was refused");
     }
 }
 

@@ -19,6 +19,8 @@ struct FaultTotals {
     /// not a pass).
     unchecked_keys: u64,
     ops_unknown: u64,
+    hostile_acts: u64,
+    hostile_refused: u64,
 }
 
 impl FaultTotals {
@@ -33,6 +35,8 @@ impl FaultTotals {
         self.stale_routes += r.stale_routes;
         self.unchecked_keys += r.unchecked_keys;
         self.ops_unknown += r.ops_unknown;
+        self.hostile_acts += r.hostile_acts;
+        self.hostile_refused += r.hostile_refused;
     }
 }
 

@@ -754,6 +754,7 @@ impl<R> NodeCore<R> {
                 self.propose(group, command, token).map(|()| Wait::Commit)
             }
             KvOp::Get { key } if self.bug == Some(NodeBug::ReadWithoutReadIndex) => {
+                self.check_owner(&key, group)?;
                 // The bug: answer from this replica's state, whoever it is.
                 let value = self
                     .host

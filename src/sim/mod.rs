@@ -27,6 +27,7 @@ pub mod checks;
 pub mod clients;
 pub mod disk;
 pub mod faults;
+mod hostile;
 pub mod linearizability;
 pub mod network;
 pub mod operator;
@@ -152,6 +153,10 @@ pub struct SimReport {
     pub stale_routes: u64,
     /// Keys whose linearizability search ran out of budget: not checked, so not passed.
     pub unchecked_keys: u64,
+    /// Acts of the hostile participant (`sim::hostile`), and its requests refused with an
+    /// error (the rest were lost, redirected, or unanswered).
+    pub hostile_acts: u64,
+    pub hostile_refused: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -235,6 +240,7 @@ struct Sim {
     /// real key → group hash (which the nodes check).
     key_table: Vec<u64>,
     vshards: VShardMap,
+    hostile: hostile::Hostile,
     /// Completed operations' results, by op id (scenarios look them up).
     results: HashMap<u64, RegisterOp>,
     /// Moves seen in the freshest table, and the highest epoch observed.
@@ -312,6 +318,7 @@ impl Sim {
             healed_writes: BTreeSet::new(),
             key_table: key_table(&vshards, o.keys),
             vshards,
+            hostile: hostile::Hostile::new(o.seed),
             results: HashMap::new(),
             moves_seen: BTreeSet::new(),
             observed_epoch: 0,
@@ -557,6 +564,9 @@ impl Sim {
         }
         self.operate(faults);
         self.drive_clients();
+        if !self.scripted {
+            self.drive_hostile();
+        }
         self.observe_moves();
     }
 
@@ -588,6 +598,7 @@ impl Sim {
             match sender {
                 Endpoint::Client(c) => self.clients[c].on_refused(now, id, failure),
                 Endpoint::Operator => self.operator.on_refused(now, id, failure),
+                Endpoint::Hostile => {}
                 Endpoint::Core(at) => {
                     let now = self.node_now(at.node);
                     if let Some(core) = self.core_mut(at) {
@@ -614,6 +625,7 @@ impl Sim {
                 Endpoint::Core(at) => (at.node.0 << 16) | u64::from(at.core.0),
                 Endpoint::Client(c) => (1 << 40) | c as u64,
                 Endpoint::Operator => 1 << 41,
+                Endpoint::Hostile => 1 << 42,
             };
             let size = match &m.payload {
                 Payload::Raft(b) | Payload::Chunk(b) => b.len() as u64,
@@ -654,6 +666,7 @@ impl Sim {
                     self.clients[c].on_reply(now, frame);
                 }
                 (Endpoint::Operator, Payload::Reply(frame)) => self.operator.on_reply(now, frame),
+                (Endpoint::Hostile, Payload::Reply(frame)) => self.on_hostile_reply(frame),
                 _ => {}
             }
         }
@@ -870,8 +883,25 @@ impl Sim {
                 }
             }
         }
+        // Every key a replica holds hashes to its group (a hostile client tries otherwise).
+        let mut misplaced = Vec::new();
+        for (g, stores) in &groups {
+            for kv in stores {
+                for (key, _) in kv.scan(&[], None, usize::MAX) {
+                    let owner = GroupId(1 + u64::from(self.vshards.vshard_of(&key).0));
+                    if owner != *g {
+                        misplaced.push(format!(
+                            "group {} holds key {key:?}, which hashes to group {}",
+                            g.0, owner.0
+                        ));
+                    }
+                }
+            }
+        }
         let in_flight = self.clients.iter().filter_map(SimClient::write_in_flight);
-        let (violations, unchecked) = self.checks.verdict(in_flight, groups.into_iter());
+        let (mut violations, unchecked) = self.checks.verdict(in_flight, groups.into_iter());
+        misplaced.dedup();
+        violations.extend(misplaced);
         self.report.violations = violations;
         self.report.unchecked_keys = unchecked;
     }

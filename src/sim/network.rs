@@ -23,6 +23,8 @@ pub enum Endpoint {
     Client(usize),
     /// The simulated operator (moves, leader transfers, decommissions).
     Operator,
+    /// The hostile participant's client (`sim::hostile`), with a client certificate.
+    Hostile,
 }
 
 impl Endpoint {
@@ -31,7 +33,7 @@ impl Endpoint {
     pub fn role(self) -> Role {
         match self {
             Endpoint::Core(at) => Role::Node(at.node),
-            Endpoint::Client(_) => Role::Client,
+            Endpoint::Client(_) | Endpoint::Hostile => Role::Client,
             Endpoint::Operator => Role::Admin,
         }
     }
@@ -39,7 +41,7 @@ impl Endpoint {
     fn node(self) -> Option<NodeId> {
         match self {
             Endpoint::Core(at) => Some(at.node),
-            Endpoint::Client(_) | Endpoint::Operator => None,
+            Endpoint::Client(_) | Endpoint::Operator | Endpoint::Hostile => None,
         }
     }
 }
