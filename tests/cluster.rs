@@ -968,11 +968,23 @@ fn a_move_to_a_node_that_is_down_is_abandoned_on_request() {
     h.stop(nodes.into_iter().flatten());
 }
 
+/// A bare QUIC client endpoint (no `KvClient`): tests that speak the wire protocol by hand.
+fn raw_client_endpoint(tls: &TlsMode) -> nodedb_cluster::runtime::quic::QuicEndpoint {
+    use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
+    QuicEndpoint::bind(EndpointOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        tls: tls.clone(),
+        segmentation_offload: true,
+        mtu: 1452,
+        server: false,
+    })
+    .unwrap()
+}
+
 /// Bytes that are no request frame get an error frame back, not silence (the client would
 /// otherwise wait out its timeout); the node keeps serving.
 #[test]
 fn a_malformed_request_is_answered_with_an_error_frame() {
-    use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
     use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT};
     use nodedb_cluster::wire::frame::FrameDecoder;
     use nodedb_cluster::wire::kv_rpc::KvResponseFrame;
@@ -981,14 +993,7 @@ fn a_malformed_request_is_answered_with_an_error_frame() {
     let addr = h.spec.address(NodeId(1), CoreId(0)).unwrap();
     let tls = h.client_tls();
     let answer = spawn_executor("hostile", CorePlacement::Unbound, move || async move {
-        let endpoint = QuicEndpoint::bind(EndpointOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            tls: tls.clone(),
-            segmentation_offload: true,
-            mtu: 1452,
-            server: false,
-        })
-        .unwrap();
+        let endpoint = raw_client_endpoint(&tls);
         let conn = endpoint
             .connect(addr, &tls::node_server_name(NodeId(1)), &tls, ALPN_CLIENT)
             .await
@@ -1023,7 +1028,6 @@ fn a_malformed_request_is_answered_with_an_error_frame() {
 #[test]
 fn one_certificate_cannot_take_every_connection() {
     use nodedb_cluster::constants::CONNECTIONS_PER_IDENTITY_MAX;
-    use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
     use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT, issue_client_cert};
     let h = Harness::sized("per-identity", 1);
     let node = h.start(1);
@@ -1034,14 +1038,7 @@ fn one_certificate_cannot_take_every_connection() {
         identity: issue_client_cert(&h.ca, "other").unwrap(),
     };
     let (reason, other_ok) = spawn_executor("greedy", CorePlacement::Unbound, move || async move {
-        let endpoint = QuicEndpoint::bind(EndpointOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            tls: tls.clone(),
-            segmentation_offload: true,
-            mtu: 1452,
-            server: false,
-        })
-        .unwrap();
+        let endpoint = raw_client_endpoint(&tls);
         let name = tls::node_server_name(NodeId(1));
         let mut held = Vec::new();
         for _ in 0..CONNECTIONS_PER_IDENTITY_MAX {

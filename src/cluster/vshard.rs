@@ -82,14 +82,17 @@ impl VShardMap {
 
 /// The 64-bit key hash described in the module documentation.
 pub fn key_hash(key: &[u8]) -> u64 {
+    mix64(fnv1a64(key))
+}
+
+/// FNV-1a, 64 bits (also the cluster id of a CA certificate and the digest that counts a
+/// certificate's connections).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = FNV_OFFSET;
-    for &byte in key {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    mix64(h)
+    bytes.iter().fold(FNV_OFFSET, |h, &byte| {
+        (h ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::call::Failure;
 pub use crate::cluster::spec::ClusterSpec;
+use crate::cluster::vshard::fnv1a64;
 use crate::constants::{
     CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, NODE_LOOP_IDLE,
     REPLY_CHANNEL_CAPACITY, SNAPSHOT_TRANSFER_TIMEOUT,
@@ -563,7 +564,7 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterSha
         // One certificate holds at most `CONNECTIONS_PER_IDENTITY_MAX` connections here,
         // so one leaked or hostile key cannot take the endpoint's whole connection budget.
         // (The insecure mode has no certificates to count.)
-        let identity = conn.peer_certificates().first().map(|c| fingerprint(c));
+        let identity = conn.peer_certificates().first().map(|c| fnv1a64(c));
         let held = identity.map_or(0, |i| *per_identity.borrow().get(&i).unwrap_or(&0));
         if held >= CONNECTIONS_PER_IDENTITY_MAX {
             warn!(remote = %conn.remote_address(), held, "connection refused: too many for one certificate");
@@ -622,13 +623,6 @@ impl Drop for IdentitySlot {
             }
         }
     }
-}
-
-/// A 64-bit FNV-1a digest of a certificate's bytes: which key a connection holds.
-fn fingerprint(der: &[u8]) -> u64 {
-    der.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// Serves a client connection's requests with the role its certificate carries (in the

@@ -368,9 +368,7 @@ impl TlsMode {
             return Ok(0);
         };
         let ca = parse_certs(ca_cert_pem, "ca_cert")?;
-        Ok(ca[0].iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        }))
+        Ok(crate::cluster::vshard::fnv1a64(&ca[0]))
     }
 }
 
