@@ -269,6 +269,11 @@ pub const CLIENT_PENDING_MAX: usize = 16_384;
 /// A request not answered by then (its leader lost leadership mid-flight) is answered with
 /// an unknown outcome, so neither side waits forever.
 pub const CLIENT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often each core folds its request counts into load rates and publishes its load.
+pub const LOAD_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Time constant of the decayed request rates: a step change in load shows ~63 % after
+/// this long.
+pub const LOAD_RATE_DECAY: std::time::Duration = std::time::Duration::from_secs(3);
 /// The longest a core loop sleeps with no work: bounds tick lateness and shutdown latency.
 pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Attempts a client makes for one request (redirects and retries included).

@@ -1080,3 +1080,45 @@ fn one_certificate_cannot_take_every_connection() {
     assert!(other_ok, "another certificate is still served");
     h.stop([node]);
 }
+
+/// Every core publishes its load to its node's load slots once per load tick: after writes,
+/// the cores that lead groups report write rates, and together they lead every group.
+#[test]
+fn every_core_publishes_its_load_once_per_tick() {
+    let h = Harness::named("load");
+    let nodes: Vec<Node> = (1..=3).map(|n| h.start(n)).collect();
+    with_client(&h, |c| async move {
+        for i in 0..200u32 {
+            c.put(format!("load-{i}").as_bytes(), &i.to_le_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    let records = || {
+        nodes
+            .iter()
+            .flat_map(|n| (0..usize::from(CORES)).map(move |c| n.load().read(c).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "every group's leader reporting",
+        Duration::from_secs(10),
+        || {
+            let r = records();
+            r.iter().all(|r| r.generation > 0)
+                && r.iter().map(|r| r.groups_led).sum::<u32>() == 8
+                && r.iter().map(|r| r.writes_per_sec).sum::<f64>() > 1.0
+        },
+    );
+    let all = records();
+    for r in &all {
+        assert!((0.0..=1.0).contains(&r.cpu_busy), "{r:?}");
+        assert!(r.p99_latency_us >= r.p95_latency_us, "{r:?}");
+    }
+    assert_eq!(
+        all.iter().map(|r| r.replicas).sum::<u32>(),
+        24,
+        "8 groups × 3 replicas"
+    );
+    h.stop(nodes);
+}

@@ -128,6 +128,11 @@ impl SlotWriter {
         self.core
     }
 
+    /// The generation of the record last published to this slot (0 before any).
+    pub fn generation(&self) -> u64 {
+        self.slots.read(self.core).map_or(0, |r| r.generation)
+    }
+
     /// Publishes `record`; wait-free for the writer.
     pub fn publish(&mut self, record: &CoreLoadRecord) {
         let slot = &self.slots.slots[self.core];

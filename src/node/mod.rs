@@ -26,6 +26,8 @@
 //!    with `handle_call_reply`).
 //!
 //! and [`NodeCore::poll_timeout`] says when to call `handle_timeout` next.
+//! [`NodeCore::poll_load`] gives the core's load once per load tick ([`load`]), for the
+//! shell to publish.
 //!
 //! Why a table is handed out only after the batch that applied it is durable: the metadata
 //! group applies an entry before its commit index is durable here; handing out the table
@@ -33,6 +35,7 @@
 
 pub mod cell;
 mod hosting;
+pub mod load;
 mod mover;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -51,6 +54,7 @@ use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
+use crate::node::load::{CoreLoad, LoadMeter};
 use crate::node::mover::Mover;
 use crate::replication::kv::{KvCommand, KvResponse};
 use crate::replication::raft_host::{
@@ -180,11 +184,13 @@ enum Pending<R> {
     Write {
         id: u64,
         reply: R,
+        since: Time,
     },
     Read {
         id: u64,
         op: KvOp,
         reply: R,
+        since: Time,
     },
     /// An `end_move` the migration executor proposed.
     EndMove(GroupId),
@@ -211,6 +217,8 @@ pub struct NodeCore<R> {
     spec: ClusterSpec,
     /// Which group each key belongs to (the spec's groups count).
     keys: VShardMap,
+    /// This core's load, for the rebalancer.
+    load: LoadMeter,
     host: RaftHost<Cell>,
     hosting: Hosting,
     assembler: SnapshotAssembler,
@@ -298,6 +306,7 @@ impl<R> NodeCore<R> {
         Ok(NodeCore {
             local,
             keys: VShardMap::new(config.spec.groups)?,
+            load: LoadMeter::new(),
             spec: config.spec,
             host,
             hosting,
@@ -330,6 +339,12 @@ impl<R> NodeCore<R> {
         self.assembler.expire(now);
         self.expire_requests(now);
         self.coordinate(now);
+        self.load.tick(now, &self.host);
+    }
+
+    /// This core's load over the load tick that last ended (`LOAD_TICK`), once per tick.
+    pub fn poll_load(&mut self) -> Option<CoreLoad> {
+        self.load.take()
     }
 
     /// A request from a holder of `role`, answered through `reply` (now, or after a commit
@@ -462,7 +477,7 @@ impl<R> NodeCore<R> {
     /// The node is stopping: every waiting client hears that its outcome is unknown.
     pub fn shutdown(&mut self) {
         for (_, p) in std::mem::take(&mut self.pending) {
-            if let Pending::Write { id, reply } | Pending::Read { id, reply, .. } = p {
+            if let Pending::Write { id, reply, .. } | Pending::Read { id, reply, .. } = p {
                 self.count(CoreCounter::ClientErrors, 1);
                 let answer = KvReply::Unknown("the node is shutting down".into());
                 self.replies
@@ -660,9 +675,24 @@ impl<R> NodeCore<R> {
         }
         let token = ProposalToken(self.next_token);
         self.next_token += 1;
+        if group != GroupId::METADATA {
+            let writes = matches!(request.op, KvOp::Write { .. });
+            if writes || matches!(request.op, KvOp::Get { .. } | KvOp::Scan { .. }) {
+                self.load.on_request(group, writes);
+            }
+        }
+        let since = self.now;
         match self.start(group, request.op, token) {
-            Ok(Wait::Commit) => self.wait(token, Pending::Write { id, reply }),
-            Ok(Wait::ReadIndex(op)) => self.wait(token, Pending::Read { id, op, reply }),
+            Ok(Wait::Commit) => self.wait(token, Pending::Write { id, reply, since }),
+            Ok(Wait::ReadIndex(op)) => self.wait(
+                token,
+                Pending::Read {
+                    id,
+                    op,
+                    reply,
+                    since,
+                },
+            ),
             Err(answer) => self.answer(reply, id, answer),
         }
     }
@@ -877,7 +907,7 @@ impl<R> NodeCore<R> {
             }
             self.issued.pop_front();
             match self.pending.remove(&token) {
-                Some(Pending::Write { id, reply } | Pending::Read { id, reply, .. }) => {
+                Some(Pending::Write { id, reply, .. } | Pending::Read { id, reply, .. }) => {
                     let answer = KvReply::Unknown("timed out waiting for commit".into());
                     self.answer(reply, id, answer);
                 }
@@ -908,8 +938,9 @@ impl<R> NodeCore<R> {
                 HostEvent::Applied {
                     token, response, ..
                 } => match self.pending.remove(&token.0) {
-                    Some(Pending::Write { id, reply }) => {
+                    Some(Pending::Write { id, reply, since }) => {
                         self.count(CoreCounter::WritesAcked, 1);
+                        self.load.on_served(self.now.saturating_since(since));
                         self.replies.push_back((
                             reply,
                             KvResponseFrame {
@@ -928,8 +959,15 @@ impl<R> NodeCore<R> {
                     Some(Pending::Read { .. }) | None => {}
                 },
                 HostEvent::ReadReady { group, token } => {
-                    if let Some(Pending::Read { id, op, reply }) = self.pending.remove(&token.0) {
+                    if let Some(Pending::Read {
+                        id,
+                        op,
+                        reply,
+                        since,
+                    }) = self.pending.remove(&token.0)
+                    {
                         self.count(CoreCounter::ReadsServed, 1);
+                        self.load.on_served(self.now.saturating_since(since));
                         let answer = read_answer(self.host.state_machine(group), op);
                         self.replies
                             .push_back((reply, KvResponseFrame { id, reply: answer }));
@@ -1215,6 +1253,7 @@ mod tests {
     use super::*;
     use crate::ids::NodeId;
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     /// A one-node, one-core cluster's core 0: it hosts the metadata group and group 1.
     fn core() -> NodeCore<u64> {
@@ -1319,5 +1358,91 @@ mod tests {
             ),
             KvReply::Forbidden(_)
         ));
+    }
+
+    /// Persists every batch at once and collects the answers, until the core is quiet.
+    fn settle(core: &mut NodeCore<u64>, now: Time, answers: &mut Vec<KvResponseFrame>) {
+        core.handle_timeout(now);
+        loop {
+            let mut busy = false;
+            while let Some(write) = core.poll_log() {
+                if let LogWrite::Persist(batch) = write {
+                    core.handle_persisted(batch.id);
+                }
+                busy = true;
+            }
+            while let Some((_, frame)) = core.poll_reply() {
+                answers.push(frame);
+                busy = true;
+            }
+            while core.poll_mail().is_some() || core.poll_transmit().is_some() {
+                busy = true;
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_core_measures_the_requests_of_the_groups_it_leads_once_per_load_tick() {
+        let mut core = core();
+        let mut answers = Vec::new();
+        let mut now = Time::from_secs(1);
+        let keys = VShardMap::new(1).unwrap();
+        // The single voter elects itself.
+        for _ in 0..400 {
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        assert!(core.host.is_leader(GroupId(1)));
+        let _ = core.poll_load();
+        for i in 0..50u64 {
+            let key = format!("k{i}").into_bytes();
+            assert_eq!(keys.vshard_of(&key).0, 0);
+            let command = KvCommand::Put {
+                key,
+                value: vec![7; 100],
+            };
+            let request = KvRequest {
+                id: 100 + i,
+                group: GroupId(1),
+                op: KvOp::Write {
+                    command: command.encode(),
+                },
+            };
+            core.handle_request(now, request, i, Role::Client);
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        assert!(
+            answers
+                .iter()
+                .filter(|a| matches!(a.reply, KvReply::Written(_)))
+                .count()
+                == 50,
+            "{answers:?}"
+        );
+        for _ in 0..150 {
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        let load = core.poll_load().expect("a load tick ended");
+        assert_eq!((load.groups_led, load.replicas), (1, 1));
+        assert!(load.writes_per_sec > 1.0, "{load:?}");
+        assert_eq!(load.reads_per_sec, 0.0);
+        assert!(load.bytes_stored >= 50 * 100, "{load:?}");
+        assert!(load.p99_latency_us >= load.p95_latency_us && load.p95_latency_us > 0.0);
+        assert_eq!(load.vshards.len(), 1);
+        assert_eq!(load.vshards[0].vshard, crate::ids::VShardId(0));
+        assert_eq!(load.vshards[0].writes_per_sec, load.writes_per_sec);
+        assert!(core.poll_load().is_none(), "once per tick");
+        // No requests: the rate decays, it does not drop to zero at once.
+        for _ in 0..110 {
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        let later = core.poll_load().expect("the next tick");
+        assert!(later.writes_per_sec > 0.0 && later.writes_per_sec < load.writes_per_sec);
     }
 }

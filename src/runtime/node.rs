@@ -31,6 +31,8 @@ use crate::constants::{
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
+use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
+use crate::node::load::CoreLoad;
 use crate::node::{CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit};
 use crate::replication::snapshot_transfer::TokenBucket;
 use crate::runtime::client::KvClient;
@@ -111,6 +113,8 @@ pub struct Node {
     http: Option<MetricsServer>,
     /// The first error a core stopped with, if any.
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Each core's load, published every load tick (the rebalancer's input).
+    load: Arc<LoadSlots>,
     /// The locked data directory, released once every core has stopped.
     _data_dir: DataDir,
 }
@@ -140,15 +144,25 @@ impl Node {
         };
         let config = Arc::new(config);
         let failure = Arc::new(std::sync::Mutex::new(None));
+        let (load, writers) = LoadSlots::new(usize::from(config.spec.cores));
+        // Each core takes its own slot's writer when it starts.
+        let writers: Arc<std::sync::Mutex<Vec<Option<SlotWriter>>>> = Arc::new(
+            std::sync::Mutex::new(writers.into_iter().map(Some).collect()),
+        );
         let runtime = CoreRuntime::start(&runtime_config, {
             let (metrics, failure) = (metrics.clone(), failure.clone());
             move |ctx: CoreContext<Mail<Reply>>| {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
                 let core = ctx.core();
+                let writer = writers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(usize::from(core.0))
+                    .and_then(Option::take);
                 async move {
                     // A panic is caught here, where the core's loop ends, so that it stops
                     // the node like any other failure instead of leaving a silent thread.
-                    let run = AssertUnwindSafe(core_loop(ctx, config, metrics.clone()));
+                    let run = AssertUnwindSafe(core_loop(ctx, config, metrics.clone(), writer));
                     let reason = match run.catch_unwind().await {
                         Ok(Ok(())) => return,
                         Ok(Err(e)) => format!("core {} stopped: {e}", core.0),
@@ -166,6 +180,7 @@ impl Node {
             metrics,
             http,
             failure,
+            load,
             _data_dir: data_dir,
         })
     }
@@ -177,6 +192,11 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Each core's load as it last published it (every `LOAD_TICK`).
+    pub fn load(&self) -> &Arc<LoadSlots> {
+        &self.load
     }
 
     /// The node's per-core counters (also served at `metrics_addr`).
@@ -193,6 +213,56 @@ impl Node {
         drop(self.http);
         self.runtime.shutdown().map(|_| ())
     }
+}
+
+/// The share of wall time the core's executor spends running tasks (its loop, QUIC, the
+/// requests it serves) rather than sleeping, from glommio's own accounting.
+struct BusyMeter {
+    window_started: std::time::Instant,
+}
+
+impl BusyMeter {
+    fn new() -> BusyMeter {
+        // Start the first window clean.
+        let _ = glommio::executor().executor_stats();
+        BusyMeter {
+            window_started: std::time::Instant::now(),
+        }
+    }
+
+    /// Busy time over wall time since the last call, in `0.0..=1.0`. (glommio hands out
+    /// the runtime since its previous call; only this meter asks for it.)
+    fn fraction_since_last(&mut self) -> f64 {
+        let runtime = glommio::executor().executor_stats().executor_runtime();
+        let now = std::time::Instant::now();
+        let window = now - std::mem::replace(&mut self.window_started, now);
+        if window.is_zero() {
+            return 0.0;
+        }
+        (runtime.as_secs_f64() / window.as_secs_f64()).clamp(0.0, 1.0)
+    }
+}
+
+/// Publishes a core's load to its slot (lock-free for the readers).
+fn publish_load(slot: &mut SlotWriter, local: CoreAddress, load: &CoreLoad, busy: f64) {
+    let previous = slot.generation();
+    slot.publish(&CoreLoadRecord {
+        node_id: local.node.0,
+        core: u32::from(local.core.0),
+        groups_led: load.groups_led,
+        replicas: load.replicas,
+        _reserved: 0,
+        bytes_stored: load.bytes_stored,
+        reads_per_sec: load.reads_per_sec,
+        writes_per_sec: load.writes_per_sec,
+        p95_latency_us: load.p95_latency_us,
+        p99_latency_us: load.p99_latency_us,
+        cpu_busy: busy,
+        // Not measured yet (the rebalancer's issue adds it).
+        migration_bytes_per_sec: 0.0,
+        published_at_ns: load.at.as_nanos(),
+        generation: previous + 1,
+    });
 }
 
 /// Fault injection for tests of the failure path: a core whose number this environment
@@ -270,6 +340,7 @@ async fn core_loop(
     ctx: CoreContext<Mail<Reply>>,
     config: Arc<NodeConfig>,
     node_metrics: Arc<NodeMetrics>,
+    mut load_slot: Option<SlotWriter>,
 ) -> Result<(), CoreLoopError> {
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
@@ -340,6 +411,7 @@ async fn core_loop(
     // first use and authenticated with the node's certificate.
     let caller: Rc<RefCell<Option<Rc<KvClient>>>> = Rc::default();
     let inject_panic = panic_injected(local.core);
+    let mut busy = BusyMeter::new();
     while !ctx.stopping() {
         metrics.add(CoreCounter::LoopTurns, 1);
         let now = clock.now();
@@ -417,6 +489,11 @@ async fn core_loop(
             debug!(%peer, error = %e, "raft batch not sent");
         }
         publish(&node, metrics, &endpoint);
+        if let Some(load) = node.poll_load()
+            && let Some(slot) = load_slot.as_mut()
+        {
+            publish_load(slot, local, &load, busy.fraction_since_last());
+        }
         let idle = node.poll_timeout().map_or(NODE_LOOP_IDLE, |t| {
             t.saturating_since(clock.now()).min(NODE_LOOP_IDLE)
         });

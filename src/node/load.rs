@@ -1,0 +1,134 @@
+//! What one core measures of its own load, for the rebalancer: requests per hosted group
+//! folded into decayed rates once per load tick, the bytes each group stores, which groups
+//! it leads, and the latency of the requests it served (a per-core HdrHistogram, cleared
+//! every tick). Sans-IO: the node core counts, the shell adds its busy fraction and
+//! publishes the result to the node's load slots.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::balance::load::VShardLoad;
+use crate::constants::{LOAD_RATE_DECAY, LOAD_TICK};
+use crate::ids::{GroupId, VShardId};
+use crate::node::cell::Cell;
+use crate::replication::kv::StateMachine;
+use crate::replication::raft_host::RaftHost;
+use crate::time::Time;
+
+/// One core's load over its last tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreLoad {
+    /// When the tick ended.
+    pub at: Time,
+    pub groups_led: u32,
+    pub replicas: u32,
+    pub bytes_stored: u64,
+    pub reads_per_sec: f64,
+    pub writes_per_sec: f64,
+    pub p95_latency_us: f64,
+    pub p99_latency_us: f64,
+    /// The groups this core leads, as the planner's per-vShard samples (at most one per
+    /// group the core hosts).
+    pub vshards: Vec<VShardLoad>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Rates {
+    reads: u64,
+    writes: u64,
+    reads_per_sec: f64,
+    writes_per_sec: f64,
+}
+
+pub(crate) struct LoadMeter {
+    tick_started: Option<Time>,
+    groups: BTreeMap<GroupId, Rates>,
+    latency: Histogram<u64>,
+    ready: Option<CoreLoad>,
+}
+
+impl LoadMeter {
+    pub(crate) fn new() -> LoadMeter {
+        LoadMeter {
+            tick_started: None,
+            groups: BTreeMap::new(),
+            // Microseconds, 2 significant digits: 1 µs .. 1 h in a few KiB.
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
+            ready: None,
+        }
+    }
+
+    /// A request for `group` was taken here.
+    pub(crate) fn on_request(&mut self, group: GroupId, writes: bool) {
+        let r = self.groups.entry(group).or_default();
+        if writes {
+            r.writes += 1;
+        } else {
+            r.reads += 1;
+        }
+    }
+
+    /// A request was served (committed or read) `took` after it arrived.
+    pub(crate) fn on_served(&mut self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.latency.saturating_record(micros);
+    }
+
+    /// Ends the tick when it is due: folds the counts into decayed rates and describes the
+    /// core's load, taken by [`LoadMeter::take`].
+    pub(crate) fn tick(&mut self, now: Time, host: &RaftHost<Cell>) {
+        let started = *self.tick_started.get_or_insert(now);
+        let elapsed = now.saturating_since(started);
+        if elapsed < LOAD_TICK {
+            return;
+        }
+        self.tick_started = Some(now);
+        let seconds = elapsed.as_secs_f64();
+        // An exponential moving average whose weight follows the tick's actual length.
+        let keep = (-seconds / LOAD_RATE_DECAY.as_secs_f64()).exp();
+        self.groups.retain(|g, _| host.replica_id(*g).is_some());
+        let mut load = CoreLoad {
+            at: now,
+            groups_led: 0,
+            replicas: 0,
+            bytes_stored: 0,
+            reads_per_sec: 0.0,
+            writes_per_sec: 0.0,
+            p95_latency_us: self.latency.value_at_quantile(0.95) as f64,
+            p99_latency_us: self.latency.value_at_quantile(0.99) as f64,
+            vshards: Vec::new(),
+        };
+        self.latency.reset();
+        for group in host.group_ids().filter(|g| *g != GroupId::METADATA) {
+            let r = self.groups.entry(group).or_default();
+            r.reads_per_sec = keep * r.reads_per_sec + (1.0 - keep) * r.reads as f64 / seconds;
+            r.writes_per_sec = keep * r.writes_per_sec + (1.0 - keep) * r.writes as f64 / seconds;
+            r.reads = 0;
+            r.writes = 0;
+            let bytes = host
+                .state_machine(group)
+                .map_or(0, StateMachine::bytes_stored);
+            load.replicas += 1;
+            load.bytes_stored += bytes;
+            load.reads_per_sec += r.reads_per_sec;
+            load.writes_per_sec += r.writes_per_sec;
+            if host.is_leader(group) {
+                load.groups_led += 1;
+                load.vshards.push(VShardLoad {
+                    vshard: VShardId((group.0 - 1) as u32),
+                    bytes,
+                    writes_per_sec: r.writes_per_sec,
+                    reads_per_sec: r.reads_per_sec,
+                });
+            }
+        }
+        self.ready = Some(load);
+    }
+
+    /// The load of the last tick, once.
+    pub(crate) fn take(&mut self) -> Option<CoreLoad> {
+        self.ready.take()
+    }
+}
