@@ -5,9 +5,11 @@
 //! included, labelled `node` and `core`, so dashboards never see a series appear late.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ids::NodeId;
+use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 
 /// Monotonic counters of one core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +187,9 @@ impl CoreGauge {
     }
 }
 
+/// A load gauge: its name, its help, and how to read it from a core's record.
+type LoadSeries = (&'static str, &'static str, fn(&CoreLoadRecord) -> f64);
+
 /// The metrics of one core.
 #[derive(Debug, Default)]
 pub struct CoreMetrics {
@@ -221,14 +226,25 @@ impl CoreMetrics {
 pub struct NodeMetrics {
     node: NodeId,
     cores: Vec<CoreMetrics>,
+    /// Each core's load as it last published it (exposed as `nodedb_core_load_*`).
+    load: Arc<LoadSlots>,
 }
 
 impl NodeMetrics {
-    pub fn new(node: NodeId, cores: u16) -> NodeMetrics {
-        NodeMetrics {
+    /// Metrics for `cores` cores, and the writers of their load slots, in core order.
+    pub fn new(node: NodeId, cores: u16) -> (NodeMetrics, Vec<SlotWriter>) {
+        let (load, writers) = LoadSlots::new(usize::from(cores));
+        let metrics = NodeMetrics {
             node,
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
-        }
+            load,
+        };
+        (metrics, writers)
+    }
+
+    /// The cores' load slots.
+    pub fn load(&self) -> &Arc<LoadSlots> {
+        &self.load
     }
 
     /// The metrics of `core`; panics on a core the node does not have (a programming error:
@@ -272,6 +288,54 @@ impl NodeMetrics {
             let (name, help) = g.name_and_help();
             series(name, help, "gauge", &|m| m.gauge(g));
         }
+        // The load each core last published (a contended slot shows its previous value
+        // next scrape; it is skipped here).
+        let records: Vec<(usize, CoreLoadRecord)> = (0..self.load.len())
+            .filter_map(|c| Some((c, self.load.read(c).ok()?)))
+            .collect();
+        let loads: [LoadSeries; 6] = [
+            (
+                "load_busy_ratio",
+                "Share of the last load tick the core's executor was running tasks.",
+                |r| r.cpu_busy,
+            ),
+            (
+                "load_reads_per_second",
+                "Reads taken by the core, decayed rate.",
+                |r| r.reads_per_sec,
+            ),
+            (
+                "load_writes_per_second",
+                "Writes taken by the core, decayed rate.",
+                |r| r.writes_per_sec,
+            ),
+            (
+                "load_bytes_stored",
+                "Bytes of keys and values in the core's replicas.",
+                |r| r.bytes_stored as f64,
+            ),
+            (
+                "load_p95_latency_seconds",
+                "95th percentile of the requests the core served in the last load tick.",
+                |r| r.p95_latency_us / 1e6,
+            ),
+            (
+                "load_p99_latency_seconds",
+                "99th percentile of the requests the core served in the last load tick.",
+                |r| r.p99_latency_us / 1e6,
+            ),
+        ];
+        for (name, help, value) in loads {
+            let _ = writeln!(out, "# HELP nodedb_core_{name} {help}");
+            let _ = writeln!(out, "# TYPE nodedb_core_{name} gauge");
+            for (core, r) in &records {
+                let _ = writeln!(
+                    out,
+                    "nodedb_core_{name}{{node=\"{node}\",core=\"{core}\"}} {}",
+                    value(r)
+                );
+            }
+        }
         out
     }
 }
@@ -282,7 +346,13 @@ mod tests {
 
     #[test]
     fn every_series_is_exposed_per_core_with_its_value() {
-        let m = NodeMetrics::new(NodeId(3), 2);
+        let (m, mut slots) = NodeMetrics::new(NodeId(3), 2);
+        slots[1].publish(&CoreLoadRecord {
+            cpu_busy: 0.25,
+            writes_per_sec: 12.5,
+            p99_latency_us: 1500.0,
+            ..CoreLoadRecord::default()
+        });
         m.core(1).add(CoreCounter::WritesAcked, 5);
         m.core(0).add(CoreCounter::WritesAcked, 2);
         m.core(1).set(CoreGauge::LeaderGroups, 4);
@@ -294,6 +364,11 @@ mod tests {
             "nodedb_core_writes_acked_total{node=\"3\",core=\"1\"} 5",
             "nodedb_core_leader_groups{node=\"3\",core=\"1\"} 4",
             "nodedb_core_leader_groups{node=\"3\",core=\"0\"} 0",
+            "nodedb_core_load_busy_ratio{node=\"3\",core=\"1\"} 0.25",
+            "nodedb_core_load_writes_per_second{node=\"3\",core=\"1\"} 12.5",
+            "nodedb_core_load_p99_latency_seconds{node=\"3\",core=\"1\"} 0.0015",
+            "nodedb_core_load_busy_ratio{node=\"3\",core=\"0\"} 0",
+            "# TYPE nodedb_core_load_bytes_stored gauge",
             "nodedb_core_wal_batches_total{node=\"3\",core=\"1\"} 0",
             "# TYPE nodedb_core_pending_requests gauge",
             "# TYPE nodedb_core_loop_turns_total counter",
@@ -304,6 +379,10 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len()));
+        // Six load series per core besides the counters and gauges.
+        assert_eq!(
+            samples,
+            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 6)
+        );
     }
 }

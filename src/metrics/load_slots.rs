@@ -52,6 +52,7 @@ pub enum SlotError {
     Contended(usize),
 }
 
+#[derive(Debug)]
 struct Slot {
     sequence: AtomicU64,
     words: [AtomicU64; WORDS],
@@ -67,6 +68,7 @@ impl Slot {
 }
 
 /// The slot table shared by the cores of one node.
+#[derive(Debug)]
 pub struct LoadSlots {
     slots: Box<[Slot]>,
 }

@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn serves_the_exposition_and_refuses_other_paths() {
-        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1));
+        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1).0);
         metrics.core(0).add(CoreCounter::WalBatches, 9);
         let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
         let ok = get(
@@ -185,7 +185,7 @@ mod tests {
     /// connection only; a scrape beside it is answered.
     #[test]
     fn a_slow_client_does_not_block_a_scrape() {
-        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1));
+        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1).0);
         let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
         let mut slow = TcpStream::connect(server.local_addr()).unwrap();
         let done = Arc::new(AtomicBool::new(false));

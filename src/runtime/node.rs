@@ -113,8 +113,6 @@ pub struct Node {
     http: Option<MetricsServer>,
     /// The first error a core stopped with, if any.
     failure: Arc<std::sync::Mutex<Option<String>>>,
-    /// Each core's load, published every load tick (the rebalancer's input).
-    load: Arc<LoadSlots>,
     /// The locked data directory, released once every core has stopped.
     _data_dir: DataDir,
 }
@@ -129,7 +127,8 @@ impl Node {
         unsafe { libc::umask(0o077) };
         let identity = Identity::of(config.tls.cluster_id()?, config.node, &config.spec);
         let data_dir = DataDir::open(&config.data_dir, &identity)?;
-        let metrics = Arc::new(NodeMetrics::new(config.node, config.spec.cores));
+        let (metrics, writers) = NodeMetrics::new(config.node, config.spec.cores);
+        let metrics = Arc::new(metrics);
         let http = config
             .metrics_addr
             .map(|addr| {
@@ -144,8 +143,7 @@ impl Node {
         };
         let config = Arc::new(config);
         let failure = Arc::new(std::sync::Mutex::new(None));
-        let (load, writers) = LoadSlots::new(usize::from(config.spec.cores));
-        // Each core takes its own slot's writer when it starts.
+        // Each core takes its own load slot's writer when it starts.
         let writers: Arc<std::sync::Mutex<Vec<Option<SlotWriter>>>> = Arc::new(
             std::sync::Mutex::new(writers.into_iter().map(Some).collect()),
         );
@@ -180,7 +178,6 @@ impl Node {
             metrics,
             http,
             failure,
-            load,
             _data_dir: data_dir,
         })
     }
@@ -196,7 +193,7 @@ impl Node {
 
     /// Each core's load as it last published it (every `LOAD_TICK`).
     pub fn load(&self) -> &Arc<LoadSlots> {
-        &self.load
+        self.metrics.load()
     }
 
     /// The node's per-core counters (also served at `metrics_addr`).
