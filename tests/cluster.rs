@@ -414,6 +414,19 @@ fn writes_survive_a_node_stop_and_its_restart_from_the_log() {
         (1..=2).contains(&snapshots),
         "the catch-up took {snapshots} snapshots"
     );
+    // The streamed bytes reach the cores' load (counted once per load tick).
+    wait_until(
+        "the snapshot's bytes counted",
+        Duration::from_secs(5),
+        || {
+            nodes
+                .iter()
+                .flatten()
+                .map(|n| n.metrics().total(CoreCounter::SnapshotBytesSent))
+                .sum::<u64>()
+                > 0
+        },
+    );
     h.stop(nodes.into_iter().flatten());
 }
 

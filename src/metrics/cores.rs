@@ -36,6 +36,8 @@ pub enum CoreCounter {
     RaftMessagesOut,
     /// Snapshots streamed to lagging replicas.
     SnapshotsSent,
+    /// Bytes of snapshot data streamed to peers (replica moves and catch-ups).
+    SnapshotBytesSent,
     /// Turns of the core loop.
     LoopTurns,
     /// UDP datagrams the core's QUIC endpoint sent.
@@ -53,7 +55,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 18] = [
+    pub const ALL: [CoreCounter; 19] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -65,6 +67,7 @@ impl CoreCounter {
         CoreCounter::RaftMessagesRefused,
         CoreCounter::RaftMessagesOut,
         CoreCounter::SnapshotsSent,
+        CoreCounter::SnapshotBytesSent,
         CoreCounter::LoopTurns,
         CoreCounter::QuicDatagramsSent,
         CoreCounter::QuicSendCalls,
@@ -80,6 +83,7 @@ impl CoreCounter {
         matches!(
             self,
             CoreCounter::LoopTurns
+                | CoreCounter::SnapshotBytesSent
                 | CoreCounter::QuicDatagramsSent
                 | CoreCounter::QuicSendCalls
                 | CoreCounter::QuicDatagramsReceived
@@ -117,6 +121,10 @@ impl CoreCounter {
             ),
             CoreCounter::RaftMessagesOut => ("raft_messages_sent_total", "Raft messages sent."),
             CoreCounter::SnapshotsSent => ("snapshots_sent_total", "Snapshots streamed to peers."),
+            CoreCounter::SnapshotBytesSent => (
+                "snapshot_bytes_sent_total",
+                "Bytes of snapshot data streamed to peers (moves, catch-ups).",
+            ),
             CoreCounter::LoopTurns => ("loop_turns_total", "Turns of the core loop."),
             CoreCounter::QuicDatagramsSent => ("quic_datagrams_sent_total", "UDP datagrams sent."),
             CoreCounter::QuicSendCalls => (
@@ -293,7 +301,7 @@ impl NodeMetrics {
         let records: Vec<(usize, CoreLoadRecord)> = (0..self.load.len())
             .filter_map(|c| Some((c, self.load.read(c).ok()?)))
             .collect();
-        let loads: [LoadSeries; 6] = [
+        let loads: [LoadSeries; 7] = [
             (
                 "load_busy_ratio",
                 "Share of the last load tick the core's executor was running tasks.",
@@ -308,6 +316,11 @@ impl NodeMetrics {
                 "load_writes_per_second",
                 "Writes taken by the core, decayed rate.",
                 |r| r.writes_per_sec,
+            ),
+            (
+                "load_migration_bytes_per_second",
+                "Snapshot bytes the core streamed to peers (moves, catch-ups), per second.",
+                |r| r.migration_bytes_per_sec,
             ),
             (
                 "load_bytes_stored",
@@ -379,10 +392,10 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // Six load series per core besides the counters and gauges.
+        // Seven load series per core besides the counters and gauges.
         assert_eq!(
             samples,
-            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 6)
+            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7)
         );
     }
 }

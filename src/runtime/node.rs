@@ -227,21 +227,28 @@ impl BusyMeter {
         }
     }
 
-    /// Busy time over wall time since the last call, in `0.0..=1.0`. (glommio hands out
-    /// the runtime since its previous call; only this meter asks for it.)
-    fn fraction_since_last(&mut self) -> f64 {
+    /// Busy time over wall time since the last call, in `0.0..=1.0`, and that wall time.
+    /// (glommio hands out the runtime since its previous call; only this meter asks.)
+    fn fraction_since_last(&mut self) -> (f64, std::time::Duration) {
         let runtime = glommio::executor().executor_stats().executor_runtime();
         let now = std::time::Instant::now();
         let window = now - std::mem::replace(&mut self.window_started, now);
         if window.is_zero() {
-            return 0.0;
+            return (0.0, window);
         }
-        (runtime.as_secs_f64() / window.as_secs_f64()).clamp(0.0, 1.0)
+        let busy = (runtime.as_secs_f64() / window.as_secs_f64()).clamp(0.0, 1.0);
+        (busy, window)
     }
 }
 
 /// Publishes a core's load to its slot (lock-free for the readers).
-fn publish_load(slot: &mut SlotWriter, local: CoreAddress, load: &CoreLoad, busy: f64) {
+fn publish_load(
+    slot: &mut SlotWriter,
+    local: CoreAddress,
+    load: &CoreLoad,
+    busy: f64,
+    migration_bytes_per_sec: f64,
+) {
     let previous = slot.generation();
     slot.publish(&CoreLoadRecord {
         node_id: local.node.0,
@@ -255,8 +262,7 @@ fn publish_load(slot: &mut SlotWriter, local: CoreAddress, load: &CoreLoad, busy
         p95_latency_us: load.p95_latency_us,
         p99_latency_us: load.p99_latency_us,
         cpu_busy: busy,
-        // Not measured yet (the rebalancer's issue adds it).
-        migration_bytes_per_sec: 0.0,
+        migration_bytes_per_sec,
         published_at_ns: load.at.as_nanos(),
         generation: previous + 1,
     });
@@ -409,6 +415,9 @@ async fn core_loop(
     let caller: Rc<RefCell<Option<Rc<KvClient>>>> = Rc::default();
     let inject_panic = panic_injected(local.core);
     let mut busy = BusyMeter::new();
+    // Snapshot bytes this core streamed to peers (replica moves and catch-ups), for its
+    // published load.
+    let migrated: Rc<Cell<u64>> = Rc::default();
     while !ctx.stopping() {
         metrics.add(CoreCounter::LoopTurns, 1);
         let now = clock.now();
@@ -459,7 +468,14 @@ async fn core_loop(
                     replica,
                     chunks,
                 } => {
-                    let send = send_snapshot(peers.clone(), to, chunks, bucket.clone(), clock);
+                    let send = send_snapshot(
+                        peers.clone(),
+                        to,
+                        chunks,
+                        bucket.clone(),
+                        clock,
+                        migrated.clone(),
+                    );
                     let inbox = inbox.clone();
                     glommio::spawn_local(async move {
                         let delivered = send.await;
@@ -489,7 +505,11 @@ async fn core_loop(
         if let Some(load) = node.poll_load()
             && let Some(slot) = load_slot.as_mut()
         {
-            publish_load(slot, local, &load, busy.fraction_since_last());
+            let (busy, window) = busy.fraction_since_last();
+            let sent = migrated.take();
+            metrics.add(CoreCounter::SnapshotBytesSent, sent);
+            let migration = sent as f64 / window.as_secs_f64().max(1e-3);
+            publish_load(slot, local, &load, busy, migration);
         }
         let idle = node.poll_timeout().map_or(NODE_LOOP_IDLE, |t| {
             t.saturating_since(clock.now()).min(NODE_LOOP_IDLE)
@@ -589,6 +609,7 @@ async fn send_snapshot(
     chunks: Vec<Vec<u8>>,
     bucket: Rc<RefCell<TokenBucket>>,
     clock: MonotonicClock,
+    migrated: Rc<Cell<u64>>,
 ) -> bool {
     let opened = glommio::timer::timeout(SNAPSHOT_TRANSFER_TIMEOUT, async {
         Ok(peers.open_bulk(peer).await)
@@ -625,6 +646,7 @@ async fn send_snapshot(
             debug!(%peer, "snapshot stream failed; the leader will send it again");
             return false;
         }
+        migrated.set(migrated.get() + chunk.len() as u64);
     }
     stream.finish().is_ok()
 }
