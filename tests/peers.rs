@@ -190,25 +190,32 @@ fn an_unreachable_peer_is_backed_off_then_failed_fast() {
     .unwrap();
 }
 
+/// Node 2's endpoint (on the calling executor), receiving one peer connection with
+/// `receive_streams` and counting the frames that reach the handler.
+fn counting_receiver(tls: TlsMode) -> (QuicEndpoint, SocketAddr, Rc<RefCell<usize>>) {
+    let node_b = endpoint(tls);
+    let b_addr = node_b.local_addr().unwrap();
+    let delivered = Rc::new(RefCell::new(0usize));
+    let sink = delivered.clone();
+    let server = node_b.clone();
+    glommio::spawn_local(async move {
+        let conn = server.accept().await.unwrap();
+        receive_streams(conn, ClusterShape::default(), move |_, _, _| {
+            *sink.borrow_mut() += 1
+        })
+        .await;
+    })
+    .detach();
+    (node_b, b_addr, delivered)
+}
+
 #[test]
 fn a_stream_of_bad_bytes_closes_the_connection_and_reaches_no_handler() {
     use nodedb_cluster::runtime::tls::{self, ALPN_PEER};
     let ca = generate_ca("test").unwrap();
     let (tls_a, tls_b) = (node_tls(&ca, 1), node_tls(&ca, 2));
     spawn_executor("peers-bad", CorePlacement::Unbound, move || async move {
-        let node_b = endpoint(tls_b);
-        let b_addr = node_b.local_addr().unwrap();
-        let delivered = Rc::new(RefCell::new(0usize));
-        let sink = delivered.clone();
-        let server = node_b.clone();
-        glommio::spawn_local(async move {
-            let conn = server.accept().await.unwrap();
-            receive_streams(conn, ClusterShape::default(), move |_, _, _| {
-                *sink.borrow_mut() += 1
-            })
-            .await;
-        })
-        .detach();
+        let (node_b, b_addr, delivered) = counting_receiver(tls_b);
         let node_a = endpoint(tls_a.clone());
         let conn = node_a
             .connect(b_addr, &tls::node_server_name(NodeId(2)), &tls_a, ALPN_PEER)
@@ -254,19 +261,7 @@ fn claim_shape_on_the_peer_protocol(
     use nodedb_cluster::wire::frame::encode_frame;
     let tls_b = node_tls(ca, 2);
     spawn_executor("peers-claim", CorePlacement::Unbound, move || async move {
-        let node_b = endpoint(tls_b);
-        let b_addr = node_b.local_addr().unwrap();
-        let delivered = Rc::new(RefCell::new(0usize));
-        let sink = delivered.clone();
-        let server = node_b.clone();
-        glommio::spawn_local(async move {
-            let conn = server.accept().await.unwrap();
-            receive_streams(conn, ClusterShape::default(), move |_, _, _| {
-                *sink.borrow_mut() += 1
-            })
-            .await;
-        })
-        .detach();
+        let (node_b, b_addr, delivered) = counting_receiver(tls_b);
         let from = endpoint(sender.clone());
         let conn = from
             .connect(

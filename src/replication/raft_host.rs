@@ -699,7 +699,12 @@ impl<S: StateMachine> RaftHost<S> {
             id: raft.id,
             last_index: raft.raft_log.last_index(),
             committed: raft.raft_log.committed,
-            committed_term: raft.raft_log.term(raft.raft_log.committed).unwrap_or(0),
+            // Only appends are checked against it: no log lookup for other messages.
+            committed_term: if message.get_msg_type() == MessageType::MsgAppend {
+                raft.raft_log.term(raft.raft_log.committed).unwrap_or(0)
+            } else {
+                0
+            },
         };
         screen(&recipient, node, &self.directory, &message)
             .map_err(|refusal| HostError::Refused { group, refusal })?;

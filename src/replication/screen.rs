@@ -69,7 +69,8 @@ pub struct Recipient {
     pub id: u64,
     /// The last index of its log.
     pub last_index: u64,
-    /// Its commit index, and the term of the entry there.
+    /// Its commit index, and the term of the entry there (looked up for appends only, the
+    /// one check that uses it; 0 otherwise).
     pub committed: u64,
     pub committed_term: u64,
 }

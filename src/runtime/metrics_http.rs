@@ -62,15 +62,17 @@ impl MetricsServer {
                             let _ = respond(&mut stream, "503 Service Unavailable", "busy\n");
                             continue;
                         }
-                        active.fetch_add(1, Ordering::AcqRel);
-                        let (metrics, active) = (metrics.clone(), active.clone());
+                        // Given back when the connection's thread ends, or with the closure
+                        // when the thread cannot start.
+                        let slot = Active::take(&active);
+                        let metrics = metrics.clone();
                         let spawned = std::thread::Builder::new()
                             .name("metrics-conn".into())
                             .spawn(move || {
+                                let _slot = slot;
                                 if let Err(e) = serve(stream, &metrics) {
                                     debug!(error = %e, "metrics request failed");
                                 }
-                                active.fetch_sub(1, Ordering::AcqRel);
                             });
                         if let Err(e) = spawned {
                             debug!(error = %e, "metrics connection thread not started");
@@ -99,6 +101,22 @@ impl Drop for MetricsServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// One of the `CONNECTIONS_MAX` connection places, held while it is served.
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn take(count: &Arc<AtomicUsize>) -> Active {
+        count.fetch_add(1, Ordering::AcqRel);
+        Active(count.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

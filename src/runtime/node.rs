@@ -125,7 +125,13 @@ impl Node {
         // Everything the node writes is its owner's alone: directories 0700, files 0600.
         // SAFETY: umask only sets the process's file-creation mask.
         unsafe { libc::umask(0o077) };
-        let identity = Identity::of(config.tls.cluster_id()?, config.node, &config.spec);
+        let cluster = config.tls.cluster_id()?;
+        let identity = Identity::of(cluster, config.node, &config.spec);
+        // What every stream to a peer says of this cluster (and checks of the peer's).
+        let shape = ClusterShape {
+            cluster,
+            groups: config.spec.groups,
+        };
         let data_dir = DataDir::open(&config.data_dir, &identity)?;
         let (metrics, writers) = NodeMetrics::new(config.node, config.spec.cores);
         let metrics = Arc::new(metrics);
@@ -160,7 +166,8 @@ impl Node {
                 async move {
                     // A panic is caught here, where the core's loop ends, so that it stops
                     // the node like any other failure instead of leaving a silent thread.
-                    let run = AssertUnwindSafe(core_loop(ctx, config, metrics.clone(), writer));
+                    let run =
+                        AssertUnwindSafe(core_loop(ctx, config, shape, metrics.clone(), writer));
                     let reason = match run.catch_unwind().await {
                         Ok(Ok(())) => return,
                         Ok(Err(e)) => format!("core {} stopped: {e}", core.0),
@@ -342,6 +349,7 @@ impl Inbox {
 async fn core_loop(
     ctx: CoreContext<Mail<Reply>>,
     config: Arc<NodeConfig>,
+    shape: ClusterShape,
     node_metrics: Arc<NodeMetrics>,
     mut load_slot: Option<SlotWriter>,
 ) -> Result<(), CoreLoopError> {
@@ -376,13 +384,6 @@ async fn core_loop(
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
-    let shape = ClusterShape {
-        cluster: config
-            .tls
-            .cluster_id()
-            .map_err(|e| CoreLoopError::Failed(format!("the cluster CA: {e}")))?,
-        groups: spec.groups,
-    };
     let peers = Peers::new(endpoint.clone(), config.tls.clone(), local);
     peers.set_shape(shape);
     // Any core may come to host a replica that talks to any core of another node (a moved

@@ -251,11 +251,7 @@ impl Sim {
             | KvReply::Index(_)
             | KvReply::Routing { .. }
             | KvReply::Moves(_) => true,
-            KvReply::Forbidden(_) => {
-                self.report.hostile_refused += 1;
-                false
-            }
-            KvReply::Error(_) => {
+            KvReply::Forbidden(_) | KvReply::Error(_) => {
                 self.report.hostile_refused += 1;
                 false
             }
