@@ -27,7 +27,12 @@ pub const NODES_MAX: usize = 1024;
 /// Most cores per node. Matches the largest machines we expect; bounds per-core arrays.
 pub const CORES_PER_NODE_MAX: u16 = 256;
 
+/// Most data groups a running cluster has (the node file's `groups`). Bounds a node's load
+/// report: one sample per led group.
+pub const NODE_GROUPS_MAX: u32 = 1 << 16;
+
 const _: () = assert!(VSHARD_COUNT_DEFAULT.is_power_of_two());
+const _: () = assert!(NODE_GROUPS_MAX <= VSHARD_COUNT_MAX);
 const _: () = assert!(VSHARD_COUNT_MAX.is_power_of_two());
 const _: () = assert!(VSHARD_COUNT_DEFAULT <= VSHARD_COUNT_MAX);
 const _: () = assert!(REPLICATION_FACTOR_DEFAULT <= REPLICATION_FACTOR_MAX);
@@ -87,6 +92,25 @@ pub const REBALANCE_LEADER_TRANSFER_PREFERENCE: f64 = 0.5;
 /// the greedy loop against floating-point dust.
 pub const REBALANCE_MIN_IMPROVEMENT: f64 = 1e-6;
 
+/// How often core 0 of every node reports its node's load to the coordinator.
+pub const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A node whose last report is older than this many report intervals has unknown load: the
+/// planner moves nothing onto or off it.
+pub const LOAD_REPORT_STALE_INTERVALS: u32 = 3;
+
+/// Replica moves (data copies) touching one node at once, as source or target (original
+/// NodeDB: one per vShard; TiKV's store limit and CockroachDB's snapshot concurrency are of
+/// the same order). Each copies a whole vShard through that node's disk and network.
+pub const REBALANCE_MAX_MOVES_PER_NODE: usize = 2;
+
+/// Moves (replica moves and leader transfers) in flight in the whole cluster at once.
+pub const REBALANCE_MAX_MOVES_IN_FLIGHT: usize = 8;
+
+/// A `start_move` the coordinator proposed counts against the move limits until the table
+/// shows it or this long has passed (a proposal lost to a leader change never applies).
+pub const REBALANCE_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Capacity of the rebalancer's kick channel. One pending kick is enough: kicks coalesce,
 /// a second kick before the sweep runs asks for nothing new.
 pub const REBALANCE_KICK_CHANNEL_CAPACITY: usize = 1;
@@ -112,6 +136,12 @@ const _: () = assert!(RUNTIME_IO_MEMORY_BYTES as u64 >= RUNTIME_MEMLOCK_MIN_BYTE
 /// Largest frame payload. A Raft batch or snapshot chunk is at most 1 MiB by construction;
 /// 4 MiB leaves room and caps what a hostile peer can make us buffer per stream.
 pub const FRAME_PAYLOAD_MAX_BYTES: usize = 4 << 20;
+
+// A report carries at most one ~40-byte sample per group and 256 core rows of ~100 bytes.
+const _: () = assert!(
+    (NODE_GROUPS_MAX as usize) * 40 + (CORES_PER_NODE_MAX as usize) * 100 + 64
+        < FRAME_PAYLOAD_MAX_BYTES
+);
 
 // ---- Load slots --------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ impl Harness {
             mtu: 1452,
             snapshot_rate: self.snapshot_rate,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            balance: nodedb_cluster::node::BalanceConfig::default(),
         })
         .unwrap()
     }

@@ -13,7 +13,6 @@ use nodedb_cluster::balance::{
     ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher, PlanStatus,
     PlannedMove, Planner, PlannerConfig, ProviderError, Rebalancer, RebalancerConfig, SweepOutcome,
 };
-use nodedb_cluster::ids::NodeId;
 use nodedb_cluster::metrics::loops::MetricsRegistry;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::rebalancer::{rebalancer_control, run_rebalancer};
@@ -59,12 +58,12 @@ impl MigrationDispatcher for Recorder {
 fn cluster_load(scenario: Scenario) -> ClusterLoad {
     let cluster = SyntheticCluster::build(&HarnessConfig::new(4, 2, 256, scenario)).unwrap();
     let node_metrics = cluster.node_metrics();
-    ClusterLoad {
-        topology: cluster.topology,
-        placement: cluster.placement,
+    ClusterLoad::new(
+        cluster.topology,
+        cluster.placement,
         node_metrics,
-        vshard_loads: cluster.loads,
-    }
+        cluster.loads,
+    )
 }
 
 /// A cluster whose vShards all carry the same load: balanced by construction.
@@ -155,7 +154,7 @@ fn skips_the_sweep_under_cpu_backpressure() {
     let mut r = rebalancer();
     let recorder = Recorder::default();
     let mut load = cluster_load(Scenario::HotNode);
-    load.node_metrics[2].cpu_utilization = 0.81;
+    load.coordinator_cpu = 0.81;
     let outcome = r.sweep(
         Time::ZERO,
         &Gate(Cell::new(false)),
@@ -165,7 +164,6 @@ fn skips_the_sweep_under_cpu_backpressure() {
     assert_eq!(
         outcome,
         SweepOutcome::SkippedBackpressure {
-            node: NodeId(2),
             cpu_utilization: 0.81
         }
     );

@@ -75,6 +75,11 @@ pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
                 mtu: 1452,
                 snapshot_rate: None,
                 metrics_addr: None,
+                // The benchmark moves one vShard itself.
+                balance: nodedb_cluster::node::BalanceConfig {
+                    enabled: false,
+                    ..Default::default()
+                },
             })
             .map_err(|e| e.to_string())?,
         );

@@ -9,9 +9,10 @@ pub mod load;
 pub mod model;
 pub mod planner;
 pub mod rebalancer;
+pub mod report;
 
 pub use planner::{
-    MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, PlannedMove, Planner,
+    MoveBudget, MoveKind, MoveReason, Plan, PlanError, PlanInput, PlanStatus, PlannedMove, Planner,
     PlannerConfig,
 };
 pub use rebalancer::{

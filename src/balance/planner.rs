@@ -35,6 +35,7 @@
 //! A move only happens if it strictly lowers the larger of the two scores it touches, so
 //! every sweep reduces the sum of squared scores and planning terminates.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -196,6 +197,43 @@ pub struct PlanInput<'a> {
     pub vshard_loads: &'a [VShardLoad],
 }
 
+/// How many moves may start this sweep: the rebalancer's limits minus what is in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoveBudget {
+    /// Moves of either kind that may start.
+    pub moves: usize,
+    /// Replica moves a node may take part in at once, as source or target.
+    pub replica_moves_per_node: usize,
+    /// Replica moves each node takes part in now.
+    pub busy: BTreeMap<NodeId, usize>,
+}
+
+impl MoveBudget {
+    /// No limit but the planner's own per-sweep cap.
+    pub fn unlimited() -> MoveBudget {
+        MoveBudget {
+            moves: usize::MAX,
+            replica_moves_per_node: usize::MAX,
+            busy: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `node` may take part in one more replica move.
+    pub fn node_free(&self, node: NodeId) -> bool {
+        self.busy.get(&node).copied().unwrap_or(0) < self.replica_moves_per_node
+    }
+
+    fn take(&mut self, kind: MoveKind, source: NodeId, target: NodeId) {
+        self.moves = self.moves.saturating_sub(1);
+        if kind == MoveKind::ReplicaMove {
+            *self.busy.entry(source).or_default() += 1;
+            if target != source {
+                *self.busy.entry(target).or_default() += 1;
+            }
+        }
+    }
+}
+
 /// The planner and the little state it keeps between sweeps (cooldowns, hysteresis).
 #[derive(Clone, Debug)]
 pub struct Planner {
@@ -256,6 +294,17 @@ impl Planner {
     /// Plans the moves of one sweep at time `now`. Planned moves start their vShard's
     /// cooldown: the caller dispatches every move it is given.
     pub fn plan(&mut self, now: Time, input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+        self.plan_within(now, input, &MoveBudget::unlimited())
+    }
+
+    /// Like [`Planner::plan`], starting no more moves than `budget` allows. A sweep the
+    /// budget cut short keeps its balancing run going, like one that hit the move cap.
+    pub fn plan_within(
+        &mut self,
+        now: Time,
+        input: &PlanInput<'_>,
+        budget: &MoveBudget,
+    ) -> Result<Plan, PlanError> {
         let (reporting, ignored_metric_rows) = validate_metrics(input)?;
         if reporting.is_empty() {
             return Ok(Plan::empty(PlanStatus::NoMetrics));
@@ -284,16 +333,16 @@ impl Planner {
         plan.core_max_over_mean_before = model.core_max_over_mean();
 
         let was_balancing = self.run_active;
-        let mut sweep = Sweep::new(self, input.placement, model, now);
+        let mut sweep = Sweep::new(self, input.placement, model, now, budget.clone());
         let cap = self.config.max_moves_per_sweep;
-        while sweep.moves.len() < cap {
+        while sweep.moves.len() < cap && sweep.budget.moves > 0 {
             let found =
                 sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
             if !found {
                 break;
             }
         }
-        let capped = sweep.moves.len() >= cap;
+        let capped = sweep.moves.len() >= cap || sweep.budget_blocked || sweep.budget.moves == 0;
         plan.drain_blocked = sweep.drain_blocked;
         plan.node_max_over_mean_after = sweep.model.node_max_over_mean();
         plan.core_max_over_mean_after = sweep.model.core_max_over_mean();
@@ -394,6 +443,9 @@ struct Sweep<'a> {
     /// Nodes (by model index) with no improving move since the last applied move.
     node_stuck: Vec<bool>,
     core_stuck: Vec<bool>,
+    budget: MoveBudget,
+    /// A move was passed over for want of budget: the run is not over.
+    budget_blocked: bool,
 }
 
 impl<'a> Sweep<'a> {
@@ -402,6 +454,7 @@ impl<'a> Sweep<'a> {
         placement: &'a PlacementTable,
         model: LoadModel,
         now: Time,
+        budget: MoveBudget,
     ) -> Sweep<'a> {
         let mut model = model;
         let core_replicas = std::mem::take(&mut model.core_replicas);
@@ -418,7 +471,15 @@ impl<'a> Sweep<'a> {
                         || now.saturating_since(t) < planner.config.cooldown
                 })
             })
-            .collect();
+            .collect::<Vec<bool>>();
+        // A vShard whose replica move is under way stays where it is.
+        let mut settled = settled;
+        settled.resize(placement.vshard_count() as usize, false);
+        for (v, entry) in placement.iter() {
+            if entry.moving.is_some() {
+                settled[v.0 as usize] = true;
+            }
+        }
         let nodes = model.nodes.len();
         Sweep {
             config: &planner.config,
@@ -436,6 +497,8 @@ impl<'a> Sweep<'a> {
             node_stuck: vec![false; nodes],
             core_stuck: vec![false; nodes],
             model,
+            budget,
+            budget_blocked: false,
         }
     }
 
@@ -519,6 +582,7 @@ impl<'a> Sweep<'a> {
         let v = c.vshard.0 as usize;
         self.model.shift(c.source, c.target, c.units);
         self.moved[v] = true;
+        self.budget.take(c.kind, c.source.node, c.target.node);
         let source_core = self
             .model
             .core_index(c.source)
@@ -598,6 +662,10 @@ impl<'a> Sweep<'a> {
                 continue;
             }
             let node_id = node.id;
+            if !self.budget.node_free(node_id) {
+                self.budget_blocked = true;
+                continue;
+            }
             for c in node.core_base..node.core_base + usize::from(node.cores) {
                 let core = CoreId((c - node.core_base) as u16);
                 let mut i = 0;
@@ -609,9 +677,24 @@ impl<'a> Sweep<'a> {
                         i += 1;
                         continue;
                     }
-                    let Some(&t) = order
+                    let open: Vec<usize> = order
                         .iter()
-                        .find(|&&t| !self.holds(replica.vshard, self.model.nodes[t].id))
+                        .copied()
+                        .filter(|&t| !self.holds(replica.vshard, self.model.nodes[t].id))
+                        .collect();
+                    if !open.is_empty()
+                        && !open
+                            .iter()
+                            .any(|&t| self.budget.node_free(self.model.nodes[t].id))
+                    {
+                        // Somewhere to go, but not now: a later sweep takes it.
+                        self.budget_blocked = true;
+                        i += 1;
+                        continue;
+                    }
+                    let Some(&t) = open
+                        .iter()
+                        .find(|&&t| self.budget.node_free(self.model.nodes[t].id))
                     else {
                         // Nowhere to go: drop it from this sweep's list and count it.
                         self.core_replicas[c].swap_remove(i);
@@ -660,6 +743,10 @@ impl<'a> Sweep<'a> {
                 self.node_stuck[h] = true;
                 continue;
             }
+            if !self.budget.node_free(self.model.nodes[h].id) {
+                // Only leader transfers may leave it this sweep.
+                self.budget_blocked = true;
+            }
             if let Some(c) = self.best_move_from(h, &order) {
                 self.apply(c, MoveReason::NodeBalance);
                 return true;
@@ -695,6 +782,7 @@ impl<'a> Sweep<'a> {
                 && slot.is_none_or(|b| improvement > b.improvement + 1e-12)
         };
         let core_limit = 1.0 + self.config.core_target_spread;
+        let source_free = self.budget.node_free(h_id);
         for (rank, &core) in cores.iter().enumerate() {
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let source_score = scores[core];
@@ -707,8 +795,8 @@ impl<'a> Sweep<'a> {
                 let lead_units = self.model.leader_units[v];
                 let transfer_bound = replica.leader
                     && beats(&best_transfer_per_core[rank], gain(coldest, lead_units));
-                let replica_bound =
-                    beats(&best_replica_per_core[rank], gain(coldest, replica.units));
+                let replica_bound = source_free
+                    && beats(&best_replica_per_core[rank], gain(coldest, replica.units));
                 if !transfer_bound && !replica_bound {
                     continue;
                 }
@@ -747,9 +835,10 @@ impl<'a> Sweep<'a> {
                     }
                 }
                 if replica_bound {
-                    let target = coldest_first
-                        .iter()
-                        .find(|&&t| entry.replica_on(self.model.nodes[t].id).is_none());
+                    let target = coldest_first.iter().find(|&&t| {
+                        let id = self.model.nodes[t].id;
+                        entry.replica_on(id).is_none() && self.budget.node_free(id)
+                    });
                     if let Some(&t) = target {
                         let improvement = gain(t, replica.units);
                         if beats(&best_replica_per_core[rank], improvement) {
@@ -811,6 +900,10 @@ impl<'a> Sweep<'a> {
             .collect();
         nodes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for (n, _) in nodes {
+            if !self.budget.node_free(self.model.nodes[n].id) {
+                self.budget_blocked = true;
+                continue;
+            }
             if let Some(c) = self.best_core_move(n) {
                 self.apply(c, MoveReason::CoreBalance);
                 return true;

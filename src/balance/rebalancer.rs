@@ -4,9 +4,11 @@
 //! core of the metadata leader every interval, or at once when kicked by a membership
 //! change. A sweep:
 //! 1. is skipped while any Raft group is electing (moves would race the election);
-//! 2. is skipped while any node's CPU exceeds the back-pressure threshold (0.80): migration
-//!    costs CPU and would make an overloaded node slower;
-//! 3. asks the planner for at most ten moves;
+//! 2. is skipped while the coordinator core is busier than the back-pressure threshold
+//!    (0.80 of its time): planning and dispatching would slow the core that also serves
+//!    the metadata group;
+//! 3. asks the planner for at most ten moves, within the move budget (the limits on moves
+//!    in flight, less what is in flight);
 //! 4. hands each move to the dispatcher and does not wait for it; a dispatch error is counted
 //!    and logged, and the sweep goes on with the next move.
 
@@ -16,11 +18,10 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::balance::load::{LoadMetrics, VShardLoad};
-use crate::balance::planner::{Plan, PlanInput, PlanStatus, PlannedMove, Planner};
+use crate::balance::planner::{MoveBudget, Plan, PlanInput, PlanStatus, PlannedMove, Planner};
 use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::ClusterTopology;
 use crate::constants::REBALANCE_CPU_BACKPRESSURE;
-use crate::ids::NodeId;
 use crate::metrics::loops::LoopMetrics;
 use crate::time::Time;
 
@@ -43,6 +44,29 @@ pub struct ClusterLoad {
     pub placement: PlacementTable,
     pub node_metrics: Vec<LoadMetrics>,
     pub vshard_loads: Vec<VShardLoad>,
+    /// Busy fraction of the coordinator's own core (the back-pressure gate).
+    pub coordinator_cpu: f64,
+    /// What may start this sweep.
+    pub budget: MoveBudget,
+}
+
+impl ClusterLoad {
+    /// Load with an idle coordinator and no move limit but the planner's cap.
+    pub fn new(
+        topology: ClusterTopology,
+        placement: PlacementTable,
+        node_metrics: Vec<LoadMetrics>,
+        vshard_loads: Vec<VShardLoad>,
+    ) -> ClusterLoad {
+        ClusterLoad {
+            topology,
+            placement,
+            node_metrics,
+            vshard_loads,
+            coordinator_cpu: 0.0,
+            budget: MoveBudget::unlimited(),
+        }
+    }
 }
 
 /// Supplies the current cluster load.
@@ -68,7 +92,7 @@ pub struct DispatchError(pub String);
 /// Configuration of the sweep gates.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RebalancerConfig {
-    /// Skip the sweep while any node's CPU utilisation is above this.
+    /// Skip the sweep while the coordinator core's busy fraction is at or above this.
     pub cpu_backpressure: f64,
 }
 
@@ -85,8 +109,8 @@ impl Default for RebalancerConfig {
 pub enum SweepOutcome {
     /// Some group is electing; nothing was planned.
     SkippedElection,
-    /// A node is overloaded; nothing was planned.
-    SkippedBackpressure { node: NodeId, cpu_utilization: f64 },
+    /// The coordinator core is overloaded; nothing was planned.
+    SkippedBackpressure { cpu_utilization: f64 },
     /// The provider or planner failed; counted as an error.
     Failed,
     /// The planner ran; `dispatched` moves were accepted, `failed` refused.
@@ -148,17 +172,15 @@ impl Rebalancer {
                 return SweepOutcome::Failed;
             }
         };
-        let overloaded = load
-            .node_metrics
-            .iter()
-            .filter(|m| m.cpu_utilization.is_finite())
-            .find(|m| m.cpu_utilization > self.config.cpu_backpressure);
-        if let Some(m) = overloaded {
-            info!(node = %m.node_id, cpu = m.cpu_utilization, "rebalancer sweep skipped: CPU back-pressure");
+        let cpu = load.coordinator_cpu;
+        if cpu.is_finite() && cpu >= self.config.cpu_backpressure {
+            info!(
+                cpu,
+                "rebalancer sweep skipped: the coordinator core is overloaded"
+            );
             self.metrics.record_skip("cpu_backpressure");
             return SweepOutcome::SkippedBackpressure {
-                node: m.node_id,
-                cpu_utilization: m.cpu_utilization,
+                cpu_utilization: cpu,
             };
         }
         let input = PlanInput {
@@ -167,7 +189,7 @@ impl Rebalancer {
             node_metrics: &load.node_metrics,
             vshard_loads: &load.vshard_loads,
         };
-        let plan = match self.planner.plan(now, &input) {
+        let plan = match self.planner.plan_within(now, &input, &load.budget) {
             Ok(plan) => plan,
             Err(e) => {
                 warn!(error = %e, "rebalancer could not plan");

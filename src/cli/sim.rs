@@ -21,6 +21,9 @@ struct FaultTotals {
     ops_unknown: u64,
     hostile_acts: u64,
     hostile_refused: u64,
+    rebalancer_sweeps: u64,
+    rebalancer_transfers: u64,
+    rebalancer_moves: u64,
 }
 
 impl FaultTotals {
@@ -37,6 +40,9 @@ impl FaultTotals {
         self.ops_unknown += r.ops_unknown;
         self.hostile_acts += r.hostile_acts;
         self.hostile_refused += r.hostile_refused;
+        self.rebalancer_sweeps += r.rebalancer_sweeps;
+        self.rebalancer_transfers += r.rebalancer_transfers;
+        self.rebalancer_moves += r.rebalancer_moves;
     }
 }
 
@@ -111,6 +117,10 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
         println!(
             "{} operations with an unknown outcome; {} keys not checked (search budget exhausted)",
             f.ops_unknown, f.unchecked_keys
+        );
+        println!(
+            "rebalancer in the nodes: {} sweeps, {} leader transfers and {} replica moves dispatched",
+            f.rebalancer_sweeps, f.rebalancer_transfers, f.rebalancer_moves
         );
     }
     if failures == 0 && faults.unchecked_keys == 0 {

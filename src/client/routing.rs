@@ -259,6 +259,13 @@ impl Routing {
             .unwrap_or(self.metadata[0])
     }
 
+    /// Routing whose request ids start at `first` (two callers sharing one reply path keep
+    /// their ids apart).
+    pub fn with_first_id(mut self, first: u64) -> Routing {
+        self.next_id = first;
+        self
+    }
+
     /// A fresh id for the next request.
     pub fn next_request_id(&mut self) -> u64 {
         let id = self.next_id;

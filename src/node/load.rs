@@ -29,6 +29,11 @@ pub struct CoreLoad {
     pub writes_per_sec: f64,
     pub p95_latency_us: f64,
     pub p99_latency_us: f64,
+    /// Fraction of the tick the core's loop was busy, `0.0..=1.0`: the shell measures it
+    /// and fills it in ([`NodeCore::handle_load`](crate::node::NodeCore::handle_load)).
+    pub busy: f64,
+    /// Snapshot bytes per second the core streamed to peers (filled in by the shell).
+    pub migration_bytes_per_sec: f64,
     /// The groups this core leads, as the planner's per-vShard samples (at most one per
     /// group the core hosts).
     pub vshards: Vec<VShardLoad>,
@@ -98,6 +103,8 @@ impl LoadMeter {
             writes_per_sec: 0.0,
             p95_latency_us: self.latency.value_at_quantile(0.95) as f64,
             p99_latency_us: self.latency.value_at_quantile(0.99) as f64,
+            busy: 0.0,
+            migration_bytes_per_sec: 0.0,
             vshards: Vec::new(),
         };
         self.latency.reset();

@@ -26,13 +26,16 @@
 //!    with `handle_call_reply`).
 //!
 //! and [`NodeCore::poll_timeout`] says when to call `handle_timeout` next.
-//! [`NodeCore::poll_load`] gives the core's load once per load tick ([`load`]), for the
-//! shell to publish.
+//! [`NodeCore::poll_load`] gives the core's load once per load tick ([`load`]); the shell
+//! adds what only it can measure (busy fraction, migration rate), publishes it, and hands it
+//! back with [`NodeCore::handle_load`], which takes it to core 0's balancer ([`balancer`]:
+//! the node's load reports and, on the metadata leader, the rebalancer).
 //!
 //! Why a table is handed out only after the batch that applied it is durable: the metadata
 //! group applies an entry before its commit index is durable here; handing out the table
 //! later means a restart never replays a table older than one a core acted on.
 
+mod balancer;
 pub mod cell;
 mod hosting;
 pub mod load;
@@ -44,6 +47,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::balance::report::NodeReport;
 use crate::client::call::Failure;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
@@ -52,6 +56,8 @@ use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
+use crate::node::balancer::Balancer;
+pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus};
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
 use crate::node::load::{CoreLoad, LoadMeter};
@@ -87,6 +93,8 @@ pub struct CoreConfig {
     pub audit: bool,
     /// Simulation only.
     pub bug: Option<NodeBug>,
+    /// The rebalancer's settings (used on core 0).
+    pub balance: BalanceConfig,
 }
 
 /// A core that cannot start or go on.
@@ -118,6 +126,8 @@ pub enum Mail<R> {
     },
     /// Core 0's latest placement table.
     Table(Arc<PlacementTable>),
+    /// A core's load over its last tick, for core 0's report.
+    Load { core: CoreId, load: CoreLoad },
 }
 
 /// A write to the core's log.
@@ -208,6 +218,7 @@ struct Coordinator {
     distribute_after: Option<u64>,
     bootstrap_asked: Option<Time>,
     mover: Mover,
+    balancer: Balancer,
     leading: bool,
 }
 
@@ -289,12 +300,14 @@ impl<R> NodeCore<R> {
                 distribute_after: None,
                 bootstrap_asked: None,
                 mover: Mover::new(&config.spec)?,
+                balancer: Balancer::new(&config.spec, local.node, config.balance)?,
                 leading: false,
             };
             if fresh {
                 let table = Arc::new(config.spec.initial_table()?);
                 hosting.apply(table.clone(), &mut host, &mut log)?;
                 c.mover.on_table(&table);
+                c.balancer.on_table(&table);
                 c.undelivered = (1..config.spec.cores).map(CoreId).collect();
                 c.distributed = Some(table);
             }
@@ -347,6 +360,18 @@ impl<R> NodeCore<R> {
         self.load.take()
     }
 
+    /// The load `poll_load` gave, with the shell's busy fraction and migration rate filled
+    /// in: it goes to core 0 for the node's load report.
+    pub fn handle_load(&mut self, load: CoreLoad) {
+        match self.coordinator.as_mut() {
+            Some(c) => c.balancer.on_core_load(self.local.core, load),
+            None => {
+                let core = self.local.core;
+                self.mail.push_back((CoreId(0), Mail::Load { core, load }));
+            }
+        }
+    }
+
     /// A request from a holder of `role`, answered through `reply` (now, or after a commit
     /// or read index).
     pub fn handle_request(&mut self, now: Time, request: KvRequest, reply: R, role: Role) {
@@ -389,6 +414,11 @@ impl<R> NodeCore<R> {
                 }
             }
             Mail::Table(table) => self.apply_table(table),
+            Mail::Load { core, load } => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.balancer.on_core_load(core, load);
+                }
+            }
         }
     }
 
@@ -404,6 +434,8 @@ impl<R> NodeCore<R> {
                     c.refused.insert(core);
                 }
             }
+            // The next tick's load replaces it.
+            Mail::Load { .. } => {}
         }
     }
 
@@ -468,7 +500,11 @@ impl<R> NodeCore<R> {
             .host
             .state_machine(GroupId::METADATA)
             .and_then(Cell::meta);
-        if let (Some(c), Some(store)) = (self.coordinator.as_mut(), store) {
+        if let Some(c) = self.coordinator.as_mut()
+            && Balancer::owns_call(id)
+        {
+            c.balancer.handle_reply(now, id, reply);
+        } else if let (Some(c), Some(store)) = (self.coordinator.as_mut(), store) {
             c.mover.handle_reply(now, id, reply, store);
         }
         self.propose_move_ends();
@@ -542,6 +578,7 @@ impl<R> NodeCore<R> {
             && let Some(c) = self.coordinator.as_mut()
         {
             self.calls.extend(c.mover.take_sends());
+            self.calls.extend(c.balancer.take_sends());
         }
         let (to, request) = self.calls.pop_front()?;
         Some(OutgoingCall { to, request })
@@ -563,7 +600,11 @@ impl<R> NodeCore<R> {
             .as_ref()
             .filter(|c| c.leading)
             .and_then(|c| c.mover.poll_timeout());
-        [self.host.next_tick(), expiry, mover]
+        let balancer = self
+            .coordinator
+            .as_ref()
+            .and_then(|c| c.balancer.poll_timeout());
+        [self.host.next_tick(), expiry, mover, balancer]
             .into_iter()
             .flatten()
             .min()
@@ -599,6 +640,28 @@ impl<R> NodeCore<R> {
             CoreCounter::MovesEnded => mover.map_or(0, |m| m.ended),
             counter => self.counters[counter as usize],
         }
+    }
+
+    /// The rebalancer's view, where this core coordinates (core 0 of the metadata leader).
+    pub fn balancer_status(&self) -> Option<BalancerStatus> {
+        let c = self.coordinator.as_ref().filter(|c| c.leading)?;
+        Some(c.balancer.status(self.now, self.metadata()?))
+    }
+
+    /// What this core's balancer has done (core 0; counts while it coordinated).
+    pub fn balancer_stats(&self) -> Option<&BalancerStats> {
+        Some(&self.coordinator.as_ref()?.balancer.stats)
+    }
+
+    /// Node and core max / mean of the coordinator's last sweep (core 0 of the leader).
+    pub fn imbalance(&self) -> Option<(f64, f64)> {
+        let c = self.coordinator.as_ref().filter(|c| c.leading)?;
+        Some(c.balancer.imbalance())
+    }
+
+    /// The rebalancer loop's metrics (core 0).
+    pub fn rebalancer_metrics(&self) -> Option<&Arc<crate::metrics::loops::LoopMetrics>> {
+        Some(self.coordinator.as_ref()?.balancer.loop_metrics())
     }
 
     /// Client requests waiting for a commit or a read index.
@@ -714,7 +777,13 @@ impl<R> NodeCore<R> {
             }
         };
         match op {
-            KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves => Ok(()),
+            KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves | KvOp::Status => {
+                Ok(())
+            }
+            KvOp::LoadReport { .. } => match role {
+                Role::Node(_) => Ok(()),
+                _ => Err("load reports come from nodes".into()),
+            },
             KvOp::Write { .. } if group != GroupId::METADATA => Ok(()),
             KvOp::Write { command } => match MetadataCommand::decode(command) {
                 // Malformed: refused with its decode error when started.
@@ -835,6 +904,33 @@ impl<R> NodeCore<R> {
             }
             KvOp::DurableCommit => {
                 Err(KvReply::Index(self.host.durable_commit(group).unwrap_or(0)))
+            }
+            KvOp::LoadReport { report } => {
+                self.host
+                    .ensure_leader(group)
+                    .map_err(|e| self.host_error(e))?;
+                let report = NodeReport::decode(&report)
+                    .map_err(|e| KvReply::Error(format!("malformed load report: {e}")))?;
+                let store = self
+                    .host
+                    .state_machine(GroupId::METADATA)
+                    .and_then(Cell::meta)
+                    .filter(|m| m.is_bootstrapped())
+                    .ok_or_else(not_bootstrapped)?;
+                let c = self.coordinator.as_mut().expect("core 0 hosts group 0");
+                match c.balancer.handle_report(self.now, report, store) {
+                    Ok(()) => Err(KvReply::Accepted),
+                    Err(e) => Err(KvReply::Error(format!("load report refused: {e}"))),
+                }
+            }
+            KvOp::Status => {
+                self.host
+                    .ensure_leader(group)
+                    .map_err(|e| self.host_error(e))?;
+                let status = self.balancer_status().ok_or_else(not_bootstrapped)?;
+                let json = serde_json::to_vec(&status)
+                    .map_err(|e| KvReply::Error(format!("status: {e}")))?;
+                Err(KvReply::Value(Some(json)))
             }
         }
     }
@@ -1094,6 +1190,7 @@ impl<R> NodeCore<R> {
         }
         let table = Arc::new(table.clone());
         c.mover.on_table(&table);
+        c.balancer.on_table(&table);
         c.distributed = Some(table.clone());
         c.undelivered = (1..self.spec.cores).map(CoreId).collect();
         self.apply_table(table);
@@ -1124,17 +1221,19 @@ impl<R> NodeCore<R> {
             c.mover.stand_down();
         }
         c.leading = leading;
+        let store = self
+            .host
+            .state_machine(GroupId::METADATA)
+            .and_then(Cell::meta);
+        c.balancer.handle_timeout(now, leading, store);
         if !leading {
             return;
         }
         if bootstrapped {
-            let store = self
-                .host
-                .state_machine(GroupId::METADATA)
-                .and_then(Cell::meta)
-                .expect("core 0 hosts the metadata group");
+            let store = store.expect("core 0 hosts the metadata group");
             c.mover.handle_timeout(now, store);
             self.propose_move_ends();
+            self.propose_move_starts();
             return;
         }
         // The first leader bootstraps the cluster's shape (asked again if the proposal was
@@ -1157,6 +1256,21 @@ impl<R> NodeCore<R> {
                 }
             }
             Err(e) => self.fail(format!("bootstrap: {e}")),
+        }
+    }
+
+    /// Proposes the `start_move` commands the rebalancer decided, on this core. Fire and
+    /// forget: one that does not apply stops counting against the move limits after
+    /// `REBALANCE_PROPOSAL_TIMEOUT`.
+    fn propose_move_starts(&mut self) {
+        while let Some(command) = self
+            .coordinator
+            .as_mut()
+            .and_then(|c| c.balancer.poll_start())
+        {
+            if let Err(e) = self.propose(GroupId::METADATA, command.encode(), ProposalToken(0)) {
+                debug!(?e, "start_move not proposed");
+            }
         }
     }
 
@@ -1183,8 +1297,14 @@ impl<R> NodeCore<R> {
 /// metadata writes; data groups take everything else.
 fn check_op(request: &KvRequest) -> Result<(), KvReply> {
     let is_meta = request.group == GroupId::METADATA;
-    let meta_op = matches!(request.op, KvOp::Routing | KvOp::Moves | KvOp::Write { .. });
-    let data_op = !matches!(request.op, KvOp::Routing | KvOp::Moves);
+    let meta_op = matches!(
+        request.op,
+        KvOp::Routing | KvOp::Moves | KvOp::Write { .. } | KvOp::LoadReport { .. } | KvOp::Status
+    );
+    let data_op = !matches!(
+        request.op,
+        KvOp::Routing | KvOp::Moves | KvOp::LoadReport { .. } | KvOp::Status
+    );
     if (is_meta && meta_op) || (!is_meta && data_op) {
         Ok(())
     } else {
@@ -1268,6 +1388,7 @@ mod tests {
             spec,
             audit: false,
             bug: None,
+            balance: BalanceConfig::default(),
         };
         NodeCore::new(config, BTreeMap::new()).unwrap()
     }

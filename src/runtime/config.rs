@@ -11,6 +11,10 @@
 //! mtu = 1452                     # QUIC datagram size
 //! # snapshot_rate_bytes_per_sec = 67108864  # per core; omit for unlimited
 //! # metrics_addr = "127.0.0.1:9100"         # Prometheus `GET /metrics`; omit for none
+//! # rebalance = true             # the load-based rebalancer (default on)
+//! # rebalance_interval_secs = 30 # its sweep period
+//! # max_moves_per_node = 2       # replica moves touching one node at once
+//! # max_moves_in_flight = 8      # moves of either kind under way in the cluster
 //!
 //! [tls]                          # mutual TLS with the cluster CA (see `certs`)
 //! ca_cert = "certs/ca.pem"
@@ -34,6 +38,7 @@ use thiserror::Error;
 
 use crate::constants::CORES_PER_NODE_MAX;
 use crate::ids::NodeId;
+use crate::node::BalanceConfig;
 use crate::runtime::cores::CoreLayout;
 use crate::runtime::node::{ClusterSpec, NodeConfig};
 use crate::runtime::tls::{self, TlsMode};
@@ -96,8 +101,17 @@ struct ConfigFile {
     mtu: u16,
     snapshot_rate_bytes_per_sec: Option<u64>,
     metrics_addr: Option<SocketAddr>,
+    #[serde(default = "default_true")]
+    rebalance: bool,
+    rebalance_interval_secs: Option<u64>,
+    max_moves_per_node: Option<usize>,
+    max_moves_in_flight: Option<usize>,
     tls: TlsSection,
     nodes: Vec<NodeEntry>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_cores() -> u16 {
@@ -128,6 +142,7 @@ pub struct LoadedConfig {
     pub snapshot_rate: Option<u64>,
     /// Where the node serves Prometheus metrics; `None` serves none.
     pub metrics_addr: Option<SocketAddr>,
+    pub balance: BalanceConfig,
 }
 
 impl LoadedConfig {
@@ -157,7 +172,7 @@ impl LoadedConfig {
                 file.cores
             )));
         }
-        if !file.groups.is_power_of_two() || file.groups > 1 << 16 {
+        if !file.groups.is_power_of_two() || file.groups > crate::constants::NODE_GROUPS_MAX {
             return Err(invalid(format!(
                 "groups = {} must be a power of two up to 65536",
                 file.groups
@@ -174,6 +189,37 @@ impl LoadedConfig {
                 "snapshot_rate_bytes_per_sec = 0 would stop every snapshot; omit it for no limit"
                     .into(),
             ));
+        }
+        let mut balance = BalanceConfig {
+            enabled: file.rebalance,
+            ..BalanceConfig::default()
+        };
+        if let Some(secs) = file.rebalance_interval_secs {
+            if !(1..=86_400).contains(&secs) {
+                return Err(invalid(format!(
+                    "rebalance_interval_secs = {secs} is outside 1..=86400"
+                )));
+            }
+            balance.interval = std::time::Duration::from_secs(secs);
+        }
+        for (name, value, slot) in [
+            (
+                "max_moves_per_node",
+                file.max_moves_per_node,
+                &mut balance.max_moves_per_node,
+            ),
+            (
+                "max_moves_in_flight",
+                file.max_moves_in_flight,
+                &mut balance.max_moves_in_flight,
+            ),
+        ] {
+            if let Some(v) = value {
+                if !(1..=1024).contains(&v) {
+                    return Err(invalid(format!("{name} = {v} is outside 1..=1024")));
+                }
+                *slot = v;
+            }
         }
         if file.nodes.is_empty() {
             return Err(invalid("[[nodes]] lists no node".into()));
@@ -269,6 +315,7 @@ impl LoadedConfig {
             mtu: file.mtu,
             snapshot_rate: file.snapshot_rate_bytes_per_sec,
             metrics_addr: file.metrics_addr,
+            balance,
         })
     }
 
@@ -292,6 +339,7 @@ impl LoadedConfig {
             mtu: self.mtu,
             snapshot_rate: self.snapshot_rate,
             metrics_addr: self.metrics_addr,
+            balance: self.balance,
         })
     }
 }

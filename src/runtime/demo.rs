@@ -194,6 +194,7 @@ fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, Demo
             mtu: 1452,
             snapshot_rate: crate::constants::SNAPSHOT_RATE_BYTES_PER_SEC,
             metrics_addr: None,
+            balance: crate::node::BalanceConfig::default(),
         };
         running.push(Node::start(node_config).map_err(|e| setup(&e))?);
     }

@@ -33,7 +33,9 @@ use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
 use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 use crate::node::load::CoreLoad;
-use crate::node::{CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit};
+use crate::node::{
+    BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
+};
 use crate::replication::snapshot_transfer::TokenBucket;
 use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
@@ -66,6 +68,8 @@ pub struct NodeConfig {
     pub snapshot_rate: Option<u64>,
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); `None` serves none.
     pub metrics_addr: Option<SocketAddr>,
+    /// The rebalancer: on or off, its interval and move limits.
+    pub balance: BalanceConfig,
 }
 
 /// A node that could not start.
@@ -249,13 +253,7 @@ impl BusyMeter {
 }
 
 /// Publishes a core's load to its slot (lock-free for the readers).
-fn publish_load(
-    slot: &mut SlotWriter,
-    local: CoreAddress,
-    load: &CoreLoad,
-    busy: f64,
-    migration_bytes_per_sec: f64,
-) {
+fn publish_load(slot: &mut SlotWriter, local: CoreAddress, load: &CoreLoad) {
     let previous = slot.generation();
     slot.publish(&CoreLoadRecord {
         node_id: local.node.0,
@@ -268,8 +266,8 @@ fn publish_load(
         writes_per_sec: load.writes_per_sec,
         p95_latency_us: load.p95_latency_us,
         p99_latency_us: load.p99_latency_us,
-        cpu_busy: busy,
-        migration_bytes_per_sec,
+        cpu_busy: load.busy,
+        migration_bytes_per_sec: load.migration_bytes_per_sec,
         published_at_ns: load.at.as_nanos(),
         generation: previous + 1,
     });
@@ -381,6 +379,7 @@ async fn core_loop(
         spec: spec.clone(),
         audit: false,
         bug: None,
+        balance: config.balance,
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
@@ -510,7 +509,11 @@ async fn core_loop(
             let sent = migrated.take();
             metrics.add(CoreCounter::SnapshotBytesSent, sent);
             let migration = sent as f64 / window.as_secs_f64().max(1e-3);
-            publish_load(slot, local, &load, busy, migration);
+            let mut load = load;
+            load.busy = busy;
+            load.migration_bytes_per_sec = migration;
+            publish_load(slot, local, &load);
+            node.handle_load(load);
         }
         let idle = node.poll_timeout().map_or(NODE_LOOP_IDLE, |t| {
             t.saturating_since(clock.now()).min(NODE_LOOP_IDLE)

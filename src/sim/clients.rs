@@ -266,7 +266,22 @@ impl crate::sim::Sim {
     /// A random operation of client `c` on one of the few contended keys, with a value no
     /// other write in the run uses.
     fn issue(&mut self, c: usize) {
-        let key = self.key_table[self.rng.below(self.o.keys) as usize];
+        // Key i lives in group 1 + i mod groups: the hot group's keys are i ≡ 0.
+        let groups = u64::from(self.o.groups).min(self.o.keys).max(1);
+        // After healing, every other operation probes a group that has not committed a
+        // write since (the liveness check asks each to): skewed load alone may leave a cold
+        // group untried for the whole phase.
+        let unwritten = (self.step > self.o.safety_steps && self.rng.below(2) == 0)
+            .then(|| (0..groups).find(|g| !self.healed_writes.contains(&GroupId(1 + g))))
+            .flatten();
+        let i = if let Some(g) = unwritten {
+            g + groups * self.rng.below(self.o.keys.div_ceil(groups))
+        } else if self.rng.next_f64() < self.skew {
+            groups * self.rng.below(self.o.keys.div_ceil(groups))
+        } else {
+            self.rng.below(self.o.keys)
+        };
+        let key = self.key_table[i.min(self.o.keys - 1) as usize];
         self.clients[c].counter += 1;
         let value = format!("c{c}-{}", self.clients[c].counter).into_bytes();
         let kind = match self.rng.below(11) {

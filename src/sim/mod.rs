@@ -47,7 +47,7 @@ use crate::cluster::vshard::VShardMap;
 use crate::constants::CLIENT_CONNECT_TIMEOUT;
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::node::cell::Cell;
-use crate::node::{CoreConfig, LogWrite, Mail, NodeBug, NodeCore, Transmit};
+use crate::node::{BalanceConfig, CoreConfig, LogWrite, Mail, NodeBug, NodeCore, Transmit};
 use crate::replication::kv::KvStore;
 use crate::replication::raft_host::PersistBatch;
 use crate::rng::{Rng, mix64};
@@ -105,6 +105,8 @@ pub struct SimOptions {
     pub safety_steps: u64,
     pub liveness_steps: u64,
     pub bug: Option<Bug>,
+    /// The rebalancer runs in the simulated nodes (with `sim_balance`'s short intervals).
+    pub rebalance: bool,
 }
 
 impl SimOptions {
@@ -123,7 +125,19 @@ impl SimOptions {
             safety_steps: 2_000,
             liveness_steps: 3_000,
             bug: None,
+            rebalance: true,
         }
+    }
+}
+
+/// The rebalancer's settings in the simulator: the defaults' limits, with intervals short
+/// enough for a run of tens of virtual seconds to see many reports and sweeps.
+pub fn sim_balance(enabled: bool) -> BalanceConfig {
+    BalanceConfig {
+        enabled,
+        interval: Duration::from_secs(2),
+        report_interval: Duration::from_secs(1),
+        ..BalanceConfig::default()
     }
 }
 
@@ -157,6 +171,13 @@ pub struct SimReport {
     /// error (the rest were lost, redirected, or unanswered).
     pub hostile_acts: u64,
     pub hostile_refused: u64,
+    /// The fraction of client operations on the hot group's keys (drawn per seed), and what
+    /// the rebalancer in the nodes did: sweeps, leader transfers and replica moves it
+    /// dispatched (summed over every coordinator of the run).
+    pub skew: f64,
+    pub rebalancer_sweeps: u64,
+    pub rebalancer_transfers: u64,
+    pub rebalancer_moves: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -249,6 +270,12 @@ struct Sim {
     /// Requests to a node that was down: the sender hears the connection was refused once
     /// its connect timeout passes (step due, sender, request id).
     refused: Vec<(u64, Endpoint, u64)>,
+    balance: BalanceConfig,
+    /// Clients send this fraction of their operations to the hot group's keys.
+    skew: f64,
+    /// When the cluster settled after healing; replica moves started since, per group.
+    settled_at: Option<u64>,
+    moved_after_settle: BTreeMap<GroupId, u32>,
 }
 
 impl Sim {
@@ -261,9 +288,12 @@ impl Sim {
         let vshards = VShardMap::new(o.groups).expect("groups must be a power of two");
         let mut rng = Rng::new(o.seed);
         let faults = Faults::draw(&mut rng);
+        // Load skew: none, some or most operations on one group's keys.
+        let skew = [0.0, 0.5, 0.8][rng.below(3) as usize];
         let report = SimReport {
             seed: o.seed,
             faults: Some(faults.clone()),
+            skew,
             ..SimReport::default()
         };
         // Addresses only name the nodes in the topology; nothing binds them.
@@ -323,6 +353,10 @@ impl Sim {
             moves_seen: BTreeSet::new(),
             observed_epoch: 0,
             refused: Vec::new(),
+            balance: sim_balance(o.rebalance),
+            skew,
+            settled_at: None,
+            moved_after_settle: BTreeMap::new(),
             o,
         };
         let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
@@ -420,6 +454,7 @@ impl Sim {
                 spec: self.spec.clone(),
                 audit: true,
                 bug: node_bug,
+                balance: self.balance,
             };
             match NodeCore::new(config, groups) {
                 Ok(core) => node.cores[c].node = Some(core),
@@ -445,6 +480,11 @@ impl Sim {
             return;
         }
         node.terms_at_crash.clear();
+        if let Some(stats) = node.cores[0].node.as_ref().and_then(|c| c.balancer_stats()) {
+            self.report.rebalancer_sweeps += stats.sweeps;
+            self.report.rebalancer_transfers += stats.leader_transfers_started;
+            self.report.rebalancer_moves += stats.replica_moves_started;
+        }
         for (c, core) in node.cores.iter_mut().enumerate() {
             // The durable term is what a restart must not go below (a term only in memory
             // may be lost: votes leave only once durable).
@@ -483,7 +523,6 @@ impl Sim {
     fn run(mut self) -> SimReport {
         let total = self.o.safety_steps + self.o.liveness_steps;
         let mut healed = false;
-        let mut settled_at: Option<u64> = None;
         while self.step < total {
             self.step += 1;
             let safety = self.step <= self.o.safety_steps;
@@ -502,12 +541,32 @@ impl Sim {
                 }
             }
             self.advance(safety);
-            if healed && settled_at.is_none() && self.settled() {
-                settled_at = Some(self.step);
+            if healed && self.settled_at.is_none() && self.settled() {
+                self.settled_at = Some(self.step);
+            }
+        }
+        // No faults and a steady load mix after settling: a group whose replica moves twice
+        // is flapping (the planner keeps a moved vShard where it put it).
+        let flapping: Vec<u64> = self
+            .moved_after_settle
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(g, _)| g.0)
+            .collect();
+        if !flapping.is_empty() {
+            self.checks.violations.push(format!(
+                "rebalancer flapping: groups {flapping:?} moved more than once after the cluster settled"
+            ));
+        }
+        for node in self.nodes.values().filter(|n| n.up) {
+            if let Some(stats) = node.cores[0].node.as_ref().and_then(|c| c.balancer_stats()) {
+                self.report.rebalancer_sweeps += stats.sweeps;
+                self.report.rebalancer_transfers += stats.leader_transfers_started;
+                self.report.rebalancer_moves += stats.replica_moves_started;
             }
         }
         self.report.virtual_seconds = (STEP * self.step as u32).as_secs_f64();
-        if settled_at.is_none() {
+        if self.settled_at.is_none() {
             self.dump_state();
             let moving: Vec<(GroupId, ReplicaId)> = self.moves_seen.iter().copied().collect();
             let unwritten: Vec<GroupId> = (1..=u64::from(self.o.groups))
@@ -714,6 +773,10 @@ impl Sim {
                 None => break,
             }
         }
+        // The simulator has no CPU to measure: busy stays 0.
+        if let Some(load) = core.poll_load() {
+            core.handle_load(load);
+        }
         while let Some(mail) = core.poll_mail() {
             node.mail.push(mail);
         }
@@ -783,13 +846,43 @@ impl Sim {
             .max_by_key(|m| m.epoch())
     }
 
-    /// Counts the moves the freshest table records, and those that left it.
+    /// Counts the moves the freshest table records, and those that left it; checks the
+    /// rebalancer's move limits (repairs of a failed node's replicas, which the simulated
+    /// operator starts outside the rebalancer, aside).
     fn observe_moves(&mut self) {
         let Some(store) = self.metadata() else {
             return;
         };
         if store.epoch().0 < self.observed_epoch {
             return;
+        }
+        let mut limits = None;
+        if self.o.rebalance {
+            let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+            let mut total = 0;
+            for (_, p) in store.table().groups() {
+                let Some(m) = p.moving else { continue };
+                let Some(from) = p.address_of(m.from) else {
+                    continue;
+                };
+                if self.nodes[&from.node].failed {
+                    continue;
+                }
+                total += 1;
+                *per_node.entry(from.node).or_default() += 1;
+                if m.to.node != from.node {
+                    *per_node.entry(m.to.node).or_default() += 1;
+                }
+            }
+            let busiest = per_node.values().copied().max().unwrap_or(0);
+            if busiest > self.balance.max_moves_per_node || total > self.balance.max_moves_in_flight
+            {
+                let v = format!(
+                    "move limits exceeded at epoch {}: {total} replica moves in flight, {busiest} on one node",
+                    store.epoch().0
+                );
+                limits = Some(v);
+            }
         }
         let epoch = store.epoch().0;
         let moving: BTreeSet<(GroupId, ReplicaId)> = store
@@ -798,6 +891,11 @@ impl Sim {
             .filter_map(|(g, p)| p.moving.map(|m| (g, m.new)))
             .collect();
         self.observed_epoch = epoch;
+        if self.settled_at.is_some() {
+            for (g, _) in moving.difference(&self.moves_seen) {
+                *self.moved_after_settle.entry(*g).or_default() += 1;
+            }
+        }
         let started = moving.difference(&self.moves_seen).count() as u64;
         let finished = self.moves_seen.difference(&moving).count() as u64;
         self.report.moves_started += started;
@@ -806,6 +904,11 @@ impl Sim {
             self.record(16, started << 8 | finished);
         }
         self.moves_seen = moving;
+        if let Some(v) = limits
+            && !self.checks.violations.contains(&v)
+        {
+            self.checks.violations.push(v);
+        }
     }
 
     /// Progress after healing: every group committed a client write, no replica move is

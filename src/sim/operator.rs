@@ -134,7 +134,8 @@ impl crate::sim::Sim {
                         .start(Chore::Move(group), metadata_call(command));
                 }
             }
-            if faults && self.rng.next_f64() < self.faults.move_per_step {
+            // With the rebalancer in the nodes, it moves replicas; the operator only repairs.
+            if faults && !self.o.rebalance && self.rng.next_f64() < self.faults.move_per_step {
                 let group = GroupId(1 + self.rng.below(u64::from(self.o.groups)));
                 if let Some(p) = table.group(group)
                     && p.moving.is_none()

@@ -44,6 +44,8 @@ impl Scenario {
             groups: 1,
             clients: 0,
             keys: 1,
+            // Scripts move replicas themselves.
+            rebalance: false,
             ..SimOptions::new(0)
         };
         let mut sim = Sim::new(&options);

@@ -11,6 +11,9 @@
 //!   op 7 transfer leader body = to:varint
 //!   op 8 durable commit                       (this core's durable commit index)
 //!   op 9 moves                                (group 0: the replica moves under way)
+//!   op 10 load report    body = report:bytes  (group 0: a node's load, `balance::report`)
+//!   op 11 status                              (group 0: the rebalancer's view, answered as a
+//!                                              value holding a JSON document)
 //! response = id:varint status:u8 body
 //!   status 1 written    body = response:bytes  (an encoded `KvResponse`)
 //!   status 2 value      body = present:u8 [value:bytes]
@@ -76,6 +79,12 @@ pub enum KvOp {
     DurableCommit,
     /// The replica moves under way (sent to group 0, the metadata group).
     Moves,
+    /// A node's load report for the coordinator (group 0; a node certificate only).
+    LoadReport {
+        report: Vec<u8>,
+    },
+    /// The rebalancer's view of the cluster, from the coordinator (group 0).
+    Status,
 }
 
 impl KvOp {
@@ -220,6 +229,11 @@ impl KvRequest {
             }
             KvOp::DurableCommit => out.push(8),
             KvOp::Moves => out.push(9),
+            KvOp::LoadReport { report } => {
+                out.push(10);
+                put_bytes(&mut out, report);
+            }
+            KvOp::Status => out.push(11),
         }
         out
     }
@@ -281,6 +295,12 @@ impl KvRequest {
             },
             8 => KvOp::DurableCommit,
             9 => KvOp::Moves,
+            10 => KvOp::LoadReport {
+                report: r
+                    .bytes("load report", crate::constants::FRAME_PAYLOAD_MAX_BYTES)?
+                    .to_vec(),
+            },
+            11 => KvOp::Status,
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "op",
@@ -563,6 +583,10 @@ mod tests {
             KvOp::TransferLeader { to: ReplicaId(4) },
             KvOp::DurableCommit,
             KvOp::Moves,
+            KvOp::LoadReport {
+                report: vec![1, 2, 3],
+            },
+            KvOp::Status,
         ] {
             let req = KvRequest {
                 id: 9,

@@ -1,0 +1,742 @@
+//! The rebalancer in the nodes, sans-IO: core 0 of every node reports its node's load, and
+//! core 0 of the metadata leader — the coordinator — sweeps.
+//!
+//! **Reports.** Every core hands its load to core 0 once per load tick (its own directly,
+//! the others as `Mail::Load`). Every `report_interval` core 0 sends the node's latest
+//! figures to the metadata leader as a `LoadReport` request (a node certificate is
+//! required); the leader's own node reports in place. Reports are not Raft entries: they
+//! are soft state, lost with a leader change and sent again within one interval.
+//!
+//! **Sweeps.** The coordinator keeps the latest report of each node with its arrival time.
+//! A node whose report is older than `LOAD_REPORT_STALE_INTERVALS` intervals has unknown
+//! load: it is left out of the planner's metrics, and the planner moves nothing onto or off
+//! it. The coordinator runs `balance::Rebalancer::sweep` every `interval` after it became
+//! leader (the first interval is consumed: reports are still arriving), and at once when
+//! kicked — by a topology change or by a report whose node is busier than the mean by the
+//! planner's trigger — at most once per report interval. A sweep is skipped while the
+//! coordinator's own core is busy ≥ 0.80 of its time.
+//!
+//! **Dispatch**, fire and forget: a replica move is a `start_move` the coordinator proposes
+//! on its own core (the migration executor then carries it out); a leader transfer is a
+//! `TransferLeader` request to the group's leader. The planner is given a budget: moves of
+//! either kind in flight stay within `max_moves_in_flight`, and replica moves touching one
+//! node (as source or target) within `max_moves_per_node`. A move is in flight from its
+//! dispatch until the table shows it ended (a replica move) or its request is answered (a
+//! leader transfer).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{debug, info};
+
+use crate::balance::load::VShardLoad;
+use crate::balance::planner::{
+    MoveBudget, MoveKind, PlanStatus, PlannedMove, Planner, PlannerConfig,
+};
+use crate::balance::rebalancer::{
+    ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher,
+    ProviderError, Rebalancer, RebalancerConfig, SweepOutcome,
+};
+use crate::balance::report::{CoreReport, NodeReport};
+use crate::client::call::{Call, CallPolicy, Failure};
+use crate::client::routing::Routing;
+use crate::cluster::metadata::{MetadataCommand, MetadataStore};
+use crate::cluster::placement::{PlacementError, PlacementTable};
+use crate::cluster::spec::ClusterSpec;
+use crate::constants::{
+    LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, MOVE_CALL_ATTEMPTS, MOVE_REQUEST_TIMEOUT,
+    REBALANCE_INTERVAL, REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE,
+    REBALANCE_PROPOSAL_TIMEOUT, REBALANCE_TRIGGER_EXCESS,
+};
+use crate::ids::{CoreAddress, CoreId, GroupId, NodeId};
+use crate::metrics::loops::LoopMetrics;
+use crate::node::load::CoreLoad;
+use crate::time::Time;
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest};
+
+/// Request ids of the balancer's calls start here, apart from the migration executor's.
+pub(crate) const CALL_ID_BASE: u64 = 1 << 62;
+
+/// The rebalancer's settings in a node.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BalanceConfig {
+    /// `rebalance = false` in the node file: nodes still report, nobody sweeps.
+    pub enabled: bool,
+    pub interval: Duration,
+    pub report_interval: Duration,
+    pub max_moves_per_node: usize,
+    pub max_moves_in_flight: usize,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        BalanceConfig {
+            enabled: true,
+            interval: REBALANCE_INTERVAL,
+            report_interval: LOAD_REPORT_INTERVAL,
+            max_moves_per_node: REBALANCE_MAX_MOVES_PER_NODE,
+            max_moves_in_flight: REBALANCE_MAX_MOVES_IN_FLIGHT,
+        }
+    }
+}
+
+impl BalanceConfig {
+    /// A report older than this has unknown load.
+    pub fn stale_after(&self) -> Duration {
+        self.report_interval * LOAD_REPORT_STALE_INTERVALS
+    }
+}
+
+/// What the coordinator has done, for metrics and `kv status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BalancerStats {
+    pub sweeps: u64,
+    pub replica_moves_started: u64,
+    pub leader_transfers_started: u64,
+    pub leader_transfers_failed: u64,
+    pub reports_received: u64,
+    pub reports_refused: u64,
+}
+
+/// One node as the coordinator sees it, in `kv status`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeStatus {
+    pub node: u64,
+    pub state: String,
+    /// Seconds since its last report; `None` if it never reported to this coordinator.
+    pub report_age_seconds: Option<f64>,
+    /// Whether its report is recent enough for the planner.
+    pub fresh: bool,
+    pub cores: Vec<CoreStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CoreStatus {
+    pub core: u16,
+    pub busy: f64,
+    pub ops_per_second: f64,
+    pub bytes: u64,
+    pub replicas: u32,
+    pub leaders: u32,
+    pub p99_latency_us: f64,
+    pub migration_bytes_per_second: f64,
+}
+
+/// The coordinator's view, answered to `Status` requests as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BalancerStatus {
+    /// The node whose core 0 coordinates (this one).
+    pub coordinator: u64,
+    pub rebalance_enabled: bool,
+    pub interval_seconds: f64,
+    pub nodes: Vec<NodeStatus>,
+    /// From the reports: node and core max / mean of the planner's score.
+    pub node_max_over_mean: f64,
+    pub core_max_over_mean: f64,
+    pub replica_moves_in_flight: usize,
+    pub leader_transfers_in_flight: usize,
+    pub last_sweep_seconds_ago: Option<f64>,
+    pub last_plan_moves: usize,
+    pub last_plan_status: Option<String>,
+    /// Why the last sweep was skipped, if it was.
+    pub last_skip: Option<String>,
+    pub stats: BalancerStats,
+}
+
+struct Received {
+    at: Time,
+    report: NodeReport,
+}
+
+struct Transfer {
+    call: Call,
+}
+
+struct Proposed {
+    group: GroupId,
+    from: NodeId,
+    to: NodeId,
+    at: Time,
+}
+
+/// Core 0's balancer: the node's reporter, and the coordinator while it leads the metadata
+/// group.
+pub(crate) struct Balancer {
+    node: NodeId,
+    cores: u16,
+    config: BalanceConfig,
+    routing: Routing,
+    sends: Vec<(CoreAddress, KvRequest)>,
+    // ---- reporting
+    loads: BTreeMap<CoreId, CoreLoad>,
+    next_report: Option<Time>,
+    report: Option<Call>,
+    // ---- coordinating
+    leading: bool,
+    /// When this core became the coordinator: kicks wait one report interval after it.
+    leading_since: Option<Time>,
+    reports: BTreeMap<NodeId, Received>,
+    rebalancer: Rebalancer,
+    next_sweep: Option<Time>,
+    kicked: bool,
+    last_sweep: Option<Time>,
+    last_kick_sweep: Option<Time>,
+    topology_version: Option<u64>,
+    transfers: Vec<Transfer>,
+    proposed: Vec<Proposed>,
+    starts: Vec<MetadataCommand>,
+    last_skip: Option<&'static str>,
+    last_node_max_over_mean: f64,
+    last_core_max_over_mean: f64,
+    pub(crate) stats: BalancerStats,
+}
+
+impl Balancer {
+    pub(crate) fn new(
+        spec: &ClusterSpec,
+        node: NodeId,
+        config: BalanceConfig,
+    ) -> Result<Balancer, PlacementError> {
+        let planner = Planner::new(PlannerConfig::default()).expect("the default planner is valid");
+        Ok(Balancer {
+            node,
+            cores: spec.cores,
+            config,
+            routing: Routing::new(spec)?.with_first_id(CALL_ID_BASE),
+            sends: Vec::new(),
+            loads: BTreeMap::new(),
+            next_report: None,
+            report: None,
+            leading: false,
+            leading_since: None,
+            reports: BTreeMap::new(),
+            rebalancer: Rebalancer::new(planner, RebalancerConfig::default()),
+            next_sweep: None,
+            kicked: false,
+            last_sweep: None,
+            last_kick_sweep: None,
+            topology_version: None,
+            transfers: Vec::new(),
+            proposed: Vec::new(),
+            starts: Vec::new(),
+            last_skip: None,
+            last_node_max_over_mean: 0.0,
+            last_core_max_over_mean: 0.0,
+            stats: BalancerStats::default(),
+        })
+    }
+
+    /// The rebalancer's loop metrics.
+    pub(crate) fn loop_metrics(&self) -> &std::sync::Arc<LoopMetrics> {
+        self.rebalancer.metrics()
+    }
+
+    /// The node applied a new table: route by it.
+    pub(crate) fn on_table(&mut self, table: &PlacementTable) {
+        self.routing.store_placement(table);
+    }
+
+    /// A core of this node finished a load tick.
+    pub(crate) fn on_core_load(&mut self, core: CoreId, load: CoreLoad) {
+        if core.0 < self.cores {
+            self.loads.insert(core, load);
+        }
+    }
+
+    /// Whether `id` is one of the balancer's requests.
+    pub(crate) fn owns_call(id: u64) -> bool {
+        id >= CALL_ID_BASE
+    }
+
+    /// The node's report from its cores' latest loads.
+    fn own_report(&self, now: Time) -> NodeReport {
+        let stale = self.config.stale_after();
+        let mut report = NodeReport {
+            node: self.node,
+            cores: Vec::with_capacity(self.loads.len()),
+            vshards: Vec::new(),
+        };
+        for (core, load) in &self.loads {
+            if now.saturating_since(load.at) > stale {
+                continue;
+            }
+            report.cores.push(CoreReport {
+                core: *core,
+                busy: load.busy,
+                reads_per_sec: load.reads_per_sec,
+                writes_per_sec: load.writes_per_sec,
+                bytes_stored: load.bytes_stored,
+                replicas: load.replicas,
+                leaders: load.groups_led,
+                p95_latency_us: load.p95_latency_us,
+                p99_latency_us: load.p99_latency_us,
+                migration_bytes_per_sec: load.migration_bytes_per_sec,
+            });
+            report.vshards.extend_from_slice(&load.vshards);
+        }
+        // A group whose leadership moved between two cores' ticks may be listed twice:
+        // keep one (the later core's figures are as good as the earlier's).
+        report.vshards.sort_by_key(|s| s.vshard);
+        report.vshards.dedup_by_key(|s| s.vshard);
+        report
+    }
+
+    /// A report from a node, at the coordinator. Refused (and counted) when its figures are
+    /// unusable or it names a node outside the topology.
+    pub(crate) fn handle_report(
+        &mut self,
+        now: Time,
+        report: NodeReport,
+        store: &MetadataStore,
+    ) -> Result<(), String> {
+        let checked = if store.topology().node(report.node).is_none() {
+            Err(format!("node {} is not in the topology", report.node))
+        } else {
+            report
+                .validate(store.table().vshard_count())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = checked {
+            self.stats.reports_refused += 1;
+            return Err(e);
+        }
+        self.stats.reports_received += 1;
+        self.kick_if_hot(&report);
+        self.reports
+            .insert(report.node, Received { at: now, report });
+        Ok(())
+    }
+
+    /// Kicks a sweep when `report`'s node is busier per core than the mean of the fresh
+    /// reports by the planner's trigger.
+    fn kick_if_hot(&mut self, report: &NodeReport) {
+        let per_core = |r: &NodeReport| {
+            let ops: f64 = r
+                .cores
+                .iter()
+                .map(|c| c.reads_per_sec + c.writes_per_sec)
+                .sum();
+            ops / f64::from(r.cores.len().max(1) as u32)
+        };
+        let mut loads: Vec<f64> = self
+            .reports
+            .values()
+            .filter(|r| r.report.node != report.node)
+            .map(|r| per_core(&r.report))
+            .collect();
+        let own = per_core(report);
+        loads.push(own);
+        let mean = loads.iter().sum::<f64>() / loads.len() as f64;
+        if loads.len() > 1 && mean > 0.0 && own > mean * (1.0 + REBALANCE_TRIGGER_EXCESS) {
+            self.kicked = true;
+        }
+    }
+
+    /// Time passed. `leading` says whether this core leads the metadata group, `store` is
+    /// the group's state here (bootstrapped), `busy` the core's own latest busy fraction.
+    pub(crate) fn handle_timeout(
+        &mut self,
+        now: Time,
+        leading: bool,
+        store: Option<&MetadataStore>,
+    ) {
+        self.drive_calls(now);
+        let Some(store) = store.filter(|s| s.is_bootstrapped()) else {
+            return;
+        };
+        // Coordinating.
+        if self.leading && !leading {
+            self.stand_down();
+        }
+        if leading && !self.leading {
+            // The first interval is consumed: reports are only starting to arrive.
+            self.next_sweep = Some(now + self.config.interval);
+            self.leading_since = Some(now);
+            self.topology_version = Some(store.topology().version().0);
+        }
+        self.leading = leading;
+        // Reporting (the coordinator's own node reports in place).
+        let due = *self
+            .next_report
+            .get_or_insert(now + self.config.report_interval);
+        if now >= due {
+            self.next_report = Some(now + self.config.report_interval);
+            let report = self.own_report(now);
+            if leading {
+                if let Err(e) = self.handle_report(now, report, store) {
+                    debug!(error = %e, "own load report refused");
+                }
+            } else if self.report.is_none() {
+                let op = KvOp::LoadReport {
+                    report: report.encode(),
+                };
+                let mut call = Call::new(GroupId::METADATA, op, call_policy());
+                if call
+                    .drive(now, &mut self.routing, &mut self.sends)
+                    .is_none()
+                {
+                    self.report = Some(call);
+                }
+            }
+        }
+        if !leading {
+            return;
+        }
+        let version = store.topology().version().0;
+        if self.topology_version != Some(version) {
+            self.topology_version = Some(version);
+            self.kicked = true;
+        }
+        let table = store.table();
+        self.proposed.retain(|p| {
+            now.saturating_since(p.at) < REBALANCE_PROPOSAL_TIMEOUT
+                && table.group(p.group).is_some_and(|g| g.moving.is_none())
+        });
+        if !self.config.enabled {
+            return;
+        }
+        let periodic = self.next_sweep.is_some_and(|t| now >= t);
+        let settled = self
+            .leading_since
+            .is_some_and(|t| now.saturating_since(t) >= self.config.report_interval);
+        let kick = self.kicked
+            && settled
+            && self
+                .last_kick_sweep
+                .is_none_or(|t| now.saturating_since(t) >= self.config.report_interval);
+        if periodic || kick {
+            self.kicked = false;
+            if kick && !periodic {
+                self.last_kick_sweep = Some(now);
+            }
+            self.next_sweep = Some(now + self.config.interval);
+            self.sweep(now, store);
+        }
+    }
+
+    fn stand_down(&mut self) {
+        self.reports.clear();
+        self.transfers.clear();
+        self.proposed.clear();
+        self.starts.clear();
+        self.next_sweep = None;
+        self.leading_since = None;
+        self.kicked = false;
+    }
+
+    fn drive_calls(&mut self, now: Time) {
+        if let Some(call) = self.report.as_mut()
+            && let Some(outcome) = call.drive(now, &mut self.routing, &mut self.sends)
+        {
+            if let Err(e) = outcome {
+                debug!(error = %e, "load report not delivered");
+            }
+            self.report = None;
+        }
+        let (routing, sends) = (&mut self.routing, &mut self.sends);
+        let mut failed = 0;
+        self.transfers
+            .retain_mut(|t| match t.call.drive(now, routing, sends) {
+                None => true,
+                Some(Ok(KvReply::Accepted)) => false,
+                Some(outcome) => {
+                    debug!(
+                        group = t.call.group().0,
+                        ?outcome,
+                        "leader transfer not taken"
+                    );
+                    failed += 1;
+                    false
+                }
+            });
+        self.stats.leader_transfers_failed += failed;
+    }
+
+    /// An answer (or failure) to one of the balancer's requests.
+    pub(crate) fn handle_reply(&mut self, now: Time, id: u64, reply: Result<KvReply, Failure>) {
+        let routing = &mut self.routing;
+        let calls = self
+            .report
+            .iter_mut()
+            .chain(self.transfers.iter_mut().map(|t| &mut t.call));
+        for call in calls {
+            if call.awaits(id) {
+                match reply {
+                    Ok(r) => call.handle_reply(now, routing, id, r),
+                    Err(f) => call.handle_failure(now, routing, id, f),
+                }
+                break;
+            }
+        }
+        self.drive_calls(now);
+    }
+
+    /// The requests to send, in order.
+    pub(crate) fn take_sends(&mut self) -> std::vec::Drain<'_, (CoreAddress, KvRequest)> {
+        self.sends.drain(..)
+    }
+
+    /// The next `start_move` to propose on this core.
+    pub(crate) fn poll_start(&mut self) -> Option<MetadataCommand> {
+        self.starts.pop()
+    }
+
+    /// When the balancer next needs time.
+    pub(crate) fn poll_timeout(&self) -> Option<Time> {
+        let calls = self
+            .report
+            .iter()
+            .chain(self.transfers.iter().map(|t| &t.call))
+            .filter_map(Call::poll_timeout);
+        calls.chain(self.next_report).chain(self.next_sweep).min()
+    }
+
+    /// Replica moves in flight per node (as source or target), and in all.
+    fn in_flight(&self, table: &PlacementTable) -> (BTreeMap<NodeId, usize>, usize) {
+        let mut busy: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut count = 0;
+        let mut note = |from: NodeId, to: NodeId| {
+            count += 1;
+            *busy.entry(from).or_default() += 1;
+            if to != from {
+                *busy.entry(to).or_default() += 1;
+            }
+        };
+        for (_, p) in table.groups() {
+            if let Some(m) = p.moving {
+                let from = p.address_of(m.from).map_or(m.to.node, |a| a.node);
+                note(from, m.to.node);
+            }
+        }
+        for p in &self.proposed {
+            note(p.from, p.to);
+        }
+        (busy, count)
+    }
+
+    /// The planner's input: fresh reports, the table with leaders where nodes report them,
+    /// and what may start.
+    fn cluster_load(&self, now: Time, store: &MetadataStore) -> ClusterLoad {
+        let stale = self.config.stale_after();
+        let mut placement = store.table().clone();
+        let mut node_metrics = Vec::new();
+        // vShard → (report time, sample): a vShard two nodes claim (a leadership change
+        // between their reports) goes to the later report.
+        let mut samples: BTreeMap<u32, (Time, NodeId, VShardLoad)> = BTreeMap::new();
+        for (node, r) in &self.reports {
+            if now.saturating_since(r.at) > stale || store.topology().node(*node).is_none() {
+                continue;
+            }
+            node_metrics.push(r.report.node_metrics());
+            for s in &r.report.vshards {
+                let hosted = placement.get(s.vshard).and_then(|e| e.replica_on(*node));
+                if hosted.is_none() {
+                    continue;
+                }
+                let newer = samples.get(&s.vshard.0).is_none_or(|(at, _, _)| r.at > *at);
+                if newer {
+                    samples.insert(s.vshard.0, (r.at, *node, *s));
+                }
+            }
+        }
+        for (at_node, sample) in samples.values().map(|(_, n, s)| (*n, s)) {
+            if let Some(at) = placement
+                .get(sample.vshard)
+                .and_then(|e| e.replica_on(at_node))
+            {
+                // Already the hint, or set to it now.
+                let _ = placement.transfer_leader(sample.vshard, at);
+            }
+        }
+        let (busy, replica_moves) = self.in_flight(&placement);
+        let in_flight = replica_moves + self.transfers.len();
+        let coordinator_cpu = self.loads.get(&CoreId(0)).map_or(0.0, |l| l.busy);
+        ClusterLoad {
+            topology: store.topology().clone(),
+            placement,
+            node_metrics,
+            vshard_loads: samples.into_values().map(|(_, _, s)| s).collect(),
+            coordinator_cpu,
+            budget: MoveBudget {
+                moves: self.config.max_moves_in_flight.saturating_sub(in_flight),
+                replica_moves_per_node: self.config.max_moves_per_node,
+                busy,
+            },
+        }
+    }
+
+    fn sweep(&mut self, now: Time, store: &MetadataStore) {
+        self.stats.sweeps += 1;
+        self.last_sweep = Some(now);
+        let load = self.cluster_load(now, store);
+        let provider = Provided(RefCell::new(Some(load.clone())));
+        let dispatcher = Collect::default();
+        let outcome = self
+            .rebalancer
+            .sweep(now, &Leads(self.leading), &provider, &dispatcher);
+        self.last_skip = match outcome {
+            SweepOutcome::SkippedElection => Some("election"),
+            SweepOutcome::SkippedBackpressure { .. } => Some("cpu_backpressure"),
+            SweepOutcome::Failed => Some("failed"),
+            SweepOutcome::Planned { .. } => None,
+        };
+        if let Some(plan) = self.rebalancer.last_plan() {
+            self.last_node_max_over_mean = plan.node_max_over_mean_before;
+            self.last_core_max_over_mean = plan.core_max_over_mean_before;
+        }
+        for planned in dispatcher.0.into_inner() {
+            self.dispatch(now, &load.placement, planned);
+        }
+    }
+
+    fn dispatch(&mut self, now: Time, placement: &PlacementTable, planned: PlannedMove) {
+        let group = GroupId::of_vshard(planned.vshard);
+        let Some(entry) = placement.get(planned.vshard) else {
+            return;
+        };
+        let replica_at = |at: CoreAddress| entry.replicas.iter().find(|r| r.at == at).map(|r| r.id);
+        match planned.kind {
+            MoveKind::ReplicaMove => {
+                let Some(from) = replica_at(planned.source) else {
+                    return;
+                };
+                info!(group = group.0, from = %planned.source, to = %planned.target, reason = ?planned.reason, at = ?now, coordinator = %self.node, "rebalancer starts a replica move");
+                self.starts.push(MetadataCommand::StartMove {
+                    group,
+                    from,
+                    to: planned.target,
+                });
+                self.proposed.push(Proposed {
+                    group,
+                    from: planned.source.node,
+                    to: planned.target.node,
+                    at: now,
+                });
+                self.stats.replica_moves_started += 1;
+            }
+            MoveKind::LeaderTransfer => {
+                let Some(to) = replica_at(planned.target) else {
+                    return;
+                };
+                info!(group = group.0, from = %planned.source, to = %planned.target, at = ?now, coordinator = %self.node, "rebalancer transfers a leader");
+                let mut call = Call::new(group, KvOp::TransferLeader { to }, call_policy());
+                self.stats.leader_transfers_started += 1;
+                match call.drive(now, &mut self.routing, &mut self.sends) {
+                    None => self.transfers.push(Transfer { call }),
+                    Some(Ok(KvReply::Accepted)) => {}
+                    Some(_) => self.stats.leader_transfers_failed += 1,
+                }
+            }
+        }
+    }
+
+    /// The coordinator's view for `kv status`.
+    pub(crate) fn status(&self, now: Time, store: &MetadataStore) -> BalancerStatus {
+        let stale = self.config.stale_after();
+        let nodes = store
+            .topology()
+            .nodes()
+            .map(|info| {
+                let received = self.reports.get(&info.node_id);
+                let age = received.map(|r| now.saturating_since(r.at));
+                NodeStatus {
+                    node: info.node_id.0,
+                    state: format!("{:?}", info.state),
+                    report_age_seconds: age.map(|a| a.as_secs_f64()),
+                    fresh: age.is_some_and(|a| a <= stale),
+                    cores: received
+                        .map(|r| {
+                            r.report
+                                .cores
+                                .iter()
+                                .map(|c| CoreStatus {
+                                    core: c.core.0,
+                                    busy: c.busy,
+                                    ops_per_second: c.reads_per_sec + c.writes_per_sec,
+                                    bytes: c.bytes_stored,
+                                    replicas: c.replicas,
+                                    leaders: c.leaders,
+                                    p99_latency_us: c.p99_latency_us,
+                                    migration_bytes_per_second: c.migration_bytes_per_sec,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        let (_, replica_moves) = self.in_flight(store.table());
+        let plan = self.rebalancer.last_plan();
+        BalancerStatus {
+            coordinator: self.node.0,
+            rebalance_enabled: self.config.enabled,
+            interval_seconds: self.config.interval.as_secs_f64(),
+            nodes,
+            node_max_over_mean: self.last_node_max_over_mean,
+            core_max_over_mean: self.last_core_max_over_mean,
+            replica_moves_in_flight: replica_moves,
+            leader_transfers_in_flight: self.transfers.len(),
+            last_sweep_seconds_ago: self
+                .last_sweep
+                .map(|t| now.saturating_since(t).as_secs_f64()),
+            last_plan_moves: plan.map_or(0, |p| p.moves.len()),
+            last_plan_status: plan.map(|p| plan_status(p.status)),
+            last_skip: self.last_skip.map(str::to_owned),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Node and core max / mean of the last sweep's load (0 before the first sweep).
+    pub(crate) fn imbalance(&self) -> (f64, f64) {
+        (self.last_node_max_over_mean, self.last_core_max_over_mean)
+    }
+}
+
+fn plan_status(s: PlanStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The coordinator's gate: it sweeps only while it leads the metadata group.
+struct Leads(bool);
+
+impl ElectionGate for Leads {
+    fn any_group_electing(&self) -> bool {
+        !self.0
+    }
+}
+
+struct Provided(RefCell<Option<ClusterLoad>>);
+
+impl LoadMetricsProvider for Provided {
+    fn cluster_load(&self) -> Result<ClusterLoad, ProviderError> {
+        self.0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| ProviderError("the load was already taken".into()))
+    }
+}
+
+/// Collects the plan's moves; the balancer dispatches them after the sweep.
+#[derive(Default)]
+struct Collect(RefCell<Vec<PlannedMove>>);
+
+impl MigrationDispatcher for Collect {
+    fn dispatch(&self, planned: &PlannedMove) -> Result<(), DispatchError> {
+        self.0.borrow_mut().push(planned.clone());
+        Ok(())
+    }
+}
+
+/// The balancer's requests are answered at once by a leader: like the executor's.
+fn call_policy() -> CallPolicy {
+    CallPolicy {
+        request_timeout: MOVE_REQUEST_TIMEOUT,
+        attempts_max: MOVE_CALL_ATTEMPTS,
+        ..CallPolicy::default()
+    }
+}
