@@ -111,6 +111,15 @@ pub const REBALANCE_MAX_MOVES_IN_FLIGHT: usize = 8;
 /// shows it or this long has passed (a proposal lost to a leader change never applies).
 pub const REBALANCE_PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// In running nodes, a rate dimension whose mean per core is below this (requests per
+/// second) is noise, not load, and is not balanced: at a few requests a second the rates
+/// jump by more than the planner's triggers from one tick to the next, and moving data
+/// for that load would cost more than it could save.
+pub const REBALANCE_SIGNIFICANT_RATE_PER_CORE: f64 = 20.0;
+/// Likewise for stored bytes per core: below 64 MiB a core's data moves in well under a
+/// second and its imbalance costs nothing.
+pub const REBALANCE_SIGNIFICANT_BYTES_PER_CORE: f64 = (64u64 << 20) as f64;
+
 /// Capacity of the rebalancer's kick channel. One pending kick is enough: kicks coalesce,
 /// a second kick before the sweep runs asks for nothing new.
 pub const REBALANCE_KICK_CHANNEL_CAPACITY: usize = 1;

@@ -174,6 +174,13 @@ pub struct LoadWeights {
     pub writes: f64,
     pub reads: f64,
     pub leaders: f64,
+    /// A rate dimension (writes per replica, reads) whose mean per core is below this many
+    /// per second is noise, not load: it drops out of the score. 0 counts everything.
+    #[serde(default)]
+    pub significant_rate_per_core: f64,
+    /// Likewise for stored bytes per core.
+    #[serde(default)]
+    pub significant_bytes_per_core: f64,
 }
 
 impl Default for LoadWeights {
@@ -185,6 +192,8 @@ impl Default for LoadWeights {
             writes: 1.0,
             reads: 1.0,
             leaders: 0.25,
+            significant_rate_per_core: 0.0,
+            significant_bytes_per_core: 0.0,
         }
     }
 }
@@ -193,6 +202,13 @@ impl LoadWeights {
     pub fn validate(&self) -> Result<(), LoadError> {
         let all = [self.bytes, self.writes, self.reads, self.leaders];
         if all.iter().any(|w| !w.is_finite() || *w < 0.0) || all.iter().all(|w| *w == 0.0) {
+            return Err(LoadError::InvalidWeights);
+        }
+        let floors = [
+            self.significant_rate_per_core,
+            self.significant_bytes_per_core,
+        ];
+        if floors.iter().any(|f| !f.is_finite() || *f < 0.0) {
             return Err(LoadError::InvalidWeights);
         }
         Ok(())
@@ -230,14 +246,28 @@ impl ScoreScale {
         totals: &LoadTotals,
         capacity_cores: u32,
     ) -> Option<ScoreScale> {
+        if capacity_cores == 0 {
+            return None;
+        }
+        let cores = f64::from(capacity_cores);
+        // Below its significance floor a dimension is noise (a few requests a second, a
+        // few bytes): it counts as zero, so that it never moves data.
+        let significant = |total: f64, floor: f64| {
+            if total / cores < floor { 0.0 } else { total }
+        };
+        let totals = LoadTotals {
+            replica_bytes: significant(totals.replica_bytes, weights.significant_bytes_per_core),
+            replica_writes: significant(totals.replica_writes, weights.significant_rate_per_core),
+            reads: significant(totals.reads, weights.significant_rate_per_core),
+            leaders: totals.leaders,
+        };
         // An idle cluster (no data, no traffic) has nothing to balance: leader counts alone
         // are not load, only a tie-breaker alongside it.
         let idle =
             totals.replica_bytes <= 0.0 && totals.replica_writes <= 0.0 && totals.reads <= 0.0;
-        if capacity_cores == 0 || idle {
+        if idle {
             return None;
         }
-        let cores = f64::from(capacity_cores);
         let dims = [
             (weights.bytes, totals.replica_bytes),
             (weights.writes, totals.replica_writes),
@@ -342,6 +372,8 @@ mod tests {
         m.cpu_utilization = -0.1;
         assert!(m.validate().is_err());
         let w = LoadWeights {
+            significant_rate_per_core: 0.0,
+            significant_bytes_per_core: 0.0,
             bytes: 0.0,
             writes: 0.0,
             reads: 0.0,

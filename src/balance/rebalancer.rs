@@ -146,6 +146,11 @@ impl Rebalancer {
         &self.metrics
     }
 
+    /// The planner (its configuration and state).
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
     /// The plan of the last sweep that reached the planner.
     pub fn last_plan(&self) -> Option<&Plan> {
         self.last_plan.as_ref()

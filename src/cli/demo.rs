@@ -31,6 +31,11 @@ pub struct DemoArgs {
     /// Fraction of operations that are writes.
     #[arg(long, default_value_t = 0.5)]
     pub write_fraction: f64,
+    /// Concentrate 80 % of the load on the groups one node (or one core) leads, and let
+    /// the rebalancer in the nodes (interval shortened to 5 s) spread it; prints the
+    /// imbalance over time.
+    #[arg(long, value_enum)]
+    pub skew: Option<nodedb_cluster::runtime::demo::Skew>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +60,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         rate: args.rate,
         write_fraction: args.write_fraction,
         dir: args.dir.clone(),
+        skew: args.skew,
+        progress: !args.json,
         ..DemoConfig::default()
     };
     if !args.json {
@@ -97,6 +104,19 @@ pub fn run(args: &DemoArgs) -> ExitCode {
                     r.read_max_us
                 );
                 println!("errors  {:>8}", r.errors);
+                if let Some(b) = &r.balance {
+                    println!(
+                        "balance node max/mean {:.3} -> {:.3}, core max/mean {:.3} -> {:.3}; {} leader transfers, {} replica moves; converged (node <= 1.15) {}",
+                        b.initial_node_max_over_mean,
+                        b.final_node_max_over_mean,
+                        b.initial_core_max_over_mean,
+                        b.final_core_max_over_mean,
+                        b.leader_transfers,
+                        b.replica_moves,
+                        b.seconds_to_converge
+                            .map_or("not within the run".into(), |s| format!("after {s:.1} s"))
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

@@ -28,10 +28,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::balance::load::VShardLoad;
+use crate::balance::model::LoadModel;
 use crate::balance::planner::{
     MoveBudget, MoveKind, PlanStatus, PlannedMove, Planner, PlannerConfig,
 };
@@ -48,7 +49,8 @@ use crate::cluster::spec::ClusterSpec;
 use crate::constants::{
     LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, MOVE_CALL_ATTEMPTS, MOVE_REQUEST_TIMEOUT,
     REBALANCE_INTERVAL, REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE,
-    REBALANCE_PROPOSAL_TIMEOUT, REBALANCE_TRIGGER_EXCESS,
+    REBALANCE_PROPOSAL_TIMEOUT, REBALANCE_SIGNIFICANT_BYTES_PER_CORE,
+    REBALANCE_SIGNIFICANT_RATE_PER_CORE, REBALANCE_TRIGGER_EXCESS,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId};
 use crate::metrics::loops::LoopMetrics;
@@ -68,6 +70,10 @@ pub struct BalanceConfig {
     pub report_interval: Duration,
     pub max_moves_per_node: usize,
     pub max_moves_in_flight: usize,
+    /// Load below these (per core, on average) is noise and not balanced
+    /// (`LoadWeights::significant_*`).
+    pub significant_rate_per_core: f64,
+    pub significant_bytes_per_core: f64,
 }
 
 impl Default for BalanceConfig {
@@ -78,6 +84,8 @@ impl Default for BalanceConfig {
             report_interval: LOAD_REPORT_INTERVAL,
             max_moves_per_node: REBALANCE_MAX_MOVES_PER_NODE,
             max_moves_in_flight: REBALANCE_MAX_MOVES_IN_FLIGHT,
+            significant_rate_per_core: REBALANCE_SIGNIFICANT_RATE_PER_CORE,
+            significant_bytes_per_core: REBALANCE_SIGNIFICANT_BYTES_PER_CORE,
         }
     }
 }
@@ -90,7 +98,7 @@ impl BalanceConfig {
 }
 
 /// What the coordinator has done, for metrics and `kv status`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BalancerStats {
     pub sweeps: u64,
     pub replica_moves_started: u64,
@@ -101,7 +109,7 @@ pub struct BalancerStats {
 }
 
 /// One node as the coordinator sees it, in `kv status`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node: u64,
     pub state: String,
@@ -112,7 +120,7 @@ pub struct NodeStatus {
     pub cores: Vec<CoreStatus>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CoreStatus {
     pub core: u16,
     pub busy: f64,
@@ -125,14 +133,15 @@ pub struct CoreStatus {
 }
 
 /// The coordinator's view, answered to `Status` requests as JSON.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BalancerStatus {
     /// The node whose core 0 coordinates (this one).
     pub coordinator: u64,
     pub rebalance_enabled: bool,
     pub interval_seconds: f64,
     pub nodes: Vec<NodeStatus>,
-    /// From the reports: node and core max / mean of the planner's score.
+    /// Node and core max / mean of the planner's score, from the fresh reports now (0 when
+    /// there is no load to balance).
     pub node_max_over_mean: f64,
     pub core_max_over_mean: f64,
     pub replica_moves_in_flight: usize,
@@ -199,7 +208,13 @@ impl Balancer {
         node: NodeId,
         config: BalanceConfig,
     ) -> Result<Balancer, PlacementError> {
-        let planner = Planner::new(PlannerConfig::default()).expect("the default planner is valid");
+        let mut planner = PlannerConfig::default();
+        planner.weights.significant_rate_per_core = config.significant_rate_per_core;
+        planner.weights.significant_bytes_per_core = config.significant_bytes_per_core;
+        // Floors out of range (NaN, negative) fall back to counting everything.
+        let planner = Planner::new(planner).unwrap_or_else(|_| {
+            Planner::new(PlannerConfig::default()).expect("the default planner is valid")
+        });
         Ok(Balancer {
             node,
             cores: spec.cores,
@@ -669,13 +684,14 @@ impl Balancer {
             .collect();
         let (_, replica_moves) = self.in_flight(store.table());
         let plan = self.rebalancer.last_plan();
+        let (node_max_over_mean, core_max_over_mean) = self.imbalance_now(now, store);
         BalancerStatus {
             coordinator: self.node.0,
             rebalance_enabled: self.config.enabled,
             interval_seconds: self.config.interval.as_secs_f64(),
             nodes,
-            node_max_over_mean: self.last_node_max_over_mean,
-            core_max_over_mean: self.last_core_max_over_mean,
+            node_max_over_mean,
+            core_max_over_mean,
             replica_moves_in_flight: replica_moves,
             leader_transfers_in_flight: self.transfers.len(),
             last_sweep_seconds_ago: self
@@ -691,6 +707,34 @@ impl Balancer {
     /// Node and core max / mean of the last sweep's load (0 before the first sweep).
     pub(crate) fn imbalance(&self) -> (f64, f64) {
         (self.last_node_max_over_mean, self.last_core_max_over_mean)
+    }
+
+    /// Node and core max / mean of the planner's score over the fresh reports now.
+    fn imbalance_now(&self, now: Time, store: &MetadataStore) -> (f64, f64) {
+        let load = self.cluster_load(now, store);
+        let reporting: Vec<NodeId> = load.node_metrics.iter().map(|m| m.node_id).collect();
+        let mut loads: Vec<VShardLoad> = (0..load.placement.vshard_count())
+            .map(|v| VShardLoad {
+                vshard: crate::ids::VShardId(v),
+                bytes: 0,
+                writes_per_sec: 0.0,
+                reads_per_sec: 0.0,
+            })
+            .collect();
+        for s in &load.vshard_loads {
+            loads[s.vshard.0 as usize] = *s;
+        }
+        let model = LoadModel::build(
+            &load.topology,
+            &load.placement,
+            &loads,
+            &self.rebalancer.planner().config().weights,
+            |n| reporting.contains(&n),
+        );
+        if model.scale.is_none() {
+            return (0.0, 0.0);
+        }
+        (model.node_max_over_mean(), model.core_max_over_mean())
     }
 }
 

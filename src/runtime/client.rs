@@ -383,6 +383,15 @@ impl KvClient {
         }
     }
 
+    /// The rebalancer's view of the cluster, from the coordinator (`kv status`).
+    pub async fn status(&self) -> Result<crate::node::BalancerStatus, ClientError> {
+        match self.call(GroupId::METADATA, KvOp::Status).await? {
+            KvReply::Value(Some(json)) => serde_json::from_slice(&json)
+                .map_err(|e| ClientError::Protocol(format!("status: {e}"))),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// The leader of `group` this client last saw, if any.
     pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
         self.routing.borrow().router.leader(group)

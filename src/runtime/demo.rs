@@ -5,6 +5,11 @@
 //! and write-ahead logs), waits until every group has a leader, then runs closed-loop
 //! clients issuing puts and linearizable gets for a fixed time, and reports throughput and
 //! latency percentiles (HdrHistogram, microseconds). Everything is removed afterwards.
+//!
+//! With a skew (`hot-node`, `hot-core`), most of the load goes to the groups one node (or
+//! one core) leads when the load starts, and the rebalancer in the nodes (with a short
+//! interval) spreads it; the demo samples the coordinator's `status` four times a second
+//! and reports the imbalance before the first move, at the end, and when it converged.
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
@@ -45,7 +50,30 @@ pub struct DemoConfig {
     pub value_bytes: usize,
     /// Parent of the demo's working directory (default: the system temporary directory).
     pub dir: Option<std::path::PathBuf>,
+    /// Concentrate the load on one node's (or core's) groups and let the rebalancer act.
+    pub skew: Option<Skew>,
+    /// With a skew, print the imbalance over time on stderr.
+    pub progress: bool,
 }
+
+/// Where a skewed load goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Skew {
+    /// The groups led by the node that leads the most.
+    HotNode,
+    /// The groups led by the core that leads the most.
+    HotCore,
+}
+
+/// The share of a skewed load that goes to the hot groups (the rest is spread evenly).
+pub const SKEW_HOT_SHARE: f64 = 0.8;
+/// The rebalancer's interval in a skewed demo (the default is 30 s), and its nodes' report
+/// interval (default 5 s).
+pub const SKEW_REBALANCE_INTERVAL: Duration = Duration::from_secs(5);
+pub const SKEW_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The imbalance a skewed demo calls balanced (node max / mean).
+pub const SKEW_CONVERGED: f64 = 1.15;
 
 impl Default for DemoConfig {
     fn default() -> Self {
@@ -60,6 +88,8 @@ impl Default for DemoConfig {
             write_fraction: 0.5,
             value_bytes: 128,
             dir: None,
+            skew: None,
+            progress: false,
         }
     }
 }
@@ -91,6 +121,32 @@ pub struct DemoReport {
     pub read_max_us: u64,
     /// Seconds from start until every group accepted a write.
     pub startup_seconds: f64,
+    /// With a skew: which, and what the rebalancer did, from the coordinator's status.
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub balance: Option<BalanceReport>,
+}
+
+/// A skewed demo's balancing, measured from the nodes' own load reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct BalanceReport {
+    pub skew: Skew,
+    /// The hot groups (led by one node or core when the load started).
+    pub hot_groups: Vec<u64>,
+    /// The highest node and core max / mean seen before the first move (and up to one
+    /// report interval after it, while the reports still show the load it answered).
+    pub initial_node_max_over_mean: f64,
+    pub initial_core_max_over_mean: f64,
+    /// The last sample's.
+    pub final_node_max_over_mean: f64,
+    pub final_core_max_over_mean: f64,
+    pub leader_transfers: u64,
+    pub replica_moves: u64,
+    /// From the start of the load until node max / mean stayed at or below 1.15 for good;
+    /// `None` if it did not.
+    pub seconds_to_converge: Option<f64>,
+    /// Samples of (seconds into the load, node max / mean, core max / mean, leader
+    /// transfers and replica moves so far).
+    pub samples: Vec<Sample>,
 }
 
 /// The demo could not run.
@@ -194,7 +250,14 @@ fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, Demo
             mtu: 1452,
             snapshot_rate: crate::constants::SNAPSHOT_RATE_BYTES_PER_SEC,
             metrics_addr: None,
-            balance: crate::node::BalanceConfig::default(),
+            balance: match config.skew {
+                None => crate::node::BalanceConfig::default(),
+                Some(_) => crate::node::BalanceConfig {
+                    interval: SKEW_REBALANCE_INTERVAL,
+                    report_interval: SKEW_REPORT_INTERVAL,
+                    ..crate::node::BalanceConfig::default()
+                },
+            },
         };
         running.push(Node::start(node_config).map_err(|e| setup(&e))?);
     }
@@ -246,20 +309,40 @@ async fn load_cluster(
         }
     }
     let startup_seconds = started.elapsed().as_secs_f64();
+    // The keys the load draws from: all, or mostly the hot groups'.
+    let hot_groups = match config.skew {
+        None => Vec::new(),
+        Some(skew) => hot_groups(&client, config.groups, skew),
+    };
+    let hot_keys: Rc<Vec<u32>> = Rc::new(
+        (0..config.keys)
+            .filter(|k| {
+                let group = client.group_of(format!("key-{k}").as_bytes());
+                hot_groups.contains(&group.0)
+            })
+            .collect(),
+    );
     let out = Rc::new(Recorders::new());
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
+    let monitor = config.skew.map(|_| {
+        let (client, progress) = (client.clone(), config.progress);
+        glommio::spawn_local(
+            async move { monitor(&client, load_started, deadline, progress).await },
+        )
+    });
     if let Some(rate) = config.rate {
-        open_loop(&client, &config, rate, &out).await;
+        open_loop(&client, &config, rate, &out, &hot_keys).await;
     }
     for caller in 0..config.concurrency * usize::from(config.rate.is_none()) {
         let (client, out, config) = (client.clone(), out.clone(), config.clone());
+        let hot_keys = hot_keys.clone();
         callers.push(glommio::spawn_local(async move {
             let mut rng = Rng::new(0xde30 + caller as u64);
             let value = vec![0x42u8; config.value_bytes];
             while Instant::now() < deadline {
-                let key = format!("key-{}", rng.below(u64::from(config.keys)));
+                let key = format!("key-{}", pick_key(&mut rng, &config, &hot_keys));
                 let write = rng.next_f64() < config.write_fraction;
                 out.operate(
                     &client,
@@ -275,6 +358,13 @@ async fn load_cluster(
         caller.await;
     }
     let seconds = load_started.elapsed().as_secs_f64();
+    let samples = match monitor {
+        Some(m) => m.await,
+        None => Vec::new(),
+    };
+    let balance = config
+        .skew
+        .map(|skew| balance_report(skew, hot_groups, samples));
     client.shutdown().await;
     let (w, r) = (out.writes.borrow(), out.reads.borrow());
     Ok(DemoReport {
@@ -303,7 +393,114 @@ async fn load_cluster(
         read_p999_us: r.value_at_quantile(0.999),
         read_max_us: r.max(),
         startup_seconds,
+        balance,
     })
+}
+
+/// The groups a skewed load goes to: those the busiest node (or core) leads, as the
+/// client's leader cache saw them when every group took its first write.
+fn hot_groups(client: &KvClient, groups: u32, skew: Skew) -> Vec<u64> {
+    let leaders: Vec<(u64, crate::ids::CoreAddress)> = (1..=u64::from(groups))
+        .filter_map(|g| Some((g, client.cached_leader(crate::ids::GroupId(g))?)))
+        .collect();
+    let owner = |at: crate::ids::CoreAddress| match skew {
+        Skew::HotNode => (at.node.0, 0),
+        Skew::HotCore => (at.node.0, at.core.0),
+    };
+    let mut counts: std::collections::BTreeMap<(u64, u16), usize> = Default::default();
+    for (_, at) in &leaders {
+        *counts.entry(owner(*at)).or_default() += 1;
+    }
+    let Some((&hot, _)) = counts
+        .iter()
+        .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
+    else {
+        return Vec::new();
+    };
+    leaders
+        .into_iter()
+        .filter(|(_, at)| owner(*at) == hot)
+        .map(|(g, _)| g)
+        .collect()
+}
+
+/// The next key: from the hot groups' keys with probability `SKEW_HOT_SHARE` (when there
+/// are any), else from all.
+fn pick_key(rng: &mut Rng, config: &DemoConfig, hot_keys: &[u32]) -> u64 {
+    if !hot_keys.is_empty() && rng.next_f64() < SKEW_HOT_SHARE {
+        u64::from(hot_keys[rng.below(hot_keys.len() as u64) as usize])
+    } else {
+        rng.below(u64::from(config.keys))
+    }
+}
+
+/// One sample of the coordinator's status.
+pub type Sample = (f64, f64, f64, u64, u64);
+
+/// Samples the coordinator's status every 250 ms until `deadline`: (seconds into the load,
+/// node max / mean, core max / mean, moves dispatched so far).
+async fn monitor(
+    client: &KvClient,
+    started: Instant,
+    deadline: Instant,
+    progress: bool,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut printed = 0.0;
+    while Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        let Ok(status) = client.status().await else {
+            continue;
+        };
+        let at = started.elapsed().as_secs_f64();
+        samples.push((
+            at,
+            status.node_max_over_mean,
+            status.core_max_over_mean,
+            status.stats.leader_transfers_started,
+            status.stats.replica_moves_started,
+        ));
+        if progress && at - printed >= 2.0 {
+            printed = at;
+            eprintln!(
+                "{at:>5.1} s  node max/mean {:.3}  core max/mean {:.3}  leader transfers {}  replica moves {}",
+                status.node_max_over_mean,
+                status.core_max_over_mean,
+                status.stats.leader_transfers_started,
+                status.stats.replica_moves_started
+            );
+        }
+    }
+    samples
+}
+
+/// What the samples say about the balancing.
+fn balance_report(skew: Skew, hot_groups: Vec<u64>, samples: Vec<Sample>) -> BalanceReport {
+    // Before the first move, and for one report interval after it: reports lag the load by
+    // up to that long (and their rates follow it with a 3 s time constant), so the first
+    // samples after a move still show the load it answered.
+    let first_move = samples.iter().find(|s| s.3 + s.4 > 0).map(|s| s.0);
+    let horizon = first_move.map_or(f64::INFINITY, |t| t + SKEW_REPORT_INTERVAL.as_secs_f64());
+    let before: Vec<&Sample> = samples.iter().take_while(|s| s.0 <= horizon).collect();
+    let max = |f: fn(&Sample) -> f64| before.iter().map(|s| f(s)).fold(0.0, f64::max);
+    let last = samples.last().copied().unwrap_or_default();
+    // The first sample after which node max / mean never again exceeded the target.
+    let seconds_to_converge = match samples.iter().rposition(|s| s.1 > SKEW_CONVERGED) {
+        None => samples.first().map(|s| s.0),
+        Some(i) => samples.get(i + 1).map(|s| s.0),
+    };
+    BalanceReport {
+        skew,
+        hot_groups,
+        initial_node_max_over_mean: max(|s| s.1),
+        initial_core_max_over_mean: max(|s| s.2),
+        final_node_max_over_mean: last.1,
+        final_core_max_over_mean: last.2,
+        leader_transfers: last.3,
+        replica_moves: last.4,
+        seconds_to_converge,
+        samples,
+    }
 }
 
 /// The load's outcomes: latency histograms (microseconds) and the error count.
@@ -344,7 +541,13 @@ impl Recorders {
 /// at `start + i / rate`; it is sent then (or as soon as one of `concurrency` slots frees
 /// up), and its latency runs from when it was due. Behind schedule, due operations go out
 /// at once, so a stall shows in the latencies of everything it held up.
-async fn open_loop(client: &Rc<KvClient>, config: &DemoConfig, rate: f64, out: &Rc<Recorders>) {
+async fn open_loop(
+    client: &Rc<KvClient>,
+    config: &DemoConfig,
+    rate: f64,
+    out: &Rc<Recorders>,
+    hot_keys: &[u32],
+) {
     let slots = Rc::new(glommio::sync::Semaphore::new(config.concurrency as u64));
     let start = Instant::now();
     let mut rng = Rng::new(0xde30);
@@ -362,7 +565,7 @@ async fn open_loop(client: &Rc<KvClient>, config: &DemoConfig, rate: f64, out: &
         if slots.acquire(1).await.is_err() {
             break;
         }
-        let key = format!("key-{}", rng.below(u64::from(config.keys)));
+        let key = format!("key-{}", pick_key(&mut rng, config, hot_keys));
         let write = rng.next_f64() < config.write_fraction;
         let (client, slots, out, value) =
             (client.clone(), slots.clone(), out.clone(), value.clone());

@@ -131,12 +131,17 @@ impl SimOptions {
 }
 
 /// The rebalancer's settings in the simulator: the defaults' limits, with intervals short
-/// enough for a run of tens of virtual seconds to see many reports and sweeps.
+/// enough for a run of tens of virtual seconds to see many reports and sweeps, and no
+/// noise floor.
 pub fn sim_balance(enabled: bool) -> BalanceConfig {
     BalanceConfig {
         enabled,
         interval: Duration::from_secs(2),
         report_interval: Duration::from_secs(1),
+        // Simulated clients send a few requests a second: everything counts, so that the
+        // rebalancer moves replicas and leaders while faults go on.
+        significant_rate_per_core: 0.0,
+        significant_bytes_per_core: 0.0,
         ..BalanceConfig::default()
     }
 }
