@@ -31,7 +31,7 @@ pub struct DemoArgs {
     /// Fraction of operations that are writes.
     #[arg(long, default_value_t = 0.5)]
     pub write_fraction: f64,
-    /// Concentrate 80 % of the load on the groups one node (or one core) leads, and let
+    /// Concentrate 60 % of the load on the groups one node (or one core) leads, and let
     /// the rebalancer in the nodes (interval shortened to 5 s) spread it; prints the
     /// imbalance over time.
     #[arg(long, value_enum)]

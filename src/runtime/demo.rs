@@ -67,7 +67,7 @@ pub enum Skew {
 }
 
 /// The share of a skewed load that goes to the hot groups (the rest is spread evenly).
-pub const SKEW_HOT_SHARE: f64 = 0.8;
+pub const SKEW_HOT_SHARE: f64 = 0.6;
 /// The rebalancer's interval in a skewed demo (the default is 30 s), and its nodes' report
 /// interval (default 5 s).
 pub const SKEW_REBALANCE_INTERVAL: Duration = Duration::from_secs(5);
