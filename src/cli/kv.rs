@@ -1,5 +1,5 @@
 //! `nodedb-cluster kv`: put, get or delete a key in a running cluster; show its placement
-//! table; move a replica or give a move up.
+//! table and the rebalancer's status; move a replica or give a move up.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -37,6 +37,74 @@ pub enum KvCommandArg {
         #[arg(long)]
         group: u64,
     },
+    /// Print the rebalancer's view from its coordinator (the metadata leader): each node's
+    /// state and report age, each core's load, the imbalance, moves in flight and the last
+    /// sweep.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `kv status` as a table.
+fn status_table(s: &nodedb_cluster::node::BalancerStatus) -> String {
+    let mut t = format!(
+        "coordinator node {}, rebalancer {} (every {:.0} s)\n",
+        s.coordinator,
+        if s.rebalance_enabled { "on" } else { "off" },
+        s.interval_seconds
+    );
+    t.push_str(&format!(
+        "node max/mean {:.3}   core max/mean {:.3}   replica moves in flight {}   leader transfers in flight {}\n",
+        s.node_max_over_mean, s.core_max_over_mean, s.replica_moves_in_flight, s.leader_transfers_in_flight
+    ));
+    t.push_str(&format!(
+        "last sweep {}, planned {} move(s){}{}; started {} replica moves and {} leader transfers ({} not taken)\n",
+        s.last_sweep_seconds_ago
+            .map_or("never".into(), |a| format!("{a:.1} s ago")),
+        s.last_plan_moves,
+        s.last_plan_status
+            .as_deref()
+            .map_or(String::new(), |p| format!(" ({p})")),
+        s.last_skip
+            .as_deref()
+            .map_or(String::new(), |r| format!(", skipped: {r}")),
+        s.stats.replica_moves_started,
+        s.stats.leader_transfers_started,
+        s.stats.leader_transfers_failed
+    ));
+    t.push_str(
+        "node  state           report  core  busy   ops/s      bytes  replicas  leaders  p99 ms\n",
+    );
+    for n in &s.nodes {
+        let age = match (n.report_age_seconds, n.fresh) {
+            (None, _) => "never".to_owned(),
+            (Some(a), true) => format!("{a:.1} s"),
+            (Some(a), false) => format!("{a:.0} s!"),
+        };
+        if n.cores.is_empty() {
+            t.push_str(&format!("{:<5} {:<15} {:>6}\n", n.node, n.state, age));
+        }
+        for (i, c) in n.cores.iter().enumerate() {
+            let (node, state, age) = if i == 0 {
+                (n.node.to_string(), n.state.clone(), age.clone())
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            t.push_str(&format!(
+                "{node:<5} {state:<15} {age:>6}  {:>4}  {:>4.2}  {:>6.0}  {:>9}  {:>8}  {:>7}  {:>6.1}\n",
+                c.core,
+                c.busy,
+                c.ops_per_second,
+                c.bytes,
+                c.replicas,
+                c.leaders,
+                c.p99_latency_us / 1000.0
+            ));
+        }
+    }
+    t.trim_end().to_owned()
 }
 
 /// `NODE:CORE`, e.g. `4:1`.
@@ -108,6 +176,13 @@ pub fn run(path: &Path, op: KvCommandArg) -> ExitCode {
                 .abandon_move(GroupId(group))
                 .await
                 .map(|()| "abandon recorded".to_owned()),
+            KvCommandArg::Status { json } => client.status().await.map(|s| {
+                if json {
+                    serde_json::to_string(&s).unwrap_or_default()
+                } else {
+                    status_table(&s)
+                }
+            }),
         };
         client.shutdown().await;
         result.map_err(|e| e.to_string())

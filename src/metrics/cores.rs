@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ids::NodeId;
 use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
+use crate::metrics::loops::LoopMetrics;
 
 /// Monotonic counters of one core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +53,20 @@ pub enum CoreCounter {
     MoveSteps,
     /// Replica moves the migration executor ended, moved or abandoned (core 0).
     MovesEnded,
+    /// Replica moves the migration executor gave up (abandoned: the target failed) (core 0).
+    MovesAbandoned,
+    /// Replica moves the rebalancer started while this core coordinated (core 0).
+    RebalancerReplicaMoves,
+    /// Leader transfers the rebalancer asked for, and those not taken (core 0).
+    RebalancerLeaderTransfers,
+    RebalancerLeaderTransfersFailed,
+    /// Load reports this core took as coordinator, and those it refused (core 0).
+    LoadReportsReceived,
+    LoadReportsRefused,
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 19] = [
+    pub const ALL: [CoreCounter; 25] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -75,6 +86,12 @@ impl CoreCounter {
         CoreCounter::QuicSendWouldBlock,
         CoreCounter::MoveSteps,
         CoreCounter::MovesEnded,
+        CoreCounter::MovesAbandoned,
+        CoreCounter::RebalancerReplicaMoves,
+        CoreCounter::RebalancerLeaderTransfers,
+        CoreCounter::RebalancerLeaderTransfersFailed,
+        CoreCounter::LoadReportsReceived,
+        CoreCounter::LoadReportsRefused,
     ];
 
     /// Whether the core loop's shell counts this itself (its turns, its transport); the
@@ -145,6 +162,30 @@ impl CoreCounter {
             CoreCounter::MovesEnded => (
                 "replica_moves_ended_total",
                 "Replica moves the migration executor ended (moved or abandoned).",
+            ),
+            CoreCounter::MovesAbandoned => (
+                "replica_moves_abandoned_total",
+                "Replica moves the migration executor gave up (the target failed).",
+            ),
+            CoreCounter::RebalancerReplicaMoves => (
+                "rebalancer_replica_moves_started_total",
+                "Replica moves the rebalancer started while this core coordinated.",
+            ),
+            CoreCounter::RebalancerLeaderTransfers => (
+                "rebalancer_leader_transfers_total",
+                "Leader transfers the rebalancer asked for while this core coordinated.",
+            ),
+            CoreCounter::RebalancerLeaderTransfersFailed => (
+                "rebalancer_leader_transfers_failed_total",
+                "Leader transfers the rebalancer asked for that the leader did not take.",
+            ),
+            CoreCounter::LoadReportsReceived => (
+                "load_reports_received_total",
+                "Node load reports this core took as the rebalancer's coordinator.",
+            ),
+            CoreCounter::LoadReportsRefused => (
+                "load_reports_refused_total",
+                "Node load reports refused (malformed figures, unknown node).",
             ),
         }
     }
@@ -236,6 +277,11 @@ pub struct NodeMetrics {
     cores: Vec<CoreMetrics>,
     /// Each core's load as it last published it (exposed as `nodedb_core_load_*`).
     load: Arc<LoadSlots>,
+    /// The rebalancer's loop series (its coordinator is core 0), set when core 0 starts.
+    rebalancer: std::sync::OnceLock<Arc<LoopMetrics>>,
+    /// Node and core max / mean of the load, as f64 bits: set by core 0 while it
+    /// coordinates, 0 otherwise.
+    imbalance: [AtomicU64; 2],
 }
 
 impl NodeMetrics {
@@ -246,6 +292,8 @@ impl NodeMetrics {
             node,
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             load,
+            rebalancer: std::sync::OnceLock::new(),
+            imbalance: [AtomicU64::new(0), AtomicU64::new(0)],
         };
         (metrics, writers)
     }
@@ -253,6 +301,25 @@ impl NodeMetrics {
     /// The cores' load slots.
     pub fn load(&self) -> &Arc<LoadSlots> {
         &self.load
+    }
+
+    /// Exposes the rebalancer loop's series (once; later calls are ignored).
+    pub fn set_rebalancer(&self, metrics: Arc<LoopMetrics>) {
+        let _ = self.rebalancer.set(metrics);
+    }
+
+    /// Node and core max / mean of the cluster's load (the coordinator's view; 0 on other
+    /// nodes).
+    pub fn set_imbalance(&self, node: f64, core: f64) {
+        self.imbalance[0].store(node.to_bits(), Ordering::Relaxed);
+        self.imbalance[1].store(core.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn imbalance(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.imbalance[0].load(Ordering::Relaxed)),
+            f64::from_bits(self.imbalance[1].load(Ordering::Relaxed)),
+        )
     }
 
     /// The metrics of `core`; panics on a core the node does not have (a programming error:
@@ -349,6 +416,26 @@ impl NodeMetrics {
                 );
             }
         }
+        let (node_imbalance, core_imbalance) = self.imbalance();
+        for (name, help, value) in [
+            (
+                "node_max_over_mean",
+                "The most loaded node's score over the mean, from the coordinator's reports (0 on other nodes).",
+                node_imbalance,
+            ),
+            (
+                "core_max_over_mean",
+                "The most loaded core's score over the mean, from the coordinator's reports (0 on other nodes).",
+                core_imbalance,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP nodedb_rebalancer_{name} {help}");
+            let _ = writeln!(out, "# TYPE nodedb_rebalancer_{name} gauge");
+            let _ = writeln!(out, "nodedb_rebalancer_{name}{{node=\"{node}\"}} {value}");
+        }
+        if let Some(l) = self.rebalancer.get() {
+            l.render_prefixed("nodedb_", node, &mut out);
+        }
         out
     }
 }
@@ -392,10 +479,11 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // Seven load series per core besides the counters and gauges.
+        // Seven load series per core besides the counters and gauges, and the two
+        // imbalance gauges of the node.
         assert_eq!(
             samples,
-            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7)
+            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7) + 2
         );
     }
 }

@@ -73,6 +73,17 @@ impl LoopMetrics {
         self.last_duration_ns.store(nanos, Ordering::Relaxed);
     }
 
+    /// Counts an iteration whose duration is measured elsewhere (a sans-IO loop has no
+    /// clock: its shell reports the duration with `set_last_duration`).
+    pub fn count_iteration(&self) {
+        self.iterations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_last_duration(&self, duration: Duration) {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.last_duration_ns.store(nanos, Ordering::Relaxed);
+    }
+
     pub fn iterations(&self) -> u64 {
         self.iterations.load(Ordering::Relaxed)
     }
@@ -112,45 +123,81 @@ impl LoopMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        let n = self.name;
+        self.render_with("", None, out);
+    }
+
+    /// The loop's series named `<prefix><loop>_*`, labelled `node` (a node's `/metrics`).
+    pub fn render_prefixed(&self, prefix: &str, node: u64, out: &mut String) {
+        self.render_with(prefix, Some(node), out);
+    }
+
+    fn render_with(&self, prefix: &str, node: Option<u64>, out: &mut String) {
+        let n = format!("{prefix}{}", self.name);
+        let name = self.name;
+        // `{node="1"}`, or `{node="1",kind="x"}` with an extra label.
+        let labels = |extra: Option<(&str, &str)>| {
+            let mut parts = Vec::new();
+            if let Some(node) = node {
+                parts.push(format!("node=\"{node}\""));
+            }
+            if let Some((k, v)) = extra {
+                parts.push(format!("{k}=\"{v}\""));
+            }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", parts.join(","))
+            }
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "# HELP {n}_iterations_total Completed iterations of the {n} loop."
+            "# HELP {n}_iterations_total Completed iterations of the {name} loop."
         );
         let _ = writeln!(out, "# TYPE {n}_iterations_total counter");
-        let _ = writeln!(out, "{n}_iterations_total {}", self.iterations());
+        let _ = writeln!(
+            out,
+            "{n}_iterations_total{} {}",
+            labels(None),
+            self.iterations()
+        );
         let _ = writeln!(
             out,
             "# HELP {n}_last_iteration_duration_seconds Duration of the last iteration."
         );
         let _ = writeln!(out, "# TYPE {n}_last_iteration_duration_seconds gauge");
         let secs = self.last_duration_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{n}_last_iteration_duration_seconds {secs}");
-        let _ = writeln!(out, "# HELP {n}_up Whether the {n} loop is running.");
-        let _ = writeln!(out, "# TYPE {n}_up gauge");
-        let _ = writeln!(out, "{n}_up {}", u8::from(self.is_up()));
         let _ = writeln!(
             out,
-            "# HELP {n}_errors_total Errors of the {n} loop by kind."
+            "{n}_last_iteration_duration_seconds{} {secs}",
+            labels(None)
+        );
+        let _ = writeln!(out, "# HELP {n}_up Whether the {name} loop is running.");
+        let _ = writeln!(out, "# TYPE {n}_up gauge");
+        let _ = writeln!(out, "{n}_up{} {}", labels(None), u8::from(self.is_up()));
+        let _ = writeln!(
+            out,
+            "# HELP {n}_errors_total Errors of the {name} loop by kind."
         );
         let _ = writeln!(out, "# TYPE {n}_errors_total counter");
         for (kind, c) in &self.errors {
             let _ = writeln!(
                 out,
-                "{n}_errors_total{{kind=\"{kind}\"}} {}",
+                "{n}_errors_total{} {}",
+                labels(Some(("kind", kind))),
                 c.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(
             out,
-            "# HELP {n}_skipped_total Iterations of the {n} loop skipped, by reason."
+            "# HELP {n}_skipped_total Iterations of the {name} loop skipped, by reason."
         );
         let _ = writeln!(out, "# TYPE {n}_skipped_total counter");
         for (reason, c) in &self.skips {
             let _ = writeln!(
                 out,
-                "{n}_skipped_total{{reason=\"{reason}\"}} {}",
+                "{n}_skipped_total{} {}",
+                labels(Some(("reason", reason))),
                 c.load(Ordering::Relaxed)
             );
         }

@@ -372,6 +372,9 @@ impl Balancer {
             self.topology_version = Some(store.topology().version().0);
         }
         self.leading = leading;
+        self.rebalancer
+            .metrics()
+            .set_up(leading && self.config.enabled);
         // Reporting (the coordinator's own node reports in place).
         let due = *self
             .next_report
@@ -383,6 +386,9 @@ impl Balancer {
                 if let Err(e) = self.handle_report(now, report, store) {
                     debug!(error = %e, "own load report refused");
                 }
+                // The imbalance gauges follow the reports.
+                (self.last_node_max_over_mean, self.last_core_max_over_mean) =
+                    self.imbalance_now(now, store);
             } else if self.report.is_none() {
                 let op = KvOp::LoadReport {
                     report: report.encode(),
@@ -584,6 +590,7 @@ impl Balancer {
 
     fn sweep(&mut self, now: Time, store: &MetadataStore) {
         self.stats.sweeps += 1;
+        self.rebalancer.metrics().count_iteration();
         self.last_sweep = Some(now);
         let load = self.cluster_load(now, store);
         let provider = Provided(RefCell::new(Some(load.clone())));
@@ -704,7 +711,7 @@ impl Balancer {
         }
     }
 
-    /// Node and core max / mean of the last sweep's load (0 before the first sweep).
+    /// Node and core max / mean of the load, as of the last report interval or sweep.
     pub(crate) fn imbalance(&self) -> (f64, f64) {
         (self.last_node_max_over_mean, self.last_core_max_over_mean)
     }

@@ -635,9 +635,17 @@ impl<R> NodeCore<R> {
 
     pub fn counter(&self, counter: CoreCounter) -> u64 {
         let mover = self.coordinator.as_ref().map(|c| &c.mover);
+        let stats = self.balancer_stats();
+        let stat = |f: fn(&BalancerStats) -> u64| stats.map_or(0, f);
         match counter {
             CoreCounter::MoveSteps => mover.map_or(0, |m| m.steps),
             CoreCounter::MovesEnded => mover.map_or(0, |m| m.ended),
+            CoreCounter::MovesAbandoned => mover.map_or(0, |m| m.abandoned),
+            CoreCounter::RebalancerReplicaMoves => stat(|s| s.replica_moves_started),
+            CoreCounter::RebalancerLeaderTransfers => stat(|s| s.leader_transfers_started),
+            CoreCounter::RebalancerLeaderTransfersFailed => stat(|s| s.leader_transfers_failed),
+            CoreCounter::LoadReportsReceived => stat(|s| s.reports_received),
+            CoreCounter::LoadReportsRefused => stat(|s| s.reports_refused),
             counter => self.counters[counter as usize],
         }
     }

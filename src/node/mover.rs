@@ -76,6 +76,8 @@ pub(crate) struct Mover {
     /// Steps decided and moves ended, for the core's metrics.
     pub(crate) steps: u64,
     pub(crate) ended: u64,
+    /// Moves decided abandoned (their target failed or an operator asked).
+    pub(crate) abandoned: u64,
 }
 
 /// What the executor knows beyond the leader's view.
@@ -110,6 +112,7 @@ impl Mover {
             ends: Vec::new(),
             steps: 0,
             ended: 0,
+            abandoned: 0,
         })
     }
 
@@ -398,6 +401,7 @@ impl Mover {
         }
         if let Some(outcome) = outcome {
             let moved = outcome == MoveOutcome::Moved;
+            self.abandoned += u64::from(!moved);
             let command = MetadataCommand::EndMove { group, new, moved };
             self.ends.push((group, command));
             return Stage::Ending;

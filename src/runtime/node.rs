@@ -418,10 +418,26 @@ async fn core_loop(
     // Snapshot bytes this core streamed to peers (replica moves and catch-ups), for its
     // published load.
     let migrated: Rc<Cell<u64>> = Rc::default();
+    if let Some(rebalancer) = node.rebalancer_metrics() {
+        node_metrics.set_rebalancer(rebalancer.clone());
+    }
     while !ctx.stopping() {
         metrics.add(CoreCounter::LoopTurns, 1);
         let now = clock.now();
+        let sweeps = node.balancer_stats().map_or(0, |s| s.sweeps);
+        let turn = std::time::Instant::now();
         node.handle_timeout(now);
+        if node.balancer_stats().is_some_and(|s| s.sweeps > sweeps)
+            && let Some(rebalancer) = node.rebalancer_metrics()
+        {
+            // The rebalancer swept during this timeout: its duration is the sweep's.
+            rebalancer.set_last_duration(turn.elapsed());
+        }
+        if let Some((n, c)) = node.imbalance() {
+            node_metrics.set_imbalance(n, c);
+        } else if local.core == CoreId(0) {
+            node_metrics.set_imbalance(0.0, 0.0);
+        }
         if inject_panic {
             panic!("injected by {INJECT_PANIC_VAR}");
         }
