@@ -192,6 +192,8 @@ pub(crate) struct Balancer {
     kicked: bool,
     last_sweep: Option<Time>,
     last_kick_sweep: Option<Time>,
+    /// When a sweep last dispatched moves.
+    last_dispatch: Option<Time>,
     topology_version: Option<u64>,
     transfers: Vec<Transfer>,
     proposed: Vec<Proposed>,
@@ -232,6 +234,7 @@ impl Balancer {
             kicked: false,
             last_sweep: None,
             last_kick_sweep: None,
+            last_dispatch: None,
             topology_version: None,
             transfers: Vec::new(),
             proposed: Vec::new(),
@@ -422,8 +425,15 @@ impl Balancer {
         let settled = self
             .leading_since
             .is_some_and(|t| now.saturating_since(t) >= self.config.report_interval);
+        // After a sweep that moved something, the next waits a full interval: the reports
+        // need that long to show the moves' effect (rates follow load with a 3 s time
+        // constant), and a sweep on the old figures would move more than needed.
+        let calm = self
+            .last_dispatch
+            .is_none_or(|t| now.saturating_since(t) >= self.config.interval);
         let kick = self.kicked
             && settled
+            && calm
             && self
                 .last_kick_sweep
                 .is_none_or(|t| now.saturating_since(t) >= self.config.report_interval);
@@ -608,7 +618,11 @@ impl Balancer {
             self.last_node_max_over_mean = plan.node_max_over_mean_before;
             self.last_core_max_over_mean = plan.core_max_over_mean_before;
         }
-        for planned in dispatcher.0.into_inner() {
+        let planned = dispatcher.0.into_inner();
+        if !planned.is_empty() {
+            self.last_dispatch = Some(now);
+        }
+        for planned in planned {
             self.dispatch(now, &load.placement, planned);
         }
     }
