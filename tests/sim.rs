@@ -18,6 +18,7 @@ fn two_hundred_seeds_pass_every_checker() {
     let mut failures = Vec::new();
     let (mut ops, mut torn, mut refused, mut moves, mut stale) = (0, 0, 0, 0, 0);
     let (mut unchecked, mut hostile) = (0, 0);
+    let (mut transfers, mut rebalanced) = (0, 0);
     for seed in seeds() {
         let report = run(&SimOptions::new(seed));
         ops += report.ops_completed;
@@ -27,6 +28,8 @@ fn two_hundred_seeds_pass_every_checker() {
         stale += report.stale_routes;
         unchecked += report.unchecked_keys;
         hostile += report.hostile_refused;
+        transfers += report.rebalancer_transfers;
+        rebalanced += report.rebalancer_moves;
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?} (faults {:?}); replay with SEED={seed} cargo test --release --test sim",
@@ -50,6 +53,10 @@ fn two_hundred_seeds_pass_every_checker() {
             "no client was told its placement table was stale"
         );
         assert!(hostile > 0, "no hostile request was refused");
+        // The rebalancer in the simulated nodes acted on the skewed load, under faults
+        // (its move limits and no flapping are checked per seed).
+        assert!(transfers > 0, "the rebalancer transferred no leader");
+        assert!(rebalanced > 0, "the rebalancer moved no replica");
     }
 }
 

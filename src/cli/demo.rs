@@ -15,9 +15,9 @@ pub struct DemoArgs {
     /// Cores per node.
     #[arg(long, default_value_t = 2)]
     pub cores: u16,
-    /// vShard groups (a power of two).
-    #[arg(long, default_value_t = 8)]
-    pub groups: u32,
+    /// vShard groups (a power of two; default 8, or 16 with --skew).
+    #[arg(long)]
+    pub groups: Option<u32>,
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
@@ -54,7 +54,11 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let config = DemoConfig {
         nodes: args.nodes,
         cores: args.cores,
-        groups: args.groups,
+        // A skewed load needs groups fine enough to spread: with 8 groups over 3 nodes the
+        // hot node's 4 groups leave one node with 2 of them, about 1.15 × the mean.
+        groups: args
+            .groups
+            .unwrap_or(if args.skew.is_some() { 16 } else { 8 }),
         duration: Duration::from_secs_f64(args.seconds),
         concurrency: args.concurrency,
         rate: args.rate,

@@ -198,6 +198,7 @@ enum Pending<R> {
     },
     Read {
         id: u64,
+        group: GroupId,
         op: KvOp,
         reply: R,
         since: Time,
@@ -759,6 +760,7 @@ impl<R> NodeCore<R> {
                 token,
                 Pending::Read {
                     id,
+                    group,
                     op,
                     reply,
                     since,
@@ -1068,6 +1070,7 @@ impl<R> NodeCore<R> {
                         op,
                         reply,
                         since,
+                        ..
                     }) = self.pending.remove(&token.0)
                     {
                         self.count(CoreCounter::ReadsServed, 1);
@@ -1083,6 +1086,9 @@ impl<R> NodeCore<R> {
                     is_self,
                 } => {
                     debug!(group = group.0, ?leader, is_self, "leader changed");
+                    if !is_self {
+                        self.redirect_reads(group);
+                    }
                     if let (Some(audit), Some(leader), true) =
                         (self.audit.as_mut(), leader, is_self)
                     {
@@ -1125,6 +1131,32 @@ impl<R> NodeCore<R> {
                         "membership changed"
                     );
                 }
+            }
+        }
+    }
+
+    /// This core no longer leads `group`: Raft dropped the read indexes it was waiting for,
+    /// so its pending reads are answered now with a redirect to the new leader (a read has
+    /// no effect; the client asks there) rather than after `CLIENT_REQUEST_TIMEOUT`. Writes
+    /// keep waiting: an entry proposed here may still commit under the new leader, and is
+    /// answered when this replica applies it.
+    fn redirect_reads(&mut self, group: GroupId) {
+        let tokens: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p, Pending::Read { group: g, .. } if *g == group))
+            .map(|(t, _)| *t)
+            .collect();
+        if tokens.is_empty() {
+            return;
+        }
+        let answer = match self.host.ensure_leader(group) {
+            Ok(()) => return,
+            Err(e) => self.host_error(e),
+        };
+        for token in tokens {
+            if let Some(Pending::Read { id, reply, .. }) = self.pending.remove(&token) {
+                self.answer(reply, id, answer.clone());
             }
         }
     }

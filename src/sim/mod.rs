@@ -280,7 +280,7 @@ struct Sim {
     skew: f64,
     /// When the cluster settled after healing; replica moves started since, per group.
     settled_at: Option<u64>,
-    moved_after_settle: BTreeMap<GroupId, u32>,
+    moved_after_settle: Vec<(GroupId, CoreAddress, CoreAddress)>,
 }
 
 impl Sim {
@@ -361,7 +361,7 @@ impl Sim {
             balance: sim_balance(o.rebalance),
             skew,
             settled_at: None,
-            moved_after_settle: BTreeMap::new(),
+            moved_after_settle: Vec::new(),
             o,
         };
         let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
@@ -550,17 +550,34 @@ impl Sim {
                 self.settled_at = Some(self.step);
             }
         }
-        // No faults and a steady load mix after settling: a group whose replica moves twice
-        // is flapping (the planner keeps a moved vShard where it put it).
-        let flapping: Vec<u64> = self
-            .moved_after_settle
+        // No faults and a steady load mix after settling: a replica moved back to where it
+        // came from, or a group moved more than twice, is flapping. (A new metadata leader
+        // — leadership may still change after healing — plans afresh, so one group may
+        // see two coordinators each move one of its replicas once.)
+        let moves = &self.moved_after_settle;
+        let reversed = moves.iter().enumerate().find(|(i, (g, from, to))| {
+            moves[i + 1..]
+                .iter()
+                .any(|(g2, from2, to2)| g2 == g && from2 == to && to2 == from)
+        });
+        let mut per_group: BTreeMap<GroupId, usize> = BTreeMap::new();
+        for (g, _, _) in moves {
+            *per_group.entry(*g).or_default() += 1;
+        }
+        let busy: Vec<u64> = per_group
             .iter()
-            .filter(|(_, n)| **n > 1)
+            .filter(|(_, n)| **n > 2)
             .map(|(g, _)| g.0)
             .collect();
-        if !flapping.is_empty() {
+        if let Some((_, (g, from, to))) = reversed {
             self.checks.violations.push(format!(
-                "rebalancer flapping: groups {flapping:?} moved more than once after the cluster settled"
+                "rebalancer flapping: group {}'s replica went {from} -> {to} and back after the cluster settled",
+                g.0
+            ));
+        }
+        if !busy.is_empty() {
+            self.checks.violations.push(format!(
+                "rebalancer flapping: groups {busy:?} moved more than twice after the cluster settled"
             ));
         }
         for node in self.nodes.values().filter(|n| n.up) {
@@ -895,12 +912,21 @@ impl Sim {
             .groups()
             .filter_map(|(g, p)| p.moving.map(|m| (g, m.new)))
             .collect();
-        self.observed_epoch = epoch;
+        let mut settled_moves = Vec::new();
         if self.settled_at.is_some() {
-            for (g, _) in moving.difference(&self.moves_seen) {
-                *self.moved_after_settle.entry(*g).or_default() += 1;
+            for (g, new) in moving.difference(&self.moves_seen) {
+                let p = store.table().group(*g);
+                let m = p.and_then(|p| p.moving).filter(|m| m.new == *new);
+                if let (Some(p), Some(m)) = (p, m)
+                    && let Some(from) = p.address_of(m.from)
+                {
+                    settled_moves.push((*g, from, m.to));
+                }
             }
         }
+        self.moved_after_settle.extend(settled_moves);
+        self.observed_epoch = epoch;
+
         let started = moving.difference(&self.moves_seen).count() as u64;
         let finished = self.moves_seen.difference(&moving).count() as u64;
         self.report.moves_started += started;
