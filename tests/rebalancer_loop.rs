@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use nodedb_cluster::balance::harness::{HarnessConfig, Scenario, SyntheticCluster};
 use nodedb_cluster::balance::{
-    ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher, PlanStatus,
-    PlannedMove, Planner, PlannerConfig, ProviderError, Rebalancer, RebalancerConfig, SweepOutcome,
+    ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher, MoveBudget,
+    MoveKind, PlanStatus, PlannedMove, Planner, PlannerConfig, ProviderError, Rebalancer,
+    RebalancerConfig, SweepOutcome,
 };
+use nodedb_cluster::ids::NodeId;
 use nodedb_cluster::metrics::loops::MetricsRegistry;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::rebalancer::{rebalancer_control, run_rebalancer};
@@ -208,6 +210,62 @@ fn bad_metrics_are_counted_as_plan_errors() {
     );
     assert_eq!(outcome, SweepOutcome::Failed);
     assert_eq!(r.metrics().errors("plan"), 1);
+}
+
+/// The move limits are the planner's input: a sweep never starts more moves than the
+/// budget's free slots, nor more replica moves touching one node than its free share, and a
+/// sweep the budget cut short keeps its balancing run going.
+#[test]
+fn a_sweep_stays_within_the_move_budget() {
+    for (moves, per_node, busy) in [(8, 2, vec![]), (3, 1, vec![(NodeId(0), 1)]), (1, 2, vec![])] {
+        let mut r = rebalancer();
+        let recorder = Recorder::default();
+        let mut load = cluster_load(Scenario::HotNode);
+        load.budget = MoveBudget {
+            moves,
+            replica_moves_per_node: per_node,
+            busy: busy.iter().copied().collect(),
+        };
+        let outcome = r.sweep(
+            Time::ZERO,
+            &Gate(Cell::new(false)),
+            &provider(load),
+            &recorder,
+        );
+        let planned = recorder.moves.borrow();
+        assert!(
+            !planned.is_empty(),
+            "a hot node and free slots: something moves"
+        );
+        assert!(
+            planned.len() <= moves,
+            "{} moves for a budget of {moves}",
+            planned.len()
+        );
+        let mut touching: std::collections::BTreeMap<NodeId, usize> = busy.into_iter().collect();
+        for m in planned.iter().filter(|m| m.kind == MoveKind::ReplicaMove) {
+            *touching.entry(m.source.node).or_default() += 1;
+            if m.target.node != m.source.node {
+                *touching.entry(m.target.node).or_default() += 1;
+            }
+        }
+        for (node, n) in &touching {
+            assert!(
+                *n <= per_node,
+                "node {node} in {n} replica moves, limit {per_node}"
+            );
+        }
+        assert!(
+            matches!(
+                outcome,
+                SweepOutcome::Planned {
+                    status: PlanStatus::MoveCapReached,
+                    ..
+                }
+            ),
+            "a sweep cut short by the budget keeps its run going: {outcome:?}"
+        );
+    }
 }
 
 /// Waits (bounded) until `done()` holds.

@@ -144,6 +144,9 @@ pub struct BalancerStatus {
     /// there is no load to balance).
     pub node_max_over_mean: f64,
     pub core_max_over_mean: f64,
+    /// The best node max / mean any placement could reach: the heaviest vShard cannot be
+    /// split.
+    pub node_bound_max_over_mean: f64,
     pub replica_moves_in_flight: usize,
     pub leader_transfers_in_flight: usize,
     pub last_sweep_seconds_ago: Option<f64>,
@@ -200,6 +203,9 @@ pub(crate) struct Balancer {
     starts: Vec<MetadataCommand>,
     last_skip: Option<&'static str>,
     last_node_max_over_mean: f64,
+    /// The best node max / mean any placement could reach (the heaviest vShard cannot be
+    /// split), as of the last report interval.
+    last_node_bound: f64,
     last_core_max_over_mean: f64,
     pub(crate) stats: BalancerStats,
 }
@@ -241,6 +247,7 @@ impl Balancer {
             starts: Vec::new(),
             last_skip: None,
             last_node_max_over_mean: 0.0,
+            last_node_bound: 0.0,
             last_core_max_over_mean: 0.0,
             stats: BalancerStats::default(),
         })
@@ -390,8 +397,11 @@ impl Balancer {
                     debug!(error = %e, "own load report refused");
                 }
                 // The imbalance gauges follow the reports.
-                (self.last_node_max_over_mean, self.last_core_max_over_mean) =
-                    self.imbalance_now(now, store);
+                (
+                    self.last_node_max_over_mean,
+                    self.last_core_max_over_mean,
+                    self.last_node_bound,
+                ) = self.imbalance_now(now, store);
             } else if self.report.is_none() {
                 let op = KvOp::LoadReport {
                     report: report.encode(),
@@ -705,7 +715,8 @@ impl Balancer {
             .collect();
         let (_, replica_moves) = self.in_flight(store.table());
         let plan = self.rebalancer.last_plan();
-        let (node_max_over_mean, core_max_over_mean) = self.imbalance_now(now, store);
+        let (node_max_over_mean, core_max_over_mean, node_bound_max_over_mean) =
+            self.imbalance_now(now, store);
         BalancerStatus {
             coordinator: self.node.0,
             rebalance_enabled: self.config.enabled,
@@ -713,6 +724,7 @@ impl Balancer {
             nodes,
             node_max_over_mean,
             core_max_over_mean,
+            node_bound_max_over_mean,
             replica_moves_in_flight: replica_moves,
             leader_transfers_in_flight: self.transfers.len(),
             last_sweep_seconds_ago: self
@@ -730,8 +742,14 @@ impl Balancer {
         (self.last_node_max_over_mean, self.last_core_max_over_mean)
     }
 
-    /// Node and core max / mean of the planner's score over the fresh reports now.
-    fn imbalance_now(&self, now: Time, store: &MetadataStore) -> (f64, f64) {
+    /// The best node max / mean reachable, as of the last report interval.
+    pub(crate) fn node_bound(&self) -> f64 {
+        self.last_node_bound
+    }
+
+    /// Node and core max / mean of the planner's score over the fresh reports now, and the
+    /// node bound.
+    fn imbalance_now(&self, now: Time, store: &MetadataStore) -> (f64, f64, f64) {
         let load = self.cluster_load(now, store);
         let reporting: Vec<NodeId> = load.node_metrics.iter().map(|m| m.node_id).collect();
         let mut loads: Vec<VShardLoad> = (0..load.placement.vshard_count())
@@ -753,9 +771,13 @@ impl Balancer {
             |n| reporting.contains(&n),
         );
         if model.scale.is_none() {
-            return (0.0, 0.0);
+            return (0.0, 0.0, 0.0);
         }
-        (model.node_max_over_mean(), model.core_max_over_mean())
+        (
+            model.node_max_over_mean(),
+            model.core_max_over_mean(),
+            model.node_bound(),
+        )
     }
 }
 

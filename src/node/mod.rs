@@ -668,6 +668,13 @@ impl<R> NodeCore<R> {
         Some(c.balancer.imbalance())
     }
 
+    /// The best node max / mean reachable (the heaviest vShard cannot be split), as the
+    /// coordinator last computed it (core 0 of the leader).
+    pub fn node_bound(&self) -> Option<f64> {
+        let c = self.coordinator.as_ref().filter(|c| c.leading)?;
+        Some(c.balancer.node_bound())
+    }
+
     /// The rebalancer loop's metrics (core 0).
     pub fn rebalancer_metrics(&self) -> Option<&Arc<crate::metrics::loops::LoopMetrics>> {
         Some(self.coordinator.as_ref()?.balancer.loop_metrics())

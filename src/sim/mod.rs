@@ -580,7 +580,14 @@ impl Sim {
                 "rebalancer flapping: groups {busy:?} moved more than twice after the cluster settled"
             ));
         }
-        for node in self.nodes.values().filter(|n| n.up) {
+        for (id, node) in self.nodes.iter().filter(|(_, n)| n.up) {
+            let core = node.cores[0].node.as_ref();
+            if let (Some((n, c)), Some(bound)) = (
+                core.and_then(|c| c.imbalance()),
+                core.and_then(|c| c.node_bound()),
+            ) {
+                tracing::debug!(seed = self.o.seed, coordinator = %id, skew = self.skew, node_max_over_mean = n, core_max_over_mean = c, bound, "rebalancer at the end");
+            }
             if let Some(stats) = node.cores[0].node.as_ref().and_then(|c| c.balancer_stats()) {
                 self.report.rebalancer_sweeps += stats.sweeps;
                 self.report.rebalancer_transfers += stats.leader_transfers_started;
