@@ -47,10 +47,10 @@ use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
 use crate::constants::{
-    LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, MOVE_CALL_ATTEMPTS, MOVE_REQUEST_TIMEOUT,
-    REBALANCE_INTERVAL, REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE,
-    REBALANCE_PROPOSAL_TIMEOUT, REBALANCE_SIGNIFICANT_BYTES_PER_CORE,
-    REBALANCE_SIGNIFICANT_RATE_PER_CORE, REBALANCE_TRIGGER_EXCESS,
+    LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, REBALANCE_INTERVAL,
+    REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE, REBALANCE_PROPOSAL_TIMEOUT,
+    REBALANCE_SIGNIFICANT_BYTES_PER_CORE, REBALANCE_SIGNIFICANT_RATE_PER_CORE,
+    REBALANCE_TRIGGER_EXCESS,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId};
 use crate::metrics::loops::LoopMetrics;
@@ -359,12 +359,15 @@ impl Balancer {
         }
     }
 
-    /// Time passed. `leading` says whether this core leads the metadata group, `store` is
-    /// the group's state here (bootstrapped), `busy` the core's own latest busy fraction.
+    /// Time passed. `leading` says whether this core leads the metadata group, `current`
+    /// whether its state of the group is up to date (it committed an entry of its term and
+    /// applied all that is committed: the moves its predecessors started are in the table),
+    /// `store` is the group's state here.
     pub(crate) fn handle_timeout(
         &mut self,
         now: Time,
         leading: bool,
+        current: bool,
         store: Option<&MetadataStore>,
     ) {
         self.drive_calls(now);
@@ -453,7 +456,7 @@ impl Balancer {
                 self.last_kick_sweep = Some(now);
             }
             self.next_sweep = Some(now + self.config.interval);
-            self.sweep(now, store);
+            self.sweep(now, current, store);
         }
     }
 
@@ -608,16 +611,16 @@ impl Balancer {
         }
     }
 
-    fn sweep(&mut self, now: Time, store: &MetadataStore) {
+    fn sweep(&mut self, now: Time, current: bool, store: &MetadataStore) {
         self.stats.sweeps += 1;
         self.rebalancer.metrics().count_iteration();
         self.last_sweep = Some(now);
         let load = self.cluster_load(now, store);
         let provider = Provided(RefCell::new(Some(load.clone())));
         let dispatcher = Collect::default();
-        let outcome = self
-            .rebalancer
-            .sweep(now, &Leads(self.leading), &provider, &dispatcher);
+        let outcome =
+            self.rebalancer
+                .sweep(now, &Leads(self.leading && current), &provider, &dispatcher);
         self.last_skip = match outcome {
             SweepOutcome::SkippedElection => Some("election"),
             SweepOutcome::SkippedBackpressure { .. } => Some("cpu_backpressure"),
@@ -788,7 +791,8 @@ fn plan_status(s: PlanStatus) -> String {
         .unwrap_or_default()
 }
 
-/// The coordinator's gate: it sweeps only while it leads the metadata group.
+/// The coordinator's gate: it sweeps only while it leads the metadata group with its state
+/// up to date (a new leader's table may lack its predecessors' last moves until then).
 struct Leads(bool);
 
 impl ElectionGate for Leads {
@@ -819,11 +823,8 @@ impl MigrationDispatcher for Collect {
     }
 }
 
-/// The balancer's requests are answered at once by a leader: like the executor's.
+/// The balancer's requests are answered at once by a leader: they behave like the
+/// migration executor's.
 fn call_policy() -> CallPolicy {
-    CallPolicy {
-        request_timeout: MOVE_REQUEST_TIMEOUT,
-        attempts_max: MOVE_CALL_ATTEMPTS,
-        ..CallPolicy::default()
-    }
+    crate::node::mover::move_policy()
 }

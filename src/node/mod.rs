@@ -1272,7 +1272,8 @@ impl<R> NodeCore<R> {
             .host
             .state_machine(GroupId::METADATA)
             .and_then(Cell::meta);
-        c.balancer.handle_timeout(now, leading, store);
+        let current = self.host.leads_with_current_state(GroupId::METADATA);
+        c.balancer.handle_timeout(now, leading, current, store);
         if !leading {
             return;
         }

@@ -418,7 +418,7 @@ impl Mover {
 /// for `MOVE_REQUEST_TIMEOUT` is lost, and a call gives up after `MOVE_CALL_ATTEMPTS` (a
 /// redirect or two and a loss); the next step asks again, rather than waiting as long as a
 /// client's write would.
-fn move_policy() -> CallPolicy {
+pub(crate) fn move_policy() -> CallPolicy {
     CallPolicy {
         request_timeout: MOVE_REQUEST_TIMEOUT,
         attempts_max: MOVE_CALL_ATTEMPTS,

@@ -587,6 +587,19 @@ impl<S: StateMachine> RaftHost<S> {
             .is_some_and(|g| g.raw.raft.state == StateRole::Leader)
     }
 
+    /// Whether this replica leads `group` with its state machine up to date: it committed
+    /// an entry of its own term (so every entry of earlier terms it holds is committed) and
+    /// applied everything committed. Until then a new leader's state may lack commands its
+    /// predecessor's term committed.
+    pub fn leads_with_current_state(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|g| {
+            let raft = &g.raw.raft;
+            raft.state == StateRole::Leader
+                && raft.commit_to_current_term()
+                && raft.raft_log.applied >= raft.raft_log.committed
+        })
+    }
+
     /// This core's replica of `group`.
     pub fn replica_id(&self, group: GroupId) -> Option<ReplicaId> {
         self.groups.get(&group).map(|g| ReplicaId(g.raw.raft.id))

@@ -271,6 +271,8 @@ struct Sim {
     results: HashMap<u64, RegisterOp>,
     /// Moves seen in the freshest table, and the highest epoch observed.
     moves_seen: BTreeSet<(GroupId, ReplicaId)>,
+    /// When each move under way was first seen (step).
+    move_seen_at: BTreeMap<(GroupId, ReplicaId), u64>,
     observed_epoch: u64,
     /// Requests to a node that was down: the sender hears the connection was refused once
     /// its connect timeout passes (step due, sender, request id).
@@ -356,6 +358,7 @@ impl Sim {
             hostile: hostile::Hostile::new(o.seed),
             results: HashMap::new(),
             moves_seen: BTreeSet::new(),
+            move_seen_at: BTreeMap::new(),
             observed_epoch: 0,
             refused: Vec::new(),
             balance: sim_balance(o.rebalance),
@@ -528,7 +531,18 @@ impl Sim {
     fn run(mut self) -> SimReport {
         let total = self.o.safety_steps + self.o.liveness_steps;
         let mut healed = false;
-        while self.step < total {
+        // Liveness: every group commits a write within the liveness phase, and every move
+        // finishes within that long of the later of healing and its own start (a move the
+        // rebalancer or the operator starts late in the phase gets its full window).
+        let extend = |sim: &Sim| {
+            sim.settled_at.is_none()
+                && sim.step < total + sim.o.liveness_steps
+                && sim
+                    .move_seen_at
+                    .values()
+                    .any(|at| *at + sim.o.liveness_steps > sim.step)
+        };
+        while self.step < total || extend(&self) {
             self.step += 1;
             let safety = self.step <= self.o.safety_steps;
             if !safety && !healed {
@@ -603,7 +617,7 @@ impl Sim {
                 .filter(|g| !self.healed_writes.contains(g))
                 .collect();
             self.checks.violations.push(format!(
-                "liveness: within {} s of healing, not every group committed a write (missing {unwritten:?}), or a replica move did not finish (moving {moving:?})",
+                "liveness: within {} s of healing, not every group committed a write (missing {unwritten:?}), or a replica move did not finish within that long of healing or of its start (moving {moving:?})",
                 (STEP * self.o.liveness_steps as u32).as_secs(),
             ));
         }
@@ -941,6 +955,10 @@ impl Sim {
         if started + finished > 0 {
             self.record(16, started << 8 | finished);
         }
+        for key in moving.difference(&self.moves_seen) {
+            self.move_seen_at.insert(*key, self.step);
+        }
+        self.move_seen_at.retain(|key, _| moving.contains(key));
         self.moves_seen = moving;
         if let Some(v) = limits
             && !self.checks.violations.contains(&v)
