@@ -1503,6 +1503,23 @@ mod tests {
             ask(&mut core, 3, 0, start_move.clone(), Role::Client),
             "start_move needs",
         );
+        // Load reports steer the rebalancer: only nodes send them, not even an operator.
+        let report = KvOp::LoadReport {
+            report: crate::balance::report::NodeReport {
+                node: NodeId(1),
+                cores: Vec::new(),
+                vshards: Vec::new(),
+            }
+            .encode(),
+        };
+        refused(
+            ask(&mut core, 30, 0, report.clone(), Role::Client),
+            "load reports come from nodes",
+        );
+        refused(
+            ask(&mut core, 31, 0, report, Role::Admin),
+            "load reports come from nodes",
+        );
         refused(
             ask(&mut core, 4, 1, membership.clone(), Role::Admin),
             "come from the migration executor",
@@ -1515,7 +1532,7 @@ mod tests {
             ask(&mut core, 6, 0, end_move, Role::Node(NodeId(1))),
             "proposed by the cluster itself",
         );
-        assert_eq!(core.counter(CoreCounter::ClientRefusals), 6);
+        assert_eq!(core.counter(CoreCounter::ClientRefusals), 8);
         // An admin is let through (the group has no leader yet: a redirect, not a refusal).
         assert!(!matches!(
             ask(
