@@ -934,7 +934,9 @@ impl<R> NodeCore<R> {
                     .and_then(Cell::meta)
                     .filter(|m| m.is_bootstrapped())
                     .ok_or_else(not_bootstrapped)?;
-                let c = self.coordinator.as_mut().expect("core 0 hosts group 0");
+                let Some(c) = self.coordinator.as_mut() else {
+                    return Err(KvReply::Error("load reports go to core 0".into()));
+                };
                 match c.balancer.handle_report(self.now, report, store) {
                     Ok(()) => Err(KvReply::Accepted),
                     Err(e) => Err(KvReply::Error(format!("load report refused: {e}"))),
