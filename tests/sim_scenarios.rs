@@ -216,3 +216,41 @@ fn a_leader_that_moves_away_while_a_voter_is_down_hands_over_to_a_live_one() {
     assert_eq!(read_through_leader(&mut s, 0), value("x"));
     assert!(s.violations().is_empty(), "{:?}", s.violations());
 }
+
+/// The rebalancer in the simulated nodes, under a steady skewed load: a node crashes and
+/// restarts, another is cut off and comes back; once the faults stop the cluster converges
+/// (node max / mean within 1.15, from the nodes' own reports) and then plans nothing; every
+/// checker (linearizability included) stays quiet.
+#[test]
+fn the_rebalancer_converges_after_faults_stop_and_then_plans_nothing() {
+    let mut s = Scenario::balancing(3, 2, 8, 7);
+    s.run_with_load(Duration::from_secs(5), 24, &[], 0.0);
+    let hot = s.groups_led_by_busiest_node();
+    assert!(hot.len() >= 3, "eight groups over three nodes: {hot:?}");
+    s.run_with_load(Duration::from_secs(5), 24, &hot, 0.6);
+    s.crash(2);
+    s.run_with_load(Duration::from_secs(3), 24, &hot, 0.6);
+    s.restart(2);
+    s.isolate(3);
+    s.run_with_load(Duration::from_secs(3), 24, &hot, 0.6);
+    s.heal();
+    s.run_with_load(Duration::from_secs(40), 24, &hot, 0.6);
+    let (node, core) = s.imbalance().expect("a coordinator with reports");
+    eprintln!(
+        "node max/mean {node:.3}, core max/mean {core:.3}: {:?}",
+        s.rebalancer_status()
+    );
+    assert!(
+        node <= 1.15,
+        "node max/mean {node:.3} after 40 s without faults"
+    );
+    let dispatched = s.rebalancer_dispatches();
+    assert!(dispatched > 0, "the rebalancer moved nothing");
+    s.run_with_load(Duration::from_secs(20), 24, &hot, 0.6);
+    assert_eq!(
+        s.rebalancer_dispatches(),
+        dispatched,
+        "moves under a steady load after converging (flapping)"
+    );
+    assert_eq!(s.violations(), Vec::<String>::new());
+}

@@ -69,7 +69,13 @@ pub struct PlannerConfig {
     /// Start balancing cores when a core exceeds the mean core by more than this.
     pub core_trigger_excess: f64,
     pub max_moves_per_sweep: usize,
+    /// A vShard whose replica moved stays put this long (and until a new run starts).
     pub cooldown: Duration,
+    /// A vShard whose leadership was transferred stays put this long (and until a new run
+    /// starts). Elections move leaders on their own — after a crash they gather on the
+    /// surviving nodes — so a cluster must be able to move them back well before a
+    /// replica's cooldown ends; nodes set it to a few sweep intervals.
+    pub leader_cooldown: Duration,
     pub leader_transfer_preference: f64,
 }
 
@@ -84,7 +90,45 @@ impl Default for PlannerConfig {
             core_trigger_excess: REBALANCE_CORE_TRIGGER_EXCESS,
             max_moves_per_sweep: REBALANCE_MAX_MOVES_PER_SWEEP,
             cooldown: REBALANCE_COOLDOWN,
+            leader_cooldown: REBALANCE_COOLDOWN,
             leader_transfer_preference: REBALANCE_LEADER_TRANSFER_PREFERENCE,
+        }
+    }
+}
+
+/// When a vShard last had a replica moved and its leadership transferred.
+#[derive(Clone, Copy, Debug, Default)]
+struct LastMoved {
+    replica: Option<Time>,
+    transfer: Option<Time>,
+}
+
+impl LastMoved {
+    fn latest(&self) -> Option<Time> {
+        self.replica.max(self.transfer)
+    }
+
+    /// Whether a move of `candidate` must wait (`PlannerConfig::hold`).
+    fn holds(&self, candidate: MoveKind, now: Time, config: &PlannerConfig) -> bool {
+        [
+            (self.replica, MoveKind::ReplicaMove),
+            (self.transfer, MoveKind::LeaderTransfer),
+        ]
+        .into_iter()
+        .any(|(at, kind)| {
+            at.is_some_and(|t| now.saturating_since(t) < config.hold(kind, candidate))
+        })
+    }
+}
+
+impl PlannerConfig {
+    /// How long a vShard last moved by `moved` is held back from a move of `candidate`:
+    /// a replica move holds further replica moves for `cooldown`; anything else (a leader
+    /// transfer after any move, any move after a transfer) waits `leader_cooldown`.
+    pub fn hold(&self, moved: MoveKind, candidate: MoveKind) -> Duration {
+        match (moved, candidate) {
+            (MoveKind::ReplicaMove, MoveKind::ReplicaMove) => self.cooldown,
+            _ => self.leader_cooldown,
         }
     }
 }
@@ -239,7 +283,7 @@ impl MoveBudget {
 pub struct Planner {
     config: PlannerConfig,
     /// When each vShard was last moved, indexed by vShard id.
-    last_moved: Vec<Option<Time>>,
+    last_moved: Vec<LastMoved>,
     /// A balancing run is in progress: continue until the target spread even if the
     /// spread is already below the trigger.
     run_active: bool,
@@ -327,8 +371,10 @@ impl Planner {
             plan.status = PlanStatus::Idle;
             return Ok(plan);
         }
-        self.last_moved
-            .resize(input.placement.vshard_count() as usize, None);
+        self.last_moved.resize(
+            input.placement.vshard_count() as usize,
+            LastMoved::default(),
+        );
         plan.node_max_over_mean_before = model.node_max_over_mean();
         plan.core_max_over_mean_before = model.core_max_over_mean();
 
@@ -354,7 +400,11 @@ impl Planner {
             (false, false) => PlanStatus::WithinTrigger,
         };
         for m in &plan.moves {
-            self.last_moved[m.vshard.0 as usize] = Some(now);
+            let last = &mut self.last_moved[m.vshard.0 as usize];
+            match m.kind {
+                MoveKind::ReplicaMove => last.replica = Some(now),
+                MoveKind::LeaderTransfer => last.transfer = Some(now),
+            }
         }
         self.run_active = capped;
         self.run_started = run_started;
@@ -422,7 +472,7 @@ struct Candidate {
 /// Working state of one sweep.
 struct Sweep<'a> {
     config: &'a PlannerConfig,
-    last_moved: &'a [Option<Time>],
+    last_moved: &'a [LastMoved],
     run_active: bool,
     /// Start of the current or last run: vShards moved since then are not moved again.
     run_started: Option<Time>,
@@ -438,6 +488,8 @@ struct Sweep<'a> {
     /// vShards that balancing may not move: cooling down, or moved in the current (or last)
     /// run. Drain ignores it.
     settled: Vec<bool>,
+    /// Likewise for a leader transfer, which a replica's cooldown does not hold back.
+    settled_leader: Vec<bool>,
     moves: Vec<PlannedMove>,
     drain_blocked: usize,
     /// Nodes (by model index) with no improving move since the last applied move.
@@ -462,24 +514,28 @@ impl<'a> Sweep<'a> {
             .iter()
             .map(|list| list.iter().map(|r| r.units).fold(0.0, f64::max))
             .collect();
-        let settled = planner
-            .last_moved
-            .iter()
-            .map(|moved| {
-                moved.is_some_and(|t| {
-                    planner.run_started.is_some_and(|start| t >= start)
-                        || now.saturating_since(t) < planner.config.cooldown
+        let held = |candidate: MoveKind| {
+            let mut held: Vec<bool> = planner
+                .last_moved
+                .iter()
+                .map(|moved| {
+                    moved
+                        .latest()
+                        .is_some_and(|t| planner.run_started.is_some_and(|start| t >= start))
+                        || moved.holds(candidate, now, &planner.config)
                 })
-            })
-            .collect::<Vec<bool>>();
-        // A vShard whose replica move is under way stays where it is.
-        let mut settled = settled;
-        settled.resize(placement.vshard_count() as usize, false);
-        for (v, entry) in placement.iter() {
-            if entry.moving.is_some() {
-                settled[v.0 as usize] = true;
+                .collect();
+            // A vShard whose replica move is under way stays where it is.
+            held.resize(placement.vshard_count() as usize, false);
+            for (v, entry) in placement.iter() {
+                if entry.moving.is_some() {
+                    held[v.0 as usize] = true;
+                }
             }
-        }
+            held
+        };
+        let settled = held(MoveKind::ReplicaMove);
+        let settled_leader = held(MoveKind::LeaderTransfer);
         let nodes = model.nodes.len();
         Sweep {
             config: &planner.config,
@@ -492,6 +548,7 @@ impl<'a> Sweep<'a> {
             core_heaviest,
             moved: vec![false; placement.vshard_count() as usize],
             settled,
+            settled_leader,
             moves: Vec::new(),
             drain_blocked: 0,
             node_stuck: vec![false; nodes],
@@ -502,9 +559,14 @@ impl<'a> Sweep<'a> {
         }
     }
 
-    fn cooling(&self, vshard: VShardId) -> bool {
+    /// Whether `vshard` may not be moved by a move of `kind` now.
+    fn cooling(&self, vshard: VShardId, kind: MoveKind) -> bool {
         let v = vshard.0 as usize;
-        self.moved[v] || self.settled[v]
+        let held = match kind {
+            MoveKind::ReplicaMove => &self.settled,
+            MoveKind::LeaderTransfer => &self.settled_leader,
+        };
+        self.moved[v] || held[v]
     }
 
     /// Whether node `h` is hot enough for a node move, given the coldest eligible score.
@@ -631,9 +693,14 @@ impl<'a> Sweep<'a> {
             // A new run: what the last run moved is free to move again, once cooled down.
             self.run_active = true;
             self.run_started = Some(self.now);
-            let (now, cooldown) = (self.now, self.config.cooldown);
-            for (settled, moved_at) in self.settled.iter_mut().zip(self.last_moved) {
-                *settled = moved_at.is_some_and(|t| now.saturating_since(t) < cooldown);
+            let (now, config) = (self.now, self.config);
+            for (candidate, held) in [
+                (MoveKind::ReplicaMove, &mut self.settled),
+                (MoveKind::LeaderTransfer, &mut self.settled_leader),
+            ] {
+                for (held, moved) in held.iter_mut().zip(self.last_moved) {
+                    *held = moved.holds(candidate, now, config);
+                }
             }
         }
     }
@@ -788,14 +855,13 @@ impl<'a> Sweep<'a> {
             let source_score = scores[core];
             for replica in &self.core_replicas[node.core_base + core] {
                 let vshard = replica.vshard;
-                if self.cooling(vshard) {
-                    continue;
-                }
                 let v = vshard.0 as usize;
                 let lead_units = self.model.leader_units[v];
                 let transfer_bound = replica.leader
+                    && !self.cooling(vshard, MoveKind::LeaderTransfer)
                     && beats(&best_transfer_per_core[rank], gain(coldest, lead_units));
                 let replica_bound = source_free
+                    && !self.cooling(vshard, MoveKind::ReplicaMove)
                     && beats(&best_replica_per_core[rank], gain(coldest, replica.units));
                 if !transfer_bound && !replica_bound {
                     continue;
@@ -933,7 +999,7 @@ impl<'a> Sweep<'a> {
         let target = CoreAddress::new(node.id, CoreId(cold as u16));
         let mut best: Option<Candidate> = None;
         for replica in &self.core_replicas[node.core_base + hot] {
-            if self.cooling(replica.vshard) {
+            if self.cooling(replica.vshard, MoveKind::ReplicaMove) {
                 continue;
             }
             let units = replica.units;

@@ -216,7 +216,12 @@ impl Balancer {
         node: NodeId,
         config: BalanceConfig,
     ) -> Result<Balancer, PlacementError> {
-        let mut planner = PlannerConfig::default();
+        let mut planner = PlannerConfig {
+            // A transferred leader stays put for two sweeps: elections move leaders on
+            // their own, and the rebalancer must be able to move them back.
+            leader_cooldown: config.interval * 2,
+            ..PlannerConfig::default()
+        };
         planner.weights.significant_rate_per_core = config.significant_rate_per_core;
         planner.weights.significant_bytes_per_core = config.significant_bytes_per_core;
         // Floors out of range (NaN, negative) fall back to counting everything.

@@ -15,9 +15,12 @@ use crate::sim::operator::{Chore, Operator};
 use crate::sim::{STEP, Sim, SimOptions};
 use crate::wire::kv_rpc::KvOp;
 
-/// A scripted run: one group, one core per node.
+/// A scripted run: one group, one core per node (or, from [`Scenario::balancing`], many
+/// groups under a steady load for the rebalancer).
 pub struct Scenario {
     sim: Sim,
+    /// The closed-loop load clients (indices into the simulator's clients).
+    load: Vec<usize>,
 }
 
 /// An operation issued by a scenario.
@@ -51,7 +54,120 @@ impl Scenario {
         let mut sim = Sim::new(&options);
         sim.scripted = true;
         sim.faults = Faults::none();
-        Scenario { sim }
+        Scenario {
+            sim,
+            load: Vec::new(),
+        }
+    }
+
+    /// A run for the rebalancer: `nodes` × `cores`, `groups` groups of three replicas, four
+    /// keys per group, a perfect network, and the rebalancer in the nodes (sweeps every 2 s).
+    pub fn balancing(nodes: u64, cores: u16, groups: u32, seed: u64) -> Scenario {
+        let options = SimOptions {
+            nodes,
+            cores,
+            replicas: 3,
+            groups,
+            clients: 0,
+            keys: u64::from(groups) * 4,
+            rebalance: true,
+            ..SimOptions::new(seed)
+        };
+        let mut sim = Sim::new(&options);
+        sim.scripted = true;
+        sim.faults = Faults::none();
+        Scenario {
+            sim,
+            load: Vec::new(),
+        }
+    }
+
+    /// Runs for `duration` with `clients` closed-loop clients busy: `hot_share` of their
+    /// operations on the keys of the `hot` groups, the rest on every key; half writes.
+    pub fn run_with_load(
+        &mut self,
+        duration: Duration,
+        clients: usize,
+        hot: &[u64],
+        hot_share: f64,
+    ) {
+        while self.load.len() < clients {
+            let routing =
+                Routing::starting_at(&self.sim.spec, self.load.len()).expect("a valid spec");
+            self.sim.clients.push(SimClient::new(routing, None));
+            self.load.push(self.sim.clients.len() - 1);
+        }
+        let groups = u64::from(self.sim.o.groups);
+        let keys = self.sim.o.keys;
+        let hot_keys: Vec<u64> = (0..keys)
+            .filter(|k| hot.contains(&(1 + k % groups)))
+            .collect();
+        let steps = (duration.as_nanos() / STEP.as_nanos()) as u64;
+        for _ in 0..steps {
+            for i in 0..clients {
+                let c = self.load[i];
+                if !self.sim.clients[c].idle() {
+                    continue;
+                }
+                let k = if !hot_keys.is_empty() && self.sim.rng.next_f64() < hot_share {
+                    hot_keys[self.sim.rng.below(hot_keys.len() as u64) as usize]
+                } else {
+                    self.sim.rng.below(keys)
+                };
+                let key = self.sim.key_table[k as usize];
+                self.sim.clients[c].counter += 1;
+                let value = format!("l{i}-{}", self.sim.clients[c].counter).into_bytes();
+                let kind = if self.sim.rng.below(2) == 0 {
+                    OpKind::Put
+                } else {
+                    OpKind::Get
+                };
+                self.sim.issue_op(c, key, kind, value);
+            }
+            self.sim.step_quietly();
+        }
+    }
+
+    /// The groups the node leading the most groups leads now.
+    pub fn groups_led_by_busiest_node(&self) -> Vec<u64> {
+        let mut led: std::collections::BTreeMap<NodeId, Vec<u64>> = Default::default();
+        for g in 1..=u64::from(self.sim.o.groups) {
+            if let Some((at, _)) = self.sim.leader_of(GroupId(g)) {
+                led.entry(at.node).or_default().push(g);
+            }
+        }
+        led.into_values().max_by_key(Vec::len).unwrap_or_default()
+    }
+
+    /// The coordinator's node and core max / mean, from the nodes' own load reports.
+    pub fn imbalance(&self) -> Option<(f64, f64)> {
+        self.sim
+            .nodes
+            .keys()
+            .find_map(|n| self.sim.core(CoreAddress::new(*n, CoreId(0)))?.imbalance())
+    }
+
+    /// The coordinator's status (`kv status`), if a coordinator runs.
+    pub fn rebalancer_status(&self) -> Option<crate::node::BalancerStatus> {
+        self.sim.nodes.keys().find_map(|n| {
+            self.sim
+                .core(CoreAddress::new(*n, CoreId(0)))?
+                .balancer_status()
+        })
+    }
+
+    /// Leader transfers and replica moves the running coordinators dispatched so far.
+    pub fn rebalancer_dispatches(&self) -> u64 {
+        self.sim
+            .nodes
+            .keys()
+            .filter_map(|n| {
+                self.sim
+                    .core(CoreAddress::new(*n, CoreId(0)))?
+                    .balancer_stats()
+            })
+            .map(|s| s.leader_transfers_started + s.replica_moves_started)
+            .sum()
     }
 
     /// Runs for `duration` of virtual time.
