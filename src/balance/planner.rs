@@ -330,6 +330,20 @@ impl Planner {
         &self.config
     }
 
+    /// Records a move made elsewhere (another coordinator's, an operator's) at `now`: the
+    /// vShard is held back like one this planner moved.
+    pub fn note_moved(&mut self, vshard: VShardId, kind: MoveKind, now: Time) {
+        let v = vshard.0 as usize;
+        if self.last_moved.len() <= v {
+            self.last_moved.resize(v + 1, LastMoved::default());
+        }
+        let last = &mut self.last_moved[v];
+        match kind {
+            MoveKind::ReplicaMove => last.replica = Some(now),
+            MoveKind::LeaderTransfer => last.transfer = Some(now),
+        }
+    }
+
     /// Whether a balancing run is in progress.
     pub fn is_balancing(&self) -> bool {
         self.run_active

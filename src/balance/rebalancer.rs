@@ -151,6 +151,10 @@ impl Rebalancer {
         &self.planner
     }
 
+    pub fn planner_mut(&mut self) -> &mut Planner {
+        &mut self.planner
+    }
+
     /// The plan of the last sweep that reached the planner.
     pub fn last_plan(&self) -> Option<&Plan> {
         self.last_plan.as_ref()

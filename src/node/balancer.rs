@@ -187,6 +187,8 @@ pub(crate) struct Balancer {
     report: Option<Call>,
     // ---- coordinating
     leading: bool,
+    /// The replica moves the last table recorded (group → new replica).
+    moves_seen: BTreeMap<GroupId, crate::ids::ReplicaId>,
     /// When this core became the coordinator: kicks wait one report interval after it.
     leading_since: Option<Time>,
     reports: BTreeMap<NodeId, Received>,
@@ -238,6 +240,7 @@ impl Balancer {
             next_report: None,
             report: None,
             leading: false,
+            moves_seen: BTreeMap::new(),
             leading_since: None,
             reports: BTreeMap::new(),
             rebalancer: Rebalancer::new(planner, RebalancerConfig::default()),
@@ -263,9 +266,24 @@ impl Balancer {
         self.rebalancer.metrics()
     }
 
-    /// The node applied a new table: route by it.
-    pub(crate) fn on_table(&mut self, table: &PlacementTable) {
+    /// The node applied a new table: route by it, and note the replica moves it records
+    /// (whoever started them) in the planner, so that a coordinator elected later does not
+    /// move those vShards straight back.
+    pub(crate) fn on_table(&mut self, table: &PlacementTable, now: Time) {
         self.routing.store_placement(table);
+        let moving: BTreeMap<GroupId, crate::ids::ReplicaId> = table
+            .groups()
+            .filter_map(|(g, p)| p.moving.map(|m| (g, m.new)))
+            .collect();
+        for (group, new) in &moving {
+            if self.moves_seen.get(group) != Some(new) {
+                let vshard = crate::ids::VShardId((group.0 - 1) as u32);
+                self.rebalancer
+                    .planner_mut()
+                    .note_moved(vshard, MoveKind::ReplicaMove, now);
+            }
+        }
+        self.moves_seen = moving;
     }
 
     /// A core of this node finished a load tick.

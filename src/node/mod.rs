@@ -308,7 +308,7 @@ impl<R> NodeCore<R> {
                 let table = Arc::new(config.spec.initial_table()?);
                 hosting.apply(table.clone(), &mut host, &mut log)?;
                 c.mover.on_table(&table);
-                c.balancer.on_table(&table);
+                c.balancer.on_table(&table, Time::ZERO);
                 c.undelivered = (1..config.spec.cores).map(CoreId).collect();
                 c.distributed = Some(table);
             }
@@ -1229,6 +1229,7 @@ impl<R> NodeCore<R> {
             return;
         };
         let table = store.table();
+        let now = self.now;
         let c = self.coordinator.as_mut().expect("core 0 coordinates");
         c.distribute_after = None;
         if c.distributed
@@ -1239,7 +1240,7 @@ impl<R> NodeCore<R> {
         }
         let table = Arc::new(table.clone());
         c.mover.on_table(&table);
-        c.balancer.on_table(&table);
+        c.balancer.on_table(&table, now);
         c.distributed = Some(table.clone());
         c.undelivered = (1..self.spec.cores).map(CoreId).collect();
         self.apply_table(table);
