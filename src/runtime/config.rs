@@ -393,6 +393,31 @@ addr = "127.0.0.1:7200"
     }
 
     #[test]
+    fn the_rebalancer_settings_reach_the_node_and_out_of_range_ones_are_refused() {
+        let c = parse(GOOD).unwrap().node_config(Path::new("x")).unwrap();
+        assert_eq!(c.balance, BalanceConfig::default(), "on, with the defaults");
+        let text = GOOD.replace(
+            "cores = 2",
+            "cores = 2\nrebalance = false\nrebalance_interval_secs = 7\nmax_moves_per_node = 1\nmax_moves_in_flight = 3",
+        );
+        let b = parse(&text).unwrap().balance;
+        assert!(!b.enabled);
+        assert_eq!(b.interval, std::time::Duration::from_secs(7));
+        assert_eq!((b.max_moves_per_node, b.max_moves_in_flight), (1, 3));
+        for (line, field) in [
+            ("rebalance_interval_secs = 0", "rebalance_interval_secs"),
+            ("max_moves_per_node = 0", "max_moves_per_node"),
+            ("max_moves_in_flight = 5000", "max_moves_in_flight"),
+        ] {
+            let err = parse(&GOOD.replace("cores = 2", &format!("cores = 2\n{line}")))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
     fn the_snapshot_rate_reaches_the_node_and_zero_is_refused() {
         let text = GOOD.replace(
             "cores = 2",
