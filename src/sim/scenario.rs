@@ -51,7 +51,12 @@ impl Scenario {
             rebalance: false,
             ..SimOptions::new(0)
         };
-        let mut sim = Sim::new(&options);
+        Scenario::scripted(&options)
+    }
+
+    /// A scripted run of `options`: no random faults or operations, a perfect network.
+    fn scripted(options: &SimOptions) -> Scenario {
+        let mut sim = Sim::new(options);
         sim.scripted = true;
         sim.faults = Faults::none();
         Scenario {
@@ -73,13 +78,7 @@ impl Scenario {
             rebalance: true,
             ..SimOptions::new(seed)
         };
-        let mut sim = Sim::new(&options);
-        sim.scripted = true;
-        sim.faults = Faults::none();
-        Scenario {
-            sim,
-            load: Vec::new(),
-        }
+        Scenario::scripted(&options)
     }
 
     /// Runs for `duration` with `clients` closed-loop clients busy: `hot_share` of their
