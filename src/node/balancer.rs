@@ -106,6 +106,11 @@ pub struct BalancerStats {
     pub leader_transfers_failed: u64,
     pub reports_received: u64,
     pub reports_refused: u64,
+    /// The highest node max / mean a sweep that moved something started from: the
+    /// imbalance the rebalancer answered (reports lag the load, so samples taken from
+    /// outside may miss it).
+    #[serde(default)]
+    pub worst_planned_node_max_over_mean: f64,
 }
 
 /// One node as the coordinator sees it, in `kv status`.
@@ -657,6 +662,9 @@ impl Balancer {
         let planned = dispatcher.0.into_inner();
         if !planned.is_empty() {
             self.last_dispatch = Some(now);
+            let before = self.last_node_max_over_mean;
+            let worst = &mut self.stats.worst_planned_node_max_over_mean;
+            *worst = worst.max(before);
         }
         for planned in planned {
             self.dispatch(now, &load.placement, planned);
