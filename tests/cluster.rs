@@ -1144,8 +1144,8 @@ fn every_core_publishes_its_load_once_per_tick() {
     h.stop(nodes);
 }
 
-/// The rebalancer in the nodes, end to end: three nodes, 60 % of the load on the groups one
-/// node leads; the coordinator's sweeps spread it (here by leader transfers: with three
+/// The rebalancer in the nodes, end to end: three nodes, 60 % of the requests (four reads to
+/// one write) on the groups one node leads; the coordinator's sweeps spread it (here by leader transfers: with three
 /// replicas on three nodes, every node holds every group) until node max / mean is within
 /// 1.15, within ten sweeps of the load starting, with no client error; every acknowledged
 /// write is readable afterwards.
@@ -1203,7 +1203,9 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
                 while !stop.get() {
                     let pool = if rng.below(10) < 6 { &hot_keys } else { &keys };
                     let key = &pool[rng.below(pool.len() as u64) as usize];
-                    if rng.below(2) == 0 {
+                    // Four reads to one write: a write costs every replica, a read only the
+                    // leader, so reads are what a leader transfer can spread.
+                    if rng.below(5) == 0 {
                         n += 1;
                         let value = format!("w{w}-{n}").into_bytes();
                         match c.put(key.as_bytes(), &value).await {
@@ -1284,7 +1286,10 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
         "initial node max/mean {initial:.3}, converged to {:.3} after {sweeps} sweeps, {moves} moves, {acked} keys written",
         status.node_max_over_mean
     );
-    assert!(initial > 1.3, "the load was not skewed: {initial}");
+    // Steady state of this load is about 1.7 (reads 0.8 of the requests, 0.75 of them to the
+    // hot node's groups; writes count on every replica). The coordinator may act on the
+    // first reports of the load step, so the bound leaves a margin.
+    assert!(initial > 1.25, "the load was not skewed: {initial}");
     assert!(moves > 0, "the rebalancer moved nothing: {status:?}");
     assert!(sweeps <= 10, "took {sweeps} sweeps: {status:?}");
     assert_eq!(errors, 0, "client errors during the moves");
