@@ -35,7 +35,7 @@ fn sweep(c: &mut Criterion) {
                         let plan = planner
                             .plan(Time::ZERO, black_box(&input))
                             .expect("valid input");
-                        assert_eq!(plan.status, PlanStatus::MoveCapReached);
+                        assert_eq!(plan.status, PlanStatus::BudgetSpent);
                         plan
                     },
                     BatchSize::SmallInput,

@@ -66,9 +66,12 @@ const _: () = assert!(REBALANCE_TARGET_SPREAD < REBALANCE_TRIGGER_EXCESS);
 const _: () = assert!(REBALANCE_TRIGGER_EXCESS < REBALANCE_CORE_TRIGGER_EXCESS);
 const _: () = assert!(REBALANCE_CORE_TARGET_SPREAD < 2.0 * REBALANCE_TRIGGER_SPREAD);
 
-/// Most moves (leader transfers and replica moves) planned in one sweep (original: 10).
-/// Bounds the migration work one sweep can start and the planner's run time.
-pub const REBALANCE_MAX_MOVES_PER_SWEEP: usize = 10;
+/// Leader transfers one sweep may start, per node of the cluster (the original capped moves
+/// of any kind at 10 per sweep). A transfer copies nothing and ends within an election
+/// timeout, so transfers are the first tool for load and their budget grows with the
+/// cluster; per node, because each costs an election round in one group and the hot node
+/// sheds most of them.
+pub const REBALANCE_LEADER_TRANSFERS_PER_NODE: usize = 16;
 
 /// Period of the rebalancer sweep (original: 30 s). Long enough for a wave of moves to
 /// finish and for the load metrics to reflect them.
@@ -88,6 +91,12 @@ pub const REBALANCE_CPU_BACKPRESSURE: f64 = 0.80;
 /// trip.
 pub const REBALANCE_LEADER_TRANSFER_PREFERENCE: f64 = 0.5;
 
+/// A replica move between the cores of one node must carry at least this part of the mean
+/// traffic per byte stored of replicas in its role (followers, or leaders). A core move is for traffic (the cores of a node
+/// share its disk), and copying a vShard of the long tail of a Zipf load, which carries
+/// almost nothing but its bytes, trims a hot core by a hundredth of a per cent.
+pub const REBALANCE_CORE_MOVE_MIN_DENSITY: f64 = 0.5;
+
 /// Improvements smaller than this (in units of the mean score) are not worth a move; guards
 /// the greedy loop against floating-point dust.
 pub const REBALANCE_MIN_IMPROVEMENT: f64 = 1e-6;
@@ -104,7 +113,8 @@ pub const LOAD_REPORT_STALE_INTERVALS: u32 = 3;
 /// the same order). Each copies a whole vShard through that node's disk and network.
 pub const REBALANCE_MAX_MOVES_PER_NODE: usize = 2;
 
-/// Moves (replica moves and leader transfers) in flight in the whole cluster at once.
+/// Replica moves in flight in the whole cluster at once. Leader transfers are bounded per
+/// sweep instead (`REBALANCE_LEADER_TRANSFERS_PER_NODE`).
 pub const REBALANCE_MAX_MOVES_IN_FLIGHT: usize = 8;
 
 /// A `start_move` the coordinator proposed counts against the move limits until the table

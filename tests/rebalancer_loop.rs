@@ -106,7 +106,7 @@ fn dispatches_moves_when_imbalanced() {
     assert_eq!(
         outcome,
         SweepOutcome::Planned {
-            status: PlanStatus::MoveCapReached,
+            status: PlanStatus::BudgetSpent,
             dispatched: 10,
             failed: 0
         }
@@ -189,7 +189,7 @@ fn dispatch_errors_are_counted_and_do_not_stop_the_sweep() {
     assert_eq!(
         outcome,
         SweepOutcome::Planned {
-            status: PlanStatus::MoveCapReached,
+            status: PlanStatus::BudgetSpent,
             dispatched: 5,
             failed: 5
         }
@@ -212,17 +212,24 @@ fn bad_metrics_are_counted_as_plan_errors() {
     assert_eq!(r.metrics().errors("plan"), 1);
 }
 
-/// The move limits are the planner's input: a sweep never starts more moves than the
-/// budget's free slots, nor more replica moves touching one node than its free share, and a
-/// sweep the budget cut short keeps its balancing run going.
+/// The move limits are the planner's input: a sweep never starts more replica moves than
+/// the budget's free slots, more leader transfers than its transfer budget, nor more
+/// replica moves touching one node than its free share, and a sweep the budget cut short
+/// keeps its balancing run going.
 #[test]
 fn a_sweep_stays_within_the_move_budget() {
-    for (moves, per_node, busy) in [(8, 2, vec![]), (3, 1, vec![(NodeId(0), 1)]), (1, 2, vec![])] {
+    for (replica_moves, transfers, per_node, busy) in [
+        (8, 8, 2, vec![]),
+        (3, 2, 1, vec![(NodeId(0), 1)]),
+        (1, 1, 2, vec![]),
+        (2, 0, 2, vec![]),
+    ] {
         let mut r = rebalancer();
         let recorder = Recorder::default();
         let mut load = cluster_load(Scenario::HotNode);
         load.budget = MoveBudget {
-            moves,
+            replica_moves,
+            leader_transfers: transfers,
             replica_moves_per_node: per_node,
             busy: busy.iter().copied().collect(),
         };
@@ -237,10 +244,14 @@ fn a_sweep_stays_within_the_move_budget() {
             !planned.is_empty(),
             "a hot node and free slots: something moves"
         );
+        let count = |kind| planned.iter().filter(|m| m.kind == kind).count();
         assert!(
-            planned.len() <= moves,
-            "{} moves for a budget of {moves}",
-            planned.len()
+            count(MoveKind::ReplicaMove) <= replica_moves,
+            "{planned:?} for {replica_moves} free slots"
+        );
+        assert!(
+            count(MoveKind::LeaderTransfer) <= transfers,
+            "{planned:?} for a budget of {transfers} transfers"
         );
         let mut touching: std::collections::BTreeMap<NodeId, usize> = busy.into_iter().collect();
         for m in planned.iter().filter(|m| m.kind == MoveKind::ReplicaMove) {
@@ -259,7 +270,7 @@ fn a_sweep_stays_within_the_move_budget() {
             matches!(
                 outcome,
                 SweepOutcome::Planned {
-                    status: PlanStatus::MoveCapReached,
+                    status: PlanStatus::BudgetSpent,
                     ..
                 }
             ),

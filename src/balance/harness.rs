@@ -1,11 +1,27 @@
-//! The balancer evaluation harness: a synthetic cluster, sweeps applied as if executed.
+//! The balancer evaluation harness: a synthetic cluster, sweeps and moves in virtual time.
 //!
 //! Modelled on ScyllaDB's tablet-balancer harness: build a cluster with a given skew, run the
-//! planner, apply its plan as if every move finished (a replica move carries its bytes and
-//! load, a leader transfer carries the read and leadership load), and repeat until the plan
-//! is empty; then run more sweeps to check that it stays empty. This measures convergence,
-//! plan quality and planning time without moving a byte. Deterministic for a seed; the only
-//! clock is the one the caller passes in to time the planner.
+//! planner, carry out its plan, and repeat until the plan is empty with nothing in flight;
+//! then run more sweeps to check that it stays empty. This measures convergence, plan
+//! quality, data moved and planning time without moving a byte. Deterministic for a seed;
+//! the only clock is the one the caller passes in to time the planner.
+//!
+//! # The time model
+//! - Sweeps run every `interval` (30 s), the first at time zero (the kick a skewed report
+//!   or a topology change gives a live coordinator), and at once whenever a replica move
+//!   finishes (the seed's kick), so free move slots fill without waiting for the interval.
+//! - A replica move takes its bytes divided by `move_rate_bytes_per_sec` (100 MiB/s, the
+//!   default move throttle of TiKV and Redpanda). It holds a move slot of its source and its
+//!   target node (`max_moves_per_node`, 2) and one of the cluster (`max_moves_in_flight`,
+//!   8) until it ends. The planner is given the free slots as its budget.
+//! - A leader transfer takes `leader_transfer_time` (1 s: raft-rs abandons a transfer that
+//!   has not ended within an election timeout, so 1 s bounds it; on a LAN it takes a few
+//!   round trips). Transfers hold no slot; the planner's per-sweep transfer budget bounds
+//!   them.
+//! - The planner plans on the placement as it will be when the moves in flight end (a live
+//!   coordinator does the same), so each move is applied to the placement when it starts;
+//!   its effect on load counts from then, and the cluster is balanced when the last move
+//!   of the balancing ends.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,12 +34,14 @@ use thiserror::Error;
 use crate::balance::load::{LoadMetrics, VShardLoad};
 use crate::balance::model::LoadModel;
 use crate::balance::planner::{
-    MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig,
+    MoveBudget, MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner,
+    PlannerConfig, leader_transfer_budget,
 };
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState, TopologyError};
 use crate::constants::{
-    CORES_PER_NODE_MAX, NODES_MAX, REBALANCE_INTERVAL, REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX,
+    CORES_PER_NODE_MAX, NODES_MAX, REBALANCE_INTERVAL, REBALANCE_MAX_MOVES_IN_FLIGHT,
+    REBALANCE_MAX_MOVES_PER_NODE, REPLICATION_FACTOR_MAX, VSHARD_COUNT_MAX,
 };
 use crate::ids::{CoreAddress, CoreId, NodeId, VShardId};
 use crate::rng::Rng;
@@ -123,9 +141,29 @@ pub struct HarnessConfig {
     pub settle_sweeps: usize,
     /// Give up after this many sweeps (the run then reports `converged: false`).
     pub max_sweeps: usize,
+    /// Time between periodic sweeps.
+    pub interval: Duration,
+    /// How fast one replica move copies its vShard.
+    pub move_rate_bytes_per_sec: u64,
+    /// How long a leader transfer takes.
+    pub leader_transfer_time: Duration,
+    /// Replica moves one node takes part in at once (source or target).
+    pub max_moves_per_node: usize,
+    /// Replica moves in flight in the cluster at once.
+    pub max_moves_in_flight: usize,
+    /// Leader transfers one sweep may start.
+    pub leader_transfers_per_sweep: usize,
     #[serde(skip)]
     pub planner: PlannerConfig,
 }
+
+/// The per-move rate the harness assumes: the anchors' default move throttle (TiKV and
+/// Redpanda: 100 MiB/s).
+pub const HARNESS_MOVE_RATE_BYTES_PER_SEC: u64 = 100 << 20;
+
+/// How long the harness takes a leader transfer to be: an election timeout, the longest a
+/// raft-rs transfer lasts before it is abandoned.
+pub const HARNESS_LEADER_TRANSFER_TIME: Duration = Duration::from_secs(1);
 
 impl HarnessConfig {
     pub fn new(nodes: usize, cores: u16, vshards: u32, scenario: Scenario) -> HarnessConfig {
@@ -139,6 +177,12 @@ impl HarnessConfig {
             zipf_exponent: 0.99,
             settle_sweeps: 10,
             max_sweeps: 100_000,
+            interval: REBALANCE_INTERVAL,
+            move_rate_bytes_per_sec: HARNESS_MOVE_RATE_BYTES_PER_SEC,
+            leader_transfer_time: HARNESS_LEADER_TRANSFER_TIME,
+            max_moves_per_node: REBALANCE_MAX_MOVES_PER_NODE,
+            max_moves_in_flight: REBALANCE_MAX_MOVES_IN_FLIGHT,
+            leader_transfers_per_sweep: leader_transfer_budget(nodes),
             planner: PlannerConfig::default(),
         }
     }
@@ -172,6 +216,15 @@ impl HarnessConfig {
         if !self.zipf_exponent.is_finite() || self.zipf_exponent < 0.0 {
             return bad("the Zipf exponent must be finite and non-negative".into());
         }
+        if self.interval.is_zero() || self.interval > Duration::from_secs(24 * 3600) {
+            return bad("the sweep interval must be within 1 ms..=24 h".into());
+        }
+        if self.move_rate_bytes_per_sec == 0 {
+            return bad("the move rate must be positive".into());
+        }
+        if self.max_moves_per_node == 0 || self.max_moves_in_flight == 0 {
+            return bad("the move limits must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -180,14 +233,30 @@ impl HarnessConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepRow {
     pub sweep: usize,
+    /// Virtual time of the sweep.
+    pub at_seconds: f64,
+    /// Kicked by a replica move that ended, rather than by the interval.
+    pub kicked: bool,
     pub status: PlanStatus,
     pub moves: usize,
     pub leader_transfers: usize,
     pub bytes_moved: u64,
+    /// Replica moves in flight after the sweep started its own.
+    pub in_flight: usize,
     pub node_max_over_mean: f64,
     pub core_max_over_mean: f64,
     pub plan_us: f64,
 }
+
+/// The longest a load scenario (hot-node, hot-core, zipf) may take to converge.
+pub const HARNESS_LOAD_CONVERGE_SECONDS: f64 = 600.0;
+
+/// The most a load scenario may copy, as a fraction of all stored bytes (zipf).
+pub const HARNESS_ZIPF_BYTES_MOVED_FRACTION: f64 = 0.03;
+
+/// How far new-node and drain may stay above the time their bytes need at the bandwidth the
+/// move limits allow.
+pub const HARNESS_BANDWIDTH_SLACK: f64 = 1.3;
 
 /// The result of a run; field names are the CLI's JSON keys.
 #[derive(Clone, Debug, Serialize)]
@@ -199,10 +268,27 @@ pub struct HarnessReport {
     /// Replicas per vShard actually used (capped by the nodes that can hold them).
     pub replicas: usize,
     pub seed: u64,
+    pub interval_seconds: f64,
+    pub move_rate_bytes_per_sec: u64,
+    pub leader_transfer_seconds: f64,
+    pub move_limit_per_node: usize,
+    pub move_limit_in_flight: usize,
+    pub leader_transfers_per_sweep: usize,
     pub converged: bool,
-    /// Sweeps run up to and including the first one that planned nothing.
+    /// Sweeps run up to and including the first one that planned nothing with nothing in
+    /// flight (periodic and kicked).
     pub sweeps_to_converge: usize,
-    pub max_moves_per_sweep: usize,
+    /// Of those, the sweeps a finished replica move kicked.
+    pub kicked_sweeps: usize,
+    /// Virtual time from the first sweep until the last move of the balancing ended.
+    pub virtual_seconds_to_converge: f64,
+    /// The bytes that must move over the move bandwidth the limits allow (0 when nothing
+    /// must move): no plan can finish sooner.
+    pub bandwidth_bound_seconds: f64,
+    /// The most replica moves in flight at once.
+    pub max_moves_in_flight: usize,
+    /// The most leader transfers one sweep started.
+    pub max_leader_transfers_per_sweep: usize,
     pub initial_max_over_mean: f64,
     pub initial_core_max_over_mean: f64,
     pub final_max_over_mean: f64,
@@ -215,8 +301,16 @@ pub struct HarnessReport {
     pub moves: usize,
     pub leader_transfers: usize,
     pub replica_moves: usize,
+    /// Replica moves between the cores of one node (part of `replica_moves`).
+    pub core_moves: usize,
     pub bytes_moved: u64,
+    /// Bytes the core moves copied (part of `bytes_moved`).
+    pub core_bytes_moved: u64,
     pub bytes_must_move: u64,
+    /// Bytes stored by all replicas at the start.
+    pub bytes_stored: u64,
+    /// `bytes_moved / bytes_stored`.
+    pub bytes_moved_fraction: f64,
     pub max_replica_moves_of_one_vshard: usize,
     /// Moves that sent a replica or leadership back to a node (or core) it had left.
     pub reversed_moves: usize,
@@ -253,11 +347,37 @@ impl HarnessReport {
                 self.final_core_max_over_mean
             ));
         }
-        let sweeps_limit = self.moves.div_ceil(self.max_moves_per_sweep.max(1)) + 2;
-        if self.sweeps_to_converge > sweeps_limit {
+        match self.scenario {
+            Scenario::HotNode | Scenario::HotCore | Scenario::Zipf => {
+                if self.virtual_seconds_to_converge > HARNESS_LOAD_CONVERGE_SECONDS {
+                    out.push(format!(
+                        "virtual_seconds_to_converge {:.0} > {HARNESS_LOAD_CONVERGE_SECONDS}",
+                        self.virtual_seconds_to_converge
+                    ));
+                }
+            }
+            Scenario::NewNode | Scenario::Drain => {
+                let limit = HARNESS_BANDWIDTH_SLACK * self.bandwidth_bound_seconds;
+                if self.virtual_seconds_to_converge > limit {
+                    out.push(format!(
+                        "virtual_seconds_to_converge {:.0} > {HARNESS_BANDWIDTH_SLACK} × bandwidth_bound_seconds {:.0}",
+                        self.virtual_seconds_to_converge, self.bandwidth_bound_seconds
+                    ));
+                }
+            }
+        }
+        if self.scenario == Scenario::Zipf
+            && self.bytes_moved_fraction > HARNESS_ZIPF_BYTES_MOVED_FRACTION
+        {
             out.push(format!(
-                "sweeps_to_converge {} > {sweeps_limit}",
-                self.sweeps_to_converge
+                "bytes_moved_fraction {:.4} > {HARNESS_ZIPF_BYTES_MOVED_FRACTION}",
+                self.bytes_moved_fraction
+            ));
+        }
+        if self.max_moves_in_flight > self.move_limit_in_flight {
+            out.push(format!(
+                "{} replica moves in flight > the limit {}",
+                self.max_moves_in_flight, self.move_limit_in_flight
             ));
         }
         if self.moves_after_convergence > 0 {
@@ -413,6 +533,14 @@ impl SyntheticCluster {
         rows
     }
 
+    /// Bytes stored by all replicas.
+    pub fn bytes_stored(&self) -> u64 {
+        self.placement
+            .iter()
+            .map(|(v, e)| self.loads[v.0 as usize].bytes * e.replicas.len() as u64)
+            .sum()
+    }
+
     fn model(&self, planner: &PlannerConfig) -> LoadModel {
         LoadModel::build(
             &self.topology,
@@ -456,6 +584,9 @@ struct MoveHistory {
     departed: HashMap<VShardId, Vec<(MoveKind, CoreAddress)>>,
     replica_moves: HashMap<VShardId, usize>,
     reversed: usize,
+    /// Replica moves between the cores of one node, and their bytes.
+    core_moves: usize,
+    core_bytes: u64,
 }
 
 impl MoveHistory {
@@ -476,8 +607,19 @@ impl MoveHistory {
                 departed.push((MoveKind::LeaderTransfer, planned.source));
             }
             *self.replica_moves.entry(planned.vshard).or_default() += 1;
+            if same_node {
+                self.core_moves += 1;
+                self.core_bytes += planned.bytes;
+            }
         }
     }
+}
+
+/// A replica move in flight.
+struct InFlight {
+    source: NodeId,
+    target: NodeId,
+    ends: Time,
 }
 
 /// Runs the harness. `clock` returns a monotonic elapsed time and is used only to time the
@@ -490,13 +632,20 @@ pub fn run(
     let mut planner = Planner::new(config.planner.clone())?;
     let initial = cluster.model(&config.planner);
     let bytes_must_move = bytes_must_move(config, &cluster);
+    let bytes_stored = cluster.bytes_stored();
+    let rate = config.move_rate_bytes_per_sec as f64;
     let mut history = MoveHistory::default();
     let mut rows = Vec::new();
+    let mut in_flight: Vec<InFlight> = Vec::new();
+    let (mut max_in_flight, mut max_transfers) = (0, 0);
+    // When the last move started before convergence ends.
+    let mut last_end = Time::ZERO;
     let mut converged_at = None;
     let (mut plan_us_max, mut plan_us_sum) = (0.0f64, 0.0f64);
     let mut moves_after_convergence = 0;
     let mut drain_blocked = 0;
     let mut sweep = 0;
+    let mut next_periodic = Time::ZERO;
     loop {
         let done = match converged_at {
             Some(c) => sweep >= c + config.settle_sweeps,
@@ -505,8 +654,29 @@ pub fn run(
         if done {
             break;
         }
+        // The next sweep: the interval's, or earlier the end of a replica move (a kick).
+        let first_end = in_flight.iter().map(|m| m.ends).min();
+        let (now, kicked) = match first_end {
+            Some(end) if end <= next_periodic => (end, true),
+            _ => (next_periodic, false),
+        };
+        in_flight.retain(|m| m.ends > now);
+        next_periodic = now + config.interval;
         sweep += 1;
-        let now = Time::ZERO + REBALANCE_INTERVAL * sweep as u32;
+
+        let mut busy: std::collections::BTreeMap<NodeId, usize> = Default::default();
+        for m in &in_flight {
+            *busy.entry(m.source).or_default() += 1;
+            if m.target != m.source {
+                *busy.entry(m.target).or_default() += 1;
+            }
+        }
+        let budget = MoveBudget {
+            replica_moves: config.max_moves_in_flight.saturating_sub(in_flight.len()),
+            leader_transfers: config.leader_transfers_per_sweep,
+            replica_moves_per_node: config.max_moves_per_node,
+            busy,
+        };
         let metrics = cluster.node_metrics();
         let input = PlanInput {
             topology: &cluster.topology,
@@ -515,7 +685,7 @@ pub fn run(
             vshard_loads: &cluster.loads,
         };
         let started = clock();
-        let plan = planner.plan(now, &input)?;
+        let plan = planner.plan_within(now, &input, &budget)?;
         let plan_us = clock().saturating_sub(started).as_secs_f64() * 1e6;
         plan_us_max = plan_us_max.max(plan_us);
         plan_us_sum += plan_us;
@@ -527,7 +697,23 @@ pub fn run(
                 .is_some_and(|e| e.leader() == planned.source);
             cluster.apply(planned)?;
             history.record(planned, source_led);
+            let ends = match planned.kind {
+                MoveKind::LeaderTransfer => now + config.leader_transfer_time,
+                MoveKind::ReplicaMove => {
+                    let ends = now + Duration::from_secs_f64(planned.bytes as f64 / rate);
+                    in_flight.push(InFlight {
+                        source: planned.source.node,
+                        target: planned.target.node,
+                        ends,
+                    });
+                    ends
+                }
+            };
+            if converged_at.is_none() {
+                last_end = last_end.max(ends);
+            }
         }
+        max_in_flight = max_in_flight.max(in_flight.len());
         if converged_at.is_some() {
             moves_after_convergence += plan.moves.len();
         }
@@ -536,17 +722,21 @@ pub fn run(
             .iter()
             .filter(|m| m.kind == MoveKind::LeaderTransfer)
             .count();
+        max_transfers = max_transfers.max(leader_transfers);
         rows.push(SweepRow {
             sweep,
+            at_seconds: now.saturating_since(Time::ZERO).as_secs_f64(),
+            kicked,
             status: plan.status,
             moves: plan.moves.len(),
             leader_transfers,
             bytes_moved: plan.moves.iter().map(|m| m.bytes).sum(),
+            in_flight: in_flight.len(),
             node_max_over_mean: plan.node_max_over_mean_after,
             core_max_over_mean: plan.core_max_over_mean_after,
             plan_us,
         });
-        if converged_at.is_none() && plan.moves.is_empty() {
+        if converged_at.is_none() && plan.moves.is_empty() && in_flight.is_empty() {
             converged_at = Some(sweep);
         }
     }
@@ -557,6 +747,7 @@ pub fn run(
         .collect();
     let moves: usize = counted.iter().map(|r| r.moves).sum();
     let leader_transfers: usize = counted.iter().map(|r| r.leader_transfers).sum();
+    let bytes_moved: u64 = counted.iter().map(|r| r.bytes_moved).sum();
     Ok(HarnessReport {
         scenario: config.scenario,
         nodes: config.nodes,
@@ -564,9 +755,19 @@ pub fn run(
         vshards: config.vshards,
         replicas: cluster.replicas,
         seed: config.seed,
+        interval_seconds: config.interval.as_secs_f64(),
+        move_rate_bytes_per_sec: config.move_rate_bytes_per_sec,
+        leader_transfer_seconds: config.leader_transfer_time.as_secs_f64(),
+        move_limit_per_node: config.max_moves_per_node,
+        move_limit_in_flight: config.max_moves_in_flight,
+        leader_transfers_per_sweep: config.leader_transfers_per_sweep,
         converged: converged_at.is_some(),
         sweeps_to_converge: converged_at.unwrap_or(sweep),
-        max_moves_per_sweep: config.planner.max_moves_per_sweep,
+        kicked_sweeps: counted.iter().filter(|r| r.kicked).count(),
+        virtual_seconds_to_converge: last_end.saturating_since(Time::ZERO).as_secs_f64(),
+        bandwidth_bound_seconds: bandwidth_bound_seconds(config, bytes_must_move),
+        max_moves_in_flight: max_in_flight,
+        max_leader_transfers_per_sweep: max_transfers,
         initial_max_over_mean: initial.node_max_over_mean(),
         initial_core_max_over_mean: initial.core_max_over_mean(),
         final_max_over_mean: settled.node_max_over_mean(),
@@ -576,8 +777,16 @@ pub fn run(
         moves,
         leader_transfers,
         replica_moves: moves - leader_transfers,
-        bytes_moved: counted.iter().map(|r| r.bytes_moved).sum(),
+        core_moves: history.core_moves,
+        bytes_moved,
+        core_bytes_moved: history.core_bytes,
         bytes_must_move,
+        bytes_stored,
+        bytes_moved_fraction: if bytes_stored == 0 {
+            0.0
+        } else {
+            bytes_moved as f64 / bytes_stored as f64
+        },
         max_replica_moves_of_one_vshard: history.replica_moves.values().copied().max().unwrap_or(0),
         reversed_moves: history.reversed,
         moves_after_convergence,
@@ -590,6 +799,24 @@ pub fn run(
         },
         rows,
     })
+}
+
+/// The shortest time the bytes that must move can take under the move limits: every byte
+/// of new-node and drain passes through one node, which takes part in at most
+/// `max_moves_per_node` moves at once, and the cluster runs at most `max_moves_in_flight`
+/// (each move holds a slot on two nodes).
+fn bandwidth_bound_seconds(config: &HarnessConfig, bytes_must_move: u64) -> f64 {
+    if bytes_must_move == 0 {
+        return 0.0;
+    }
+    let cluster_slots = config
+        .max_moves_in_flight
+        .min((config.nodes * config.max_moves_per_node / 2).max(1));
+    let slots = match config.scenario {
+        Scenario::NewNode | Scenario::Drain => config.max_moves_per_node.min(cluster_slots),
+        _ => cluster_slots,
+    };
+    bytes_must_move as f64 / (slots as f64 * config.move_rate_bytes_per_sec as f64)
 }
 
 /// Bytes that any correct plan must copy: the new node's fair share, or what the draining

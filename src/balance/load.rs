@@ -303,6 +303,11 @@ impl ScoreScale {
         load.bytes as f64 * self.per_replica_byte + load.writes_per_sec * self.per_replica_write
     }
 
+    /// The part of `follower_units` that `bytes` stored make.
+    pub fn bytes_units(&self, bytes: u64) -> f64 {
+        bytes as f64 * self.per_replica_byte
+    }
+
     /// Score units that leadership adds on top of `follower_units`.
     pub fn leadership_units(&self, load: &VShardLoad) -> f64 {
         load.reads_per_sec * self.per_read + self.per_leader

@@ -4,6 +4,11 @@
 //! mutates the scores as it plans moves so that every decision sees the effect of the moves
 //! before it. Units are those of `load::ScoreScale`: an average core scores 1.0, and a node
 //! scores the mean of its cores, so a node score *is* that node's load over the mean.
+//!
+//! Cores are balanced on **traffic** alone (writes, reads, leadership: the score without
+//! its bytes): the cores of a node share its disk and memory, so where a node's bytes sit
+//! among its cores does not matter, while a core's traffic is what its loop must serve.
+//! `core_traffic` is scaled so that an average core's traffic is 1.0 too.
 
 use crate::balance::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
 use crate::cluster::placement::PlacementTable;
@@ -45,6 +50,13 @@ pub struct LoadModel {
     pub leader_units: Vec<f64>,
     /// Bytes of each vShard (what a replica move copies).
     pub bytes: Vec<u64>,
+    /// The part of each core's score its replicas' bytes make.
+    pub core_bytes: Vec<f64>,
+    /// Score units of each vShard's bytes (in `follower_units`, on every replica).
+    pub bytes_units: Vec<f64>,
+    /// Multiplies traffic score units into `core_traffic` units (an average core is 1.0);
+    /// zero when there is no traffic.
+    pub traffic_scale: f64,
     /// vShards whose placement names a node or core outside the topology: their load is not
     /// attributed there and the planner never moves them (it cannot reason about them).
     pub frozen: Vec<bool>,
@@ -85,6 +97,9 @@ impl LoadModel {
             follower_units: vec![0.0; vshard_count],
             leader_units: vec![0.0; vshard_count],
             bytes: vec![0; vshard_count],
+            core_bytes: vec![0.0; core_base],
+            bytes_units: vec![0.0; vshard_count],
+            traffic_scale: 0.0,
             frozen: Vec::new(),
             scale: None,
             nodes,
@@ -119,11 +134,13 @@ impl LoadModel {
                 model.follower_units[v] = scale.follower_units(load);
                 model.leader_units[v] = scale.leadership_units(load);
                 model.bytes[v] = load.bytes;
+                model.bytes_units[v] = scale.bytes_units(load.bytes);
                 for (i, p) in entry.addresses().enumerate() {
                     let core = model.core_index(p).expect("checked above: not frozen");
                     let leader = i == entry.leader;
                     let units = model.replica_units(vshard, leader);
                     model.core_scores[core] += units;
+                    model.core_bytes[core] += model.bytes_units[v];
                     model.core_replicas[core].push(CoreReplica {
                         vshard,
                         units,
@@ -133,6 +150,12 @@ impl LoadModel {
             }
             for n in 0..model.nodes.len() {
                 model.node_scores[n] = model.node_sum(n) / f64::from(model.nodes[n].cores);
+            }
+            let traffic: f64 = (0..model.core_scores.len())
+                .map(|c| model.core_scores[c] - model.core_bytes[c])
+                .sum();
+            if traffic > 1e-12 {
+                model.traffic_scale = f64::from(capacity) / traffic;
             }
         }
         model.frozen = frozen;
@@ -163,8 +186,9 @@ impl LoadModel {
         self.follower_units[v] + if leader { self.leader_units[v] } else { 0.0 }
     }
 
-    /// Moves `units` from one core to another and updates both nodes' scores.
-    pub fn shift(&mut self, from: CoreAddress, to: CoreAddress, units: f64) {
+    /// Moves `units`, of which `bytes_units` are bytes, from one core to another and updates
+    /// both nodes' scores.
+    pub fn shift(&mut self, from: CoreAddress, to: CoreAddress, units: f64, bytes_units: f64) {
         let (fc, tc) = (self.core_index(from), self.core_index(to));
         let (fc, tc) = (
             fc.expect("planner moves only known placements"),
@@ -172,6 +196,8 @@ impl LoadModel {
         );
         self.core_scores[fc] -= units;
         self.core_scores[tc] += units;
+        self.core_bytes[fc] -= bytes_units;
+        self.core_bytes[tc] += bytes_units;
         for node in [from.node, to.node] {
             let n = self.node_index(node).expect("known node");
             self.node_scores[n] = self.node_sum(n) / f64::from(self.nodes[n].cores);
@@ -189,9 +215,28 @@ impl LoadModel {
         self.node_scores.iter().copied().fold(0.0, f64::max)
     }
 
-    /// Largest core score over the mean core.
+    /// Traffic of core `c` over the mean core's.
+    pub fn core_traffic(&self, c: usize) -> f64 {
+        (self.core_scores[c] - self.core_bytes[c]).max(0.0) * self.traffic_scale
+    }
+
+    /// Traffic a replica of `vshard` carrying `units` (leadership included or not) adds to
+    /// its core, in `core_traffic` units.
+    pub fn replica_traffic(&self, vshard: VShardId, units: f64) -> f64 {
+        (units - self.bytes_units[vshard.0 as usize]).max(0.0) * self.traffic_scale
+    }
+
+    /// The traffic of node `n`'s cores.
+    pub fn core_traffic_of(&self, n: usize) -> impl Iterator<Item = f64> + '_ {
+        let node = &self.nodes[n];
+        (node.core_base..node.core_base + usize::from(node.cores)).map(|c| self.core_traffic(c))
+    }
+
+    /// Largest core traffic over the mean core's.
     pub fn core_max_over_mean(&self) -> f64 {
-        self.core_scores.iter().copied().fold(0.0, f64::max)
+        (0..self.core_scores.len())
+            .map(|c| self.core_traffic(c))
+            .fold(0.0, f64::max)
     }
 
     /// The best node-level max/mean any placement could reach: the heaviest single vShard,
@@ -207,9 +252,14 @@ impl LoadModel {
         self.heaviest_vshard_units() / f64::from(cores)
     }
 
-    /// The best core-level max/mean any placement could reach.
+    /// The best core-level (traffic) max/mean any placement could reach.
     pub fn core_bound(&self) -> f64 {
-        self.heaviest_vshard_units()
+        (0..self.follower_units.len())
+            .map(|v| {
+                let units = self.follower_units[v] + self.leader_units[v];
+                self.replica_traffic(VShardId(v as u32), units)
+            })
+            .fold(0.0, f64::max)
     }
 
     fn heaviest_vshard_units(&self) -> f64 {

@@ -6,16 +6,23 @@
 //!   Added here: it also starts when the hottest node exceeds the mean by `trigger_excess`
 //!   (8 %) or a core exceeds the mean core by `core_trigger_excess` (12 %): in a large
 //!   cluster one hot node barely moves the spread, and must not go unnoticed.
-//! - At most `max_moves_per_sweep` (10) moves per sweep; an idle cluster plans nothing.
+//! - An idle cluster plans nothing.
 //! - The same input and planner state give the same output (no hashing order, no clock).
 //!
 //! # What is better than the original
+//! - No fixed cap of 10 moves per sweep. Each kind of move has the budget that fits it
+//!   (`MoveBudget`): replica moves fill the free move slots (per node and in flight), leader
+//!   transfers get a per-sweep budget that grows with the cluster.
+//! - Cost-aware: when load is the problem, what buys the most load per byte copied goes
+//!   first. A leader transfer (no bytes) wins whenever it achieves at least
+//!   `leader_transfer_preference` of the best replica move's improvement, and replica moves
+//!   are ranked by improvement per byte, so hot but small vShards move before cold, large
+//!   ones. A move whose kind has no budget left this sweep is not replaced by a costlier one:
+//!   the sweep stops there and the next continues.
 //! - Scores are recomputed after every planned move, so the tenth move sees the first nine.
 //! - The vShard to move is chosen by its own load: the move that best closes the gap between
 //!   the hottest node and a colder one, never "the lowest id".
 //! - A target never already holds a replica of the vShard.
-//! - A leader transfer (no data copied) is chosen whenever it achieves at least
-//!   `leader_transfer_preference` of the best replica move's improvement.
 //! - `Draining` and `Decommissioned` nodes are emptied; `Joining` and non-reporting nodes
 //!   receive nothing.
 //! - Two levels: nodes first, then cores inside each node. A node-level move takes its
@@ -23,7 +30,7 @@
 //!   node's coldest core, so node moves rarely unbalance cores.
 //! - A *balancing run* starts with the first move and continues (across sweeps) until the
 //!   spread is within `target_spread` (5 %), so it neither stops at the trigger nor flaps
-//!   around it. It ends with the first sweep that does not hit the move cap.
+//!   around it. It ends with the first sweep that its budget did not cut short.
 //! - A vShard moved in a run stays where it was put until a new run starts, and at least
 //!   for `cooldown`: no move is reversed and no data moves twice for the same imbalance. A
 //!   new run starts only when the trigger fires among the vShards that are free to move,
@@ -48,7 +55,9 @@ use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::ClusterTopology;
 use crate::constants::{
     REBALANCE_COOLDOWN, REBALANCE_CORE_TARGET_SPREAD, REBALANCE_CORE_TRIGGER_EXCESS,
-    REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_MAX_MOVES_PER_SWEEP, REBALANCE_MIN_IMPROVEMENT,
+    REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_LEADER_TRANSFERS_PER_NODE,
+    REBALANCE_CORE_MOVE_MIN_DENSITY, REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE,
+    REBALANCE_MIN_IMPROVEMENT,
     REBALANCE_TARGET_SPREAD, REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
 };
 use crate::ids::{CoreAddress, CoreId, NodeId, VShardId};
@@ -68,7 +77,6 @@ pub struct PlannerConfig {
     pub core_target_spread: f64,
     /// Start balancing cores when a core exceeds the mean core by more than this.
     pub core_trigger_excess: f64,
-    pub max_moves_per_sweep: usize,
     /// A vShard whose replica moved stays put this long (and until a new run starts).
     pub cooldown: Duration,
     /// A vShard whose leadership was transferred stays put this long (and until a new run
@@ -88,7 +96,6 @@ impl Default for PlannerConfig {
             target_spread: REBALANCE_TARGET_SPREAD,
             core_target_spread: REBALANCE_CORE_TARGET_SPREAD,
             core_trigger_excess: REBALANCE_CORE_TRIGGER_EXCESS,
-            max_moves_per_sweep: REBALANCE_MAX_MOVES_PER_SWEEP,
             cooldown: REBALANCE_COOLDOWN,
             leader_cooldown: REBALANCE_COOLDOWN,
             leader_transfer_preference: REBALANCE_LEADER_TRANSFER_PREFERENCE,
@@ -193,8 +200,8 @@ pub enum PlanStatus {
     WithinTrigger,
     /// The plan (possibly empty) finishes balancing: nothing more to do after it.
     Converged,
-    /// The plan hit the move cap; the next sweep continues.
-    MoveCapReached,
+    /// The plan spent (or was held back by) its move budget; the next sweep continues.
+    BudgetSpent,
 }
 
 /// The planner's answer for one sweep.
@@ -241,25 +248,57 @@ pub struct PlanInput<'a> {
     pub vshard_loads: &'a [VShardLoad],
 }
 
-/// How many moves may start this sweep: the rebalancer's limits minus what is in flight.
+/// How many moves of each kind may start this sweep: the rebalancer's limits minus what is
+/// in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MoveBudget {
-    /// Moves of either kind that may start.
-    pub moves: usize,
+    /// Replica moves that may start: the free move slots of the cluster.
+    pub replica_moves: usize,
+    /// Leader transfers that may start this sweep.
+    pub leader_transfers: usize,
     /// Replica moves a node may take part in at once, as source or target.
     pub replica_moves_per_node: usize,
     /// Replica moves each node takes part in now.
     pub busy: BTreeMap<NodeId, usize>,
 }
 
+/// Leader transfers one sweep may start in a cluster of `nodes` nodes.
+pub fn leader_transfer_budget(nodes: usize) -> usize {
+    REBALANCE_LEADER_TRANSFERS_PER_NODE.saturating_mul(nodes.max(1))
+}
+
 impl MoveBudget {
-    /// No limit but the planner's own per-sweep cap.
+    /// No limit at all: the planner plans until balanced.
     pub fn unlimited() -> MoveBudget {
         MoveBudget {
-            moves: usize::MAX,
+            replica_moves: usize::MAX,
+            leader_transfers: usize::MAX,
             replica_moves_per_node: usize::MAX,
             busy: BTreeMap::new(),
         }
+    }
+
+    /// The default limits with nothing in flight, for a cluster of `nodes` nodes.
+    pub fn idle(nodes: usize) -> MoveBudget {
+        MoveBudget {
+            replica_moves: REBALANCE_MAX_MOVES_IN_FLIGHT,
+            leader_transfers: leader_transfer_budget(nodes),
+            replica_moves_per_node: REBALANCE_MAX_MOVES_PER_NODE,
+            busy: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a move of `kind` may start.
+    pub fn allows(&self, kind: MoveKind) -> bool {
+        match kind {
+            MoveKind::ReplicaMove => self.replica_moves > 0,
+            MoveKind::LeaderTransfer => self.leader_transfers > 0,
+        }
+    }
+
+    /// Nothing more may start.
+    pub fn spent(&self) -> bool {
+        self.replica_moves == 0 && self.leader_transfers == 0
     }
 
     /// Whether `node` may take part in one more replica move.
@@ -268,8 +307,10 @@ impl MoveBudget {
     }
 
     fn take(&mut self, kind: MoveKind, source: NodeId, target: NodeId) {
-        self.moves = self.moves.saturating_sub(1);
-        if kind == MoveKind::ReplicaMove {
+        if kind == MoveKind::LeaderTransfer {
+            self.leader_transfers = self.leader_transfers.saturating_sub(1);
+        } else {
+            self.replica_moves = self.replica_moves.saturating_sub(1);
             *self.busy.entry(source).or_default() += 1;
             if target != source {
                 *self.busy.entry(target).or_default() += 1;
@@ -349,14 +390,15 @@ impl Planner {
         self.run_active
     }
 
-    /// Plans the moves of one sweep at time `now`. Planned moves start their vShard's
-    /// cooldown: the caller dispatches every move it is given.
+    /// Plans the moves of one sweep at time `now`, with the default limits and nothing in
+    /// flight (`MoveBudget::idle`). Planned moves start their vShard's cooldown: the caller
+    /// dispatches every move it is given.
     pub fn plan(&mut self, now: Time, input: &PlanInput<'_>) -> Result<Plan, PlanError> {
-        self.plan_within(now, input, &MoveBudget::unlimited())
+        self.plan_within(now, input, &MoveBudget::idle(input.topology.len()))
     }
 
     /// Like [`Planner::plan`], starting no more moves than `budget` allows. A sweep the
-    /// budget cut short keeps its balancing run going, like one that hit the move cap.
+    /// budget cut short keeps its balancing run going.
     pub fn plan_within(
         &mut self,
         now: Time,
@@ -394,22 +436,23 @@ impl Planner {
 
         let was_balancing = self.run_active;
         let mut sweep = Sweep::new(self, input.placement, model, now, budget.clone());
-        let cap = self.config.max_moves_per_sweep;
-        while sweep.moves.len() < cap && sweep.budget.moves > 0 {
+        // Every vShard moves at most once a sweep and every move lowers the sum of squared
+        // scores, so this ends even with an unlimited budget.
+        while !sweep.budget.spent() {
             let found =
                 sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
             if !found {
                 break;
             }
         }
-        let capped = sweep.moves.len() >= cap || sweep.budget_blocked || sweep.budget.moves == 0;
+        let capped = sweep.budget_blocked || sweep.budget.spent();
         plan.drain_blocked = sweep.drain_blocked;
         plan.node_max_over_mean_after = sweep.model.node_max_over_mean();
         plan.core_max_over_mean_after = sweep.model.core_max_over_mean();
         let run_started = sweep.run_started;
         plan.moves = sweep.moves;
         plan.status = match (capped, was_balancing || !plan.moves.is_empty()) {
-            (true, _) => PlanStatus::MoveCapReached,
+            (true, _) => PlanStatus::BudgetSpent,
             (false, true) => PlanStatus::Converged,
             (false, false) => PlanStatus::WithinTrigger,
         };
@@ -481,6 +524,20 @@ struct Candidate {
     target: CoreAddress,
     units: f64,
     improvement: f64,
+    /// What ranks candidates of one kind: the improvement for a leader transfer, the
+    /// improvement per byte copied for a replica move.
+    value: f64,
+}
+
+/// What a replica move of `bytes` is ranked by: improvement per byte copied (an empty
+/// vShard counts as one byte).
+fn per_byte(improvement: f64, bytes: u64) -> f64 {
+    improvement / (bytes as f64).max(1.0)
+}
+
+/// Whether a candidate worth `value` (and improving by `improvement`) beats `slot`.
+fn beats(slot: &Option<Candidate>, improvement: f64, value: f64) -> bool {
+    improvement > REBALANCE_MIN_IMPROVEMENT && slot.is_none_or(|b| value > b.value * (1.0 + 1e-12))
 }
 
 /// Working state of one sweep.
@@ -497,6 +554,8 @@ struct Sweep<'a> {
     core_replicas: Vec<Vec<CoreReplica>>,
     /// Units of the heaviest replica on each core (model core index).
     core_heaviest: Vec<f64>,
+    /// Traffic of the heaviest replica on each core, in `core_traffic` units.
+    core_heaviest_traffic: Vec<f64>,
     /// vShards already moved in this sweep; their rows in `core_replicas` are stale.
     moved: Vec<bool>,
     /// vShards that balancing may not move: cooling down, or moved in the current (or last)
@@ -512,6 +571,8 @@ struct Sweep<'a> {
     budget: MoveBudget,
     /// A move was passed over for want of budget: the run is not over.
     budget_blocked: bool,
+    /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
+    mean_traffic_per_byte: [f64; 2],
 }
 
 impl<'a> Sweep<'a> {
@@ -527,6 +588,14 @@ impl<'a> Sweep<'a> {
         let core_heaviest = core_replicas
             .iter()
             .map(|list| list.iter().map(|r| r.units).fold(0.0, f64::max))
+            .collect();
+        let core_heaviest_traffic = core_replicas
+            .iter()
+            .map(|list| {
+                list.iter()
+                    .map(|r| model.replica_traffic(r.vshard, r.units))
+                    .fold(0.0, f64::max)
+            })
             .collect();
         let held = |candidate: MoveKind| {
             let mut held: Vec<bool> = planner
@@ -551,7 +620,16 @@ impl<'a> Sweep<'a> {
         let settled = held(MoveKind::ReplicaMove);
         let settled_leader = held(MoveKind::LeaderTransfer);
         let nodes = model.nodes.len();
+        // Mean traffic per byte of followers and of leaders (a leader carries the reads too).
+        let mut sums = [(0.0f64, 0.0f64); 2];
+        for r in core_replicas.iter().flatten() {
+            let sum = &mut sums[usize::from(r.leader)];
+            sum.0 += model.replica_traffic(r.vshard, r.units);
+            sum.1 += model.bytes[r.vshard.0 as usize] as f64;
+        }
+        let density = |(traffic, bytes): (f64, f64)| if bytes > 0.0 { traffic / bytes } else { 0.0 };
         Sweep {
+            mean_traffic_per_byte: [density(sums[0]), density(sums[1])],
             config: &planner.config,
             last_moved: &planner.last_moved,
             run_active: planner.run_active,
@@ -560,6 +638,7 @@ impl<'a> Sweep<'a> {
             now,
             core_replicas,
             core_heaviest,
+            core_heaviest_traffic,
             moved: vec![false; placement.vshard_count() as usize],
             settled,
             settled_leader,
@@ -594,25 +673,39 @@ impl<'a> Sweep<'a> {
         }
     }
 
-    /// Whether the cores of node `n` call for a core move: the spread inside the node (the
-    /// trigger, then in a run the target), or its hottest core above the excess trigger.
+    /// Whether the cores of node `n` call for a core move: its hottest core exceeds the
+    /// node's mean core by the excess trigger, then in a run by the core target. A cold core
+    /// harms nothing, so only the hottest one counts: filling cold cores to narrow the
+    /// spread would copy data for no gain in what the node can serve.
     fn cores_qualify(&self, n: usize) -> bool {
-        let spread_limit = if self.run_active {
+        let limit = if self.run_active {
             self.config.core_target_spread
         } else {
-            self.config.trigger_spread
+            self.config.core_trigger_excess
         };
-        let hottest = self.model.cores_of(n).iter().copied().fold(0.0, f64::max);
-        self.core_spread(n) > spread_limit || hottest > 1.0 + self.config.core_trigger_excess
+        let (hottest, sum) = self
+            .model
+            .core_traffic_of(n)
+            .fold((0.0, 0.0), |(max, sum): (f64, f64), t| (max.max(t), sum + t));
+        hottest - sum / f64::from(self.model.nodes[n].cores) > limit
+    }
+
+    /// The traffic of node `n`'s cores.
+    fn traffic_of(&self, n: usize) -> Vec<f64> {
+        self.model.core_traffic_of(n).collect()
     }
 
     /// Recomputes the heaviest replica of a core after one left it.
     fn refresh_heaviest(&mut self, core: usize) {
-        let moved = &self.moved;
-        self.core_heaviest[core] = self.core_replicas[core]
-            .iter()
-            .filter(|r| !moved[r.vshard.0 as usize])
-            .map(|r| r.units)
+        let (moved, model) = (&self.moved, &self.model);
+        let staying = || {
+            self.core_replicas[core]
+                .iter()
+                .filter(|r| !moved[r.vshard.0 as usize])
+        };
+        self.core_heaviest[core] = staying().map(|r| r.units).fold(0.0, f64::max);
+        self.core_heaviest_traffic[core] = staying()
+            .map(|r| model.replica_traffic(r.vshard, r.units))
             .fold(0.0, f64::max);
     }
 
@@ -623,15 +716,15 @@ impl<'a> Sweep<'a> {
     }
 
     fn core_spread(&self, n: usize) -> f64 {
-        let cores = self.model.cores_of(n);
+        let cores = self.traffic_of(n);
         let hi = cores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let lo = cores.iter().copied().fold(f64::INFINITY, f64::min);
         hi - lo
     }
 
-    /// The coldest core of node `n`, as a placement.
+    /// The core of node `n` with the least traffic, as a placement.
     fn coldest_core(&self, n: usize) -> CoreAddress {
-        let cores = self.model.cores_of(n);
+        let cores = self.traffic_of(n);
         let mut best = 0;
         for (i, s) in cores.iter().enumerate() {
             if *s < cores[best] {
@@ -656,7 +749,11 @@ impl<'a> Sweep<'a> {
 
     fn apply(&mut self, c: Candidate, reason: MoveReason) {
         let v = c.vshard.0 as usize;
-        self.model.shift(c.source, c.target, c.units);
+        let bytes_units = match c.kind {
+            MoveKind::LeaderTransfer => 0.0,
+            MoveKind::ReplicaMove => self.model.bytes_units[v],
+        };
+        self.model.shift(c.source, c.target, c.units, bytes_units);
         self.moved[v] = true;
         self.budget.take(c.kind, c.source.node, c.target.node);
         let source_core = self
@@ -743,7 +840,7 @@ impl<'a> Sweep<'a> {
                 continue;
             }
             let node_id = node.id;
-            if !self.budget.node_free(node_id) {
+            if !self.budget.node_free(node_id) || !self.budget.allows(MoveKind::ReplicaMove) {
                 self.budget_blocked = true;
                 continue;
             }
@@ -789,6 +886,7 @@ impl<'a> Sweep<'a> {
                         target: self.coldest_core(t),
                         units: replica.units,
                         improvement: 0.0,
+                        value: 0.0,
                     };
                     self.apply(candidate, MoveReason::Drain);
                     return true;
@@ -829,8 +927,13 @@ impl<'a> Sweep<'a> {
                 self.budget_blocked = true;
             }
             if let Some(c) = self.best_move_from(h, &order) {
-                self.apply(c, MoveReason::NodeBalance);
-                return true;
+                if self.budget.allows(c.kind) {
+                    self.apply(c, MoveReason::NodeBalance);
+                    return true;
+                }
+                // Its best move has no budget left this sweep; a costlier kind does not
+                // stand in for it. The next sweep continues.
+                self.budget_blocked = true;
             }
             self.node_stuck[h] = true;
         }
@@ -854,14 +957,10 @@ impl<'a> Sweep<'a> {
         let coldest = coldest_first[0];
         // Hottest cores first: prefer taking the move from a hot core.
         let mut cores: Vec<usize> = (0..usize::from(node.cores)).collect();
-        let scores = self.model.cores_of(h);
+        let scores = self.traffic_of(h);
         cores.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         let mut best_transfer_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
-        let beats = |slot: &Option<Candidate>, improvement: f64| {
-            improvement > REBALANCE_MIN_IMPROVEMENT
-                && slot.is_none_or(|b| improvement > b.improvement + 1e-12)
-        };
         let core_limit = 1.0 + self.config.core_target_spread;
         let source_free = self.budget.node_free(h_id);
         for (rank, &core) in cores.iter().enumerate() {
@@ -871,12 +970,19 @@ impl<'a> Sweep<'a> {
                 let vshard = replica.vshard;
                 let v = vshard.0 as usize;
                 let lead_units = self.model.leader_units[v];
+                let bytes = self.model.bytes[v];
                 let transfer_bound = replica.leader
                     && !self.cooling(vshard, MoveKind::LeaderTransfer)
-                    && beats(&best_transfer_per_core[rank], gain(coldest, lead_units));
+                    && {
+                        let g = gain(coldest, lead_units);
+                        beats(&best_transfer_per_core[rank], g, g)
+                    };
                 let replica_bound = source_free
                     && !self.cooling(vshard, MoveKind::ReplicaMove)
-                    && beats(&best_replica_per_core[rank], gain(coldest, replica.units));
+                    && {
+                        let g = gain(coldest, replica.units);
+                        beats(&best_replica_per_core[rank], g, per_byte(g, bytes))
+                    };
                 if !transfer_bound && !replica_bound {
                     continue;
                 }
@@ -891,16 +997,17 @@ impl<'a> Sweep<'a> {
                             continue;
                         };
                         // Never create a core hot spot: the follower's core must stay below
-                        // the source core, or within the core target.
+                        // the source core, or within the core target (in traffic).
                         let target_core =
                             self.model.core_index(p).expect("eligible node, known core");
-                        if self.model.core_scores[target_core] + lead_units
+                        if self.model.core_traffic(target_core)
+                            + lead_units * self.model.traffic_scale
                             > source_score.max(core_limit)
                         {
                             continue;
                         }
                         let improvement = gain(t, lead_units);
-                        if beats(&best_transfer_per_core[rank], improvement) {
+                        if beats(&best_transfer_per_core[rank], improvement, improvement) {
                             let kind = MoveKind::LeaderTransfer;
                             let c = Candidate {
                                 vshard,
@@ -909,19 +1016,26 @@ impl<'a> Sweep<'a> {
                                 target: p,
                                 units: lead_units,
                                 improvement,
+                                value: improvement,
                             };
                             best_transfer_per_core[rank] = Some(c);
                         }
                     }
                 }
                 if replica_bound {
+                    // Data goes only to a node at or below the mean: a copy onto a node above
+                    // it shifts the imbalance rather than removing it, and waiting for the
+                    // cold node's move slot copies fewer bytes.
                     let target = coldest_first.iter().find(|&&t| {
                         let id = self.model.nodes[t].id;
-                        entry.replica_on(id).is_none() && self.budget.node_free(id)
+                        entry.replica_on(id).is_none()
+                            && self.budget.node_free(id)
+                            && self.model.node_scores[t] <= 1.0
                     });
                     if let Some(&t) = target {
                         let improvement = gain(t, replica.units);
-                        if beats(&best_replica_per_core[rank], improvement) {
+                        let value = per_byte(improvement, bytes);
+                        if beats(&best_replica_per_core[rank], improvement, value) {
                             let c = Candidate {
                                 vshard,
                                 kind: MoveKind::ReplicaMove,
@@ -929,6 +1043,7 @@ impl<'a> Sweep<'a> {
                                 target: CoreAddress::new(self.model.nodes[t].id, CoreId(0)),
                                 units: replica.units,
                                 improvement,
+                                value,
                             };
                             best_replica_per_core[rank] = Some(c);
                         }
@@ -940,13 +1055,13 @@ impl<'a> Sweep<'a> {
             let best = per_core
                 .iter()
                 .flatten()
-                .map(|c| c.improvement)
+                .map(|c| c.value)
                 .fold(0.0, f64::max);
             // The hottest core whose best move is within 10 % of the overall best.
             per_core
                 .iter()
                 .flatten()
-                .find(|c| c.improvement >= 0.9 * best)
+                .find(|c| c.value >= 0.9 * best)
                 .copied()
         };
         let transfer = pick(&best_transfer_per_core);
@@ -980,7 +1095,9 @@ impl<'a> Sweep<'a> {
             .collect();
         nodes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for (n, _) in nodes {
-            if !self.budget.node_free(self.model.nodes[n].id) {
+            if !self.budget.node_free(self.model.nodes[n].id)
+                || !self.budget.allows(MoveKind::ReplicaMove)
+            {
                 self.budget_blocked = true;
                 continue;
             }
@@ -993,9 +1110,11 @@ impl<'a> Sweep<'a> {
         false
     }
 
+    /// The best replica move from node `n`'s core with the most traffic to its core with
+    /// the least, ranked by the traffic it moves per byte copied.
     fn best_core_move(&self, n: usize) -> Option<Candidate> {
         let node = &self.model.nodes[n];
-        let scores = self.model.cores_of(n);
+        let scores = self.traffic_of(n);
         let (mut hot, mut cold) = (0, 0);
         for (i, s) in scores.iter().enumerate() {
             if *s > scores[hot] {
@@ -1006,29 +1125,50 @@ impl<'a> Sweep<'a> {
             }
         }
         let (hot_score, cold_score) = (scores[hot], scores[cold]);
-        if hot_score <= self.core_heaviest[node.core_base + hot] + self.config.core_target_spread {
+        let heaviest = self.core_heaviest_traffic[node.core_base + hot];
+        if hot_score <= heaviest + self.config.core_target_spread {
             return None;
         }
         let source = CoreAddress::new(node.id, CoreId(hot as u16));
         let target = CoreAddress::new(node.id, CoreId(cold as u16));
+        // A copy must be worth its bytes: a replica whose traffic per byte is a small part of
+        // the mean of its role (the long tail of a Zipf load) is not copied to trim a hot
+        // core by a hundredth of a per cent.
+        // Except on the cluster's hottest core, when it exceeds what its heaviest vShard (or
+        // the mean core) forces by more than the core trigger: that core caps what the
+        // cluster serves, and any traffic off it counts.
+        let hottest_anywhere = (0..self.model.core_scores.len())
+            .map(|c| self.model.core_traffic(c))
+            .fold(0.0, f64::max);
+        let limit = (1.0 + self.config.core_trigger_excess) * heaviest.max(1.0);
+        let min_traffic_per_byte = if hot_score >= hottest_anywhere && hot_score > limit {
+            [0.0; 2]
+        } else {
+            self.mean_traffic_per_byte
+                .map(|d| REBALANCE_CORE_MOVE_MIN_DENSITY * d)
+        };
         let mut best: Option<Candidate> = None;
         for replica in &self.core_replicas[node.core_base + hot] {
             if self.cooling(replica.vshard, MoveKind::ReplicaMove) {
                 continue;
             }
-            let units = replica.units;
-            let improvement = hot_score - (hot_score - units).max(cold_score + units);
-            if improvement > REBALANCE_MIN_IMPROVEMENT
-                && best.is_none_or(|b| improvement > b.improvement + 1e-12)
-            {
+            let traffic = self.model.replica_traffic(replica.vshard, replica.units);
+            let bytes = self.model.bytes[replica.vshard.0 as usize];
+            if traffic < min_traffic_per_byte[usize::from(replica.leader)] * bytes as f64 {
+                continue;
+            }
+            let improvement = hot_score - (hot_score - traffic).max(cold_score + traffic);
+            let value = per_byte(improvement, bytes);
+            if beats(&best, improvement, value) {
                 let vshard = replica.vshard;
                 best = Some(Candidate {
                     vshard,
                     kind: MoveKind::ReplicaMove,
                     source,
                     target,
-                    units,
+                    units: replica.units,
                     improvement,
+                    value,
                 });
             }
         }

@@ -33,6 +33,21 @@ pub struct RebalanceSimArgs {
     /// Give up after this many sweeps.
     #[arg(long, default_value_t = 100_000)]
     pub max_sweeps: usize,
+    /// Seconds between periodic sweeps (a finished replica move also kicks one).
+    #[arg(long, default_value_t = 30.0)]
+    pub interval_secs: f64,
+    /// MiB per second one replica move copies.
+    #[arg(long, default_value_t = 100.0)]
+    pub move_rate_mib: f64,
+    /// Replica moves one node takes part in at once.
+    #[arg(long, default_value_t = nodedb_cluster::constants::REBALANCE_MAX_MOVES_PER_NODE)]
+    pub max_moves_per_node: usize,
+    /// Replica moves in flight in the cluster at once.
+    #[arg(long, default_value_t = nodedb_cluster::constants::REBALANCE_MAX_MOVES_IN_FLIGHT)]
+    pub max_moves_in_flight: usize,
+    /// Leader transfers one sweep may start [default: 16 per node].
+    #[arg(long)]
+    pub leader_transfers_per_sweep: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +67,22 @@ pub fn run(args: &RebalanceSimArgs) -> ExitCode {
     config.seed = args.seed;
     config.zipf_exponent = args.zipf_exponent;
     config.max_sweeps = args.max_sweeps;
+    if !(args.interval_secs.is_finite() && args.interval_secs >= 0.001 && args.interval_secs <= 86_400.0) {
+        eprintln!("error: --interval-secs must be within 0.001..=86400");
+        return ExitCode::from(2);
+    }
+    config.interval = std::time::Duration::from_secs_f64(args.interval_secs);
+    let rate = args.move_rate_mib * f64::from(1u32 << 20);
+    if !(rate.is_finite() && rate >= 1.0 && rate <= 1e15) {
+        eprintln!("error: --move-rate-mib must be positive and at most 1e9");
+        return ExitCode::from(2);
+    }
+    config.move_rate_bytes_per_sec = rate as u64;
+    config.max_moves_per_node = args.max_moves_per_node;
+    config.max_moves_in_flight = args.max_moves_in_flight;
+    if let Some(n) = args.leader_transfers_per_sweep {
+        config.leader_transfers_per_sweep = n;
+    }
     let origin = Instant::now();
     let report = match harness::run(&config, &mut || origin.elapsed()) {
         Ok(report) => report,
@@ -96,18 +127,31 @@ fn print_table(r: &HarnessReport, violations: &[String]) -> std::io::Result<()> 
     )?;
     writeln!(
         out,
-        "{:>6} {:>16} {:>6} {:>6} {:>12} {:>9} {:>9} {:>9}",
-        "sweep", "status", "moves", "lt", "bytes", "node_max", "core_max", "plan_us"
+        "{:>6} {:>9} {:>5} {:>14} {:>6} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "sweep",
+        "at_s",
+        "kick",
+        "status",
+        "moves",
+        "lt",
+        "bytes",
+        "in_flight",
+        "node_max",
+        "core_max",
+        "plan_us"
     )?;
     for row in &r.rows {
         writeln!(
             out,
-            "{:>6} {:>16} {:>6} {:>6} {:>12} {:>9.4} {:>9.4} {:>9.1}",
+            "{:>6} {:>9.1} {:>5} {:>14} {:>6} {:>6} {:>12} {:>9} {:>9.4} {:>9.4} {:>9.1}",
             row.sweep,
+            row.at_seconds,
+            if row.kicked { "yes" } else { "" },
             format!("{:?}", row.status),
             row.moves,
             row.leader_transfers,
             row.bytes_moved,
+            row.in_flight,
             row.node_max_over_mean,
             row.core_max_over_mean,
             row.plan_us
@@ -115,8 +159,18 @@ fn print_table(r: &HarnessReport, violations: &[String]) -> std::io::Result<()> 
     }
     writeln!(
         out,
-        "converged            {} after {} sweeps",
-        r.converged, r.sweeps_to_converge
+        "converged            {} after {} sweeps ({} kicked by a finished move)",
+        r.converged, r.sweeps_to_converge, r.kicked_sweeps
+    )?;
+    writeln!(
+        out,
+        "virtual time         {:.0} s to converge (bandwidth bound {:.0} s; moves of {} MiB/s, {} per node, {} in flight; {} leader transfers per sweep)",
+        r.virtual_seconds_to_converge,
+        r.bandwidth_bound_seconds,
+        r.move_rate_bytes_per_sec >> 20,
+        r.move_limit_per_node,
+        r.move_limit_in_flight,
+        r.leader_transfers_per_sweep
     )?;
     writeln!(
         out,
@@ -135,8 +189,8 @@ fn print_table(r: &HarnessReport, violations: &[String]) -> std::io::Result<()> 
     )?;
     writeln!(
         out,
-        "bytes moved          {} (must move {})",
-        r.bytes_moved, r.bytes_must_move
+        "bytes moved          {} ({:.4} of {} stored; must move {}; {} between cores)",
+        r.bytes_moved, r.bytes_moved_fraction, r.bytes_stored, r.bytes_must_move, r.core_bytes_moved
     )?;
     writeln!(
         out,

@@ -13,16 +13,20 @@
 //! it. The coordinator runs `balance::Rebalancer::sweep` every `interval` after it became
 //! leader (the first interval is consumed: reports are still arriving), and at once when
 //! kicked — by a topology change or by a report whose node is busier than the mean by the
-//! planner's trigger — at most once per report interval. A sweep is skipped while the
-//! coordinator's own core is busy ≥ 0.80 of its time.
+//! planner's trigger, at most once per report interval, and by a replica move that ended
+//! (its slot is filled at once). Sweeps plan on the placement the moves under way lead to.
+//! A sweep within an interval of the last dispatch starts replica moves only: the reports
+//! may still show leaders where they were. A sweep is skipped while the coordinator's own
+//! core is busy ≥ 0.80 of its time.
 //!
 //! **Dispatch**, fire and forget: a replica move is a `start_move` the coordinator proposes
 //! on its own core (the migration executor then carries it out); a leader transfer is a
-//! `TransferLeader` request to the group's leader. The planner is given a budget: moves of
-//! either kind in flight stay within `max_moves_in_flight`, and replica moves touching one
-//! node (as source or target) within `max_moves_per_node`. A move is in flight from its
-//! dispatch until the table shows it ended (a replica move) or its request is answered (a
-//! leader transfer).
+//! `TransferLeader` request to the group's leader. The planner is given a budget per kind
+//! (`MoveBudget`): replica moves in flight stay within `max_moves_in_flight`, and those
+//! touching one node (as source or target) within `max_moves_per_node`; leader transfers
+//! get `leader_transfer_budget(nodes)` per sweep, less those still unanswered. A replica
+//! move is in flight from its dispatch until the table shows it ended; a leader transfer
+//! until its request is answered.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -34,7 +38,7 @@ use tracing::{debug, info};
 use crate::balance::load::VShardLoad;
 use crate::balance::model::LoadModel;
 use crate::balance::planner::{
-    MoveBudget, MoveKind, PlanStatus, PlannedMove, Planner, PlannerConfig,
+    MoveBudget, MoveKind, PlanStatus, PlannedMove, Planner, PlannerConfig, leader_transfer_budget,
 };
 use crate::balance::rebalancer::{
     ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher,
@@ -200,6 +204,8 @@ pub(crate) struct Balancer {
     rebalancer: Rebalancer,
     next_sweep: Option<Time>,
     kicked: bool,
+    /// A replica move ended since the last sweep (the seed's kick on move completion).
+    move_ended: bool,
     last_sweep: Option<Time>,
     last_kick_sweep: Option<Time>,
     /// When a sweep last dispatched moves.
@@ -251,6 +257,7 @@ impl Balancer {
             rebalancer: Rebalancer::new(planner, RebalancerConfig::default()),
             next_sweep: None,
             kicked: false,
+            move_ended: false,
             last_sweep: None,
             last_kick_sweep: None,
             last_dispatch: None,
@@ -287,6 +294,14 @@ impl Balancer {
                     .planner_mut()
                     .note_moved(vshard, MoveKind::ReplicaMove, now);
             }
+        }
+        // A move that ended frees a move slot: the coordinator sweeps at once to fill it.
+        if self
+            .moves_seen
+            .iter()
+            .any(|(group, new)| moving.get(group) != Some(new))
+        {
+            self.move_ended = true;
         }
         self.moves_seen = moving;
     }
@@ -478,13 +493,19 @@ impl Balancer {
             && self
                 .last_kick_sweep
                 .is_none_or(|t| now.saturating_since(t) >= self.config.report_interval);
-        if periodic || kick {
+        // A finished replica move kicks a sweep at once, to fill its slot. The placement
+        // already shows the move, but until a full interval has passed since the last
+        // dispatch the reports may still show leaders where they were: such a sweep starts
+        // replica moves only.
+        let completion = self.move_ended && settled;
+        if periodic || kick || completion {
             self.kicked = false;
+            self.move_ended = false;
             if kick && !periodic {
                 self.last_kick_sweep = Some(now);
             }
             self.next_sweep = Some(now + self.config.interval);
-            self.sweep(now, current, store);
+            self.sweep(now, current, calm || periodic, store);
         }
     }
 
@@ -496,6 +517,7 @@ impl Balancer {
         self.next_sweep = None;
         self.leading_since = None;
         self.kicked = false;
+        self.move_ended = false;
     }
 
     fn drive_calls(&mut self, now: Time) {
@@ -588,9 +610,9 @@ impl Balancer {
         (busy, count)
     }
 
-    /// The planner's input: fresh reports, the table with leaders where nodes report them,
-    /// and what may start.
-    fn cluster_load(&self, now: Time, store: &MetadataStore) -> ClusterLoad {
+    /// The planner's input: fresh reports, the table with leaders where nodes report them
+    /// (and, for `Sweep`, with the moves under way as if they had ended), and what may start.
+    fn cluster_load(&self, now: Time, view: View, store: &MetadataStore) -> ClusterLoad {
         let stale = self.config.stale_after();
         let mut placement = store.table().clone();
         let mut node_metrics = Vec::new();
@@ -623,7 +645,17 @@ impl Balancer {
             }
         }
         let (busy, replica_moves) = self.in_flight(&placement);
-        let in_flight = replica_moves + self.transfers.len();
+        // Plan on the placement the moves under way lead to, so that a sweep kicked while
+        // they run does not move load off a node that is already shedding it.
+        let moving: Vec<(GroupId, crate::ids::ReplicaId)> = placement
+            .groups()
+            .filter_map(|(g, p)| p.moving.filter(|m| !m.abandon).map(|m| (g, m.new)))
+            .collect();
+        if view != View::Now {
+            for (group, new) in moving {
+                let _ = placement.end_move(group, new, true);
+            }
+        }
         let coordinator_cpu = self.loads.get(&CoreId(0)).map_or(0.0, |l| l.busy);
         ClusterLoad {
             topology: store.topology().clone(),
@@ -632,18 +664,30 @@ impl Balancer {
             vshard_loads: samples.into_values().map(|(_, _, s)| s).collect(),
             coordinator_cpu,
             budget: MoveBudget {
-                moves: self.config.max_moves_in_flight.saturating_sub(in_flight),
+                replica_moves: self.config.max_moves_in_flight.saturating_sub(replica_moves),
+                // Transfers still unanswered count against this sweep's.
+                leader_transfers: if view == View::Sweep {
+                    leader_transfer_budget(store.topology().len())
+                        .saturating_sub(self.transfers.len())
+                } else {
+                    0
+                },
                 replica_moves_per_node: self.config.max_moves_per_node,
                 busy,
             },
         }
     }
 
-    fn sweep(&mut self, now: Time, current: bool, store: &MetadataStore) {
+    fn sweep(&mut self, now: Time, current: bool, transfers: bool, store: &MetadataStore) {
         self.stats.sweeps += 1;
         self.rebalancer.metrics().count_iteration();
         self.last_sweep = Some(now);
-        let load = self.cluster_load(now, store);
+        let view = if transfers {
+            View::Sweep
+        } else {
+            View::SweepReplicaMovesOnly
+        };
+        let load = self.cluster_load(now, view, store);
         let provider = Provided(RefCell::new(Some(load.clone())));
         let dispatcher = Collect::default();
         let outcome =
@@ -784,7 +828,7 @@ impl Balancer {
     /// Node and core max / mean of the planner's score over the fresh reports now, and the
     /// node bound.
     fn imbalance_now(&self, now: Time, store: &MetadataStore) -> (f64, f64, f64) {
-        let load = self.cluster_load(now, store);
+        let load = self.cluster_load(now, View::Now, store);
         let reporting: Vec<NodeId> = load.node_metrics.iter().map(|m| m.node_id).collect();
         let mut loads: Vec<VShardLoad> = (0..load.placement.vshard_count())
             .map(|v| VShardLoad {
@@ -813,6 +857,17 @@ impl Balancer {
             model.node_bound(),
         )
     }
+}
+
+/// What `Balancer::cluster_load` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    /// The figures as they are (gauges, `kv status`).
+    Now,
+    /// A sweep: moves under way count as ended.
+    Sweep,
+    /// A sweep that may start replica moves only.
+    SweepReplicaMovesOnly,
 }
 
 fn plan_status(s: PlanStatus) -> String {
