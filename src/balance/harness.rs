@@ -34,8 +34,8 @@ use thiserror::Error;
 use crate::balance::load::{LoadMetrics, VShardLoad};
 use crate::balance::model::LoadModel;
 use crate::balance::planner::{
-    MoveBudget, MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner,
-    PlannerConfig, leader_transfer_budget,
+    MoveBudget, MoveKind, PlanError, PlanInput, PlanStatus, PlannedMove, Planner, PlannerConfig,
+    leader_transfer_budget,
 };
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState, TopologyError};
@@ -297,6 +297,9 @@ pub struct HarnessReport {
     pub bound_max_over_mean: f64,
     /// The same bound at core level.
     pub core_bound_max_over_mean: f64,
+    /// Over nodes, the traffic of the hottest core over the larger of the node's mean core
+    /// traffic and its heaviest replica's: 1.0 is the best a node's cores can do.
+    pub final_core_max_over_bound: f64,
     /// Every planned move: leader transfers plus replica moves.
     pub moves: usize,
     pub leader_transfers: usize,
@@ -774,6 +777,7 @@ pub fn run(
         final_core_max_over_mean: settled.core_max_over_mean(),
         bound_max_over_mean: settled.node_bound(),
         core_bound_max_over_mean: settled.core_bound(),
+        final_core_max_over_bound: settled.core_traffic_over_bound(),
         moves,
         leader_transfers,
         replica_moves: moves - leader_transfers,

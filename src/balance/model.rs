@@ -5,10 +5,11 @@
 //! before it. Units are those of `load::ScoreScale`: an average core scores 1.0, and a node
 //! scores the mean of its cores, so a node score *is* that node's load over the mean.
 //!
-//! Cores are balanced on **traffic** alone (writes, reads, leadership: the score without
-//! its bytes): the cores of a node share its disk and memory, so where a node's bytes sit
-//! among its cores does not matter, while a core's traffic is what its loop must serve.
-//! `core_traffic` is scaled so that an average core's traffic is 1.0 too.
+//! The planner balances cores on **traffic** alone (writes, reads, leadership: the score
+//! without its bytes): the cores of a node share its disk and memory, so where a node's
+//! bytes sit among its cores does not matter, while a core's traffic is what its loop must
+//! serve. `core_traffic` is scaled so that an average core's traffic is 1.0 too. The
+//! reported core figures (`core_max_over_mean`, `core_bound`) stay on the full score.
 
 use crate::balance::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
 use crate::cluster::placement::PlacementTable;
@@ -232,11 +233,15 @@ impl LoadModel {
         (node.core_base..node.core_base + usize::from(node.cores)).map(|c| self.core_traffic(c))
     }
 
-    /// Largest core traffic over the mean core's.
+    /// The mean traffic of node `n`'s cores.
+    pub fn node_traffic_mean(&self, n: usize) -> f64 {
+        self.core_traffic_of(n).sum::<f64>() / f64::from(self.nodes[n].cores.max(1))
+    }
+
+    /// Largest core score over the mean core (the full score, bytes included: what the
+    /// harness's core target and the gauges measure).
     pub fn core_max_over_mean(&self) -> f64 {
-        (0..self.core_scores.len())
-            .map(|c| self.core_traffic(c))
-            .fold(0.0, f64::max)
+        self.core_scores.iter().copied().fold(0.0, f64::max)
     }
 
     /// The best node-level max/mean any placement could reach: the heaviest single vShard,
@@ -252,12 +257,31 @@ impl LoadModel {
         self.heaviest_vshard_units() / f64::from(cores)
     }
 
-    /// The best core-level (traffic) max/mean any placement could reach.
+    /// The best core-level max/mean any placement could reach: the heaviest vShard cannot
+    /// be split.
     pub fn core_bound(&self) -> f64 {
-        (0..self.follower_units.len())
-            .map(|v| {
-                let units = self.follower_units[v] + self.leader_units[v];
-                self.replica_traffic(VShardId(v as u32), units)
+        self.heaviest_vshard_units()
+    }
+
+    /// How far cores are from the best their node allows, in traffic: the largest, over
+    /// nodes with traffic, of the hottest core's traffic over the larger of the node's mean
+    /// core traffic and its heaviest replica's (1.0 is the best possible). Needs
+    /// `core_replicas` (a model a sweep has not taken apart).
+    pub fn core_traffic_over_bound(&self) -> f64 {
+        (0..self.nodes.len())
+            .filter_map(|n| {
+                let mean = self.node_traffic_mean(n);
+                let node = &self.nodes[n];
+                let cores = node.core_base..node.core_base + usize::from(node.cores);
+                let heaviest = self
+                    .core_replicas
+                    .get(cores)?
+                    .iter()
+                    .flatten()
+                    .map(|r| self.replica_traffic(r.vshard, r.units))
+                    .fold(0.0, f64::max);
+                let floor = mean.max(heaviest);
+                (floor > 0.0).then(|| self.core_traffic_of(n).fold(0.0, f64::max) / floor)
             })
             .fold(0.0, f64::max)
     }

@@ -54,11 +54,11 @@ use crate::balance::model::{CoreReplica, LoadModel};
 use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::ClusterTopology;
 use crate::constants::{
-    REBALANCE_COOLDOWN, REBALANCE_CORE_TARGET_SPREAD, REBALANCE_CORE_TRIGGER_EXCESS,
-    REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_LEADER_TRANSFERS_PER_NODE,
-    REBALANCE_CORE_MOVE_MIN_DENSITY, REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE,
-    REBALANCE_MIN_IMPROVEMENT,
-    REBALANCE_TARGET_SPREAD, REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
+    REBALANCE_COOLDOWN, REBALANCE_CORE_MOVE_MIN_DENSITY, REBALANCE_CORE_TARGET_SPREAD,
+    REBALANCE_CORE_TRIGGER_EXCESS, REBALANCE_LEADER_TRANSFER_PREFERENCE,
+    REBALANCE_LEADER_TRANSFERS_PER_NODE, REBALANCE_MAX_MOVES_IN_FLIGHT,
+    REBALANCE_MAX_MOVES_PER_NODE, REBALANCE_MIN_IMPROVEMENT, REBALANCE_TARGET_SPREAD,
+    REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
 };
 use crate::ids::{CoreAddress, CoreId, NodeId, VShardId};
 use crate::time::Time;
@@ -113,6 +113,28 @@ struct LastMoved {
 impl LastMoved {
     fn latest(&self) -> Option<Time> {
         self.replica.max(self.transfer)
+    }
+
+    /// Whether a move of `candidate` (`None`: a move between the cores of a node) must wait:
+    /// the vShard moved since `run_started` or is within its hold. A core move waits only
+    /// for a replica move of the vShard.
+    fn held(
+        &self,
+        candidate: Option<MoveKind>,
+        run_started: Option<Time>,
+        now: Time,
+        config: &PlannerConfig,
+    ) -> bool {
+        let since_run = |at: Option<Time>| at.is_some_and(|t| run_started.is_some_and(|s| t >= s));
+        match candidate {
+            Some(kind) => since_run(self.latest()) || self.holds(kind, now, config),
+            None => {
+                since_run(self.replica)
+                    || self
+                        .replica
+                        .is_some_and(|t| now.saturating_since(t) < config.cooldown)
+            }
+        }
     }
 
     /// Whether a move of `candidate` must wait (`PlannerConfig::hold`).
@@ -445,7 +467,7 @@ impl Planner {
                 break;
             }
         }
-        let capped = sweep.budget_blocked || sweep.budget.spent();
+        let capped = sweep.budget_blocked.get() || sweep.budget.spent();
         plan.drain_blocked = sweep.drain_blocked;
         plan.node_max_over_mean_after = sweep.model.node_max_over_mean();
         plan.core_max_over_mean_after = sweep.model.core_max_over_mean();
@@ -563,6 +585,9 @@ struct Sweep<'a> {
     settled: Vec<bool>,
     /// Likewise for a leader transfer, which a replica's cooldown does not hold back.
     settled_leader: Vec<bool>,
+    /// Likewise for a move between the cores of a node, which only a replica move of the
+    /// same vShard holds back: a leader transfer elsewhere says nothing about its core.
+    settled_core: Vec<bool>,
     moves: Vec<PlannedMove>,
     drain_blocked: usize,
     /// Nodes (by model index) with no improving move since the last applied move.
@@ -570,9 +595,12 @@ struct Sweep<'a> {
     core_stuck: Vec<bool>,
     budget: MoveBudget,
     /// A move was passed over for want of budget: the run is not over.
-    budget_blocked: bool,
+    budget_blocked: std::cell::Cell<bool>,
     /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
     mean_traffic_per_byte: [f64; 2],
+    /// Per core (model index), once looked at: the leaders it held at the sweep's start, by
+    /// leadership units (`Sweep::index_leaders`).
+    leaders_by_units: Vec<Option<Vec<(f64, VShardId)>>>,
 }
 
 impl<'a> Sweep<'a> {
@@ -597,16 +625,11 @@ impl<'a> Sweep<'a> {
                     .fold(0.0, f64::max)
             })
             .collect();
-        let held = |candidate: MoveKind| {
+        let held = |candidate: Option<MoveKind>| {
             let mut held: Vec<bool> = planner
                 .last_moved
                 .iter()
-                .map(|moved| {
-                    moved
-                        .latest()
-                        .is_some_and(|t| planner.run_started.is_some_and(|start| t >= start))
-                        || moved.holds(candidate, now, &planner.config)
-                })
+                .map(|moved| moved.held(candidate, planner.run_started, now, &planner.config))
                 .collect();
             // A vShard whose replica move is under way stays where it is.
             held.resize(placement.vshard_count() as usize, false);
@@ -617,8 +640,9 @@ impl<'a> Sweep<'a> {
             }
             held
         };
-        let settled = held(MoveKind::ReplicaMove);
-        let settled_leader = held(MoveKind::LeaderTransfer);
+        let settled = held(Some(MoveKind::ReplicaMove));
+        let settled_leader = held(Some(MoveKind::LeaderTransfer));
+        let settled_core = held(None);
         let nodes = model.nodes.len();
         // Mean traffic per byte of followers and of leaders (a leader carries the reads too).
         let mut sums = [(0.0f64, 0.0f64); 2];
@@ -627,9 +651,11 @@ impl<'a> Sweep<'a> {
             sum.0 += model.replica_traffic(r.vshard, r.units);
             sum.1 += model.bytes[r.vshard.0 as usize] as f64;
         }
-        let density = |(traffic, bytes): (f64, f64)| if bytes > 0.0 { traffic / bytes } else { 0.0 };
+        let density =
+            |(traffic, bytes): (f64, f64)| if bytes > 0.0 { traffic / bytes } else { 0.0 };
         Sweep {
             mean_traffic_per_byte: [density(sums[0]), density(sums[1])],
+            leaders_by_units: vec![None; core_replicas.len()],
             config: &planner.config,
             last_moved: &planner.last_moved,
             run_active: planner.run_active,
@@ -642,14 +668,21 @@ impl<'a> Sweep<'a> {
             moved: vec![false; placement.vshard_count() as usize],
             settled,
             settled_leader,
+            settled_core,
             moves: Vec::new(),
             drain_blocked: 0,
             node_stuck: vec![false; nodes],
             core_stuck: vec![false; nodes],
             model,
             budget,
-            budget_blocked: false,
+            budget_blocked: std::cell::Cell::new(false),
         }
+    }
+
+    /// Whether `vshard`'s replica may not move to another core of its node now.
+    fn cooling_core(&self, vshard: VShardId) -> bool {
+        let v = vshard.0 as usize;
+        self.moved[v] || self.settled_core[v]
     }
 
     /// Whether `vshard` may not be moved by a move of `kind` now.
@@ -686,8 +719,11 @@ impl<'a> Sweep<'a> {
         let (hottest, sum) = self
             .model
             .core_traffic_of(n)
-            .fold((0.0, 0.0), |(max, sum): (f64, f64), t| (max.max(t), sum + t));
-        hottest - sum / f64::from(self.model.nodes[n].cores) > limit
+            .fold((0.0, 0.0), |(max, sum): (f64, f64), t| {
+                (max.max(t), sum + t)
+            });
+        let mean = sum / f64::from(self.model.nodes[n].cores);
+        hottest > mean * (1.0 + limit)
     }
 
     /// The traffic of node `n`'s cores.
@@ -788,8 +824,18 @@ impl<'a> Sweep<'a> {
                 self.model.bytes[v]
             }
         };
-        self.refresh_heaviest(source_core);
-        self.refresh_heaviest(target_core);
+        // The heaviest replicas count only what may still move this sweep: the moved one
+        // leaves both cores' figures, which change only if it was the source's heaviest.
+        let old_units = match c.kind {
+            MoveKind::LeaderTransfer => follower_units + leader_units,
+            MoveKind::ReplicaMove => c.units,
+        };
+        let old_traffic = self.model.replica_traffic(c.vshard, old_units);
+        if old_units >= self.core_heaviest[source_core] - 1e-12
+            || old_traffic >= self.core_heaviest_traffic[source_core] - 1e-12
+        {
+            self.refresh_heaviest(source_core);
+        }
         self.moves.push(PlannedMove {
             vshard: c.vshard,
             kind: c.kind,
@@ -806,11 +852,12 @@ impl<'a> Sweep<'a> {
             self.run_started = Some(self.now);
             let (now, config) = (self.now, self.config);
             for (candidate, held) in [
-                (MoveKind::ReplicaMove, &mut self.settled),
-                (MoveKind::LeaderTransfer, &mut self.settled_leader),
+                (Some(MoveKind::ReplicaMove), &mut self.settled),
+                (Some(MoveKind::LeaderTransfer), &mut self.settled_leader),
+                (None, &mut self.settled_core),
             ] {
                 for (held, moved) in held.iter_mut().zip(self.last_moved) {
-                    *held = moved.holds(candidate, now, config);
+                    *held = moved.held(candidate, None, now, config);
                 }
             }
         }
@@ -841,7 +888,7 @@ impl<'a> Sweep<'a> {
             }
             let node_id = node.id;
             if !self.budget.node_free(node_id) || !self.budget.allows(MoveKind::ReplicaMove) {
-                self.budget_blocked = true;
+                self.budget_blocked.set(true);
                 continue;
             }
             for c in node.core_base..node.core_base + usize::from(node.cores) {
@@ -866,7 +913,7 @@ impl<'a> Sweep<'a> {
                             .any(|&t| self.budget.node_free(self.model.nodes[t].id))
                     {
                         // Somewhere to go, but not now: a later sweep takes it.
-                        self.budget_blocked = true;
+                        self.budget_blocked.set(true);
                         i += 1;
                         continue;
                     }
@@ -924,8 +971,9 @@ impl<'a> Sweep<'a> {
             }
             if !self.budget.node_free(self.model.nodes[h].id) {
                 // Only leader transfers may leave it this sweep.
-                self.budget_blocked = true;
+                self.budget_blocked.set(true);
             }
+            self.index_leaders(h);
             if let Some(c) = self.best_move_from(h, &order) {
                 if self.budget.allows(c.kind) {
                     self.apply(c, MoveReason::NodeBalance);
@@ -933,15 +981,40 @@ impl<'a> Sweep<'a> {
                 }
                 // Its best move has no budget left this sweep; a costlier kind does not
                 // stand in for it. The next sweep continues.
-                self.budget_blocked = true;
+                self.budget_blocked.set(true);
             }
             self.node_stuck[h] = true;
         }
         false
     }
 
+    /// The leaders each core of node `h` held when the sweep started, by leadership units
+    /// (ascending, ties by vShard): built on the first look at the node.
+    fn index_leaders(&mut self, h: usize) {
+        let node = &self.model.nodes[h];
+        for c in node.core_base..node.core_base + usize::from(node.cores) {
+            if self.leaders_by_units[c].is_some() {
+                continue;
+            }
+            let mut list: Vec<(f64, VShardId)> = self.core_replicas[c]
+                .iter()
+                .filter(|r| r.leader)
+                .map(|r| (self.model.leader_units[r.vshard.0 as usize], r.vshard))
+                .collect();
+            list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            self.leaders_by_units[c] = Some(list);
+        }
+    }
+
     /// The best move that lowers node `h`'s score: a leader transfer when it does at least
     /// `leader_transfer_preference` of the best replica move's good, else that replica move.
+    ///
+    /// Transfers are found through the node's leader index: a move's improvement is at most
+    /// its improvement towards the coldest node, which rises with the units moved up to the
+    /// point that evens the two nodes and falls after it, so the scan starts at that point
+    /// and stops in each direction once the bound cannot beat the best found. Replica moves
+    /// are scanned only when one could win: when no transfer reaches the preference share of
+    /// the most any move could improve.
     fn best_move_from(&self, h: usize, coldest_first: &[usize]) -> Option<Candidate> {
         let node = &self.model.nodes[h];
         let (h_id, h_score, h_cores) = (node.id, self.model.node_scores[h], f64::from(node.cores));
@@ -955,6 +1028,17 @@ impl<'a> Sweep<'a> {
             h_score - after
         };
         let coldest = coldest_first[0];
+        let c_cores = f64::from(self.model.nodes[coldest].cores);
+        // The units that even h and the coldest node, and the most any one move can improve
+        // (no vShard on h carries more than its heaviest replica).
+        let even = ((h_score - self.model.node_scores[coldest]) * h_cores * c_cores
+            / (h_cores + c_cores))
+            .max(0.0);
+        let heaviest = self.core_heaviest[node.core_base..node.core_base + usize::from(node.cores)]
+            .iter()
+            .copied()
+            .fold(0.0, f64::max);
+        let most = gain(coldest, even.min(heaviest));
         // Hottest cores first: prefer taking the move from a hot core.
         let mut cores: Vec<usize> = (0..usize::from(node.cores)).collect();
         let scores = self.traffic_of(h);
@@ -962,32 +1046,27 @@ impl<'a> Sweep<'a> {
         let mut best_transfer_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let core_limit = 1.0 + self.config.core_target_spread;
-        let source_free = self.budget.node_free(h_id);
         for (rank, &core) in cores.iter().enumerate() {
             let source = CoreAddress::new(h_id, CoreId(core as u16));
-            let source_score = scores[core];
-            for replica in &self.core_replicas[node.core_base + core] {
-                let vshard = replica.vshard;
-                let v = vshard.0 as usize;
-                let lead_units = self.model.leader_units[v];
-                let bytes = self.model.bytes[v];
-                let transfer_bound = replica.leader
-                    && !self.cooling(vshard, MoveKind::LeaderTransfer)
-                    && {
-                        let g = gain(coldest, lead_units);
-                        beats(&best_transfer_per_core[rank], g, g)
-                    };
-                let replica_bound = source_free
-                    && !self.cooling(vshard, MoveKind::ReplicaMove)
-                    && {
-                        let g = gain(coldest, replica.units);
-                        beats(&best_replica_per_core[rank], g, per_byte(g, bytes))
-                    };
-                if !transfer_bound && !replica_bound {
-                    continue;
-                }
-                let entry = self.placement.get(vshard).expect("listed vShards exist");
-                if transfer_bound {
+            let slot = &mut best_transfer_per_core[rank];
+            let Some(leaders) = self.leaders_by_units[node.core_base + core].as_deref() else {
+                continue;
+            };
+            let start = leaders.partition_point(|(u, _)| *u < even);
+            let (below, above) = leaders.split_at(start);
+            for side in [
+                &mut below.iter().rev() as &mut dyn Iterator<Item = _>,
+                &mut above.iter(),
+            ] {
+                for &(lead_units, vshard) in side {
+                    let bound = gain(coldest, lead_units);
+                    if !beats(slot, bound, bound) {
+                        break;
+                    }
+                    if self.cooling(vshard, MoveKind::LeaderTransfer) {
+                        continue;
+                    }
+                    let entry = self.placement.get(vshard).expect("listed vShards exist");
                     for p in entry.addresses().filter(|p| p.node != h_id) {
                         let Some(t) = self
                             .model
@@ -996,57 +1075,86 @@ impl<'a> Sweep<'a> {
                         else {
                             continue;
                         };
-                        // Never create a core hot spot: the follower's core must stay below
-                        // the source core, or within the core target (in traffic).
+                        // Never create a core hot spot: the follower's core must end up
+                        // within the core target of its node's mean, or of the mean core
+                        // (a node with little traffic takes its first leaders anywhere).
                         let target_core =
                             self.model.core_index(p).expect("eligible node, known core");
-                        if self.model.core_traffic(target_core)
-                            + lead_units * self.model.traffic_scale
-                            > source_score.max(core_limit)
+                        let lead_traffic = lead_units * self.model.traffic_scale;
+                        let t_cores = f64::from(self.model.nodes[t].cores);
+                        let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
+                        if self.model.core_traffic(target_core) + lead_traffic
+                            > (t_mean * core_limit).max(core_limit)
                         {
                             continue;
                         }
                         let improvement = gain(t, lead_units);
-                        if beats(&best_transfer_per_core[rank], improvement, improvement) {
-                            let kind = MoveKind::LeaderTransfer;
-                            let c = Candidate {
+                        if beats(slot, improvement, improvement) {
+                            *slot = Some(Candidate {
                                 vshard,
-                                kind,
+                                kind: MoveKind::LeaderTransfer,
                                 source,
                                 target: p,
                                 units: lead_units,
                                 improvement,
                                 value: improvement,
-                            };
-                            best_transfer_per_core[rank] = Some(c);
+                            });
                         }
                     }
                 }
-                if replica_bound {
-                    // Data goes only to a node at or below the mean: a copy onto a node above
-                    // it shifts the imbalance rather than removing it, and waiting for the
-                    // cold node's move slot copies fewer bytes.
-                    let target = coldest_first.iter().find(|&&t| {
-                        let id = self.model.nodes[t].id;
-                        entry.replica_on(id).is_none()
-                            && self.budget.node_free(id)
-                            && self.model.node_scores[t] <= 1.0
-                    });
-                    if let Some(&t) = target {
-                        let improvement = gain(t, replica.units);
-                        let value = per_byte(improvement, bytes);
-                        if beats(&best_replica_per_core[rank], improvement, value) {
-                            let c = Candidate {
-                                vshard,
-                                kind: MoveKind::ReplicaMove,
-                                source,
-                                target: CoreAddress::new(self.model.nodes[t].id, CoreId(0)),
-                                units: replica.units,
-                                improvement,
-                                value,
-                            };
-                            best_replica_per_core[rank] = Some(c);
-                        }
+            }
+        }
+        let best_transfer = best_transfer_per_core
+            .iter()
+            .flatten()
+            .map(|c| c.improvement)
+            .fold(0.0, f64::max);
+        let replicas_may_win = best_transfer < self.config.leader_transfer_preference * most;
+        // Somewhere to copy to: a node at or below the mean with a free move slot.
+        let any_target = coldest_first.iter().any(|&t| {
+            self.model.node_scores[t] <= 1.0 && self.budget.node_free(self.model.nodes[t].id)
+        });
+        let copies_now = self.budget.allows(MoveKind::ReplicaMove) && any_target;
+        if replicas_may_win && !copies_now {
+            // A copy might do better once the moves in flight end: the run is not over.
+            self.budget_blocked.set(true);
+        }
+        let source_free = replicas_may_win && copies_now && self.budget.node_free(h_id);
+        for (rank, &core) in cores.iter().enumerate().filter(|_| source_free) {
+            let source = CoreAddress::new(h_id, CoreId(core as u16));
+            for replica in &self.core_replicas[node.core_base + core] {
+                let vshard = replica.vshard;
+                let bytes = self.model.bytes[vshard.0 as usize];
+                let replica_bound = !self.cooling(vshard, MoveKind::ReplicaMove) && {
+                    let g = gain(coldest, replica.units);
+                    beats(&best_replica_per_core[rank], g, per_byte(g, bytes))
+                };
+                if !replica_bound {
+                    continue;
+                }
+                let entry = self.placement.get(vshard).expect("listed vShards exist");
+                // Data goes only to a node at or below the mean: a copy onto a node above
+                // it shifts the imbalance rather than removing it, and waiting for the
+                // cold node's move slot copies fewer bytes.
+                let target = coldest_first.iter().find(|&&t| {
+                    let id = self.model.nodes[t].id;
+                    entry.replica_on(id).is_none()
+                        && self.budget.node_free(id)
+                        && self.model.node_scores[t] <= 1.0
+                });
+                if let Some(&t) = target {
+                    let improvement = gain(t, replica.units);
+                    let value = per_byte(improvement, bytes);
+                    if beats(&best_replica_per_core[rank], improvement, value) {
+                        best_replica_per_core[rank] = Some(Candidate {
+                            vshard,
+                            kind: MoveKind::ReplicaMove,
+                            source,
+                            target: CoreAddress::new(self.model.nodes[t].id, CoreId(0)),
+                            units: replica.units,
+                            improvement,
+                            value,
+                        });
                     }
                 }
             }
@@ -1095,19 +1203,104 @@ impl<'a> Sweep<'a> {
             .collect();
         nodes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for (n, _) in nodes {
-            if !self.budget.node_free(self.model.nodes[n].id)
-                || !self.budget.allows(MoveKind::ReplicaMove)
-            {
-                self.budget_blocked = true;
-                continue;
+            let copies = self.budget.node_free(self.model.nodes[n].id)
+                && self.budget.allows(MoveKind::ReplicaMove);
+            if !copies {
+                // A copy may be wanted once the moves in flight end.
+                self.budget_blocked.set(true);
             }
-            if let Some(c) = self.best_core_move(n) {
+            // Leadership off the hot core costs no copy: it wins when it does at least the
+            // preference share of the best copy's good.
+            let transfer = self.best_core_transfer(n);
+            let copy = if copies { self.best_core_move(n) } else { None };
+            let pick = match (transfer, copy) {
+                (Some(t), Some(c))
+                    if t.improvement >= self.config.leader_transfer_preference * c.improvement =>
+                {
+                    Some(t)
+                }
+                (_, Some(c)) => Some(c),
+                (t, None) => t,
+            };
+            if let Some(c) = pick {
                 self.apply(c, MoveReason::CoreBalance);
                 return true;
             }
             self.core_stuck[n] = true;
         }
         false
+    }
+
+    /// The best leader transfer off node `n`'s core with the most traffic: to a follower on
+    /// another node that stays within the node target, onto a core that stays within the
+    /// core target of its node. Ranked by the traffic it takes off the hot core, down to the
+    /// node's mean.
+    fn best_core_transfer(&self, n: usize) -> Option<Candidate> {
+        if !self.budget.allows(MoveKind::LeaderTransfer) {
+            return None;
+        }
+        let node = &self.model.nodes[n];
+        let scores = self.traffic_of(n);
+        let mut hot = 0;
+        for (i, s) in scores.iter().enumerate() {
+            if *s > scores[hot] {
+                hot = i;
+            }
+        }
+        let hot_score = scores[hot];
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        let source = CoreAddress::new(node.id, CoreId(hot as u16));
+        let scale = self.model.traffic_scale;
+        let node_limit = 1.0 + self.config.target_spread;
+        let core_limit = 1.0 + self.config.core_target_spread;
+        let mut best: Option<Candidate> = None;
+        for replica in &self.core_replicas[node.core_base + hot] {
+            if !replica.leader || self.cooling(replica.vshard, MoveKind::LeaderTransfer) {
+                continue;
+            }
+            let lead_units = self.model.leader_units[replica.vshard.0 as usize];
+            let lead_traffic = lead_units * scale;
+            let improvement = hot_score - (hot_score - lead_traffic).max(mean);
+            if !beats(&best, improvement, improvement) {
+                continue;
+            }
+            let entry = self
+                .placement
+                .get(replica.vshard)
+                .expect("listed vShards exist");
+            for p in entry.addresses().filter(|p| p.node != node.id) {
+                let Some(t) = self
+                    .model
+                    .node_index(p.node)
+                    .filter(|&t| self.model.nodes[t].eligible)
+                else {
+                    continue;
+                };
+                let t_cores = f64::from(self.model.nodes[t].cores);
+                if self.model.node_scores[t] + lead_units / t_cores > node_limit {
+                    continue;
+                }
+                let target_core = self.model.core_index(p).expect("eligible node, known core");
+                let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
+                if self.model.core_traffic(target_core) + lead_traffic
+                    > (t_mean * core_limit).max(core_limit)
+                {
+                    continue;
+                }
+                if beats(&best, improvement, improvement) {
+                    best = Some(Candidate {
+                        vshard: replica.vshard,
+                        kind: MoveKind::LeaderTransfer,
+                        source,
+                        target: p,
+                        units: lead_units,
+                        improvement,
+                        value: improvement,
+                    });
+                }
+            }
+        }
+        best
     }
 
     /// The best replica move from node `n`'s core with the most traffic to its core with
@@ -1125,8 +1318,9 @@ impl<'a> Sweep<'a> {
             }
         }
         let (hot_score, cold_score) = (scores[hot], scores[cold]);
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
         let heaviest = self.core_heaviest_traffic[node.core_base + hot];
-        if hot_score <= heaviest + self.config.core_target_spread {
+        if hot_score <= heaviest + self.config.core_target_spread * mean {
             return None;
         }
         let source = CoreAddress::new(node.id, CoreId(hot as u16));
@@ -1137,11 +1331,8 @@ impl<'a> Sweep<'a> {
         // Except on the cluster's hottest core, when it exceeds what its heaviest vShard (or
         // the mean core) forces by more than the core trigger: that core caps what the
         // cluster serves, and any traffic off it counts.
-        let hottest_anywhere = (0..self.model.core_scores.len())
-            .map(|c| self.model.core_traffic(c))
-            .fold(0.0, f64::max);
-        let limit = (1.0 + self.config.core_trigger_excess) * heaviest.max(1.0);
-        let min_traffic_per_byte = if hot_score >= hottest_anywhere && hot_score > limit {
+        let limit = (1.0 + self.config.core_trigger_excess) * heaviest.max(mean);
+        let min_traffic_per_byte = if hot_score > limit {
             [0.0; 2]
         } else {
             self.mean_traffic_per_byte
@@ -1149,7 +1340,7 @@ impl<'a> Sweep<'a> {
         };
         let mut best: Option<Candidate> = None;
         for replica in &self.core_replicas[node.core_base + hot] {
-            if self.cooling(replica.vshard, MoveKind::ReplicaMove) {
+            if self.cooling_core(replica.vshard) {
                 continue;
             }
             let traffic = self.model.replica_traffic(replica.vshard, replica.units);

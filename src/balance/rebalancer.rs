@@ -51,20 +51,21 @@ pub struct ClusterLoad {
 }
 
 impl ClusterLoad {
-    /// Load with an idle coordinator and no move limit but the planner's cap.
+    /// Load with an idle coordinator, nothing in flight and the default move limits.
     pub fn new(
         topology: ClusterTopology,
         placement: PlacementTable,
         node_metrics: Vec<LoadMetrics>,
         vshard_loads: Vec<VShardLoad>,
     ) -> ClusterLoad {
+        let budget = MoveBudget::idle(topology.len());
         ClusterLoad {
             topology,
             placement,
             node_metrics,
             vshard_loads,
             coordinator_cpu: 0.0,
-            budget: MoveBudget::unlimited(),
+            budget,
         }
     }
 }

@@ -67,7 +67,10 @@ pub fn run(args: &RebalanceSimArgs) -> ExitCode {
     config.seed = args.seed;
     config.zipf_exponent = args.zipf_exponent;
     config.max_sweeps = args.max_sweeps;
-    if !(args.interval_secs.is_finite() && args.interval_secs >= 0.001 && args.interval_secs <= 86_400.0) {
+    if !(args.interval_secs.is_finite()
+        && args.interval_secs >= 0.001
+        && args.interval_secs <= 86_400.0)
+    {
         eprintln!("error: --interval-secs must be within 0.001..=86400");
         return ExitCode::from(2);
     }
@@ -190,7 +193,11 @@ fn print_table(r: &HarnessReport, violations: &[String]) -> std::io::Result<()> 
     writeln!(
         out,
         "bytes moved          {} ({:.4} of {} stored; must move {}; {} between cores)",
-        r.bytes_moved, r.bytes_moved_fraction, r.bytes_stored, r.bytes_must_move, r.core_bytes_moved
+        r.bytes_moved,
+        r.bytes_moved_fraction,
+        r.bytes_stored,
+        r.bytes_must_move,
+        r.core_bytes_moved
     )?;
     writeln!(
         out,

@@ -664,7 +664,10 @@ impl Balancer {
             vshard_loads: samples.into_values().map(|(_, _, s)| s).collect(),
             coordinator_cpu,
             budget: MoveBudget {
-                replica_moves: self.config.max_moves_in_flight.saturating_sub(replica_moves),
+                replica_moves: self
+                    .config
+                    .max_moves_in_flight
+                    .saturating_sub(replica_moves),
                 // Transfers still unanswered count against this sweep's.
                 leader_transfers: if view == View::Sweep {
                     leader_transfer_budget(store.topology().len())
