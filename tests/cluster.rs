@@ -1145,10 +1145,10 @@ fn every_core_publishes_its_load_once_per_tick() {
 }
 
 /// The rebalancer in the nodes, end to end: three nodes, 60 % of the requests (four reads to
-/// one write) on the groups one node leads; the coordinator's sweeps spread it (here by leader transfers: with three
-/// replicas on three nodes, every node holds every group) until node max / mean is within
-/// 1.15, within ten sweeps of the load starting, with no client error; every acknowledged
-/// write is readable afterwards.
+/// one write) on the groups one node leads; the coordinator's sweeps spread it (here by
+/// leader transfers: with three replicas on three nodes, every node holds every group)
+/// until node max / mean is within 1.15, within ten sweeps of the load starting, with no
+/// client error; every acknowledged write is readable afterwards.
 #[test]
 fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
     let mut h = Harness::named("rebalance");
