@@ -1145,10 +1145,10 @@ fn every_core_publishes_its_load_once_per_tick() {
 }
 
 /// The rebalancer in the nodes, end to end: three nodes, 60 % of the requests (four reads to
-/// one write) on the groups one node leads; the coordinator's sweeps spread it (here by leader transfers: with three
-/// replicas on three nodes, every node holds every group) until node max / mean is within
-/// 1.15, within ten sweeps of the load starting, with no client error; every acknowledged
-/// write is readable afterwards.
+/// one write) on three groups one node leads; the coordinator's sweeps spread it (here by
+/// leader transfers: with three replicas on three nodes, every node holds every group)
+/// until node max / mean is within 1.15, within ten sweeps of the load starting, with no
+/// client error; every acknowledged write is readable afterwards.
 #[test]
 fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
     // `RUST_LOG=nodedb_cluster::node::balancer=info` shows each move the coordinator starts.
@@ -1179,7 +1179,18 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
             let leader = c.cached_leader(GroupId(g)).unwrap();
             led.entry(leader.node).or_default().push(g);
         }
-        let hot: Vec<u64> = led.values().max_by_key(|g| g.len()).unwrap().clone();
+        // Three of the groups the busiest leader leads (with 8 groups on 3 nodes one leads at
+        // least three): one hot group per node is a balanced placement. With four hot groups
+        // of eight the best placement is about 1.15, the bound itself, and the test measured
+        // the load's granularity rather than the rebalancer.
+        let hot: Vec<u64> = led
+            .values()
+            .max_by_key(|g| g.len())
+            .unwrap()
+            .iter()
+            .take(3)
+            .copied()
+            .collect();
         let keys: Vec<String> = (0..2_000).map(|i| format!("skew-{i}")).collect();
         let hot_keys: Vec<String> = keys
             .iter()
