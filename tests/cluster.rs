@@ -1146,8 +1146,9 @@ fn every_core_publishes_its_load_once_per_tick() {
 
 /// The rebalancer in the nodes, end to end: three nodes, 60 % of the requests (four reads to
 /// one write) on three groups one node leads; the coordinator's sweeps spread it (here by
-/// leader transfers: with three replicas on three nodes, every node holds every group)
-/// until node max / mean is within 1.15, within ten sweeps of the load starting, with no
+/// leader transfers, as with three replicas on three nodes every node holds every group;
+/// and between cores by copies) until node max / mean is within 1.15, within ten sweep
+/// intervals of the load starting (sweeps kicked by a finished move come on top), with no
 /// client error; every acknowledged write is readable afterwards.
 #[test]
 fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
@@ -1197,7 +1198,7 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
             .filter(|k| hot.contains(&c.group_of(k.as_bytes()).0))
             .cloned()
             .collect();
-        let sweeps_before = c.status().await.unwrap().stats.sweeps;
+        let before = c.status().await.unwrap().stats;
         let stop = std::rc::Rc::new(std::cell::Cell::new(false));
         let acked = std::rc::Rc::new(std::cell::RefCell::new(std::collections::BTreeMap::<
             String,
@@ -1287,19 +1288,22 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
         (
             initial,
             converged,
-            sweeps_before,
+            before,
             errors.get(),
             acked.len(),
             unreadable,
         )
     });
-    let (initial, status, sweeps_before, errors, acked, unreadable) = outcome;
+    let (initial, status, before, errors, acked, unreadable) = outcome;
     // What the rebalancer itself answered counts too: samples from outside may miss it.
     let initial = initial.max(status.stats.worst_planned_node_max_over_mean);
-    let sweeps = status.stats.sweeps - sweeps_before;
+    let sweeps = status.stats.sweeps - before.sweeps;
+    // Sweeps kicked by a finished move (a copy between cores ends in well under a second
+    // here) or a hot report come on top of the interval's: the bound counts intervals.
+    let kicked = status.stats.kicked_sweeps - before.kicked_sweeps;
     let moves = status.stats.leader_transfers_started + status.stats.replica_moves_started;
     eprintln!(
-        "initial node max/mean {initial:.3}, converged to {:.3} after {sweeps} sweeps, {moves} moves, {acked} keys written",
+        "initial node max/mean {initial:.3}, converged to {:.3} after {sweeps} sweeps ({kicked} kicked), {moves} moves, {acked} keys written",
         status.node_max_over_mean
     );
     // Steady state of this load is about 1.7 (reads 0.8 of the requests, 0.75 of them to the
@@ -1307,7 +1311,10 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
     // first reports of the load step, so the bound leaves a margin.
     assert!(initial > 1.25, "the load was not skewed: {initial}");
     assert!(moves > 0, "the rebalancer moved nothing: {status:?}");
-    assert!(sweeps <= 10, "took {sweeps} sweeps: {status:?}");
+    assert!(
+        sweeps - kicked <= 10,
+        "took {sweeps} sweeps, {kicked} of them kicked: {status:?}"
+    );
     assert_eq!(errors, 0, "client errors during the moves");
     assert!(acked > 100, "the load wrote {acked} keys");
     assert_eq!(unreadable, 0, "acknowledged writes missing");

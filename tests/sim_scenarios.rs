@@ -223,6 +223,10 @@ fn a_leader_that_moves_away_while_a_voter_is_down_hands_over_to_a_live_one() {
 /// checker (linearizability included) stays quiet.
 #[test]
 fn the_rebalancer_converges_after_faults_stop_and_then_plans_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut s = Scenario::balancing(3, 2, 8, 7);
     s.run_with_load(Duration::from_secs(5), 24, &[], 0.0);
     let hot = s.groups_led_by_busiest_node();

@@ -103,10 +103,12 @@ impl Default for PlannerConfig {
     }
 }
 
-/// When a vShard last had a replica moved and its leadership transferred.
+/// When a vShard last had a replica moved to another node, a replica moved between the
+/// cores of its node, and its leadership transferred.
 #[derive(Clone, Copy, Debug, Default)]
 struct LastMoved {
     replica: Option<Time>,
+    core: Option<Time>,
     transfer: Option<Time>,
 }
 
@@ -115,9 +117,20 @@ impl LastMoved {
         self.replica.max(self.transfer)
     }
 
+    fn record(&mut self, kind: MoveKind, within_node: bool, now: Time) {
+        match kind {
+            MoveKind::ReplicaMove if within_node => self.core = Some(now),
+            MoveKind::ReplicaMove => self.replica = Some(now),
+            MoveKind::LeaderTransfer => self.transfer = Some(now),
+        }
+    }
+
     /// Whether a move of `candidate` (`None`: a move between the cores of a node) must wait:
     /// the vShard moved since `run_started` or is within its hold. A core move waits only
-    /// for a replica move of the vShard.
+    /// for replica moves of the vShard (to another node or core), and holds back replica
+    /// moves only: where on its node a replica lives says nothing about which node should
+    /// lead, so a leader transfer is not held by one (a core move of a hot leader would
+    /// otherwise pin the leadership on its node for the whole cooldown).
     fn held(
         &self,
         candidate: Option<MoveKind>,
@@ -126,14 +139,19 @@ impl LastMoved {
         config: &PlannerConfig,
     ) -> bool {
         let since_run = |at: Option<Time>| at.is_some_and(|t| run_started.is_some_and(|s| t >= s));
+        let copied = self.replica.max(self.core);
+        let cooling =
+            |at: Option<Time>| at.is_some_and(|t| now.saturating_since(t) < config.cooldown);
         match candidate {
-            Some(kind) => since_run(self.latest()) || self.holds(kind, now, config),
-            None => {
-                since_run(self.replica)
-                    || self
-                        .replica
-                        .is_some_and(|t| now.saturating_since(t) < config.cooldown)
+            Some(MoveKind::LeaderTransfer) => {
+                since_run(self.latest()) || self.holds(MoveKind::LeaderTransfer, now, config)
             }
+            Some(MoveKind::ReplicaMove) => {
+                since_run(self.latest().max(self.core))
+                    || cooling(self.core)
+                    || self.holds(MoveKind::ReplicaMove, now, config)
+            }
+            None => since_run(copied) || cooling(copied),
         }
     }
 
@@ -400,11 +418,16 @@ impl Planner {
         if self.last_moved.len() <= v {
             self.last_moved.resize(v + 1, LastMoved::default());
         }
-        let last = &mut self.last_moved[v];
-        match kind {
-            MoveKind::ReplicaMove => last.replica = Some(now),
-            MoveKind::LeaderTransfer => last.transfer = Some(now),
+        self.last_moved[v].record(kind, false, now);
+    }
+
+    /// Records a replica move between two cores of one node made elsewhere at `now`.
+    pub fn note_core_moved(&mut self, vshard: VShardId, now: Time) {
+        let v = vshard.0 as usize;
+        if self.last_moved.len() <= v {
+            self.last_moved.resize(v + 1, LastMoved::default());
         }
+        self.last_moved[v].record(MoveKind::ReplicaMove, true, now);
     }
 
     /// Whether a balancing run is in progress.
@@ -461,9 +484,8 @@ impl Planner {
         // Every vShard moves at most once a sweep and every move lowers the sum of squared
         // scores, so this ends even with an unlimited budget.
         while !sweep.budget.spent() {
-            let found = sweep.next_forced_move()
-                || sweep.next_node_move()
-                || (std::env::var_os("NO_CORE").is_none() && sweep.next_core_move());
+            let found =
+                sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
             if !found {
                 break;
             }
@@ -480,11 +502,8 @@ impl Planner {
             (false, false) => PlanStatus::WithinTrigger,
         };
         for m in &plan.moves {
-            let last = &mut self.last_moved[m.vshard.0 as usize];
-            match m.kind {
-                MoveKind::ReplicaMove => last.replica = Some(now),
-                MoveKind::LeaderTransfer => last.transfer = Some(now),
-            }
+            let within_node = m.source.node == m.target.node;
+            self.last_moved[m.vshard.0 as usize].record(m.kind, within_node, now);
         }
         self.run_active = capped;
         self.run_started = run_started;
@@ -705,18 +724,6 @@ impl<'a> Sweep<'a> {
         } else {
             score - coldest > self.config.trigger_spread || score > 1.0 + self.config.trigger_excess
         }
-    }
-
-    /// Whether a node is hot enough for a node move (`node_qualifies`).
-    fn nodes_call_for_balance(&self) -> bool {
-        let order = self.eligible_coldest_first();
-        let (Some(&coldest), Some(&hottest)) = (order.first(), order.last()) else {
-            return false;
-        };
-        self.node_qualifies(
-            self.model.node_scores[hottest],
-            self.model.node_scores[coldest],
-        )
     }
 
     /// Whether the cores of node `n` call for a core move: its hottest core exceeds the
@@ -987,7 +994,19 @@ impl<'a> Sweep<'a> {
                 self.budget_blocked.set(true);
             }
             self.index_leaders(h);
-            if let Some(c) = self.best_move_from(h, &order) {
+            // A leadership may land on a busy core only when nothing else relieves the node
+            // (see `best_move_from`).
+            let best = self.best_move_from(h, &order, false).or_else(|| {
+                // Coarse moves, only while the spread is past its trigger (not down to the
+                // run's target, nor for the excess trigger alone): with few heavy leaders
+                // they would otherwise keep trading places around the target.
+                let past_trigger = score - coldest_score > self.config.trigger_spread;
+                past_trigger
+                    .then(|| self.best_move_from(h, &order, true))
+                    .flatten()
+                    .filter(|c| c.improvement > self.config.trigger_spread / 2.0)
+            });
+            if let Some(c) = best {
                 if self.budget.allows(c.kind) {
                     self.apply(c, MoveReason::NodeBalance);
                     return true;
@@ -1028,7 +1047,12 @@ impl<'a> Sweep<'a> {
     /// and stops in each direction once the bound cannot beat the best found. Replica moves
     /// are scanned only when one could win: when no transfer reaches the preference share of
     /// the most any move could improve.
-    fn best_move_from(&self, h: usize, coldest_first: &[usize]) -> Option<Candidate> {
+    fn best_move_from(
+        &self,
+        h: usize,
+        coldest_first: &[usize],
+        onto_busy_cores: bool,
+    ) -> Option<Candidate> {
         let node = &self.model.nodes[h];
         let (h_id, h_score, h_cores) = (node.id, self.model.node_scores[h], f64::from(node.cores));
         // Improvement of moving `units` from h to node t: how much the larger of the two
@@ -1059,6 +1083,7 @@ impl<'a> Sweep<'a> {
         let mut best_transfer_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let core_limit = 1.0 + self.config.core_target_spread;
+        let eligible_nodes = self.model.nodes.iter().filter(|n| n.eligible).count();
         for (rank, &core) in cores.iter().enumerate() {
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_transfer_per_core[rank];
@@ -1080,6 +1105,9 @@ impl<'a> Sweep<'a> {
                         continue;
                     }
                     let entry = self.placement.get(vshard).expect("listed vShards exist");
+                    if onto_busy_cores && entry.replicas.len() < eligible_nodes {
+                        continue;
+                    }
                     for p in entry.addresses().filter(|p| p.node != h_id) {
                         let Some(t) = self
                             .model
@@ -1092,14 +1120,22 @@ impl<'a> Sweep<'a> {
                         // within the core target of its node's mean core, of the mean core
                         // (a node with little traffic takes its first leaders anywhere), or
                         // of the leadership itself (a leader hotter than a mean core goes to
-                        // a core with little else).
+                        // a core with little else). Unless nothing else relieves the node
+                        // (`onto_busy_cores`) and the vShard has a replica on every eligible
+                        // node, so that a transfer is the only way its load can leave: then
+                        // the node comes first, and the leadership goes to whichever core its
+                        // follower is on. A 3-node cluster with 8 heavy groups is such a case:
+                        // there is no core with little else. Only then, since the busy core
+                        // would later want a copy between cores, and where a copy between
+                        // nodes is possible it may cost less.
                         let target_core =
                             self.model.core_index(p).expect("eligible node, known core");
                         let lead_traffic = lead_units * self.model.traffic_scale;
                         let t_cores = f64::from(self.model.nodes[t].cores);
                         let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
-                        if self.model.core_traffic(target_core) + lead_traffic
-                            > t_mean.max(1.0).max(lead_traffic) * core_limit
+                        let target_after = self.model.core_traffic(target_core) + lead_traffic;
+                        if !onto_busy_cores
+                            && target_after > t_mean.max(1.0).max(lead_traffic) * core_limit
                         {
                             continue;
                         }
@@ -1362,6 +1398,19 @@ impl<'a> Sweep<'a> {
         let mut best: Option<Candidate> = None;
         for replica in &self.core_replicas[node.core_base + hot] {
             if self.cooling_core(replica.vshard) {
+                continue;
+            }
+            // Followers only, unless the vShard has no other replica: a leader being moved
+            // hands its leadership to another voter before it leaves (the new replica is
+            // still a learner then), so the leadership would land on another node rather
+            // than on the target core. Leadership leaves a hot core by a transfer
+            // (`best_core_transfer`).
+            if replica.leader
+                && self
+                    .placement
+                    .get(replica.vshard)
+                    .is_some_and(|e| e.replicas.len() > 1)
+            {
                 continue;
             }
             let traffic = self.model.replica_traffic(replica.vshard, replica.units);

@@ -76,7 +76,7 @@ pub fn run(args: &RebalanceSimArgs) -> ExitCode {
     }
     config.interval = std::time::Duration::from_secs_f64(args.interval_secs);
     let rate = args.move_rate_mib * f64::from(1u32 << 20);
-    if !(rate.is_finite() && rate >= 1.0 && rate <= 1e15) {
+    if !(rate.is_finite() && (1.0..=1e15).contains(&rate)) {
         eprintln!("error: --move-rate-mib must be positive and at most 1e9");
         return ExitCode::from(2);
     }

@@ -105,6 +105,10 @@ impl BalanceConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BalancerStats {
     pub sweeps: u64,
+    /// Sweeps run before their interval was up: kicked by a hot report, a topology change
+    /// or a replica move that ended.
+    #[serde(default)]
+    pub kicked_sweeps: u64,
     pub replica_moves_started: u64,
     pub leader_transfers_started: u64,
     pub leader_transfers_failed: u64,
@@ -287,12 +291,17 @@ impl Balancer {
             .groups()
             .filter_map(|(g, p)| p.moving.map(|m| (g, m.new)))
             .collect();
-        for (group, new) in &moving {
-            if self.moves_seen.get(group) != Some(new) {
-                let vshard = crate::ids::VShardId((group.0 - 1) as u32);
-                self.rebalancer
-                    .planner_mut()
-                    .note_moved(vshard, MoveKind::ReplicaMove, now);
+        for (group, p) in table.groups() {
+            let Some(m) = p.moving else { continue };
+            if self.moves_seen.get(&group) == Some(&m.new) {
+                continue;
+            }
+            let vshard = crate::ids::VShardId((group.0 - 1) as u32);
+            let planner = self.rebalancer.planner_mut();
+            if p.address_of(m.from).is_some_and(|a| a.node == m.to.node) {
+                planner.note_core_moved(vshard, now);
+            } else {
+                planner.note_moved(vshard, MoveKind::ReplicaMove, now);
             }
         }
         // A move that ended frees a move slot: the coordinator sweeps at once to fill it.
@@ -503,6 +512,9 @@ impl Balancer {
             self.move_ended = false;
             if kick && !periodic {
                 self.last_kick_sweep = Some(now);
+            }
+            if !periodic {
+                self.stats.kicked_sweeps += 1;
             }
             self.next_sweep = Some(now + self.config.interval);
             self.sweep(now, current, calm || periodic, store);
