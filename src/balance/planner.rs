@@ -1006,6 +1006,15 @@ impl<'a> Sweep<'a> {
                     .flatten()
                     .filter(|c| c.improvement > self.config.trigger_spread / 2.0)
             });
+            if best.is_none()
+                && score - coldest_score > self.config.trigger_spread
+                && self.budget.leader_transfers >= 2
+                && let Some((there, back)) = self.best_swap(h)
+            {
+                self.apply(there, MoveReason::NodeBalance);
+                self.apply(back, MoveReason::NodeBalance);
+                return true;
+            }
             if let Some(c) = best {
                 if self.budget.allows(c.kind) {
                     self.apply(c, MoveReason::NodeBalance);
@@ -1018,6 +1027,90 @@ impl<'a> Sweep<'a> {
             self.node_stuck[h] = true;
         }
         false
+    }
+
+    /// A swap of leaderships for node `h` when no single move relieves it: a heavy one from
+    /// `h` to a node `t`, and a lighter one of `t` back to `h`, for vShards with a replica on
+    /// every eligible node (transfers are the only way their load moves). With few heavy
+    /// groups the greedy single moves stop short: two hot leaderships on one node, four
+    /// cold ones on another, and either hot one alone would make the other node the
+    /// hottest. Ranked by the drop of the larger of the two scores; at least half the
+    /// trigger spread.
+    fn best_swap(&self, h: usize) -> Option<(Candidate, Candidate)> {
+        let eligible = self.model.nodes.iter().filter(|n| n.eligible).count();
+        let node = &self.model.nodes[h];
+        let (h_id, h_score, h_cores) = (node.id, self.model.node_scores[h], f64::from(node.cores));
+        let leaders_of = |n: usize| {
+            let node = &self.model.nodes[n];
+            (node.core_base..node.core_base + usize::from(node.cores)).flat_map(move |c| {
+                self.core_replicas[c]
+                    .iter()
+                    .filter(|r| r.leader)
+                    .map(move |r| {
+                        let core = CoreId((c - node.core_base) as u16);
+                        (CoreAddress::new(node.id, core), r.vshard)
+                    })
+            })
+        };
+        let everywhere = |v: VShardId| {
+            self.placement
+                .get(v)
+                .filter(|e| e.replicas.len() >= eligible)
+        };
+        let mut best: Option<(f64, Candidate, Candidate)> = None;
+        for (from, x) in leaders_of(h) {
+            if self.cooling(x, MoveKind::LeaderTransfer) {
+                continue;
+            }
+            let Some(ex) = everywhere(x) else { continue };
+            let a = self.model.leader_units[x.0 as usize];
+            for to in ex.addresses().filter(|p| p.node != h_id) {
+                let Some(t) = self
+                    .model
+                    .node_index(to.node)
+                    .filter(|&t| self.model.nodes[t].eligible)
+                else {
+                    continue;
+                };
+                let (t_score, t_cores) = (
+                    self.model.node_scores[t],
+                    f64::from(self.model.nodes[t].cores),
+                );
+                for (y_at, y) in leaders_of(t) {
+                    let b = self.model.leader_units[y.0 as usize];
+                    if y == x || b >= a || self.cooling(y, MoveKind::LeaderTransfer) {
+                        continue;
+                    }
+                    let Some(ey) = everywhere(y) else { continue };
+                    let Some(back) = ey.addresses().find(|p| p.node == h_id) else {
+                        continue;
+                    };
+                    let net = a - b;
+                    let after = (h_score - net / h_cores).max(t_score + net / t_cores);
+                    let improvement = h_score - after;
+                    if improvement <= self.config.trigger_spread / 2.0
+                        || best.as_ref().is_some_and(|(i, _, _)| improvement <= *i)
+                    {
+                        continue;
+                    }
+                    let transfer = |vshard, source, target, units| Candidate {
+                        vshard,
+                        kind: MoveKind::LeaderTransfer,
+                        source,
+                        target,
+                        units,
+                        improvement,
+                        value: improvement,
+                    };
+                    best = Some((
+                        improvement,
+                        transfer(x, from, to, a),
+                        transfer(y, y_at, back, b),
+                    ));
+                }
+            }
+        }
+        best.map(|(_, there, back)| (there, back))
     }
 
     /// The leaders each core of node `h` held when the sweep started, by leadership units
