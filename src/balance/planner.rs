@@ -699,6 +699,13 @@ impl<'a> Sweep<'a> {
         }
     }
 
+    /// The model index of `node` if it may receive load.
+    fn eligible_index(&self, node: NodeId) -> Option<usize> {
+        self.model
+            .node_index(node)
+            .filter(|&t| self.model.nodes[t].eligible)
+    }
+
     /// Whether `vshard`'s replica may not move to another core of its node now.
     fn cooling_core(&self, vshard: VShardId) -> bool {
         let v = vshard.0 as usize;
@@ -1065,11 +1072,7 @@ impl<'a> Sweep<'a> {
             let Some(ex) = everywhere(x) else { continue };
             let a = self.model.leader_units[x.0 as usize];
             for to in ex.addresses().filter(|p| p.node != h_id) {
-                let Some(t) = self
-                    .model
-                    .node_index(to.node)
-                    .filter(|&t| self.model.nodes[t].eligible)
-                else {
+                let Some(t) = self.eligible_index(to.node) else {
                     continue;
                 };
                 let (t_score, t_cores) = (
@@ -1202,11 +1205,7 @@ impl<'a> Sweep<'a> {
                         continue;
                     }
                     for p in entry.addresses().filter(|p| p.node != h_id) {
-                        let Some(t) = self
-                            .model
-                            .node_index(p.node)
-                            .filter(|&t| self.model.nodes[t].eligible)
-                        else {
+                        let Some(t) = self.eligible_index(p.node) else {
                             continue;
                         };
                         // Never create a core hot spot: the follower's core must end up
@@ -1419,11 +1418,7 @@ impl<'a> Sweep<'a> {
                 .get(replica.vshard)
                 .expect("listed vShards exist");
             for p in entry.addresses().filter(|p| p.node != node.id) {
-                let Some(t) = self
-                    .model
-                    .node_index(p.node)
-                    .filter(|&t| self.model.nodes[t].eligible)
-                else {
+                let Some(t) = self.eligible_index(p.node) else {
                     continue;
                 };
                 let t_cores = f64::from(self.model.nodes[t].cores);
