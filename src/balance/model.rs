@@ -16,6 +16,9 @@ use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::ids::{CoreAddress, NodeId, VShardId};
 
+/// Marks a leader's entry in `LoadModel::replica_cores`.
+const LEADER: u32 = 1 << 31;
+
 /// One node as the model sees it.
 #[derive(Clone, Debug)]
 pub struct ModelNode {
@@ -43,6 +46,14 @@ pub struct LoadModel {
     pub nodes: Vec<ModelNode>,
     pub core_scores: Vec<f64>,
     pub node_scores: Vec<f64>,
+    /// The mean traffic of each node's cores (`node_traffic_mean`), kept with the scores.
+    node_traffic_means: Vec<f64>,
+    /// Units of the heaviest replica on each core (indexed like `core_scores`).
+    pub core_heaviest: Vec<f64>,
+    /// Traffic of the heaviest replica on each core, in `core_traffic` units.
+    pub core_heaviest_traffic: Vec<f64>,
+    /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
+    pub mean_traffic_per_byte: [f64; 2],
     /// The replicas each core hosts (indexed like `core_scores`).
     pub core_replicas: Vec<Vec<CoreReplica>>,
     /// Score units a follower replica of each vShard adds to its core (indexed by vShard).
@@ -61,6 +72,14 @@ pub struct LoadModel {
     /// vShards whose placement names a node or core outside the topology: their load is not
     /// attributed there and the planner never moves them (it cannot reason about them).
     pub frozen: Vec<bool>,
+    /// The core index of every replica (`LEADER` set on the leader's), vShard after vShard,
+    /// and where each vShard's run starts (one more entry than vShards).
+    replica_cores: Vec<u32>,
+    replica_start: Vec<u32>,
+    /// The node index of each core.
+    core_node: Vec<u32>,
+    /// vShards with a replica move under way, in id order.
+    pub moving: Vec<VShardId>,
     /// `None` when there is no load to balance or no capacity to balance it over.
     pub scale: Option<ScoreScale>,
 }
@@ -88,13 +107,22 @@ impl LoadModel {
             });
             core_base += usize::from(info.cores);
         }
+        let core_node: Vec<u32> = nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| std::iter::repeat_n(i as u32, usize::from(n.cores)))
+            .collect();
         let vshard_count = placement.vshard_count() as usize;
         let mut frozen = vec![false; vshard_count];
         let mut totals = LoadTotals::default();
         let mut model = LoadModel {
             core_scores: vec![0.0; core_base],
-            core_replicas: vec![Vec::new(); core_base],
+            core_replicas: Vec::new(),
             node_scores: vec![0.0; nodes.len()],
+            node_traffic_means: vec![0.0; nodes.len()],
+            core_heaviest: vec![0.0; core_base],
+            core_heaviest_traffic: vec![0.0; core_base],
+            mean_traffic_per_byte: [0.0; 2],
             follower_units: vec![0.0; vshard_count],
             leader_units: vec![0.0; vshard_count],
             bytes: vec![0; vshard_count],
@@ -102,22 +130,53 @@ impl LoadModel {
             bytes_units: vec![0.0; vshard_count],
             traffic_scale: 0.0,
             frozen: Vec::new(),
+            moving: Vec::new(),
+            replica_cores: Vec::new(),
+            replica_start: Vec::new(),
+            core_node,
             scale: None,
             nodes,
         };
+        // One pass over the placement table: which vShards the model can place, the totals,
+        // and how many replicas each core hosts (so that each core's list is allocated once,
+        // at its size). The core of every replica (the leader's flagged) and each vShard's
+        // replica count are kept for the pass that attributes units.
+        let mut replica_cores: Vec<u32> = Vec::with_capacity(vshard_count * 3);
+        let mut replica_start: Vec<u32> = Vec::with_capacity(vshard_count + 1);
+        let mut per_core = vec![0usize; core_base];
         for (vshard, entry) in placement.iter() {
             let v = vshard.0 as usize;
-            if entry.addresses().any(|p| model.core_index(p).is_none()) {
-                frozen[v] = true;
+            if entry.moving.is_some() {
+                model.moving.push(vshard);
+            }
+            let start = replica_cores.len();
+            replica_start.push(start as u32);
+            for (i, p) in entry.addresses().enumerate() {
+                match model.core_index(p) {
+                    Some(c) => {
+                        replica_cores.push(c as u32 | if i == entry.leader { LEADER } else { 0 })
+                    }
+                    None => {
+                        frozen[v] = true;
+                        break;
+                    }
+                }
+            }
+            if frozen[v] {
+                replica_cores.truncate(start);
                 continue;
             }
+            for &c in &replica_cores[start..] {
+                per_core[(c & !LEADER) as usize] += 1;
+            }
+            let count = replica_cores.len() - start;
             let load = &loads[v];
-            let r = entry.replicas.len() as f64;
-            totals.replica_bytes += load.bytes as f64 * r;
-            totals.replica_writes += load.writes_per_sec * r;
+            totals.replica_bytes += load.bytes as f64 * count as f64;
+            totals.replica_writes += load.writes_per_sec * count as f64;
             totals.reads += load.reads_per_sec;
             totals.leaders += 1.0;
         }
+        replica_start.push(replica_cores.len() as u32);
         let capacity: u32 = model
             .nodes
             .iter()
@@ -126,31 +185,44 @@ impl LoadModel {
             .sum();
         model.scale = ScoreScale::new(weights, &totals, capacity);
         if let Some(scale) = model.scale {
-            for (vshard, entry) in placement.iter() {
-                let v = vshard.0 as usize;
+            model.core_replicas = per_core.iter().map(|&n| Vec::with_capacity(n)).collect();
+            model.core_heaviest = vec![0.0; core_base];
+            model.core_heaviest_traffic = vec![0.0; core_base];
+            // Traffic (score units) and bytes of all followers, and of all leaders.
+            let mut role_sums = [(0.0f64, 0.0f64); 2];
+            for v in 0..vshard_count {
                 if frozen[v] {
                     continue;
                 }
+                let cores =
+                    &replica_cores[replica_start[v] as usize..replica_start[v + 1] as usize];
                 let load = &loads[v];
-                model.follower_units[v] = scale.follower_units(load);
-                model.leader_units[v] = scale.leadership_units(load);
+                let (follower, leadership) =
+                    (scale.follower_units(load), scale.leadership_units(load));
+                let bytes_units = scale.bytes_units(load.bytes);
+                model.follower_units[v] = follower;
+                model.leader_units[v] = leadership;
                 model.bytes[v] = load.bytes;
-                model.bytes_units[v] = scale.bytes_units(load.bytes);
-                for (i, p) in entry.addresses().enumerate() {
-                    let core = model.core_index(p).expect("checked above: not frozen");
-                    let leader = i == entry.leader;
-                    let units = model.replica_units(vshard, leader);
+                model.bytes_units[v] = bytes_units;
+                for &c in cores {
+                    let (core, leader) = ((c & !LEADER) as usize, c & LEADER != 0);
+                    let units = follower + if leader { leadership } else { 0.0 };
+                    let traffic = (units - bytes_units).max(0.0);
                     model.core_scores[core] += units;
-                    model.core_bytes[core] += model.bytes_units[v];
+                    model.core_bytes[core] += bytes_units;
+                    let heaviest = &mut model.core_heaviest[core];
+                    *heaviest = heaviest.max(units);
+                    let heaviest = &mut model.core_heaviest_traffic[core];
+                    *heaviest = heaviest.max(traffic);
+                    let sum = &mut role_sums[usize::from(leader)];
+                    sum.0 += traffic;
+                    sum.1 += load.bytes as f64;
                     model.core_replicas[core].push(CoreReplica {
-                        vshard,
+                        vshard: VShardId(v as u32),
                         units,
                         leader,
                     });
                 }
-            }
-            for n in 0..model.nodes.len() {
-                model.node_scores[n] = model.node_sum(n) / f64::from(model.nodes[n].cores);
             }
             let traffic: f64 = (0..model.core_scores.len())
                 .map(|c| model.core_scores[c] - model.core_bytes[c])
@@ -158,9 +230,43 @@ impl LoadModel {
             if traffic > 1e-12 {
                 model.traffic_scale = f64::from(capacity) / traffic;
             }
+            let scale = model.traffic_scale;
+            model
+                .core_heaviest_traffic
+                .iter_mut()
+                .for_each(|t| *t *= scale);
+            model.mean_traffic_per_byte = role_sums.map(|(traffic, bytes)| {
+                if bytes > 0.0 {
+                    traffic * scale / bytes
+                } else {
+                    0.0
+                }
+            });
+            for n in 0..model.nodes.len() {
+                model.refresh_node(n);
+            }
+        } else {
+            model.core_replicas = vec![Vec::new(); core_base];
         }
         model.frozen = frozen;
+        model.replica_cores = replica_cores;
+        model.replica_start = replica_start;
         model
+    }
+
+    /// The replicas of `vshard` at the sweep's start: the core index of each, and whether it
+    /// leads. None for a frozen vShard.
+    pub fn replicas_of(&self, vshard: VShardId) -> impl Iterator<Item = (usize, bool)> + '_ {
+        let v = vshard.0 as usize;
+        let range = self.replica_start[v] as usize..self.replica_start[v + 1] as usize;
+        self.replica_cores[range]
+            .iter()
+            .map(|&c| ((c & !LEADER) as usize, c & LEADER != 0))
+    }
+
+    /// The node index of core `c`.
+    pub fn node_of_core(&self, c: usize) -> usize {
+        self.core_node[c] as usize
     }
 
     /// Index of a node by id (the topology lists nodes in ascending id order).
@@ -201,7 +307,7 @@ impl LoadModel {
         self.core_bytes[tc] += bytes_units;
         for node in [from.node, to.node] {
             let n = self.node_index(node).expect("known node");
-            self.node_scores[n] = self.node_sum(n) / f64::from(self.nodes[n].cores);
+            self.refresh_node(n);
         }
     }
 
@@ -235,7 +341,13 @@ impl LoadModel {
 
     /// The mean traffic of node `n`'s cores.
     pub fn node_traffic_mean(&self, n: usize) -> f64 {
-        self.core_traffic_of(n).sum::<f64>() / f64::from(self.nodes[n].cores.max(1))
+        self.node_traffic_means[n]
+    }
+
+    fn refresh_node(&mut self, n: usize) {
+        self.node_scores[n] = self.node_sum(n) / f64::from(self.nodes[n].cores);
+        self.node_traffic_means[n] =
+            self.core_traffic_of(n).sum::<f64>() / f64::from(self.nodes[n].cores.max(1));
     }
 
     /// Largest core score over the mean core (the full score, bytes included: what the

@@ -42,7 +42,7 @@
 //! A move only happens if it strictly lowers the larger of the two scores it touches, so
 //! every sweep reduces the sum of squared scores and planning terminates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -363,8 +363,9 @@ impl MoveBudget {
 #[derive(Clone, Debug)]
 pub struct Planner {
     config: PlannerConfig,
-    /// When each vShard was last moved, indexed by vShard id.
-    last_moved: Vec<LastMoved>,
+    /// When each vShard moved recently, by vShard id: entries that can no longer hold a
+    /// vShard back are dropped at the next sweep, so a sweep looks only at recent moves.
+    last_moved: HashMap<u32, LastMoved>,
     /// A balancing run is in progress: continue until the target spread even if the
     /// spread is already below the trigger.
     run_active: bool,
@@ -401,7 +402,7 @@ impl Planner {
         }
         Ok(Planner {
             config,
-            last_moved: Vec::new(),
+            last_moved: HashMap::new(),
             run_active: false,
             run_started: None,
         })
@@ -414,20 +415,32 @@ impl Planner {
     /// Records a move made elsewhere (another coordinator's, an operator's) at `now`: the
     /// vShard is held back like one this planner moved.
     pub fn note_moved(&mut self, vshard: VShardId, kind: MoveKind, now: Time) {
-        let v = vshard.0 as usize;
-        if self.last_moved.len() <= v {
-            self.last_moved.resize(v + 1, LastMoved::default());
-        }
-        self.last_moved[v].record(kind, false, now);
+        self.last_moved
+            .entry(vshard.0)
+            .or_default()
+            .record(kind, false, now);
     }
 
     /// Records a replica move between two cores of one node made elsewhere at `now`.
     pub fn note_core_moved(&mut self, vshard: VShardId, now: Time) {
-        let v = vshard.0 as usize;
-        if self.last_moved.len() <= v {
-            self.last_moved.resize(v + 1, LastMoved::default());
-        }
-        self.last_moved[v].record(MoveKind::ReplicaMove, true, now);
+        self.last_moved
+            .entry(vshard.0)
+            .or_default()
+            .record(MoveKind::ReplicaMove, true, now);
+    }
+
+    /// Drops what can no longer hold a vShard back: every move it records is older than
+    /// the longest hold and than the current run (runs only start later).
+    fn forget_settled(&mut self, now: Time) {
+        let longest = self.config.cooldown.max(self.config.leader_cooldown);
+        let run_started = self.run_started;
+        let gone = |at: Option<Time>| {
+            at.is_none_or(|t| {
+                now.saturating_since(t) >= longest && run_started.is_none_or(|s| t < s)
+            })
+        };
+        self.last_moved
+            .retain(|_, m| !(gone(m.replica) && gone(m.core) && gone(m.transfer)));
     }
 
     /// Whether a balancing run is in progress.
@@ -472,10 +485,7 @@ impl Planner {
             plan.status = PlanStatus::Idle;
             return Ok(plan);
         }
-        self.last_moved.resize(
-            input.placement.vshard_count() as usize,
-            LastMoved::default(),
-        );
+        self.forget_settled(now);
         plan.node_max_over_mean_before = model.node_max_over_mean();
         plan.core_max_over_mean_before = model.core_max_over_mean();
 
@@ -503,7 +513,10 @@ impl Planner {
         };
         for m in &plan.moves {
             let within_node = m.source.node == m.target.node;
-            self.last_moved[m.vshard.0 as usize].record(m.kind, within_node, now);
+            self.last_moved
+                .entry(m.vshard.0)
+                .or_default()
+                .record(m.kind, within_node, now);
         }
         self.run_active = capped;
         self.run_started = run_started;
@@ -557,6 +570,37 @@ fn validate_vshard_loads(input: &PlanInput<'_>) -> Result<Vec<VShardLoad>, PlanE
     Ok(loads)
 }
 
+/// Sets, for every vShard, whether a replica move, a leader transfer and a move between
+/// cores must wait, in that order: all three while a replica move of it is under way, else
+/// as `LastMoved::held` says.
+fn settle(
+    last_moved: &HashMap<u32, LastMoved>,
+    count: usize,
+    moving: &[VShardId],
+    run_started: Option<Time>,
+    now: Time,
+    config: &PlannerConfig,
+    [replica, leader, core]: [&mut Vec<bool>; 3],
+) {
+    for held in [&mut *replica, &mut *leader, &mut *core] {
+        held.clear();
+        held.resize(count, false);
+    }
+    for (&v, moved) in last_moved {
+        let v = v as usize;
+        if v >= count {
+            continue;
+        }
+        replica[v] = moved.held(Some(MoveKind::ReplicaMove), run_started, now, config);
+        leader[v] = moved.held(Some(MoveKind::LeaderTransfer), run_started, now, config);
+        core[v] = moved.held(None, run_started, now, config);
+    }
+    for v in moving {
+        let v = v.0 as usize;
+        (replica[v], leader[v], core[v]) = (true, true, true);
+    }
+}
+
 /// A candidate move with the improvement it brings.
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
@@ -569,6 +613,12 @@ struct Candidate {
     /// What ranks candidates of one kind: the improvement for a leader transfer, the
     /// improvement per byte copied for a replica move.
     value: f64,
+}
+
+/// An integer that orders like `f64::total_cmp` (sorting by it is faster).
+fn total_order_key(x: f64) -> i64 {
+    let bits = x.to_bits() as i64;
+    bits ^ (((bits >> 63) as u64) >> 1) as i64
 }
 
 /// What a replica move of `bytes` is ranked by: improvement per byte copied (an empty
@@ -585,7 +635,7 @@ fn beats(slot: &Option<Candidate>, improvement: f64, value: f64) -> bool {
 /// Working state of one sweep.
 struct Sweep<'a> {
     config: &'a PlannerConfig,
-    last_moved: &'a [LastMoved],
+    last_moved: &'a HashMap<u32, LastMoved>,
     run_active: bool,
     /// Start of the current or last run: vShards moved since then are not moved again.
     run_started: Option<Time>,
@@ -621,6 +671,13 @@ struct Sweep<'a> {
     /// Per core (model index), once looked at: the leaders it held at the sweep's start, by
     /// leadership units (`Sweep::index_leaders`).
     leaders_by_units: Vec<Option<Vec<(f64, VShardId)>>>,
+    /// Per core (model index), once scanned for a replica move: the replicas it held at the
+    /// sweep's start, by units per byte, densest first (`Sweep::replicas_by_density`).
+    replicas_by_density: Vec<std::cell::OnceCell<Vec<(f64, CoreReplica)>>>,
+    /// Per core (model index): how many times it was scanned for a replica move.
+    replica_scans: Vec<std::cell::Cell<u8>>,
+    /// Per node (model index), once looked at: `Sweep::hosted_on`.
+    hosted_on: Vec<std::cell::OnceCell<Vec<bool>>>,
 }
 
 impl<'a> Sweep<'a> {
@@ -633,49 +690,26 @@ impl<'a> Sweep<'a> {
     ) -> Sweep<'a> {
         let mut model = model;
         let core_replicas = std::mem::take(&mut model.core_replicas);
-        let core_heaviest = core_replicas
-            .iter()
-            .map(|list| list.iter().map(|r| r.units).fold(0.0, f64::max))
-            .collect();
-        let core_heaviest_traffic = core_replicas
-            .iter()
-            .map(|list| {
-                list.iter()
-                    .map(|r| model.replica_traffic(r.vshard, r.units))
-                    .fold(0.0, f64::max)
-            })
-            .collect();
-        let held = |candidate: Option<MoveKind>| {
-            let mut held: Vec<bool> = planner
-                .last_moved
-                .iter()
-                .map(|moved| moved.held(candidate, planner.run_started, now, &planner.config))
-                .collect();
-            // A vShard whose replica move is under way stays where it is.
-            held.resize(placement.vshard_count() as usize, false);
-            for (v, entry) in placement.iter() {
-                if entry.moving.is_some() {
-                    held[v.0 as usize] = true;
-                }
-            }
-            held
-        };
-        let settled = held(Some(MoveKind::ReplicaMove));
-        let settled_leader = held(Some(MoveKind::LeaderTransfer));
-        let settled_core = held(None);
+        let core_heaviest = std::mem::take(&mut model.core_heaviest);
+        let core_heaviest_traffic = std::mem::take(&mut model.core_heaviest_traffic);
+        let (mut settled, mut settled_leader, mut settled_core) =
+            (Vec::new(), Vec::new(), Vec::new());
+        settle(
+            &planner.last_moved,
+            placement.vshard_count() as usize,
+            &model.moving,
+            planner.run_started,
+            now,
+            &planner.config,
+            [&mut settled, &mut settled_leader, &mut settled_core],
+        );
         let nodes = model.nodes.len();
-        // Mean traffic per byte of followers and of leaders (a leader carries the reads too).
-        let mut sums = [(0.0f64, 0.0f64); 2];
-        for r in core_replicas.iter().flatten() {
-            let sum = &mut sums[usize::from(r.leader)];
-            sum.0 += model.replica_traffic(r.vshard, r.units);
-            sum.1 += model.bytes[r.vshard.0 as usize] as f64;
-        }
-        let density =
-            |(traffic, bytes): (f64, f64)| if bytes > 0.0 { traffic / bytes } else { 0.0 };
         Sweep {
-            mean_traffic_per_byte: [density(sums[0]), density(sums[1])],
+            mean_traffic_per_byte: model.mean_traffic_per_byte,
             leaders_by_units: vec![None; core_replicas.len()],
+            replicas_by_density: vec![std::cell::OnceCell::new(); core_replicas.len()],
+            hosted_on: vec![std::cell::OnceCell::new(); nodes],
+            replica_scans: vec![std::cell::Cell::new(0); core_replicas.len()],
             config: &planner.config,
             last_moved: &planner.last_moved,
             run_active: planner.run_active,
@@ -802,7 +836,7 @@ impl<'a> Sweep<'a> {
         let mut order: Vec<usize> = (0..self.model.nodes.len())
             .filter(|&n| self.model.nodes[n].eligible)
             .collect();
-        order.sort_by(|&a, &b| {
+        order.sort_unstable_by(|&a, &b| {
             self.model.node_scores[a]
                 .total_cmp(&self.model.node_scores[b])
                 .then(a.cmp(&b))
@@ -877,16 +911,19 @@ impl<'a> Sweep<'a> {
             // A new run: what the last run moved is free to move again, once cooled down.
             self.run_active = true;
             self.run_started = Some(self.now);
-            let (now, config) = (self.now, self.config);
-            for (candidate, held) in [
-                (Some(MoveKind::ReplicaMove), &mut self.settled),
-                (Some(MoveKind::LeaderTransfer), &mut self.settled_leader),
-                (None, &mut self.settled_core),
-            ] {
-                for (held, moved) in held.iter_mut().zip(self.last_moved) {
-                    *held = moved.held(candidate, None, now, config);
-                }
-            }
+            settle(
+                self.last_moved,
+                self.placement.vshard_count() as usize,
+                &self.model.moving,
+                None,
+                self.now,
+                self.config,
+                [
+                    &mut self.settled,
+                    &mut self.settled_leader,
+                    &mut self.settled_core,
+                ],
+            );
         }
     }
 
@@ -1129,9 +1166,49 @@ impl<'a> Sweep<'a> {
                 .filter(|r| r.leader)
                 .map(|r| (self.model.leader_units[r.vshard.0 as usize], r.vshard))
                 .collect();
-            list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            list.sort_unstable_by_key(|&(units, vshard)| (total_order_key(units), vshard));
             self.leaders_by_units[c] = Some(list);
         }
+    }
+
+    /// The replicas core `c` held when the sweep started, by units per byte copied (densest
+    /// first, ties by vShard): what a copy of each can improve per byte is at most its
+    /// density over its node's core count, which ends a scan early. A replica whose units
+    /// changed since (a leadership moved) has moved in this sweep and is skipped anyway.
+    fn replicas_by_density(&self, c: usize) -> &[(f64, CoreReplica)] {
+        self.replicas_by_density[c].get_or_init(|| {
+            let mut list: Vec<(f64, CoreReplica)> = self.core_replicas[c]
+                .iter()
+                .filter(|r| !self.moved[r.vshard.0 as usize])
+                .map(|r| {
+                    (
+                        r.units / (self.model.bytes[r.vshard.0 as usize] as f64).max(1.0),
+                        *r,
+                    )
+                })
+                .collect();
+            list.sort_unstable_by_key(|&(density, r)| {
+                (std::cmp::Reverse(total_order_key(density)), r.vshard)
+            });
+            list
+        })
+    }
+
+    /// Whether each vShard had a replica on node `n` when the sweep started (indexed by
+    /// vShard; built on the first look). Exact for every vShard not moved in this sweep.
+    fn hosted_on(&self, n: usize) -> &[bool] {
+        self.hosted_on[n].get_or_init(|| {
+            let node = &self.model.nodes[n];
+            let mut on = vec![false; self.moved.len()];
+            for list in
+                &self.core_replicas[node.core_base..node.core_base + usize::from(node.cores)]
+            {
+                for r in list {
+                    on[r.vshard.0 as usize] = true;
+                }
+            }
+            on
+        })
     }
 
     /// The best move that lowers node `h`'s score: a leader transfer when it does at least
@@ -1175,7 +1252,14 @@ impl<'a> Sweep<'a> {
         // Hottest cores first: prefer taking the move from a hot core.
         let mut cores: Vec<usize> = (0..usize::from(node.cores)).collect();
         let scores = self.traffic_of(h);
-        cores.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        cores.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        // Most leaders of h have no replica on the coldest node: their bound is the next
+        // coldest node's (h excluded), which spares most placement look-ups.
+        let on_coldest = self.hosted_on(coldest);
+        let next_coldest = coldest_first
+            .iter()
+            .copied()
+            .find(|&t| t != coldest && t != h);
         let mut best_transfer_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let core_limit = 1.0 + self.config.core_target_spread;
@@ -1186,62 +1270,79 @@ impl<'a> Sweep<'a> {
             let Some(leaders) = self.leaders_by_units[node.core_base + core].as_deref() else {
                 continue;
             };
-            let start = leaders.partition_point(|(u, _)| *u < even);
-            let (below, above) = leaders.split_at(start);
-            for side in [
-                &mut below.iter().rev() as &mut dyn Iterator<Item = _>,
-                &mut above.iter(),
-            ] {
-                for &(lead_units, vshard) in side {
-                    let bound = gain(coldest, lead_units);
-                    if !beats(slot, bound, bound) {
-                        break;
-                    }
-                    if self.cooling(vshard, MoveKind::LeaderTransfer) {
-                        continue;
-                    }
-                    let entry = self.placement.get(vshard).expect("listed vShards exist");
-                    if onto_busy_cores && entry.replicas.len() < eligible_nodes {
-                        continue;
-                    }
-                    for p in entry.addresses().filter(|p| p.node != h_id) {
-                        let Some(t) = self.eligible_index(p.node) else {
-                            continue;
-                        };
-                        // Never create a core hot spot: the follower's core must end up
-                        // within the core target of its node's mean core, of the mean core
-                        // (a node with little traffic takes its first leaders anywhere), or
-                        // of the leadership itself (a leader hotter than a mean core goes to
-                        // a core with little else). Unless nothing else relieves the node
-                        // (`onto_busy_cores`) and the vShard has a replica on every eligible
-                        // node, so that a transfer is the only way its load can leave: then
-                        // the node comes first, and the leadership goes to whichever core its
-                        // follower is on. A 3-node cluster with 8 heavy groups is such a case:
-                        // there is no core with little else. Only then, since the busy core
-                        // would later want a copy between cores, and where a copy between
-                        // nodes is possible it may cost less.
-                        let target_core =
-                            self.model.core_index(p).expect("eligible node, known core");
-                        let lead_traffic = lead_units * self.model.traffic_scale;
-                        let t_cores = f64::from(self.model.nodes[t].cores);
-                        let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
-                        let target_after = self.model.core_traffic(target_core) + lead_traffic;
-                        if !onto_busy_cores
-                            && target_after > t_mean.max(1.0).max(lead_traffic) * core_limit
+            // Two passes, each bounded by the coldest node its leaders could go to: those
+            // without a replica on the coldest node (bounded by the next coldest), then
+            // those with one.
+            for (bound_node, on) in [(next_coldest, false), (Some(coldest), true)] {
+                let Some(b) = bound_node else { continue };
+                let b_cores = f64::from(self.model.nodes[b].cores);
+                let even = ((h_score - self.model.node_scores[b]) * h_cores * b_cores
+                    / (h_cores + b_cores))
+                    .max(0.0);
+                let start = leaders.partition_point(|(u, _)| *u < even);
+                let (below, above) = leaders.split_at(start);
+                for side in [
+                    &mut below.iter().rev() as &mut dyn Iterator<Item = _>,
+                    &mut above.iter(),
+                ] {
+                    for &(lead_units, vshard) in side {
+                        let bound = gain(b, lead_units);
+                        if !beats(slot, bound, bound) {
+                            break;
+                        }
+                        if on_coldest[vshard.0 as usize] != on
+                            || self.cooling(vshard, MoveKind::LeaderTransfer)
                         {
                             continue;
                         }
-                        let improvement = gain(t, lead_units);
-                        if beats(slot, improvement, improvement) {
-                            *slot = Some(Candidate {
-                                vshard,
-                                kind: MoveKind::LeaderTransfer,
-                                source,
-                                target: p,
-                                units: lead_units,
-                                improvement,
-                                value: improvement,
-                            });
+                        if onto_busy_cores
+                            && self.model.replicas_of(vshard).count() < eligible_nodes
+                        {
+                            continue;
+                        }
+                        for (target_core, _) in self.model.replicas_of(vshard) {
+                            let t = self.model.node_of_core(target_core);
+                            let target = &self.model.nodes[t];
+                            if t == h || !target.eligible {
+                                continue;
+                            }
+                            let p = CoreAddress::new(
+                                target.id,
+                                CoreId((target_core - target.core_base) as u16),
+                            );
+                            // Never create a core hot spot: the follower's core must end up
+                            // within the core target of its node's mean core, of the mean core
+                            // (a node with little traffic takes its first leaders anywhere), or
+                            // of the leadership itself (a leader hotter than a mean core goes to
+                            // a core with little else). Unless nothing else relieves the node
+                            // (`onto_busy_cores`) and the vShard has a replica on every eligible
+                            // node, so that a transfer is the only way its load can leave: then
+                            // the node comes first, and the leadership goes to whichever core its
+                            // follower is on. A 3-node cluster with 8 heavy groups is such a case:
+                            // there is no core with little else. Only then, since the busy core
+                            // would later want a copy between cores, and where a copy between
+                            // nodes is possible it may cost less.
+                            let lead_traffic = lead_units * self.model.traffic_scale;
+                            let t_cores = f64::from(self.model.nodes[t].cores);
+                            let t_mean = self.model.node_traffic_mean(t) + lead_traffic / t_cores;
+                            let target_after = self.model.core_traffic(target_core) + lead_traffic;
+                            if !onto_busy_cores
+                                && target_after > t_mean.max(1.0).max(lead_traffic) * core_limit
+                            {
+                                continue;
+                            }
+                            let improvement = gain(t, lead_units);
+                            if beats(slot, improvement, improvement) {
+                                *slot = Some(Candidate {
+                                    vshard,
+                                    kind: MoveKind::LeaderTransfer,
+                                    source,
+                                    target: p,
+                                    units: lead_units,
+                                    improvement,
+                                    value: improvement,
+                                });
+                            }
                         }
                     }
                 }
@@ -1253,43 +1354,91 @@ impl<'a> Sweep<'a> {
             .map(|c| c.improvement)
             .fold(0.0, f64::max);
         let replicas_may_win = best_transfer < self.config.leader_transfer_preference * most;
-        // Somewhere to copy to: a node at or below the mean with a free move slot.
-        let any_target = coldest_first.iter().any(|&t| {
-            self.model.node_scores[t] <= 1.0 && self.budget.node_free(self.model.nodes[t].id)
-        });
-        let copies_now = self.budget.allows(MoveKind::ReplicaMove) && any_target;
+        // Where data may go: a node at or below the mean with a free move slot (coldest
+        // first). A copy onto a node above the mean shifts the imbalance rather than
+        // removing it, and waiting for the cold node's move slot copies fewer bytes.
+        let open: Vec<usize> = coldest_first
+            .iter()
+            .copied()
+            .filter(|&t| {
+                self.model.node_scores[t] <= 1.0 && self.budget.node_free(self.model.nodes[t].id)
+            })
+            .collect();
+        let copies_now = self.budget.allows(MoveKind::ReplicaMove) && !open.is_empty();
         if replicas_may_win && !copies_now {
             // A copy might do better once the moves in flight end: the run is not over.
             self.budget_blocked.set(true);
         }
-        let source_free = replicas_may_win && copies_now && self.budget.node_free(h_id);
+        // What a copy onto any open node can improve, at most, for `units` moved: as if it
+        // went to a node with the coldest open score and the most cores.
+        let (open_coldest, open_cores) = open.iter().fold((f64::INFINITY, 0.0f64), |(s, c), &t| {
+            (
+                s.min(self.model.node_scores[t]),
+                c.max(f64::from(self.model.nodes[t].cores)),
+            )
+        });
+        let open_gain = |units: f64| {
+            h_score - (h_score - units / h_cores).max(open_coldest + units / open_cores)
+        };
+        // It peaks at the units that even h with that node: below the smallest improvement
+        // worth a move, no replica of h is worth a look.
+        let open_even =
+            ((h_score - open_coldest) * h_cores * open_cores / (h_cores + open_cores)).max(0.0);
+        let source_free = replicas_may_win
+            && copies_now
+            && self.budget.node_free(h_id)
+            && open_gain(open_even.min(heaviest)) > REBALANCE_MIN_IMPROVEMENT;
         for (rank, &core) in cores.iter().enumerate().filter(|_| source_free) {
             let source = CoreAddress::new(h_id, CoreId(core as u16));
-            for replica in &self.core_replicas[node.core_base + core] {
+            let slot = &mut best_replica_per_core[rank];
+            // The first scan of a core goes through its list as it is; a core scanned again
+            // is worth its density index, which ends scans early.
+            let c = node.core_base + core;
+            let scans = self.replica_scans[c].get();
+            self.replica_scans[c].set(scans.saturating_add(1));
+            let (mut by_density, mut as_listed);
+            let list: &mut dyn Iterator<Item = (f64, CoreReplica, bool)> = if scans == 0 {
+                as_listed = self.core_replicas[c].iter().map(|r| {
+                    let bytes = (self.model.bytes[r.vshard.0 as usize] as f64).max(1.0);
+                    (r.units / bytes, *r, false)
+                });
+                &mut as_listed
+            } else {
+                by_density = self
+                    .replicas_by_density(c)
+                    .iter()
+                    .map(|&(d, r)| (d, r, true));
+                &mut by_density
+            };
+            for (density, replica, sorted) in list {
+                // A copy lowers h by at most its units per byte over h's cores: none further
+                // down a density-sorted list can win.
+                if slot.is_some_and(|b| density / h_cores <= b.value * (1.0 + 1e-12)) {
+                    if sorted {
+                        break;
+                    }
+                    continue;
+                }
                 let vshard = replica.vshard;
                 let bytes = self.model.bytes[vshard.0 as usize];
                 let replica_bound = !self.cooling(vshard, MoveKind::ReplicaMove) && {
-                    let g = gain(coldest, replica.units);
-                    beats(&best_replica_per_core[rank], g, per_byte(g, bytes))
+                    let g = open_gain(replica.units);
+                    beats(slot, g, per_byte(g, bytes))
                 };
                 if !replica_bound {
                     continue;
                 }
-                let entry = self.placement.get(vshard).expect("listed vShards exist");
-                // Data goes only to a node at or below the mean: a copy onto a node above
-                // it shifts the imbalance rather than removing it, and waiting for the
-                // cold node's move slot copies fewer bytes.
-                let target = coldest_first.iter().find(|&&t| {
-                    let id = self.model.nodes[t].id;
-                    entry.replica_on(id).is_none()
-                        && self.budget.node_free(id)
-                        && self.model.node_scores[t] <= 1.0
+                let target = open.iter().find(|&&t| {
+                    !self
+                        .model
+                        .replicas_of(vshard)
+                        .any(|(c, _)| self.model.node_of_core(c) == t)
                 });
                 if let Some(&t) = target {
                     let improvement = gain(t, replica.units);
                     let value = per_byte(improvement, bytes);
-                    if beats(&best_replica_per_core[rank], improvement, value) {
-                        best_replica_per_core[rank] = Some(Candidate {
+                    if beats(slot, improvement, value) {
+                        *slot = Some(Candidate {
                             vshard,
                             kind: MoveKind::ReplicaMove,
                             source,
@@ -1344,7 +1493,7 @@ impl<'a> Sweep<'a> {
             .map(|n| (n, self.core_spread(n)))
             .filter(|&(n, _)| self.cores_qualify(n))
             .collect();
-        nodes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        nodes.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for (n, _) in nodes {
             let copies = self.budget.node_free(self.model.nodes[n].id)
                 && self.budget.allows(MoveKind::ReplicaMove);
