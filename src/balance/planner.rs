@@ -1639,9 +1639,9 @@ impl<'a> Sweep<'a> {
             }
             // Followers only, unless the vShard has no other replica: a leader being moved
             // hands its leadership to another voter before it leaves (the new replica is
-            // still a learner then), so the leadership would land on another node rather
-            // than on the target core. Leadership leaves a hot core by a transfer
-            // (`best_core_transfer`).
+            // still a learner then) and gets it back only when the move ends, so the
+            // leadership would spend the copy on another node. Leadership leaves a hot core
+            // by a transfer (`best_core_transfer`), which copies nothing.
             if replica.leader
                 && self
                     .placement

@@ -12,7 +12,11 @@
 //! 2. once it is within [`LEARNER_CAUGHT_UP_ENTRIES`] of the commit index, promote it and
 //!    remove `from` in **one joint change** (the configuration never shrinks to two
 //!    voters); if `from` leads, it first hands leadership to the [`RaftHost::successor`];
-//! 3. once `from` is out of the configuration, destroy it only when every remaining voter
+//! 3. if `from` led, leadership goes on to the new replica once it votes (asked at every
+//!    step until the move ends): a copy of a leader replica carries its leadership, as the
+//!    planner assumes. An executor that restarts mid-move forgets this and leaves the
+//!    leadership with the successor, where the rebalancer sees it;
+//! 4. once `from` is out of the configuration, destroy it only when every remaining voter
 //!    holds that commit index **durably**: raft-rs applies a configuration when it learns
 //!    its entry is committed, so a voter restarting without that knowledge campaigns under
 //!    the joint configuration and needs `from`'s vote.
@@ -35,6 +39,8 @@ pub struct ReplicaMove {
     created: bool,
     /// `from` left the configuration at or before this commit index.
     retiring: Option<u64>,
+    /// `from` led and handed its leadership over: it goes on to `new` once `new` votes.
+    handed_over: bool,
 }
 
 /// What the group's leader reports (see [`leader_view`]).
@@ -108,6 +114,7 @@ impl ReplicaMove {
             new,
             created: false,
             retiring: None,
+            handed_over: false,
         }
     }
 
@@ -152,6 +159,7 @@ impl ReplicaMove {
                 if view.leader == self.from {
                     // A leader does not remove itself: it hands over first.
                     if let Some(to) = view.successor {
+                        self.handed_over = true;
                         actions.push(MoveAction::TransferLeader(to));
                     }
                 } else {
@@ -173,9 +181,13 @@ impl ReplicaMove {
                     self.from,
                 )]));
             } else if let Some(to) = view.successor {
+                self.handed_over = true;
                 actions.push(MoveAction::TransferLeader(to));
             }
         } else {
+            if self.handed_over && view.leader != self.new {
+                actions.push(MoveAction::TransferLeader(self.new));
+            }
             let index = *self.retiring.get_or_insert(view.commit);
             if context.voters_durably_know(&conf.voters, index) {
                 actions.push(MoveAction::DestroyReplica(self.from));
@@ -285,6 +297,57 @@ mod tests {
         m.next(&view(3, &[1, 2, 3], &[], None), &world);
         let (actions, _) = m.next(&view(3, &[1, 2, 3], &[9], Some(100)), &world);
         assert_eq!(actions, vec![MoveAction::TransferLeader(ReplicaId(2))]);
+    }
+
+    #[test]
+    fn a_leader_that_moved_gets_its_leadership_back_on_the_new_replica() {
+        let mut m = a_move();
+        let world = known(false, 0);
+        m.next(&view(3, &[1, 2, 3], &[], None), &world);
+        m.next(&view(3, &[1, 2, 3], &[9], Some(100)), &world);
+        // Replica 2 took over and made the joint change; then asked every step.
+        let after = view(2, &[1, 2, 9], &[], Some(100));
+        assert_eq!(
+            m.next(&after, &world),
+            (vec![MoveAction::TransferLeader(NEW)], None)
+        );
+        let world = known(false, 100);
+        assert_eq!(
+            m.next(&after, &world),
+            (
+                vec![
+                    MoveAction::TransferLeader(NEW),
+                    MoveAction::DestroyReplica(OLD)
+                ],
+                Some(MoveOutcome::Moved)
+            )
+        );
+        // Once the new replica leads, nothing more is asked.
+        let mut m = a_move();
+        m.next(&view(3, &[1, 2, 3], &[], None), &world);
+        m.next(&view(3, &[1, 2, 3], &[9], Some(100)), &world);
+        assert_eq!(
+            m.next(&view(9, &[1, 2, 9], &[], Some(100)), &world),
+            (
+                vec![MoveAction::DestroyReplica(OLD)],
+                Some(MoveOutcome::Moved)
+            )
+        );
+    }
+
+    #[test]
+    fn a_follower_that_moved_leaves_the_leadership_where_it_is() {
+        let mut m = a_move();
+        let world = known(false, 100);
+        m.next(&view(1, &[1, 2, 3], &[], None), &world);
+        m.next(&view(1, &[1, 2, 3], &[9], Some(100)), &world);
+        assert_eq!(
+            m.next(&view(1, &[1, 2, 9], &[], Some(100)), &world),
+            (
+                vec![MoveAction::DestroyReplica(OLD)],
+                Some(MoveOutcome::Moved)
+            )
+        );
     }
 
     #[test]
