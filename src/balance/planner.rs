@@ -944,6 +944,9 @@ impl<'a> Sweep<'a> {
     /// Moves one replica off a draining or decommissioned node, to the coldest eligible
     /// node without a replica of that vShard. Ignores cooldown: a drain must finish.
     fn next_forced_move(&mut self) -> bool {
+        if !self.model.nodes.iter().any(|n| n.state.must_be_emptied()) {
+            return false;
+        }
         let order = self.eligible_coldest_first();
         for n in 0..self.model.nodes.len() {
             let node = &self.model.nodes[n];
@@ -1279,6 +1282,13 @@ impl<'a> Sweep<'a> {
                 let even = ((h_score - self.model.node_scores[b]) * h_cores * b_cores
                     / (h_cores + b_cores))
                     .max(0.0);
+                // The most any leader of this core could gain here: at the units that even
+                // the two nodes, or at its heaviest leader's if all are lighter.
+                let heaviest_leader = leaders.last().map_or(0.0, |&(u, _)| u);
+                let most_here = gain(b, even.min(heaviest_leader));
+                if !beats(slot, most_here, most_here) {
+                    continue;
+                }
                 let start = leaders.partition_point(|(u, _)| *u < even);
                 let (below, above) = leaders.split_at(start);
                 for side in [
