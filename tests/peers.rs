@@ -190,6 +190,127 @@ fn an_unreachable_peer_is_backed_off_then_failed_fast() {
     .unwrap();
 }
 
+/// A peer that was given up on (breaker open) and then is heard from again is reached at
+/// once, not after the cool-down: a node restarted within a few seconds must be able to vote.
+#[test]
+fn a_peer_heard_from_again_is_reconnected_before_its_cool_down_ends() {
+    let ca = generate_ca("test").unwrap();
+    let (tls_a, tls_b) = (node_tls(&ca, 1), node_tls(&ca, 2));
+    spawn_executor("peers-back", CorePlacement::Unbound, move || async move {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peers = Peers::new(endpoint(tls_a.clone()), tls_a, A);
+        peers.set_connect_timeout(Duration::from_millis(50));
+        peers.add_peer(B, silent.local_addr().unwrap());
+        for _ in 0..2000 {
+            peers.queue(B, FrameKind::Ping, b"ping").unwrap();
+            peers.flush().await;
+            if matches!(peers.health(B).unwrap().state(), BreakerState::Open { .. }) {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(matches!(
+            peers.health(B).unwrap().state(),
+            BreakerState::Open { .. }
+        ));
+        // B comes back (at a new address here) and its first message reaches A.
+        let (node_b, b_addr, delivered) = counting_receiver(tls_b);
+        peers.add_peer(B, b_addr);
+        peers.queue(B, FrameKind::Ping, b"ping").unwrap();
+        assert!(
+            matches!(peers.flush().await[0].1, PeerError::Unavailable { .. }),
+            "still open: nothing was heard from B yet"
+        );
+        peers.heard_from(B, 7);
+        assert_eq!(peers.health(B).unwrap().state(), BreakerState::Closed);
+        // Well inside the 10 s cool-down, the next sends get through.
+        for _ in 0..500 {
+            peers.queue(B, FrameKind::Ping, b"ping").unwrap();
+            peers.flush().await;
+            if *delivered.borrow() > 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            *delivered.borrow() > 0,
+            "a frame reached B after it was heard from"
+        );
+        node_b.shutdown().await;
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+}
+
+/// A peer whose process restarted (a new incarnation in its `Hello`) is reached on a new
+/// connection at once: the old one leads to a process that is gone, and would be noticed
+/// only at the QUIC idle timeout (30 s) while every frame sent on it is lost. The same
+/// incarnation keeps the connection.
+#[test]
+fn a_restarted_peer_gets_a_new_connection_at_once() {
+    let ca = generate_ca("test").unwrap();
+    let (tls_a, tls_b) = (node_tls(&ca, 1), node_tls(&ca, 2));
+    spawn_executor(
+        "peers-restart",
+        CorePlacement::Unbound,
+        move || async move {
+            let node_b = endpoint(tls_b);
+            let b_addr = node_b.local_addr().unwrap();
+            let delivered = Rc::new(RefCell::new(0usize));
+            let (sink, server) = (delivered.clone(), node_b.clone());
+            glommio::spawn_local(async move {
+                while let Some(conn) = server.accept().await {
+                    let sink = sink.clone();
+                    glommio::spawn_local(receive_streams(
+                        conn,
+                        ClusterShape::default(),
+                        move |_, _, _| *sink.borrow_mut() += 1,
+                    ))
+                    .detach();
+                }
+            })
+            .detach();
+            let peers = Peers::new(endpoint(tls_a.clone()), tls_a, A);
+            peers.add_peer(B, b_addr);
+            peers.heard_from(B, 1);
+            let mut sent = 0;
+            let mut send_and_wait = async |peers: &Peers| {
+                sent += 1;
+                for _ in 0..500 {
+                    peers.queue(B, FrameKind::Ping, b"ping").unwrap();
+                    peers.flush().await;
+                    if *delivered.borrow() >= sent {
+                        return;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("no frame reached B");
+            };
+            send_and_wait(&peers).await;
+            assert_eq!(peers.stats().connect_attempts, 1);
+            peers.heard_from(B, 1);
+            send_and_wait(&peers).await;
+            assert_eq!(
+                peers.stats().connect_attempts,
+                1,
+                "same incarnation: same connection"
+            );
+            peers.heard_from(B, 2);
+            send_and_wait(&peers).await;
+            assert_eq!(
+                peers.stats().connect_attempts,
+                2,
+                "a restart: a new connection"
+            );
+            node_b.shutdown().await;
+        },
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+}
+
 /// Node 2's endpoint (on the calling executor), receiving one peer connection with
 /// `receive_streams` and counting the frames that reach the handler.
 fn counting_receiver(tls: TlsMode) -> (QuicEndpoint, SocketAddr, Rc<RefCell<usize>>) {
@@ -276,6 +397,7 @@ fn claim_shape_on_the_peer_protocol(
             from: claimed,
             class: StreamClass::Control,
             shape,
+            incarnation: 1,
         };
         let mut bytes = Vec::new();
         encode_frame(FrameKind::Hello, 0, &hello.encode(), &mut bytes).unwrap();

@@ -43,7 +43,7 @@ use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeCon
 use crate::runtime::datadir::{DataDir, DataDirError, Identity};
 use crate::runtime::executor::RuntimeError;
 use crate::runtime::metrics_http::MetricsServer;
-use crate::runtime::peers::{ClusterShape, Peers, StreamClass, receive_streams};
+use crate::runtime::peers::{ClusterShape, Peers, StreamClass, receive_peer_streams};
 use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
@@ -400,7 +400,12 @@ async fn core_loop(
     let inbox = Rc::new(Inbox::default());
     let clock = MonotonicClock::new();
     let bucket = Rc::new(RefCell::new(TokenBucket::new(config.snapshot_rate)));
-    let accept = glommio::spawn_local(accept_loop(endpoint.clone(), inbox.clone(), shape));
+    let accept = glommio::spawn_local(accept_loop(
+        endpoint.clone(),
+        inbox.clone(),
+        shape,
+        peers.clone(),
+    ));
     // Requests other cores of this node forwarded here, and core 0's tables.
     let mail = glommio::spawn_local({
         let (ctx, inbox) = (ctx.clone(), inbox.clone());
@@ -673,10 +678,10 @@ async fn send_snapshot(
 
 /// Accepts connections: peers' streams carry Raft batches and snapshot chunks, clients'
 /// streams requests.
-async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterShape) {
+async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterShape, peers: Peers) {
     let per_identity: Rc<RefCell<HashMap<u64, usize>>> = Rc::default();
     while let Some(conn) = endpoint.accept().await {
-        let inbox = inbox.clone();
+        let (inbox, peers) = (inbox.clone(), peers.clone());
         // One certificate holds at most `CONNECTIONS_PER_IDENTITY_MAX` connections here,
         // so one leaked or hostile key cannot take the endpoint's whole connection budget.
         // (The insecure mode has no certificates to count.)
@@ -698,7 +703,8 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterSha
             Some(ALPN_PEER) => {
                 glommio::spawn_local(async move {
                     let _release = release;
-                    receive_streams(conn, shape, move |peer, class, frame| match (class, frame.kind) {
+                    let on_hello = move |peer, incarnation| peers.heard_from(peer, incarnation);
+                    receive_peer_streams(conn, shape, on_hello, move |peer, class, frame| match (class, frame.kind) {
                         (StreamClass::Control, FrameKind::RaftBatch) => {
                             inbox.push(Work::RaftBatch(peer, frame.payload))
                         }
