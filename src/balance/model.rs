@@ -287,12 +287,6 @@ impl LoadModel {
         (p.core.0 < node.cores).then(|| node.core_base + usize::from(p.core.0))
     }
 
-    /// Score units a replica of `vshard` carries, with or without its leadership.
-    pub fn replica_units(&self, vshard: VShardId, leader: bool) -> f64 {
-        let v = vshard.0 as usize;
-        self.follower_units[v] + if leader { self.leader_units[v] } else { 0.0 }
-    }
-
     /// Moves `units`, of which `bytes_units` are bytes, from one core to another and updates
     /// both nodes' scores.
     pub fn shift(&mut self, from: CoreAddress, to: CoreAddress, units: f64, bytes_units: f64) {
