@@ -255,22 +255,7 @@ fn a_restarted_peer_gets_a_new_connection_at_once() {
         "peers-restart",
         CorePlacement::Unbound,
         move || async move {
-            let node_b = endpoint(tls_b);
-            let b_addr = node_b.local_addr().unwrap();
-            let delivered = Rc::new(RefCell::new(0usize));
-            let (sink, server) = (delivered.clone(), node_b.clone());
-            glommio::spawn_local(async move {
-                while let Some(conn) = server.accept().await {
-                    let sink = sink.clone();
-                    glommio::spawn_local(receive_streams(
-                        conn,
-                        ClusterShape::default(),
-                        move |_, _, _| *sink.borrow_mut() += 1,
-                    ))
-                    .detach();
-                }
-            })
-            .detach();
+            let (node_b, b_addr, delivered) = counting_receiver(tls_b);
             let peers = Peers::new(endpoint(tls_a.clone()), tls_a, A);
             peers.add_peer(B, b_addr);
             peers.heard_from(B, 1);
@@ -311,7 +296,7 @@ fn a_restarted_peer_gets_a_new_connection_at_once() {
     .unwrap();
 }
 
-/// Node 2's endpoint (on the calling executor), receiving one peer connection with
+/// Node 2's endpoint (on the calling executor), receiving peer connections with
 /// `receive_streams` and counting the frames that reach the handler.
 fn counting_receiver(tls: TlsMode) -> (QuicEndpoint, SocketAddr, Rc<RefCell<usize>>) {
     let node_b = endpoint(tls);
@@ -320,11 +305,15 @@ fn counting_receiver(tls: TlsMode) -> (QuicEndpoint, SocketAddr, Rc<RefCell<usiz
     let sink = delivered.clone();
     let server = node_b.clone();
     glommio::spawn_local(async move {
-        let conn = server.accept().await.unwrap();
-        receive_streams(conn, ClusterShape::default(), move |_, _, _| {
-            *sink.borrow_mut() += 1
-        })
-        .await;
+        while let Some(conn) = server.accept().await {
+            let sink = sink.clone();
+            glommio::spawn_local(receive_streams(
+                conn,
+                ClusterShape::default(),
+                move |_, _, _| *sink.borrow_mut() += 1,
+            ))
+            .detach();
+        }
     })
     .detach();
     (node_b, b_addr, delivered)
