@@ -544,9 +544,24 @@ fn validate_metrics(input: &PlanInput<'_>) -> Result<(Vec<NodeId>, usize), PlanE
     Ok((reporting, ignored))
 }
 
-/// Per-vShard loads indexed by vShard id, idle where no sample was given.
-fn validate_vshard_loads(input: &PlanInput<'_>) -> Result<Vec<VShardLoad>, PlanError> {
+/// Per-vShard loads indexed by vShard id, idle where no sample was given. Samples that
+/// already are one per vShard in id order are used as they are.
+fn validate_vshard_loads<'a>(
+    input: &PlanInput<'a>,
+) -> Result<std::borrow::Cow<'a, [VShardLoad]>, PlanError> {
     let count = input.placement.vshard_count();
+    let samples = input.vshard_loads;
+    if samples.len() == count as usize
+        && samples
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.vshard.0 as usize == i)
+    {
+        for sample in samples {
+            sample.validate()?;
+        }
+        return Ok(std::borrow::Cow::Borrowed(samples));
+    }
     let mut loads: Vec<VShardLoad> = (0..count)
         .map(|v| VShardLoad {
             vshard: VShardId(v),
@@ -567,7 +582,7 @@ fn validate_vshard_loads(input: &PlanInput<'_>) -> Result<Vec<VShardLoad>, PlanE
         }
         loads[v] = *sample;
     }
-    Ok(loads)
+    Ok(std::borrow::Cow::Owned(loads))
 }
 
 /// Sets, for every vShard, whether a replica move, a leader transfer and a move between
@@ -621,6 +636,28 @@ fn total_order_key(x: f64) -> i64 {
     bits ^ (((bits >> 63) as u64) >> 1) as i64
 }
 
+/// A leader in a core's index: its leadership units (never negative) and its vShard,
+/// packed so that integer order is units order, ties by vShard (sorting integers is
+/// several times faster than sorting by a float key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct LeaderKey(u128);
+
+impl LeaderKey {
+    fn new(units: f64, vshard: VShardId) -> LeaderKey {
+        // The bits of a non-negative float order like the float; anything else is 0.
+        let units = if units > 0.0 { units } else { 0.0 };
+        LeaderKey(u128::from(units.to_bits()) << 32 | u128::from(vshard.0))
+    }
+
+    fn units(self) -> f64 {
+        f64::from_bits((self.0 >> 32) as u64)
+    }
+
+    fn vshard(self) -> VShardId {
+        VShardId(self.0 as u32)
+    }
+}
+
 /// What a replica move of `bytes` is ranked by: improvement per byte copied (an empty
 /// vShard counts as one byte).
 fn per_byte(improvement: f64, bytes: u64) -> f64 {
@@ -670,7 +707,7 @@ struct Sweep<'a> {
     mean_traffic_per_byte: [f64; 2],
     /// Per core (model index), once looked at: the leaders it held at the sweep's start, by
     /// leadership units (`Sweep::index_leaders`).
-    leaders_by_units: Vec<Option<Vec<(f64, VShardId)>>>,
+    leaders_by_units: Vec<Option<Vec<LeaderKey>>>,
     /// Per core (model index), once scanned for a replica move: the replicas it held at the
     /// sweep's start, by units per byte, densest first (`Sweep::replicas_by_density`).
     replicas_by_density: Vec<std::cell::OnceCell<Vec<(f64, CoreReplica)>>>,
@@ -795,15 +832,17 @@ impl<'a> Sweep<'a> {
     /// Recomputes the heaviest replica of a core after one left it.
     fn refresh_heaviest(&mut self, core: usize) {
         let (moved, model) = (&self.moved, &self.model);
-        let staying = || {
-            self.core_replicas[core]
-                .iter()
-                .filter(|r| !moved[r.vshard.0 as usize])
-        };
-        self.core_heaviest[core] = staying().map(|r| r.units).fold(0.0, f64::max);
-        self.core_heaviest_traffic[core] = staying()
-            .map(|r| model.replica_traffic(r.vshard, r.units))
-            .fold(0.0, f64::max);
+        let (units, traffic) = self.core_replicas[core]
+            .iter()
+            .filter(|r| !moved[r.vshard.0 as usize])
+            .fold((0.0, 0.0), |(units, traffic): (f64, f64), r| {
+                (
+                    units.max(r.units),
+                    traffic.max(model.replica_traffic(r.vshard, r.units)),
+                )
+            });
+        self.core_heaviest[core] = units;
+        self.core_heaviest_traffic[core] = traffic;
     }
 
     fn holds(&self, vshard: VShardId, node: NodeId) -> bool {
@@ -1164,12 +1203,12 @@ impl<'a> Sweep<'a> {
             if self.leaders_by_units[c].is_some() {
                 continue;
             }
-            let mut list: Vec<(f64, VShardId)> = self.core_replicas[c]
+            let mut list: Vec<LeaderKey> = self.core_replicas[c]
                 .iter()
                 .filter(|r| r.leader)
-                .map(|r| (self.model.leader_units[r.vshard.0 as usize], r.vshard))
+                .map(|r| LeaderKey::new(self.model.leader_units[r.vshard.0 as usize], r.vshard))
                 .collect();
-            list.sort_unstable_by_key(|&(units, vshard)| (total_order_key(units), vshard));
+            list.sort_unstable();
             self.leaders_by_units[c] = Some(list);
         }
     }
@@ -1267,7 +1306,14 @@ impl<'a> Sweep<'a> {
         let mut best_replica_per_core: Vec<Option<Candidate>> = vec![None; cores.len()];
         let core_limit = 1.0 + self.config.core_target_spread;
         let eligible_nodes = self.model.nodes.iter().filter(|n| n.eligible).count();
+        // The best value a hotter core found: a cooler core's candidate matters only if it
+        // beats that (`pick` takes the hottest core within 10 % of the best, so one that
+        // does not exceed a hotter core's best is never picked, nor changes the best).
+        let mut floor = 0.0f64;
         for (rank, &core) in cores.iter().enumerate() {
+            if let Some(c) = rank.checked_sub(1).and_then(|r| best_transfer_per_core[r]) {
+                floor = floor.max(c.value);
+            }
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_transfer_per_core[rank];
             let Some(leaders) = self.leaders_by_units[node.core_base + core].as_deref() else {
@@ -1284,20 +1330,21 @@ impl<'a> Sweep<'a> {
                     .max(0.0);
                 // The most any leader of this core could gain here: at the units that even
                 // the two nodes, or at its heaviest leader's if all are lighter.
-                let heaviest_leader = leaders.last().map_or(0.0, |&(u, _)| u);
+                let heaviest_leader = leaders.last().map_or(0.0, |k| k.units());
                 let most_here = gain(b, even.min(heaviest_leader));
-                if !beats(slot, most_here, most_here) {
+                if most_here <= floor || !beats(slot, most_here, most_here) {
                     continue;
                 }
-                let start = leaders.partition_point(|(u, _)| *u < even);
+                let start = leaders.partition_point(|k| k.units() < even);
                 let (below, above) = leaders.split_at(start);
                 for side in [
                     &mut below.iter().rev() as &mut dyn Iterator<Item = _>,
                     &mut above.iter(),
                 ] {
-                    for &(lead_units, vshard) in side {
+                    for &key in side {
+                        let (lead_units, vshard) = (key.units(), key.vshard());
                         let bound = gain(b, lead_units);
-                        if !beats(slot, bound, bound) {
+                        if bound <= floor || !beats(slot, bound, bound) {
                             break;
                         }
                         if on_coldest[vshard.0 as usize] != on
@@ -1342,7 +1389,7 @@ impl<'a> Sweep<'a> {
                                 continue;
                             }
                             let improvement = gain(t, lead_units);
-                            if beats(slot, improvement, improvement) {
+                            if improvement > floor && beats(slot, improvement, improvement) {
                                 *slot = Some(Candidate {
                                     vshard,
                                     kind: MoveKind::LeaderTransfer,
@@ -1398,7 +1445,12 @@ impl<'a> Sweep<'a> {
             && copies_now
             && self.budget.node_free(h_id)
             && open_gain(open_even.min(heaviest)) > REBALANCE_MIN_IMPROVEMENT;
+        // As for transfers: a cooler core's copy matters only if it beats a hotter core's.
+        let mut floor = 0.0f64;
         for (rank, &core) in cores.iter().enumerate().filter(|_| source_free) {
+            if let Some(c) = rank.checked_sub(1).and_then(|r| best_replica_per_core[r]) {
+                floor = floor.max(c.value);
+            }
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_replica_per_core[rank];
             // The first scan of a core goes through its list as it is; a core scanned again
@@ -1423,7 +1475,9 @@ impl<'a> Sweep<'a> {
             for (density, replica, sorted) in list {
                 // A copy lowers h by at most its units per byte over h's cores: none further
                 // down a density-sorted list can win.
-                if slot.is_some_and(|b| density / h_cores <= b.value * (1.0 + 1e-12)) {
+                if density / h_cores <= floor
+                    || slot.is_some_and(|b| density / h_cores <= b.value * (1.0 + 1e-12))
+                {
                     if sorted {
                         break;
                     }
@@ -1433,7 +1487,7 @@ impl<'a> Sweep<'a> {
                 let bytes = self.model.bytes[vshard.0 as usize];
                 let replica_bound = !self.cooling(vshard, MoveKind::ReplicaMove) && {
                     let g = open_gain(replica.units);
-                    beats(slot, g, per_byte(g, bytes))
+                    per_byte(g, bytes) > floor && beats(slot, g, per_byte(g, bytes))
                 };
                 if !replica_bound {
                     continue;
@@ -1447,7 +1501,7 @@ impl<'a> Sweep<'a> {
                 if let Some(&t) = target {
                     let improvement = gain(t, replica.units);
                     let value = per_byte(improvement, bytes);
-                    if beats(slot, improvement, value) {
+                    if value > floor && beats(slot, improvement, value) {
                         *slot = Some(Candidate {
                             vshard,
                             kind: MoveKind::ReplicaMove,
