@@ -723,3 +723,157 @@ fn twenty_thousand_quic_initials_leave_the_node_s_memory_bounded() {
     assert!(still_serves);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Four `start` processes (groups of three replicas). An admin decommissions node 4 while
+/// a client writes: its replicas move away, `kv status` reports it Decommissioned and safe
+/// to stop, it is killed, and every acknowledged write is still readable. Drains the
+/// cluster could not afford, and a client certificate, are refused.
+#[test]
+fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stopped() {
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = scratch_dir("cli-decommission");
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    for n in 1..=4 {
+        let id = n.to_string();
+        let args = [
+            "certs",
+            "node",
+            "--dir",
+            d,
+            "--id",
+            &id,
+            "--san",
+            "127.0.0.1",
+        ];
+        assert!(cli(&args).status.success());
+    }
+    for role in ["client", "admin"] {
+        let args = ["certs", role, "--dir", d, "--name", "cli"];
+        assert!(cli(&args).status.success());
+    }
+    let nodes: String = (1..=4)
+        .map(|n| {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
+        })
+        .collect();
+    let config = |id: Option<u64>, cert: &str| {
+        config_toml(id, cert, &nodes).replace(
+            "groups = 4",
+            "groups = 8\nreplicas = 3\nrebalance_interval_secs = 1",
+        )
+    };
+    for n in 1..=4 {
+        let text = config(Some(n), &format!("node-{n}"));
+        std::fs::write(dir.join(format!("node-{n}.toml")), text).unwrap();
+    }
+    std::fs::write(dir.join("client.toml"), config(None, "client-cli")).unwrap();
+    std::fs::write(dir.join("admin.toml"), config(None, "admin-cli")).unwrap();
+    let (client, admin) = (dir.join("client.toml"), dir.join("admin.toml"));
+    let (c, a) = (client.to_str().unwrap(), admin.to_str().unwrap());
+    let mut children: Vec<Child> = (1..=4)
+        .map(|n| {
+            let config = dir.join(format!("node-{n}.toml"));
+            Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+                .args(["start", "--config", config.to_str().unwrap()])
+                .args(["--run-for", "120"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    let mut put = |i: usize| {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        let out = cli(&["kv", "--config", c, "put", &key, &value]);
+        if out.status.success() {
+            acked.push((key, value));
+        } else {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    };
+    (0..16).for_each(&mut put);
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let by_client = cli(&["kv", "--config", c, "decommission", "--node", "4"]);
+    let unknown = cli(&["kv", "--config", a, "decommission", "--node", "9"]);
+    let drain = cli(&["kv", "--config", a, "decommission", "--node", "4"]);
+    // Three active nodes would be left for groups of three replicas.
+    let too_few = cli(&["kv", "--config", a, "decommission", "--node", "3"]);
+    let node_4 = |status: &serde_json::Value| {
+        status["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["node"] == 4))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 16;
+    let drained = loop {
+        put(i);
+        i += 1;
+        let out = cli(&["kv", "--config", a, "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let n4 = node_4(&status);
+        if n4["safe_to_stop"] == true || Instant::now() > deadline {
+            break n4;
+        }
+    };
+    let placement_before_stop = cli(&["kv", "--config", c, "placement"]);
+    let _ = children[3].kill();
+    let _ = children[3].wait();
+    (i..i + 8).for_each(&mut put);
+    let lost: Vec<&(String, String)> = acked
+        .iter()
+        .filter(|(k, v)| {
+            let out = cli(&["kv", "--config", c, "get", k]);
+            String::from_utf8_lossy(&out.stdout).trim() != v
+        })
+        .collect();
+    let recommission = cli(&["kv", "--config", a, "recommission", "--node", "4"]);
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(!by_client.status.success());
+    assert!(
+        stderr(&by_client).contains("needs an admin"),
+        "{}",
+        stderr(&by_client)
+    );
+    assert!(
+        stderr(&unknown).contains("not a member"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert!(drain.status.success(), "{}", stderr(&drain));
+    assert!(
+        stderr(&too_few).contains("cannot drain"),
+        "{}",
+        stderr(&too_few)
+    );
+    assert_eq!(drained["state"], "Decommissioned", "{drained}");
+    assert_eq!(drained["replicas_placed"], 0, "{drained}");
+    let table = String::from_utf8_lossy(&placement_before_stop.stdout);
+    assert!(
+        table.lines().skip(1).all(|l| !l.contains("@4/")),
+        "a replica is left on node 4:\n{table}"
+    );
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes not read back: {lost:?}"
+    );
+    assert!(
+        stderr(&recommission).contains("Decommissioned to Active"),
+        "{}",
+        stderr(&recommission)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -226,6 +226,40 @@ fn draining_node_is_emptied_and_joining_or_decommissioned_nodes_receive_nothing(
 }
 
 #[test]
+fn an_idle_cluster_still_drains_and_moves_nothing_else() {
+    use NodeState::*;
+    // No bytes, no traffic: nothing to balance, and leaders piled on node 0.
+    let mut t = topology(&[Active, Active, Active, Active], 2);
+    let p = PlacementTable::initial(&t, 64, 2).unwrap();
+    let idle: Vec<VShardLoad> = p
+        .iter()
+        .map(|(vshard, _)| VShardLoad {
+            vshard,
+            bytes: 0,
+            writes_per_sec: 0.0,
+            reads_per_sec: 0.0,
+        })
+        .collect();
+    let before = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
+    assert_eq!(before.status, PlanStatus::Idle);
+    assert!(before.moves.is_empty());
+    t.set_state(NodeId(2), Draining).unwrap();
+    let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
+    assert_eq!(
+        result.moves.len(),
+        nodedb_cluster::constants::REBALANCE_MAX_MOVES_PER_NODE
+    );
+    for m in &result.moves {
+        assert_eq!(
+            (m.reason, m.kind),
+            (MoveReason::Drain, MoveKind::ReplicaMove)
+        );
+        assert_eq!(m.source.node, NodeId(2));
+        assert_ne!(m.target.node, NodeId(2));
+    }
+}
+
+#[test]
 fn drain_with_nowhere_to_go_is_reported_not_forced() {
     // Three nodes, three replicas: every other node already holds every vShard.
     let mut t = topology(&[NodeState::Active; 3], 1);

@@ -299,6 +299,18 @@ impl ScoreScale {
     }
 
     /// Score units a follower replica of this vShard adds to the core hosting it.
+    /// A scale that counts leaderships alone, for a cluster `ScoreScale::new` finds
+    /// nothing to balance in: a node being emptied must still be emptied, and the planner
+    /// needs a model to place its replicas. `None` without capacity or groups.
+    pub fn leaders_only(totals: &LoadTotals, capacity_cores: u32) -> Option<ScoreScale> {
+        (capacity_cores > 0 && totals.leaders > 0.0).then(|| ScoreScale {
+            per_replica_byte: 0.0,
+            per_replica_write: 0.0,
+            per_read: 0.0,
+            per_leader: f64::from(capacity_cores) / totals.leaders,
+        })
+    }
+
     pub fn follower_units(&self, load: &VShardLoad) -> f64 {
         load.bytes as f64 * self.per_replica_byte + load.writes_per_sec * self.per_replica_write
     }

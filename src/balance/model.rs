@@ -82,6 +82,9 @@ pub struct LoadModel {
     pub moving: Vec<VShardId>,
     /// `None` when there is no load to balance or no capacity to balance it over.
     pub scale: Option<ScoreScale>,
+    /// There is no load to balance, but a node must be emptied: `scale` counts leaderships
+    /// only, for the drain's sake, and the planner plans nothing but the drain.
+    pub drain_only: bool,
 }
 
 impl LoadModel {
@@ -135,6 +138,7 @@ impl LoadModel {
             replica_start: Vec::new(),
             core_node,
             scale: None,
+            drain_only: false,
             nodes,
         };
         // One pass over the placement table: which vShards the model can place, the totals,
@@ -184,6 +188,10 @@ impl LoadModel {
             .map(|n| u32::from(n.cores))
             .sum();
         model.scale = ScoreScale::new(weights, &totals, capacity);
+        if model.scale.is_none() && model.nodes.iter().any(|n| n.state.must_be_emptied()) {
+            model.scale = ScoreScale::leaders_only(&totals, capacity);
+            model.drain_only = model.scale.is_some();
+        }
         if let Some(scale) = model.scale {
             model.core_replicas = per_core.iter().map(|&n| Vec::with_capacity(n)).collect();
             model.core_heaviest = vec![0.0; core_base];

@@ -489,13 +489,14 @@ impl Planner {
         plan.node_max_over_mean_before = model.node_max_over_mean();
         plan.core_max_over_mean_before = model.core_max_over_mean();
 
+        let drain_only = model.drain_only;
         let was_balancing = self.run_active;
         let mut sweep = Sweep::new(self, input.placement, model, now, budget.clone());
         // Every vShard moves at most once a sweep and every move lowers the sum of squared
         // scores, so this ends even with an unlimited budget.
         while !sweep.budget.spent() {
-            let found =
-                sweep.next_forced_move() || sweep.next_node_move() || sweep.next_core_move();
+            let found = sweep.next_forced_move()
+                || (!drain_only && (sweep.next_node_move() || sweep.next_core_move()));
             if !found {
                 break;
             }

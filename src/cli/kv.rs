@@ -37,6 +37,17 @@ pub enum KvCommandArg {
         #[arg(long)]
         group: u64,
     },
+    /// Drain NODE for removal: the rebalancer moves every replica off it, then marks it
+    /// Decommissioned; `status` says when it is safe to stop. Needs an admin certificate.
+    Decommission {
+        #[arg(long)]
+        node: u64,
+    },
+    /// Undo a drain that has not finished: NODE is Active again.
+    Recommission {
+        #[arg(long)]
+        node: u64,
+    },
     /// Print the rebalancer's view from its coordinator (the metadata leader): each node's
     /// state and report age, each core's load, the imbalance, moves in flight and the last
     /// sweep.
@@ -74,26 +85,38 @@ fn status_table(s: &nodedb_cluster::node::BalancerStatus) -> String {
         s.stats.leader_transfers_started,
         s.stats.leader_transfers_failed
     ));
-    t.push_str(
-        "node  state           report  core  busy   ops/s      bytes  replicas  leaders  p99 ms\n",
-    );
+    let state_of = |n: &nodedb_cluster::node::NodeStatus| match n.state.as_str() {
+        "Draining" => format!("Draining ({} left)", n.replicas_placed),
+        _ if n.safe_to_stop => "Decommissioned (safe to stop)".to_owned(),
+        _ => n.state.clone(),
+    };
+    let w = s
+        .nodes
+        .iter()
+        .map(|n| state_of(n).len())
+        .fold(15, usize::max);
+    t.push_str(&format!(
+        "node  {:<w$} report  core  busy   ops/s      bytes  replicas  leaders  p99 ms\n",
+        "state"
+    ));
     for n in &s.nodes {
         let age = match (n.report_age_seconds, n.fresh) {
             (None, _) => "never".to_owned(),
             (Some(a), true) => format!("{a:.1} s"),
             (Some(a), false) => format!("{a:.0} s!"),
         };
+        let state = state_of(n);
         if n.cores.is_empty() {
-            t.push_str(&format!("{:<5} {:<15} {:>6}\n", n.node, n.state, age));
+            t.push_str(&format!("{:<5} {:<w$} {:>6}\n", n.node, state, age));
         }
         for (i, c) in n.cores.iter().enumerate() {
             let (node, state, age) = if i == 0 {
-                (n.node.to_string(), n.state.clone(), age.clone())
+                (n.node.to_string(), state.clone(), age.clone())
             } else {
                 (String::new(), String::new(), String::new())
             };
             t.push_str(&format!(
-                "{node:<5} {state:<15} {age:>6}  {:>4}  {:>4.2}  {:>6.0}  {:>9}  {:>8}  {:>7}  {:>6.1}\n",
+                "{node:<5} {state:<w$} {age:>6}  {:>4}  {:>4.2}  {:>6.0}  {:>9}  {:>8}  {:>7}  {:>6.1}\n",
                 c.core,
                 c.busy,
                 c.ops_per_second,
@@ -176,6 +199,17 @@ pub fn run(path: &Path, op: KvCommandArg) -> ExitCode {
                 .abandon_move(GroupId(group))
                 .await
                 .map(|()| "abandon recorded".to_owned()),
+            KvCommandArg::Decommission { node } => {
+                client.decommission(NodeId(node)).await.map(|()| {
+                    format!(
+                        "node {node} is draining; `kv status` shows it Decommissioned (safe to stop) once its replicas have moved"
+                    )
+                })
+            }
+            KvCommandArg::Recommission { node } => client
+                .recommission(NodeId(node))
+                .await
+                .map(|()| format!("node {node} is active")),
             KvCommandArg::Status { json } => client.status().await.map(|s| {
                 if json {
                     serde_json::to_string(&s).unwrap_or_default()

@@ -263,6 +263,48 @@ impl MetadataStore {
         self.table.group(group)
     }
 
+    /// Whether `node` may start draining: the nodes left active must still hold every
+    /// group's replicas on distinct nodes, and the nodes not on their way out must still be
+    /// a majority of the metadata group (every node of the topology votes in it, and a
+    /// drained node is expected to be stopped).
+    fn check_drain(&self, node: NodeId) -> Result<(), String> {
+        let Some(info) = self.topology.node(node) else {
+            return Ok(()); // `set_state` names the unknown node.
+        };
+        if info.state != NodeState::Active {
+            return Ok(()); // Already draining, or `set_state` refuses the step.
+        }
+        let staying = |n: &&NodeInfo| n.node_id != node;
+        let active = self.topology.active_nodes().filter(staying).count();
+        let replicas = self
+            .table
+            .iter()
+            .map(|(_, p)| p.replicas.len() - usize::from(p.moving.is_some()))
+            .max()
+            .unwrap_or(0);
+        if active < replicas {
+            return Err(format!(
+                "node {node} cannot drain: {active} active node(s) would remain, and groups keep \
+                 {replicas} replicas on distinct nodes"
+            ));
+        }
+        let voters = self.topology.len();
+        let remaining = self
+            .topology
+            .nodes()
+            .filter(staying)
+            .filter(|n| !n.state.must_be_emptied())
+            .count();
+        if remaining < voters / 2 + 1 {
+            return Err(format!(
+                "node {node} cannot drain: the metadata group needs {} of its {voters} voters, \
+                 and only {remaining} would remain in service",
+                voters / 2 + 1
+            ));
+        }
+        Ok(())
+    }
+
     /// Applies a decoded command; `Err` is the reason it was rejected (nothing changed).
     fn execute(&mut self, command: MetadataCommand) -> Result<(), String> {
         match command {
@@ -297,6 +339,9 @@ impl MetadataStore {
                 return Ok(());
             }
             MetadataCommand::SetNodeState { node, state } => {
+                if state == NodeState::Draining {
+                    self.check_drain(node)?;
+                }
                 self.topology
                     .set_state(node, state)
                     .map_err(|e| e.to_string())?;
@@ -526,6 +571,83 @@ mod tests {
             }
         ));
         assert_eq!(m.epoch(), Epoch(3));
+    }
+
+    /// The reason a command was refused, or `None` if it was applied.
+    fn refusal(store: &mut MetadataStore, index: u64, c: MetadataCommand) -> Option<String> {
+        let out = store.apply(index, &c.encode());
+        (out[0] == 0).then(|| String::from_utf8_lossy(&out[1..]).into_owned())
+    }
+
+    fn set(node: u64, state: NodeState) -> MetadataCommand {
+        MetadataCommand::SetNodeState {
+            node: NodeId(node),
+            state,
+        }
+    }
+
+    #[test]
+    fn a_drain_that_leaves_too_few_nodes_or_voters_is_refused() {
+        // Five nodes; the group keeps three replicas.
+        let mut m = MetadataStore::new();
+        assert!(apply(
+            &mut m,
+            1,
+            MetadataCommand::Bootstrap {
+                nodes: (1..=5).map(node).collect(),
+                groups: vec![(
+                    GroupId(1),
+                    vec![
+                        (ReplicaId(11), at(1, 0)),
+                        (ReplicaId(12), at(2, 0)),
+                        (ReplicaId(13), at(3, 0)),
+                    ],
+                )],
+            }
+        ));
+        let unknown = refusal(&mut m, 2, set(9, NodeState::Draining)).unwrap();
+        assert!(unknown.contains("node n9 is not a member"), "{unknown}");
+        assert_eq!(refusal(&mut m, 3, set(5, NodeState::Draining)), None);
+        assert_eq!(refusal(&mut m, 4, set(4, NodeState::Draining)), None);
+        // Three active nodes left, and groups keep three replicas.
+        let few = refusal(&mut m, 5, set(3, NodeState::Draining)).unwrap();
+        assert!(
+            few.contains("node n3 cannot drain") && few.contains("3 replicas"),
+            "{few}"
+        );
+        // Undo one drain; the other finishes.
+        assert_eq!(refusal(&mut m, 6, set(4, NodeState::Active)), None);
+        assert_eq!(refusal(&mut m, 7, set(5, NodeState::Decommissioned)), None);
+        let back = refusal(&mut m, 8, set(5, NodeState::Active)).unwrap();
+        assert!(back.contains("Decommissioned to Active"), "{back}");
+        // Draining 4 again leaves three active nodes: allowed; then no node more.
+        assert_eq!(refusal(&mut m, 9, set(4, NodeState::Draining)), None);
+        assert!(refusal(&mut m, 10, set(1, NodeState::Draining)).is_some());
+        assert_eq!(
+            m.topology().node(NodeId(1)).unwrap().state,
+            NodeState::Active
+        );
+    }
+
+    #[test]
+    fn a_drain_that_would_cost_the_metadata_quorum_is_refused() {
+        // Four nodes, groups of one replica: only the metadata group limits drains.
+        let mut m = MetadataStore::new();
+        assert!(apply(
+            &mut m,
+            1,
+            MetadataCommand::Bootstrap {
+                nodes: (1..=4).map(node).collect(),
+                groups: vec![(GroupId(1), vec![(ReplicaId(11), at(1, 0))])],
+            }
+        ));
+        assert_eq!(refusal(&mut m, 2, set(4, NodeState::Draining)), None);
+        // Two of four voters would remain; the metadata group needs three.
+        let quorum = refusal(&mut m, 3, set(3, NodeState::Draining)).unwrap();
+        assert!(
+            quorum.contains("needs 3 of its 4 voters") && quorum.contains("only 2"),
+            "{quorum}"
+        );
     }
 
     #[test]

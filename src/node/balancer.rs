@@ -50,6 +50,7 @@ use crate::client::routing::Routing;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
+use crate::cluster::topology::NodeState;
 use crate::constants::{
     LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, REBALANCE_INTERVAL,
     REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE, REBALANCE_PROPOSAL_TIMEOUT,
@@ -131,6 +132,12 @@ pub struct NodeStatus {
     /// Whether its report is recent enough for the planner.
     pub fresh: bool,
     pub cores: Vec<CoreStatus>,
+    /// Replicas the placement table puts on this node (a move's new replica included).
+    #[serde(default)]
+    pub replicas_placed: usize,
+    /// Decommissioned with nothing placed on it: the node may be stopped for good.
+    #[serde(default)]
+    pub safe_to_stop: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -218,6 +225,8 @@ pub(crate) struct Balancer {
     transfers: Vec<Transfer>,
     proposed: Vec<Proposed>,
     starts: Vec<MetadataCommand>,
+    /// Drained nodes whose `Decommissioned` this coordinator proposed, and when.
+    finishing: BTreeMap<NodeId, Time>,
     last_skip: Option<&'static str>,
     last_node_max_over_mean: f64,
     /// The best node max / mean any placement could reach (the heaviest vShard cannot be
@@ -269,6 +278,7 @@ impl Balancer {
             transfers: Vec::new(),
             proposed: Vec::new(),
             starts: Vec::new(),
+            finishing: BTreeMap::new(),
             last_skip: None,
             last_node_max_over_mean: 0.0,
             last_node_bound: 0.0,
@@ -478,6 +488,9 @@ impl Balancer {
             self.topology_version = Some(version);
             self.kicked = true;
         }
+        if current {
+            self.finish_drains(now, store);
+        }
         let table = store.table();
         self.proposed.retain(|p| {
             now.saturating_since(p.at) < REBALANCE_PROPOSAL_TIMEOUT
@@ -521,8 +534,37 @@ impl Balancer {
         }
     }
 
+    /// Proposes `Decommissioned` for every draining node the table no longer places
+    /// anything on (no replica, no move under way to it): its drain is over. Runs whether
+    /// or not the rebalancer moves replicas (an operator may drain by hand).
+    fn finish_drains(&mut self, now: Time, store: &MetadataStore) {
+        self.finishing
+            .retain(|_, at| now.saturating_since(*at) < REBALANCE_PROPOSAL_TIMEOUT);
+        let draining: Vec<NodeId> = store
+            .topology()
+            .nodes()
+            .filter(|n| n.state == NodeState::Draining && !self.finishing.contains_key(&n.node_id))
+            .map(|n| n.node_id)
+            .collect();
+        if draining.is_empty() {
+            return;
+        }
+        let placed = replicas_by_node(store.table());
+        for node in draining {
+            if placed.get(&node).copied().unwrap_or(0) == 0 {
+                info!(%node, coordinator = %self.node, "node drained: proposing Decommissioned");
+                self.starts.push(MetadataCommand::SetNodeState {
+                    node,
+                    state: NodeState::Decommissioned,
+                });
+                self.finishing.insert(node, now);
+            }
+        }
+    }
+
     fn stand_down(&mut self) {
         self.reports.clear();
+        self.finishing.clear();
         self.transfers.clear();
         self.proposed.clear();
         self.starts.clear();
@@ -793,13 +835,17 @@ impl Balancer {
     /// The coordinator's view for `kv status`.
     pub(crate) fn status(&self, now: Time, store: &MetadataStore) -> BalancerStatus {
         let stale = self.config.stale_after();
+        let placed = replicas_by_node(store.table());
         let nodes = store
             .topology()
             .nodes()
             .map(|info| {
                 let received = self.reports.get(&info.node_id);
                 let age = received.map(|r| now.saturating_since(r.at));
+                let replicas_placed = placed.get(&info.node_id).copied().unwrap_or(0);
                 NodeStatus {
+                    replicas_placed,
+                    safe_to_stop: info.state == NodeState::Decommissioned && replicas_placed == 0,
                     node: info.node_id.0,
                     state: format!("{:?}", info.state),
                     report_age_seconds: age.map(|a| a.as_secs_f64()),
@@ -902,6 +948,17 @@ enum View {
     Sweep,
     /// A sweep that may start replica moves only.
     SweepReplicaMovesOnly,
+}
+
+/// How many replicas the table places on each node, a move's new replica included.
+fn replicas_by_node(table: &PlacementTable) -> BTreeMap<NodeId, usize> {
+    let mut placed = BTreeMap::new();
+    for (_, p) in table.groups() {
+        for r in &p.replicas {
+            *placed.entry(r.at.node).or_insert(0) += 1;
+        }
+    }
+    placed
 }
 
 fn plan_status(s: PlanStatus) -> String {

@@ -57,7 +57,7 @@ use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_ME
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
 use crate::node::balancer::Balancer;
-pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus};
+pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus, NodeStatus};
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
 use crate::node::load::{CoreLoad, LoadMeter};

@@ -224,6 +224,29 @@ impl KvClient {
             .await
     }
 
+    /// Starts draining `node`: the rebalancer moves every replica off it, and it becomes
+    /// `Decommissioned` once nothing is placed on it (`status` then says it is safe to
+    /// stop). Refused for an unknown node, a node that is not active, or a drain that would
+    /// leave too few nodes for the replica count or for the metadata group's quorum.
+    pub async fn decommission(&self, node: NodeId) -> Result<(), ClientError> {
+        self.propose_metadata(MetadataCommand::SetNodeState {
+            node,
+            state: crate::cluster::topology::NodeState::Draining,
+        })
+        .await
+    }
+
+    /// Ends `node`'s drain before it finishes: the node is active again (its remaining
+    /// replicas stay; the rebalancer may move load back to it). Refused once the node is
+    /// decommissioned.
+    pub async fn recommission(&self, node: NodeId) -> Result<(), ClientError> {
+        self.propose_metadata(MetadataCommand::SetNodeState {
+            node,
+            state: crate::cluster::topology::NodeState::Active,
+        })
+        .await
+    }
+
     /// Proposes a metadata command; a refused one is `CallError::Server` with the reason.
     async fn propose_metadata(&self, command: MetadataCommand) -> Result<(), ClientError> {
         let op = KvOp::Write {
