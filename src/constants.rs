@@ -177,6 +177,15 @@ pub const QUIC_KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::f
 /// A peer silent for 30 s (six missed keep-alives) is gone; its connection is closed.
 pub const QUIC_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A client's connection to a node: a keep-alive every 250 ms, and a node silent for 1.5 s
+/// (six missed keep-alives) is gone. A request in flight to a node that died then fails
+/// in 1.5 s, and the client routes elsewhere, instead of waiting out
+/// `CLIENT_REQUEST_TIMEOUT`. The keep-alives cost one small datagram per connection every
+/// 250 ms, and only while the client holds the connection.
+pub const QUIC_CLIENT_KEEP_ALIVE_INTERVAL: std::time::Duration =
+    std::time::Duration::from_millis(250);
+pub const QUIC_CLIENT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Per-stream receive window. 8 MiB covers the bandwidth-delay product of 10 Gbit/s at
 /// 6 ms, far above a LAN's, and bounds what one stream can make us buffer.
 pub const QUIC_STREAM_WINDOW_BYTES: u32 = 8 << 20;

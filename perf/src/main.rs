@@ -17,11 +17,17 @@
 //! another node while a writer runs and reports the move's time and throughput and the
 //! writer's latency before and during it (see `migrate.rs`).
 //!
+//! `availability [--fault kill|pause|rolling] [--nodes 4] [--cores 2] [--groups 16] [--down 5]
+//! [--every 10]` starts the nodes as separate processes of the built `nodedb-cluster`,
+//! writes to every group and reports, per fault, how long the groups answered nothing (see
+//! `availability.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Stock quinn, tokio and friends
 //! are dependencies of this crate only, never of the main one.
 
+mod availability;
 mod migrate;
 mod quic;
 mod raft;
@@ -30,7 +36,7 @@ mod wal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use nodedb_cluster::balance::harness::{self, HarnessConfig, Scenario};
@@ -114,6 +120,34 @@ enum Tool {
         #[arg(long, default_value = "target/perf-migrate")]
         dir: PathBuf,
     },
+    /// How long each group answers nothing when a node of a cluster of separate processes
+    /// is killed and restarted, paused, or when every node restarts in turn.
+    Availability {
+        #[arg(long, value_enum, default_value = "kill")]
+        fault: availability::Fault,
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(3..=9))]
+        nodes: u64,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
+        cores: u16,
+        /// Groups (a power of two), each with one closed-loop writer.
+        #[arg(long, default_value_t = 16)]
+        groups: u32,
+        /// Seconds a killed node stays down, or a paused one stopped.
+        #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+        down: f64,
+        /// Seconds between two restarts of `--fault rolling`.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        every: f64,
+        /// Seconds measured after the last fault.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        settle: f64,
+        /// The node binary (default: `nodedb-cluster` next to this tool).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the nodes' files go; must support O_DIRECT (not tmpfs).
+        #[arg(long, default_value = "target/perf-availability")]
+        dir: PathBuf,
+    },
     /// The balancer harness over every scenario and six cluster sizes (3×1×256 up to
     /// 16×8×16384), with whether the balancer targets were met.
     BalanceMatrix {
@@ -158,6 +192,27 @@ fn main() -> ExitCode {
         } => raft_bench(seconds, &concurrency),
         Tool::Migrate { mib, dir } => migrate_bench(dir, mib),
         Tool::BalanceMatrix { seeds } => balance_matrix(seeds),
+        Tool::Availability {
+            fault,
+            nodes,
+            cores,
+            groups,
+            down,
+            every,
+            settle,
+            binary,
+            dir,
+        } => availability_bench(availability::Options {
+            fault,
+            nodes,
+            cores,
+            groups,
+            down: Duration::from_secs_f64(down),
+            every: Duration::from_secs_f64(every),
+            settle: Duration::from_secs_f64(settle),
+            binary: binary.unwrap_or_else(availability::default_binary),
+            dir,
+        }),
     };
     match result {
         Ok((value, passed)) => {
@@ -329,6 +384,38 @@ fn migrate_bench(dir: PathBuf, mib: u64) -> Outcome {
         "during_write_p99_us": r.during_p99_us,
         "during_writes": r.during_writes,
         "during_over_baseline_p99": r.during_p99_us as f64 / r.baseline_p99_us.max(1) as f64,
+    });
+    Ok((value, true))
+}
+
+fn availability_bench(o: availability::Options) -> Outcome {
+    let r = availability::run(&o)?;
+    let faults: Vec<serde_json::Value> = r
+        .faults
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "kind": f.kind, "node": f.node, "at_seconds": f.at_seconds,
+                "max_unavailable_ms": f.max_unavailable_ms,
+                "p99_unavailable_ms": f.p99_unavailable_ms,
+                "worst_group": f.worst_group,
+            })
+        })
+        .collect();
+    let worst =
+        |pick: fn(&availability::FaultResult) -> f64| r.faults.iter().map(pick).fold(0.0, f64::max);
+    let value = serde_json::json!({
+        "fault": format!("{:?}", o.fault).to_lowercase(),
+        "nodes": o.nodes,
+        "cores": o.cores,
+        "groups": o.groups,
+        "down_seconds": o.down.as_secs_f64(),
+        "max_unavailable_ms": worst(|f| f.max_unavailable_ms),
+        "p99_unavailable_ms": worst(|f| f.p99_unavailable_ms),
+        "baseline_max_unavailable_ms": r.baseline_max_unavailable_ms,
+        "writes_ok": r.writes_ok,
+        "writes_failed": r.writes_failed,
+        "faults": faults,
     });
     Ok((value, true))
 }

@@ -36,8 +36,9 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::constants::{
-    QUIC_CONNECTIONS_MAX, QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS,
-    QUIC_RECV_BATCH, QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
+    QUIC_CLIENT_IDLE_TIMEOUT, QUIC_CLIENT_KEEP_ALIVE_INTERVAL, QUIC_CONNECTIONS_MAX,
+    QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS, QUIC_RECV_BATCH,
+    QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
     QUIC_SEND_BUFFER_BYTES, QUIC_SEND_RETRY, QUIC_SHUTDOWN_GRACE, QUIC_STREAM_WINDOW_BYTES,
 };
 use crate::runtime::tls::{self, TlsError, TlsMode};
@@ -234,14 +235,22 @@ pub struct RecvStream {
     id: StreamId,
 }
 
-fn transport_config(mtu: u16) -> Arc<TransportConfig> {
+/// Transport settings; `client` connections (a client endpoint's, which accepts none) have
+/// a short idle timeout: a client must notice a node that died with its request in a couple
+/// of seconds, not 30 (the idle timeout in force is the smaller of the two sides').
+fn transport_config(mtu: u16, client: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.initial_mtu(mtu);
     t.min_mtu(mtu);
     t.mtu_discovery_config(None);
-    t.keep_alive_interval(Some(QUIC_KEEP_ALIVE_INTERVAL));
+    let (keep_alive, idle) = if client {
+        (QUIC_CLIENT_KEEP_ALIVE_INTERVAL, QUIC_CLIENT_IDLE_TIMEOUT)
+    } else {
+        (QUIC_KEEP_ALIVE_INTERVAL, QUIC_IDLE_TIMEOUT)
+    };
+    t.keep_alive_interval(Some(keep_alive));
     t.max_idle_timeout(Some(
-        IdleTimeout::try_from(QUIC_IDLE_TIMEOUT).expect("idle timeout fits a VarInt"),
+        IdleTimeout::try_from(idle).expect("idle timeout fits a VarInt"),
     ));
     t.stream_receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW_BYTES));
     t.receive_window(VarInt::from_u32(QUIC_STREAM_WINDOW_BYTES.saturating_mul(4)));
@@ -295,7 +304,7 @@ impl QuicEndpoint {
             let crypto = QuicServerConfig::try_from(tls::server_config(&options.tls)?)
                 .map_err(|e| TransportError::Crypto(e.to_string()))?;
             let mut config = ServerConfig::with_crypto(Arc::new(crypto));
-            config.transport_config(transport_config(options.mtu));
+            config.transport_config(transport_config(options.mtu, false));
             Some(Arc::new(config))
         } else {
             None
@@ -394,7 +403,7 @@ impl QuicEndpoint {
             }
             let mut config = ClientConfig::new(crypto);
             let mtu = inner.endpoint.config().get_max_udp_payload_size() as u16;
-            config.transport_config(transport_config(mtu));
+            config.transport_config(transport_config(mtu, inner.server_config.is_none()));
             let (handle, conn) = inner
                 .endpoint
                 .connect(Instant::now(), config, addr, server_name)
