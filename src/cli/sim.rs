@@ -24,6 +24,9 @@ struct FaultTotals {
     rebalancer_sweeps: u64,
     rebalancer_transfers: u64,
     rebalancer_moves: u64,
+    drains: u64,
+    drains_decommissioned: u64,
+    drains_recommissioned: u64,
 }
 
 impl FaultTotals {
@@ -43,6 +46,9 @@ impl FaultTotals {
         self.rebalancer_sweeps += r.rebalancer_sweeps;
         self.rebalancer_transfers += r.rebalancer_transfers;
         self.rebalancer_moves += r.rebalancer_moves;
+        self.drains += r.drains;
+        self.drains_decommissioned += r.drains_decommissioned;
+        self.drains_recommissioned += r.drains_recommissioned;
     }
 }
 
@@ -121,6 +127,10 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
         println!(
             "rebalancer in the nodes: {} sweeps, {} leader transfers and {} replica moves dispatched",
             f.rebalancer_sweeps, f.rebalancer_transfers, f.rebalancer_moves
+        );
+        println!(
+            "operator drains: {} started, {} ended decommissioned, {} recommissioned",
+            f.drains, f.drains_decommissioned, f.drains_recommissioned
         );
     }
     if failures == 0 && faults.unchecked_keys == 0 {

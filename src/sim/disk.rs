@@ -184,11 +184,14 @@ impl SimDisk {
     /// records is refused. Returns every group's recovered state.
     pub fn recover(&mut self) -> Result<BTreeMap<GroupId, PersistedGroup>, WalError> {
         let replay = scan(&self.image)?;
-        // Appends continue at the end of the valid records: a torn tail is cut off. (A
-        // record lands whole with its padding or is cut inside it, so the image is never
-        // shorter than the valid records.)
+        // Appends continue at the end of the valid records, as the runtime's do: a torn
+        // tail is cut off, and a record whose data landed whole while its padding did not
+        // (the bytes a torn write left happen to complete it) ends where its padding
+        // would, so the image is zero-filled up to there. (Before, the next record went
+        // right after the short image, off the block boundary, and the next restart cut it
+        // and every later synced record off as a torn tail: seen in the simulator.)
         let valid = replay.valid_bytes as usize;
-        self.image.truncate(valid);
+        self.image.resize(valid, 0);
         self.starts.retain(|s| *s < valid);
         let mut groups: BTreeMap<GroupId, PersistedGroup> = BTreeMap::new();
         for (_, writes) in &replay.records {
@@ -231,6 +234,22 @@ mod tests {
 
     fn last_index(groups: &BTreeMap<GroupId, PersistedGroup>, g: u64) -> u64 {
         groups[&GroupId(g)].entries.last().map_or(0, |e| e.index)
+    }
+
+    #[test]
+    fn a_record_whose_padding_did_not_land_keeps_the_next_records_on_the_block_boundary() {
+        // The record's data landed whole, its padding did not (a torn write's leftovers
+        // completed it): it is valid, and what is synced after it must survive restarts.
+        let mut disk = SimDisk::new();
+        let record = disk.push_record(&[write(1, 1)]);
+        let data = record_data_len(&record).expect("a whole record");
+        assert!(data < record.len(), "the record is padded");
+        disk.starts.push(0);
+        disk.image.extend_from_slice(&record[..data]);
+        assert_eq!(last_index(&disk.recover().unwrap(), 1), 1);
+        disk.append(&[write(1, 2)]);
+        disk.append(&[write(1, 3)]);
+        assert_eq!(last_index(&disk.recover().unwrap(), 1), 3);
     }
 
     #[test]

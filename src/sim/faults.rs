@@ -27,6 +27,10 @@ pub struct Faults {
     /// Chance per step that a node's synced log is damaged (then it crashes; at most once
     /// per run, so a quorum of every group survives).
     pub corrupt_per_step: f64,
+    /// Chance per step that the operator decommissions a healthy node (at most once per
+    /// run, only in runs without disk damage and with the rebalancer on, which drains it):
+    /// a cluster of four keeps three nodes for groups of three replicas.
+    pub retire_per_step: f64,
 }
 
 impl Faults {
@@ -47,7 +51,17 @@ impl Faults {
             } else {
                 0.0
             },
+            retire_per_step: 0.0,
         }
+        .with_retirement(rng)
+    }
+
+    /// One run in three without disk damage also retires a node.
+    fn with_retirement(mut self, rng: &mut Rng) -> Faults {
+        if self.corrupt_per_step == 0.0 && rng.below(3) == 0 {
+            self.retire_per_step = rng.next_f64() * 0.002;
+        }
+        self
     }
 
     /// No faults at all (scripted scenarios).
@@ -64,6 +78,7 @@ impl Faults {
             transfer_per_step: 0.0,
             move_per_step: 0.0,
             corrupt_per_step: 0.0,
+            retire_per_step: 0.0,
         }
     }
 }

@@ -43,6 +43,7 @@ use crate::client::call::Failure;
 use crate::client::routing::Routing;
 use crate::cluster::metadata::MetadataStore;
 use crate::cluster::spec::ClusterSpec;
+use crate::cluster::topology::NodeState;
 use crate::cluster::vshard::VShardMap;
 use crate::constants::CLIENT_CONNECT_TIMEOUT;
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
@@ -183,6 +184,12 @@ pub struct SimReport {
     pub rebalancer_sweeps: u64,
     pub rebalancer_transfers: u64,
     pub rebalancer_moves: u64,
+    /// Healthy nodes the operator drained (`kv decommission`), and how those drains ended:
+    /// decommissioned holding nothing, or active again (`kv recommission`).
+    pub drains: u64,
+    /// (A drain the metadata group refused, or whose request was lost, ends neither way.)
+    pub drains_decommissioned: u64,
+    pub drains_recommissioned: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -256,6 +263,10 @@ struct Sim {
     network: Network,
     clients: Vec<SimClient>,
     operator: Operator,
+    /// The node the operator drained, and the step it asks for it back, if it will.
+    retired: Option<(NodeId, Option<u64>)>,
+    /// The operator asked for the drained node back.
+    recommissioned: bool,
     checks: Checks,
     trace: u64,
     report: SimReport,
@@ -341,6 +352,8 @@ impl Sim {
                 .map(|c| SimClient::new(routing(c), None))
                 .collect(),
             operator: Operator::new(routing(0)),
+            retired: None,
+            recommissioned: false,
             spec,
             scripted: false,
             rng,
@@ -606,6 +619,19 @@ impl Sim {
                 self.report.rebalancer_sweeps += stats.sweeps;
                 self.report.rebalancer_transfers += stats.leader_transfers_started;
                 self.report.rebalancer_moves += stats.replica_moves_started;
+            }
+        }
+        if let Some((node, _)) = self.retired
+            && let Some(info) = self
+                .metadata()
+                .and_then(|m| m.topology().node(node).cloned())
+        {
+            self.report.drains += 1;
+            match info.state {
+                NodeState::Decommissioned => self.report.drains_decommissioned += 1,
+                NodeState::Active if self.recommissioned => self.report.drains_recommissioned += 1,
+                // Refused (a node was down for good, or too few would remain).
+                _ => {}
             }
         }
         self.report.virtual_seconds = (STEP * self.step as u32).as_secs_f64();
@@ -968,17 +994,30 @@ impl Sim {
     }
 
     /// Progress after healing: every group committed a client write, no replica move is
-    /// under way, and no replica is left on a failed node.
+    /// under way, no replica is left on a failed node, and no drain is unfinished (a
+    /// drained node ends decommissioned, holding nothing).
     fn settled(&self) -> bool {
         let Some(store) = self.metadata() else {
             return false;
         };
+        let gone = |node: NodeId| {
+            self.nodes[&node].failed
+                || store
+                    .topology()
+                    .node(node)
+                    .is_some_and(|n| n.state.must_be_emptied())
+        };
         (1..=u64::from(self.o.groups))
             .map(GroupId)
             .all(|g| self.healed_writes.contains(&g))
-            && store.table().groups().all(|(_, p)| {
-                p.moving.is_none() && p.addresses().all(|at| !self.nodes[&at.node].failed)
-            })
+            && store
+                .table()
+                .groups()
+                .all(|(_, p)| p.moving.is_none() && p.addresses().all(|at| !gone(at.node)))
+            && store
+                .topology()
+                .nodes()
+                .all(|n| n.state != NodeState::Draining)
     }
 
     /// The running core whose replica leads `group` in the highest term, and its replica.

@@ -23,6 +23,11 @@ pub enum Chore {
     Move(GroupId),
     /// Mark a node whose disk failed as gone for good.
     Decommission(NodeId),
+    /// Drain a healthy node for removal (`kv decommission`): the rebalancer empties it and
+    /// the coordinator marks it decommissioned.
+    Retire(NodeId),
+    /// Undo that drain while it runs (`kv recommission`).
+    Recommission(NodeId),
 }
 
 /// A chore that is over, with its outcome.
@@ -94,6 +99,7 @@ impl crate::sim::Sim {
         let now = self.now();
         if let Some(store) = self.metadata() {
             let table = store.table().clone();
+            let topology = store.topology().clone();
             // A node leaves through its lifecycle: drained, then decommissioned.
             let next_state: Vec<(NodeId, NodeState)> = self
                 .nodes
@@ -133,6 +139,9 @@ impl crate::sim::Sim {
                     self.operator
                         .start(Chore::Move(group), metadata_call(command));
                 }
+            }
+            if faults {
+                self.retire_or_recommission(&topology);
             }
             // With the rebalancer in the nodes, it moves replicas; the operator only repairs.
             if faults && !self.o.rebalance && self.rng.next_f64() < self.faults.move_per_step {
@@ -174,6 +183,41 @@ impl crate::sim::Sim {
         }
         for (chore, outcome) in done {
             tracing::debug!(step = self.step, ?chore, ?outcome, "operator chore done");
+        }
+    }
+
+    /// At most once a run, with the rebalancer on and no disk failed: drain a random node;
+    /// one time in three, ask for it back a while later (refused if the drain is over).
+    fn retire_or_recommission(&mut self, topology: &crate::cluster::topology::ClusterTopology) {
+        if let Some((node, Some(at))) = self.retired
+            && self.step >= at
+        {
+            self.retired = Some((node, None));
+            let still_draining = topology
+                .node(node)
+                .is_some_and(|n| n.state == NodeState::Draining);
+            if still_draining {
+                let state = NodeState::Active;
+                let command = MetadataCommand::SetNodeState { node, state };
+                self.operator
+                    .start(Chore::Recommission(node), metadata_call(command));
+                self.recommissioned = true;
+                self.record(18, node.0 << 1);
+            }
+        }
+        let eligible = self.o.rebalance
+            && self.retired.is_none()
+            && self.faults.retire_per_step > 0.0
+            && self.nodes.values().all(|n| !n.failed && !n.corrupted);
+        if eligible && self.rng.next_f64() < self.faults.retire_per_step {
+            let node = NodeId(1 + self.rng.below(self.o.nodes));
+            let back = (self.rng.below(3) == 0).then(|| self.step + 50 + self.rng.below(500));
+            self.retired = Some((node, back));
+            let state = NodeState::Draining;
+            let command = MetadataCommand::SetNodeState { node, state };
+            self.operator
+                .start(Chore::Retire(node), metadata_call(command));
+            self.record(18, node.0 << 1 | 1);
         }
     }
 
