@@ -809,7 +809,7 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
     let node_4 = |status: &serde_json::Value| {
         status["nodes"]
             .as_array()
-            .and_then(|n| n.iter().find(|n| n["node"] == 4))
+            .and_then(|n| n.iter().find(|n| n["id"] == 4))
             .cloned()
             .unwrap_or_default()
     };

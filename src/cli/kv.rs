@@ -70,6 +70,12 @@ fn status_table(s: &nodedb_cluster::node::BalancerStatus) -> String {
         "node max/mean {:.3}   core max/mean {:.3}   replica moves in flight {}   leader transfers in flight {}\n",
         s.node_max_over_mean, s.core_max_over_mean, s.replica_moves_in_flight, s.leader_transfers_in_flight
     ));
+    if !s.under_replicated_groups.is_empty() {
+        t.push_str(&format!(
+            "under-replicated groups (a replica on a node not heard from, or decommissioned): {:?}\n",
+            s.under_replicated_groups
+        ));
+    }
     t.push_str(&format!(
         "last sweep {}, planned {} move(s){}{}; started {} replica moves and {} leader transfers ({} not taken)\n",
         s.last_sweep_seconds_ago
@@ -107,11 +113,11 @@ fn status_table(s: &nodedb_cluster::node::BalancerStatus) -> String {
         };
         let state = state_of(n);
         if n.cores.is_empty() {
-            t.push_str(&format!("{:<5} {:<w$} {:>6}\n", n.node, state, age));
+            t.push_str(&format!("{:<5} {:<w$} {:>6}\n", n.id, state, age));
         }
         for (i, c) in n.cores.iter().enumerate() {
             let (node, state, age) = if i == 0 {
-                (n.node.to_string(), state.clone(), age.clone())
+                (n.id.to_string(), state.clone(), age.clone())
             } else {
                 (String::new(), String::new(), String::new())
             };

@@ -125,7 +125,9 @@ pub struct BalancerStats {
 /// One node as the coordinator sees it, in `kv status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    pub node: u64,
+    /// The node's id (`node` in the JSON of earlier versions).
+    #[serde(alias = "node")]
+    pub id: u64,
     pub state: String,
     /// Seconds since its last report; `None` if it never reported to this coordinator.
     pub report_age_seconds: Option<f64>,
@@ -168,6 +170,14 @@ pub struct BalancerStatus {
     /// split.
     pub node_bound_max_over_mean: f64,
     pub replica_moves_in_flight: usize,
+    /// Replica moves the placement table records as under way (whoever started them:
+    /// the rebalancer, a drain, an operator), for scripts to wait on.
+    #[serde(default)]
+    pub moves_in_flight: usize,
+    /// Groups with fewer replicas on live nodes than the replica count: a replica on a
+    /// node that is decommissioned, or whose load report is stale (not heard from).
+    #[serde(default)]
+    pub under_replicated_groups: Vec<u64>,
     pub leader_transfers_in_flight: usize,
     pub last_sweep_seconds_ago: Option<f64>,
     pub last_plan_moves: usize,
@@ -846,7 +856,7 @@ impl Balancer {
                 NodeStatus {
                     replicas_placed,
                     safe_to_stop: info.state == NodeState::Decommissioned && replicas_placed == 0,
-                    node: info.node_id.0,
+                    id: info.node_id.0,
                     state: format!("{:?}", info.state),
                     report_age_seconds: age.map(|a| a.as_secs_f64()),
                     fresh: age.is_some_and(|a| a <= stale),
@@ -872,6 +882,28 @@ impl Balancer {
             })
             .collect();
         let (_, replica_moves) = self.in_flight(store.table());
+        let live = |node: NodeId| {
+            let fresh = node == self.node
+                || self
+                    .reports
+                    .get(&node)
+                    .is_some_and(|r| now.saturating_since(r.at) <= stale);
+            fresh
+                && store
+                    .topology()
+                    .node(node)
+                    .is_some_and(|n| n.state != NodeState::Decommissioned)
+        };
+        let table = store.table();
+        let moves_in_flight = table.groups().filter(|(_, p)| p.moving.is_some()).count();
+        let under_replicated_groups = table
+            .groups()
+            .filter(|(_, p)| {
+                let count = p.replicas.len() - usize::from(p.moving.is_some());
+                p.replicas.iter().filter(|r| live(r.at.node)).count() < count
+            })
+            .map(|(g, _)| g.0)
+            .collect();
         let plan = self.rebalancer.last_plan();
         let (node_max_over_mean, core_max_over_mean, node_bound_max_over_mean) =
             self.imbalance_now(now, store);
@@ -884,6 +916,8 @@ impl Balancer {
             core_max_over_mean,
             node_bound_max_over_mean,
             replica_moves_in_flight: replica_moves,
+            moves_in_flight,
+            under_replicated_groups,
             leader_transfers_in_flight: self.transfers.len(),
             last_sweep_seconds_ago: self
                 .last_sweep
