@@ -43,7 +43,7 @@ use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeCon
 use crate::runtime::datadir::{DataDir, DataDirError, Identity};
 use crate::runtime::executor::RuntimeError;
 use crate::runtime::metrics_http::MetricsServer;
-use crate::runtime::peers::{ClusterShape, Peers, StreamClass, receive_peer_streams};
+use crate::runtime::peers::{ClusterShape, PeerNodes, Peers, StreamClass, receive_peer_streams};
 use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
@@ -157,10 +157,13 @@ impl Node {
         let writers: Arc<std::sync::Mutex<Vec<Option<SlotWriter>>>> = Arc::new(
             std::sync::Mutex::new(writers.into_iter().map(Some).collect()),
         );
+        // What any core hears of a peer process restarting, every core acts on.
+        let peer_nodes = Arc::new(PeerNodes::default());
         let runtime = CoreRuntime::start(&runtime_config, {
             let (metrics, failure) = (metrics.clone(), failure.clone());
             move |ctx: CoreContext<Mail<Reply>>| {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
+                let peer_nodes = peer_nodes.clone();
                 let core = ctx.core();
                 let writer = writers
                     .lock()
@@ -170,8 +173,14 @@ impl Node {
                 async move {
                     // A panic is caught here, where the core's loop ends, so that it stops
                     // the node like any other failure instead of leaving a silent thread.
-                    let run =
-                        AssertUnwindSafe(core_loop(ctx, config, shape, metrics.clone(), writer));
+                    let run = AssertUnwindSafe(core_loop(
+                        ctx,
+                        config,
+                        shape,
+                        metrics.clone(),
+                        writer,
+                        peer_nodes,
+                    ));
                     let reason = match run.catch_unwind().await {
                         Ok(Ok(())) => return,
                         Ok(Err(e)) => format!("core {} stopped: {e}", core.0),
@@ -350,6 +359,7 @@ async fn core_loop(
     shape: ClusterShape,
     node_metrics: Arc<NodeMetrics>,
     mut load_slot: Option<SlotWriter>,
+    peer_nodes: Arc<PeerNodes>,
 ) -> Result<(), CoreLoopError> {
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
@@ -385,6 +395,7 @@ async fn core_loop(
 
     let peers = Peers::new(endpoint.clone(), config.tls.clone(), local);
     peers.set_shape(shape);
+    peers.set_peer_nodes(peer_nodes);
     // Any core may come to host a replica that talks to any core of another node (a moved
     // replica): every core of every node is a peer, connected on first use.
     for (peer_node, _) in &spec.nodes {

@@ -148,8 +148,54 @@ struct Slot {
     connecting: bool,
     outbox: Vec<u8>,
     outbox_frames: u64,
-    /// The peer's process incarnation, from the last `Hello` heard from it.
-    incarnation: Option<u64>,
+    /// `PeerNodes::restarts` of the peer's node when this slot last connected or caught
+    /// up with a restart: a higher count means `conn` may lead to a process that is gone.
+    restarts_seen: u64,
+}
+
+/// Whether `peer`'s node restarted since `slot` last looked (any core of this node may have
+/// heard it: a process's cores share its incarnation); if so, the slot's connection, which
+/// may lead to the old process, is dropped so that the next send connects to the new one.
+fn catch_up_with_restarts(peer: CoreAddress, slot: &mut Slot, restarts: u64) -> bool {
+    if restarts <= slot.restarts_seen {
+        return false;
+    }
+    slot.restarts_seen = restarts;
+    if let Some(conn) = slot.conn.take() {
+        conn.close(0, b"peer restarted");
+        debug!(%peer, "peer restarted: its old connection is dropped");
+    }
+    slot.control = None;
+    true
+}
+
+/// What the cores of one node know of their peers' processes, shared by those cores
+/// (threads): the last incarnation any of them heard from each peer node, and how many
+/// times it changed. A core learns a peer process restarted only from a `Hello` that
+/// process sends it, and a core that only ever sends to a peer core hears none: without
+/// this, its connection to the dead process stayed in use, losing every frame, until the
+/// QUIC idle timeout (30 s), while the core beside it had long reconnected.
+#[derive(Debug, Default)]
+pub struct PeerNodes {
+    nodes: std::sync::Mutex<HashMap<NodeId, (u64, u64)>>,
+}
+
+impl PeerNodes {
+    /// Notes a `Hello` from `node`'s process `incarnation`; returns the node's restarts.
+    fn heard(&self, node: NodeId, incarnation: u64) -> u64 {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = nodes.entry(node).or_insert((incarnation, 0));
+        if entry.0 != incarnation {
+            *entry = (incarnation, entry.1 + 1);
+        }
+        entry.1
+    }
+
+    /// How many times `node`'s process was seen to restart.
+    pub fn restarts(&self, node: NodeId) -> u64 {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(&node).map_or(0, |e| e.1)
+    }
 }
 
 struct Shared {
@@ -162,6 +208,7 @@ struct Shared {
     slots: HashMap<CoreAddress, Slot>,
     stats: PeerStats,
     incarnation: u64,
+    nodes: std::sync::Arc<PeerNodes>,
 }
 
 /// The peer connections of one core.
@@ -183,6 +230,7 @@ impl Peers {
             slots: HashMap::new(),
             stats: PeerStats::default(),
             incarnation: process_incarnation(),
+            nodes: std::sync::Arc::default(),
         };
         Peers {
             shared: Rc::new(RefCell::new(shared)),
@@ -192,6 +240,12 @@ impl Peers {
     /// The cluster this core's streams say they belong to (default: id 0, 0 groups).
     pub fn set_shape(&self, shape: ClusterShape) {
         self.shared.borrow_mut().shape = shape;
+    }
+
+    /// Shares what this core learns of peer processes with the other cores of its node
+    /// (each core's `Peers` gets the same `PeerNodes`).
+    pub fn set_peer_nodes(&self, nodes: std::sync::Arc<PeerNodes>) {
+        self.shared.borrow_mut().nodes = nodes;
     }
 
     /// Overrides the connect timeout (tests use a short one).
@@ -210,7 +264,7 @@ impl Peers {
             connecting: false,
             outbox: Vec::new(),
             outbox_frames: 0,
-            incarnation: None,
+            restarts_seen: 0,
         });
         if slot.addr != addr {
             slot.addr = addr;
@@ -246,18 +300,11 @@ impl Peers {
     /// peers for up to 30 s, and groups that needed its vote could not elect meanwhile.
     pub fn heard_from(&self, peer: CoreAddress, incarnation: u64) {
         let mut shared = self.shared.borrow_mut();
+        let restarts = shared.nodes.heard(peer.node, incarnation);
         let Some(slot) = shared.slots.get_mut(&peer) else {
             return;
         };
-        let restarted = slot.incarnation.is_some_and(|seen| seen != incarnation);
-        slot.incarnation = Some(incarnation);
-        if restarted {
-            if let Some(conn) = slot.conn.take() {
-                conn.close(0, b"peer restarted");
-            }
-            slot.control = None;
-            debug!(%peer, "peer restarted: its old connection is dropped");
-        }
+        let restarted = catch_up_with_restarts(peer, slot, restarts);
         let given_up =
             slot.conn.is_none() && !slot.connecting && slot.health.consecutive_failures() > 0;
         if restarted || given_up {
@@ -332,10 +379,14 @@ impl Peers {
         // background; this turn's frames are dropped (Raft retransmits).
         let existing = {
             let mut shared = self.shared.borrow_mut();
+            let restarts = shared.nodes.restarts(peer.node);
             let slot = shared
                 .slots
                 .get_mut(&peer)
                 .ok_or(PeerError::UnknownPeer(peer))?;
+            if catch_up_with_restarts(peer, slot, restarts) {
+                slot.health.on_success();
+            }
             slot.control.take()
         };
         let Some(mut control) = existing else {
@@ -563,6 +614,7 @@ impl Peers {
         if failed {
             shared.stats.connect_failures += 1;
         }
+        let restarts = shared.nodes.restarts(peer.node);
         let slot = shared
             .slots
             .get_mut(&peer)
@@ -571,6 +623,7 @@ impl Peers {
             Some(Ok(conn)) => {
                 slot.health.on_success();
                 slot.conn = Some(conn.clone());
+                slot.restarts_seen = restarts;
                 Ok(conn)
             }
             Some(Err(source)) => {
