@@ -788,3 +788,24 @@ where
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_node_restart_is_counted_once_per_new_incarnation_for_every_core() {
+        let nodes = PeerNodes::default();
+        let (n2, n3) = (NodeId(2), NodeId(3));
+        // The first incarnation heard is no restart; hearing it again changes nothing.
+        assert_eq!(nodes.heard(n2, 7), 0);
+        assert_eq!(nodes.heard(n2, 7), 0);
+        assert_eq!(nodes.restarts(n3), 0);
+        // Another core hears the new process: every core sees the count move.
+        assert_eq!(nodes.heard(n2, 8), 1);
+        assert_eq!(nodes.restarts(n2), 1);
+        assert_eq!(nodes.heard(n2, 8), 1);
+        assert_eq!(nodes.heard(n2, 9), 2);
+        assert_eq!(nodes.restarts(n3), 0, "other nodes are untouched");
+    }
+}
