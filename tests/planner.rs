@@ -72,19 +72,23 @@ fn planner() -> Planner {
     Planner::new(PlannerConfig::default()).unwrap()
 }
 
-#[test]
-fn idle_cluster_plans_nothing() {
-    let t = topology(&[NodeState::Active; 3], 2);
-    let p = PlacementTable::initial(&t, 64, 3).unwrap();
-    let idle: Vec<VShardLoad> = p
-        .iter()
+/// No bytes and no traffic on any vShard.
+fn idle_loads(p: &PlacementTable) -> Vec<VShardLoad> {
+    p.iter()
         .map(|(vshard, _)| VShardLoad {
             vshard,
             bytes: 0,
             writes_per_sec: 0.0,
             reads_per_sec: 0.0,
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn idle_cluster_plans_nothing() {
+    let t = topology(&[NodeState::Active; 3], 2);
+    let p = PlacementTable::initial(&t, 64, 3).unwrap();
+    let idle = idle_loads(&p);
     let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
     assert_eq!(result.status, PlanStatus::Idle);
     assert!(result.moves.is_empty());
@@ -228,18 +232,10 @@ fn draining_node_is_emptied_and_joining_or_decommissioned_nodes_receive_nothing(
 #[test]
 fn an_idle_cluster_still_drains_and_moves_nothing_else() {
     use NodeState::*;
-    // No bytes, no traffic: nothing to balance, and leaders piled on node 0.
+    // No bytes, no traffic: nothing to balance.
     let mut t = topology(&[Active, Active, Active, Active], 2);
     let p = PlacementTable::initial(&t, 64, 2).unwrap();
-    let idle: Vec<VShardLoad> = p
-        .iter()
-        .map(|(vshard, _)| VShardLoad {
-            vshard,
-            bytes: 0,
-            writes_per_sec: 0.0,
-            reads_per_sec: 0.0,
-        })
-        .collect();
+    let idle = idle_loads(&p);
     let before = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
     assert_eq!(before.status, PlanStatus::Idle);
     assert!(before.moves.is_empty());
