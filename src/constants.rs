@@ -407,3 +407,28 @@ pub const SNAPSHOT_TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::
 pub const SNAPSHOT_RATE_BYTES_PER_SEC: Option<u64> = None;
 
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 < FRAME_PAYLOAD_MAX_BYTES);
+
+// ---- Failure detection (node::liveness) ------------------------------------------------
+
+/// One probe per node per period (NodeDB and memberlist: 1 s).
+pub const LIVENESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A direct probe unanswered this long is retried through other members (NodeDB: 500 ms).
+/// Well above a loaded loopback or LAN round trip, and half the period, so the indirect
+/// probes have time to answer.
+pub const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Members asked to probe a silent member on our behalf (NodeDB's and SWIM's k = 3).
+pub const LIVENESS_INDIRECT_PROBES: usize = 3;
+/// A suspect becomes dead after this many probe periods, times `max(1, log10 n)` (NodeDB:
+/// × 4): long enough for a paused or briefly unreachable process to hear and refute.
+pub const LIVENESS_SUSPICION_MULTIPLIER: f64 = 4.0;
+/// State changes piggybacked on one message; bounds a message at about 200 bytes.
+pub const LIVENESS_GOSSIP_PER_MESSAGE: usize = 8;
+/// Each change is gossiped this many times, times `ceil(log10(n + 1))` (memberlist: 4).
+pub const LIVENESS_GOSSIP_RETRANSMIT_MULTIPLIER: u32 = 4;
+/// A node dead this long is recorded `Down` and its replicas are replaced (CockroachDB's
+/// `server.time_until_store_dead`: 5 min). Long enough that a restart or a reboot does not
+/// start copying every replica the node held.
+pub const NODE_DEAD_AFTER: Duration = Duration::from_secs(300);
+
+const _: () =
+    assert!(LIVENESS_PROBE_TIMEOUT.as_millis() * 2 <= LIVENESS_PROBE_INTERVAL.as_millis());

@@ -728,67 +728,111 @@ fn twenty_thousand_quic_initials_leave_the_node_s_memory_bounded() {
 /// a client writes: its replicas move away, `kv status` reports it Decommissioned and safe
 /// to stop, it is killed, and every acknowledged write is still readable. Drains the
 /// cluster could not afford, and a client certificate, are refused.
+/// Four `start` processes of one core each (eight groups of three replicas, a sweep a
+/// second, `extra` lines in every file), with client and admin files, in scratch directory
+/// `name`.
+struct FourNodes {
+    dir: std::path::PathBuf,
+    children: Vec<std::process::Child>,
+    client: String,
+    admin: String,
+}
+
+impl FourNodes {
+    fn start(name: &str, extra: &str) -> FourNodes {
+        let dir = scratch_dir(name);
+        let d = dir.to_str().unwrap();
+        assert!(cli(&["certs", "init", "--dir", d]).status.success());
+        for n in 1..=4 {
+            let id = n.to_string();
+            let args = [
+                "certs",
+                "node",
+                "--dir",
+                d,
+                "--id",
+                &id,
+                "--san",
+                "127.0.0.1",
+            ];
+            assert!(cli(&args).status.success());
+        }
+        for role in ["client", "admin"] {
+            let args = ["certs", role, "--dir", d, "--name", "cli"];
+            assert!(cli(&args).status.success());
+        }
+        let nodes: String = (1..=4)
+            .map(|n| {
+                let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
+            })
+            .collect();
+        let config = |id: Option<u64>, cert: &str| {
+            config_toml(id, cert, &nodes).replace(
+                "groups = 4",
+                &format!("groups = 8\nreplicas = 3\nrebalance_interval_secs = 1\n{extra}"),
+            )
+        };
+        for n in 1..=4 {
+            let text = config(Some(n), &format!("node-{n}"));
+            std::fs::write(dir.join(format!("node-{n}.toml")), text).unwrap();
+        }
+        std::fs::write(dir.join("client.toml"), config(None, "client-cli")).unwrap();
+        std::fs::write(dir.join("admin.toml"), config(None, "admin-cli")).unwrap();
+        let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+        let (client, admin) = (path("client.toml"), path("admin.toml"));
+        let mut cluster = FourNodes {
+            dir,
+            children: Vec::new(),
+            client,
+            admin,
+        };
+        cluster.children = (1..=4).map(|n| cluster.spawn(n)).collect();
+        cluster
+    }
+
+    /// Starts node `n`'s process from its file.
+    fn spawn(&self, n: u64) -> std::process::Child {
+        let config = self.dir.join(format!("node-{n}.toml"));
+        Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+            .args(["start", "--config", config.to_str().unwrap()])
+            .args(["--run-for", "120"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Node `id` in `kv status --json` (null before the coordinator answers).
+    fn node_status(&self, id: u64) -> serde_json::Value {
+        let out = cli(&["kv", "--config", &self.admin, "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == id))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
 #[test]
 fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stopped() {
-    use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
-    let dir = scratch_dir("cli-decommission");
-    let d = dir.to_str().unwrap();
-    assert!(cli(&["certs", "init", "--dir", d]).status.success());
-    for n in 1..=4 {
-        let id = n.to_string();
-        let args = [
-            "certs",
-            "node",
-            "--dir",
-            d,
-            "--id",
-            &id,
-            "--san",
-            "127.0.0.1",
-        ];
-        assert!(cli(&args).status.success());
-    }
-    for role in ["client", "admin"] {
-        let args = ["certs", role, "--dir", d, "--name", "cli"];
-        assert!(cli(&args).status.success());
-    }
-    let nodes: String = (1..=4)
-        .map(|n| {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
-        })
-        .collect();
-    let config = |id: Option<u64>, cert: &str| {
-        config_toml(id, cert, &nodes).replace(
-            "groups = 4",
-            "groups = 8\nreplicas = 3\nrebalance_interval_secs = 1",
-        )
-    };
-    for n in 1..=4 {
-        let text = config(Some(n), &format!("node-{n}"));
-        std::fs::write(dir.join(format!("node-{n}.toml")), text).unwrap();
-    }
-    std::fs::write(dir.join("client.toml"), config(None, "client-cli")).unwrap();
-    std::fs::write(dir.join("admin.toml"), config(None, "admin-cli")).unwrap();
-    let (client, admin) = (dir.join("client.toml"), dir.join("admin.toml"));
-    let (c, a) = (client.to_str().unwrap(), admin.to_str().unwrap());
-    let mut children: Vec<Child> = (1..=4)
-        .map(|n| {
-            let config = dir.join(format!("node-{n}.toml"));
-            Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
-                .args(["start", "--config", config.to_str().unwrap()])
-                .args(["--run-for", "120"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let mut cluster = FourNodes::start("cli-decommission", "");
+    let (c, a) = (cluster.client.clone(), cluster.admin.clone());
+    let (c, a) = (c.as_str(), a.as_str());
     let (mut acked, mut failed) = (Vec::new(), Vec::new());
     let mut put = |i: usize| {
         let (key, value) = (format!("key-{i}"), format!("value-{i}"));
@@ -806,28 +850,19 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
     let drain = cli(&["kv", "--config", a, "decommission", "--node", "4"]);
     // Three active nodes would be left for groups of three replicas.
     let too_few = cli(&["kv", "--config", a, "decommission", "--node", "3"]);
-    let node_4 = |status: &serde_json::Value| {
-        status["nodes"]
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["id"] == 4))
-            .cloned()
-            .unwrap_or_default()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = 16;
     let drained = loop {
         put(i);
         i += 1;
-        let out = cli(&["kv", "--config", a, "status", "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let n4 = node_4(&status);
+        let n4 = cluster.node_status(4);
         if n4["safe_to_stop"] == true || Instant::now() > deadline {
             break n4;
         }
     };
     let placement_before_stop = cli(&["kv", "--config", c, "placement"]);
-    let _ = children[3].kill();
-    let _ = children[3].wait();
+    let _ = cluster.children[3].kill();
+    let _ = cluster.children[3].wait();
     (i..i + 8).for_each(&mut put);
     let lost: Vec<&(String, String)> = acked
         .iter()
@@ -837,10 +872,7 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
         })
         .collect();
     let recommission = cli(&["kv", "--config", a, "recommission", "--node", "4"]);
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    cluster.stop();
     assert!(!by_client.status.success());
     assert!(
         stderr(&by_client).contains("needs an admin"),
@@ -875,5 +907,118 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
         "{}",
         stderr(&recommission)
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The failure detector in separate processes: a node stopped with SIGSTOP for longer than
+/// `dead_after_secs` but less than the suspicion timeout is not recorded `Down`; a node killed with kill -9 is recorded
+/// `Down` after `dead_after_secs`, its replicas are replaced on the other nodes while
+/// writes go on, and, started again from the same file, it returns to `Active`. No
+/// acknowledged write is lost.
+#[test]
+fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_active() {
+    use std::time::{Duration, Instant};
+    let mut cluster = FourNodes::start("cli-repair", "dead_after_secs = 2");
+    let c = cluster.client.clone();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    let mut put = |i: usize| {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        let out = cli(&["kv", "--config", &c, "put", &key, &value]);
+        if out.status.success() {
+            acked.push((key, value));
+        } else {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    };
+    (0..16).for_each(&mut put);
+    // The victim: a node that does not coordinate (`kv status` goes through the
+    // coordinator), once every node reports.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let coordinator = loop {
+        let out = cli(&["kv", "--config", &cluster.admin, "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let all_fresh = status["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 4 && n.iter().all(|n| n["fresh"] == true));
+        if all_fresh || Instant::now() > deadline {
+            break status["coordinator"].as_u64().unwrap_or(1);
+        }
+    };
+    let victim = if coordinator == 4 { 3 } else { 4 };
+    let pid = cluster.children[victim as usize - 1].id().to_string();
+    // Paused for longer than `dead_after_secs` but shorter than the suspicion timeout (4 s):
+    // suspected at most, never dead, so never recorded Down.
+    let signal = |s: &str| Command::new("kill").args([s, &pid]).status().unwrap();
+    assert!(signal("-STOP").success());
+    let paused_until = Instant::now() + Duration::from_millis(2500);
+    let mut states_while_paused = Vec::new();
+    let mut i = 16;
+    while Instant::now() < paused_until {
+        states_while_paused.push(cluster.node_status(victim)["state"].clone());
+        put(i);
+        i += 1;
+    }
+    assert!(signal("-CONT").success());
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        states_while_paused.push(cluster.node_status(victim)["state"].clone());
+        put(i);
+        i += 1;
+    }
+    // Killed: Down after detection, suspicion and `dead_after_secs`, then repaired.
+    let _ = cluster.children[victim as usize - 1].kill();
+    let _ = cluster.children[victim as usize - 1].wait();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(60);
+    let mut down_after = None;
+    let repaired = loop {
+        put(i);
+        i += 1;
+        let node = cluster.node_status(victim);
+        if node["state"] == "Down" && down_after.is_none() {
+            down_after = Some(killed.elapsed());
+        }
+        if (node["state"] == "Down" && node["replicas_placed"] == 0) || Instant::now() > deadline {
+            break node;
+        }
+    };
+    let placement = cli(&["kv", "--config", &c, "placement"]);
+    // Started again from the same file: heard alive, recorded Active.
+    cluster.children[victim as usize - 1] = cluster.spawn(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        put(i);
+        i += 1;
+        let node = cluster.node_status(victim);
+        if node["state"] == "Active" || Instant::now() > deadline {
+            break node;
+        }
+    };
+    let lost: Vec<&(String, String)> = acked
+        .iter()
+        .filter(|(k, v)| {
+            let out = cli(&["kv", "--config", &c, "get", k]);
+            String::from_utf8_lossy(&out.stdout).trim() != v
+        })
+        .collect();
+    let written = acked.len();
+    cluster.stop();
+    assert!(
+        states_while_paused.iter().all(|s| s == "Active"),
+        "a node paused for 2.5 s was recorded {states_while_paused:?}"
+    );
+    assert!(down_after.is_some(), "never recorded Down: {repaired}");
+    assert_eq!(repaired["replicas_placed"], 0, "not repaired: {repaired}");
+    let table = String::from_utf8_lossy(&placement.stdout);
+    let on_victim = format!("@{victim}/");
+    assert!(
+        table.lines().skip(1).all(|l| !l.contains(&on_victim)),
+        "a replica is left on node {victim}:\n{table}"
+    );
+    assert_eq!(back["state"], "Active", "{back}");
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(written > 40, "only {written} writes");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes not read back: {lost:?}"
+    );
 }

@@ -20,6 +20,7 @@ fn two_hundred_seeds_pass_every_checker() {
     let (mut unchecked, mut hostile) = (0, 0);
     let (mut transfers, mut rebalanced) = (0, 0);
     let (mut decommissioned, mut recommissioned) = (0, 0);
+    let (mut marked_down, mut back_active) = (0, 0);
     for seed in seeds() {
         let report = run(&SimOptions::new(seed));
         ops += report.ops_completed;
@@ -33,6 +34,8 @@ fn two_hundred_seeds_pass_every_checker() {
         rebalanced += report.rebalancer_moves;
         decommissioned += report.drains_decommissioned;
         recommissioned += report.drains_recommissioned;
+        marked_down += report.nodes_marked_down;
+        back_active += report.nodes_back_active;
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?} (faults {:?}); replay with SEED={seed} cargo test --release --test sim",
@@ -65,6 +68,14 @@ fn two_hundred_seeds_pass_every_checker() {
         // nothing), and some were undone.
         assert!(decommissioned > 0, "no drained node was decommissioned");
         assert!(recommissioned > 0, "no drain was undone");
+        // Nodes crashed or cut off for longer than `dead_after` were recorded `Down` (the
+        // run settles only with no replica left on a `Down` node: they were replaced), and
+        // came back `Active` once heard again.
+        assert!(
+            marked_down > 0,
+            "the failure detector recorded no node Down"
+        );
+        assert!(back_active > 0, "no Down node came back Active");
     }
 }
 

@@ -72,8 +72,8 @@ fn status_table(s: &nodedb_cluster::node::BalancerStatus) -> String {
     ));
     if !s.under_replicated_groups.is_empty() {
         t.push_str(&format!(
-            "under-replicated groups (a replica on a node not heard from, or decommissioned): {:?}\n",
-            s.under_replicated_groups
+            "under-replicated groups (a replica on a node not heard from, Down or decommissioned): {:?}; repairs under way {}\n",
+            s.under_replicated_groups, s.repairs_in_flight
         ));
     }
     t.push_str(&format!(
@@ -93,6 +93,7 @@ fn status_table(s: &nodedb_cluster::node::BalancerStatus) -> String {
     ));
     let state_of = |n: &nodedb_cluster::node::NodeStatus| match n.state.as_str() {
         "Draining" => format!("Draining ({} left)", n.replicas_placed),
+        "Down" => format!("Down ({} to replace)", n.replicas_placed),
         _ if n.safe_to_stop => "Decommissioned (safe to stop)".to_owned(),
         _ => n.state.clone(),
     };

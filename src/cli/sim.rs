@@ -27,6 +27,8 @@ struct FaultTotals {
     drains: u64,
     drains_decommissioned: u64,
     drains_recommissioned: u64,
+    nodes_marked_down: u64,
+    nodes_back_active: u64,
 }
 
 impl FaultTotals {
@@ -49,6 +51,8 @@ impl FaultTotals {
         self.drains += r.drains;
         self.drains_decommissioned += r.drains_decommissioned;
         self.drains_recommissioned += r.drains_recommissioned;
+        self.nodes_marked_down += r.nodes_marked_down;
+        self.nodes_back_active += r.nodes_back_active;
     }
 }
 
@@ -131,6 +135,10 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
         println!(
             "operator drains: {} started, {} ended decommissioned, {} recommissioned",
             f.drains, f.drains_decommissioned, f.drains_recommissioned
+        );
+        println!(
+            "failure detector: {} nodes recorded Down (replicas replaced), {} back to Active",
+            f.nodes_marked_down, f.nodes_back_active
         );
     }
     if failures == 0 && faults.unchecked_keys == 0 {

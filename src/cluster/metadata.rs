@@ -69,6 +69,7 @@ fn state_code(state: NodeState) -> u8 {
         NodeState::Active => 1,
         NodeState::Draining => 2,
         NodeState::Decommissioned => 3,
+        NodeState::Down => 4,
     }
 }
 
@@ -78,6 +79,7 @@ fn state_from(code: u8) -> Result<NodeState, DecodeError> {
         1 => NodeState::Active,
         2 => NodeState::Draining,
         3 => NodeState::Decommissioned,
+        4 => NodeState::Down,
         v => {
             return Err(DecodeError::BadEnum {
                 what: "node state",
@@ -271,7 +273,7 @@ impl MetadataStore {
         let Some(info) = self.topology.node(node) else {
             return Ok(()); // `set_state` names the unknown node.
         };
-        if info.state != NodeState::Active {
+        if !matches!(info.state, NodeState::Active | NodeState::Down) {
             return Ok(()); // Already draining, or `set_state` refuses the step.
         }
         let staying = |n: &&NodeInfo| n.node_id != node;

@@ -24,6 +24,10 @@ pub enum NodeState {
     Draining,
     /// Removed from service; must hold nothing.
     Decommissioned,
+    /// Dead for longer than `dead_after` (the failure detector's view on the metadata
+    /// leader): its replicas are replaced elsewhere. It returns to `Active` once heard
+    /// alive again.
+    Down,
 }
 
 impl NodeState {
@@ -34,7 +38,10 @@ impl NodeState {
 
     /// Whether replicas on a node in this state must move away.
     pub fn must_be_emptied(self) -> bool {
-        matches!(self, NodeState::Draining | NodeState::Decommissioned)
+        matches!(
+            self,
+            NodeState::Draining | NodeState::Decommissioned | NodeState::Down
+        )
     }
 }
 
@@ -152,6 +159,9 @@ impl ClusterTopology {
                 | (Active, Draining)
                 | (Draining, Active)
                 | (Draining, Decommissioned)
+                | (Active, Down)
+                | (Down, Active)
+                | (Down, Draining)
         );
         if !allowed {
             return Err(TopologyError::InvalidTransition { node: id, from, to });

@@ -63,10 +63,14 @@ pub enum CoreCounter {
     /// Load reports this core took as coordinator, and those it refused (core 0).
     LoadReportsReceived,
     LoadReportsRefused,
+    /// Failure-detector probes sent, and those neither the member nor any helper answered
+    /// within the probe period (core 0).
+    LivenessProbes,
+    LivenessProbesFailed,
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 25] = [
+    pub const ALL: [CoreCounter; 27] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -92,6 +96,8 @@ impl CoreCounter {
         CoreCounter::RebalancerLeaderTransfersFailed,
         CoreCounter::LoadReportsReceived,
         CoreCounter::LoadReportsRefused,
+        CoreCounter::LivenessProbes,
+        CoreCounter::LivenessProbesFailed,
     ];
 
     /// Whether the core loop's shell counts this itself (its turns, its transport); the
@@ -187,6 +193,14 @@ impl CoreCounter {
                 "load_reports_refused_total",
                 "Node load reports refused (malformed figures, unknown node).",
             ),
+            CoreCounter::LivenessProbes => (
+                "liveness_probes_total",
+                "Failure-detector probes sent to other nodes (core 0).",
+            ),
+            CoreCounter::LivenessProbesFailed => (
+                "liveness_probes_failed_total",
+                "Probes answered neither directly nor through other nodes in the probe period.",
+            ),
         }
     }
 }
@@ -205,15 +219,27 @@ pub enum CoreGauge {
     /// Raft group replicas this core hosts (its placement-table share, plus the metadata
     /// group on core 0).
     Replicas,
+    /// Other nodes this node's failure detector holds alive, suspect and dead (core 0).
+    MembersAlive,
+    MembersSuspect,
+    MembersDead,
+    /// The last direct probe's round trip and the largest so far, in microseconds (core 0).
+    ProbeRttMicros,
+    ProbeRttMaxMicros,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 5] = [
+    pub const ALL: [CoreGauge; 10] = [
         CoreGauge::LeaderGroups,
         CoreGauge::PendingRequests,
         CoreGauge::QuicGsoActive,
         CoreGauge::Failed,
         CoreGauge::Replicas,
+        CoreGauge::MembersAlive,
+        CoreGauge::MembersSuspect,
+        CoreGauge::MembersDead,
+        CoreGauge::ProbeRttMicros,
+        CoreGauge::ProbeRttMaxMicros,
     ];
 
     fn name_and_help(self) -> (&'static str, &'static str) {
@@ -232,6 +258,26 @@ impl CoreGauge {
                 "1 once the core stopped with an error; its groups are not served.",
             ),
             CoreGauge::Replicas => ("replicas", "Raft group replicas this core hosts."),
+            CoreGauge::MembersAlive => (
+                "liveness_members_alive",
+                "Other nodes the failure detector holds alive (core 0).",
+            ),
+            CoreGauge::MembersSuspect => (
+                "liveness_members_suspect",
+                "Other nodes the failure detector suspects (core 0).",
+            ),
+            CoreGauge::MembersDead => (
+                "liveness_members_dead",
+                "Other nodes the failure detector holds dead (core 0).",
+            ),
+            CoreGauge::ProbeRttMicros => (
+                "liveness_probe_rtt_us",
+                "Round trip of the last direct failure-detector probe, microseconds (core 0).",
+            ),
+            CoreGauge::ProbeRttMaxMicros => (
+                "liveness_probe_rtt_max_us",
+                "Largest direct probe round trip since the node started, microseconds (core 0).",
+            ),
         }
     }
 }

@@ -52,12 +52,12 @@ use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::topology::NodeState;
 use crate::constants::{
-    LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, REBALANCE_INTERVAL,
+    LOAD_REPORT_INTERVAL, LOAD_REPORT_STALE_INTERVALS, NODE_DEAD_AFTER, REBALANCE_INTERVAL,
     REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE, REBALANCE_PROPOSAL_TIMEOUT,
     REBALANCE_SIGNIFICANT_BYTES_PER_CORE, REBALANCE_SIGNIFICANT_RATE_PER_CORE,
     REBALANCE_TRIGGER_EXCESS,
 };
-use crate::ids::{CoreAddress, CoreId, GroupId, NodeId};
+use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId};
 use crate::metrics::loops::LoopMetrics;
 use crate::node::load::CoreLoad;
 use crate::time::Time;
@@ -79,6 +79,9 @@ pub struct BalanceConfig {
     /// (`LoadWeights::significant_*`).
     pub significant_rate_per_core: f64,
     pub significant_bytes_per_core: f64,
+    /// A node the failure detector holds dead this long is recorded `Down`, and its
+    /// replicas are replaced (`dead_after_secs` in the node file).
+    pub dead_after: Duration,
 }
 
 impl Default for BalanceConfig {
@@ -91,6 +94,7 @@ impl Default for BalanceConfig {
             max_moves_in_flight: REBALANCE_MAX_MOVES_IN_FLIGHT,
             significant_rate_per_core: REBALANCE_SIGNIFICANT_RATE_PER_CORE,
             significant_bytes_per_core: REBALANCE_SIGNIFICANT_BYTES_PER_CORE,
+            dead_after: NODE_DEAD_AFTER,
         }
     }
 }
@@ -175,9 +179,13 @@ pub struct BalancerStatus {
     #[serde(default)]
     pub moves_in_flight: usize,
     /// Groups with fewer replicas on live nodes than the replica count: a replica on a
-    /// node that is decommissioned, or whose load report is stale (not heard from).
+    /// node that is decommissioned or `Down`, or whose load report is stale (not heard
+    /// from).
     #[serde(default)]
     pub under_replicated_groups: Vec<u64>,
+    /// Replica moves under way off `Down` nodes: repairs.
+    #[serde(default)]
+    pub repairs_in_flight: usize,
     pub leader_transfers_in_flight: usize,
     pub last_sweep_seconds_ago: Option<f64>,
     pub last_plan_moves: usize,
@@ -200,7 +208,22 @@ struct Proposed {
     group: GroupId,
     from: NodeId,
     to: NodeId,
+    /// The replica leaving and where its copy goes: the table shows this move once it
+    /// applied (the group may still show an earlier move when it is proposed).
+    replica: crate::ids::ReplicaId,
+    target: CoreAddress,
     at: Time,
+}
+
+impl Proposed {
+    /// Whether the table shows this move, under way or over (its replica gone).
+    fn shown(&self, table: &PlacementTable) -> bool {
+        table.group(self.group).is_none_or(|g| {
+            g.moving
+                .is_some_and(|m| m.from == self.replica && m.to == self.target)
+                || g.replicas.iter().all(|r| r.id != self.replica)
+        })
+    }
 }
 
 /// Core 0's balancer: the node's reporter, and the coordinator while it leads the metadata
@@ -237,6 +260,9 @@ pub(crate) struct Balancer {
     starts: Vec<MetadataCommand>,
     /// Drained nodes whose `Decommissioned` this coordinator proposed, and when.
     finishing: BTreeMap<NodeId, Time>,
+    /// The table epoch `finish_drains` last looked at: an unchanged table has no drain
+    /// newly finished, so a draining node costs no table walk per tick.
+    drains_checked: Option<Epoch>,
     last_skip: Option<&'static str>,
     last_node_max_over_mean: f64,
     /// The best node max / mean any placement could reach (the heaviest vShard cannot be
@@ -289,6 +315,7 @@ impl Balancer {
             proposed: Vec::new(),
             starts: Vec::new(),
             finishing: BTreeMap::new(),
+            drains_checked: None,
             last_skip: None,
             last_node_max_over_mean: 0.0,
             last_node_bound: 0.0,
@@ -502,10 +529,12 @@ impl Balancer {
             self.finish_drains(now, store);
         }
         let table = store.table();
-        self.proposed.retain(|p| {
-            now.saturating_since(p.at) < REBALANCE_PROPOSAL_TIMEOUT
-                && table.group(p.group).is_some_and(|g| g.moving.is_none())
-        });
+        // A proposal counts against the move limits until the table shows it: a group may
+        // still show an earlier move when its next is proposed (sweeps plan as if the moves
+        // under way had ended), and dropping the proposal then would let the next sweep
+        // start more moves than the limits allow once both apply.
+        self.proposed
+            .retain(|p| now.saturating_since(p.at) < REBALANCE_PROPOSAL_TIMEOUT && !p.shown(table));
         if !self.config.enabled {
             return;
         }
@@ -548,8 +577,13 @@ impl Balancer {
     /// anything on (no replica, no move under way to it): its drain is over. Runs whether
     /// or not the rebalancer moves replicas (an operator may drain by hand).
     fn finish_drains(&mut self, now: Time, store: &MetadataStore) {
+        let before = self.finishing.len();
         self.finishing
             .retain(|_, at| now.saturating_since(*at) < REBALANCE_PROPOSAL_TIMEOUT);
+        if self.finishing.len() == before && self.drains_checked == Some(store.epoch()) {
+            return;
+        }
+        self.drains_checked = Some(store.epoch());
         let draining: Vec<NodeId> = store
             .topology()
             .nodes()
@@ -575,6 +609,7 @@ impl Balancer {
     fn stand_down(&mut self) {
         self.reports.clear();
         self.finishing.clear();
+        self.drains_checked = None;
         self.transfers.clear();
         self.proposed.clear();
         self.starts.clear();
@@ -648,7 +683,11 @@ impl Balancer {
             .iter()
             .chain(self.transfers.iter().map(|t| &t.call))
             .filter_map(Call::poll_timeout);
-        calls.chain(self.next_report).chain(self.next_sweep).min()
+        // With the rebalancer off nobody sweeps: a sweep time would stay in the past and
+        // spin the core's loop (it did, from `interval` after winning the metadata group's
+        // leadership on, starving the core's network tasks).
+        let sweep = self.next_sweep.filter(|_| self.config.enabled);
+        calls.chain(self.next_report).chain(sweep).min()
     }
 
     /// Replica moves in flight per node (as source or target), and in all.
@@ -822,6 +861,8 @@ impl Balancer {
                     group,
                     from: planned.source.node,
                     to: planned.target.node,
+                    replica: from,
+                    target: planned.target,
                     at: now,
                 });
                 self.stats.replica_moves_started += 1;
@@ -889,12 +930,25 @@ impl Balancer {
                     .get(&node)
                     .is_some_and(|r| now.saturating_since(r.at) <= stale);
             fresh
-                && store
-                    .topology()
-                    .node(node)
-                    .is_some_and(|n| n.state != NodeState::Decommissioned)
+                && store.topology().node(node).is_some_and(|n| {
+                    !matches!(n.state, NodeState::Decommissioned | NodeState::Down)
+                })
         };
         let table = store.table();
+        let down = |node: NodeId| {
+            store
+                .topology()
+                .node(node)
+                .is_some_and(|n| n.state == NodeState::Down)
+        };
+        let repairs_in_flight = table
+            .groups()
+            .filter(|(_, p)| {
+                p.moving
+                    .and_then(|m| p.address_of(m.from))
+                    .is_some_and(|from| down(from.node))
+            })
+            .count();
         let moves_in_flight = table.groups().filter(|(_, p)| p.moving.is_some()).count();
         let under_replicated_groups = table
             .groups()
@@ -918,6 +972,7 @@ impl Balancer {
             replica_moves_in_flight: replica_moves,
             moves_in_flight,
             under_replicated_groups,
+            repairs_in_flight,
             leader_transfers_in_flight: self.transfers.len(),
             last_sweep_seconds_ago: self
                 .last_sweep

@@ -38,11 +38,13 @@
 mod balancer;
 pub mod cell;
 mod hosting;
+pub mod liveness;
 pub mod load;
 mod mover;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -52,6 +54,7 @@ use crate::client::call::Failure;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::ClusterSpec;
+use crate::cluster::topology::NodeState;
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
@@ -60,6 +63,7 @@ use crate::node::balancer::Balancer;
 pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus, NodeStatus};
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
+use crate::node::liveness::Liveness;
 use crate::node::load::{CoreLoad, LoadMeter};
 use crate::node::mover::Mover;
 use crate::replication::kv::{KvCommand, KvResponse};
@@ -95,6 +99,9 @@ pub struct CoreConfig {
     pub bug: Option<NodeBug>,
     /// The rebalancer's settings (used on core 0).
     pub balance: BalanceConfig,
+    /// The failure detector's starting incarnation (core 0): above any this node's earlier
+    /// processes used (the runtime: wall-clock milliseconds at start).
+    pub incarnation: u64,
 }
 
 /// A core that cannot start or go on.
@@ -154,6 +161,9 @@ pub enum Transmit {
         replica: ReplicaId,
         chunks: Vec<Vec<u8>>,
     },
+    /// A failure-detector message for core 0 of another node: a `Ping` frame's payload.
+    /// Best effort: one that cannot be sent is dropped (the detector's timeouts cover it).
+    Liveness { to: CoreAddress, payload: Vec<u8> },
 }
 
 /// A request the core sends another core as a client (the migration executor's).
@@ -220,6 +230,11 @@ struct Coordinator {
     bootstrap_asked: Option<Time>,
     mover: Mover,
     balancer: Balancer,
+    liveness: Liveness,
+    /// The topology version the detector's member list follows.
+    members_version: Option<Epoch>,
+    /// How long a node stays dead before the metadata leader records it `Down`.
+    dead_after: Duration,
     leading: bool,
 }
 
@@ -302,6 +317,9 @@ impl<R> NodeCore<R> {
                 bootstrap_asked: None,
                 mover: Mover::new(&config.spec)?,
                 balancer: Balancer::new(&config.spec, local.node, config.balance)?,
+                liveness: Liveness::new(local.node, config.incarnation, 0),
+                members_version: None,
+                dead_after: config.balance.dead_after,
                 leading: false,
             };
             if fresh {
@@ -472,6 +490,22 @@ impl<R> NodeCore<R> {
         Ok(())
     }
 
+    /// A `Ping` payload: a failure-detector message from core 0 of node `from`. Other cores
+    /// have no detector and ignore it; malformed bytes are refused whole.
+    pub fn handle_liveness(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        self.now = now;
+        let message = liveness::Message::decode(payload)?;
+        if let Some(c) = self.coordinator.as_mut() {
+            c.liveness.handle_message(now, from, message);
+        }
+        Ok(())
+    }
+
     /// The snapshot of `group` for `replica` was streamed in full (or failed: it is then
     /// sent again).
     pub fn handle_snapshot_sent(&mut self, group: GroupId, replica: ReplicaId, delivered: bool) {
@@ -605,7 +639,11 @@ impl<R> NodeCore<R> {
             .coordinator
             .as_ref()
             .and_then(|c| c.balancer.poll_timeout());
-        [self.host.next_tick(), expiry, mover, balancer]
+        let liveness = self
+            .coordinator
+            .as_ref()
+            .and_then(|c| c.liveness.poll_timeout());
+        [self.host.next_tick(), expiry, mover, balancer, liveness]
             .into_iter()
             .flatten()
             .min()
@@ -634,8 +672,14 @@ impl<R> NodeCore<R> {
             .and_then(Cell::meta)
     }
 
+    /// The failure detector (core 0).
+    pub fn liveness(&self) -> Option<&Liveness> {
+        self.coordinator.as_ref().map(|c| &c.liveness)
+    }
+
     pub fn counter(&self, counter: CoreCounter) -> u64 {
         let mover = self.coordinator.as_ref().map(|c| &c.mover);
+        let probes = self.liveness().map(|l| l.stats);
         let stats = self.balancer_stats();
         let stat = |f: fn(&BalancerStats) -> u64| stats.map_or(0, f);
         match counter {
@@ -647,6 +691,8 @@ impl<R> NodeCore<R> {
             CoreCounter::RebalancerLeaderTransfersFailed => stat(|s| s.leader_transfers_failed),
             CoreCounter::LoadReportsReceived => stat(|s| s.reports_received),
             CoreCounter::LoadReportsRefused => stat(|s| s.reports_refused),
+            CoreCounter::LivenessProbes => probes.map_or(0, |p| p.probes),
+            CoreCounter::LivenessProbesFailed => probes.map_or(0, |p| p.probes_failed),
             counter => self.counters[counter as usize],
         }
     }
@@ -1199,6 +1245,16 @@ impl<R> NodeCore<R> {
                 self.transmits.push_back(raft_transmit(to, &messages));
             }
         }
+        if let Some(c) = self.coordinator.as_mut() {
+            while let Some((node, message)) = c.liveness.poll_transmit() {
+                let to = CoreAddress {
+                    node,
+                    core: CoreId(0),
+                };
+                let payload = message.encode();
+                self.transmits.push_back(Transmit::Liveness { to, payload });
+            }
+        }
     }
 
     /// Core 0: remembers when a table the metadata group applied may be handed out — at
@@ -1269,8 +1325,52 @@ impl<R> NodeCore<R> {
         c.undelivered.extend(refused);
         if c.leading && !leading {
             c.mover.stand_down();
+            c.liveness.stand_down();
         }
         c.leading = leading;
+        let store = self
+            .host
+            .state_machine(GroupId::METADATA)
+            .and_then(Cell::meta)
+            .filter(|s| s.is_bootstrapped());
+        // The detector watches every node of the topology not decommissioned (the spec's
+        // nodes until the metadata group has a topology).
+        let version = store.map(|s| s.topology().version());
+        if c.members_version != version || version.is_none() {
+            c.members_version = version;
+            match store {
+                Some(store) => c.liveness.set_members(
+                    now,
+                    store
+                        .topology()
+                        .nodes()
+                        .filter(|n| n.state != NodeState::Decommissioned)
+                        .map(|n| n.node_id),
+                ),
+                None => c
+                    .liveness
+                    .set_members(now, self.spec.nodes.iter().map(|(n, _)| *n)),
+            }
+        }
+        c.liveness.handle_timeout(now);
+        if leading && let Some(store) = store {
+            let dead_after = c.dead_after;
+            for command in c
+                .liveness
+                .topology_changes(now, store.topology(), dead_after)
+            {
+                info!(?command, "failure detector: proposing a node state");
+                let proposed =
+                    self.host
+                        .propose(GroupId::METADATA, command.encode(), ProposalToken(0));
+                if let Err(e) = proposed {
+                    debug!(error = %e, "node state not proposed");
+                }
+            }
+        }
+        let Some(c) = self.coordinator.as_mut() else {
+            return;
+        };
         let store = self
             .host
             .state_machine(GroupId::METADATA)
@@ -1440,6 +1540,7 @@ mod tests {
             audit: false,
             bug: None,
             balance: BalanceConfig::default(),
+            incarnation: 1,
         };
         NodeCore::new(config, BTreeMap::new()).unwrap()
     }

@@ -12,8 +12,9 @@
 //!
 //! What it cannot know, it does not guess: a voter that does not answer its `DurableCommit`
 //! counts as not knowing (the old replica then stays until it answers). Nodes the topology
-//! marks `Decommissioned` are gone for good: a move to one is abandoned, and a voter on one
-//! is not waited for. An operator abandons a move to a node that is down but may return
+//! marks `Decommissioned` are gone for good, and `Down` ones have been dead for
+//! `dead_after`: a move to one is abandoned, and a voter on one is not waited for (a `Down`
+//! node that returns learns the configuration from the leader's log like any lagging voter). An operator abandons a move to a node that is down but may return
 //! (`abandon_move`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -351,10 +352,12 @@ impl Mover {
         store: &MetadataStore,
     ) -> Stage {
         let topology = store.topology();
+        // Decommissioned nodes are gone for good, and `Down` ones dead for `dead_after`:
+        // neither is waited for.
         let decommissioned = |node| {
             topology
                 .node(node)
-                .is_some_and(|n| n.state == NodeState::Decommissioned)
+                .is_some_and(|n| matches!(n.state, NodeState::Decommissioned | NodeState::Down))
         };
         let gone: BTreeSet<ReplicaId> = store
             .table()

@@ -9,9 +9,9 @@
 //!
 //! 1. create the new replica on the target core, its log starting at the group's initial
 //!    configuration, and add it as a **learner** (it receives the log, it does not vote);
-//! 2. once it is within [`LEARNER_CAUGHT_UP_ENTRIES`] of the commit index, promote it and
-//!    remove `from` in **one joint change** (the configuration never shrinks to two
-//!    voters); if `from` leads, it first hands leadership to the [`RaftHost::successor`];
+//! 2. once it acknowledged entries and is within [`LEARNER_CAUGHT_UP_ENTRIES`] of the
+//!    commit index, promote it and remove `from` in **one joint change** (the
+//!    configuration never shrinks to two voters); if `from` leads, it first hands leadership to the [`RaftHost::successor`];
 //! 3. if `from` led, leadership goes on to the new replica once it votes (asked at every
 //!    step until the move ends): a copy of a leader replica carries its leadership, as the
 //!    planner assumes. An executor that restarts mid-move forgets this and leaves the
@@ -154,7 +154,10 @@ impl ReplicaMove {
                 )]));
             } else if view
                 .new_matched
-                .is_some_and(|m| m + LEARNER_CAUGHT_UP_ENTRIES >= view.commit)
+                // A learner that acknowledged nothing has not caught up, however short the
+                // log: promoting it (the rule once allowed a match of 0 at commit 3) made a
+                // replica on a dead node a voter and left the move unable to end.
+                .is_some_and(|m| m > 0 && m + LEARNER_CAUGHT_UP_ENTRIES >= view.commit)
             {
                 if view.leader == self.from {
                     // A leader does not remove itself: it hands over first.
@@ -244,6 +247,27 @@ mod tests {
             core: CoreId(1),
         };
         ReplicaMove::new(GroupId(1), OLD, to, NEW)
+    }
+
+    #[test]
+    fn a_learner_that_acknowledged_nothing_is_not_promoted_however_short_the_log() {
+        let mut m = a_move();
+        let world = known(false, 0);
+        let _ = m.next(&view(1, &[1, 2, 3], &[], None), &world);
+        let mut short = view(2, &[1, 2, 3], &[9], Some(0));
+        short.commit = 3;
+        let (actions, done) = m.next(&short, &world);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(done, None);
+        short.new_matched = Some(1);
+        let (actions, _) = m.next(&short, &world);
+        assert_eq!(
+            actions,
+            vec![MoveAction::Propose(vec![
+                MembershipChange::AddVoter(NEW),
+                MembershipChange::Remove(OLD),
+            ])]
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! # rebalance_interval_secs = 30 # its sweep period
 //! # max_moves_per_node = 2       # replica moves touching one node at once
 //! # max_moves_in_flight = 8      # moves of either kind under way in the cluster
+//! # dead_after_secs = 300        # a node dead this long is marked Down and its replicas
+//!                                # are replaced elsewhere
 //!
 //! [tls]                          # mutual TLS with the cluster CA (see `certs`)
 //! ca_cert = "certs/ca.pem"
@@ -106,6 +108,7 @@ struct ConfigFile {
     rebalance_interval_secs: Option<u64>,
     max_moves_per_node: Option<usize>,
     max_moves_in_flight: Option<usize>,
+    dead_after_secs: Option<u64>,
     tls: TlsSection,
     nodes: Vec<NodeEntry>,
 }
@@ -201,6 +204,14 @@ impl LoadedConfig {
                 )));
             }
             balance.interval = std::time::Duration::from_secs(secs);
+        }
+        if let Some(secs) = file.dead_after_secs {
+            if !(1..=604_800).contains(&secs) {
+                return Err(invalid(format!(
+                    "dead_after_secs = {secs} is outside 1..=604800"
+                )));
+            }
+            balance.dead_after = std::time::Duration::from_secs(secs);
         }
         for (name, value, slot) in [
             (
@@ -398,16 +409,18 @@ addr = "127.0.0.1:7200"
         assert_eq!(c.balance, BalanceConfig::default(), "on, with the defaults");
         let text = GOOD.replace(
             "cores = 2",
-            "cores = 2\nrebalance = false\nrebalance_interval_secs = 7\nmax_moves_per_node = 1\nmax_moves_in_flight = 3",
+            "cores = 2\nrebalance = false\nrebalance_interval_secs = 7\nmax_moves_per_node = 1\nmax_moves_in_flight = 3\ndead_after_secs = 4",
         );
         let b = parse(&text).unwrap().balance;
         assert!(!b.enabled);
         assert_eq!(b.interval, std::time::Duration::from_secs(7));
         assert_eq!((b.max_moves_per_node, b.max_moves_in_flight), (1, 3));
+        assert_eq!(b.dead_after, std::time::Duration::from_secs(4));
         for (line, field) in [
             ("rebalance_interval_secs = 0", "rebalance_interval_secs"),
             ("max_moves_per_node = 0", "max_moves_per_node"),
             ("max_moves_in_flight = 5000", "max_moves_in_flight"),
+            ("dead_after_secs = 0", "dead_after_secs"),
         ] {
             let err = parse(&GOOD.replace("cores = 2", &format!("cores = 2\n{line}")))
                 .err()

@@ -311,6 +311,8 @@ enum Work {
     RaftBatch(CoreAddress, Vec<u8>),
     /// A `BulkChunk` frame's payload: part of a snapshot.
     SnapshotChunk(CoreAddress, Vec<u8>),
+    /// A `Ping` frame's payload: a failure-detector message.
+    Liveness(CoreAddress, Vec<u8>),
     /// The snapshot of a group sent to a replica was streamed in full (or failed).
     SnapshotSent {
         group: GroupId,
@@ -390,6 +392,7 @@ async fn core_loop(
         audit: false,
         bug: None,
         balance: config.balance,
+        incarnation: liveness_incarnation(),
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
@@ -493,6 +496,11 @@ async fn core_loop(
                         debug!(peer = %to, error = %e, "raft batch not queued");
                     }
                 }
+                Transmit::Liveness { to, payload } => {
+                    if let Err(e) = peers.queue(to, FrameKind::Ping, &payload) {
+                        debug!(peer = %to, error = %e, "liveness message not queued");
+                    }
+                }
                 // Snapshot data goes out of band, on a throttled bulk stream.
                 Transmit::Snapshot {
                     to,
@@ -578,6 +586,11 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
                 warn!(%peer, error = %e, "snapshot chunk refused");
             }
         }
+        Work::Liveness(peer, payload) => {
+            if let Err(e) = node.handle_liveness(now, peer.node, &payload) {
+                warn!(%peer, error = %e, "malformed liveness message dropped");
+            }
+        }
         Work::SnapshotSent {
             group,
             replica,
@@ -587,6 +600,18 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
         Work::Mail(mail) => node.handle_mail(now, mail),
         Work::CallReply(id, result) => node.handle_call_reply(now, id, result),
     }
+}
+
+/// The failure detector's incarnation for this process: wall-clock milliseconds at its
+/// start, so a restarted node outranks what was said of its earlier process (a clock set
+/// back across a restart is refuted the usual way, one increment at a time).
+fn liveness_incarnation() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    })
 }
 
 /// Mirrors the core's counters and gauges, and the transport's, into the node's metrics.
@@ -600,6 +625,15 @@ fn publish(node: &NodeCore<Reply>, metrics: &CoreMetrics, endpoint: &QuicEndpoin
     metrics.set(CoreGauge::PendingRequests, node.pending_requests() as u64);
     metrics.set(CoreGauge::LeaderGroups, node.leader_groups() as u64);
     metrics.set(CoreGauge::Replicas, node.replicas() as u64);
+    if let Some(l) = node.liveness() {
+        let [alive, suspect, dead] = l.counts();
+        metrics.set(CoreGauge::MembersAlive, alive as u64);
+        metrics.set(CoreGauge::MembersSuspect, suspect as u64);
+        metrics.set(CoreGauge::MembersDead, dead as u64);
+        let us = |d: std::time::Duration| d.as_micros() as u64;
+        metrics.set(CoreGauge::ProbeRttMicros, l.stats.last_rtt.map_or(0, us));
+        metrics.set(CoreGauge::ProbeRttMaxMicros, us(l.stats.max_rtt));
+    }
     let quic = endpoint.stats();
     metrics.mirror(CoreCounter::QuicDatagramsSent, quic.datagrams_sent);
     metrics.mirror(CoreCounter::QuicSendCalls, quic.send_calls);
@@ -718,6 +752,9 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterSha
                     receive_peer_streams(conn, shape, on_hello, move |peer, class, frame| match (class, frame.kind) {
                         (StreamClass::Control, FrameKind::RaftBatch) => {
                             inbox.push(Work::RaftBatch(peer, frame.payload))
+                        }
+                        (StreamClass::Control, FrameKind::Ping) => {
+                            inbox.push(Work::Liveness(peer, frame.payload))
                         }
                         (StreamClass::Bulk, FrameKind::BulkChunk) => {
                             inbox.push(Work::SnapshotChunk(peer, frame.payload))

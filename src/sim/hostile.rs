@@ -215,16 +215,16 @@ impl Sim {
         );
     }
 
-    /// Bytes that are no batch, on the Raft or the snapshot path.
+    /// Bytes that are no batch or message, on the Raft, snapshot or failure-detector path.
     fn garbage_bytes(&mut self) {
         let from = self.random_core();
         let to = self.random_core();
         let rng = &mut self.hostile.rng;
         let bytes: Vec<u8> = (0..rng.below(96)).map(|_| rng.next_u64() as u8).collect();
-        let payload = if rng.below(2) == 0 {
-            Payload::Raft(bytes)
-        } else {
-            Payload::Chunk(bytes)
+        let payload = match rng.below(3) {
+            0 => Payload::Raft(bytes),
+            1 => Payload::Chunk(bytes),
+            _ => Payload::Liveness(bytes),
         };
         let step = self.step;
         self.network.send(

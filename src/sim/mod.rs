@@ -143,6 +143,9 @@ pub fn sim_balance(enabled: bool) -> BalanceConfig {
         // rebalancer moves replicas and leaders while faults go on.
         significant_rate_per_core: 0.0,
         significant_bytes_per_core: 0.0,
+        // A node crashed or cut off for seconds is recorded `Down` and its replicas are
+        // replaced while faults go on; it returns to `Active` once heard again.
+        dead_after: Duration::from_secs(3),
         ..BalanceConfig::default()
     }
 }
@@ -190,6 +193,10 @@ pub struct SimReport {
     /// (A drain the metadata group refused, or whose request was lost, ends neither way.)
     pub drains_decommissioned: u64,
     pub drains_recommissioned: u64,
+    /// Nodes the failure detector had recorded `Down` (their replicas then replaced), and
+    /// `Down` nodes recorded `Active` again once heard alive.
+    pub nodes_marked_down: u64,
+    pub nodes_back_active: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -282,6 +289,8 @@ struct Sim {
     results: HashMap<u64, RegisterOp>,
     /// Moves seen in the freshest table, and the highest epoch observed.
     moves_seen: BTreeSet<(GroupId, ReplicaId)>,
+    /// Each node's state in the freshest topology seen: `Down` transitions are counted.
+    node_states: BTreeMap<NodeId, NodeState>,
     /// When each move under way was first seen (step).
     move_seen_at: BTreeMap<(GroupId, ReplicaId), u64>,
     observed_epoch: u64,
@@ -371,6 +380,7 @@ impl Sim {
             hostile: hostile::Hostile::new(o.seed),
             results: HashMap::new(),
             moves_seen: BTreeSet::new(),
+            node_states: BTreeMap::new(),
             move_seen_at: BTreeMap::new(),
             observed_epoch: 0,
             refused: Vec::new(),
@@ -476,6 +486,8 @@ impl Sim {
                 audit: true,
                 bug: node_bug,
                 balance: self.balance,
+                // Later starts get higher incarnations, as wall-clock time gives in nodes.
+                incarnation: self.step + 1,
             };
             match NodeCore::new(config, groups) {
                 Ok(core) => node.cores[c].node = Some(core),
@@ -756,7 +768,7 @@ impl Sim {
                 Endpoint::Hostile => 1 << 42,
             };
             let size = match &m.payload {
-                Payload::Raft(b) | Payload::Chunk(b) => b.len() as u64,
+                Payload::Raft(b) | Payload::Chunk(b) | Payload::Liveness(b) => b.len() as u64,
                 Payload::Request(r) => r.id,
                 Payload::Reply(r) => r.id,
             };
@@ -778,6 +790,9 @@ impl Sim {
                         }
                         Payload::Chunk(bytes) => {
                             let _ = core.handle_snapshot_chunk(now, sender, &bytes);
+                        }
+                        Payload::Liveness(bytes) => {
+                            let _ = core.handle_liveness(now, sender, &bytes);
                         }
                         Payload::Request(request) => {
                             core.handle_request(now, request, m.from, m.from.role())
@@ -859,6 +874,9 @@ impl Sim {
                 Transmit::Raft { to, payload } => {
                     out.push((Endpoint::Core(to), Payload::Raft(payload)))
                 }
+                Transmit::Liveness { to, payload } => {
+                    out.push((Endpoint::Core(to), Payload::Liveness(payload)))
+                }
                 Transmit::Snapshot {
                     to,
                     group,
@@ -916,8 +934,7 @@ impl Sim {
     }
 
     /// Counts the moves the freshest table records, and those that left it; checks the
-    /// rebalancer's move limits (repairs of a failed node's replicas, which the simulated
-    /// operator starts outside the rebalancer, aside).
+    /// rebalancer's move limits (repairs of a `Down` node's replicas included).
     fn observe_moves(&mut self) {
         let Some(store) = self.metadata() else {
             return;
@@ -929,14 +946,13 @@ impl Sim {
         if self.o.rebalance {
             let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
             let mut total = 0;
-            for (_, p) in store.table().groups() {
+            let mut listed = Vec::new();
+            for (g, p) in store.table().groups() {
                 let Some(m) = p.moving else { continue };
                 let Some(from) = p.address_of(m.from) else {
                     continue;
                 };
-                if self.nodes[&from.node].failed {
-                    continue;
-                }
+                listed.push(format!("group {} {from} -> {}", g.0, m.to));
                 total += 1;
                 *per_node.entry(from.node).or_default() += 1;
                 if m.to.node != from.node {
@@ -947,13 +963,19 @@ impl Sim {
             if busiest > self.balance.max_moves_per_node || total > self.balance.max_moves_in_flight
             {
                 let v = format!(
-                    "move limits exceeded at epoch {}: {total} replica moves in flight, {busiest} on one node",
-                    store.epoch().0
+                    "move limits exceeded at epoch {}: {total} replica moves in flight, {busiest} on one node ({})",
+                    store.epoch().0,
+                    listed.join(", ")
                 );
                 limits = Some(v);
             }
         }
         let epoch = store.epoch().0;
+        let states: Vec<(NodeId, NodeState)> = store
+            .topology()
+            .nodes()
+            .map(|n| (n.node_id, n.state))
+            .collect();
         let moving: BTreeSet<(GroupId, ReplicaId)> = store
             .table()
             .groups()
@@ -973,6 +995,15 @@ impl Sim {
         }
         self.moved_after_settle.extend(settled_moves);
         self.observed_epoch = epoch;
+        for (node, state) in states {
+            match (self.node_states.insert(node, state), state) {
+                (Some(before), NodeState::Down) if before != NodeState::Down => {
+                    self.report.nodes_marked_down += 1
+                }
+                (Some(NodeState::Down), NodeState::Active) => self.report.nodes_back_active += 1,
+                _ => {}
+            }
+        }
 
         let started = moving.difference(&self.moves_seen).count() as u64;
         let finished = self.moves_seen.difference(&moving).count() as u64;

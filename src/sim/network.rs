@@ -53,6 +53,8 @@ pub enum Payload {
     Raft(Vec<u8>),
     /// A `BulkChunk` frame's payload (part of a snapshot).
     Chunk(Vec<u8>),
+    /// A `Ping` frame's payload (a failure-detector message).
+    Liveness(Vec<u8>),
     Request(KvRequest),
     Reply(KvResponseFrame),
 }
@@ -61,7 +63,7 @@ impl Payload {
     fn may_duplicate(&self) -> bool {
         match self {
             Payload::Request(r) => !r.op.writes(),
-            Payload::Raft(_) | Payload::Chunk(_) | Payload::Reply(_) => true,
+            Payload::Raft(_) | Payload::Chunk(_) | Payload::Liveness(_) | Payload::Reply(_) => true,
         }
     }
 
@@ -72,6 +74,7 @@ impl Payload {
             Payload::Chunk(_) => 2,
             Payload::Request(_) => 3,
             Payload::Reply(_) => 4,
+            Payload::Liveness(_) => 5,
         }
     }
 }

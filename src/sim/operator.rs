@@ -100,21 +100,25 @@ impl crate::sim::Sim {
         if let Some(store) = self.metadata() {
             let table = store.table().clone();
             let topology = store.topology().clone();
-            // A node leaves through its lifecycle: drained, then decommissioned.
+            // With the rebalancer in the nodes, a failed node is left to the failure
+            // detector (recorded `Down` after `dead_after`) and its replicas to the
+            // rebalancer's repairs. Without it, the operator retires the node: drained,
+            // then decommissioned, its replicas moved by hand.
+            let by_hand = !self.o.rebalance;
             let next_state: Vec<(NodeId, NodeState)> = self
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.failed)
+                .filter(|(_, n)| by_hand && n.failed)
                 .filter_map(|(id, _)| match store.topology().node(*id)?.state {
                     NodeState::Joining | NodeState::Active => Some((*id, NodeState::Draining)),
                     NodeState::Draining => Some((*id, NodeState::Decommissioned)),
-                    NodeState::Decommissioned => None,
+                    NodeState::Decommissioned | NodeState::Down => None,
                 })
                 .collect();
             let failed: Vec<NodeId> = self
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.failed)
+                .filter(|(_, n)| by_hand && n.failed)
                 .map(|(id, _)| *id)
                 .collect();
             for (node, state) in next_state {

@@ -49,8 +49,9 @@ pub enum FrameKind {
     Hello = 1,
     /// A batch of Raft messages for groups on the receiving core.
     RaftBatch = 2,
-    /// A liveness probe and its answer.
+    /// A failure-detector message (`node::liveness`: probe, indirect probe, ack).
     Ping = 3,
+    /// Reserved (the detector's acks travel as `Ping` frames too).
     Pong = 4,
     /// A client request and its response.
     Request = 5,
