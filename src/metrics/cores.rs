@@ -223,9 +223,10 @@ pub enum CoreGauge {
     MembersAlive,
     MembersSuspect,
     MembersDead,
-    /// The last direct probe's round trip and the largest so far, in microseconds (core 0).
-    ProbeRttMicros,
-    ProbeRttMaxMicros,
+    /// The last direct probe's round trip and the largest so far, stored in nanoseconds and
+    /// exported in seconds (core 0).
+    ProbeRttNanos,
+    ProbeRttMaxNanos,
 }
 
 impl CoreGauge {
@@ -238,9 +239,17 @@ impl CoreGauge {
         CoreGauge::MembersAlive,
         CoreGauge::MembersSuspect,
         CoreGauge::MembersDead,
-        CoreGauge::ProbeRttMicros,
-        CoreGauge::ProbeRttMaxMicros,
+        CoreGauge::ProbeRttNanos,
+        CoreGauge::ProbeRttMaxNanos,
     ];
+
+    /// What one stored unit is in the exported unit (nanoseconds exported as seconds).
+    fn scale(self) -> f64 {
+        match self {
+            CoreGauge::ProbeRttNanos | CoreGauge::ProbeRttMaxNanos => 1e-9,
+            _ => 1.0,
+        }
+    }
 
     fn name_and_help(self) -> (&'static str, &'static str) {
         match self {
@@ -270,13 +279,13 @@ impl CoreGauge {
                 "liveness_members_dead",
                 "Other nodes the failure detector holds dead (core 0).",
             ),
-            CoreGauge::ProbeRttMicros => (
-                "liveness_probe_rtt_us",
-                "Round trip of the last direct failure-detector probe, microseconds (core 0).",
+            CoreGauge::ProbeRttNanos => (
+                "liveness_probe_rtt_seconds",
+                "Round trip of the last direct failure-detector probe (core 0).",
             ),
-            CoreGauge::ProbeRttMaxMicros => (
-                "liveness_probe_rtt_max_us",
-                "Largest direct probe round trip since the node started, microseconds (core 0).",
+            CoreGauge::ProbeRttMaxNanos => (
+                "liveness_probe_rtt_max_seconds",
+                "Largest direct probe round trip since the node started (core 0).",
             ),
         }
     }
@@ -389,7 +398,7 @@ impl NodeMetrics {
         let mut out = String::new();
         let node = self.node.0;
         let mut series =
-            |name: &str, help: &str, kind: &str, value: &dyn Fn(&CoreMetrics) -> u64| {
+            |name: &str, help: &str, kind: &str, value: &dyn Fn(&CoreMetrics) -> f64| {
                 // Writing to a String cannot fail.
                 let _ = writeln!(out, "# HELP nodedb_core_{name} {help}");
                 let _ = writeln!(out, "# TYPE nodedb_core_{name} {kind}");
@@ -403,11 +412,11 @@ impl NodeMetrics {
             };
         for c in CoreCounter::ALL {
             let (name, help) = c.name_and_help();
-            series(name, help, "counter", &|m| m.counter(c));
+            series(name, help, "counter", &|m| m.counter(c) as f64);
         }
         for g in CoreGauge::ALL {
             let (name, help) = g.name_and_help();
-            series(name, help, "gauge", &|m| m.gauge(g));
+            series(name, help, "gauge", &|m| m.gauge(g) as f64 * g.scale());
         }
         // The load each core last published (a contended slot shows its previous value
         // next scrape; it is skipped here).

@@ -630,9 +630,9 @@ fn publish(node: &NodeCore<Reply>, metrics: &CoreMetrics, endpoint: &QuicEndpoin
         metrics.set(CoreGauge::MembersAlive, alive as u64);
         metrics.set(CoreGauge::MembersSuspect, suspect as u64);
         metrics.set(CoreGauge::MembersDead, dead as u64);
-        let us = |d: std::time::Duration| d.as_micros() as u64;
-        metrics.set(CoreGauge::ProbeRttMicros, l.stats.last_rtt.map_or(0, us));
-        metrics.set(CoreGauge::ProbeRttMaxMicros, us(l.stats.max_rtt));
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        metrics.set(CoreGauge::ProbeRttNanos, l.stats.last_rtt.map_or(0, ns));
+        metrics.set(CoreGauge::ProbeRttMaxNanos, ns(l.stats.max_rtt));
     }
     let quic = endpoint.stats();
     metrics.mirror(CoreCounter::QuicDatagramsSent, quic.datagrams_sent);
