@@ -206,8 +206,8 @@ struct Transfer {
 
 struct Proposed {
     group: GroupId,
+    /// The node of the replica leaving.
     from: NodeId,
-    to: NodeId,
     /// The replica leaving and where its copy goes: the table shows this move once it
     /// applied (the group may still show an earlier move when it is proposed).
     replica: crate::ids::ReplicaId,
@@ -708,7 +708,7 @@ impl Balancer {
             }
         }
         for p in &self.proposed {
-            note(p.from, p.to);
+            note(p.from, p.target.node);
         }
         (busy, count)
     }
@@ -860,7 +860,6 @@ impl Balancer {
                 self.proposed.push(Proposed {
                     group,
                     from: planned.source.node,
-                    to: planned.target.node,
                     replica: from,
                     target: planned.target,
                     at: now,

@@ -208,8 +208,6 @@ pub struct LivenessStats {
     /// The last direct probe's round trip, and the largest since the process started.
     pub last_rtt: Option<Duration>,
     pub max_rtt: Duration,
-    pub rtt_sum: Duration,
-    pub rtt_count: u64,
 }
 
 /// A node's failure detector (core 0).
@@ -254,11 +252,6 @@ impl Liveness {
 
     pub fn incarnation(&self) -> u64 {
         self.incarnation
-    }
-
-    /// Every member but this node, as seen here.
-    pub fn members(&self) -> impl Iterator<Item = (NodeId, &Member)> {
-        self.members.iter().map(|(n, m)| (*n, m))
     }
 
     pub fn member(&self, node: NodeId) -> Option<&Member> {
@@ -424,8 +417,6 @@ impl Liveness {
                         let rtt = now.saturating_since(p.sent);
                         self.stats.last_rtt = Some(rtt);
                         self.stats.max_rtt = self.stats.max_rtt.max(rtt);
-                        self.stats.rtt_sum += rtt;
-                        self.stats.rtt_count += 1;
                     } else {
                         self.stats.indirect_probes += 1;
                     }

@@ -14,8 +14,9 @@
 //! counts as not knowing (the old replica then stays until it answers). Nodes the topology
 //! marks `Decommissioned` are gone for good, and `Down` ones have been dead for
 //! `dead_after`: a move to one is abandoned, and a voter on one is not waited for (a `Down`
-//! node that returns learns the configuration from the leader's log like any lagging voter). An operator abandons a move to a node that is down but may return
-//! (`abandon_move`).
+//! node that returns learns the configuration from the leader's log like any lagging
+//! voter). An operator abandons a move to a node that is down but may return, and not yet
+//! `Down` (`abandon_move`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -354,7 +355,7 @@ impl Mover {
         let topology = store.topology();
         // Decommissioned nodes are gone for good, and `Down` ones dead for `dead_after`:
         // neither is waited for.
-        let decommissioned = |node| {
+        let out_of_service = |node| {
             topology
                 .node(node)
                 .is_some_and(|n| matches!(n.state, NodeState::Decommissioned | NodeState::Down))
@@ -365,7 +366,7 @@ impl Mover {
             .map(|p| {
                 p.replicas
                     .iter()
-                    .filter(|r| decommissioned(r.at.node))
+                    .filter(|r| out_of_service(r.at.node))
                     .map(|r| r.id)
                     .collect()
             })
@@ -376,7 +377,7 @@ impl Mover {
         let known = Known {
             durable: &m.durable,
             abandon: m.abandon,
-            target_gone: decommissioned(m.decide.to.node),
+            target_gone: out_of_service(m.decide.to.node),
             gone: &gone,
         };
         let (actions, outcome) = m.decide.next(view, &known);
