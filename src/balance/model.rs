@@ -40,6 +40,28 @@ pub struct CoreReplica {
     pub leader: bool,
 }
 
+/// A leader in a core's index: its leadership units (never negative) and its vShard,
+/// packed so that integer order is units order, ties by vShard (sorting integers is
+/// several times faster than sorting by a float key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeaderKey(u128);
+
+impl LeaderKey {
+    pub fn new(units: f64, vshard: VShardId) -> LeaderKey {
+        // The bits of a non-negative float order like the float; anything else is 0.
+        let units = if units > 0.0 { units } else { 0.0 };
+        LeaderKey(u128::from(units.to_bits()) << 32 | u128::from(vshard.0))
+    }
+
+    pub fn units(self) -> f64 {
+        f64::from_bits((self.0 >> 32) as u64)
+    }
+
+    pub fn vshard(self) -> VShardId {
+        VShardId(self.0 as u32)
+    }
+}
+
 /// Scores and contributions for one sweep.
 #[derive(Clone, Debug)]
 pub struct LoadModel {
@@ -56,6 +78,9 @@ pub struct LoadModel {
     pub mean_traffic_per_byte: [f64; 2],
     /// The replicas each core hosts (indexed like `core_scores`).
     pub core_replicas: Vec<Vec<CoreReplica>>,
+    /// The leaders each core hosts, by leadership units (unsorted; indexed like
+    /// `core_scores`).
+    pub core_leaders: Vec<Vec<LeaderKey>>,
     /// Score units a follower replica of each vShard adds to its core (indexed by vShard).
     pub follower_units: Vec<f64>,
     /// Score units leadership of each vShard adds on top of `follower_units`.
@@ -121,6 +146,7 @@ impl LoadModel {
         let mut model = LoadModel {
             core_scores: vec![0.0; core_base],
             core_replicas: Vec::new(),
+            core_leaders: Vec::new(),
             node_scores: vec![0.0; nodes.len()],
             node_traffic_means: vec![0.0; nodes.len()],
             core_heaviest: vec![0.0; core_base],
@@ -148,6 +174,7 @@ impl LoadModel {
         let mut replica_cores: Vec<u32> = Vec::with_capacity(vshard_count * 3);
         let mut replica_start: Vec<u32> = Vec::with_capacity(vshard_count + 1);
         let mut per_core = vec![0usize; core_base];
+        let mut leaders_per_core = vec![0usize; core_base];
         for (vshard, entry) in placement.iter() {
             let v = vshard.0 as usize;
             if entry.moving.is_some() {
@@ -172,6 +199,9 @@ impl LoadModel {
             }
             for &c in &replica_cores[start..] {
                 per_core[(c & !LEADER) as usize] += 1;
+                if c & LEADER != 0 {
+                    leaders_per_core[(c & !LEADER) as usize] += 1;
+                }
             }
             let count = replica_cores.len() - start;
             let load = &loads[v];
@@ -194,6 +224,10 @@ impl LoadModel {
         }
         if let Some(scale) = model.scale {
             model.core_replicas = per_core.iter().map(|&n| Vec::with_capacity(n)).collect();
+            model.core_leaders = leaders_per_core
+                .iter()
+                .map(|&n| Vec::with_capacity(n))
+                .collect();
             model.core_heaviest = vec![0.0; core_base];
             model.core_heaviest_traffic = vec![0.0; core_base];
             // Traffic (score units) and bytes of all followers, and of all leaders.
@@ -230,6 +264,10 @@ impl LoadModel {
                         units,
                         leader,
                     });
+                    if leader {
+                        model.core_leaders[core]
+                            .push(LeaderKey::new(leadership, VShardId(v as u32)));
+                    }
                 }
             }
             let traffic: f64 = (0..model.core_scores.len())
@@ -255,6 +293,7 @@ impl LoadModel {
             }
         } else {
             model.core_replicas = vec![Vec::new(); core_base];
+            model.core_leaders = vec![Vec::new(); core_base];
         }
         model.frozen = frozen;
         model.replica_cores = replica_cores;

@@ -50,7 +50,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::balance::load::{LoadError, LoadMetrics, LoadWeights, VShardLoad};
-use crate::balance::model::{CoreReplica, LoadModel};
+use crate::balance::model::{CoreReplica, LeaderKey, LoadModel};
 use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::ClusterTopology;
 use crate::constants::{
@@ -637,28 +637,6 @@ fn total_order_key(x: f64) -> i64 {
     bits ^ (((bits >> 63) as u64) >> 1) as i64
 }
 
-/// A leader in a core's index: its leadership units (never negative) and its vShard,
-/// packed so that integer order is units order, ties by vShard (sorting integers is
-/// several times faster than sorting by a float key).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct LeaderKey(u128);
-
-impl LeaderKey {
-    fn new(units: f64, vshard: VShardId) -> LeaderKey {
-        // The bits of a non-negative float order like the float; anything else is 0.
-        let units = if units > 0.0 { units } else { 0.0 };
-        LeaderKey(u128::from(units.to_bits()) << 32 | u128::from(vshard.0))
-    }
-
-    fn units(self) -> f64 {
-        f64::from_bits((self.0 >> 32) as u64)
-    }
-
-    fn vshard(self) -> VShardId {
-        VShardId(self.0 as u32)
-    }
-}
-
 /// What a replica move of `bytes` is ranked by: improvement per byte copied (an empty
 /// vShard counts as one byte).
 fn per_byte(improvement: f64, bytes: u64) -> f64 {
@@ -706,9 +684,10 @@ struct Sweep<'a> {
     budget_blocked: std::cell::Cell<bool>,
     /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
     mean_traffic_per_byte: [f64; 2],
-    /// Per core (model index), once looked at: the leaders it held at the sweep's start, by
-    /// leadership units (`Sweep::index_leaders`).
-    leaders_by_units: Vec<Option<Vec<LeaderKey>>>,
+    /// Per core (model index): the leaders it held at the sweep's start, by leadership units
+    /// once `leaders_sorted` says so (`Sweep::index_leaders`).
+    leaders_by_units: Vec<Vec<LeaderKey>>,
+    leaders_sorted: Vec<bool>,
     /// Per core (model index), once scanned for a replica move: the replicas it held at the
     /// sweep's start, by units per byte, densest first (`Sweep::replicas_by_density`).
     replicas_by_density: Vec<std::cell::OnceCell<Vec<(f64, CoreReplica)>>>,
@@ -730,6 +709,7 @@ impl<'a> Sweep<'a> {
         let core_replicas = std::mem::take(&mut model.core_replicas);
         let core_heaviest = std::mem::take(&mut model.core_heaviest);
         let core_heaviest_traffic = std::mem::take(&mut model.core_heaviest_traffic);
+        let leaders_by_units = std::mem::take(&mut model.core_leaders);
         let (mut settled, mut settled_leader, mut settled_core) =
             (Vec::new(), Vec::new(), Vec::new());
         settle(
@@ -744,7 +724,8 @@ impl<'a> Sweep<'a> {
         let nodes = model.nodes.len();
         Sweep {
             mean_traffic_per_byte: model.mean_traffic_per_byte,
-            leaders_by_units: vec![None; core_replicas.len()],
+            leaders_sorted: vec![false; leaders_by_units.len()],
+            leaders_by_units,
             replicas_by_density: vec![std::cell::OnceCell::new(); core_replicas.len()],
             hosted_on: vec![std::cell::OnceCell::new(); nodes],
             replica_scans: vec![std::cell::Cell::new(0); core_replicas.len()],
@@ -903,6 +884,19 @@ impl<'a> Sweep<'a> {
             .expect("moves end at known placements");
         let (follower_units, leader_units) =
             (self.model.follower_units[v], self.model.leader_units[v]);
+        // A moved vShard is skipped by every later scan: its leader key (on the source
+        // core, when the move takes a leader) leaves the index so that scans do not walk
+        // past it again and again.
+        let leaders = &mut self.leaders_by_units[source_core];
+        let key = LeaderKey::new(leader_units, c.vshard);
+        let at = if self.leaders_sorted[source_core] {
+            leaders.binary_search(&key).ok()
+        } else {
+            leaders.iter().position(|&k| k == key)
+        };
+        if let Some(i) = at {
+            leaders.remove(i);
+        }
         let bytes = match c.kind {
             MoveKind::LeaderTransfer => {
                 // Both replicas stay; leadership (and its units) changes sides.
@@ -1197,20 +1191,16 @@ impl<'a> Sweep<'a> {
     }
 
     /// The leaders each core of node `h` held when the sweep started, by leadership units
-    /// (ascending, ties by vShard): built on the first look at the node.
+    /// (ascending, ties by vShard): sorted on the first look at the node. A list holds the
+    /// sweep's starting leaders; a vShard that moved since is skipped by every scan, and
+    /// scans stop on bounds that only fall further along the list, so the stale entries
+    /// change no choice.
     fn index_leaders(&mut self, h: usize) {
         let node = &self.model.nodes[h];
         for c in node.core_base..node.core_base + usize::from(node.cores) {
-            if self.leaders_by_units[c].is_some() {
-                continue;
+            if !std::mem::replace(&mut self.leaders_sorted[c], true) {
+                self.leaders_by_units[c].sort_unstable();
             }
-            let mut list: Vec<LeaderKey> = self.core_replicas[c]
-                .iter()
-                .filter(|r| r.leader)
-                .map(|r| LeaderKey::new(self.model.leader_units[r.vshard.0 as usize], r.vshard))
-                .collect();
-            list.sort_unstable();
-            self.leaders_by_units[c] = Some(list);
         }
     }
 
@@ -1317,9 +1307,11 @@ impl<'a> Sweep<'a> {
             }
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_transfer_per_core[rank];
-            let Some(leaders) = self.leaders_by_units[node.core_base + core].as_deref() else {
+            let c = node.core_base + core;
+            if !self.leaders_sorted[c] {
                 continue;
-            };
+            }
+            let leaders = &self.leaders_by_units[c];
             // Two passes, each bounded by the coldest node its leaders could go to: those
             // without a replica on the coldest node (bounded by the next coldest), then
             // those with one.
