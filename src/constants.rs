@@ -57,6 +57,14 @@ pub const REBALANCE_CORE_TRIGGER_EXCESS: f64 = 0.12;
 /// planner has hysteresis and does not flap around the trigger.
 pub const REBALANCE_TARGET_SPREAD: f64 = 0.05;
 
+/// In an idle cluster (no data or traffic above the significance floors) the planner
+/// balances replica counts alone instead of load (leadership follows load, once there is
+/// some), and starts only when the counts of two nodes differ by this fraction of the
+/// mean: a node that joined, or came back empty after its replicas were replaced, starts a
+/// run; the few replicas by which a fresh cluster's placement rule leaves nodes apart do
+/// not.
+pub const REBALANCE_IDLE_TRIGGER_SPREAD: f64 = 0.5;
+
 /// Cores inside one node are balanced until their spread is within this fraction of the
 /// mean core score. Looser than the node target: a core move copies data too.
 pub const REBALANCE_CORE_TARGET_SPREAD: f64 = 0.10;

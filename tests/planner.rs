@@ -90,8 +90,65 @@ fn idle_cluster_plans_nothing() {
     let p = PlacementTable::initial(&t, 64, 3).unwrap();
     let idle = idle_loads(&p);
     let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
-    assert_eq!(result.status, PlanStatus::Idle);
+    // Balanced counts: within the trigger, nothing to do.
+    assert_eq!(result.status, PlanStatus::WithinTrigger);
     assert!(result.moves.is_empty());
+}
+
+#[test]
+fn an_idle_cluster_gives_a_new_node_its_share_of_replicas() {
+    // Four nodes hold everything; a fifth joins. No data, no traffic: the counts decide.
+    for (vshards, cores) in [(64, 2), (32, 1)] {
+        let four = topology(&[NodeState::Active; 4], cores);
+        let mut p = PlacementTable::initial(&four, vshards, 3).unwrap();
+        let t = topology(&[NodeState::Active; 5], cores);
+        let idle = idle_loads(&p);
+        let count = |p: &PlacementTable, n: u64| {
+            p.iter()
+                .filter(|(_, e)| e.replica_on(NodeId(n)).is_some())
+                .count()
+        };
+        // As nodes run it: sweeps 30 s apart, leaderships held for two intervals.
+        let mut planner = Planner::new(PlannerConfig {
+            leader_cooldown: std::time::Duration::from_secs(60),
+            ..PlannerConfig::default()
+        })
+        .unwrap();
+        let metrics = metrics_for(&t);
+        let mut last_move = 0;
+        for sweep in 0..240u64 {
+            let input = PlanInput {
+                topology: &t,
+                placement: &p,
+                node_metrics: &metrics,
+                vshard_loads: &idle,
+            };
+            let now = Time::ZERO + std::time::Duration::from_secs(30 * sweep);
+            let result = planner.plan(now, &input).unwrap();
+            if !result.moves.is_empty() {
+                last_move = sweep;
+            }
+            for m in &result.moves {
+                assert_ne!(m.reason, MoveReason::Drain);
+                match m.kind {
+                    MoveKind::LeaderTransfer => p.transfer_leader(m.vshard, m.target).map(|_| ()),
+                    MoveKind::ReplicaMove => {
+                        p.move_replica(m.vshard, m.source, m.target).map(|_| ())
+                    }
+                }
+                .unwrap();
+            }
+        }
+        // It settles (nothing moves in the second hour), every node within one replica of
+        // its share (ids 0..=4, the new one 4).
+        assert!(last_move < 120, "still moving at sweep {last_move}");
+        let share = f64::from(vshards) * 3.0 / 5.0;
+        let counts: Vec<usize> = (0..=4).map(|n| count(&p, n)).collect();
+        assert!(
+            counts.iter().all(|&c| (c as f64 - share).abs() <= 1.0),
+            "{vshards} vShards: {counts:?} against {share}"
+        );
+    }
 }
 
 #[test]
@@ -237,7 +294,7 @@ fn an_idle_cluster_still_drains_and_moves_nothing_else() {
     let p = PlacementTable::initial(&t, 64, 2).unwrap();
     let idle = idle_loads(&p);
     let before = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();
-    assert_eq!(before.status, PlanStatus::Idle);
+    assert_eq!(before.status, PlanStatus::WithinTrigger);
     assert!(before.moves.is_empty());
     t.set_state(NodeId(2), Draining).unwrap();
     let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &idle).unwrap();

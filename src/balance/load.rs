@@ -226,6 +226,8 @@ pub struct LoadTotals {
     pub reads: f64,
     /// Number of vShards (one leader each).
     pub leaders: f64,
+    /// Number of replicas (only an idle cluster balances their count).
+    pub replicas: f64,
 }
 
 /// Converts a vShard's load into score units (fractions of an average core).
@@ -235,6 +237,8 @@ pub struct ScoreScale {
     per_replica_write: f64,
     per_read: f64,
     per_leader: f64,
+    /// Units every replica carries whatever its load: nonzero only in an idle cluster.
+    per_replica: f64,
 }
 
 impl ScoreScale {
@@ -260,13 +264,26 @@ impl ScoreScale {
             replica_writes: significant(totals.replica_writes, weights.significant_rate_per_core),
             reads: significant(totals.reads, weights.significant_rate_per_core),
             leaders: totals.leaders,
+            replicas: totals.replicas,
         };
-        // An idle cluster (no data, no traffic) has nothing to balance: leader counts alone
-        // are not load, only a tie-breaker alongside it.
+        // An idle cluster (no data, no traffic worth moving) is balanced on replica counts
+        // alone: a node that joined, or came back after its replicas were replaced
+        // elsewhere, gets its share even when there is no load to speak of. Counts do not
+        // fluctuate, so this never flaps. Leaderships cost nothing without load; they are
+        // balanced once there is load.
         let idle =
             totals.replica_bytes <= 0.0 && totals.replica_writes <= 0.0 && totals.reads <= 0.0;
         if idle {
-            return None;
+            if totals.replicas <= 0.0 {
+                return None;
+            }
+            return Some(ScoreScale {
+                per_replica_byte: 0.0,
+                per_replica_write: 0.0,
+                per_read: 0.0,
+                per_leader: 0.0,
+                per_replica: cores / totals.replicas,
+            });
         }
         let dims = [
             (weights.bytes, totals.replica_bytes),
@@ -295,6 +312,7 @@ impl ScoreScale {
             per_replica_write: factor(dims[1]),
             per_read: factor(dims[2]),
             per_leader: factor(dims[3]),
+            per_replica: 0.0,
         })
     }
 
@@ -308,11 +326,19 @@ impl ScoreScale {
             per_replica_write: 0.0,
             per_read: 0.0,
             per_leader: f64::from(capacity_cores) / totals.leaders,
+            per_replica: 0.0,
         })
     }
 
+    /// Whether this is an idle cluster's scale, which counts replicas and leaderships.
+    pub fn counts_only(&self) -> bool {
+        self.per_replica > 0.0
+    }
+
     pub fn follower_units(&self, load: &VShardLoad) -> f64 {
-        load.bytes as f64 * self.per_replica_byte + load.writes_per_sec * self.per_replica_write
+        load.bytes as f64 * self.per_replica_byte
+            + load.writes_per_sec * self.per_replica_write
+            + self.per_replica
     }
 
     /// The part of `follower_units` that `bytes` stored make.
@@ -352,6 +378,7 @@ mod tests {
             replica_writes: 40.0,
             reads: 60.0,
             leaders: 2.0,
+            replicas: 4.0,
         };
         let scale = ScoreScale::new(&LoadWeights::default(), &totals, 2).unwrap();
         let core = scale.follower_units(&loads[0]) * 2.0 + scale.leadership_units(&loads[1]);
@@ -369,6 +396,29 @@ mod tests {
             ..LoadTotals::default()
         };
         assert_eq!(ScoreScale::new(&LoadWeights::default(), &totals, 0), None);
+    }
+
+    #[test]
+    fn an_idle_cluster_is_scored_by_replica_counts() {
+        // 2 cores, 2 vShards of 2 replicas, no load: a core with two replicas is an average
+        // core, whichever of them lead.
+        let idle = VShardLoad {
+            vshard: VShardId(0),
+            bytes: 0,
+            writes_per_sec: 0.0,
+            reads_per_sec: 0.0,
+        };
+        let totals = LoadTotals {
+            leaders: 2.0,
+            replicas: 4.0,
+            ..LoadTotals::default()
+        };
+        let scale = ScoreScale::new(&LoadWeights::default(), &totals, 2).unwrap();
+        let mixed = scale.follower_units(&idle) * 2.0 + scale.leadership_units(&idle);
+        assert!((mixed - 1.0).abs() < 1e-12, "{mixed}");
+        assert_eq!(scale.leadership_units(&idle), 0.0);
+        assert_eq!(scale.bytes_units(1 << 20), 0.0);
+        assert!(scale.counts_only());
     }
 
     #[test]

@@ -209,6 +209,7 @@ impl LoadModel {
             totals.replica_writes += load.writes_per_sec * count as f64;
             totals.reads += load.reads_per_sec;
             totals.leaders += 1.0;
+            totals.replicas += count as f64;
         }
         replica_start.push(replica_cores.len() as u32);
         let capacity: u32 = model

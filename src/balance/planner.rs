@@ -55,10 +55,10 @@ use crate::cluster::placement::PlacementTable;
 use crate::cluster::topology::ClusterTopology;
 use crate::constants::{
     REBALANCE_COOLDOWN, REBALANCE_CORE_MOVE_MIN_DENSITY, REBALANCE_CORE_TARGET_SPREAD,
-    REBALANCE_CORE_TRIGGER_EXCESS, REBALANCE_LEADER_TRANSFER_PREFERENCE,
-    REBALANCE_LEADER_TRANSFERS_PER_NODE, REBALANCE_MAX_MOVES_IN_FLIGHT,
-    REBALANCE_MAX_MOVES_PER_NODE, REBALANCE_MIN_IMPROVEMENT, REBALANCE_TARGET_SPREAD,
-    REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
+    REBALANCE_CORE_TRIGGER_EXCESS, REBALANCE_IDLE_TRIGGER_SPREAD,
+    REBALANCE_LEADER_TRANSFER_PREFERENCE, REBALANCE_LEADER_TRANSFERS_PER_NODE,
+    REBALANCE_MAX_MOVES_IN_FLIGHT, REBALANCE_MAX_MOVES_PER_NODE, REBALANCE_MIN_IMPROVEMENT,
+    REBALANCE_TARGET_SPREAD, REBALANCE_TRIGGER_EXCESS, REBALANCE_TRIGGER_SPREAD,
 };
 use crate::ids::{CoreAddress, CoreId, NodeId, VShardId};
 use crate::time::Time;
@@ -684,6 +684,8 @@ struct Sweep<'a> {
     budget_blocked: std::cell::Cell<bool>,
     /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
     mean_traffic_per_byte: [f64; 2],
+    /// An idle cluster: the scores count replicas and leaderships (`ScoreScale`).
+    counts_only: bool,
     /// Per core (model index): the leaders it held at the sweep's start, by leadership units
     /// once `leaders_sorted` says so (`Sweep::index_leaders`).
     leaders_by_units: Vec<Vec<LeaderKey>>,
@@ -712,11 +714,14 @@ impl<'a> Sweep<'a> {
         let leaders_by_units = std::mem::take(&mut model.core_leaders);
         let (mut settled, mut settled_leader, mut settled_core) =
             (Vec::new(), Vec::new(), Vec::new());
+        // Outside a run only the holds in time apply: a sweep that may start a new run must
+        // be free to, or a run that moved every vShard would leave none to start the next.
+        let run_started = planner.run_started.filter(|_| planner.run_active);
         settle(
             &planner.last_moved,
             placement.vshard_count() as usize,
             &model.moving,
-            planner.run_started,
+            run_started,
             now,
             &planner.config,
             [&mut settled, &mut settled_leader, &mut settled_core],
@@ -724,6 +729,7 @@ impl<'a> Sweep<'a> {
         let nodes = model.nodes.len();
         Sweep {
             mean_traffic_per_byte: model.mean_traffic_per_byte,
+            counts_only: model.scale.is_some_and(|s| s.counts_only()),
             leaders_sorted: vec![false; leaders_by_units.len()],
             leaders_by_units,
             replicas_by_density: vec![std::cell::OnceCell::new(); core_replicas.len()],
@@ -781,6 +787,8 @@ impl<'a> Sweep<'a> {
     fn node_qualifies(&self, score: f64, coldest: f64) -> bool {
         if self.run_active {
             score - coldest > self.config.target_spread
+        } else if self.counts_only {
+            score - coldest > REBALANCE_IDLE_TRIGGER_SPREAD
         } else {
             score - coldest > self.config.trigger_spread || score > 1.0 + self.config.trigger_excess
         }
@@ -941,7 +949,10 @@ impl<'a> Sweep<'a> {
         });
         self.node_stuck.iter_mut().for_each(|s| *s = false);
         self.core_stuck.iter_mut().for_each(|s| *s = false);
-        if !self.run_active {
+        // In an idle cluster a drain does not start a balancing run: its targets, coldest
+        // first, already even the counts.
+        let starts_run = !(self.counts_only && reason == MoveReason::Drain);
+        if !self.run_active && starts_run {
             // A new run: what the last run moved is free to move again, once cooled down.
             self.run_active = true;
             self.run_started = Some(self.now);
@@ -1415,7 +1426,11 @@ impl<'a> Sweep<'a> {
             })
             .collect();
         let copies_now = self.budget.allows(MoveKind::ReplicaMove) && !open.is_empty();
-        if replicas_may_win && !copies_now {
+        // The coldest node, the best place for a copy, busy with other moves.
+        let coldest_busy = open.first() != Some(&coldest)
+            && self.model.node_scores[coldest] <= 1.0
+            && h != coldest;
+        if replicas_may_win && (!copies_now || coldest_busy) {
             // A copy might do better once the moves in flight end: the run is not over.
             self.budget_blocked.set(true);
         }
@@ -1543,6 +1558,11 @@ impl<'a> Sweep<'a> {
 
     /// Plans one move between the cores of the node whose cores spread the most.
     fn next_core_move(&mut self) -> bool {
+        // Counts alone are not worth moving replicas between the cores of a node for: the
+        // cores of a node share its disk, and an idle replica costs a core nothing.
+        if self.counts_only {
+            return false;
+        }
         let mut nodes: Vec<(usize, f64)> = (0..self.model.nodes.len())
             .filter(|&n| {
                 self.model.nodes[n].eligible && self.model.nodes[n].cores > 1 && !self.core_stuck[n]
