@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u64);
 
+impl NodeId {
+    /// The largest node id a configuration or a join may use (ids are `1..=MAX`).
+    pub const MAX: u64 = 0xffff;
+}
+
 /// Index of a core (executor) inside one node: `0..cores`. Core 0 is the coordinator core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CoreId(pub u16);
@@ -73,6 +78,20 @@ pub struct ReplicaId(pub u64);
 impl ReplicaId {
     /// The first id a replica move hands out; initial ids stay below it.
     pub const MOVED_FROM: u64 = 1 << 48;
+
+    /// Marks the metadata-group replica of a node that joined a running cluster.
+    const METADATA_LEARNER: u64 = 1 << 40;
+
+    /// The node-id bits of a joined node's metadata replica id (`metadata_learner`); every
+    /// node id (at most [`NodeId::MAX`]) fits in them.
+    const NODE_ID_BITS: u64 = (1 << 40) - 1;
+
+    /// The metadata-group replica of `node` when it joined a running cluster (a learner of
+    /// the group): above every initial id of group 0, below the ids moves hand out.
+    pub fn metadata_learner(node: NodeId) -> ReplicaId {
+        const { assert!(NodeId::MAX <= ReplicaId::NODE_ID_BITS) };
+        ReplicaId(Self::METADATA_LEARNER | (node.0 & Self::NODE_ID_BITS))
+    }
 
     /// The id of the `ordinal`-th replica `group` starts with: `(group << 16) | (ordinal +
     /// 1)`. Distinct within a group modulo 10, which spreads the replicas' fixed election

@@ -46,6 +46,10 @@ enum Command {
         /// Stop after this many seconds (tests, demos).
         #[arg(long)]
         run_for: Option<f64>,
+        /// Join the running cluster that the node at HOST:PORT (any node's core 0) belongs
+        /// to. Needed only at the first start: the data directory records the join.
+        #[arg(long, value_name = "HOST:PORT")]
+        join: Option<std::net::SocketAddr>,
     },
     /// Put, get or delete a key in a running cluster; show its placement table or move a
     /// replica.
@@ -88,7 +92,11 @@ fn main() -> ExitCode {
         Command::RebalanceSim(args) => cli::rebalance_sim::run(&args),
         Command::Demo(args) => cli::demo::run(&args),
         Command::Sim { seed, seeds, json } => cli::sim::run(seed, seeds, json),
-        Command::Start { config, run_for } => cli::start::run(&config, run_for),
+        Command::Start {
+            config,
+            run_for,
+            join,
+        } => cli::start::run(&config, run_for, join),
         Command::Kv { config, op } => cli::kv::run(&config, op),
         Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
             Ok(()) => {

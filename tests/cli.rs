@@ -740,6 +740,11 @@ struct FourNodes {
 
 impl FourNodes {
     fn start(name: &str, extra: &str) -> FourNodes {
+        FourNodes::start_with(name, 8, extra)
+    }
+
+    /// Like `start`, with `groups` groups.
+    fn start_with(name: &str, groups: u32, extra: &str) -> FourNodes {
         let dir = scratch_dir(name);
         let d = dir.to_str().unwrap();
         assert!(cli(&["certs", "init", "--dir", d]).status.success());
@@ -774,7 +779,7 @@ impl FourNodes {
         let config = |id: Option<u64>, cert: &str| {
             config_toml(id, cert, &nodes).replace(
                 "groups = 4",
-                &format!("groups = 8\nreplicas = 3\nrebalance_interval_secs = 1\n{extra}"),
+                &format!("groups = {groups}\nreplicas = 3\nrebalance_interval_secs = 1\n{extra}"),
             )
         };
         for n in 1..=4 {
@@ -800,7 +805,8 @@ impl FourNodes {
         let config = self.dir.join(format!("node-{n}.toml"));
         Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
             .args(["start", "--config", config.to_str().unwrap()])
-            .args(["--run-for", "120"])
+            // A bound on orphans should a test die: well past every test's own deadlines.
+            .args(["--run-for", "300"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -906,6 +912,158 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
         stderr(&recommission).contains("Decommissioned to Active"),
         "{}",
         stderr(&recommission)
+    );
+}
+
+/// A fifth node joins four running ones with `start --join`: it is not in their files and
+/// its own names only itself. Under writes it becomes `Active` and ends up holding its
+/// share of the replicas within ±15 % (the cluster is idle, so replica counts decide),
+/// with no failed write and none lost. Started again without `--join`, it comes back from
+/// what its data directory recorded. A second process claiming its id at another address,
+/// and a founding node started with `--join`, are refused with the reason.
+#[test]
+fn a_fifth_node_joins_with_join_takes_its_share_of_replicas_and_restarts_without_it() {
+    use std::time::{Duration, Instant};
+    let mut cluster = FourNodes::start_with("cli-join", 32, "");
+    let c = cluster.client.clone();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    let mut put = |i: usize| {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        let out = cli(&["kv", "--config", &c, "put", &key, &value]);
+        if out.status.success() {
+            acked.push((key, value));
+        } else {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    };
+    (0..16).for_each(&mut put);
+    let d = cluster.dir.to_str().unwrap().to_owned();
+    let cert = [
+        "certs",
+        "node",
+        "--dir",
+        &d,
+        "--id",
+        "5",
+        "--san",
+        "127.0.0.1",
+    ];
+    assert!(cli(&cert).status.success());
+    let free_port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let own = |port: u16| {
+        config_toml(
+            Some(5),
+            "node-5",
+            &format!("[[nodes]]\nid = 5\naddr = \"127.0.0.1:{port}\"\n"),
+        )
+        .replace("groups = 4\n", "rebalance_interval_secs = 1\n")
+    };
+    std::fs::write(cluster.dir.join("node-5.toml"), own(free_port())).unwrap();
+    // The seed: node 2's core 0, as its file gives it.
+    let node2 = std::fs::read_to_string(cluster.dir.join("node-2.toml")).unwrap();
+    let seed = node2
+        .split("[[nodes]]")
+        .find(|s| s.starts_with("\nid = 2\n"))
+        .and_then(|s| s.split('"').nth(1))
+        .unwrap()
+        .to_owned();
+    let join = |file: &str, run_for: &str| {
+        Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+            .args([
+                "start",
+                "--config",
+                cluster.dir.join(file).to_str().unwrap(),
+            ])
+            .args(["--join", &seed, "--run-for", run_for])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    cluster.children.push(join("node-5.toml", "300"));
+    // 96 replicas over five nodes: 19.2 each, ±15 %.
+    let share = |n: &serde_json::Value| n["replicas_placed"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut i = 16;
+    let joined = loop {
+        put(i);
+        i += 1;
+        if let Ok(Some(status)) = cluster.children[4].try_wait() {
+            let mut said = String::new();
+            use std::io::Read;
+            let _ = cluster.children[4]
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut said);
+            cluster.stop();
+            panic!("the joining node exited ({status}): {said}");
+        }
+        let node = cluster.node_status(5);
+        if (node["state"] == "Active" && (17..=22).contains(&share(&node)))
+            || Instant::now() > deadline
+        {
+            break node;
+        }
+    };
+    // Another process claiming node 5 at another address; a founder asking to join.
+    std::fs::write(
+        cluster.dir.join("node-5b.toml"),
+        own(free_port()).replace("data-5", "data-5b"),
+    )
+    .unwrap();
+    let impostor = join("node-5b.toml", "5").wait_with_output().unwrap();
+    let founder = join("node-3.toml", "5").wait_with_output().unwrap();
+    // Restarted without --join: from its data directory's record.
+    let _ = cluster.children[4].kill();
+    let _ = cluster.children[4].wait();
+    cluster.children[4] = cluster.spawn(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        put(i);
+        i += 1;
+        let node = cluster.node_status(5);
+        if (node["state"] == "Active" && node["fresh"] == true) || Instant::now() > deadline {
+            break node;
+        }
+    };
+    (i..i + 8).for_each(&mut put);
+    let lost: Vec<&(String, String)> = acked
+        .iter()
+        .filter(|(k, v)| {
+            let out = cli(&["kv", "--config", &c, "get", k]);
+            String::from_utf8_lossy(&out.stdout).trim() != v
+        })
+        .collect();
+    let others: Vec<u64> = (1..=4).map(|n| share(&cluster.node_status(n))).collect();
+    cluster.stop();
+    assert_eq!(joined["state"], "Active", "{joined}");
+    assert!((17..=22).contains(&share(&joined)), "{joined}");
+    assert!(others.iter().all(|n| (17..=22).contains(n)), "{others:?}");
+    let said = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!impostor.status.success());
+    assert!(
+        said(&impostor).contains("already a member"),
+        "{}",
+        said(&impostor)
+    );
+    assert!(!founder.status.success());
+    assert!(
+        said(&founder).contains("without --join"),
+        "{}",
+        said(&founder)
+    );
+    assert_eq!(back["state"], "Active", "{back}");
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes not read back: {lost:?}"
     );
 }
 

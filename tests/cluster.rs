@@ -77,6 +77,7 @@ impl Harness {
     fn start(&self, node: u64) -> Node {
         let identity = issue_node_cert(&self.ca, NodeId(node), &["127.0.0.1".into()]).unwrap();
         Node::start(NodeConfig {
+            joined: None,
             node: NodeId(node),
             spec: self.spec.clone(),
             data_dir: self.dir.join(format!("node-{node}")),

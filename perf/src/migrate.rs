@@ -64,6 +64,7 @@ pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
             .map_err(|e| e.to_string())?;
         running.push(
             Node::start(NodeConfig {
+                joined: None,
                 node: NodeId(n),
                 spec: spec.clone(),
                 data_dir: dir.join(format!("node-{n}")),

@@ -1,6 +1,8 @@
 //! `nodedb-cluster start`: runs a node from its configuration file until it is stopped, its
-//! `--run-for` ends, or a core fails (then it exits non-zero with the reason).
+//! `--run-for` ends, or a core fails (then it exits non-zero with the reason). With
+//! `--join HOST:PORT`, a new node first joins the running cluster (`runtime::join`).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,13 +13,21 @@ use nodedb_cluster::runtime::node::Node;
 /// How often `start` checks that every core still runs.
 const NODE_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Runs the node `path` describes.
-pub fn run(path: &Path, run_for: Option<f64>) -> ExitCode {
+/// Runs the node `path` describes; with `join`, first joins the cluster the node at that
+/// address belongs to (`runtime::join`).
+pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitCode {
     let node_config = match LoadedConfig::load(path).and_then(|c| c.node_config(path)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
+        }
+    };
+    let node_config = match nodedb_cluster::runtime::join::prepare(node_config, join) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let node_id = node_config.node;

@@ -356,9 +356,14 @@ impl Call {
             }
             reply => {
                 routing.router.on_answer(group, target);
-                if let KvReply::Routing { epoch, groups } = &reply
+                if let KvReply::Routing {
+                    epoch,
+                    groups,
+                    nodes,
+                } = &reply
                     && groups.len() == routing.groups as usize
                 {
+                    routing.learn_addresses(nodes);
                     routing.store_table(*epoch, groups);
                 }
                 self.state = State::Done(Some(Ok(reply)));
@@ -444,6 +449,7 @@ mod tests {
             groups: (1..=4)
                 .map(|g| (GroupId(g), vec![(1, at(1)), (2, at(2)), (3, at(3))]))
                 .collect(),
+            nodes: Vec::new(),
         }
     }
 

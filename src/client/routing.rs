@@ -8,11 +8,12 @@
 //! avoids nodes that failed recently (`PeerHealth` with the client policy: backoff from
 //! 1 s, 10 s after three failures in a row).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 
 use crate::client::peer_health::{Admission, HealthPolicy, PeerHealth};
 use crate::cluster::placement::{PlacementError, PlacementTable};
-use crate::cluster::spec::ClusterSpec;
+use crate::cluster::spec::{ClusterSpec, core_address};
 use crate::constants::{CLIENT_NODE_BACKOFF, CLIENT_NODE_DOWN_COOLDOWN};
 use crate::ids::{CoreAddress, GroupId, NodeId};
 use crate::time::Time;
@@ -222,6 +223,10 @@ pub struct Routing {
     next_id: u64,
     /// The groups count this client hashes keys with; a table of another count is refused.
     pub groups: u32,
+    /// Where each node's core 0 listens: the spec's nodes, then what placement tables
+    /// taught (nodes that joined later).
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    cores: u16,
 }
 
 impl Routing {
@@ -234,7 +239,24 @@ impl Routing {
             metadata: spec.metadata_voters().into_iter().map(|(_, a)| a).collect(),
             next_id: 1,
             groups: spec.groups,
+            addresses: spec.nodes.iter().copied().collect(),
+            cores: spec.cores,
         })
+    }
+
+    /// Where the core at `at` listens, if its node is known.
+    pub fn address(&self, at: CoreAddress) -> Option<SocketAddr> {
+        if at.core.0 >= self.cores {
+            return None;
+        }
+        core_address(*self.addresses.get(&at.node)?, at.core)
+    }
+
+    /// Learns where nodes listen (from a placement table's answer).
+    pub fn learn_addresses(&mut self, nodes: &[(NodeId, SocketAddr)]) {
+        for &(node, addr) in nodes {
+            self.addresses.insert(node, addr);
+        }
     }
 
     /// Like [`Routing::new`], whose first choice among candidates is the `first`-th, so

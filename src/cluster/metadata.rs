@@ -10,10 +10,11 @@
 //! ```text
 //! command = 1 bootstrap  nodes:(count (id:varint cores:varint addr:bytes state:u8)*)
 //!                        groups:(count (group:varint replicas)*)
-//!         | 2 node_state node:varint state:u8        (0 joining, 1 active, 2 draining, 3 decommissioned)
+//!         | 2 node_state node:varint state:u8        (0 joining, 1 active, 2 draining, 3 decommissioned, 4 down)
 //!         | 4 start_move group:varint from:varint node:varint core:varint
 //!         | 5 end_move   group:varint new:varint moved:u8
 //!         | 6 abandon_move group:varint
+//!         | 7 add_node   id:varint cores:varint addr:bytes state:u8   (state is ignored: Joining)
 //! replicas = count (replica:varint node:varint core:varint)*
 //! ```
 //!
@@ -23,6 +24,8 @@
 //! hosts it and any metadata leader can resume the move), `end_move` removes the replica
 //! that left (or, for an abandoned move, the new one). New replica ids come from a counter
 //! in the table, so they are never reused.
+
+use std::collections::BTreeSet;
 
 use crate::cluster::placement::{PendingMove, PlacementTable, Replica, VShardPlacement};
 use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
@@ -60,6 +63,12 @@ pub enum MetadataCommand {
     /// Asks the executor to give up `group`'s move.
     AbandonMove {
         group: GroupId,
+    },
+    /// A node joins the running cluster (`start --join`): it enters the topology as
+    /// `Joining` and becomes a learner of the metadata group; the metadata leader makes it
+    /// `Active` once its copy of the metadata has caught up.
+    AddNode {
+        node: NodeInfo,
     },
 }
 
@@ -116,6 +125,26 @@ fn read_replicas(r: &mut Reader<'_>) -> Result<Vec<(ReplicaId, CoreAddress)>, De
         .collect()
 }
 
+fn put_node(out: &mut Vec<u8>, n: &NodeInfo) {
+    put_varint(out, n.node_id.0);
+    put_varint(out, u64::from(n.cores));
+    put_bytes(out, n.addr.as_bytes());
+    out.push(state_code(n.state));
+}
+
+fn read_node(r: &mut Reader<'_>) -> Result<NodeInfo, DecodeError> {
+    let node_id = NodeId(r.varint("node")?);
+    let cores = r.count("cores", usize::from(CORES_PER_NODE_MAX))? as u16;
+    let addr = String::from_utf8_lossy(r.bytes("addr", 256)?).into_owned();
+    let state = state_from(r.u8("state")?)?;
+    Ok(NodeInfo {
+        node_id,
+        addr,
+        cores,
+        state,
+    })
+}
+
 impl MetadataCommand {
     /// The command's name as the documentation writes it.
     pub fn name(&self) -> &'static str {
@@ -125,6 +154,7 @@ impl MetadataCommand {
             MetadataCommand::StartMove { .. } => "start_move",
             MetadataCommand::EndMove { .. } => "end_move",
             MetadataCommand::AbandonMove { .. } => "abandon_move",
+            MetadataCommand::AddNode { .. } => "add_node",
         }
     }
 
@@ -135,10 +165,7 @@ impl MetadataCommand {
                 out.push(1);
                 put_varint(&mut out, nodes.len() as u64);
                 for n in nodes {
-                    put_varint(&mut out, n.node_id.0);
-                    put_varint(&mut out, u64::from(n.cores));
-                    put_bytes(&mut out, n.addr.as_bytes());
-                    out.push(state_code(n.state));
+                    put_node(&mut out, n);
                 }
                 put_varint(&mut out, groups.len() as u64);
                 for (g, replicas) in groups {
@@ -168,6 +195,10 @@ impl MetadataCommand {
                 out.push(6);
                 put_varint(&mut out, group.0);
             }
+            MetadataCommand::AddNode { node } => {
+                out.push(7);
+                put_node(&mut out, node);
+            }
         }
         out
     }
@@ -179,16 +210,7 @@ impl MetadataCommand {
                 let n = r.count("nodes", NODES_MAX)?;
                 let mut nodes = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let node_id = NodeId(r.varint("node")?);
-                    let cores = r.count("cores", usize::from(CORES_PER_NODE_MAX))? as u16;
-                    let addr = String::from_utf8_lossy(r.bytes("addr", 256)?).into_owned();
-                    let state = state_from(r.u8("state")?)?;
-                    nodes.push(NodeInfo {
-                        node_id,
-                        addr,
-                        cores,
-                        state,
-                    });
+                    nodes.push(read_node(&mut r)?);
                 }
                 let g = r.count("groups", VSHARD_COUNT_MAX as usize)?;
                 let mut groups = Vec::with_capacity(g.min(65_536));
@@ -218,6 +240,9 @@ impl MetadataCommand {
             6 => MetadataCommand::AbandonMove {
                 group: GroupId(r.varint("group")?),
             },
+            7 => MetadataCommand::AddNode {
+                node: read_node(&mut r)?,
+            },
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "metadata command",
@@ -236,6 +261,9 @@ pub struct MetadataStore {
     topology: ClusterTopology,
     table: PlacementTable,
     applied: u64,
+    /// Nodes that joined the running cluster (`AddNode`): learners of the metadata group.
+    /// The nodes the cluster was bootstrapped with are its voters.
+    joined: BTreeSet<NodeId>,
 }
 
 impl MetadataStore {
@@ -265,6 +293,64 @@ impl MetadataStore {
         self.table.group(group)
     }
 
+    /// Whether `node` joined the running cluster (a learner of the metadata group) rather
+    /// than being one of the nodes it was bootstrapped with (its voters).
+    pub fn joined(&self, node: NodeId) -> bool {
+        self.joined.contains(&node)
+    }
+
+    /// The nodes that joined the running cluster, in id order.
+    pub fn joined_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.joined.iter().copied()
+    }
+
+    /// Whether `node` may join: a new id, the cluster's core count, an address that is an
+    /// IP and port. Joining again with the same id, address and cores is not an error
+    /// (`Ok(false)`: nothing to change), so that a node that did not hear the answer to its
+    /// request can ask again.
+    fn check_join(&self, node: &NodeInfo) -> Result<bool, String> {
+        if !self.is_bootstrapped() {
+            return Err("the cluster is not bootstrapped yet".into());
+        }
+        if node.node_id.0 == 0 || node.node_id.0 > NodeId::MAX {
+            return Err(format!(
+                "node id {} is outside 1..={}",
+                node.node_id.0,
+                NodeId::MAX
+            ));
+        }
+        if node.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "node {} gives the address {:?}, which is not an IP address and port",
+                node.node_id, node.addr
+            ));
+        }
+        if let Some(known) = self.topology.node(node.node_id) {
+            if known.addr == node.addr && known.cores == node.cores {
+                return Ok(false);
+            }
+            return Err(format!(
+                "node {} is already a member, at {} with {} cores",
+                node.node_id, known.addr, known.cores
+            ));
+        }
+        if let Some(taken) = self.topology.nodes().find(|n| n.addr == node.addr) {
+            return Err(format!(
+                "address {} is already node {}'s",
+                node.addr, taken.node_id
+            ));
+        }
+        let cores = self.topology.nodes().map(|n| n.cores).max().unwrap_or(0);
+        if node.cores != cores {
+            return Err(format!(
+                "node {} has {} cores, but the cluster's nodes have {cores}: every node runs \
+                 the same number of cores",
+                node.node_id, node.cores
+            ));
+        }
+        Ok(true)
+    }
+
     /// Whether `node` may start draining: the nodes left active must still hold every
     /// group's replicas on distinct nodes, and the nodes not on their way out must still be
     /// a majority of the metadata group (every node of the topology votes in it, and a
@@ -290,10 +376,18 @@ impl MetadataStore {
                  {replicas} replicas on distinct nodes"
             ));
         }
-        let voters = self.topology.len();
+        let voters = self
+            .topology
+            .nodes()
+            .filter(|n| !self.joined(n.node_id))
+            .count();
+        if self.joined(node) {
+            return Ok(()); // A learner of the metadata group: its quorum does not change.
+        }
         let remaining = self
             .topology
             .nodes()
+            .filter(|n| !self.joined(n.node_id))
             .filter(staying)
             .filter(|n| !n.state.must_be_emptied())
             .count();
@@ -362,6 +456,19 @@ impl MetadataStore {
             MetadataCommand::AbandonMove { group } => {
                 self.table.abandon_move(group).map_err(|e| e.to_string())?;
             }
+            MetadataCommand::AddNode { node } => {
+                if self.check_join(&node)? {
+                    let id = node.node_id;
+                    self.topology
+                        .add_node(NodeInfo {
+                            state: NodeState::Joining,
+                            ..node
+                        })
+                        .map_err(|e| e.to_string())?;
+                    self.joined.insert(id);
+                    self.table.bump_epoch();
+                }
+            }
         }
         Ok(())
     }
@@ -424,6 +531,10 @@ impl StateMachine for MetadataStore {
                 }
             }
         }
+        put_varint(&mut out, self.joined.len() as u64);
+        for n in &self.joined {
+            put_varint(&mut out, n.0);
+        }
         out
     }
 
@@ -483,6 +594,13 @@ impl StateMachine for MetadataStore {
                     initial,
                     moving,
                 });
+            }
+            // Snapshots written before nodes could join end here.
+            if r.remaining() > 0 {
+                let k = r.count("joined nodes", NODES_MAX)?;
+                for _ in 0..k {
+                    store.joined.insert(NodeId(r.varint("joined node")?));
+                }
             }
             r.finish()?;
             store.table = PlacementTable::from_parts(epoch, vshards, next_replica, &store.topology)
@@ -586,6 +704,55 @@ mod tests {
             node: NodeId(node),
             state,
         }
+    }
+
+    fn join(id: u64, addr: &str, cores: u16) -> MetadataCommand {
+        MetadataCommand::AddNode {
+            node: NodeInfo {
+                node_id: NodeId(id),
+                addr: addr.into(),
+                cores,
+                state: NodeState::Active,
+            },
+        }
+    }
+
+    #[test]
+    fn a_join_is_checked_recorded_as_joining_and_survives_a_snapshot() {
+        let mut m = MetadataStore::new();
+        let early = refusal(&mut m, 1, join(4, "127.0.0.1:7004", 2)).unwrap();
+        assert!(early.contains("not bootstrapped"), "{early}");
+        assert!(apply(&mut m, 2, bootstrap()));
+        let epoch = m.epoch();
+        assert_eq!(refusal(&mut m, 3, join(4, "127.0.0.1:7004", 2)), None);
+        let four = m.topology().node(NodeId(4)).unwrap();
+        assert_eq!(four.state, NodeState::Joining, "a join never starts Active");
+        assert!(m.joined(NodeId(4)) && !m.joined(NodeId(1)));
+        assert!(m.epoch() > epoch);
+        // Asking again with the same identity changes nothing.
+        let epoch = m.epoch();
+        assert_eq!(refusal(&mut m, 4, join(4, "127.0.0.1:7004", 2)), None);
+        assert_eq!(m.epoch(), epoch);
+        for (command, why) in [
+            (join(4, "127.0.0.1:7999", 2), "already a member"),
+            (join(1, "127.0.0.1:7001", 4), "already a member"),
+            (join(5, "127.0.0.1:7002", 2), "already node n2's"),
+            (join(5, "127.0.0.1:7005", 4), "has 4 cores"),
+            (join(5, "node-5:7005", 2), "not an IP address"),
+            (join(0, "127.0.0.1:7005", 2), "outside 1..=65535"),
+            (join(70_000, "127.0.0.1:7005", 2), "outside 1..=65535"),
+        ] {
+            let refused = refusal(&mut m, 5, command).unwrap();
+            assert!(refused.contains(why), "{refused} (wanted {why:?})");
+        }
+        assert_eq!(m.epoch(), epoch, "a refused join changes nothing");
+        let mut restored = MetadataStore::new();
+        restored.restore(5, &m.snapshot()).unwrap();
+        assert!(restored.joined(NodeId(4)) && !restored.joined(NodeId(2)));
+        assert_eq!(
+            restored.topology().node(NodeId(4)).unwrap().state,
+            NodeState::Joining
+        );
     }
 
     #[test]

@@ -13,6 +13,38 @@ use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::topology::{ClusterTopology, NodeInfo, NodeState};
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 
+/// What a node answers `KvOp::Cluster` with: the spec the cluster was bootstrapped with
+/// and its members now, as that node knows them. A node joining with `start --join` takes
+/// its settings from it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterInfo {
+    /// The nodes the cluster was bootstrapped with (the metadata group's voters).
+    pub founders: Vec<(NodeId, SocketAddr)>,
+    pub cores: u16,
+    pub groups: u32,
+    pub replicas: u16,
+    /// Every member the metadata group records (empty before it is bootstrapped).
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl ClusterInfo {
+    /// The spec the cluster was bootstrapped with.
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            nodes: self.founders.clone(),
+            cores: self.cores,
+            groups: self.groups,
+            replicas: self.replicas,
+        }
+    }
+}
+
+/// Where `core` of a node whose core 0 listens on `base` listens: the port plus the core.
+pub fn core_address(base: SocketAddr, core: CoreId) -> Option<SocketAddr> {
+    let port = base.port().checked_add(core.0)?;
+    Some(SocketAddr::new(base.ip(), port))
+}
+
 /// The static shape of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSpec {
@@ -34,8 +66,7 @@ impl ClusterSpec {
             return None;
         }
         let (_, base) = self.nodes.iter().find(|(n, _)| *n == node)?;
-        let port = base.port().checked_add(core.0)?;
-        Some(SocketAddr::new(base.ip(), port))
+        core_address(*base, core)
     }
 
     /// The nodes as a new cluster's topology: all active.

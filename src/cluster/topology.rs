@@ -140,8 +140,9 @@ impl ClusterTopology {
         Ok(self.version)
     }
 
-    /// Moves a node along its lifecycle: Joining → Active → Draining → Decommissioned, and
-    /// Draining → Active (a drain may be cancelled). Setting the current state is a no-op
+    /// Moves a node along its lifecycle: Joining → Active → Draining → Decommissioned,
+    /// Draining → Active (a drain may be cancelled), Joining → Draining (a join given up),
+    /// and Active ↔ Down. Setting the current state is a no-op
     /// that does not bump the version.
     pub fn set_state(&mut self, id: NodeId, to: NodeState) -> Result<Epoch, TopologyError> {
         let node = self
@@ -156,6 +157,7 @@ impl ClusterTopology {
         let allowed = matches!(
             (from, to),
             (Joining, Active)
+                | (Joining, Draining)
                 | (Active, Draining)
                 | (Draining, Active)
                 | (Draining, Decommissioned)

@@ -43,6 +43,7 @@ pub mod load;
 mod mover;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,8 +54,8 @@ use crate::balance::report::NodeReport;
 use crate::client::call::Failure;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
 use crate::cluster::placement::{PlacementError, PlacementTable};
-use crate::cluster::spec::ClusterSpec;
-use crate::cluster::topology::NodeState;
+use crate::cluster::spec::{ClusterInfo, ClusterSpec};
+use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
@@ -66,7 +67,7 @@ use crate::node::hosting::Hosting;
 use crate::node::liveness::Liveness;
 use crate::node::load::{CoreLoad, LoadMeter};
 use crate::node::mover::Mover;
-use crate::replication::kv::{KvCommand, KvResponse};
+use crate::replication::kv::{KvCommand, KvResponse, StateMachine};
 use crate::replication::raft_host::{
     HostError, HostEvent, MembershipChange, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
 };
@@ -102,6 +103,11 @@ pub struct CoreConfig {
     /// The failure detector's starting incarnation (core 0): above any this node's earlier
     /// processes used (the runtime: wall-clock milliseconds at start).
     pub incarnation: u64,
+    /// The node joined a running cluster (`start --join`): `spec` is the one the cluster
+    /// was bootstrapped with, which does not list this node. Its core 0 is a learner of
+    /// the metadata group ([`ReplicaId::metadata_learner`]) and never hosts the spec's
+    /// initial placement or bootstraps.
+    pub joined: bool,
 }
 
 /// A core that cannot start or go on.
@@ -236,7 +242,12 @@ struct Coordinator {
     /// How long a node stays dead before the metadata leader records it `Down`.
     dead_after: Duration,
     leading: bool,
+    /// When this core, leading the metadata group, last proposed a join step.
+    join_asked: Option<Time>,
 }
+
+/// How long the metadata leader waits before proposing the same join step again.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
 
 /// One core of a node. `R` is the shell's handle for answering a client.
 pub struct NodeCore<R> {
@@ -288,25 +299,41 @@ impl<R> NodeCore<R> {
             for (r, at) in &voters {
                 host.set_address(*r, *at);
             }
-            let own = voters
-                .iter()
-                .find(|(_, at)| *at == local)
-                .map(|(r, _)| *r)
-                .ok_or(CoreError::NotInSpec(local.node))?;
+            let own = if config.joined {
+                ReplicaId::metadata_learner(local.node)
+            } else {
+                voters
+                    .iter()
+                    .find(|(_, at)| *at == local)
+                    .map(|(r, _)| *r)
+                    .ok_or(CoreError::NotInSpec(local.node))?
+            };
             let ids: Vec<ReplicaId> = voters.iter().map(|(r, _)| *r).collect();
             let persisted = recovered.remove(&GroupId::METADATA);
             // A brand-new node (no metadata log) hosts the spec's placement until the
-            // metadata group has a table; a restarted one waits for its own replay.
-            let fresh = persisted
+            // metadata group has a table; a restarted one waits for its own replay. A node
+            // that joined hosts what the metadata group's table gives it, once it has it.
+            let empty = persisted
                 .as_ref()
                 .is_none_or(|p| p.entries.is_empty() && p.snapshot.is_none());
-            host.add_group(
-                GroupId::METADATA,
-                own,
-                &ids,
-                persisted,
-                Cell::Meta(MetadataStore::new()),
-            )?;
+            let fresh = empty && !config.joined;
+            if config.joined && empty {
+                host.add_joining_group(
+                    GroupId::METADATA,
+                    own,
+                    &ids,
+                    &[],
+                    Cell::Meta(MetadataStore::new()),
+                )?;
+            } else {
+                host.add_group(
+                    GroupId::METADATA,
+                    own,
+                    &ids,
+                    persisted,
+                    Cell::Meta(MetadataStore::new()),
+                )?;
+            }
             let mut hosting = Hosting::new(local, std::mem::take(&mut recovered));
             let mut c = Coordinator {
                 distributed: None,
@@ -321,6 +348,7 @@ impl<R> NodeCore<R> {
                 members_version: None,
                 dead_after: config.balance.dead_after,
                 leading: false,
+                join_asked: None,
             };
             if fresh {
                 let table = Arc::new(config.spec.initial_table()?);
@@ -672,6 +700,21 @@ impl<R> NodeCore<R> {
             .and_then(Cell::meta)
     }
 
+    /// What this node knows of the cluster (`KvOp::Cluster`): the spec it was
+    /// bootstrapped with and the members its metadata replica records.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        ClusterInfo {
+            founders: self.spec.nodes.clone(),
+            cores: self.spec.cores,
+            groups: self.spec.groups,
+            replicas: self.spec.replicas,
+            nodes: self
+                .metadata()
+                .map(|m| m.topology().nodes().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The failure detector (core 0).
     pub fn liveness(&self) -> Option<&Liveness> {
         self.coordinator.as_ref().map(|c| &c.liveness)
@@ -840,9 +883,12 @@ impl<R> NodeCore<R> {
             }
         };
         match op {
-            KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::Routing | KvOp::Moves | KvOp::Status => {
-                Ok(())
-            }
+            KvOp::Get { .. }
+            | KvOp::Scan { .. }
+            | KvOp::Routing
+            | KvOp::Moves
+            | KvOp::Status
+            | KvOp::Cluster => Ok(()),
             KvOp::LoadReport { .. } => match role {
                 Role::Node(_) => Ok(()),
                 _ => Err("load reports come from nodes".into()),
@@ -854,6 +900,15 @@ impl<R> NodeCore<R> {
                 Ok(MetadataCommand::StartMove { .. }) => needs_admin("start_move"),
                 Ok(MetadataCommand::AbandonMove { .. }) => needs_admin("abandon_move"),
                 Ok(MetadataCommand::SetNodeState { .. }) => needs_admin("node_state"),
+                // A node adds itself (`start --join`); an admin may add any.
+                Ok(MetadataCommand::AddNode { node }) => match role {
+                    Role::Node(n) if n == node.node_id => Ok(()),
+                    Role::Node(n) => Err(format!(
+                        "node {n}'s certificate cannot add node {}",
+                        node.node_id
+                    )),
+                    _ => needs_admin("add_node"),
+                },
                 Ok(c @ (MetadataCommand::Bootstrap { .. } | MetadataCommand::EndMove { .. })) => {
                     Err(format!("{} is proposed by the cluster itself", c.name()))
                 }
@@ -987,6 +1042,12 @@ impl<R> NodeCore<R> {
                     Ok(()) => Err(KvReply::Accepted),
                     Err(e) => Err(KvReply::Error(format!("load report refused: {e}"))),
                 }
+            }
+            KvOp::Cluster => {
+                let info = self.cluster_info();
+                let json = serde_json::to_vec(&info)
+                    .map_err(|e| KvReply::Error(format!("cluster: {e}")))?;
+                Err(KvReply::Value(Some(json)))
             }
             KvOp::Status => {
                 self.host
@@ -1385,6 +1446,7 @@ impl<R> NodeCore<R> {
             c.mover.handle_timeout(now, store);
             self.propose_move_ends();
             self.propose_move_starts();
+            self.admit_joined(now);
             return;
         }
         // The first leader bootstraps the cluster's shape (asked again if the proposal was
@@ -1407,6 +1469,87 @@ impl<R> NodeCore<R> {
                 }
             }
             Err(e) => self.fail(format!("bootstrap: {e}")),
+        }
+    }
+
+    /// The metadata leader's part in a join: a node the topology lists as joined but the
+    /// metadata group does not is added as a learner; a `Joining` node whose learner has
+    /// caught up with the log is made `Active`. Asked again at most once a second while
+    /// nothing changes (a proposal lost to a leader change is made again).
+    fn admit_joined(&mut self, now: Time) {
+        let Some(store) = self.metadata() else {
+            return;
+        };
+        let Some(membership) = self.host.membership(GroupId::METADATA) else {
+            return;
+        };
+        let applied = store.applied_index();
+        // Where the learners are (a leader must reach them; idempotent).
+        let joined: Vec<NodeId> = store.joined_nodes().collect();
+        let mut changes = Vec::new();
+        let mut activate = Vec::new();
+        for &node in &joined {
+            let Some(info) = store.topology().node(node) else {
+                continue;
+            };
+            if info.state == NodeState::Decommissioned {
+                continue;
+            }
+            let learner = ReplicaId::metadata_learner(node);
+            if !membership.voters.contains(&learner) && !membership.learners.contains(&learner) {
+                changes.push(MembershipChange::AddLearner(learner));
+            } else if info.state == NodeState::Joining
+                && self
+                    .host
+                    .replication(GroupId::METADATA, learner)
+                    .is_some_and(|(matched, _)| matched >= applied)
+            {
+                activate.push(node);
+            }
+        }
+        for node in joined {
+            self.host.set_address(
+                ReplicaId::metadata_learner(node),
+                CoreAddress::new(node, CoreId(0)),
+            );
+        }
+        let Some(c) = self.coordinator.as_mut() else {
+            return;
+        };
+        if changes.is_empty() && activate.is_empty() {
+            return;
+        }
+        if c.join_asked
+            .is_some_and(|t| now.saturating_since(t) < JOIN_RETRY)
+        {
+            return;
+        }
+        c.join_asked = Some(now);
+        // One membership change at a time (raft-rs drops a second while one is pending).
+        if let Some(&change) = changes.first() {
+            info!(?change, "admitting a joined node to the metadata group");
+            if let Err(e) =
+                self.host
+                    .change_membership(GroupId::METADATA, &[change], ProposalToken(0))
+            {
+                debug!(error = %e, "metadata learner not proposed");
+            }
+        }
+        for node in activate {
+            info!(
+                node = node.0,
+                "joined node caught up with the metadata log: making it Active"
+            );
+            let command = MetadataCommand::SetNodeState {
+                node,
+                state: NodeState::Active,
+            };
+            if let Err(e) = self
+                .host
+                .propose(GroupId::METADATA, command.encode(), ProposalToken(0))
+            {
+                debug!(error = %e, "node state not proposed");
+            }
         }
     }
 
@@ -1450,11 +1593,16 @@ fn check_op(request: &KvRequest) -> Result<(), KvReply> {
     let is_meta = request.group == GroupId::METADATA;
     let meta_op = matches!(
         request.op,
-        KvOp::Routing | KvOp::Moves | KvOp::Write { .. } | KvOp::LoadReport { .. } | KvOp::Status
+        KvOp::Routing
+            | KvOp::Moves
+            | KvOp::Write { .. }
+            | KvOp::LoadReport { .. }
+            | KvOp::Status
+            | KvOp::Cluster
     );
     let data_op = !matches!(
         request.op,
-        KvOp::Routing | KvOp::Moves | KvOp::LoadReport { .. } | KvOp::Status
+        KvOp::Routing | KvOp::Moves | KvOp::LoadReport { .. } | KvOp::Status | KvOp::Cluster
     );
     if (is_meta && meta_op) || (!is_meta && data_op) {
         Ok(())
@@ -1497,7 +1645,17 @@ fn routing_reply(m: &MetadataStore) -> KvReply {
             .groups()
             .map(|(g, p)| (g, p.replicas.iter().map(|r| (r.id.0, r.at)).collect()))
             .collect(),
+        nodes: node_addresses(m.topology()),
     }
+}
+
+/// Where each node of `topology` listens (nodes whose recorded address does not parse are
+/// left out: the metadata group admits only parseable ones).
+pub fn node_addresses(topology: &ClusterTopology) -> Vec<(NodeId, SocketAddr)> {
+    topology
+        .nodes()
+        .filter_map(|n| Some((n.node_id, n.addr.parse().ok()?)))
+        .collect()
 }
 
 /// The replica moves under way, as the metadata group knows them.
@@ -1541,6 +1699,7 @@ mod tests {
             bug: None,
             balance: BalanceConfig::default(),
             incarnation: 1,
+            joined: false,
         };
         NodeCore::new(config, BTreeMap::new()).unwrap()
     }

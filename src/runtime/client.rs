@@ -17,7 +17,8 @@ use crate::client::call::{Call, CallError, CallPolicy, CallStep, Failure};
 use crate::client::routing::Routing;
 use crate::cluster::metadata::MetadataCommand;
 use crate::cluster::placement::PlacementError;
-use crate::cluster::spec::ClusterSpec;
+use crate::cluster::spec::{ClusterInfo, ClusterSpec};
+use crate::cluster::topology::NodeInfo;
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT};
 use crate::ids::{CoreAddress, GroupId, NodeId, ReplicaId};
@@ -60,7 +61,6 @@ fn refused(message: String) -> ClientError {
 pub struct KvClient {
     endpoint: QuicEndpoint,
     tls: TlsMode,
-    spec: ClusterSpec,
     map: VShardMap,
     conns: RefCell<HashMap<SocketAddr, Connection>>,
     /// Leader cache, node health, the placement table (sans-IO, shared by every call).
@@ -89,7 +89,6 @@ impl KvClient {
         Ok(KvClient {
             endpoint,
             tls,
-            spec,
             map,
             conns: RefCell::default(),
             routing: RefCell::new(routing),
@@ -247,6 +246,14 @@ impl KvClient {
         .await
     }
 
+    /// Adds `node` to the running cluster (`start --join`): it enters the topology as
+    /// `Joining`. Refused for an id or address already taken, or another core count.
+    /// Asking again for the same node, address and cores is not an error.
+    pub async fn add_node(&self, node: NodeInfo) -> Result<(), ClientError> {
+        self.propose_metadata(MetadataCommand::AddNode { node })
+            .await
+    }
+
     /// Proposes a metadata command; a refused one is `CallError::Server` with the reason.
     async fn propose_metadata(&self, command: MetadataCommand) -> Result<(), ClientError> {
         let op = KvOp::Write {
@@ -328,9 +335,10 @@ impl KvClient {
         target: CoreAddress,
         request: &KvRequest,
     ) -> Result<KvReply, Failure> {
-        let addr = self.spec.address(target.node, target.core).ok_or_else(|| {
+        let addr = self.routing.borrow().address(target).ok_or_else(|| {
             Failure::NotSent(format!(
-                "{}/{} is not in the cluster spec",
+                "node {} core {} is neither in this client's configuration nor in the \
+                 placement tables it fetched",
                 target.node, target.core
             ))
         })?;
@@ -339,36 +347,7 @@ impl KvClient {
                 .connection(target.node, addr)
                 .await
                 .map_err(Failure::NotSent)?;
-            let result = async {
-                let not_sent = |e: String| Failure::NotSent(e);
-                let (mut send, mut recv) =
-                    conn.open_bi().await.map_err(|e| not_sent(e.to_string()))?;
-                let mut out = Vec::new();
-                encode_frame(FrameKind::Request, 0, &request.encode(), &mut out)
-                    .map_err(|e| not_sent(e.to_string()))?;
-                send.write_all(&out)
-                    .await
-                    .map_err(|e| not_sent(e.to_string()))?;
-                send.finish().map_err(|e| not_sent(e.to_string()))?;
-                let lost = |e: String| Failure::Lost(e);
-                let mut decoder = FrameDecoder::new();
-                let mut frame = None;
-                while let Some(chunk) = recv
-                    .read_chunk(usize::MAX)
-                    .await
-                    .map_err(|e| lost(e.to_string()))?
-                {
-                    decoder
-                        .decode(&chunk, |f| frame = Some(f))
-                        .map_err(|e| lost(e.to_string()))?;
-                }
-                let frame = frame
-                    .ok_or_else(|| lost("the server closed the stream without an answer".into()))?;
-                let response =
-                    KvResponseFrame::decode(&frame.payload).map_err(|e| lost(e.to_string()))?;
-                Ok::<_, Failure>(response.reply)
-            }
-            .await;
+            let result = request_on(&conn, request).await;
             if result.is_err() {
                 self.conns.borrow_mut().remove(&addr);
             }
@@ -391,7 +370,7 @@ impl KvClient {
     ) -> Result<(u64, Vec<(GroupId, Vec<(u64, CoreAddress)>)>), ClientError> {
         match self.call(GroupId::METADATA, KvOp::Routing).await? {
             // The call cached it: requests route by this table from now on.
-            KvReply::Routing { epoch, groups } => Ok((epoch, groups)),
+            KvReply::Routing { epoch, groups, .. } => Ok((epoch, groups)),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
@@ -415,6 +394,11 @@ impl KvClient {
         }
     }
 
+    /// Learns where nodes listen (nodes that joined after this client's spec was written).
+    pub fn learn_addresses(&self, nodes: &[(NodeId, SocketAddr)]) {
+        self.routing.borrow_mut().learn_addresses(nodes);
+    }
+
     /// The leader of `group` this client last saw, if any.
     pub fn cached_leader(&self, group: GroupId) -> Option<CoreAddress> {
         self.routing.borrow().router.leader(group)
@@ -435,4 +419,87 @@ impl KvClient {
     pub async fn shutdown(&self) {
         self.endpoint.shutdown().await;
     }
+}
+
+/// One request on its own stream of `conn`. A request that fails before its stream is
+/// finished never reached the server (`NotSent`); after that, it may have (`Lost`).
+async fn request_on(conn: &Connection, request: &KvRequest) -> Result<KvReply, Failure> {
+    let not_sent = |e: String| Failure::NotSent(e);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| not_sent(e.to_string()))?;
+    let mut out = Vec::new();
+    encode_frame(FrameKind::Request, 0, &request.encode(), &mut out)
+        .map_err(|e| not_sent(e.to_string()))?;
+    send.write_all(&out)
+        .await
+        .map_err(|e| not_sent(e.to_string()))?;
+    send.finish().map_err(|e| not_sent(e.to_string()))?;
+    let lost = |e: String| Failure::Lost(e);
+    let mut decoder = FrameDecoder::new();
+    let mut frame = None;
+    while let Some(chunk) = recv
+        .read_chunk(usize::MAX)
+        .await
+        .map_err(|e| lost(e.to_string()))?
+    {
+        decoder
+            .decode(&chunk, |f| frame = Some(f))
+            .map_err(|e| lost(e.to_string()))?;
+    }
+    let frame =
+        frame.ok_or_else(|| lost("the server closed the stream without an answer".into()))?;
+    let response = KvResponseFrame::decode(&frame.payload).map_err(|e| lost(e.to_string()))?;
+    Ok(response.reply)
+}
+
+/// Asks whichever node of the cluster listens at `addr` (its id unknown: its certificate
+/// must be a node's of the cluster CA) what it knows of the cluster: the first step of
+/// `start --join`.
+pub async fn cluster_info_at(
+    addr: SocketAddr,
+    tls: &TlsMode,
+    mtu: u16,
+) -> Result<ClusterInfo, ClientError> {
+    let ip: std::net::IpAddr = if addr.ip().is_loopback() {
+        addr.ip()
+    } else if addr.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let endpoint = QuicEndpoint::bind(EndpointOptions {
+        bind: SocketAddr::new(ip, 0),
+        tls: tls.clone(),
+        segmentation_offload: true,
+        mtu,
+        server: false,
+    })?;
+    let ask = async {
+        let conn = endpoint
+            .connect(addr, tls::ANY_NODE_SERVER_NAME, tls, ALPN_CLIENT)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("connecting to {addr}: {e}")))?;
+        let request = KvRequest {
+            id: 1,
+            group: GroupId::METADATA,
+            op: KvOp::Cluster,
+        };
+        match request_on(&conn, &request).await {
+            Ok(KvReply::Value(Some(json))) => serde_json::from_slice::<ClusterInfo>(&json)
+                .map_err(|e| ClientError::Protocol(format!("{addr}'s cluster description: {e}"))),
+            Ok(KvReply::Forbidden(why)) => Err(refused(format!("{addr} refused: {why}"))),
+            Ok(other) => Err(ClientError::Protocol(format!("{addr} answered {other:?}"))),
+            Err(Failure::NotSent(e) | Failure::Lost(e)) => {
+                Err(ClientError::Protocol(format!("asking {addr}: {e}")))
+            }
+        }
+    };
+    let timeout = async {
+        glommio::timer::sleep(CLIENT_REQUEST_TIMEOUT).await;
+        Err(ClientError::Protocol(format!(
+            "no answer from {addr} within {CLIENT_REQUEST_TIMEOUT:?}"
+        )))
+    };
+    let outcome = future::or(ask, timeout).await;
+    endpoint.shutdown().await;
+    outcome
 }

@@ -29,6 +29,12 @@
 //! addr = "127.0.0.1:7100"
 //! ```
 //!
+//! A node that joins a running cluster (`start --join HOST:PORT`, see `runtime::join`)
+//! lists only itself in `[[nodes]]`: its id and address. Its `cores` must be the
+//! cluster's; `groups` and `replicas` are learned from the cluster (leave `replicas` out:
+//! with one node listed, more than one is refused), and the rebalancer settings,
+//! `dead_after_secs` and the rest are its own.
+//!
 //! Unknown fields, a missing section or an invalid value are errors that name the field;
 //! nothing is silently defaulted except the documented defaults.
 
@@ -240,19 +246,25 @@ impl LoadedConfig {
             .unwrap_or(DEFAULT_REPLICAS.min(file.nodes.len() as u16));
         if replicas == 0 || usize::from(replicas) > file.nodes.len() {
             return Err(invalid(format!(
-                "replicas = {replicas} must be between 1 and the {} nodes listed",
-                file.nodes.len()
+                "replicas = {replicas} must be between 1 and the {} nodes listed{}",
+                file.nodes.len(),
+                if file.nodes.len() == 1 {
+                    " (a node that joins with --join lists only itself: leave replicas out)"
+                } else {
+                    ""
+                }
             )));
         }
         let mut ids: Vec<u64> = file.nodes.iter().map(|n| n.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1])
             || ids.contains(&0)
-            || ids.iter().any(|id| *id > 0xffff)
+            || ids.iter().any(|id| *id > NodeId::MAX)
         {
-            return Err(invalid(
-                "[[nodes]] ids must be distinct and within 1..=65535".into(),
-            ));
+            return Err(invalid(format!(
+                "[[nodes]] ids must be distinct and within 1..={}",
+                NodeId::MAX
+            )));
         }
         for n in &file.nodes {
             if u32::from(n.addr.port()) + u32::from(file.cores) > u32::from(u16::MAX) {
@@ -337,6 +349,7 @@ impl LoadedConfig {
             message: message.into(),
         };
         Ok(NodeConfig {
+            joined: None,
             node: self
                 .node
                 .ok_or_else(|| invalid("node_id is required to start a node"))?,

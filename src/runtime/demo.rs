@@ -239,6 +239,7 @@ fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, Demo
         tls::write_pem_pair(&certs, &format!("node-{}", node.0), &identity)
             .map_err(|e| setup(&e))?;
         let node_config = NodeConfig {
+            joined: None,
             node: *node,
             spec: spec.clone(),
             data_dir: dir.join(format!("node-{}", node.0)),

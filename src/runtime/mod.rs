@@ -11,6 +11,7 @@ pub mod cores;
 pub mod datadir;
 pub mod demo;
 pub mod executor;
+pub mod join;
 pub mod metrics_http;
 pub mod node;
 pub mod peers;

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::call::Failure;
 pub use crate::cluster::spec::ClusterSpec;
+use crate::cluster::spec::core_address;
 use crate::cluster::vshard::fnv1a64;
 use crate::constants::{
     CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, NODE_LOOP_IDLE,
@@ -35,6 +36,7 @@ use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 use crate::node::load::CoreLoad;
 use crate::node::{
     BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
+    node_addresses,
 };
 use crate::replication::snapshot_transfer::TokenBucket;
 use crate::runtime::client::KvClient;
@@ -70,6 +72,17 @@ pub struct NodeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// The rebalancer: on or off, its interval and move limits.
     pub balance: BalanceConfig,
+    /// Set when the node joined a running cluster (`start --join`): where its core 0
+    /// listens, since `spec` (the nodes the cluster was bootstrapped with) does not list it.
+    pub joined: Option<SocketAddr>,
+}
+
+impl NodeConfig {
+    /// Where this node's core 0 listens (its core `i` on the port plus `i`).
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.joined
+            .or_else(|| self.spec.address(self.node, CoreId(0)))
+    }
 }
 
 /// A node that could not start.
@@ -123,7 +136,7 @@ pub struct Node {
 
 impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        if config.spec.address(config.node, CoreId(0)).is_none() {
+        if config.listen().is_none() {
             return Err(NodeError::NotInSpec(config.node));
         }
         // Everything the node writes is its owner's alone: directories 0700, files 0600.
@@ -367,8 +380,9 @@ async fn core_loop(
     let spec = &config.spec;
     let local = CoreAddress::new(config.node, ctx.core());
     let metrics = node_metrics.core(local.core.0);
-    let bind = spec
-        .address(local.node, local.core)
+    let bind = config
+        .listen()
+        .and_then(|base| core_address(base, local.core))
         .ok_or_else(|| CoreLoopError::Failed("the node is not in the cluster spec".into()))?;
     let endpoint = QuicEndpoint::bind(EndpointOptions {
         bind,
@@ -393,12 +407,19 @@ async fn core_loop(
         bug: None,
         balance: config.balance,
         incarnation: liveness_incarnation(),
+        joined: config.joined.is_some(),
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
     let peers = Peers::new(endpoint.clone(), config.tls.clone(), local);
     peers.set_shape(shape);
-    peers.set_peer_nodes(peer_nodes);
+    peers.set_peer_nodes(peer_nodes.clone());
+    for &(node, base) in &spec.nodes {
+        peer_nodes.learn_address(node, base);
+    }
+    // Nodes that joined since the spec was written: core 0 learns them from the metadata
+    // group's topology, every core reaches them through `peer_nodes`.
+    let mut topology_seen = None;
     // Any core may come to host a replica that talks to any core of another node (a moved
     // replica): every core of every node is a peer, connected on first use.
     for (peer_node, _) in &spec.nodes {
@@ -463,6 +484,16 @@ async fn core_loop(
         let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
         for w in work {
             feed(&mut node, now, w);
+        }
+        if let Some(topology) = node.metadata().map(|m| m.topology())
+            && topology_seen != Some(topology.version())
+        {
+            topology_seen = Some(topology.version());
+            for (n, base) in node_addresses(topology) {
+                if n != local.node {
+                    peer_nodes.learn_address(n, base);
+                }
+            }
         }
         while let Some(write) = node.poll_log() {
             match write {
@@ -535,6 +566,7 @@ async fn core_loop(
                 caller.clone(),
                 config.clone(),
                 inbox.clone(),
+                peer_nodes.clone(),
             ))
             .detach();
         }
@@ -648,6 +680,7 @@ async fn send_call(
     caller: Rc<RefCell<Option<Rc<KvClient>>>>,
     config: Arc<NodeConfig>,
     inbox: Rc<Inbox>,
+    peer_nodes: Arc<PeerNodes>,
 ) {
     let client = caller.borrow().clone();
     let client = match client {
@@ -665,6 +698,9 @@ async fn send_call(
             }
         },
     };
+    if let Some(base) = peer_nodes.address(call.to.node) {
+        client.learn_addresses(&[(call.to.node, base)]);
+    }
     let result = client.exchange(call.to, &call.request).await;
     inbox.push(Work::CallReply(call.request.id, result));
 }

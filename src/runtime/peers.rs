@@ -22,6 +22,7 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::client::peer_health::{Admission, PeerHealth};
+use crate::cluster::spec::core_address;
 use crate::constants::{PEER_CONNECT_TIMEOUT, PEER_OUTBOX_MAX_BYTES};
 use crate::ids::{CoreAddress, CoreId, NodeId, Role};
 use crate::runtime::clock::MonotonicClock;
@@ -153,6 +154,21 @@ struct Slot {
     restarts_seen: u64,
 }
 
+impl Slot {
+    fn new(addr: SocketAddr) -> Slot {
+        Slot {
+            addr,
+            health: PeerHealth::new(),
+            conn: None,
+            control: None,
+            connecting: false,
+            outbox: Vec::new(),
+            outbox_frames: 0,
+            restarts_seen: 0,
+        }
+    }
+}
+
 /// Whether `peer`'s node restarted since `slot` last looked (any core of this node may have
 /// heard it: a process's cores share its incarnation); if so, the slot's connection, which
 /// may lead to the old process, is dropped so that the next send connects to the new one.
@@ -175,9 +191,13 @@ fn catch_up_with_restarts(peer: CoreAddress, slot: &mut Slot, restarts: u64) -> 
 /// process sends it, and a core that only ever sends to a peer core hears none: without
 /// this, its connection to the dead process stayed in use, losing every frame, until the
 /// QUIC idle timeout (30 s), while the core beside it had long reconnected.
+///
+/// It also holds where each node listens, as core 0 reads it from the metadata group's
+/// topology: a node that joined after this one started is reached through it.
 #[derive(Debug, Default)]
 pub struct PeerNodes {
     nodes: std::sync::Mutex<HashMap<NodeId, (u64, u64)>>,
+    addresses: std::sync::Mutex<HashMap<NodeId, SocketAddr>>,
 }
 
 impl PeerNodes {
@@ -189,6 +209,18 @@ impl PeerNodes {
             *entry = (incarnation, entry.1 + 1);
         }
         entry.1
+    }
+
+    /// Records where `node`'s core 0 listens (its core `i` on the port plus `i`).
+    pub fn learn_address(&self, node: NodeId, base: SocketAddr) {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        addresses.insert(node, base);
+    }
+
+    /// Where `node`'s core 0 listens, if known.
+    pub fn address(&self, node: NodeId) -> Option<SocketAddr> {
+        let addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        addresses.get(&node).copied()
     }
 
     /// How many times `node`'s process was seen to restart.
@@ -209,6 +241,23 @@ struct Shared {
     stats: PeerStats,
     incarnation: u64,
     nodes: std::sync::Arc<PeerNodes>,
+}
+
+impl Shared {
+    /// Makes a slot for `peer` if it has none and its node's address is known (a node that
+    /// joined after this core started).
+    fn learn_slot(&mut self, peer: CoreAddress) {
+        if peer == self.local || self.slots.contains_key(&peer) {
+            return;
+        }
+        if let Some(addr) = self
+            .nodes
+            .address(peer.node)
+            .and_then(|base| core_address(base, peer.core))
+        {
+            self.slots.insert(peer, Slot::new(addr));
+        }
+    }
 }
 
 /// The peer connections of one core.
@@ -256,16 +305,7 @@ impl Peers {
     /// Registers (or re-addresses) a peer core.
     pub fn add_peer(&self, peer: CoreAddress, addr: SocketAddr) {
         let mut shared = self.shared.borrow_mut();
-        let slot = shared.slots.entry(peer).or_insert_with(|| Slot {
-            addr,
-            health: PeerHealth::new(),
-            conn: None,
-            control: None,
-            connecting: false,
-            outbox: Vec::new(),
-            outbox_frames: 0,
-            restarts_seen: 0,
-        });
+        let slot = shared.slots.entry(peer).or_insert_with(|| Slot::new(addr));
         if slot.addr != addr {
             slot.addr = addr;
             slot.conn = None;
@@ -329,6 +369,7 @@ impl Peers {
         payload: &[u8],
     ) -> Result<(), PeerError> {
         let mut shared = self.shared.borrow_mut();
+        shared.learn_slot(peer);
         let slot = shared
             .slots
             .get_mut(&peer)
@@ -570,6 +611,7 @@ impl Peers {
         let (addr, endpoint, tls, timeout) = {
             let mut shared = self.shared.borrow_mut();
             let now = shared.clock.now();
+            shared.learn_slot(peer);
             let slot = shared
                 .slots
                 .get_mut(&peer)

@@ -216,6 +216,11 @@ pub fn node_server_name(node: NodeId) -> String {
     format!("node-{}", node.0)
 }
 
+/// The server name to connect with when any node of the cluster will do and its id is not
+/// known yet (`start --join HOST:PORT`): the server's certificate must chain to the
+/// cluster CA, carry a node role, and be valid for `node-<id>` of the id it names.
+pub const ANY_NODE_SERVER_NAME: &str = "nodedb-any-node";
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -456,7 +461,8 @@ pub fn client_config(mode: &TlsMode, alpn: &[u8]) -> Result<rustls::ClientConfig
             ca_cert_pem,
             identity,
         } => builder
-            .with_root_certificates(roots(ca_cert_pem)?)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::new(ca_cert_pem)?))
             .with_client_auth_cert(
                 parse_certs(&identity.cert_pem, "certificate")?,
                 parse_key(&identity.key_pem, "key")?,
@@ -482,6 +488,79 @@ pub fn client_config_without_certificate(
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
+}
+
+/// The mutual mode's server verifier: webpki against the cluster CA for the name asked;
+/// for [`ANY_NODE_SERVER_NAME`], for the name of the node the certificate's role names.
+#[derive(Debug)]
+struct ClusterServerVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ClusterServerVerifier {
+    fn new(ca_cert_pem: &str) -> Result<ClusterServerVerifier, TlsError> {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots(ca_cert_pem)?,
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(ClusterServerVerifier(inner))
+    }
+}
+
+impl ServerCertVerifier for ClusterServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let any_node =
+            matches!(server_name, ServerName::DnsName(n) if n.as_ref() == ANY_NODE_SERVER_NAME);
+        if !any_node {
+            return self.0.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        let role =
+            role_of(&[end_entity.to_vec()]).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let Some(Role::Node(node)) = role else {
+            return Err(rustls::Error::General(
+                "the server's certificate is not a node's".into(),
+            ));
+        };
+        let name = ServerName::try_from(node_server_name(node))
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        self.0
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// The insecure mode's server verifier: checks signatures, trusts any certificate.

@@ -488,6 +488,7 @@ impl Sim {
                 balance: self.balance,
                 // Later starts get higher incarnations, as wall-clock time gives in nodes.
                 incarnation: self.step + 1,
+                joined: false,
             };
             match NodeCore::new(config, groups) {
                 Ok(core) => node.cores[c].node = Some(core),

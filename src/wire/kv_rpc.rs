@@ -14,13 +14,16 @@
 //!   op 10 load report    body = report:bytes  (group 0: a node's load, `balance::report`)
 //!   op 11 status                              (group 0: the rebalancer's view, answered as a
 //!                                              value holding a JSON document)
+//!   op 12 cluster                             (group 0: settings and members, as a value
+//!                                              holding a JSON `ClusterInfo`)
 //! response = id:varint status:u8 body
 //!   status 1 written    body = response:bytes  (an encoded `KvResponse`)
 //!   status 2 value      body = present:u8 [value:bytes]
 //!   status 3 items      body = count:varint (key:bytes value:bytes)*
 //!   status 4 not leader body = hint_present:u8 [node:varint core:varint]
 //!   status 5 error      body = message:bytes
-//!   status 6 routing    body = epoch:varint count (group:varint count (replica:varint node:varint core:varint)*)*
+//!   status 6 routing    body = epoch:varint count (node:varint addr:bytes)*
+//!                              count (group:varint count (replica:varint node:varint core:varint)*)*
 //!   status 7 view       body = leader:varint voters learners joint:u8 new_matched:opt commit:varint successor:opt
 //!   status 8 accepted
 //!   status 9 index      body = index:varint
@@ -33,9 +36,11 @@
 //!
 //! Ops 5–8 are the migration executor's admin requests (a node's core 0 sends them with
 //! its node certificate; any holder of a cluster certificate may). Writes to group 0 are
-//! metadata commands, of which clients may send the operator's: `start_move`,
-//! `abandon_move` and `node_state` (roles on certificates, to confine these to operators,
-//! are not built yet); `end_move` comes only from the migration executor's own core.
+//! metadata commands, of which admins may send the operator's: `start_move`,
+//! `abandon_move` and `node_state`; a node may send `add_node` for itself (`start --join`);
+//! `bootstrap` and `end_move` come only from the cluster's own cores.
+
+use std::net::SocketAddr;
 
 use crate::constants::{
     CORES_PER_NODE_MAX, KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES,
@@ -85,6 +90,10 @@ pub enum KvOp {
     },
     /// The rebalancer's view of the cluster, from the coordinator (group 0).
     Status,
+    /// The cluster's settings and members as the addressed node knows them (group 0, any
+    /// node; answered with a JSON `ClusterInfo` in `Value`): what a node joining with
+    /// `start --join` learns first.
+    Cluster,
 }
 
 impl KvOp {
@@ -120,10 +129,13 @@ pub enum KvReply {
     Unknown(String),
     /// The sender's role (its certificate) does not allow the request; it had no effect.
     Forbidden(String),
-    /// The placement table at `epoch`: each group's replicas (Raft id and address).
+    /// The placement table at `epoch`: each group's replicas (Raft id and address), and
+    /// where each node listens (core `i` on the port plus `i`), so that a client can reach
+    /// nodes that joined after its configuration was written.
     Routing {
         epoch: u64,
         groups: Vec<(GroupId, Vec<(u64, CoreAddress)>)>,
+        nodes: Vec<(NodeId, SocketAddr)>,
     },
     View(LeaderView),
     /// An admin request was taken (its effect shows in later views).
@@ -234,6 +246,7 @@ impl KvRequest {
                 put_bytes(&mut out, report);
             }
             KvOp::Status => out.push(11),
+            KvOp::Cluster => out.push(12),
         }
         out
     }
@@ -301,6 +314,7 @@ impl KvRequest {
                     .to_vec(),
             },
             11 => KvOp::Status,
+            12 => KvOp::Cluster,
             v => {
                 return Err(DecodeError::BadEnum {
                     what: "op",
@@ -351,9 +365,18 @@ impl KvResponseFrame {
                     }
                 }
             }
-            KvReply::Routing { epoch, groups } => {
+            KvReply::Routing {
+                epoch,
+                groups,
+                nodes,
+            } => {
                 out.push(6);
                 put_varint(&mut out, *epoch);
+                put_varint(&mut out, nodes.len() as u64);
+                for (n, addr) in nodes {
+                    put_varint(&mut out, n.0);
+                    put_bytes(&mut out, addr.to_string().as_bytes());
+                }
                 put_varint(&mut out, groups.len() as u64);
                 for (g, replicas) in groups {
                     put_varint(&mut out, g.0);
@@ -473,6 +496,19 @@ impl KvResponseFrame {
             ),
             6 => {
                 let epoch = r.varint("epoch")?;
+                let k = r.count("nodes", crate::constants::NODES_MAX)?;
+                let mut nodes = Vec::with_capacity(k);
+                for _ in 0..k {
+                    let node = NodeId(r.varint("node")?);
+                    let addr = std::str::from_utf8(r.bytes("node address", 64)?)
+                        .ok()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .ok_or(DecodeError::BadEnum {
+                            what: "node address",
+                            value: 0,
+                        })?;
+                    nodes.push((node, addr));
+                }
                 let n = r.count("groups", crate::constants::VSHARD_COUNT_MAX as usize)?;
                 let mut groups = Vec::with_capacity(n.min(65_536));
                 for _ in 0..n {
@@ -495,7 +531,11 @@ impl KvResponseFrame {
                     }
                     groups.push((g, replicas));
                 }
-                KvReply::Routing { epoch, groups }
+                KvReply::Routing {
+                    epoch,
+                    groups,
+                    nodes,
+                }
             }
             7 => {
                 let leader = ReplicaId(r.varint("leader")?);
@@ -587,6 +627,7 @@ mod tests {
                 report: vec![1, 2, 3],
             },
             KvOp::Status,
+            KvOp::Cluster,
         ] {
             let req = KvRequest {
                 id: 9,
@@ -635,6 +676,7 @@ mod tests {
             KvReply::Routing {
                 epoch: 3,
                 groups: vec![(GroupId(1), vec![(65537, hint)])],
+                nodes: vec![(NodeId(2), "127.0.0.1:7020".parse().unwrap())],
             },
         ] {
             let resp = KvResponseFrame { id: 4, reply };
