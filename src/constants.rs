@@ -309,8 +309,9 @@ const _: () = assert!(VSHARD_STATE_MAX_BYTES < SNAPSHOT_MAX_BYTES);
 
 /// Raft's logical clock period. Election and heartbeat timeouts are counted in ticks.
 pub const RAFT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-/// Base election timeout in ticks (1 s); each replica adds a fixed offset below this, so
-/// timeouts are distinct (fewer split votes) yet deterministic.
+/// Base election timeout in ticks (1 s); each election draws a timeout in `[base, 2 ×
+/// base)` from a hash of the replica, its term and its draw count, so timeouts differ per
+/// replica and per election (fewer split votes) yet replay identically.
 pub const RAFT_ELECTION_TICKS: usize = 10;
 /// Heartbeat period in ticks (200 ms), well under the election timeout.
 pub const RAFT_HEARTBEAT_TICKS: usize = 2;

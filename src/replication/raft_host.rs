@@ -297,6 +297,15 @@ struct Group<S> {
     /// A leader that removed itself asks this voter to campaign, in this term, on its next
     /// few ticks (the voter refuses while it has not applied the removal yet).
     handover: Option<(u64, u64, u8)>,
+    /// The term and role the election timeout was last drawn for, and how many draws
+    /// there were (`draw_election_timeout`).
+    timeout_drawn: Option<(u64, StateRole)>,
+    timeout_draws: u64,
+    /// The index of a snapshot installed here and not yet durable. raft-rs counts it
+    /// applied only once we say so (after it is durable); until then an election would
+    /// read entries from its old applied index on, which the snapshot compacted away, and
+    /// raft-rs panics. So the replica neither ticks nor takes `TimeoutNow` meanwhile.
+    snapshot_pending: Option<u64>,
     /// A compaction snapshot to write to the log with the next batch.
     snapshot_to_persist: Option<Snapshot>,
     /// The commit index this replica's log holds durably (the last persisted hard state's).
@@ -512,6 +521,9 @@ impl<S: StateMachine> RaftHost<S> {
             pending_reads: Vec::new(),
             deferred_reads: Vec::new(),
             handover: None,
+            timeout_drawn: None,
+            timeout_draws: 0,
+            snapshot_pending: None,
             snapshot_to_persist: None,
             durable_commit,
             log_bytes,
@@ -679,7 +691,11 @@ impl<S: StateMachine> RaftHost<S> {
         }
         self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
         for group in self.groups.values_mut() {
+            if group.snapshot_pending.is_some() {
+                continue;
+            }
             for _ in 0..ticks {
+                draw_election_timeout(group);
                 group.raw.tick();
             }
             send_handover(group);
@@ -721,6 +737,10 @@ impl<S: StateMachine> RaftHost<S> {
         };
         screen(&recipient, node, &self.directory, &message)
             .map_err(|refusal| HostError::Refused { group, refusal })?;
+        if g.snapshot_pending.is_some() && message.get_msg_type() == MessageType::MsgTimeoutNow {
+            // The leader asks again on its next ticks, or another replica is elected.
+            return Ok(());
+        }
         g.raw
             .step(message)
             .map_err(|e| HostError::Raft(e.to_string()))
@@ -822,6 +842,11 @@ impl<S: StateMachine> RaftHost<S> {
             .groups
             .get_mut(&group)
             .ok_or(HostError::UnknownGroup(group))?;
+        if g.snapshot_pending.is_some() {
+            return Err(HostError::Raft(
+                "a snapshot is being made durable here; campaign once it is".into(),
+            ));
+        }
         g.raw.campaign().map_err(|e| HostError::Raft(e.to_string()))
     }
 
@@ -890,6 +915,7 @@ impl<S: StateMachine> RaftHost<S> {
                     let _ = g.raw.store().log.wl().apply_snapshot(snapshot.clone());
                     *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
                     write.snapshot = Some(snapshot);
+                    g.snapshot_pending = Some(index);
                 }
             }
             for rs in rd.take_read_states() {
@@ -959,6 +985,12 @@ impl<S: StateMachine> RaftHost<S> {
             // May commit entries (the leader's own copy now counts): they come out of the
             // next `poll_persist`.
             g.raw.on_persist_ready(number);
+            if let Some(index) = g.snapshot_pending.take()
+                && g.raw.raft.raft_log.applied < index
+            {
+                // The state machine holds it already (`poll_persist`).
+                g.raw.advance_apply_to(index);
+            }
             for m in std::mem::take(&mut g.held) {
                 route(&self.directory, &mut self.outbox, group, m);
             }
@@ -980,12 +1012,11 @@ impl<S: StateMachine> RaftHost<S> {
 /// raft-rs settings of one replica. Election timeouts are fixed and distinct per replica
 /// (derived from its id) so runs replay exactly; raft-rs would draw them from `thread_rng`.
 fn raft_config(replica: ReplicaId, applied: u64) -> Config {
-    let election = RAFT_ELECTION_TICKS + (replica.0 % RAFT_ELECTION_TICKS as u64) as usize;
     Config {
         id: replica.0,
-        election_tick: election,
-        min_election_tick: election,
-        max_election_tick: election + 1,
+        election_tick: RAFT_ELECTION_TICKS,
+        min_election_tick: RAFT_ELECTION_TICKS,
+        max_election_tick: 2 * RAFT_ELECTION_TICKS,
         heartbeat_tick: RAFT_HEARTBEAT_TICKS,
         applied,
         max_size_per_msg: 1 << 20,
@@ -994,6 +1025,28 @@ fn raft_config(replica: ReplicaId, applied: u64) -> Config {
         pre_vote: true,
         ..Config::default()
     }
+}
+
+/// Draws the replica's election timeout, in `[RAFT_ELECTION_TICKS, 2 ×
+/// RAFT_ELECTION_TICKS)` ticks, whenever its term or role changed since the last draw
+/// (raft-rs draws one then, on every reset, from the thread's random generator; ours
+/// replaces it before the next tick uses it). A draw is a hash of the replica id, the
+/// term and the draw count: the same in every replay, and different for each replica and
+/// each election, so two replicas whose elections collided once rarely collide again.
+/// Fixed timeouts per replica, one tick apart, collided election after election under
+/// message loss (simulator seed 552).
+fn draw_election_timeout<S>(g: &mut Group<S>) {
+    let raft = &mut g.raw.raft;
+    let key = (raft.term, raft.state);
+    if g.timeout_drawn == Some(key) {
+        return;
+    }
+    g.timeout_drawn = Some(key);
+    g.timeout_draws += 1;
+    let hash =
+        crate::rng::mix64(raft.id ^ raft.term.rotate_left(24) ^ g.timeout_draws.rotate_left(48));
+    let spread = hash % RAFT_ELECTION_TICKS as u64;
+    raft.set_randomized_election_timeout(RAFT_ELECTION_TICKS + spread as usize);
 }
 
 /// Snapshots the state machine and drops the applied log once it holds more than
