@@ -94,8 +94,7 @@ impl ReplicaId {
     }
 
     /// The id of the `ordinal`-th replica `group` starts with: `(group << 16) | (ordinal +
-    /// 1)`. Distinct within a group modulo 10, which spreads the replicas' fixed election
-    /// timeouts (derived from the id) over distinct ticks.
+    /// 1)`.
     pub fn initial(group: GroupId, ordinal: usize) -> ReplicaId {
         debug_assert!(ordinal < 0xffff && group.0 < 1 << 32);
         ReplicaId((group.0 << 16) | (ordinal as u64 + 1))

@@ -21,6 +21,7 @@ fn two_hundred_seeds_pass_every_checker() {
     let (mut transfers, mut rebalanced) = (0, 0);
     let (mut decommissioned, mut recommissioned) = (0, 0);
     let (mut marked_down, mut back_active) = (0, 0);
+    let (mut joins_active, mut joined_replicas) = (0, 0);
     for seed in seeds() {
         let report = run(&SimOptions::new(seed));
         ops += report.ops_completed;
@@ -36,6 +37,8 @@ fn two_hundred_seeds_pass_every_checker() {
         recommissioned += report.drains_recommissioned;
         marked_down += report.nodes_marked_down;
         back_active += report.nodes_back_active;
+        joins_active += report.joins_active;
+        joined_replicas += report.joined_replicas;
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?} (faults {:?}); replay with SEED={seed} cargo test --release --test sim",
@@ -76,6 +79,10 @@ fn two_hundred_seeds_pass_every_checker() {
             "the failure detector recorded no node Down"
         );
         assert!(back_active > 0, "no Down node came back Active");
+        // New nodes joined under faults (a run settles only once a joined node that did
+        // not fail is past `Joining`), and the rebalancer gave them replicas.
+        assert!(joins_active > 0, "no joined node became Active");
+        assert!(joined_replicas > 0, "no joined node got a replica");
     }
 }
 

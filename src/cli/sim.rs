@@ -29,6 +29,9 @@ struct FaultTotals {
     drains_recommissioned: u64,
     nodes_marked_down: u64,
     nodes_back_active: u64,
+    joins: u64,
+    joins_active: u64,
+    joined_replicas: u64,
 }
 
 impl FaultTotals {
@@ -53,6 +56,9 @@ impl FaultTotals {
         self.drains_recommissioned += r.drains_recommissioned;
         self.nodes_marked_down += r.nodes_marked_down;
         self.nodes_back_active += r.nodes_back_active;
+        self.joins += r.joins;
+        self.joins_active += r.joins_active;
+        self.joined_replicas += r.joined_replicas;
     }
 }
 
@@ -139,6 +145,10 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
         println!(
             "failure detector: {} nodes recorded Down (replicas replaced), {} back to Active",
             f.nodes_marked_down, f.nodes_back_active
+        );
+        println!(
+            "joins: {} nodes asked to join, {} Active at the end, holding {} replicas",
+            f.joins, f.joins_active, f.joined_replicas
         );
     }
     if failures == 0 && faults.unchecked_keys == 0 {

@@ -38,7 +38,7 @@ pub const JOINED_FILE: &str = "joined.json";
 /// A join that could not be made or resumed.
 #[derive(Debug, Error)]
 pub enum JoinError {
-    #[error("{path}: {source}")]
+    #[error("data directory file {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -88,8 +88,10 @@ impl crate::sim::Sim {
     /// transfers and moves are drawn in `operate`).
     pub(super) fn inject_faults(&mut self) {
         self.restart_due();
+        // Founders and, once it asked, a node that joins: faults strike it too.
+        let members = self.nodes.len() as u64;
         if self.rng.next_f64() < self.faults.crash_per_step {
-            let n = NodeId(1 + self.rng.below(self.o.nodes));
+            let n = NodeId(1 + self.rng.below(members));
             if self.nodes.get(&n).is_some_and(|node| node.up) {
                 // Sometimes back at once (mid-election), sometimes after seconds.
                 let down = if self.rng.below(2) == 0 {
@@ -105,7 +107,7 @@ impl crate::sim::Sim {
             && self.nodes.values().all(|n| !n.failed && !n.corrupted)
         {
             // A disk returns damaged data: the node notices on its next start.
-            let n = NodeId(1 + self.rng.below(self.o.nodes));
+            let n = NodeId(1 + self.rng.below(members));
             let c = self.rng.below(u64::from(self.o.cores)) as usize;
             let node = self.nodes.get_mut(&n).expect("known node");
             if node.up && node.cores[c].disk.corrupt(&mut self.rng) {
@@ -117,7 +119,7 @@ impl crate::sim::Sim {
         }
         if self.rng.next_f64() < self.faults.clock_jump_per_step {
             // A node's clock jumps ahead by up to 3 s: its timers fire early, all at once.
-            let n = NodeId(1 + self.rng.below(self.o.nodes));
+            let n = NodeId(1 + self.rng.below(members));
             let jump = STEP * (1 + self.rng.below(300)) as u32;
             if let Some(node) = self.nodes.get_mut(&n) {
                 node.clock_ahead += jump;
@@ -126,7 +128,7 @@ impl crate::sim::Sim {
         }
         if self.rng.next_f64() < self.faults.pause_per_step {
             // A process pause (GC, swap, SIGSTOP): nothing runs on the node for up to 2 s.
-            let n = NodeId(1 + self.rng.below(self.o.nodes));
+            let n = NodeId(1 + self.rng.below(members));
             let until = self.step + 1 + self.rng.below(200);
             if let Some(node) = self.nodes.get_mut(&n) {
                 node.paused_until = until;
@@ -135,9 +137,9 @@ impl crate::sim::Sim {
         }
         if self.rng.next_f64() < self.faults.partition_per_step {
             self.network.heal();
-            let a = 1 + self.rng.below(self.o.nodes);
+            let a = 1 + self.rng.below(members);
             let symmetric = self.rng.below(2) == 0;
-            for b in (1..=self.o.nodes).filter(|b| *b != a) {
+            for b in (1..=members).filter(|b| *b != a) {
                 self.network.cut(NodeId(a), NodeId(b));
                 if symmetric {
                     self.network.cut(NodeId(b), NodeId(a));

@@ -153,6 +153,13 @@ pub fn sim_balance(enabled: bool) -> BalanceConfig {
 /// One simulated step of virtual time.
 pub const STEP: Duration = Duration::from_millis(10);
 
+/// Steps after a move ended in which the run still waits for what follows it (a drained
+/// node recorded `Decommissioned` once its last move ended): 3 s, a few coordinator turns.
+const FOLLOW_UP_STEPS: u64 = 300;
+
+/// Mixed into the seed for the join draw (`Sim::new`).
+const JOIN_SALT: u64 = 0x6a6f_696e_6a6f_696e;
+
 /// The result of one run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SimReport {
@@ -197,6 +204,12 @@ pub struct SimReport {
     /// `Down` nodes recorded `Active` again once heard alive.
     pub nodes_marked_down: u64,
     pub nodes_back_active: u64,
+    /// New nodes that asked to join the running cluster (`add_node`, as `start --join`
+    /// does; one run in three with the rebalancer on), those `Active` at the end, and the
+    /// replicas they held then.
+    pub joins: u64,
+    pub joins_active: u64,
+    pub joined_replicas: u64,
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,
@@ -216,6 +229,29 @@ struct SimCore {
     node: Option<NodeCore<Endpoint>>,
     disk: SimDisk,
     writing: VecDeque<Writing>,
+}
+
+impl SimNode {
+    /// A node that has not started: empty disks.
+    fn new(cores: u16) -> SimNode {
+        SimNode {
+            cores: (0..cores)
+                .map(|_| SimCore {
+                    node: None,
+                    disk: SimDisk::new(),
+                    writing: VecDeque::new(),
+                })
+                .collect(),
+            up: false,
+            failed: false,
+            corrupted: false,
+            down_until: None,
+            terms_at_crash: BTreeMap::new(),
+            clock_ahead: Duration::ZERO,
+            paused_until: 0,
+            mail: Vec::new(),
+        }
+    }
 }
 
 struct SimNode {
@@ -274,6 +310,10 @@ struct Sim {
     retired: Option<(NodeId, Option<u64>)>,
     /// The operator asked for the drained node back.
     recommissioned: bool,
+    /// The step from which a new node asks to join (again, after a failed request).
+    join_at: Option<u64>,
+    /// Nodes the metadata group accepted as joined: they start as `start --join` does.
+    joined: BTreeSet<NodeId>,
     checks: Checks,
     trace: u64,
     report: SimReport,
@@ -293,6 +333,9 @@ struct Sim {
     node_states: BTreeMap<NodeId, NodeState>,
     /// When each move under way was first seen (step).
     move_seen_at: BTreeMap<(GroupId, ReplicaId), u64>,
+    /// When a move last left the table (step): what follows a move (a drain's end) gets
+    /// `FOLLOW_UP_STEPS` more before the run gives up on settling.
+    last_move_ended: u64,
     observed_epoch: u64,
     /// Requests to a node that was down: the sender hears the connection was refused once
     /// its connect timeout passes (step due, sender, request id).
@@ -334,28 +377,12 @@ impl Sim {
         };
         let routing = |first: usize| Routing::starting_at(&spec, first).expect("a valid spec");
         let nodes = (1..=o.nodes)
-            .map(|n| {
-                let cores = (0..o.cores)
-                    .map(|_| SimCore {
-                        node: None,
-                        disk: SimDisk::new(),
-                        writing: VecDeque::new(),
-                    })
-                    .collect();
-                let node = SimNode {
-                    cores,
-                    up: false,
-                    failed: false,
-                    corrupted: false,
-                    down_until: None,
-                    terms_at_crash: BTreeMap::new(),
-                    clock_ahead: Duration::ZERO,
-                    paused_until: 0,
-                    mail: Vec::new(),
-                };
-                (NodeId(n), node)
-            })
+            .map(|n| (NodeId(n), SimNode::new(o.cores)))
             .collect();
+        // Drawn apart from the run's generator, so runs without a join replay as before.
+        let mut join_draw = Rng::new(o.seed ^ JOIN_SALT);
+        let join_at = (o.rebalance && join_draw.below(3) == 0)
+            .then(|| 100 + join_draw.below(o.safety_steps.saturating_sub(600).max(1)));
         let mut sim = Sim {
             clients: (0..o.clients)
                 .map(|c| SimClient::new(routing(c), None))
@@ -363,6 +390,8 @@ impl Sim {
             operator: Operator::new(routing(0)),
             retired: None,
             recommissioned: false,
+            join_at,
+            joined: BTreeSet::new(),
             spec,
             scripted: false,
             rng,
@@ -382,6 +411,7 @@ impl Sim {
             moves_seen: BTreeSet::new(),
             node_states: BTreeMap::new(),
             move_seen_at: BTreeMap::new(),
+            last_move_ended: 0,
             observed_epoch: 0,
             refused: Vec::new(),
             balance: sim_balance(o.rebalance),
@@ -440,6 +470,11 @@ impl Sim {
     fn start(&mut self, n: NodeId) {
         let node_bug = self.o.bug.and_then(Bug::in_node);
         let forget_vote = self.o.bug == Some(Bug::ForgetVote);
+        let joined = self.joined.contains(&n);
+        if !joined && self.spec.nodes.iter().all(|(id, _)| *id != n) {
+            // A new node whose join was not accepted yet.
+            return;
+        }
         let node = self.nodes.get_mut(&n).expect("known node");
         if node.failed || node.up {
             return;
@@ -488,7 +523,7 @@ impl Sim {
                 balance: self.balance,
                 // Later starts get higher incarnations, as wall-clock time gives in nodes.
                 incarnation: self.step + 1,
-                joined: false,
+                joined,
             };
             match NodeCore::new(config, groups) {
                 Ok(core) => node.cores[c].node = Some(core),
@@ -501,6 +536,12 @@ impl Sim {
         node.up = true;
         node.down_until = None;
         node.mail.clear();
+    }
+
+    /// The node that asks to join the cluster in this run, once it has asked.
+    fn joining(&self) -> Option<NodeId> {
+        let node = NodeId(self.o.nodes + 1);
+        self.nodes.contains_key(&node).then_some(node)
     }
 
     /// Crashes node `n`: a record being written is lost, torn or lands whole; nothing else
@@ -559,14 +600,17 @@ impl Sim {
         let mut healed = false;
         // Liveness: every group commits a write within the liveness phase, and every move
         // finishes within that long of the later of healing and its own start (a move the
-        // rebalancer or the operator starts late in the phase gets its full window).
+        // rebalancer or the operator starts late in the phase gets its full window), and
+        // what follows a move's end (a drain's end) within `FOLLOW_UP_STEPS` of it.
         let extend = |sim: &Sim| {
             sim.settled_at.is_none()
                 && sim.step < total + sim.o.liveness_steps
-                && sim
+                && (sim
                     .move_seen_at
                     .values()
                     .any(|at| *at + sim.o.liveness_steps > sim.step)
+                    || (sim.move_seen_at.is_empty()
+                        && sim.last_move_ended + FOLLOW_UP_STEPS > sim.step))
         };
         while self.step < total || extend(&self) {
             self.step += 1;
@@ -646,6 +690,21 @@ impl Sim {
                 // Refused (a node was down for good, or too few would remain).
                 _ => {}
             }
+        }
+        if let Some(node) = self.joining()
+            && let Some(store) = self.metadata()
+        {
+            let active = store
+                .topology()
+                .node(node)
+                .is_some_and(|n| n.state == NodeState::Active);
+            let replicas: usize = store
+                .table()
+                .groups()
+                .map(|(_, p)| p.addresses().filter(|at| at.node == node).count())
+                .sum();
+            self.report.joins_active += u64::from(active);
+            self.report.joined_replicas += replicas as u64;
         }
         self.report.virtual_seconds = (STEP * self.step as u32).as_secs_f64();
         if self.settled_at.is_none() {
@@ -1010,6 +1069,9 @@ impl Sim {
         let finished = self.moves_seen.difference(&moving).count() as u64;
         self.report.moves_started += started;
         self.report.moves_finished += finished;
+        if finished > 0 {
+            self.last_move_ended = self.step;
+        }
         if started + finished > 0 {
             self.record(16, started << 8 | finished);
         }
@@ -1050,6 +1112,13 @@ impl Sim {
                 .topology()
                 .nodes()
                 .all(|n| n.state != NodeState::Draining)
+            && self.joining().is_none_or(|n| {
+                self.nodes[&n].failed
+                    || store
+                        .topology()
+                        .node(n)
+                        .is_some_and(|i| i.state != NodeState::Joining)
+            })
     }
 
     /// The running core whose replica leads `group` in the highest term, and its replica.

@@ -28,6 +28,8 @@ pub enum Chore {
     Retire(NodeId),
     /// Undo that drain while it runs (`kv recommission`).
     Recommission(NodeId),
+    /// Register a new node (`add_node`), as `start --join` does before the node starts.
+    Join(NodeId),
 }
 
 /// A chore that is over, with its outcome.
@@ -147,6 +149,9 @@ impl crate::sim::Sim {
             if faults {
                 self.retire_or_recommission(&topology);
             }
+            if !self.scripted {
+                self.ask_to_join();
+            }
             // With the rebalancer in the nodes, it moves replicas; the operator only repairs.
             if faults && !self.o.rebalance && self.rng.next_f64() < self.faults.move_per_step {
                 let group = GroupId(1 + self.rng.below(u64::from(self.o.groups)));
@@ -187,7 +192,46 @@ impl crate::sim::Sim {
         }
         for (chore, outcome) in done {
             tracing::debug!(step = self.step, ?chore, ?outcome, "operator chore done");
+            if let Chore::Join(node) = chore {
+                let accepted = matches!(&outcome, Ok(KvReply::Written(r)) if r.first() == Some(&1));
+                if accepted {
+                    self.joined.insert(node);
+                    self.start(node);
+                    self.record(19, node.0);
+                } else {
+                    // Asked again a second later (an unknown outcome, or no leader).
+                    self.join_at = Some(self.step + 100);
+                }
+            }
         }
+    }
+
+    /// From `join_at` (one run in three with the rebalancer on), a new node asks to join
+    /// with `add_node`, under whatever faults run; the node starts, as a joined node, once
+    /// the metadata group accepted it. (The request goes as the operator's, an admin's; in
+    /// a real cluster the node sends it for itself, which the same check admits.)
+    fn ask_to_join(&mut self) {
+        let node = NodeId(self.o.nodes + 1);
+        let due = self.join_at.is_some_and(|at| self.step >= at);
+        if !due || self.joined.contains(&node) || self.operator.busy(Chore::Join(node)) {
+            return;
+        }
+        if !self.nodes.contains_key(&node) {
+            self.nodes
+                .insert(node, crate::sim::SimNode::new(self.o.cores));
+            self.report.joins += 1;
+        }
+        let info = crate::cluster::topology::NodeInfo {
+            node_id: node,
+            addr: std::net::SocketAddr::from(([10, 0, 0, node.0 as u8], 7000)).to_string(),
+            cores: self.o.cores,
+            state: NodeState::Joining,
+        };
+        self.operator.start(
+            Chore::Join(node),
+            metadata_call(MetadataCommand::AddNode { node: info }),
+        );
+        self.join_at = None;
     }
 
     /// At most once a run, with the rebalancer on and no disk failed: drain a random node;
