@@ -96,8 +96,12 @@ fn the_same_seed_gives_the_same_trace() {
 }
 
 /// Runs seeds with `bug` until a checker objects; returns the first such seed.
+/// The first seed, of up to 1 000, whose run with `bug` reports a violation. Some bugs
+/// need a rare coincidence: acknowledging before the fsync is caught in 9 of the first
+/// 1 000 seeds (first at 435), since a crash must take an acknowledged, unsynced entry
+/// from a replica the next leader then counts on.
 fn first_violation(bug: Bug) -> Option<u64> {
-    (1..=200).find(|seed| {
+    (1..=1_000).find(|seed| {
         let mut options = SimOptions::new(*seed);
         options.bug = Some(bug);
         !run(&options).violations.is_empty()

@@ -1474,8 +1474,9 @@ impl<R> NodeCore<R> {
 
     /// The metadata leader's part in a join: a node the topology lists as joined but the
     /// metadata group does not is added as a learner; a `Joining` node whose learner has
-    /// caught up with the log is made `Active`. Asked again at most once a second while
-    /// nothing changes (a proposal lost to a leader change is made again).
+    /// caught up with the log is made `Active`; a decommissioned one's learner is removed.
+    /// Asked again at most once a second while nothing changes (a proposal lost to a
+    /// leader change is made again).
     fn admit_joined(&mut self, now: Time) {
         let Some(store) = self.metadata() else {
             return;
@@ -1492,10 +1493,14 @@ impl<R> NodeCore<R> {
             let Some(info) = store.topology().node(node) else {
                 continue;
             };
+            let learner = ReplicaId::metadata_learner(node);
             if info.state == NodeState::Decommissioned {
+                // Gone for good: the leader stops sending it the log.
+                if membership.learners.contains(&learner) {
+                    changes.push(MembershipChange::Remove(learner));
+                }
                 continue;
             }
-            let learner = ReplicaId::metadata_learner(node);
             if !membership.voters.contains(&learner) && !membership.learners.contains(&learner) {
                 changes.push(MembershipChange::AddLearner(learner));
             } else if info.state == NodeState::Joining

@@ -1113,11 +1113,20 @@ impl Sim {
                 .nodes()
                 .all(|n| n.state != NodeState::Draining)
             && self.joining().is_none_or(|n| {
+                let state = store.topology().node(n).map(|i| i.state);
+                // Decommissioned, its learner leaves the metadata group.
+                let learner = ReplicaId::metadata_learner(n);
+                let left = || {
+                    self.leader_of(GroupId::METADATA)
+                        .and_then(|(at, _)| self.core(at)?.host().membership(GroupId::METADATA))
+                        .is_some_and(|m| !m.learners.contains(&learner))
+                };
                 self.nodes[&n].failed
-                    || store
-                        .topology()
-                        .node(n)
-                        .is_some_and(|i| i.state != NodeState::Joining)
+                    || match state {
+                        Some(NodeState::Decommissioned) => left(),
+                        Some(NodeState::Joining) => false,
+                        _ => true,
+                    }
             })
     }
 

@@ -258,7 +258,8 @@ impl crate::sim::Sim {
             && self.faults.retire_per_step > 0.0
             && self.nodes.values().all(|n| !n.failed && !n.corrupted);
         if eligible && self.rng.next_f64() < self.faults.retire_per_step {
-            let node = NodeId(1 + self.rng.below(self.o.nodes));
+            // Any member, a node that joined included.
+            let node = NodeId(1 + self.rng.below(self.nodes.len() as u64));
             let back = (self.rng.below(3) == 0).then(|| self.step + 50 + self.rng.below(500));
             self.retired = Some((node, back));
             let state = NodeState::Draining;
