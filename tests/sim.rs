@@ -9,12 +9,12 @@ use nodedb_cluster::sim::{Bug, SimOptions, run};
 fn seeds() -> Vec<u64> {
     match std::env::var("SEED") {
         Ok(s) => vec![s.parse().expect("SEED must be a number")],
-        Err(_) => (1..=200).collect(),
+        Err(_) => (1..=500).collect(),
     }
 }
 
 #[test]
-fn two_hundred_seeds_pass_every_checker() {
+fn five_hundred_seeds_pass_every_checker() {
     let mut failures = Vec::new();
     let (mut ops, mut torn, mut refused, mut moves, mut stale) = (0, 0, 0, 0, 0);
     let (mut unchecked, mut hostile) = (0, 0);

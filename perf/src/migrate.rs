@@ -9,7 +9,11 @@
 //! promotes it, hands leadership over if needed and retires the old replica) while the
 //! writer goes on. Reported: the move's wall time and the vShard bytes moved per second,
 //! and write p50/p99 in the baseline window and during the move — the same run, so the
-//! ratio is the move's cost.
+//! ratio is the move's cost; the longest core-loop turn of any node during the move (a
+//! stall every request on that core waited out), the process's peak RSS growth during the
+//! move (both sides: the nodes share this process), and, after the nodes stopped, the same
+//! bytes over one raw QUIC connection between two cores (`quic::ours`), the transport's
+//! ceiling for the move.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -30,6 +34,12 @@ use nodedb_cluster::runtime::tls::{self, TlsMode};
 pub struct MigrateResult {
     pub vshard_bytes: u64,
     pub move_seconds: f64,
+    /// The longest core-loop turn on any core of any node during the move.
+    pub max_core_stall_us: u64,
+    /// Peak resident memory of the process during the move, over its value at the start.
+    pub peak_rss_growth_bytes: u64,
+    /// The same bytes over one raw QUIC connection between two cores, MB/s.
+    pub quic_mb_per_sec: f64,
     pub baseline_p50_us: u64,
     pub baseline_p99_us: u64,
     pub baseline_writes: u64,
@@ -90,9 +100,10 @@ pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
         // It moves a replica: an operator's certificate.
         identity: tls::issue_admin_cert(&ca, "perf").map_err(|e| e.to_string())?,
     };
+    let metrics: Vec<_> = running.iter().map(|n| n.metrics().clone()).collect();
     let outcome = spawn_executor("migrate", CorePlacement::Unbound, move || async move {
         let client = Rc::new(KvClient::new(spec, client_tls, 1452).map_err(|e| e.to_string())?);
-        let result = measure(&client, mib).await;
+        let result = measure(&client, mib, &metrics).await;
         client.shutdown().await;
         result
     })
@@ -105,7 +116,12 @@ pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     match (outcome, failures.is_empty()) {
-        (Ok(r), true) => Ok(r),
+        (Ok(mut r), true) => {
+            // The transport's ceiling for the same bytes, once the nodes are gone.
+            let quic = crate::quic::ours(&crate::quic::Certs::new(), r.vshard_bytes, 1452, true)?;
+            r.quic_mb_per_sec = quic.mb_s;
+            Ok(r)
+        }
         (Ok(_), false) => Err(failures.join("; ")),
         (Err(e), _) => Err(format!("{e} {}", failures.join("; "))),
     }
@@ -121,7 +137,41 @@ async fn group_replicas(client: &KvClient) -> Result<Vec<(u64, CoreAddress)>, St
     Ok(replicas)
 }
 
-async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, String> {
+/// Resident memory of this process, bytes (`/proc/self/statm`; 0 where unreadable).
+fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// Samples the process's RSS every 10 ms until `stop` is set: the peak seen.
+fn watch_rss(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = rss_bytes();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_bytes());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak.max(rss_bytes())
+    })
+}
+
+async fn measure(
+    client: &Rc<KvClient>,
+    mib: u64,
+    metrics: &[std::sync::Arc<nodedb_cluster::metrics::cores::NodeMetrics>],
+) -> Result<MigrateResult, String> {
+    let cores = |f: &mut dyn FnMut(&nodedb_cluster::metrics::cores::LoopTurns)| {
+        for m in metrics {
+            for c in 0..m.core_count() {
+                f(&m.core(c).loop_turns);
+            }
+        }
+    };
     // Load the vShard: `mib` MiB of 4 KiB values, 16 writers.
     let values = (mib << 20) / VALUE_BYTES as u64;
     let next = Rc::new(Cell::new(0u64));
@@ -166,6 +216,12 @@ async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, Strin
         .map(NodeId)
         .find(|n| !replicas.iter().any(|(_, a)| a.node == *n))
         .ok_or("no spare node")?;
+    cores(&mut |t| {
+        t.take_recent_max();
+    });
+    let rss_at_start = rss_bytes();
+    let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rss_watch = watch_rss(stop_watch.clone());
     let started = Instant::now();
     let to = CoreAddress {
         node: spare,
@@ -187,11 +243,18 @@ async fn measure(client: &Rc<KvClient>, mib: u64) -> Result<MigrateResult, Strin
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     let move_seconds = started.elapsed().as_secs_f64();
+    let mut max_stall = Duration::ZERO;
+    cores(&mut |t| max_stall = max_stall.max(t.take_recent_max()));
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rss_peak = rss_watch.join().map_err(|_| "the RSS sampler panicked")?;
     moving.set(false);
     let during = writer.await?;
     Ok(MigrateResult {
         vshard_bytes: values * VALUE_BYTES as u64,
         move_seconds,
+        max_core_stall_us: max_stall.as_micros() as u64,
+        peak_rss_growth_bytes: rss_peak.saturating_sub(rss_at_start),
+        quic_mb_per_sec: 0.0,
         baseline_p50_us: baseline.value_at_quantile(0.5),
         baseline_p99_us: baseline.value_at_quantile(0.99),
         baseline_writes: baseline.len(),

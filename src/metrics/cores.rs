@@ -294,11 +294,63 @@ impl CoreGauge {
 /// A load gauge: its name, its help, and how to read it from a core's record.
 type LoadSeries = (&'static str, &'static str, fn(&CoreLoadRecord) -> f64);
 
+/// Upper bounds (µs) of the loop-turn histogram's buckets; one more bucket counts the
+/// rest (`+Inf`). From well under a fast turn to a second, so a stall shows in its order of
+/// magnitude.
+pub const LOOP_TURN_BUCKETS_US: [u64; 15] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+/// How long the core loop's turns take: from the start of a turn (timers, then the work
+/// that arrived, log writes, transmits) to the moment it waits again. Everything that
+/// reaches the core meanwhile waits for the next turn, so the longest turn bounds how
+/// long the core stalled a request.
+#[derive(Debug, Default)]
+pub struct LoopTurns {
+    buckets: [AtomicU64; LOOP_TURN_BUCKETS_US.len() + 1],
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+    /// The longest turn since `take_recent_max` last read it.
+    recent_max_ns: AtomicU64,
+}
+
+impl LoopTurns {
+    pub fn observe(&self, turn: std::time::Duration) {
+        let ns = u64::try_from(turn.as_nanos()).unwrap_or(u64::MAX);
+        let us = ns / 1_000;
+        let bucket = LOOP_TURN_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LOOP_TURN_BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+        self.recent_max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// The longest turn since this was last called (benchmarks read it around a phase).
+    pub fn take_recent_max(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.recent_max_ns.swap(0, Ordering::Relaxed))
+    }
+
+    /// The longest turn since the core started.
+    pub fn max(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    }
+
+    /// Turns counted so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// The metrics of one core.
 #[derive(Debug, Default)]
 pub struct CoreMetrics {
     counters: [AtomicU64; CoreCounter::ALL.len()],
     gauges: [AtomicU64; CoreGauge::ALL.len()],
+    pub loop_turns: LoopTurns,
 }
 
 impl CoreMetrics {
@@ -383,6 +435,11 @@ impl NodeMetrics {
         &self.cores[usize::from(core)]
     }
 
+    /// How many cores the node has.
+    pub fn core_count(&self) -> u16 {
+        self.cores.len() as u16
+    }
+
     /// A counter summed over every core.
     pub fn total(&self, counter: CoreCounter) -> u64 {
         self.cores.iter().map(|c| c.counter(counter)).sum()
@@ -417,6 +474,48 @@ impl NodeMetrics {
         for g in CoreGauge::ALL {
             let (name, help) = g.name_and_help();
             series(name, help, "gauge", &|m| m.gauge(g) as f64 * g.scale());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP nodedb_core_loop_turn_seconds Duration of the core loop's turns (work that \
+             arrives during a turn waits for the next)."
+        );
+        let _ = writeln!(out, "# TYPE nodedb_core_loop_turn_seconds histogram");
+        for (core, m) in self.cores.iter().enumerate() {
+            let labels = format!("node=\"{node}\",core=\"{core}\"");
+            let mut cumulative = 0;
+            for (i, bound) in LOOP_TURN_BUCKETS_US.iter().enumerate() {
+                cumulative += m.loop_turns.buckets[i].load(Ordering::Relaxed);
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "nodedb_core_loop_turn_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            cumulative += m.loop_turns.buckets[LOOP_TURN_BUCKETS_US.len()].load(Ordering::Relaxed);
+            let sum = m.loop_turns.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "nodedb_core_loop_turn_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(out, "nodedb_core_loop_turn_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(
+                out,
+                "nodedb_core_loop_turn_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP nodedb_core_loop_turn_max_seconds The longest turn of the core loop since \
+             the node started."
+        );
+        let _ = writeln!(out, "# TYPE nodedb_core_loop_turn_max_seconds gauge");
+        for (core, m) in self.cores.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "nodedb_core_loop_turn_max_seconds{{node=\"{node}\",core=\"{core}\"}} {}",
+                m.loop_turns.max().as_secs_f64()
+            );
         }
         // The load each core last published (a contended slot shows its previous value
         // next scrape; it is skipped here).
@@ -534,11 +633,44 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // Seven load series per core besides the counters and gauges, and the two
-        // imbalance gauges of the node.
+        // Seven load series per core besides the counters and gauges, the loop-turn
+        // histogram (its buckets, +Inf, sum and count) and its max, and the two imbalance
+        // gauges of the node.
+        let histogram = LOOP_TURN_BUCKETS_US.len() + 3 + 1;
         assert_eq!(
             samples,
-            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7) + 2
+            2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7 + histogram) + 2
         );
+    }
+
+    #[test]
+    fn loop_turns_fill_cumulative_buckets_and_keep_the_longest() {
+        use std::time::Duration;
+        let (m, _) = NodeMetrics::new(NodeId(1), 1);
+        let turns = &m.core(0).loop_turns;
+        for us in [10, 60, 60, 4_000, 3_000_000] {
+            turns.observe(Duration::from_micros(us));
+        }
+        assert_eq!(turns.count(), 5);
+        assert_eq!(turns.max(), Duration::from_secs(3));
+        assert_eq!(turns.take_recent_max(), Duration::from_secs(3));
+        assert_eq!(turns.take_recent_max(), Duration::ZERO, "taken");
+        turns.observe(Duration::from_micros(200));
+        assert_eq!(turns.take_recent_max(), Duration::from_micros(200));
+        let text = m.render_prometheus();
+        for line in [
+            "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 1",
+            "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"0.0001\"} 3",
+            "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"0.005\"} 5",
+            "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"2.5\"} 5",
+            "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"+Inf\"} 6",
+            "nodedb_core_loop_turn_seconds_count{node=\"1\",core=\"0\"} 6",
+            "nodedb_core_loop_turn_max_seconds{node=\"1\",core=\"0\"} 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
     }
 }

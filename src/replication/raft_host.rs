@@ -32,8 +32,9 @@ use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
 
 use crate::constants::{
-    RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_LOG_COMPACT_ENTRIES,
-    RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION, RAFT_TICK,
+    RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
+    RAFT_LOG_COMPACT_ENTRIES, RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION,
+    RAFT_TICK,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::replication::kv::StateMachine;
@@ -1016,7 +1017,7 @@ fn raft_config(replica: ReplicaId, applied: u64) -> Config {
         id: replica.0,
         election_tick: RAFT_ELECTION_TICKS,
         min_election_tick: RAFT_ELECTION_TICKS,
-        max_election_tick: 2 * RAFT_ELECTION_TICKS,
+        max_election_tick: RAFT_ELECTION_TICKS + RAFT_ELECTION_SPREAD_TICKS,
         heartbeat_tick: RAFT_HEARTBEAT_TICKS,
         applied,
         max_size_per_msg: 1 << 20,
@@ -1027,8 +1028,8 @@ fn raft_config(replica: ReplicaId, applied: u64) -> Config {
     }
 }
 
-/// Draws the replica's election timeout, in `[RAFT_ELECTION_TICKS, 2 ×
-/// RAFT_ELECTION_TICKS)` ticks, whenever its term or role changed since the last draw
+/// Draws the replica's election timeout, in `[RAFT_ELECTION_TICKS, RAFT_ELECTION_TICKS +
+/// RAFT_ELECTION_SPREAD_TICKS)` ticks, whenever its term or role changed since the last draw
 /// (raft-rs draws one then, on every reset, from the thread's random generator; ours
 /// replaces it before the next tick uses it). A draw is a hash of the replica id, the
 /// term and the draw count: the same in every replay, and different for each replica and
@@ -1045,7 +1046,7 @@ fn draw_election_timeout<S>(g: &mut Group<S>) {
     g.timeout_draws += 1;
     let hash =
         crate::rng::mix64(raft.id ^ raft.term.rotate_left(24) ^ g.timeout_draws.rotate_left(48));
-    let spread = hash % RAFT_ELECTION_TICKS as u64;
+    let spread = hash % RAFT_ELECTION_SPREAD_TICKS as u64;
     raft.set_randomized_election_timeout(RAFT_ELECTION_TICKS + spread as usize);
 }
 

@@ -590,6 +590,7 @@ async fn core_loop(
         let idle = node.poll_timeout().map_or(NODE_LOOP_IDLE, |t| {
             t.saturating_since(clock.now()).min(NODE_LOOP_IDLE)
         });
+        metrics.loop_turns.observe(turn.elapsed());
         inbox.wait(idle).await;
     }
     node.shutdown();

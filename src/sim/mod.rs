@@ -333,6 +333,11 @@ struct Sim {
     node_states: BTreeMap<NodeId, NodeState>,
     /// When each move under way was first seen (step).
     move_seen_at: BTreeMap<(GroupId, ReplicaId), u64>,
+    /// Nodes not reachable now (down, paused, or with a link cut), since when (step); and
+    /// each node's last outage that ended (its length and end, steps): a node recorded
+    /// `Down` must have been out for `dead_after` (`check_down`).
+    unreachable_since: BTreeMap<NodeId, u64>,
+    last_outage: BTreeMap<NodeId, (u64, u64)>,
     /// When a move last left the table (step): what follows a move (a drain's end) gets
     /// `FOLLOW_UP_STEPS` more before the run gives up on settling.
     last_move_ended: u64,
@@ -412,6 +417,8 @@ impl Sim {
             node_states: BTreeMap::new(),
             move_seen_at: BTreeMap::new(),
             last_move_ended: 0,
+            unreachable_since: BTreeMap::new(),
+            last_outage: BTreeMap::new(),
             observed_epoch: 0,
             refused: Vec::new(),
             balance: sim_balance(o.rebalance),
@@ -738,6 +745,7 @@ impl Sim {
         } else {
             self.restart_due();
         }
+        self.track_outages();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for &n in &ids {
             if !self.running(n) {
@@ -1058,7 +1066,8 @@ impl Sim {
         for (node, state) in states {
             match (self.node_states.insert(node, state), state) {
                 (Some(before), NodeState::Down) if before != NodeState::Down => {
-                    self.report.nodes_marked_down += 1
+                    self.report.nodes_marked_down += 1;
+                    self.check_down(node);
                 }
                 (Some(NodeState::Down), NodeState::Active) => self.report.nodes_back_active += 1,
                 _ => {}
@@ -1084,6 +1093,51 @@ impl Sim {
             && !self.checks.violations.contains(&v)
         {
             self.checks.violations.push(v);
+        }
+    }
+
+    /// Which nodes are out of reach this step: down, paused, or with a link cut either way.
+    fn track_outages(&mut self) {
+        let step = self.step;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for n in ids {
+            let cut = ids_cut(&self.network, n, &self.nodes);
+            let reachable = self.running(n) && !cut;
+            match (reachable, self.unreachable_since.get(&n).copied()) {
+                (false, None) => {
+                    self.unreachable_since.insert(n, step);
+                }
+                (true, Some(since)) => {
+                    self.unreachable_since.remove(&n);
+                    self.last_outage.insert(n, (step - since, step));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `node` was just seen recorded `Down`: it must have been out of reach for
+    /// `dead_after`, now or in an outage that just ended (the record may commit a moment
+    /// after it came back). A node only paused or slow is never repaired away.
+    fn check_down(&mut self, node: NodeId) {
+        let step = self.step;
+        let dead_after = (self.balance.dead_after.as_nanos() / STEP.as_nanos()) as u64;
+        let now = self
+            .unreachable_since
+            .get(&node)
+            .map_or(0, |since| step - since);
+        let recent = self
+            .last_outage
+            .get(&node)
+            .filter(|(_, end)| end + FOLLOW_UP_STEPS >= step)
+            .map_or(0, |(len, _)| *len);
+        let outage = now.max(recent);
+        if outage < dead_after {
+            self.checks.violations.push(format!(
+                "node {node} was recorded Down after {} s out of reach (dead_after {} s)",
+                (STEP * outage as u32).as_secs_f64(),
+                self.balance.dead_after.as_secs_f64()
+            ));
         }
     }
 
@@ -1213,6 +1267,19 @@ impl Sim {
         self.report.violations = violations;
         self.report.unchecked_keys = unchecked;
     }
+}
+
+/// Whether a link to or from node `n` and another node is cut.
+fn ids_cut(network: &Network, n: NodeId, nodes: &BTreeMap<NodeId, SimNode>) -> bool {
+    nodes.keys().filter(|m| **m != n).any(|m| {
+        network.is_cut(
+            Endpoint::Core(CoreAddress::new(n, CoreId(0))),
+            Endpoint::Core(CoreAddress::new(*m, CoreId(0))),
+        ) || network.is_cut(
+            Endpoint::Core(CoreAddress::new(*m, CoreId(0))),
+            Endpoint::Core(CoreAddress::new(n, CoreId(0))),
+        )
+    })
 }
 
 /// `count` distinct keys, key `i` in vShard `i mod groups` (group `1 + i mod groups`).
