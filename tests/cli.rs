@@ -833,23 +833,53 @@ impl FourNodes {
     }
 }
 
+/// A client writing numbered keys through the CLI: what was acknowledged, what failed.
+struct Writes {
+    client: String,
+    acked: Vec<(String, String)>,
+    failed: Vec<String>,
+}
+
+impl Writes {
+    fn new(client: &str) -> Writes {
+        Writes {
+            client: client.to_owned(),
+            acked: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, i: usize) {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        let out = cli(&["kv", "--config", &self.client, "put", &key, &value]);
+        if out.status.success() {
+            self.acked.push((key, value));
+        } else {
+            self.failed
+                .push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+
+    /// The acknowledged writes that do not read back.
+    fn lost(&self) -> Vec<&(String, String)> {
+        self.acked
+            .iter()
+            .filter(|(k, v)| {
+                let out = cli(&["kv", "--config", &self.client, "get", k]);
+                String::from_utf8_lossy(&out.stdout).trim() != v
+            })
+            .collect()
+    }
+}
+
 #[test]
 fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stopped() {
     use std::time::{Duration, Instant};
     let mut cluster = FourNodes::start("cli-decommission", "");
     let (c, a) = (cluster.client.clone(), cluster.admin.clone());
     let (c, a) = (c.as_str(), a.as_str());
-    let (mut acked, mut failed) = (Vec::new(), Vec::new());
-    let mut put = |i: usize| {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        let out = cli(&["kv", "--config", c, "put", &key, &value]);
-        if out.status.success() {
-            acked.push((key, value));
-        } else {
-            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-    };
-    (0..16).for_each(&mut put);
+    let mut writes = Writes::new(c);
+    (0..16).for_each(|i| writes.put(i));
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
     let by_client = cli(&["kv", "--config", c, "decommission", "--node", "4"]);
     let unknown = cli(&["kv", "--config", a, "decommission", "--node", "9"]);
@@ -859,7 +889,7 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = 16;
     let drained = loop {
-        put(i);
+        writes.put(i);
         i += 1;
         let n4 = cluster.node_status(4);
         if n4["safe_to_stop"] == true || Instant::now() > deadline {
@@ -869,14 +899,8 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
     let placement_before_stop = cli(&["kv", "--config", c, "placement"]);
     let _ = cluster.children[3].kill();
     let _ = cluster.children[3].wait();
-    (i..i + 8).for_each(&mut put);
-    let lost: Vec<&(String, String)> = acked
-        .iter()
-        .filter(|(k, v)| {
-            let out = cli(&["kv", "--config", c, "get", k]);
-            String::from_utf8_lossy(&out.stdout).trim() != v
-        })
-        .collect();
+    (i..i + 8).for_each(|i| writes.put(i));
+    let lost = writes.lost();
     let recommission = cli(&["kv", "--config", a, "recommission", "--node", "4"]);
     cluster.stop();
     assert!(!by_client.status.success());
@@ -903,7 +927,11 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
         table.lines().skip(1).all(|l| !l.contains("@4/")),
         "a replica is left on node 4:\n{table}"
     );
-    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(
+        writes.failed.is_empty(),
+        "writes failed: {:?}",
+        writes.failed
+    );
     assert!(
         lost.is_empty(),
         "acknowledged writes not read back: {lost:?}"
@@ -926,17 +954,8 @@ fn a_fifth_node_joins_with_join_takes_its_share_of_replicas_and_restarts_without
     use std::time::{Duration, Instant};
     let mut cluster = FourNodes::start_with("cli-join", 32, "");
     let c = cluster.client.clone();
-    let (mut acked, mut failed) = (Vec::new(), Vec::new());
-    let mut put = |i: usize| {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        let out = cli(&["kv", "--config", &c, "put", &key, &value]);
-        if out.status.success() {
-            acked.push((key, value));
-        } else {
-            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-    };
-    (0..16).for_each(&mut put);
+    let mut writes = Writes::new(&c);
+    (0..16).for_each(|i| writes.put(i));
     let d = cluster.dir.to_str().unwrap().to_owned();
     let cert = [
         "certs",
@@ -992,7 +1011,7 @@ fn a_fifth_node_joins_with_join_takes_its_share_of_replicas_and_restarts_without
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut i = 16;
     let joined = loop {
-        put(i);
+        writes.put(i);
         i += 1;
         if let Ok(Some(status)) = cluster.children[4].try_wait() {
             let mut said = String::new();
@@ -1026,21 +1045,15 @@ fn a_fifth_node_joins_with_join_takes_its_share_of_replicas_and_restarts_without
     cluster.children[4] = cluster.spawn(5);
     let deadline = Instant::now() + Duration::from_secs(30);
     let back = loop {
-        put(i);
+        writes.put(i);
         i += 1;
         let node = cluster.node_status(5);
         if (node["state"] == "Active" && node["fresh"] == true) || Instant::now() > deadline {
             break node;
         }
     };
-    (i..i + 8).for_each(&mut put);
-    let lost: Vec<&(String, String)> = acked
-        .iter()
-        .filter(|(k, v)| {
-            let out = cli(&["kv", "--config", &c, "get", k]);
-            String::from_utf8_lossy(&out.stdout).trim() != v
-        })
-        .collect();
+    (i..i + 8).for_each(|i| writes.put(i));
+    let lost = writes.lost();
     let others: Vec<u64> = (1..=4).map(|n| share(&cluster.node_status(n))).collect();
     cluster.stop();
     assert_eq!(joined["state"], "Active", "{joined}");
@@ -1060,7 +1073,11 @@ fn a_fifth_node_joins_with_join_takes_its_share_of_replicas_and_restarts_without
         said(&founder)
     );
     assert_eq!(back["state"], "Active", "{back}");
-    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(
+        writes.failed.is_empty(),
+        "writes failed: {:?}",
+        writes.failed
+    );
     assert!(
         lost.is_empty(),
         "acknowledged writes not read back: {lost:?}"
@@ -1077,17 +1094,8 @@ fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_activ
     use std::time::{Duration, Instant};
     let mut cluster = FourNodes::start("cli-repair", "dead_after_secs = 2");
     let c = cluster.client.clone();
-    let (mut acked, mut failed) = (Vec::new(), Vec::new());
-    let mut put = |i: usize| {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        let out = cli(&["kv", "--config", &c, "put", &key, &value]);
-        if out.status.success() {
-            acked.push((key, value));
-        } else {
-            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-    };
-    (0..16).for_each(&mut put);
+    let mut writes = Writes::new(&c);
+    (0..16).for_each(|i| writes.put(i));
     // The victim: a node that does not coordinate (`kv status` goes through the
     // coordinator), once every node reports.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1112,14 +1120,14 @@ fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_activ
     let mut i = 16;
     while Instant::now() < paused_until {
         states_while_paused.push(cluster.node_status(victim)["state"].clone());
-        put(i);
+        writes.put(i);
         i += 1;
     }
     assert!(signal("-CONT").success());
     let deadline = Instant::now() + Duration::from_secs(6);
     while Instant::now() < deadline {
         states_while_paused.push(cluster.node_status(victim)["state"].clone());
-        put(i);
+        writes.put(i);
         i += 1;
     }
     // Killed: Down after detection, suspicion and `dead_after_secs`, then repaired.
@@ -1129,7 +1137,7 @@ fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_activ
     let deadline = killed + Duration::from_secs(60);
     let mut down_after = None;
     let repaired = loop {
-        put(i);
+        writes.put(i);
         i += 1;
         let node = cluster.node_status(victim);
         if node["state"] == "Down" && down_after.is_none() {
@@ -1144,21 +1152,15 @@ fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_activ
     cluster.children[victim as usize - 1] = cluster.spawn(victim);
     let deadline = Instant::now() + Duration::from_secs(30);
     let back = loop {
-        put(i);
+        writes.put(i);
         i += 1;
         let node = cluster.node_status(victim);
         if node["state"] == "Active" || Instant::now() > deadline {
             break node;
         }
     };
-    let lost: Vec<&(String, String)> = acked
-        .iter()
-        .filter(|(k, v)| {
-            let out = cli(&["kv", "--config", &c, "get", k]);
-            String::from_utf8_lossy(&out.stdout).trim() != v
-        })
-        .collect();
-    let written = acked.len();
+    let lost = writes.lost();
+    let written = writes.acked.len();
     cluster.stop();
     assert!(
         states_while_paused.iter().all(|s| s == "Active"),
@@ -1173,7 +1175,11 @@ fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_activ
         "a replica is left on node {victim}:\n{table}"
     );
     assert_eq!(back["state"], "Active", "{back}");
-    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert!(
+        writes.failed.is_empty(),
+        "writes failed: {:?}",
+        writes.failed
+    );
     assert!(written > 40, "only {written} writes");
     assert!(
         lost.is_empty(),

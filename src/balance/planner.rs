@@ -126,7 +126,13 @@ impl LastMoved {
     }
 
     /// Whether a move of `candidate` (`None`: a move between the cores of a node) must wait:
-    /// the vShard moved since `run_started` or is within its hold. A core move waits only
+    /// the vShard moved since `run_started` or is within its hold. Outside a run
+    /// (`in_run` false) a replica move is held by the last run's copies only, not by its
+    /// leader transfers: a run that transferred every vShard's leadership would otherwise
+    /// leave no copy to start the next run with (a joined node waited for ever). Leader
+    /// transfers stay held by the last run's moves until the next run starts: released
+    /// at once, leaderships went back and forth between two nodes every few seconds under
+    /// a steady load (`tests/sim_scenarios.rs`). A core move waits only
     /// for replica moves of the vShard (to another node or core), and holds back replica
     /// moves only: where on its node a replica lives says nothing about which node should
     /// lead, so a leader transfer is not held by one (a core move of a hot leader would
@@ -135,6 +141,7 @@ impl LastMoved {
         &self,
         candidate: Option<MoveKind>,
         run_started: Option<Time>,
+        in_run: bool,
         now: Time,
         config: &PlannerConfig,
     ) -> bool {
@@ -147,7 +154,8 @@ impl LastMoved {
                 since_run(self.latest()) || self.holds(MoveKind::LeaderTransfer, now, config)
             }
             Some(MoveKind::ReplicaMove) => {
-                since_run(self.latest().max(self.core))
+                let moved = if in_run { self.latest() } else { self.replica };
+                since_run(moved.max(self.core))
                     || cooling(self.core)
                     || self.holds(MoveKind::ReplicaMove, now, config)
             }
@@ -593,7 +601,7 @@ fn settle(
     last_moved: &HashMap<u32, LastMoved>,
     count: usize,
     moving: &[VShardId],
-    run_started: Option<Time>,
+    (run_started, in_run): (Option<Time>, bool),
     now: Time,
     config: &PlannerConfig,
     [replica, leader, core]: [&mut Vec<bool>; 3],
@@ -607,9 +615,11 @@ fn settle(
         if v >= count {
             continue;
         }
-        replica[v] = moved.held(Some(MoveKind::ReplicaMove), run_started, now, config);
-        leader[v] = moved.held(Some(MoveKind::LeaderTransfer), run_started, now, config);
-        core[v] = moved.held(None, run_started, now, config);
+        let (replica_kind, leader_kind) =
+            (Some(MoveKind::ReplicaMove), Some(MoveKind::LeaderTransfer));
+        replica[v] = moved.held(replica_kind, run_started, in_run, now, config);
+        leader[v] = moved.held(leader_kind, run_started, in_run, now, config);
+        core[v] = moved.held(None, run_started, in_run, now, config);
     }
     for v in moving {
         let v = v.0 as usize;
@@ -714,14 +724,11 @@ impl<'a> Sweep<'a> {
         let leaders_by_units = std::mem::take(&mut model.core_leaders);
         let (mut settled, mut settled_leader, mut settled_core) =
             (Vec::new(), Vec::new(), Vec::new());
-        // Outside a run only the holds in time apply: a sweep that may start a new run must
-        // be free to, or a run that moved every vShard would leave none to start the next.
-        let run_started = planner.run_started.filter(|_| planner.run_active);
         settle(
             &planner.last_moved,
             placement.vshard_count() as usize,
             &model.moving,
-            run_started,
+            (planner.run_started, planner.run_active),
             now,
             &planner.config,
             [&mut settled, &mut settled_leader, &mut settled_core],
@@ -960,7 +967,7 @@ impl<'a> Sweep<'a> {
                 self.last_moved,
                 self.placement.vshard_count() as usize,
                 &self.model.moving,
-                None,
+                (None, true),
                 self.now,
                 self.config,
                 [

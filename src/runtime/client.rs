@@ -73,19 +73,11 @@ impl KvClient {
     pub fn new(spec: ClusterSpec, tls: TlsMode, mtu: u16) -> Result<KvClient, ClientError> {
         let map = VShardMap::new(spec.groups)?;
         let routing = Routing::new(&spec)?;
-        // Loopback clusters are reached from loopback; others from any local address.
-        let ip = match spec.nodes.first().map(|(_, a)| a.ip()) {
-            Some(ip) if ip.is_loopback() => ip,
-            Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-            _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        };
-        let endpoint = QuicEndpoint::bind(EndpointOptions {
-            bind: SocketAddr::new(ip, 0),
-            tls: tls.clone(),
-            segmentation_offload: true,
-            mtu,
-            server: false,
-        })?;
+        let towards = spec
+            .nodes
+            .first()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(_, a)| *a);
+        let endpoint = client_endpoint(towards, &tls, mtu)?;
         Ok(KvClient {
             endpoint,
             tls,
@@ -451,6 +443,29 @@ async fn request_on(conn: &Connection, request: &KvRequest) -> Result<KvReply, F
     Ok(response.reply)
 }
 
+/// A client's endpoint for reaching nodes like `towards`: loopback clusters are reached
+/// from loopback, others from any local address of the same family.
+fn client_endpoint(
+    towards: SocketAddr,
+    tls: &TlsMode,
+    mtu: u16,
+) -> Result<QuicEndpoint, ClientError> {
+    let ip: std::net::IpAddr = if towards.ip().is_loopback() {
+        towards.ip()
+    } else if towards.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    Ok(QuicEndpoint::bind(EndpointOptions {
+        bind: SocketAddr::new(ip, 0),
+        tls: tls.clone(),
+        segmentation_offload: true,
+        mtu,
+        server: false,
+    })?)
+}
+
 /// Asks whichever node of the cluster listens at `addr` (its id unknown: its certificate
 /// must be a node's of the cluster CA) what it knows of the cluster: the first step of
 /// `start --join`.
@@ -459,20 +474,7 @@ pub async fn cluster_info_at(
     tls: &TlsMode,
     mtu: u16,
 ) -> Result<ClusterInfo, ClientError> {
-    let ip: std::net::IpAddr = if addr.ip().is_loopback() {
-        addr.ip()
-    } else if addr.is_ipv6() {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    let endpoint = QuicEndpoint::bind(EndpointOptions {
-        bind: SocketAddr::new(ip, 0),
-        tls: tls.clone(),
-        segmentation_offload: true,
-        mtu,
-        server: false,
-    })?;
+    let endpoint = client_endpoint(addr, tls, mtu)?;
     let ask = async {
         let conn = endpoint
             .connect(addr, tls::ANY_NODE_SERVER_NAME, tls, ALPN_CLIENT)
