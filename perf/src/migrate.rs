@@ -16,20 +16,14 @@
 //! ceiling for the move.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use nodedb_cluster::ids::{CoreAddress, GroupId};
-use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::runtime::bench::{self, Cluster, MTU};
 use nodedb_cluster::runtime::client::KvClient;
-use nodedb_cluster::runtime::cores::CoreLayout;
-use nodedb_cluster::runtime::demo::free_base_port;
-use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
-use nodedb_cluster::runtime::node::{ClusterSpec, Node, NodeConfig};
-use nodedb_cluster::runtime::tls::{self, TlsMode};
 
 pub struct MigrateResult {
     pub vshard_bytes: u64,
@@ -48,93 +42,21 @@ pub struct MigrateResult {
     pub during_writes: u64,
 }
 
-const VALUE_BYTES: usize = 4096;
-const GROUP: GroupId = GroupId(1);
-
 pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ca = tls::generate_ca("perf").map_err(|e| e.to_string())?;
-    let nodes: Vec<(NodeId, SocketAddr)> = (1..=4)
-        .map(|n| {
-            free_base_port(1)
-                .map(|p| (NodeId(n), SocketAddr::from(([127, 0, 0, 1], p))))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
-    let spec = ClusterSpec {
-        nodes,
-        cores: 1,
-        groups: 1,
-        replicas: 3,
+    let cluster = Cluster::start(&dir, 4, 3, None)?;
+    let metrics: Vec<_> = cluster.nodes.iter().map(|n| n.metrics().clone()).collect();
+    let outcome =
+        cluster.with_client(move |client| async move { measure(&client, mib, &metrics).await });
+    let stopped = cluster.shutdown();
+    let mut r = match (outcome, stopped) {
+        (Ok(r), Ok(())) => r,
+        (Ok(_), Err(failures)) => return Err(failures),
+        (Err(e), stopped) => return Err(format!("{e} {}", stopped.err().unwrap_or_default())),
     };
-    let mut running = Vec::new();
-    for n in 1..=4 {
-        let identity = tls::issue_node_cert(&ca, NodeId(n), &["127.0.0.1".into()])
-            .map_err(|e| e.to_string())?;
-        running.push(
-            Node::start(NodeConfig {
-                joined: None,
-                node: NodeId(n),
-                spec: spec.clone(),
-                data_dir: dir.join(format!("node-{n}")),
-                tls: TlsMode::Mutual {
-                    ca_cert_pem: ca.cert_pem.clone(),
-                    identity,
-                },
-                layout: CoreLayout::Unbound,
-                mtu: 1452,
-                snapshot_rate: None,
-                metrics_addr: None,
-                // The benchmark moves one vShard itself.
-                balance: nodedb_cluster::node::BalanceConfig {
-                    enabled: false,
-                    ..Default::default()
-                },
-            })
-            .map_err(|e| e.to_string())?,
-        );
-    }
-    let client_tls = TlsMode::Mutual {
-        ca_cert_pem: ca.cert_pem.clone(),
-        // It moves a replica: an operator's certificate.
-        identity: tls::issue_admin_cert(&ca, "perf").map_err(|e| e.to_string())?,
-    };
-    let metrics: Vec<_> = running.iter().map(|n| n.metrics().clone()).collect();
-    let outcome = spawn_executor("migrate", CorePlacement::Unbound, move || async move {
-        let client = Rc::new(KvClient::new(spec, client_tls, 1452).map_err(|e| e.to_string())?);
-        let result = measure(&client, mib, &metrics).await;
-        client.shutdown().await;
-        result
-    })
-    .map_err(|e| e.to_string())
-    .and_then(|h| h.join().map_err(|e| e.to_string()))
-    .and_then(|r| r);
-    let failures: Vec<String> = running.iter().filter_map(Node::failure).collect();
-    for node in running {
-        let _ = node.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    match (outcome, failures.is_empty()) {
-        (Ok(mut r), true) => {
-            // The transport's ceiling for the same bytes, once the nodes are gone.
-            let quic = crate::quic::ours(&crate::quic::Certs::new(), r.vshard_bytes, 1452, true)?;
-            r.quic_mb_per_sec = quic.mb_s;
-            Ok(r)
-        }
-        (Ok(_), false) => Err(failures.join("; ")),
-        (Err(e), _) => Err(format!("{e} {}", failures.join("; "))),
-    }
-}
-
-/// The group's replicas in the placement table (Raft id, core).
-async fn group_replicas(client: &KvClient) -> Result<Vec<(u64, CoreAddress)>, String> {
-    let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
-    let (_, replicas) = groups
-        .into_iter()
-        .find(|(g, _)| *g == GROUP)
-        .ok_or("no group")?;
-    Ok(replicas)
+    // The transport's ceiling for the same bytes, once the nodes are gone.
+    let quic = crate::quic::ours(&crate::quic::Certs::new(), r.vshard_bytes, MTU, true)?;
+    r.quic_mb_per_sec = quic.mb_s;
+    Ok(r)
 }
 
 /// Resident memory of this process, bytes (`/proc/self/statm`; 0 where unreadable).
@@ -172,30 +94,7 @@ async fn measure(
             }
         }
     };
-    // Load the vShard: `mib` MiB of 4 KiB values, 16 writers.
-    let values = (mib << 20) / VALUE_BYTES as u64;
-    let next = Rc::new(Cell::new(0u64));
-    let mut loaders = Vec::new();
-    for _ in 0..16 {
-        let (client, next) = (client.clone(), next.clone());
-        loaders.push(glommio::spawn_local(async move {
-            let value = vec![0x5au8; VALUE_BYTES];
-            loop {
-                let i = next.get();
-                if i >= values {
-                    return Ok::<(), String>(());
-                }
-                next.set(i + 1);
-                client
-                    .put(format!("load-{i:08}").as_bytes(), &value)
-                    .await
-                    .map_err(|e| format!("loading: {e}"))?;
-            }
-        }));
-    }
-    for l in loaders {
-        l.await?;
-    }
+    let vshard_bytes = bench::load(client, mib << 20).await?;
     let baseline = write_window(client, Duration::from_secs(3), None).await?;
     let moving = Rc::new(Cell::new(true));
     let writer = {
@@ -205,12 +104,7 @@ async fn measure(
         })
     };
     // The group's first replica moves to the node that holds none.
-    let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
-    let replicas = &groups
-        .iter()
-        .find(|(g, _)| *g == GROUP)
-        .ok_or("no group")?
-        .1;
+    let replicas = bench::replicas(client).await?;
     let source = replicas.first().ok_or("a group without replicas")?.1.node;
     let spare = (1..=4)
         .map(NodeId)
@@ -222,27 +116,8 @@ async fn measure(
     let rss_at_start = rss_bytes();
     let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rss_watch = watch_rss(stop_watch.clone());
-    let started = Instant::now();
-    let to = CoreAddress {
-        node: spare,
-        core: CoreId(0),
-    };
-    client
-        .move_replica(GROUP, source, to)
-        .await
-        .map_err(|e| format!("starting the move: {e}"))?;
-    let deadline = started + Duration::from_secs(600);
-    loop {
-        let replicas = group_replicas(client).await?;
-        if replicas.len() == 3 && !replicas.iter().any(|(_, a)| a.node == source) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err("the move did not finish in 600 s".into());
-        }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    let move_seconds = started.elapsed().as_secs_f64();
+    let moved = bench::move_replica(client, source, spare).await;
+    let move_seconds = moved?.as_secs_f64();
     let mut max_stall = Duration::ZERO;
     cores(&mut |t| max_stall = max_stall.max(t.take_recent_max()));
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -250,7 +125,7 @@ async fn measure(
     moving.set(false);
     let during = writer.await?;
     Ok(MigrateResult {
-        vshard_bytes: values * VALUE_BYTES as u64,
+        vshard_bytes,
         move_seconds,
         max_core_stall_us: max_stall.as_micros() as u64,
         peak_rss_growth_bytes: rss_peak.saturating_sub(rss_at_start),

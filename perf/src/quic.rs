@@ -13,11 +13,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nodedb_cluster::ids::NodeId;
-use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
-use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
-use nodedb_cluster::runtime::tls::{self, ALPN_PEER, TlsMode};
+use nodedb_cluster::runtime::bench::{QuicPair, quic_bulk};
+use nodedb_cluster::runtime::executor::CorePlacement;
+use nodedb_cluster::runtime::tls::{self, ALPN_PEER};
 
-/// Bytes per application write.
+/// Bytes per application write (stock quinn and TCP; ours writes as many).
 const WRITE_BYTES: usize = 1 << 20;
 /// Stream and connection windows, the same for ours and stock quinn.
 const STREAM_WINDOW: u32 = 8 << 20;
@@ -53,120 +53,19 @@ fn placements() -> (CorePlacement, CorePlacement) {
 }
 
 /// Certificates shared by every QUIC contender (same key type, same verification work).
-pub struct Certs {
-    server: TlsMode,
-    client: TlsMode,
-}
+pub struct Certs(QuicPair);
 
 impl Certs {
     pub fn new() -> Certs {
-        let ca = tls::generate_ca("bench").expect("generate CA");
-        let node =
-            |id| tls::issue_node_cert(&ca, NodeId(id), &["127.0.0.1".into()]).expect("issue cert");
-        let mode = |identity| TlsMode::Mutual {
-            ca_cert_pem: ca.cert_pem.clone(),
-            identity,
-        };
-        Certs {
-            server: mode(node(1)),
-            client: mode(node(2)),
-        }
+        Certs(QuicPair::new().expect("certificates"))
     }
 }
 
-/// Our endpoint on glommio, with or without GSO/GRO.
+/// Our endpoint on glommio, with or without GSO/GRO (`runtime::bench::quic_bulk`).
 pub fn ours(certs: &Certs, bytes: u64, mtu: u16, offload: bool) -> Result<Sample, String> {
-    let (server_cpu, client_cpu) = placements();
-    let (addr_tx, addr_rx) = mpsc::sync_channel::<SocketAddr>(1);
-    let (done_tx, done_rx) = mpsc::sync_channel::<Result<(Instant, u64), String>>(1);
-    let (start_tx, start_rx) = mpsc::sync_channel::<Instant>(1);
-    let options = |tls: TlsMode, server| EndpointOptions {
-        bind: "127.0.0.1:0".parse().expect("literal address"),
-        tls,
-        segmentation_offload: offload,
-        mtu,
-        server,
-    };
-    let server_options = options(certs.server.clone(), true);
-    let client_tls = certs.client.clone();
-    let client_options = options(client_tls.clone(), false);
     let cpu_before = cpu_seconds();
-    let server = spawn_executor("bench-server", server_cpu, move || async move {
-        let result = async {
-            let endpoint = QuicEndpoint::bind(server_options).map_err(|e| e.to_string())?;
-            addr_tx
-                .send(endpoint.local_addr().map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-            let conn = endpoint.accept().await.ok_or("no connection")?;
-            let mut stream = conn.accept_uni().await.map_err(|e| e.to_string())?;
-            let mut received = 0u64;
-            while let Some(chunk) = stream
-                .read_chunk(usize::MAX)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                received += chunk.len() as u64;
-            }
-            let end = Instant::now();
-            if std::env::var_os("NODEDB_PERF_DEBUG").is_some() {
-                eprintln!("server stats: {:?}", endpoint.stats());
-            }
-            conn.close(0, b"done");
-            endpoint.shutdown().await;
-            Ok((end, received))
-        }
-        .await;
-        let _ = done_tx.send(result);
-    })
-    .map_err(|e| e.to_string())?;
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|e| format!("server did not start: {e}"))?;
-    let client = spawn_executor("bench-client", client_cpu, move || async move {
-        let endpoint = QuicEndpoint::bind(client_options).map_err(|e| e.to_string())?;
-        let conn = endpoint
-            .connect(
-                addr,
-                &tls::node_server_name(NodeId(1)),
-                &client_tls,
-                ALPN_PEER,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-        let buf = vec![0x5au8; WRITE_BYTES];
-        let _ = start_tx.send(Instant::now());
-        let mut sent = 0u64;
-        while sent < bytes {
-            let n = (bytes - sent).min(WRITE_BYTES as u64) as usize;
-            stream
-                .write_all(&buf[..n])
-                .await
-                .map_err(|e| e.to_string())?;
-            sent += n as u64;
-        }
-        stream.finish().map_err(|e| e.to_string())?;
-        conn.closed().await;
-        if std::env::var_os("NODEDB_PERF_DEBUG").is_some() {
-            eprintln!("client stats: {:?}", endpoint.stats());
-        }
-        endpoint.shutdown().await;
-        Ok::<_, String>(())
-    })
-    .map_err(|e| e.to_string())?;
-    let start = start_rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|e| format!("client did not start: {e}"))?;
-    let (end, received) = done_rx
-        .recv_timeout(Duration::from_secs(300))
-        .map_err(|e| e.to_string())??;
-    client.join().map_err(|e| e.to_string())??;
-    server.join().map_err(|e| e.to_string())?;
-    let cpu = cpu_seconds() - cpu_before;
-    if received != bytes {
-        return Err(format!("received {received} of {bytes} bytes"));
-    }
-    Ok(sample(bytes, end - start, cpu))
+    let elapsed = quic_bulk(&certs.0, bytes, mtu, offload, placements())?;
+    Ok(sample(bytes, elapsed, cpu_seconds() - cpu_before))
 }
 
 fn quinn_transport(mtu: u16) -> Arc<quinn::TransportConfig> {
@@ -202,11 +101,11 @@ fn pin_to(cpu: CorePlacement) {
 pub fn stock_quinn(certs: &Certs, bytes: u64, mtu: u16) -> Result<Sample, String> {
     let (server_cpu, client_cpu) = placements();
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
-        tls::server_config(&certs.server).map_err(|e| e.to_string())?,
+        tls::server_config(&certs.0.server).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-        tls::client_config(&certs.client, ALPN_PEER).map_err(|e| e.to_string())?,
+        tls::client_config(&certs.0.client, ALPN_PEER).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));

@@ -4,6 +4,7 @@
 //! later issues, bytes) in and out of them. glommio is unmaintained since 2024, so it is
 //! named nowhere else: replacing it means rewriting this module only.
 
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod config;
