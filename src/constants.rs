@@ -310,7 +310,7 @@ const _: () = assert!(VSHARD_STATE_MAX_BYTES < SNAPSHOT_MAX_BYTES);
 /// Raft's logical clock period. Election and heartbeat timeouts are counted in ticks.
 pub const RAFT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Base election timeout in ticks (1 s); each election draws a timeout in `[base, base +
-/// RAFT_ELECTION_SPREAD_TICKS)` from a hash of the replica, its term and its draw count, so
+/// RAFT_ELECTION_SPREAD_TICKS)` from a hash of the replica, its term and its role, so
 /// timeouts differ per replica and per election (fewer split votes) yet replay identically.
 pub const RAFT_ELECTION_TICKS: usize = 10;
 /// How far above the base an election timeout may be drawn: half the base, so a dead

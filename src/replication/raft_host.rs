@@ -298,10 +298,9 @@ struct Group<S> {
     /// A leader that removed itself asks this voter to campaign, in this term, on its next
     /// few ticks (the voter refuses while it has not applied the removal yet).
     handover: Option<(u64, u64, u8)>,
-    /// The term and role the election timeout was last drawn for, and how many draws
-    /// there were (`draw_election_timeout`).
-    timeout_drawn: Option<(u64, StateRole)>,
-    timeout_draws: u64,
+    /// The term and role the election timeout was last drawn for, and the timeout drawn
+    /// (`draw_election_timeout`).
+    timeout_drawn: Option<((u64, StateRole), usize)>,
     /// The index of a snapshot installed here and not yet durable. raft-rs counts it
     /// applied only once we say so (after it is durable); until then an election would
     /// read entries from its old applied index on, which the snapshot compacted away, and
@@ -523,7 +522,6 @@ impl<S: StateMachine> RaftHost<S> {
             deferred_reads: Vec::new(),
             handover: None,
             timeout_drawn: None,
-            timeout_draws: 0,
             snapshot_pending: None,
             snapshot_to_persist: None,
             durable_commit,
@@ -1029,25 +1027,26 @@ fn raft_config(replica: ReplicaId, applied: u64) -> Config {
 }
 
 /// Draws the replica's election timeout, in `[RAFT_ELECTION_TICKS, RAFT_ELECTION_TICKS +
-/// RAFT_ELECTION_SPREAD_TICKS)` ticks, whenever its term or role changed since the last draw
-/// (raft-rs draws one then, on every reset, from the thread's random generator; ours
-/// replaces it before the next tick uses it). A draw is a hash of the replica id, the
-/// term and the draw count: the same in every replay, and different for each replica and
-/// each election, so two replicas whose elections collided once rarely collide again.
-/// Fixed timeouts per replica, one tick apart, collided election after election under
-/// message loss (simulator seed 552).
+/// RAFT_ELECTION_SPREAD_TICKS)` ticks, as a hash of the replica id, its term and its role:
+/// the same in every replay, and different for each replica and each election, so two
+/// replicas whose elections collided once rarely collide again (fixed timeouts per
+/// replica, one tick apart, collided election after election under message loss:
+/// simulator seed 552). raft-rs draws its own from the thread's random generator on every
+/// reset; whenever the role, the term or the value changed since our last draw, ours
+/// replaces it before the next tick uses it. The hash takes nothing else (no draw count),
+/// so whether a reset of raft-rs happened to draw our value, unnoticed, changes nothing.
 fn draw_election_timeout<S>(g: &mut Group<S>) {
     let raft = &mut g.raw.raft;
     let key = (raft.term, raft.state);
-    if g.timeout_drawn == Some(key) {
+    if g.timeout_drawn == Some((key, raft.randomized_election_timeout())) {
         return;
     }
-    g.timeout_drawn = Some(key);
-    g.timeout_draws += 1;
-    let hash =
-        crate::rng::mix64(raft.id ^ raft.term.rotate_left(24) ^ g.timeout_draws.rotate_left(48));
-    let spread = hash % RAFT_ELECTION_SPREAD_TICKS as u64;
-    raft.set_randomized_election_timeout(RAFT_ELECTION_TICKS + spread as usize);
+    let hash = crate::rng::mix64(
+        raft.id ^ raft.term.rotate_left(24) ^ (raft.state as u64).rotate_left(48),
+    );
+    let timeout = RAFT_ELECTION_TICKS + (hash % RAFT_ELECTION_SPREAD_TICKS as u64) as usize;
+    raft.set_randomized_election_timeout(timeout);
+    g.timeout_drawn = Some((key, timeout));
 }
 
 /// Snapshots the state machine and drops the applied log once it holds more than
