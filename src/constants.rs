@@ -430,6 +430,14 @@ pub const LIVENESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Well above a loaded loopback or LAN round trip, and half the period, so the indirect
 /// probes have time to answer.
 pub const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A detector called this much later than it asked was not watching (a paused process,
+/// a stalled core, a clock jump): it discounts the whole lateness. Above the lateness of
+/// a busy loop turn, well below a probe timeout.
+pub const LIVENESS_STALL_SLACK: Duration = Duration::from_millis(100);
+/// The metadata leader records a member `Down` only if its own probe of the member failed
+/// this recently (it probes it next otherwise): two periods, one to wait for its turn and
+/// one for the probe.
+pub const LIVENESS_CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 /// Members asked to probe a silent member on our behalf (NodeDB's and SWIM's k = 3).
 pub const LIVENESS_INDIRECT_PROBES: usize = 3;
 /// A suspect becomes dead after this many probe periods, times `max(1, log10 n)` (NodeDB:

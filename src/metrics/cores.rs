@@ -67,10 +67,13 @@ pub enum CoreCounter {
     /// within the probe period (core 0).
     LivenessProbes,
     LivenessProbesFailed,
+    /// Milliseconds the failure detector was called late and did not count against others
+    /// (its process paused, its core stalled, its clock jumped; core 0).
+    LivenessBlindMillis,
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 27] = [
+    pub const ALL: [CoreCounter; 28] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -98,6 +101,7 @@ impl CoreCounter {
         CoreCounter::LoadReportsRefused,
         CoreCounter::LivenessProbes,
         CoreCounter::LivenessProbesFailed,
+        CoreCounter::LivenessBlindMillis,
     ];
 
     /// Whether the core loop's shell counts this itself (its turns, its transport); the
@@ -200,6 +204,11 @@ impl CoreCounter {
             CoreCounter::LivenessProbesFailed => (
                 "liveness_probes_failed_total",
                 "Probes answered neither directly nor through other nodes in the probe period.",
+            ),
+            CoreCounter::LivenessBlindMillis => (
+                "liveness_blind_milliseconds_total",
+                "Time the failure detector ran late (a pause, a stalled core, a clock jump) and \
+                 did not count against other nodes.",
             ),
         }
     }

@@ -25,8 +25,15 @@
 //! while it was away).
 //!
 //! The node acts on the view in one place: the metadata leader's core 0 records a member
-//! dead for `dead_after` as `Down` in the topology, and a `Down` member heard alive again
-//! as `Active` ([`Liveness::topology_changes`]). The view itself decides nothing else.
+//! dead for `dead_after`, not heard from for as long, and silent to one more probe, as
+//! `Down` in the topology, and a `Down` member heard alive again as `Active`
+//! ([`Liveness::topology_changes`]). The view itself decides nothing else.
+//!
+//! Two guards keep an observer's own trouble from becoming an accusation. Time it could
+//! not watch (called late: a pause, a stalled core, a clock jump ahead) is discounted from
+//! every clock it keeps. And a member whose own messages still arrive (a one-way cut, where
+//! our claims cannot reach it to be refuted) is never recorded `Down`, however long its
+//! suspicion has stood.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -34,9 +41,9 @@ use std::time::Duration;
 use crate::cluster::metadata::MetadataCommand;
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::constants::{
-    LIVENESS_GOSSIP_PER_MESSAGE, LIVENESS_GOSSIP_RETRANSMIT_MULTIPLIER, LIVENESS_INDIRECT_PROBES,
-    LIVENESS_PROBE_INTERVAL, LIVENESS_PROBE_TIMEOUT, LIVENESS_SUSPICION_MULTIPLIER,
-    REBALANCE_PROPOSAL_TIMEOUT,
+    LIVENESS_CONFIRM_WITHIN, LIVENESS_GOSSIP_PER_MESSAGE, LIVENESS_GOSSIP_RETRANSMIT_MULTIPLIER,
+    LIVENESS_INDIRECT_PROBES, LIVENESS_PROBE_INTERVAL, LIVENESS_PROBE_TIMEOUT,
+    LIVENESS_STALL_SLACK, LIVENESS_SUSPICION_MULTIPLIER, REBALANCE_PROPOSAL_TIMEOUT,
 };
 use crate::ids::NodeId;
 use crate::rng::Rng;
@@ -181,6 +188,11 @@ pub struct Member {
     pub incarnation: u64,
     /// When it entered `state` here.
     pub since: Time,
+    /// When a message came from it directly (its ping, ack or relay request), or its ack
+    /// to our probe through another member.
+    pub heard: Time,
+    /// When our last probe of it went unanswered both ways.
+    pub failed: Option<Time>,
 }
 
 /// The probe of this period.
@@ -208,6 +220,8 @@ pub struct LivenessStats {
     /// The last direct probe's round trip, and the largest since the process started.
     pub last_rtt: Option<Duration>,
     pub max_rtt: Duration,
+    /// Time this detector was called late and discounted (`discount_blind_time`).
+    pub blind_time: Duration,
 }
 
 /// A node's failure detector (core 0).
@@ -227,6 +241,8 @@ pub struct Liveness {
     rng: Rng,
     /// Topology proposals made, by node: not asked again before they time out.
     asked: BTreeMap<NodeId, Time>,
+    /// When the shell was asked to call next (`poll_timeout` after the last call).
+    due: Option<Time>,
     pub stats: LivenessStats,
 }
 
@@ -246,6 +262,7 @@ impl Liveness {
             out: Vec::new(),
             rng: Rng::new(seed ^ local.0.rotate_left(32) ^ incarnation),
             asked: BTreeMap::new(),
+            due: None,
             stats: LivenessStats::default(),
         }
     }
@@ -277,6 +294,8 @@ impl Liveness {
                 state: MemberState::Alive,
                 incarnation: 0,
                 since: now,
+                heard: now,
+                failed: None,
             });
         }
         self.round.retain(|n| self.members.contains_key(n));
@@ -292,6 +311,7 @@ impl Liveness {
     /// Time passed: the next probe, an indirect probe, a failed probe, suspicions that
     /// ran out.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.discount_blind_time(now);
         if let Some(p) = &self.probe {
             let (target, seq, sent) = (p.target, p.seq, p.sent);
             if !p.indirect && now.saturating_since(sent) >= LIVENESS_PROBE_TIMEOUT {
@@ -301,6 +321,9 @@ impl Liveness {
             if now.saturating_since(sent) >= LIVENESS_PROBE_INTERVAL {
                 self.probe = None;
                 self.stats.probes_failed += 1;
+                if let Some(m) = self.members.get_mut(&target) {
+                    m.failed = Some(now);
+                }
                 self.suspect(now, target);
             }
         }
@@ -337,6 +360,7 @@ impl Liveness {
                 self.send(target, MessageKind::Ping, seq);
             }
         }
+        self.due = self.poll_timeout().map(|t| t.max(now));
     }
 
     /// When `handle_timeout` is next due.
@@ -368,6 +392,10 @@ impl Liveness {
     pub fn handle_message(&mut self, now: Time, from: NodeId, message: Message) {
         if from == self.local || !self.members.contains_key(&from) {
             return;
+        }
+        self.discount_blind_time(now);
+        if let Some(m) = self.members.get_mut(&from) {
+            m.heard = now;
         }
         // Direct word from the member: it is alive at the incarnation it says.
         self.apply(
@@ -420,9 +448,13 @@ impl Liveness {
                     } else {
                         self.stats.indirect_probes += 1;
                     }
+                    if let Some(m) = self.members.get_mut(&p.target) {
+                        m.heard = now;
+                    }
                 }
             }
         }
+        self.due = self.poll_timeout().map(|t| t.max(now));
     }
 
     /// The next message to send, and to which node's core 0.
@@ -431,7 +463,8 @@ impl Liveness {
     }
 
     /// The topology commands the metadata leader should propose now: `Down` for an active
-    /// member dead here for `dead_after`, `Active` for a `Down` one alive here. A command
+    /// member dead here for `dead_after`, silent for as long, and not answering a probe
+    /// made after that (it is probed next if the last one is older), `Active` for a `Down` one alive here. A command
     /// is not asked again for the same node within `REBALANCE_PROPOSAL_TIMEOUT`.
     pub fn topology_changes(
         &mut self,
@@ -464,6 +497,8 @@ impl Liveness {
                 state: MemberState::Alive,
                 incarnation: self.incarnation,
                 since: Time::ZERO,
+                heard: Time::ZERO,
+                failed: None,
             };
             let m = match self.members.get(&info.node_id) {
                 Some(m) => m,
@@ -472,8 +507,22 @@ impl Liveness {
             };
             let state = match (info.state, m.state) {
                 (NodeState::Active, MemberState::Dead)
-                    if majority && now.saturating_since(m.since) >= dead_after =>
+                    if majority
+                        && now.saturating_since(m.since) >= dead_after
+                        && now.saturating_since(m.heard) >= dead_after =>
                 {
+                    // Confirmed by a probe of our own that failed since the grace ran
+                    // out, and recently: a member that came back while the suspicion
+                    // stood answers it instead.
+                    let due = m.since.max(m.heard) + dead_after;
+                    let confirmed = m.failed.is_some_and(|f| {
+                        f >= due && now.saturating_since(f) <= LIVENESS_CONFIRM_WITHIN
+                    });
+                    if !confirmed {
+                        let node = info.node_id;
+                        self.probe_next(node);
+                        continue;
+                    }
                     NodeState::Down
                 }
                 (NodeState::Down, MemberState::Alive) => NodeState::Active,
@@ -495,6 +544,34 @@ impl Liveness {
     }
 
     // ---- internals ---------------------------------------------------------------------
+
+    /// Time this node could not watch does not count against anyone. Called later than it
+    /// asked by more than `LIVENESS_STALL_SLACK` (its process paused, its core stalled, or
+    /// its clock jumped ahead), it moves every clock it keeps forward by the lateness: the
+    /// probe in flight, suspicions, deaths and silences. The replies that arrived meanwhile
+    /// are still queued; without this, a stalled observer would find its own probe timed
+    /// out and every suspect past its deadline before reading them (Lifeguard's point: a
+    /// detector that is itself unhealthy must not accuse others).
+    fn discount_blind_time(&mut self, now: Time) {
+        let Some(due) = self.due.take() else {
+            return;
+        };
+        let late = now.saturating_since(due);
+        if late <= LIVENESS_STALL_SLACK {
+            return;
+        }
+        self.stats.blind_time += late;
+        let shift = |t: &mut Time| *t = (*t + late).min(now);
+        if let Some(p) = &mut self.probe {
+            shift(&mut p.sent);
+        }
+        for m in self.members.values_mut() {
+            if m.state != MemberState::Alive {
+                shift(&mut m.since);
+            }
+            shift(&mut m.heard);
+        }
+    }
 
     fn seq(&mut self) -> u64 {
         let seq = self.next_seq;
@@ -524,6 +601,15 @@ impl Liveness {
         self.round = self.members.keys().copied().collect();
         self.rng.shuffle(&mut self.round);
         self.round.pop()
+    }
+
+    /// `node` is probed next (unless it is being probed now).
+    fn probe_next(&mut self, node: NodeId) {
+        if self.probe.as_ref().is_some_and(|p| p.target == node) {
+            return;
+        }
+        self.round.retain(|n| *n != node);
+        self.round.push(node);
     }
 
     fn ask_others(&mut self, target: NodeId, seq: u64) {
@@ -851,16 +937,7 @@ mod tests {
 
     #[test]
     fn the_leader_proposes_down_after_the_grace_and_active_on_return() {
-        let mut t = ClusterTopology::new();
-        for id in [A, B, C] {
-            t.add_node(crate::cluster::topology::NodeInfo {
-                node_id: id,
-                addr: format!("127.0.0.1:{}", 7000 + id.0),
-                cores: 1,
-                state: NodeState::Active,
-            })
-            .unwrap();
-        }
+        let mut t = three_active();
         let mut l = Liveness::new(A, 1, 1);
         l.set_members(at(0), [A, B, C]);
         l.apply(
@@ -873,18 +950,27 @@ mod tests {
         );
         let grace = Duration::from_secs(5);
         assert!(l.topology_changes(at(5999), &t, grace).is_empty());
+        // Due, but first confirmed by a probe of its own: C is probed next.
+        assert!(l.topology_changes(at(6000), &t, grace).is_empty());
+        l.handle_timeout(at(6000));
+        let (to, _) = l.poll_transmit().expect("a probe");
+        assert_eq!(to, C);
         let down = MetadataCommand::SetNodeState {
             node: C,
             state: NodeState::Down,
         };
-        assert_eq!(l.topology_changes(at(6000), &t, grace), vec![down]);
+        tick(&mut l, 6010, 6990);
+        assert!(l.topology_changes(at(6990), &t, grace).is_empty());
+        tick(&mut l, 7000, 7000);
+        assert_eq!(l.member(C).unwrap().failed, Some(at(7000)));
+        assert_eq!(l.topology_changes(at(7000), &t, grace), vec![down]);
         assert!(
-            l.topology_changes(at(6001), &t, grace).is_empty(),
+            l.topology_changes(at(7001), &t, grace).is_empty(),
             "asked once"
         );
         t.set_state(C, NodeState::Down).unwrap();
         l.apply(
-            at(7000),
+            at(7500),
             Update {
                 node: C,
                 state: MemberState::Alive,
@@ -895,7 +981,125 @@ mod tests {
             node: C,
             state: NodeState::Active,
         };
-        let later = at(6000) + REBALANCE_PROPOSAL_TIMEOUT;
+        let later = at(7000) + REBALANCE_PROPOSAL_TIMEOUT;
         assert_eq!(l.topology_changes(later, &t, grace), vec![up]);
+    }
+
+    /// Calls `l` every 10 ms from `from` to `to` (inclusive); B answers its pings, nobody
+    /// else hears anything.
+    fn tick(l: &mut Liveness, from: u64, to: u64) {
+        for ms in (from..=to).step_by(10) {
+            l.handle_timeout(at(ms));
+            while let Some((to, m)) = l.poll_transmit() {
+                if to == B && m.kind == MessageKind::Ping {
+                    let ack = Message {
+                        kind: MessageKind::Ack,
+                        seq: m.seq,
+                        incarnation: 0,
+                        gossip: vec![],
+                    };
+                    l.handle_message(at(ms), B, ack);
+                }
+            }
+        }
+    }
+
+    fn three_active() -> ClusterTopology {
+        let mut t = ClusterTopology::new();
+        for id in [A, B, C] {
+            t.add_node(crate::cluster::topology::NodeInfo {
+                node_id: id,
+                addr: format!("127.0.0.1:{}", 7000 + id.0),
+                cores: 1,
+                state: NodeState::Active,
+            })
+            .unwrap();
+        }
+        t
+    }
+
+    /// Seed 774's shape, by hand: the observer is called late (its process paused, or its
+    /// clock jumped ahead) with a probe in flight and a member under suspicion.
+    #[test]
+    fn time_the_observer_could_not_watch_does_not_count_against_others() {
+        let start = |l: &mut Liveness| {
+            l.set_members(at(0), [A, B, C]);
+            l.apply(
+                at(0),
+                Update {
+                    node: C,
+                    state: MemberState::Suspect,
+                    incarnation: 0,
+                },
+            );
+            l.handle_timeout(at(0));
+            let (to, ping) = l.poll_transmit().expect("the first probe");
+            assert_eq!(ping.kind, MessageKind::Ping);
+            (to, ping.seq)
+        };
+        // On time, a probe unanswered for a period fails and the suspect dies.
+        let mut steady = Liveness::new(A, 1, 5);
+        let (target, _) = start(&mut steady);
+        for ms in (10..=6000).step_by(10) {
+            steady.handle_timeout(at(ms));
+        }
+        assert!(steady.stats.probes_failed >= 1);
+        assert_eq!(steady.member(C).unwrap().state, MemberState::Dead);
+        // Called 6 s late: neither happens, and the ack that waited in the queue counts.
+        let mut stalled = Liveness::new(A, 1, 5);
+        let (same, seq) = start(&mut stalled);
+        assert_eq!(same, target);
+        stalled.handle_timeout(at(6000));
+        assert_eq!(stalled.stats.probes_failed, 0);
+        assert_eq!(stalled.stats.blind_time, Duration::from_millis(5500));
+        let ack = Message {
+            kind: MessageKind::Ack,
+            seq,
+            incarnation: 0,
+            gossip: vec![],
+        };
+        stalled.handle_message(at(6000), target, ack);
+        assert!(stalled.probe.is_none(), "the queued ack answered the probe");
+        assert_eq!(stalled.member(C).unwrap().state, MemberState::Suspect);
+        assert_eq!(stalled.member(C).unwrap().since, at(5500));
+    }
+
+    /// A member whose own messages arrive is not recorded `Down`, even held dead: a
+    /// one-way cut keeps our claims from reaching it, so it cannot refute them.
+    #[test]
+    fn a_member_still_heard_from_is_not_recorded_down() {
+        let t = three_active();
+        let mut l = Liveness::new(A, 1, 1);
+        l.set_members(at(0), [A, B, C]);
+        l.apply(
+            at(1000),
+            Update {
+                node: C,
+                state: MemberState::Dead,
+                incarnation: 0,
+            },
+        );
+        // C's ping at its old incarnation: alive news it cannot make win, but news.
+        let ping = Message {
+            kind: MessageKind::Ping,
+            seq: 9,
+            incarnation: 0,
+            gossip: vec![],
+        };
+        l.handle_message(at(4000), C, ping);
+        assert_eq!(l.member(C).unwrap().state, MemberState::Dead);
+        while l.poll_transmit().is_some() {}
+        let grace = Duration::from_secs(5);
+        // Dead for the grace at 6 s, but heard from at 4 s: nothing, and no probe asked.
+        tick(&mut l, 4010, 8990);
+        assert!(l.topology_changes(at(8990), &t, grace).is_empty());
+        // Silent for the grace at 9 s: confirmed by a probe, then recorded.
+        assert!(l.topology_changes(at(9000), &t, grace).is_empty());
+        tick(&mut l, 9000, 11_000);
+        let down = MetadataCommand::SetNodeState {
+            node: C,
+            state: NodeState::Down,
+        };
+        assert_eq!(l.topology_changes(at(11_000), &t, grace), vec![down]);
     }
 }

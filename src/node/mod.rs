@@ -736,6 +736,9 @@ impl<R> NodeCore<R> {
             CoreCounter::LoadReportsRefused => stat(|s| s.reports_refused),
             CoreCounter::LivenessProbes => probes.map_or(0, |p| p.probes),
             CoreCounter::LivenessProbesFailed => probes.map_or(0, |p| p.probes_failed),
+            CoreCounter::LivenessBlindMillis => {
+                probes.map_or(0, |p| p.blind_time.as_millis() as u64)
+            }
             counter => self.counters[counter as usize],
         }
     }

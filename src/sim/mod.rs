@@ -45,7 +45,7 @@ use crate::cluster::metadata::MetadataStore;
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::topology::NodeState;
 use crate::cluster::vshard::VShardMap;
-use crate::constants::CLIENT_CONNECT_TIMEOUT;
+use crate::constants::{CLIENT_CONNECT_TIMEOUT, LIVENESS_CONFIRM_WITHIN};
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::node::cell::Cell;
 use crate::node::{BalanceConfig, CoreConfig, LogWrite, Mail, NodeBug, NodeCore, Transmit};
@@ -334,10 +334,10 @@ struct Sim {
     /// When each move under way was first seen (step).
     move_seen_at: BTreeMap<(GroupId, ReplicaId), u64>,
     /// Nodes not reachable now (down, paused, or with a link cut), since when (step); and
-    /// each node's last outage that ended (its length and end, steps): a node recorded
-    /// `Down` must have been out for `dead_after` (`check_down`).
+    /// each node's outages that ended in the last `FOLLOW_UP_STEPS` (length and end,
+    /// steps): a node recorded `Down` must have been out for `dead_after` (`check_down`).
     unreachable_since: BTreeMap<NodeId, u64>,
-    last_outage: BTreeMap<NodeId, (u64, u64)>,
+    outages: BTreeMap<NodeId, Vec<(u64, u64)>>,
     /// When a move last left the table (step): what follows a move (a drain's end) gets
     /// `FOLLOW_UP_STEPS` more before the run gives up on settling.
     last_move_ended: u64,
@@ -418,7 +418,7 @@ impl Sim {
             move_seen_at: BTreeMap::new(),
             last_move_ended: 0,
             unreachable_since: BTreeMap::new(),
-            last_outage: BTreeMap::new(),
+            outages: BTreeMap::new(),
             observed_epoch: 0,
             refused: Vec::new(),
             balance: sim_balance(o.rebalance),
@@ -1097,6 +1097,8 @@ impl Sim {
     }
 
     /// Which nodes are out of reach this step: down, paused, or with a link cut either way.
+    /// Two outages less than `LIVENESS_CONFIRM_WITHIN` apart count as one: a detector that
+    /// probes one member per period may not see a return that short.
     fn track_outages(&mut self) {
         let step = self.step;
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -1105,20 +1107,38 @@ impl Sim {
             let reachable = self.running(n) && !cut;
             match (reachable, self.unreachable_since.get(&n).copied()) {
                 (false, None) => {
-                    self.unreachable_since.insert(n, step);
+                    // Back for less than the detector can see (its confirming probe may
+                    // have gone out just before the return): one outage, not two.
+                    let blink = (LIVENESS_CONFIRM_WITHIN.as_nanos() / STEP.as_nanos()) as u64;
+                    let ended = self.outages.entry(n).or_default();
+                    let since = match ended.last() {
+                        Some(&(len, end)) if end + blink > step => {
+                            ended.pop();
+                            end - len
+                        }
+                        _ => step,
+                    };
+                    self.unreachable_since.insert(n, since);
                 }
                 (true, Some(since)) => {
                     self.unreachable_since.remove(&n);
-                    self.last_outage.insert(n, (step - since, step));
+                    self.outages
+                        .entry(n)
+                        .or_default()
+                        .push((step - since, step));
                 }
                 _ => {}
+            }
+            if let Some(ended) = self.outages.get_mut(&n) {
+                ended.retain(|(_, end)| end + FOLLOW_UP_STEPS >= step);
             }
         }
     }
 
     /// `node` was just seen recorded `Down`: it must have been out of reach for
-    /// `dead_after`, now or in an outage that just ended (the record may commit a moment
-    /// after it came back). A node only paused or slow is never repaired away.
+    /// `dead_after`, now or in an outage that ended in the last `FOLLOW_UP_STEPS` (the
+    /// record may commit a moment after it came back; a shorter outage since does not
+    /// hide a long one). A node only paused or slow is never repaired away.
     fn check_down(&mut self, node: NodeId) {
         let step = self.step;
         let dead_after = (self.balance.dead_after.as_nanos() / STEP.as_nanos()) as u64;
@@ -1127,10 +1147,10 @@ impl Sim {
             .get(&node)
             .map_or(0, |since| step - since);
         let recent = self
-            .last_outage
+            .outages
             .get(&node)
-            .filter(|(_, end)| end + FOLLOW_UP_STEPS >= step)
-            .map_or(0, |(len, _)| *len);
+            .and_then(|ended| ended.iter().map(|(len, _)| *len).max())
+            .unwrap_or(0);
         let outage = now.max(recent);
         if outage < dead_after {
             self.checks.violations.push(format!(
