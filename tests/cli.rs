@@ -1085,8 +1085,8 @@ fn a_fifth_node_joins_with_join_takes_its_share_of_replicas_and_restarts_without
 }
 
 /// The failure detector in separate processes: a node stopped with SIGSTOP for longer than
-/// `dead_after_secs` but less than the suspicion timeout is not recorded `Down`; a node killed with kill -9 is recorded
-/// `Down` after `dead_after_secs`, its replicas are replaced on the other nodes while
+/// `dead_after_secs` but less than the suspicion timeout is not recorded `Down`; a node
+/// killed with kill -9 is recorded `Down` after `dead_after_secs`, its replicas are replaced on the other nodes while
 /// writes go on, and, started again from the same file, it returns to `Active`. No
 /// acknowledged write is lost.
 #[test]
