@@ -494,3 +494,72 @@ fn a_damaged_or_missing_snapshot_file_is_refused_and_strays_are_removed() {
         "{missing:?}"
     );
 }
+
+/// A compaction snapshot written in the background (the core loop's path for large ones):
+/// entries appended while its file was written stay after it; a file still being written
+/// survives a checkpoint's clean-up; and one that lands after a newer snapshot of its group
+/// is declined and its file deleted.
+#[test]
+fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_never_regresses() {
+    use nodedb_cluster::runtime::wal::write_snapshot_file;
+    let path = wal_path("background");
+    let p = path.clone();
+    let (recovered, files_mid, files_end) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        for i in 1..=10 {
+            wal.append(&[write(1, i), write(2, i)]).await.unwrap();
+        }
+        // Group 1 compacts at 10; its file is written while entries 11..=12 go on.
+        let compaction = snapshot_write(1, 10, 2 << 20).snapshot.unwrap();
+        let file_path = wal.begin_snapshot_file(GroupId(1), &compaction);
+        let file = write_snapshot_file(&file_path, &compaction.data)
+            .await
+            .unwrap();
+        // Another group's snapshot supersedes files before the record: the clean-up runs.
+        wal.append(&[snapshot_write(2, 10, 2 << 20)]).await.unwrap();
+        wal.append(&[snapshot_write(2, 11, 2 << 20)]).await.unwrap();
+        for i in 11..=12 {
+            wal.append(&[write(1, i)]).await.unwrap();
+        }
+        let files_mid = snapshot_files(&p);
+        wal.append_written_snapshot(GroupId(1), compaction, file)
+            .await
+            .unwrap();
+        // Group 2 had a snapshot at 11: a compaction at 10 written late is declined.
+        let stale = snapshot_write(2, 10, 2 << 20).snapshot.unwrap();
+        let mut stale_meta = stale.clone();
+        stale_meta.mut_metadata().term = 7;
+        let stale_path = wal.begin_snapshot_file(GroupId(2), &stale_meta);
+        let stale_file = write_snapshot_file(&stale_path, &stale.data).await.unwrap();
+        wal.append_written_snapshot(GroupId(2), stale_meta, stale_file)
+            .await
+            .unwrap();
+        let files_end = snapshot_files(&p);
+        wal.close().await.unwrap();
+        (WalFile::open(&p).await.unwrap().1, files_mid, files_end)
+    });
+    assert!(
+        files_mid.contains(&"core-0.snap-1-10-1".to_string()),
+        "the file being written was kept: {files_mid:?}"
+    );
+    assert_eq!(
+        files_end,
+        vec![
+            "core-0.snap-1-10-1".to_string(),
+            "core-0.snap-2-11-1".to_string()
+        ],
+        "the declined file is gone"
+    );
+    let g1 = &recovered.groups[&GroupId(1)];
+    let s1 = g1.snapshot.as_ref().unwrap();
+    assert_eq!(s1.get_metadata().index, 10);
+    assert_eq!(s1.data.len(), 2 << 20);
+    assert_eq!(
+        g1.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![11, 12],
+        "entries after the compaction, written before its record, are kept"
+    );
+    assert_eq!(g1.hard_state.commit, 12);
+    let g2 = &recovered.groups[&GroupId(2)];
+    assert_eq!(g2.snapshot.as_ref().unwrap().get_metadata().index, 11);
+}

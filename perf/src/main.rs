@@ -119,6 +119,18 @@ enum Tool {
         /// Where the nodes' logs go; must support O_DIRECT (not tmpfs).
         #[arg(long, default_value = "target/perf-migrate")]
         dir: PathBuf,
+        /// The nodes' snapshot rate, MiB/s (default: unlimited); the stream's pace is
+        /// reported against it (`achieved_throttle_ratio`).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        throttle: Option<u64>,
+        /// Open-loop foreground writes per second, latency from each one's due time
+        /// (default: one closed-loop writer).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        rate: Option<u64>,
+        /// Write the foreground latency distributions to PREFIX.before.hgrm and
+        /// PREFIX.during.hgrm (HdrHistogram's plottable percentile format, milliseconds).
+        #[arg(long, value_name = "PREFIX")]
+        hgrm: Option<PathBuf>,
     },
     /// How long each group answers nothing when a node of a cluster of separate processes
     /// is killed and restarted, paused, or when every node restarts in turn.
@@ -172,6 +184,15 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // Quiet unless `RUST_LOG` asks (`RUST_LOG=nodedb_cluster=debug` traces a move's phases).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let cli = Cli::parse();
     let result = match cli.tool {
         Tool::Quic { bytes, runs, mtu } => quic_bench(bytes, runs as usize, mtu, cli.json),
@@ -190,7 +211,21 @@ fn main() -> ExitCode {
             seconds,
             concurrency,
         } => raft_bench(seconds, &concurrency),
-        Tool::Migrate { mib, dir } => migrate_bench(dir, mib),
+        Tool::Migrate {
+            mib,
+            dir,
+            throttle,
+            rate,
+            hgrm,
+        } => migrate_bench(
+            &migrate::Options {
+                dir,
+                mib,
+                throttle: throttle.map(|t| t << 20),
+                rate,
+            },
+            hgrm,
+        ),
         Tool::BalanceMatrix { seeds } => balance_matrix(seeds),
         Tool::Availability {
             fault,
@@ -370,10 +405,27 @@ fn rpc_bench(requests: u64, concurrency: &[usize], payload: usize) -> Outcome {
     Ok((serde_json::json!({ "rpc": rows }), true))
 }
 
-fn migrate_bench(dir: PathBuf, mib: u64) -> Outcome {
-    let r = migrate::run(dir, mib)?;
+fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
+    let r = migrate::run(o)?;
+    if let Some(prefix) = hgrm {
+        let with = |suffix: &str| {
+            let mut name = prefix.clone().into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        migrate::write_hgrm(&with(".before.hgrm"), &r.baseline)?;
+        migrate::write_hgrm(&with(".during.hgrm"), &r.during)?;
+    }
     let mb = r.vshard_bytes as f64 / 1e6;
+    let stream_rate = r.stream_bytes as f64 / r.stream_seconds.max(1e-9);
     let value = serde_json::json!({
+        "throttle_bytes_per_sec": o.throttle,
+        "writer": match o.rate { Some(_) => "open-loop", None => "closed-loop" },
+        "write_rate_per_sec": o.rate,
+        "stream_bytes": r.stream_bytes,
+        "stream_seconds": r.stream_seconds,
+        "stream_bytes_per_sec": stream_rate,
+        "achieved_throttle_ratio": o.throttle.map(|t| stream_rate / t as f64),
         "vshard_bytes": r.vshard_bytes,
         "move_seconds": r.move_seconds,
         "move_mb_per_sec": mb / r.move_seconds,

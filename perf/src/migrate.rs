@@ -14,6 +14,13 @@
 //! move (both sides: the nodes share this process), and, after the nodes stopped, the same
 //! bytes over one raw QUIC connection between two cores (`quic::ours`), the transport's
 //! ceiling for the move.
+//!
+//! Options: `throttle` sets the nodes' snapshot rate, and the snapshot stream's own pace
+//! (bytes between its first and last chunk, over that time, sampled from the nodes'
+//! `snapshot_bytes_sent_total` every millisecond) is reported against it; `rate` makes the
+//! writer open-loop (operations due at a fixed rate, each latency measured from its due
+//! time, so a stall counts for every operation it delays); `hgrm` writes both latency
+//! distributions in HdrHistogram's plottable percentile format.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -22,8 +29,19 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::metrics::cores::{CoreCounter, NodeMetrics};
 use nodedb_cluster::runtime::bench::{self, Cluster, MTU};
 use nodedb_cluster::runtime::client::KvClient;
+
+/// What to run.
+pub struct Options {
+    pub dir: PathBuf,
+    pub mib: u64,
+    /// The nodes' snapshot rate, bytes per second (`None`: unlimited).
+    pub throttle: Option<u64>,
+    /// Open-loop writes per second (`None`: one closed-loop writer).
+    pub rate: Option<u64>,
+}
 
 pub struct MigrateResult {
     pub vshard_bytes: u64,
@@ -40,13 +58,20 @@ pub struct MigrateResult {
     pub during_p50_us: u64,
     pub during_p99_us: u64,
     pub during_writes: u64,
+    /// The snapshot stream: bytes and seconds between its first and last chunk.
+    pub stream_bytes: u64,
+    pub stream_seconds: f64,
+    /// The latency distributions (µs), before and during the move.
+    pub baseline: Histogram<u64>,
+    pub during: Histogram<u64>,
 }
 
-pub fn run(dir: PathBuf, mib: u64) -> Result<MigrateResult, String> {
-    let cluster = Cluster::start(&dir, 4, 3, None)?;
+pub fn run(o: &Options) -> Result<MigrateResult, String> {
+    let cluster = Cluster::start(&o.dir, 4, 3, o.throttle)?;
     let metrics: Vec<_> = cluster.nodes.iter().map(|n| n.metrics().clone()).collect();
-    let outcome =
-        cluster.with_client(move |client| async move { measure(&client, mib, &metrics).await });
+    let (mib, rate) = (o.mib, o.rate);
+    let outcome = cluster
+        .with_client(move |client| async move { measure(&client, mib, rate, &metrics).await });
     let stopped = cluster.shutdown();
     let mut r = match (outcome, stopped) {
         (Ok(r), Ok(())) => r,
@@ -82,10 +107,51 @@ fn watch_rss(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread
     })
 }
 
+/// Samples the nodes' snapshot bytes sent every millisecond until `stop` is set: the bytes
+/// and seconds between the stream's first and last chunk (its first chunk's bytes left out,
+/// as they were sent before the first sample that saw them).
+fn watch_stream(
+    metrics: Vec<std::sync::Arc<NodeMetrics>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, f64)> {
+    std::thread::spawn(move || {
+        let sent = || -> u64 {
+            metrics
+                .iter()
+                .flat_map(|m| (0..m.core_count()).map(move |c| m.core(c)))
+                .map(|c| c.counter(CoreCounter::SnapshotBytesSent))
+                .sum()
+        };
+        let start = sent();
+        let mut first: Option<(Instant, u64)> = None;
+        let mut last: Option<(Instant, u64)> = None;
+        let mut seen = start;
+        loop {
+            let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let now = sent();
+            if now != seen {
+                let at = Instant::now();
+                first.get_or_insert((at, now));
+                last = Some((at, now));
+                seen = now;
+            }
+            if stopping {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match (first, last) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => (b1 - b0, (t1 - t0).as_secs_f64()),
+            _ => (0, 0.0),
+        }
+    })
+}
+
 async fn measure(
     client: &Rc<KvClient>,
     mib: u64,
-    metrics: &[std::sync::Arc<nodedb_cluster::metrics::cores::NodeMetrics>],
+    rate: Option<u64>,
+    metrics: &[std::sync::Arc<NodeMetrics>],
 ) -> Result<MigrateResult, String> {
     let cores = |f: &mut dyn FnMut(&nodedb_cluster::metrics::cores::LoopTurns)| {
         for m in metrics {
@@ -95,12 +161,12 @@ async fn measure(
         }
     };
     let vshard_bytes = bench::load(client, mib << 20).await?;
-    let baseline = write_window(client, Duration::from_secs(3), None).await?;
+    let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
     let moving = Rc::new(Cell::new(true));
     let writer = {
         let (client, moving) = (client.clone(), moving.clone());
         glommio::spawn_local(async move {
-            write_window(&client, Duration::from_secs(600), Some(moving)).await
+            write_window(&client, rate, Duration::from_secs(600), Some(moving)).await
         })
     };
     // The group's first replica moves to the node that holds none.
@@ -116,12 +182,16 @@ async fn measure(
     let rss_at_start = rss_bytes();
     let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rss_watch = watch_rss(stop_watch.clone());
+    let stream_watch = watch_stream(metrics.to_vec(), stop_watch.clone());
     let moved = bench::move_replica(client, source, spare).await;
     let move_seconds = moved?.as_secs_f64();
     let mut max_stall = Duration::ZERO;
     cores(&mut |t| max_stall = max_stall.max(t.take_recent_max()));
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     let rss_peak = rss_watch.join().map_err(|_| "the RSS sampler panicked")?;
+    let (stream_bytes, stream_seconds) = stream_watch
+        .join()
+        .map_err(|_| "the stream sampler panicked")?;
     moving.set(false);
     let during = writer.await?;
     Ok(MigrateResult {
@@ -136,26 +206,123 @@ async fn measure(
         during_p50_us: during.value_at_quantile(0.5),
         during_p99_us: during.value_at_quantile(0.99),
         during_writes: during.len(),
+        stream_bytes,
+        stream_seconds,
+        baseline,
+        during,
     })
 }
 
-/// One closed-loop writer of small values for `length`, or until `running` turns false.
+/// Writes small values for `length`, or until `running` turns false: one closed-loop
+/// writer, or, with `rate`, operations due every `1 / rate` seconds, sent by as many
+/// workers as it takes, each latency measured from the operation's due time.
 async fn write_window(
-    client: &KvClient,
+    client: &Rc<KvClient>,
+    rate: Option<u64>,
     length: Duration,
     running: Option<Rc<Cell<bool>>>,
 ) -> Result<Histogram<u64>, String> {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let end = Instant::now() + length;
-    let mut i = 0u64;
-    while Instant::now() < end && running.as_ref().is_none_or(|r| r.get()) {
-        let t = Instant::now();
-        client
-            .put(format!("probe-{}", i % 1000).as_bytes(), b"v")
-            .await
-            .map_err(|e| format!("a write failed: {e}"))?;
-        h.saturating_record(t.elapsed().as_micros() as u64);
-        i += 1;
+    let h = Rc::new(std::cell::RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    ));
+    let start = Instant::now();
+    let end = start + length;
+    let go_on = move || Instant::now() < end && running.as_ref().is_none_or(|r| r.get());
+    let Some(rate) = rate else {
+        let mut i = 0u64;
+        while go_on() {
+            let t = Instant::now();
+            put(client, i).await?;
+            h.borrow_mut()
+                .saturating_record(t.elapsed().as_micros() as u64);
+            i += 1;
+        }
+        return Ok(h.borrow().clone());
+    };
+    let next = Rc::new(Cell::new(0u64));
+    let go_on = Rc::new(go_on);
+    let mut workers = Vec::new();
+    for _ in 0..OPEN_LOOP_WORKERS {
+        let (client, h, next, go_on) = (client.clone(), h.clone(), next.clone(), go_on.clone());
+        workers.push(glommio::spawn_local(async move {
+            loop {
+                let i = next.get();
+                next.set(i + 1);
+                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    glommio::timer::sleep(wait).await;
+                }
+                if !go_on() {
+                    return Ok::<(), String>(());
+                }
+                put(&client, i).await?;
+                h.borrow_mut()
+                    .saturating_record(due.elapsed().as_micros() as u64);
+            }
+        }));
     }
-    Ok(h)
+    for w in workers {
+        w.await?;
+    }
+    Ok(h.borrow().clone())
+}
+
+/// Workers of the open-loop writer: operations in flight at most (a stall longer than
+/// this many operations' spacing delays the rest, and their latency shows it).
+const OPEN_LOOP_WORKERS: usize = 256;
+
+async fn put(client: &KvClient, i: u64) -> Result<(), String> {
+    client
+        .put(format!("probe-{}", i % 1000).as_bytes(), b"v")
+        .await
+        .map_err(|e| format!("a write failed: {e}"))
+}
+
+/// Writes `h` (microseconds) in HdrHistogram's plottable percentile format, in
+/// milliseconds, as `HistogramLogProcessor` and the online plotter read it.
+pub fn write_hgrm(path: &std::path::Path, h: &Histogram<u64>) -> Result<(), String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ms = |v: u64| v as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        if q < 1.0 {
+            let _ = writeln!(
+                out,
+                "{:12.3} {:2.12} {:10} {:14.2}",
+                ms(v.value_iterated_to()),
+                q,
+                total,
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{:12.3} {:2.12} {:10}",
+                ms(v.value_iterated_to()),
+                q,
+                total
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        ms(h.max()),
+        h.len()
+    );
+    std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -513,6 +513,7 @@ impl<R> NodeCore<R> {
     ) -> Result<(), TransferError> {
         self.now = now;
         if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
+            debug!(group = group.0, from = from.0, "snapshot received whole");
             self.step_raft(group, from, message);
         }
         Ok(())

@@ -114,6 +114,11 @@ pub struct GroupWrite {
 pub struct PersistBatch {
     pub id: u64,
     pub writes: Vec<GroupWrite>,
+    /// Groups whose `snapshot` here is their own compaction (not one installed from a
+    /// leader): nothing waits for it to be durable (the log still holds the entries it
+    /// covers), so a shell may write it later, in the background, as long as it never
+    /// writes it after a newer snapshot of the group.
+    pub compactions: Vec<GroupId>,
 }
 
 /// A message for another core.
@@ -176,8 +181,16 @@ impl PersistedGroup {
     pub fn apply(&mut self, write: &GroupWrite) {
         if let Some(snapshot) = &write.snapshot {
             let index = snapshot.get_metadata().index;
-            self.entries.retain(|e| e.index > index);
-            self.snapshot = Some(snapshot.clone());
+            // A compaction written in the background may land after a newer snapshot:
+            // a snapshot never takes the state back.
+            if self
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.get_metadata().index < index)
+            {
+                self.entries.retain(|e| e.index > index);
+                self.snapshot = Some(snapshot.clone());
+            }
         }
         if let Some(first) = write.entries.first() {
             // A new entry at index i truncates the conflicting suffix from i on.
@@ -857,6 +870,7 @@ impl<S: StateMachine> RaftHost<S> {
             return None;
         }
         let mut writes = Vec::new();
+        let mut compactions = Vec::new();
         let mut numbers = Vec::new();
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
         for id in ids {
@@ -895,6 +909,7 @@ impl<S: StateMachine> RaftHost<S> {
                 ..GroupWrite::default()
             };
             let mut sent_snapshots = Vec::new();
+            let mut compaction = false;
             for m in rd.take_messages() {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     sent_snapshots.push(m.to);
@@ -903,17 +918,28 @@ impl<S: StateMachine> RaftHost<S> {
             }
             if let Some(snapshot) = g.snapshot_to_persist.take() {
                 write.snapshot = Some(snapshot);
+                compaction = true;
             }
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
                 let index = snapshot.get_metadata().index;
-                if let Err(e) = g.state_machine.restore(index, &snapshot.data) {
+                let started = std::time::Instant::now();
+                let restored = g.state_machine.restore(index, &snapshot.data);
+                tracing::debug!(
+                    group = id.0,
+                    index,
+                    bytes = snapshot.data.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "snapshot installed"
+                );
+                if let Err(e) = restored {
                     tracing::error!(group = id.0, error = %e, "dropping a snapshot that does not decode");
                 } else {
                     // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
                     let _ = g.raw.store().log.wl().apply_snapshot(snapshot.clone());
                     *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
                     write.snapshot = Some(snapshot);
+                    compaction = false;
                     g.snapshot_pending = Some(index);
                 }
             }
@@ -947,6 +973,9 @@ impl<S: StateMachine> RaftHost<S> {
                     g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
                 }
             }
+            if compaction {
+                compactions.push(id);
+            }
             if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
                 writes.push(write);
             }
@@ -962,7 +991,11 @@ impl<S: StateMachine> RaftHost<S> {
             self.handle_persisted(id);
             return None;
         }
-        Some(PersistBatch { id, writes })
+        Some(PersistBatch {
+            id,
+            writes,
+            compactions,
+        })
     }
 
     /// The batch `id` is durable: release what waited for it, and let raft-rs know.
@@ -1074,8 +1107,16 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
     let Ok(term) = g.raw.store().term(applied) else {
         return;
     };
+    let started = std::time::Instant::now();
     let mut snapshot = Snapshot::default();
     snapshot.data = g.state_machine.snapshot().into();
+    tracing::debug!(
+        index = applied,
+        bytes = snapshot.data.len(),
+        took_us = started.elapsed().as_micros() as u64,
+        wanted,
+        "snapshot taken"
+    );
     let meta = snapshot.mut_metadata();
     meta.index = applied;
     meta.term = term;

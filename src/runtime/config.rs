@@ -9,7 +9,7 @@
 //! layout = "pinned"              # or "unbound" (several nodes on one machine)
 //! first_cpu = 0                  # with "pinned": core i runs on CPU first_cpu + i
 //! mtu = 1452                     # QUIC datagram size
-//! # snapshot_rate_bytes_per_sec = 67108864  # per core; omit for unlimited
+//! # snapshot_rate_bytes_per_sec = 104857600 # per core (default 100 MiB/s), or "unlimited"
 //! # metrics_addr = "127.0.0.1:9100"         # Prometheus `GET /metrics`; omit for none
 //! # rebalance = true             # the load-based rebalancer (default on)
 //! # rebalance_interval_secs = 30 # its sweep period
@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::constants::CORES_PER_NODE_MAX;
+use crate::constants::{CORES_PER_NODE_MAX, SNAPSHOT_RATE_BYTES_PER_SEC};
 use crate::ids::NodeId;
 use crate::node::BalanceConfig;
 use crate::runtime::cores::CoreLayout;
@@ -107,7 +107,7 @@ struct ConfigFile {
     first_cpu: usize,
     #[serde(default = "default_mtu")]
     mtu: u16,
-    snapshot_rate_bytes_per_sec: Option<u64>,
+    snapshot_rate_bytes_per_sec: Option<RateSetting>,
     metrics_addr: Option<SocketAddr>,
     #[serde(default = "default_true")]
     rebalance: bool,
@@ -121,6 +121,14 @@ struct ConfigFile {
 
 fn default_true() -> bool {
     true
+}
+
+/// A rate in bytes per second, or the word `"unlimited"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RateSetting {
+    Bytes(u64),
+    Word(String),
 }
 
 fn default_cores() -> u16 {
@@ -193,12 +201,24 @@ impl LoadedConfig {
                 file.mtu
             )));
         }
-        if file.snapshot_rate_bytes_per_sec == Some(0) {
-            return Err(invalid(
-                "snapshot_rate_bytes_per_sec = 0 would stop every snapshot; omit it for no limit"
-                    .into(),
-            ));
-        }
+        let snapshot_rate = match &file.snapshot_rate_bytes_per_sec {
+            None => SNAPSHOT_RATE_BYTES_PER_SEC,
+            Some(RateSetting::Bytes(0)) => {
+                return Err(invalid(
+                    "snapshot_rate_bytes_per_sec = 0 would stop every snapshot; \
+                     write \"unlimited\" for no limit"
+                        .into(),
+                ));
+            }
+            Some(RateSetting::Bytes(rate)) => Some(*rate),
+            Some(RateSetting::Word(w)) if w == "unlimited" => None,
+            Some(RateSetting::Word(w)) => {
+                return Err(invalid(format!(
+                    "snapshot_rate_bytes_per_sec = {w:?}: expected bytes per second or \
+                     \"unlimited\""
+                )));
+            }
+        };
         let mut balance = BalanceConfig {
             enabled: file.rebalance,
             ..BalanceConfig::default()
@@ -336,7 +356,7 @@ impl LoadedConfig {
             data_dir: file.data_dir.map(|d| resolve(&d)),
             layout,
             mtu: file.mtu,
-            snapshot_rate: file.snapshot_rate_bytes_per_sec,
+            snapshot_rate,
             metrics_addr: file.metrics_addr,
             balance,
         })
@@ -408,7 +428,11 @@ addr = "127.0.0.1:7200"
         );
         assert!(c.tls.is_insecure());
         assert!(c.node_config(Path::new("x")).is_ok());
-        assert_eq!(c.snapshot_rate, None, "snapshots are unlimited by default");
+        assert_eq!(
+            c.snapshot_rate,
+            Some(100 << 20),
+            "snapshots go at 100 MiB/s per core by default"
+        );
         assert_eq!(c.metrics_addr, None, "no metrics endpoint unless asked");
         let with =
             parse(&GOOD.replace("cores = 2", "cores = 2\nmetrics_addr = \"127.0.0.1:9100\""))
@@ -444,7 +468,7 @@ addr = "127.0.0.1:7200"
     }
 
     #[test]
-    fn the_snapshot_rate_reaches_the_node_and_zero_is_refused() {
+    fn the_snapshot_rate_reaches_the_node_unlimited_is_a_word_and_zero_is_refused() {
         let text = GOOD.replace(
             "cores = 2",
             "cores = 2\nsnapshot_rate_bytes_per_sec = 1048576",
@@ -459,6 +483,23 @@ addr = "127.0.0.1:7200"
             .unwrap()
             .to_string();
         assert!(err.contains("snapshot_rate_bytes_per_sec"), "{err}");
+        assert!(err.contains("unlimited"), "{err}");
+        let unlimited = GOOD.replace(
+            "cores = 2",
+            "cores = 2\nsnapshot_rate_bytes_per_sec = \"unlimited\"",
+        );
+        assert_eq!(parse(&unlimited).unwrap().snapshot_rate, None);
+        let err = parse(&GOOD.replace(
+            "cores = 2",
+            "cores = 2\nsnapshot_rate_bytes_per_sec = \"fast\"",
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("\"fast\"") && err.contains("unlimited"),
+            "{err}"
+        );
         let err = parse(&GOOD.replace("cores = 2", "cores = 2\nsnapshot_rate_bytes_per_sec = -5"))
             .err()
             .unwrap()

@@ -26,7 +26,7 @@
 //! The record format and the replay rules are sans-IO (`crate::replication::wal`); this module only
 //! moves blocks to and from the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaFile, OpenOptions};
@@ -136,6 +136,11 @@ pub struct WalFile {
     last_checkpoint: u64,
     /// Where the last durable record number is written after each fdatasync.
     mark: std::fs::File,
+    /// Compaction snapshot files being written in the background (`begin_snapshot_file`):
+    /// not deleted as unneeded meanwhile.
+    writing: BTreeSet<PathBuf>,
+    /// Background-written files the next `append` names instead of writing them.
+    written: BTreeMap<(GroupId, u64, u64), SnapshotFile>,
 }
 
 impl WalFile {
@@ -265,6 +270,8 @@ impl WalFile {
             rewrite_threshold: WAL_REWRITE_BYTES,
             last_checkpoint: replay.valid_bytes,
             mark,
+            writing: BTreeSet::new(),
+            written: BTreeMap::new(),
         };
         wal.remove_unneeded_snapshot_files();
         Ok((wal, recovered))
@@ -289,10 +296,15 @@ impl WalFile {
         };
         // Large snapshots go to files of their own first, durable before the record that
         // names them.
-        let mut new_files: BTreeMap<(GroupId, u64, u64), SnapshotFile> = BTreeMap::new();
+        let mut new_files = std::mem::take(&mut self.written);
         for w in writes {
             if let Some(s) = &w.snapshot
                 && s.data.len() >= SNAPSHOT_FILE_BYTES
+                && !new_files.contains_key(&(
+                    w.group,
+                    s.get_metadata().index,
+                    s.get_metadata().term,
+                ))
             {
                 let (index, term) = (s.get_metadata().index, s.get_metadata().term);
                 let file =
@@ -344,6 +356,50 @@ impl WalFile {
             self.checkpoint().await?;
         }
         Ok(())
+    }
+
+    /// A compaction snapshot of `group` is about to be written in the background: the path
+    /// of its file, which is kept (not deleted as unneeded) until
+    /// `append_written_snapshot` names it or declines it.
+    pub fn begin_snapshot_file(&mut self, group: GroupId, snapshot: &Snapshot) -> PathBuf {
+        let meta = snapshot.get_metadata();
+        let path = snapshot_path(&self.path, group, meta.index, meta.term);
+        self.writing.insert(path.clone());
+        path
+    }
+
+    /// A compaction snapshot written in the background (`write_snapshot_file` to the path
+    /// `begin_snapshot_file` gave) is durable: one record names it, and the group's log
+    /// before it may go at the next checkpoint. Declined, and its file deleted, when the
+    /// group left this core meanwhile or a newer snapshot of it is already recorded.
+    pub async fn append_written_snapshot(
+        &mut self,
+        group: GroupId,
+        snapshot: Snapshot,
+        file: SnapshotFile,
+    ) -> Result<(), WalIoError> {
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+        let path = snapshot_path(&self.path, group, index, term);
+        self.writing.remove(&path);
+        let current = self
+            .mirror
+            .get(&group)
+            .map(|g| g.snapshot.as_ref().map_or(0, |s| s.get_metadata().index));
+        if current.is_none_or(|c| c >= index) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!(path = %path.display(), error = %e, "could not delete a declined snapshot file");
+            }
+            return Ok(());
+        }
+        self.written.insert((group, index, term), file);
+        let write = GroupWrite {
+            group,
+            snapshot: Some(snapshot),
+            ..GroupWrite::default()
+        };
+        let appended = self.append(std::slice::from_ref(&write)).await;
+        self.written.clear();
+        appended
     }
 
     /// Forgets `group` (its replica left this core): the log is rewritten without it, so a
@@ -438,7 +494,7 @@ impl WalFile {
         host: &mut RaftHost<S>,
     ) -> Result<usize, WalIoError> {
         let mut batches = 0;
-        while let Some(PersistBatch { id, writes }) = host.poll_persist() {
+        while let Some(PersistBatch { id, writes, .. }) = host.poll_persist() {
             self.append(&writes).await?;
             host.handle_persisted(id);
             batches += 1;
@@ -485,7 +541,7 @@ fn snapshot_path(log: &Path, group: GroupId, index: u64, term: u64) -> PathBuf {
 /// Writes a snapshot's data to `path` durably (temporary file, fdatasync, rename,
 /// directory fsync) and returns its length and checksum. Every step is an io_uring
 /// operation: a large snapshot does not stall the core's other tasks while it is written.
-async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFile, WalIoError> {
+pub async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFile, WalIoError> {
     let io = |operation| glommio_error(path, operation);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -581,11 +637,16 @@ impl WalFile {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
-        let keep: Vec<PathBuf> = self
+        let mut keep: Vec<PathBuf> = self
             .files
             .iter()
             .map(|(g, (index, term, _))| snapshot_path(&self.path, *g, *index, *term))
             .collect();
+        for path in &self.writing {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            keep.extend([path.clone(), PathBuf::from(tmp)]);
+        }
         for entry in entries.flatten() {
             let name = entry.file_name();
             if name.to_string_lossy().starts_with(&prefix)
