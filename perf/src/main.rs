@@ -131,6 +131,10 @@ enum Tool {
         /// PREFIX.during.hgrm (HdrHistogram's plottable percentile format, milliseconds).
         #[arg(long, value_name = "PREFIX")]
         hgrm: Option<PathBuf>,
+        /// Replica moves at once, one per group (the cluster gets the next power of two of
+        /// groups, each loaded with `mib`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        moves: u32,
     },
     /// How long each group answers nothing when a node of a cluster of separate processes
     /// is killed and restarted, paused, or when every node restarts in turn.
@@ -217,12 +221,14 @@ fn main() -> ExitCode {
             throttle,
             rate,
             hgrm,
+            moves,
         } => migrate_bench(
             &migrate::Options {
                 dir,
                 mib,
                 throttle: throttle.map(|t| t << 20),
                 rate,
+                moves,
             },
             hgrm,
         ),
@@ -422,6 +428,7 @@ fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
         "throttle_bytes_per_sec": o.throttle,
         "writer": match o.rate { Some(_) => "open-loop", None => "closed-loop" },
         "write_rate_per_sec": o.rate,
+        "moves": o.moves,
         "stream_bytes": r.stream_bytes,
         "stream_seconds": r.stream_seconds,
         "stream_bytes_per_sec": stream_rate,

@@ -28,7 +28,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use nodedb_cluster::ids::NodeId;
+use nodedb_cluster::ids::{GroupId, NodeId};
 use nodedb_cluster::metrics::cores::{CoreCounter, NodeMetrics};
 use nodedb_cluster::runtime::bench::{self, Cluster, MTU};
 use nodedb_cluster::runtime::client::KvClient;
@@ -41,6 +41,9 @@ pub struct Options {
     pub throttle: Option<u64>,
     /// Open-loop writes per second (`None`: one closed-loop writer).
     pub rate: Option<u64>,
+    /// Moves at once: groups 1..=moves each move one replica (the cluster has the next
+    /// power of two of groups, each loaded with about `mib`).
+    pub moves: u32,
 }
 
 pub struct MigrateResult {
@@ -67,11 +70,13 @@ pub struct MigrateResult {
 }
 
 pub fn run(o: &Options) -> Result<MigrateResult, String> {
-    let cluster = Cluster::start(&o.dir, 4, 3, o.throttle)?;
+    let groups = o.moves.max(1).next_power_of_two();
+    let cluster = Cluster::start_groups(&o.dir, 4, groups, 3, o.throttle)?;
     let metrics: Vec<_> = cluster.nodes.iter().map(|n| n.metrics().clone()).collect();
-    let (mib, rate) = (o.mib, o.rate);
-    let outcome = cluster
-        .with_client(move |client| async move { measure(&client, mib, rate, &metrics).await });
+    let (mib, rate, moves) = (o.mib, o.rate, o.moves.max(1));
+    let outcome = cluster.with_client(move |client| async move {
+        measure(&client, mib, rate, moves, groups, &metrics).await
+    });
     let stopped = cluster.shutdown();
     let mut r = match (outcome, stopped) {
         (Ok(r), Ok(())) => r,
@@ -151,6 +156,8 @@ async fn measure(
     client: &Rc<KvClient>,
     mib: u64,
     rate: Option<u64>,
+    moves: u32,
+    groups: u32,
     metrics: &[std::sync::Arc<NodeMetrics>],
 ) -> Result<MigrateResult, String> {
     let cores = |f: &mut dyn FnMut(&nodedb_cluster::metrics::cores::LoopTurns)| {
@@ -160,7 +167,9 @@ async fn measure(
             }
         }
     };
-    let vshard_bytes = bench::load(client, mib << 20).await?;
+    // Every group gets about `mib`; the moving groups' share is reported.
+    let loaded = bench::load(client, (mib << 20) * u64::from(groups)).await?;
+    let vshard_bytes = loaded / u64::from(groups) * u64::from(moves);
     let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
     let moving = Rc::new(Cell::new(true));
     let writer = {
@@ -169,13 +178,17 @@ async fn measure(
             write_window(&client, rate, Duration::from_secs(600), Some(moving)).await
         })
     };
-    // The group's first replica moves to the node that holds none.
-    let replicas = bench::replicas(client).await?;
-    let source = replicas.first().ok_or("a group without replicas")?.1.node;
-    let spare = (1..=4)
-        .map(NodeId)
-        .find(|n| !replicas.iter().any(|(_, a)| a.node == *n))
-        .ok_or("no spare node")?;
+    // Each moving group's first replica moves to the node that holds none of it.
+    let mut plan = Vec::new();
+    for g in (1..=moves).map(|g| GroupId(u64::from(g))) {
+        let replicas = bench::replicas_of(client, g).await?;
+        let source = replicas.first().ok_or("a group without replicas")?.1.node;
+        let spare = (1..=4)
+            .map(NodeId)
+            .find(|n| !replicas.iter().any(|(_, a)| a.node == *n))
+            .ok_or("no spare node")?;
+        plan.push((g, source, spare));
+    }
     cores(&mut |t| {
         t.take_recent_max();
     });
@@ -183,8 +196,20 @@ async fn measure(
     let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rss_watch = watch_rss(stop_watch.clone());
     let stream_watch = watch_stream(metrics.to_vec(), stop_watch.clone());
-    let moved = bench::move_replica(client, source, spare).await;
-    let move_seconds = moved?.as_secs_f64();
+    let started = Instant::now();
+    let tasks: Vec<_> = plan
+        .into_iter()
+        .map(|(g, source, spare)| {
+            let client = client.clone();
+            glommio::spawn_local(
+                async move { bench::move_replica_of(&client, g, source, spare).await },
+            )
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let move_seconds = started.elapsed().as_secs_f64();
     let mut max_stall = Duration::ZERO;
     cores(&mut |t| max_stall = max_stall.max(t.take_recent_max()));
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);

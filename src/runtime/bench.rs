@@ -42,6 +42,17 @@ impl Cluster {
         replicas: u16,
         snapshot_rate: Option<u64>,
     ) -> Result<Cluster, String> {
+        Cluster::start_groups(dir, nodes, 1, replicas, snapshot_rate)
+    }
+
+    /// As `start`, with `groups` groups (a power of two).
+    pub fn start_groups(
+        dir: &Path,
+        nodes: u64,
+        groups: u32,
+        replicas: u16,
+        snapshot_rate: Option<u64>,
+    ) -> Result<Cluster, String> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ca = tls::generate_ca("bench").map_err(|e| e.to_string())?;
@@ -55,7 +66,7 @@ impl Cluster {
         let spec = ClusterSpec {
             nodes: addresses,
             cores: 1,
-            groups: 1,
+            groups,
             replicas,
         };
         let mut running = Vec::new();
@@ -134,8 +145,8 @@ impl Cluster {
 /// The group the fixtures load and move.
 pub const GROUP: GroupId = GroupId(1);
 
-/// Loads `bytes` of `VALUE_BYTES` values into the group, 16 writers at once; the bytes
-/// stored.
+/// Loads `bytes` of `VALUE_BYTES` values, 16 writers at once (into the group, or spread
+/// over the groups by the key hash); the bytes stored.
 pub async fn load(client: &Rc<KvClient>, bytes: u64) -> Result<u64, String> {
     let values = bytes / VALUE_BYTES as u64;
     let next = Rc::new(std::cell::Cell::new(0u64));
@@ -165,10 +176,18 @@ pub async fn load(client: &Rc<KvClient>, bytes: u64) -> Result<u64, String> {
 
 /// The group's replicas in the placement table (Raft id, core).
 pub async fn replicas(client: &KvClient) -> Result<Vec<(u64, CoreAddress)>, String> {
+    replicas_of(client, GROUP).await
+}
+
+/// `group`'s replicas in the placement table (Raft id, core).
+pub async fn replicas_of(
+    client: &KvClient,
+    group: GroupId,
+) -> Result<Vec<(u64, CoreAddress)>, String> {
     let (_, groups) = client.routing().await.map_err(|e| e.to_string())?;
     let (_, replicas) = groups
         .into_iter()
-        .find(|(g, _)| *g == GROUP)
+        .find(|(g, _)| *g == group)
         .ok_or("no group")?;
     Ok(replicas)
 }
@@ -176,15 +195,25 @@ pub async fn replicas(client: &KvClient) -> Result<Vec<(u64, CoreAddress)>, Stri
 /// Moves the group's replica on `from` to core 0 of `to` and waits until the placement
 /// table shows it done (polled every millisecond): the move's wall time.
 pub async fn move_replica(client: &KvClient, from: NodeId, to: NodeId) -> Result<Duration, String> {
-    let count = replicas(client).await?.len();
+    move_replica_of(client, GROUP, from, to).await
+}
+
+/// As `move_replica`, for `group`.
+pub async fn move_replica_of(
+    client: &KvClient,
+    group: GroupId,
+    from: NodeId,
+    to: NodeId,
+) -> Result<Duration, String> {
+    let count = replicas_of(client, group).await?.len();
     let started = Instant::now();
     client
-        .move_replica(GROUP, from, CoreAddress::new(to, CoreId(0)))
+        .move_replica(group, from, CoreAddress::new(to, CoreId(0)))
         .await
-        .map_err(|e| format!("starting the move: {e}"))?;
+        .map_err(|e| format!("starting the move of group {}: {e}", group.0))?;
     let deadline = started + Duration::from_secs(600);
     loop {
-        let now = replicas(client).await?;
+        let now = replicas_of(client, group).await?;
         if now.len() == count && !now.iter().any(|(_, a)| a.node == from) {
             return Ok(started.elapsed());
         }
