@@ -72,7 +72,9 @@ use crate::replication::raft_host::{
     HostError, HostEvent, MembershipChange, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
 };
 use crate::replication::replica_move::leader_view;
-use crate::replication::snapshot_transfer::{SnapshotAssembler, TransferError, split};
+use crate::replication::snapshot_transfer::{
+    SnapshotAssembler, SnapshotStream, TransferError, split,
+};
 use crate::time::Time;
 use crate::wire::codec::DecodeError;
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
@@ -160,12 +162,13 @@ pub enum Transmit {
     /// This turn's Raft messages for the core at `to`: a `RaftBatch` frame's payload.
     Raft { to: CoreAddress, payload: Vec<u8> },
     /// A snapshot's data for `replica` of `group`, to stream in order on a bulk stream
-    /// (`BulkChunk` frames); report the outcome with `handle_snapshot_sent`.
+    /// (`BulkChunk` frames, made one at a time by `SnapshotStream::chunk`); report the
+    /// outcome with `handle_snapshot_sent`.
     Snapshot {
         to: CoreAddress,
         group: GroupId,
         replica: ReplicaId,
-        chunks: Vec<Vec<u8>>,
+        stream: SnapshotStream,
     },
     /// A failure-detector message for core 0 of another node: a `Ping` frame's payload.
     /// Best effort: one that cannot be sent is dropped (the detector's timeouts cover it).
@@ -1288,14 +1291,14 @@ impl<R> NodeCore<R> {
         while let Some(out) = self.host.poll_transmit() {
             self.count(CoreCounter::RaftMessagesOut, 1);
             let replica = ReplicaId(out.message.to);
-            let (message, chunks) = split(out.group, out.message);
-            if !chunks.is_empty() {
+            let (message, stream) = split(out.group, out.message);
+            if let Some(stream) = stream {
                 self.count(CoreCounter::SnapshotsSent, 1);
                 self.transmits.push_back(Transmit::Snapshot {
                     to: out.to,
                     group: out.group,
                     replica,
-                    chunks,
+                    stream,
                 });
             }
             let batch = by_peer.entry(out.to).or_default();

@@ -52,32 +52,68 @@ struct Key {
     index: u64,
 }
 
+/// A snapshot's data on its way out, cut into chunk payloads only as each is sent: a view
+/// of the snapshot raft-rs holds anyway (`Bytes`), so the sender holds no copy of the
+/// vShard and the core does not copy it all at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotStream {
+    group: GroupId,
+    index: u64,
+    term: u64,
+    data: bytes::Bytes,
+}
+
+impl SnapshotStream {
+    /// How many chunks (at least one: an empty snapshot is one empty chunk).
+    pub fn chunk_count(&self) -> usize {
+        self.data.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1)
+    }
+
+    /// Bytes of snapshot data.
+    pub fn data_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The payload of chunk `i` (a `BulkChunk` frame's content), `i < chunk_count()`.
+    pub fn chunk(&self, i: usize) -> Vec<u8> {
+        let offset = (i * SNAPSHOT_CHUNK_BYTES).min(self.data.len());
+        let end = (offset + SNAPSHOT_CHUNK_BYTES).min(self.data.len());
+        let mut out = Vec::with_capacity(end - offset + 40);
+        for v in [
+            self.group.0,
+            self.index,
+            self.term,
+            self.data.len() as u64,
+            offset as u64,
+        ] {
+            put_varint(&mut out, v);
+        }
+        put_bytes(&mut out, &self.data[offset..end]);
+        out
+    }
+
+    /// Every chunk payload, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        (0..self.chunk_count()).map(|i| self.chunk(i))
+    }
+}
+
 /// Splits a message's snapshot data off: returns the message carrying metadata only and
-/// the chunk payloads to send on a bulk stream (none when the message is not a snapshot).
-pub fn split(group: GroupId, mut message: Message) -> (Message, Vec<Vec<u8>>) {
+/// the data to stream on a bulk stream (`None` when the message is not a snapshot).
+pub fn split(group: GroupId, mut message: Message) -> (Message, Option<SnapshotStream>) {
     if message.get_msg_type() != MessageType::MsgSnapshot || !message.has_snapshot() {
-        return (message, Vec::new());
+        return (message, None);
     }
     let snapshot = message.mut_snapshot();
     let data = std::mem::take(&mut snapshot.data);
     let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
-    let total = data.len() as u64;
-    let mut chunks = Vec::with_capacity(data.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1));
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
-        let mut out = Vec::with_capacity(end - offset + 40);
-        for v in [group.0, index, term, total, offset as u64] {
-            put_varint(&mut out, v);
-        }
-        put_bytes(&mut out, &data[offset..end]);
-        chunks.push(out);
-        offset = end;
-        if offset >= data.len() {
-            break;
-        }
-    }
-    (message, chunks)
+    let stream = SnapshotStream {
+        group,
+        index,
+        term,
+        data,
+    };
+    (message, Some(stream))
 }
 
 #[derive(Default)]
@@ -255,7 +291,8 @@ mod tests {
             .map(|i| i as u8)
             .collect();
         let original = snapshot_message(data);
-        let (meta, chunks) = split(GroupId(5), original.clone());
+        let (meta, stream) = split(GroupId(5), original.clone());
+        let chunks: Vec<Vec<u8>> = stream.unwrap().chunks().collect();
         assert!(meta.get_snapshot().data.is_empty());
         assert_eq!(chunks.len(), 3);
         // Metadata first.
@@ -286,7 +323,8 @@ mod tests {
     #[test]
     fn a_slow_transfer_that_keeps_arriving_is_not_expired() {
         let data = vec![7; 2 * SNAPSHOT_CHUNK_BYTES + 1];
-        let (meta, chunks) = split(GroupId(4), snapshot_message(data.clone()));
+        let (meta, stream) = split(GroupId(4), snapshot_message(data.clone()));
+        let chunks: Vec<Vec<u8>> = stream.unwrap().chunks().collect();
         assert_eq!(chunks.len(), 3);
         let mut a = SnapshotAssembler::new();
         let almost = SNAPSHOT_TRANSFER_TIMEOUT - Duration::from_secs(1);
@@ -310,10 +348,11 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_refused_and_stale_transfers_expire() {
-        let (meta, chunks) = split(
+        let (meta, stream) = split(
             GroupId(1),
             snapshot_message(vec![1; SNAPSHOT_CHUNK_BYTES + 1]),
         );
+        let chunks: Vec<Vec<u8>> = stream.unwrap().chunks().collect();
         let mut a = SnapshotAssembler::new();
         assert!(matches!(
             a.on_chunk(Time::ZERO, &chunks[1]),

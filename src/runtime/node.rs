@@ -38,7 +38,7 @@ use crate::node::{
     BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
     node_addresses,
 };
-use crate::replication::snapshot_transfer::TokenBucket;
+use crate::replication::snapshot_transfer::{SnapshotStream, TokenBucket};
 use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
@@ -601,12 +601,12 @@ async fn core_loop(
                     to,
                     group,
                     replica,
-                    chunks,
+                    stream,
                 } => {
                     let send = send_snapshot(
                         peers.clone(),
                         to,
-                        chunks,
+                        stream,
                         bucket.clone(),
                         clock,
                         migrated.clone(),
@@ -779,7 +779,7 @@ async fn send_call(
 async fn send_snapshot(
     peers: Peers,
     peer: CoreAddress,
-    chunks: Vec<Vec<u8>>,
+    snapshot: SnapshotStream,
     bucket: Rc<RefCell<TokenBucket>>,
     clock: MonotonicClock,
     migrated: Rc<Cell<u64>>,
@@ -800,12 +800,10 @@ async fn send_snapshot(
             return false;
         }
     };
-    let (started, bytes) = (
-        std::time::Instant::now(),
-        chunks.iter().map(Vec::len).sum::<usize>(),
-    );
+    let (started, bytes) = (std::time::Instant::now(), snapshot.data_bytes());
     debug!(%peer, bytes, "snapshot stream opened");
-    for chunk in chunks {
+    // Each chunk is cut from the snapshot only when its turn comes.
+    for chunk in snapshot.chunks() {
         // The chunk's tokens are taken (owed) either way: wait until they are paid, then
         // send. Taking them again after the wait, as this once did, owed them again on
         // every call, and a snapshot larger than the burst never went out at all.

@@ -949,8 +949,8 @@ impl Sim {
                     to,
                     group,
                     replica,
-                    chunks,
-                } => snapshots.push((to, group, replica, chunks)),
+                    stream,
+                } => snapshots.push((to, group, replica, stream)),
             }
         }
         let mut calls = Vec::new();
@@ -969,10 +969,10 @@ impl Sim {
         for call in calls {
             self.send_request(from, call.to, call.request);
         }
-        for (to, group, replica, chunks) in snapshots {
+        for (to, group, replica, stream) in snapshots {
             // Streamed in full, or not: a chunk lost on the way fails the transfer.
             let mut delivered = true;
-            for chunk in chunks {
+            for chunk in stream.chunks() {
                 delivered &= self.network.send(
                     &mut self.rng,
                     &self.faults,
