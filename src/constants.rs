@@ -424,11 +424,11 @@ pub const SNAPSHOT_TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::
 /// snapshot at a time, so this is also the rate of one move. A node file may set another
 /// rate or `"unlimited"`; the benchmarks run unlimited unless told otherwise.
 pub const SNAPSHOT_RATE_BYTES_PER_SEC: Option<u64> = Some(100 << 20);
-/// The snapshot throttle's smallest burst, what it sends at once after a quiet spell: a
-/// chunk, or 100 ms of the rate if more. Every move starts with a burst, so the rate
-/// measured over a 10 s move overshoots by burst / (10 s × rate): 1 % (a second's burst,
-/// as this once was, gave 10 %).
-pub const SNAPSHOT_RATE_BURST_BYTES: u64 = SNAPSHOT_CHUNK_BYTES as u64;
+/// The snapshot throttle's burst, what it sends at once after a quiet spell, as time at
+/// its rate. Every move starts with a burst, so the rate measured over a 10 s move
+/// overshoots by burst / 10 s: 1 % (a second's burst, as this once was, gave 10 %). A
+/// chunk larger than the burst is sent on credit and paid for by waiting.
+pub const SNAPSHOT_RATE_BURST: std::time::Duration = std::time::Duration::from_millis(100);
 
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES + 64 < FRAME_PAYLOAD_MAX_BYTES);
 

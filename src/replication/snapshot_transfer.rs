@@ -18,7 +18,7 @@ use raft::eraftpb::{Message, MessageType};
 use thiserror::Error;
 
 use crate::constants::{
-    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_MAX_BYTES, SNAPSHOT_RATE_BURST_BYTES, SNAPSHOT_TRANSFER_TIMEOUT,
+    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_MAX_BYTES, SNAPSHOT_RATE_BURST, SNAPSHOT_TRANSFER_TIMEOUT,
     SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::GroupId;
@@ -237,11 +237,11 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A bucket refilled at `rate_bytes_per_sec`, holding at most
-    /// `SNAPSHOT_RATE_BURST_BYTES` of tokens (or a tenth of a second's worth, if larger).
+    /// A bucket refilled at `rate_bytes_per_sec`, holding at most `SNAPSHOT_RATE_BURST`
+    /// worth of tokens.
     pub fn new(rate_bytes_per_sec: Option<u64>) -> TokenBucket {
         let capacity =
-            rate_bytes_per_sec.map_or(0.0, |r| (r / 10).max(SNAPSHOT_RATE_BURST_BYTES) as f64);
+            rate_bytes_per_sec.map_or(0.0, |r| r as f64 * SNAPSHOT_RATE_BURST.as_secs_f64());
         TokenBucket {
             rate_bytes_per_sec,
             capacity,
@@ -373,7 +373,7 @@ mod tests {
         const MIB: u64 = 1 << 20;
         let mut bucket = TokenBucket::new(Some(10 * MIB));
         let t = Time::from_secs(10);
-        assert_eq!(bucket.take(t, MIB), Ok(()), "a burst of one chunk");
+        assert_eq!(bucket.take(t, MIB), Ok(()), "a burst of 100 ms");
         assert_eq!(bucket.take(t, MIB / 2), Err(Duration::from_millis(50)));
         assert_eq!(
             bucket.take(t + Duration::from_millis(1000), 0),
