@@ -938,16 +938,7 @@ mod tests {
     #[test]
     fn the_leader_proposes_down_after_the_grace_and_active_on_return() {
         let mut t = three_active();
-        let mut l = Liveness::new(A, 1, 1);
-        l.set_members(at(0), [A, B, C]);
-        l.apply(
-            at(1000),
-            Update {
-                node: C,
-                state: MemberState::Dead,
-                incarnation: 0,
-            },
-        );
+        let mut l = a_holding_c_dead_since_one_second();
         let grace = Duration::from_secs(5);
         assert!(l.topology_changes(at(5999), &t, grace).is_empty());
         // Due, but first confirmed by a probe of its own: C is probed next.
@@ -1002,6 +993,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A's detector, with B and C as members and C dead since 1 s.
+    fn a_holding_c_dead_since_one_second() -> Liveness {
+        let mut l = Liveness::new(A, 1, 1);
+        l.set_members(at(0), [A, B, C]);
+        l.apply(
+            at(1000),
+            Update {
+                node: C,
+                state: MemberState::Dead,
+                incarnation: 0,
+            },
+        );
+        l
     }
 
     fn three_active() -> ClusterTopology {
@@ -1069,16 +1075,7 @@ mod tests {
     #[test]
     fn a_member_still_heard_from_is_not_recorded_down() {
         let t = three_active();
-        let mut l = Liveness::new(A, 1, 1);
-        l.set_members(at(0), [A, B, C]);
-        l.apply(
-            at(1000),
-            Update {
-                node: C,
-                state: MemberState::Dead,
-                incarnation: 0,
-            },
-        );
+        let mut l = a_holding_c_dead_since_one_second();
         // C's ping at its old incarnation: alive news it cannot make win, but news.
         let ping = Message {
             kind: MessageKind::Ping,
