@@ -109,10 +109,17 @@ impl Cluster {
                     for w in &batch.writes {
                         disk.apply(w);
                     }
+                    for c in &batch.compactions {
+                        disk.apply(&c.to_write());
+                    }
                     host.handle_persisted(batch.id);
                     progressed = true;
                 }
-                while let Some(out) = host.poll_transmit() {
+                while let Some(mut out) = host.poll_transmit() {
+                    // A large snapshot leaves as a view; here it travels whole.
+                    if let Some(view) = out.view.take() {
+                        out.message.mut_snapshot().data = view.encode().into();
+                    }
                     if !self.isolated.contains(&i) && !self.isolated.contains(&out.to.node.0) {
                         self.in_flight.push((NodeId(i), out));
                     }

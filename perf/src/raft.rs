@@ -127,7 +127,11 @@ pub fn in_memory(in_flight: usize, commits: u64) -> Result<CommitResult, String>
                 }
             }
         }
-        for (from, out) in messages {
+        for (from, mut out) in messages {
+            // A large snapshot leaves as a view; in memory it travels whole.
+            if let Some(view) = out.view.take() {
+                out.message.mut_snapshot().data = view.encode().into();
+            }
             if let Some(host) = hosts.get_mut(&out.to.node.0) {
                 let _ = host.handle_message(out.group, from, out.message);
             }

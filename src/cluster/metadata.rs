@@ -538,7 +538,7 @@ impl StateMachine for MetadataStore {
         out
     }
 
-    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError> {
+    fn restore(&mut self, index: u64, snapshot: &bytes::Bytes) -> Result<(), DecodeError> {
         let mut store = MetadataStore::default();
         if !snapshot.is_empty() {
             let mut r = Reader::new(snapshot);
@@ -747,7 +747,7 @@ mod tests {
         }
         assert_eq!(m.epoch(), epoch, "a refused join changes nothing");
         let mut restored = MetadataStore::new();
-        restored.restore(5, &m.snapshot()).unwrap();
+        restored.restore(5, &m.snapshot().into()).unwrap();
         assert!(restored.joined(NodeId(4)) && !restored.joined(NodeId(2)));
         assert_eq!(
             restored.topology().node(NodeId(4)).unwrap().state,
@@ -881,7 +881,7 @@ mod tests {
         assert!(!apply(&mut m, 3, abandon), "asked once");
         // A snapshot taken mid-move restores it.
         let mut r = MetadataStore::new();
-        r.restore(3, &m.snapshot()).unwrap();
+        r.restore(3, &m.snapshot().into()).unwrap();
         assert_eq!(
             r,
             MetadataStore {
@@ -889,7 +889,10 @@ mod tests {
                 ..m.clone()
             }
         );
-        assert!(r.restore(3, b"\x01\xff").is_err());
+        assert!(
+            r.restore(3, &bytes::Bytes::from_static(b"\x01\xff"))
+                .is_err()
+        );
         let end = |new, moved| MetadataCommand::EndMove {
             group: g,
             new,

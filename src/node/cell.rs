@@ -2,7 +2,9 @@
 //! (group 0) a `MetadataStore`. One type, so one `RaftHost` hosts both.
 
 use crate::cluster::metadata::MetadataStore;
-use crate::replication::kv::{KvStore, StateMachine};
+use bytes::Bytes;
+
+use crate::replication::kv::{KvStore, KvView, StateMachine};
 use crate::wire::codec::DecodeError;
 
 /// The state machine of a node's groups: data groups hold a `KvStore`, the metadata group
@@ -51,7 +53,14 @@ impl StateMachine for Cell {
         }
     }
 
-    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError> {
+    fn view(&self) -> Option<KvView> {
+        match self {
+            Cell::Kv(s) => Some(s.view()),
+            Cell::Meta(_) => None,
+        }
+    }
+
+    fn restore(&mut self, index: u64, snapshot: &Bytes) -> Result<(), DecodeError> {
         match self {
             Cell::Kv(s) => s.restore(index, snapshot),
             Cell::Meta(m) => m.restore(index, snapshot),

@@ -1291,7 +1291,7 @@ impl<R> NodeCore<R> {
         while let Some(out) = self.host.poll_transmit() {
             self.count(CoreCounter::RaftMessagesOut, 1);
             let replica = ReplicaId(out.message.to);
-            let (message, stream) = split(out.group, out.message);
+            let (message, stream) = split(out.group, out.message, out.view);
             if let Some(stream) = stream {
                 self.count(CoreCounter::SnapshotsSent, 1);
                 self.transmits.push_back(Transmit::Snapshot {

@@ -6,9 +6,11 @@
 //! (only possible from a bug or a corrupt log, since the leader validates what it proposes)
 //! yields an error response on every replica alike, never a panic and never a divergence.
 
-use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Bound;
 
+use bytes::Bytes;
+use imbl::OrdMap;
 use thiserror::Error;
 
 use crate::constants::{
@@ -25,8 +27,14 @@ pub trait StateMachine {
     fn applied_index(&self) -> u64;
     /// A full copy of the state, to install on a replica that fell behind the log.
     fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the state with a snapshot taken at `index`.
-    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError>;
+    /// The state as a point-in-time view that encodes to what `snapshot` returns, piece
+    /// by piece, when the machine can give one cheaply (`None`: call `snapshot`).
+    fn view(&self) -> Option<KvView> {
+        None
+    }
+    /// Replaces the state with a snapshot taken at `index`. The state may keep slices of
+    /// `snapshot` rather than copies.
+    fn restore(&mut self, index: u64, snapshot: &Bytes) -> Result<(), DecodeError>;
     /// Bytes of user data held (keys + values), for the load metrics.
     fn bytes_stored(&self) -> u64;
 }
@@ -245,10 +253,16 @@ impl KvResponse {
 }
 
 /// An ordered map, the KV state machine of one vShard.
+///
+/// The map is persistent (structural sharing): a snapshot is a [`KvView`] taken in O(1),
+/// and later writes copy only the tree nodes they change, so a replica neither stops to
+/// serialise a large vShard nor holds a second, serialised copy of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    map: OrdMap<Bytes, Bytes>,
     bytes: u64,
+    /// What the pairs take encoded in a snapshot (keys, values, their length prefixes).
+    encoded: u64,
     applied: u64,
     /// Most the snapshot may take (`VSHARD_STATE_MAX_BYTES`; every replica must agree).
     limit: u64,
@@ -269,24 +283,25 @@ impl KvStore {
     /// use the same limit: nodes use `VSHARD_STATE_MAX_BYTES` (`new`); tests a small one.
     pub fn with_limit(limit: u64) -> KvStore {
         KvStore {
-            map: BTreeMap::new(),
+            map: OrdMap::new(),
             bytes: 0,
+            encoded: 0,
             applied: 0,
             limit,
         }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).map(Vec::as_slice)
+        self.map.get(key).map(|v| &v[..])
     }
 
     /// Up to `limit` (capped at `KV_SCAN_MAX_ITEMS`) pairs with `start <= key < end`.
     pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         self.map
-            .range::<[u8], _>((Bound::Included(start), upper))
+            .range::<_, [u8]>((Bound::Included(start), upper))
             .take(limit.min(KV_SCAN_MAX_ITEMS))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect()
     }
 
@@ -325,20 +340,155 @@ impl KvStore {
         self.map.is_empty()
     }
 
-    /// Sets or removes `key`, keeping `bytes` equal to the sum of key and value lengths.
-    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    /// Sets or removes `key`, keeping `bytes` equal to the sum of key and value lengths
+    /// and `encoded` to their encoded size.
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Option<Bytes> {
         let key_len = key.len() as u64;
         let old = match value {
             Some(v) => {
                 self.bytes += key_len + v.len() as u64;
-                self.map.insert(key, v)
+                self.encoded += pair_encoded_len(key.len(), v.len());
+                self.map.insert(key.into(), v.into())
             }
-            None => self.map.remove(&key),
+            None => self.map.remove(&key[..]),
         };
         if let Some(old) = &old {
             self.bytes -= key_len + old.len() as u64;
+            self.encoded -= pair_encoded_len(key_len as usize, old.len());
         }
         old
+    }
+
+    /// The pairs as they are now, in O(1): see [`KvView`].
+    pub fn view(&self) -> KvView {
+        KvView {
+            map: self.map.clone(),
+            encoded: self.encoded,
+        }
+    }
+}
+
+/// Bytes of a varint.
+fn varint_len(value: u64) -> u64 {
+    u64::from((64 - value.leading_zeros()).max(1).div_ceil(7))
+}
+
+/// Bytes a pair takes in a snapshot: each of key and value with its length prefix.
+fn pair_encoded_len(key: usize, value: usize) -> u64 {
+    varint_len(key as u64) + key as u64 + varint_len(value as u64) + value as u64
+}
+
+/// A point-in-time copy of a vShard's pairs, taken in O(1): it shares the live map's
+/// structure (writes after it copy the nodes they change). A snapshot is encoded from it
+/// piece by piece ([`ViewReader`]), so neither compaction nor a transfer holds a whole
+/// encoded vShard, and the core encodes only as fast as the pieces are written out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KvView {
+    map: OrdMap<Bytes, Bytes>,
+    encoded: u64,
+}
+
+impl fmt::Debug for KvView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvView")
+            .field("pairs", &self.map.len())
+            .field("encoded_len", &self.encoded_len())
+            .finish()
+    }
+}
+
+impl KvView {
+    /// Bytes of the encoded snapshot (what `KvStore::snapshot` returns for this state).
+    pub fn encoded_len(&self) -> u64 {
+        varint_len(self.map.len() as u64) + self.encoded
+    }
+
+    /// Reads the encoded snapshot from its start.
+    pub fn reader(&self) -> ViewReader {
+        ViewReader {
+            map: self.map.clone(),
+            after: None,
+            header: false,
+            finished: false,
+            carry: Vec::new(),
+            carry_at: 0,
+        }
+    }
+
+    /// The whole encoded snapshot at once.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len() as usize);
+        put_varint(&mut out, self.map.len() as u64);
+        for (k, v) in &self.map {
+            put_bytes(&mut out, k);
+            put_bytes(&mut out, v);
+        }
+        out
+    }
+}
+
+/// Encodes a [`KvView`] in order, a piece at a time: each call resumes after the last key
+/// it encoded (one O(log n) seek), so a piece costs its own bytes and no more.
+pub struct ViewReader {
+    map: OrdMap<Bytes, Bytes>,
+    /// The last key encoded.
+    after: Option<Bytes>,
+    header: bool,
+    finished: bool,
+    /// Encoded bytes of the last pair that did not fit the previous piece.
+    carry: Vec<u8>,
+    carry_at: usize,
+}
+
+impl ViewReader {
+    /// The next `max` bytes of the encoded snapshot (fewer only at its end; empty after).
+    pub fn read(&mut self, max: usize) -> Vec<u8> {
+        if !self.header {
+            // The pair count leads: it goes out as carried bytes, like a pair's overflow.
+            put_varint(&mut self.carry, self.map.len() as u64);
+            self.header = true;
+        }
+        let mut out = Vec::with_capacity(max.min(self.remaining_hint()));
+        let carried = (self.carry.len() - self.carry_at).min(max.saturating_sub(out.len()));
+        out.extend_from_slice(&self.carry[self.carry_at..self.carry_at + carried]);
+        self.carry_at += carried;
+        if out.len() < max && !self.finished {
+            let lower = self
+                .after
+                .as_ref()
+                .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..]));
+            let mut pairs = self.map.range::<_, [u8]>((lower, Bound::Unbounded));
+            let mut last = None;
+            loop {
+                let Some((k, v)) = pairs.next() else {
+                    self.finished = true;
+                    break;
+                };
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, v);
+                last = Some(k);
+                if out.len() >= max {
+                    break;
+                }
+            }
+            if let Some(k) = last {
+                self.after = Some(k.clone());
+            }
+            if out.len() > max {
+                self.carry = out.split_off(max);
+                self.carry_at = 0;
+            }
+        }
+        out
+    }
+
+    /// A bound for sizing a piece's buffer (a piece rarely needs more than one chunk).
+    fn remaining_hint(&self) -> usize {
+        if self.finished {
+            self.carry.len() - self.carry_at
+        } else {
+            usize::MAX
+        }
     }
 }
 
@@ -356,7 +506,7 @@ impl StateMachine for KvStore {
             },
             Ok(KvCommand::Delete { key }) => KvResponse::Deleted(self.set(key, None).is_some()),
             Ok(KvCommand::CompareAndSet { key, expected, new }) => {
-                let found = self.map.get(&key).cloned();
+                let found = self.map.get(&key[..]).map(|v| v.to_vec());
                 let refusal = new.as_ref().and_then(|v| self.full(&key, v.len()));
                 if let (true, Some(refusal)) = (found == expected, refusal) {
                     refusal
@@ -382,40 +532,34 @@ impl StateMachine for KvStore {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        // Sized once (two varints of at most 10 bytes per entry): growing by doubling
-        // copied a 128 MiB vShard about twice over and faulted in every new buffer.
-        let mut out = Vec::with_capacity(self.bytes as usize + 20 * self.map.len() + 10);
-        put_varint(&mut out, self.map.len() as u64);
-        for (k, v) in &self.map {
-            put_bytes(&mut out, k);
-            put_bytes(&mut out, v);
-        }
-        out
+        self.view().encode()
     }
 
-    fn restore(&mut self, index: u64, snapshot: &[u8]) -> Result<(), DecodeError> {
+    fn view(&self) -> Option<KvView> {
+        Some(KvStore::view(self))
+    }
+
+    fn restore(&mut self, index: u64, snapshot: &Bytes) -> Result<(), DecodeError> {
         let mut r = Reader::new(snapshot);
         let n = r.count("snapshot entries", usize::MAX)?;
-        // An entry takes at least two bytes: the count cannot reserve more than that allows.
-        let mut entries = Vec::with_capacity(n.min(snapshot.len() / 2));
-        let mut bytes = 0u64;
+        let mut restored = KvStore::with_limit(self.limit);
         for _ in 0..n {
-            let k = r.bytes("key", KV_KEY_MAX_BYTES)?.to_vec();
-            let v = r.bytes("value", KV_VALUE_MAX_BYTES)?.to_vec();
-            bytes += (k.len() + v.len()) as u64;
-            entries.push((k, v));
+            let k = r.bytes("key", KV_KEY_MAX_BYTES)?;
+            let v = r.bytes("value", KV_VALUE_MAX_BYTES)?;
+            // Slices of the received snapshot, not copies: installing one copies no data.
+            let (key, value) = (snapshot.slice_ref(k), snapshot.slice_ref(v));
+            restored.bytes += (k.len() + v.len()) as u64;
+            restored.encoded += pair_encoded_len(k.len(), v.len());
+            // A repeated key keeps its last value; its first one no longer counts.
+            if let Some(old) = restored.map.insert(key, value) {
+                restored.bytes -= (k.len() + old.len()) as u64;
+                restored.encoded -= pair_encoded_len(k.len(), old.len());
+            }
         }
         r.finish()?;
-        // Keys come sorted (a snapshot is written in key order): the map is built in one
-        // pass rather than by n inserts. A repeated key keeps its last value, as inserts did.
-        let map = BTreeMap::from_iter(entries);
         // Only replace the state once the whole snapshot decoded: never half-installed.
-        *self = KvStore {
-            map,
-            bytes,
-            applied: index,
-            limit: self.limit,
-        };
+        restored.applied = index;
+        *self = restored;
         Ok(())
     }
 
@@ -553,7 +697,7 @@ mod tests {
             );
         }
         let mut t = KvStore::new();
-        t.restore(50, &s.snapshot()).unwrap();
+        t.restore(50, &s.snapshot().into()).unwrap();
         assert_eq!(t, s);
         assert_eq!(
             t.scan(&5u32.to_be_bytes(), Some(&8u32.to_be_bytes()), 100)
@@ -561,8 +705,62 @@ mod tests {
             3
         );
         let before = t.clone();
-        assert!(t.restore(60, &[3, 1]).is_err());
+        assert!(t.restore(60, &Bytes::from_static(&[3, 1])).is_err());
         assert_eq!(t, before);
+    }
+
+    /// A view taken before later writes still encodes the state it was taken at, in pieces
+    /// of any size, and byte for byte what `snapshot` gave then.
+    #[test]
+    fn a_view_encodes_its_point_in_time_in_pieces_of_any_size() {
+        let mut s = KvStore::new();
+        let mut index = 0;
+        let mut put = |s: &mut KvStore, key: Vec<u8>, len: usize| {
+            index += 1;
+            let value = vec![index as u8; len];
+            apply(s, index, KvCommand::Put { key, value });
+        };
+        for i in 0..300u32 {
+            // Values from empty to larger than a piece, so pairs straddle pieces.
+            put(&mut s, i.to_be_bytes().to_vec(), (i as usize * 37) % 700);
+        }
+        let view = s.view();
+        let encoded = s.snapshot();
+        assert_eq!(view.encoded_len(), encoded.len() as u64);
+        // Writes after the view: overwrites, deletes and new keys.
+        for i in (0..300u32).step_by(3) {
+            put(&mut s, i.to_be_bytes().to_vec(), 5);
+        }
+        for i in (1..300u32).step_by(7) {
+            apply(
+                &mut s,
+                10_000 + i as u64,
+                KvCommand::Delete {
+                    key: i.to_be_bytes().to_vec(),
+                },
+            );
+        }
+        put(&mut s, b"zzz".to_vec(), 9);
+        assert_ne!(s.snapshot(), encoded);
+        for piece in [1, 2, 5, 64, 699, 4096, 1 << 20] {
+            let mut reader = view.reader();
+            let mut joined = Vec::new();
+            loop {
+                let next = reader.read(piece);
+                assert!(next.len() <= piece);
+                if next.is_empty() {
+                    break;
+                }
+                joined.extend_from_slice(&next);
+            }
+            assert_eq!(joined, encoded, "pieces of {piece} bytes");
+        }
+        // What the live map's accounting says matches a full encode after all the writes.
+        assert_eq!(s.view().encoded_len(), s.snapshot().len() as u64);
+        let mut restored = KvStore::new();
+        restored.restore(index, &s.snapshot().into()).unwrap();
+        assert_eq!(restored.view().encoded_len(), s.view().encoded_len());
+        assert_eq!(restored.bytes_stored(), recount(&restored));
     }
 
     #[test]

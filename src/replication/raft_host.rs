@@ -34,10 +34,10 @@ use thiserror::Error;
 use crate::constants::{
     RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
     RAFT_LOG_COMPACT_ENTRIES, RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION,
-    RAFT_TICK,
+    RAFT_TICK, SNAPSHOT_FILE_BYTES,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
-use crate::replication::kv::StateMachine;
+use crate::replication::kv::{KvView, StateMachine};
 use crate::replication::screen::{Recipient, Refusal, screen};
 use crate::time::Time;
 
@@ -114,11 +114,35 @@ pub struct GroupWrite {
 pub struct PersistBatch {
     pub id: u64,
     pub writes: Vec<GroupWrite>,
-    /// Groups whose `snapshot` here is their own compaction (not one installed from a
-    /// leader): nothing waits for it to be durable (the log still holds the entries it
-    /// covers), so a shell may write it later, in the background, as long as it never
-    /// writes it after a newer snapshot of the group.
-    pub compactions: Vec<GroupId>,
+    /// Compactions too large to inline in a log record (`SNAPSHOT_FILE_BYTES`), as views
+    /// to encode piece by piece. Nothing waits for them to be durable (the log still holds
+    /// the entries they cover): a shell writes each to a file of its own in the background
+    /// and records it when it is durable, never after a newer snapshot of the group; one
+    /// never written only leaves the log longer. (A small compaction is in `writes`.)
+    pub compactions: Vec<Compaction>,
+}
+
+/// A group's own compaction snapshot, kept as a view of its state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compaction {
+    pub group: GroupId,
+    /// Its metadata (`data` is empty: `view` encodes it).
+    pub snapshot: Snapshot,
+    pub view: KvView,
+}
+
+impl Compaction {
+    /// The compaction as a log write with its data encoded whole (for shells that do not
+    /// stream it, such as the simulator's disk).
+    pub fn to_write(&self) -> GroupWrite {
+        let mut snapshot = self.snapshot.clone();
+        snapshot.data = self.view.encode().into();
+        GroupWrite {
+            group: self.group,
+            snapshot: Some(snapshot),
+            ..GroupWrite::default()
+        }
+    }
 }
 
 /// A message for another core.
@@ -127,6 +151,8 @@ pub struct Outgoing {
     pub to: CoreAddress,
     pub group: GroupId,
     pub message: Message,
+    /// For a `MsgSnapshot` whose `data` is empty: the view that encodes its data.
+    pub view: Option<KvView>,
 }
 
 /// Something the host's owner must know.
@@ -210,9 +236,41 @@ impl PersistedGroup {
 pub struct GroupStorage {
     log: MemStorage,
     snapshot: Rc<RefCell<Option<Snapshot>>>,
+    /// When `snapshot`'s data is empty, the view of the state machine that encodes it.
+    view: Rc<RefCell<Option<KvView>>>,
     /// raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
     /// the recipient joined): take a fresh one at the next chance.
     wanted: Rc<std::cell::Cell<bool>>,
+}
+
+impl GroupStorage {
+    /// Keeps `snapshot` (whose state `state_machine` now holds) to serve followers. A large
+    /// one is kept as a view of the state machine rather than as its encoded bytes: the
+    /// view shares the live state's memory, where the bytes would double it.
+    fn keep<S: StateMachine>(&self, snapshot: &Snapshot, state_machine: &S) {
+        let view = large_view(state_machine);
+        let mut kept = snapshot.clone();
+        if view.is_some() {
+            kept.data = Default::default();
+        }
+        *self.snapshot.borrow_mut() = Some(kept);
+        *self.view.borrow_mut() = view;
+    }
+
+    /// The view encoding the kept snapshot at `index`, if it is kept as one.
+    fn view_at(&self, index: u64) -> Option<KvView> {
+        let kept = self.snapshot.borrow();
+        kept.as_ref()
+            .filter(|s| s.get_metadata().index == index && s.data.is_empty())
+            .and_then(|_| self.view.borrow().clone())
+    }
+}
+
+/// The state machine's view, when its encoded state is large enough to be worth one.
+fn large_view<S: StateMachine>(state_machine: &S) -> Option<KvView> {
+    state_machine
+        .view()
+        .filter(|v| v.encoded_len() >= SNAPSHOT_FILE_BYTES as u64)
 }
 
 impl Storage for GroupStorage {
@@ -319,8 +377,9 @@ struct Group<S> {
     /// read entries from its old applied index on, which the snapshot compacted away, and
     /// raft-rs panics. So the replica neither ticks nor takes `TimeoutNow` meanwhile.
     snapshot_pending: Option<u64>,
-    /// A compaction snapshot to write to the log with the next batch.
-    snapshot_to_persist: Option<Snapshot>,
+    /// A compaction snapshot to write to the log with the next batch (with the view that
+    /// encodes its data, when that is large).
+    snapshot_to_persist: Option<(Snapshot, Option<KvView>)>,
     /// The commit index this replica's log holds durably (the last persisted hard state's).
     durable_commit: u64,
     /// Bytes of entries appended to the log since its last compaction (approximate: entry
@@ -462,7 +521,12 @@ impl<S: StateMachine> RaftHost<S> {
             return Err(HostError::GroupExists(group));
         }
         let log = MemStorage::new();
-        let snapshot_slot = Rc::new(RefCell::new(None));
+        let storage = GroupStorage {
+            log: log.clone(),
+            snapshot: Rc::default(),
+            view: Rc::default(),
+            wanted: Rc::default(),
+        };
         let raft_err = |e: raft::Error| HostError::Raft(e.to_string());
         let mut applied = 0;
         match persisted {
@@ -478,7 +542,7 @@ impl<S: StateMachine> RaftHost<S> {
                             HostError::Raft(format!("snapshot of {group:?} does not decode: {e}"))
                         })?;
                     applied = snapshot.get_metadata().index;
-                    *snapshot_slot.borrow_mut() = Some(snapshot.clone());
+                    storage.keep(snapshot, &state_machine);
                 } else {
                     core.set_conf_state(conf);
                 }
@@ -494,11 +558,6 @@ impl<S: StateMachine> RaftHost<S> {
                 )));
             }
         }
-        let storage = GroupStorage {
-            log,
-            snapshot: snapshot_slot,
-            wanted: Rc::default(),
-        };
         self.insert_group(group, replica, applied, storage, state_machine)
     }
 
@@ -574,7 +633,8 @@ impl<S: StateMachine> RaftHost<S> {
         )));
         let storage = GroupStorage {
             log,
-            snapshot: Rc::new(RefCell::new(None)),
+            snapshot: Rc::default(),
+            view: Rc::default(),
             wanted: Rc::default(),
         };
         self.insert_group(group, replica, 0, storage, state_machine)
@@ -909,16 +969,25 @@ impl<S: StateMachine> RaftHost<S> {
                 ..GroupWrite::default()
             };
             let mut sent_snapshots = Vec::new();
-            let mut compaction = false;
             for m in rd.take_messages() {
+                let mut view = None;
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     sent_snapshots.push(m.to);
+                    view = g.raw.store().view_at(m.get_snapshot().get_metadata().index);
                 }
-                route(&self.directory, &mut self.outbox, id, m);
+                route(&self.directory, &mut self.outbox, id, m, view);
             }
-            if let Some(snapshot) = g.snapshot_to_persist.take() {
-                write.snapshot = Some(snapshot);
-                compaction = true;
+            let mut compaction = None;
+            match g.snapshot_to_persist.take() {
+                Some((snapshot, None)) => write.snapshot = Some(snapshot),
+                Some((snapshot, Some(view))) => {
+                    compaction = Some(Compaction {
+                        group: id,
+                        snapshot,
+                        view,
+                    })
+                }
+                None => {}
             }
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
@@ -935,9 +1004,10 @@ impl<S: StateMachine> RaftHost<S> {
                 } else {
                     // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
                     let _ = g.raw.store().log.wl().apply_snapshot(snapshot.clone());
-                    *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
+                    g.raw.store().keep(&snapshot, &g.state_machine);
                     write.snapshot = Some(snapshot);
-                    compaction = false;
+                    // An older compaction would only be declined.
+                    compaction = None;
                     g.snapshot_pending = Some(index);
                 }
             }
@@ -971,9 +1041,7 @@ impl<S: StateMachine> RaftHost<S> {
                     g.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
                 }
             }
-            if compaction {
-                compactions.push(id);
-            }
+            compactions.extend(compaction);
             if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
                 writes.push(write);
             }
@@ -984,7 +1052,7 @@ impl<S: StateMachine> RaftHost<S> {
         let id = self.next_batch;
         self.next_batch += 1;
         self.in_flight = Some((id, numbers));
-        if writes.is_empty() {
+        if writes.is_empty() && compactions.is_empty() {
             // Nothing to make durable: complete at once.
             self.handle_persisted(id);
             return None;
@@ -1022,7 +1090,7 @@ impl<S: StateMachine> RaftHost<S> {
                 g.raw.advance_apply_to(index);
             }
             for m in std::mem::take(&mut g.held) {
-                route(&self.directory, &mut self.outbox, group, m);
+                route(&self.directory, &mut self.outbox, group, m, None);
             }
             compact_if_long(g);
         }
@@ -1105,12 +1173,19 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
     let Ok(term) = g.raw.store().term(applied) else {
         return;
     };
-    // The core is sans-IO and has no clock: the shell's loop-turn time shows the cost.
+    // A large state is kept as a view (O(1)), encoded later piece by piece as it is
+    // written or sent; a small one is encoded now. The core is sans-IO and has no clock:
+    // the shell's loop-turn time shows the cost.
     let mut snapshot = Snapshot::default();
-    snapshot.data = g.state_machine.snapshot().into();
+    let view = large_view(&g.state_machine);
+    if view.is_none() {
+        snapshot.data = g.state_machine.snapshot().into();
+    }
     tracing::debug!(
         index = applied,
-        bytes = snapshot.data.len(),
+        bytes = view
+            .as_ref()
+            .map_or(snapshot.data.len() as u64, KvView::encoded_len),
         wanted,
         "snapshot taken"
     );
@@ -1122,9 +1197,10 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
         return;
     }
     *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
+    *g.raw.store().view.borrow_mut() = view.clone();
     g.raw.store().wanted.set(false);
     g.log_bytes = 0;
-    g.snapshot_to_persist = Some(snapshot);
+    g.snapshot_to_persist = Some((snapshot, view));
 }
 
 fn route(
@@ -1132,12 +1208,14 @@ fn route(
     outbox: &mut VecDeque<Outgoing>,
     group: GroupId,
     message: Message,
+    view: Option<KvView>,
 ) {
     match directory.get(&ReplicaId(message.to)) {
         Some(to) => outbox.push_back(Outgoing {
             to: *to,
             group,
             message,
+            view,
         }),
         None => tracing::warn!(
             group = group.0,

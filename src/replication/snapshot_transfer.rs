@@ -22,6 +22,7 @@ use crate::constants::{
     SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::GroupId;
+use crate::replication::kv::{KvView, ViewReader};
 use crate::time::Time;
 use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
 
@@ -52,66 +53,111 @@ struct Key {
     index: u64,
 }
 
-/// A snapshot's data on its way out, cut into chunk payloads only as each is sent: a view
-/// of the snapshot raft-rs holds anyway (`Bytes`), so the sender holds no copy of the
-/// vShard and the core does not copy it all at once.
+/// A snapshot's data on its way out, made into chunk payloads only as each is sent: from
+/// a view of the state machine (a large snapshot, [`KvView`]) or from bytes raft-rs holds
+/// anyway (`Bytes`). The sender never holds the whole encoded vShard, and the core encodes
+/// one chunk at a time, between which the send task yields.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotStream {
     group: GroupId,
     index: u64,
     term: u64,
     data: bytes::Bytes,
+    /// When set, the snapshot's data (and `data` is empty).
+    view: Option<KvView>,
 }
 
 impl SnapshotStream {
-    /// How many chunks (at least one: an empty snapshot is one empty chunk).
-    pub fn chunk_count(&self) -> usize {
-        self.data.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1)
-    }
-
     /// Bytes of snapshot data.
     pub fn data_bytes(&self) -> usize {
-        self.data.len()
+        self.view
+            .as_ref()
+            .map_or(self.data.len(), |v| v.encoded_len() as usize)
     }
 
-    /// The payload of chunk `i` (a `BulkChunk` frame's content), `i < chunk_count()`.
-    pub fn chunk(&self, i: usize) -> Vec<u8> {
-        let offset = (i * SNAPSHOT_CHUNK_BYTES).min(self.data.len());
-        let end = (offset + SNAPSHOT_CHUNK_BYTES).min(self.data.len());
-        let mut out = Vec::with_capacity(end - offset + 40);
-        for v in [
-            self.group.0,
-            self.index,
-            self.term,
-            self.data.len() as u64,
-            offset as u64,
-        ] {
+    /// The chunk payloads (`BulkChunk` frames' contents), in order, each made when it is
+    /// asked for: at least one (an empty snapshot is one empty chunk).
+    pub fn chunks(&self) -> Chunks {
+        Chunks {
+            total: self.data_bytes() as u64,
+            offset: 0,
+            started: false,
+            reader: self.view.as_ref().map(KvView::reader),
+            stream: self.clone(),
+        }
+    }
+}
+
+/// The chunks of a [`SnapshotStream`], encoded one at a time.
+pub struct Chunks {
+    stream: SnapshotStream,
+    reader: Option<ViewReader>,
+    total: u64,
+    offset: u64,
+    started: bool,
+}
+
+impl Iterator for Chunks {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.started && self.offset >= self.total {
+            return None;
+        }
+        self.started = true;
+        let len = (self.total - self.offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+        let piece = match &mut self.reader {
+            Some(reader) => reader.read(len),
+            None => {
+                let at = self.offset as usize;
+                self.stream.data[at..at + len].to_vec()
+            }
+        };
+        // A view encodes exactly `encoded_len` bytes; anything else is a bug, and a short
+        // transfer would only be refused by the receiver: end it here instead.
+        if piece.len() != len {
+            tracing::error!(
+                group = self.stream.group.0,
+                offset = self.offset,
+                expected = len,
+                got = piece.len(),
+                "snapshot view encoded a different length than it announced"
+            );
+            self.offset = self.total;
+            return None;
+        }
+        let mut out = Vec::with_capacity(len + 40);
+        let s = &self.stream;
+        for v in [s.group.0, s.index, s.term, self.total, self.offset] {
             put_varint(&mut out, v);
         }
-        put_bytes(&mut out, &self.data[offset..end]);
-        out
-    }
-
-    /// Every chunk payload, in order.
-    pub fn chunks(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
-        (0..self.chunk_count()).map(|i| self.chunk(i))
+        put_bytes(&mut out, &piece);
+        self.offset += len as u64;
+        Some(out)
     }
 }
 
 /// Splits a message's snapshot data off: returns the message carrying metadata only and
 /// the data to stream on a bulk stream (`None` when the message is not a snapshot).
-pub fn split(group: GroupId, mut message: Message) -> (Message, Option<SnapshotStream>) {
+/// `view` encodes the data when the message carries none (a large snapshot).
+pub fn split(
+    group: GroupId,
+    mut message: Message,
+    view: Option<KvView>,
+) -> (Message, Option<SnapshotStream>) {
     if message.get_msg_type() != MessageType::MsgSnapshot || !message.has_snapshot() {
         return (message, None);
     }
     let snapshot = message.mut_snapshot();
     let data = std::mem::take(&mut snapshot.data);
+    let view = view.filter(|_| data.is_empty());
     let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
     let stream = SnapshotStream {
         group,
         index,
         term,
         data,
+        view,
     };
     (message, Some(stream))
 }
@@ -291,7 +337,7 @@ mod tests {
             .map(|i| i as u8)
             .collect();
         let original = snapshot_message(data);
-        let (meta, stream) = split(GroupId(5), original.clone());
+        let (meta, stream) = split(GroupId(5), original.clone(), None);
         let chunks: Vec<Vec<u8>> = stream.unwrap().chunks().collect();
         assert!(meta.get_snapshot().data.is_empty());
         assert_eq!(chunks.len(), 3);
@@ -320,10 +366,45 @@ mod tests {
         assert_eq!(b.in_progress(), 0);
     }
 
+    /// A large snapshot travels from a view of the store: the receiver gets exactly the
+    /// encoded state the view was taken at, whatever the store did after.
+    #[test]
+    fn a_stream_from_a_view_arrives_as_the_state_it_was_taken_at() {
+        use crate::replication::kv::{KvCommand, KvStore, StateMachine};
+        let mut store = KvStore::new();
+        let put = |i: u32| KvCommand::Put {
+            key: i.to_be_bytes().to_vec(),
+            value: vec![i as u8; 1000],
+        };
+        for i in 0..2600u32 {
+            store.apply(u64::from(i) + 1, &put(i).encode());
+        }
+        let view = store.view();
+        let expected = store.snapshot();
+        let (meta, stream) = split(GroupId(9), snapshot_message(Vec::new()), Some(view));
+        let stream = stream.unwrap();
+        assert_eq!(stream.data_bytes(), expected.len());
+        for i in 0..100u32 {
+            store.apply(5000 + u64::from(i), &put(i * 7).encode());
+        }
+        let mut a = SnapshotAssembler::new();
+        assert!(a.on_message(Time::ZERO, GroupId(9), meta).is_none());
+        let chunks: Vec<Vec<u8>> = stream.chunks().collect();
+        assert_eq!(chunks.len(), expected.len().div_ceil(SNAPSHOT_CHUNK_BYTES));
+        let mut done = None;
+        for chunk in &chunks {
+            assert!(done.is_none(), "complete before its last chunk");
+            done = a.on_chunk(Time::ZERO, chunk).unwrap();
+        }
+        let (group, message) = done.expect("complete after its last chunk");
+        assert_eq!(group, GroupId(9));
+        assert_eq!(message.get_snapshot().data.as_ref(), expected.as_slice());
+    }
+
     #[test]
     fn a_slow_transfer_that_keeps_arriving_is_not_expired() {
         let data = vec![7; 2 * SNAPSHOT_CHUNK_BYTES + 1];
-        let (meta, stream) = split(GroupId(4), snapshot_message(data.clone()));
+        let (meta, stream) = split(GroupId(4), snapshot_message(data.clone()), None);
         let chunks: Vec<Vec<u8>> = stream.unwrap().chunks().collect();
         assert_eq!(chunks.len(), 3);
         let mut a = SnapshotAssembler::new();
@@ -351,6 +432,7 @@ mod tests {
         let (meta, stream) = split(
             GroupId(1),
             snapshot_message(vec![1; SNAPSHOT_CHUNK_BYTES + 1]),
+            None,
         );
         let chunks: Vec<Vec<u8>> = stream.unwrap().chunks().collect();
         let mut a = SnapshotAssembler::new();

@@ -28,7 +28,7 @@ use crate::cluster::spec::core_address;
 use crate::cluster::vshard::fnv1a64;
 use crate::constants::{
     CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, NODE_LOOP_IDLE,
-    REPLY_CHANNEL_CAPACITY, SNAPSHOT_FILE_BYTES, SNAPSHOT_TRANSFER_TIMEOUT,
+    REPLY_CHANNEL_CAPACITY, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
@@ -38,7 +38,7 @@ use crate::node::{
     BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
     node_addresses,
 };
-use crate::replication::raft_host::PersistBatch;
+use crate::replication::raft_host::{Compaction, PersistBatch};
 use crate::replication::snapshot_transfer::{SnapshotStream, TokenBucket};
 use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
@@ -520,6 +520,10 @@ async fn core_loop(
                 }
                 LogWrite::Persist(mut batch) => {
                     write_compactions_in_background(&mut batch, &mut wal, &inbox);
+                    if batch.writes.is_empty() {
+                        node.handle_persisted(batch.id);
+                        continue;
+                    }
                     let snapshot_bytes: usize = batch
                         .writes
                         .iter()
@@ -742,30 +746,31 @@ async fn send_call(
     inbox.push(Work::CallReply(call.request.id, result));
 }
 
-/// Takes each compaction large enough for a file of its own out of `batch` and writes its
-/// file in a task of its own: nothing waits for a compaction (the log keeps the entries it
-/// covers), so the loop goes on meanwhile; a 128 MiB one held it for 100–200 ms. The task
+/// Takes the compactions too large to inline out of `batch` and writes each to a file of
+/// its own in a task of its own, encoding it from its view a chunk at a time: nothing waits
+/// for a compaction (the log keeps the entries it covers), so the loop goes on meanwhile.
+/// (Encoding and writing a 128 MiB one on the loop held it for 100–200 ms.) The task
 /// reports back with `Work::SnapshotFileWritten`, and the loop records the file.
 fn write_compactions_in_background(batch: &mut PersistBatch, wal: &mut WalFile, inbox: &Rc<Inbox>) {
-    for w in &mut batch.writes {
-        if !batch.compactions.contains(&w.group)
-            || w.snapshot
-                .as_ref()
-                .is_none_or(|s| s.data.len() < SNAPSHOT_FILE_BYTES)
-        {
-            continue;
-        }
-        let Some(snapshot) = w.snapshot.take() else {
-            continue;
-        };
-        let path = wal.begin_snapshot_file(w.group, &snapshot);
-        let (inbox, group) = (inbox.clone(), w.group);
+    for Compaction {
+        group,
+        snapshot,
+        view,
+    } in batch.compactions.drain(..)
+    {
+        let path = wal.begin_snapshot_file(group, &snapshot);
+        let inbox = inbox.clone();
         glommio::spawn_local(async move {
             let started = std::time::Instant::now();
-            let result = write_snapshot_file(&path, &snapshot.data).await;
+            let mut reader = view.reader();
+            let pieces = std::iter::from_fn(move || {
+                let piece = reader.read(SNAPSHOT_CHUNK_BYTES);
+                (!piece.is_empty()).then_some(piece)
+            });
+            let result = write_snapshot_file(&path, pieces).await;
             debug!(
                 group = group.0,
-                bytes = snapshot.data.len(),
+                bytes = view.encoded_len(),
                 took_us = started.elapsed().as_micros() as u64,
                 "compaction snapshot written in the background"
             );

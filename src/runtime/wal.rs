@@ -40,7 +40,9 @@ use crate::constants::{
 };
 use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
-use crate::replication::raft_host::{GroupWrite, PersistBatch, PersistedGroup, RaftHost};
+use crate::replication::raft_host::{
+    Compaction, GroupWrite, PersistBatch, PersistedGroup, RaftHost,
+};
 use crate::replication::wal::{SnapshotFile, WalError, encode_records, scan};
 
 /// A write-ahead log that cannot be used.
@@ -307,9 +309,8 @@ impl WalFile {
                 ))
             {
                 let (index, term) = (s.get_metadata().index, s.get_metadata().term);
-                let file =
-                    write_snapshot_file(&snapshot_path(&self.path, w.group, index, term), &s.data)
-                        .await?;
+                let path = snapshot_path(&self.path, w.group, index, term);
+                let file = write_snapshot_file(&path, pieces_of(&s.data)).await?;
                 new_files.insert((w.group, index, term), file);
             }
         }
@@ -494,8 +495,18 @@ impl WalFile {
         host: &mut RaftHost<S>,
     ) -> Result<usize, WalIoError> {
         let mut batches = 0;
-        while let Some(PersistBatch { id, writes, .. }) = host.poll_persist() {
-            self.append(&writes).await?;
+        while let Some(PersistBatch {
+            id,
+            mut writes,
+            compactions,
+        }) = host.poll_persist()
+        {
+            // Large compactions too, encoded whole: this path serves tests and benchmarks;
+            // the node's loop writes them in the background.
+            writes.extend(compactions.iter().map(Compaction::to_write));
+            if !writes.is_empty() {
+                self.append(&writes).await?;
+            }
             host.handle_persisted(id);
             batches += 1;
         }
@@ -538,10 +549,14 @@ fn snapshot_path(log: &Path, group: GroupId, index: u64, term: u64) -> PathBuf {
     log.with_extension(format!("snap-{}-{index}-{term}", group.0))
 }
 
-/// Writes a snapshot's data to `path` durably (temporary file, fdatasync, rename,
-/// directory fsync) and returns its length and checksum. Every step is an io_uring
-/// operation: a large snapshot does not stall the core's other tasks while it is written.
-pub async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFile, WalIoError> {
+/// Writes a snapshot's data, given as consecutive pieces, to `path` durably (temporary
+/// file, fdatasync, rename, directory fsync) and returns its length and checksum. Every
+/// step is an io_uring operation and the next piece is made only once the last is written:
+/// a large snapshot neither stalls the core's other tasks nor is held whole in memory.
+pub async fn write_snapshot_file(
+    path: &Path,
+    pieces: impl Iterator<Item = Vec<u8>>,
+) -> Result<SnapshotFile, WalIoError> {
     let io = |operation| glommio_error(path, operation);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -549,31 +564,36 @@ pub async fn write_snapshot_file(path: &Path, data: &[u8]) -> Result<SnapshotFil
     let file = glommio::io::BufferedFile::create(&tmp)
         .await
         .map_err(io("create snapshot file"))?;
-    let mut at = 0usize;
-    while at < data.len() {
-        let end = (at + SNAPSHOT_FILE_WRITE_BYTES).min(data.len());
+    let (mut len, mut crc) = (0u64, 0u32);
+    for piece in pieces {
+        crc = crc32c::crc32c_append(crc, &piece);
+        let want = piece.len();
         let written = file
-            .write_at(data[at..end].to_vec(), at as u64)
+            .write_at(piece, len)
             .await
             .map_err(io("write snapshot file"))?;
-        if written == 0 {
+        // The piece went to the kernel whole: a regular file writes short only when the
+        // disk is full, and the snapshot is then given up (the log keeps what it covers).
+        if written != want {
             return Err(WalIoError::Io {
                 path: tmp,
                 operation: "write snapshot file",
-                message: "the write made no progress".into(),
+                message: format!("wrote {written} of {want} bytes (is the disk full?)"),
             });
         }
-        at += written;
+        len += written as u64;
     }
     file.fdatasync()
         .await
         .map_err(io("fdatasync snapshot file"))?;
     file.close().await.map_err(io("close snapshot file"))?;
     replace_durably(&tmp, path).await?;
-    Ok(SnapshotFile {
-        len: data.len() as u64,
-        crc: crc32c::crc32c(data),
-    })
+    Ok(SnapshotFile { len, crc })
+}
+
+/// A snapshot's bytes as pieces for [`write_snapshot_file`].
+pub fn pieces_of(data: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    data.chunks(SNAPSHOT_FILE_WRITE_BYTES).map(<[u8]>::to_vec)
 }
 
 /// The `WalIoError` of a glommio operation on `path`.

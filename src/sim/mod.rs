@@ -50,7 +50,7 @@ use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::node::cell::Cell;
 use crate::node::{BalanceConfig, CoreConfig, LogWrite, Mail, NodeBug, NodeCore, Transmit};
 use crate::replication::kv::KvStore;
-use crate::replication::raft_host::PersistBatch;
+use crate::replication::raft_host::{Compaction, PersistBatch};
 use crate::rng::{Rng, mix64};
 use crate::sim::checks::Checks;
 use crate::sim::clients::SimClient;
@@ -902,7 +902,15 @@ impl Sim {
                 .is_some_and(|w| w.durable_at <= step)
             {
                 let w = sim_core.writing.pop_front().expect("checked");
-                sim_core.disk.append(&w.batch.writes);
+                // A large compaction is durable with the batch here; the runtime writes it
+                // in the background (nothing waits for it, so either is faithful).
+                if w.batch.compactions.is_empty() {
+                    sim_core.disk.append(&w.batch.writes);
+                } else {
+                    let mut writes = w.batch.writes.clone();
+                    writes.extend(w.batch.compactions.iter().map(Compaction::to_write));
+                    sim_core.disk.append(&writes);
+                }
                 if !w.acked {
                     core.handle_persisted(w.batch.id);
                 }
