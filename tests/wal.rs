@@ -511,7 +511,7 @@ fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_ne
         }
         // Group 1 compacts at 10; its file is written while entries 11..=12 go on.
         let compaction = snapshot_write(1, 10, 2 << 20).snapshot.unwrap();
-        let file_path = wal.begin_snapshot_file(GroupId(1), &compaction);
+        let file_path = wal.begin_snapshot_file(GroupId(1), 10, 1);
         // Written in uneven pieces, as a view encodes it; the log gets its metadata only.
         let pieces = compaction.data.chunks(100_003).map(<[u8]>::to_vec);
         let file = write_snapshot_file(&file_path, pieces).await.unwrap();
@@ -532,7 +532,7 @@ fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_ne
         let stale = snapshot_write(2, 10, 2 << 20).snapshot.unwrap();
         let mut stale_meta = stale.clone();
         stale_meta.mut_metadata().term = 7;
-        let stale_path = wal.begin_snapshot_file(GroupId(2), &stale_meta);
+        let stale_path = wal.begin_snapshot_file(GroupId(2), 10, 7);
         let stale_file = write_snapshot_file(&stale_path, pieces_of(&stale.data))
             .await
             .unwrap();
@@ -572,4 +572,71 @@ fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_ne
     assert_eq!(g1.hard_state.commit, 12);
     let g2 = &recovered.groups[&GroupId(2)];
     assert_eq!(g2.snapshot.as_ref().unwrap().get_metadata().index, 11);
+}
+
+/// A received snapshot's file is written ahead of its install (the core loop's path for
+/// large ones): the append that records the install names that file rather than writing
+/// the data again, a restart reads it back, and a file written ahead for a snapshot that a
+/// newer one supersedes is deleted.
+#[test]
+fn a_snapshot_written_ahead_is_named_by_the_append_that_records_it() {
+    use nodedb_cluster::runtime::wal::{pieces_of, write_snapshot_file};
+    let path = wal_path("ahead");
+    let p = path.clone();
+    let (recovered, files_between, files_after, ahead_data) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.append(&[write(1, 1)]).await.unwrap();
+        // What was written ahead differs from the install's bytes here, to show which of
+        // the two the log ends up naming.
+        let ahead_data: Vec<u8> = vec![42; 2 << 20];
+        let ahead = wal.begin_snapshot_file(GroupId(1), 20, 1);
+        let file = write_snapshot_file(&ahead, pieces_of(&ahead_data))
+            .await
+            .unwrap();
+        wal.adopt_snapshot_file(GroupId(1), 20, 1, file);
+        let older = wal.begin_snapshot_file(GroupId(1), 15, 1);
+        let older_file = write_snapshot_file(&older, pieces_of(&ahead_data[..1 << 20]))
+            .await
+            .unwrap();
+        wal.adopt_snapshot_file(GroupId(1), 15, 1, older_file);
+        // Another group's snapshots meanwhile: the clean-up of superseded files runs, and
+        // keeps both.
+        wal.append(&[snapshot_write(2, 10, 2 << 20)]).await.unwrap();
+        wal.append(&[snapshot_write(2, 11, 2 << 20)]).await.unwrap();
+        let files_between = snapshot_files(&p);
+        wal.append(&[snapshot_write(1, 20, 2 << 20)]).await.unwrap();
+        let files_after = snapshot_files(&p);
+        wal.close().await.unwrap();
+        (
+            WalFile::open(&p).await.unwrap().1,
+            files_between,
+            files_after,
+            ahead_data,
+        )
+    });
+    assert_eq!(
+        files_between,
+        vec![
+            "core-0.snap-1-15-1".to_string(),
+            "core-0.snap-1-20-1".to_string(),
+            "core-0.snap-2-11-1".to_string()
+        ],
+        "files written ahead survive another group's clean-up"
+    );
+    assert_eq!(
+        files_after,
+        vec![
+            "core-0.snap-1-20-1".to_string(),
+            "core-0.snap-2-11-1".to_string()
+        ],
+        "the superseded file is gone"
+    );
+    let s1 = recovered.groups[&GroupId(1)].snapshot.as_ref().unwrap();
+    assert_eq!(s1.get_metadata().index, 20);
+    assert_eq!(
+        s1.data.as_ref(),
+        ahead_data.as_slice(),
+        "the log names the file written ahead"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

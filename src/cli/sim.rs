@@ -10,6 +10,8 @@ struct FaultTotals {
     crashes: u64,
     partitions: u64,
     torn_writes: u64,
+    compaction_views: u64,
+    snapshots_written_ahead: u64,
     corruptions: u64,
     corruptions_refused: u64,
     moves_started: u64,
@@ -39,6 +41,8 @@ impl FaultTotals {
         self.crashes += r.crashes;
         self.partitions += r.partitions;
         self.torn_writes += r.torn_writes;
+        self.compaction_views += r.compaction_views;
+        self.snapshots_written_ahead += r.snapshots_written_ahead;
         self.corruptions += r.corruptions;
         self.corruptions_refused += r.corruptions_refused;
         self.moves_started += r.moves_started;
@@ -149,6 +153,10 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
         println!(
             "joins: {} nodes asked to join, {} Active at the end, holding {} replicas",
             f.joins, f.joins_active, f.joined_replicas
+        );
+        println!(
+            "large snapshots: {} compactions kept as views, {} received snapshots written ahead of their install",
+            f.compaction_views, f.snapshots_written_ahead
         );
     }
     if failures == 0 && faults.unchecked_keys == 0 {

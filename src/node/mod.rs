@@ -57,7 +57,9 @@ use crate::cluster::placement::{PlacementError, PlacementTable};
 use crate::cluster::spec::{ClusterInfo, ClusterSpec};
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::cluster::vshard::{VShardCountError, VShardMap};
-use crate::constants::{CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX};
+use crate::constants::{
+    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX, SNAPSHOT_TRANSFERS_MAX,
+};
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
 use crate::node::balancer::Balancer;
@@ -70,6 +72,7 @@ use crate::node::mover::Mover;
 use crate::replication::kv::{KvCommand, KvResponse, StateMachine};
 use crate::replication::raft_host::{
     HostError, HostEvent, MembershipChange, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
+    SnapshotPolicy,
 };
 use crate::replication::replica_move::leader_view;
 use crate::replication::snapshot_transfer::{
@@ -79,6 +82,17 @@ use crate::time::Time;
 use crate::wire::codec::DecodeError;
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
 use crate::wire::raft::{decode_batch, encode_batch};
+use raft::eraftpb::MessageType;
+
+/// Whether a snapshot's data for `group` decodes as its state machine's.
+fn check_snapshot(group: GroupId, data: &bytes::Bytes) -> Result<(), DecodeError> {
+    if group == GroupId::METADATA {
+        // Small: decoded whole into a scratch store.
+        MetadataStore::new().restore(0, data)
+    } else {
+        crate::replication::kv::check_snapshot(data)
+    }
+}
 
 /// A deliberate bug in the node core's request path, to show that the simulator catches
 /// it. Only the simulator sets one.
@@ -110,6 +124,10 @@ pub struct CoreConfig {
     /// the metadata group ([`ReplicaId::metadata_learner`]) and never hosts the spec's
     /// initial placement or bootstraps.
     pub joined: bool,
+    /// When groups compact their logs and which snapshots are large (kept as views, and
+    /// written to files of their own, a received one ahead of its install). Nodes use the
+    /// default; the simulator small values, so its runs take those paths.
+    pub snapshots: SnapshotPolicy,
 }
 
 /// A core that cannot start or go on.
@@ -153,6 +171,21 @@ pub enum LogWrite {
     Drop(GroupId),
     /// Make this batch durable (one write and one fsync), then `handle_persisted(id)`.
     Persist(PersistBatch),
+    /// Write a received snapshot's data to a file of its own, durably, in the background
+    /// (nothing else waits for it), then `handle_snapshot_file_written`. Raft installs the
+    /// snapshot only then, and the batch that makes the install durable names the file
+    /// instead of carrying the vShard: a large install holds no batch of the core's other
+    /// groups behind its write.
+    SnapshotFile(SnapshotFileWrite),
+}
+
+/// A received snapshot's data, to write ahead of its install ([`LogWrite::SnapshotFile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotFileWrite {
+    pub group: GroupId,
+    pub index: u64,
+    pub term: u64,
+    pub data: bytes::Bytes,
 }
 
 /// Bytes for a peer core.
@@ -263,6 +296,11 @@ pub struct NodeCore<R> {
     host: RaftHost<Cell>,
     hosting: Hosting,
     assembler: SnapshotAssembler,
+    /// Received snapshots whose files are being written ahead (`LogWrite::SnapshotFile`):
+    /// (group, index) → the sender and the whole message, for Raft once the file is durable.
+    writing_ahead: BTreeMap<(GroupId, u64), (NodeId, raft::eraftpb::Message)>,
+    /// `CoreConfig::snapshots.large_bytes`.
+    large_snapshot_bytes: usize,
     pending: BTreeMap<u64, Pending<R>>,
     /// Tokens in the order they were issued, with when: expiry of abandoned requests.
     issued: VecDeque<(u64, Time)>,
@@ -295,6 +333,7 @@ impl<R> NodeCore<R> {
         // Snapshots stream out of band: the shell reports when they are through.
         host.set_owner_reports_snapshots(true);
         host.set_audit(config.audit);
+        host.set_snapshot_policy(config.snapshots);
         let mut coordinator = None;
         let mut log = VecDeque::new();
         let hosting = if local.core == CoreId(0) {
@@ -374,6 +413,8 @@ impl<R> NodeCore<R> {
             host,
             hosting,
             assembler: SnapshotAssembler::new(),
+            writing_ahead: BTreeMap::new(),
+            large_snapshot_bytes: config.snapshots.large_bytes,
             pending: BTreeMap::new(),
             issued: VecDeque::new(),
             next_token: 1,
@@ -499,12 +540,85 @@ impl<R> NodeCore<R> {
         self.now = now;
         for (group, message) in decode_batch(payload)? {
             let group = GroupId(group);
+            // While a snapshot of the group is written ahead, the replica's log is the one
+            // the snapshot replaces: it would reject the leader's appends, and the leader
+            // would answer with the snapshot again. Those wait for the install instead (a
+            // follower that does not answer for a while is one Raft expects).
+            if self.writing_ahead.keys().any(|(g, _)| *g == group)
+                && matches!(
+                    message.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat
+                )
+            {
+                continue;
+            }
             // A snapshot waits here until its data is in.
             if let Some(message) = self.assembler.on_message(now, group, message) {
-                self.step_raft(group, from, message);
+                self.deliver_snapshot(group, from, message);
             }
         }
         Ok(())
+    }
+
+    /// A message the assembler let through (a snapshot now whole, or any other): a large
+    /// snapshot's file is written ahead first ([`LogWrite::SnapshotFile`]).
+    fn deliver_snapshot(&mut self, group: GroupId, from: NodeId, message: raft::eraftpb::Message) {
+        let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        // raft-rs takes a snapshot's metadata as installed before the state machine reads
+        // its data: data that does not decode must never reach it (the replica would
+        // record the snapshot's commit index over a log that lacks it).
+        if is_snapshot && let Err(e) = check_snapshot(group, &message.get_snapshot().data) {
+            self.count(CoreCounter::RaftMessagesRefused, 1);
+            warn!(group = group.0, peer = from.0, error = %e, "snapshot refused: its data does not decode");
+            return;
+        }
+        let large = is_snapshot && message.get_snapshot().data.len() >= self.large_snapshot_bytes;
+        if !large {
+            return self.step_raft(group, from, message);
+        }
+        let meta = message.get_snapshot().get_metadata();
+        let key = (group, meta.index);
+        if !self.writing_ahead.contains_key(&key)
+            && self.writing_ahead.len() >= SNAPSHOT_TRANSFERS_MAX
+        {
+            debug!(
+                group = group.0,
+                "snapshot dropped: too many being written; the leader sends it again"
+            );
+            return;
+        }
+        self.log
+            .push_back(LogWrite::SnapshotFile(SnapshotFileWrite {
+                group,
+                index: meta.index,
+                term: meta.term,
+                data: message.get_snapshot().data.clone(),
+            }));
+        self.writing_ahead.insert(key, (from, message));
+    }
+
+    /// The file of a snapshot received for `group` at `index` ([`LogWrite::SnapshotFile`])
+    /// is durable (`written`), or could not be written: Raft gets the snapshot now, or it
+    /// is dropped (the leader sends it again).
+    pub fn handle_snapshot_file_written(
+        &mut self,
+        now: Time,
+        group: GroupId,
+        index: u64,
+        written: bool,
+    ) {
+        self.now = now;
+        let Some((from, message)) = self.writing_ahead.remove(&(group, index)) else {
+            return;
+        };
+        if written {
+            self.step_raft(group, from, message);
+        } else {
+            debug!(
+                group = group.0,
+                index, "snapshot dropped: its file could not be written"
+            );
+        }
     }
 
     /// A `BulkChunk` payload: part of a snapshot streamed out of band.
@@ -517,7 +631,7 @@ impl<R> NodeCore<R> {
         self.now = now;
         if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
             debug!(group = group.0, from = from.0, "snapshot received whole");
-            self.step_raft(group, from, message);
+            self.deliver_snapshot(group, from, message);
         }
         Ok(())
     }
@@ -1712,6 +1826,7 @@ mod tests {
             balance: BalanceConfig::default(),
             incarnation: 1,
             joined: false,
+            snapshots: SnapshotPolicy::default(),
         };
         NodeCore::new(config, BTreeMap::new()).unwrap()
     }
@@ -1827,8 +1942,12 @@ mod tests {
         loop {
             let mut busy = false;
             while let Some(write) = core.poll_log() {
-                if let LogWrite::Persist(batch) = write {
-                    core.handle_persisted(batch.id);
+                match write {
+                    LogWrite::Persist(batch) => core.handle_persisted(batch.id),
+                    LogWrite::SnapshotFile(f) => {
+                        core.handle_snapshot_file_written(now, f.group, f.index, true)
+                    }
+                    LogWrite::Drop(_) => {}
                 }
                 busy = true;
             }

@@ -368,6 +368,18 @@ impl KvStore {
     }
 }
 
+/// Checks that `snapshot` decodes as a KV snapshot (what `restore` would accept), without
+/// building the state: one pass over its length prefixes.
+pub fn check_snapshot(snapshot: &[u8]) -> Result<(), DecodeError> {
+    let mut r = Reader::new(snapshot);
+    let n = r.count("snapshot entries", usize::MAX)?;
+    for _ in 0..n {
+        r.bytes("key", KV_KEY_MAX_BYTES)?;
+        r.bytes("value", KV_VALUE_MAX_BYTES)?;
+    }
+    r.finish()
+}
+
 /// Bytes of a varint.
 fn varint_len(value: u64) -> u64 {
     u64::from((64 - value.leading_zeros()).max(1).div_ceil(7))

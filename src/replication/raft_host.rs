@@ -122,6 +122,27 @@ pub struct PersistBatch {
     pub compactions: Vec<Compaction>,
 }
 
+/// When a group compacts its log, and what counts as a large snapshot. Nodes use the
+/// defaults (`RAFT_LOG_COMPACT_ENTRIES`, `SNAPSHOT_FILE_BYTES`); the simulator uses small
+/// values, so that its few writes per group take the snapshot paths under its faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// A log compacts once it holds this many applied entries (and enough bytes).
+    pub compact_entries: usize,
+    /// A snapshot of at least this many bytes is kept as a view of its vShard and written
+    /// to a file of its own (a received one ahead of its install).
+    pub large_bytes: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> SnapshotPolicy {
+        SnapshotPolicy {
+            compact_entries: RAFT_LOG_COMPACT_ENTRIES,
+            large_bytes: SNAPSHOT_FILE_BYTES,
+        }
+    }
+}
+
 /// A group's own compaction snapshot, kept as a view of its state machine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Compaction {
@@ -238,6 +259,10 @@ pub struct GroupStorage {
     snapshot: Rc<RefCell<Option<Snapshot>>>,
     /// When `snapshot`'s data is empty, the view of the state machine that encodes it.
     view: Rc<RefCell<Option<KvView>>>,
+    /// The views of the snapshots handed to raft-rs since its messages were last taken:
+    /// a compaction may replace the kept one before the message that carries an older
+    /// one leaves (`view_at`).
+    handed_out: Rc<RefCell<Vec<(u64, KvView)>>>,
     /// raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
     /// the recipient joined): take a fresh one at the next chance.
     wanted: Rc<std::cell::Cell<bool>>,
@@ -247,8 +272,8 @@ impl GroupStorage {
     /// Keeps `snapshot` (whose state `state_machine` now holds) to serve followers. A large
     /// one is kept as a view of the state machine rather than as its encoded bytes: the
     /// view shares the live state's memory, where the bytes would double it.
-    fn keep<S: StateMachine>(&self, snapshot: &Snapshot, state_machine: &S) {
-        let view = large_view(state_machine);
+    fn keep<S: StateMachine>(&self, snapshot: &Snapshot, state_machine: &S, large: u64) {
+        let view = large_view(state_machine, large);
         let mut kept = snapshot.clone();
         if view.is_some() {
             kept.data = Default::default();
@@ -257,20 +282,24 @@ impl GroupStorage {
         *self.view.borrow_mut() = view;
     }
 
-    /// The view encoding the kept snapshot at `index`, if it is kept as one.
+    /// The view encoding the snapshot at `index` that was handed to raft-rs.
     fn view_at(&self, index: u64) -> Option<KvView> {
-        let kept = self.snapshot.borrow();
-        kept.as_ref()
-            .filter(|s| s.get_metadata().index == index && s.data.is_empty())
-            .and_then(|_| self.view.borrow().clone())
+        let handed_out = self.handed_out.borrow();
+        let found = handed_out.iter().find(|(i, _)| *i == index);
+        found.map(|(_, view)| view.clone())
     }
 }
 
-/// The state machine's view, when its encoded state is large enough to be worth one.
-fn large_view<S: StateMachine>(state_machine: &S) -> Option<KvView> {
-    state_machine
-        .view()
-        .filter(|v| v.encoded_len() >= SNAPSHOT_FILE_BYTES as u64)
+/// For a snapshot message without data, the view that encodes it.
+fn snapshot_view(storage: &GroupStorage, m: &Message) -> Option<KvView> {
+    (m.get_msg_type() == MessageType::MsgSnapshot && m.get_snapshot().data.is_empty())
+        .then(|| storage.view_at(m.get_snapshot().get_metadata().index))
+        .flatten()
+}
+
+/// The state machine's view, when its encoded state is at least `large` bytes.
+fn large_view<S: StateMachine>(state_machine: &S, large: u64) -> Option<KvView> {
+    state_machine.view().filter(|v| v.encoded_len() >= large)
 }
 
 impl Storage for GroupStorage {
@@ -309,6 +338,13 @@ impl Storage for GroupStorage {
                 if s.get_metadata().index >= request_index
                     && conf_names(s.get_metadata().get_conf_state(), to) =>
             {
+                let index = s.get_metadata().index;
+                if let Some(view) = self.view.borrow().as_ref()
+                    && s.data.is_empty()
+                    && self.view_at(index).is_none()
+                {
+                    self.handed_out.borrow_mut().push((index, view.clone()));
+                }
                 Ok(s.clone())
             }
             _ => {
@@ -360,7 +396,9 @@ struct Group<S> {
     state_machine: S,
     leader: Option<ReplicaId>,
     /// Messages that may leave only once the batch holding this group's write is durable.
-    held: Vec<Message>,
+    /// (A snapshot among them, from a leader that stepped down before its messages were
+    /// taken, keeps the view that encodes its data.)
+    held: Vec<(Message, Option<KvView>)>,
     /// Reads confirmed by a quorum at a commit index, waiting for it to be applied.
     pending_reads: Vec<(u64, ProposalToken)>,
     /// Reads asked of a new leader before it committed an entry of its term: raft-rs
@@ -413,6 +451,7 @@ pub struct RaftHost<S: StateMachine> {
     /// The owner reports each snapshot's delivery ([`RaftHost::report_snapshot`]) instead
     /// of the host assuming it delivered as soon as its message leaves.
     owner_reports_snapshots: bool,
+    snapshots: SnapshotPolicy,
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -473,7 +512,13 @@ impl<S: StateMachine> RaftHost<S> {
             logger: tracing_logger(),
             audit: false,
             owner_reports_snapshots: false,
+            snapshots: SnapshotPolicy::default(),
         }
+    }
+
+    /// When groups compact their logs, and which snapshots count as large.
+    pub fn set_snapshot_policy(&mut self, policy: SnapshotPolicy) {
+        self.snapshots = policy;
     }
 
     /// Leaves reporting snapshot delivery to the owner, who streams the data out of band:
@@ -525,6 +570,7 @@ impl<S: StateMachine> RaftHost<S> {
             log: log.clone(),
             snapshot: Rc::default(),
             view: Rc::default(),
+            handed_out: Rc::default(),
             wanted: Rc::default(),
         };
         let raft_err = |e: raft::Error| HostError::Raft(e.to_string());
@@ -542,7 +588,7 @@ impl<S: StateMachine> RaftHost<S> {
                             HostError::Raft(format!("snapshot of {group:?} does not decode: {e}"))
                         })?;
                     applied = snapshot.get_metadata().index;
-                    storage.keep(snapshot, &state_machine);
+                    storage.keep(snapshot, &state_machine, self.snapshots.large_bytes as u64);
                 } else {
                     core.set_conf_state(conf);
                 }
@@ -635,6 +681,7 @@ impl<S: StateMachine> RaftHost<S> {
             log,
             snapshot: Rc::default(),
             view: Rc::default(),
+            handed_out: Rc::default(),
             wanted: Rc::default(),
         };
         self.insert_group(group, replica, 0, storage, state_machine)
@@ -970,11 +1017,10 @@ impl<S: StateMachine> RaftHost<S> {
             };
             let mut sent_snapshots = Vec::new();
             for m in rd.take_messages() {
-                let mut view = None;
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     sent_snapshots.push(m.to);
-                    view = g.raw.store().view_at(m.get_snapshot().get_metadata().index);
                 }
+                let view = snapshot_view(g.raw.store(), &m);
                 route(&self.directory, &mut self.outbox, id, m, view);
             }
             let mut compaction = None;
@@ -1004,7 +1050,11 @@ impl<S: StateMachine> RaftHost<S> {
                 } else {
                     // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
                     let _ = g.raw.store().log.wl().apply_snapshot(snapshot.clone());
-                    g.raw.store().keep(&snapshot, &g.state_machine);
+                    g.raw.store().keep(
+                        &snapshot,
+                        &g.state_machine,
+                        self.snapshots.large_bytes as u64,
+                    );
                     write.snapshot = Some(snapshot);
                     // An older compaction would only be declined.
                     compaction = None;
@@ -1030,7 +1080,12 @@ impl<S: StateMachine> RaftHost<S> {
                 g.raw.store().log.wl().set_hardstate(hs.clone());
                 write.hard_state = Some(hs.clone());
             }
-            g.held.extend(rd.take_persisted_messages());
+            for m in rd.take_persisted_messages() {
+                let view = snapshot_view(g.raw.store(), &m);
+                g.held.push((m, view));
+            }
+            // Every message that carries a handed-out snapshot has been taken.
+            g.raw.store().handed_out.borrow_mut().clear();
             numbers.push((id, rd.number(), write.hard_state.as_ref().map(|h| h.commit)));
             g.raw.advance_append_async(rd);
             apply_committed(&mut self.events, local, id, g, committed, self.audit);
@@ -1089,10 +1144,10 @@ impl<S: StateMachine> RaftHost<S> {
                 // The state machine holds it already (`poll_persist`).
                 g.raw.advance_apply_to(index);
             }
-            for m in std::mem::take(&mut g.held) {
-                route(&self.directory, &mut self.outbox, group, m, None);
+            for (m, view) in std::mem::take(&mut g.held) {
+                route(&self.directory, &mut self.outbox, group, m, view);
             }
-            compact_if_long(g);
+            compact_if_long(g, self.snapshots);
         }
     }
 
@@ -1151,7 +1206,7 @@ fn draw_election_timeout<S>(g: &mut Group<S>) {
 /// Snapshots the state machine and drops the applied log once it holds more than
 /// `RAFT_LOG_COMPACT_ENTRIES` entries; the snapshot goes to the log with the next batch
 /// (so a restart starts from it) and serves followers that fell behind.
-fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
+fn compact_if_long<S: StateMachine>(g: &mut Group<S>, policy: SnapshotPolicy) {
     let applied = g.raw.raft.raft_log.applied;
     let first = g.raw.store().first_index().unwrap_or(1);
     // A snapshot raft-rs asked for and could not get is taken as soon as anything was
@@ -1163,7 +1218,7 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
             .borrow()
             .as_ref()
             .is_none_or(|s| s.get_metadata().index < applied);
-    let long = applied >= first + RAFT_LOG_COMPACT_ENTRIES as u64
+    let long = applied >= first + policy.compact_entries as u64
         && g.log_bytes
             >= (g.state_machine.bytes_stored() / RAFT_LOG_COMPACT_STATE_FRACTION)
                 .min(RAFT_LOG_COMPACT_MAX_BYTES);
@@ -1177,7 +1232,7 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>) {
     // written or sent; a small one is encoded now. The core is sans-IO and has no clock:
     // the shell's loop-turn time shows the cost.
     let mut snapshot = Snapshot::default();
-    let view = large_view(&g.state_machine);
+    let view = large_view(&g.state_machine, policy.large_bytes as u64);
     if view.is_none() {
         snapshot.data = g.state_machine.snapshot().into();
     }

@@ -35,10 +35,10 @@ use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
 use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 use crate::node::load::CoreLoad;
 use crate::node::{
-    BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
-    node_addresses,
+    BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall,
+    SnapshotFileWrite, Transmit, node_addresses,
 };
-use crate::replication::raft_host::{Compaction, PersistBatch};
+use crate::replication::raft_host::{Compaction, PersistBatch, SnapshotPolicy};
 use crate::replication::snapshot_transfer::{SnapshotStream, TokenBucket};
 use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
@@ -51,7 +51,7 @@ use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
 use crate::runtime::tls::{self, ALPN_CLIENT, ALPN_PEER, TlsMode};
-use crate::runtime::wal::{WalFile, WalIoError, write_snapshot_file};
+use crate::runtime::wal::{WalFile, WalIoError, pieces_of, write_snapshot_file};
 use crate::time::Time;
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvReply, KvRequest, KvResponseFrame};
@@ -345,6 +345,13 @@ enum Work {
         snapshot: raft::eraftpb::Snapshot,
         result: Result<crate::replication::wal::SnapshotFile, WalIoError>,
     },
+    /// A received snapshot's file, written ahead of its install, is durable (or failed).
+    SnapshotWrittenAhead {
+        group: GroupId,
+        index: u64,
+        term: u64,
+        result: Result<crate::replication::wal::SnapshotFile, WalIoError>,
+    },
 }
 
 /// The local queue between the receive tasks and the loop.
@@ -416,6 +423,7 @@ async fn core_loop(
         balance: config.balance,
         incarnation: liveness_incarnation(),
         joined: config.joined.is_some(),
+        snapshots: SnapshotPolicy::default(),
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
@@ -500,6 +508,25 @@ async fn core_loop(
                     wal.append_written_snapshot(group, snapshot, result?)
                         .await?
                 }
+                Work::SnapshotWrittenAhead {
+                    group,
+                    index,
+                    term,
+                    result,
+                } => {
+                    let written = match result {
+                        Ok(file) => {
+                            wal.adopt_snapshot_file(group, index, term, file);
+                            true
+                        }
+                        Err(e) => {
+                            warn!(group = group.0, index, error = %e, "a received snapshot could not be written; the leader will send it again");
+                            wal.abandon_snapshot_file(group, index, term);
+                            false
+                        }
+                    };
+                    node.handle_snapshot_file_written(now, group, index, written);
+                }
                 w => feed(&mut node, now, w),
             }
         }
@@ -517,6 +544,9 @@ async fn core_loop(
             match write {
                 LogWrite::Drop(group) => {
                     wal.drop_group(group).await?;
+                }
+                LogWrite::SnapshotFile(received) => {
+                    write_ahead_in_background(received, &mut wal, &inbox);
                 }
                 LogWrite::Persist(mut batch) => {
                     write_compactions_in_background(&mut batch, &mut wal, &inbox);
@@ -671,7 +701,7 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
         Work::Mail(mail) => node.handle_mail(now, mail),
         Work::CallReply(id, result) => node.handle_call_reply(now, id, result),
         // The loop takes these itself (they need the log).
-        Work::SnapshotFileWritten { .. } => {}
+        Work::SnapshotFileWritten { .. } | Work::SnapshotWrittenAhead { .. } => {}
     }
 }
 
@@ -758,7 +788,8 @@ fn write_compactions_in_background(batch: &mut PersistBatch, wal: &mut WalFile, 
         view,
     } in batch.compactions.drain(..)
     {
-        let path = wal.begin_snapshot_file(group, &snapshot);
+        let meta = snapshot.get_metadata();
+        let path = wal.begin_snapshot_file(group, meta.index, meta.term);
         let inbox = inbox.clone();
         glommio::spawn_local(async move {
             let started = std::time::Instant::now();
@@ -782,6 +813,36 @@ fn write_compactions_in_background(batch: &mut PersistBatch, wal: &mut WalFile, 
         })
         .detach();
     }
+}
+
+/// Writes a received snapshot's file in a task of its own ([`LogWrite::SnapshotFile`]);
+/// the task reports back with `Work::SnapshotWrittenAhead`.
+fn write_ahead_in_background(received: SnapshotFileWrite, wal: &mut WalFile, inbox: &Rc<Inbox>) {
+    let SnapshotFileWrite {
+        group,
+        index,
+        term,
+        data,
+    } = received;
+    let path = wal.begin_snapshot_file(group, index, term);
+    let inbox = inbox.clone();
+    glommio::spawn_local(async move {
+        let started = std::time::Instant::now();
+        let result = write_snapshot_file(&path, pieces_of(&data)).await;
+        debug!(
+            group = group.0,
+            bytes = data.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "received snapshot written ahead of its install"
+        );
+        inbox.push(Work::SnapshotWrittenAhead {
+            group,
+            index,
+            term,
+            result,
+        });
+    })
+    .detach();
 }
 
 /// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.

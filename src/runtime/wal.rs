@@ -138,10 +138,12 @@ pub struct WalFile {
     last_checkpoint: u64,
     /// Where the last durable record number is written after each fdatasync.
     mark: std::fs::File,
-    /// Compaction snapshot files being written in the background (`begin_snapshot_file`):
-    /// not deleted as unneeded meanwhile.
+    /// Snapshot files being written in the background (`begin_snapshot_file`): not
+    /// deleted as unneeded meanwhile.
     writing: BTreeSet<PathBuf>,
-    /// Background-written files the next `append` names instead of writing them.
+    /// Snapshot files written ahead (`adopt_snapshot_file`) that an `append` of their
+    /// snapshot names instead of writing them; kept until then, or until their group
+    /// records a newer snapshot or leaves.
     written: BTreeMap<(GroupId, u64, u64), SnapshotFile>,
 }
 
@@ -297,21 +299,17 @@ impl WalFile {
             source,
         };
         // Large snapshots go to files of their own first, durable before the record that
-        // names them.
-        let mut new_files = std::mem::take(&mut self.written);
+        // names them, unless one was written ahead.
+        let mut new_files = BTreeMap::new();
         for w in writes {
-            if let Some(s) = &w.snapshot
-                && s.data.len() >= SNAPSHOT_FILE_BYTES
-                && !new_files.contains_key(&(
-                    w.group,
-                    s.get_metadata().index,
-                    s.get_metadata().term,
-                ))
-            {
-                let (index, term) = (s.get_metadata().index, s.get_metadata().term);
-                let path = snapshot_path(&self.path, w.group, index, term);
+            let Some(s) = &w.snapshot else { continue };
+            let key = (w.group, s.get_metadata().index, s.get_metadata().term);
+            if let Some(file) = self.written.remove(&key) {
+                new_files.insert(key, file);
+            } else if s.data.len() >= SNAPSHOT_FILE_BYTES && !new_files.contains_key(&key) {
+                let path = snapshot_path(&self.path, key.0, key.1, key.2);
                 let file = write_snapshot_file(&path, pieces_of(&s.data)).await?;
-                new_files.insert((w.group, index, term), file);
+                new_files.insert(key, file);
             }
         }
         let in_file = |group: GroupId, s: &Snapshot| {
@@ -336,6 +334,11 @@ impl WalFile {
             let Some(s) = &w.snapshot else { continue };
             let (index, term) = (s.get_metadata().index, s.get_metadata().term);
             superseded |= self.files.contains_key(&w.group);
+            // Files written ahead for older snapshots of the group will never be named.
+            let before = self.written.len();
+            self.written
+                .retain(|(g, i, _), _| *g != w.group || *i > index);
+            superseded |= self.written.len() != before;
             match new_files.get(&(w.group, index, term)) {
                 Some(file) => {
                     // The mirror keeps the metadata; the data is in the file.
@@ -359,14 +362,39 @@ impl WalFile {
         Ok(())
     }
 
-    /// A compaction snapshot of `group` is about to be written in the background: the path
-    /// of its file, which is kept (not deleted as unneeded) until
-    /// `append_written_snapshot` names it or declines it.
-    pub fn begin_snapshot_file(&mut self, group: GroupId, snapshot: &Snapshot) -> PathBuf {
-        let meta = snapshot.get_metadata();
-        let path = snapshot_path(&self.path, group, meta.index, meta.term);
+    /// A snapshot of `group` at `index` and `term` is about to be written in the
+    /// background: the path of its file, which is kept (not deleted as unneeded) until
+    /// `append_written_snapshot` or `adopt_snapshot_file` takes it, or
+    /// `abandon_snapshot_file` gives it up.
+    pub fn begin_snapshot_file(&mut self, group: GroupId, index: u64, term: u64) -> PathBuf {
+        let path = snapshot_path(&self.path, group, index, term);
         self.writing.insert(path.clone());
         path
+    }
+
+    /// A snapshot file written ahead (`begin_snapshot_file`, `write_snapshot_file`) is
+    /// durable: the `append` that records its snapshot names it rather than writing the
+    /// data again. (A replica writes a received snapshot so before Raft installs it, so
+    /// the batch that makes the install durable carries no snapshot bytes.)
+    pub fn adopt_snapshot_file(
+        &mut self,
+        group: GroupId,
+        index: u64,
+        term: u64,
+        file: SnapshotFile,
+    ) {
+        self.writing
+            .remove(&snapshot_path(&self.path, group, index, term));
+        self.written.insert((group, index, term), file);
+    }
+
+    /// A snapshot file begun with `begin_snapshot_file` will not be used (its write failed,
+    /// or its snapshot was dropped): it is deleted.
+    pub fn abandon_snapshot_file(&mut self, group: GroupId, index: u64, term: u64) {
+        let path = snapshot_path(&self.path, group, index, term);
+        self.writing.remove(&path);
+        self.written.remove(&(group, index, term));
+        self.remove_unneeded_snapshot_files();
     }
 
     /// A compaction snapshot written in the background (`write_snapshot_file` to the path
@@ -398,9 +426,7 @@ impl WalFile {
             snapshot: Some(snapshot),
             ..GroupWrite::default()
         };
-        let appended = self.append(std::slice::from_ref(&write)).await;
-        self.written.clear();
-        appended
+        self.append(std::slice::from_ref(&write)).await
     }
 
     /// Forgets `group` (its replica left this core): the log is rewritten without it, so a
@@ -413,6 +439,7 @@ impl WalFile {
         }
         self.checkpoint().await?;
         self.files.remove(&group);
+        self.written.retain(|(g, ..), _| *g != group);
         self.remove_unneeded_snapshot_files();
         Ok(true)
     }
@@ -662,6 +689,11 @@ impl WalFile {
             .iter()
             .map(|(g, (index, term, _))| snapshot_path(&self.path, *g, *index, *term))
             .collect();
+        keep.extend(
+            self.written
+                .keys()
+                .map(|(g, index, term)| snapshot_path(&self.path, *g, *index, *term)),
+        );
         for path in &self.writing {
             let mut tmp = path.as_os_str().to_owned();
             tmp.push(".tmp");

@@ -50,7 +50,7 @@ use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::node::cell::Cell;
 use crate::node::{BalanceConfig, CoreConfig, LogWrite, Mail, NodeBug, NodeCore, Transmit};
 use crate::replication::kv::KvStore;
-use crate::replication::raft_host::{Compaction, PersistBatch};
+use crate::replication::raft_host::{Compaction, PersistBatch, SnapshotPolicy};
 use crate::rng::{Rng, mix64};
 use crate::sim::checks::Checks;
 use crate::sim::clients::SimClient;
@@ -159,6 +159,13 @@ const FOLLOW_UP_STEPS: u64 = 300;
 
 /// Mixed into the seed for the join draw (`Sim::new`).
 const JOIN_SALT: u64 = 0x6a6f_696e_6a6f_696e;
+/// When the simulated nodes compact and which snapshots they treat as large (kept as views,
+/// written ahead of their install when received): small, so that runs with a few hundred
+/// writes take those paths under faults. Nodes use `SnapshotPolicy::default()`.
+const SIM_SNAPSHOTS: SnapshotPolicy = SnapshotPolicy {
+    compact_entries: 4,
+    large_bytes: 16,
+};
 
 /// The result of one run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -171,6 +178,10 @@ pub struct SimReport {
     pub partitions: u64,
     /// Crashes that tore the record being written (recovery cut it off).
     pub torn_writes: u64,
+    /// Compactions kept as views and streamed to disk, and received snapshots written
+    /// ahead of their install (the large-snapshot paths).
+    pub compaction_views: u64,
+    pub snapshots_written_ahead: u64,
     /// Logs whose synced data was damaged, and nodes that refused to start because of it.
     pub corruptions: u64,
     pub corruptions_refused: u64,
@@ -229,6 +240,9 @@ struct SimCore {
     node: Option<NodeCore<Endpoint>>,
     disk: SimDisk,
     writing: VecDeque<Writing>,
+    /// Received snapshots' files being written ahead of their install: (durable at step,
+    /// group, index). The disk holds no files: the install's batch carries the data.
+    ahead: VecDeque<(u64, GroupId, u64)>,
 }
 
 impl SimNode {
@@ -240,6 +254,7 @@ impl SimNode {
                     node: None,
                     disk: SimDisk::new(),
                     writing: VecDeque::new(),
+                    ahead: VecDeque::new(),
                 })
                 .collect(),
             up: false,
@@ -531,6 +546,7 @@ impl Sim {
                 // Later starts get higher incarnations, as wall-clock time gives in nodes.
                 incarnation: self.step + 1,
                 joined,
+                snapshots: SIM_SNAPSHOTS,
             };
             match NodeCore::new(config, groups) {
                 Ok(core) => node.cores[c].node = Some(core),
@@ -579,6 +595,7 @@ impl Sim {
                 self.report.torn_writes += 1;
             }
             core.writing.clear();
+            core.ahead.clear();
             core.node = None;
         }
         node.up = false;
@@ -888,6 +905,7 @@ impl Sim {
     /// cores waits for the next step.
     fn drive_core(&mut self, at: CoreAddress) {
         let step = self.step;
+        let now = self.node_now(at.node);
         let ack_early = self.o.bug == Some(Bug::AckBeforeFsync);
         let max_fsync = self.faults.max_fsync_steps;
         let node = self.nodes.get_mut(&at.node).expect("known node");
@@ -896,6 +914,10 @@ impl Sim {
             return;
         };
         loop {
+            while sim_core.ahead.front().is_some_and(|a| a.0 <= step) {
+                let (_, group, index) = sim_core.ahead.pop_front().expect("checked");
+                core.handle_snapshot_file_written(now, group, index, true);
+            }
             while sim_core
                 .writing
                 .front()
@@ -920,7 +942,18 @@ impl Sim {
             }
             match core.poll_log() {
                 Some(LogWrite::Drop(group)) => sim_core.disk.drop_group(group),
+                Some(LogWrite::SnapshotFile(f)) => {
+                    self.report.snapshots_written_ahead += 1;
+                    let durable_at = step + self.rng.below(max_fsync + 1);
+                    // In order: a later file is never durable before an earlier one here.
+                    let durable_at = sim_core
+                        .ahead
+                        .back()
+                        .map_or(durable_at, |a| a.0.max(durable_at));
+                    sim_core.ahead.push_back((durable_at, f.group, f.index));
+                }
                 Some(LogWrite::Persist(batch)) => {
+                    self.report.compaction_views += batch.compactions.len() as u64;
                     if ack_early {
                         core.handle_persisted(batch.id);
                     }
