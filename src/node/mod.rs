@@ -578,9 +578,12 @@ impl<R> NodeCore<R> {
         }
         let meta = message.get_snapshot().get_metadata();
         let key = (group, meta.index);
-        if !self.writing_ahead.contains_key(&key)
-            && self.writing_ahead.len() >= SNAPSHOT_TRANSFERS_MAX
-        {
+        if let Some(waiting) = self.writing_ahead.get_mut(&key) {
+            // Sent again while its file is written: the same snapshot, one file.
+            *waiting = (from, message);
+            return;
+        }
+        if self.writing_ahead.len() >= SNAPSHOT_TRANSFERS_MAX {
             debug!(
                 group = group.0,
                 "snapshot dropped: too many being written; the leader sends it again"
@@ -1807,8 +1810,77 @@ fn raft_transmit(to: CoreAddress, messages: &[(u64, raft::eraftpb::Message)]) ->
 mod tests {
     use super::*;
     use crate::ids::NodeId;
+    use crate::replication::kv::KvStore;
     use std::net::SocketAddr;
     use std::time::Duration;
+
+    /// Delivers a snapshot of `data` for group 1 from node 2, as peers send one: its
+    /// message on a Raft batch, its data in chunks.
+    fn deliver_snapshot(core: &mut NodeCore<u64>, now: Time, data: Vec<u8>) {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = 1;
+        m.from = 2;
+        m.term = 2;
+        let meta = m.mut_snapshot().mut_metadata();
+        meta.index = 50;
+        meta.term = 2;
+        m.mut_snapshot().data = data.into();
+        let (meta, stream) = split(GroupId(1), m, None);
+        let mut batch = Vec::new();
+        encode_batch(std::iter::once((1u64, &meta)), &mut batch);
+        core.handle_raft_batch(now, NodeId(2), &batch).unwrap();
+        for chunk in stream.unwrap().chunks() {
+            core.handle_snapshot_chunk(now, NodeId(2), &chunk).unwrap();
+        }
+    }
+
+    /// A large received snapshot goes to the shell to be written ahead of its install;
+    /// one whose data does not decode never gets that far (nor to raft-rs).
+    #[test]
+    fn a_large_snapshot_is_written_ahead_and_garbage_is_refused_before_raft() {
+        let mut c = core();
+        let now = Time::from_secs(1);
+        c.handle_timeout(now);
+        let snapshot_files = |c: &mut NodeCore<u64>| {
+            let mut files = Vec::new();
+            while let Some(write) = c.poll_log() {
+                match write {
+                    LogWrite::SnapshotFile(f) => files.push(f),
+                    LogWrite::Persist(batch) => c.handle_persisted(batch.id),
+                    LogWrite::Drop(_) => {}
+                }
+            }
+            files
+        };
+        snapshot_files(&mut c);
+        // 2 MiB that claim a huge first key.
+        deliver_snapshot(&mut c, now, vec![0xff; 2 << 20]);
+        assert!(
+            snapshot_files(&mut c).is_empty(),
+            "garbage was written ahead"
+        );
+        let mut store = KvStore::new();
+        for i in 0..600u32 {
+            let put = KvCommand::Put {
+                key: i.to_be_bytes().to_vec(),
+                value: vec![7; 4096],
+            };
+            store.apply(u64::from(i) + 1, &put.encode());
+        }
+        let data = store.snapshot();
+        deliver_snapshot(&mut c, now, data.clone());
+        let files = snapshot_files(&mut c);
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (files[0].group, files[0].index, files[0].term),
+            (GroupId(1), 50, 2)
+        );
+        assert_eq!(files[0].data.as_ref(), data.as_slice());
+        // Sent again while its file is written: still one file.
+        deliver_snapshot(&mut c, now, data);
+        assert!(snapshot_files(&mut c).is_empty());
+    }
 
     /// A one-node, one-core cluster's core 0: it hosts the metadata group and group 1.
     fn core() -> NodeCore<u64> {

@@ -162,6 +162,41 @@ pub fn split(
     (message, Some(stream))
 }
 
+/// What a chunk payload says of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub group: GroupId,
+    pub index: u64,
+    pub term: u64,
+    /// Bytes of the whole snapshot.
+    pub total: u64,
+    /// Where this chunk's data goes in it.
+    pub offset: u64,
+    /// Where this chunk's data is in the payload.
+    pub data: std::ops::Range<usize>,
+}
+
+/// Reads a chunk payload's header (and checks its data is all there).
+pub fn chunk_header(payload: &[u8]) -> Result<ChunkHeader, DecodeError> {
+    let mut r = Reader::new(payload);
+    let group = GroupId(r.varint("group")?);
+    let index = r.varint("index")?;
+    let term = r.varint("term")?;
+    let total = r.varint("total")?;
+    let offset = r.varint("offset")?;
+    let bytes = r.bytes("chunk", SNAPSHOT_CHUNK_BYTES)?;
+    r.finish()?;
+    let at = bytes.as_ptr() as usize - payload.as_ptr() as usize;
+    Ok(ChunkHeader {
+        group,
+        index,
+        term,
+        total,
+        offset,
+        data: at..at + bytes.len(),
+    })
+}
+
 #[derive(Default)]
 struct Partial {
     message: Option<Message>,
@@ -216,14 +251,15 @@ impl SnapshotAssembler {
         now: Time,
         payload: &[u8],
     ) -> Result<Option<(GroupId, Message)>, TransferError> {
-        let mut r = Reader::new(payload);
-        let group = GroupId(r.varint("group")?);
-        let index = r.varint("index")?;
-        let _term = r.varint("term")?;
-        let total = r.varint("total")?;
-        let offset = r.varint("offset")?;
-        let bytes = r.bytes("chunk", SNAPSHOT_CHUNK_BYTES)?;
-        r.finish()?;
+        let ChunkHeader {
+            group,
+            index,
+            total,
+            offset,
+            data,
+            ..
+        } = chunk_header(payload)?;
+        let bytes = &payload[data];
         if total > SNAPSHOT_MAX_BYTES {
             return Err(TransferError::TooLarge(total));
         }
@@ -246,6 +282,13 @@ impl SnapshotAssembler {
             });
         }
         partial.total = Some(total);
+        if expected == 0 {
+            // Sized once for the whole snapshot (it becomes the installed state's memory:
+            // `KvStore::restore` keeps slices of it); growing by doubling copied it over and
+            // over. Untouched pages cost nothing, and a size the allocator refuses only
+            // means growing as before.
+            let _ = partial.data.try_reserve_exact(total as usize);
+        }
         partial.data.extend_from_slice(bytes);
         Ok(self.finish(key).map(|m| (group, m)))
     }

@@ -26,7 +26,7 @@
 //! The record format and the replay rules are sans-IO (`crate::replication::wal`); this module only
 //! moves blocks to and from the disk.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaFile, OpenOptions};
@@ -140,7 +140,9 @@ pub struct WalFile {
     mark: std::fs::File,
     /// Snapshot files being written in the background (`begin_snapshot_file`): not
     /// deleted as unneeded meanwhile.
-    writing: BTreeSet<PathBuf>,
+    /// (Counted: one file may be begun twice, by a compaction and a received snapshot of
+    /// the same index and term.)
+    writing: BTreeMap<PathBuf, usize>,
     /// Snapshot files written ahead (`adopt_snapshot_file`) that an `append` of their
     /// snapshot names instead of writing them; kept until then, or until their group
     /// records a newer snapshot or leaves.
@@ -274,7 +276,7 @@ impl WalFile {
             rewrite_threshold: WAL_REWRITE_BYTES,
             last_checkpoint: replay.valid_bytes,
             mark,
-            writing: BTreeSet::new(),
+            writing: BTreeMap::new(),
             written: BTreeMap::new(),
         };
         wal.remove_unneeded_snapshot_files();
@@ -368,7 +370,7 @@ impl WalFile {
     /// `abandon_snapshot_file` gives it up.
     pub fn begin_snapshot_file(&mut self, group: GroupId, index: u64, term: u64) -> PathBuf {
         let path = snapshot_path(&self.path, group, index, term);
-        self.writing.insert(path.clone());
+        *self.writing.entry(path.clone()).or_default() += 1;
         path
     }
 
@@ -383,18 +385,32 @@ impl WalFile {
         term: u64,
         file: SnapshotFile,
     ) {
-        self.writing
-            .remove(&snapshot_path(&self.path, group, index, term));
+        self.done_writing(&snapshot_path(&self.path, group, index, term));
         self.written.insert((group, index, term), file);
+    }
+
+    /// One writer of the file at `path` is done with it; returns whether none is left.
+    fn done_writing(&mut self, path: &Path) -> bool {
+        match self.writing.get_mut(path) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.writing.remove(path);
+                true
+            }
+        }
     }
 
     /// A snapshot file begun with `begin_snapshot_file` will not be used (its write failed,
     /// or its snapshot was dropped): it is deleted.
     pub fn abandon_snapshot_file(&mut self, group: GroupId, index: u64, term: u64) {
         let path = snapshot_path(&self.path, group, index, term);
-        self.writing.remove(&path);
-        self.written.remove(&(group, index, term));
-        self.remove_unneeded_snapshot_files();
+        if self.done_writing(&path) {
+            self.written.remove(&(group, index, term));
+            self.remove_unneeded_snapshot_files();
+        }
     }
 
     /// A compaction snapshot written in the background (`write_snapshot_file` to the path
@@ -409,7 +425,7 @@ impl WalFile {
     ) -> Result<(), WalIoError> {
         let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         let path = snapshot_path(&self.path, group, index, term);
-        self.writing.remove(&path);
+        self.done_writing(&path);
         let current = self
             .mirror
             .get(&group)
@@ -584,38 +600,93 @@ pub async fn write_snapshot_file(
     path: &Path,
     pieces: impl Iterator<Item = Vec<u8>>,
 ) -> Result<SnapshotFile, WalIoError> {
-    let io = |operation| glommio_error(path, operation);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let file = glommio::io::BufferedFile::create(&tmp)
-        .await
-        .map_err(io("create snapshot file"))?;
-    let (mut len, mut crc) = (0u64, 0u32);
+    let mut writer = SnapshotFileWriter::create(path).await?;
     for piece in pieces {
-        crc = crc32c::crc32c_append(crc, &piece);
-        let want = piece.len();
-        let written = file
-            .write_at(piece, len)
+        writer.write(piece).await?;
+    }
+    writer.finish().await
+}
+
+/// A snapshot file being written in order, piece by piece, to its temporary name; durable
+/// under its own name once `finish`ed.
+pub struct SnapshotFileWriter {
+    file: glommio::io::BufferedFile,
+    path: PathBuf,
+    tmp: PathBuf,
+    len: u64,
+    crc: u32,
+}
+
+impl SnapshotFileWriter {
+    /// Creates (or truncates) the temporary file (`<path>.tmp`) of the snapshot file at
+    /// `path`.
+    pub async fn create(path: &Path) -> Result<SnapshotFileWriter, WalIoError> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = glommio::io::BufferedFile::create(&tmp)
             .await
-            .map_err(io("write snapshot file"))?;
+            .map_err(glommio_error(&tmp, "create snapshot file"))?;
+        Ok(SnapshotFileWriter {
+            file,
+            path: path.to_owned(),
+            tmp,
+            len: 0,
+            crc: 0,
+        })
+    }
+
+    /// Bytes written so far, and their checksum.
+    pub fn written(&self) -> SnapshotFile {
+        SnapshotFile {
+            len: self.len,
+            crc: self.crc,
+        }
+    }
+
+    /// Appends `piece`.
+    pub async fn write(&mut self, piece: Vec<u8>) -> Result<(), WalIoError> {
+        let crc = crc32c::crc32c_append(self.crc, &piece);
+        let want = piece.len();
+        let written = self
+            .file
+            .write_at(piece, self.len)
+            .await
+            .map_err(glommio_error(&self.tmp, "write snapshot file"))?;
         // The piece went to the kernel whole: a regular file writes short only when the
-        // disk is full, and the snapshot is then given up (the log keeps what it covers).
+        // disk is full, and the snapshot is then given up.
         if written != want {
             return Err(WalIoError::Io {
-                path: tmp,
+                path: self.tmp.clone(),
                 operation: "write snapshot file",
                 message: format!("wrote {written} of {want} bytes (is the disk full?)"),
             });
         }
-        len += written as u64;
+        self.crc = crc;
+        self.len += written as u64;
+        Ok(())
     }
-    file.fdatasync()
-        .await
-        .map_err(io("fdatasync snapshot file"))?;
-    file.close().await.map_err(io("close snapshot file"))?;
-    replace_durably(&tmp, path).await?;
-    Ok(SnapshotFile { len, crc })
+
+    /// Makes the file durable under its own name: fdatasync, close, rename, directory
+    /// fsync. Returns its length and checksum.
+    pub async fn finish(self) -> Result<SnapshotFile, WalIoError> {
+        let written = self.written();
+        self.file
+            .fdatasync()
+            .await
+            .map_err(glommio_error(&self.tmp, "fdatasync snapshot file"))?;
+        self.file
+            .close()
+            .await
+            .map_err(glommio_error(&self.tmp, "close snapshot file"))?;
+        replace_durably(&self.tmp, &self.path).await?;
+        Ok(written)
+    }
+
+    /// Gives the file up (closed, not renamed; a clean-up deletes it).
+    pub async fn abandon(self) {
+        let _ = self.file.close().await;
+    }
 }
 
 /// A snapshot's bytes as pieces for [`write_snapshot_file`].
@@ -694,7 +765,7 @@ impl WalFile {
                 .keys()
                 .map(|(g, index, term)| snapshot_path(&self.path, *g, *index, *term)),
         );
-        for path in &self.writing {
+        for path in self.writing.keys() {
             let mut tmp = path.as_os_str().to_owned();
             tmp.push(".tmp");
             keep.extend([path.clone(), PathBuf::from(tmp)]);
