@@ -350,9 +350,10 @@ pub const LOAD_RATE_DECAY: std::time::Duration = std::time::Duration::from_secs(
 pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Attempts a client makes for one request (redirects and retries included).
 pub const CLIENT_ATTEMPTS_MAX: usize = 40;
-/// A snapshot file is written in pieces of this size (each copied once into an io_uring
-/// write): bounds the extra memory a write of a 1 GiB vShard takes.
-pub const SNAPSHOT_FILE_WRITE_BYTES: usize = 8 << 20;
+/// A snapshot file is written in O_DIRECT writes of this size (each copied once into an
+/// aligned buffer): bounds the extra memory a write of a 1 GiB vShard takes, and how long
+/// one write holds the disk queue ahead of the log's own.
+pub const SNAPSHOT_FILE_WRITE_BYTES: usize = 1 << 20;
 
 /// The longest reason a refused metadata command's answer carries that a client reads.
 pub const METADATA_REASON_MAX_BYTES: usize = 4096;

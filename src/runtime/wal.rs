@@ -608,13 +608,21 @@ pub async fn write_snapshot_file(
 }
 
 /// A snapshot file being written in order, piece by piece, to its temporary name; durable
-/// under its own name once `finish`ed.
+/// under its own name once `finish`ed. Written with O_DIRECT, in aligned blocks of
+/// `SNAPSHOT_FILE_WRITE_BYTES`: buffered writes left the whole file dirty in the page
+/// cache, and its fdatasync then flushed it all at once while the log's own fdatasyncs
+/// queued behind it (core-loop turns of 50–150 ms during a move).
 pub struct SnapshotFileWriter {
-    file: glommio::io::BufferedFile,
+    file: DmaFile,
     path: PathBuf,
     tmp: PathBuf,
+    /// Bytes given so far, and their checksum.
     len: u64,
     crc: u32,
+    /// Bytes on disk (a multiple of the alignment until `finish`).
+    on_disk: u64,
+    /// Given, not yet written: less than one write's worth.
+    staged: Vec<u8>,
 }
 
 impl SnapshotFileWriter {
@@ -624,7 +632,7 @@ impl SnapshotFileWriter {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = glommio::io::BufferedFile::create(&tmp)
+        let file = DmaFile::create(&tmp)
             .await
             .map_err(glommio_error(&tmp, "create snapshot file"))?;
         Ok(SnapshotFileWriter {
@@ -633,10 +641,12 @@ impl SnapshotFileWriter {
             tmp,
             len: 0,
             crc: 0,
+            on_disk: 0,
+            staged: Vec::with_capacity(SNAPSHOT_FILE_WRITE_BYTES),
         })
     }
 
-    /// Bytes written so far, and their checksum.
+    /// Bytes given so far, and their checksum.
     pub fn written(&self) -> SnapshotFile {
         SnapshotFile {
             len: self.len,
@@ -646,31 +656,61 @@ impl SnapshotFileWriter {
 
     /// Appends `piece`.
     pub async fn write(&mut self, piece: Vec<u8>) -> Result<(), WalIoError> {
-        let crc = crc32c::crc32c_append(self.crc, &piece);
-        let want = piece.len();
-        let written = self
-            .file
-            .write_at(piece, self.len)
-            .await
-            .map_err(glommio_error(&self.tmp, "write snapshot file"))?;
-        // The piece went to the kernel whole: a regular file writes short only when the
-        // disk is full, and the snapshot is then given up.
-        if written != want {
-            return Err(WalIoError::Io {
-                path: self.tmp.clone(),
-                operation: "write snapshot file",
-                message: format!("wrote {written} of {want} bytes (is the disk full?)"),
-            });
+        self.crc = crc32c::crc32c_append(self.crc, &piece);
+        self.len += piece.len() as u64;
+        let mut rest = piece.as_slice();
+        while !rest.is_empty() {
+            let take = (SNAPSHOT_FILE_WRITE_BYTES - self.staged.len()).min(rest.len());
+            self.staged.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.staged.len() == SNAPSHOT_FILE_WRITE_BYTES {
+                self.write_staged().await?;
+            }
         }
-        self.crc = crc;
-        self.len += written as u64;
         Ok(())
     }
 
-    /// Makes the file durable under its own name: fdatasync, close, rename, directory
-    /// fsync. Returns its length and checksum.
-    pub async fn finish(self) -> Result<SnapshotFile, WalIoError> {
+    /// Writes the staged bytes at `on_disk`, padded with zeros to the alignment (only the
+    /// last write is ever padded; `finish` cuts the file back to its length).
+    async fn write_staged(&mut self) -> Result<(), WalIoError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let size = self.file.align_up(self.staged.len() as u64) as usize;
+        let mut buffer = self.file.alloc_dma_buffer(size);
+        let bytes = buffer.as_bytes_mut();
+        bytes[..self.staged.len()].copy_from_slice(&self.staged);
+        bytes[self.staged.len()..].fill(0);
+        let written = self
+            .file
+            .write_at(buffer, self.on_disk)
+            .await
+            .map_err(glommio_error(&self.tmp, "write snapshot file"))?;
+        // A regular file writes short only when the disk is full; the snapshot is then
+        // given up.
+        if written != size {
+            return Err(WalIoError::Io {
+                path: self.tmp.clone(),
+                operation: "write snapshot file",
+                message: format!("wrote {written} of {size} bytes (is the disk full?)"),
+            });
+        }
+        self.on_disk += size as u64;
+        self.staged.clear();
+        Ok(())
+    }
+
+    /// Makes the file durable under its own name: the last bytes, its length, fdatasync,
+    /// close, rename, directory fsync. Returns its length and checksum.
+    pub async fn finish(mut self) -> Result<SnapshotFile, WalIoError> {
+        self.write_staged().await?;
         let written = self.written();
+        if self.on_disk != written.len {
+            self.file
+                .truncate(written.len)
+                .await
+                .map_err(glommio_error(&self.tmp, "truncate snapshot file"))?;
+        }
         self.file
             .fdatasync()
             .await
@@ -681,11 +721,6 @@ impl SnapshotFileWriter {
             .map_err(glommio_error(&self.tmp, "close snapshot file"))?;
         replace_durably(&self.tmp, &self.path).await?;
         Ok(written)
-    }
-
-    /// Gives the file up (closed, not renamed; a clean-up deletes it).
-    pub async fn abandon(self) {
-        let _ = self.file.close().await;
     }
 }
 
