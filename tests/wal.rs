@@ -501,7 +501,7 @@ fn a_damaged_or_missing_snapshot_file_is_refused_and_strays_are_removed() {
 /// is declined and its file deleted.
 #[test]
 fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_never_regresses() {
-    use nodedb_cluster::runtime::wal::{pieces_of, write_snapshot_file};
+    use nodedb_cluster::runtime::wal::write_snapshot_file;
     let path = wal_path("background");
     let p = path.clone();
     let (recovered, files_mid, files_end, written) = on_executor(move || async move {
@@ -513,7 +513,7 @@ fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_ne
         let compaction = snapshot_write(1, 10, 2 << 20).snapshot.unwrap();
         let file_path = wal.begin_snapshot_file(GroupId(1), 10, 1);
         // Written in uneven pieces, as a view encodes it; the log gets its metadata only.
-        let pieces = compaction.data.chunks(100_003).map(<[u8]>::to_vec);
+        let pieces = compaction.data.chunks(100_003);
         let file = write_snapshot_file(&file_path, pieces).await.unwrap();
         let written = compaction.data.clone();
         let mut compaction = compaction;
@@ -533,7 +533,7 @@ fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_ne
         let mut stale_meta = stale.clone();
         stale_meta.mut_metadata().term = 7;
         let stale_path = wal.begin_snapshot_file(GroupId(2), 10, 7);
-        let stale_file = write_snapshot_file(&stale_path, pieces_of(&stale.data))
+        let stale_file = write_snapshot_file(&stale_path, std::iter::once(&stale.data))
             .await
             .unwrap();
         wal.append_written_snapshot(GroupId(2), stale_meta, stale_file)
@@ -580,7 +580,7 @@ fn a_compaction_written_in_the_background_is_recorded_after_later_entries_and_ne
 /// newer one supersedes is deleted.
 #[test]
 fn a_snapshot_written_ahead_is_named_by_the_append_that_records_it() {
-    use nodedb_cluster::runtime::wal::{pieces_of, write_snapshot_file};
+    use nodedb_cluster::runtime::wal::write_snapshot_file;
     let path = wal_path("ahead");
     let p = path.clone();
     let (recovered, files_between, files_after, ahead_data) = on_executor(move || async move {
@@ -590,12 +590,12 @@ fn a_snapshot_written_ahead_is_named_by_the_append_that_records_it() {
         // the two the log ends up naming.
         let ahead_data: Vec<u8> = vec![42; 2 << 20];
         let ahead = wal.begin_snapshot_file(GroupId(1), 20, 1);
-        let file = write_snapshot_file(&ahead, pieces_of(&ahead_data))
+        let file = write_snapshot_file(&ahead, std::iter::once(&ahead_data))
             .await
             .unwrap();
         wal.adopt_snapshot_file(GroupId(1), 20, 1, file);
         let older = wal.begin_snapshot_file(GroupId(1), 15, 1);
-        let older_file = write_snapshot_file(&older, pieces_of(&ahead_data[..1 << 20]))
+        let older_file = write_snapshot_file(&older, std::iter::once(&ahead_data[..1 << 20]))
             .await
             .unwrap();
         wal.adopt_snapshot_file(GroupId(1), 15, 1, older_file);

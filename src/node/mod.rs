@@ -544,7 +544,11 @@ impl<R> NodeCore<R> {
             // the snapshot replaces: it would reject the leader's appends, and the leader
             // would answer with the snapshot again. Those wait for the install instead (a
             // follower that does not answer for a while is one Raft expects).
-            if self.writing_ahead.keys().any(|(g, _)| *g == group)
+            if self
+                .writing_ahead
+                .range((group, 0)..=(group, u64::MAX))
+                .next()
+                .is_some()
                 && matches!(
                     message.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat
@@ -554,7 +558,7 @@ impl<R> NodeCore<R> {
             }
             // A snapshot waits here until its data is in.
             if let Some(message) = self.assembler.on_message(now, group, message) {
-                self.deliver_snapshot(group, from, message);
+                self.deliver(group, from, message);
             }
         }
         Ok(())
@@ -562,7 +566,7 @@ impl<R> NodeCore<R> {
 
     /// A message the assembler let through (a snapshot now whole, or any other): a large
     /// snapshot's file is written ahead first ([`LogWrite::SnapshotFile`]).
-    fn deliver_snapshot(&mut self, group: GroupId, from: NodeId, message: raft::eraftpb::Message) {
+    fn deliver(&mut self, group: GroupId, from: NodeId, message: raft::eraftpb::Message) {
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
         // raft-rs takes a snapshot's metadata as installed before the state machine reads
         // its data: data that does not decode must never reach it (the replica would
@@ -634,7 +638,7 @@ impl<R> NodeCore<R> {
         self.now = now;
         if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
             debug!(group = group.0, from = from.0, "snapshot received whole");
-            self.deliver_snapshot(group, from, message);
+            self.deliver(group, from, message);
         }
         Ok(())
     }

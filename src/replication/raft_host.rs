@@ -269,6 +269,17 @@ pub struct GroupStorage {
 }
 
 impl GroupStorage {
+    /// Storage over `log`, with no snapshot yet.
+    fn new(log: MemStorage) -> GroupStorage {
+        GroupStorage {
+            log,
+            snapshot: Rc::default(),
+            view: Rc::default(),
+            handed_out: Rc::default(),
+            wanted: Rc::default(),
+        }
+    }
+
     /// Keeps `snapshot` (whose state `state_machine` now holds) to serve followers. A large
     /// one is kept as a view of the state machine rather than as its encoded bytes: the
     /// view shares the live state's memory, where the bytes would double it.
@@ -278,7 +289,14 @@ impl GroupStorage {
         if view.is_some() {
             kept.data = Default::default();
         }
-        *self.snapshot.borrow_mut() = Some(kept);
+        self.set_kept(kept, view);
+    }
+
+    /// Sets the snapshot kept for followers: its data, or empty data and the view that
+    /// encodes it.
+    fn set_kept(&self, snapshot: Snapshot, view: Option<KvView>) {
+        debug_assert!(view.is_none() || snapshot.data.is_empty());
+        *self.snapshot.borrow_mut() = Some(snapshot);
         *self.view.borrow_mut() = view;
     }
 
@@ -566,13 +584,7 @@ impl<S: StateMachine> RaftHost<S> {
             return Err(HostError::GroupExists(group));
         }
         let log = MemStorage::new();
-        let storage = GroupStorage {
-            log: log.clone(),
-            snapshot: Rc::default(),
-            view: Rc::default(),
-            handed_out: Rc::default(),
-            wanted: Rc::default(),
-        };
+        let storage = GroupStorage::new(log.clone());
         let raft_err = |e: raft::Error| HostError::Raft(e.to_string());
         let mut applied = 0;
         match persisted {
@@ -677,13 +689,7 @@ impl<S: StateMachine> RaftHost<S> {
             voters.iter().map(|r| r.0).collect::<Vec<_>>(),
             learner_ids,
         )));
-        let storage = GroupStorage {
-            log,
-            snapshot: Rc::default(),
-            view: Rc::default(),
-            handed_out: Rc::default(),
-            wanted: Rc::default(),
-        };
+        let storage = GroupStorage::new(log);
         self.insert_group(group, replica, 0, storage, state_machine)
     }
 
@@ -1251,8 +1257,7 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>, policy: SnapshotPolicy) {
     if g.raw.store().log.wl().compact(applied).is_err() {
         return;
     }
-    *g.raw.store().snapshot.borrow_mut() = Some(snapshot.clone());
-    *g.raw.store().view.borrow_mut() = view.clone();
+    g.raw.store().set_kept(snapshot.clone(), view.clone());
     g.raw.store().wanted.set(false);
     g.log_bytes = 0;
     g.snapshot_to_persist = Some((snapshot, view));

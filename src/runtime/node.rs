@@ -51,7 +51,7 @@ use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
 use crate::runtime::tls::{self, ALPN_CLIENT, ALPN_PEER, TlsMode};
-use crate::runtime::wal::{WalFile, WalIoError, pieces_of, write_snapshot_file};
+use crate::runtime::wal::{WalFile, WalIoError, write_snapshot_file};
 use crate::time::Time;
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvReply, KvRequest, KvResponseFrame};
@@ -828,7 +828,7 @@ fn write_ahead_in_background(received: SnapshotFileWrite, wal: &mut WalFile, inb
     let inbox = inbox.clone();
     glommio::spawn_local(async move {
         let started = std::time::Instant::now();
-        let result = write_snapshot_file(&path, pieces_of(&data)).await;
+        let result = write_snapshot_file(&path, std::iter::once(&data)).await;
         debug!(
             group = group.0,
             bytes = data.len(),

@@ -310,7 +310,7 @@ impl WalFile {
                 new_files.insert(key, file);
             } else if s.data.len() >= SNAPSHOT_FILE_BYTES && !new_files.contains_key(&key) {
                 let path = snapshot_path(&self.path, key.0, key.1, key.2);
-                let file = write_snapshot_file(&path, pieces_of(&s.data)).await?;
+                let file = write_snapshot_file(&path, std::iter::once(&s.data)).await?;
                 new_files.insert(key, file);
             }
         }
@@ -596,13 +596,13 @@ fn snapshot_path(log: &Path, group: GroupId, index: u64, term: u64) -> PathBuf {
 /// file, fdatasync, rename, directory fsync) and returns its length and checksum. Every
 /// step is an io_uring operation and the next piece is made only once the last is written:
 /// a large snapshot neither stalls the core's other tasks nor is held whole in memory.
-pub async fn write_snapshot_file(
+pub async fn write_snapshot_file<P: AsRef<[u8]>>(
     path: &Path,
-    pieces: impl Iterator<Item = Vec<u8>>,
+    pieces: impl Iterator<Item = P>,
 ) -> Result<SnapshotFile, WalIoError> {
     let mut writer = SnapshotFileWriter::create(path).await?;
     for piece in pieces {
-        writer.write(piece).await?;
+        writer.write(piece.as_ref()).await?;
     }
     writer.finish().await
 }
@@ -647,19 +647,26 @@ impl SnapshotFileWriter {
     }
 
     /// Bytes given so far, and their checksum.
-    pub fn written(&self) -> SnapshotFile {
+    fn written(&self) -> SnapshotFile {
         SnapshotFile {
             len: self.len,
             crc: self.crc,
         }
     }
 
-    /// Appends `piece`.
-    pub async fn write(&mut self, piece: Vec<u8>) -> Result<(), WalIoError> {
-        self.crc = crc32c::crc32c_append(self.crc, &piece);
+    /// Appends `piece`. Whole writes' worth go straight from it to the aligned buffer; the
+    /// rest waits in `staged`.
+    pub async fn write(&mut self, piece: &[u8]) -> Result<(), WalIoError> {
+        self.crc = crc32c::crc32c_append(self.crc, piece);
         self.len += piece.len() as u64;
-        let mut rest = piece.as_slice();
+        let mut rest = piece;
         while !rest.is_empty() {
+            if self.staged.is_empty() && rest.len() >= SNAPSHOT_FILE_WRITE_BYTES {
+                let (whole, after) = rest.split_at(SNAPSHOT_FILE_WRITE_BYTES);
+                self.write_block(whole).await?;
+                rest = after;
+                continue;
+            }
             let take = (SNAPSHOT_FILE_WRITE_BYTES - self.staged.len()).min(rest.len());
             self.staged.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
@@ -670,17 +677,26 @@ impl SnapshotFileWriter {
         Ok(())
     }
 
-    /// Writes the staged bytes at `on_disk`, padded with zeros to the alignment (only the
-    /// last write is ever padded; `finish` cuts the file back to its length).
+    /// Writes the staged bytes (see `write_block`).
     async fn write_staged(&mut self) -> Result<(), WalIoError> {
-        if self.staged.is_empty() {
+        let staged = std::mem::take(&mut self.staged);
+        let written = self.write_block(&staged).await;
+        self.staged = staged;
+        self.staged.clear();
+        written
+    }
+
+    /// Writes `block` at `on_disk`, padded with zeros to the alignment (only the last write
+    /// is ever padded; `finish` cuts the file back to its length).
+    async fn write_block(&mut self, block: &[u8]) -> Result<(), WalIoError> {
+        if block.is_empty() {
             return Ok(());
         }
-        let size = self.file.align_up(self.staged.len() as u64) as usize;
+        let size = self.file.align_up(block.len() as u64) as usize;
         let mut buffer = self.file.alloc_dma_buffer(size);
         let bytes = buffer.as_bytes_mut();
-        bytes[..self.staged.len()].copy_from_slice(&self.staged);
-        bytes[self.staged.len()..].fill(0);
+        bytes[..block.len()].copy_from_slice(block);
+        bytes[block.len()..].fill(0);
         let written = self
             .file
             .write_at(buffer, self.on_disk)
@@ -696,7 +712,6 @@ impl SnapshotFileWriter {
             });
         }
         self.on_disk += size as u64;
-        self.staged.clear();
         Ok(())
     }
 
@@ -722,11 +737,6 @@ impl SnapshotFileWriter {
         replace_durably(&self.tmp, &self.path).await?;
         Ok(written)
     }
-}
-
-/// A snapshot's bytes as pieces for [`write_snapshot_file`].
-pub fn pieces_of(data: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    data.chunks(SNAPSHOT_FILE_WRITE_BYTES).map(<[u8]>::to_vec)
 }
 
 /// The `WalIoError` of a glommio operation on `path`.
