@@ -465,3 +465,6 @@ pub const NODE_DEAD_AFTER: Duration = Duration::from_secs(300);
 
 const _: () =
     assert!(LIVENESS_PROBE_TIMEOUT.as_millis() * 2 <= LIVENESS_PROBE_INTERVAL.as_millis());
+
+/// A core-loop turn longer than this is logged (debug level) with where its time went.
+pub const SLOW_LOOP_TURN: Duration = Duration::from_millis(5);

@@ -115,16 +115,7 @@ impl Cluster {
         F: FnOnce(Rc<KvClient>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
-        let (spec, tls) = (self.spec.clone(), self.admin.clone());
-        spawn_executor("bench-client", CorePlacement::Unbound, move || async move {
-            let client = Rc::new(KvClient::new(spec, tls, MTU).map_err(|e| e.to_string())?);
-            let result = f(client.clone()).await;
-            client.shutdown().await;
-            result
-        })
-        .map_err(|e| e.to_string())?
-        .join()
-        .map_err(|e| e.to_string())?
+        with_client(self.spec.clone(), self.admin.clone(), f)
     }
 
     /// Stops every node and removes the logs; the first node failure, if any.
@@ -140,6 +131,25 @@ impl Cluster {
             Err(failures.join("; "))
         }
     }
+}
+
+/// Runs `f` with a client of the cluster `spec` (any nodes: in this process or not) on an
+/// executor of its own.
+pub fn with_client<T, F, Fut>(spec: ClusterSpec, tls: TlsMode, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<KvClient>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    spawn_executor("bench-client", CorePlacement::Unbound, move || async move {
+        let client = Rc::new(KvClient::new(spec, tls, MTU).map_err(|e| e.to_string())?);
+        let result = f(client.clone()).await;
+        client.shutdown().await;
+        result
+    })
+    .map_err(|e| e.to_string())?
+    .join()
+    .map_err(|e| e.to_string())?
 }
 
 /// The group the fixtures load and move.

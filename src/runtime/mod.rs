@@ -13,6 +13,7 @@ pub mod datadir;
 pub mod demo;
 pub mod executor;
 pub mod join;
+pub mod log_writer;
 pub mod metrics_http;
 pub mod node;
 pub mod peers;

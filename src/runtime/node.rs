@@ -4,7 +4,8 @@
 //! Each turn of [`core_loop`] hands the core the time and whatever arrived (Raft batches,
 //! snapshot chunks, client requests, mail from the node's other cores, answers to the
 //! migration executor's requests), then carries out what it polls, in its order: log
-//! writes (one record and one fsync per batch: group commit), mail, answers, one Raft batch
+//! writes (handed to the log task, `runtime::log_writer`, which makes them durable beside
+//! the loop: one record and one fsync per batch, group commit), mail, answers, one Raft batch
 //! per peer core and snapshot streams, the executor's requests. It then sleeps until the
 //! core's next timeout or new input. Accept and receive tasks run beside the loop and hand
 //! it work through a local queue. What the core decides — hosting, routing, the metadata
@@ -28,30 +29,31 @@ use crate::cluster::spec::core_address;
 use crate::cluster::vshard::fnv1a64;
 use crate::constants::{
     CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, NODE_LOOP_IDLE,
-    REPLY_CHANNEL_CAPACITY, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TRANSFER_TIMEOUT,
+    REPLY_CHANNEL_CAPACITY, SLOW_LOOP_TURN, SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
 use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 use crate::node::load::CoreLoad;
 use crate::node::{
-    BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall,
-    SnapshotFileWrite, Transmit, node_addresses,
+    BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
+    node_addresses,
 };
-use crate::replication::raft_host::{Compaction, PersistBatch, SnapshotPolicy};
+use crate::replication::raft_host::SnapshotPolicy;
 use crate::replication::snapshot_transfer::{SnapshotStream, TokenBucket};
 use crate::runtime::client::KvClient;
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::cores::{CoreContext, CoreLayout, CoreRuntime, CoreRuntimeConfig};
 use crate::runtime::datadir::{DataDir, DataDirError, Identity};
 use crate::runtime::executor::RuntimeError;
+use crate::runtime::log_writer::{LogDone, LogJob, LogWriter};
 use crate::runtime::metrics_http::MetricsServer;
 use crate::runtime::peers::{ClusterShape, PeerNodes, Peers, StreamClass, receive_peer_streams};
 use crate::runtime::quic::{
     Connection, EndpointOptions, QuicEndpoint, RecvStream, SendStream, TransportError,
 };
 use crate::runtime::tls::{self, ALPN_CLIENT, ALPN_PEER, TlsMode};
-use crate::runtime::wal::{WalFile, WalIoError, write_snapshot_file};
+use crate::runtime::wal::{WalFile, WalIoError};
 use crate::time::Time;
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvReply, KvRequest, KvResponseFrame};
@@ -338,20 +340,8 @@ enum Work {
     Mail(Mail<Reply>),
     /// What came of one of the migration executor's requests.
     CallReply(u64, Result<KvReply, Failure>),
-    /// A compaction snapshot's file, written in the background, is durable (or failed);
-    /// the loop records it in the log (`WalFile::append_written_snapshot`).
-    SnapshotFileWritten {
-        group: GroupId,
-        snapshot: raft::eraftpb::Snapshot,
-        result: Result<crate::replication::wal::SnapshotFile, WalIoError>,
-    },
-    /// A received snapshot's file, written ahead of its install, is durable (or failed).
-    SnapshotWrittenAhead {
-        group: GroupId,
-        index: u64,
-        term: u64,
-        result: Result<crate::replication::wal::SnapshotFile, WalIoError>,
-    },
+    /// What the log task, or a snapshot file writer it started, finished.
+    Log(LogDone),
 }
 
 /// The local queue between the receive tasks and the loop.
@@ -413,7 +403,7 @@ async fn core_loop(
     let wal_path = config
         .data_dir
         .join(format!("node-{}-core-{}.wal", local.node.0, local.core.0));
-    let (mut wal, recovered) = WalFile::open(&wal_path).await?;
+    let (wal, recovered) = WalFile::open(&wal_path).await?;
     info!(node = local.node.0, core = local.core.0, %bind, records = recovered.records, "core started");
     let core_config = CoreConfig {
         local,
@@ -449,6 +439,10 @@ async fn core_loop(
         }
     }
     let inbox = Rc::new(Inbox::default());
+    let log = LogWriter::start(wal, {
+        let inbox = inbox.clone();
+        Rc::new(move |done| inbox.push(Work::Log(done)))
+    });
     let clock = MonotonicClock::new();
     let bucket = Rc::new(RefCell::new(TokenBucket::new(config.snapshot_rate)));
     let accept = glommio::spawn_local(accept_loop(
@@ -497,36 +491,15 @@ async fn core_loop(
         if inject_panic {
             panic!("injected by {INJECT_PANIC_VAR}");
         }
+        let mut phases = TurnPhases::new(turn);
         let work: Vec<Work> = inbox.work.borrow_mut().drain(..).collect();
+        phases.work_items = work.len();
         for w in work {
+            if let Work::SnapshotChunk(_, chunk) = &w {
+                phases.chunk_bytes += chunk.len();
+            }
             match w {
-                Work::SnapshotFileWritten {
-                    group,
-                    snapshot,
-                    result,
-                } => {
-                    wal.append_written_snapshot(group, snapshot, result?)
-                        .await?
-                }
-                Work::SnapshotWrittenAhead {
-                    group,
-                    index,
-                    term,
-                    result,
-                } => {
-                    let written = match result {
-                        Ok(file) => {
-                            wal.adopt_snapshot_file(group, index, term, file);
-                            true
-                        }
-                        Err(e) => {
-                            warn!(group = group.0, index, error = %e, "a received snapshot could not be written; the leader will send it again");
-                            wal.abandon_snapshot_file(group, index, term);
-                            false
-                        }
-                    };
-                    node.handle_snapshot_file_written(now, group, index, written);
-                }
+                Work::Log(done) => take_log_report(&mut node, &log, now, done)?,
                 w => feed(&mut node, now, w),
             }
         }
@@ -540,40 +513,16 @@ async fn core_loop(
                 }
             }
         }
+        phases.mark(Phase::Work);
+        // Handed to the log task: the loop does not wait for the write.
         while let Some(write) = node.poll_log() {
-            match write {
-                LogWrite::Drop(group) => {
-                    wal.drop_group(group).await?;
-                }
-                LogWrite::SnapshotFile(received) => {
-                    write_ahead_in_background(received, &mut wal, &inbox);
-                }
-                LogWrite::Persist(mut batch) => {
-                    write_compactions_in_background(&mut batch, &mut wal, &inbox);
-                    if batch.writes.is_empty() {
-                        node.handle_persisted(batch.id);
-                        continue;
-                    }
-                    let snapshot_bytes: usize = batch
-                        .writes
-                        .iter()
-                        .filter_map(|w| w.snapshot.as_ref())
-                        .map(|s| s.data.len())
-                        .sum();
-                    // Timed only when it carries a snapshot: no clock read per batch.
-                    let started = (snapshot_bytes > 0).then(std::time::Instant::now);
-                    wal.append(&batch.writes).await?;
-                    if let Some(started) = started {
-                        debug!(
-                            snapshot_bytes,
-                            took_us = started.elapsed().as_micros() as u64,
-                            "log batch with a snapshot made durable"
-                        );
-                    }
-                    node.handle_persisted(batch.id);
-                }
-            }
+            log.submit(match write {
+                LogWrite::Drop(group) => LogJob::Drop(group),
+                LogWrite::SnapshotFile(received) => LogJob::WriteAhead(received),
+                LogWrite::Persist(batch) => LogJob::Persist(batch),
+            });
         }
+        phases.mark(Phase::Log);
         if let Some(reason) = node.failure() {
             return Err(CoreLoopError::Failed(reason.to_owned()));
         }
@@ -639,9 +588,11 @@ async fn core_loop(
             ))
             .detach();
         }
+        phases.mark(Phase::Transmit);
         for (peer, e) in peers.flush().await {
             debug!(%peer, error = %e, "raft batch not sent");
         }
+        phases.mark(Phase::Flush);
         publish(&node, metrics, &endpoint);
         if let Some(load) = node.poll_load()
             && let Some(slot) = load_slot.as_mut()
@@ -658,7 +609,9 @@ async fn core_loop(
         let idle = node.poll_timeout().map_or(NODE_LOOP_IDLE, |t| {
             t.saturating_since(clock.now()).min(NODE_LOOP_IDLE)
         });
-        metrics.loop_turns.observe(turn.elapsed());
+        let took = turn.elapsed();
+        metrics.loop_turns.observe(took);
+        phases.report(took, local);
         inbox.wait(idle).await;
     }
     node.shutdown();
@@ -670,8 +623,69 @@ async fn core_loop(
     drop(accept);
     drop(mail);
     endpoint.shutdown().await;
-    wal.close().await?;
+    log.close().await?;
     Ok(())
+}
+
+/// Where a core-loop turn spent its time, reported (at debug level) when the turn took
+/// longer than `SLOW_LOOP_TURN`: the first thing to ask of a tail is which core stalled,
+/// the next is on what.
+struct TurnPhases {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    took: [std::time::Duration; 4],
+    work_items: usize,
+    chunk_bytes: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Timers and the inbox's work (Raft batches, requests, chunks).
+    Work,
+    /// Log writes handed out (and the Raft ready that makes them).
+    Log,
+    /// Mail, answers, Raft batches queued, snapshot streams and calls started.
+    Transmit,
+    /// The QUIC flush.
+    Flush,
+}
+
+impl TurnPhases {
+    fn new(started: std::time::Instant) -> TurnPhases {
+        TurnPhases {
+            started,
+            last: started,
+            took: Default::default(),
+            work_items: 0,
+            chunk_bytes: 0,
+        }
+    }
+
+    fn mark(&mut self, phase: Phase) {
+        let now = std::time::Instant::now();
+        self.took[phase as usize] = now - self.last;
+        self.last = now;
+    }
+
+    fn report(&self, took: std::time::Duration, at: CoreAddress) {
+        if took < SLOW_LOOP_TURN {
+            return;
+        }
+        let us = |d: std::time::Duration| d.as_micros() as u64;
+        debug!(
+            node = at.node.0,
+            core = at.core.0,
+            took_us = us(took),
+            work_us = us(self.took[Phase::Work as usize]),
+            log_us = us(self.took[Phase::Log as usize]),
+            transmit_us = us(self.took[Phase::Transmit as usize]),
+            flush_us = us(self.took[Phase::Flush as usize]),
+            rest_us = us(took.saturating_sub(self.last - self.started)),
+            work_items = self.work_items,
+            chunk_bytes = self.chunk_bytes,
+            "slow core loop turn"
+        );
+    }
 }
 
 /// Hands one piece of work to the core.
@@ -701,7 +715,7 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
         Work::Mail(mail) => node.handle_mail(now, mail),
         Work::CallReply(id, result) => node.handle_call_reply(now, id, result),
         // The loop takes these itself (they need the log).
-        Work::SnapshotFileWritten { .. } | Work::SnapshotWrittenAhead { .. } => {}
+        Work::Log(_) => {}
     }
 }
 
@@ -776,73 +790,53 @@ async fn send_call(
     inbox.push(Work::CallReply(call.request.id, result));
 }
 
-/// Takes the compactions too large to inline out of `batch` and writes each to a file of
-/// its own in a task of its own, encoding it from its view a chunk at a time: nothing waits
-/// for a compaction (the log keeps the entries it covers), so the loop goes on meanwhile.
-/// (Encoding and writing a 128 MiB one on the loop held it for 100–200 ms.) The task
-/// reports back with `Work::SnapshotFileWritten`, and the loop records the file.
-fn write_compactions_in_background(batch: &mut PersistBatch, wal: &mut WalFile, inbox: &Rc<Inbox>) {
-    for Compaction {
-        group,
-        snapshot,
-        view,
-    } in batch.compactions.drain(..)
-    {
-        let meta = snapshot.get_metadata();
-        let path = wal.begin_snapshot_file(group, meta.index, meta.term);
-        let inbox = inbox.clone();
-        glommio::spawn_local(async move {
-            let started = std::time::Instant::now();
-            let mut reader = view.reader();
-            let pieces = std::iter::from_fn(move || {
-                let piece = reader.read(SNAPSHOT_CHUNK_BYTES);
-                (!piece.is_empty()).then_some(piece)
-            });
-            let result = write_snapshot_file(&path, pieces).await;
-            debug!(
-                group = group.0,
-                bytes = view.encoded_len(),
-                took_us = started.elapsed().as_micros() as u64,
-                "compaction snapshot written in the background"
-            );
-            inbox.push(Work::SnapshotFileWritten {
-                group,
-                snapshot,
-                result,
-            });
-        })
-        .detach();
-    }
-}
-
-/// Writes a received snapshot's file in a task of its own ([`LogWrite::SnapshotFile`]);
-/// the task reports back with `Work::SnapshotWrittenAhead`.
-fn write_ahead_in_background(received: SnapshotFileWrite, wal: &mut WalFile, inbox: &Rc<Inbox>) {
-    let SnapshotFileWrite {
-        group,
-        index,
-        term,
-        data,
-    } = received;
-    let path = wal.begin_snapshot_file(group, index, term);
-    let inbox = inbox.clone();
-    glommio::spawn_local(async move {
-        let started = std::time::Instant::now();
-        let result = write_snapshot_file(&path, std::iter::once(&data)).await;
-        debug!(
-            group = group.0,
-            bytes = data.len(),
-            took_us = started.elapsed().as_micros() as u64,
-            "received snapshot written ahead of its install"
-        );
-        inbox.push(Work::SnapshotWrittenAhead {
+/// Takes a report of the log task: a durable batch goes to the core; a file written in
+/// the background is recorded in the log (in the order of the core's writes); a failed
+/// log stops the core.
+fn take_log_report(
+    node: &mut NodeCore<Reply>,
+    log: &LogWriter,
+    now: Time,
+    done: LogDone,
+) -> Result<(), CoreLoopError> {
+    match done {
+        LogDone::Persisted(id) => node.handle_persisted(id),
+        LogDone::CompactionWritten {
+            group,
+            snapshot,
+            result,
+        } => log.submit(LogJob::RecordCompaction {
+            group,
+            snapshot,
+            file: result?,
+        }),
+        LogDone::WrittenAhead {
             group,
             index,
             term,
             result,
-        });
-    })
-    .detach();
+        } => {
+            let written = match result {
+                Ok(file) => {
+                    log.submit(LogJob::Adopt {
+                        group,
+                        index,
+                        term,
+                        file,
+                    });
+                    true
+                }
+                Err(e) => {
+                    warn!(group = group.0, index, error = %e, "a received snapshot could not be written; the leader will send it again");
+                    log.submit(LogJob::Abandon { group, index, term });
+                    false
+                }
+            };
+            node.handle_snapshot_file_written(now, group, index, written);
+        }
+        LogDone::Failed(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Sends snapshot data on a bulk stream, chunk by chunk, within the core's rate limit.

@@ -1,0 +1,267 @@
+//! A core's write-ahead log, served by a task of its own beside the core loop.
+//!
+//! The loop hands every log write to the task ([`LogWriter::submit`]) and goes on: it
+//! never waits for a write or an fdatasync. While a batch becomes durable the loop keeps
+//! taking Raft messages, client requests and snapshot chunks, and the leader's appends
+//! leave in the same turn as its own write (Raft allows a leader to replicate before its
+//! own copy is durable; only the messages raft-rs marks as needing persistence wait, and
+//! the node core holds those until `handle_persisted`). What the task finishes comes back
+//! to the loop as a [`LogDone`], through the loop's inbox.
+//!
+//! The task runs the jobs one at a time, in the order they were submitted, so the log sees
+//! the node core's writes in the core's order: a group dropped before a later replica of
+//! it is recorded, a file adopted before the batch that names it. Snapshot files
+//! (compactions, and received snapshots written ahead of their install) are written by
+//! tasks of their own, which report back the same way; the log task only records them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use raft::eraftpb::Snapshot;
+use tracing::debug;
+
+use crate::constants::SNAPSHOT_CHUNK_BYTES;
+use crate::ids::GroupId;
+use crate::node::SnapshotFileWrite;
+use crate::replication::raft_host::{Compaction, PersistBatch};
+use crate::replication::wal::SnapshotFile;
+use crate::runtime::wal::{WalFile, WalIoError, write_snapshot_file};
+
+/// Work for the log task.
+pub enum LogJob {
+    /// Make the batch durable (its large compactions go to files in the background), then
+    /// report [`LogDone::Persisted`].
+    Persist(PersistBatch),
+    /// Forget a group (its replica left the core): `WalFile::drop_group`.
+    Drop(GroupId),
+    /// Write a received snapshot's file in the background, then report
+    /// [`LogDone::WrittenAhead`].
+    WriteAhead(SnapshotFileWrite),
+    /// A compaction's file is durable: record it (`WalFile::append_written_snapshot`).
+    RecordCompaction {
+        group: GroupId,
+        snapshot: Snapshot,
+        file: SnapshotFile,
+    },
+    /// A file written ahead is durable: the batch that installs its snapshot names it.
+    Adopt {
+        group: GroupId,
+        index: u64,
+        term: u64,
+        file: SnapshotFile,
+    },
+    /// A file written ahead will not be used.
+    Abandon {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
+}
+
+/// What the log task, or a file writer it started, reports to the loop.
+pub enum LogDone {
+    /// The batch `id` is durable.
+    Persisted(u64),
+    /// A compaction's file is written (or failed); submit `RecordCompaction` to record it.
+    CompactionWritten {
+        group: GroupId,
+        snapshot: Snapshot,
+        result: Result<SnapshotFile, WalIoError>,
+    },
+    /// A received snapshot's file is written (or failed).
+    WrittenAhead {
+        group: GroupId,
+        index: u64,
+        term: u64,
+        result: Result<SnapshotFile, WalIoError>,
+    },
+    /// The log could not be written: the core must stop.
+    Failed(WalIoError),
+}
+
+/// Where reports go (the loop's inbox).
+pub type Report = Rc<dyn Fn(LogDone)>;
+
+/// The loop's handle on its log task.
+pub struct LogWriter {
+    queue: Rc<Queue>,
+    task: glommio::task::JoinHandle<WalFile>,
+}
+
+impl LogWriter {
+    /// Starts the task that serves `wal`.
+    pub fn start(wal: WalFile, report: Report) -> LogWriter {
+        let queue = Rc::new(Queue::default());
+        let task = glommio::spawn_local(serve(wal, queue.clone(), report)).detach();
+        LogWriter { queue, task }
+    }
+
+    /// Queues a job; the task runs it after every job submitted before it.
+    pub fn submit(&self, job: LogJob) {
+        self.queue.jobs.borrow_mut().push_back(job);
+        if let Some(w) = self.queue.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Runs what was submitted, then closes the log.
+    pub async fn close(self) -> Result<(), WalIoError> {
+        self.queue.closed.set(true);
+        if let Some(w) = self.queue.waker.borrow_mut().take() {
+            w.wake();
+        }
+        match self.task.await {
+            Some(wal) => wal.close().await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: RefCell<VecDeque<LogJob>>,
+    waker: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+}
+
+impl Queue {
+    /// The next job; `None` once closed and empty.
+    async fn next(&self) -> Option<LogJob> {
+        std::future::poll_fn(|cx| {
+            if let Some(job) = self.jobs.borrow_mut().pop_front() {
+                return Poll::Ready(Some(job));
+            }
+            if self.closed.get() {
+                return Poll::Ready(None);
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The log task: jobs in order until the log is closed, or until a write fails (reported;
+/// the loop then stops the core, and later jobs are not run).
+async fn serve(mut wal: WalFile, queue: Rc<Queue>, report: Report) -> WalFile {
+    while let Some(job) = queue.next().await {
+        if let Err(e) = run(&mut wal, job, &report).await {
+            report(LogDone::Failed(e));
+            break;
+        }
+    }
+    wal
+}
+
+async fn run(wal: &mut WalFile, job: LogJob, report: &Report) -> Result<(), WalIoError> {
+    match job {
+        LogJob::Persist(mut batch) => {
+            write_compactions(&mut batch, wal, report);
+            if !batch.writes.is_empty() {
+                let snapshot_bytes: usize = batch
+                    .writes
+                    .iter()
+                    .filter_map(|w| w.snapshot.as_ref())
+                    .map(|s| s.data.len())
+                    .sum();
+                // Timed only when it carries a snapshot: no clock read per batch.
+                let started = (snapshot_bytes > 0).then(std::time::Instant::now);
+                wal.append(&batch.writes).await?;
+                if let Some(started) = started {
+                    debug!(
+                        snapshot_bytes,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "log batch with a snapshot made durable"
+                    );
+                }
+            }
+            report(LogDone::Persisted(batch.id));
+        }
+        LogJob::Drop(group) => {
+            wal.drop_group(group).await?;
+        }
+        LogJob::WriteAhead(received) => write_ahead(received, wal, report),
+        LogJob::RecordCompaction {
+            group,
+            snapshot,
+            file,
+        } => wal.append_written_snapshot(group, snapshot, file).await?,
+        LogJob::Adopt {
+            group,
+            index,
+            term,
+            file,
+        } => wal.adopt_snapshot_file(group, index, term, file),
+        LogJob::Abandon { group, index, term } => wal.abandon_snapshot_file(group, index, term),
+    }
+    Ok(())
+}
+
+/// Writes each large compaction of `batch` (kept as a view of its state) to a file of
+/// its own in a task of its own, encoding it from its view a chunk at a time: nothing waits
+/// for a compaction (the log keeps the entries it covers). (Encoding and writing a 128 MiB
+/// one on the loop held it for 100–200 ms.) The task reports `CompactionWritten`.
+fn write_compactions(batch: &mut PersistBatch, wal: &mut WalFile, report: &Report) {
+    for Compaction {
+        group,
+        snapshot,
+        view,
+    } in batch.compactions.drain(..)
+    {
+        let meta = snapshot.get_metadata();
+        let path = wal.begin_snapshot_file(group, meta.index, meta.term);
+        let report = report.clone();
+        glommio::spawn_local(async move {
+            let started = std::time::Instant::now();
+            let mut reader = view.reader();
+            let pieces = std::iter::from_fn(move || {
+                let piece = reader.read(SNAPSHOT_CHUNK_BYTES);
+                (!piece.is_empty()).then_some(piece)
+            });
+            let result = write_snapshot_file(&path, pieces).await;
+            debug!(
+                group = group.0,
+                bytes = view.encoded_len(),
+                took_us = started.elapsed().as_micros() as u64,
+                "compaction snapshot written in the background"
+            );
+            report(LogDone::CompactionWritten {
+                group,
+                snapshot,
+                result,
+            });
+        })
+        .detach();
+    }
+}
+
+/// Writes a received snapshot's file in a task of its own; it reports `WrittenAhead`.
+fn write_ahead(received: SnapshotFileWrite, wal: &mut WalFile, report: &Report) {
+    let SnapshotFileWrite {
+        group,
+        index,
+        term,
+        data,
+    } = received;
+    let path = wal.begin_snapshot_file(group, index, term);
+    let report = report.clone();
+    glommio::spawn_local(async move {
+        let started = std::time::Instant::now();
+        let result = write_snapshot_file(&path, std::iter::once(&data)).await;
+        debug!(
+            group = group.0,
+            bytes = data.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "received snapshot written ahead of its install"
+        );
+        report(LogDone::WrittenAhead {
+            group,
+            index,
+            term,
+            result,
+        });
+    })
+    .detach();
+}
