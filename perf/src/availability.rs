@@ -19,20 +19,19 @@
 //! and the 99th percentile over groups (nearest rank).
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nodedb_cluster::ids::{GroupId, NodeId};
+use nodedb_cluster::ids::GroupId;
 use nodedb_cluster::runtime::client::KvClient;
-use nodedb_cluster::runtime::demo::free_base_port;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 use nodedb_cluster::runtime::node::ClusterSpec;
-use nodedb_cluster::runtime::tls::{self, CertifiedKeyPem, TlsMode};
+use nodedb_cluster::runtime::tls::TlsMode;
+
+use crate::procs::{Processes, Shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -71,14 +70,6 @@ pub struct AvailabilityResult {
     pub writes_failed: u64,
 }
 
-/// The `nodedb-cluster` binary next to this one (both in `target/release`), if it is there.
-pub fn default_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("nodedb-cluster")))
-        .unwrap_or_else(|| PathBuf::from("target/release/nodedb-cluster"))
-}
-
 const BASELINE: Duration = Duration::from_secs(3);
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// The node every single-node fault hits (never the only metadata voter left: with three
@@ -86,36 +77,18 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 const FAULTY: u64 = 2;
 
 pub fn run(o: &Options) -> Result<AvailabilityResult, String> {
-    if !o.binary.is_file() {
-        return Err(format!(
-            "{} not found: build it first (`cargo build --release`) or pass --binary",
-            o.binary.display()
-        ));
-    }
-    let _ = std::fs::remove_dir_all(&o.dir);
-    std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
-    let spec = write_cluster(&o.dir, o.nodes, o.cores, o.groups)?;
-    let client_tls = TlsMode::Mutual {
-        ca_cert_pem: read(&o.dir.join("ca.pem"))?,
-        identity: CertifiedKeyPem {
-            cert_pem: read(&o.dir.join("client.pem"))?,
-            key_pem: read(&o.dir.join("client.key"))?,
-        },
+    let shape = Shape {
+        nodes: o.nodes,
+        cores: o.cores,
+        groups: o.groups,
+        extra: String::new(),
+        metrics: false,
     };
-    let mut nodes: Vec<Child> = Vec::new();
-    for n in 1..=o.nodes {
-        nodes.push(start_node(o, n)?);
-    }
-    let outcome = measure(o, spec, client_tls, &mut nodes);
-    for child in &mut nodes {
-        // A paused node must run again to die promptly.
-        signal(child, libc::SIGCONT);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    if outcome.is_ok() {
-        let _ = std::fs::remove_dir_all(&o.dir);
-    }
+    let mut cluster = Processes::start(&o.binary, &o.dir, &shape)?;
+    let outcome = cluster
+        .client_tls(false)
+        .and_then(|tls| measure(o, cluster.spec.clone(), tls, &mut cluster));
+    cluster.stop(outcome.is_ok());
     outcome
 }
 
@@ -123,7 +96,7 @@ fn measure(
     o: &Options,
     spec: ClusterSpec,
     client_tls: TlsMode,
-    nodes: &mut [Child],
+    nodes: &mut Processes,
 ) -> Result<AvailabilityResult, String> {
     let groups = o.groups;
     let (ready, stop) = (
@@ -155,19 +128,17 @@ fn measure(
     let mut events: Vec<(&'static str, u64, Instant)> = Vec::new();
     match o.fault {
         Fault::Kill | Fault::Pause => {
-            let child = &mut nodes[(FAULTY - 1) as usize];
             let at = Instant::now();
             if o.fault == Fault::Kill {
                 events.push(("kill", FAULTY, at));
-                let _ = child.kill();
-                let _ = child.wait();
+                nodes.kill(FAULTY);
                 std::thread::sleep(o.down);
-                *child = start_node(o, FAULTY)?;
+                nodes.restart(FAULTY)?;
             } else {
                 events.push(("pause", FAULTY, at));
-                signal(child, libc::SIGSTOP);
+                nodes.signal(FAULTY, libc::SIGSTOP);
                 std::thread::sleep(o.down);
-                signal(child, libc::SIGCONT);
+                nodes.signal(FAULTY, libc::SIGCONT);
             }
         }
         Fault::Rolling => {
@@ -176,10 +147,7 @@ fn measure(
                     std::thread::sleep(o.every);
                 }
                 events.push(("restart", n, Instant::now()));
-                let child = &mut nodes[(n - 1) as usize];
-                let _ = child.kill();
-                let _ = child.wait();
-                *child = start_node(o, n)?;
+                nodes.restart(n)?;
             }
         }
     }
@@ -292,86 +260,4 @@ async fn write_until_stopped(
     let (ok, failed) = *counts.borrow();
     let acks = std::mem::take(&mut *acks.borrow_mut());
     Ok((acks, ok, failed))
-}
-
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Certificates and node files in `dir`; the cluster's shape for the client.
-fn write_cluster(dir: &Path, nodes: u64, cores: u16, groups: u32) -> Result<ClusterSpec, String> {
-    let ca = tls::generate_ca("availability").map_err(|e| e.to_string())?;
-    write_private(&dir.join("ca.pem"), &ca.cert_pem)?;
-    let client = tls::issue_client_cert(&ca, "availability").map_err(|e| e.to_string())?;
-    write_private(&dir.join("client.pem"), &client.cert_pem)?;
-    write_private(&dir.join("client.key"), &client.key_pem)?;
-    let addrs: Vec<(NodeId, SocketAddr)> = (1..=nodes)
-        .map(|n| {
-            free_base_port(cores)
-                .map(|p| (NodeId(n), SocketAddr::from(([127, 0, 0, 1], p))))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
-    let table: String = addrs
-        .iter()
-        .map(|(n, a)| format!("[[nodes]]\nid = {}\naddr = \"{a}\"\n", n.0))
-        .collect();
-    for (n, _) in &addrs {
-        let id = n.0;
-        let cert =
-            tls::issue_node_cert(&ca, *n, &["127.0.0.1".into()]).map_err(|e| e.to_string())?;
-        write_private(&dir.join(format!("node-{id}.pem")), &cert.cert_pem)?;
-        write_private(&dir.join(format!("node-{id}.key")), &cert.key_pem)?;
-        let file = format!(
-            "node_id = {id}\ndata_dir = \"data-{id}\"\ncores = {cores}\ngroups = {groups}\nreplicas = 3\n\
-             layout = \"unbound\"\nrebalance = false\n\n[tls]\nca_cert = \"ca.pem\"\n\
-             cert = \"node-{id}.pem\"\nkey = \"node-{id}.key\"\n\n{table}"
-        );
-        std::fs::write(dir.join(format!("node-{id}.toml")), file)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    Ok(ClusterSpec {
-        nodes: addrs,
-        cores,
-        groups,
-        replicas: 3,
-    })
-}
-
-fn start_node(o: &Options, n: u64) -> Result<Child, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(o.dir.join(format!("node-{n}.log")))
-        .map_err(|e| e.to_string())?;
-    let err = log.try_clone().map_err(|e| e.to_string())?;
-    Command::new(&o.binary)
-        .current_dir(&o.dir)
-        .args(["start", "--config", &format!("node-{n}.toml")])
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", o.binary.display()))
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: `kill` has no memory effects; the pid is our own child's.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
 }

@@ -29,6 +29,7 @@
 
 mod availability;
 mod migrate;
+mod procs;
 mod quic;
 mod raft;
 mod rpc;
@@ -135,6 +136,14 @@ enum Tool {
         /// groups, each loaded with `mib`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         moves: u32,
+        /// Run the four nodes as separate processes of the built `nodedb-cluster` (files,
+        /// certificates and node logs under `dir`), so that memory is reported per side:
+        /// `source_rss_growth_bytes`, `target_rss_growth_bytes`.
+        #[arg(long)]
+        processes: bool,
+        /// The node binary for `--processes` (default: `nodedb-cluster` next to this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// How long each group answers nothing when a node of a cluster of separate processes
     /// is killed and restarted, paused, or when every node restarts in turn.
@@ -222,6 +231,8 @@ fn main() -> ExitCode {
             rate,
             hgrm,
             moves,
+            processes,
+            binary,
         } => migrate_bench(
             &migrate::Options {
                 dir,
@@ -229,6 +240,7 @@ fn main() -> ExitCode {
                 throttle: throttle.map(|t| t << 20),
                 rate,
                 moves,
+                processes: processes.then(|| binary.unwrap_or_else(procs::default_binary)),
             },
             hgrm,
         ),
@@ -251,7 +263,7 @@ fn main() -> ExitCode {
             down: Duration::from_secs_f64(down),
             every: Duration::from_secs_f64(every),
             settle: Duration::from_secs_f64(settle),
-            binary: binary.unwrap_or_else(availability::default_binary),
+            binary: binary.unwrap_or_else(procs::default_binary),
             dir,
         }),
     };
@@ -439,7 +451,10 @@ fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
         "quic_mb_per_sec": r.quic_mb_per_sec,
         "move_over_quic": mb / r.move_seconds / r.quic_mb_per_sec.max(1e-9),
         "max_core_stall_us": r.max_core_stall_us,
+        "nodes": if o.processes.is_some() { "processes" } else { "in-process" },
         "peak_rss_growth_bytes": r.peak_rss_growth_bytes,
+        "source_rss_growth_bytes": r.source_rss_growth_bytes,
+        "target_rss_growth_bytes": r.target_rss_growth_bytes,
         "baseline_write_p50_us": r.baseline_p50_us,
         "baseline_write_p99_us": r.baseline_p99_us,
         "baseline_writes": r.baseline_writes,

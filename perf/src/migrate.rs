@@ -23,6 +23,7 @@
 //! distributions in HdrHistogram's plottable percentile format.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ use nodedb_cluster::ids::{GroupId, NodeId};
 use nodedb_cluster::metrics::cores::{CoreCounter, NodeMetrics};
 use nodedb_cluster::runtime::bench::{self, Cluster, MTU};
 use nodedb_cluster::runtime::client::KvClient;
+
+use crate::procs::{self, Processes, Shape};
 
 /// What to run.
 pub struct Options {
@@ -44,6 +47,8 @@ pub struct Options {
     /// Moves at once: groups 1..=moves each move one replica (the cluster has the next
     /// power of two of groups, each loaded with about `mib`).
     pub moves: u32,
+    /// Run the nodes as separate processes of this binary (`None`: in this process).
+    pub processes: Option<PathBuf>,
 }
 
 pub struct MigrateResult {
@@ -51,8 +56,13 @@ pub struct MigrateResult {
     pub move_seconds: f64,
     /// The longest core-loop turn on any core of any node during the move.
     pub max_core_stall_us: u64,
-    /// Peak resident memory of the process during the move, over its value at the start.
+    /// Peak resident memory during the move over its value at the start: of this process
+    /// (every node and the client) in-process, of the node that grew most with processes.
     pub peak_rss_growth_bytes: u64,
+    /// With processes: the same for the moves' sources and for their targets (the most of
+    /// either, with several moves).
+    pub source_rss_growth_bytes: Option<u64>,
+    pub target_rss_growth_bytes: Option<u64>,
     /// The same bytes over one raw QUIC connection between two cores, MB/s.
     pub quic_mb_per_sec: f64,
     pub baseline_p50_us: u64,
@@ -71,17 +81,43 @@ pub struct MigrateResult {
 
 pub fn run(o: &Options) -> Result<MigrateResult, String> {
     let groups = o.moves.max(1).next_power_of_two();
-    let cluster = Cluster::start_groups(&o.dir, 4, groups, 3, o.throttle)?;
-    let metrics: Vec<_> = cluster.nodes.iter().map(|n| n.metrics().clone()).collect();
     let (mib, rate, moves) = (o.mib, o.rate, o.moves.max(1));
-    let outcome = cluster.with_client(move |client| async move {
-        measure(&client, mib, rate, moves, groups, &metrics).await
-    });
-    let stopped = cluster.shutdown();
-    let mut r = match (outcome, stopped) {
-        (Ok(r), Ok(())) => r,
-        (Ok(_), Err(failures)) => return Err(failures),
-        (Err(e), stopped) => return Err(format!("{e} {}", stopped.err().unwrap_or_default())),
+    let mut r = if let Some(binary) = &o.processes {
+        let snapshot_rate = o
+            .throttle
+            .map_or("\"unlimited\"".to_owned(), |t| t.to_string());
+        let shape = Shape {
+            nodes: 4,
+            cores: 1,
+            groups,
+            extra: format!("snapshot_rate_bytes_per_sec = {snapshot_rate}\n"),
+            metrics: true,
+        };
+        let cluster = Processes::start(binary, &o.dir, &shape)?;
+        let probe = Probe::Processes(
+            (1..=4)
+                .map(|n| (cluster.pid(n), cluster.metrics[(n - 1) as usize]))
+                .collect(),
+        );
+        let tls = cluster.client_tls(true)?;
+        let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
+            measure(&client, mib, rate, moves, groups, probe).await
+        });
+        let failed = outcome.is_err();
+        cluster.stop(!failed);
+        outcome?
+    } else {
+        let cluster = Cluster::start_groups(&o.dir, 4, groups, 3, o.throttle)?;
+        let probe = Probe::InProcess(cluster.nodes.iter().map(|n| n.metrics().clone()).collect());
+        let outcome = cluster.with_client(move |client| async move {
+            measure(&client, mib, rate, moves, groups, probe).await
+        });
+        let stopped = cluster.shutdown();
+        match (outcome, stopped) {
+            (Ok(r), Ok(())) => r,
+            (Ok(_), Err(failures)) => return Err(failures),
+            (Err(e), stopped) => return Err(format!("{e} {}", stopped.err().unwrap_or_default())),
+        }
     };
     // The transport's ceiling for the same bytes, once the nodes are gone.
     let quic = crate::quic::ours(&crate::quic::Certs::new(), r.vshard_bytes, MTU, true)?;
@@ -89,51 +125,172 @@ pub fn run(o: &Options) -> Result<MigrateResult, String> {
     Ok(r)
 }
 
-/// Resident memory of this process, bytes (`/proc/self/statm`; 0 where unreadable).
-fn rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf reads a constant of the system.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096)
+/// How the nodes are watched during the move.
+#[derive(Clone)]
+enum Probe {
+    /// Nodes in this process: their metrics directly, and this process's memory.
+    InProcess(Vec<std::sync::Arc<NodeMetrics>>),
+    /// Node `n` is the process `[n - 1].0`, serving metrics at `[n - 1].1`.
+    Processes(Vec<(u32, Option<SocketAddr>)>),
 }
 
-/// Samples the process's RSS every 10 ms until `stop` is set: the peak seen.
-fn watch_rss(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut peak = rss_bytes();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            peak = peak.max(rss_bytes());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        peak.max(rss_bytes())
-    })
-}
-
-/// Samples the nodes' snapshot bytes sent every millisecond until `stop` is set: the bytes
-/// and seconds between the stream's first and last chunk (its first chunk's bytes left out,
-/// as they were sent before the first sample that saw them).
-fn watch_stream(
-    metrics: Vec<std::sync::Arc<NodeMetrics>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(u64, f64)> {
-    std::thread::spawn(move || {
-        let sent = || -> u64 {
-            metrics
+impl Probe {
+    /// Snapshot bytes every node has streamed so far.
+    fn snapshot_bytes_sent(&self) -> u64 {
+        match self {
+            Probe::InProcess(metrics) => metrics
                 .iter()
                 .flat_map(|m| (0..m.core_count()).map(move |c| m.core(c)))
                 .map(|c| c.counter(CoreCounter::SnapshotBytesSent))
-                .sum()
+                .sum(),
+            Probe::Processes(nodes) => nodes
+                .iter()
+                .filter_map(|(_, m)| procs::scrape((*m)?).ok())
+                .map(|text| {
+                    procs::samples(&text, "nodedb_core_snapshot_bytes_sent_total")
+                        .iter()
+                        .map(|(_, v)| *v as u64)
+                        .sum::<u64>()
+                })
+                .sum(),
+        }
+    }
+
+    /// How often the stream sampler may look.
+    fn sample_every(&self) -> Duration {
+        match self {
+            Probe::InProcess(_) => Duration::from_millis(1),
+            // An HTTP scrape of every node each time.
+            Probe::Processes(_) => Duration::from_millis(10),
+        }
+    }
+
+    /// Resident memory: of this process (node 0), or of every node's process.
+    fn rss(&self) -> Vec<(u64, u64)> {
+        match self {
+            Probe::InProcess(_) => vec![(0, procs::rss_bytes(std::process::id()))],
+            Probe::Processes(nodes) => nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (pid, _))| (i as u64 + 1, procs::rss_bytes(*pid)))
+                .collect(),
+        }
+    }
+
+    /// Loop-turn state before the move (see `longest_turn_since`).
+    fn turns(&self) -> Vec<Vec<(f64, f64)>> {
+        match self {
+            Probe::InProcess(metrics) => {
+                for m in metrics {
+                    for c in 0..m.core_count() {
+                        m.core(c).loop_turns.take_recent_max();
+                    }
+                }
+                Vec::new()
+            }
+            Probe::Processes(nodes) => nodes
+                .iter()
+                .map(|(_, m)| {
+                    m.and_then(|m| procs::scrape(m).ok())
+                        .map(|text| turn_buckets(&text))
+                        .unwrap_or_default()
+                })
+                .collect(),
+        }
+    }
+
+    /// The longest loop turn of any core since `before = self.turns()`: exact in-process;
+    /// with processes, the upper bound of the histogram bucket it fell in (the nodes'
+    /// `nodedb_core_loop_turn_seconds`).
+    fn longest_turn_since(&self, before: &[Vec<(f64, f64)>]) -> Duration {
+        match self {
+            Probe::InProcess(metrics) => metrics
+                .iter()
+                .flat_map(|m| (0..m.core_count()).map(move |c| m.core(c)))
+                .map(|c| c.loop_turns.take_recent_max())
+                .max()
+                .unwrap_or_default(),
+            Probe::Processes(_) => {
+                let after = self.turns();
+                let mut longest = 0.0f64;
+                for (b, a) in before.iter().zip(&after) {
+                    // Cumulative buckets: turns above a bound are the total's increase
+                    // less that bucket's increase.
+                    let increase = |i: usize| a[i].1 - b.get(i).map_or(0.0, |x| x.1);
+                    let Some(total) = a.len().checked_sub(1).map(increase) else {
+                        continue;
+                    };
+                    let bound = (0..a.len())
+                        .find(|&i| total - increase(i) < 0.5)
+                        .map_or(f64::INFINITY, |i| a[i].0);
+                    longest = longest.max(bound);
+                }
+                Duration::from_secs_f64(longest.min(3600.0))
+            }
+        }
+    }
+}
+
+/// One node's loop-turn histogram, summed over its cores: (bound in seconds, cumulative
+/// count), by bound, `+Inf` last.
+fn turn_buckets(text: &str) -> Vec<(f64, f64)> {
+    let mut by_bound: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    for (labels, count) in procs::samples(text, "nodedb_core_loop_turn_seconds_bucket") {
+        let Some(le) = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|l| l.split('"').next())
+        else {
+            continue;
         };
-        let start = sent();
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::INFINITY)
+        };
+        let entry = by_bound.entry(bound.to_bits()).or_insert((bound, 0.0));
+        entry.1 += count;
+    }
+    let mut buckets: Vec<(f64, f64)> = by_bound.into_values().collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// Samples every watched process's RSS every 10 ms until `stop` is set: the peak of each.
+fn watch_rss(
+    probe: Probe,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
+    std::thread::spawn(move || {
+        let mut peak = probe.rss();
+        loop {
+            let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+            for (p, (_, now)) in peak.iter_mut().zip(probe.rss()) {
+                p.1 = p.1.max(now);
+            }
+            if stopping {
+                return peak;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+/// Samples the nodes' snapshot bytes sent (every millisecond in-process) until `stop` is
+/// set: the bytes and seconds between the stream's first and last chunk (its first chunk's
+/// bytes left out, as they were sent before the first sample that saw them).
+fn watch_stream(
+    probe: Probe,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, f64)> {
+    std::thread::spawn(move || {
+        let start = probe.snapshot_bytes_sent();
         let mut first: Option<(Instant, u64)> = None;
         let mut last: Option<(Instant, u64)> = None;
         let mut seen = start;
         loop {
             let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
-            let now = sent();
+            let now = probe.snapshot_bytes_sent();
             if now != seen {
                 let at = Instant::now();
                 first.get_or_insert((at, now));
@@ -143,7 +300,7 @@ fn watch_stream(
             if stopping {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(probe.sample_every());
         }
         match (first, last) {
             (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => (b1 - b0, (t1 - t0).as_secs_f64()),
@@ -158,15 +315,8 @@ async fn measure(
     rate: Option<u64>,
     moves: u32,
     groups: u32,
-    metrics: &[std::sync::Arc<NodeMetrics>],
+    probe: Probe,
 ) -> Result<MigrateResult, String> {
-    let cores = |f: &mut dyn FnMut(&nodedb_cluster::metrics::cores::LoopTurns)| {
-        for m in metrics {
-            for c in 0..m.core_count() {
-                f(&m.core(c).loop_turns);
-            }
-        }
-    };
     // Every group gets about `mib`; the moving groups' share is reported.
     let loaded = bench::load(client, (mib << 20) * u64::from(groups)).await?;
     let vshard_bytes = loaded / u64::from(groups) * u64::from(moves);
@@ -189,13 +339,13 @@ async fn measure(
             .ok_or("no spare node")?;
         plan.push((g, source, spare));
     }
-    cores(&mut |t| {
-        t.take_recent_max();
-    });
-    let rss_at_start = rss_bytes();
+    let (sources, targets): (Vec<u64>, Vec<u64>) =
+        plan.iter().map(|(_, from, to)| (from.0, to.0)).unzip();
+    let turns_before = probe.turns();
+    let rss_at_start = probe.rss();
     let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rss_watch = watch_rss(stop_watch.clone());
-    let stream_watch = watch_stream(metrics.to_vec(), stop_watch.clone());
+    let rss_watch = watch_rss(probe.clone(), stop_watch.clone());
+    let stream_watch = watch_stream(probe.clone(), stop_watch.clone());
     let started = Instant::now();
     let tasks: Vec<_> = plan
         .into_iter()
@@ -210,10 +360,22 @@ async fn measure(
         t.await?;
     }
     let move_seconds = started.elapsed().as_secs_f64();
-    let mut max_stall = Duration::ZERO;
-    cores(&mut |t| max_stall = max_stall.max(t.take_recent_max()));
+    let max_stall = probe.longest_turn_since(&turns_before);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     let rss_peak = rss_watch.join().map_err(|_| "the RSS sampler panicked")?;
+    // Growth of each watched process: (node, bytes); node 0 is this process.
+    let growth: Vec<(u64, u64)> = rss_peak
+        .iter()
+        .zip(&rss_at_start)
+        .map(|(peak, start)| (peak.0, peak.1.saturating_sub(start.1)))
+        .collect();
+    let most_of = |nodes: &[u64]| {
+        growth
+            .iter()
+            .filter(|(n, _)| nodes.contains(n))
+            .map(|(_, g)| *g)
+            .max()
+    };
     let (stream_bytes, stream_seconds) = stream_watch
         .join()
         .map_err(|_| "the stream sampler panicked")?;
@@ -223,7 +385,9 @@ async fn measure(
         vshard_bytes,
         move_seconds,
         max_core_stall_us: max_stall.as_micros() as u64,
-        peak_rss_growth_bytes: rss_peak.saturating_sub(rss_at_start),
+        peak_rss_growth_bytes: growth.iter().map(|(_, g)| *g).max().unwrap_or(0),
+        source_rss_growth_bytes: most_of(&sources),
+        target_rss_growth_bytes: most_of(&targets),
         quic_mb_per_sec: 0.0,
         baseline_p50_us: baseline.value_at_quantile(0.5),
         baseline_p99_us: baseline.value_at_quantile(0.99),
