@@ -144,6 +144,10 @@ enum Tool {
         /// The node binary for `--processes` (default: `nodedb-cluster` next to this one).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// With `--processes`, keep `dir` (node files, data and logs) after a successful
+        /// run too; `RUST_LOG` is passed on to the nodes.
+        #[arg(long)]
+        keep: bool,
     },
     /// How long each group answers nothing when a node of a cluster of separate processes
     /// is killed and restarted, paused, or when every node restarts in turn.
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
             moves,
             processes,
             binary,
+            keep,
         } => migrate_bench(
             &migrate::Options {
                 dir,
@@ -241,6 +246,7 @@ fn main() -> ExitCode {
                 rate,
                 moves,
                 processes: processes.then(|| binary.unwrap_or_else(procs::default_binary)),
+                keep,
             },
             hgrm,
         ),

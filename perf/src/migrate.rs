@@ -49,6 +49,8 @@ pub struct Options {
     pub moves: u32,
     /// Run the nodes as separate processes of this binary (`None`: in this process).
     pub processes: Option<PathBuf>,
+    /// Keep the processes' files after a successful run.
+    pub keep: bool,
 }
 
 pub struct MigrateResult {
@@ -103,8 +105,7 @@ pub fn run(o: &Options) -> Result<MigrateResult, String> {
         let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
             measure(&client, mib, rate, moves, groups, probe).await
         });
-        let failed = outcome.is_err();
-        cluster.stop(!failed);
+        cluster.stop(outcome.is_ok() && !o.keep);
         outcome?
     } else {
         let cluster = Cluster::start_groups(&o.dir, 4, groups, 3, o.throttle)?;

@@ -58,7 +58,8 @@ use crate::cluster::spec::{ClusterInfo, ClusterSpec};
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{
-    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX, SNAPSHOT_TRANSFERS_MAX,
+    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX,
+    SNAPSHOT_RESTORE_BYTES_PER_TURN, SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
@@ -69,7 +70,7 @@ use crate::node::hosting::Hosting;
 use crate::node::liveness::Liveness;
 use crate::node::load::{CoreLoad, LoadMeter};
 use crate::node::mover::Mover;
-use crate::replication::kv::{KvCommand, KvResponse, StateMachine};
+use crate::replication::kv::{KvCommand, KvResponse, KvRestore, StateMachine};
 use crate::replication::raft_host::{
     HostError, HostEvent, MembershipChange, PersistBatch, PersistedGroup, ProposalToken, RaftHost,
     SnapshotPolicy,
@@ -285,6 +286,17 @@ struct Coordinator {
 /// How long the metadata leader waits before proposing the same join step again.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
 
+/// A received snapshot on its way to Raft: its file is written ahead, its state decoded.
+struct WritingAhead {
+    from: NodeId,
+    message: raft::eraftpb::Message,
+    /// A vShard's state, decoded a piece per turn (`None` for the metadata group, whose
+    /// data was checked whole on arrival and is decoded at install).
+    restore: Option<KvRestore>,
+    /// Its file is durable.
+    written: bool,
+}
+
 /// One core of a node. `R` is the shell's handle for answering a client.
 pub struct NodeCore<R> {
     local: CoreAddress,
@@ -296,9 +308,9 @@ pub struct NodeCore<R> {
     host: RaftHost<Cell>,
     hosting: Hosting,
     assembler: SnapshotAssembler,
-    /// Received snapshots whose files are being written ahead (`LogWrite::SnapshotFile`):
-    /// (group, index) → the sender and the whole message, for Raft once the file is durable.
-    writing_ahead: BTreeMap<(GroupId, u64), (NodeId, raft::eraftpb::Message)>,
+    /// Received snapshots whose files are being written ahead (`LogWrite::SnapshotFile`)
+    /// and whose state is being decoded: (group, index) → what Raft gets once both are done.
+    writing_ahead: BTreeMap<(GroupId, u64), WritingAhead>,
     /// `CoreConfig::snapshots.large_bytes`.
     large_snapshot_bytes: usize,
     pending: BTreeMap<u64, Pending<R>>,
@@ -439,6 +451,7 @@ impl<R> NodeCore<R> {
     /// executor and the bootstrap take their next step.
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = now;
+        self.restore_ahead();
         self.host.handle_tick(now);
         self.assembler.expire(now);
         self.expire_requests(now);
@@ -568,23 +581,27 @@ impl<R> NodeCore<R> {
     /// snapshot's file is written ahead first ([`LogWrite::SnapshotFile`]).
     fn deliver(&mut self, group: GroupId, from: NodeId, message: raft::eraftpb::Message) {
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let large = is_snapshot && message.get_snapshot().data.len() >= self.large_snapshot_bytes;
+        // A large vShard snapshot is checked as it is decoded ahead (below).
+        let decoded_ahead = large && self.host.state_machine(group).and_then(Cell::kv).is_some();
         // raft-rs takes a snapshot's metadata as installed before the state machine reads
         // its data: data that does not decode must never reach it (the replica would
         // record the snapshot's commit index over a log that lacks it).
-        if is_snapshot && let Err(e) = check_snapshot(group, &message.get_snapshot().data) {
-            self.count(CoreCounter::RaftMessagesRefused, 1);
-            warn!(group = group.0, peer = from.0, error = %e, "snapshot refused: its data does not decode");
-            return;
+        if is_snapshot
+            && !decoded_ahead
+            && let Err(e) = check_snapshot(group, &message.get_snapshot().data)
+        {
+            return self.refuse_snapshot(group, from, &e);
         }
-        let large = is_snapshot && message.get_snapshot().data.len() >= self.large_snapshot_bytes;
         if !large {
             return self.step_raft(group, from, message);
         }
         let meta = message.get_snapshot().get_metadata();
-        let key = (group, meta.index);
+        let (index, term) = (meta.index, meta.term);
+        let key = (group, index);
         if let Some(waiting) = self.writing_ahead.get_mut(&key) {
             // Sent again while its file is written: the same snapshot, one file.
-            *waiting = (from, message);
+            waiting.from = from;
             return;
         }
         if self.writing_ahead.len() >= SNAPSHOT_TRANSFERS_MAX {
@@ -594,19 +611,42 @@ impl<R> NodeCore<R> {
             );
             return;
         }
+        let data = message.get_snapshot().data.clone();
+        // A vShard's state is decoded a piece per turn (`restore_ahead`) while its file is
+        // written, so installing it is O(1) on the core.
+        let restore = match self.host.state_machine(group).and_then(Cell::kv) {
+            Some(store) => match store.restore_from(index, data.clone()) {
+                Ok(restore) => Some(restore),
+                Err(e) => return self.refuse_snapshot(group, from, &e),
+            },
+            None => None,
+        };
         self.log
             .push_back(LogWrite::SnapshotFile(SnapshotFileWrite {
                 group,
-                index: meta.index,
-                term: meta.term,
-                data: message.get_snapshot().data.clone(),
+                index,
+                term,
+                data,
             }));
-        self.writing_ahead.insert(key, (from, message));
+        self.writing_ahead.insert(
+            key,
+            WritingAhead {
+                from,
+                message,
+                restore,
+                written: false,
+            },
+        );
+    }
+
+    fn refuse_snapshot(&mut self, group: GroupId, from: NodeId, e: &dyn std::fmt::Display) {
+        self.count(CoreCounter::RaftMessagesRefused, 1);
+        warn!(group = group.0, peer = from.0, error = %e, "snapshot refused: its data does not decode");
     }
 
     /// The file of a snapshot received for `group` at `index` ([`LogWrite::SnapshotFile`])
-    /// is durable (`written`), or could not be written: Raft gets the snapshot now, or it
-    /// is dropped (the leader sends it again).
+    /// is durable (`written`), or could not be written: Raft gets the snapshot once its
+    /// state is decoded too, or it is dropped (the leader sends it again).
     pub fn handle_snapshot_file_written(
         &mut self,
         now: Time,
@@ -615,17 +655,78 @@ impl<R> NodeCore<R> {
         written: bool,
     ) {
         self.now = now;
-        let Some((from, message)) = self.writing_ahead.remove(&(group, index)) else {
+        let key = (group, index);
+        if !written {
+            if self.writing_ahead.remove(&key).is_some() {
+                debug!(
+                    group = group.0,
+                    index, "snapshot dropped: its file could not be written"
+                );
+            }
+            return;
+        }
+        if let Some(waiting) = self.writing_ahead.get_mut(&key) {
+            waiting.written = true;
+        }
+        self.install_if_ready(key);
+    }
+
+    /// Decodes the states of snapshots written ahead, `SNAPSHOT_RESTORE_BYTES_PER_TURN`
+    /// each per call; installs those whose file is durable and whose state is whole. A
+    /// snapshot that does not decode is dropped before Raft sees it.
+    fn restore_ahead(&mut self) {
+        let keys: Vec<(GroupId, u64)> = self
+            .writing_ahead
+            .iter()
+            .filter(|(_, w)| w.restore.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(w) = self.writing_ahead.get_mut(&key) else {
+                continue;
+            };
+            let Some(restore) = w.restore.as_mut() else {
+                continue;
+            };
+            match restore.step(SNAPSHOT_RESTORE_BYTES_PER_TURN) {
+                Ok(false) => {}
+                Ok(true) => self.install_if_ready(key),
+                Err(e) => {
+                    let from = w.from;
+                    self.writing_ahead.remove(&key);
+                    self.refuse_snapshot(key.0, from, &e);
+                }
+            }
+        }
+    }
+
+    /// Whether a snapshot written ahead still has state to decode (the core wants another
+    /// turn at once).
+    fn restoring(&self) -> bool {
+        self.writing_ahead
+            .values()
+            .any(|w| w.restore.as_ref().is_some_and(|r| r.decoded() < r.len()))
+    }
+
+    /// Hands Raft the snapshot at `key` if its file is durable and its state decoded.
+    fn install_if_ready(&mut self, key: (GroupId, u64)) {
+        let ready = self.writing_ahead.get(&key).is_some_and(|w| {
+            w.written && w.restore.as_ref().is_none_or(|r| r.decoded() == r.len())
+        });
+        if !ready {
+            return;
+        }
+        let Some(w) = self.writing_ahead.remove(&key) else {
             return;
         };
-        if written {
-            self.step_raft(group, from, message);
-        } else {
-            debug!(
-                group = group.0,
-                index, "snapshot dropped: its file could not be written"
-            );
+        let (group, index) = key;
+        if let Some(restore) = w.restore {
+            match restore.finish() {
+                Ok(store) => self.host.prepare_restore(group, index, Cell::Kv(store)),
+                Err(e) => return self.refuse_snapshot(group, w.from, &e),
+            }
         }
+        self.step_raft(group, w.from, w.message);
     }
 
     /// A `BulkChunk` payload: part of a snapshot streamed out of band.
@@ -796,10 +897,18 @@ impl<R> NodeCore<R> {
             .coordinator
             .as_ref()
             .and_then(|c| c.liveness.poll_timeout());
-        [self.host.next_tick(), expiry, mover, balancer, liveness]
-            .into_iter()
-            .flatten()
-            .min()
+        let restoring = self.restoring().then_some(self.now);
+        [
+            self.host.next_tick(),
+            expiry,
+            mover,
+            balancer,
+            liveness,
+            restoring,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- state for the shell, metrics and checkers -----------------------------------------
@@ -1823,12 +1932,17 @@ mod tests {
     fn deliver_snapshot(core: &mut NodeCore<u64>, now: Time, data: Vec<u8>) {
         let mut m = raft::eraftpb::Message::default();
         m.set_msg_type(MessageType::MsgSnapshot);
-        m.to = 1;
-        m.from = 2;
+        let (to, from) = (
+            ReplicaId::initial(GroupId(1), 0).0,
+            ReplicaId::initial(GroupId(1), 1).0,
+        );
+        m.to = to;
+        m.from = from;
         m.term = 2;
         let meta = m.mut_snapshot().mut_metadata();
         meta.index = 50;
         meta.term = 2;
+        meta.mut_conf_state().voters = vec![to, from];
         m.mut_snapshot().data = data.into();
         let (meta, stream) = split(GroupId(1), m, None);
         let mut batch = Vec::new();
@@ -1886,13 +2000,90 @@ mod tests {
         assert!(snapshot_files(&mut c).is_empty());
     }
 
+    #[test]
+    fn a_large_snapshot_is_decoded_a_piece_per_turn_and_installed_once_its_file_is_durable() {
+        // Node 2 holds the group's other replica: the one that sends the snapshot.
+        let mut c = core_of(2);
+        let mut now = Time::from_secs(1);
+        c.handle_timeout(now);
+        let drain = |c: &mut NodeCore<u64>| {
+            let mut files = 0;
+            while let Some(write) = c.poll_log() {
+                match write {
+                    LogWrite::SnapshotFile(_) => files += 1,
+                    LogWrite::Persist(batch) => c.handle_persisted(batch.id),
+                    LogWrite::Drop(_) => {}
+                }
+            }
+            files
+        };
+        drain(&mut c);
+        let keys = |c: &NodeCore<u64>| {
+            c.host
+                .state_machine(GroupId(1))
+                .and_then(Cell::kv)
+                .map_or(0, KvStore::len)
+        };
+        let mut store = KvStore::new();
+        for i in 0..1000u32 {
+            let put = KvCommand::Put {
+                key: i.to_be_bytes().to_vec(),
+                value: vec![7; 4096],
+            };
+            store.apply(u64::from(i) + 1, &put.encode());
+        }
+        let good = store.snapshot();
+        // A valid count, then a last pair cut short: it fails only at the end.
+        let mut bad = good.clone();
+        bad.truncate(good.len() - 100);
+        deliver_snapshot(&mut c, now, bad);
+        assert_eq!(drain(&mut c), 1, "checked while it is decoded, not before");
+        c.handle_snapshot_file_written(now, GroupId(1), 50, true);
+        for _ in 0..10 {
+            now += Duration::from_millis(1);
+            c.handle_timeout(now);
+            drain(&mut c);
+        }
+        assert_eq!(keys(&c), 0, "a snapshot that does not decode reached Raft");
+        assert!(c.counters[CoreCounter::RaftMessagesRefused as usize] > 0);
+
+        deliver_snapshot(&mut c, now, good);
+        assert_eq!(drain(&mut c), 1);
+        // About 4 MiB: decoded over several turns, the core asking for each at once.
+        let mut turns = 0;
+        while c.restoring() {
+            assert_eq!(c.poll_timeout(), Some(now), "a turn at once while decoding");
+            now += Duration::from_millis(1);
+            c.handle_timeout(now);
+            turns += 1;
+        }
+        assert!(turns >= 3, "decoded in {turns} turns");
+        assert_eq!(keys(&c), 0, "installed before its file was durable");
+        c.handle_snapshot_file_written(now, GroupId(1), 50, true);
+        drain(&mut c);
+        assert_eq!(keys(&c), 1000);
+    }
+
     /// A one-node, one-core cluster's core 0: it hosts the metadata group and group 1.
     fn core() -> NodeCore<u64> {
+        core_of(1)
+    }
+
+    /// Core 0 of node 1 of a cluster of `nodes` nodes, one core each, with the metadata
+    /// group and group 1 replicated on every node.
+    fn core_of(nodes: u64) -> NodeCore<u64> {
         let spec = ClusterSpec {
-            nodes: vec![(NodeId(1), SocketAddr::from(([127, 0, 0, 1], 7000)))],
+            nodes: (1..=nodes)
+                .map(|n| {
+                    (
+                        NodeId(n),
+                        SocketAddr::from(([127, 0, 0, 1], 7000 + n as u16)),
+                    )
+                })
+                .collect(),
             cores: 1,
             groups: 1,
-            replicas: 1,
+            replicas: nodes as u16,
         };
         let config = CoreConfig {
             local: CoreAddress::new(NodeId(1), CoreId(0)),

@@ -368,6 +368,89 @@ impl KvStore {
     }
 }
 
+impl KvStore {
+    /// A restore of `snapshot`, taken at `index`, into a fresh store with this one's limit,
+    /// decoded a piece at a time ([`KvRestore::step`]): a large snapshot is installed
+    /// without one long decode on the core.
+    pub fn restore_from(&self, index: u64, snapshot: Bytes) -> Result<KvRestore, DecodeError> {
+        let mut r = Reader::new(&snapshot);
+        let pairs = r.count("snapshot entries", usize::MAX)?;
+        let at = snapshot.len() - r.remaining();
+        Ok(KvRestore {
+            snapshot,
+            at,
+            pairs,
+            store: KvStore {
+                applied: index,
+                ..KvStore::with_limit(self.limit)
+            },
+        })
+    }
+}
+
+/// A KV snapshot being decoded into a fresh store, piece by piece. The store keeps slices
+/// of the snapshot's bytes, not copies: installing one copies no data.
+#[derive(Debug)]
+pub struct KvRestore {
+    snapshot: Bytes,
+    /// Where the next pair starts.
+    at: usize,
+    /// Pairs still to decode.
+    pairs: usize,
+    store: KvStore,
+}
+
+impl KvRestore {
+    /// Decodes pairs until about `budget` bytes were read (at least one pair) or none is
+    /// left; whether none is left. An error means the snapshot does not decode.
+    pub fn step(&mut self, budget: usize) -> Result<bool, DecodeError> {
+        let mut r = Reader::new(&self.snapshot[self.at..]);
+        let start = r.remaining();
+        while self.pairs > 0 && start - r.remaining() < budget {
+            let k = r.bytes("key", KV_KEY_MAX_BYTES)?;
+            let v = r.bytes("value", KV_VALUE_MAX_BYTES)?;
+            let (key, value) = (self.snapshot.slice_ref(k), self.snapshot.slice_ref(v));
+            let store = &mut self.store;
+            store.bytes += (k.len() + v.len()) as u64;
+            store.encoded += pair_encoded_len(k.len(), v.len());
+            // A repeated key keeps its last value; its first one no longer counts.
+            if let Some(old) = store.map.insert(key, value) {
+                store.bytes -= (k.len() + old.len()) as u64;
+                store.encoded -= pair_encoded_len(k.len(), old.len());
+            }
+            self.pairs -= 1;
+        }
+        self.at += start - r.remaining();
+        if self.pairs == 0 {
+            r.finish()?;
+        }
+        Ok(self.pairs == 0)
+    }
+
+    /// Bytes decoded so far, of `len`.
+    pub fn decoded(&self) -> usize {
+        self.at
+    }
+
+    /// The snapshot's length.
+    pub fn len(&self) -> usize {
+        self.snapshot.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_empty()
+    }
+
+    /// The store, once every pair decoded and nothing is left over.
+    pub fn finish(self) -> Result<KvStore, DecodeError> {
+        if self.pairs > 0 {
+            return Err(DecodeError::Truncated("snapshot entries"));
+        }
+        Reader::new(&self.snapshot[self.at..]).finish()?;
+        Ok(self.store)
+    }
+}
+
 /// Checks that `snapshot` decodes as a KV snapshot (what `restore` would accept), without
 /// building the state: one pass over its length prefixes.
 pub fn check_snapshot(snapshot: &[u8]) -> Result<(), DecodeError> {
@@ -552,26 +635,10 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, index: u64, snapshot: &Bytes) -> Result<(), DecodeError> {
-        let mut r = Reader::new(snapshot);
-        let n = r.count("snapshot entries", usize::MAX)?;
-        let mut restored = KvStore::with_limit(self.limit);
-        for _ in 0..n {
-            let k = r.bytes("key", KV_KEY_MAX_BYTES)?;
-            let v = r.bytes("value", KV_VALUE_MAX_BYTES)?;
-            // Slices of the received snapshot, not copies: installing one copies no data.
-            let (key, value) = (snapshot.slice_ref(k), snapshot.slice_ref(v));
-            restored.bytes += (k.len() + v.len()) as u64;
-            restored.encoded += pair_encoded_len(k.len(), v.len());
-            // A repeated key keeps its last value; its first one no longer counts.
-            if let Some(old) = restored.map.insert(key, value) {
-                restored.bytes -= (k.len() + old.len()) as u64;
-                restored.encoded -= pair_encoded_len(k.len(), old.len());
-            }
-        }
-        r.finish()?;
+        let mut restore = self.restore_from(index, snapshot.clone())?;
+        restore.step(usize::MAX)?;
         // Only replace the state once the whole snapshot decoded: never half-installed.
-        restored.applied = index;
-        *self = restored;
+        *self = restore.finish()?;
         Ok(())
     }
 

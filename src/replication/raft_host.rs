@@ -436,6 +436,9 @@ struct Group<S> {
     /// A compaction snapshot to write to the log with the next batch (with the view that
     /// encodes its data, when that is large).
     snapshot_to_persist: Option<(Snapshot, Option<KvView>)>,
+    /// A state already decoded from a received snapshot (`prepare_restore`), installed
+    /// instead of decoding the snapshot's data when raft-rs hands out that snapshot.
+    prepared: Option<(u64, S)>,
     /// The commit index this replica's log holds durably (the last persisted hard state's).
     durable_commit: u64,
     /// Bytes of entries appended to the log since its last compaction (approximate: entry
@@ -654,6 +657,7 @@ impl<S: StateMachine> RaftHost<S> {
             timeout_drawn: None,
             snapshot_pending: None,
             snapshot_to_persist: None,
+            prepared: None,
             durable_commit,
             log_bytes,
             proposed: BTreeMap::new(),
@@ -710,6 +714,15 @@ impl<S: StateMachine> RaftHost<S> {
 
     pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.groups.keys().copied()
+    }
+
+    /// `state` is the state of the snapshot at `index` that `group` is about to be handed
+    /// (decoded ahead, piece by piece): raft-rs's install of that snapshot takes it as is
+    /// rather than decoding the snapshot's data on the spot.
+    pub fn prepare_restore(&mut self, group: GroupId, index: u64, state: S) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.prepared = Some((index, state));
+        }
     }
 
     /// The state machine of a hosted group (reads after ReadIndex, tests).
@@ -1044,7 +1057,13 @@ impl<S: StateMachine> RaftHost<S> {
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
                 let index = snapshot.get_metadata().index;
-                let restored = g.state_machine.restore(index, &snapshot.data);
+                let restored = match g.prepared.take() {
+                    Some((at, state)) if at == index => {
+                        g.state_machine = state;
+                        Ok(())
+                    }
+                    _ => g.state_machine.restore(index, &snapshot.data),
+                };
                 tracing::debug!(
                     group = id.0,
                     index,
