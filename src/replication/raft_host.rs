@@ -455,6 +455,13 @@ struct Group<S> {
 /// of the hard state it writes (if it writes one).
 type InFlight = (GroupId, u64, Option<u64>);
 
+/// What a group left behind: a removed replica's state and log, or the state a snapshot
+/// replaced. Dropping it frees them.
+pub struct Discarded<S> {
+    pub state: S,
+    pub log: Option<MemStorage>,
+}
+
 /// The groups of one core.
 pub struct RaftHost<S: StateMachine> {
     local: CoreAddress,
@@ -463,6 +470,8 @@ pub struct RaftHost<S: StateMachine> {
     next_batch: u64,
     /// The batch being made durable: its id and what it holds of each group.
     in_flight: Option<(u64, Vec<InFlight>)>,
+    /// What groups left behind (`take_discarded`).
+    discarded: Vec<Discarded<S>>,
     outbox: VecDeque<Outgoing>,
     events: VecDeque<HostEvent>,
     last_tick: Option<Time>,
@@ -527,6 +536,7 @@ impl<S: StateMachine> RaftHost<S> {
             directory: HashMap::new(),
             next_batch: 1,
             in_flight: None,
+            discarded: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             last_tick: None,
@@ -700,11 +710,26 @@ impl<S: StateMachine> RaftHost<S> {
     /// Stops hosting a group (its replica was removed or moved away). Its part of a batch
     /// in flight is forgotten: a new replica of the group here must not take the old one's
     /// persistence acknowledgement.
-    pub fn remove_group(&mut self, group: GroupId) -> Option<S> {
+    pub fn remove_group(&mut self, group: GroupId) -> bool {
         if let Some((_, numbers)) = self.in_flight.as_mut() {
             numbers.retain(|(g, ..)| *g != group);
         }
-        self.groups.remove(&group).map(|g| g.state_machine)
+        let Some(g) = self.groups.remove(&group) else {
+            return false;
+        };
+        let log = g.raw.store().log.clone();
+        self.discarded.push(Discarded {
+            state: g.state_machine,
+            log: Some(log),
+        });
+        true
+    }
+
+    /// The states and logs groups left behind (a removed replica, the state a snapshot
+    /// replaced): freeing a large vShard's takes tens of milliseconds, which the owner
+    /// may spend off the core.
+    pub fn take_discarded(&mut self) -> Vec<Discarded<S>> {
+        std::mem::take(&mut self.discarded)
     }
 
     /// When the next Raft tick is due (`None` before the first `handle_tick`).
@@ -1059,7 +1084,11 @@ impl<S: StateMachine> RaftHost<S> {
                 let index = snapshot.get_metadata().index;
                 let restored = match g.prepared.take() {
                     Some((at, state)) if at == index => {
-                        g.state_machine = state;
+                        let old = std::mem::replace(&mut g.state_machine, state);
+                        self.discarded.push(Discarded {
+                            state: old,
+                            log: None,
+                        });
                         Ok(())
                     }
                     _ => g.state_machine.restore(index, &snapshot.data),

@@ -36,8 +36,8 @@ use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
 use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 use crate::node::load::CoreLoad;
 use crate::node::{
-    BalanceConfig, CoreConfig, CoreError, LogWrite, Mail, NodeCore, OutgoingCall, Transmit,
-    node_addresses,
+    BalanceConfig, CoreConfig, CoreError, Garbage, LogWrite, Mail, NodeCore, OutgoingCall,
+    Transmit, node_addresses,
 };
 use crate::replication::raft_host::SnapshotPolicy;
 use crate::replication::snapshot_transfer::{SnapshotStream, TokenBucket};
@@ -175,11 +175,12 @@ impl Node {
         );
         // What any core hears of a peer process restarting, every core acts on.
         let peer_nodes = Arc::new(PeerNodes::default());
+        let reaper = Reaper::start(config.node);
         let runtime = CoreRuntime::start(&runtime_config, {
             let (metrics, failure) = (metrics.clone(), failure.clone());
             move |ctx: CoreContext<Mail<Reply>>| {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
-                let peer_nodes = peer_nodes.clone();
+                let (peer_nodes, reaper) = (peer_nodes.clone(), reaper.clone());
                 let core = ctx.core();
                 let writer = writers
                     .lock()
@@ -196,6 +197,7 @@ impl Node {
                         metrics.clone(),
                         writer,
                         peer_nodes,
+                        reaper,
                     ));
                     let reason = match run.catch_unwind().await {
                         Ok(Ok(())) => return,
@@ -403,6 +405,7 @@ async fn core_loop(
     node_metrics: Arc<NodeMetrics>,
     mut load_slot: Option<SlotWriter>,
     peer_nodes: Arc<PeerNodes>,
+    reaper: Reaper,
 ) -> Result<(), CoreLoopError> {
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
@@ -545,6 +548,9 @@ async fn core_loop(
                 LogWrite::Persist(batch) => LogJob::Persist(batch),
             });
         }
+        while let Some(garbage) = node.poll_garbage() {
+            reaper.free(garbage);
+        }
         phases.mark(Phase::Log);
         if let Some(reason) = node.failure() {
             return Err(CoreLoopError::Failed(reason.to_owned()));
@@ -648,6 +654,36 @@ async fn core_loop(
     endpoint.shutdown().await;
     log.close().await?;
     Ok(())
+}
+
+/// Frees what the node's cores discard (a removed replica's vShard, the state a snapshot
+/// replaced) on a thread of its own: freeing 512 MiB of small allocations took a core 37 ms.
+/// Where the thread cannot be started, cores free it themselves.
+#[derive(Clone)]
+struct Reaper(Option<std::sync::mpsc::Sender<Garbage>>);
+
+impl Reaper {
+    fn start(node: NodeId) -> Reaper {
+        let (tx, rx) = std::sync::mpsc::channel::<Garbage>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("node-{}-reaper", node.0))
+            // Ends when every core has dropped its sender.
+            .spawn(move || rx.into_iter().for_each(drop));
+        match spawned {
+            Ok(_) => Reaper(Some(tx)),
+            Err(e) => {
+                warn!(error = %e, "no reaper thread: cores free discarded vShards themselves");
+                Reaper(None)
+            }
+        }
+    }
+
+    fn free(&self, garbage: Garbage) {
+        if let Some(tx) = &self.0 {
+            // A reaper gone (it never panics) hands it back: freed here.
+            let _ = tx.send(garbage);
+        }
+    }
 }
 
 /// Where a core-loop turn spent its time, reported (at debug level) when the turn took

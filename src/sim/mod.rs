@@ -966,6 +966,8 @@ impl Sim {
                 None => break,
             }
         }
+        // Freed here; the runtime frees it on a thread of its own.
+        while core.poll_garbage().is_some() {}
         // The simulator has no CPU to measure: busy stays 0.
         if let Some(load) = core.poll_load() {
             core.handle_load(load);
