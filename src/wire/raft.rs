@@ -200,7 +200,11 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
     m.priority = r.signed("priority")?;
     m.context = r.bytes("context", FRAME_PAYLOAD_MAX_BYTES)?.to_vec().into();
     let n = r.count("entry count", RAFT_ENTRIES_PER_MESSAGE_MAX)?;
-    let mut entries = Vec::with_capacity(n);
+    // Each entry takes at least 5 bytes (type, term, index, two lengths).
+    if n > r.remaining() / 5 {
+        return Err(DecodeError::Truncated("entries"));
+    }
+    let mut entries = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         entries.push(read_entry(r)?);
     }
@@ -311,5 +315,36 @@ mod tests {
         for cut in 0..out.len() {
             assert!(decode_message(&out[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn an_append_of_a_megabyte_of_the_smallest_entries_decodes_and_a_hostile_count_does_not() {
+        // What raft-rs puts in one append to a follower catching up on small writes: as
+        // many entries as fit `max_size_per_msg` (1 MiB) by its own measure.
+        let mut entries: Vec<Entry> = (1..=400_000u64)
+            .map(|i| {
+                let mut e = Entry::default();
+                e.term = 1;
+                e.index = i;
+                e
+            })
+            .collect();
+        raft::util::limit_size(&mut entries, Some(1 << 20));
+        assert!(entries.len() > 4096, "{} entries", entries.len());
+        let mut m = sample();
+        m.entries = entries.into();
+        let mut out = Vec::new();
+        encode_message(&m, &mut out);
+        assert_eq!(decode_message(&out).unwrap(), m);
+
+        // A count the remaining bytes cannot hold is refused before anything is reserved.
+        let mut m = sample();
+        m.entries = Vec::new().into();
+        let mut out = Vec::new();
+        encode_message(&m, &mut out);
+        // The entry count (0) is the last byte of a message without entries or snapshot.
+        assert_eq!(out.pop(), Some(0));
+        put_varint(&mut out, RAFT_ENTRIES_PER_MESSAGE_MAX as u64);
+        assert!(decode_message(&out).is_err());
     }
 }
