@@ -286,6 +286,11 @@ const _: () = assert!(PEER_BACKOFF_MAX.as_secs() <= PEER_BREAKER_COOLDOWN.as_sec
 pub const RAFT_ENTRIES_PER_MESSAGE_MAX: usize = (1 << 20) / 4;
 /// Messages in one batch frame (one loop turn's traffic from one core to another).
 pub const RAFT_BATCH_MESSAGES_MAX: usize = 65_536;
+/// About the most bytes of one batch frame: a turn's traffic to one peer past it goes in
+/// several frames. One frame may carry at most `FRAME_PAYLOAD_MAX_BYTES` (4 MiB), and raft-rs
+/// may hand out many 1 MiB appends to one follower in a turn: a batch over the frame limit
+/// was refused by the encoder and lost whole (raft-rs then probed and sent again).
+pub const RAFT_BATCH_BYTES_MAX: usize = 2 << 20;
 /// Replica ids in one conf-state list; replication factors are at most 7, joint
 /// configurations double that.
 pub const RAFT_CONF_IDS_MAX: usize = 64;

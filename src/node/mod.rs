@@ -58,7 +58,7 @@ use crate::cluster::spec::{ClusterInfo, ClusterSpec};
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{
-    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_MESSAGES_MAX,
+    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX,
     SNAPSHOT_RESTORE_BYTES_PER_TURN, SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
@@ -1534,8 +1534,7 @@ impl<R> NodeCore<R> {
 
     /// Drains the host's messages into one batch per peer core, snapshots split off.
     fn gather_transmits(&mut self) {
-        let mut by_peer: BTreeMap<CoreAddress, Vec<(u64, raft::eraftpb::Message)>> =
-            BTreeMap::new();
+        let mut batches = Batches::default();
         while let Some(out) = self.host.poll_transmit() {
             self.count(CoreCounter::RaftMessagesOut, 1);
             let replica = ReplicaId(out.message.to);
@@ -1549,18 +1548,11 @@ impl<R> NodeCore<R> {
                     stream,
                 });
             }
-            let batch = by_peer.entry(out.to).or_default();
-            batch.push((out.group.0, message));
-            if batch.len() == RAFT_BATCH_MESSAGES_MAX {
-                let full = std::mem::take(batch);
-                self.transmits.push_back(raft_transmit(out.to, &full));
+            if let Some(full) = batches.push(out.to, out.group, message) {
+                self.transmits.push_back(full);
             }
         }
-        for (to, messages) in by_peer {
-            if !messages.is_empty() {
-                self.transmits.push_back(raft_transmit(to, &messages));
-            }
-        }
+        self.transmits.extend(batches.finish());
         if let Some(c) = self.coordinator.as_mut() {
             while let Some((node, message)) = c.liveness.poll_transmit() {
                 let to = CoreAddress {
@@ -1931,6 +1923,56 @@ fn moves_reply(m: &MetadataStore) -> KvReply {
     )
 }
 
+/// A turn's Raft messages, gathered into one batch frame per peer core, cut into several
+/// where a batch would outgrow `RAFT_BATCH_BYTES_MAX` or `RAFT_BATCH_MESSAGES_MAX`: raft-rs
+/// may hand out many 1 MiB appends for one follower in a turn, and a frame over
+/// `FRAME_PAYLOAD_MAX_BYTES` was refused by the encoder and lost whole.
+#[derive(Default)]
+struct Batches {
+    /// Each peer's batch and its size so far (about: entry data, and a fixed overhead
+    /// per message and entry).
+    by_peer: BTreeMap<CoreAddress, (Vec<(u64, raft::eraftpb::Message)>, usize)>,
+}
+
+impl Batches {
+    /// Adds a message; a batch it closed, if any.
+    fn push(
+        &mut self,
+        to: CoreAddress,
+        group: GroupId,
+        message: raft::eraftpb::Message,
+    ) -> Option<Transmit> {
+        let size = 64
+            + message
+                .get_entries()
+                .iter()
+                .map(|e| e.data.len() + e.context.len() + 32)
+                .sum::<usize>();
+        let (batch, bytes) = self.by_peer.entry(to).or_default();
+        let mut closed = None;
+        if !batch.is_empty() && *bytes + size > RAFT_BATCH_BYTES_MAX {
+            closed = Some(raft_transmit(to, &std::mem::take(batch)));
+            *bytes = 0;
+        }
+        batch.push((group.0, message));
+        *bytes += size;
+        if batch.len() == RAFT_BATCH_MESSAGES_MAX {
+            // At most one of the two closes a batch: this one holds one message.
+            closed = Some(raft_transmit(to, &std::mem::take(batch)));
+            *bytes = 0;
+        }
+        closed
+    }
+
+    /// The batches still open.
+    fn finish(self) -> impl Iterator<Item = Transmit> {
+        self.by_peer
+            .into_iter()
+            .filter(|(_, (batch, _))| !batch.is_empty())
+            .map(|(to, (batch, _))| raft_transmit(to, &batch))
+    }
+}
+
 fn raft_transmit(to: CoreAddress, messages: &[(u64, raft::eraftpb::Message)]) -> Transmit {
     let mut payload = Vec::new();
     encode_batch(messages.iter().map(|(g, m)| (*g, m)), &mut payload);
@@ -2080,6 +2122,45 @@ mod tests {
         c.handle_snapshot_file_written(now, GroupId(1), 50, true);
         drain(&mut c);
         assert_eq!(keys(&c), 1000);
+    }
+
+    #[test]
+    fn a_turn_of_large_appends_goes_in_frames_a_peer_accepts_in_order() {
+        let (a, b) = (
+            CoreAddress::new(NodeId(2), CoreId(0)),
+            CoreAddress::new(NodeId(3), CoreId(0)),
+        );
+        let append = |i: u64, bytes: usize| {
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(MessageType::MsgAppend);
+            m.index = i;
+            let e = raft::eraftpb::Entry {
+                index: i + 1,
+                data: vec![i as u8; bytes].into(),
+                ..Default::default()
+            };
+            m.entries = vec![e].into();
+            m
+        };
+        let mut batches = Batches::default();
+        let mut out = Vec::new();
+        for i in 0..12 {
+            out.extend(batches.push(a, GroupId(1), append(i, 1 << 20)));
+            out.extend(batches.push(b, GroupId(2), append(i, 10)));
+        }
+        out.extend(batches.finish());
+        let mut seen: BTreeMap<CoreAddress, Vec<u64>> = BTreeMap::new();
+        for t in out {
+            let Transmit::Raft { to, payload } = t else {
+                panic!("only Raft batches")
+            };
+            assert!(payload.len() <= crate::constants::FRAME_PAYLOAD_MAX_BYTES);
+            for (_, m) in crate::wire::raft::decode_batch(&payload).unwrap() {
+                seen.entry(to).or_default().push(m.index);
+            }
+        }
+        assert_eq!(seen[&a], (0..12).collect::<Vec<_>>());
+        assert_eq!(seen[&b], (0..12).collect::<Vec<_>>());
     }
 
     /// A one-node, one-core cluster's core 0: it hosts the metadata group and group 1.
