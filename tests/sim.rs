@@ -9,12 +9,12 @@ use nodedb_cluster::sim::{Bug, SimOptions, run};
 fn seeds() -> Vec<u64> {
     match std::env::var("SEED") {
         Ok(s) => vec![s.parse().expect("SEED must be a number")],
-        Err(_) => (1..=500).collect(),
+        Err(_) => (1..=1000).collect(),
     }
 }
 
 #[test]
-fn five_hundred_seeds_pass_every_checker() {
+fn a_thousand_seeds_pass_every_checker() {
     let mut failures = Vec::new();
     let (mut ops, mut torn, mut refused, mut moves, mut stale) = (0, 0, 0, 0, 0);
     let (mut unchecked, mut hostile) = (0, 0);

@@ -1261,20 +1261,30 @@ fn draw_election_timeout<S>(g: &mut Group<S>) {
 /// `RAFT_LOG_COMPACT_ENTRIES` entries; the snapshot goes to the log with the next batch
 /// (so a restart starts from it) and serves followers that fell behind.
 /// Where a compaction at `applied` cuts the log: at `applied`, except on a leader, which
-/// keeps what a replica close behind still needs (from just after the lowest index one
-/// has matched, but never before the log's present start: at most one compaction's worth
-/// more is kept). Cut at `applied`, a follower a few entries behind needed the whole
-/// vShard as a snapshot: a 768 MiB move under 500 writes/s streamed it twice, once to the
-/// learner and once to the replica being moved away.
+/// keeps what a live replica close behind still needs: from just after the lowest index
+/// one has matched, but never before the previous snapshot, so at most one compaction's
+/// worth more is kept, and a replica that stays behind is given up at the next one. Cut at
+/// `applied`, a follower a few entries behind needed the whole vShard as a snapshot: a
+/// 768 MiB move under 500 writes/s streamed it twice, once to the learner and once to
+/// the replica being moved away.
 fn compact_to<S>(g: &Group<S>, applied: u64) -> u64 {
     let raft = &g.raw.raft;
     if raft.state != StateRole::Leader {
         return applied;
     }
-    let first = g.raw.store().first_index().unwrap_or(1);
+    let first = g
+        .raw
+        .store()
+        .snapshot
+        .borrow()
+        .as_ref()
+        .map_or(0, |s| s.get_metadata().index)
+        + 1;
     raft.prs()
         .iter()
-        .filter(|(id, _)| **id != raft.id)
+        // Only replicas heard from within the last election timeout: one that stopped
+        // needs a snapshot anyway.
+        .filter(|(id, pr)| **id != raft.id && pr.recent_active)
         .map(|(_, pr)| pr.matched + 1)
         .filter(|&next| next >= first)
         .min()
