@@ -142,9 +142,7 @@ fn compacting_keys(c: &KvClient, prefix: &str, group: GroupId) -> Vec<String> {
         c,
         prefix,
         group,
-        // Two compactions: a leader keeps the entries a replica that stopped still needs
-        // through one (`raft_host::compact_to`).
-        2 * nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300,
+        nodedb_cluster::constants::RAFT_LOG_COMPACT_ENTRIES + 300,
     )
 }
 
