@@ -713,14 +713,15 @@ impl<R> NodeCore<R> {
     fn restoring(&self) -> bool {
         self.writing_ahead
             .values()
-            .any(|w| w.restore.as_ref().is_some_and(|r| r.decoded() < r.len()))
+            .any(|w| w.restore.as_ref().is_some_and(|r| !r.done()))
     }
 
     /// Hands Raft the snapshot at `key` if its file is durable and its state decoded.
     fn install_if_ready(&mut self, key: (GroupId, u64)) {
-        let ready = self.writing_ahead.get(&key).is_some_and(|w| {
-            w.written && w.restore.as_ref().is_none_or(|r| r.decoded() == r.len())
-        });
+        let ready = self
+            .writing_ahead
+            .get(&key)
+            .is_some_and(|w| w.written && w.restore.as_ref().is_none_or(KvRestore::done));
         if !ready {
             return;
         }

@@ -427,18 +427,9 @@ impl KvRestore {
         Ok(self.pairs == 0)
     }
 
-    /// Bytes decoded so far, of `len`.
-    pub fn decoded(&self) -> usize {
-        self.at
-    }
-
-    /// The snapshot's length.
-    pub fn len(&self) -> usize {
-        self.snapshot.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.snapshot.is_empty()
+    /// Whether every pair is decoded (`step` returned `Ok(true)`).
+    pub fn done(&self) -> bool {
+        self.pairs == 0
     }
 
     /// The store, once every pair decoded and nothing is left over.
