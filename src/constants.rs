@@ -358,8 +358,16 @@ pub const LOAD_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 pub const LOAD_RATE_DECAY: std::time::Duration = std::time::Duration::from_secs(3);
 /// The longest a core loop sleeps with no work: bounds tick lateness and shutdown latency.
 pub const NODE_LOOP_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
-/// Attempts a client makes for one request (redirects and retries included).
-pub const CLIENT_ATTEMPTS_MAX: usize = 40;
+/// Attempts a client makes for one request at most (redirects and retries included); the
+/// call's time budget, `CLIENT_CALL_TIMEOUT`, usually ends it first.
+pub const CLIENT_ATTEMPTS_MAX: usize = 400;
+/// A client's call starts no attempt this long after its first. An election takes one to
+/// two seconds once a leader's silence is noticed, longer on a loaded machine and when a
+/// restarted node's groups elect at once; forty attempts 50 ms apart (about 2 s) gave up
+/// inside a single election in a process test on a loaded 2-vCPU VM.
+pub const CLIENT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Redirects with a hint a call follows at once before it pauses `CLIENT_RETRY_BACKOFF`.
+pub const CLIENT_REDIRECTS_IN_A_ROW: usize = 3;
 /// A snapshot file is written in O_DIRECT writes of this size (each copied once into an
 /// aligned buffer): bounds the extra memory a write of a 1 GiB vShard takes, and how long
 /// one write holds the disk queue ahead of the log's own.

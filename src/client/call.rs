@@ -26,7 +26,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::client::routing::{Next, Routing};
-use crate::constants::{CLIENT_ATTEMPTS_MAX, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRY_BACKOFF};
+use crate::constants::{
+    CLIENT_ATTEMPTS_MAX, CLIENT_CALL_TIMEOUT, CLIENT_REDIRECTS_IN_A_ROW, CLIENT_REQUEST_TIMEOUT,
+    CLIENT_RETRY_BACKOFF,
+};
 use crate::ids::{CoreAddress, GroupId};
 use crate::time::Time;
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest};
@@ -40,6 +43,9 @@ pub struct CallPolicy {
     pub request_timeout: Duration,
     /// Pause before asking again after anything but a redirect with a hint.
     pub retry_pause: Duration,
+    /// No attempt starts this long after the call's first one: the budget for an election
+    /// (or several) to end, whatever the number of attempts it took.
+    pub give_up_after: Duration,
 }
 
 impl Default for CallPolicy {
@@ -48,6 +54,7 @@ impl Default for CallPolicy {
             attempts_max: CLIENT_ATTEMPTS_MAX,
             request_timeout: CLIENT_REQUEST_TIMEOUT,
             retry_pause: CLIENT_RETRY_BACKOFF,
+            give_up_after: CLIENT_CALL_TIMEOUT,
         }
     }
 }
@@ -56,10 +63,14 @@ impl Default for CallPolicy {
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum CallError {
     /// No replica answered within the attempt budget; nothing took effect.
-    #[error("no leader for group {group} after {attempts} attempts (last error: {last})")]
+    #[error(
+        "no leader for group {group} after {attempts} attempts in {:.1} s (last error: {last})",
+        elapsed.as_secs_f64()
+    )]
     NoLeader {
         group: u64,
         attempts: usize,
+        elapsed: Duration,
         last: String,
     },
     /// The server refused the request; it had no effect.
@@ -125,6 +136,12 @@ pub struct Call {
     /// Send only here, once, and return whatever it answers (diagnostics, `call_at`).
     pinned: Option<CoreAddress>,
     attempts: usize,
+    /// When the first attempt was made.
+    started: Option<Time>,
+    /// Redirects with a hint followed at once, since the last pause: two replicas each
+    /// naming the other (stale hints during an election) must not burn the budget in a
+    /// burst.
+    redirects: usize,
     last: String,
     state: State,
     /// The placement-table fetch this call waits for.
@@ -140,6 +157,8 @@ impl Call {
             policy,
             pinned: None,
             attempts: 0,
+            started: None,
+            redirects: 0,
             last: String::from("no attempt"),
             state: State::Ready,
             fetch: None,
@@ -236,12 +255,16 @@ impl Call {
                     self.state = State::Ready;
                 }
                 State::Ready => {
+                    let started = *self.started.get_or_insert(now);
+                    let elapsed = now.saturating_since(started);
                     if self.attempts >= self.policy.attempts_max
+                        || elapsed >= self.policy.give_up_after
                         || (self.pinned.is_some() && self.attempts > 0)
                     {
                         self.state = State::Done(Some(Err(CallError::NoLeader {
                             group: self.group.0,
                             attempts: self.attempts,
+                            elapsed,
                             last: self.last.clone(),
                         })));
                         continue;
@@ -371,8 +394,14 @@ impl Call {
             }
         };
         self.state = match next {
-            Next::RetryNow => State::Ready,
-            Next::RetryLater | Next::Done => State::Paused(pause),
+            Next::RetryNow if self.redirects < CLIENT_REDIRECTS_IN_A_ROW => {
+                self.redirects += 1;
+                State::Ready
+            }
+            Next::RetryNow | Next::RetryLater | Next::Done => {
+                self.redirects = 0;
+                State::Paused(pause)
+            }
         };
     }
 
@@ -556,6 +585,56 @@ mod tests {
             call.poll(t, &mut r),
             CallStep::Done(Err(CallError::NoLeader { attempts: 3, .. }))
         ));
+    }
+
+    #[test]
+    fn a_call_outlasts_a_long_election_and_ends_on_its_time_budget() {
+        let mut r = routing();
+        let mut t = Time::from_secs(1);
+        let start = t;
+        let mut call = Call::new(GroupId(1), put(), CallPolicy::default());
+        // No replica knows a leader for longer than forty pauses (the old attempt budget).
+        let mut attempts = 0;
+        let outcome = loop {
+            match call.poll(t, &mut r) {
+                CallStep::Send { request, .. } => {
+                    attempts += 1;
+                    call.handle_reply(t, &mut r, request.id, KvReply::NotLeader(None));
+                }
+                CallStep::Wait(until) => t = until,
+                CallStep::Done(outcome) => break outcome,
+            }
+        };
+        assert!(attempts > 40, "{attempts}");
+        assert!(matches!(outcome, Err(CallError::NoLeader { .. })));
+        let spent = t.saturating_since(start);
+        assert!(
+            spent >= CLIENT_CALL_TIMEOUT && spent < CLIENT_CALL_TIMEOUT + CLIENT_RETRY_BACKOFF * 2,
+            "{spent:?}"
+        );
+    }
+
+    #[test]
+    fn two_replicas_naming_each_other_do_not_burn_the_budget_in_a_burst() {
+        let mut r = routing();
+        let t = Time::from_secs(1);
+        let mut call = Call::new(GroupId(1), put(), CallPolicy::default());
+        let mut at_once = 0;
+        loop {
+            match call.poll(t, &mut r) {
+                CallStep::Send { target, request } => {
+                    at_once += 1;
+                    let other = if target == at(1) { at(2) } else { at(1) };
+                    call.handle_reply(t, &mut r, request.id, KvReply::NotLeader(Some(other)));
+                }
+                CallStep::Wait(until) => {
+                    assert_eq!(until, t + CLIENT_RETRY_BACKOFF);
+                    break;
+                }
+                CallStep::Done(outcome) => panic!("ended at once: {outcome:?}"),
+            }
+        }
+        assert_eq!(at_once, CLIENT_REDIRECTS_IN_A_ROW + 1);
     }
 
     #[test]
