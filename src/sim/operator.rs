@@ -194,7 +194,14 @@ impl crate::sim::Sim {
             tracing::debug!(step = self.step, ?chore, ?outcome, "operator chore done");
             if let Chore::Join(node) = chore {
                 let accepted = matches!(&outcome, Ok(KvReply::Written(r)) if r.first() == Some(&1));
-                if accepted {
+                // An unknown outcome may have taken effect: the operator looks (`status`),
+                // as one would before asking again. Under the liveness phase's message
+                // loss, a join whose every answer was lost never started its node.
+                let listed = matches!(&outcome, Err(CallError::Unknown(_)))
+                    && self
+                        .metadata()
+                        .is_some_and(|m| m.topology().node(node).is_some());
+                if accepted || listed {
                     self.joined.insert(node);
                     self.start(node);
                     self.record(19, node.0);
