@@ -136,7 +136,21 @@ impl Processes {
             .open(self.dir.join(format!("node-{n}.log")))
             .map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // A node dies with the thread that started it (this process's main thread: every
+        // start and restart is made there), so a benchmark stopped by a signal leaves no
+        // node running; `Drop` only runs on a normal exit.
+        // SAFETY: `prctl` is async-signal-safe, and the closure touches nothing else.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
             .current_dir(&self.dir)
             .args(["start", "--config", &format!("node-{n}.toml")])
             .stdout(Stdio::from(log))

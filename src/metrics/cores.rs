@@ -39,6 +39,11 @@ pub enum CoreCounter {
     SnapshotsSent,
     /// Bytes of snapshot data streamed to peers (replica moves and catch-ups).
     SnapshotBytesSent,
+    /// Snapshot files the core's log task began to write (compactions of large states,
+    /// received snapshots written ahead of their install), and those it finished (written
+    /// or failed): the difference is the files being written.
+    SnapshotFilesStarted,
+    SnapshotFilesFinished,
     /// Turns of the core loop.
     LoopTurns,
     /// UDP datagrams the core's QUIC endpoint sent.
@@ -73,7 +78,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 28] = [
+    pub const ALL: [CoreCounter; 30] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -86,6 +91,8 @@ impl CoreCounter {
         CoreCounter::RaftMessagesOut,
         CoreCounter::SnapshotsSent,
         CoreCounter::SnapshotBytesSent,
+        CoreCounter::SnapshotFilesStarted,
+        CoreCounter::SnapshotFilesFinished,
         CoreCounter::LoopTurns,
         CoreCounter::QuicDatagramsSent,
         CoreCounter::QuicSendCalls,
@@ -111,6 +118,8 @@ impl CoreCounter {
             self,
             CoreCounter::LoopTurns
                 | CoreCounter::SnapshotBytesSent
+                | CoreCounter::SnapshotFilesStarted
+                | CoreCounter::SnapshotFilesFinished
                 | CoreCounter::QuicDatagramsSent
                 | CoreCounter::QuicSendCalls
                 | CoreCounter::QuicDatagramsReceived
@@ -151,6 +160,14 @@ impl CoreCounter {
             CoreCounter::SnapshotBytesSent => (
                 "snapshot_bytes_sent_total",
                 "Bytes of snapshot data streamed to peers (moves, catch-ups).",
+            ),
+            CoreCounter::SnapshotFilesStarted => (
+                "snapshot_files_started_total",
+                "Snapshot files the log task began to write (compactions, received snapshots).",
+            ),
+            CoreCounter::SnapshotFilesFinished => (
+                "snapshot_files_finished_total",
+                "Snapshot files the log task finished writing (or failed to).",
             ),
             CoreCounter::LoopTurns => ("loop_turns_total", "Turns of the core loop."),
             CoreCounter::QuicDatagramsSent => ("quic_datagrams_sent_total", "UDP datagrams sent."),

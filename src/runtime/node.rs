@@ -525,7 +525,15 @@ async fn core_loop(
                 phases.chunk_bytes += chunk.len();
             }
             match w {
-                Work::Log(done) => take_log_report(&mut node, &log, now, done)?,
+                Work::Log(done) => {
+                    if matches!(
+                        done,
+                        LogDone::CompactionWritten { .. } | LogDone::WrittenAhead { .. }
+                    ) {
+                        metrics.add(CoreCounter::SnapshotFilesFinished, 1);
+                    }
+                    take_log_report(&mut node, &log, now, done)?
+                }
                 w => feed(&mut node, now, w),
             }
         }
@@ -542,6 +550,14 @@ async fn core_loop(
         phases.mark(Phase::Work);
         // Handed to the log task: the loop does not wait for the write.
         while let Some(write) = node.poll_log() {
+            let files = match &write {
+                LogWrite::SnapshotFile(_) => 1,
+                LogWrite::Persist(batch) => batch.compactions.len() as u64,
+                LogWrite::Drop(_) => 0,
+            };
+            if files > 0 {
+                metrics.add(CoreCounter::SnapshotFilesStarted, files);
+            }
             log.submit(match write {
                 LogWrite::Drop(group) => LogJob::Drop(group),
                 LogWrite::SnapshotFile(received) => LogJob::WriteAhead(received),
