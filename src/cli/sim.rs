@@ -12,6 +12,7 @@ struct FaultTotals {
     torn_writes: u64,
     compaction_views: u64,
     snapshots_written_ahead: u64,
+    snapshots_streamed: u64,
     corruptions: u64,
     corruptions_refused: u64,
     moves_started: u64,
@@ -43,6 +44,7 @@ impl FaultTotals {
         self.torn_writes += r.torn_writes;
         self.compaction_views += r.compaction_views;
         self.snapshots_written_ahead += r.snapshots_written_ahead;
+        self.snapshots_streamed += r.snapshots_streamed;
         self.corruptions += r.corruptions;
         self.corruptions_refused += r.corruptions_refused;
         self.moves_started += r.moves_started;
@@ -155,8 +157,8 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
             f.joins, f.joins_active, f.joined_replicas
         );
         println!(
-            "large snapshots: {} compactions kept as views, {} received snapshots written ahead of their install",
-            f.compaction_views, f.snapshots_written_ahead
+            "large snapshots: {} compactions kept as views, {} received snapshots written ahead of their install ({} streamed in as their chunks arrived)",
+            f.compaction_views, f.snapshots_written_ahead, f.snapshots_streamed
         );
     }
     if failures == 0 && faults.unchecked_keys == 0 {

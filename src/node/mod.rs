@@ -59,7 +59,8 @@ use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{
     CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX,
-    SNAPSHOT_RESTORE_BYTES_PER_TURN, SNAPSHOT_TRANSFERS_MAX,
+    SNAPSHOT_MAX_BYTES, SNAPSHOT_RESTORE_BYTES_PER_TURN, SNAPSHOT_TRANSFER_TIMEOUT,
+    SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::CoreCounter;
@@ -77,7 +78,7 @@ use crate::replication::raft_host::{
 };
 use crate::replication::replica_move::leader_view;
 use crate::replication::snapshot_transfer::{
-    SnapshotAssembler, SnapshotStream, TransferError, split,
+    ChunkHeader, SnapshotAssembler, SnapshotStream, TransferError, chunk_header, split,
 };
 use crate::time::Time;
 use crate::wire::codec::DecodeError;
@@ -178,6 +179,30 @@ pub enum LogWrite {
     /// instead of carrying the vShard: a large install holds no batch of the core's other
     /// groups behind its write.
     SnapshotFile(SnapshotFileWrite),
+    /// A large vShard snapshot arriving in chunks: its file is begun, given each chunk as
+    /// it arrives, and ended (then made durable, then `handle_snapshot_file_written`), so
+    /// the file is written at the stream's pace, not after it.
+    SnapshotFileBegin {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
+    SnapshotFilePiece {
+        group: GroupId,
+        index: u64,
+        piece: bytes::Bytes,
+    },
+    SnapshotFileEnd {
+        group: GroupId,
+        index: u64,
+    },
+    /// A begun file will not be ended (its stream broke off or stalled): it is deleted,
+    /// and nothing is reported.
+    SnapshotFileAbandon {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
 }
 
 /// A received snapshot's data, to write ahead of its install ([`LogWrite::SnapshotFile`]).
@@ -294,12 +319,24 @@ pub struct Garbage {
 /// A received snapshot on its way to Raft: its file is written ahead, its state decoded.
 struct WritingAhead {
     from: NodeId,
-    message: raft::eraftpb::Message,
+    /// The snapshot's Raft message; `None` while a streamed snapshot waits for it.
+    message: Option<raft::eraftpb::Message>,
     /// A vShard's state, decoded a piece per turn (`None` for the metadata group, whose
     /// data was checked whole on arrival and is decoded at install).
     restore: Option<KvRestore>,
     /// Its file is durable.
     written: bool,
+    /// A snapshot streamed into its file and state as its chunks arrive: how far it has
+    /// come, when it last did, and its term (`None` for one received whole).
+    stream: Option<Streaming>,
+}
+
+/// Where a streamed snapshot stands.
+struct Streaming {
+    term: u64,
+    received: u64,
+    total: u64,
+    last_progress: Time,
 }
 
 /// One core of a node. `R` is the shell's handle for answering a client.
@@ -316,6 +353,8 @@ pub struct NodeCore<R> {
     /// Received snapshots whose files are being written ahead (`LogWrite::SnapshotFile`)
     /// and whose state is being decoded: (group, index) → what Raft gets once both are done.
     writing_ahead: BTreeMap<(GroupId, u64), WritingAhead>,
+    /// Streamed snapshots given up whose file writer has not reported yet.
+    closing: std::collections::BTreeSet<(GroupId, u64)>,
     /// `CoreConfig::snapshots.large_bytes`.
     large_snapshot_bytes: usize,
     /// What the host discarded, not yet handed out (`poll_garbage`).
@@ -433,6 +472,7 @@ impl<R> NodeCore<R> {
             hosting,
             assembler: SnapshotAssembler::new(),
             writing_ahead: BTreeMap::new(),
+            closing: std::collections::BTreeSet::new(),
             garbage: Vec::new(),
             large_snapshot_bytes: config.snapshots.large_bytes,
             pending: BTreeMap::new(),
@@ -462,6 +502,7 @@ impl<R> NodeCore<R> {
         self.restore_ahead();
         self.host.handle_tick(now);
         self.assembler.expire(now);
+        self.expire_streams(now);
         self.expire_requests(now);
         self.coordinate(now);
         self.load.tick(now, &self.host);
@@ -565,17 +606,31 @@ impl<R> NodeCore<R> {
             // the snapshot replaces: it would reject the leader's appends, and the leader
             // would answer with the snapshot again. Those wait for the install instead (a
             // follower that does not answer for a while is one Raft expects).
+            // (A snapshot still streaming in lets them through: it may never complete.)
             if self
                 .writing_ahead
                 .range((group, 0)..=(group, u64::MAX))
-                .next()
-                .is_some()
+                .any(|(_, w)| w.message.is_some())
                 && matches!(
                     message.get_msg_type(),
                     MessageType::MsgAppend | MessageType::MsgHeartbeat
                 )
             {
                 continue;
+            }
+            // The message of a snapshot streaming in joins it there.
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let key = (group, message.get_snapshot().get_metadata().index);
+                if let Some(w) = self
+                    .writing_ahead
+                    .get_mut(&key)
+                    .filter(|w| w.stream.is_some())
+                {
+                    w.from = from;
+                    w.message.get_or_insert(message);
+                    self.install_if_ready(key);
+                    continue;
+                }
             }
             // A snapshot waits here until its data is in.
             if let Some(message) = self.assembler.on_message(now, group, message) {
@@ -640,9 +695,10 @@ impl<R> NodeCore<R> {
             key,
             WritingAhead {
                 from,
-                message,
+                message: Some(message),
                 restore,
                 written: false,
+                stream: None,
             },
         );
     }
@@ -664,6 +720,9 @@ impl<R> NodeCore<R> {
     ) {
         self.now = now;
         let key = (group, index);
+        if self.closing.remove(&key) {
+            return;
+        }
         if !written {
             if self.writing_ahead.remove(&key).is_some() {
                 debug!(
@@ -686,7 +745,7 @@ impl<R> NodeCore<R> {
         let keys: Vec<(GroupId, u64)> = self
             .writing_ahead
             .iter()
-            .filter(|(_, w)| w.restore.is_some())
+            .filter(|(_, w)| w.restore.as_ref().is_some_and(KvRestore::can_step))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -701,10 +760,31 @@ impl<R> NodeCore<R> {
                 Ok(true) => self.install_if_ready(key),
                 Err(e) => {
                     let from = w.from;
-                    self.writing_ahead.remove(&key);
+                    self.drop_written_ahead(key);
                     self.refuse_snapshot(key.0, from, &e);
                 }
             }
+        }
+    }
+
+    /// Forgets a snapshot being written ahead; a streamed one's file is abandoned (its
+    /// writer may still be at work).
+    fn drop_written_ahead(&mut self, key: (GroupId, u64)) {
+        let Some(w) = self.writing_ahead.remove(&key) else {
+            return;
+        };
+        if let Some(stream) = w.stream
+            && !w.written
+        {
+            let (group, index) = key;
+            self.log.push_back(LogWrite::SnapshotFileAbandon {
+                group,
+                index,
+                term: stream.term,
+            });
+            // Its writer reports once more (written, failed or abandoned): until then no
+            // new stream of the same snapshot begins, so that report is not taken for it.
+            self.closing.insert(key);
         }
     }
 
@@ -713,19 +793,21 @@ impl<R> NodeCore<R> {
     fn restoring(&self) -> bool {
         self.writing_ahead
             .values()
-            .any(|w| w.restore.as_ref().is_some_and(|r| !r.done()))
+            .any(|w| w.restore.as_ref().is_some_and(KvRestore::can_step))
     }
 
     /// Hands Raft the snapshot at `key` if its file is durable and its state decoded.
     fn install_if_ready(&mut self, key: (GroupId, u64)) {
-        let ready = self
-            .writing_ahead
-            .get(&key)
-            .is_some_and(|w| w.written && w.restore.as_ref().is_none_or(KvRestore::done));
+        let ready = self.writing_ahead.get(&key).is_some_and(|w| {
+            w.written && w.message.is_some() && w.restore.as_ref().is_none_or(KvRestore::done)
+        });
         if !ready {
             return;
         }
         let Some(w) = self.writing_ahead.remove(&key) else {
+            return;
+        };
+        let Some(message) = w.message else {
             return;
         };
         let (group, index) = key;
@@ -735,7 +817,7 @@ impl<R> NodeCore<R> {
                 Err(e) => return self.refuse_snapshot(group, w.from, &e),
             }
         }
-        self.step_raft(group, w.from, w.message);
+        self.step_raft(group, w.from, message);
     }
 
     /// A `BulkChunk` payload: part of a snapshot streamed out of band.
@@ -746,11 +828,150 @@ impl<R> NodeCore<R> {
         payload: &[u8],
     ) -> Result<(), TransferError> {
         self.now = now;
+        let header = chunk_header(payload)?;
+        if self.streams_in(&header) {
+            return self.stream_chunk(from, header, payload);
+        }
         if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
             debug!(group = group.0, from = from.0, "snapshot received whole");
             self.deliver(group, from, message);
         }
         Ok(())
+    }
+
+    /// Whether a chunk belongs to a snapshot decoded and written as it arrives: a large
+    /// one of a vShard hosted here, begun (its first chunk) or under way. Any other is
+    /// assembled whole first.
+    fn streams_in(&self, h: &ChunkHeader) -> bool {
+        let key = (h.group, h.index);
+        if let Some(w) = self.writing_ahead.get(&key) {
+            return w.stream.is_some();
+        }
+        h.offset == 0
+            && h.total >= self.large_snapshot_bytes as u64
+            && !self.closing.contains(&key)
+            && self
+                .host
+                .state_machine(h.group)
+                .and_then(Cell::kv)
+                .is_some()
+    }
+
+    /// One chunk of a streamed snapshot: to its file, and to its state's decoder.
+    fn stream_chunk(
+        &mut self,
+        from: NodeId,
+        h: ChunkHeader,
+        payload: &[u8],
+    ) -> Result<(), TransferError> {
+        let ChunkHeader {
+            group,
+            index,
+            term,
+            total,
+            offset,
+            data,
+        } = h;
+        if total > SNAPSHOT_MAX_BYTES {
+            return Err(TransferError::TooLarge(total));
+        }
+        let key = (group, index);
+        if !self.writing_ahead.contains_key(&key) {
+            if self.writing_ahead.len() + self.assembler.in_progress() >= SNAPSHOT_TRANSFERS_MAX {
+                return Err(TransferError::Busy);
+            }
+            let Some(store) = self.host.state_machine(group).and_then(Cell::kv) else {
+                return Ok(());
+            };
+            let restore = store.restore_streaming(index);
+            // Its message may have come first, and waits in the assembler.
+            let message = self.assembler.take_message(group, index);
+            self.log
+                .push_back(LogWrite::SnapshotFileBegin { group, index, term });
+            self.writing_ahead.insert(
+                key,
+                WritingAhead {
+                    from,
+                    message,
+                    restore: Some(restore),
+                    written: false,
+                    stream: Some(Streaming {
+                        term,
+                        received: 0,
+                        total,
+                        last_progress: self.now,
+                    }),
+                },
+            );
+        }
+        let w = self.writing_ahead.get_mut(&key).expect("inserted above");
+        let stream = w.stream.as_mut().expect("streams_in checked");
+        if stream.received == stream.total {
+            // Sent again while its file is written: the same snapshot, one file.
+            w.from = from;
+            return Ok(());
+        }
+        let expected = stream.received;
+        if offset != expected
+            || total != stream.total
+            || term != stream.term
+            || expected + data.len() as u64 > total
+        {
+            // A chunk out of place (the leader began again): this transfer is over.
+            let stream_total = stream.total;
+            self.drop_written_ahead(key);
+            return Err(TransferError::OutOfOrder {
+                offset,
+                expected,
+                total: stream_total,
+            });
+        }
+        let piece = bytes::Bytes::copy_from_slice(&payload[data]);
+        stream.received += piece.len() as u64;
+        stream.last_progress = self.now;
+        w.from = from;
+        let whole = stream.received == total;
+        if let Some(restore) = w.restore.as_mut() {
+            restore.feed(piece.clone());
+            if whole {
+                restore.end();
+            }
+        }
+        self.log.push_back(LogWrite::SnapshotFilePiece {
+            group,
+            index,
+            piece,
+        });
+        if whole {
+            debug!(group = group.0, from = from.0, "snapshot streamed in whole");
+            self.log
+                .push_back(LogWrite::SnapshotFileEnd { group, index });
+        }
+        Ok(())
+    }
+
+    /// Gives up streamed snapshots that received nothing for `SNAPSHOT_TRANSFER_TIMEOUT`
+    /// (their leader sends again), as the assembler does with whole ones.
+    fn expire_streams(&mut self, now: Time) {
+        let idle: Vec<(GroupId, u64)> = self
+            .writing_ahead
+            .iter()
+            .filter(|(_, w)| {
+                w.stream.as_ref().is_some_and(|s| {
+                    (s.received < s.total || w.message.is_none())
+                        && now.saturating_since(s.last_progress) >= SNAPSHOT_TRANSFER_TIMEOUT
+                })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            debug!(
+                group = key.0.0,
+                index = key.1,
+                "streamed snapshot given up: idle"
+            );
+            self.drop_written_ahead(key);
+        }
     }
 
     /// A `Ping` payload: a failure-detector message from core 0 of node `from`. Other cores
@@ -2014,31 +2235,42 @@ mod tests {
         }
     }
 
-    /// A large received snapshot goes to the shell to be written ahead of its install;
-    /// one whose data does not decode never gets that far (nor to raft-rs).
+    /// A large received vShard snapshot is streamed to the shell, chunk by chunk as it
+    /// arrives, to be written ahead of its install; one whose data does not decode is
+    /// abandoned as soon as that shows, and never reaches raft-rs.
     #[test]
-    fn a_large_snapshot_is_written_ahead_and_garbage_is_refused_before_raft() {
+    fn a_large_snapshot_is_written_as_it_arrives_and_garbage_is_abandoned_before_raft() {
         let mut c = core();
         let now = Time::from_secs(1);
         c.handle_timeout(now);
-        let snapshot_files = |c: &mut NodeCore<u64>| {
-            let mut files = Vec::new();
+        // (begun, bytes given, ended, abandoned)
+        let streamed = |c: &mut NodeCore<u64>| {
+            let (mut begun, mut bytes, mut ended, mut abandoned) = (0, Vec::new(), 0, 0);
             while let Some(write) = c.poll_log() {
                 match write {
-                    LogWrite::SnapshotFile(f) => files.push(f),
+                    LogWrite::SnapshotFileBegin { group, index, term } => {
+                        assert_eq!((group, index, term), (GroupId(1), 50, 2));
+                        begun += 1;
+                    }
+                    LogWrite::SnapshotFilePiece { piece, .. } => bytes.extend_from_slice(&piece),
+                    LogWrite::SnapshotFileEnd { .. } => ended += 1,
+                    LogWrite::SnapshotFileAbandon { .. } => abandoned += 1,
+                    LogWrite::SnapshotFile(_) => panic!("a vShard snapshot assembled whole"),
                     LogWrite::Persist(batch) => c.handle_persisted(batch.id),
                     LogWrite::Drop(_) => {}
                 }
             }
-            files
+            (begun, bytes, ended, abandoned)
         };
-        snapshot_files(&mut c);
-        // 2 MiB that claim a huge first key.
+        streamed(&mut c);
+        // 2 MiB that claim a huge first key: abandoned at the first decode.
         deliver_snapshot(&mut c, now, vec![0xff; 2 << 20]);
-        assert!(
-            snapshot_files(&mut c).is_empty(),
-            "garbage was written ahead"
-        );
+        c.handle_timeout(now);
+        let (begun, _, _, abandoned) = streamed(&mut c);
+        assert_eq!((begun, abandoned), (1, 1), "garbage was not abandoned");
+        assert!(c.counters[CoreCounter::RaftMessagesRefused as usize] > 0);
+        // Its writer's report (abandoned) comes before a new file of it may begin.
+        c.handle_snapshot_file_written(now, GroupId(1), 50, false);
         let mut store = KvStore::new();
         for i in 0..600u32 {
             let put = KvCommand::Put {
@@ -2049,16 +2281,13 @@ mod tests {
         }
         let data = store.snapshot();
         deliver_snapshot(&mut c, now, data.clone());
-        let files = snapshot_files(&mut c);
-        assert_eq!(files.len(), 1);
-        assert_eq!(
-            (files[0].group, files[0].index, files[0].term),
-            (GroupId(1), 50, 2)
-        );
-        assert_eq!(files[0].data.as_ref(), data.as_slice());
+        let (begun, bytes, ended, abandoned) = streamed(&mut c);
+        assert_eq!((begun, ended, abandoned), (1, 1, 0));
+        assert_eq!(bytes, data, "the file gets every chunk, in order");
         // Sent again while its file is written: still one file.
         deliver_snapshot(&mut c, now, data);
-        assert!(snapshot_files(&mut c).is_empty());
+        let (begun, ..) = streamed(&mut c);
+        assert_eq!(begun, 0);
     }
 
     #[test]
@@ -2071,9 +2300,9 @@ mod tests {
             let mut files = 0;
             while let Some(write) = c.poll_log() {
                 match write {
-                    LogWrite::SnapshotFile(_) => files += 1,
+                    LogWrite::SnapshotFile(_) | LogWrite::SnapshotFileEnd { .. } => files += 1,
                     LogWrite::Persist(batch) => c.handle_persisted(batch.id),
-                    LogWrite::Drop(_) => {}
+                    _ => {}
                 }
             }
             files
@@ -2314,7 +2543,13 @@ mod tests {
                     LogWrite::SnapshotFile(f) => {
                         core.handle_snapshot_file_written(now, f.group, f.index, true)
                     }
-                    LogWrite::Drop(_) => {}
+                    LogWrite::SnapshotFileEnd { group, index } => {
+                        core.handle_snapshot_file_written(now, group, index, true)
+                    }
+                    LogWrite::SnapshotFileAbandon { group, index, .. } => {
+                        core.handle_snapshot_file_written(now, group, index, false)
+                    }
+                    _ => {}
                 }
                 busy = true;
             }

@@ -373,71 +373,169 @@ impl KvStore {
     /// decoded a piece at a time ([`KvRestore::step`]): a large snapshot is installed
     /// without one long decode on the core.
     pub fn restore_from(&self, index: u64, snapshot: Bytes) -> Result<KvRestore, DecodeError> {
-        let mut r = Reader::new(&snapshot);
-        let pairs = r.count("snapshot entries", usize::MAX)?;
-        let at = snapshot.len() - r.remaining();
-        Ok(KvRestore {
-            snapshot,
-            at,
-            pairs,
+        let mut restore = self.restore_streaming(index);
+        restore.feed(snapshot);
+        restore.end();
+        // The count is read at once: a snapshot that does not even start right is refused
+        // before anything waits for it.
+        restore.step(0)?;
+        Ok(restore)
+    }
+
+    /// A restore, taken at `index`, whose bytes arrive in pieces ([`KvRestore::feed`],
+    /// then [`KvRestore::end`]): a streamed snapshot is decoded as it arrives.
+    pub fn restore_streaming(&self, index: u64) -> KvRestore {
+        KvRestore {
+            buf: Bytes::new(),
+            at: 0,
+            next: std::collections::VecDeque::new(),
+            pairs: None,
+            ended: false,
+            starved: false,
             store: KvStore {
                 applied: index,
                 ..KvStore::with_limit(self.limit)
             },
-        })
+        }
     }
 }
 
-/// A KV snapshot being decoded into a fresh store, piece by piece. The store keeps slices
-/// of the snapshot's bytes, not copies: installing one copies no data.
+/// A KV snapshot being decoded into a fresh store, piece by piece, as its bytes arrive.
+/// The store keeps slices of the received pieces, not copies (a pair that straddles two
+/// pieces is decoded from a joined copy of the rest of one and the next): installing one
+/// copies no data.
 #[derive(Debug)]
 pub struct KvRestore {
-    snapshot: Bytes,
-    /// Where the next pair starts.
+    /// The piece being decoded, from `at`.
+    buf: Bytes,
     at: usize,
-    /// Pairs still to decode.
-    pairs: usize,
+    /// Pieces received after it.
+    next: std::collections::VecDeque<Bytes>,
+    /// Pairs still to decode; `None` until the count that starts the snapshot is read.
+    pairs: Option<usize>,
+    /// Every piece was given.
+    ended: bool,
+    /// The last `step` stopped inside a pair, with no piece after it: nothing to do
+    /// until one arrives.
+    starved: bool,
     store: KvStore,
 }
 
 impl KvRestore {
-    /// Decodes pairs until about `budget` bytes were read (at least one pair) or none is
-    /// left; whether none is left. An error means the snapshot does not decode.
-    pub fn step(&mut self, budget: usize) -> Result<bool, DecodeError> {
-        let mut r = Reader::new(&self.snapshot[self.at..]);
-        let start = r.remaining();
-        while self.pairs > 0 && start - r.remaining() < budget {
-            let k = r.bytes("key", KV_KEY_MAX_BYTES)?;
-            let v = r.bytes("value", KV_VALUE_MAX_BYTES)?;
-            let (key, value) = (self.snapshot.slice_ref(k), self.snapshot.slice_ref(v));
-            let store = &mut self.store;
-            store.bytes += (k.len() + v.len()) as u64;
-            store.encoded += pair_encoded_len(k.len(), v.len());
-            // A repeated key keeps its last value; its first one no longer counts.
-            if let Some(old) = store.map.insert(key, value) {
-                store.bytes -= (k.len() + old.len()) as u64;
-                store.encoded -= pair_encoded_len(k.len(), old.len());
-            }
-            self.pairs -= 1;
+    /// Takes the next piece of the snapshot's bytes.
+    pub fn feed(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.next.push_back(piece);
+            self.starved = false;
         }
-        self.at += start - r.remaining();
-        if self.pairs == 0 {
-            r.finish()?;
-        }
-        Ok(self.pairs == 0)
     }
 
-    /// Whether every pair is decoded (`step` returned `Ok(true)`).
+    /// Every piece was given: what is missing now is missing for good.
+    pub fn end(&mut self) {
+        self.ended = true;
+        self.starved = false;
+    }
+
+    /// Decodes pairs until about `budget` bytes were read (at least one pair, unless the
+    /// budget is 0) or none can be until more arrive; whether the store is whole. An error
+    /// means the snapshot does not decode.
+    pub fn step(&mut self, budget: usize) -> Result<bool, DecodeError> {
+        let mut used = 0;
+        loop {
+            if self.pairs == Some(0) {
+                break;
+            }
+            if budget == 0 && self.pairs.is_some() {
+                break;
+            }
+            let input = &self.buf[self.at..];
+            let mut r = Reader::new(input);
+            let decoded = match self.pairs {
+                None => r.count("snapshot entries", usize::MAX).map(|n| {
+                    self.pairs = Some(n);
+                }),
+                Some(_) => r
+                    .bytes("key", KV_KEY_MAX_BYTES)
+                    .and_then(|k| Ok((k, r.bytes("value", KV_VALUE_MAX_BYTES)?)))
+                    .map(|(k, v)| {
+                        let (key, value) = (self.buf.slice_ref(k), self.buf.slice_ref(v));
+                        let store = &mut self.store;
+                        store.bytes += (k.len() + v.len()) as u64;
+                        store.encoded += pair_encoded_len(k.len(), v.len());
+                        // A repeated key keeps its last value; its first one no longer
+                        // counts.
+                        if let Some(old) = store.map.insert(key, value) {
+                            store.bytes -= (k.len() + old.len()) as u64;
+                            store.encoded -= pair_encoded_len(k.len(), old.len());
+                        }
+                        if let Some(pairs) = self.pairs.as_mut() {
+                            *pairs -= 1;
+                        }
+                    }),
+            };
+            match decoded {
+                Ok(()) => {
+                    let read = input.len() - r.remaining();
+                    self.at += read;
+                    used += read;
+                    if used >= budget && budget > 0 {
+                        break;
+                    }
+                }
+                // The input ends inside a value: join what is left with the next piece,
+                // or wait for it.
+                Err(DecodeError::Truncated(what)) => match self.next.pop_front() {
+                    Some(piece) => {
+                        let rest = &self.buf[self.at..];
+                        self.buf = if rest.is_empty() {
+                            piece
+                        } else {
+                            let mut joined = Vec::with_capacity(rest.len() + piece.len());
+                            joined.extend_from_slice(rest);
+                            joined.extend_from_slice(&piece);
+                            Bytes::from(joined)
+                        };
+                        self.at = 0;
+                    }
+                    None if self.ended => return Err(DecodeError::Truncated(what)),
+                    None => {
+                        self.starved = true;
+                        break;
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        // Bytes after the last pair never become valid, whatever follows them.
+        if self.pairs == Some(0) && self.left_over() > 0 {
+            return Err(DecodeError::TrailingBytes(self.left_over()));
+        }
+        Ok(self.done())
+    }
+
+    /// Bytes received and not decoded.
+    fn left_over(&self) -> usize {
+        self.buf.len() - self.at + self.next.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Whether `step` can make progress now (it has bytes it has not tried).
+    pub fn can_step(&self) -> bool {
+        !self.done() && !self.starved && (self.left_over() > 0 || self.ended)
+    }
+
+    /// Whether every pair is decoded and every piece given, with nothing left over.
     pub fn done(&self) -> bool {
-        self.pairs == 0
+        self.pairs == Some(0) && self.ended && self.left_over() == 0
     }
 
     /// The store, once every pair decoded and nothing is left over.
     pub fn finish(self) -> Result<KvStore, DecodeError> {
-        if self.pairs > 0 {
+        if !self.done() {
+            if self.left_over() > 0 && self.pairs == Some(0) {
+                return Err(DecodeError::TrailingBytes(self.left_over()));
+            }
             return Err(DecodeError::Truncated("snapshot entries"));
         }
-        Reader::new(&self.snapshot[self.at..]).finish()?;
         Ok(self.store)
     }
 }
@@ -831,6 +929,66 @@ mod tests {
         restored.restore(index, &s.snapshot().into()).unwrap();
         assert_eq!(restored.view().encoded_len(), s.view().encoded_len());
         assert_eq!(restored.bytes_stored(), recount(&restored));
+    }
+
+    /// A snapshot fed in pieces of any size, decoded as they arrive with any budget,
+    /// restores what the whole one does; pieces that stop inside a pair leave nothing to
+    /// do until the next; a snapshot cut short, or with bytes after its last pair, fails
+    /// only once its end is known.
+    #[test]
+    fn a_snapshot_decoded_as_its_pieces_arrive_restores_the_same_state() {
+        let mut s = KvStore::new();
+        for i in 0..300u32 {
+            let value = vec![i as u8; (i as usize * 37) % 700];
+            apply(
+                &mut s,
+                u64::from(i) + 1,
+                KvCommand::Put {
+                    key: i.to_be_bytes().to_vec(),
+                    value,
+                },
+            );
+        }
+        let encoded = Bytes::from(s.snapshot());
+        for (piece, budget) in [
+            (1, 1),
+            (2, 7),
+            (5, 100),
+            (699, 1),
+            (4096, 1 << 20),
+            (1 << 20, 50),
+        ] {
+            let mut restore = s.restore_streaming(300);
+            for part in encoded.chunks(piece) {
+                restore.feed(encoded.slice_ref(part));
+                while restore.can_step() {
+                    assert!(!restore.step(budget).unwrap());
+                }
+            }
+            assert!(!restore.done(), "not whole before its end is known");
+            restore.end();
+            while restore.can_step() {
+                restore.step(budget).unwrap();
+            }
+            assert!(restore.done(), "pieces of {piece}");
+            assert_eq!(restore.finish().unwrap(), s, "pieces of {piece}");
+        }
+        // Cut short: waits while more may come, fails at the end.
+        let mut short = s.restore_streaming(300);
+        short.feed(encoded.slice(..encoded.len() - 3));
+        while short.can_step() {
+            assert_eq!(short.step(1 << 20), Ok(false));
+        }
+        short.end();
+        assert!(matches!(
+            short.step(1 << 20),
+            Err(DecodeError::Truncated(_))
+        ));
+        // Bytes after the last pair.
+        let mut long = s.restore_streaming(300);
+        long.feed(encoded.clone());
+        long.feed(Bytes::from_static(&[0, 0]));
+        assert_eq!(long.step(usize::MAX), Err(DecodeError::TrailingBytes(2)));
     }
 
     #[test]

@@ -303,6 +303,17 @@ impl SnapshotAssembler {
         Some(message)
     }
 
+    /// The message of `group`'s snapshot at `index` if it arrived before any of its data
+    /// (the data then goes elsewhere: a streamed snapshot), and the transfer forgotten.
+    pub fn take_message(&mut self, group: GroupId, index: u64) -> Option<Message> {
+        let key = Key { group, index };
+        let partial = self.partial.get(&key)?;
+        if !partial.data.is_empty() || partial.total.is_some() {
+            return None;
+        }
+        self.partial.remove(&key)?.message
+    }
+
     /// Forgets transfers that received nothing for `SNAPSHOT_TRANSFER_TIMEOUT` (the leader
     /// sends again). Idle time, not age: a large or rate-limited snapshot that keeps
     /// arriving may take as long as it needs.

@@ -58,6 +58,30 @@ pub enum LogJob {
         index: u64,
         term: u64,
     },
+    /// A streamed snapshot's file: begun, given its pieces in order, then ended (made
+    /// durable, then [`LogDone::WrittenAhead`]) or abandoned (stopped and deleted, then
+    /// [`LogDone::WriteAheadAbandoned`]). Its writer runs beside the log task; the log task
+    /// waits for an abandoned one to stop, so a later file of the same snapshot never
+    /// shares its path with it.
+    StreamBegin {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
+    StreamPiece {
+        group: GroupId,
+        index: u64,
+        piece: bytes::Bytes,
+    },
+    StreamEnd {
+        group: GroupId,
+        index: u64,
+    },
+    StreamAbandon {
+        group: GroupId,
+        index: u64,
+        term: u64,
+    },
 }
 
 /// What the log task, or a file writer it started, reports to the loop.
@@ -77,6 +101,8 @@ pub enum LogDone {
         term: u64,
         result: Result<SnapshotFile, WalIoError>,
     },
+    /// A streamed snapshot's file was abandoned (and deleted) as asked.
+    WriteAheadAbandoned { group: GroupId, index: u64 },
     /// The log could not be written: the core must stop.
     Failed(WalIoError),
 }
@@ -146,8 +172,9 @@ impl Queue {
 /// The log task: jobs in order until the log is closed, or until a write fails (reported;
 /// the loop then stops the core, and later jobs are not run).
 async fn serve(mut wal: WalFile, queue: Rc<Queue>, report: Report) -> WalFile {
+    let mut streams = Streams::new();
     while let Some(job) = queue.next().await {
-        if let Err(e) = run(&mut wal, job, &report).await {
+        if let Err(e) = run(&mut wal, &mut streams, job, &report).await {
             report(LogDone::Failed(e));
             break;
         }
@@ -155,8 +182,146 @@ async fn serve(mut wal: WalFile, queue: Rc<Queue>, report: Report) -> WalFile {
     wal
 }
 
-async fn run(wal: &mut WalFile, job: LogJob, report: &Report) -> Result<(), WalIoError> {
+/// The writers of streamed snapshots' files under way, by (group, index).
+type Streams = std::collections::HashMap<(GroupId, u64), Stream>;
+
+/// One streamed file's writer: its input, and the task.
+struct Stream {
+    pipe: Rc<Pipe>,
+    task: glommio::task::JoinHandle<()>,
+}
+
+/// What a streamed file's writer is given.
+enum StreamItem {
+    Piece(bytes::Bytes),
+    End,
+    Abandon,
+}
+
+/// A streamed file writer's input.
+#[derive(Default)]
+struct Pipe {
+    items: RefCell<VecDeque<StreamItem>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Pipe {
+    fn push(&self, item: StreamItem) {
+        self.items.borrow_mut().push_back(item);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn next(&self) -> StreamItem {
+        std::future::poll_fn(|cx| {
+            if let Some(item) = self.items.borrow_mut().pop_front() {
+                return Poll::Ready(item);
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Writes a streamed snapshot's file as its pieces come: reports `WrittenAhead` once it
+/// is ended and durable, or failed; `WriteAheadAbandoned` when told to stop (the file is
+/// left for the log task to delete).
+async fn write_stream(
+    group: GroupId,
+    index: u64,
+    term: u64,
+    path: std::path::PathBuf,
+    pipe: Rc<Pipe>,
+    report: Report,
+) {
+    let started = std::time::Instant::now();
+    let mut bytes = 0u64;
+    let result = async {
+        let mut writer = crate::runtime::wal::SnapshotFileWriter::create(&path).await?;
+        loop {
+            match pipe.next().await {
+                StreamItem::Piece(piece) => {
+                    bytes += piece.len() as u64;
+                    writer.write(&piece).await?;
+                }
+                StreamItem::End => return writer.finish().await.map(Some),
+                StreamItem::Abandon => return Ok(None),
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(None) => report(LogDone::WriteAheadAbandoned { group, index }),
+        result => {
+            debug!(
+                group = group.0,
+                bytes,
+                took_us = started.elapsed().as_micros() as u64,
+                "streamed snapshot written as it arrived"
+            );
+            // A failed writer still drains what it is given (the log task may still
+            // push pieces or an abandon to it).
+            let result = result.map(|file| file.expect("ended"));
+            let failed = result.is_err();
+            report(LogDone::WrittenAhead {
+                group,
+                index,
+                term,
+                result,
+            });
+            if failed {
+                while !matches!(pipe.next().await, StreamItem::End | StreamItem::Abandon) {}
+            }
+        }
+    }
+}
+
+async fn run(
+    wal: &mut WalFile,
+    streams: &mut Streams,
+    job: LogJob,
+    report: &Report,
+) -> Result<(), WalIoError> {
     match job {
+        LogJob::StreamBegin { group, index, term } => {
+            let path = wal.begin_snapshot_file(group, index, term);
+            let pipe = Rc::new(Pipe::default());
+            let task = glommio::spawn_local(write_stream(
+                group,
+                index,
+                term,
+                path,
+                pipe.clone(),
+                report.clone(),
+            ))
+            .detach();
+            streams.insert((group, index), Stream { pipe, task });
+        }
+        LogJob::StreamPiece {
+            group,
+            index,
+            piece,
+        } => {
+            if let Some(stream) = streams.get(&(group, index)) {
+                stream.pipe.push(StreamItem::Piece(piece));
+            }
+        }
+        LogJob::StreamEnd { group, index } => {
+            if let Some(stream) = streams.remove(&(group, index)) {
+                stream.pipe.push(StreamItem::End);
+            }
+        }
+        LogJob::StreamAbandon { group, index, term } => {
+            if let Some(stream) = streams.remove(&(group, index)) {
+                stream.pipe.push(StreamItem::Abandon);
+                // Stopped before the file goes, and before any later job (a new file of
+                // the same snapshot) runs.
+                stream.task.await;
+            }
+            wal.abandon_snapshot_file(group, index, term);
+        }
         LogJob::Persist(mut batch) => {
             write_compactions(&mut batch, wal, report);
             if !batch.writes.is_empty() {

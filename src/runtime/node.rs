@@ -528,7 +528,9 @@ async fn core_loop(
                 Work::Log(done) => {
                     if matches!(
                         done,
-                        LogDone::CompactionWritten { .. } | LogDone::WrittenAhead { .. }
+                        LogDone::CompactionWritten { .. }
+                            | LogDone::WrittenAhead { .. }
+                            | LogDone::WriteAheadAbandoned { .. }
                     ) {
                         metrics.add(CoreCounter::SnapshotFilesFinished, 1);
                     }
@@ -551,9 +553,9 @@ async fn core_loop(
         // Handed to the log task: the loop does not wait for the write.
         while let Some(write) = node.poll_log() {
             let files = match &write {
-                LogWrite::SnapshotFile(_) => 1,
+                LogWrite::SnapshotFile(_) | LogWrite::SnapshotFileBegin { .. } => 1,
                 LogWrite::Persist(batch) => batch.compactions.len() as u64,
-                LogWrite::Drop(_) => 0,
+                _ => 0,
             };
             if files > 0 {
                 metrics.add(CoreCounter::SnapshotFilesStarted, files);
@@ -562,6 +564,22 @@ async fn core_loop(
                 LogWrite::Drop(group) => LogJob::Drop(group),
                 LogWrite::SnapshotFile(received) => LogJob::WriteAhead(received),
                 LogWrite::Persist(batch) => LogJob::Persist(batch),
+                LogWrite::SnapshotFileBegin { group, index, term } => {
+                    LogJob::StreamBegin { group, index, term }
+                }
+                LogWrite::SnapshotFilePiece {
+                    group,
+                    index,
+                    piece,
+                } => LogJob::StreamPiece {
+                    group,
+                    index,
+                    piece,
+                },
+                LogWrite::SnapshotFileEnd { group, index } => LogJob::StreamEnd { group, index },
+                LogWrite::SnapshotFileAbandon { group, index, term } => {
+                    LogJob::StreamAbandon { group, index, term }
+                }
             });
         }
         while let Some(garbage) = node.poll_garbage() {
@@ -927,6 +945,9 @@ fn take_log_report(
                 }
             };
             node.handle_snapshot_file_written(now, group, index, written);
+        }
+        LogDone::WriteAheadAbandoned { group, index } => {
+            node.handle_snapshot_file_written(now, group, index, false)
         }
         LogDone::Failed(e) => return Err(e.into()),
     }

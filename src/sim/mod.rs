@@ -182,6 +182,8 @@ pub struct SimReport {
     /// ahead of their install (the large-snapshot paths).
     pub compaction_views: u64,
     pub snapshots_written_ahead: u64,
+    /// Of those, the ones streamed into their file and state as their chunks arrived.
+    pub snapshots_streamed: u64,
     /// Logs whose synced data was damaged, and nodes that refused to start because of it.
     pub corruptions: u64,
     pub corruptions_refused: u64,
@@ -241,8 +243,12 @@ struct SimCore {
     disk: SimDisk,
     writing: VecDeque<Writing>,
     /// Received snapshots' files being written ahead of their install: (durable at step,
-    /// group, index). The disk holds no files: the install's batch carries the data.
-    ahead: VecDeque<(u64, GroupId, u64)>,
+    /// group, index, written — or abandoned). The disk holds no files: the install's batch
+    /// carries the data (a streamed snapshot's, from `streamed`).
+    ahead: VecDeque<(u64, GroupId, u64, bool)>,
+    /// Streamed snapshots' files, by (group, index): their bytes so far. The install's
+    /// batch names one by its snapshot (its data empty), as the log does a file.
+    streamed: BTreeMap<(GroupId, u64), (Vec<u8>, bool)>,
 }
 
 impl SimNode {
@@ -255,6 +261,7 @@ impl SimNode {
                     disk: SimDisk::new(),
                     writing: VecDeque::new(),
                     ahead: VecDeque::new(),
+                    streamed: BTreeMap::new(),
                 })
                 .collect(),
             up: false,
@@ -596,6 +603,7 @@ impl Sim {
             }
             core.writing.clear();
             core.ahead.clear();
+            core.streamed.clear();
             core.node = None;
         }
         node.up = false;
@@ -915,8 +923,8 @@ impl Sim {
         };
         loop {
             while sim_core.ahead.front().is_some_and(|a| a.0 <= step) {
-                let (_, group, index) = sim_core.ahead.pop_front().expect("checked");
-                core.handle_snapshot_file_written(now, group, index, true);
+                let (_, group, index, written) = sim_core.ahead.pop_front().expect("checked");
+                core.handle_snapshot_file_written(now, group, index, written);
             }
             while sim_core
                 .writing
@@ -950,9 +958,58 @@ impl Sim {
                         .ahead
                         .back()
                         .map_or(durable_at, |a| a.0.max(durable_at));
-                    sim_core.ahead.push_back((durable_at, f.group, f.index));
+                    sim_core
+                        .ahead
+                        .push_back((durable_at, f.group, f.index, true));
                 }
-                Some(LogWrite::Persist(batch)) => {
+                Some(LogWrite::SnapshotFileBegin { group, index, .. }) => {
+                    sim_core
+                        .streamed
+                        .insert((group, index), (Vec::new(), false));
+                }
+                Some(LogWrite::SnapshotFilePiece {
+                    group,
+                    index,
+                    piece,
+                }) => {
+                    if let Some((file, _)) = sim_core.streamed.get_mut(&(group, index)) {
+                        file.extend_from_slice(&piece);
+                    }
+                }
+                Some(LogWrite::SnapshotFileEnd { group, index }) => {
+                    if let Some((_, ended)) = sim_core.streamed.get_mut(&(group, index)) {
+                        *ended = true;
+                    }
+                    self.report.snapshots_written_ahead += 1;
+                    self.report.snapshots_streamed += 1;
+                    let durable_at = step + self.rng.below(max_fsync + 1);
+                    let durable_at = sim_core
+                        .ahead
+                        .back()
+                        .map_or(durable_at, |a| a.0.max(durable_at));
+                    sim_core.ahead.push_back((durable_at, group, index, true));
+                }
+                Some(LogWrite::SnapshotFileAbandon { group, index, .. }) => {
+                    // As the log task: an ended file has reported (or will); one still
+                    // being written reports its abandonment.
+                    if let Some((_, false)) = sim_core.streamed.remove(&(group, index)) {
+                        let at = sim_core.ahead.back().map_or(step, |a| a.0.max(step));
+                        sim_core.ahead.push_back((at, group, index, false));
+                    }
+                }
+                Some(LogWrite::Persist(mut batch)) => {
+                    // An installed snapshot that was streamed names its file: the disk
+                    // gets the file's bytes.
+                    for w in &mut batch.writes {
+                        if let Some(snapshot) = w.snapshot.as_mut()
+                            && snapshot.data.is_empty()
+                            && let Some((file, true)) = sim_core
+                                .streamed
+                                .remove(&(w.group, snapshot.get_metadata().index))
+                        {
+                            snapshot.data = file.into();
+                        }
+                    }
                     self.report.compaction_views += batch.compactions.len() as u64;
                     if ack_early {
                         core.handle_persisted(batch.id);
