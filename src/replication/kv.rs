@@ -485,18 +485,7 @@ impl KvRestore {
                 // The input ends inside a value: join what is left with the next piece,
                 // or wait for it.
                 Err(DecodeError::Truncated(what)) => match self.next.pop_front() {
-                    Some(piece) => {
-                        let rest = &self.buf[self.at..];
-                        self.buf = if rest.is_empty() {
-                            piece
-                        } else {
-                            let mut joined = Vec::with_capacity(rest.len() + piece.len());
-                            joined.extend_from_slice(rest);
-                            joined.extend_from_slice(&piece);
-                            Bytes::from(joined)
-                        };
-                        self.at = 0;
-                    }
+                    Some(piece) => self.bridge(piece)?,
                     None if self.ended => return Err(DecodeError::Truncated(what)),
                     None => {
                         self.starved = true;
@@ -511,6 +500,58 @@ impl KvRestore {
             return Err(DecodeError::TrailingBytes(self.left_over()));
         }
         Ok(self.done())
+    }
+
+    /// Moves on to `piece`, the input having ended inside a value (the count or a pair).
+    /// That value alone is joined into a buffer of its own — the rest of the input and as
+    /// little of `piece` as completes it — and decoding goes on in `piece` itself: joining
+    /// whole pieces copied every chunk of a streamed vShard once more, and held both
+    /// copies until the file writer let go of the first.
+    fn bridge(&mut self, piece: Bytes) -> Result<(), DecodeError> {
+        let rest = self.buf.slice(self.at..);
+        self.at = 0;
+        if rest.is_empty() {
+            self.buf = piece;
+            return Ok(());
+        }
+        let mut take = piece.len().min(64);
+        loop {
+            let mut joined = Vec::with_capacity(rest.len() + take);
+            joined.extend_from_slice(&rest);
+            joined.extend_from_slice(&piece[..take]);
+            match self.value_len(&joined) {
+                Ok(len) => {
+                    joined.truncate(len);
+                    self.buf = Bytes::from(joined);
+                    self.next.push_front(piece.slice(len - rest.len()..));
+                    return Ok(());
+                }
+                Err(DecodeError::Truncated(_)) if take < piece.len() => {
+                    take = piece.len().min(take * 4);
+                }
+                // The value goes on past `piece`: joined whole, the next joins it later.
+                Err(DecodeError::Truncated(_)) => {
+                    self.buf = Bytes::from(joined);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Bytes the next value (the count, then a pair) takes at the start of `input`.
+    fn value_len(&self, input: &[u8]) -> Result<usize, DecodeError> {
+        let mut r = Reader::new(input);
+        match self.pairs {
+            None => {
+                r.count("snapshot entries", usize::MAX)?;
+            }
+            Some(_) => {
+                r.bytes("key", KV_KEY_MAX_BYTES)?;
+                r.bytes("value", KV_VALUE_MAX_BYTES)?;
+            }
+        }
+        Ok(input.len() - r.remaining())
     }
 
     /// Bytes received and not decoded.
