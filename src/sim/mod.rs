@@ -251,6 +251,20 @@ struct SimCore {
     streamed: BTreeMap<(GroupId, u64), (Vec<u8>, bool)>,
 }
 
+/// A file written ahead is reported (written, or abandoned) at `at`, or after every file
+/// reported before it (`ahead`, a core's): in order, a later file is never durable before
+/// an earlier one here.
+fn file_done(
+    ahead: &mut VecDeque<(u64, GroupId, u64, bool)>,
+    at: u64,
+    group: GroupId,
+    index: u64,
+    written: bool,
+) {
+    let at = ahead.back().map_or(at, |a| a.0.max(at));
+    ahead.push_back((at, group, index, written));
+}
+
 impl SimNode {
     /// A node that has not started: empty disks.
     fn new(cores: u16) -> SimNode {
@@ -953,14 +967,7 @@ impl Sim {
                 Some(LogWrite::SnapshotFile(f)) => {
                     self.report.snapshots_written_ahead += 1;
                     let durable_at = step + self.rng.below(max_fsync + 1);
-                    // In order: a later file is never durable before an earlier one here.
-                    let durable_at = sim_core
-                        .ahead
-                        .back()
-                        .map_or(durable_at, |a| a.0.max(durable_at));
-                    sim_core
-                        .ahead
-                        .push_back((durable_at, f.group, f.index, true));
+                    file_done(&mut sim_core.ahead, durable_at, f.group, f.index, true);
                 }
                 Some(LogWrite::SnapshotFileBegin { group, index, .. }) => {
                     sim_core
@@ -983,18 +990,13 @@ impl Sim {
                     self.report.snapshots_written_ahead += 1;
                     self.report.snapshots_streamed += 1;
                     let durable_at = step + self.rng.below(max_fsync + 1);
-                    let durable_at = sim_core
-                        .ahead
-                        .back()
-                        .map_or(durable_at, |a| a.0.max(durable_at));
-                    sim_core.ahead.push_back((durable_at, group, index, true));
+                    file_done(&mut sim_core.ahead, durable_at, group, index, true);
                 }
                 Some(LogWrite::SnapshotFileAbandon { group, index, .. }) => {
                     // As the log task: an ended file has reported (or will); one still
                     // being written reports its abandonment.
                     if let Some((_, false)) = sim_core.streamed.remove(&(group, index)) {
-                        let at = sim_core.ahead.back().map_or(step, |a| a.0.max(step));
-                        sim_core.ahead.push_back((at, group, index, false));
+                        file_done(&mut sim_core.ahead, step, group, index, false);
                     }
                 }
                 Some(LogWrite::Persist(mut batch)) => {
