@@ -294,6 +294,14 @@ impl GroupStorage {
 
     /// Sets the snapshot kept for followers: its data, or empty data and the view that
     /// encodes it.
+    /// The index of the snapshot kept for followers (0: none).
+    fn kept_index(&self) -> u64 {
+        self.snapshot
+            .borrow()
+            .as_ref()
+            .map_or(0, |s| s.get_metadata().index)
+    }
+
     fn set_kept(&self, snapshot: Snapshot, view: Option<KvView>) {
         debug_assert!(view.is_none() || snapshot.data.is_empty());
         *self.snapshot.borrow_mut() = Some(snapshot);
@@ -1271,14 +1279,7 @@ fn compact_to<S>(g: &Group<S>, applied: u64) -> u64 {
     if raft.state != StateRole::Leader {
         return applied;
     }
-    let first = g
-        .raw
-        .store()
-        .snapshot
-        .borrow()
-        .as_ref()
-        .map_or(0, |s| s.get_metadata().index)
-        + 1;
+    let first = g.raw.store().kept_index() + 1;
     raft.prs()
         .iter()
         .filter(|(id, _)| **id != raft.id)
@@ -1303,28 +1304,11 @@ fn compact_to<S>(g: &Group<S>, applied: u64) -> u64 {
 fn compact_if_long<S: StateMachine>(g: &mut Group<S>, policy: SnapshotPolicy) {
     let applied = g.raw.raft.raft_log.applied;
     // Entries since the last snapshot: a leader's log may start before it (`compact_to`).
-    let snapshot_index = g
-        .raw
-        .store()
-        .snapshot
-        .borrow()
-        .as_ref()
-        .map_or(0, |s| s.get_metadata().index);
-    let first = g
-        .raw
-        .store()
-        .first_index()
-        .unwrap_or(1)
-        .max(snapshot_index + 1);
+    let kept = g.raw.store().kept_index();
+    let first = g.raw.store().first_index().unwrap_or(1).max(kept + 1);
     // A snapshot raft-rs asked for and could not get is taken as soon as anything was
     // applied since the stored one.
-    let wanted = g.raw.store().wanted.get()
-        && g.raw
-            .store()
-            .snapshot
-            .borrow()
-            .as_ref()
-            .is_none_or(|s| s.get_metadata().index < applied);
+    let wanted = g.raw.store().wanted.get() && kept < applied;
     let long = applied >= first + policy.compact_entries as u64
         && g.log_bytes
             >= (g.state_machine.bytes_stored() / RAFT_LOG_COMPACT_STATE_FRACTION)

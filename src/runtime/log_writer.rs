@@ -112,7 +112,7 @@ pub type Report = Rc<dyn Fn(LogDone)>;
 
 /// The loop's handle on its log task.
 pub struct LogWriter {
-    queue: Rc<Queue>,
+    queue: Rc<Queue<LogJob>>,
     task: glommio::task::JoinHandle<WalFile>,
 }
 
@@ -126,18 +126,12 @@ impl LogWriter {
 
     /// Queues a job; the task runs it after every job submitted before it.
     pub fn submit(&self, job: LogJob) {
-        self.queue.jobs.borrow_mut().push_back(job);
-        if let Some(w) = self.queue.waker.borrow_mut().take() {
-            w.wake();
-        }
+        self.queue.push(job);
     }
 
     /// Runs what was submitted, then closes the log.
     pub async fn close(self) -> Result<(), WalIoError> {
-        self.queue.closed.set(true);
-        if let Some(w) = self.queue.waker.borrow_mut().take() {
-            w.wake();
-        }
+        self.queue.close();
         match self.task.await {
             Some(wal) => wal.close().await,
             None => Ok(()),
@@ -145,19 +139,47 @@ impl LogWriter {
     }
 }
 
-#[derive(Default)]
-struct Queue {
-    jobs: RefCell<VecDeque<LogJob>>,
+/// Items for one task on the same executor (the log task's jobs, a streamed file
+/// writer's pieces), in order.
+struct Queue<T> {
+    items: RefCell<VecDeque<T>>,
     waker: RefCell<Option<Waker>>,
     closed: Cell<bool>,
 }
 
-impl Queue {
-    /// The next job; `None` once closed and empty.
-    async fn next(&self) -> Option<LogJob> {
+impl<T> Default for Queue<T> {
+    fn default() -> Queue<T> {
+        Queue {
+            items: RefCell::default(),
+            waker: RefCell::default(),
+            closed: Cell::default(),
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    fn push(&self, item: T) {
+        self.items.borrow_mut().push_back(item);
+        self.wake();
+    }
+
+    /// No item follows those queued.
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// The next item; `None` once closed and empty.
+    async fn next(&self) -> Option<T> {
         std::future::poll_fn(|cx| {
-            if let Some(job) = self.jobs.borrow_mut().pop_front() {
-                return Poll::Ready(Some(job));
+            if let Some(item) = self.items.borrow_mut().pop_front() {
+                return Poll::Ready(Some(item));
             }
             if self.closed.get() {
                 return Poll::Ready(None);
@@ -171,7 +193,7 @@ impl Queue {
 
 /// The log task: jobs in order until the log is closed, or until a write fails (reported;
 /// the loop then stops the core, and later jobs are not run).
-async fn serve(mut wal: WalFile, queue: Rc<Queue>, report: Report) -> WalFile {
+async fn serve(mut wal: WalFile, queue: Rc<Queue<LogJob>>, report: Report) -> WalFile {
     let mut streams = Streams::new();
     while let Some(job) = queue.next().await {
         if let Err(e) = run(&mut wal, &mut streams, job, &report).await {
@@ -187,7 +209,7 @@ type Streams = std::collections::HashMap<(GroupId, u64), Stream>;
 
 /// One streamed file's writer: its input, and the task.
 struct Stream {
-    pipe: Rc<Pipe>,
+    pipe: Rc<Queue<StreamItem>>,
     task: glommio::task::JoinHandle<()>,
 }
 
@@ -198,33 +220,6 @@ enum StreamItem {
     Abandon,
 }
 
-/// A streamed file writer's input.
-#[derive(Default)]
-struct Pipe {
-    items: RefCell<VecDeque<StreamItem>>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Pipe {
-    fn push(&self, item: StreamItem) {
-        self.items.borrow_mut().push_back(item);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    async fn next(&self) -> StreamItem {
-        std::future::poll_fn(|cx| {
-            if let Some(item) = self.items.borrow_mut().pop_front() {
-                return Poll::Ready(item);
-            }
-            *self.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
-
 /// Writes a streamed snapshot's file as its pieces come: reports `WrittenAhead` once it
 /// is ended and durable, or failed; `WriteAheadAbandoned` when told to stop (the file is
 /// left for the log task to delete).
@@ -233,7 +228,7 @@ async fn write_stream(
     index: u64,
     term: u64,
     path: std::path::PathBuf,
-    pipe: Rc<Pipe>,
+    pipe: Rc<Queue<StreamItem>>,
     report: Report,
 ) {
     let started = std::time::Instant::now();
@@ -242,12 +237,12 @@ async fn write_stream(
         let mut writer = crate::runtime::wal::SnapshotFileWriter::create(&path).await?;
         loop {
             match pipe.next().await {
-                StreamItem::Piece(piece) => {
+                Some(StreamItem::Piece(piece)) => {
                     bytes += piece.len() as u64;
                     writer.write(&piece).await?;
                 }
-                StreamItem::End => return writer.finish().await.map(Some),
-                StreamItem::Abandon => return Ok(None),
+                Some(StreamItem::End) => return writer.finish().await.map(Some),
+                Some(StreamItem::Abandon) | None => return Ok(None),
             }
         }
     }
@@ -272,7 +267,7 @@ async fn write_stream(
                 result,
             });
             if failed {
-                while !matches!(pipe.next().await, StreamItem::End | StreamItem::Abandon) {}
+                while matches!(pipe.next().await, Some(StreamItem::Piece(_))) {}
             }
         }
     }
@@ -287,7 +282,7 @@ async fn run(
     match job {
         LogJob::StreamBegin { group, index, term } => {
             let path = wal.begin_snapshot_file(group, index, term);
-            let pipe = Rc::new(Pipe::default());
+            let pipe = Rc::new(Queue::default());
             let task = glommio::spawn_local(write_stream(
                 group,
                 index,
