@@ -1267,7 +1267,11 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
             let Ok(status) = c.status().await else {
                 continue;
             };
-            let moves = status.stats.leader_transfers_started + status.stats.replica_moves_started;
+            // Moves since the load began: one made while the cluster started (before the
+            // load) would end the window for the initial skew before the load was reported.
+            let moves = (status.stats.leader_transfers_started
+                + status.stats.replica_moves_started)
+                .saturating_sub(before.leader_transfers_started + before.replica_moves_started);
             if moves > 0 {
                 first_move.get_or_insert_with(Instant::now);
             }
@@ -1315,10 +1319,12 @@ fn the_rebalancer_in_the_nodes_spreads_a_skewed_load() {
     // Sweeps kicked by a finished move (a copy between cores ends in well under a second
     // here) or a hot report come on top of the interval's: the bound counts intervals.
     let kicked = status.stats.kicked_sweeps - before.kicked_sweeps;
-    let moves = status.stats.leader_transfers_started + status.stats.replica_moves_started;
+    let moves = (status.stats.leader_transfers_started + status.stats.replica_moves_started)
+        .saturating_sub(before.leader_transfers_started + before.replica_moves_started);
     eprintln!(
-        "initial node max/mean {initial:.3}, converged to {:.3} after {sweeps} sweeps ({kicked} kicked), {moves} moves, {acked} keys written",
-        status.node_max_over_mean
+        "initial node max/mean {initial:.3}, converged to {:.3} after {sweeps} sweeps ({kicked} kicked), {moves} moves ({} before the load), {acked} keys written",
+        status.node_max_over_mean,
+        before.leader_transfers_started + before.replica_moves_started
     );
     // Steady state of this load is about 1.7 (reads 0.8 of the requests, 0.75 of them to the
     // hot node's groups; writes count on every replica). The coordinator may act on the

@@ -110,6 +110,10 @@ enum Tool {
         /// Closed-loop writers; a comma-separated list runs each in turn.
         #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = positive)]
         concurrency: Vec<usize>,
+        /// Trace every write and print where its time went, stage by stage (on stderr; in
+        /// the JSON as `stages`).
+        #[arg(long)]
+        stages: bool,
     },
     /// Moves a replica of a loaded vShard to another node while a writer runs: the move's
     /// time and throughput, and the writer's latency before and during it.
@@ -227,7 +231,8 @@ fn main() -> ExitCode {
         Tool::Raft {
             seconds,
             concurrency,
-        } => raft_bench(seconds, &concurrency),
+            stages,
+        } => raft_bench(seconds, &concurrency, stages),
         Tool::Migrate {
             mib,
             dir,
@@ -516,10 +521,14 @@ fn wal_bench(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Outcome 
     Ok((value, true))
 }
 
-fn raft_bench(seconds: f64, concurrency: &[usize]) -> Outcome {
+fn raft_bench(seconds: f64, concurrency: &[usize], stages: bool) -> Outcome {
     let mut rows = Vec::new();
     for &c in concurrency {
-        let ours = raft::ours(c, seconds).map_err(|e| format!("ours with {c} writers: {e}"))?;
+        let ours =
+            raft::ours(c, seconds, stages).map_err(|e| format!("ours with {c} writers: {e}"))?;
+        if let Some(stages) = &ours.stages {
+            eprintln!("{c} writers: where a write's time goes\n{}", stages.table());
+        }
         let commits = ((ours.commits_per_sec * seconds) as u64).clamp(1_000, 200_000);
         let ceiling = raft::in_memory(c, commits)
             .map_err(|e| format!("in-memory ceiling with {c} in flight: {e}"))?;
@@ -530,6 +539,7 @@ fn raft_bench(seconds: f64, concurrency: &[usize]) -> Outcome {
             "memory_commits_per_sec": ceiling.commits_per_sec, "memory_p50_us": ceiling.p50_us,
             "memory_p99_us": ceiling.p99_us, "memory_p999_us": ceiling.p999_us,
             "ours_over_memory": ours.commits_per_sec / ceiling.commits_per_sec,
+            "stages": ours.stages.as_ref().map(|s| s.to_json()),
         }));
     }
     Ok((serde_json::json!({ "raft_commit": rows }), true))

@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use nodedb_cluster::constants::RAFT_TICK;
 use nodedb_cluster::ids::{CoreAddress, GroupId, ReplicaId};
 use nodedb_cluster::ids::{CoreId, NodeId};
+use nodedb_cluster::metrics::stages::StageHistograms;
 use nodedb_cluster::replication::kv::{KvCommand, KvStore};
 use nodedb_cluster::replication::raft_host::{HostEvent, ProposalToken, RaftHost};
 use nodedb_cluster::runtime::demo::{self, DemoConfig};
@@ -23,10 +24,12 @@ pub struct CommitResult {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// With `--stages`: where the writes' time went.
+    pub stages: Option<StageHistograms>,
 }
 
-/// Ours: `concurrency` closed-loop writers for `seconds`.
-pub fn ours(concurrency: usize, seconds: f64) -> Result<CommitResult, String> {
+/// Ours: `concurrency` closed-loop writers for `seconds`; `stages` traces every write.
+pub fn ours(concurrency: usize, seconds: f64, stages: bool) -> Result<CommitResult, String> {
     let config = DemoConfig {
         nodes: 3,
         cores: 1,
@@ -34,6 +37,7 @@ pub fn ours(concurrency: usize, seconds: f64) -> Result<CommitResult, String> {
         duration: Duration::from_secs_f64(seconds),
         concurrency,
         write_fraction: 1.0,
+        stages: stages.then_some(1),
         ..DemoConfig::default()
     };
     let r = demo::run(&config).map_err(|e| e.to_string())?;
@@ -45,6 +49,7 @@ pub fn ours(concurrency: usize, seconds: f64) -> Result<CommitResult, String> {
         p50_us: r.write_p50_us,
         p99_us: r.write_p99_us,
         p999_us: r.write_p999_us,
+        stages: r.stages,
     })
 }
 
@@ -143,5 +148,6 @@ pub fn in_memory(in_flight: usize, commits: u64) -> Result<CommitResult, String>
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
+        stages: None,
     })
 }

@@ -36,6 +36,11 @@ pub struct DemoArgs {
     /// imbalance over time.
     #[arg(long, value_enum)]
     pub skew: Option<nodedb_cluster::runtime::demo::Skew>,
+    /// Trace every EVERY-th write (default: every write) and print where its time went,
+    /// stage by stage: network, queue on the leader's core, batch wait, the leader's
+    /// fsync, the wait for the quorum, apply, reply (and the follower's round trip).
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "EVERY")]
+    pub stages: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +71,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         dir: args.dir.clone(),
         skew: args.skew,
         progress: !args.json,
+        stages: args.stages,
         ..DemoConfig::default()
     };
     if !args.json {
@@ -108,6 +114,9 @@ pub fn run(args: &DemoArgs) -> ExitCode {
                     r.read_max_us
                 );
                 println!("errors  {:>8}", r.errors);
+                if let Some(stages) = &r.stages {
+                    print!("{}", stages.table());
+                }
                 if let Some(b) = &r.balance {
                     println!(
                         "balance node max/mean {:.3} -> {:.3}, core max/mean {:.3} -> {:.3}; {} leader transfers, {} replica moves; converged (node <= 1.15) {}",

@@ -297,6 +297,7 @@ impl Call {
                             id,
                             group: self.group,
                             op: self.op.clone(),
+                            trace: false,
                         },
                     };
                 }

@@ -41,6 +41,7 @@ mod hosting;
 pub mod liveness;
 pub mod load;
 mod mover;
+mod trace;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -71,6 +72,7 @@ use crate::node::hosting::Hosting;
 use crate::node::liveness::Liveness;
 use crate::node::load::{CoreLoad, LoadMeter};
 use crate::node::mover::Mover;
+use crate::node::trace::Traces;
 use crate::replication::kv::{KvCommand, KvResponse, KvRestore, StateMachine};
 use crate::replication::raft_host::{
     Discarded, HostError, HostEvent, MembershipChange, PersistBatch, PersistedGroup, ProposalToken,
@@ -171,7 +173,7 @@ pub enum Mail<R> {
 pub enum LogWrite {
     /// Remove every record of this group (its replica left the core).
     Drop(GroupId),
-    /// Make this batch durable (one write and one fsync), then `handle_persisted(id)`.
+    /// Make this batch durable (one write and one fsync), then `handle_persisted(now, id)`.
     Persist(PersistBatch),
     /// Write a received snapshot's data to a file of its own, durably, in the background
     /// (nothing else waits for it), then `handle_snapshot_file_written`. Raft installs the
@@ -360,6 +362,8 @@ pub struct NodeCore<R> {
     /// What the host discarded, not yet handed out (`poll_garbage`).
     garbage: Vec<Discarded<Cell>>,
     pending: BTreeMap<u64, Pending<R>>,
+    /// Stage timing of the traced writes among them.
+    traces: Traces,
     /// Tokens in the order they were issued, with when: expiry of abandoned requests.
     issued: VecDeque<(u64, Time)>,
     next_token: u64,
@@ -476,6 +480,7 @@ impl<R> NodeCore<R> {
             garbage: Vec::new(),
             large_snapshot_bytes: config.snapshots.large_bytes,
             pending: BTreeMap::new(),
+            traces: Traces::default(),
             issued: VecDeque::new(),
             next_token: 1,
             now: Time::ZERO,
@@ -636,6 +641,9 @@ impl<R> NodeCore<R> {
             if let Some(message) = self.assembler.on_message(now, group, message) {
                 self.deliver(group, from, message);
             }
+        }
+        if !self.traces.is_empty() {
+            self.traces.on_progress(now, &self.host);
         }
         Ok(())
     }
@@ -997,11 +1005,15 @@ impl<R> NodeCore<R> {
     }
 
     /// The batch `id` handed out by `poll_log` is durable.
-    pub fn handle_persisted(&mut self, id: u64) {
+    pub fn handle_persisted(&mut self, now: Time, id: u64) {
+        self.now = now;
         if self.in_flight == Some(id) {
             self.in_flight = None;
         }
         self.host.handle_persisted(id);
+        if !self.traces.is_empty() {
+            self.traces.on_durable(id, now, &self.host);
+        }
         self.count(CoreCounter::WalBatches, 1);
         let due = self
             .coordinator
@@ -1036,7 +1048,7 @@ impl<R> NodeCore<R> {
                 self.count(CoreCounter::ClientErrors, 1);
                 let answer = KvReply::Unknown("the node is shutting down".into());
                 self.replies
-                    .push_back((reply, KvResponseFrame { id, reply: answer }));
+                    .push_back((reply, KvResponseFrame::new(id, answer)));
             }
         }
     }
@@ -1056,6 +1068,9 @@ impl<R> NodeCore<R> {
         match batch {
             Some(batch) => {
                 self.in_flight = Some(batch.id);
+                if !self.traces.is_empty() {
+                    self.traces.on_batch(batch.id, self.now);
+                }
                 self.note_table_change(Some(batch.id));
                 Some(LogWrite::Persist(batch))
             }
@@ -1280,7 +1295,7 @@ impl<R> NodeCore<R> {
             self.count(counter, 1);
         }
         self.replies
-            .push_back((reply, KvResponseFrame { id, reply: answer }));
+            .push_back((reply, KvResponseFrame::new(id, answer)));
     }
 
     /// A request for a group no core of this node hosts: a stale-epoch redirect (the
@@ -1327,8 +1342,14 @@ impl<R> NodeCore<R> {
             }
         }
         let since = self.now;
+        let traced = request.trace && matches!(request.op, KvOp::Write { .. });
         match self.start(group, request.op, token) {
-            Ok(Wait::Commit) => self.wait(token, Pending::Write { id, reply, since }),
+            Ok(Wait::Commit) => {
+                if traced && let Some(index) = self.host.last_index(group) {
+                    self.traces.start(token.0, group, index, since);
+                }
+                self.wait(token, Pending::Write { id, reply, since })
+            }
             Ok(Wait::ReadIndex(op)) => self.wait(
                 token,
                 Pending::Read {
@@ -1618,6 +1639,10 @@ impl<R> NodeCore<R> {
                 None => {}
             }
         }
+        if !self.traces.is_empty() {
+            let pending = &self.pending;
+            self.traces.retain(|token| pending.contains_key(&token));
+        }
     }
 
     /// Answers what the host applied or made readable, and records audit events. Tokens
@@ -1645,6 +1670,7 @@ impl<R> NodeCore<R> {
                             KvResponseFrame {
                                 id,
                                 reply: KvReply::Written(response),
+                                timing: self.traces.finish(token.0, self.now),
                             },
                         ));
                     }
@@ -1670,7 +1696,7 @@ impl<R> NodeCore<R> {
                         self.load.on_served(self.now.saturating_since(since));
                         let answer = read_answer(self.host.state_machine(group), op);
                         self.replies
-                            .push_back((reply, KvResponseFrame { id, reply: answer }));
+                            .push_back((reply, KvResponseFrame::new(id, answer)));
                     }
                 }
                 HostEvent::LeaderChanged {
@@ -2256,7 +2282,7 @@ mod tests {
                     LogWrite::SnapshotFileEnd { .. } => ended += 1,
                     LogWrite::SnapshotFileAbandon { .. } => abandoned += 1,
                     LogWrite::SnapshotFile(_) => panic!("a vShard snapshot assembled whole"),
-                    LogWrite::Persist(batch) => c.handle_persisted(batch.id),
+                    LogWrite::Persist(batch) => c.handle_persisted(now, batch.id),
                     LogWrite::Drop(_) => {}
                 }
             }
@@ -2296,18 +2322,18 @@ mod tests {
         let mut c = core_of(2);
         let mut now = Time::from_secs(1);
         c.handle_timeout(now);
-        let drain = |c: &mut NodeCore<u64>| {
+        let drain = |c: &mut NodeCore<u64>, now: Time| {
             let mut files = 0;
             while let Some(write) = c.poll_log() {
                 match write {
                     LogWrite::SnapshotFile(_) | LogWrite::SnapshotFileEnd { .. } => files += 1,
-                    LogWrite::Persist(batch) => c.handle_persisted(batch.id),
+                    LogWrite::Persist(batch) => c.handle_persisted(now, batch.id),
                     _ => {}
                 }
             }
             files
         };
-        drain(&mut c);
+        drain(&mut c, now);
         let keys = |c: &NodeCore<u64>| {
             c.host
                 .state_machine(GroupId(1))
@@ -2327,18 +2353,22 @@ mod tests {
         let mut bad = good.clone();
         bad.truncate(good.len() - 100);
         deliver_snapshot(&mut c, now, bad);
-        assert_eq!(drain(&mut c), 1, "checked while it is decoded, not before");
+        assert_eq!(
+            drain(&mut c, now),
+            1,
+            "checked while it is decoded, not before"
+        );
         c.handle_snapshot_file_written(now, GroupId(1), 50, true);
         for _ in 0..10 {
             now += Duration::from_millis(1);
             c.handle_timeout(now);
-            drain(&mut c);
+            drain(&mut c, now);
         }
         assert_eq!(keys(&c), 0, "a snapshot that does not decode reached Raft");
         assert!(c.counters[CoreCounter::RaftMessagesRefused as usize] > 0);
 
         deliver_snapshot(&mut c, now, good);
-        assert_eq!(drain(&mut c), 1);
+        assert_eq!(drain(&mut c, now), 1);
         // About 4 MiB: decoded over several turns, the core asking for each at once.
         let mut turns = 0;
         while c.restoring() {
@@ -2350,7 +2380,7 @@ mod tests {
         assert!(turns >= 3, "decoded in {turns} turns");
         assert_eq!(keys(&c), 0, "installed before its file was durable");
         c.handle_snapshot_file_written(now, GroupId(1), 50, true);
-        drain(&mut c);
+        drain(&mut c, now);
         assert_eq!(keys(&c), 1000);
     }
 
@@ -2432,6 +2462,7 @@ mod tests {
             id,
             group: GroupId(group),
             op,
+            trace: false,
         };
         core.handle_request(Time::from_secs(1), request, id, role);
         let (reply, frame) = core.poll_reply().expect("answered at once");
@@ -2539,7 +2570,7 @@ mod tests {
             let mut busy = false;
             while let Some(write) = core.poll_log() {
                 match write {
-                    LogWrite::Persist(batch) => core.handle_persisted(batch.id),
+                    LogWrite::Persist(batch) => core.handle_persisted(now, batch.id),
                     LogWrite::SnapshotFile(f) => {
                         core.handle_snapshot_file_written(now, f.group, f.index, true)
                     }
@@ -2564,6 +2595,63 @@ mod tests {
                 return;
             }
         }
+    }
+
+    #[test]
+    fn a_traced_write_is_answered_with_its_stages_and_an_untraced_one_without() {
+        let mut core = core();
+        let mut answers = Vec::new();
+        let mut now = Time::from_secs(1);
+        for _ in 0..400 {
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        assert!(core.host.is_leader(GroupId(1)));
+        for (id, trace) in [(7u64, true), (8, false)] {
+            let command = KvCommand::Put {
+                key: format!("k{id}").into_bytes(),
+                value: vec![1; 10],
+            };
+            let request = KvRequest {
+                id,
+                group: GroupId(1),
+                op: KvOp::Write {
+                    command: command.encode(),
+                },
+                trace,
+            };
+            core.handle_request(now, request, id, Role::Client);
+            let Some(LogWrite::Persist(batch)) = core.poll_log() else {
+                panic!("the write's batch");
+            };
+            assert!(core.poll_log().is_none(), "one batch in flight");
+            // Its fsync takes 3 ms.
+            now += Duration::from_millis(3);
+            core.handle_persisted(now, batch.id);
+            let mut answer = None;
+            while answer.is_none() {
+                match core.poll_log() {
+                    Some(LogWrite::Persist(batch)) => core.handle_persisted(now, batch.id),
+                    Some(_) => {}
+                    None => {}
+                }
+                answer = core.poll_reply().filter(|(r, _)| *r == id);
+            }
+            let frame = answer.unwrap().1;
+            assert!(matches!(frame.reply, KvReply::Written(_)), "{frame:?}");
+            if trace {
+                let t = frame.timing.expect("a traced write has its timing");
+                assert_eq!(t.batch_wait_us, 0);
+                assert_eq!(t.leader_fsync_us, 3_000);
+                // The only voter commits with its own fsync.
+                assert_eq!((t.commit_wait_us, t.apply_us), (0, 0));
+            } else {
+                assert_eq!(frame.timing, None);
+            }
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        assert!(core.traces.is_empty());
     }
 
     #[test]
@@ -2592,6 +2680,7 @@ mod tests {
                 op: KvOp::Write {
                     command: command.encode(),
                 },
+                trace: false,
             };
             core.handle_request(now, request, i, Role::Client);
             now += Duration::from_millis(10);

@@ -783,6 +783,35 @@ impl<S: StateMachine> RaftHost<S> {
         })
     }
 
+    /// The index of the last entry in this replica's log of `group` (after a proposal at
+    /// the leader: the proposal's index).
+    pub fn last_index(&self, group: GroupId) -> Option<u64> {
+        self.groups
+            .get(&group)
+            .map(|g| g.raw.raft.raft_log.last_index())
+    }
+
+    /// For the leader of `group`: whether the followers holding `index` make a quorum
+    /// together with the leader's own copy (whether or not that copy is durable yet), and
+    /// whether `index` is committed. `None` where this replica does not lead the group.
+    pub fn quorum_holds(&self, group: GroupId, index: u64) -> Option<(bool, bool)> {
+        let raft = &self.groups.get(&group)?.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let holds =
+            |id: &u64| *id == raft.id || raft.prs().get(*id).is_some_and(|p| p.matched >= index);
+        // A majority of each configuration (both while joint).
+        let majority = |voters: &[u64]| {
+            voters.is_empty() || voters.iter().filter(|id| holds(id)).count() > voters.len() / 2
+        };
+        let conf = raft.prs().conf().to_conf_state();
+        Some((
+            majority(&conf.voters) && majority(&conf.voters_outgoing),
+            raft.raft_log.committed >= index,
+        ))
+    }
+
     /// This core's replica of `group`.
     pub fn replica_id(&self, group: GroupId) -> Option<ReplicaId> {
         self.groups.get(&group).map(|g| ReplicaId(g.raw.raft.id))

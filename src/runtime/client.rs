@@ -22,12 +22,13 @@ use crate::cluster::topology::NodeInfo;
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT};
 use crate::ids::{CoreAddress, GroupId, NodeId, ReplicaId};
+use crate::metrics::stages::StageHistograms;
 use crate::replication::kv::{KvCommand, KvError, KvResponse};
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
 use crate::runtime::tls::{self, ALPN_CLIENT, TlsMode};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
-use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame, ServerTiming};
 
 /// A request that did not succeed.
 #[derive(Debug, Error)]
@@ -66,6 +67,15 @@ pub struct KvClient {
     /// Leader cache, node health, the placement table (sans-IO, shared by every call).
     routing: RefCell<Routing>,
     clock: MonotonicClock,
+    /// Stage timing of sampled writes (`sample_stages`).
+    stages: RefCell<Option<StageSampler>>,
+}
+
+/// Which writes a client asks to trace, and what their answers said.
+struct StageSampler {
+    every: u64,
+    writes: u64,
+    histograms: StageHistograms,
 }
 
 impl KvClient {
@@ -85,7 +95,36 @@ impl KvClient {
             conns: RefCell::default(),
             routing: RefCell::new(routing),
             clock: MonotonicClock::new(),
+            stages: RefCell::new(None),
         })
+    }
+
+    /// Asks every `every`-th write (the first included) for its server timing and keeps
+    /// the stages in histograms (`stage_histograms`). A write costs the server a few
+    /// timestamps more when traced; others cost nothing.
+    pub fn sample_stages(&self, every: u64) {
+        *self.stages.borrow_mut() = Some(StageSampler {
+            every: every.max(1),
+            writes: 0,
+            histograms: StageHistograms::new(),
+        });
+    }
+
+    /// The stages of the writes sampled so far, if sampling is on.
+    pub fn stage_histograms(&self) -> Option<StageHistograms> {
+        self.stages.borrow().as_ref().map(|s| s.histograms.clone())
+    }
+
+    /// Whether to trace this attempt of a call: a write, when its turn comes.
+    fn trace(&self, request: &KvRequest) -> bool {
+        let mut stages = self.stages.borrow_mut();
+        match stages.as_mut() {
+            Some(s) if matches!(request.op, KvOp::Write { .. }) => {
+                s.writes += 1;
+                (s.writes - 1) % s.every == 0
+            }
+            _ => false,
+        }
     }
 
     /// The group that owns `key`: its vShard's group (`vshard + 1`).
@@ -279,11 +318,23 @@ impl KvClient {
         loop {
             let step = call.poll(self.clock.now(), &mut self.routing.borrow_mut());
             match step {
-                CallStep::Send { target, request } => {
-                    let result = self.exchange(target, &request).await;
+                CallStep::Send {
+                    target,
+                    mut request,
+                } => {
+                    request.trace = self.trace(&request);
+                    let sent = self.clock.now();
+                    let result = self.exchange_timed(target, &request).await;
                     let (now, routing) = (self.clock.now(), &mut *self.routing.borrow_mut());
                     match result {
-                        Ok(reply) => call.handle_reply(now, routing, request.id, reply),
+                        Ok((reply, timing)) => {
+                            if let (Some(t), KvReply::Written(_)) = (timing, &reply)
+                                && let Some(s) = self.stages.borrow_mut().as_mut()
+                            {
+                                s.histograms.record(now.saturating_since(sent), &t);
+                            }
+                            call.handle_reply(now, routing, request.id, reply)
+                        }
                         Err(failure) => call.handle_failure(now, routing, request.id, failure),
                     }
                 }
@@ -327,6 +378,15 @@ impl KvClient {
         target: CoreAddress,
         request: &KvRequest,
     ) -> Result<KvReply, Failure> {
+        Ok(self.exchange_timed(target, request).await?.0)
+    }
+
+    /// `exchange`, with the server's timing of a traced write.
+    async fn exchange_timed(
+        &self,
+        target: CoreAddress,
+        request: &KvRequest,
+    ) -> Result<(KvReply, Option<ServerTiming>), Failure> {
         let addr = self.routing.borrow().address(target).ok_or_else(|| {
             Failure::NotSent(format!(
                 "node {} core {} is neither in this client's configuration nor in the \
@@ -415,7 +475,10 @@ impl KvClient {
 
 /// One request on its own stream of `conn`. A request that fails before its stream is
 /// finished never reached the server (`NotSent`); after that, it may have (`Lost`).
-async fn request_on(conn: &Connection, request: &KvRequest) -> Result<KvReply, Failure> {
+async fn request_on(
+    conn: &Connection,
+    request: &KvRequest,
+) -> Result<(KvReply, Option<ServerTiming>), Failure> {
     let not_sent = |e: String| Failure::NotSent(e);
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| not_sent(e.to_string()))?;
     let mut out = Vec::new();
@@ -440,7 +503,7 @@ async fn request_on(conn: &Connection, request: &KvRequest) -> Result<KvReply, F
     let frame =
         frame.ok_or_else(|| lost("the server closed the stream without an answer".into()))?;
     let response = KvResponseFrame::decode(&frame.payload).map_err(|e| lost(e.to_string()))?;
-    Ok(response.reply)
+    Ok((response.reply, response.timing))
 }
 
 /// A client's endpoint for reaching nodes like `towards`: loopback clusters are reached
@@ -484,8 +547,9 @@ pub async fn cluster_info_at(
             id: 1,
             group: GroupId::METADATA,
             op: KvOp::Cluster,
+            trace: false,
         };
-        match request_on(&conn, &request).await {
+        match request_on(&conn, &request).await.map(|(reply, _)| reply) {
             Ok(KvReply::Value(Some(json))) => serde_json::from_slice::<ClusterInfo>(&json)
                 .map_err(|e| ClientError::Protocol(format!("{addr}'s cluster description: {e}"))),
             Ok(KvReply::Forbidden(why)) => Err(refused(format!("{addr} refused: {why}"))),

@@ -21,6 +21,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::ids::NodeId;
+use crate::metrics::stages::StageHistograms;
 use crate::rng::Rng;
 use crate::runtime::client::KvClient;
 use crate::runtime::cores::CoreLayout;
@@ -54,6 +55,8 @@ pub struct DemoConfig {
     pub skew: Option<Skew>,
     /// With a skew, print the imbalance over time on stderr.
     pub progress: bool,
+    /// Trace every N-th write of the load and report where its time went (`stages`).
+    pub stages: Option<u64>,
 }
 
 /// Where a skewed load goes.
@@ -90,6 +93,7 @@ impl Default for DemoConfig {
             dir: None,
             skew: None,
             progress: false,
+            stages: None,
         }
     }
 }
@@ -124,6 +128,9 @@ pub struct DemoReport {
     /// With a skew: which, and what the rebalancer did, from the coordinator's status.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub balance: Option<BalanceReport>,
+    /// With `stages`: the sampled writes' stage percentiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<StageHistograms>,
 }
 
 /// A skewed demo's balancing, measured from the nodes' own load reports.
@@ -323,6 +330,9 @@ async fn load_cluster(
             })
             .collect(),
     );
+    if let Some(every) = config.stages {
+        client.sample_stages(every);
+    }
     let out = Rc::new(Recorders::new());
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
@@ -366,6 +376,7 @@ async fn load_cluster(
     let balance = config
         .skew
         .map(|skew| balance_report(skew, hot_groups, samples));
+    let stages = client.stage_histograms();
     client.shutdown().await;
     let (w, r) = (out.writes.borrow(), out.reads.borrow());
     Ok(DemoReport {
@@ -395,6 +406,7 @@ async fn load_cluster(
         read_max_us: r.max(),
         startup_seconds,
         balance,
+        stages,
     })
 }
 

@@ -173,14 +173,18 @@ impl Node {
         let writers: Arc<std::sync::Mutex<Vec<Option<SlotWriter>>>> = Arc::new(
             std::sync::Mutex::new(writers.into_iter().map(Some).collect()),
         );
-        // What any core hears of a peer process restarting, every core acts on.
-        let peer_nodes = Arc::new(PeerNodes::default());
-        let reaper = Reaper::start(config.node);
+        let shared = NodeShared {
+            peer_nodes: Arc::new(PeerNodes::default()),
+            reaper: Reaper::start(config.node),
+            // One clock for the node's cores: a request taken by one core and served by
+            // another is timed across both.
+            clock: MonotonicClock::new(),
+        };
         let runtime = CoreRuntime::start(&runtime_config, {
             let (metrics, failure) = (metrics.clone(), failure.clone());
             move |ctx: CoreContext<Mail<Reply>>| {
                 let (config, metrics, failure) = (config.clone(), metrics.clone(), failure.clone());
-                let (peer_nodes, reaper) = (peer_nodes.clone(), reaper.clone());
+                let shared = shared.clone();
                 let core = ctx.core();
                 let writer = writers
                     .lock()
@@ -196,8 +200,7 @@ impl Node {
                         shape,
                         metrics.clone(),
                         writer,
-                        peer_nodes,
-                        reaper,
+                        shared,
                     ));
                     let reason = match run.catch_unwind().await {
                         Ok(Ok(())) => return,
@@ -321,7 +324,29 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Where a client's answer goes: the task serving its stream waits on the other end.
-type Reply = async_channel::Sender<KvResponseFrame>;
+/// Where a core answers a client request: the channel to the request's connection task,
+/// with when that task read the request and when a core loop took it (the queue stage of
+/// a traced write, on the node's one clock).
+#[derive(Debug)]
+struct Reply {
+    tx: async_channel::Sender<KvResponseFrame>,
+    received: Time,
+    taken: Time,
+}
+
+impl Reply {
+    /// Sends the core's answer, with its queue stage if it carries timing.
+    fn send(self, mut frame: KvResponseFrame) {
+        if let Some(t) = frame.timing.as_mut() {
+            t.queue_us = micros_between(self.received, self.taken);
+        }
+        let _ = self.tx.try_send(frame);
+    }
+}
+
+fn micros_between(from: Time, to: Time) -> u32 {
+    u32::try_from(to.saturating_since(from).as_micros()).unwrap_or(u32::MAX)
+}
 
 /// Work handed from the receive tasks to the core loop.
 enum Work {
@@ -398,15 +423,28 @@ impl Inbox {
     }
 }
 
+/// What a node's cores share.
+#[derive(Clone)]
+struct NodeShared {
+    /// What any core hears of a peer process restarting, every core acts on.
+    peer_nodes: Arc<PeerNodes>,
+    reaper: Reaper,
+    clock: MonotonicClock,
+}
+
 async fn core_loop(
     ctx: CoreContext<Mail<Reply>>,
     config: Arc<NodeConfig>,
     shape: ClusterShape,
     node_metrics: Arc<NodeMetrics>,
     mut load_slot: Option<SlotWriter>,
-    peer_nodes: Arc<PeerNodes>,
-    reaper: Reaper,
+    shared: NodeShared,
 ) -> Result<(), CoreLoopError> {
+    let NodeShared {
+        peer_nodes,
+        reaper,
+        clock,
+    } = shared;
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
     let local = CoreAddress::new(config.node, ctx.core());
@@ -469,13 +507,13 @@ async fn core_loop(
         let inbox = inbox.clone();
         Rc::new(move |done| inbox.push(Work::Log(done)))
     });
-    let clock = MonotonicClock::new();
     let bucket = Rc::new(RefCell::new(TokenBucket::new(config.snapshot_rate)));
     let accept = glommio::spawn_local(accept_loop(
         endpoint.clone(),
         inbox.clone(),
         shape,
         peers.clone(),
+        clock,
     ));
     // Requests other cores of this node forwarded here, and core 0's tables.
     let mail = glommio::spawn_local({
@@ -598,7 +636,7 @@ async fn core_loop(
             }
         }
         while let Some((reply, frame)) = node.poll_reply() {
-            let _ = reply.try_send(frame);
+            reply.send(frame);
         }
         while let Some(transmit) = node.poll_transmit() {
             match transmit {
@@ -679,7 +717,7 @@ async fn core_loop(
     }
     node.shutdown();
     while let Some((reply, frame)) = node.poll_reply() {
-        let _ = reply.try_send(frame);
+        reply.send(frame);
     }
     publish(&node, metrics, &endpoint);
     metrics.set(CoreGauge::LeaderGroups, 0);
@@ -823,8 +861,18 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
             replica,
             delivered,
         } => node.handle_snapshot_sent(group, replica, delivered),
-        Work::Request(request, reply, role) => node.handle_request(now, request, reply, role),
-        Work::Mail(mail) => node.handle_mail(now, mail),
+        Work::Request(request, mut reply, role) => {
+            reply.taken = now;
+            node.handle_request(now, request, reply, role)
+        }
+        Work::Mail(mut mail) => {
+            // A request another core took first counts as taken here (its queue stage
+            // includes the hop between the cores).
+            if let Mail::Request { reply, .. } = &mut mail {
+                reply.taken = now;
+            }
+            node.handle_mail(now, mail)
+        }
         Work::CallReply(id, result) => node.handle_call_reply(now, id, result),
         // The loop takes these itself (they need the log).
         Work::Log(_) => {}
@@ -912,7 +960,7 @@ fn take_log_report(
     done: LogDone,
 ) -> Result<(), CoreLoopError> {
     match done {
-        LogDone::Persisted(id) => node.handle_persisted(id),
+        LogDone::Persisted(id) => node.handle_persisted(now, id),
         LogDone::CompactionWritten {
             group,
             snapshot,
@@ -1021,7 +1069,13 @@ async fn send_snapshot(
 
 /// Accepts connections: peers' streams carry Raft batches and snapshot chunks, clients'
 /// streams requests.
-async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterShape, peers: Peers) {
+async fn accept_loop(
+    endpoint: QuicEndpoint,
+    inbox: Rc<Inbox>,
+    shape: ClusterShape,
+    peers: Peers,
+    clock: MonotonicClock,
+) {
     let per_identity: Rc<RefCell<HashMap<u64, usize>>> = Rc::default();
     while let Some(conn) = endpoint.accept().await {
         let (inbox, peers) = (inbox.clone(), peers.clone());
@@ -1066,7 +1120,7 @@ async fn accept_loop(endpoint: QuicEndpoint, inbox: Rc<Inbox>, shape: ClusterSha
             Some(ALPN_CLIENT) => {
                 glommio::spawn_local(async move {
                     let _release = release;
-                    serve_client(conn, inbox).await
+                    serve_client(conn, inbox, clock).await
                 })
                 .detach();
             }
@@ -1095,7 +1149,7 @@ impl Drop for IdentitySlot {
 
 /// Serves a client connection's requests with the role its certificate carries (in the
 /// insecure mode, which authenticates nobody, everyone is an admin).
-async fn serve_client(conn: Connection, inbox: Rc<Inbox>) {
+async fn serve_client(conn: Connection, inbox: Rc<Inbox>, clock: MonotonicClock) {
     let role = match tls::role_of(&conn.peer_certificates()) {
         Ok(role) => role.unwrap_or(Role::Admin),
         Err(e) => {
@@ -1113,6 +1167,7 @@ async fn serve_client(conn: Connection, inbox: Rc<Inbox>) {
             inbox.clone(),
             role,
             buffered.clone(),
+            clock,
         ))
         .detach();
     }
@@ -1152,6 +1207,7 @@ async fn serve_request(
     inbox: Rc<Inbox>,
     role: Role,
     buffered: Rc<Cell<usize>>,
+    clock: MonotonicClock,
 ) {
     let mut budget = Buffered {
         total: buffered,
@@ -1191,24 +1247,42 @@ async fn serve_request(
     let reply = match (refusal, request.map(|f| KvRequest::decode(&f.payload))) {
         (Some(why), _) => {
             recv.stop(STREAM_REFUSED);
-            KvResponseFrame {
-                id: 0,
-                reply: KvReply::Error(why),
-            }
+            KvResponseFrame::new(0, KvReply::Error(why))
         }
         (None, Some(Ok(request))) => {
             drop(budget);
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            inbox.push(Work::Request(request, tx, role));
+            let received = clock.now();
+            let reply = Reply {
+                tx,
+                received,
+                taken: received,
+            };
+            inbox.push(Work::Request(request, reply, role));
             match rx.recv().await {
-                Ok(reply) => reply,
+                Ok(mut reply) => {
+                    if let Some(t) = reply.timing.as_mut() {
+                        // The rest of the server's time, up to the response's write.
+                        t.total_us = micros_between(received, clock.now());
+                        let core = [
+                            t.queue_us,
+                            t.batch_wait_us,
+                            t.leader_fsync_us,
+                            t.commit_wait_us,
+                            t.apply_us,
+                        ]
+                        .iter()
+                        .fold(0u32, |sum, &us| sum.saturating_add(us));
+                        t.reply_us = t.total_us.saturating_sub(core);
+                    }
+                    reply
+                }
                 Err(_) => return,
             }
         }
-        (None, Some(Err(e))) => KvResponseFrame {
-            id: 0,
-            reply: KvReply::Error(format!("malformed request: {e}")),
-        },
+        (None, Some(Err(e))) => {
+            KvResponseFrame::new(0, KvReply::Error(format!("malformed request: {e}")))
+        }
         (None, None) => return,
     };
     if send.write_all(&response_bytes(&reply)).await.is_ok() {
@@ -1222,12 +1296,12 @@ fn response_bytes(reply: &KvResponseFrame) -> Vec<u8> {
     let payload = reply.encode();
     let mut out = Vec::new();
     if let Err(e) = encode_frame(FrameKind::Response, 0, &payload, &mut out) {
-        let refusal = KvResponseFrame {
-            id: reply.id,
-            reply: KvReply::Error(format!(
+        let refusal = KvResponseFrame::new(
+            reply.id,
+            KvReply::Error(format!(
                 "the reply does not fit one frame ({e}); ask for less (a smaller scan limit)"
             )),
-        };
+        );
         out.clear();
         encode_frame(FrameKind::Response, 0, &refusal.encode(), &mut out)
             .expect("an error reply fits a frame");
@@ -1243,10 +1317,10 @@ mod tests {
 
     #[test]
     fn a_reply_over_the_frame_limit_is_answered_with_an_error() {
-        let big = KvResponseFrame {
-            id: 9,
-            reply: KvReply::Items(vec![(b"k".to_vec(), vec![0u8; FRAME_PAYLOAD_MAX_BYTES])]),
-        };
+        let big = KvResponseFrame::new(
+            9,
+            KvReply::Items(vec![(b"k".to_vec(), vec![0u8; FRAME_PAYLOAD_MAX_BYTES])]),
+        );
         let mut frames = Vec::new();
         FrameDecoder::new()
             .decode(&response_bytes(&big), |f| frames.push(f))

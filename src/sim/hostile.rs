@@ -161,6 +161,7 @@ impl Sim {
             id,
             group: target_group,
             op,
+            trace: false,
         };
         self.send_request(Endpoint::Hostile, target, request);
     }

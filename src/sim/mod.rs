@@ -956,7 +956,7 @@ impl Sim {
                     sim_core.disk.append(&writes);
                 }
                 if !w.acked {
-                    core.handle_persisted(w.batch.id);
+                    core.handle_persisted(now, w.batch.id);
                 }
             }
             if !sim_core.writing.is_empty() && !ack_early {
@@ -1014,7 +1014,7 @@ impl Sim {
                     }
                     self.report.compaction_views += batch.compactions.len() as u64;
                     if ack_early {
-                        core.handle_persisted(batch.id);
+                        core.handle_persisted(now, batch.id);
                     }
                     sim_core.writing.push_back(Writing {
                         durable_at: step + self.rng.below(max_fsync + 1),

@@ -16,6 +16,7 @@
 //!                                              value holding a JSON document)
 //!   op 12 cluster                             (group 0: settings and members, as a value
 //!                                              holding a JSON `ClusterInfo`)
+//!   trailer (optional)   1                    (trace: answer a write with its stages)
 //! response = id:varint status:u8 body
 //!   status 1 written    body = response:bytes  (an encoded `KvResponse`)
 //!   status 2 value      body = present:u8 [value:bytes]
@@ -31,8 +32,13 @@
 //!   status 11 moves     body = count (group:varint from:varint new:varint node:varint core:varint abandon:u8)*
 //!   status 12 unknown   body = message:bytes  (the request may or may not have taken effect)
 //!   status 13 forbidden body = message:bytes  (the sender's certificate does not allow it)
+//!   trailer (optional)   1 queue batch_wait leader_fsync commit_wait apply reply total
+//!                          follower           (all varint microseconds: `ServerTiming`)
 //! ids = count replica:varint*;  opt = present:u8 [varint]
 //! ```
+//!
+//! A trailer is optional: a request without one asks for no trace, a response without one
+//! carries no timing.
 //!
 //! Ops 5–8 are the migration executor's admin requests (a node's core 0 sends them with
 //! its node certificate; any holder of a cluster certificate may). Writes to group 0 are
@@ -112,6 +118,99 @@ pub struct KvRequest {
     pub id: u64,
     pub group: GroupId,
     pub op: KvOp,
+    /// Answer a write with where its time went on the server (`ServerTiming`): set on
+    /// sampled requests by a client measuring stages. Other ops ignore it.
+    pub trace: bool,
+}
+
+/// Where a traced write's time went on the server, in microseconds, from the moment its
+/// connection task read the request to the moment it wrote the response.
+///
+/// The first seven stages follow the write's critical path and add up to `total_us`.
+/// `follower_us` runs in parallel with `leader_fsync_us`: the append's round trip to the
+/// follower that completed the quorum, its fsync included. A stage's end is when the core
+/// loop learned of it, so a busy loop shows in the stage it delayed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerTiming {
+    /// Read by the connection task → taken by the core loop (the inbox, and the hop to
+    /// another core of the node if the group lives there).
+    pub queue_us: u32,
+    /// Proposed → handed to the log in a persist batch (a batch in flight delays the next:
+    /// group commit).
+    pub batch_wait_us: u32,
+    /// Batch handed to the log → the loop learned it is durable (write and fdatasync).
+    pub leader_fsync_us: u32,
+    /// Durable here → committed: waiting for the quorum beyond the leader's own fsync.
+    pub commit_wait_us: u32,
+    /// Committed → answered (applying the entry, in the same turn unless the loop lagged).
+    pub apply_us: u32,
+    /// Answered → response written to the stream (the rest of the loop's turn, the
+    /// channel to the connection task, the write).
+    pub reply_us: u32,
+    pub total_us: u32,
+    /// Batch handed to the log → the quorum follower's acknowledgement arrived.
+    pub follower_us: u32,
+}
+
+impl ServerTiming {
+    fn encode(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.queue_us,
+            self.batch_wait_us,
+            self.leader_fsync_us,
+            self.commit_wait_us,
+            self.apply_us,
+            self.reply_us,
+            self.total_us,
+            self.follower_us,
+        ] {
+            put_varint(out, u64::from(v));
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<ServerTiming, DecodeError> {
+        let mut v = [0u32; 8];
+        for x in &mut v {
+            *x = u32::try_from(r.varint("stage")?).unwrap_or(u32::MAX);
+        }
+        let [
+            queue_us,
+            batch_wait_us,
+            leader_fsync_us,
+            commit_wait_us,
+            apply_us,
+            reply_us,
+            total_us,
+            follower_us,
+        ] = v;
+        Ok(ServerTiming {
+            queue_us,
+            batch_wait_us,
+            leader_fsync_us,
+            commit_wait_us,
+            apply_us,
+            reply_us,
+            total_us,
+            follower_us,
+        })
+    }
+}
+
+/// The one trailer kind: a trace request, or a response's timing.
+const TRAILER_TRACE: u8 = 1;
+
+/// Reads an optional trailer: whether one of kind `TRAILER_TRACE` is there.
+fn trailer(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(false);
+    }
+    match r.u8("trailer")? {
+        TRAILER_TRACE => Ok(true),
+        v => Err(DecodeError::BadEnum {
+            what: "trailer",
+            value: v.into(),
+        }),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +286,19 @@ fn read_opt(r: &mut Reader<'_>, what: &'static str) -> Result<Option<u64>, Decod
 pub struct KvResponseFrame {
     pub id: u64,
     pub reply: KvReply,
+    /// Where the request's time went, when it asked (`KvRequest::trace`).
+    pub timing: Option<ServerTiming>,
+}
+
+impl KvResponseFrame {
+    /// A response without timing.
+    pub fn new(id: u64, reply: KvReply) -> KvResponseFrame {
+        KvResponseFrame {
+            id,
+            reply,
+            timing: None,
+        }
+    }
 }
 
 const ERROR_MAX_BYTES: usize = 4096;
@@ -247,6 +359,9 @@ impl KvRequest {
             }
             KvOp::Status => out.push(11),
             KvOp::Cluster => out.push(12),
+        }
+        if self.trace {
+            out.push(TRAILER_TRACE);
         }
         out
     }
@@ -322,8 +437,14 @@ impl KvRequest {
                 });
             }
         };
+        let trace = trailer(&mut r)?;
         r.finish()?;
-        Ok(KvRequest { id, group, op })
+        Ok(KvRequest {
+            id,
+            group,
+            op,
+            trace,
+        })
     }
 }
 
@@ -440,6 +561,10 @@ impl KvResponseFrame {
                     &message.as_bytes()[..message.len().min(ERROR_MAX_BYTES)],
                 );
             }
+        }
+        if let Some(timing) = &self.timing {
+            out.push(TRAILER_TRACE);
+            timing.encode(&mut out);
         }
         out
     }
@@ -590,8 +715,13 @@ impl KvResponseFrame {
                 });
             }
         };
+        let timing = if trailer(&mut r)? {
+            Some(ServerTiming::decode(&mut r)?)
+        } else {
+            None
+        };
         r.finish()?;
-        Ok(KvResponseFrame { id, reply })
+        Ok(KvResponseFrame { id, reply, timing })
     }
 }
 
@@ -629,12 +759,15 @@ mod tests {
             KvOp::Status,
             KvOp::Cluster,
         ] {
-            let req = KvRequest {
-                id: 9,
-                group: GroupId(3),
-                op,
-            };
-            assert_eq!(KvRequest::decode(&req.encode()).unwrap(), req);
+            for trace in [false, true] {
+                let req = KvRequest {
+                    id: 9,
+                    group: GroupId(3),
+                    op: op.clone(),
+                    trace,
+                };
+                assert_eq!(KvRequest::decode(&req.encode()).unwrap(), req);
+            }
         }
         let hint = CoreAddress {
             node: NodeId(2),
@@ -679,9 +812,29 @@ mod tests {
                 nodes: vec![(NodeId(2), "127.0.0.1:7020".parse().unwrap())],
             },
         ] {
-            let resp = KvResponseFrame { id: 4, reply };
-            assert_eq!(KvResponseFrame::decode(&resp.encode()).unwrap(), resp);
+            let timing = ServerTiming {
+                queue_us: 1,
+                batch_wait_us: 2,
+                leader_fsync_us: 300,
+                commit_wait_us: 4,
+                apply_us: 5,
+                reply_us: 6,
+                total_us: 318,
+                follower_us: u32::MAX,
+            };
+            for timing in [None, Some(timing)] {
+                let resp = KvResponseFrame {
+                    id: 4,
+                    reply: reply.clone(),
+                    timing,
+                };
+                assert_eq!(KvResponseFrame::decode(&resp.encode()).unwrap(), resp);
+            }
         }
         assert!(KvRequest::decode(&[1, 1, 99]).is_err());
+        // An unknown trailer, or bytes after one, are refused.
+        assert!(KvRequest::decode(&[1, 1, 4, 2]).is_err());
+        assert!(KvRequest::decode(&[1, 1, 4, 1, 0]).is_err());
+        assert!(KvResponseFrame::decode(&[1, 8, 1, 0]).is_err());
     }
 }
