@@ -101,6 +101,11 @@ impl Cluster {
         for host in self.hosts.values_mut() {
             host.handle_tick(self.now);
         }
+        self.quiesce();
+    }
+
+    /// Delivers and persists until quiet, with no time passing.
+    fn quiesce(&mut self) {
         for _ in 0..100 {
             let mut progressed = false;
             for (&i, host) in self.hosts.iter_mut() {
@@ -302,6 +307,52 @@ fn writes_continue_after_the_leader_crashes_and_it_catches_up_from_its_log_on_re
             );
         }
     }
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn a_new_commit_index_alone_is_written_with_the_next_write_or_at_the_next_tick() {
+    let mut c = Cluster::new();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    // Whatever the election left unwritten goes with the next tick.
+    c.step();
+    let leader = c.leader().unwrap();
+    assert!(c.put(1, "a", "1"));
+    c.quiesce();
+    assert!(c.applied.contains_key(&1), "committed and applied");
+    let first = c.hosts[&leader].last_index(GROUP).unwrap();
+    for i in 1..=3 {
+        let disk = &c.disks[&i];
+        assert!(disk.entries.iter().any(|e| e.index == first), "node {i}");
+        assert!(
+            disk.hard_state.commit < first,
+            "node {i} wrote the commit of its entry on its own: {:?}",
+            disk.hard_state
+        );
+    }
+    assert!(c.hosts[&leader].durable_commit(GROUP).unwrap() < first);
+    // The next write carries it.
+    assert!(c.put(2, "b", "2"));
+    c.quiesce();
+    assert!(c.applied.contains_key(&2));
+    let second = c.hosts[&leader].last_index(GROUP).unwrap();
+    assert!(c.disks[&leader].hard_state.commit >= first);
+    assert!(c.disks[&leader].hard_state.commit < second);
+    // The next tick writes the rest, on every replica.
+    c.step();
+    for i in 1..=3 {
+        assert_eq!(c.disks[&i].hard_state.commit, second, "node {i}");
+        assert_eq!(c.hosts[&i].durable_commit(GROUP), Some(second), "node {i}");
+    }
+    // A replica that restarts from a log without its latest commit index learns it again.
+    assert!(c.put(3, "c", "3"));
+    c.quiesce();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let third = c.hosts[&leader].last_index(GROUP).unwrap();
+    assert!(c.disks[&follower].hard_state.commit < third);
+    c.crash(follower);
+    c.start(follower);
+    assert!(c.run_until(50, |c| c.store(follower).get(b"c") == Some(&b"3"[..])));
     c.at_most_one_leader_per_term();
 }
 

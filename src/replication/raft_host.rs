@@ -449,6 +449,10 @@ struct Group<S> {
     prepared: Option<(u64, S)>,
     /// The commit index this replica's log holds durably (the last persisted hard state's).
     durable_commit: u64,
+    /// Its hard state changed in the commit index alone since it was last written. Such a
+    /// change is not written on its own (`poll_persist`): it goes with the group's next
+    /// write, or with the flush at the next tick.
+    commit_unwritten: bool,
     /// Bytes of entries appended to the log since its last compaction (approximate: entry
     /// data plus a fixed overhead each), for the compaction rule.
     log_bytes: u64,
@@ -461,7 +465,9 @@ struct Group<S> {
 
 /// A group's part of the batch being made durable: its ready number, and the commit index
 /// of the hard state it writes (if it writes one).
-type InFlight = (GroupId, u64, Option<u64>);
+/// A group's part of a batch: raft-rs' number of its ready (none for a flushed commit
+/// index), and the commit index the batch writes for it.
+type InFlight = (GroupId, Option<u64>, Option<u64>);
 
 /// What a group left behind: a removed replica's state and log, or the state a snapshot
 /// replaced. Dropping it frees them.
@@ -478,6 +484,8 @@ pub struct RaftHost<S: StateMachine> {
     next_batch: u64,
     /// The batch being made durable: its id and what it holds of each group.
     in_flight: Option<(u64, Vec<InFlight>)>,
+    /// Write every group's unwritten commit index with the next batch (set by a tick).
+    flush_commits: bool,
     /// What groups left behind (`take_discarded`).
     discarded: Vec<Discarded<S>>,
     outbox: VecDeque<Outgoing>,
@@ -544,6 +552,7 @@ impl<S: StateMachine> RaftHost<S> {
             directory: HashMap::new(),
             next_batch: 1,
             in_flight: None,
+            flush_commits: false,
             discarded: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -626,7 +635,11 @@ impl<S: StateMachine> RaftHost<S> {
                     core.set_conf_state(conf);
                 }
                 core.append(&p.entries).map_err(raft_err)?;
-                core.set_hardstate(p.hard_state.clone());
+                // A snapshot is of committed entries: the commit index may be older in the
+                // log, which writes a new one only with the group's next write.
+                let mut hard_state = p.hard_state.clone();
+                hard_state.commit = hard_state.commit.max(applied);
+                core.set_hardstate(hard_state);
                 // Committed entries past the snapshot are re-applied as raft-rs hands them
                 // out again (applied stays at the snapshot).
             }
@@ -677,6 +690,7 @@ impl<S: StateMachine> RaftHost<S> {
             snapshot_to_persist: None,
             prepared: None,
             durable_commit,
+            commit_unwritten: false,
             log_bytes,
             proposed: BTreeMap::new(),
         };
@@ -891,6 +905,7 @@ impl<S: StateMachine> RaftHost<S> {
         }
         self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
         for group in self.groups.values_mut() {
+            self.flush_commits |= group.commit_unwritten;
             if group.snapshot_pending.is_some() {
                 continue;
             }
@@ -1168,8 +1183,25 @@ impl<S: StateMachine> RaftHost<S> {
                 write.entries = rd.entries().clone();
             }
             if let Some(hs) = rd.hs() {
+                let before = g.raw.store().log.rl().hard_state().clone();
                 g.raw.store().log.wl().set_hardstate(hs.clone());
-                write.hard_state = Some(hs.clone());
+                // A new commit index alone needs no write of its own, let alone an fsync:
+                // Raft does not need it durable (a replica that restarts with an older one
+                // learns the newer from the leader), and writing it cost every write a
+                // second fsync on each replica, which the next write waited for. The
+                // metadata group's is written at once: cores act on its table only once
+                // its commit is durable.
+                if hs.term != before.term || hs.vote != before.vote || id == GroupId::METADATA {
+                    write.hard_state = Some(hs.clone());
+                } else {
+                    g.commit_unwritten = true;
+                }
+            }
+            if g.commit_unwritten && (!write.entries.is_empty() || write.snapshot.is_some()) {
+                write.hard_state = Some(g.raw.store().log.rl().hard_state().clone());
+            }
+            if write.hard_state.is_some() {
+                g.commit_unwritten = false;
             }
             for m in rd.take_persisted_messages() {
                 let view = snapshot_view(g.raw.store(), &m);
@@ -1177,7 +1209,11 @@ impl<S: StateMachine> RaftHost<S> {
             }
             // Every message that carries a handed-out snapshot has been taken.
             g.raw.store().handed_out.borrow_mut().clear();
-            numbers.push((id, rd.number(), write.hard_state.as_ref().map(|h| h.commit)));
+            numbers.push((
+                id,
+                Some(rd.number()),
+                write.hard_state.as_ref().map(|h| h.commit),
+            ));
             g.raw.advance_append_async(rd);
             apply_committed(&mut self.events, local, id, g, committed, self.audit);
             // Unless the owner reports delivery, a snapshot travels inside its message:
@@ -1191,6 +1227,9 @@ impl<S: StateMachine> RaftHost<S> {
             if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
                 writes.push(write);
             }
+        }
+        if std::mem::take(&mut self.flush_commits) {
+            flush_commits(&mut self.groups, &mut writes, &mut numbers);
         }
         if numbers.is_empty() {
             return None;
@@ -1228,7 +1267,9 @@ impl<S: StateMachine> RaftHost<S> {
             }
             // May commit entries (the leader's own copy now counts): they come out of the
             // next `poll_persist`.
-            g.raw.on_persist_ready(number);
+            if let Some(number) = number {
+                g.raw.on_persist_ready(number);
+            }
             if let Some(index) = g.snapshot_pending.take()
                 && g.raw.raft.raft_log.applied < index
             {
@@ -1250,6 +1291,33 @@ impl<S: StateMachine> RaftHost<S> {
     /// The next event for the owner.
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
+    }
+}
+
+/// The flush of commit indexes not written yet (one tick after they changed): each such
+/// group's hard state joins the batch.
+fn flush_commits<S>(
+    groups: &mut BTreeMap<GroupId, Group<S>>,
+    writes: &mut Vec<GroupWrite>,
+    numbers: &mut Vec<InFlight>,
+) {
+    for (&id, g) in groups.iter_mut() {
+        if !std::mem::take(&mut g.commit_unwritten) {
+            continue;
+        }
+        let hard_state = g.raw.store().log.rl().hard_state().clone();
+        match writes.iter_mut().find(|w| w.group == id) {
+            Some(w) => w.hard_state = Some(hard_state.clone()),
+            None => writes.push(GroupWrite {
+                group: id,
+                hard_state: Some(hard_state.clone()),
+                ..GroupWrite::default()
+            }),
+        }
+        match numbers.iter_mut().find(|(g, ..)| *g == id) {
+            Some(n) => n.2 = Some(hard_state.commit),
+            None => numbers.push((id, None, Some(hard_state.commit))),
+        }
     }
 }
 
