@@ -282,6 +282,52 @@ fn disk_use_stays_bounded_under_a_steady_write_load() {
     }
 }
 
+/// The open-file flags of every descriptor of this process open on `path`.
+fn open_flags(path: &std::path::Path) -> Vec<u32> {
+    let path = std::fs::canonicalize(path).unwrap();
+    let mut flags = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(path.as_path()) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(octal) = info.lines().find_map(|l| l.strip_prefix("flags:")) {
+            flags.push(u32::from_str_radix(octal.trim(), 8).unwrap());
+        }
+    }
+    flags
+}
+
+#[test]
+fn the_log_is_appended_to_with_durable_writes_before_and_after_a_checkpoint() {
+    // Appends make no fdatasync of their own: every write to the log must be O_DSYNC, also
+    // on the file a checkpoint swapped in.
+    let path = wal_path("dsync");
+    let p = path.clone();
+    let (before, after) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.append(&[write(1, 1), write(2, 1)]).await.unwrap();
+        let before = open_flags(&p);
+        // Dropping a group rewrites the log as a checkpoint.
+        assert!(wal.drop_group(GroupId(2)).await.unwrap());
+        wal.append(&[write(1, 2)]).await.unwrap();
+        let after = open_flags(&p);
+        wal.close().await.unwrap();
+        (before, after)
+    });
+    let dsync = libc::O_DSYNC as u32;
+    assert!(
+        !before.is_empty() && !after.is_empty(),
+        "{before:?} {after:?}"
+    );
+    assert!(before.iter().all(|f| f & dsync != 0), "flags {before:?}");
+    assert!(after.iter().all(|f| f & dsync != 0), "flags {after:?}");
+}
+
 #[test]
 fn a_dropped_group_stays_gone_after_a_restart_and_the_others_stay() {
     let path = wal_path("drop");

@@ -10,8 +10,9 @@
 //! `wal [--groups 64] [--rounds 200] [--payload 256] [--dir target/perf-wal]` measures WAL
 //! appends per second with group commit against one fsync per group (see `wal.rs`).
 //!
-//! `raft [--seconds 5] [--concurrency 1,32]` measures commit throughput and latency of a
-//! 3-replica group over QUIC with fsync against raft-rs in memory (see `raft.rs`).
+//! `raft [--seconds 5] [--concurrency 1,32] [--stages] [--processes]` measures commit
+//! throughput and latency of a 3-replica group over QUIC with fsync against raft-rs in
+//! memory and against the physical floor of a commit (see `raft.rs`, `floor.rs`).
 //!
 //! `migrate [--mib 64] [--dir target/perf-migrate]` moves a replica of a loaded vShard to
 //! another node while a writer runs and reports the move's time and throughput and the
@@ -28,6 +29,7 @@
 //! are dependencies of this crate only, never of the main one.
 
 mod availability;
+mod floor;
 mod migrate;
 mod procs;
 mod quic;
@@ -114,6 +116,17 @@ enum Tool {
         /// the JSON as `stages`).
         #[arg(long)]
         stages: bool,
+        /// Run the three nodes as separate processes of the built `nodedb-cluster` (files
+        /// and node logs under `dir`), as etcd is measured, instead of in this process.
+        #[arg(long)]
+        processes: bool,
+        /// The node binary for `--processes` (default: `nodedb-cluster` next to this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the nodes' logs and the floor's files go; must support O_DIRECT (not
+        /// tmpfs).
+        #[arg(long, default_value = "target/perf-raft")]
+        dir: PathBuf,
     },
     /// Moves a replica of a loaded vShard to another node while a writer runs: the move's
     /// time and throughput, and the writer's latency before and during it.
@@ -232,7 +245,13 @@ fn main() -> ExitCode {
             seconds,
             concurrency,
             stages,
-        } => raft_bench(seconds, &concurrency, stages),
+            processes,
+            binary,
+            dir,
+        } => {
+            let binary = processes.then(|| binary.unwrap_or_else(procs::default_binary));
+            raft_bench(seconds, &concurrency, stages, binary.as_deref(), &dir)
+        }
         Tool::Migrate {
             mib,
             dir,
@@ -521,11 +540,34 @@ fn wal_bench(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Outcome 
     Ok((value, true))
 }
 
-fn raft_bench(seconds: f64, concurrency: &[usize], stages: bool) -> Outcome {
+fn raft_bench(
+    seconds: f64,
+    concurrency: &[usize],
+    stages: bool,
+    processes: Option<&std::path::Path>,
+    dir: &std::path::Path,
+) -> Outcome {
+    // The floor first, on an idle machine, on the disk the nodes write to.
+    let floor = floor::measure(dir, seconds.min(5.0))?;
+    let floor_p50 = floor.commit.value_at_quantile(0.5).max(1);
+    let floor_p99 = floor.commit.value_at_quantile(0.99).max(1);
+    let percentiles = |h: &hdrhistogram::Histogram<u64>| {
+        serde_json::json!({
+            "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+        })
+    };
+    eprintln!(
+        "floor: two 4 KiB O_DIRECT writes + fdatasync in parallel, then one QUIC round trip: p50 {} us, p99 {} us ({} samples)",
+        floor_p50, floor_p99, floor.samples
+    );
     let mut rows = Vec::new();
     for &c in concurrency {
-        let ours =
-            raft::ours(c, seconds, stages).map_err(|e| format!("ours with {c} writers: {e}"))?;
+        let ours = match processes {
+            Some(binary) => raft::ours_processes(binary, dir, c, seconds, stages),
+            None => raft::ours(c, seconds, stages),
+        }
+        .map_err(|e| format!("ours with {c} writers: {e}"))?;
         if let Some(stages) = &ours.stages {
             eprintln!("{c} writers: where a write's time goes\n{}", stages.table());
         }
@@ -539,8 +581,23 @@ fn raft_bench(seconds: f64, concurrency: &[usize], stages: bool) -> Outcome {
             "memory_commits_per_sec": ceiling.commits_per_sec, "memory_p50_us": ceiling.p50_us,
             "memory_p99_us": ceiling.p99_us, "memory_p999_us": ceiling.p999_us,
             "ours_over_memory": ours.commits_per_sec / ceiling.commits_per_sec,
+            "p50_over_floor": ours.p50_us as f64 / floor_p50 as f64,
+            "p99_over_floor": ours.p99_us as f64 / floor_p99 as f64,
             "stages": ours.stages.as_ref().map(|s| s.to_json()),
         }));
     }
-    Ok((serde_json::json!({ "raft_commit": rows }), true))
+    let floor = serde_json::json!({
+        "samples": floor.samples,
+        "commit": percentiles(&floor.commit),
+        "write_pair": percentiles(&floor.write_pair),
+        "round_trip": percentiles(&floor.round_trip),
+    });
+    Ok((
+        serde_json::json!({
+            "nodes": if processes.is_some() { "processes" } else { "in-process" },
+            "floor": floor,
+            "raft_commit": rows,
+        }),
+        true,
+    ))
 }

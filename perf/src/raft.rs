@@ -2,11 +2,16 @@
 //! with fsync against raft-rs in memory with no I/O (the ceiling), in the same run.
 //!
 //! Ours: the embedded cluster of `demo` with one core per node and one group, closed-loop
-//! writers over the KV client (mTLS, write-ahead logs, group commit). Ceiling: three of our
+//! writers over the KV client (mTLS, write-ahead logs, group commit); with `--processes`,
+//! the same cluster as three node processes of the built binary. Ceiling: three of our
 //! sans-IO Raft hosts in one thread, messages handed over directly and every persist batch
-//! "durable" at once, with the same number of writes in flight.
+//! "durable" at once, with the same number of writes in flight. Floor (`floor.rs`): the
+//! physical path of one commit on the same disk and loopback.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -16,8 +21,12 @@ use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::metrics::stages::StageHistograms;
 use nodedb_cluster::replication::kv::{KvCommand, KvStore};
 use nodedb_cluster::replication::raft_host::{HostEvent, ProposalToken, RaftHost};
+use nodedb_cluster::runtime::bench;
+use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::demo::{self, DemoConfig};
 use nodedb_cluster::time::Time;
+
+use crate::procs::{Processes, Shape};
 
 pub struct CommitResult {
     pub commits_per_sec: f64,
@@ -50,6 +59,90 @@ pub fn ours(concurrency: usize, seconds: f64, stages: bool) -> Result<CommitResu
         p99_us: r.write_p99_us,
         p999_us: r.write_p999_us,
         stages: r.stages,
+    })
+}
+
+/// Ours as three node processes of `binary` (files under `dir`): `concurrency` closed-loop
+/// writers of 128-byte values for `seconds`, from a client in this process.
+pub fn ours_processes(
+    binary: &Path,
+    dir: &Path,
+    concurrency: usize,
+    seconds: f64,
+    stages: bool,
+) -> Result<CommitResult, String> {
+    let shape = Shape {
+        nodes: 3,
+        cores: 1,
+        groups: 1,
+        extra: String::new(),
+        metrics: false,
+    };
+    let cluster = Processes::start(binary, dir, &shape)?;
+    let tls = cluster.client_tls(false)?;
+    let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
+        closed_loop(&client, concurrency, seconds, stages).await
+    });
+    cluster.stop(outcome.is_ok());
+    outcome
+}
+
+/// Waits for the group to take a write (30 s at most), then runs the writers.
+async fn closed_loop(
+    client: &Rc<KvClient>,
+    concurrency: usize,
+    seconds: f64,
+    stages: bool,
+) -> Result<CommitResult, String> {
+    let ready = Instant::now() + Duration::from_secs(30);
+    while client.put(b"ready", b"1").await.is_err() {
+        if Instant::now() > ready {
+            return Err("the group took no write within 30 s".into());
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    if stages {
+        client.sample_stages(1);
+    }
+    let histogram = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    ));
+    let errors = Rc::new(Cell::new(0u64));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut writers = Vec::new();
+    for w in 0..concurrency as u64 {
+        let (client, histogram, errors) = (client.clone(), histogram.clone(), errors.clone());
+        writers.push(glommio::spawn_local(async move {
+            let value = vec![0x42u8; 128];
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let key = format!("key-{}", (w * 7919 + n) % 10_000);
+                n += 1;
+                let t = Instant::now();
+                match client.put(key.as_bytes(), &value).await {
+                    Ok(()) => histogram
+                        .borrow_mut()
+                        .saturating_record(t.elapsed().as_micros() as u64),
+                    Err(_) => errors.set(errors.get() + 1),
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if errors.get() > 0 {
+        return Err(format!("{} writes failed", errors.get()));
+    }
+    let h = histogram.borrow();
+    Ok(CommitResult {
+        commits_per_sec: h.len() as f64 / seconds,
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        stages: client.stage_histograms(),
     })
 }
 

@@ -34,7 +34,7 @@ fn placements() -> (CorePlacement, CorePlacement) {
 }
 
 /// Reads one whole frame from a stream (the stream ends after it).
-async fn read_frame(
+pub(crate) async fn read_frame(
     stream: &mut nodedb_cluster::runtime::quic::RecvStream,
 ) -> Result<Vec<u8>, String> {
     let mut decoder = FrameDecoder::new();
@@ -51,7 +51,7 @@ async fn read_frame(
     frame.ok_or_else(|| "stream ended without a frame".into())
 }
 
-async fn call(conn: &Connection, request: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) async fn call(conn: &Connection, request: &[u8]) -> Result<Vec<u8>, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(request).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
