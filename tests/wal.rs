@@ -411,7 +411,15 @@ fn snapshot_write(group: u64, index: u64, bytes: usize) -> GroupWrite {
     w
 }
 
+/// The log's snapshot files, without those discarded (renamed `*.discarded` at once, then
+/// removed in the background).
 fn snapshot_files(path: &std::path::Path) -> Vec<String> {
+    let mut names = all_snapshot_files(path);
+    names.retain(|n| !n.ends_with(".discarded"));
+    names
+}
+
+fn all_snapshot_files(path: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .flatten()
@@ -455,6 +463,19 @@ fn a_log_opened_by_a_relative_path_writes_snapshot_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The snapshot files once the background deletions are done (within 10 s).
+async fn deleted_in_the_background(path: &std::path::Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let files = all_snapshot_files(path);
+        if !files.iter().any(|f| f.ends_with(".discarded")) || std::time::Instant::now() > deadline
+        {
+            return files;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[test]
 fn a_large_snapshot_lives_in_its_own_file_and_comes_back_after_restarts_and_checkpoints() {
     let path = wal_path("snapfile");
@@ -467,9 +488,10 @@ fn a_large_snapshot_lives_in_its_own_file_and_comes_back_after_restarts_and_chec
             .unwrap();
         let log_bytes = wal.len_bytes();
         let after_first = snapshot_files(&p);
-        // A newer snapshot replaces the file; a checkpoint keeps referring to it.
+        // A newer snapshot replaces the file (deleted off the loop's thread, in the
+        // background); a checkpoint keeps referring to it.
         wal.append(&[snapshot_write(1, 20, 2 << 20)]).await.unwrap();
-        let after_second = snapshot_files(&p);
+        let after_second = deleted_in_the_background(&p).await;
         wal.set_rewrite_threshold(1);
         wal.append(&[write(2, 2)]).await.unwrap();
         wal.close().await.unwrap();

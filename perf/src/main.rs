@@ -165,6 +165,10 @@ enum Tool {
         /// run too; `RUST_LOG` is passed on to the nodes.
         #[arg(long)]
         keep: bool,
+        /// Trace every write of the writer and print where its time went, before and
+        /// during the move (on stderr; in the JSON as `stages_before`, `stages_during`).
+        #[arg(long)]
+        stages: bool,
     },
     /// How long each group answers nothing when a node of a cluster of separate processes
     /// is killed and restarted, paused, or when every node restarts in turn.
@@ -262,6 +266,7 @@ fn main() -> ExitCode {
             processes,
             binary,
             keep,
+            stages,
         } => migrate_bench(
             &migrate::Options {
                 dir,
@@ -271,6 +276,7 @@ fn main() -> ExitCode {
                 moves,
                 processes: processes.then(|| binary.unwrap_or_else(procs::default_binary)),
                 keep,
+                stages,
             },
             hgrm,
         ),
@@ -464,6 +470,14 @@ fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
         migrate::write_hgrm(&with(".before.hgrm"), &r.baseline)?;
         migrate::write_hgrm(&with(".during.hgrm"), &r.during)?;
     }
+    for (when, stages) in [("before", &r.baseline_stages), ("during", &r.during_stages)] {
+        if let Some(stages) = stages {
+            eprintln!(
+                "writes {when} the move: where their time went\n{}",
+                stages.table()
+            );
+        }
+    }
     let mb = r.vshard_bytes as f64 / 1e6;
     let stream_rate = r.stream_bytes as f64 / r.stream_seconds.max(1e-9);
     let value = serde_json::json!({
@@ -492,6 +506,8 @@ fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
         "during_write_p99_us": r.during_p99_us,
         "during_writes": r.during_writes,
         "during_over_baseline_p99": r.during_p99_us as f64 / r.baseline_p99_us.max(1) as f64,
+        "stages_before": r.baseline_stages.as_ref().map(|s| s.to_json()),
+        "stages_during": r.during_stages.as_ref().map(|s| s.to_json()),
     });
     Ok((value, true))
 }

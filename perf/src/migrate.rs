@@ -35,6 +35,7 @@ use nodedb_cluster::runtime::bench::{self, Cluster, MTU};
 use nodedb_cluster::runtime::client::KvClient;
 
 use crate::procs::{self, Processes, Shape};
+use nodedb_cluster::metrics::stages::StageHistograms;
 
 /// What to run.
 pub struct Options {
@@ -51,6 +52,8 @@ pub struct Options {
     pub processes: Option<PathBuf>,
     /// Keep the processes' files after a successful run.
     pub keep: bool,
+    /// Trace every write of the writer: where its time went, before and during the move.
+    pub stages: bool,
 }
 
 pub struct MigrateResult {
@@ -79,11 +82,14 @@ pub struct MigrateResult {
     /// The latency distributions (µs), before and during the move.
     pub baseline: Histogram<u64>,
     pub during: Histogram<u64>,
+    /// With `stages`: the writes' stages before and during the move.
+    pub baseline_stages: Option<StageHistograms>,
+    pub during_stages: Option<StageHistograms>,
 }
 
 pub fn run(o: &Options) -> Result<MigrateResult, String> {
     let groups = o.moves.max(1).next_power_of_two();
-    let (mib, rate, moves) = (o.mib, o.rate, o.moves.max(1));
+    let (mib, rate, moves, stages) = (o.mib, o.rate, o.moves.max(1), o.stages);
     let mut r = if let Some(binary) = &o.processes {
         let snapshot_rate = o
             .throttle
@@ -103,7 +109,7 @@ pub fn run(o: &Options) -> Result<MigrateResult, String> {
         );
         let tls = cluster.client_tls(true)?;
         let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
-            measure(&client, mib, rate, moves, groups, probe).await
+            measure(&client, mib, rate, moves, groups, probe, stages).await
         });
         cluster.stop(outcome.is_ok() && !o.keep);
         outcome?
@@ -111,7 +117,7 @@ pub fn run(o: &Options) -> Result<MigrateResult, String> {
         let cluster = Cluster::start_groups(&o.dir, 4, groups, 3, o.throttle)?;
         let probe = Probe::InProcess(cluster.nodes.iter().map(|n| n.metrics().clone()).collect());
         let outcome = cluster.with_client(move |client| async move {
-            measure(&client, mib, rate, moves, groups, probe).await
+            measure(&client, mib, rate, moves, groups, probe, stages).await
         });
         let stopped = cluster.shutdown();
         match (outcome, stopped) {
@@ -367,12 +373,21 @@ async fn measure(
     moves: u32,
     groups: u32,
     probe: Probe,
+    stages: bool,
 ) -> Result<MigrateResult, String> {
     // Every group gets about `mib`; the moving groups' share is reported.
     let loaded = bench::load(client, (mib << 20) * u64::from(groups)).await?;
     let vshard_bytes = loaded / u64::from(groups) * u64::from(moves);
     probe.settle(Duration::from_secs(60)).await?;
+    if stages {
+        client.sample_stages(1);
+    }
     let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
+    let baseline_stages = client.stage_histograms();
+    if stages {
+        // Afresh for the move.
+        client.sample_stages(1);
+    }
     let moving = Rc::new(Cell::new(true));
     let writer = {
         let (client, moving) = (client.clone(), moving.clone());
@@ -433,6 +448,7 @@ async fn measure(
         .map_err(|_| "the stream sampler panicked")?;
     moving.set(false);
     let during = writer.await?;
+    let during_stages = client.stage_histograms();
     Ok(MigrateResult {
         vshard_bytes,
         move_seconds,
@@ -451,6 +467,8 @@ async fn measure(
         stream_seconds,
         baseline,
         during,
+        baseline_stages,
+        during_stages,
     })
 }
 

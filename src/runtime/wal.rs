@@ -427,9 +427,7 @@ impl WalFile {
             .get(&group)
             .map(|g| g.snapshot.as_ref().map_or(0, |s| s.get_metadata().index));
         if current.is_none_or(|c| c >= index) {
-            if let Err(e) = std::fs::remove_file(&path) {
-                warn!(path = %path.display(), error = %e, "could not delete a declined snapshot file");
-            }
+            discard(&path);
             return Ok(());
         }
         self.written.insert((group, index, term), file);
@@ -833,12 +831,35 @@ impl WalFile {
         }
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with(&prefix)
-                && !keep.contains(&entry.path())
-                && let Err(e) = std::fs::remove_file(entry.path())
-            {
-                warn!(path = %entry.path().display(), error = %e, "could not delete an unneeded snapshot file");
+            if name.to_string_lossy().starts_with(&prefix) && !keep.contains(&entry.path()) {
+                discard(&entry.path());
             }
         }
     }
+}
+
+/// Deletes a snapshot file off the core's thread. Unlinking a large file frees its blocks
+/// inside the system call: 110–125 ms for 512 MiB on the development VM, a stall of every
+/// group on the core when it ran on the loop's thread (a write waited 0.57 s in
+/// `migrate --mib 512`). The file is first renamed, at once, to a name no snapshot takes
+/// (so a new file of the old name is never the one deleted), then removed by glommio's
+/// blocking thread; one left behind by a crash is a stray the next start deletes.
+fn discard(path: &Path) {
+    let mut trash = path.as_os_str().to_owned();
+    trash.push(".discarded");
+    let trash = PathBuf::from(trash);
+    if let Err(e) = std::fs::rename(path, &trash) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(path = %path.display(), error = %e, "could not delete an unneeded snapshot file");
+        }
+        return;
+    }
+    glommio::spawn_local(async move {
+        if let Err(e) = glommio::io::remove(&trash).await
+            && !matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::NotFound)
+        {
+            warn!(path = %trash.display(), error = %e, "could not delete an unneeded snapshot file");
+        }
+    })
+    .detach();
 }
