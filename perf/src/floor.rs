@@ -6,20 +6,15 @@
 //! Each sample is one such sequence; the write pair and the round trip are also reported
 //! alone.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use glommio::io::DmaFile;
 use hdrhistogram::Histogram;
-use nodedb_cluster::ids::NodeId;
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
-use nodedb_cluster::runtime::quic::{EndpointOptions, QuicEndpoint};
-use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT, TlsMode};
 use nodedb_cluster::wire::frame::{FrameKind, encode_frame};
 
-use crate::rpc::{call, read_frame};
+use crate::rpc::{Echo, call, connect_echo, echo_server};
 
 /// One write's size: a small record's block.
 const WRITE_BYTES: usize = 4096;
@@ -51,60 +46,16 @@ fn histogram() -> Histogram<u64> {
 /// Runs the floor for about `seconds`, with its two files in `dir`.
 pub fn measure(dir: &Path, seconds: f64) -> Result<Floor, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ca = tls::generate_ca("floor").map_err(|e| e.to_string())?;
-    let mode = |identity| TlsMode::Mutual {
-        ca_cert_pem: ca.cert_pem.clone(),
-        identity,
-    };
-    let server_tls = mode(tls::issue_node_cert(&ca, NodeId(1), &[]).map_err(|e| e.to_string())?);
-    let client_tls = mode(tls::issue_client_cert(&ca, "floor").map_err(|e| e.to_string())?);
-    let options = |tls, server| EndpointOptions {
-        bind: "127.0.0.1:0".parse().expect("literal"),
-        tls,
-        segmentation_offload: true,
-        mtu: 1452,
-        server,
-    };
-    let (addr_tx, addr_rx) = mpsc::sync_channel::<SocketAddr>(1);
-    let server_options = options(server_tls, true);
     // Unbound, as the benchmark's nodes are.
-    let server = spawn_executor("floor-server", CorePlacement::Unbound, move || async move {
-        let endpoint = QuicEndpoint::bind(server_options).map_err(|e| e.to_string())?;
-        addr_tx
-            .send(endpoint.local_addr().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        let conn = endpoint.accept().await.ok_or("no connection")?;
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            if let Ok(request) = read_frame(&mut recv).await {
-                let mut response = Vec::with_capacity(request.len() + 16);
-                if encode_frame(FrameKind::Response, 0, &request, &mut response).is_ok()
-                    && send.write_all(&response).await.is_ok()
-                {
-                    let _ = send.finish();
-                }
-            }
-        }
-        endpoint.shutdown().await;
-        Ok::<_, String>(())
-    })
-    .map_err(|e| e.to_string())?;
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|e| format!("floor server: {e}"))?;
-    let client_options = options(client_tls.clone(), false);
+    let Echo {
+        addr,
+        client_tls,
+        server,
+    } = echo_server("floor-server", CorePlacement::Unbound)?;
     let paths = [dir.join("floor-a"), dir.join("floor-b")];
     let files = paths.clone();
     let client = spawn_executor("floor-client", CorePlacement::Unbound, move || async move {
-        let endpoint = QuicEndpoint::bind(client_options).map_err(|e| e.to_string())?;
-        let conn = endpoint
-            .connect(
-                addr,
-                &tls::node_server_name(NodeId(1)),
-                &client_tls,
-                ALPN_CLIENT,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let (endpoint, conn) = connect_echo(addr, &client_tls).await?;
         let open = |path: &std::path::PathBuf| {
             let path = path.clone();
             async move {

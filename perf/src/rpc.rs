@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use nodedb_cluster::ids::NodeId;
-use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
+use nodedb_cluster::runtime::executor::{CorePlacement, ExecutorHandle, spawn_executor};
 use nodedb_cluster::runtime::quic::{Connection, EndpointOptions, QuicEndpoint};
 use nodedb_cluster::runtime::tls::{self, ALPN_CLIENT, TlsMode};
 use nodedb_cluster::wire::frame::{FrameDecoder, FrameKind, encode_frame};
@@ -58,7 +58,27 @@ pub(crate) async fn call(conn: &Connection, request: &[u8]) -> Result<Vec<u8>, S
     read_frame(&mut recv).await
 }
 
-pub fn run(requests: u64, concurrency: usize, payload_bytes: usize) -> Result<RpcResult, String> {
+/// A server core that answers every request stream of one connection with a response
+/// frame holding the request's payload, and what a client needs to reach it.
+pub(crate) struct Echo {
+    pub addr: SocketAddr,
+    pub client_tls: TlsMode,
+    pub server: ExecutorHandle<Result<(), String>>,
+}
+
+/// Endpoint options on loopback with `tls` (mTLS, GSO, 1452-byte datagrams).
+pub(crate) fn loopback_options(tls: TlsMode, server: bool) -> EndpointOptions {
+    EndpointOptions {
+        bind: "127.0.0.1:0".parse().expect("literal"),
+        tls,
+        segmentation_offload: true,
+        mtu: 1452,
+        server,
+    }
+}
+
+/// Starts an echo server on `placement`, with certificates of a CA of its own.
+pub(crate) fn echo_server(name: &str, placement: CorePlacement) -> Result<Echo, String> {
     let ca = tls::generate_ca("bench").map_err(|e| e.to_string())?;
     let mode = |identity| TlsMode::Mutual {
         ca_cert_pem: ca.cert_pem.clone(),
@@ -66,17 +86,9 @@ pub fn run(requests: u64, concurrency: usize, payload_bytes: usize) -> Result<Rp
     };
     let server_tls = mode(tls::issue_node_cert(&ca, NodeId(1), &[]).map_err(|e| e.to_string())?);
     let client_tls = mode(tls::issue_client_cert(&ca, "bench").map_err(|e| e.to_string())?);
-    let options = |tls, server| EndpointOptions {
-        bind: "127.0.0.1:0".parse().expect("literal"),
-        tls,
-        segmentation_offload: true,
-        mtu: 1452,
-        server,
-    };
-    let (server_cpu, client_cpu) = placements();
     let (addr_tx, addr_rx) = mpsc::sync_channel::<SocketAddr>(1);
-    let server_options = options(server_tls, true);
-    let server = spawn_executor("rpc-server", server_cpu, move || async move {
+    let server_options = loopback_options(server_tls, true);
+    let server = spawn_executor(name, placement, move || async move {
         let endpoint = QuicEndpoint::bind(server_options).map_err(|e| e.to_string())?;
         addr_tx
             .send(endpoint.local_addr().map_err(|e| e.to_string())?)
@@ -102,19 +114,42 @@ pub fn run(requests: u64, concurrency: usize, payload_bytes: usize) -> Result<Rp
     .map_err(|e| e.to_string())?;
     let addr = addr_rx
         .recv_timeout(Duration::from_secs(30))
-        .map_err(|e| format!("rpc server: {e}"))?;
-    let client_options = options(client_tls.clone(), false);
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(Echo {
+        addr,
+        client_tls,
+        server,
+    })
+}
+
+/// A client endpoint on the calling executor, connected to the echo server at `addr`.
+pub(crate) async fn connect_echo(
+    addr: SocketAddr,
+    client_tls: &TlsMode,
+) -> Result<(QuicEndpoint, Connection), String> {
+    let endpoint = QuicEndpoint::bind(loopback_options(client_tls.clone(), false))
+        .map_err(|e| e.to_string())?;
+    let conn = endpoint
+        .connect(
+            addr,
+            &tls::node_server_name(NodeId(1)),
+            client_tls,
+            ALPN_CLIENT,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((endpoint, conn))
+}
+
+pub fn run(requests: u64, concurrency: usize, payload_bytes: usize) -> Result<RpcResult, String> {
+    let (server_cpu, client_cpu) = placements();
+    let Echo {
+        addr,
+        client_tls,
+        server,
+    } = echo_server("rpc-server", server_cpu)?;
     let client = spawn_executor("rpc-client", client_cpu, move || async move {
-        let endpoint = QuicEndpoint::bind(client_options).map_err(|e| e.to_string())?;
-        let conn = endpoint
-            .connect(
-                addr,
-                &tls::node_server_name(NodeId(1)),
-                &client_tls,
-                ALPN_CLIENT,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let (endpoint, conn) = connect_echo(addr, &client_tls).await?;
         let mut request = Vec::new();
         encode_frame(
             FrameKind::Request,

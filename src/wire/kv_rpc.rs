@@ -169,29 +169,19 @@ impl ServerTiming {
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<ServerTiming, DecodeError> {
-        let mut v = [0u32; 8];
-        for x in &mut v {
-            *x = u32::try_from(r.varint("stage")?).unwrap_or(u32::MAX);
-        }
-        let [
-            queue_us,
-            batch_wait_us,
-            leader_fsync_us,
-            commit_wait_us,
-            apply_us,
-            reply_us,
-            total_us,
-            follower_us,
-        ] = v;
+        // In the order `encode` writes them: a struct literal's fields are evaluated in
+        // the order written.
+        let mut next =
+            || Ok::<_, DecodeError>(u32::try_from(r.varint("stage")?).unwrap_or(u32::MAX));
         Ok(ServerTiming {
-            queue_us,
-            batch_wait_us,
-            leader_fsync_us,
-            commit_wait_us,
-            apply_us,
-            reply_us,
-            total_us,
-            follower_us,
+            queue_us: next()?,
+            batch_wait_us: next()?,
+            leader_fsync_us: next()?,
+            commit_wait_us: next()?,
+            apply_us: next()?,
+            reply_us: next()?,
+            total_us: next()?,
+            follower_us: next()?,
         })
     }
 }
