@@ -173,7 +173,7 @@ pub enum Mail<R> {
 pub enum LogWrite {
     /// Remove every record of this group (its replica left the core).
     Drop(GroupId),
-    /// Make this batch durable (one write and one fsync), then `handle_persisted(now, id)`.
+    /// Make this batch durable (one durable write), then `handle_persisted(now, id)`.
     Persist(PersistBatch),
     /// Write a received snapshot's data to a file of its own, durably, in the background
     /// (nothing else waits for it), then `handle_snapshot_file_written`. Raft installs the
@@ -2628,16 +2628,18 @@ mod tests {
             // Its fsync takes 3 ms.
             now += Duration::from_millis(3);
             core.handle_persisted(now, batch.id);
+            // Applied and answered as the core is polled (with no time passing).
             let mut answer = None;
-            while answer.is_none() {
-                match core.poll_log() {
-                    Some(LogWrite::Persist(batch)) => core.handle_persisted(now, batch.id),
-                    Some(_) => {}
-                    None => {}
+            for _ in 0..100 {
+                if let Some(LogWrite::Persist(batch)) = core.poll_log() {
+                    core.handle_persisted(now, batch.id);
                 }
                 answer = core.poll_reply().filter(|(r, _)| *r == id);
+                if answer.is_some() {
+                    break;
+                }
             }
-            let frame = answer.unwrap().1;
+            let frame = answer.expect("the write is answered").1;
             assert!(matches!(frame.reply, KvReply::Written(_)), "{frame:?}");
             if trace {
                 let t = frame.timing.expect("a traced write has its timing");

@@ -1252,7 +1252,12 @@ async fn serve_request(
         (None, Some(Ok(request))) => {
             drop(budget);
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            let received = clock.now();
+            // The clock is read for a traced request only.
+            let received = if request.trace {
+                clock.now()
+            } else {
+                Time::ZERO
+            };
             let reply = Reply {
                 tx,
                 received,
