@@ -38,7 +38,7 @@ pub struct DemoArgs {
     pub skew: Option<nodedb_cluster::runtime::demo::Skew>,
     /// Trace every EVERY-th write (default: every write) and print where its time went,
     /// stage by stage: network, queue on the leader's core, batch wait, the leader's
-    /// fsync, the wait for the quorum, apply, reply (and the follower's round trip).
+    /// durable write, the wait for the quorum, apply, reply (and the follower's round trip).
     #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "EVERY")]
     pub stages: Option<u64>,
     /// Print one JSON object.

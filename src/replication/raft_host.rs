@@ -1075,6 +1075,8 @@ impl<S: StateMachine> RaftHost<S> {
         let mut writes = Vec::new();
         let mut compactions = Vec::new();
         let mut numbers = Vec::new();
+        // A tick asked for every unwritten commit index (`commit_unwritten`) to be written.
+        let flush = std::mem::take(&mut self.flush_commits);
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
         for id in ids {
             let local = self.local;
@@ -1092,6 +1094,15 @@ impl<S: StateMachine> RaftHost<S> {
                 }
             }
             if !g.raw.has_ready() {
+                if flush && std::mem::take(&mut g.commit_unwritten) {
+                    let hard_state = g.raw.store().log.rl().hard_state().clone();
+                    numbers.push((id, None, Some(hard_state.commit)));
+                    writes.push(GroupWrite {
+                        group: id,
+                        hard_state: Some(hard_state),
+                        ..GroupWrite::default()
+                    });
+                }
                 continue;
             }
             let mut rd = g.raw.ready();
@@ -1183,7 +1194,10 @@ impl<S: StateMachine> RaftHost<S> {
                 write.entries = rd.entries().clone();
             }
             if let Some(hs) = rd.hs() {
-                let before = g.raw.store().log.rl().hard_state().clone();
+                let before = {
+                    let log = g.raw.store().log.rl();
+                    (log.hard_state().term, log.hard_state().vote)
+                };
                 g.raw.store().log.wl().set_hardstate(hs.clone());
                 // A new commit index alone needs no write of its own, let alone an fsync:
                 // Raft does not need it durable (a replica that restarts with an older one
@@ -1191,13 +1205,15 @@ impl<S: StateMachine> RaftHost<S> {
                 // second fsync on each replica, which the next write waited for. The
                 // metadata group's is written at once: cores act on its table only once
                 // its commit is durable.
-                if hs.term != before.term || hs.vote != before.vote || id == GroupId::METADATA {
+                if (hs.term, hs.vote) != before || id == GroupId::METADATA {
                     write.hard_state = Some(hs.clone());
                 } else {
                     g.commit_unwritten = true;
                 }
             }
-            if g.commit_unwritten && (!write.entries.is_empty() || write.snapshot.is_some()) {
+            if g.commit_unwritten
+                && (flush || !write.entries.is_empty() || write.snapshot.is_some())
+            {
                 write.hard_state = Some(g.raw.store().log.rl().hard_state().clone());
             }
             if write.hard_state.is_some() {
@@ -1227,9 +1243,6 @@ impl<S: StateMachine> RaftHost<S> {
             if write.hard_state.is_some() || !write.entries.is_empty() || write.snapshot.is_some() {
                 writes.push(write);
             }
-        }
-        if std::mem::take(&mut self.flush_commits) {
-            flush_commits(&mut self.groups, &mut writes, &mut numbers);
         }
         if numbers.is_empty() {
             return None;
@@ -1291,33 +1304,6 @@ impl<S: StateMachine> RaftHost<S> {
     /// The next event for the owner.
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
-    }
-}
-
-/// The flush of commit indexes not written yet (one tick after they changed): each such
-/// group's hard state joins the batch.
-fn flush_commits<S>(
-    groups: &mut BTreeMap<GroupId, Group<S>>,
-    writes: &mut Vec<GroupWrite>,
-    numbers: &mut Vec<InFlight>,
-) {
-    for (&id, g) in groups.iter_mut() {
-        if !std::mem::take(&mut g.commit_unwritten) {
-            continue;
-        }
-        let hard_state = g.raw.store().log.rl().hard_state().clone();
-        match writes.iter_mut().find(|w| w.group == id) {
-            Some(w) => w.hard_state = Some(hard_state.clone()),
-            None => writes.push(GroupWrite {
-                group: id,
-                hard_state: Some(hard_state.clone()),
-                ..GroupWrite::default()
-            }),
-        }
-        match numbers.iter_mut().find(|(g, ..)| *g == id) {
-            Some(n) => n.2 = Some(hard_state.commit),
-            None => numbers.push((id, None, Some(hard_state.commit))),
-        }
     }
 }
 

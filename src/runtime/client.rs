@@ -323,12 +323,14 @@ impl KvClient {
                     mut request,
                 } => {
                     request.trace = self.trace(&request);
-                    let sent = self.clock.now();
+                    // The clock is read for a traced attempt only.
+                    let sent = request.trace.then(|| self.clock.now());
                     let result = self.exchange_timed(target, &request).await;
                     let (now, routing) = (self.clock.now(), &mut *self.routing.borrow_mut());
                     match result {
                         Ok((reply, timing)) => {
-                            if let (Some(t), KvReply::Written(_)) = (timing, &reply)
+                            if let (Some(t), Some(sent), KvReply::Written(_)) =
+                                (timing, sent, &reply)
                                 && let Some(s) = self.stages.borrow_mut().as_mut()
                             {
                                 s.histograms.record(now.saturating_since(sent), &t);

@@ -138,7 +138,7 @@ pub struct ServerTiming {
     /// Proposed → handed to the log in a persist batch (a batch in flight delays the next:
     /// group commit).
     pub batch_wait_us: u32,
-    /// Batch handed to the log → the loop learned it is durable (write and fdatasync).
+    /// Batch handed to the log → the loop learned it is durable (its durable write).
     pub leader_fsync_us: u32,
     /// Durable here → committed: waiting for the quorum beyond the leader's own fsync.
     pub commit_wait_us: u32,
