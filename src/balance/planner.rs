@@ -126,22 +126,23 @@ impl LastMoved {
     }
 
     /// Whether a move of `candidate` (`None`: a move between the cores of a node) must wait:
-    /// the vShard moved since `run_started` or is within its hold. Outside a run
-    /// (`in_run` false) a replica move is held by the last run's copies only, not by its
-    /// leader transfers: a run that transferred every vShard's leadership would otherwise
-    /// leave no copy to start the next run with (a joined node waited for ever). Leader
-    /// transfers stay held by the last run's moves until the next run starts: released
-    /// at once, leaderships went back and forth between two nodes every few seconds under
-    /// a steady load (`tests/sim_scenarios.rs`). A core move waits only
-    /// for replica moves of the vShard (to another node or core), and holds back replica
-    /// moves only: where on its node a replica lives says nothing about which node should
-    /// lead, so a leader transfer is not held by one (a core move of a hot leader would
-    /// otherwise pin the leadership on its node for the whole cooldown).
+    /// the vShard moved since `run_started` (the current balancing run; `None` outside a
+    /// run) or is within its hold. Within a run nothing it moved moves again: released at
+    /// once, leaderships went back and forth between two nodes every few seconds under a
+    /// steady load (`tests/sim_scenarios.rs`). A sweep outside a run sees every vShard free
+    /// once its hold is over, like the rest of the run its first move starts: held until a
+    /// later run had begun, the moves of a run that ended short of the target could never
+    /// be corrected (two hot leaders moved onto one node by stale reports stayed there, the
+    /// trigger firing every sweep; a run that transferred every vShard's leadership left no
+    /// copy to start the next run with, and a joined node waited for ever). A core move
+    /// waits only for replica moves of the vShard (to another node or core), and holds back
+    /// replica moves only: where on its node a replica lives says nothing about which node
+    /// should lead, so a leader transfer is not held by one (a core move of a hot leader
+    /// would otherwise pin the leadership on its node for the whole cooldown).
     fn held(
         &self,
         candidate: Option<MoveKind>,
         run_started: Option<Time>,
-        in_run: bool,
         now: Time,
         config: &PlannerConfig,
     ) -> bool {
@@ -154,8 +155,7 @@ impl LastMoved {
                 since_run(self.latest()) || self.holds(MoveKind::LeaderTransfer, now, config)
             }
             Some(MoveKind::ReplicaMove) => {
-                let moved = if in_run { self.latest() } else { self.replica };
-                since_run(moved.max(self.core))
+                since_run(self.latest().max(self.core))
                     || cooling(self.core)
                     || self.holds(MoveKind::ReplicaMove, now, config)
             }
@@ -378,7 +378,7 @@ pub struct Planner {
     /// spread is already below the trigger.
     run_active: bool,
     /// Start of the current (or, between runs, the last) balancing run: vShards moved since
-    /// then stay put until a new run starts.
+    /// then stay put while the run lasts.
     run_started: Option<Time>,
 }
 
@@ -601,7 +601,7 @@ fn settle(
     last_moved: &HashMap<u32, LastMoved>,
     count: usize,
     moving: &[VShardId],
-    (run_started, in_run): (Option<Time>, bool),
+    run_started: Option<Time>,
     now: Time,
     config: &PlannerConfig,
     [replica, leader, core]: [&mut Vec<bool>; 3],
@@ -617,9 +617,9 @@ fn settle(
         }
         let (replica_kind, leader_kind) =
             (Some(MoveKind::ReplicaMove), Some(MoveKind::LeaderTransfer));
-        replica[v] = moved.held(replica_kind, run_started, in_run, now, config);
-        leader[v] = moved.held(leader_kind, run_started, in_run, now, config);
-        core[v] = moved.held(None, run_started, in_run, now, config);
+        replica[v] = moved.held(replica_kind, run_started, now, config);
+        leader[v] = moved.held(leader_kind, run_started, now, config);
+        core[v] = moved.held(None, run_started, now, config);
     }
     for v in moving {
         let v = v.0 as usize;
@@ -661,9 +661,8 @@ fn beats(slot: &Option<Candidate>, improvement: f64, value: f64) -> bool {
 /// Working state of one sweep.
 struct Sweep<'a> {
     config: &'a PlannerConfig,
-    last_moved: &'a HashMap<u32, LastMoved>,
     run_active: bool,
-    /// Start of the current or last run: vShards moved since then are not moved again.
+    /// Start of the current or last run.
     run_started: Option<Time>,
     placement: &'a PlacementTable,
     model: LoadModel,
@@ -728,7 +727,7 @@ impl<'a> Sweep<'a> {
             &planner.last_moved,
             placement.vshard_count() as usize,
             &model.moving,
-            (planner.run_started, planner.run_active),
+            planner.run_started.filter(|_| planner.run_active),
             now,
             &planner.config,
             [&mut settled, &mut settled_leader, &mut settled_core],
@@ -743,7 +742,6 @@ impl<'a> Sweep<'a> {
             hosted_on: vec![std::cell::OnceCell::new(); nodes],
             replica_scans: vec![std::cell::Cell::new(0); core_replicas.len()],
             config: &planner.config,
-            last_moved: &planner.last_moved,
             run_active: planner.run_active,
             run_started: planner.run_started,
             placement,
@@ -960,22 +958,10 @@ impl<'a> Sweep<'a> {
         // first, already even the counts.
         let starts_run = !(self.counts_only && reason == MoveReason::Drain);
         if !self.run_active && starts_run {
-            // A new run: what the last run moved is free to move again, once cooled down.
+            // A new run. The sweep already saw what the last run moved as free (`settle`
+            // outside a run), so nothing to release here.
             self.run_active = true;
             self.run_started = Some(self.now);
-            settle(
-                self.last_moved,
-                self.placement.vshard_count() as usize,
-                &self.model.moving,
-                (None, true),
-                self.now,
-                self.config,
-                [
-                    &mut self.settled,
-                    &mut self.settled_leader,
-                    &mut self.settled_core,
-                ],
-            );
         }
     }
 
