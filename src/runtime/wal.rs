@@ -37,7 +37,8 @@ use tracing::warn;
 use raft::eraftpb::Snapshot;
 
 use crate::constants::{
-    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_REWRITE_BYTES,
+    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES,
+    WAL_REWRITE_BYTES,
 };
 use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
@@ -317,8 +318,21 @@ impl WalFile {
         // Almost always one record; a batch too large for one is cut into several, written
         // in order and made durable together.
         let records = encode_records(self.next_sequence, writes, &in_file).map_err(log)?;
-        // Durable when written: the log is open with O_DSYNC.
-        let end = write_records(&self.file, &self.path, self.end, &records, "write").await?;
+        // Durable when written: the log is open with O_DSYNC. A small record's write blocks
+        // the thread (`WAL_BLOCKING_WRITE_BYTES`): first let the tasks already woken run,
+        // above all the transport's, which sends the appends this batch's messages queued
+        // (the followers' writes then run in parallel with this one).
+        if records.iter().any(|r| r.len() <= WAL_BLOCKING_WRITE_BYTES) {
+            futures_lite::future::yield_now().await;
+        }
+        let end = write_records(
+            &self.file,
+            &self.path,
+            self.end,
+            &records,
+            ("write", WAL_BLOCKING_WRITE_BYTES),
+        )
+        .await?;
         self.stats.bytes += end - self.end;
         self.end = end;
         self.next_sequence += records.len() as u64;
@@ -497,7 +511,8 @@ impl WalFile {
             };
             let records =
                 encode_records(sequence, std::slice::from_ref(&write), &in_file).map_err(log)?;
-            end = write_records(&file, &self.path, end, &records, "write checkpoint").await?;
+            // A checkpoint is many records: none blocks the core.
+            end = write_records(&file, &self.path, end, &records, ("write checkpoint", 0)).await?;
             sequence += records.len() as u64;
         }
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
@@ -557,32 +572,68 @@ impl WalFile {
 }
 
 /// Writes block-aligned `records` one after the other from offset `at` (no fsync); returns
-/// where they end.
+/// where they end. A record of at most `blocking` bytes is written with a blocking
+/// `pwrite` (`WAL_BLOCKING_WRITE_BYTES`), a larger one through io_uring.
 async fn write_records(
     file: &DmaFile,
     path: &Path,
     mut at: u64,
     records: &[Vec<u8>],
-    operation: &'static str,
+    (operation, blocking): (&'static str, usize),
 ) -> Result<u64, WalIoError> {
+    let failed = |message: String| WalIoError::Io {
+        path: path.to_owned(),
+        operation,
+        message,
+    };
     for record in records {
         debug_assert_eq!(record.len() % WAL_BLOCK_BYTES, 0);
         let mut buffer = file.alloc_dma_buffer(record.len());
         buffer.as_bytes_mut().copy_from_slice(record);
-        let written = file
-            .write_at(buffer, at)
-            .await
-            .map_err(glommio_error(path, operation))?;
+        let written = if record.len() <= blocking {
+            pwrite_all(file, buffer.as_bytes(), at).map_err(|e| failed(e.to_string()))?
+        } else {
+            file.write_at(buffer, at)
+                .await
+                .map_err(glommio_error(path, operation))?
+        };
         if written != record.len() {
-            return Err(WalIoError::Io {
-                path: path.to_owned(),
-                operation,
-                message: format!("short write: {written} of {} bytes", record.len()),
-            });
+            return Err(failed(format!(
+                "short write: {written} of {} bytes",
+                record.len()
+            )));
         }
         at += record.len() as u64;
     }
     Ok(at)
+}
+
+/// A blocking positioned write of `bytes` (aligned for `O_DIRECT`: a DMA buffer) at `at`,
+/// retried when interrupted. Returns how much was written: short only at the end of the
+/// device's space.
+fn pwrite_all(file: &DmaFile, bytes: &[u8], at: u64) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(at)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"))?;
+    loop {
+        // SAFETY: `bytes` is valid for reads of its length for the whole call, and the
+        // descriptor belongs to `file`, which is borrowed (so open) for the call.
+        let n = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                bytes.as_ptr().cast::<libc::c_void>(),
+                bytes.len(),
+                offset,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// The file holding a snapshot's data: beside the log, named after the log, group, index
