@@ -329,6 +329,42 @@ fn the_log_is_appended_to_with_durable_writes_before_and_after_a_checkpoint() {
 }
 
 #[test]
+fn a_small_record_is_written_on_the_cores_thread_and_counted_as_a_stall_a_large_one_is_not() {
+    use nodedb_cluster::constants::WAL_BLOCKING_WRITE_BYTES;
+    let path = wal_path("blocking");
+    let p = path.clone();
+    let (small, after_take, large, recovered) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.append(&[write(1, 1)]).await.unwrap();
+        let small = wal.take_blocked();
+        let after_take = wal.take_blocked();
+        // One entry larger than the limit: its record goes through io_uring.
+        let mut big = write(1, 2);
+        big.entries[0].data = vec![7u8; WAL_BLOCKING_WRITE_BYTES + 1].into();
+        wal.append(&[big]).await.unwrap();
+        let large = wal.take_blocked();
+        wal.append(&[write(1, 3)]).await.unwrap();
+        wal.close().await.unwrap();
+        (small, after_take, large, WalFile::open(&p).await.unwrap().1)
+    });
+    assert!(
+        !small.is_zero(),
+        "a small record's write blocked for some time"
+    );
+    assert!(after_take.is_zero(), "taken once");
+    assert!(
+        large.is_zero(),
+        "a large record's write did not block: {large:?}"
+    );
+    let g = &recovered.groups[&GroupId(1)];
+    assert_eq!(
+        g.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(g.entries[1].data.len(), WAL_BLOCKING_WRITE_BYTES + 1);
+}
+
+#[test]
 fn a_dropped_group_stays_gone_after_a_restart_and_the_others_stay() {
     let path = wal_path("drop");
     let p = path.clone();

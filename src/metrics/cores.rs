@@ -503,8 +503,8 @@ impl NodeMetrics {
         }
         let _ = writeln!(
             out,
-            "# HELP nodedb_core_loop_turn_seconds Duration of the core loop's turns (work that \
-             arrives during a turn waits for the next)."
+            "# HELP nodedb_core_loop_turn_seconds Duration of the core loop's turns, and of the \
+             log writes made on the core's thread (work that arrives meanwhile waits)."
         );
         let _ = writeln!(out, "# TYPE nodedb_core_loop_turn_seconds histogram");
         for (core, m) in self.cores.iter().enumerate() {

@@ -86,8 +86,12 @@ pub enum LogJob {
 
 /// What the log task, or a file writer it started, reports to the loop.
 pub enum LogDone {
-    /// The batch `id` is durable.
-    Persisted(u64),
+    /// The batch `id` is durable; writing it blocked the core for `blocked`
+    /// (`WalFile::take_blocked`).
+    Persisted {
+        id: u64,
+        blocked: std::time::Duration,
+    },
     /// A compaction's file is written (or failed); submit `RecordCompaction` to record it.
     CompactionWritten {
         group: GroupId,
@@ -337,7 +341,10 @@ async fn run(
                     );
                 }
             }
-            report(LogDone::Persisted(batch.id));
+            report(LogDone::Persisted {
+                id: batch.id,
+                blocked: wal.take_blocked(),
+            });
         }
         LogJob::Drop(group) => {
             wal.drop_group(group).await?;

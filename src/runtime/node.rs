@@ -564,6 +564,12 @@ async fn core_loop(
             }
             match w {
                 Work::Log(done) => {
+                    // A blocking log write held the core like a turn of its own.
+                    if let LogDone::Persisted { blocked, .. } = &done
+                        && !blocked.is_zero()
+                    {
+                        metrics.loop_turns.observe(*blocked);
+                    }
                     if matches!(
                         done,
                         LogDone::CompactionWritten { .. }
@@ -960,7 +966,7 @@ fn take_log_report(
     done: LogDone,
 ) -> Result<(), CoreLoopError> {
     match done {
-        LogDone::Persisted(id) => node.handle_persisted(now, id),
+        LogDone::Persisted { id, .. } => node.handle_persisted(now, id),
         LogDone::CompactionWritten {
             group,
             snapshot,

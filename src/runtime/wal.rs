@@ -140,6 +140,8 @@ pub struct WalFile {
     /// Rewrite the log once it exceeds this and twice its last checkpoint.
     rewrite_threshold: u64,
     last_checkpoint: u64,
+    /// The longest blocking write since `take_blocked` (the core did nothing else).
+    blocked: std::time::Duration,
     /// Where the last durable record number is written after each durable write.
     mark: std::fs::File,
     /// Snapshot files being written in the background (`begin_snapshot_file`): not
@@ -272,6 +274,7 @@ impl WalFile {
             mirror,
             files,
             rewrite_threshold: WAL_REWRITE_BYTES,
+            blocked: std::time::Duration::ZERO,
             last_checkpoint: replay.valid_bytes,
             mark,
             writing: BTreeMap::new(),
@@ -289,6 +292,12 @@ impl WalFile {
 
     pub fn stats(&self) -> WalStats {
         self.stats
+    }
+
+    /// The longest blocking write (`WAL_BLOCKING_WRITE_BYTES`) since the last call: a
+    /// stall of the core like a long loop turn.
+    pub fn take_blocked(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.blocked)
     }
 
     /// Appends `writes` as one record and makes it durable (one O_DSYNC write).
@@ -322,9 +331,11 @@ impl WalFile {
         // the thread (`WAL_BLOCKING_WRITE_BYTES`): first let the tasks already woken run,
         // above all the transport's, which sends the appends this batch's messages queued
         // (the followers' writes then run in parallel with this one).
-        if records.iter().any(|r| r.len() <= WAL_BLOCKING_WRITE_BYTES) {
+        let blocking = records.iter().all(|r| r.len() <= WAL_BLOCKING_WRITE_BYTES);
+        if blocking {
             futures_lite::future::yield_now().await;
         }
+        let started = blocking.then(std::time::Instant::now);
         let end = write_records(
             &self.file,
             &self.path,
@@ -333,6 +344,9 @@ impl WalFile {
             ("write", WAL_BLOCKING_WRITE_BYTES),
         )
         .await?;
+        if let Some(started) = started {
+            self.blocked = self.blocked.max(started.elapsed());
+        }
         self.stats.bytes += end - self.end;
         self.end = end;
         self.next_sequence += records.len() as u64;
