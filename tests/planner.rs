@@ -51,6 +51,16 @@ fn loads(placement: &PlacementTable, hot_node: Option<NodeId>, factor: f64) -> V
         .collect()
 }
 
+/// A 1 MiB vShard taking 10 writes and `reads` reads a second.
+fn small_load(vshard: VShardId, reads: f64) -> VShardLoad {
+    VShardLoad {
+        vshard,
+        bytes: 1 << 20,
+        writes_per_sec: 10.0,
+        reads_per_sec: reads,
+    }
+}
+
 fn plan(
     planner: &mut Planner,
     t: &ClusterTopology,
@@ -348,12 +358,7 @@ fn cores_inside_one_node_are_balanced_with_core_moves() {
             } else {
                 100.0
             };
-            VShardLoad {
-                vshard,
-                bytes: 1 << 20,
-                writes_per_sec: 10.0,
-                reads_per_sec: reads,
-            }
+            small_load(vshard, reads)
         })
         .collect();
     let result = plan(&mut planner(), &t, &p, &metrics_for(&t), &l).unwrap();
@@ -727,12 +732,7 @@ fn a_run_that_ended_short_of_the_target_is_corrected_by_the_next_run() {
                     } else {
                         100.0
                     };
-                VShardLoad {
-                    vshard,
-                    bytes: 1 << 20,
-                    writes_per_sec: 10.0,
-                    reads_per_sec: reads,
-                }
+                small_load(vshard, reads)
             })
             .collect();
         let metrics = metrics_for(&t);
