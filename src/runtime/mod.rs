@@ -11,6 +11,7 @@ pub mod config;
 pub mod cores;
 pub mod datadir;
 pub mod demo;
+pub mod discard;
 pub mod executor;
 pub mod join;
 pub mod log_writer;

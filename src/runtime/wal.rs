@@ -46,6 +46,7 @@ use crate::replication::raft_host::{
     Compaction, GroupWrite, PersistBatch, PersistedGroup, RaftHost,
 };
 use crate::replication::wal::{SnapshotFile, WalError, encode_records, scan};
+use crate::runtime::discard::{self, discard};
 
 /// A write-ahead log that cannot be used.
 #[derive(Debug, Error)]
@@ -500,6 +501,8 @@ impl WalFile {
     /// history. A crash midway leaves the old log in place.
     async fn checkpoint(&mut self) -> Result<(), WalIoError> {
         let tmp = self.path.with_extension("wal.checkpoint");
+        let started = std::time::Instant::now();
+        let before = self.end;
         let io = |operation| glommio_error(&self.path, operation);
         let file = DmaFile::create(&tmp)
             .await
@@ -533,6 +536,10 @@ impl WalFile {
         }
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
         let _ = file.close().await;
+        // The old log keeps a name until its blocks are freed in steps (`discard`): the
+        // rename would otherwise free them all at once when it is closed.
+        let old_log = discard::trash_name(&self.path.with_extension(format!("wal.{sequence}")));
+        let linked = std::fs::hard_link(&self.path, &old_log).is_ok();
         replace_durably(&tmp, &self.path).await?;
         // Written without O_DSYNC (one flush for the whole rewrite), appended to with it.
         let file = open_log(&self.path)
@@ -540,6 +547,16 @@ impl WalFile {
             .map_err(io("reopen checkpoint"))?;
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
+        if linked {
+            discard::free_in_background(old_log);
+        }
+        tracing::debug!(
+            log = %self.path.display(),
+            before_bytes = before,
+            after_bytes = end,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "log rewritten as a checkpoint"
+        );
         self.end = end;
         self.last_checkpoint = end;
         self.next_sequence = sequence;
@@ -896,37 +913,21 @@ impl WalFile {
             tmp.push(".tmp");
             keep.extend([path.clone(), PathBuf::from(tmp)]);
         }
+        // A log a checkpoint replaced, left behind by a crash before it was freed.
+        let old_logs = format!(
+            "{}.",
+            self.path.file_name().unwrap_or_default().to_string_lossy()
+        );
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with(&prefix) && !keep.contains(&entry.path()) {
-                discard(&entry.path());
+            let (name, path) = (entry.file_name(), entry.path());
+            let name = name.to_string_lossy();
+            if discard::is_trash(&path)
+                && (name.starts_with(&prefix) || name.starts_with(&old_logs))
+            {
+                discard::free_in_background(path);
+            } else if name.starts_with(&prefix) && !keep.contains(&path) {
+                discard(&path);
             }
         }
     }
-}
-
-/// Deletes a snapshot file off the core's thread. Unlinking a large file frees its blocks
-/// inside the system call: 110–125 ms for 512 MiB on the development VM, a stall of every
-/// group on the core when it ran on the loop's thread (a write waited 0.57 s in
-/// `migrate --mib 512`). The file is first renamed, at once, to a name no snapshot takes
-/// (so a new file of the old name is never the one deleted), then removed by glommio's
-/// blocking thread; one left behind by a crash is a stray the next start deletes.
-fn discard(path: &Path) {
-    let mut trash = path.as_os_str().to_owned();
-    trash.push(".discarded");
-    let trash = PathBuf::from(trash);
-    if let Err(e) = std::fs::rename(path, &trash) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            warn!(path = %path.display(), error = %e, "could not delete an unneeded snapshot file");
-        }
-        return;
-    }
-    glommio::spawn_local(async move {
-        if let Err(e) = glommio::io::remove(&trash).await
-            && !matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::NotFound)
-        {
-            warn!(path = %trash.display(), error = %e, "could not delete an unneeded snapshot file");
-        }
-    })
-    .detach();
 }
