@@ -436,6 +436,10 @@ pub const REPLY_CHANNEL_CAPACITY: usize = 1;
 /// once it exceeds this size and twice its last checkpoint: disk use stays within about
 /// twice the live state plus this.
 pub const WAL_REWRITE_BYTES: u64 = 64 << 20;
+/// A checkpoint (written by glommio's blocking thread) is pushed to the disk this many
+/// bytes at a time, each range waited for before the next is written: a log append queued
+/// behind it waits for one range, not for the whole checkpoint.
+pub const WAL_CHECKPOINT_FLUSH_BYTES: usize = 2 << 20;
 /// A file no longer needed (an old snapshot file, a log a checkpoint replaced) is freed
 /// this many bytes at a time, each step durable on its own (`runtime::discard`): with
 /// `discard` mounts, the journal commit after an unlink trims every freed block, and all

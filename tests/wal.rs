@@ -283,6 +283,111 @@ fn disk_use_stays_bounded_under_a_steady_write_load() {
     }
 }
 
+/// Appends batches `from..=to` of groups 1 and 2 to a log that checkpoints past 64 KiB;
+/// returns how many were appended while a checkpoint was being written. `close`: close the
+/// log at the end, or drop it with a checkpoint under way (a process killed midway).
+async fn append_through_checkpoints(path: PathBuf, from: u64, to: u64, close: bool) -> u64 {
+    let (mut wal, _) = WalFile::open(&path).await.unwrap();
+    wal.set_rewrite_threshold(64 << 10);
+    let mut during = 0;
+    for i in from..=to {
+        during += u64::from(wal.is_checkpointing());
+        wal.append(&[write(1, i), write(2, i)]).await.unwrap();
+        if !close && i > from + 50 && wal.is_checkpointing() {
+            // Killed with a checkpoint half written: the log as it was must replay.
+            drop(wal);
+            return during;
+        }
+    }
+    if close {
+        wal.close().await.unwrap();
+    }
+    during
+}
+
+#[test]
+fn a_checkpoint_written_in_the_background_keeps_the_appends_made_meanwhile() {
+    let path = wal_path("background");
+    let p = path.clone();
+    let (during, len, recovered) = on_executor(move || async move {
+        let during = append_through_checkpoints(p.clone(), 1, 400, true).await;
+        let len = std::fs::metadata(&p).unwrap().len();
+        (during, len, WalFile::open(&p).await.unwrap().1)
+    });
+    assert!(
+        during > 0,
+        "no append was made while a checkpoint was written"
+    );
+    // 400 batches of one 4 KiB block: a log never rewritten would hold 1.6 MB.
+    assert!(
+        len < 1_600_000,
+        "{len} bytes: no checkpoint took the log's place"
+    );
+    for group in [1, 2] {
+        let g = &recovered.groups[&GroupId(group)];
+        assert_eq!(
+            g.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (1..=400).collect::<Vec<_>>(),
+            "group {group}"
+        );
+        assert_eq!(g.hard_state.commit, 400);
+    }
+}
+
+#[test]
+fn a_log_killed_while_a_checkpoint_is_written_replays_whole_and_goes_on() {
+    let path = wal_path("killed-checkpoint");
+    let p = path.clone();
+    let recovered = on_executor(move || async move {
+        let killed_at = {
+            append_through_checkpoints(p.clone(), 1, 400, false).await;
+            let (_, recovered) = WalFile::open(&p).await.unwrap();
+            recovered.groups[&GroupId(1)].entries.last().unwrap().index
+        };
+        // Appends continue after it, through more checkpoints.
+        append_through_checkpoints(p.clone(), killed_at + 1, killed_at + 200, true).await;
+        (killed_at, WalFile::open(&p).await.unwrap().1)
+    });
+    let (killed_at, recovered) = recovered;
+    assert!(
+        killed_at > 51 && killed_at < 400,
+        "killed after {killed_at}"
+    );
+    for group in [1, 2] {
+        let g = &recovered.groups[&GroupId(group)];
+        assert_eq!(
+            g.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (1..=killed_at + 200).collect::<Vec<_>>(),
+            "group {group}"
+        );
+    }
+}
+
+#[test]
+fn a_group_dropped_while_a_checkpoint_is_written_stays_dropped() {
+    let path = wal_path("drop-during-checkpoint");
+    let p = path.clone();
+    let (was_checkpointing, recovered) = on_executor(move || async move {
+        let (mut wal, _) = WalFile::open(&p).await.unwrap();
+        wal.set_rewrite_threshold(64 << 10);
+        let mut i = 0;
+        while !wal.is_checkpointing() && i < 1_000 {
+            i += 1;
+            wal.append(&[write(1, i), write(2, i)]).await.unwrap();
+        }
+        let was_checkpointing = wal.is_checkpointing();
+        // The checkpoint under way holds group 2.
+        assert!(wal.drop_group(GroupId(2)).await.unwrap());
+        wal.append(&[write(1, i + 1)]).await.unwrap();
+        wal.close().await.unwrap();
+        (was_checkpointing, WalFile::open(&p).await.unwrap().1)
+    });
+    assert!(was_checkpointing);
+    assert!(!recovered.groups.contains_key(&GroupId(2)));
+    let g = &recovered.groups[&GroupId(1)];
+    assert_eq!(g.entries.last().unwrap().index, g.entries.len() as u64);
+}
+
 /// The open-file flags of every descriptor of this process open on `path`.
 fn open_flags(path: &std::path::Path) -> Vec<u32> {
     let path = std::fs::canonicalize(path).unwrap();

@@ -379,6 +379,40 @@ fn check_record(bytes: &[u8]) -> Result<(u64, &[u8], usize), String> {
     ))
 }
 
+/// Renumbers the whole records at the start of `bytes` from `first` on: each header's
+/// sequence and its checksum (payloads are untouched). Returns the bytes those records take
+/// and how many there are; a record cut short at the end is left alone, for the caller to
+/// read whole. A background checkpoint moves the records appended meanwhile after its own
+/// this way.
+pub fn renumber_records(bytes: &mut [u8], first: u64) -> Result<(usize, u64), WalError> {
+    let (mut offset, mut count, total) = (0usize, 0u64, bytes.len());
+    while offset + WAL_HEADER_BYTES <= total {
+        let raw = &mut bytes[offset..offset + WAL_HEADER_BYTES];
+        let mut header: RecordHeader = bytemuck::pod_read_unaligned(raw);
+        let corrupt = |reason: &str| WalError::Corrupt {
+            offset: offset as u64,
+            reason: reason.into(),
+        };
+        if u64::from_le(header.magic) != WAL_MAGIC {
+            return Err(corrupt("bad magic"));
+        }
+        if crc32c::crc32c(&raw[..24]) != u32::from_le(header.header_crc) {
+            return Err(corrupt("header checksum mismatch"));
+        }
+        let size = align_up(WAL_HEADER_BYTES + u32::from_le(header.payload_len) as usize);
+        if offset + size > total {
+            break;
+        }
+        header.sequence = (first + count).to_le();
+        header.header_crc = 0;
+        header.header_crc = crc32c::crc32c(&bytemuck::bytes_of(&header)[..24]).to_le();
+        raw.copy_from_slice(bytemuck::bytes_of(&header));
+        offset += size;
+        count += 1;
+    }
+    Ok((offset, count))
+}
+
 /// What a log image holds.
 #[derive(Debug, Default, PartialEq)]
 pub struct Scan {
@@ -486,6 +520,29 @@ mod tests {
         }
         out.resize(out.len() + 3 * WAL_BLOCK_BYTES, 0);
         out
+    }
+
+    #[test]
+    fn renumbered_records_replay_with_their_new_numbers_and_the_same_writes() {
+        let mut img = image(3);
+        img.truncate(img.len() - 3 * WAL_BLOCK_BYTES);
+        let whole = img.len();
+        // A fourth record cut short stays as it is.
+        let fourth = encode_record(4, &[write(1, 4)]).unwrap();
+        img.extend_from_slice(&fourth[..WAL_HEADER_BYTES + 8]);
+        let (used, count) = renumber_records(&mut img, 40).unwrap();
+        assert_eq!((used, count), (whole, 3));
+        assert_eq!(&img[whole..], &fourth[..WAL_HEADER_BYTES + 8]);
+        let replay = scan(&img[..whole]).unwrap();
+        let numbers: Vec<u64> = replay.records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(numbers, vec![40, 41, 42]);
+        assert_eq!(replay.records[2].1, vec![write(1, 3), write(2, 3)]);
+        // Damage is refused, not renumbered.
+        img[1] ^= 0xff;
+        assert!(matches!(
+            renumber_records(&mut img, 1),
+            Err(WalError::Corrupt { offset: 0, .. })
+        ));
     }
 
     #[test]
