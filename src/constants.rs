@@ -442,8 +442,8 @@ pub const WAL_REWRITE_BYTES: u64 = 64 << 20;
 pub const WAL_CHECKPOINT_FLUSH_BYTES: usize = 2 << 20;
 /// A file no longer needed (an old snapshot file, a log a checkpoint replaced) is freed
 /// this many bytes at a time, each step durable on its own (`runtime::discard`): with
-/// `discard` mounts, the journal commit after an unlink trims every freed block, and all
-/// durable log writes wait for it (30–130 ms for 512 MiB freed at once on the development
+/// `discard` mounts every freed block is trimmed, and durable log writes wait behind the
+/// trims at the device (30–60 ms for 512 MiB freed at once on the development
 /// VM; a 4 KiB `O_DSYNC` append's longest wait was 70 ms beside an unlink and 5–7 ms
 /// beside steps of 8 MiB, in a Python test on the same disk).
 pub const DISCARD_STEP_BYTES: u64 = 8 << 20;

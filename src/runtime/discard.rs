@@ -1,19 +1,21 @@
 //! Deleting large files (old snapshot files, a log a checkpoint replaced) without stalling
 //! the log's durable writes.
 //!
-//! Freeing a file's blocks is cheap for the call that frees them and expensive for
-//! everyone after: on ext4 the freed extents join the running journal transaction, and
-//! when the filesystem is mounted with `discard` (the development VM and CI machines are)
-//! the commit that ends that transaction trims them all before it completes. Every
-//! `O_DSYNC` append that extends a log needs a commit, so it waits for the trim: a 512 MiB
-//! snapshot file unlinked at once held appends on every log of the disk for 30–130 ms
-//! (`perf trace` of `migrate --mib 512`: the unlink on glommio's blocking thread, 40–130
-//! ms, and the core threads' `pwrite`s, 30–60 ms, started within the same milliseconds).
+//! Freeing a file's blocks is cheap for the call that frees them and expensive for the
+//! disk's other users: when the filesystem is mounted with `discard` (the development VM's
+//! and CI's ext4 is, and runs without a journal) the freed blocks are trimmed, and an
+//! `O_DSYNC` log append (which writes the inode and flushes the device's cache) waits
+//! behind the trims at the device: a 512 MiB snapshot file unlinked at once held appends
+//! on every log of the disk for 30–60 ms (`perf trace` of `migrate --mib 512`: the unlink
+//! on glommio's blocking thread, 40–130 ms, and the core threads' `pwrite`s, 30–60 ms,
+//! started within the same milliseconds). With a journal, the trims come in the commit
+//! that follows the freeing, which every such append needs: the same wait.
 //!
 //! So a file is freed in steps: renamed at once to a name no live file takes
 //! (`<name>.discarded`), then shrunk by `DISCARD_STEP_BYTES` at a time, each step made
-//! durable by an `fdatasync` of its own (so its trim is a commit of its own, whatever else
-//! the disk does) with a pause between steps, and unlinked when empty. One queue per
+//! durable by an `fdatasync` of its own (its trims are done before the next step, and with
+//! a journal they are a commit of their own) with a pause between steps, and unlinked when
+//! empty. One queue per
 //! executor, so deletions do not add up. A file that still has another name (a checkpoint
 //! links the old log before replacing it; a crash between the link and the rename leaves
 //! both names on one inode) is never shrunk: only its trash name is removed. A trash file
