@@ -235,13 +235,18 @@ impl PersistedGroup {
                 .as_ref()
                 .is_none_or(|s| s.get_metadata().index < index)
             {
-                self.entries.retain(|e| e.index > index);
+                let covered = self.entries.partition_point(|e| e.index <= index);
+                self.entries.drain(..covered);
                 self.snapshot = Some(snapshot.clone());
             }
         }
         if let Some(first) = write.entries.first() {
-            // A new entry at index i truncates the conflicting suffix from i on.
-            self.entries.retain(|e| e.index < first.index);
+            // A new entry at index i truncates the conflicting suffix from i on. The
+            // entries are in index order (each write's follow the kept prefix): a search,
+            // not a scan, as a large vShard keeps up to 64 MiB of log here (a scan per
+            // append was 7.6 % of a move's source core).
+            let kept = self.entries.partition_point(|e| e.index < first.index);
+            self.entries.truncate(kept);
             self.entries.extend(write.entries.iter().cloned());
         }
         if let Some(hs) = &write.hard_state {
@@ -1642,4 +1647,59 @@ fn apply_committed<S: StateMachine>(
         }
         !ready
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                index,
+                term,
+                ..Entry::default()
+            })
+            .collect()
+    }
+
+    fn indexes_and_terms(g: &PersistedGroup) -> Vec<(u64, u64)> {
+        g.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    /// Folding writes is what a replay does: a write's entries replace the conflicting
+    /// suffix from their first index on, and a snapshot drops the entries it covers.
+    #[test]
+    fn a_write_replaces_the_conflicting_suffix_and_a_snapshot_drops_what_it_covers() {
+        let mut g = PersistedGroup::default();
+        let write = |entries: Vec<Entry>, snapshot: Option<u64>| GroupWrite {
+            group: GroupId(1),
+            hard_state: None,
+            entries,
+            snapshot: snapshot.map(|index| {
+                let mut s = Snapshot::default();
+                s.mut_metadata().index = index;
+                s
+            }),
+        };
+        g.apply(&write(entries(1..=10, 1), None));
+        g.apply(&write(entries(7..=8, 2), None));
+        let mut expected: Vec<(u64, u64)> = (1..=6).map(|i| (i, 1)).collect();
+        expected.extend([(7, 2), (8, 2)]);
+        assert_eq!(indexes_and_terms(&g), expected);
+        g.apply(&write(entries(9..=12, 2), None));
+        g.apply(&write(Vec::new(), Some(5)));
+        assert_eq!(
+            indexes_and_terms(&g),
+            (6..=12)
+                .map(|i| (i, if i < 7 { 1 } else { 2 }))
+                .collect::<Vec<_>>()
+        );
+        // A snapshot past every entry leaves none; an older one changes nothing.
+        g.apply(&write(Vec::new(), Some(20)));
+        assert!(g.entries.is_empty());
+        g.apply(&write(entries(21..=21, 3), Some(4)));
+        assert_eq!(indexes_and_terms(&g), vec![(21, 3)]);
+        assert_eq!(g.snapshot.as_ref().unwrap().get_metadata().index, 20);
+    }
 }
