@@ -947,8 +947,8 @@ fn a_replaced_log_is_freed_in_the_background_and_a_crash_leftover_at_the_next_op
 
 /// A log reopened long past its last checkpoint (mostly entries its snapshots made
 /// unnecessary) is rewritten at its next append: its allowance follows what a checkpoint
-/// would write, not the length it had at open. With the length, the allowance doubled at
-/// every restart (node logs grew 52 → 104 → 156 MiB over three kill -9 restarts under load).
+/// would write, not the length it had at open. With the length, a log reopened at N bytes
+/// was not rewritten before 2N whatever it held, and each restart moved that mark.
 #[test]
 fn a_reopened_log_full_of_unneeded_entries_is_rewritten_at_its_next_append() {
     use raft::eraftpb::Snapshot;
@@ -985,5 +985,8 @@ fn a_reopened_log_full_of_unneeded_entries_is_rewritten_at_its_next_append() {
     );
     let g = &recovered.groups[&GroupId(1)];
     assert_eq!(g.snapshot.as_ref().unwrap().get_metadata().index, 300);
-    assert_eq!(g.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![301]);
+    assert_eq!(
+        g.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![301]
+    );
 }

@@ -293,9 +293,8 @@ impl WalFile {
         }
         // What a checkpoint would write now, not the log's length: a log reopened long
         // past its last checkpoint (mostly entries its snapshots made unnecessary) is
-        // rewritten at its next append. With the length, the allowance doubled at every
-        // restart: three kill -9 restarts under load grew logs 52 → 104 → 156 MiB with
-        // no checkpoint after the first.
+        // rewritten at its next append. With the length, a log reopened at N bytes was
+        // not rewritten before 2N, whatever it held, and each restart moved the mark.
         let last_checkpoint = checkpoint_estimate(&mirror);
         let wal = WalFile {
             file,
