@@ -158,9 +158,9 @@ pub struct WalFile {
     checkpointing: Option<Checkpointing>,
 }
 
-/// A checkpoint of the log as it was at `from`, written to a file of its own by a task
-/// while appends go on; the records appended meanwhile are copied after it at the swap
-/// (`WalFile::finish_checkpoint`).
+/// A checkpoint of the log as it was when it began, written to a file of its own by
+/// glommio's blocking thread while appends go on; the records appended meanwhile are
+/// written after it at the swap (`WalFile::finish_checkpoint`).
 struct Checkpointing {
     /// The records appended since the checkpoint began, kept to be written after it (a
     /// copy of what went to the log: reading them back would cost the core a read).
