@@ -224,6 +224,16 @@ pub struct PersistedGroup {
 }
 
 impl PersistedGroup {
+    /// The write that rebuilds this state from nothing: what a checkpoint records.
+    pub fn as_write(&self, group: GroupId) -> GroupWrite {
+        GroupWrite {
+            group,
+            hard_state: Some(self.hard_state.clone()),
+            entries: self.entries.clone(),
+            snapshot: self.snapshot.clone(),
+        }
+    }
+
     /// Folds a write into the persisted state, as a log replay does.
     pub fn apply(&mut self, write: &GroupWrite) {
         if let Some(snapshot) = &write.snapshot {

@@ -193,14 +193,7 @@ impl WalFile {
             message: e.to_string(),
         })?;
         let path = absolute.as_path();
-        let std_io = |operation: &'static str| {
-            let path = path.to_owned();
-            move |e: std::io::Error| WalIoError::Io {
-                path,
-                operation,
-                message: e.to_string(),
-            }
-        };
+        let std_io = |operation| std_error(path, operation);
         // Replay happens once, before the core serves anything: plain buffered reads are
         // simplest here (glommio's O_DIRECT reads are for the hot path, which only appends).
         let image = match std::fs::read(path) {
@@ -612,12 +605,7 @@ impl WalFile {
             writes: self
                 .mirror
                 .iter()
-                .map(|(group, state)| GroupWrite {
-                    group: *group,
-                    hard_state: Some(state.hard_state.clone()),
-                    entries: state.entries.clone(),
-                    snapshot: state.snapshot.clone(),
-                })
+                .map(|(group, state)| state.as_write(*group))
                 .collect(),
             files: self.files.clone(),
             first_sequence: self.next_sequence,
@@ -815,14 +803,7 @@ fn write_checkpoint_file(
         files,
         first_sequence,
     } = content;
-    let failed = |operation: &'static str| {
-        let path = path.clone();
-        move |e: std::io::Error| WalIoError::Io {
-            path,
-            operation,
-            message: e.to_string(),
-        }
-    };
+    let failed = |operation| std_error(&path, operation);
     let mut file = std::fs::File::create(checkpoint).map_err(failed("create checkpoint"))?;
     let in_file = |group: GroupId, s: &Snapshot| {
         let meta = s.get_metadata();
@@ -1107,6 +1088,16 @@ async fn open_log(path: &Path) -> glommio::Result<DmaFile, ()> {
         .custom_flags(libc::O_DSYNC)
         .dma_open(path)
         .await
+}
+
+/// The `WalIoError` of a standard-library operation on `path`.
+fn std_error(path: &Path, operation: &'static str) -> impl FnOnce(std::io::Error) -> WalIoError {
+    let path = path.to_owned();
+    move |e| WalIoError::Io {
+        path,
+        operation,
+        message: e.to_string(),
+    }
 }
 
 /// The `WalIoError` of a glommio operation on `path`.

@@ -101,16 +101,7 @@ impl SimDisk {
     fn checkpoint(&mut self) {
         self.image.clear();
         self.starts.clear();
-        let groups: Vec<GroupWrite> = self
-            .mirror
-            .iter()
-            .map(|(g, p)| GroupWrite {
-                group: *g,
-                hard_state: Some(p.hard_state.clone()),
-                entries: p.entries.clone(),
-                snapshot: p.snapshot.clone(),
-            })
-            .collect();
+        let groups: Vec<GroupWrite> = self.mirror.iter().map(|(g, p)| p.as_write(*g)).collect();
         for write in groups {
             let record = self.push_record(std::slice::from_ref(&write));
             self.starts.push(self.image.len());
