@@ -440,6 +440,13 @@ pub const WAL_REWRITE_BYTES: u64 = 64 << 20;
 /// bytes at a time, each range waited for before the next is written: a log append queued
 /// behind it waits for one range, not for the whole checkpoint.
 pub const WAL_CHECKPOINT_FLUSH_BYTES: usize = 2 << 20;
+/// The log is kept written with zeros this far past its last record, ahead of the appends
+/// (by glommio's blocking thread, in the background): an `O_DIRECT | O_DSYNC` append into
+/// blocks the file already has is a pure data write, while one that extends the file also
+/// makes its new size durable (an inode write on every commit). A standalone 4 KiB durable
+/// write on the development VM: p50 124–149 µs overwriting against 200–267 µs appending.
+/// Disk use grows by at most this much per core.
+pub const WAL_ZERO_AHEAD_BYTES: u64 = 4 << 20;
 /// A file no longer needed (an old snapshot file, a log a checkpoint replaced) is freed
 /// this many bytes at a time, each step durable on its own (`runtime::discard`): with
 /// `discard` mounts every freed block is trimmed, and durable log writes wait behind the

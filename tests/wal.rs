@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use nodedb_cluster::constants::WAL_ZERO_AHEAD_BYTES;
 use nodedb_cluster::ids::{CoreAddress, GroupId, ReplicaId};
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::replication::kv::{KvCommand, KvStore, StateMachine};
@@ -51,6 +52,16 @@ fn write(group: u64, index: u64) -> GroupWrite {
         entries: vec![e],
         snapshot: None,
     }
+}
+
+/// Where the log's records end: the zeros the log keeps ahead of its appends
+/// (`WAL_ZERO_AHEAD_BYTES`) follow them.
+fn records_end(path: &std::path::Path) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |p| (p / 4096 + 1) * 4096)
 }
 
 async fn append_batches(path: PathBuf, from: u64, to: u64) {
@@ -98,9 +109,10 @@ fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
     std::fs::write(mark_path(&path), mark).unwrap();
     // Crash mid-write of record 10: damage its block and leave garbage after it.
     let mut bytes = std::fs::read(&path).unwrap();
-    let len = bytes.len();
+    let len = records_end(&path);
     bytes[len - 4096 + 40] ^= 0x5a;
-    bytes.extend_from_slice(&[0xab; 3000]);
+    bytes.resize(bytes.len().max(len + 3000), 0);
+    bytes[len..len + 3000].fill(0xab);
     std::fs::write(&path, &bytes).unwrap();
     let p = path.clone();
     let (first, second) = on_executor(move || async move {
@@ -119,6 +131,43 @@ fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
     assert_eq!(second.truncated_bytes, 0);
 }
 
+/// The log keeps zeros written ahead of its appends, so that an append overwrites blocks
+/// the file has rather than growing it (and writing its size) at every commit; a reopened
+/// log keeps them too, where it would cut off anything else after its last record.
+#[test]
+fn the_log_keeps_zeros_ahead_of_its_appends_and_a_reopened_log_keeps_them() {
+    let path = wal_path("zeros");
+    let p = path.clone();
+    on_executor(move || append_batches(p, 1, 20));
+    let len = std::fs::metadata(&path).unwrap().len();
+    let end = records_end(&path) as u64;
+    assert!(
+        len >= end + WAL_ZERO_AHEAD_BYTES / 2,
+        "{len} bytes for records ending at {end}: no zeros ahead"
+    );
+    let p = path.clone();
+    let seen = on_executor(move || async move {
+        let (mut wal, recovered) = WalFile::open(&p).await.unwrap();
+        let at_open = std::fs::metadata(&p).unwrap().len();
+        wal.append(&[write(1, 21), write(2, 21)]).await.unwrap();
+        let after_append = std::fs::metadata(&p).unwrap().len();
+        drop(wal);
+        let again = WalFile::open(&p).await.unwrap().1;
+        (
+            (recovered.records, recovered.truncated_bytes),
+            (at_open, after_append),
+            again.records,
+        )
+    });
+    assert_eq!(seen.0, (20, 0), "zeros ahead are not a torn tail");
+    assert_eq!(
+        seen.1,
+        (len, len),
+        "kept at open, and the append went into them"
+    );
+    assert_eq!(seen.2, 21);
+}
+
 /// A log cut at a record boundary while the node was stopped parses cleanly, but it lost
 /// records it had acknowledged: it is refused, with the way out; so is a deleted log.
 #[test]
@@ -126,7 +175,7 @@ fn a_log_shortened_at_a_record_boundary_is_refused() {
     let path = wal_path("shortened");
     let p = path.clone();
     on_executor(move || append_batches(p, 1, 5));
-    let boundary = std::fs::metadata(&path).unwrap().len();
+    let boundary = records_end(&path) as u64;
     let p = path.clone();
     on_executor(move || append_batches(p, 6, 8));
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -311,7 +360,7 @@ fn a_checkpoint_written_in_the_background_keeps_the_appends_made_meanwhile() {
     let p = path.clone();
     let (during, len, recovered) = on_executor(move || async move {
         let during = append_through_checkpoints(p.clone(), 1, 400, true).await;
-        let len = std::fs::metadata(&p).unwrap().len();
+        let len = records_end(&p);
         (during, len, WalFile::open(&p).await.unwrap().1)
     });
     assert!(
@@ -912,8 +961,9 @@ fn a_replaced_log_is_freed_in_the_background_and_a_crash_leftover_at_the_next_op
         for i in 1..=200u64 {
             wal.append(&[write(1, i)]).await.unwrap();
         }
-        discards_done().await;
+        // Closing puts a checkpoint under way in place (and frees the log it replaces).
         wal.close().await.unwrap();
+        discards_done().await;
         names_in(p.parent().unwrap())
     });
     assert_eq!(
@@ -975,7 +1025,7 @@ fn a_reopened_log_full_of_unneeded_entries_is_rewritten_at_its_next_append() {
         wal.append(&[write(1, 301)]).await.unwrap();
         // Closing waits for a checkpoint under way and puts it in place.
         wal.close().await.unwrap();
-        let after = std::fs::metadata(&p).unwrap().len();
+        let after = records_end(&p) as u64;
         (before, after, WalFile::open(&p).await.unwrap().1)
     });
     assert!(before >= 300 * 4096, "the first life wrote {before} bytes");

@@ -24,6 +24,11 @@
 //! same voters. A torn final record was never durable, so the mark never names it and it
 //! is still cut off as before.
 //!
+//! The file is kept written with zeros `WAL_ZERO_AHEAD_BYTES` past its last record, by
+//! glommio's blocking thread (`WalFile::start_fill`): an append then overwrites blocks the
+//! file has instead of growing it, which would make every commit write the file's size too.
+//! Zeros after the last record are the end of the log, kept at open.
+//!
 //! The record format and the replay rules are sans-IO (`crate::replication::wal`); this module only
 //! moves blocks to and from the disk.
 
@@ -38,7 +43,7 @@ use raft::eraftpb::Snapshot;
 
 use crate::constants::{
     SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES,
-    WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES,
+    WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES, WAL_ZERO_AHEAD_BYTES,
 };
 use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
@@ -156,6 +161,43 @@ pub struct WalFile {
     written: BTreeMap<(GroupId, u64, u64), SnapshotFile>,
     /// A checkpoint being written in the background (`start_checkpoint`).
     checkpointing: Option<Checkpointing>,
+    /// The file holds records or zeros up to here: an append that ends below it overwrites
+    /// blocks the file has (`WAL_ZERO_AHEAD_BYTES`).
+    zeroed: u64,
+    /// Zeros being written past `zeroed` in the background (`start_fill`).
+    filling: Option<Filling>,
+    /// A zero-fill failed (a full disk, most likely): appends extend the file from then on.
+    fill_failed: bool,
+}
+
+/// Zeros being written over `from..to` of the log by glommio's blocking thread.
+struct Filling {
+    to: u64,
+    /// The outcome, set by the blocking thread when it is done: read without waiting.
+    outcome: std::sync::Arc<std::sync::Mutex<Option<Result<(), WalIoError>>>>,
+    /// Asked to stop early (dropped unfinished).
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: glommio::task::JoinHandle<()>,
+}
+
+impl Drop for Filling {
+    /// A log dropped without `close` (a killed core, a test) stops its fill early.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The logs whose zeros are being written: a log reopened in the same process (a test,
+/// a core restarted) waits for the fill its previous life started, which would otherwise
+/// write zeros over the new life's records.
+static FILLING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn fill_under_way(path: &Path) -> bool {
+    FILLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|p| p == path)
 }
 
 /// A checkpoint of the log as it was when it began, written to a file of its own by
@@ -177,6 +219,8 @@ struct CheckpointFile {
     file: DmaFile,
     end: u64,
     next_sequence: u64,
+    /// Records and zeros up to here (`WAL_ZERO_AHEAD_BYTES`).
+    zeroed: u64,
     /// When it began to be written (logged).
     began: std::time::Instant,
 }
@@ -194,6 +238,9 @@ impl WalFile {
         })?;
         let path = absolute.as_path();
         let std_io = |operation| std_error(path, operation);
+        while fill_under_way(path) {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
         // Replay happens once, before the core serves anything: plain buffered reads are
         // simplest here (glommio's O_DIRECT reads are for the hot path, which only appends).
         let image = match std::fs::read(path) {
@@ -205,7 +252,15 @@ impl WalFile {
             path: path.to_owned(),
             source,
         })?;
-        if image.len() as u64 > replay.valid_bytes {
+        // Zeros after the last record are the room kept ahead of the appends: kept. Anything
+        // else there (a torn record) is cut off.
+        let tail = &image[replay.valid_bytes as usize..];
+        let zeroed = if tail.iter().all(|b| *b == 0) {
+            replay.valid_bytes + tail.len() as u64 / WAL_BLOCK_BYTES as u64 * WAL_BLOCK_BYTES as u64
+        } else {
+            replay.valid_bytes
+        };
+        if zeroed == replay.valid_bytes && !tail.is_empty() {
             warn!(path = %path.display(), valid = replay.valid_bytes, torn = replay.torn_bytes, "cutting off the log's tail");
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -304,6 +359,9 @@ impl WalFile {
             writing: BTreeMap::new(),
             written: BTreeMap::new(),
             checkpointing: None,
+            zeroed,
+            filling: None,
+            fill_failed: false,
         };
         wal.remove_unneeded_snapshot_files();
         remove_stray_checkpoints(path);
@@ -313,6 +371,7 @@ impl WalFile {
     /// Closes the file (waits for the close to complete).
     pub async fn close(mut self) -> Result<(), WalIoError> {
         self.finish_checkpoint(true).await?;
+        self.settle_fill(true).await;
         let io = glommio_error(&self.path, "close");
         self.file.close().await.map_err(io)
     }
@@ -356,6 +415,10 @@ impl WalFile {
         // Almost always one record; a batch too large for one is cut into several, written
         // in order and made durable together.
         let records = encode_records(self.next_sequence, writes, &in_file).map_err(log)?;
+        // Zeros still being written where these records go are waited for (they would
+        // land over them).
+        let ends_at = self.end + records.iter().map(|r| r.len() as u64).sum::<u64>();
+        self.settle_fill(ends_at > self.zeroed).await;
         // Durable when written: the log is open with O_DSYNC. A small record's write blocks
         // the thread (`WAL_BLOCKING_WRITE_BYTES`): first let the tasks already woken run,
         // above all the transport's, which sends the appends this batch's messages queued
@@ -380,6 +443,7 @@ impl WalFile {
         }
         self.stats.bytes += end - self.end;
         self.end = end;
+        self.zeroed = self.zeroed.max(end);
         self.next_sequence += records.len() as u64;
         self.stats.records += records.len() as u64;
         self.stats.fsyncs += 1;
@@ -422,7 +486,81 @@ impl WalFile {
         {
             self.start_checkpoint();
         }
+        self.start_fill();
         Ok(())
+    }
+
+    /// Starts writing the next `WAL_ZERO_AHEAD_BYTES` of zeros past `zeroed` in the
+    /// background once the appends come within half of that of it (not while a checkpoint,
+    /// which brings its own zeros, is being written).
+    fn start_fill(&mut self) {
+        if self.filling.is_some()
+            || self.fill_failed
+            || self.checkpointing.is_some()
+            || self.end + WAL_ZERO_AHEAD_BYTES / 2 < self.zeroed
+        {
+            return;
+        }
+        let (from, to) = (self.zeroed, self.zeroed + WAL_ZERO_AHEAD_BYTES);
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        FILLING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(self.path.clone());
+        let work = {
+            let (path, outcome, stop) = (self.path.clone(), outcome.clone(), stop.clone());
+            move || {
+                let written = write_zeros(&path, (from, to), &stop);
+                *outcome
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(written);
+                let mut filling = FILLING
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(i) = filling.iter().position(|p| *p == path) {
+                    filling.swap_remove(i);
+                }
+            }
+        };
+        let task =
+            glommio::spawn_local(async move { glommio::executor().spawn_blocking(work).await })
+                .detach();
+        self.filling = Some(Filling {
+            to,
+            outcome,
+            stop,
+            task,
+        });
+    }
+
+    /// Takes the outcome of a zero-fill that has ended (with `wait`, waits for it first).
+    /// A failed one is logged, and no other is started: appends extend the file as they
+    /// would without (the next one then most likely fails too, with its own error).
+    async fn settle_fill(&mut self, wait: bool) {
+        let Some(filling) = &mut self.filling else {
+            return;
+        };
+        if wait {
+            (&mut filling.task).await;
+        }
+        let outcome = filling
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(outcome) = outcome else {
+            return;
+        };
+        let to = filling.to;
+        self.filling = None;
+        match outcome {
+            Ok(()) => self.zeroed = self.zeroed.max(to),
+            Err(e) => {
+                warn!(error = %e, "the log's room ahead was not zero-filled; appends extend the file");
+                self.fill_failed = true;
+            }
+        }
     }
 
     /// A snapshot of `group` at `index` and `term` is about to be written in the
@@ -594,6 +732,7 @@ impl WalFile {
             )
             .await?;
             written.next_sequence += count;
+            written.zeroed = written.zeroed.max(written.end);
         }
         self.put_in_place(written).await
     }
@@ -614,12 +753,15 @@ impl WalFile {
 
     /// Makes a written checkpoint the log: durable, renamed over it, reopened for appends.
     async fn put_in_place(&mut self, written: CheckpointFile) -> Result<(), WalIoError> {
+        // Zeros still being written to the old log are not written to the new one.
+        self.settle_fill(true).await;
         let io = |operation| glommio_error(&self.path, operation);
         let CheckpointFile {
             path,
             file,
             end,
             next_sequence,
+            zeroed,
             began,
         } = written;
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
@@ -647,6 +789,7 @@ impl WalFile {
             "log rewritten as a checkpoint"
         );
         self.end = end;
+        self.zeroed = zeroed.max(end);
         self.last_checkpoint = end;
         self.next_sequence = next_sequence;
         self.stats.fsyncs += 1;
@@ -763,7 +906,7 @@ async fn write_checkpoint(
     // not wait for the executor to look at its rings (a busy one looks once per preemption
     // period: through io_uring, a checkpoint under a tight append loop ended only after
     // hundreds of appends, and the log grew past its bound meanwhile).
-    let (end, next_sequence) = glommio::executor()
+    let (end, next_sequence, zeroed) = glommio::executor()
         .spawn_blocking({
             let checkpoint = checkpoint.clone();
             move || {
@@ -784,17 +927,19 @@ async fn write_checkpoint(
         file,
         end,
         next_sequence,
+        zeroed,
         began,
     })
 }
 
 /// Writes a checkpoint file (one record per group, numbered from the content's first
-/// sequence) with plain blocking writes and `fdatasync`, and drops its pages from the
-/// cache (the log is read only at start). Returns its end and the next sequence.
+/// sequence, then `WAL_ZERO_AHEAD_BYTES` of zeros) with plain blocking writes and
+/// `fdatasync`, and drops its pages from the cache (the log is read only at start).
+/// Returns its end, the next sequence, and where its zeros end.
 fn write_checkpoint_file(
     checkpoint: &Path,
     content: CheckpointContent,
-) -> Result<(u64, u64), WalIoError> {
+) -> Result<(u64, u64, u64), WalIoError> {
     use std::io::Write as _;
     use std::os::fd::AsRawFd;
     let CheckpointContent {
@@ -832,10 +977,57 @@ fn write_checkpoint_file(
         }
         next_sequence += records.len() as u64;
     }
+    // The room ahead of the appends that follow, made durable with the records.
+    let zeros = vec![0u8; WAL_CHECKPOINT_FLUSH_BYTES];
+    let zeroed = end + WAL_ZERO_AHEAD_BYTES;
+    let mut at = end;
+    while at < zeroed {
+        let n = (zeroed - at).min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])
+            .map_err(failed("write checkpoint"))?;
+        at += n as u64;
+        if at - flushed >= WAL_CHECKPOINT_FLUSH_BYTES as u64 {
+            flush_range(&file, flushed, at).map_err(failed("flush checkpoint"))?;
+            flushed = at;
+        }
+    }
     file.sync_data().map_err(failed("fdatasync checkpoint"))?;
     // SAFETY: a plain advice call on a descriptor `file` owns; it touches no memory.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    Ok((end, next_sequence))
+    Ok((end, next_sequence, zeroed))
+}
+
+/// Writes zeros over `from..to` of the log at `path` (block-aligned; in pieces checked
+/// against `stop`), durable as they are written, the file's new size included: O_DIRECT,
+/// so no page cache, and O_DSYNC like every other descriptor that writes the log.
+fn write_zeros(
+    path: &Path,
+    (from, to): (u64, u64),
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), WalIoError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const PIECE: usize = 1 << 20;
+    let failed = |operation| std_error(path, operation);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(path)
+        .map_err(failed("open to zero-fill"))?;
+    // O_DIRECT wants the buffer aligned too.
+    let room = vec![0u8; PIECE + WAL_BLOCK_BYTES];
+    let start = room.as_ptr().align_offset(WAL_BLOCK_BYTES);
+    let zeros = &room[start..start + PIECE];
+    let mut at = from;
+    while at < to {
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let n = (to - at).min(PIECE as u64) as usize;
+        file.write_all_at(&zeros[..n], at)
+            .map_err(failed("zero-fill"))?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Writes the file's cached bytes from `from` to `to` to the disk and waits for them: the
