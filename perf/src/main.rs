@@ -10,9 +10,10 @@
 //! `wal [--groups 64] [--rounds 200] [--payload 256] [--dir target/perf-wal]` measures WAL
 //! appends per second with group commit against one fsync per group (see `wal.rs`).
 //!
-//! `raft [--seconds 5] [--concurrency 1,32] [--stages] [--processes]` measures commit
-//! throughput and latency of a 3-replica group over QUIC with fsync against raft-rs in
-//! memory and against the physical floor of a commit (see `raft.rs`, `floor.rs`).
+//! `raft [--seconds 5] [--concurrency 1,32] [--rate R] [--stages] [--processes]` measures
+//! commit throughput and latency of a 3-replica group over QUIC with fsync against raft-rs
+//! in memory and against the physical floor of a commit (see `raft.rs`, `floor.rs`); with
+//! `--rate`, also under an open-loop load.
 //!
 //! `migrate [--mib 64] [--dir target/perf-migrate]` moves a replica of a loaded vShard to
 //! another node while a writer runs and reports the move's time and throughput and the
@@ -116,6 +117,11 @@ enum Tool {
         /// the JSON as `stages`).
         #[arg(long)]
         stages: bool,
+        /// Also run an open-loop load after the closed-loop ones: this many writes per
+        /// second in total on a fixed schedule, each latency measured from its due time (a
+        /// row with `rate` instead of `concurrency`).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
         /// Run the three nodes as separate processes of the built `nodedb-cluster` (files
         /// and node logs under `dir`), as etcd is measured, instead of in this process.
         #[arg(long)]
@@ -249,12 +255,18 @@ fn main() -> ExitCode {
             seconds,
             concurrency,
             stages,
+            rate,
             processes,
             binary,
             dir,
         } => {
             let binary = processes.then(|| binary.unwrap_or_else(procs::default_binary));
-            raft_bench(seconds, &concurrency, stages, binary.as_deref(), &dir)
+            raft_bench(
+                (seconds, &concurrency, rate),
+                stages,
+                binary.as_deref(),
+                &dir,
+            )
         }
         Tool::Migrate {
             mib,
@@ -557,8 +569,7 @@ fn wal_bench(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Outcome 
 }
 
 fn raft_bench(
-    seconds: f64,
-    concurrency: &[usize],
+    (seconds, concurrency, rate): (f64, &[usize], Option<u64>),
     stages: bool,
     processes: Option<&std::path::Path>,
     dir: &std::path::Path,
@@ -597,6 +608,24 @@ fn raft_bench(
             "memory_commits_per_sec": ceiling.commits_per_sec, "memory_p50_us": ceiling.p50_us,
             "memory_p99_us": ceiling.p99_us, "memory_p999_us": ceiling.p999_us,
             "ours_over_memory": ours.commits_per_sec / ceiling.commits_per_sec,
+            "p50_over_floor": ours.p50_us as f64 / floor_p50 as f64,
+            "p99_over_floor": ours.p99_us as f64 / floor_p99 as f64,
+            "stages": ours.stages.as_ref().map(|s| s.to_json()),
+        }));
+    }
+    if let Some(rate) = rate {
+        let ours = raft::ours_open_loop(processes.map(|b| (b, dir)), rate, seconds, stages)
+            .map_err(|e| format!("ours, open loop at {rate}/s: {e}"))?;
+        if let Some(stages) = &ours.stages {
+            eprintln!(
+                "open loop at {rate}/s: where a write's time goes\n{}",
+                stages.table()
+            );
+        }
+        rows.push(serde_json::json!({
+            "rate": rate,
+            "ours_commits_per_sec": ours.commits_per_sec, "ours_p50_us": ours.p50_us,
+            "ours_p99_us": ours.p99_us, "ours_p999_us": ours.p999_us,
             "p50_over_floor": ours.p50_us as f64 / floor_p50 as f64,
             "p99_over_floor": ours.p99_us as f64 / floor_p99 as f64,
             "stages": ours.stages.as_ref().map(|s| s.to_json()),

@@ -475,7 +475,7 @@ async fn measure(
 /// Writes small values for `length`, or until `running` turns false: one closed-loop
 /// writer, or, with `rate`, operations due every `1 / rate` seconds, sent by as many
 /// workers as it takes, each latency measured from the operation's due time.
-async fn write_window(
+pub async fn write_window(
     client: &Rc<KvClient>,
     rate: Option<u64>,
     length: Duration,
@@ -528,7 +528,7 @@ async fn write_window(
 
 /// Workers of the open-loop writer: operations in flight at most (a stall longer than
 /// this many operations' spacing delays the rest, and their latency shows it).
-const OPEN_LOOP_WORKERS: usize = 256;
+pub const OPEN_LOOP_WORKERS: usize = 256;
 
 async fn put(client: &KvClient, i: u64) -> Result<(), String> {
     client

@@ -49,7 +49,11 @@ pub fn ours(concurrency: usize, seconds: f64, stages: bool) -> Result<CommitResu
         stages: stages.then_some(1),
         ..DemoConfig::default()
     };
-    let r = demo::run(&config).map_err(|e| e.to_string())?;
+    result_of(demo::run(&config).map_err(|e| e.to_string())?)
+}
+
+/// The writes' figures of a demo run that had no failed write.
+fn result_of(r: demo::DemoReport) -> Result<CommitResult, String> {
     if r.errors > 0 {
         return Err(format!("{} writes failed", r.errors));
     }
@@ -87,13 +91,57 @@ pub fn ours_processes(
     outcome
 }
 
-/// Waits for the group to take a write (30 s at most), then runs the writers.
-async fn closed_loop(
-    client: &Rc<KvClient>,
-    concurrency: usize,
+/// Ours, open loop: writes due every `1 / rate` seconds for `seconds`, each latency measured
+/// from its due time (a stall counts for every write it delayed: no coordinated omission).
+/// In this process, or, with `processes` (binary, dir), against three node processes.
+pub fn ours_open_loop(
+    processes: Option<(&Path, &Path)>,
+    rate: u64,
     seconds: f64,
     stages: bool,
 ) -> Result<CommitResult, String> {
+    let Some((binary, dir)) = processes else {
+        let config = DemoConfig {
+            nodes: 3,
+            cores: 1,
+            groups: 1,
+            duration: Duration::from_secs_f64(seconds),
+            concurrency: crate::migrate::OPEN_LOOP_WORKERS,
+            rate: Some(rate as f64),
+            write_fraction: 1.0,
+            stages: stages.then_some(1),
+            ..DemoConfig::default()
+        };
+        return result_of(demo::run(&config).map_err(|e| e.to_string())?);
+    };
+    let shape = Shape {
+        nodes: 3,
+        cores: 1,
+        groups: 1,
+        extra: String::new(),
+        metrics: false,
+    };
+    let cluster = Processes::start(binary, dir, &shape)?;
+    let tls = cluster.client_tls(false)?;
+    let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
+        ready(&client, stages).await?;
+        let length = Duration::from_secs_f64(seconds);
+        let h = crate::migrate::write_window(&client, Some(rate), length, None).await?;
+        Ok(CommitResult {
+            commits_per_sec: h.len() as f64 / seconds,
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            stages: client.stage_histograms(),
+        })
+    });
+    cluster.stop(outcome.is_ok());
+    outcome
+}
+
+/// Waits for the group to take a write (30 s at most); then, with `stages`, traces every
+/// write from here on.
+async fn ready(client: &Rc<KvClient>, stages: bool) -> Result<(), String> {
     let ready = Instant::now() + Duration::from_secs(30);
     while client.put(b"ready", b"1").await.is_err() {
         if Instant::now() > ready {
@@ -104,6 +152,17 @@ async fn closed_loop(
     if stages {
         client.sample_stages(1);
     }
+    Ok(())
+}
+
+/// Waits for the group to take a write, then runs the writers.
+async fn closed_loop(
+    client: &Rc<KvClient>,
+    concurrency: usize,
+    seconds: f64,
+    stages: bool,
+) -> Result<CommitResult, String> {
+    ready(client, stages).await?;
     let histogram = Rc::new(RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
     ));
