@@ -187,17 +187,38 @@ impl Drop for Filling {
     }
 }
 
-/// The logs whose zeros are being written: a log reopened in the same process (a test,
-/// a core restarted) waits for the fill its previous life started, which would otherwise
-/// write zeros over the new life's records.
-static FILLING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// The logs with background work under way (a zero-fill, a checkpoint being written), once
+/// per piece of work. A log reopened in the same process (a test, a core restarted) waits
+/// for what its previous life left running: a fill would write zeros over the new life's
+/// records, and a checkpoint's file would be removed as a stray under its feet.
+static BUSY: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-fn fill_under_way(path: &Path) -> bool {
-    FILLING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .any(|p| p == path)
+/// One piece of background work on a log, registered in `BUSY` for as long as it lives.
+struct Busy(PathBuf);
+
+impl Busy {
+    fn new(log: &Path) -> Busy {
+        Busy::all().push(log.to_owned());
+        Busy(log.to_owned())
+    }
+
+    fn all() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+        BUSY.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn any(log: &Path) -> bool {
+        Busy::all().iter().any(|p| p == log)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut all = Busy::all();
+        if let Some(i) = all.iter().position(|p| *p == self.0) {
+            all.swap_remove(i);
+        }
+    }
 }
 
 /// A checkpoint of the log as it was when it began, written to a file of its own by
@@ -238,7 +259,7 @@ impl WalFile {
         })?;
         let path = absolute.as_path();
         let std_io = |operation| std_error(path, operation);
-        while fill_under_way(path) {
+        while Busy::any(path) {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         // Replay happens once, before the core serves anything: plain buffered reads are
@@ -504,23 +525,15 @@ impl WalFile {
         let (from, to) = (self.zeroed, self.zeroed + WAL_ZERO_AHEAD_BYTES);
         let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        FILLING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(self.path.clone());
         let work = {
             let (path, outcome, stop) = (self.path.clone(), outcome.clone(), stop.clone());
+            let busy = Busy::new(&self.path);
             move || {
                 let written = write_zeros(&path, (from, to), &stop);
                 *outcome
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(written);
-                let mut filling = FILLING
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(i) = filling.iter().position(|p| *p == path) {
-                    filling.swap_remove(i);
-                }
+                drop(busy);
             }
         };
         let task =
@@ -691,7 +704,14 @@ impl WalFile {
     fn start_checkpoint(&mut self) {
         let content = self.checkpoint_content();
         let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = glommio::spawn_local(write_checkpoint(content, ended.clone())).detach();
+        let busy = Busy::new(&self.path);
+        let written = write_checkpoint(content, ended.clone());
+        let task = glommio::spawn_local(async move {
+            let written = written.await;
+            drop(busy);
+            written
+        })
+        .detach();
         self.checkpointing = Some(Checkpointing {
             tail: Vec::new(),
             ended,
