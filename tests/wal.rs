@@ -297,10 +297,10 @@ fn disk_use_stays_bounded_under_a_steady_write_load() {
     use raft::eraftpb::Snapshot;
     let path = wal_path("bounded");
     let p = path.clone();
-    let (max_len, final_len, recovered) = on_executor(move || async move {
+    let (max_len, final_len, checkpoints, recovered) = on_executor(move || async move {
         let (mut wal, _) = WalFile::open(&p).await.unwrap();
         wal.set_rewrite_threshold(256 << 10);
-        let mut max_len = 0;
+        let (mut max_len, mut checkpoints) = (0, 0);
         for i in 1..=2_000u64 {
             let mut writes = vec![write(1, i), write(2, i)];
             // Every 100 entries a compaction snapshot makes the older entries unnecessary.
@@ -316,13 +316,22 @@ fn disk_use_stays_bounded_under_a_steady_write_load() {
             }
             wal.append(&writes).await.unwrap();
             max_len = max_len.max(wal.len_bytes());
+            checkpoints += wal.take_checkpoints();
         }
         let final_len = wal.len_bytes();
         wal.close().await.unwrap();
-        (max_len, final_len, WalFile::open(&p).await.unwrap().1)
+        (
+            max_len,
+            final_len,
+            checkpoints,
+            WalFile::open(&p).await.unwrap().1,
+        )
     });
     // 2 000 batches of 4 KiB blocks would be 8 MB without rewriting.
     assert!(max_len < 1 << 20, "the log grew to {max_len} bytes");
+    // Rewritten about every 64 batches (256 KiB of them); the count is what the metric
+    // `nodedb_core_wal_checkpoints_total` reports.
+    assert!(checkpoints >= 10, "{checkpoints} checkpoints counted");
     assert!(final_len < 1 << 20);
     for group in [1, 2] {
         let g = &recovered.groups[&GroupId(group)];

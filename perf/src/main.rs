@@ -521,6 +521,8 @@ fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
         "baseline_write_p50_us": r.baseline_p50_us,
         "baseline_write_p99_us": r.baseline_p99_us,
         "baseline_writes": r.baseline_writes,
+        "checkpoints_in_baseline": r.checkpoints_in_baseline,
+        "checkpoints_during_move": r.checkpoints_during_move,
         "during_write_p50_us": r.during_p50_us,
         "during_write_p99_us": r.during_p99_us,
         "during_writes": r.during_writes,

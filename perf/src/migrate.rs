@@ -73,6 +73,10 @@ pub struct MigrateResult {
     pub baseline_p50_us: u64,
     pub baseline_p99_us: u64,
     pub baseline_writes: u64,
+    /// Log checkpoints (on any node) that fell in the baseline window, and in the move:
+    /// each rewrites tens of MiB while appends go on, a cause of tail latency of its own.
+    pub checkpoints_in_baseline: u64,
+    pub checkpoints_during_move: u64,
     pub during_p50_us: u64,
     pub during_p99_us: u64,
     pub during_writes: u64,
@@ -144,22 +148,35 @@ enum Probe {
 impl Probe {
     /// Snapshot bytes every node has streamed so far.
     fn snapshot_bytes_sent(&self) -> u64 {
+        self.total(CoreCounter::SnapshotBytesSent)
+    }
+
+    /// Log checkpoints every node has put in place so far.
+    fn checkpoints(&self) -> u64 {
+        self.total(CoreCounter::WalCheckpoints)
+    }
+
+    /// A counter summed over every core of every node (with processes, from `/metrics`).
+    fn total(&self, counter: CoreCounter) -> u64 {
         match self {
             Probe::InProcess(metrics) => metrics
                 .iter()
                 .flat_map(|m| (0..m.core_count()).map(move |c| m.core(c)))
-                .map(|c| c.counter(CoreCounter::SnapshotBytesSent))
+                .map(|c| c.counter(counter))
                 .sum(),
-            Probe::Processes(nodes) => nodes
-                .iter()
-                .filter_map(|(_, m)| procs::scrape((*m)?).ok())
-                .map(|text| {
-                    procs::samples(&text, "nodedb_core_snapshot_bytes_sent_total")
-                        .iter()
-                        .map(|(_, v)| *v as u64)
-                        .sum::<u64>()
-                })
-                .sum(),
+            Probe::Processes(nodes) => {
+                let name = format!("nodedb_core_{}", counter.name());
+                nodes
+                    .iter()
+                    .filter_map(|(_, m)| procs::scrape((*m)?).ok())
+                    .map(|text| {
+                        procs::samples(&text, &name)
+                            .iter()
+                            .map(|(_, v)| *v as u64)
+                            .sum::<u64>()
+                    })
+                    .sum()
+            }
         }
     }
 
@@ -382,7 +399,9 @@ async fn measure(
     if stages {
         client.sample_stages(1);
     }
+    let checkpoints_before = probe.checkpoints();
     let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
+    let checkpoints_in_baseline = probe.checkpoints() - checkpoints_before;
     let baseline_stages = client.stage_histograms();
     if stages {
         // Afresh for the move.
@@ -427,6 +446,8 @@ async fn measure(
         t.await?;
     }
     let move_seconds = started.elapsed().as_secs_f64();
+    let checkpoints_during_move =
+        probe.checkpoints() - checkpoints_before - checkpoints_in_baseline;
     let max_stall = probe.longest_turn_since(&turns_before);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     let rss_peak = rss_watch.join().map_err(|_| "the RSS sampler panicked")?;
@@ -460,6 +481,8 @@ async fn measure(
         baseline_p50_us: baseline.value_at_quantile(0.5),
         baseline_p99_us: baseline.value_at_quantile(0.99),
         baseline_writes: baseline.len(),
+        checkpoints_in_baseline,
+        checkpoints_during_move,
         during_p50_us: during.value_at_quantile(0.5),
         during_p99_us: during.value_at_quantile(0.99),
         during_writes: during.len(),

@@ -44,6 +44,8 @@ pub enum CoreCounter {
     /// or failed): the difference is the files being written.
     SnapshotFilesStarted,
     SnapshotFilesFinished,
+    /// Write-ahead log checkpoints put in place (the log rewritten as its live content).
+    WalCheckpoints,
     /// Turns of the core loop.
     LoopTurns,
     /// UDP datagrams the core's QUIC endpoint sent.
@@ -78,7 +80,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 30] = [
+    pub const ALL: [CoreCounter; 31] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -93,6 +95,7 @@ impl CoreCounter {
         CoreCounter::SnapshotBytesSent,
         CoreCounter::SnapshotFilesStarted,
         CoreCounter::SnapshotFilesFinished,
+        CoreCounter::WalCheckpoints,
         CoreCounter::LoopTurns,
         CoreCounter::QuicDatagramsSent,
         CoreCounter::QuicSendCalls,
@@ -120,11 +123,17 @@ impl CoreCounter {
                 | CoreCounter::SnapshotBytesSent
                 | CoreCounter::SnapshotFilesStarted
                 | CoreCounter::SnapshotFilesFinished
+                | CoreCounter::WalCheckpoints
                 | CoreCounter::QuicDatagramsSent
                 | CoreCounter::QuicSendCalls
                 | CoreCounter::QuicDatagramsReceived
                 | CoreCounter::QuicSendWouldBlock
         )
+    }
+
+    /// The series' name without the `nodedb_core_` prefix (`wal_batches_total`).
+    pub fn name(self) -> &'static str {
+        self.name_and_help().0
     }
 
     fn name_and_help(self) -> (&'static str, &'static str) {
@@ -168,6 +177,10 @@ impl CoreCounter {
             CoreCounter::SnapshotFilesFinished => (
                 "snapshot_files_finished_total",
                 "Snapshot files the log task finished writing (or failed to).",
+            ),
+            CoreCounter::WalCheckpoints => (
+                "wal_checkpoints_total",
+                "Write-ahead log checkpoints put in place (the log rewritten as its live content).",
             ),
             CoreCounter::LoopTurns => ("loop_turns_total", "Turns of the core loop."),
             CoreCounter::QuicDatagramsSent => ("quic_datagrams_sent_total", "UDP datagrams sent."),

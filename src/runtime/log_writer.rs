@@ -87,10 +87,12 @@ pub enum LogJob {
 /// What the log task, or a file writer it started, reports to the loop.
 pub enum LogDone {
     /// The batch `id` is durable; writing it blocked the core for `blocked`
-    /// (`WalFile::take_blocked`).
+    /// (`WalFile::take_blocked`); `checkpoints` were put in place since the last report
+    /// (`WalFile::take_checkpoints`).
     Persisted {
         id: u64,
         blocked: std::time::Duration,
+        checkpoints: u64,
     },
     /// A compaction's file is written (or failed); submit `RecordCompaction` to record it.
     CompactionWritten {
@@ -344,6 +346,7 @@ async fn run(
             report(LogDone::Persisted {
                 id: batch.id,
                 blocked: wal.take_blocked(),
+                checkpoints: wal.take_checkpoints(),
             });
         }
         LogJob::Drop(group) => {

@@ -565,10 +565,18 @@ async fn core_loop(
             match w {
                 Work::Log(done) => {
                     // A blocking log write held the core like a turn of its own.
-                    if let LogDone::Persisted { blocked, .. } = &done
-                        && !blocked.is_zero()
+                    if let LogDone::Persisted {
+                        blocked,
+                        checkpoints,
+                        ..
+                    } = &done
                     {
-                        metrics.loop_turns.observe(*blocked);
+                        if !blocked.is_zero() {
+                            metrics.loop_turns.observe(*blocked);
+                        }
+                        if *checkpoints > 0 {
+                            metrics.add(CoreCounter::WalCheckpoints, *checkpoints);
+                        }
                     }
                     if matches!(
                         done,

@@ -146,6 +146,8 @@ pub struct WalFile {
     /// Rewrite the log once it exceeds this and twice its last checkpoint.
     rewrite_threshold: u64,
     last_checkpoint: u64,
+    /// Checkpoints put in place since `take_checkpoints`.
+    checkpoints: u64,
     /// The longest blocking write since `take_blocked` (the core did nothing else).
     blocked: std::time::Duration,
     /// Where the last durable record number is written after each durable write.
@@ -375,6 +377,7 @@ impl WalFile {
             files,
             rewrite_threshold: WAL_REWRITE_BYTES,
             blocked: std::time::Duration::ZERO,
+            checkpoints: 0,
             last_checkpoint,
             mark,
             writing: BTreeMap::new(),
@@ -405,6 +408,11 @@ impl WalFile {
     /// stall of the core like a long loop turn.
     pub fn take_blocked(&mut self) -> std::time::Duration {
         std::mem::take(&mut self.blocked)
+    }
+
+    /// Checkpoints put in place since the last call (a metric).
+    pub fn take_checkpoints(&mut self) -> u64 {
+        std::mem::take(&mut self.checkpoints)
     }
 
     /// Appends `writes` as one record and makes it durable (one O_DSYNC write).
@@ -811,6 +819,7 @@ impl WalFile {
         self.end = end;
         self.zeroed = zeroed.max(end);
         self.last_checkpoint = end;
+        self.checkpoints += 1;
         self.next_sequence = next_sequence;
         self.stats.fsyncs += 1;
         self.write_mark()
