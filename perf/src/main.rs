@@ -521,6 +521,7 @@ fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
         "baseline_write_p50_us": r.baseline_p50_us,
         "baseline_write_p99_us": r.baseline_p99_us,
         "baseline_writes": r.baseline_writes,
+        "max_core_busy_us": r.max_core_busy_us,
         "checkpoints_in_baseline": r.checkpoints_in_baseline,
         "checkpoints_during_move": r.checkpoints_during_move,
         "during_write_p50_us": r.during_p50_us,

@@ -61,6 +61,9 @@ pub struct MigrateResult {
     pub move_seconds: f64,
     /// The longest core-loop turn on any core of any node during the move.
     pub max_core_stall_us: u64,
+    /// The same by CPU time: the longest the core's own work held it (the rest of a
+    /// stall is the machine preempting the thread).
+    pub max_core_busy_us: u64,
     /// Peak resident memory during the move over its value at the start: of this process
     /// (every node and the client) in-process, of the node that grew most with processes.
     pub peak_rss_growth_bytes: u64,
@@ -251,13 +254,13 @@ impl Probe {
         }
     }
 
-    /// Loop-turn state before the move (see `longest_turn_since`).
-    fn turns(&self) -> Vec<Vec<(f64, f64)>> {
+    /// Loop-turn state before the move (see `longest_turn_since`), by wall or CPU time.
+    fn turns(&self, clock: TurnClock) -> Vec<Vec<(f64, f64)>> {
         match self {
             Probe::InProcess(metrics) => {
                 for m in metrics {
                     for c in 0..m.core_count() {
-                        m.core(c).loop_turns.take_recent_max();
+                        clock.of(m.core(c)).take_recent_max();
                     }
                 }
                 Vec::new()
@@ -266,7 +269,7 @@ impl Probe {
                 .iter()
                 .map(|(_, m)| {
                     m.and_then(|m| procs::scrape(m).ok())
-                        .map(|text| turn_buckets(&text))
+                        .map(|text| turn_buckets(&text, clock.series()))
                         .unwrap_or_default()
                 })
                 .collect(),
@@ -276,16 +279,16 @@ impl Probe {
     /// The longest loop turn of any core since `before = self.turns()`: exact in-process;
     /// with processes, the upper bound of the histogram bucket it fell in (the nodes'
     /// `nodedb_core_loop_turn_seconds`).
-    fn longest_turn_since(&self, before: &[Vec<(f64, f64)>]) -> Duration {
+    fn longest_turn_since(&self, clock: TurnClock, before: &[Vec<(f64, f64)>]) -> Duration {
         match self {
             Probe::InProcess(metrics) => metrics
                 .iter()
                 .flat_map(|m| (0..m.core_count()).map(move |c| m.core(c)))
-                .map(|c| c.loop_turns.take_recent_max())
+                .map(|c| clock.of(c).take_recent_max())
                 .max()
                 .unwrap_or_default(),
             Probe::Processes(_) => {
-                let after = self.turns();
+                let after = self.turns(clock);
                 let mut longest = 0.0f64;
                 for (b, a) in before.iter().zip(&after) {
                     // Cumulative buckets: turns above a bound are the total's increase
@@ -305,11 +308,39 @@ impl Probe {
     }
 }
 
-/// One node's loop-turn histogram, summed over its cores: (bound in seconds, cumulative
-/// count), by bound, `+Inf` last.
-fn turn_buckets(text: &str) -> Vec<(f64, f64)> {
+/// Which length of a loop turn: its wall time (what work waiting on the core waited) or
+/// its CPU time (what the core's own work took; the rest is the machine preempting it).
+#[derive(Clone, Copy)]
+enum TurnClock {
+    Wall,
+    Cpu,
+}
+
+impl TurnClock {
+    fn of(
+        self,
+        core: &nodedb_cluster::metrics::cores::CoreMetrics,
+    ) -> &nodedb_cluster::metrics::cores::LoopTurns {
+        match self {
+            TurnClock::Wall => &core.loop_turns,
+            TurnClock::Cpu => &core.loop_turn_cpu,
+        }
+    }
+
+    /// The nodes' histogram buckets (`/metrics`).
+    fn series(self) -> &'static str {
+        match self {
+            TurnClock::Wall => "nodedb_core_loop_turn_seconds_bucket",
+            TurnClock::Cpu => "nodedb_core_loop_turn_cpu_seconds_bucket",
+        }
+    }
+}
+
+/// One node's loop-turn histogram (`series`), summed over its cores: (bound in seconds,
+/// cumulative count), by bound, `+Inf` last.
+fn turn_buckets(text: &str, series: &str) -> Vec<(f64, f64)> {
     let mut by_bound: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
-    for (labels, count) in procs::samples(text, "nodedb_core_loop_turn_seconds_bucket") {
+    for (labels, count) in procs::samples(text, series) {
         let Some(le) = labels
             .split("le=\"")
             .nth(1)
@@ -427,7 +458,7 @@ async fn measure(
     }
     let (sources, targets): (Vec<u64>, Vec<u64>) =
         plan.iter().map(|(_, from, to)| (from.0, to.0)).unzip();
-    let turns_before = probe.turns();
+    let (turns_before, cpu_before) = (probe.turns(TurnClock::Wall), probe.turns(TurnClock::Cpu));
     let rss_at_start = probe.rss();
     let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rss_watch = watch_rss(probe.clone(), stop_watch.clone());
@@ -448,7 +479,8 @@ async fn measure(
     let move_seconds = started.elapsed().as_secs_f64();
     let checkpoints_during_move =
         probe.checkpoints() - checkpoints_before - checkpoints_in_baseline;
-    let max_stall = probe.longest_turn_since(&turns_before);
+    let max_stall = probe.longest_turn_since(TurnClock::Wall, &turns_before);
+    let max_busy = probe.longest_turn_since(TurnClock::Cpu, &cpu_before);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     let rss_peak = rss_watch.join().map_err(|_| "the RSS sampler panicked")?;
     // Growth of each watched process: (node, bytes); node 0 is this process.
@@ -474,6 +506,7 @@ async fn measure(
         vshard_bytes,
         move_seconds,
         max_core_stall_us: max_stall.as_micros() as u64,
+        max_core_busy_us: max_busy.as_micros() as u64,
         peak_rss_growth_bytes: growth.iter().map(|(_, g)| *g).max().unwrap_or(0),
         source_rss_growth_bytes: most_of(&sources),
         target_rss_growth_bytes: most_of(&targets),

@@ -390,6 +390,9 @@ pub struct CoreMetrics {
     counters: [AtomicU64; CoreCounter::ALL.len()],
     gauges: [AtomicU64; CoreGauge::ALL.len()],
     pub loop_turns: LoopTurns,
+    /// The CPU time of each loop turn (the thread's own clock): a turn far longer than its
+    /// CPU time waited for the machine (preempted), not for the core's own work.
+    pub loop_turn_cpu: LoopTurns,
 }
 
 impl CoreMetrics {
@@ -514,35 +517,47 @@ impl NodeMetrics {
             let (name, help) = g.name_and_help();
             series(name, help, "gauge", &|m| m.gauge(g) as f64 * g.scale());
         }
-        let _ = writeln!(
-            out,
-            "# HELP nodedb_core_loop_turn_seconds Duration of the core loop's turns, and of the \
-             log writes made on the core's thread (work that arrives meanwhile waits)."
-        );
-        let _ = writeln!(out, "# TYPE nodedb_core_loop_turn_seconds histogram");
-        for (core, m) in self.cores.iter().enumerate() {
-            let labels = format!("node=\"{node}\",core=\"{core}\"");
-            let mut cumulative = 0;
-            for (i, bound) in LOOP_TURN_BUCKETS_US.iter().enumerate() {
-                cumulative += m.loop_turns.buckets[i].load(Ordering::Relaxed);
-                let le = *bound as f64 / 1e6;
+        let histogram = |out: &mut String,
+                         name: &str,
+                         help: &str,
+                         turns: &dyn Fn(&CoreMetrics) -> &LoopTurns| {
+            let _ = writeln!(out, "# HELP nodedb_core_{name} {help}");
+            let _ = writeln!(out, "# TYPE nodedb_core_{name} histogram");
+            for (core, m) in self.cores.iter().enumerate() {
+                let (labels, turns) = (format!("node=\"{node}\",core=\"{core}\""), turns(m));
+                let mut cumulative = 0;
+                for (i, bound) in LOOP_TURN_BUCKETS_US.iter().enumerate() {
+                    cumulative += turns.buckets[i].load(Ordering::Relaxed);
+                    let le = *bound as f64 / 1e6;
+                    let _ = writeln!(
+                        out,
+                        "nodedb_core_{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                cumulative += turns.buckets[LOOP_TURN_BUCKETS_US.len()].load(Ordering::Relaxed);
+                let sum = turns.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
                 let _ = writeln!(
                     out,
-                    "nodedb_core_loop_turn_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    "nodedb_core_{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
                 );
+                let _ = writeln!(out, "nodedb_core_{name}_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "nodedb_core_{name}_count{{{labels}}} {cumulative}");
             }
-            cumulative += m.loop_turns.buckets[LOOP_TURN_BUCKETS_US.len()].load(Ordering::Relaxed);
-            let sum = m.loop_turns.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(
-                out,
-                "nodedb_core_loop_turn_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-            );
-            let _ = writeln!(out, "nodedb_core_loop_turn_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(
-                out,
-                "nodedb_core_loop_turn_seconds_count{{{labels}}} {cumulative}"
-            );
-        }
+        };
+        histogram(
+            &mut out,
+            "loop_turn_seconds",
+            "Duration of the core loop's turns, and of the log writes made on the core's \
+             thread (work that arrives meanwhile waits).",
+            &|m| &m.loop_turns,
+        );
+        histogram(
+            &mut out,
+            "loop_turn_cpu_seconds",
+            "CPU time of the core loop's turns (the thread's own clock): a turn much longer \
+             than its CPU time was preempted by the machine.",
+            &|m| &m.loop_turn_cpu,
+        );
         let _ = writeln!(
             out,
             "# HELP nodedb_core_loop_turn_max_seconds The longest turn of the core loop since \
@@ -673,9 +688,9 @@ mod tests {
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         // Seven load series per core besides the counters and gauges, the loop-turn
-        // histogram (its buckets, +Inf, sum and count) and its max, and the two imbalance
-        // gauges of the node.
-        let histogram = LOOP_TURN_BUCKETS_US.len() + 3 + 1;
+        // histograms of wall and CPU time (their buckets, +Inf, sum and count) and the
+        // longest turn, and the two imbalance gauges of the node.
+        let histogram = 2 * (LOOP_TURN_BUCKETS_US.len() + 3) + 1;
         assert_eq!(
             samples,
             2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7 + histogram) + 2
@@ -696,6 +711,7 @@ mod tests {
         assert_eq!(turns.take_recent_max(), Duration::ZERO, "taken");
         turns.observe(Duration::from_micros(200));
         assert_eq!(turns.take_recent_max(), Duration::from_micros(200));
+        m.core(0).loop_turn_cpu.observe(Duration::from_micros(70));
         let text = m.render_prometheus();
         for line in [
             "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 1",
@@ -705,6 +721,9 @@ mod tests {
             "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"+Inf\"} 6",
             "nodedb_core_loop_turn_seconds_count{node=\"1\",core=\"0\"} 6",
             "nodedb_core_loop_turn_max_seconds{node=\"1\",core=\"0\"} 3",
+            "nodedb_core_loop_turn_cpu_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 0",
+            "nodedb_core_loop_turn_cpu_seconds_bucket{node=\"1\",core=\"0\",le=\"0.0001\"} 1",
+            "nodedb_core_loop_turn_cpu_seconds_count{node=\"1\",core=\"0\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

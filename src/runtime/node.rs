@@ -726,6 +726,9 @@ async fn core_loop(
         });
         let took = turn.elapsed();
         metrics.loop_turns.observe(took);
+        metrics
+            .loop_turn_cpu
+            .observe(thread_cpu().saturating_sub(phases.cpu));
         phases.report(took, local);
         inbox.wait(idle).await;
     }
@@ -781,9 +784,9 @@ struct TurnPhases {
     took: [std::time::Duration; 4],
     work_items: usize,
     chunk_bytes: usize,
-    /// The thread's CPU time at the start, read only while the report is enabled (a
-    /// system call): a turn much longer than its CPU time was preempted, not busy.
-    cpu: Option<std::time::Duration>,
+    /// The thread's CPU time at the start (`loop_turn_cpu`; one system call per turn): a
+    /// turn much longer than its CPU time was preempted, not busy.
+    cpu: std::time::Duration,
 }
 
 /// CPU time this thread has used.
@@ -815,7 +818,7 @@ enum Phase {
 impl TurnPhases {
     fn new(started: std::time::Instant) -> TurnPhases {
         TurnPhases {
-            cpu: tracing::enabled!(tracing::Level::DEBUG).then(thread_cpu),
+            cpu: thread_cpu(),
             started,
             last: started,
             took: Default::default(),
@@ -839,7 +842,7 @@ impl TurnPhases {
             node = at.node.0,
             core = at.core.0,
             took_us = us(took),
-            cpu_us = self.cpu.map(|c| us(thread_cpu().saturating_sub(c))),
+            cpu_us = us(thread_cpu().saturating_sub(self.cpu)),
             work_us = us(self.took[Phase::Work as usize]),
             log_us = us(self.took[Phase::Log as usize]),
             transmit_us = us(self.took[Phase::Transmit as usize]),
