@@ -18,8 +18,8 @@ use raft::eraftpb::{Message, MessageType};
 use thiserror::Error;
 
 use crate::constants::{
-    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_MAX_BYTES, SNAPSHOT_RATE_BURST, SNAPSHOT_TRANSFER_TIMEOUT,
-    SNAPSHOT_TRANSFERS_MAX,
+    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_CHUNK_MAX_BYTES, SNAPSHOT_MAX_BYTES, SNAPSHOT_RATE_BURST,
+    SNAPSHOT_TRANSFER_TIMEOUT, SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::GroupId;
 use crate::replication::kv::{KvView, ViewReader};
@@ -184,7 +184,7 @@ pub fn chunk_header(payload: &[u8]) -> Result<ChunkHeader, DecodeError> {
     let term = r.varint("term")?;
     let total = r.varint("total")?;
     let offset = r.varint("offset")?;
-    let bytes = r.bytes("chunk", SNAPSHOT_CHUNK_BYTES)?;
+    let bytes = r.bytes("chunk", SNAPSHOT_CHUNK_MAX_BYTES)?;
     r.finish()?;
     let at = bytes.as_ptr() as usize - payload.as_ptr() as usize;
     Ok(ChunkHeader {
@@ -373,6 +373,27 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node accepts chunks up to `SNAPSHOT_CHUNK_MAX_BYTES`, what nodes sent before the
+    /// chunk was cut to `SNAPSHOT_CHUNK_BYTES`: an older node's snapshot still streams to a
+    /// newer one during an upgrade; one byte more is refused.
+    #[test]
+    fn chunks_up_to_the_old_size_are_accepted_and_larger_ones_refused() {
+        let chunk = |len: usize| {
+            let mut out = Vec::new();
+            for v in [3, 40, 2, 4 << 20, 0] {
+                put_varint(&mut out, v);
+            }
+            put_bytes(&mut out, &vec![9u8; len]);
+            out
+        };
+        const { assert!(SNAPSHOT_CHUNK_BYTES < SNAPSHOT_CHUNK_MAX_BYTES) };
+        let old = chunk(SNAPSHOT_CHUNK_MAX_BYTES);
+        let h = chunk_header(&old).expect("a chunk of the old size is accepted");
+        assert_eq!((h.group, h.index, h.offset), (GroupId(3), 40, 0));
+        assert_eq!(h.data.len(), SNAPSHOT_CHUNK_MAX_BYTES);
+        assert!(chunk_header(&chunk(SNAPSHOT_CHUNK_MAX_BYTES + 1)).is_err());
+    }
 
     fn snapshot_message(data: Vec<u8>) -> Message {
         let mut m = Message::default();
