@@ -39,16 +39,27 @@ pub struct CommitResult {
 
 /// Ours: `concurrency` closed-loop writers for `seconds`; `stages` traces every write.
 pub fn ours(concurrency: usize, seconds: f64, stages: bool) -> Result<CommitResult, String> {
-    let config = DemoConfig {
+    in_process(DemoConfig {
+        concurrency,
+        ..one_group(seconds, stages)
+    })
+}
+
+/// The embedded cluster's shape here: three nodes of one core, one group, writes only.
+fn one_group(seconds: f64, stages: bool) -> DemoConfig {
+    DemoConfig {
         nodes: 3,
         cores: 1,
         groups: 1,
         duration: Duration::from_secs_f64(seconds),
-        concurrency,
         write_fraction: 1.0,
         stages: stages.then_some(1),
         ..DemoConfig::default()
-    };
+    }
+}
+
+/// Runs the embedded cluster; its writes' figures, if none failed.
+fn in_process(config: DemoConfig) -> Result<CommitResult, String> {
     result_of(demo::run(&config).map_err(|e| e.to_string())?)
 }
 
@@ -75,6 +86,18 @@ pub fn ours_processes(
     seconds: f64,
     stages: bool,
 ) -> Result<CommitResult, String> {
+    on_processes(binary, dir, move |client| async move {
+        closed_loop(&client, concurrency, seconds, stages).await
+    })
+}
+
+/// Starts three node processes of `binary` (one core, one group; files under `dir`), runs
+/// `load` with a client in this process, and stops them.
+fn on_processes<F: Future<Output = Result<CommitResult, String>> + 'static>(
+    binary: &Path,
+    dir: &Path,
+    load: impl FnOnce(Rc<KvClient>) -> F + Send + 'static,
+) -> Result<CommitResult, String> {
     let shape = Shape {
         nodes: 3,
         cores: 1,
@@ -84,9 +107,7 @@ pub fn ours_processes(
     };
     let cluster = Processes::start(binary, dir, &shape)?;
     let tls = cluster.client_tls(false)?;
-    let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
-        closed_loop(&client, concurrency, seconds, stages).await
-    });
+    let outcome = bench::with_client(cluster.spec.clone(), tls, load);
     cluster.stop(outcome.is_ok());
     outcome
 }
@@ -101,42 +122,18 @@ pub fn ours_open_loop(
     stages: bool,
 ) -> Result<CommitResult, String> {
     let Some((binary, dir)) = processes else {
-        let config = DemoConfig {
-            nodes: 3,
-            cores: 1,
-            groups: 1,
-            duration: Duration::from_secs_f64(seconds),
+        return in_process(DemoConfig {
             concurrency: crate::migrate::OPEN_LOOP_WORKERS,
             rate: Some(rate as f64),
-            write_fraction: 1.0,
-            stages: stages.then_some(1),
-            ..DemoConfig::default()
-        };
-        return result_of(demo::run(&config).map_err(|e| e.to_string())?);
+            ..one_group(seconds, stages)
+        });
     };
-    let shape = Shape {
-        nodes: 3,
-        cores: 1,
-        groups: 1,
-        extra: String::new(),
-        metrics: false,
-    };
-    let cluster = Processes::start(binary, dir, &shape)?;
-    let tls = cluster.client_tls(false)?;
-    let outcome = bench::with_client(cluster.spec.clone(), tls, move |client| async move {
+    on_processes(binary, dir, move |client| async move {
         ready(&client, stages).await?;
         let length = Duration::from_secs_f64(seconds);
         let h = crate::migrate::write_window(&client, Some(rate), length, None).await?;
-        Ok(CommitResult {
-            commits_per_sec: h.len() as f64 / seconds,
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            stages: client.stage_histograms(),
-        })
-    });
-    cluster.stop(outcome.is_ok());
-    outcome
+        Ok(from_client(&client, &h, seconds))
+    })
 }
 
 /// Waits for the group to take a write (30 s at most); then, with `stages`, traces every
@@ -195,14 +192,19 @@ async fn closed_loop(
     if errors.get() > 0 {
         return Err(format!("{} writes failed", errors.get()));
     }
-    let h = histogram.borrow();
-    Ok(CommitResult {
+    Ok(from_client(client, &histogram.borrow(), seconds))
+}
+
+/// The figures of a load run from `client`: its latencies `h` over `seconds`, and its
+/// stages if it traced them.
+fn from_client(client: &KvClient, h: &Histogram<u64>, seconds: f64) -> CommitResult {
+    CommitResult {
         commits_per_sec: h.len() as f64 / seconds,
         p50_us: h.value_at_quantile(0.5),
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
         stages: client.stage_histograms(),
-    })
+    }
 }
 
 /// The ceiling: raft-rs through our host in memory, `in_flight` proposals outstanding.

@@ -986,7 +986,18 @@ fn write_checkpoint_file(
             .filter(|(index, term, _)| (meta.index, meta.term) == (*index, *term))
             .map(|(.., file)| *file)
     };
-    let (mut end, mut next_sequence, mut flushed) = (0u64, first_sequence, 0u64);
+    // Written in pieces, each range of `WAL_CHECKPOINT_FLUSH_BYTES` pushed to the disk.
+    let (mut written, mut flushed) = (0u64, 0u64);
+    let mut put = |piece: &[u8]| {
+        file.write_all(piece).map_err(failed("write checkpoint"))?;
+        written += piece.len() as u64;
+        if written - flushed >= WAL_CHECKPOINT_FLUSH_BYTES as u64 {
+            flush_range(&file, flushed, written).map_err(failed("flush checkpoint"))?;
+            flushed = written;
+        }
+        Ok::<_, WalIoError>(written)
+    };
+    let (mut end, mut next_sequence) = (0u64, first_sequence);
     for write in &writes {
         let records = encode_records(next_sequence, std::slice::from_ref(write), &in_file)
             .map_err(|source| WalIoError::Log {
@@ -997,12 +1008,7 @@ fn write_checkpoint_file(
             .iter()
             .flat_map(|r| r.chunks(WAL_CHECKPOINT_FLUSH_BYTES))
         {
-            file.write_all(piece).map_err(failed("write checkpoint"))?;
-            end += piece.len() as u64;
-            if end - flushed >= WAL_CHECKPOINT_FLUSH_BYTES as u64 {
-                flush_range(&file, flushed, end).map_err(failed("flush checkpoint"))?;
-                flushed = end;
-            }
+            end = put(piece)?;
         }
         next_sequence += records.len() as u64;
     }
@@ -1011,14 +1017,7 @@ fn write_checkpoint_file(
     let zeroed = end + WAL_ZERO_AHEAD_BYTES;
     let mut at = end;
     while at < zeroed {
-        let n = (zeroed - at).min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n])
-            .map_err(failed("write checkpoint"))?;
-        at += n as u64;
-        if at - flushed >= WAL_CHECKPOINT_FLUSH_BYTES as u64 {
-            flush_range(&file, flushed, at).map_err(failed("flush checkpoint"))?;
-            flushed = at;
-        }
+        at = put(&zeros[..(zeroed - at).min(zeros.len() as u64) as usize])?;
     }
     file.sync_data().map_err(failed("fdatasync checkpoint"))?;
     // SAFETY: a plain advice call on a descriptor `file` owns; it touches no memory.
@@ -1049,6 +1048,7 @@ fn write_zeros(
     let mut at = from;
     while at < to {
         if stop.load(std::sync::atomic::Ordering::Acquire) {
+            // Its log was dropped: nobody reads this outcome.
             return Ok(());
         }
         let n = (to - at).min(PIECE as u64) as usize;
