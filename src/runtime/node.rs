@@ -784,8 +784,11 @@ struct TurnPhases {
     took: [std::time::Duration; 4],
     work_items: usize,
     chunk_bytes: usize,
-    /// The thread's CPU time at the start (`loop_turn_cpu`; one system call per turn): a
-    /// turn much longer than its CPU time was preempted, not busy.
+    /// The thread's CPU time at the start (`loop_turn_cpu`): a turn much longer than its
+    /// CPU time was preempted, not busy. The price: two `clock_gettime` system calls per
+    /// turn, 0.53 µs each on the development VM (about 0.5 % of a core at 5 000 turns a
+    /// second). Sampling, or the thread clock through `perf_event` without a system call,
+    /// would make it cheaper.
     cpu: std::time::Duration,
 }
 
