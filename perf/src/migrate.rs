@@ -430,9 +430,10 @@ async fn measure(
     if stages {
         client.sample_stages(1);
     }
+    // Saturating: a scrape that failed leaves a node out of a total.
     let checkpoints_before = probe.checkpoints();
     let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
-    let checkpoints_in_baseline = probe.checkpoints() - checkpoints_before;
+    let checkpoints_in_baseline = probe.checkpoints().saturating_sub(checkpoints_before);
     let baseline_stages = client.stage_histograms();
     if stages {
         // Afresh for the move.
@@ -477,8 +478,8 @@ async fn measure(
         t.await?;
     }
     let move_seconds = started.elapsed().as_secs_f64();
-    let checkpoints_during_move =
-        probe.checkpoints() - checkpoints_before - checkpoints_in_baseline;
+    let checkpoints_during_move = (probe.checkpoints().saturating_sub(checkpoints_before))
+        .saturating_sub(checkpoints_in_baseline);
     let max_stall = probe.longest_turn_since(TurnClock::Wall, &turns_before);
     let max_busy = probe.longest_turn_since(TurnClock::Cpu, &cpu_before);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
