@@ -8,7 +8,9 @@
 //! response rate and latency percentiles over our QUIC endpoint (see `rpc.rs`).
 //!
 //! `wal [--groups 64] [--rounds 200] [--payload 256] [--dir target/perf-wal]` measures WAL
-//! appends per second with group commit against one fsync per group (see `wal.rs`).
+//! appends per second with group commit against one fsync per group; `wal --checkpoint
+//! [--live-mib 64]` measures small appends while the log is rewritten as a checkpoint,
+//! paced and unpaced (see `wal.rs`).
 //!
 //! `raft [--seconds 5] [--concurrency 1,32] [--rate R] [--stages] [--processes]` measures
 //! commit throughput and latency of a 3-replica group over QUIC with fsync against raft-rs
@@ -104,6 +106,15 @@ enum Tool {
         /// Where the log goes; must support O_DIRECT (not tmpfs).
         #[arg(long, default_value = "target/perf-wal")]
         dir: PathBuf,
+        /// Instead: small appends (one every 2 ms) while a log of `--live-mib` MiB is
+        /// rewritten as a checkpoint, its writes paced and unpaced, `--checkpoint-rounds`
+        /// rounds of each, alternating; each against the same appends with no checkpoint.
+        #[arg(long)]
+        checkpoint: bool,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        live_mib: u64,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        checkpoint_rounds: u32,
     },
     /// Commit throughput and latency of a 3-replica group over QUIC with fsync, against
     /// raft-rs in memory.
@@ -246,10 +257,18 @@ fn main() -> ExitCode {
             payload,
         } => rpc_bench(requests, &concurrency, payload),
         Tool::Wal {
+            checkpoint: true,
+            dir,
+            live_mib,
+            checkpoint_rounds,
+            ..
+        } => wal_checkpoint_bench(dir, live_mib, checkpoint_rounds),
+        Tool::Wal {
             groups,
             rounds,
             payload,
             dir,
+            ..
         } => wal_bench(dir, groups, rounds, payload),
         Tool::Raft {
             seconds,
@@ -575,6 +594,33 @@ fn wal_bench(dir: PathBuf, groups: u64, rounds: u64, payload: usize) -> Outcome 
         "group_commit_fsyncs": r.group_commit_fsyncs, "per_group_fsyncs": r.per_group_fsyncs,
         "speedup": r.group_commit_writes_per_sec / r.per_group_writes_per_sec,
     });
+    Ok((value, true))
+}
+
+fn wal_checkpoint_bench(dir: PathBuf, live_mib: u64, rounds: u32) -> Outcome {
+    let rows = wal::checkpoint_appends(dir, live_mib, rounds)?;
+    let percentiles = |h: &hdrhistogram::Histogram<u64>| {
+        serde_json::json!({
+            "appends": h.len(), "p50_us": h.value_at_quantile(0.5),
+            "p99_us": h.value_at_quantile(0.99), "max_us": h.max(),
+        })
+    };
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "paced": r.paced,
+                "pace_bytes_per_sec": r.paced
+                    .then_some(nodedb_cluster::constants::WAL_BACKGROUND_WRITE_BYTES_PER_SEC),
+                "during_checkpoint": percentiles(&r.during),
+                "no_checkpoint": percentiles(&r.quiet),
+                "during_over_quiet_p99": r.during.value_at_quantile(0.99) as f64
+                    / r.quiet.value_at_quantile(0.99).max(1) as f64,
+                "checkpoint_seconds": r.checkpoint_seconds,
+            })
+        })
+        .collect();
+    let value = serde_json::json!({ "live_mib": live_mib, "rounds": rounds, "rows": rows });
     Ok((value, true))
 }
 

@@ -20,5 +20,6 @@ pub mod node;
 pub mod peers;
 pub mod quic;
 pub mod rebalancer;
+pub mod threads;
 pub mod tls;
 pub mod wal;

@@ -42,8 +42,9 @@ use tracing::warn;
 use raft::eraftpb::Snapshot;
 
 use crate::constants::{
-    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES,
-    WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES, WAL_ZERO_AHEAD_BYTES,
+    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BACKGROUND_WRITE_BYTES_PER_SEC,
+    WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES, WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES,
+    WAL_ZERO_AHEAD_BYTES,
 };
 use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
@@ -52,6 +53,7 @@ use crate::replication::raft_host::{
 };
 use crate::replication::wal::{SnapshotFile, WalError, encode_records, renumber_records, scan};
 use crate::runtime::discard::{self, discard};
+use crate::runtime::threads::{self, thread_cpu};
 
 /// A write-ahead log that cannot be used.
 #[derive(Debug, Error)]
@@ -145,6 +147,9 @@ pub struct WalFile {
     files: BTreeMap<GroupId, (u64, u64, SnapshotFile)>,
     /// Rewrite the log once it exceeds this and twice its last checkpoint.
     rewrite_threshold: u64,
+    /// The pace of the background writes (`WAL_BACKGROUND_WRITE_BYTES_PER_SEC`; `None`:
+    /// as fast as the disk takes them).
+    background_pace: Option<u64>,
     last_checkpoint: u64,
     /// Checkpoints put in place since `take_checkpoints`.
     checkpoints: u64,
@@ -179,6 +184,8 @@ struct Filling {
     outcome: std::sync::Arc<std::sync::Mutex<Option<Result<(), WalIoError>>>>,
     /// Asked to stop early (dropped unfinished).
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Asked to stop pacing its writes: an append waits for it (`Pace`).
+    hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: glommio::task::JoinHandle<()>,
 }
 
@@ -233,6 +240,11 @@ struct Checkpointing {
     /// Set by the blocking thread once the file is written and durable (the task that
     /// waits for it learns so only when the executor next looks at its rings).
     ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Asked to stop pacing its writes (`Pace`): the appends made meanwhile reached half
+    /// the rewrite threshold (disk use first), or the log waits for it.
+    hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Where the log ended when it began.
+    began_at: u64,
     task: glommio::task::JoinHandle<Result<CheckpointFile, WalIoError>>,
 }
 
@@ -244,8 +256,9 @@ struct CheckpointFile {
     next_sequence: u64,
     /// Records and zeros up to here (`WAL_ZERO_AHEAD_BYTES`).
     zeroed: u64,
-    /// When it began to be written (logged).
+    /// When it began to be written, and the CPU time writing it took (logged).
     began: std::time::Instant,
+    cpu: std::time::Duration,
 }
 
 impl WalFile {
@@ -376,6 +389,7 @@ impl WalFile {
             mirror,
             files,
             rewrite_threshold: WAL_REWRITE_BYTES,
+            background_pace: Some(WAL_BACKGROUND_WRITE_BYTES_PER_SEC),
             blocked: std::time::Duration::ZERO,
             checkpoints: 0,
             last_checkpoint,
@@ -479,6 +493,9 @@ impl WalFile {
         self.write_mark()?;
         if let Some(c) = &mut self.checkpointing {
             c.tail.extend(records);
+            if self.end - c.began_at >= self.rewrite_threshold / 2 {
+                c.hurry.store(true, std::sync::atomic::Ordering::Release);
+            }
         }
         let mut superseded = false;
         for w in writes {
@@ -533,11 +550,13 @@ impl WalFile {
         let (from, to) = (self.zeroed, self.zeroed + WAL_ZERO_AHEAD_BYTES);
         let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let work = {
-            let (path, outcome, stop) = (self.path.clone(), outcome.clone(), stop.clone());
+            let (path, outcome) = (self.path.clone(), outcome.clone());
+            let (stop, hurry, rate) = (stop.clone(), hurry.clone(), self.background_pace);
             let busy = Busy::new(&self.path);
             move || {
-                let written = write_zeros(&path, (from, to), &stop);
+                let written = write_zeros(&path, (from, to), rate, (&stop, &hurry));
                 *outcome
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(written);
@@ -551,6 +570,7 @@ impl WalFile {
             to,
             outcome,
             stop,
+            hurry,
             task,
         });
     }
@@ -563,6 +583,9 @@ impl WalFile {
             return;
         };
         if wait {
+            filling
+                .hurry
+                .store(true, std::sync::atomic::Ordering::Release);
             (&mut filling.task).await;
         }
         let outcome = filling
@@ -691,6 +714,12 @@ impl WalFile {
         self.rewrite_threshold = bytes;
     }
 
+    /// Sets the pace of the log's background writes, a checkpoint's and the zeros ahead of
+    /// the appends (`None`: unpaced); the benchmark compares both in one run.
+    pub fn set_background_pace(&mut self, bytes_per_sec: Option<u64>) {
+        self.background_pace = bytes_per_sec;
+    }
+
     /// Bytes the log file holds.
     pub fn len_bytes(&self) -> u64 {
         self.end
@@ -701,7 +730,10 @@ impl WalFile {
     /// a snapshot made unnecessary are gone, so disk use follows the live state, not the
     /// history. A crash midway leaves the old log in place.
     async fn checkpoint(&mut self) -> Result<(), WalIoError> {
-        let written = write_checkpoint(self.checkpoint_content(), Default::default()).await?;
+        // The log waits for it: not paced.
+        let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let written =
+            write_checkpoint(self.checkpoint_content(), Default::default(), hurry).await?;
         self.put_in_place(written).await
     }
 
@@ -712,8 +744,9 @@ impl WalFile {
     fn start_checkpoint(&mut self) {
         let content = self.checkpoint_content();
         let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hurry = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let busy = Busy::new(&self.path);
-        let written = write_checkpoint(content, ended.clone());
+        let written = write_checkpoint(content, ended.clone(), hurry.clone());
         let task = glommio::spawn_local(async move {
             let written = written.await;
             drop(busy);
@@ -723,6 +756,8 @@ impl WalFile {
         self.checkpointing = Some(Checkpointing {
             tail: Vec::new(),
             ended,
+            hurry,
+            began_at: self.end,
             task,
         });
     }
@@ -732,7 +767,8 @@ impl WalFile {
     /// it, renumbered to follow its own, and the file replaces the log.
     async fn finish_checkpoint(&mut self, wait: bool) -> Result<(), WalIoError> {
         match &self.checkpointing {
-            Some(c) if wait || c.ended.load(std::sync::atomic::Ordering::Acquire) => {}
+            Some(c) if c.ended.load(std::sync::atomic::Ordering::Acquire) => {}
+            Some(c) if wait => c.hurry.store(true, std::sync::atomic::Ordering::Release),
             _ => return Ok(()),
         }
         let Some(Checkpointing { tail, task, .. }) = self.checkpointing.take() else {
@@ -747,19 +783,25 @@ impl WalFile {
             path: self.path.clone(),
             source,
         };
+        // Renumbered, then written in one piece: one by one, the few hundred records a
+        // paced checkpoint's half second gathers held the log for 16–19 ms.
+        let mut records = Vec::with_capacity(tail.iter().map(Vec::len).sum());
         for mut record in tail {
             let (used, count) =
                 renumber_records(&mut record, written.next_sequence).map_err(log)?;
             debug_assert_eq!(used, record.len(), "a kept record is whole");
+            written.next_sequence += count;
+            records.extend_from_slice(&record);
+        }
+        if !records.is_empty() {
             written.end = write_records(
                 &written.file,
                 &self.path,
                 written.end,
-                std::slice::from_ref(&record),
+                std::slice::from_ref(&records),
                 ("write checkpoint", 0),
             )
             .await?;
-            written.next_sequence += count;
             written.zeroed = written.zeroed.max(written.end);
         }
         self.put_in_place(written).await
@@ -776,6 +818,7 @@ impl WalFile {
                 .collect(),
             files: self.files.clone(),
             first_sequence: self.next_sequence,
+            pace: self.background_pace,
         }
     }
 
@@ -791,6 +834,7 @@ impl WalFile {
             next_sequence,
             zeroed,
             began,
+            cpu,
         } = written;
         file.fdatasync().await.map_err(io("fdatasync checkpoint"))?;
         let _ = file.close().await;
@@ -814,6 +858,7 @@ impl WalFile {
             before_bytes = self.end,
             after_bytes = end,
             ms = began.elapsed().as_secs_f64() * 1e3,
+            cpu_ms = cpu.as_secs_f64() * 1e3,
             "log rewritten as a checkpoint"
         );
         self.end = end;
@@ -888,6 +933,8 @@ struct CheckpointContent {
     writes: Vec<GroupWrite>,
     files: BTreeMap<GroupId, (u64, u64, SnapshotFile)>,
     first_sequence: u64,
+    /// `WalFile::background_pace`.
+    pace: Option<u64>,
 }
 
 /// Where a checkpoint of the log at `log` is written before it replaces the log: a name of
@@ -926,20 +973,26 @@ fn remove_stray_checkpoints(log: &Path) {
 async fn write_checkpoint(
     content: CheckpointContent,
     ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hurry: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<CheckpointFile, WalIoError> {
     let began = std::time::Instant::now();
     let log = content.path.clone();
     let checkpoint = checkpoint_path(&log);
-    // Encoded and written by glommio's blocking thread: neither the encoding (tens of MiB
-    // for a large vShard's log) nor the writes hold the core, and the file's progress does
+    // Encoded and written off the core, by a thread at the background priority started from
+    // glommio's blocking thread (`threads::in_background`): neither the encoding (tens of
+    // MiB for a large vShard's log) nor the writes hold the core, and the file's progress does
     // not wait for the executor to look at its rings (a busy one looks once per preemption
     // period: through io_uring, a checkpoint under a tight append loop ended only after
     // hundreds of appends, and the log grew past its bound meanwhile).
-    let (end, next_sequence, zeroed) = glommio::executor()
+    let ((end, next_sequence, zeroed), cpu) = glommio::executor()
         .spawn_blocking({
             let checkpoint = checkpoint.clone();
             move || {
-                let written = write_checkpoint_file(&checkpoint, content);
+                let written = threads::in_background("wal-checkpoint", || {
+                    let cpu = thread_cpu();
+                    write_checkpoint_file(&checkpoint, content, &hurry)
+                        .map(|written| (written, thread_cpu().saturating_sub(cpu)))
+                });
                 ended.store(true, std::sync::atomic::Ordering::Release);
                 written
             }
@@ -958,6 +1011,7 @@ async fn write_checkpoint(
         next_sequence,
         zeroed,
         began,
+        cpu,
     })
 }
 
@@ -968,6 +1022,7 @@ async fn write_checkpoint(
 fn write_checkpoint_file(
     checkpoint: &Path,
     content: CheckpointContent,
+    hurry: &std::sync::atomic::AtomicBool,
 ) -> Result<(u64, u64, u64), WalIoError> {
     use std::io::Write as _;
     use std::os::fd::AsRawFd;
@@ -976,6 +1031,7 @@ fn write_checkpoint_file(
         writes,
         files,
         first_sequence,
+        pace: rate,
     } = content;
     let failed = |operation| std_error(&path, operation);
     let mut file = std::fs::File::create(checkpoint).map_err(failed("create checkpoint"))?;
@@ -986,13 +1042,16 @@ fn write_checkpoint_file(
             .filter(|(index, term, _)| (meta.index, meta.term) == (*index, *term))
             .map(|(.., file)| *file)
     };
-    // Written in pieces, each range of `WAL_CHECKPOINT_FLUSH_BYTES` pushed to the disk.
+    // Written in pieces, each range of `WAL_CHECKPOINT_FLUSH_BYTES` pushed to the disk, at
+    // the background pace.
     let (mut written, mut flushed) = (0u64, 0u64);
+    let mut pace = Pace::new(rate, hurry);
     let mut put = |piece: &[u8]| {
         file.write_all(piece).map_err(failed("write checkpoint"))?;
         written += piece.len() as u64;
         if written - flushed >= WAL_CHECKPOINT_FLUSH_BYTES as u64 {
             flush_range(&file, flushed, written).map_err(failed("flush checkpoint"))?;
+            pace.wrote(written - flushed);
             flushed = written;
         }
         Ok::<_, WalIoError>(written)
@@ -1031,10 +1090,14 @@ fn write_checkpoint_file(
 fn write_zeros(
     path: &Path,
     (from, to): (u64, u64),
-    stop: &std::sync::atomic::AtomicBool,
+    rate: Option<u64>,
+    (stop, hurry): (
+        &std::sync::atomic::AtomicBool,
+        &std::sync::atomic::AtomicBool,
+    ),
 ) -> Result<(), WalIoError> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    const PIECE: usize = 1 << 20;
+    const PIECE: usize = WAL_CHECKPOINT_FLUSH_BYTES;
     let failed = |operation| std_error(path, operation);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -1045,7 +1108,7 @@ fn write_zeros(
     let room = vec![0u8; PIECE + WAL_BLOCK_BYTES];
     let start = room.as_ptr().align_offset(WAL_BLOCK_BYTES);
     let zeros = &room[start..start + PIECE];
-    let mut at = from;
+    let (mut at, mut pace) = (from, Pace::new(rate, hurry));
     while at < to {
         if stop.load(std::sync::atomic::Ordering::Acquire) {
             // Its log was dropped: nobody reads this outcome.
@@ -1054,9 +1117,45 @@ fn write_zeros(
         let n = (to - at).min(PIECE as u64) as usize;
         file.write_all_at(&zeros[..n], at)
             .map_err(failed("zero-fill"))?;
+        pace.wrote(n as u64);
         at += n as u64;
     }
     Ok(())
+}
+
+/// Holds a thread's stream of background writes to `rate` bytes a second
+/// (`WAL_BACKGROUND_WRITE_BYTES_PER_SEC`) by sleeping after a write that got ahead of it
+/// (never on a core: on glommio's blocking thread or a background one), until asked to
+/// hurry: the log waits for the writes, or appends outrun them and disk use comes first.
+struct Pace<'a> {
+    began: std::time::Instant,
+    bytes: u64,
+    rate: Option<u64>,
+    hurry: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Pace<'_> {
+    fn new(rate: Option<u64>, hurry: &std::sync::atomic::AtomicBool) -> Pace<'_> {
+        Pace {
+            began: std::time::Instant::now(),
+            bytes: 0,
+            rate: rate.filter(|r| *r > 0),
+            hurry,
+        }
+    }
+
+    /// Counts `bytes` written, and sleeps until the stream is back at its pace.
+    fn wrote(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let Some(rate) = self.rate else { return };
+        if self.hurry.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        if let Some(ahead) = due.checked_sub(self.began.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
 }
 
 /// Writes the file's cached bytes from `from` to `to` to the disk and waits for them: the
