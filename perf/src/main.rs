@@ -40,6 +40,10 @@ mod raft;
 mod rpc;
 mod wal;
 
+/// The nodes' allocator (`nodedb-cluster`'s), so that in-process figures use it too.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
