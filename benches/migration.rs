@@ -11,6 +11,12 @@ use nodedb_cluster::ids::NodeId;
 use nodedb_cluster::runtime::bench::{self, Cluster, MTU, QuicPair};
 use nodedb_cluster::runtime::executor::CorePlacement;
 
+/// The nodes' allocator (the `nodedb-cluster` binary's), so the moves here allocate as a
+/// node does.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn migration(c: &mut Criterion) {
     let mut group = c.benchmark_group("migration");
     group
