@@ -17,7 +17,9 @@
 //!
 //! Options: `throttle` sets the nodes' snapshot rate, and the snapshot stream's own pace
 //! (bytes between its first and last chunk, over that time, sampled from the nodes'
-//! `snapshot_bytes_sent_total` every millisecond) is reported against it; `rate` makes the
+//! `snapshot_bytes_sent_total` every millisecond in-process, every 50 ms from separate
+//! processes; the samplers run through the baseline window too, so that watching costs both
+//! windows alike) is reported against it; `rate` makes the
 //! writer open-loop (operations due at a fixed rate, each latency measured from its due
 //! time, so a stall counts for every operation it delays); `hgrm` writes both latency
 //! distributions in HdrHistogram's plottable percentile format.
@@ -364,19 +366,41 @@ fn turn_buckets(text: &str, series: &str) -> Vec<(f64, f64)> {
     buckets
 }
 
-/// Samples every watched process's RSS every 10 ms until `stop` is set: the peak of each.
-fn watch_rss(
-    probe: Probe,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
+/// What the samplers are to do: they start before the baseline window and sample through
+/// both windows, so that what watching costs the nodes and the CPUs (HTTP scrapes of every
+/// node, `/proc` reads) falls on the baseline as much as on the move, and the ratio of the
+/// two is the move's own cost. Only what they see during the move is kept.
+#[derive(Clone, Default)]
+struct Watching(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Watching {
+    const BEFORE: u8 = 0;
+    const MOVING: u8 = 1;
+    const STOP: u8 = 2;
+
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Samples every watched process's RSS every 10 ms until told to stop: the peak of each
+/// while the move runs.
+fn watch_rss(probe: Probe, watching: Watching) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
     std::thread::spawn(move || {
-        let mut peak = probe.rss();
+        let mut peak: Vec<(u64, u64)> = probe.rss().into_iter().map(|(n, _)| (n, 0)).collect();
         loop {
-            let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
-            for (p, (_, now)) in peak.iter_mut().zip(probe.rss()) {
-                p.1 = p.1.max(now);
+            let state = watching.get();
+            let now = probe.rss();
+            if state != Watching::BEFORE {
+                for (p, (_, v)) in peak.iter_mut().zip(now) {
+                    p.1 = p.1.max(v);
+                }
             }
-            if stopping {
+            if state == Watching::STOP {
                 return peak;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -384,20 +408,17 @@ fn watch_rss(
     })
 }
 
-/// Samples the nodes' snapshot bytes sent (every millisecond in-process) until `stop` is
-/// set: the bytes and seconds between the stream's first and last chunk (its first chunk's
+/// Samples the nodes' snapshot bytes sent (every millisecond in-process) until told to
+/// stop: the bytes and seconds between the stream's first and last chunk (its first chunk's
 /// bytes left out, as they were sent before the first sample that saw them).
-fn watch_stream(
-    probe: Probe,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(u64, f64)> {
+fn watch_stream(probe: Probe, watching: Watching) -> std::thread::JoinHandle<(u64, f64)> {
     std::thread::spawn(move || {
         let start = probe.snapshot_bytes_sent();
         let mut first: Option<(Instant, u64)> = None;
         let mut last: Option<(Instant, u64)> = None;
         let mut seen = start;
         loop {
-            let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+            let stopping = watching.get() == Watching::STOP;
             let now = probe.snapshot_bytes_sent();
             if now != seen {
                 let at = Instant::now();
@@ -434,6 +455,9 @@ async fn measure(
         client.sample_stages(1);
     }
     // Saturating: a scrape that failed leaves a node out of a total.
+    let watching = Watching::default();
+    let rss_watch = watch_rss(probe.clone(), watching.clone());
+    let stream_watch = watch_stream(probe.clone(), watching.clone());
     let checkpoints_before = probe.checkpoints();
     let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
     let checkpoints_in_baseline = probe.checkpoints().saturating_sub(checkpoints_before);
@@ -464,9 +488,7 @@ async fn measure(
         plan.iter().map(|(_, from, to)| (from.0, to.0)).unzip();
     let (turns_before, cpu_before) = (probe.turns(TurnClock::Wall), probe.turns(TurnClock::Cpu));
     let rss_at_start = probe.rss();
-    let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rss_watch = watch_rss(probe.clone(), stop_watch.clone());
-    let stream_watch = watch_stream(probe.clone(), stop_watch.clone());
+    watching.set(Watching::MOVING);
     let started = Instant::now();
     let tasks: Vec<_> = plan
         .into_iter()
@@ -485,7 +507,7 @@ async fn measure(
         .saturating_sub(checkpoints_in_baseline);
     let max_stall = probe.longest_turn_since(TurnClock::Wall, &turns_before);
     let max_busy = probe.longest_turn_since(TurnClock::Cpu, &cpu_before);
-    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    watching.set(Watching::STOP);
     let rss_peak = rss_watch.join().map_err(|_| "the RSS sampler panicked")?;
     // Growth of each watched process: (node, bytes); node 0 is this process.
     let growth: Vec<(u64, u64)> = rss_peak
