@@ -271,6 +271,10 @@ impl PersistedGroup {
 
     /// How many kept entries have an index below `index` (they are in index order).
     fn entries_before(&self, index: u64) -> usize {
+        // The usual case, an append after the last entry: no search.
+        if self.entries.last().is_none_or(|e| e.index < index) {
+            return self.entries.len();
+        }
         let (mut low, mut high) = (0, self.entries.len());
         while low < high {
             let mid = low + (high - low) / 2;
