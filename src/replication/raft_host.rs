@@ -275,16 +275,15 @@ impl PersistedGroup {
         if self.entries.last().is_none_or(|e| e.index < index) {
             return self.entries.len();
         }
-        let (mut low, mut high) = (0, self.entries.len());
-        while low < high {
-            let mid = low + (high - low) / 2;
-            if self.entries[mid].index < index {
-                low = mid + 1;
+        // Never `Equal`: the search ends at the first entry at or past `index`.
+        let search = self.entries.binary_search_by(|e| {
+            if e.index < index {
+                std::cmp::Ordering::Less
             } else {
-                high = mid;
+                std::cmp::Ordering::Greater
             }
-        }
-        low
+        });
+        search.unwrap_or_else(|at| at)
     }
 }
 
