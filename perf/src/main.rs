@@ -152,8 +152,9 @@ enum Tool {
     /// Moves a replica of a loaded vShard to another node while a writer runs: the move's
     /// time and throughput, and the writer's latency before and during it.
     Migrate {
-        /// MiB loaded into the vShard (a vShard holds at most 1 GiB).
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        /// MiB loaded into the vShard. A vShard holds at most 1 GiB counting its keys and
+        /// length prefixes, so 1 000 MiB of values is the most that fits.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1000))]
         mib: u64,
         /// Where the nodes' logs go; must support O_DIRECT (not tmpfs).
         #[arg(long, default_value = "target/perf-migrate")]

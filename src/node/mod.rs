@@ -828,19 +828,21 @@ impl<R> NodeCore<R> {
         self.step_raft(group, w.from, message);
     }
 
-    /// A `BulkChunk` payload: part of a snapshot streamed out of band.
+    /// A `BulkChunk` payload: part of a snapshot streamed out of band. A streamed
+    /// snapshot's state keeps slices of `payload` itself, not copies: hand it a buffer
+    /// without spare capacity.
     pub fn handle_snapshot_chunk(
         &mut self,
         now: Time,
         from: NodeId,
-        payload: &[u8],
+        payload: bytes::Bytes,
     ) -> Result<(), TransferError> {
         self.now = now;
-        let header = chunk_header(payload)?;
+        let header = chunk_header(&payload)?;
         if self.streams_in(&header) {
-            return self.stream_chunk(from, header, payload);
+            return self.stream_chunk(from, header, &payload);
         }
-        if let Some((group, message)) = self.assembler.on_chunk(now, payload)? {
+        if let Some((group, message)) = self.assembler.on_chunk(now, &payload)? {
             debug!(group = group.0, from = from.0, "snapshot received whole");
             self.deliver(group, from, message);
         }
@@ -870,7 +872,7 @@ impl<R> NodeCore<R> {
         &mut self,
         from: NodeId,
         h: ChunkHeader,
-        payload: &[u8],
+        payload: &bytes::Bytes,
     ) -> Result<(), TransferError> {
         let ChunkHeader {
             group,
@@ -934,7 +936,8 @@ impl<R> NodeCore<R> {
                 total: stream_total,
             });
         }
-        let piece = bytes::Bytes::copy_from_slice(&payload[data]);
+        // The chunk's own buffer becomes the state's memory: no copy.
+        let piece = payload.slice(data);
         stream.received += piece.len() as u64;
         stream.last_progress = self.now;
         w.from = from;
@@ -2257,7 +2260,8 @@ mod tests {
         encode_batch(std::iter::once((1u64, &meta)), &mut batch);
         core.handle_raft_batch(now, NodeId(2), &batch).unwrap();
         for chunk in stream.unwrap().chunks() {
-            core.handle_snapshot_chunk(now, NodeId(2), &chunk).unwrap();
+            core.handle_snapshot_chunk(now, NodeId(2), chunk.into())
+                .unwrap();
         }
     }
 

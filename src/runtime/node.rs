@@ -858,7 +858,7 @@ fn feed(node: &mut NodeCore<Reply>, now: Time, work: Work) {
             }
         }
         Work::SnapshotChunk(peer, payload) => {
-            if let Err(e) = node.handle_snapshot_chunk(now, peer.node, &payload) {
+            if let Err(e) = node.handle_snapshot_chunk(now, peer.node, payload.into()) {
                 warn!(%peer, error = %e, "snapshot chunk refused");
             }
         }

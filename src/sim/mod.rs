@@ -896,7 +896,7 @@ impl Sim {
                             let _ = core.handle_raft_batch(now, sender, &bytes);
                         }
                         Payload::Chunk(bytes) => {
-                            let _ = core.handle_snapshot_chunk(now, sender, &bytes);
+                            let _ = core.handle_snapshot_chunk(now, sender, bytes.into());
                         }
                         Payload::Liveness(bytes) => {
                             let _ = core.handle_liveness(now, sender, &bytes);
