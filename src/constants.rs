@@ -163,10 +163,11 @@ const _: () = assert!(RUNTIME_IO_MEMORY_BYTES as u64 >= RUNTIME_MEMLOCK_MIN_BYTE
 /// Largest frame payload. A Raft batch or snapshot chunk is at most 1 MiB by construction;
 /// 4 MiB leaves room and caps what a hostile peer can make us buffer per stream.
 pub const FRAME_PAYLOAD_MAX_BYTES: usize = 4 << 20;
-/// A frame's payload buffer grows with the bytes that arrive up to this size; a payload
-/// that goes past it gets its whole claimed length reserved at once. A peer must send this
-/// much before a header's claim is believed, and the claim reserves address space, not
-/// memory: pages are only touched as bytes are written.
+/// On a peer's stream (`FrameDecoder::for_peer`), a payload buffer starts at this size and
+/// a payload that goes past it gets its whole declared length reserved at once: a node
+/// must send this much before its header's claim is believed, and the claim reserves
+/// address space, not memory (pages are touched only as bytes are written). Clients' claims
+/// are never believed: their buffers double as bytes arrive.
 pub const FRAME_PAYLOAD_EAGER_BYTES: usize = 64 << 10;
 
 // A report carries at most one ~40-byte sample per group and 256 core rows of ~100 bytes.

@@ -785,7 +785,7 @@ where
     H: FnMut(CoreAddress, u64),
     F: FnMut(CoreAddress, StreamClass, Frame),
 {
-    let mut decoder = FrameDecoder::new();
+    let mut decoder = FrameDecoder::for_peer();
     let mut origin: Option<(CoreAddress, StreamClass)> = None;
     let mut bad: Option<PeerRefusal> = None;
     let stream_error = |e: String| PeerRefusal::BadStream(e);

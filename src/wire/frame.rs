@@ -180,10 +180,14 @@ enum State {
 }
 
 /// Incremental decoder for one stream. Memory use is bounded by one frame: the payload
-/// buffer grows only as payload bytes arrive, up to the declared (already bounded) length.
+/// buffer grows as payload bytes arrive (doubling, at most twice what arrived), up to the
+/// declared (already bounded) length, and ends exactly that long, with no spare capacity.
+/// A decoder for a peer's stream ([`FrameDecoder::for_peer`]) believes a length sooner.
 #[derive(Debug)]
 pub struct FrameDecoder {
     state: State,
+    /// Payload bytes after which the declared length is reserved at once.
+    believe_after: usize,
 }
 
 impl Default for FrameDecoder {
@@ -199,6 +203,20 @@ impl FrameDecoder {
                 raw: [0; FRAME_HEADER_BYTES],
                 filled: 0,
             },
+            believe_after: usize::MAX,
+        }
+    }
+
+    /// A decoder for a stream from an authenticated node, whose large frames are snapshot
+    /// chunks: a payload is given `FRAME_PAYLOAD_EAGER_BYTES` at once, and its whole
+    /// declared length as soon as more arrives. Each doubling was a reallocation into
+    /// pages never touched before: 39 % of a move target's CPU went to faulting them in
+    /// (README, *Performance*). A claim then reserves address space, not memory; pages are
+    /// touched only as bytes arrive.
+    pub fn for_peer() -> FrameDecoder {
+        FrameDecoder {
+            believe_after: FRAME_PAYLOAD_EAGER_BYTES,
+            ..FrameDecoder::new()
         }
     }
 
@@ -234,11 +252,12 @@ impl FrameDecoder {
                         match check_header(raw) {
                             Ok((kind, flags, length, crc32c)) => {
                                 // Memory follows the bytes that arrived, not the length
-                                // the header claims, up to `FRAME_PAYLOAD_EAGER_BYTES`;
-                                // past that the whole payload is reserved at once (below).
-                                let payload = Vec::with_capacity(
-                                    length.min(input.len().max(FRAME_PAYLOAD_EAGER_BYTES)),
-                                );
+                                // the header claims (below).
+                                let first = match self.believe_after {
+                                    usize::MAX => input.len(),
+                                    eager => input.len().max(eager),
+                                };
+                                let payload = Vec::with_capacity(length.min(first));
                                 self.state = State::Payload {
                                     kind,
                                     flags,
@@ -256,13 +275,17 @@ impl FrameDecoder {
                     length, payload, ..
                 } => {
                     let take = (*length - payload.len()).min(input.len());
-                    if payload.len() + take > payload.capacity() {
-                        // Reserved once, exactly: a large payload is not copied as it
-                        // grows, and leaves with no spare capacity (a snapshot chunk's
-                        // becomes a vShard's memory as it is). Each doubling was a
-                        // reallocation into pages never touched before: 39 % of a move
-                        // target's CPU went to faulting them in.
-                        payload.reserve_exact(*length - payload.len());
+                    let needed = payload.len() + take;
+                    if needed > payload.capacity() {
+                        // Doubling, or the whole length once it is believed; never past
+                        // it, so the payload leaves with no spare capacity (a snapshot
+                        // chunk's becomes a vShard's memory as it is).
+                        let grown = if needed > self.believe_after {
+                            *length
+                        } else {
+                            needed.max(2 * payload.capacity()).min(*length)
+                        };
+                        payload.reserve_exact(grown - payload.len());
                     }
                     payload.extend_from_slice(&input[..take]);
                     input = &input[take..];
@@ -392,24 +415,28 @@ mod tests {
         let payload: Vec<u8> = (0..(256 << 10) + 7).map(|i| i as u8).collect();
         let mut stream = Vec::new();
         encode_frame(FrameKind::BulkChunk, 0, &payload, &mut stream).unwrap();
-        let mut decoder = FrameDecoder::new();
-        // A header claiming 256 KiB and a datagram's worth of it: the claim is not
-        // believed yet.
-        decoder.decode(&stream[..1400], |_| unreachable!()).unwrap();
-        assert_eq!(
-            decoder.buffered_bytes(),
-            FRAME_HEADER_BYTES + FRAME_PAYLOAD_EAGER_BYTES
-        );
-        let mut frames = Vec::new();
-        for piece in stream[1400..].chunks(1400) {
-            decoder.decode(piece, |f| frames.push(f)).unwrap();
+        for (mut decoder, first) in [
+            // A header claiming 256 KiB and a datagram's worth of it: a client's claim is
+            // not believed at all, a peer's not yet.
+            (FrameDecoder::new(), 1400 - FRAME_HEADER_BYTES),
+            (FrameDecoder::for_peer(), FRAME_PAYLOAD_EAGER_BYTES),
+        ] {
+            decoder.decode(&stream[..1400], |_| unreachable!()).unwrap();
+            assert_eq!(decoder.buffered_bytes(), FRAME_HEADER_BYTES + first);
+            let mut frames = Vec::new();
+            let mut most = 0;
+            for piece in stream[1400..].chunks(1400) {
+                decoder.decode(piece, |f| frames.push(f)).unwrap();
+                most = most.max(decoder.buffered_bytes());
+            }
+            assert!(most <= FRAME_HEADER_BYTES + payload.len());
+            assert_eq!(frames.len(), 1);
+            assert_eq!(frames[0].payload, payload);
+            assert_eq!(
+                frames[0].payload.capacity(),
+                payload.len(),
+                "no spare capacity: the payload is kept as it is"
+            );
         }
-        assert_eq!(frames.len(), 1);
-        assert_eq!(frames[0].payload, payload);
-        assert_eq!(
-            frames[0].payload.capacity(),
-            payload.len(),
-            "no spare capacity: the payload is kept as it is"
-        );
     }
 }
