@@ -471,7 +471,9 @@ pub const DISCARD_STEP_PAUSE: std::time::Duration = std::time::Duration::from_mi
 
 // ---- Snapshot transfer -------------------------------------------------------------------
 
-/// Bytes of snapshot data per bulk frame a node sends. The receiver copies, decodes and
+/// Bytes of a bulk frame's payload (a snapshot chunk, its header included) a node sends: a
+/// power of two, since the receiver keeps the payload's buffer as the vShard's memory and
+/// an allocator rounds other sizes up (README, *Migration*). The receiver decodes and
 /// hands each chunk to its file in one turn of its core: a 1 MiB chunk took 3–10 ms of CPU
 /// there on the development VM (a third of it the vShard's fresh memory touched for the
 /// first time), and 256 KiB ones cut the longest turn by CPU time during a 512 MiB move

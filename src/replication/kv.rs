@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::constants::{
     KV_KEY_MAX_BYTES, KV_SCAN_MAX_ITEMS, KV_VALUE_MAX_BYTES, VSHARD_STATE_MAX_BYTES,
 };
-use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint};
+use crate::wire::codec::{DecodeError, Reader, put_bytes, put_varint, varint_len};
 
 /// What a replicated state machine offers the Raft host.
 pub trait StateMachine {
@@ -591,11 +591,6 @@ pub fn check_snapshot(snapshot: &[u8]) -> Result<(), DecodeError> {
         r.bytes("value", KV_VALUE_MAX_BYTES)?;
     }
     r.finish()
-}
-
-/// Bytes of a varint.
-fn varint_len(value: u64) -> u64 {
-    u64::from((64 - value.leading_zeros()).max(1).div_ceil(7))
 }
 
 /// Bytes a pair takes in a snapshot: each of key and value with its length prefix.
