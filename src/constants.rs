@@ -387,6 +387,10 @@ pub const CLIENT_REDIRECTS_IN_A_ROW: usize = 3;
 /// aligned buffer): bounds the extra memory a write of a 1 GiB vShard takes, and how long
 /// one write holds the disk queue ahead of the log's own.
 pub const SNAPSHOT_FILE_WRITE_BYTES: usize = 1 << 20;
+/// Writes of one snapshot file under way at once: the disk is kept busy while the next
+/// block is filled. At a throttled rate a write ends long before the next begins, so this
+/// matters only to a move faster than one write's latency allows (1 MiB per ~3 ms here).
+pub const SNAPSHOT_FILE_WRITES_IN_FLIGHT: usize = 4;
 
 /// The longest reason a refused metadata command's answer carries that a client reads.
 pub const METADATA_REASON_MAX_BYTES: usize = 4096;

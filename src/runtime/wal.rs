@@ -42,9 +42,9 @@ use tracing::warn;
 use raft::eraftpb::Snapshot;
 
 use crate::constants::{
-    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BACKGROUND_WRITE_BYTES_PER_SEC,
-    WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES, WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES,
-    WAL_ZERO_AHEAD_BYTES,
+    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, SNAPSHOT_FILE_WRITES_IN_FLIGHT,
+    WAL_BACKGROUND_WRITE_BYTES_PER_SEC, WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES,
+    WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES, WAL_ZERO_AHEAD_BYTES,
 };
 use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
@@ -1281,7 +1281,11 @@ pub async fn write_snapshot_file<P: AsRef<[u8]>>(
 /// cache, and its fdatasync then flushed it all at once while the log's own fdatasyncs
 /// queued behind it (core-loop turns of 50–150 ms during a move).
 pub struct SnapshotFileWriter {
-    file: DmaFile,
+    file: std::rc::Rc<DmaFile>,
+    /// Writes under way, oldest first, each with its size: up to
+    /// `SNAPSHOT_FILE_WRITES_IN_FLIGHT`.
+    in_flight:
+        std::collections::VecDeque<(glommio::task::JoinHandle<glommio::Result<usize, ()>>, usize)>,
     path: PathBuf,
     tmp: PathBuf,
     /// Bytes given so far, and their checksum.
@@ -1304,7 +1308,8 @@ impl SnapshotFileWriter {
             .await
             .map_err(glommio_error(&tmp, "create snapshot file"))?;
         Ok(SnapshotFileWriter {
-            file,
+            file: std::rc::Rc::new(file),
+            in_flight: std::collections::VecDeque::new(),
             path: path.to_owned(),
             tmp,
             len: 0,
@@ -1354,21 +1359,43 @@ impl SnapshotFileWriter {
         written
     }
 
-    /// Writes `block` at `on_disk`, padded with zeros to the alignment (only the last write
-    /// is ever padded; `finish` cuts the file back to its length).
+    /// Starts writing `block` at `on_disk`, padded with zeros to the alignment (only the
+    /// last write is ever padded; `finish` cuts the file back to its length), once fewer
+    /// than `SNAPSHOT_FILE_WRITES_IN_FLIGHT` writes are under way. One at a time, each
+    /// 1 MiB write waited about 2.8 ms on the development VM, and a 128 MiB file took 360
+    /// ms to write: an unthrottled move's learner installed its snapshot 150 ms after the
+    /// last chunk had arrived.
     async fn write_block(&mut self, block: &[u8]) -> Result<(), WalIoError> {
         if block.is_empty() {
             return Ok(());
+        }
+        if self.in_flight.len() >= SNAPSHOT_FILE_WRITES_IN_FLIGHT {
+            self.wait_oldest().await?;
         }
         let size = self.file.align_up(block.len() as u64) as usize;
         let mut buffer = self.file.alloc_dma_buffer(size);
         let bytes = buffer.as_bytes_mut();
         bytes[..block.len()].copy_from_slice(block);
         bytes[block.len()..].fill(0);
-        let written = self
-            .file
-            .write_at(buffer, self.on_disk)
+        let (file, at) = (self.file.clone(), self.on_disk);
+        let write = glommio::spawn_local(async move { file.write_at(buffer, at).await }).detach();
+        self.in_flight.push_back((write, size));
+        self.on_disk += size as u64;
+        Ok(())
+    }
+
+    /// Waits for the oldest write under way.
+    async fn wait_oldest(&mut self) -> Result<(), WalIoError> {
+        let Some((write, size)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let written = write
             .await
+            .ok_or_else(|| WalIoError::Io {
+                path: self.tmp.clone(),
+                operation: "write snapshot file",
+                message: "the write's task was cancelled".into(),
+            })?
             .map_err(glommio_error(&self.tmp, "write snapshot file"))?;
         // A regular file writes short only when the disk is full; the snapshot is then
         // given up.
@@ -1379,7 +1406,6 @@ impl SnapshotFileWriter {
                 message: format!("wrote {written} of {size} bytes (is the disk full?)"),
             });
         }
-        self.on_disk += size as u64;
         Ok(())
     }
 
@@ -1387,6 +1413,9 @@ impl SnapshotFileWriter {
     /// close, rename, directory fsync. Returns its length and checksum.
     pub async fn finish(mut self) -> Result<SnapshotFile, WalIoError> {
         self.write_staged().await?;
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
         let written = self.written();
         if self.on_disk != written.len {
             self.file
@@ -1398,10 +1427,12 @@ impl SnapshotFileWriter {
             .fdatasync()
             .await
             .map_err(glommio_error(&self.tmp, "fdatasync snapshot file"))?;
-        self.file
-            .close()
-            .await
-            .map_err(glommio_error(&self.tmp, "close snapshot file"))?;
+        // Every write task has finished and dropped its handle.
+        if let Ok(file) = std::rc::Rc::try_unwrap(self.file) {
+            file.close()
+                .await
+                .map_err(glommio_error(&self.tmp, "close snapshot file"))?;
+        }
         replace_durably(&self.tmp, &self.path).await?;
         Ok(written)
     }
