@@ -709,6 +709,13 @@ impl WalFile {
         self.checkpointing.is_some()
     }
 
+    /// Whether a checkpoint's background writing has ended (the next append swaps it in).
+    pub fn checkpoint_written(&self) -> bool {
+        self.checkpointing
+            .as_ref()
+            .is_some_and(|c| c.ended.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     /// Overrides the size at which the log is rewritten (tests use a small one).
     pub fn set_rewrite_threshold(&mut self, bytes: u64) {
         self.rewrite_threshold = bytes;
