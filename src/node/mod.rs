@@ -188,6 +188,8 @@ pub enum LogWrite {
         group: GroupId,
         index: u64,
         term: u64,
+        /// The snapshot's size: the file's room is reserved at once.
+        bytes: u64,
     },
     SnapshotFilePiece {
         group: GroupId,
@@ -896,8 +898,12 @@ impl<R> NodeCore<R> {
             let restore = store.restore_streaming(index);
             // Its message may have come first, and waits in the assembler.
             let message = self.assembler.take_message(group, index);
-            self.log
-                .push_back(LogWrite::SnapshotFileBegin { group, index, term });
+            self.log.push_back(LogWrite::SnapshotFileBegin {
+                group,
+                index,
+                term,
+                bytes: total,
+            });
             self.writing_ahead.insert(
                 key,
                 WritingAhead {
@@ -2278,7 +2284,9 @@ mod tests {
             let (mut begun, mut bytes, mut ended, mut abandoned) = (0, Vec::new(), 0, 0);
             while let Some(write) = c.poll_log() {
                 match write {
-                    LogWrite::SnapshotFileBegin { group, index, term } => {
+                    LogWrite::SnapshotFileBegin {
+                        group, index, term, ..
+                    } => {
                         assert_eq!((group, index, term), (GroupId(1), 50, 2));
                         begun += 1;
                     }

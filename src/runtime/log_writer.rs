@@ -67,6 +67,8 @@ pub enum LogJob {
         group: GroupId,
         index: u64,
         term: u64,
+        /// The snapshot's size (the file's room is reserved up front).
+        bytes: u64,
     },
     StreamPiece {
         group: GroupId,
@@ -230,9 +232,8 @@ enum StreamItem {
 /// is ended and durable, or failed; `WriteAheadAbandoned` when told to stop (the file is
 /// left for the log task to delete).
 async fn write_stream(
-    group: GroupId,
-    index: u64,
-    term: u64,
+    (group, index, term): (GroupId, u64, u64),
+    size: u64,
     path: std::path::PathBuf,
     pipe: Rc<Queue<StreamItem>>,
     report: Report,
@@ -241,6 +242,7 @@ async fn write_stream(
     let mut bytes = 0u64;
     let result = async {
         let mut writer = crate::runtime::wal::SnapshotFileWriter::create(&path).await?;
+        writer.reserve(size).await;
         loop {
             match pipe.next().await {
                 Some(StreamItem::Piece(piece)) => {
@@ -286,13 +288,17 @@ async fn run(
     report: &Report,
 ) -> Result<(), WalIoError> {
     match job {
-        LogJob::StreamBegin { group, index, term } => {
+        LogJob::StreamBegin {
+            group,
+            index,
+            term,
+            bytes,
+        } => {
             let path = wal.begin_snapshot_file(group, index, term);
             let pipe = Rc::new(Queue::default());
             let task = glommio::spawn_local(write_stream(
-                group,
-                index,
-                term,
+                (group, index, term),
+                bytes,
                 path,
                 pipe.clone(),
                 report.clone(),

@@ -617,9 +617,17 @@ async fn core_loop(
                 LogWrite::Drop(group) => LogJob::Drop(group),
                 LogWrite::SnapshotFile(received) => LogJob::WriteAhead(received),
                 LogWrite::Persist(batch) => LogJob::Persist(batch),
-                LogWrite::SnapshotFileBegin { group, index, term } => {
-                    LogJob::StreamBegin { group, index, term }
-                }
+                LogWrite::SnapshotFileBegin {
+                    group,
+                    index,
+                    term,
+                    bytes,
+                } => LogJob::StreamBegin {
+                    group,
+                    index,
+                    term,
+                    bytes,
+                },
                 LogWrite::SnapshotFilePiece {
                     group,
                     index,

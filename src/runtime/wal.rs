@@ -1302,6 +1302,8 @@ pub struct SnapshotFileWriter {
     on_disk: u64,
     /// Given, not yet written: less than one write's worth.
     staged: Vec<u8>,
+    /// The file's size as `reserve` set it (0: not reserved).
+    reserved: u64,
 }
 
 impl SnapshotFileWriter {
@@ -1323,7 +1325,19 @@ impl SnapshotFileWriter {
             crc: 0,
             on_disk: 0,
             staged: Vec::with_capacity(SNAPSHOT_FILE_WRITE_BYTES),
+            reserved: 0,
         })
+    }
+
+    /// Reserves the file's room for `bytes` (`fallocate`), so that its writes do not
+    /// extend it: an extending O_DIRECT write on ext4 is done by an io_uring worker thread
+    /// under the inode's lock, one at a time. Best effort: a file system without
+    /// `fallocate` writes as before.
+    pub async fn reserve(&mut self, bytes: u64) {
+        let size = self.file.align_up(bytes);
+        if size > 0 && self.file.pre_allocate(size, false).await.is_ok() {
+            self.reserved = size;
+        }
     }
 
     /// Bytes given so far, and their checksum.
@@ -1424,7 +1438,7 @@ impl SnapshotFileWriter {
             self.wait_oldest().await?;
         }
         let written = self.written();
-        if self.on_disk != written.len {
+        if self.on_disk != written.len || self.reserved != written.len {
             self.file
                 .truncate(written.len)
                 .await
