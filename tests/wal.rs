@@ -1077,6 +1077,7 @@ fn a_reserved_snapshot_file_written_blocks_at_a_time_holds_exactly_its_bytes() {
     let (file, crc) = on_executor(move || async move {
         let mut writer = SnapshotFileWriter::create(&p).await.unwrap();
         writer.reserve(data.len() as u64).await;
+        writer.set_writes_in_flight(4);
         for piece in data.chunks(256 << 10) {
             writer.write(piece).await.unwrap();
         }

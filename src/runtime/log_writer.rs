@@ -22,7 +22,7 @@ use std::task::{Poll, Waker};
 use raft::eraftpb::Snapshot;
 use tracing::debug;
 
-use crate::constants::SNAPSHOT_CHUNK_BYTES;
+use crate::constants::{SNAPSHOT_CHUNK_BYTES, SNAPSHOT_FILE_WRITES_IN_FLIGHT};
 use crate::ids::GroupId;
 use crate::node::SnapshotFileWrite;
 use crate::replication::raft_host::{Compaction, PersistBatch};
@@ -243,6 +243,7 @@ async fn write_stream(
     let result = async {
         let mut writer = crate::runtime::wal::SnapshotFileWriter::create(&path).await?;
         writer.reserve(size).await;
+        writer.set_writes_in_flight(SNAPSHOT_FILE_WRITES_IN_FLIGHT);
         loop {
             match pipe.next().await {
                 Some(StreamItem::Piece(piece)) => {

@@ -42,9 +42,9 @@ use tracing::warn;
 use raft::eraftpb::Snapshot;
 
 use crate::constants::{
-    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, SNAPSHOT_FILE_WRITES_IN_FLIGHT,
-    WAL_BACKGROUND_WRITE_BYTES_PER_SEC, WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES,
-    WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES, WAL_ZERO_AHEAD_BYTES,
+    SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_WRITE_BYTES, WAL_BACKGROUND_WRITE_BYTES_PER_SEC,
+    WAL_BLOCK_BYTES, WAL_BLOCKING_WRITE_BYTES, WAL_CHECKPOINT_FLUSH_BYTES, WAL_REWRITE_BYTES,
+    WAL_ZERO_AHEAD_BYTES,
 };
 use crate::ids::GroupId;
 use crate::replication::kv::StateMachine;
@@ -1289,8 +1289,7 @@ pub async fn write_snapshot_file<P: AsRef<[u8]>>(
 /// queued behind it (core-loop turns of 50–150 ms during a move).
 pub struct SnapshotFileWriter {
     file: std::rc::Rc<DmaFile>,
-    /// Writes under way, oldest first, each with its size: up to
-    /// `SNAPSHOT_FILE_WRITES_IN_FLIGHT`.
+    /// Writes under way, oldest first, each with its size: up to `depth`.
     in_flight:
         std::collections::VecDeque<(glommio::task::JoinHandle<glommio::Result<usize, ()>>, usize)>,
     path: PathBuf,
@@ -1304,6 +1303,8 @@ pub struct SnapshotFileWriter {
     staged: Vec<u8>,
     /// The file's size as `reserve` set it (0: not reserved).
     reserved: u64,
+    /// Writes under way at most (`set_writes_in_flight`; one unless told).
+    depth: usize,
 }
 
 impl SnapshotFileWriter {
@@ -1326,6 +1327,7 @@ impl SnapshotFileWriter {
             on_disk: 0,
             staged: Vec::with_capacity(SNAPSHOT_FILE_WRITE_BYTES),
             reserved: 0,
+            depth: 1,
         })
     }
 
@@ -1338,6 +1340,14 @@ impl SnapshotFileWriter {
         if size > 0 && self.file.pre_allocate(size, false).await.is_ok() {
             self.reserved = size;
         }
+    }
+
+    /// Lets up to `writes` writes be under way at once (at least one). A received
+    /// snapshot's file uses `SNAPSHOT_FILE_WRITES_IN_FLIGHT`; a compaction's stays at one,
+    /// since it is written beside the log's own appends at whatever pace the disk allows,
+    /// and each write in flight is another megabyte an append may queue behind.
+    pub fn set_writes_in_flight(&mut self, writes: usize) {
+        self.depth = writes.max(1);
     }
 
     /// Bytes given so far, and their checksum.
@@ -1382,15 +1392,12 @@ impl SnapshotFileWriter {
 
     /// Starts writing `block` at `on_disk`, padded with zeros to the alignment (only the
     /// last write is ever padded; `finish` cuts the file back to its length), once fewer
-    /// than `SNAPSHOT_FILE_WRITES_IN_FLIGHT` writes are under way. One at a time, each
-    /// 1 MiB write waited about 2.8 ms on the development VM, and a 128 MiB file took 360
-    /// ms to write: an unthrottled move's learner installed its snapshot 150 ms after the
-    /// last chunk had arrived.
+    /// than `depth` writes are under way.
     async fn write_block(&mut self, block: &[u8]) -> Result<(), WalIoError> {
         if block.is_empty() {
             return Ok(());
         }
-        if self.in_flight.len() >= SNAPSHOT_FILE_WRITES_IN_FLIGHT {
+        if self.in_flight.len() >= self.depth {
             self.wait_oldest().await?;
         }
         let size = self.file.align_up(block.len() as u64) as usize;
