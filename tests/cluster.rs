@@ -78,6 +78,7 @@ impl Harness {
         let identity = issue_node_cert(&self.ca, NodeId(node), &["127.0.0.1".into()]).unwrap();
         Node::start(NodeConfig {
             joined: None,
+            quiesce: true,
             node: NodeId(node),
             spec: self.spec.clone(),
             data_dir: self.dir.join(format!("node-{node}")),

@@ -45,6 +45,10 @@ struct Cluster {
     confs: HashMap<u64, (Vec<u64>, Vec<u64>, bool)>,
     /// Delivers forged copies of messages alongside the real ones, when set.
     forger: Option<Forger>,
+    /// Messages delivered so far.
+    delivered: usize,
+    /// Hosts start with idle groups quiescing.
+    quiescing: bool,
 }
 
 impl Cluster {
@@ -60,6 +64,8 @@ impl Cluster {
             snapshots_delivered: 0,
             confs: HashMap::new(),
             forger: None,
+            delivered: 0,
+            quiescing: false,
         };
         for i in 1..=3 {
             c.start(i);
@@ -75,6 +81,7 @@ impl Cluster {
     /// that joins an existing group and learns the configuration from the leader).
     fn start_with(&mut self, i: u64, voters: &[ReplicaId]) {
         let mut host = RaftHost::new(address(i));
+        host.set_quiesce(self.quiescing);
         for r in 1..=4 {
             host.set_address(ReplicaId(r), address(r));
         }
@@ -165,6 +172,7 @@ impl Cluster {
                         self.snapshots_delivered += 1;
                     }
                     let _ = host.handle_message(out.group, from, out.message);
+                    self.delivered += 1;
                     progressed = true;
                 }
             }
@@ -183,6 +191,20 @@ impl Cluster {
             self.step();
         }
         done(self)
+    }
+
+    /// Three replicas whose idle groups quiesce.
+    fn quiescing() -> Cluster {
+        let mut c = Cluster::new();
+        c.quiescing = true;
+        for host in c.hosts.values_mut() {
+            host.set_quiesce(true);
+        }
+        c
+    }
+
+    fn all_quiesced(&self) -> bool {
+        self.hosts.values().all(|h| h.is_quiesced(GROUP))
     }
 
     fn leader(&self) -> Option<u64> {
@@ -1030,4 +1052,73 @@ fn random_and_mutated_raft_messages_never_panic_a_host() {
         forged += f.accepted + f.refused + f.dropped;
     }
     assert!(forged > 100_000, "only {forged} forged messages");
+}
+
+#[test]
+fn an_idle_group_quiesces_sends_nothing_and_a_write_wakes_it() {
+    let mut c = Cluster::quiescing();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    for t in 0..10 {
+        assert!(c.put(t, &format!("k{t}"), "v"));
+    }
+    assert!(c.run_until(50, |c| c.applied.len() == 10));
+    assert!(
+        c.run_until(20, Cluster::all_quiesced),
+        "every replica quiesces within two seconds of idleness"
+    );
+    let (leader, delivered) = (c.leader(), c.delivered);
+    for _ in 0..300 {
+        c.step();
+    }
+    assert_eq!(
+        c.delivered, delivered,
+        "no message in 30 s of quiescence: no heartbeat, no election"
+    );
+    assert!(c.all_quiesced());
+    assert_eq!(c.leader(), leader);
+    // A write wakes the group, commits on every replica, and it quiesces again.
+    assert!(c.put(10, "k10", "v"));
+    assert!(c.hosts.values().any(|h| !h.is_quiesced(GROUP)));
+    assert!(c.run_until(20, |c| c.applied.len() == 11
+        && (1..=3).all(|i| c.store(i).len() == 11)));
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn quiesced_followers_do_not_campaign_until_the_leaders_node_is_suspected() {
+    let mut c = Cluster::quiescing();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    assert!(c.put(1, "a", "1"));
+    assert!(c.run_until(50, |c| c.applied.len() == 1));
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    let old = c.leader().unwrap();
+    c.crash(old);
+    for _ in 0..100 {
+        c.step();
+    }
+    assert_eq!(
+        c.leader(),
+        None,
+        "quiesced followers do not notice a dead leader by themselves"
+    );
+    // The failure detector suspects the leader's node: its followers wake and elect.
+    for host in c.hosts.values_mut() {
+        assert_eq!(host.wake_followers_of(NodeId(old)), 1);
+    }
+    assert!(
+        c.run_until(20, |c| c.leader().is_some_and(|l| l != old)),
+        "a new leader within two seconds of the suspicion"
+    );
+    assert!(c.put(2, "b", "2"));
+    assert!(c.run_until(20, |c| c.applied.len() == 2));
+    // Suspecting a follower's node wakes nothing: no group is led from there.
+    let leader = c.leader().unwrap();
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    let follower = (1..=3).find(|i| *i != old && *i != leader).unwrap();
+    for host in c.hosts.values_mut() {
+        assert_eq!(host.wake_followers_of(NodeId(follower)), 0);
+    }
+    assert!(c.all_quiesced());
+    c.at_most_one_leader_per_term();
 }

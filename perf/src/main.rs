@@ -26,6 +26,11 @@
 //! writes to every group and reports, per fault, how long the groups answered nothing (see
 //! `availability.rs`).
 //!
+//! `idle [--groups 1024] [--seconds 10] [--writes 1000]` starts three node processes × two
+//! cores hosting `groups` groups and reports start-up time, idle CPU, memory per replica
+//! and the latency of a first write to a quiesced group, against the same cluster with
+//! quiescence off (see `idle.rs`).
+//!
 //! `balance-matrix [--seeds N]` runs the balancer harness over every scenario and a range of
 //! cluster sizes (3×1×256 up to 16×8×16384) and prints, per case, the harness's figures and
 //! whether the balancer targets were met, with a summary line. Stock quinn, tokio and friends
@@ -33,6 +38,7 @@
 
 mod availability;
 mod floor;
+mod idle;
 mod migrate;
 mod procs;
 mod quic;
@@ -149,6 +155,27 @@ enum Tool {
         #[arg(long, default_value = "target/perf-raft")]
         dir: PathBuf,
     },
+    /// What many groups cost three idle node processes (two cores each): start-up time,
+    /// idle CPU, memory per replica, and a first write to a quiesced group against the
+    /// same writes with quiescence off (a second cluster started after the first).
+    Idle {
+        /// Groups (vShards) of three replicas: a power of two.
+        #[arg(long, default_value_t = 1024, value_parser = power_of_two_groups)]
+        groups: u32,
+        /// Seconds of idle CPU measured (after every replica quiesced).
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        seconds: f64,
+        /// Distinct groups written (each once asleep, once awake) for the latency figures;
+        /// at most `groups`.
+        #[arg(long, default_value_t = 1000, value_parser = positive)]
+        writes: usize,
+        /// The node binary (default: `nodedb-cluster` next to this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the nodes' files and logs go.
+        #[arg(long, default_value = "target/perf-idle")]
+        dir: PathBuf,
+    },
     /// Moves a replica of a loaded vShard to another node while a writer runs: the move's
     /// time and throughput, and the writer's latency before and during it.
     Migrate {
@@ -236,6 +263,15 @@ fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
+fn power_of_two_groups(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1 << 20 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a power of two between 1 and 1048576"
+        )),
+    }
+}
+
 fn positive_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
@@ -317,6 +353,20 @@ fn main() -> ExitCode {
             hgrm,
         ),
         Tool::BalanceMatrix { seeds } => balance_matrix(seeds),
+        Tool::Idle {
+            groups,
+            seconds,
+            writes,
+            binary,
+            dir,
+        } => idle::run(&idle::Options {
+            groups,
+            seconds,
+            writes,
+            binary: binary.unwrap_or_else(procs::default_binary),
+            dir,
+        })
+        .map(|value| (value, true)),
         Tool::Availability {
             fault,
             nodes,

@@ -266,10 +266,13 @@ pub enum CoreGauge {
     /// exported in seconds (core 0).
     ProbeRttNanos,
     ProbeRttMaxNanos,
+    /// Groups whose replica here is quiesced (neither ticks nor heartbeats), counted once
+    /// per load tick.
+    QuiescedGroups,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 10] = [
+    pub const ALL: [CoreGauge; 11] = [
         CoreGauge::LeaderGroups,
         CoreGauge::PendingRequests,
         CoreGauge::QuicGsoActive,
@@ -280,6 +283,7 @@ impl CoreGauge {
         CoreGauge::MembersDead,
         CoreGauge::ProbeRttNanos,
         CoreGauge::ProbeRttMaxNanos,
+        CoreGauge::QuiescedGroups,
     ];
 
     /// What one stored unit is in the exported unit (nanoseconds exported as seconds).
@@ -325,6 +329,10 @@ impl CoreGauge {
             CoreGauge::ProbeRttMaxNanos => (
                 "liveness_probe_rtt_max_seconds",
                 "Largest direct probe round trip since the node started (core 0).",
+            ),
+            CoreGauge::QuiescedGroups => (
+                "quiesced_groups",
+                "Groups whose replica on this core is quiesced: no ticks, no heartbeats (counted once a second).",
             ),
         }
     }

@@ -275,6 +275,11 @@ impl Liveness {
         self.members.get(&node)
     }
 
+    /// Every member's state, by node.
+    pub fn states(&self) -> impl Iterator<Item = (NodeId, MemberState)> + '_ {
+        self.members.iter().map(|(n, m)| (*n, m.state))
+    }
+
     /// How many members are in each state (Alive, Suspect, Dead).
     pub fn counts(&self) -> [usize; 3] {
         let mut counts = [0; 3];

@@ -93,7 +93,6 @@ impl LoadMeter {
         let seconds = elapsed.as_secs_f64();
         // An exponential moving average whose weight follows the tick's actual length.
         let keep = (-seconds / LOAD_RATE_DECAY.as_secs_f64()).exp();
-        self.groups.retain(|g, _| host.replica_id(*g).is_some());
         let mut load = CoreLoad {
             at: now,
             groups_led: 0,
@@ -108,20 +107,29 @@ impl LoadMeter {
             vshards: Vec::new(),
         };
         self.latency.reset();
-        for group in host.group_ids().filter(|g| *g != GroupId::METADATA) {
-            let r = self.groups.entry(group).or_default();
+        // One pass over the host's groups and the rates kept (both in id order): the rates
+        // of groups no longer here are dropped.
+        let mut kept = std::mem::take(&mut self.groups).into_iter().peekable();
+        let mut rates = Vec::with_capacity(kept.len());
+        for (group, state, leading) in host.group_states() {
+            if group == GroupId::METADATA {
+                continue;
+            }
+            while kept.next_if(|(g, _)| *g < group).is_some() {}
+            let mut r = kept
+                .next_if(|(g, _)| *g == group)
+                .map(|(_, r)| r)
+                .unwrap_or_default();
             r.reads_per_sec = keep * r.reads_per_sec + (1.0 - keep) * r.reads as f64 / seconds;
             r.writes_per_sec = keep * r.writes_per_sec + (1.0 - keep) * r.writes as f64 / seconds;
             r.reads = 0;
             r.writes = 0;
-            let bytes = host
-                .state_machine(group)
-                .map_or(0, StateMachine::bytes_stored);
+            let bytes = state.bytes_stored();
             load.replicas += 1;
             load.bytes_stored += bytes;
             load.reads_per_sec += r.reads_per_sec;
             load.writes_per_sec += r.writes_per_sec;
-            if host.is_leader(group) {
+            if leading {
                 load.groups_led += 1;
                 load.vshards.push(VShardLoad {
                     vshard: VShardId((group.0 - 1) as u32),
@@ -130,7 +138,10 @@ impl LoadMeter {
                     reads_per_sec: r.reads_per_sec,
                 });
             }
+            rates.push((group, r));
         }
+        // Sorted input: built in one pass.
+        self.groups = rates.into_iter().collect();
         self.ready = Some(load);
     }
 

@@ -69,7 +69,7 @@ use crate::node::balancer::Balancer;
 pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus, NodeStatus};
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
-use crate::node::liveness::Liveness;
+use crate::node::liveness::{Liveness, MemberState};
 use crate::node::load::{CoreLoad, LoadMeter};
 use crate::node::mover::Mover;
 use crate::node::trace::Traces;
@@ -132,6 +132,9 @@ pub struct CoreConfig {
     /// written to files of their own, a received one ahead of its install). Nodes use the
     /// default; the simulator small values, so its runs take those paths.
     pub snapshots: SnapshotPolicy,
+    /// Idle groups quiesce ([`RaftHost::set_quiesce`]); a follower whose leader's node the
+    /// failure detector (core 0) suspects is woken on every core of the node.
+    pub quiesce: bool,
 }
 
 /// A core that cannot start or go on.
@@ -165,6 +168,9 @@ pub enum Mail<R> {
     Table(Arc<PlacementTable>),
     /// A core's load over its last tick, for core 0's report.
     Load { core: CoreId, load: CoreLoad },
+    /// Core 0's failure detector suspects this node (`true`: wake the quiesced followers
+    /// whose leader is there, so that they elect another) or holds it alive again.
+    Suspected(NodeId, bool),
 }
 
 /// A write to the core's log.
@@ -310,6 +316,11 @@ struct Coordinator {
     leading: bool,
     /// When this core, leading the metadata group, last proposed a join step.
     join_asked: Option<Time>,
+    /// The nodes the failure detector suspected (or found dead) when last looked at: a
+    /// node newly among them wakes the quiesced groups it leads, on every core.
+    suspected: BTreeSet<NodeId>,
+    /// `Mail::Suspected` another core's full inbox refused, sent again on the next turn.
+    wakes_refused: Vec<(CoreId, NodeId, bool)>,
 }
 
 /// How long the metadata leader waits before proposing the same join step again.
@@ -398,6 +409,7 @@ impl<R> NodeCore<R> {
         host.set_owner_reports_snapshots(true);
         host.set_audit(config.audit);
         host.set_snapshot_policy(config.snapshots);
+        host.set_quiesce(config.quiesce);
         let mut coordinator = None;
         let mut log = VecDeque::new();
         let hosting = if local.core == CoreId(0) {
@@ -455,6 +467,8 @@ impl<R> NodeCore<R> {
                 dead_after: config.balance.dead_after,
                 leading: false,
                 join_asked: None,
+                suspected: BTreeSet::new(),
+                wakes_refused: Vec::new(),
             };
             if fresh {
                 let table = Arc::new(config.spec.initial_table()?);
@@ -579,6 +593,21 @@ impl<R> NodeCore<R> {
                     c.balancer.on_core_load(core, load);
                 }
             }
+            Mail::Suspected(node, true) => self.wake_followers_of(node),
+            Mail::Suspected(node, false) => self.host.node_recovered(node),
+        }
+    }
+
+    /// Wakes this core's quiesced followers whose leader is on `node`.
+    fn wake_followers_of(&mut self, node: NodeId) {
+        let woken = self.host.wake_followers_of(node);
+        if woken > 0 {
+            info!(
+                core = self.local.core.0,
+                node = node.0,
+                groups = woken,
+                "woke quiesced groups led from a suspected node"
+            );
         }
     }
 
@@ -596,6 +625,11 @@ impl<R> NodeCore<R> {
             }
             // The next tick's load replaces it.
             Mail::Load { .. } => {}
+            Mail::Suspected(node, suspected) => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.wakes_refused.push((core, node, suspected));
+                }
+            }
         }
     }
 
@@ -1277,15 +1311,17 @@ impl<R> NodeCore<R> {
 
     /// Groups this core leads.
     pub fn leader_groups(&self) -> usize {
-        self.host
-            .group_ids()
-            .filter(|g| self.host.is_leader(*g))
-            .count()
+        self.host.leader_count()
+    }
+
+    /// Groups whose replica here is quiesced (a walk over the groups).
+    pub fn quiesced_groups(&self) -> usize {
+        self.host.quiesced_groups()
     }
 
     /// Replicas this core hosts (the metadata group included).
     pub fn replicas(&self) -> usize {
-        self.host.group_ids().count()
+        self.host.group_count()
     }
 
     // ---- internals ----------------------------------------------------------------------
@@ -1918,6 +1954,33 @@ impl<R> NodeCore<R> {
             }
         }
         c.liveness.handle_timeout(now);
+        let suspected: BTreeSet<NodeId> = c
+            .liveness
+            .states()
+            .filter(|(_, s)| *s != MemberState::Alive)
+            .map(|(n, _)| n)
+            .collect();
+        let newly: Vec<NodeId> = suspected.difference(&c.suspected).copied().collect();
+        let recovered: Vec<NodeId> = c.suspected.difference(&suspected).copied().collect();
+        c.suspected = suspected;
+        let cores = self.spec.cores;
+        for (core, node, suspected) in std::mem::take(&mut c.wakes_refused) {
+            self.mail
+                .push_back((core, Mail::Suspected(node, suspected)));
+        }
+        for (node, suspected) in newly
+            .iter()
+            .map(|n| (*n, true))
+            .chain(recovered.iter().map(|n| (*n, false)))
+        {
+            for core in (1..cores).map(CoreId) {
+                self.mail
+                    .push_back((core, Mail::Suspected(node, suspected)));
+            }
+        }
+        let Some(c) = self.coordinator.as_mut() else {
+            return;
+        };
         if leading && let Some(store) = store {
             let dead_after = c.dead_after;
             for command in c
@@ -1932,6 +1995,12 @@ impl<R> NodeCore<R> {
                     debug!(error = %e, "node state not proposed");
                 }
             }
+        }
+        for node in newly {
+            self.wake_followers_of(node);
+        }
+        for node in recovered {
+            self.host.node_recovered(node);
         }
         let Some(c) = self.coordinator.as_mut() else {
             return;
@@ -2465,6 +2534,7 @@ mod tests {
             incarnation: 1,
             joined: false,
             snapshots: SnapshotPolicy::default(),
+            quiesce: true,
         };
         NodeCore::new(config, BTreeMap::new()).unwrap()
     }

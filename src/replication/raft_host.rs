@@ -16,7 +16,7 @@
 //! terms), derived from its replica id, because raft-rs randomises with `thread_rng`.
 //! raft-rs logs through slog; [`tracing_logger`] forwards it to `tracing`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use std::cell::RefCell;
@@ -32,7 +32,7 @@ use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
 
 use crate::constants::{
-    RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
+    QUIESCE_IDLE_TICKS, RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
     RAFT_LOG_COMPACT_ENTRIES, RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION,
     RAFT_TICK, SNAPSHOT_FILE_BYTES,
 };
@@ -498,6 +498,15 @@ struct Group<S> {
     /// token alone would not do: a core that restarted hands out tokens from 1 again, and
     /// an entry its earlier incarnation proposed may apply after the restart.
     proposed: BTreeMap<u64, (u64, ProposalToken)>,
+    /// Quiesced: not ticked, so a leader sends no heartbeats and a follower never
+    /// campaigns, until a message, a proposal or `wake_followers_of` wakes it (see
+    /// [`RaftHost::set_quiesce`]).
+    quiesced: bool,
+    /// The replica led the group when its role was last reported (`poll_persist`).
+    leading: bool,
+    /// The (term, last index, commit index) the group had at its last tick, and for how
+    /// many ticks it has not changed.
+    idle: ((u64, u64, u64), u32),
 }
 
 /// A group's part of the batch being made durable: its ready number, and the commit index
@@ -535,6 +544,19 @@ pub struct RaftHost<S: StateMachine> {
     /// of the host assuming it delivered as soon as its message leaves.
     owner_reports_snapshots: bool,
     snapshots: SnapshotPolicy,
+    /// The groups that may have something for `poll_persist` (touched since it last
+    /// looked): it visits only these, so a turn costs what changed, not every group here.
+    pollable: BTreeSet<GroupId>,
+    /// Whether idle groups quiesce ([`RaftHost::set_quiesce`]).
+    quiesce: bool,
+    /// The groups a tick visits: every group not quiesced (and, until the next tick, some
+    /// that just quiesced). A tick costs the groups awake, not every group here.
+    awake: BTreeSet<GroupId>,
+    /// How many groups this core's replica led when their roles were last reported.
+    leading: usize,
+    /// Nodes the failure detector suspects (`wake_followers_of`, until `node_recovered`):
+    /// a leader quiesces without waiting for its replicas there to catch up.
+    suspected: BTreeSet<NodeId>,
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -598,7 +620,96 @@ impl<S: StateMachine> RaftHost<S> {
             audit: false,
             owner_reports_snapshots: false,
             snapshots: SnapshotPolicy::default(),
+            pollable: BTreeSet::new(),
+            quiesce: false,
+            awake: BTreeSet::new(),
+            leading: 0,
+            suspected: BTreeSet::new(),
         }
+    }
+
+    /// Lets idle groups quiesce (hibernate), or wakes every group and stops it.
+    ///
+    /// A leader whose group has not changed (term, last index, commit index) for
+    /// `QUIESCE_IDLE_TICKS` ticks, with every replica's log matching its own and knowing
+    /// its commit index, nothing proposed, read or handed over, sends each replica a last
+    /// heartbeat marked [`QUIESCE_CONTEXT`] and stops ticking the group. A follower that
+    /// takes that heartbeat from its leader, in its term, with its own log complete up to
+    /// that commit, stops ticking too, so it never campaigns. Any other message for the
+    /// group, and any proposal, read or leader transfer, wakes it. A follower whose leader
+    /// is on a node the failure detector suspects is woken by its owner
+    /// ([`RaftHost::wake_followers_of`]).
+    pub fn set_quiesce(&mut self, on: bool) {
+        self.quiesce = on;
+        if !on {
+            for (id, g) in self.groups.iter_mut() {
+                g.quiesced = false;
+                self.awake.insert(*id);
+            }
+        }
+    }
+
+    /// Wakes every quiesced follower whose leader is on `node` (the failure detector
+    /// suspects it), or whose leader is unknown, and lets it elect another soon: it stops
+    /// trusting that leader (so it grants votes at once) and its election timer is
+    /// brought to a replica-dependent few ticks before it fires. Returns how many woke.
+    pub fn wake_followers_of(&mut self, node: NodeId) -> usize {
+        self.suspected.insert(node);
+        let mut woken = 0;
+        for (id, g) in self.groups.iter_mut() {
+            if !g.quiesced || g.raw.raft.state == StateRole::Leader {
+                continue;
+            }
+            let leader_node = g
+                .leader
+                .and_then(|r| self.directory.get(&r))
+                .map(|a| a.node);
+            if leader_node.is_some_and(|n| n != node) {
+                continue;
+            }
+            g.quiesced = false;
+            self.awake.insert(*id);
+            let raft = &mut g.raw.raft;
+            raft.leader_id = raft::INVALID_ID;
+            raft.election_elapsed = raft.election_elapsed.max(RAFT_ELECTION_TICKS - 1);
+            woken += 1;
+        }
+        woken
+    }
+
+    /// The failure detector holds `node` alive again: leaders wait for their replicas there
+    /// to catch up before quiescing, as for any other.
+    pub fn node_recovered(&mut self, node: NodeId) {
+        self.suspected.remove(&node);
+    }
+
+    /// How many groups this core's replicas lead (as of the last `poll_persist`): a count
+    /// kept up to date, not a walk over the groups, so every turn may ask.
+    pub fn leader_count(&self) -> usize {
+        self.leading
+    }
+
+    /// How many groups this core hosts.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Every group here in id order, with its state machine and whether this replica
+    /// leads it: one pass, for a walk over all of them (the load tick).
+    pub fn group_states(&self) -> impl Iterator<Item = (GroupId, &S, bool)> + '_ {
+        self.groups
+            .iter()
+            .map(|(id, g)| (*id, &g.state_machine, g.raw.raft.state == StateRole::Leader))
+    }
+
+    /// How many of this core's groups are quiesced.
+    pub fn quiesced_groups(&self) -> usize {
+        self.groups.values().filter(|g| g.quiesced).count()
+    }
+
+    /// Whether `group` is quiesced here.
+    pub fn is_quiesced(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|g| g.quiesced)
     }
 
     /// When groups compact their logs, and which snapshots count as large.
@@ -624,6 +735,9 @@ impl<S: StateMachine> RaftHost<S> {
                 raft::SnapshotStatus::Failure
             };
             g.raw.report_snapshot(to.0, status);
+            g.quiesced = false;
+            self.awake.insert(group);
+            self.pollable.insert(group);
         }
     }
 
@@ -731,8 +845,13 @@ impl<S: StateMachine> RaftHost<S> {
             commit_unwritten: false,
             log_bytes,
             proposed: BTreeMap::new(),
+            quiesced: false,
+            leading: false,
+            idle: ((0, 0, 0), 0),
         };
         self.groups.insert(group, g);
+        self.pollable.insert(group);
+        self.awake.insert(group);
         Ok(())
     }
 
@@ -774,9 +893,12 @@ impl<S: StateMachine> RaftHost<S> {
         if let Some((_, numbers)) = self.in_flight.as_mut() {
             numbers.retain(|(g, ..)| *g != group);
         }
+        self.pollable.remove(&group);
+        self.awake.remove(&group);
         let Some(g) = self.groups.remove(&group) else {
             return false;
         };
+        self.leading -= usize::from(g.leading);
         let log = g.raw.store().log.clone();
         self.discarded.push(Discarded {
             state: g.state_machine,
@@ -942,17 +1064,42 @@ impl<S: StateMachine> RaftHost<S> {
             return;
         }
         self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
-        for group in self.groups.values_mut() {
-            self.flush_commits |= group.commit_unwritten;
+        let RaftHost {
+            groups,
+            awake,
+            pollable,
+            flush_commits,
+            directory,
+            suspected,
+            quiesce,
+            ..
+        } = self;
+        awake.retain(|id| {
+            let Some(group) = groups.get_mut(id) else {
+                return false;
+            };
+            if group.commit_unwritten {
+                *flush_commits = true;
+                pollable.insert(*id);
+            }
+            if group.quiesced {
+                // Kept until its unwritten commit index is flushed.
+                return group.commit_unwritten;
+            }
             if group.snapshot_pending.is_some() {
-                continue;
+                return true;
             }
             for _ in 0..ticks {
                 draw_election_timeout(group);
                 group.raw.tick();
             }
             send_handover(group);
-        }
+            if *quiesce {
+                quiesce_if_idle(group, ticks, directory, suspected);
+            }
+            pollable.insert(*id);
+            true
+        });
     }
 
     /// Feeds a message from a replica on `node` to its group, once it passed screening
@@ -994,9 +1141,30 @@ impl<S: StateMachine> RaftHost<S> {
             // The leader asks again on its next ticks, or another replica is elected.
             return Ok(());
         }
+        let marked = message.context[..] == *QUIESCE_CONTEXT;
+        let kind = message.get_msg_type();
+        // Any message wakes the group but a follower's answer to the leader's last
+        // heartbeat before quiescing.
+        if !(marked && kind == MessageType::MsgHeartbeatResponse) {
+            g.quiesced = false;
+            self.awake.insert(group);
+        }
+        let (from, term, commit) = (message.from, message.term, message.commit);
+        self.pollable.insert(group);
         g.raw
             .step(message)
-            .map_err(|e| HostError::Raft(e.to_string()))
+            .map_err(|e| HostError::Raft(e.to_string()))?;
+        if marked && kind == MessageType::MsgHeartbeat && self.quiesce {
+            let raft = &g.raw.raft;
+            let last = raft.raft_log.last_index();
+            g.quiesced = raft.state == StateRole::Follower
+                && raft.leader_id == from
+                && raft.term == term
+                && raft.raft_log.committed == commit
+                && last == commit
+                && g.snapshot_pending.is_none();
+        }
+        Ok(())
     }
 
     /// The group, if this replica leads it; otherwise who does, as far as known.
@@ -1009,6 +1177,10 @@ impl<S: StateMachine> RaftHost<S> {
             let leader = g.leader.and_then(|r| self.directory.get(&r).copied());
             return Err(HostError::NotLeader { group, leader });
         }
+        // Whatever a leader is asked to do wakes its group.
+        g.quiesced = false;
+        self.awake.insert(group);
+        self.pollable.insert(group);
         Ok(g)
     }
 
@@ -1100,6 +1272,9 @@ impl<S: StateMachine> RaftHost<S> {
                 "a snapshot is being made durable here; campaign once it is".into(),
             ));
         }
+        g.quiesced = false;
+        self.awake.insert(group);
+        self.pollable.insert(group);
         g.raw.campaign().map_err(|e| HostError::Raft(e.to_string()))
     }
 
@@ -1115,10 +1290,11 @@ impl<S: StateMachine> RaftHost<S> {
         let mut numbers = Vec::new();
         // A tick asked for every unwritten commit index (`commit_unwritten`) to be written.
         let flush = std::mem::take(&mut self.flush_commits);
-        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
-        for id in ids {
+        for id in std::mem::take(&mut self.pollable) {
             let local = self.local;
-            let g = self.groups.get_mut(&id).expect("listed above");
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
             if !g.deferred_reads.is_empty() {
                 if g.raw.raft.state != StateRole::Leader {
                     // Deposed before committing: the reads are dropped, as raft-rs drops
@@ -1129,6 +1305,10 @@ impl<S: StateMachine> RaftHost<S> {
                     for token in std::mem::take(&mut g.deferred_reads) {
                         g.raw.read_index(token.0.to_le_bytes().to_vec());
                     }
+                }
+                if !g.deferred_reads.is_empty() {
+                    // Asked again once the leader commits an entry of its term.
+                    self.pollable.insert(id);
                 }
             }
             if !g.raw.has_ready() {
@@ -1145,6 +1325,15 @@ impl<S: StateMachine> RaftHost<S> {
             }
             let mut rd = g.raw.ready();
             if let Some(ss) = rd.ss() {
+                let leading = ss.raft_state == StateRole::Leader;
+                if leading != g.leading {
+                    g.leading = leading;
+                    if leading {
+                        self.leading += 1;
+                    } else {
+                        self.leading -= 1;
+                    }
+                }
                 let leader = (ss.leader_id != 0).then_some(ReplicaId(ss.leader_id));
                 if leader != g.leader {
                     g.leader = leader;
@@ -1247,6 +1436,8 @@ impl<S: StateMachine> RaftHost<S> {
                     write.hard_state = Some(hs.clone());
                 } else {
                     g.commit_unwritten = true;
+                    // The next tick flushes it, quiesced or not.
+                    self.awake.insert(id);
                 }
             }
             if g.commit_unwritten
@@ -1270,6 +1461,8 @@ impl<S: StateMachine> RaftHost<S> {
             ));
             g.raw.advance_append_async(rd);
             apply_committed(&mut self.events, local, id, g, committed, self.audit);
+            // Applying may have made more ready (a joint configuration's leaving entry).
+            self.pollable.insert(id);
             // Unless the owner reports delivery, a snapshot travels inside its message:
             // consider it delivered; a lost one shows as a rejected append and is sent again.
             if !self.owner_reports_snapshots {
@@ -1313,6 +1506,7 @@ impl<S: StateMachine> RaftHost<S> {
             let Some(g) = self.groups.get_mut(&group) else {
                 continue;
             };
+            self.pollable.insert(group);
             if let Some(commit) = commit {
                 g.durable_commit = g.durable_commit.max(commit);
             }
@@ -1587,6 +1781,91 @@ fn send_handover<S>(g: &mut Group<S>) {
     m.term = term;
     raft.msgs.push(m);
     g.handover = Some((to, term, left - 1));
+}
+
+/// The context of a leader's last heartbeat before its group quiesces, and of the
+/// followers' answers to it. (A read's heartbeats carry an 8-byte token.)
+pub const QUIESCE_CONTEXT: &[u8] = b"nodedb:quiesce";
+
+/// Counts the ticks a leader's group has been idle, and quiesces it once it has been for
+/// `QUIESCE_IDLE_TICKS` with every replica caught up and aware of the commit index (but
+/// those on `suspected` nodes): its last heartbeat, marked, tells the followers to quiesce
+/// too. A replica on a suspected node that comes back behind campaigns, which wakes the
+/// group, and catches up.
+fn quiesce_if_idle<S>(
+    g: &mut Group<S>,
+    ticks: u64,
+    directory: &HashMap<ReplicaId, CoreAddress>,
+    suspected: &BTreeSet<NodeId>,
+) {
+    let raft = &g.raw.raft;
+    let mark = (
+        raft.term,
+        raft.raft_log.last_index(),
+        raft.raft_log.committed,
+    );
+    if g.idle.0 != mark {
+        g.idle = (mark, 0);
+        return;
+    }
+    g.idle.1 = g
+        .idle
+        .1
+        .saturating_add(u32::try_from(ticks).unwrap_or(u32::MAX));
+    if g.idle.1 < QUIESCE_IDLE_TICKS || raft.state != StateRole::Leader {
+        return;
+    }
+    let (last, committed) = (mark.1, mark.2);
+    let settled = committed == last
+        && raft.raft_log.applied == committed
+        && raft.commit_to_current_term()
+        && raft.lead_transferee.is_none()
+        && !raft.has_pending_conf()
+        && raft.pending_read_count() == 0
+        && g.pending_reads.is_empty()
+        && g.deferred_reads.is_empty()
+        && g.held.is_empty()
+        && g.handover.is_none()
+        && g.snapshot_pending.is_none()
+        && g.snapshot_to_persist.is_none()
+        && g.proposed.is_empty()
+        && !g.commit_unwritten;
+    if !settled {
+        return;
+    }
+    let away = |id: u64| {
+        directory
+            .get(&ReplicaId(id))
+            .is_some_and(|a| suspected.contains(&a.node))
+    };
+    let caught_up = raft.prs().iter().all(|(id, pr)| {
+        *id == raft.id
+            || away(*id)
+            || (pr.matched == last
+                && pr.committed_index == committed
+                && pr.state == raft::ProgressState::Replicate)
+    });
+    if !caught_up {
+        return;
+    }
+    let peers: Vec<u64> = raft
+        .prs()
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != raft.id)
+        .collect();
+    let raft = &mut g.raw.raft;
+    for to in peers {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.to = to;
+        m.from = raft.id;
+        m.term = raft.term;
+        m.commit = committed;
+        m.context = bytes::Bytes::from_static(QUIESCE_CONTEXT);
+        raft.msgs.push(m);
+    }
+    g.quiesced = true;
 }
 
 /// Remembers the entry a proposal just appended: the log's last, in the current term.

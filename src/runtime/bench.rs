@@ -76,6 +76,7 @@ impl Cluster {
             running.push(
                 Node::start(NodeConfig {
                     joined: None,
+                    quiesce: true,
                     node: NodeId(n),
                     spec: spec.clone(),
                     data_dir: dir.join(format!("node-{n}")),

@@ -17,6 +17,7 @@
 //! # max_moves_in_flight = 8      # moves of either kind under way in the cluster
 //! # dead_after_secs = 300        # a node dead this long is marked Down and its replicas
 //!                                # are replaced elsewhere
+//! # quiesce = true               # idle groups stop ticking and heartbeating (default on)
 //!
 //! [tls]                          # mutual TLS with the cluster CA (see `certs`)
 //! ca_cert = "certs/ca.pem"
@@ -115,6 +116,8 @@ struct ConfigFile {
     max_moves_per_node: Option<usize>,
     max_moves_in_flight: Option<usize>,
     dead_after_secs: Option<u64>,
+    #[serde(default = "default_true")]
+    quiesce: bool,
     tls: TlsSection,
     nodes: Vec<NodeEntry>,
 }
@@ -160,6 +163,8 @@ pub struct LoadedConfig {
     /// Where the node serves Prometheus metrics; `None` serves none.
     pub metrics_addr: Option<SocketAddr>,
     pub balance: BalanceConfig,
+    /// Idle groups quiesce (`quiesce`, default on).
+    pub quiesce: bool,
 }
 
 impl LoadedConfig {
@@ -359,6 +364,7 @@ impl LoadedConfig {
             snapshot_rate,
             metrics_addr: file.metrics_addr,
             balance,
+            quiesce: file.quiesce,
         })
     }
 
@@ -384,6 +390,7 @@ impl LoadedConfig {
             snapshot_rate: self.snapshot_rate,
             metrics_addr: self.metrics_addr,
             balance: self.balance,
+            quiesce: self.quiesce,
         })
     }
 }

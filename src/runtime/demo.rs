@@ -247,6 +247,7 @@ fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, Demo
             .map_err(|e| setup(&e))?;
         let node_config = NodeConfig {
             joined: None,
+            quiesce: true,
             node: *node,
             spec: spec.clone(),
             data_dir: dir.join(format!("node-{}", node.0)),

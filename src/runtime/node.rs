@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// Set when the node joined a running cluster (`start --join`): where its core 0
     /// listens, since `spec` (the nodes the cluster was bootstrapped with) does not list it.
     pub joined: Option<SocketAddr>,
+    /// Idle groups quiesce: they stop ticking and heartbeating until something happens
+    /// to them (`RaftHost::set_quiesce`). On by default.
+    pub quiesce: bool,
 }
 
 impl NodeConfig {
@@ -479,6 +482,7 @@ async fn core_loop(
         incarnation: liveness_incarnation(),
         joined: config.joined.is_some(),
         snapshots: SnapshotPolicy::default(),
+        quiesce: config.quiesce,
     };
     let mut node: NodeCore<Reply> = NodeCore::new(core_config, recovered.groups)?;
 
@@ -718,7 +722,12 @@ async fn core_loop(
         }
         phases.mark(Phase::Flush);
         publish(&node, metrics, &endpoint);
-        if let Some(load) = node.poll_load()
+        let load = node.poll_load();
+        if load.is_some() {
+            // A walk over the core's groups: once per load tick, not per turn.
+            metrics.set(CoreGauge::QuiescedGroups, node.quiesced_groups() as u64);
+        }
+        if let Some(load) = load
             && let Some(slot) = load_slot.as_mut()
         {
             let (busy, window) = busy.fraction_since_last();

@@ -568,6 +568,7 @@ impl Sim {
                 incarnation: self.step + 1,
                 joined,
                 snapshots: SIM_SNAPSHOTS,
+                quiesce: true,
             };
             match NodeCore::new(config, groups) {
                 Ok(core) => node.cores[c].node = Some(core),
