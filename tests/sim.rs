@@ -22,6 +22,7 @@ fn a_thousand_seeds_pass_every_checker() {
     let (mut decommissioned, mut recommissioned) = (0, 0);
     let (mut marked_down, mut back_active) = (0, 0);
     let (mut joins_active, mut joined_replicas) = (0, 0);
+    let mut while_quiesced = [0u64; 4];
     for seed in seeds() {
         let report = run(&SimOptions::new(seed));
         ops += report.ops_completed;
@@ -39,6 +40,9 @@ fn a_thousand_seeds_pass_every_checker() {
         back_active += report.nodes_back_active;
         joins_active += report.joins_active;
         joined_replicas += report.joined_replicas;
+        for (total, n) in while_quiesced.iter_mut().zip(report.faults_while_quiesced) {
+            *total += n;
+        }
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?} (faults {:?}); replay with SEED={seed} cargo test --release --test sim",
@@ -53,6 +57,13 @@ fn a_thousand_seeds_pass_every_checker() {
     );
     if std::env::var("SEED").is_err() {
         assert!(ops > 1000, "the clients did real work: {ops} ops");
+        // Every kind of fault struck some run while groups slept.
+        for (kind, n) in ["crash", "clock jump", "pause", "partition"]
+            .iter()
+            .zip(while_quiesced)
+        {
+            assert!(n > 0, "no {kind} struck while a replica was quiesced");
+        }
         // The faults that need the byte-level log and the membership driver did happen.
         assert!(torn > 0, "no crash tore a write");
         assert!(refused > 0, "no damaged log was refused");

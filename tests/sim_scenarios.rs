@@ -262,3 +262,93 @@ fn the_rebalancer_converges_after_faults_stop_and_then_plans_nothing() {
     );
     assert_eq!(s.violations(), Vec::<String>::new());
 }
+
+/// An idle group: elected, one write committed, then every replica quiesced.
+fn asleep(s: &mut Scenario) -> u64 {
+    let leader = elected(s);
+    let first = s.put(leader, 0, "before");
+    assert!(s.run_until(5 * SECOND, |s| s.result(first).is_some()));
+    assert!(
+        s.run_until(5 * SECOND, |s| (1..=3).all(|n| s.quiesced(n))),
+        "every replica quiesces once the group is idle"
+    );
+    s.leader().expect("still led while asleep")
+}
+
+/// After a fault that took the sleeping group's leader away: another is elected within
+/// the bound, takes a write, and serves what was written before.
+fn replaced_within_bound(s: &mut Scenario, old: u64, bound: Duration) -> u64 {
+    assert!(
+        s.run_until(bound, |s| s.leader().is_some_and(|l| l != old)),
+        "a new leader within {bound:?}: the failure detector wakes the sleeping followers"
+    );
+    let new = s.leader().unwrap();
+    let after = s.put(new, 0, "after");
+    assert!(s.run_until(5 * SECOND, |s| s.result(after).is_some()));
+    new
+}
+
+#[test]
+fn a_sleeping_groups_leader_that_crashes_is_replaced() {
+    let mut s = Scenario::new(3);
+    let old = asleep(&mut s);
+    s.crash(old);
+    replaced_within_bound(&mut s, old, 10 * SECOND);
+    assert_eq!(read_through_leader(&mut s, 0), value("after"));
+    s.restart(old);
+    s.run_for(5 * SECOND);
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_sleeping_groups_leader_cut_off_is_replaced_and_follows_after_healing() {
+    let mut s = Scenario::new(3);
+    let old = asleep(&mut s);
+    s.isolate(old);
+    replaced_within_bound(&mut s, old, 10 * SECOND);
+    s.heal();
+    s.run_for(5 * SECOND);
+    assert_eq!(read_through_leader(&mut s, 0), value("after"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_sleeping_groups_leader_whose_words_are_lost_is_replaced() {
+    // Its messages to the others are lost; theirs still reach it.
+    let mut s = Scenario::new(3);
+    let old = asleep(&mut s);
+    for other in (1..=3).filter(|n| *n != old) {
+        s.cut(old, other);
+    }
+    replaced_within_bound(&mut s, old, 10 * SECOND);
+    s.heal();
+    s.run_for(5 * SECOND);
+    assert_eq!(read_through_leader(&mut s, 0), value("after"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn a_sleeping_groups_leader_paused_for_seconds_is_replaced_and_the_history_holds() {
+    let mut s = Scenario::new(3);
+    let old = asleep(&mut s);
+    s.pause(old, 8 * SECOND);
+    replaced_within_bound(&mut s, old, 8 * SECOND);
+    s.run_for(5 * SECOND);
+    assert_eq!(read_through_leader(&mut s, 0), value("after"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}
+
+#[test]
+fn clock_jumps_on_a_sleeping_group_leave_it_serving() {
+    let mut s = Scenario::new(3);
+    let leader = asleep(&mut s);
+    for n in 1..=3 {
+        s.jump_clock(n, 3 * SECOND);
+        s.run_for(SECOND);
+    }
+    let leader = s.leader().unwrap_or(leader);
+    let after = s.put(leader, 0, "after");
+    assert!(s.run_until(10 * SECOND, |s| s.result(after).is_some()));
+    assert_eq!(read_through_leader(&mut s, 0), value("after"));
+    assert!(s.violations().is_empty(), "{:?}", s.violations());
+}

@@ -35,6 +35,8 @@ struct FaultTotals {
     joins: u64,
     joins_active: u64,
     joined_replicas: u64,
+    /// Crashes, clock jumps, pauses and partitions while some replica was quiesced.
+    faults_while_quiesced: [u64; 4],
 }
 
 impl FaultTotals {
@@ -65,6 +67,13 @@ impl FaultTotals {
         self.joins += r.joins;
         self.joins_active += r.joins_active;
         self.joined_replicas += r.joined_replicas;
+        for (total, n) in self
+            .faults_while_quiesced
+            .iter_mut()
+            .zip(r.faults_while_quiesced)
+        {
+            *total += n;
+        }
     }
 }
 
@@ -155,6 +164,10 @@ pub fn run(seed: Option<u64>, seeds: Option<u64>, json: bool) -> ExitCode {
         println!(
             "joins: {} nodes asked to join, {} Active at the end, holding {} replicas",
             f.joins, f.joins_active, f.joined_replicas
+        );
+        let [crashes, jumps, pauses, partitions] = f.faults_while_quiesced;
+        println!(
+            "while some replica was quiesced: {crashes} crashes, {jumps} clock jumps, {pauses} pauses, {partitions} partitions"
         );
         println!(
             "large snapshots: {} compactions kept as views, {} received snapshots written ahead of their install ({} streamed in as their chunks arrived)",

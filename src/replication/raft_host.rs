@@ -1141,7 +1141,8 @@ impl<S: StateMachine> RaftHost<S> {
             // The leader asks again on its next ticks, or another replica is elected.
             return Ok(());
         }
-        let marked = message.context[..] == *QUIESCE_CONTEXT;
+        let quiesce_at = quiesce_commit(&message.context);
+        let marked = quiesce_at.is_some();
         let kind = message.get_msg_type();
         // Any message wakes the group but a follower's answer to the leader's last
         // heartbeat before quiescing.
@@ -1149,19 +1150,23 @@ impl<S: StateMachine> RaftHost<S> {
             g.quiesced = false;
             self.awake.insert(group);
         }
-        let (from, term, commit) = (message.from, message.term, message.commit);
+        let (from, term) = (message.from, message.term);
         self.pollable.insert(group);
         g.raw
             .step(message)
             .map_err(|e| HostError::Raft(e.to_string()))?;
-        if marked && kind == MessageType::MsgHeartbeat && self.quiesce {
+        if let Some(leader_commit) = quiesce_at
+            && kind == MessageType::MsgHeartbeat
+            && self.quiesce
+        {
+            // Only a follower whose log holds exactly what its leader committed: one
+            // behind stays awake (it would otherwise sleep behind until the next write).
             let raft = &g.raw.raft;
-            let last = raft.raft_log.last_index();
             g.quiesced = raft.state == StateRole::Follower
                 && raft.leader_id == from
                 && raft.term == term
-                && raft.raft_log.committed == commit
-                && last == commit
+                && raft.raft_log.committed == leader_commit
+                && raft.raft_log.last_index() == leader_commit
                 && g.snapshot_pending.is_none();
         }
         Ok(())
@@ -1783,9 +1788,16 @@ fn send_handover<S>(g: &mut Group<S>) {
     g.handover = Some((to, term, left - 1));
 }
 
-/// The context of a leader's last heartbeat before its group quiesces, and of the
-/// followers' answers to it. (A read's heartbeats carry an 8-byte token.)
+/// How the context of a leader's last heartbeat before its group quiesces begins (then the
+/// leader's commit index, 8 bytes little-endian), and the followers' answers to it, which
+/// carry the same context. (A read's heartbeats carry an 8-byte token.)
 pub const QUIESCE_CONTEXT: &[u8] = b"nodedb:quiesce";
+
+/// The leader's commit index, if `context` is a quiescing heartbeat's.
+fn quiesce_commit(context: &[u8]) -> Option<u64> {
+    let commit = context.strip_prefix(QUIESCE_CONTEXT)?;
+    Some(u64::from_le_bytes(commit.try_into().ok()?))
+}
 
 /// Counts the ticks a leader's group has been idle, and quiesces it once it has been for
 /// `QUIESCE_IDLE_TICKS` with every replica caught up and aware of the commit index (but
@@ -1848,21 +1860,29 @@ fn quiesce_if_idle<S>(
     if !caught_up {
         return;
     }
-    let peers: Vec<u64> = raft
+    // As raft-rs does for every heartbeat, a replica is told to commit no further than it
+    // matched: one on a suspected node may be behind, with entries of an older term at
+    // indexes the leader committed differently, which it must never commit. The leader's
+    // own commit index rides in the context.
+    let peers: Vec<(u64, u64)> = raft
         .prs()
         .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| *id != raft.id)
+        .filter(|(id, _)| **id != raft.id)
+        .map(|(id, pr)| (*id, pr.matched.min(committed)))
         .collect();
+    let mut context = Vec::with_capacity(QUIESCE_CONTEXT.len() + 8);
+    context.extend_from_slice(QUIESCE_CONTEXT);
+    context.extend_from_slice(&committed.to_le_bytes());
+    let context = bytes::Bytes::from(context);
     let raft = &mut g.raw.raft;
-    for to in peers {
+    for (to, commit) in peers {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
         m.to = to;
         m.from = raft.id;
         m.term = raft.term;
-        m.commit = committed;
-        m.context = bytes::Bytes::from_static(QUIESCE_CONTEXT);
+        m.commit = commit;
+        m.context = context.clone();
         raft.msgs.push(m);
     }
     g.quiesced = true;

@@ -84,6 +84,20 @@ impl Faults {
 }
 
 impl crate::sim::Sim {
+    /// Counts a fault of `kind` (crash, clock jump, pause, partition) that strikes while
+    /// some replica sleeps (is quiesced): the run exercised quiescence under it.
+    fn note_fault_kind(&mut self, kind: usize) {
+        let asleep = self.nodes.values().any(|n| {
+            n.cores
+                .iter()
+                .filter_map(|c| c.node.as_ref())
+                .any(|core| core.quiesced_groups() > 0)
+        });
+        if asleep {
+            self.report.faults_while_quiesced[kind] += 1;
+        }
+    }
+
     /// This step's faults of the process, the disk and the network (the operator's
     /// transfers and moves are drawn in `operate`).
     pub(super) fn inject_faults(&mut self) {
@@ -99,6 +113,7 @@ impl crate::sim::Sim {
                 } else {
                     50 + self.rng.below(300)
                 };
+                self.note_fault_kind(0);
                 self.crash(n, Some(down));
             }
         }
@@ -124,6 +139,7 @@ impl crate::sim::Sim {
             if let Some(node) = self.nodes.get_mut(&n) {
                 node.clock_ahead += jump;
             }
+            self.note_fault_kind(1);
             self.record(11, n.0);
         }
         if self.rng.next_f64() < self.faults.pause_per_step {
@@ -133,9 +149,11 @@ impl crate::sim::Sim {
             if let Some(node) = self.nodes.get_mut(&n) {
                 node.paused_until = until;
             }
+            self.note_fault_kind(2);
             self.record(12, n.0);
         }
         if self.rng.next_f64() < self.faults.partition_per_step {
+            self.note_fault_kind(3);
             self.network.heal();
             let a = 1 + self.rng.below(members);
             let symmetric = self.rng.below(2) == 0;

@@ -223,6 +223,9 @@ pub struct SimReport {
     pub joins: u64,
     pub joins_active: u64,
     pub joined_replicas: u64,
+    /// Crashes, clock jumps, pauses and partitions that struck while some replica was
+    /// quiesced.
+    pub faults_while_quiesced: [u64; 4],
     pub virtual_seconds: f64,
     pub trace_hash: u64,
     pub violations: Vec<String>,

@@ -226,6 +226,31 @@ impl Scenario {
         self.sim.start(NodeId(node));
     }
 
+    /// Pauses `node`'s process (no ticks, no I/O; its messages read on resume) for
+    /// `duration`, as SIGSTOP or a long GC would.
+    pub fn pause(&mut self, node: u64, duration: Duration) {
+        let steps = (duration.as_nanos() / STEP.as_nanos()) as u64;
+        if let Some(n) = self.sim.nodes.get_mut(&NodeId(node)) {
+            n.paused_until = self.sim.step + steps;
+        }
+    }
+
+    /// Moves `node`'s clock ahead by `duration`: its timers fire early, all at once.
+    pub fn jump_clock(&mut self, node: u64, duration: Duration) {
+        if let Some(n) = self.sim.nodes.get_mut(&NodeId(node)) {
+            n.clock_ahead += duration;
+        }
+    }
+
+    /// Whether the group's replica on `node` is quiesced (neither ticks nor heartbeats).
+    pub fn quiesced(&self, node: u64) -> bool {
+        (0..self.sim.o.cores).any(|c| {
+            self.sim
+                .core(CoreAddress::new(NodeId(node), CoreId(c)))
+                .is_some_and(|core| core.host().is_quiesced(GROUP))
+        })
+    }
+
     /// Asks the current leader to hand leadership to the replica on `node` (an admin
     /// request, as the rebalancer sends).
     pub fn transfer_leader(&mut self, node: u64) {
