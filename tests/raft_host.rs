@@ -1122,3 +1122,31 @@ fn quiesced_followers_do_not_campaign_until_the_leaders_node_is_suspected() {
     assert!(c.all_quiesced());
     c.at_most_one_leader_per_term();
 }
+
+#[test]
+fn a_false_suspicion_wakes_the_followers_but_changes_no_term_or_leader() {
+    let mut c = Cluster::quiescing();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    assert!(c.put(1, "a", "1"));
+    assert!(c.run_until(50, |c| c.applied.len() == 1));
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    let leader = c.leader().unwrap();
+    let term = c.hosts[&leader].term(GROUP).unwrap();
+    // The leader's node is suspected, but it is alive.
+    for (i, host) in c.hosts.iter_mut() {
+        let woken = host.wake_followers_of(NodeId(leader));
+        assert_eq!(woken, usize::from(*i != leader));
+        host.node_recovered(NodeId(leader));
+    }
+    // The followers time out and ask for pre-votes, which the others refuse while they
+    // trust the leader; the woken leader's heartbeats settle them.
+    for _ in 0..50 {
+        c.step();
+    }
+    assert_eq!(c.leader(), Some(leader));
+    for host in c.hosts.values() {
+        assert_eq!(host.term(GROUP), Some(term), "no new term");
+    }
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    c.at_most_one_leader_per_term();
+}

@@ -33,6 +33,8 @@ pub struct Options {
     pub seconds: f64,
     /// Distinct groups written once asleep (and once awake) for the latency figures.
     pub writes: usize,
+    /// Also start the cluster with quiescence off (the active-write baseline).
+    pub baseline: bool,
     pub binary: PathBuf,
     pub dir: PathBuf,
 }
@@ -64,7 +66,11 @@ pub fn run(o: &Options) -> Result<serde_json::Value, String> {
     let on = cluster(o, true)?;
     // Without quiescence a large cluster may not even start on a small machine: that is
     // reported, not fatal.
-    let off = cluster(o, false);
+    let off = if o.baseline {
+        cluster(o, false)
+    } else {
+        Err("not run (--no-baseline)".into())
+    };
     let active = off.as_ref().ok().map(|f| f.first_write_p99_us);
     Ok(serde_json::json!({
         "groups": o.groups,

@@ -169,6 +169,9 @@ enum Tool {
         /// at most `groups`.
         #[arg(long, default_value_t = 1000, value_parser = positive)]
         writes: usize,
+        /// Skip the second cluster, with quiescence off (`active_write_p99_us` is then null).
+        #[arg(long)]
+        no_baseline: bool,
         /// The node binary (default: `nodedb-cluster` next to this one).
         #[arg(long)]
         binary: Option<PathBuf>,
@@ -357,12 +360,14 @@ fn main() -> ExitCode {
             groups,
             seconds,
             writes,
+            no_baseline,
             binary,
             dir,
         } => idle::run(&idle::Options {
             groups,
             seconds,
             writes,
+            baseline: !no_baseline,
             binary: binary.unwrap_or_else(procs::default_binary),
             dir,
         })

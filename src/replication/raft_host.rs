@@ -631,8 +631,8 @@ impl<S: StateMachine> RaftHost<S> {
     /// Lets idle groups quiesce (hibernate), or wakes every group and stops it.
     ///
     /// A leader whose group has not changed (term, last index, commit index) for
-    /// `QUIESCE_IDLE_TICKS` ticks, with every replica's log matching its own and knowing
-    /// its commit index, nothing proposed, read or handed over, sends each replica a last
+    /// `QUIESCE_IDLE_TICKS` ticks, with every replica's log matching its own, nothing
+    /// proposed, read or handed over, sends each replica a last
     /// heartbeat marked [`QUIESCE_CONTEXT`] and stops ticking the group. A follower that
     /// takes that heartbeat from its leader, in its term, with its own log complete up to
     /// that commit, stops ticking too, so it never campaigns. Any other message for the
@@ -650,9 +650,11 @@ impl<S: StateMachine> RaftHost<S> {
     }
 
     /// Wakes every quiesced follower whose leader is on `node` (the failure detector
-    /// suspects it), or whose leader is unknown, and lets it elect another soon: it stops
-    /// trusting that leader (so it grants votes at once) and its election timer is
-    /// brought to a replica-dependent few ticks before it fires. Returns how many woke.
+    /// suspects it), or whose leader is unknown: it ticks again, so it campaigns once its
+    /// election timeout passes without a word from the leader, and it sends the leader a
+    /// heartbeat answer, which wakes a leader that is alive after all (a suspicion may be
+    /// false: an overloaded node answers probes late): its heartbeats then keep the
+    /// followers, with no new term. Returns how many woke.
     pub fn wake_followers_of(&mut self, node: NodeId) -> usize {
         self.suspected.insert(node);
         let mut woken = 0;
@@ -669,9 +671,17 @@ impl<S: StateMachine> RaftHost<S> {
             }
             g.quiesced = false;
             self.awake.insert(*id);
+            self.pollable.insert(*id);
             let raft = &mut g.raw.raft;
-            raft.leader_id = raft::INVALID_ID;
-            raft.election_elapsed = raft.election_elapsed.max(RAFT_ELECTION_TICKS - 1);
+            if raft.leader_id != raft::INVALID_ID {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgHeartbeatResponse);
+                m.to = raft.leader_id;
+                m.from = raft.id;
+                m.term = raft.term;
+                m.commit = raft.raft_log.committed;
+                raft.msgs.push(m);
+            }
             woken += 1;
         }
         woken
@@ -1800,8 +1810,8 @@ fn quiesce_commit(context: &[u8]) -> Option<u64> {
 }
 
 /// Counts the ticks a leader's group has been idle, and quiesces it once it has been for
-/// `QUIESCE_IDLE_TICKS` with every replica caught up and aware of the commit index (but
-/// those on `suspected` nodes): its last heartbeat, marked, tells the followers to quiesce
+/// `QUIESCE_IDLE_TICKS` with every replica's log caught up (but those on `suspected`
+/// nodes): its last heartbeat, marked, tells the followers to quiesce
 /// too. A replica on a suspected node that comes back behind campaigns, which wakes the
 /// group, and catches up.
 fn quiesce_if_idle<S>(
@@ -1853,9 +1863,7 @@ fn quiesce_if_idle<S>(
     let caught_up = raft.prs().iter().all(|(id, pr)| {
         *id == raft.id
             || away(*id)
-            || (pr.matched == last
-                && pr.committed_index == committed
-                && pr.state == raft::ProgressState::Replicate)
+            || (pr.matched == last && pr.state == raft::ProgressState::Replicate)
     });
     if !caught_up {
         return;
