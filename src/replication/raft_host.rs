@@ -1099,15 +1099,21 @@ impl<S: StateMachine> RaftHost<S> {
             if group.snapshot_pending.is_some() {
                 return true;
             }
+            let mut ready = false;
             for _ in 0..ticks {
                 draw_election_timeout(group);
-                group.raw.tick();
+                ready |= group.raw.tick();
             }
             send_handover(group);
             if *quiesce {
                 quiesce_if_idle(group, ticks, directory, suspected);
             }
-            pollable.insert(*id);
+            // A follower's tick that only counts towards its election timeout leaves
+            // nothing for `poll_persist`: with tens of thousands of groups awake (at start,
+            // before they first elect) visiting each again cost more than the tick.
+            if ready || !group.raw.raft.msgs.is_empty() {
+                pollable.insert(*id);
+            }
             true
         });
     }
@@ -1821,6 +1827,10 @@ fn quiesce_if_idle<S>(
     suspected: &BTreeSet<NodeId>,
 ) {
     let raft = &g.raw.raft;
+    if raft.state != StateRole::Leader {
+        // Only a leader decides; a new one starts counting afresh (its term changed).
+        return;
+    }
     let mark = (
         raft.term,
         raft.raft_log.last_index(),
@@ -1834,7 +1844,7 @@ fn quiesce_if_idle<S>(
         .idle
         .1
         .saturating_add(u32::try_from(ticks).unwrap_or(u32::MAX));
-    if g.idle.1 < QUIESCE_IDLE_TICKS || raft.state != StateRole::Leader {
+    if g.idle.1 < QUIESCE_IDLE_TICKS {
         return;
     }
     let (last, committed) = (mark.1, mark.2);
