@@ -1177,8 +1177,17 @@ impl<S: StateMachine> RaftHost<S> {
         {
             // Only a follower whose log holds exactly what its leader committed: one
             // behind stays awake (it would otherwise sleep behind until the next write).
+            // Nor one whose leader's node is suspected: the suspicion woke the followers
+            // once, and no other comes while it lasts (simulator seed 422: two followers
+            // slept with their leader on a node already suspected, which then stayed
+            // down for good, and the group never elected again).
+            let leader_suspected = self
+                .directory
+                .get(&ReplicaId(from))
+                .is_some_and(|a| self.suspected.contains(&a.node));
             let raft = &g.raw.raft;
-            g.quiesced = raft.state == StateRole::Follower
+            g.quiesced = !leader_suspected
+                && raft.state == StateRole::Follower
                 && raft.leader_id == from
                 && raft.term == term
                 && raft.raft_log.committed == leader_commit
