@@ -1150,3 +1150,31 @@ fn a_false_suspicion_wakes_the_followers_but_changes_no_term_or_leader() {
     assert!(c.run_until(20, Cluster::all_quiesced));
     c.at_most_one_leader_per_term();
 }
+
+#[test]
+fn a_follower_does_not_sleep_while_its_leaders_node_is_suspected() {
+    let mut c = Cluster::quiescing();
+    assert!(c.run_until(200, |c| c.leader().is_some()));
+    assert!(c.put(1, "a", "1"));
+    assert!(c.run_until(50, |c| c.applied.len() == 1));
+    let leader = c.leader().unwrap();
+    // Suspected before the group sleeps: nothing to wake yet.
+    for host in c.hosts.values_mut() {
+        host.wake_followers_of(NodeId(leader));
+    }
+    // The leader quiesces and tells the followers to, but they stay awake.
+    assert!(c.run_until(20, |c| c.hosts[&leader].is_quiesced(GROUP)));
+    c.step();
+    for (i, host) in &c.hosts {
+        if *i != leader {
+            assert!(!host.is_quiesced(GROUP), "follower {i} slept");
+        }
+    }
+    // Its node stays down: the awake followers elect another leader.
+    c.crash(leader);
+    assert!(
+        c.run_until(30, |c| c.leader().is_some_and(|l| l != leader)),
+        "a new leader within three seconds"
+    );
+    c.at_most_one_leader_per_term();
+}
