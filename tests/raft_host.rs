@@ -203,6 +203,17 @@ impl Cluster {
         c
     }
 
+    /// A quiescing cluster whose group elected a leader, committed one write (token 1,
+    /// key "a") and fell asleep on every replica.
+    fn asleep() -> Cluster {
+        let mut c = Cluster::quiescing();
+        assert!(c.run_until(200, |c| c.leader().is_some()));
+        assert!(c.put(1, "a", "1"));
+        assert!(c.run_until(50, |c| c.applied.len() == 1));
+        assert!(c.run_until(20, Cluster::all_quiesced));
+        c
+    }
+
     fn all_quiesced(&self) -> bool {
         self.hosts.values().all(|h| h.is_quiesced(GROUP))
     }
@@ -1087,11 +1098,7 @@ fn an_idle_group_quiesces_sends_nothing_and_a_write_wakes_it() {
 
 #[test]
 fn quiesced_followers_do_not_campaign_until_the_leaders_node_is_suspected() {
-    let mut c = Cluster::quiescing();
-    assert!(c.run_until(200, |c| c.leader().is_some()));
-    assert!(c.put(1, "a", "1"));
-    assert!(c.run_until(50, |c| c.applied.len() == 1));
-    assert!(c.run_until(20, Cluster::all_quiesced));
+    let mut c = Cluster::asleep();
     let old = c.leader().unwrap();
     c.crash(old);
     for _ in 0..100 {
@@ -1125,11 +1132,7 @@ fn quiesced_followers_do_not_campaign_until_the_leaders_node_is_suspected() {
 
 #[test]
 fn a_false_suspicion_wakes_the_followers_but_changes_no_term_or_leader() {
-    let mut c = Cluster::quiescing();
-    assert!(c.run_until(200, |c| c.leader().is_some()));
-    assert!(c.put(1, "a", "1"));
-    assert!(c.run_until(50, |c| c.applied.len() == 1));
-    assert!(c.run_until(20, Cluster::all_quiesced));
+    let mut c = Cluster::asleep();
     let leader = c.leader().unwrap();
     let term = c.hosts[&leader].term(GROUP).unwrap();
     // The leader's node is suspected, but it is alive.
