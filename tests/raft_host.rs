@@ -1181,3 +1181,87 @@ fn a_follower_does_not_sleep_while_its_leaders_node_is_suspected() {
     );
     c.at_most_one_leader_per_term();
 }
+
+/// A quiescing cluster whose group was just created fresh on every replica, with replica
+/// `first` to lead it first (`start_fresh`); replica `first` is not started when `down`.
+fn fresh(first: u64, down: bool) -> Cluster {
+    let mut c = Cluster::quiescing();
+    if down {
+        c.crash(first);
+    }
+    for host in c.hosts.values_mut() {
+        host.start_fresh(GROUP, ReplicaId(first)).unwrap();
+    }
+    c
+}
+
+#[test]
+fn a_fresh_group_elects_its_first_leader_in_one_exchange_and_the_others_wait_asleep() {
+    let mut c = fresh(2, false);
+    for i in [1, 3] {
+        assert!(c.hosts[&i].is_quiesced(GROUP), "replica {i} waits asleep");
+    }
+    // No time passes: the first leader's pre-vote and vote rounds alone elect it.
+    c.quiesce();
+    assert_eq!(c.leader(), Some(2));
+    assert!(c.put(1, "a", "1"));
+    assert!(c.run_until(20, |c| (1..=3).all(|i| c.store(i).len() == 1)));
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn fresh_replicas_whose_first_leader_is_down_elect_once_its_node_is_suspected() {
+    let mut c = fresh(2, true);
+    let delivered = c.delivered;
+    for _ in 0..100 {
+        c.step();
+    }
+    assert_eq!(c.leader(), None, "they wait for replica 2, asleep");
+    assert_eq!(c.delivered, delivered, "and send nothing meanwhile");
+    for host in c.hosts.values_mut() {
+        assert_eq!(host.wake_followers_of(NodeId(2)), 1);
+    }
+    assert!(
+        c.run_until(30, |c| c.leader().is_some()),
+        "a leader within three seconds of the suspicion"
+    );
+    assert!(c.put(1, "a", "1"));
+    assert!(c.run_until(20, |c| c.applied.len() == 1));
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn a_sleeping_leader_wakes_to_catch_up_a_replica_whose_node_recovered() {
+    // Node 3 starts late: suspected meanwhile, so the group sleeps without waiting for it.
+    let mut c = fresh(1, false);
+    c.crash(3);
+    for host in c.hosts.values_mut() {
+        host.wake_followers_of(NodeId(3));
+    }
+    c.quiesce();
+    assert_eq!(c.leader(), Some(1));
+    assert!(c.put(1, "a", "1"));
+    assert!(c.run_until(20, |c| c.applied.len() == 1));
+    assert!(c.run_until(30, Cluster::all_quiesced));
+    // Its fresh replica waits asleep for the group's first leader, which sleeps too.
+    c.start(3);
+    c.hosts
+        .get_mut(&3)
+        .unwrap()
+        .start_fresh(GROUP, ReplicaId(1))
+        .unwrap();
+    for _ in 0..30 {
+        c.step();
+    }
+    assert_eq!(c.store(3).len(), 0, "asleep, nobody tells it");
+    // Its node is alive again: the leader wakes and brings it up to date.
+    let mut woken = 0;
+    for host in c.hosts.values_mut() {
+        woken += host.node_recovered(NodeId(3));
+    }
+    assert_eq!(woken, 1, "the leader, whose replica on node 3 is behind");
+    assert!(c.run_until(30, |c| c.store(3).len() == 1));
+    assert!(c.run_until(30, Cluster::all_quiesced));
+    c.at_most_one_leader_per_term();
+}

@@ -74,13 +74,16 @@ pub enum CoreCounter {
     /// within the probe period (core 0).
     LivenessProbes,
     LivenessProbesFailed,
+    /// Probes unanswered in the period while the member's Raft traffic still arrived: not
+    /// counted against it (core 0).
+    LivenessProbesExcused,
     /// Milliseconds the failure detector was called late and did not count against others
     /// (its process paused, its core stalled, its clock jumped; core 0).
     LivenessBlindMillis,
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 31] = [
+    pub const ALL: [CoreCounter; 32] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -111,6 +114,7 @@ impl CoreCounter {
         CoreCounter::LoadReportsRefused,
         CoreCounter::LivenessProbes,
         CoreCounter::LivenessProbesFailed,
+        CoreCounter::LivenessProbesExcused,
         CoreCounter::LivenessBlindMillis,
     ];
 
@@ -234,6 +238,11 @@ impl CoreCounter {
             CoreCounter::LivenessProbesFailed => (
                 "liveness_probes_failed_total",
                 "Probes answered neither directly nor through other nodes in the probe period.",
+            ),
+            CoreCounter::LivenessProbesExcused => (
+                "liveness_probes_excused_total",
+                "Probes unanswered in the probe period while the member's Raft traffic still \
+                 arrived (it runs, late): not counted against it.",
             ),
             CoreCounter::LivenessBlindMillis => (
                 "liveness_blind_milliseconds_total",

@@ -110,7 +110,15 @@ impl Hosting {
                     host.add_group(group, replica, initial, Some(persisted), state)?
                 }
                 None if initial.contains(&replica) => {
-                    host.add_group(group, replica, initial, None, state)?
+                    host.add_group(group, replica, initial, None, state)?;
+                    // The first leader: the placement's hint, if it is an initial voter.
+                    let hint = placement.replicas[placement.leader].id;
+                    let first = if initial.contains(&hint) {
+                        hint
+                    } else {
+                        initial[0]
+                    };
+                    host.start_fresh(group, first)?
                 }
                 None => {
                     info!(

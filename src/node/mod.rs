@@ -594,7 +594,7 @@ impl<R> NodeCore<R> {
                 }
             }
             Mail::Suspected(node, true) => self.wake_followers_of(node),
-            Mail::Suspected(node, false) => self.host.node_recovered(node),
+            Mail::Suspected(node, false) => self.node_recovered(node),
         }
     }
 
@@ -607,6 +607,18 @@ impl<R> NodeCore<R> {
                 node = node.0,
                 groups = woken,
                 "woke quiesced groups led from a suspected node"
+            );
+        }
+    }
+
+    fn node_recovered(&mut self, node: NodeId) {
+        let woken = self.host.node_recovered(node);
+        if woken > 0 {
+            info!(
+                core = self.local.core.0,
+                node = node.0,
+                groups = woken,
+                "woke quiesced leaders to catch up their replicas on a recovered node"
             );
         }
     }
@@ -641,6 +653,9 @@ impl<R> NodeCore<R> {
         payload: &[u8],
     ) -> Result<(), DecodeError> {
         self.now = now;
+        if let Some(c) = self.coordinator.as_mut() {
+            c.liveness.heard_from(now, from);
+        }
         for (group, message) in decode_batch(payload)? {
             let group = GroupId(group);
             // While a snapshot of the group is written ahead, the replica's log is the one
@@ -1268,6 +1283,7 @@ impl<R> NodeCore<R> {
             CoreCounter::LoadReportsRefused => stat(|s| s.reports_refused),
             CoreCounter::LivenessProbes => probes.map_or(0, |p| p.probes),
             CoreCounter::LivenessProbesFailed => probes.map_or(0, |p| p.probes_failed),
+            CoreCounter::LivenessProbesExcused => probes.map_or(0, |p| p.probes_excused),
             CoreCounter::LivenessBlindMillis => {
                 probes.map_or(0, |p| p.blind_time.as_millis() as u64)
             }
@@ -2000,7 +2016,7 @@ impl<R> NodeCore<R> {
             self.wake_followers_of(node);
         }
         for node in recovered {
-            self.host.node_recovered(node);
+            self.node_recovered(node);
         }
         let Some(c) = self.coordinator.as_mut() else {
             return;

@@ -504,6 +504,10 @@ struct Group<S> {
     quiesced: bool,
     /// The replica led the group when its role was last reported (`poll_persist`).
     leading: bool,
+    /// A replica created fresh sleeps waiting for this one, the group's first leader,
+    /// to campaign (`start_fresh`): its node's suspicion wakes it like a leader's would.
+    /// Cleared once raft-rs names a leader.
+    expected_leader: Option<ReplicaId>,
     /// The (term, last index, commit index) the group had at its last tick, and for how
     /// many ticks it has not changed.
     idle: ((u64, u64, u64), u32),
@@ -664,6 +668,7 @@ impl<S: StateMachine> RaftHost<S> {
             }
             let leader_node = g
                 .leader
+                .or(g.expected_leader)
                 .and_then(|r| self.directory.get(&r))
                 .map(|a| a.node);
             if leader_node.is_some_and(|n| n != node) {
@@ -689,8 +694,63 @@ impl<S: StateMachine> RaftHost<S> {
 
     /// The failure detector holds `node` alive again: leaders wait for their replicas there
     /// to catch up before quiescing, as for any other.
-    pub fn node_recovered(&mut self, node: NodeId) {
+    ///
+    /// A leader that quiesced without waiting for a replica there (it was away) wakes if
+    /// that replica's log is behind, so the replica catches up now rather than at the
+    /// group's next write. Returns how many woke.
+    pub fn node_recovered(&mut self, node: NodeId) -> usize {
         self.suspected.remove(&node);
+        let mut woken = 0;
+        for (id, g) in self.groups.iter_mut() {
+            let raft = &g.raw.raft;
+            if !g.quiesced || raft.state != StateRole::Leader {
+                continue;
+            }
+            let last = raft.raft_log.last_index();
+            let behind = raft.prs().iter().any(|(r, pr)| {
+                pr.matched < last
+                    && self
+                        .directory
+                        .get(&ReplicaId(*r))
+                        .is_some_and(|a| a.node == node)
+            });
+            if behind {
+                g.quiesced = false;
+                self.awake.insert(*id);
+                self.pollable.insert(*id);
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// Starts a group this replica just created fresh, in its initial configuration, with
+    /// no log: `first`, one of its voters (the same on every replica: the placement's
+    /// leader hint), campaigns at once; with quiescence on, every other replica sleeps
+    /// until a message wakes it (`first`'s vote requests) or `first`'s node is suspected.
+    /// So a cluster's first elections are one round each, led by the replicas the
+    /// placement meant to lead, with no split votes and no ticking of the groups waiting
+    /// for them: every replica ticking until its election timeout, tens of thousands per
+    /// core, was most of a large cluster's start-up.
+    pub fn start_fresh(&mut self, group: GroupId, first: ReplicaId) -> Result<(), HostError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(HostError::UnknownGroup(group))?;
+        if g.raw.raft.id == first.0 {
+            self.pollable.insert(group);
+            return g.raw.campaign().map_err(|e| HostError::Raft(e.to_string()));
+        }
+        let first_suspected = self
+            .directory
+            .get(&first)
+            .is_some_and(|a| self.suspected.contains(&a.node));
+        if self.quiesce && !first_suspected {
+            g.quiesced = true;
+            g.expected_leader = Some(first);
+            self.awake.remove(&group);
+        }
+        Ok(())
     }
 
     /// How many groups this core's replicas lead (as of the last `poll_persist`): a count
@@ -857,6 +917,7 @@ impl<S: StateMachine> RaftHost<S> {
             proposed: BTreeMap::new(),
             quiesced: false,
             leading: false,
+            expected_leader: None,
             idle: ((0, 0, 0), 0),
         };
         self.groups.insert(group, g);
@@ -1365,6 +1426,9 @@ impl<S: StateMachine> RaftHost<S> {
                     }
                 }
                 let leader = (ss.leader_id != 0).then_some(ReplicaId(ss.leader_id));
+                if leader.is_some() {
+                    g.expected_leader = None;
+                }
                 if leader != g.leader {
                     g.leader = leader;
                     let is_self = ss.raft_state == StateRole::Leader;
