@@ -345,6 +345,16 @@ const _: () = assert!(RAFT_HEARTBEAT_TICKS * 3 < RAFT_ELECTION_TICKS);
 /// one: `demo --groups 16384` did 0.22–0.62 × the operations of `--groups 8`.
 pub const QUIESCE_IDLE_TICKS: u32 = 2;
 
+/// First elections a core has under way at once (`RaftHost::start_fresh`); the others
+/// wait their turn. All at once, 16 384 groups over three nodes of two cores saturated the
+/// CPU for seconds: answers came later than a leader's check of its quorum, thousands of
+/// new leaders stepped down and elected again, and start-up took 20–40 s.
+pub const FIRST_CAMPAIGNS_IN_FLIGHT: usize = 256;
+
+/// Ticks after which a first election still under way stops holding its place among
+/// `FIRST_CAMPAIGNS_IN_FLIGHT` (raft-rs retries it on its own timeout).
+pub const FIRST_CAMPAIGN_TICKS: u64 = 20;
+
 // ---- Write-ahead log ---------------------------------------------------------------------
 
 /// Alignment and padding unit of WAL records: the O_DIRECT block size of common devices.

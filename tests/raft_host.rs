@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use nodedb_cluster::constants::RAFT_TICK;
+use nodedb_cluster::constants::{FIRST_CAMPAIGN_TICKS, FIRST_CAMPAIGNS_IN_FLIGHT, RAFT_TICK};
 use nodedb_cluster::ids::{CoreAddress, GroupId, ReplicaId};
 use nodedb_cluster::ids::{CoreId, NodeId};
 use nodedb_cluster::replication::kv::{KvCommand, KvResponse, KvStore, StateMachine};
@@ -1264,4 +1264,43 @@ fn a_sleeping_leader_wakes_to_catch_up_a_replica_whose_node_recovered() {
     assert!(c.run_until(30, |c| c.store(3).len() == 1));
     assert!(c.run_until(30, Cluster::all_quiesced));
     c.at_most_one_leader_per_term();
+}
+
+#[test]
+fn first_elections_are_paced_a_core_starts_a_bounded_number_at_once() {
+    // One host, the first leader of many fresh groups whose other replicas never answer.
+    let mut host: RaftHost<KvStore> = RaftHost::new(address(1));
+    host.set_quiesce(true);
+    for r in 1..=3 {
+        host.set_address(ReplicaId(r), address(r));
+    }
+    let groups = FIRST_CAMPAIGNS_IN_FLIGHT as u64 + 40;
+    let voters = [ReplicaId(1), ReplicaId(2), ReplicaId(3)];
+    for g in 1..=groups {
+        host.add_group(GroupId(g), ReplicaId(1), &voters, None, KvStore::new())
+            .unwrap();
+        host.start_fresh(GroupId(g), ReplicaId(1)).unwrap();
+    }
+    let electing = |host: &RaftHost<KvStore>| {
+        (1..=groups)
+            .filter(|g| !host.is_quiesced(GroupId(*g)))
+            .count()
+    };
+    assert_eq!(
+        electing(&host),
+        FIRST_CAMPAIGNS_IN_FLIGHT,
+        "the rest wait asleep"
+    );
+    // Unanswered, the first ones stop holding their places after a while.
+    let mut now = Time::ZERO;
+    for _ in 0..FIRST_CAMPAIGN_TICKS - 1 {
+        now += RAFT_TICK;
+        host.handle_tick(now);
+    }
+    assert_eq!(electing(&host), FIRST_CAMPAIGNS_IN_FLIGHT);
+    for _ in 0..2 {
+        now += RAFT_TICK;
+        host.handle_tick(now);
+    }
+    assert_eq!(electing(&host), groups as usize);
 }

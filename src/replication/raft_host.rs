@@ -32,7 +32,8 @@ use raft::{Config, RawNode, StateRole, Storage};
 use thiserror::Error;
 
 use crate::constants::{
-    QUIESCE_IDLE_TICKS, RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
+    FIRST_CAMPAIGN_TICKS, FIRST_CAMPAIGNS_IN_FLIGHT, QUIESCE_IDLE_TICKS,
+    RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
     RAFT_LOG_COMPACT_ENTRIES, RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION,
     RAFT_TICK, SNAPSHOT_FILE_BYTES,
 };
@@ -561,6 +562,12 @@ pub struct RaftHost<S: StateMachine> {
     /// Nodes the failure detector suspects (`wake_followers_of`, until `node_recovered`):
     /// a leader quiesces without waiting for its replicas there to catch up.
     suspected: BTreeSet<NodeId>,
+    /// Groups whose first election this replica is to start, in turn (`start_fresh`).
+    first_campaigns: VecDeque<GroupId>,
+    /// First elections under way, with the tick each began.
+    campaigning: BTreeMap<GroupId, u64>,
+    /// Ticks since this host started.
+    ticks: u64,
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -629,6 +636,9 @@ impl<S: StateMachine> RaftHost<S> {
             awake: BTreeSet::new(),
             leading: 0,
             suspected: BTreeSet::new(),
+            first_campaigns: VecDeque::new(),
+            campaigning: BTreeMap::new(),
+            ticks: 0,
         }
     }
 
@@ -725,21 +735,23 @@ impl<S: StateMachine> RaftHost<S> {
     }
 
     /// Starts a group this replica just created fresh, in its initial configuration, with
-    /// no log: `first`, one of its voters (the same on every replica: the placement's
-    /// leader hint), campaigns at once; with quiescence on, every other replica sleeps
-    /// until a message wakes it (`first`'s vote requests) or `first`'s node is suspected.
-    /// So a cluster's first elections are one round each, led by the replicas the
-    /// placement meant to lead, with no split votes and no ticking of the groups waiting
-    /// for them: every replica ticking until its election timeout, tens of thousands per
-    /// core, was most of a large cluster's start-up.
+    /// no log. `first`, one of its voters (the same on every replica: the placement's
+    /// leader hint), starts its election in turn: at most `FIRST_CAMPAIGNS_IN_FLIGHT`
+    /// first elections are under way on a core at once, the next starting as one ends
+    /// (`handle_tick`). With quiescence on, every other replica, and `first` while it
+    /// waits its turn, sleeps until a message wakes it (`first`'s vote requests) or
+    /// `first`'s node is suspected. So a cluster's first elections are one round each, led
+    /// by the replicas the placement meant to lead, paced, with no split votes and no
+    /// ticking of the groups waiting: every replica ticking until its election timeout,
+    /// tens of thousands per core, all electing at once, was most of a large cluster's
+    /// start-up.
     pub fn start_fresh(&mut self, group: GroupId, first: ReplicaId) -> Result<(), HostError> {
         let g = self
             .groups
             .get_mut(&group)
             .ok_or(HostError::UnknownGroup(group))?;
         if g.raw.raft.id == first.0 {
-            self.pollable.insert(group);
-            return g.raw.campaign().map_err(|e| HostError::Raft(e.to_string()));
+            self.first_campaigns.push_back(group);
         }
         let first_suspected = self
             .directory
@@ -750,7 +762,38 @@ impl<S: StateMachine> RaftHost<S> {
             g.expected_leader = Some(first);
             self.awake.remove(&group);
         }
+        self.start_first_campaigns();
         Ok(())
+    }
+
+    /// Starts the first elections whose turn came (`start_fresh`).
+    fn start_first_campaigns(&mut self) {
+        let ticks = self.ticks;
+        let groups = &self.groups;
+        self.campaigning.retain(|id, began| {
+            groups.get(id).is_some_and(|g| {
+                g.raw.raft.leader_id == raft::INVALID_ID
+                    && ticks.saturating_sub(*began) < FIRST_CAMPAIGN_TICKS
+            })
+        });
+        while self.campaigning.len() < FIRST_CAMPAIGNS_IN_FLIGHT {
+            let Some(id) = self.first_campaigns.pop_front() else {
+                break;
+            };
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            // Woken meanwhile and already electing, or led: nothing to start.
+            if g.raw.raft.term > 0 || g.raw.raft.leader_id != raft::INVALID_ID {
+                continue;
+            }
+            g.quiesced = false;
+            self.awake.insert(id);
+            self.pollable.insert(id);
+            if g.raw.campaign().is_ok() {
+                self.campaigning.insert(id, ticks);
+            }
+        }
     }
 
     /// How many groups this core's replicas lead (as of the last `poll_persist`): a count
@@ -1135,6 +1178,10 @@ impl<S: StateMachine> RaftHost<S> {
             return;
         }
         self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
+        self.ticks += ticks;
+        if !self.first_campaigns.is_empty() || !self.campaigning.is_empty() {
+            self.start_first_campaigns();
+        }
         let RaftHost {
             groups,
             awake,
