@@ -345,7 +345,7 @@ const _: () = assert!(RAFT_HEARTBEAT_TICKS * 3 < RAFT_ELECTION_TICKS);
 /// one: `demo --groups 16384` did 0.22–0.62 × the operations of `--groups 8`.
 pub const QUIESCE_IDLE_TICKS: u32 = 2;
 
-/// First elections a core has under way at once (`RaftHost::start_fresh`); the others
+/// First elections a core has under way at once (`RaftHost::start_paced`); the others
 /// wait their turn. All at once, 16 384 groups over three nodes of two cores saturated the
 /// CPU for seconds: answers came later than a leader's check of its quorum, thousands of
 /// new leaders stepped down and elected again, and start-up took 20–40 s.
@@ -354,6 +354,10 @@ pub const FIRST_CAMPAIGNS_IN_FLIGHT: usize = 256;
 /// Ticks after which a first election still under way stops holding its place among
 /// `FIRST_CAMPAIGNS_IN_FLIGHT` (raft-rs retries it on its own timeout).
 pub const FIRST_CAMPAIGN_TICKS: u64 = 20;
+
+/// Ticks a replica rebuilt from its log sleeps at most, waiting for a leader, before it
+/// ticks on its own (once its core's paced elections are over).
+pub const RECOVERED_SLEEP_TICKS: u64 = 30;
 
 // ---- Write-ahead log ---------------------------------------------------------------------
 
@@ -546,6 +550,10 @@ pub const LIVENESS_STALL_SLACK: Duration = Duration::from_millis(100);
 /// this recently (it probes it next otherwise): two periods, one to wait for its turn and
 /// one for the probe.
 pub const LIVENESS_CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+/// For this long after its process starts, a node does not suspect a member it has not
+/// heard from at all yet: the member may be starting too (a whole cluster restarted:
+/// suspicions one probe after start woke thousands of sleeping groups to elect).
+pub const LIVENESS_STARTUP_GRACE: Duration = Duration::from_secs(5);
 /// Members asked to probe a silent member on our behalf (NodeDB's and SWIM's k = 3).
 pub const LIVENESS_INDIRECT_PROBES: usize = 3;
 /// A suspect becomes dead after this many probe periods, times `max(1, log10 n)` (NodeDB:

@@ -1183,14 +1183,14 @@ fn a_follower_does_not_sleep_while_its_leaders_node_is_suspected() {
 }
 
 /// A quiescing cluster whose group was just created fresh on every replica, with replica
-/// `first` to lead it first (`start_fresh`); replica `first` is not started when `down`.
+/// `first` to lead it first (`start_paced`); replica `first` is not started when `down`.
 fn fresh(first: u64, down: bool) -> Cluster {
     let mut c = Cluster::quiescing();
     if down {
         c.crash(first);
     }
     for host in c.hosts.values_mut() {
-        host.start_fresh(GROUP, ReplicaId(first)).unwrap();
+        host.start_paced(GROUP, ReplicaId(first)).unwrap();
     }
     c
 }
@@ -1249,7 +1249,7 @@ fn a_sleeping_leader_wakes_to_catch_up_a_replica_whose_node_recovered() {
     c.hosts
         .get_mut(&3)
         .unwrap()
-        .start_fresh(GROUP, ReplicaId(1))
+        .start_paced(GROUP, ReplicaId(1))
         .unwrap();
     for _ in 0..30 {
         c.step();
@@ -1279,7 +1279,7 @@ fn first_elections_are_paced_a_core_starts_a_bounded_number_at_once() {
     for g in 1..=groups {
         host.add_group(GroupId(g), ReplicaId(1), &voters, None, KvStore::new())
             .unwrap();
-        host.start_fresh(GroupId(g), ReplicaId(1)).unwrap();
+        host.start_paced(GroupId(g), ReplicaId(1)).unwrap();
     }
     let electing = |host: &RaftHost<KvStore>| {
         (1..=groups)

@@ -105,20 +105,22 @@ impl Hosting {
             };
             let initial = &placement.initial;
             let state = Cell::Kv(KvStore::new());
+            // The first leader, fresh or after a restart: the placement's hint, if it is
+            // an initial voter (fresh) or a replica (rebuilt from the log).
+            let hint = placement.replicas[placement.leader].id;
             match self.recovered.remove(&group) {
                 Some(persisted) => {
-                    host.add_group(group, replica, initial, Some(persisted), state)?
+                    host.add_group(group, replica, initial, Some(persisted), state)?;
+                    host.start_paced(group, hint)?
                 }
                 None if initial.contains(&replica) => {
                     host.add_group(group, replica, initial, None, state)?;
-                    // The first leader: the placement's hint, if it is an initial voter.
-                    let hint = placement.replicas[placement.leader].id;
                     let first = if initial.contains(&hint) {
                         hint
                     } else {
                         initial[0]
                     };
-                    host.start_fresh(group, first)?
+                    host.start_paced(group, first)?
                 }
                 None => {
                     info!(

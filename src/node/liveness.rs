@@ -43,7 +43,8 @@ use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::constants::{
     LIVENESS_CONFIRM_WITHIN, LIVENESS_GOSSIP_PER_MESSAGE, LIVENESS_GOSSIP_RETRANSMIT_MULTIPLIER,
     LIVENESS_INDIRECT_PROBES, LIVENESS_PROBE_INTERVAL, LIVENESS_PROBE_TIMEOUT,
-    LIVENESS_STALL_SLACK, LIVENESS_SUSPICION_MULTIPLIER, REBALANCE_PROPOSAL_TIMEOUT,
+    LIVENESS_STALL_SLACK, LIVENESS_STARTUP_GRACE, LIVENESS_SUSPICION_MULTIPLIER,
+    REBALANCE_PROPOSAL_TIMEOUT,
 };
 use crate::ids::NodeId;
 use crate::rng::Rng;
@@ -195,6 +196,8 @@ pub struct Member {
     pub failed: Option<Time>,
     /// When other traffic of its last reached this node (`heard_from`: Raft batches).
     pub traffic: Option<Time>,
+    /// Whether it was heard from at all, directly or not, since this process started.
+    pub heard_once: bool,
 }
 
 /// The probe of this period.
@@ -247,6 +250,8 @@ pub struct Liveness {
     asked: BTreeMap<NodeId, Time>,
     /// When the shell was asked to call next (`poll_timeout` after the last call).
     due: Option<Time>,
+    /// When this detector was first given members (`LIVENESS_STARTUP_GRACE`).
+    started: Option<Time>,
     pub stats: LivenessStats,
 }
 
@@ -267,6 +272,7 @@ impl Liveness {
             rng: Rng::new(seed ^ local.0.rotate_left(32) ^ incarnation),
             asked: BTreeMap::new(),
             due: None,
+            started: None,
             stats: LivenessStats::default(),
         }
     }
@@ -296,6 +302,7 @@ impl Liveness {
     /// Keeps the member list equal to `nodes` (this node aside): a new member starts
     /// alive, as of `now`; one no longer listed is forgotten.
     pub fn set_members(&mut self, now: Time, nodes: impl IntoIterator<Item = NodeId>) {
+        self.started.get_or_insert(now);
         let listed: BTreeSet<NodeId> = nodes.into_iter().filter(|n| *n != self.local).collect();
         self.members.retain(|n, _| listed.contains(n));
         for node in listed {
@@ -306,6 +313,7 @@ impl Liveness {
                 heard: now,
                 failed: None,
                 traffic: None,
+                heard_once: false,
             });
         }
         self.round.retain(|n| self.members.contains_key(n));
@@ -330,10 +338,18 @@ impl Liveness {
             }
             if now.saturating_since(sent) >= LIVENESS_PROBE_INTERVAL {
                 self.probe = None;
-                if self.members.get(&target).and_then(|m| m.traffic) >= Some(sent) {
+                let member = self.members.get(&target);
+                let starting = self
+                    .started
+                    .is_some_and(|s| now.saturating_since(s) < LIVENESS_STARTUP_GRACE);
+                if member.and_then(|m| m.traffic) >= Some(sent)
+                    || (starting && member.is_some_and(|m| !m.heard_once))
+                {
                     // Unanswered, but its other traffic reached us since the probe: it
                     // runs, only late (a saturated CPU), and suspecting it would wake
-                    // every group it leads on top of that load.
+                    // every group it leads on top of that load. Or this process has just
+                    // started and never heard from it: it may be starting too (replaying
+                    // its log, connecting).
                     self.stats.probes_excused += 1;
                 } else {
                     self.stats.probes_failed += 1;
@@ -412,6 +428,7 @@ impl Liveness {
     pub fn heard_from(&mut self, now: Time, from: NodeId) {
         if let Some(m) = self.members.get_mut(&from) {
             m.traffic = Some(now);
+            m.heard_once = true;
         }
     }
 
@@ -423,6 +440,7 @@ impl Liveness {
         self.discount_blind_time(now);
         if let Some(m) = self.members.get_mut(&from) {
             m.heard = now;
+            m.heard_once = true;
         }
         // Direct word from the member: it is alive at the incarnation it says.
         self.apply(
@@ -477,6 +495,7 @@ impl Liveness {
                     }
                     if let Some(m) = self.members.get_mut(&p.target) {
                         m.heard = now;
+                        m.heard_once = true;
                     }
                 }
             }
@@ -527,6 +546,7 @@ impl Liveness {
                 heard: Time::ZERO,
                 failed: None,
                 traffic: None,
+                heard_once: true,
             };
             let m = match self.members.get(&info.node_id) {
                 Some(m) => m,
@@ -839,6 +859,19 @@ mod tests {
         for id in [A, B, NodeId(4)] {
             assert_eq!(net.node(id).member(C).unwrap().state, MemberState::Alive);
         }
+    }
+
+    #[test]
+    fn a_member_never_heard_from_is_suspected_only_after_the_startup_grace() {
+        // B's process is not up yet when A's starts.
+        let mut net = Net::new(2);
+        net.down.insert(B);
+        let grace = LIVENESS_STARTUP_GRACE.as_millis() as u64;
+        net.run(0, grace - 100);
+        assert_eq!(net.node(A).member(B).unwrap().state, MemberState::Alive);
+        assert!(net.node(A).stats.probes_excused >= 1);
+        net.run(grace - 100, 3_000);
+        assert_ne!(net.node(A).member(B).unwrap().state, MemberState::Alive);
     }
 
     #[test]

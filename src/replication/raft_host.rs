@@ -35,7 +35,7 @@ use crate::constants::{
     FIRST_CAMPAIGN_TICKS, FIRST_CAMPAIGNS_IN_FLIGHT, QUIESCE_IDLE_TICKS,
     RAFT_ELECTION_SPREAD_TICKS, RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS,
     RAFT_LOG_COMPACT_ENTRIES, RAFT_LOG_COMPACT_MAX_BYTES, RAFT_LOG_COMPACT_STATE_FRACTION,
-    RAFT_TICK, SNAPSHOT_FILE_BYTES,
+    RAFT_TICK, RECOVERED_SLEEP_TICKS, SNAPSHOT_FILE_BYTES,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
 use crate::replication::kv::{KvView, StateMachine};
@@ -506,7 +506,7 @@ struct Group<S> {
     /// The replica led the group when its role was last reported (`poll_persist`).
     leading: bool,
     /// A replica created fresh sleeps waiting for this one, the group's first leader,
-    /// to campaign (`start_fresh`): its node's suspicion wakes it like a leader's would.
+    /// to campaign (`start_paced`): its node's suspicion wakes it like a leader's would.
     /// Cleared once raft-rs names a leader.
     expected_leader: Option<ReplicaId>,
     /// The (term, last index, commit index) the group had at its last tick, and for how
@@ -562,10 +562,13 @@ pub struct RaftHost<S: StateMachine> {
     /// Nodes the failure detector suspects (`wake_followers_of`, until `node_recovered`):
     /// a leader quiesces without waiting for its replicas there to catch up.
     suspected: BTreeSet<NodeId>,
-    /// Groups whose first election this replica is to start, in turn (`start_fresh`).
+    /// Groups whose election this replica is to start, in turn (`start_paced`).
     first_campaigns: VecDeque<GroupId>,
-    /// First elections under way, with the tick each began.
+    /// Paced elections under way, with the tick each began.
     campaigning: BTreeMap<GroupId, u64>,
+    /// Replicas rebuilt from their logs asleep, waiting for their first leader, with the
+    /// tick by which they wake if none was heard of (`wake_unled_sleepers`).
+    unled_sleepers: VecDeque<(GroupId, u64)>,
     /// Ticks since this host started.
     ticks: u64,
 }
@@ -638,6 +641,7 @@ impl<S: StateMachine> RaftHost<S> {
             suspected: BTreeSet::new(),
             first_campaigns: VecDeque::new(),
             campaigning: BTreeMap::new(),
+            unled_sleepers: VecDeque::new(),
             ticks: 0,
         }
     }
@@ -734,22 +738,39 @@ impl<S: StateMachine> RaftHost<S> {
         woken
     }
 
-    /// Starts a group this replica just created fresh, in its initial configuration, with
-    /// no log. `first`, one of its voters (the same on every replica: the placement's
-    /// leader hint), starts its election in turn: at most `FIRST_CAMPAIGNS_IN_FLIGHT`
-    /// first elections are under way on a core at once, the next starting as one ends
-    /// (`handle_tick`). With quiescence on, every other replica, and `first` while it
-    /// waits its turn, sleeps until a message wakes it (`first`'s vote requests) or
-    /// `first`'s node is suspected. So a cluster's first elections are one round each, led
-    /// by the replicas the placement meant to lead, paced, with no split votes and no
-    /// ticking of the groups waiting: every replica ticking until its election timeout,
-    /// tens of thousands per core, all electing at once, was most of a large cluster's
-    /// start-up.
-    pub fn start_fresh(&mut self, group: GroupId, first: ReplicaId) -> Result<(), HostError> {
+    /// Starts a group this replica just created (fresh, with no log, or rebuilt from its
+    /// log at restart) whose leader is not known here. `first`, one of its voters (the
+    /// same on every replica: the placement's leader hint), starts an election in turn: at
+    /// most `FIRST_CAMPAIGNS_IN_FLIGHT` are under way on a core at once, the next starting
+    /// as one ends (`handle_tick`). With quiescence on, every other replica, and `first`
+    /// while it waits its turn, sleeps until a message wakes it (`first`'s vote requests,
+    /// a leader's heartbeat) or `first`'s node is suspected.
+    ///
+    /// So a cluster's first elections, and those after a whole cluster restarted, are one
+    /// round each, led by the replicas the placement meant to lead, paced, with no split
+    /// votes and no ticking of the groups waiting: every replica ticking until its
+    /// election timeout, tens of thousands per core, all electing at once, was most of a
+    /// large cluster's start-up, and its restart. A node restarting alone comes back with
+    /// its groups asleep: where `first` is its replica, the pre-vote is refused by
+    /// followers that still trust their leader, and wakes it, whose heartbeats then bring
+    /// the replica in; elsewhere the replica sleeps until the leader next writes, or wakes
+    /// to catch it up (`node_recovered`) if its node was suspected meanwhile.
+    ///
+    /// Only where `first` and this replica are both voters of the configuration this
+    /// replica's log holds; otherwise (a learner, a hint that names a learner or a
+    /// replica no longer there) the group starts awake and elects as any other would: a
+    /// replica asleep waiting for one that cannot campaign would wait for good (the
+    /// simulator caught it: a hint named the learner of a move, and the group never
+    /// elected again).
+    pub fn start_paced(&mut self, group: GroupId, first: ReplicaId) -> Result<(), HostError> {
         let g = self
             .groups
             .get_mut(&group)
             .ok_or(HostError::UnknownGroup(group))?;
+        let voters = g.raw.raft.prs().conf().voters();
+        if !voters.contains(first.0) || !voters.contains(g.raw.raft.id) {
+            return Ok(());
+        }
         if g.raw.raft.id == first.0 {
             self.first_campaigns.push_back(group);
         }
@@ -761,12 +782,41 @@ impl<S: StateMachine> RaftHost<S> {
             g.quiesced = true;
             g.expected_leader = Some(first);
             self.awake.remove(&group);
+            if g.raw.raft.term > 0 && g.raw.raft.id != first.0 {
+                self.unled_sleepers
+                    .push_back((group, self.ticks + RECOVERED_SLEEP_TICKS));
+            }
         }
         self.start_first_campaigns();
         Ok(())
     }
 
-    /// Starts the first elections whose turn came (`start_fresh`).
+    /// Wakes the replicas rebuilt from their logs that still know no leader, once their
+    /// time is up and this core's paced elections are over. Their group may have slept
+    /// under a leader this very restart took away, its other replicas asleep still
+    /// trusting it (a restart quicker than the failure detector): without this they would
+    /// wait for good (the simulator caught it).
+    fn wake_unled_sleepers(&mut self) {
+        if !self.first_campaigns.is_empty() || !self.campaigning.is_empty() {
+            return;
+        }
+        while let Some(&(id, due)) = self.unled_sleepers.front() {
+            if due > self.ticks {
+                break;
+            }
+            self.unled_sleepers.pop_front();
+            if let Some(g) = self.groups.get_mut(&id)
+                && g.quiesced
+                && g.leader.is_none()
+            {
+                g.quiesced = false;
+                self.awake.insert(id);
+                self.pollable.insert(id);
+            }
+        }
+    }
+
+    /// Starts the paced elections whose turn came (`start_paced`).
     fn start_first_campaigns(&mut self) {
         let ticks = self.ticks;
         let groups = &self.groups;
@@ -784,7 +834,7 @@ impl<S: StateMachine> RaftHost<S> {
                 continue;
             };
             // Woken meanwhile and already electing, or led: nothing to start.
-            if g.raw.raft.term > 0 || g.raw.raft.leader_id != raft::INVALID_ID {
+            if g.raw.raft.state != StateRole::Follower || g.raw.raft.leader_id != raft::INVALID_ID {
                 continue;
             }
             g.quiesced = false;
@@ -1181,6 +1231,9 @@ impl<S: StateMachine> RaftHost<S> {
         self.ticks += ticks;
         if !self.first_campaigns.is_empty() || !self.campaigning.is_empty() {
             self.start_first_campaigns();
+        }
+        if !self.unled_sleepers.is_empty() {
+            self.wake_unled_sleepers();
         }
         let RaftHost {
             groups,
