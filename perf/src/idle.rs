@@ -12,7 +12,9 @@
 //!   (fixed costs included: an upper bound);
 //! - `wake_p99_us`: one write each to `writes` distinct groups, one after another, each
 //!   the first to its group since it quiesced;
-//! - `awake_write_p99_us`: a second write to each, right after the first.
+//! - `awake_write_p99_us`: a second write to each, right after the first;
+//! - `restart_seconds`: then every process is killed (SIGKILL) and started again from its
+//!   files: until every group has a leader again (log replay included).
 //!
 //! Then the same cluster shape starts again with `quiesce = false` in every node file,
 //! and the same writes give `active_write_p99_us` (its start-up, idle CPU and memory are
@@ -53,6 +55,9 @@ pub struct ClusterFigures {
     pub first_write_p99_us: u64,
     pub second_write_p50_us: u64,
     pub second_write_p99_us: u64,
+    /// Every node killed (SIGKILL) after the writes and started again: seconds until
+    /// every group had a leader again (the cluster with quiescence only).
+    pub restart_seconds: Option<f64>,
 }
 
 const NODES: u64 = 3;
@@ -82,6 +87,7 @@ pub fn run(o: &Options) -> Result<serde_json::Value, String> {
         "rss_bytes_per_replica": on.rss_bytes_per_replica,
         "wake_p99_us": on.first_write_p99_us,
         "awake_write_p99_us": on.second_write_p99_us,
+        "restart_seconds": on.restart_seconds,
         "active_write_p99_us": active,
         "wake_over_active_p99": active.map(|a| on.first_write_p99_us as f64 / a.max(1) as f64),
         "quiesced": on,
@@ -108,38 +114,48 @@ fn cluster(o: &Options, quiesce: bool) -> Result<ClusterFigures, String> {
         .dir
         .join(if quiesce { "quiesced" } else { "not-quiesced" });
     let started = Instant::now();
-    let cluster = Processes::start(&o.binary, &dir, &shape)?;
-    let outcome = measure(o, &cluster, quiesce, started);
+    let mut cluster = Processes::start(&o.binary, &dir, &shape)?;
+    let outcome = measure(o, &cluster, quiesce, started).and_then(|mut figures| {
+        if quiesce {
+            for n in 1..=NODES {
+                cluster.kill(n);
+            }
+            let restarted = Instant::now();
+            for n in 1..=NODES {
+                cluster.restart(n)?;
+            }
+            wait_led(&cluster, o.groups, restarted)?;
+            figures.restart_seconds = Some(restarted.elapsed().as_secs_f64());
+        }
+        Ok(figures)
+    });
     cluster.stop(outcome.is_ok());
     outcome
 }
 
-fn measure(
-    o: &Options,
-    cluster: &Processes,
-    quiesce: bool,
-    started: Instant,
-) -> Result<ClusterFigures, String> {
-    let total = |series: &str| -> f64 {
-        cluster
-            .metrics
-            .iter()
-            .flatten()
-            .filter_map(|addr| procs::scrape(*addr).ok())
-            .map(|text| {
-                procs::samples(&text, series)
-                    .iter()
-                    .map(|(_, v)| v)
-                    .sum::<f64>()
-            })
-            .sum()
-    };
-    // Every group led, the metadata group included.
-    let groups = f64::from(o.groups) + 1.0;
+/// The sum of a series over every node's metrics (those that answer).
+fn total(cluster: &Processes, series: &str) -> f64 {
+    cluster
+        .metrics
+        .iter()
+        .flatten()
+        .filter_map(|addr| procs::scrape(*addr).ok())
+        .map(|text| {
+            procs::samples(&text, series)
+                .iter()
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// Waits until every group has a leader, the metadata group included.
+fn wait_led(cluster: &Processes, groups: u32, started: Instant) -> Result<(), String> {
+    let groups = f64::from(groups) + 1.0;
     loop {
-        let led = total("nodedb_core_leader_groups");
+        let led = total(cluster, "nodedb_core_leader_groups");
         if led >= groups {
-            break;
+            return Ok(());
         }
         if started.elapsed() > STARTUP_LIMIT {
             return Err(format!(
@@ -149,9 +165,19 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn measure(
+    o: &Options,
+    cluster: &Processes,
+    quiesce: bool,
+    started: Instant,
+) -> Result<ClusterFigures, String> {
+    let total = |series: &str| total(cluster, series);
+    wait_led(cluster, o.groups, started)?;
     let startup_seconds = started.elapsed().as_secs_f64();
     let settling = Instant::now();
-    let replicas = groups * NODES as f64;
+    let replicas = (f64::from(o.groups) + 1.0) * NODES as f64;
     let mut quiesced;
     loop {
         quiesced = total("nodedb_core_quiesced_groups");
@@ -190,6 +216,7 @@ fn measure(
         first_write_p99_us: first.value_at_quantile(0.99),
         second_write_p50_us: second.value_at_quantile(0.5),
         second_write_p99_us: second.value_at_quantile(0.99),
+        restart_seconds: None,
     })
 }
 
