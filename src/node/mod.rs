@@ -601,25 +601,22 @@ impl<R> NodeCore<R> {
     /// Wakes this core's quiesced followers whose leader is on `node`.
     fn wake_followers_of(&mut self, node: NodeId) {
         let woken = self.host.wake_followers_of(node);
-        if woken > 0 {
-            info!(
-                core = self.local.core.0,
-                node = node.0,
-                groups = woken,
-                "woke quiesced groups led from a suspected node"
-            );
-        }
+        self.log_woken(
+            node,
+            woken,
+            "woke quiesced groups led from a suspected node",
+        );
     }
 
     fn node_recovered(&mut self, node: NodeId) {
         let woken = self.host.node_recovered(node);
-        if woken > 0 {
-            info!(
-                core = self.local.core.0,
-                node = node.0,
-                groups = woken,
-                "woke quiesced leaders to catch up their replicas on a recovered node"
-            );
+        let what = "woke quiesced leaders to catch up their replicas on a recovered node";
+        self.log_woken(node, woken, what);
+    }
+
+    fn log_woken(&self, node: NodeId, groups: usize, what: &str) {
+        if groups > 0 {
+            info!(core = self.local.core.0, node = node.0, groups, "{what}");
         }
     }
 

@@ -816,16 +816,11 @@ impl<S: StateMachine> RaftHost<S> {
         }
     }
 
-    /// Starts the paced elections whose turn came (`start_paced`).
+    /// Starts the paced elections whose turn came (`start_paced`). Those under way that
+    /// ended are counted out at ticks only: `start_paced` runs for every group a
+    /// placement table creates, tens of thousands at start.
     fn start_first_campaigns(&mut self) {
         let ticks = self.ticks;
-        let groups = &self.groups;
-        self.campaigning.retain(|id, began| {
-            groups.get(id).is_some_and(|g| {
-                g.raw.raft.leader_id == raft::INVALID_ID
-                    && ticks.saturating_sub(*began) < FIRST_CAMPAIGN_TICKS
-            })
-        });
         while self.campaigning.len() < FIRST_CAMPAIGNS_IN_FLIGHT {
             let Some(id) = self.first_campaigns.pop_front() else {
                 break;
@@ -1230,6 +1225,13 @@ impl<S: StateMachine> RaftHost<S> {
         self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
         self.ticks += ticks;
         if !self.first_campaigns.is_empty() || !self.campaigning.is_empty() {
+            let (now, groups) = (self.ticks, &self.groups);
+            self.campaigning.retain(|id, began| {
+                groups.get(id).is_some_and(|g| {
+                    g.raw.raft.leader_id == raft::INVALID_ID
+                        && now.saturating_sub(*began) < FIRST_CAMPAIGN_TICKS
+                })
+            });
             self.start_first_campaigns();
         }
         if !self.unled_sleepers.is_empty() {
