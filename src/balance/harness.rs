@@ -293,7 +293,8 @@ pub struct HarnessReport {
     pub initial_core_max_over_mean: f64,
     pub final_max_over_mean: f64,
     pub final_core_max_over_mean: f64,
-    /// The best node-level max / mean any plan could reach (heaviest vShard on one node).
+    /// The best node-level max / mean a plan can reach without trading bytes for traffic
+    /// (`LoadModel::node_bound`).
     pub bound_max_over_mean: f64,
     /// The same bound at core level.
     pub core_bound_max_over_mean: f64,

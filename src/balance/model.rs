@@ -94,6 +94,9 @@ pub struct LoadModel {
     /// Multiplies traffic score units into `core_traffic` units (an average core is 1.0);
     /// zero when there is no traffic.
     pub traffic_scale: f64,
+    /// The part of an average node's score its bytes make: every replica's bytes units
+    /// over the eligible cores.
+    pub byte_share: f64,
     /// vShards whose placement names a node or core outside the topology: their load is not
     /// attributed there and the planner never moves them (it cannot reason about them).
     pub frozen: Vec<bool>,
@@ -158,6 +161,7 @@ impl LoadModel {
             core_bytes: vec![0.0; core_base],
             bytes_units: vec![0.0; vshard_count],
             traffic_scale: 0.0,
+            byte_share: 0.0,
             frozen: Vec::new(),
             moving: Vec::new(),
             replica_cores: Vec::new(),
@@ -277,6 +281,7 @@ impl LoadModel {
             if traffic > 1e-12 {
                 model.traffic_scale = f64::from(capacity) / traffic;
             }
+            model.byte_share = model.core_bytes.iter().sum::<f64>() / f64::from(capacity);
             let scale = model.traffic_scale;
             model
                 .core_heaviest_traffic
@@ -398,8 +403,10 @@ impl LoadModel {
         self.core_scores.iter().copied().fold(0.0, f64::max)
     }
 
-    /// The best node-level max/mean any placement could reach: the heaviest single vShard,
-    /// leadership included, cannot be split (on the largest eligible node).
+    /// The best node-level max/mean a placement can reach without trading bytes for
+    /// traffic (on the largest eligible node): the heaviest single vShard, leadership
+    /// included, cannot be split, and the node hosting the one with the most traffic keeps
+    /// its share of the bytes (see `floor`).
     pub fn node_bound(&self) -> f64 {
         let cores = self
             .nodes
@@ -408,7 +415,24 @@ impl LoadModel {
             .map(|n| n.cores)
             .max()
             .unwrap_or(1);
-        self.heaviest_vshard_units() / f64::from(cores)
+        let (units, traffic) = (0..self.follower_units.len())
+            .map(|v| {
+                let units = self.follower_units[v] + self.leader_units[v];
+                (units, units - self.bytes_units[v])
+            })
+            .fold((0.0f64, 0.0f64), |(u, t), (vu, vt)| (u.max(vu), t.max(vt)));
+        self.floor(units, traffic, cores)
+    }
+
+    /// The lowest score a node of `cores` cores can be brought to while it hosts a replica
+    /// of `units` score units, `traffic` of them traffic (units less its bytes): the replica
+    /// cannot be split, and the node keeps its share of the cluster's bytes. Copying a
+    /// node's data away to offset one vShard's traffic would empty its disk without
+    /// relieving its CPU, and would move bytes for load (see ARCHITECTURE, *The node
+    /// bound*).
+    pub fn floor(&self, units: f64, traffic: f64, cores: u16) -> f64 {
+        let cores = f64::from(cores.max(1));
+        (units / cores).max(traffic / cores + self.byte_share)
     }
 
     /// The best core-level max/mean any placement could reach: the heaviest vShard cannot

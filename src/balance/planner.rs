@@ -37,7 +37,9 @@
 //!   so the end of a run is a fixed point: the plan stays empty until the load changes.
 //! - A node or core whose load is its heaviest vShard plus less than the target spread is
 //!   left alone: the heaviest vShard cannot be split, and trimming dust around it would cost
-//!   moves without lowering the maximum meaningfully.
+//!   moves without lowering the maximum meaningfully. A node keeps its share of the bytes
+//!   besides (`LoadModel::floor`): copying its data away would not relieve the traffic of a
+//!   vShard heavier than a node's fair load.
 //!
 //! A move only happens if it strictly lowers the larger of the two scores it touches, so
 //! every sweep reduces the sum of squared scores and planning terminates.
@@ -1063,14 +1065,25 @@ impl<'a> Sweep<'a> {
             if self.node_stuck[h] {
                 continue;
             }
-            // Nothing but its heaviest vShard (plus dust) left on it: nothing to gain here.
+            // Nothing but its heaviest vShard and its share of the bytes (plus dust) left on
+            // it: nothing to gain here.
             let node = &self.model.nodes[h];
             let cores = node.core_base..node.core_base + usize::from(node.cores);
-            let heaviest = self.core_heaviest[cores]
+            let heaviest = self.core_heaviest[cores.clone()]
                 .iter()
                 .copied()
                 .fold(0.0, f64::max);
-            if score <= heaviest / f64::from(node.cores) + self.config.target_spread {
+            let heaviest_traffic = if self.model.traffic_scale > 0.0 {
+                self.core_heaviest_traffic[cores]
+                    .iter()
+                    .copied()
+                    .fold(0.0, f64::max)
+                    / self.model.traffic_scale
+            } else {
+                0.0
+            };
+            let floor = self.model.floor(heaviest, heaviest_traffic, node.cores);
+            if score <= floor + self.config.target_spread {
                 self.node_stuck[h] = true;
                 continue;
             }

@@ -170,8 +170,8 @@ pub struct BalancerStatus {
     /// there is no load to balance).
     pub node_max_over_mean: f64,
     pub core_max_over_mean: f64,
-    /// The best node max / mean any placement could reach: the heaviest vShard cannot be
-    /// split.
+    /// The best node max / mean a placement reaches without trading bytes for traffic
+    /// (`LoadModel::node_bound`): the heaviest vShard cannot be split.
     pub node_bound_max_over_mean: f64,
     pub replica_moves_in_flight: usize,
     /// Replica moves the placement table records as under way (whoever started them:
