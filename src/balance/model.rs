@@ -415,12 +415,7 @@ impl LoadModel {
             .map(|n| n.cores)
             .max()
             .unwrap_or(1);
-        let (units, traffic) = (0..self.follower_units.len())
-            .map(|v| {
-                let units = self.follower_units[v] + self.leader_units[v];
-                (units, units - self.bytes_units[v])
-            })
-            .fold((0.0f64, 0.0f64), |(u, t), (vu, vt)| (u.max(vu), t.max(vt)));
+        let (units, traffic) = self.heaviest_vshard();
         self.floor(units, traffic, cores)
     }
 
@@ -438,7 +433,7 @@ impl LoadModel {
     /// The best core-level max/mean any placement could reach: the heaviest vShard cannot
     /// be split.
     pub fn core_bound(&self) -> f64 {
-        self.heaviest_vshard_units()
+        self.heaviest_vshard().0
     }
 
     /// How far cores are from the best their node allows, in traffic: the largest, over
@@ -464,10 +459,15 @@ impl LoadModel {
             .fold(0.0, f64::max)
     }
 
-    fn heaviest_vshard_units(&self) -> f64 {
+    /// The most units any vShard's leader replica carries, and the most traffic (units
+    /// less bytes); not necessarily of the same vShard.
+    fn heaviest_vshard(&self) -> (f64, f64) {
         (0..self.follower_units.len())
-            .map(|v| self.follower_units[v] + self.leader_units[v])
-            .fold(0.0, f64::max)
+            .map(|v| {
+                let units = self.follower_units[v] + self.leader_units[v];
+                (units, units - self.bytes_units[v])
+            })
+            .fold((0.0, 0.0), |(u, t), (vu, vt)| (vu.max(u), vt.max(t)))
     }
 
     fn node_sum(&self, n: usize) -> f64 {
