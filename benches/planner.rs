@@ -12,6 +12,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nodedb_cluster::balance::harness::{HarnessConfig, Scenario, SyntheticCluster};
+use nodedb_cluster::balance::model::LoadModel;
 use nodedb_cluster::balance::{PlanInput, Planner, PlannerConfig};
 use nodedb_cluster::time::Time;
 
@@ -73,6 +74,26 @@ fn sweep(c: &mut Criterion) {
             scenario.name(),
             &HarnessConfig::new(32, 16, 65_536, scenario),
         );
+    }
+    group.finish();
+
+    // The model build alone (the part of a sweep bound by memory traffic).
+    let mut group = c.benchmark_group("model_build_32x16_65536");
+    for scenario in [Scenario::Zipf, Scenario::NewNode] {
+        let cluster = SyntheticCluster::build(&HarnessConfig::new(32, 16, 65_536, scenario))
+            .expect("valid harness config");
+        let weights = PlannerConfig::default().weights;
+        group.bench_function(scenario.name(), |b| {
+            b.iter(|| {
+                LoadModel::build(
+                    &cluster.topology,
+                    &cluster.placement,
+                    black_box(&cluster.loads),
+                    &weights,
+                    |_| true,
+                )
+            })
+        });
     }
     group.finish();
 }

@@ -697,10 +697,9 @@ struct Sweep<'a> {
     mean_traffic_per_byte: [f64; 2],
     /// An idle cluster: the scores count replicas and leaderships (`ScoreScale`).
     counts_only: bool,
-    /// Per core (model index): the leaders it held at the sweep's start, by leadership units
-    /// once `leaders_sorted` says so (`Sweep::index_leaders`).
-    leaders_by_units: Vec<Vec<LeaderKey>>,
-    leaders_sorted: Vec<bool>,
+    /// Per core (model index), once indexed: the leaders it holds that have not moved in
+    /// this sweep, by leadership units (`Sweep::index_leaders`).
+    leaders_by_units: Vec<Option<Vec<LeaderKey>>>,
     /// Per core (model index), once scanned for a replica move: the replicas it held at the
     /// sweep's start, by units per byte, densest first (`Sweep::replicas_by_density`).
     replicas_by_density: Vec<std::cell::OnceCell<Vec<(f64, CoreReplica)>>>,
@@ -722,7 +721,6 @@ impl<'a> Sweep<'a> {
         let core_replicas = std::mem::take(&mut model.core_replicas);
         let core_heaviest = std::mem::take(&mut model.core_heaviest);
         let core_heaviest_traffic = std::mem::take(&mut model.core_heaviest_traffic);
-        let leaders_by_units = std::mem::take(&mut model.core_leaders);
         let (mut settled, mut settled_leader, mut settled_core) =
             (Vec::new(), Vec::new(), Vec::new());
         settle(
@@ -738,8 +736,7 @@ impl<'a> Sweep<'a> {
         Sweep {
             mean_traffic_per_byte: model.mean_traffic_per_byte,
             counts_only: model.scale.is_some_and(|s| s.counts_only()),
-            leaders_sorted: vec![false; leaders_by_units.len()],
-            leaders_by_units,
+            leaders_by_units: vec![None; core_replicas.len()],
             replicas_by_density: vec![std::cell::OnceCell::new(); core_replicas.len()],
             hosted_on: vec![std::cell::OnceCell::new(); nodes],
             replica_scans: vec![std::cell::Cell::new(0); core_replicas.len()],
@@ -831,11 +828,12 @@ impl<'a> Sweep<'a> {
         let (moved, model) = (&self.moved, &self.model);
         let (units, traffic) = self.core_replicas[core]
             .iter()
-            .filter(|r| !moved[r.vshard.0 as usize])
-            .fold((0.0, 0.0), |(units, traffic): (f64, f64), r| {
+            .filter(|r| !moved[r.vshard().0 as usize])
+            .fold((0.0, 0.0), |(units, traffic): (f64, f64), &r| {
+                let r_units = model.units(r);
                 (
-                    units.max(r.units),
-                    traffic.max(model.replica_traffic(r.vshard, r.units)),
+                    units.max(r_units),
+                    traffic.max(model.replica_traffic(r.vshard(), r_units)),
                 )
             });
         self.core_heaviest[core] = units;
@@ -902,32 +900,21 @@ impl<'a> Sweep<'a> {
         // A moved vShard is skipped by every later scan: its leader key (on the source
         // core, when the move takes a leader) leaves the index so that scans do not walk
         // past it again and again.
-        let leaders = &mut self.leaders_by_units[source_core];
-        let key = LeaderKey::new(leader_units, c.vshard);
-        let at = if self.leaders_sorted[source_core] {
-            leaders.binary_search(&key).ok()
-        } else {
-            leaders.iter().position(|&k| k == key)
-        };
-        if let Some(i) = at {
+        if let Some(leaders) = &mut self.leaders_by_units[source_core]
+            && let Ok(i) = leaders.binary_search(&LeaderKey::new(leader_units, c.vshard))
+        {
             leaders.remove(i);
         }
         let bytes = match c.kind {
             MoveKind::LeaderTransfer => {
                 // Both replicas stay; leadership (and its units) changes sides.
-                self.update_replica(source_core, c.vshard, |r| {
-                    r.leader = false;
-                    r.units = follower_units;
-                });
-                self.update_replica(target_core, c.vshard, |r| {
-                    r.leader = true;
-                    r.units = follower_units + leader_units;
-                });
+                self.update_replica(source_core, c.vshard, |r| *r = r.with_leader(false));
+                self.update_replica(target_core, c.vshard, |r| *r = r.with_leader(true));
                 0
             }
             MoveKind::ReplicaMove => {
                 let list = &mut self.core_replicas[source_core];
-                if let Some(i) = list.iter().position(|r| r.vshard == c.vshard) {
+                if let Some(i) = list.iter().position(|r| r.vshard() == c.vshard) {
                     let replica = list.swap_remove(i);
                     self.core_replicas[target_core].push(replica);
                 }
@@ -975,7 +962,7 @@ impl<'a> Sweep<'a> {
     ) {
         if let Some(r) = self.core_replicas[core]
             .iter_mut()
-            .find(|r| r.vshard == vshard)
+            .find(|r| r.vshard() == vshard)
         {
             change(r);
         }
@@ -1005,14 +992,14 @@ impl<'a> Sweep<'a> {
                     let replica = self.core_replicas[c][i];
                     // The placement table is stale for a vShard moved in this sweep: its
                     // drain waits for the next sweep.
-                    if self.moved[replica.vshard.0 as usize] {
+                    if self.moved[replica.vshard().0 as usize] {
                         i += 1;
                         continue;
                     }
                     let open: Vec<usize> = order
                         .iter()
                         .copied()
-                        .filter(|&t| !self.holds(replica.vshard, self.model.nodes[t].id))
+                        .filter(|&t| !self.holds(replica.vshard(), self.model.nodes[t].id))
                         .collect();
                     if !open.is_empty()
                         && !open
@@ -1034,11 +1021,11 @@ impl<'a> Sweep<'a> {
                         continue;
                     };
                     let candidate = Candidate {
-                        vshard: replica.vshard,
+                        vshard: replica.vshard(),
                         kind: MoveKind::ReplicaMove,
                         source: CoreAddress::new(node_id, core),
                         target: self.coldest_core(t),
-                        units: replica.units,
+                        units: self.model.units(replica),
                         improvement: 0.0,
                         value: 0.0,
                     };
@@ -1143,10 +1130,10 @@ impl<'a> Sweep<'a> {
             (node.core_base..node.core_base + usize::from(node.cores)).flat_map(move |c| {
                 self.core_replicas[c]
                     .iter()
-                    .filter(|r| r.leader)
+                    .filter(|r| r.leader())
                     .map(move |r| {
                         let core = CoreId((c - node.core_base) as u16);
-                        (CoreAddress::new(node.id, core), r.vshard)
+                        (CoreAddress::new(node.id, core), r.vshard())
                     })
             })
         };
@@ -1207,16 +1194,23 @@ impl<'a> Sweep<'a> {
         best.map(|(_, there, back)| (there, back))
     }
 
-    /// The leaders each core of node `h` held when the sweep started, by leadership units
-    /// (ascending, ties by vShard): sorted on the first look at the node. A list holds the
-    /// sweep's starting leaders; a vShard that moved since is skipped by every scan, and
-    /// scans stop on bounds that only fall further along the list, so the stale entries
-    /// change no choice.
+    /// The leaders each core of node `h` holds that have not moved in this sweep, by
+    /// leadership units (ascending, ties by vShard): built on the first look at the node.
+    /// A vShard moved later leaves its core's index (`apply`); one that gained leadership
+    /// here in this sweep has moved, which every scan skips, so it need not join.
     fn index_leaders(&mut self, h: usize) {
         let node = &self.model.nodes[h];
         for c in node.core_base..node.core_base + usize::from(node.cores) {
-            if !std::mem::replace(&mut self.leaders_sorted[c], true) {
-                self.leaders_by_units[c].sort_unstable();
+            if self.leaders_by_units[c].is_none() {
+                let mut leaders: Vec<LeaderKey> = self.core_replicas[c]
+                    .iter()
+                    .filter(|r| r.leader() && !self.moved[r.vshard().0 as usize])
+                    .map(|r| {
+                        LeaderKey::new(self.model.leader_units[r.vshard().0 as usize], r.vshard())
+                    })
+                    .collect();
+                leaders.sort_unstable();
+                self.leaders_by_units[c] = Some(leaders);
             }
         }
     }
@@ -1229,16 +1223,17 @@ impl<'a> Sweep<'a> {
         self.replicas_by_density[c].get_or_init(|| {
             let mut list: Vec<(f64, CoreReplica)> = self.core_replicas[c]
                 .iter()
-                .filter(|r| !self.moved[r.vshard.0 as usize])
-                .map(|r| {
+                .filter(|r| !self.moved[r.vshard().0 as usize])
+                .map(|&r| {
                     (
-                        r.units / (self.model.bytes[r.vshard.0 as usize] as f64).max(1.0),
-                        *r,
+                        self.model.units(r)
+                            / (self.model.bytes[r.vshard().0 as usize] as f64).max(1.0),
+                        r,
                     )
                 })
                 .collect();
             list.sort_unstable_by_key(|&(density, r)| {
-                (std::cmp::Reverse(total_order_key(density)), r.vshard)
+                (std::cmp::Reverse(total_order_key(density)), r.vshard())
             });
             list
         })
@@ -1254,7 +1249,7 @@ impl<'a> Sweep<'a> {
                 &self.core_replicas[node.core_base..node.core_base + usize::from(node.cores)]
             {
                 for r in list {
-                    on[r.vshard.0 as usize] = true;
+                    on[r.vshard().0 as usize] = true;
                 }
             }
             on
@@ -1325,10 +1320,9 @@ impl<'a> Sweep<'a> {
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_transfer_per_core[rank];
             let c = node.core_base + core;
-            if !self.leaders_sorted[c] {
+            let Some(leaders) = &self.leaders_by_units[c] else {
                 continue;
-            }
-            let leaders = &self.leaders_by_units[c];
+            };
             // Two passes, each bounded by the coldest node its leaders could go to: those
             // without a replica on the coldest node (bounded by the next coldest), then
             // those with one.
@@ -1474,9 +1468,9 @@ impl<'a> Sweep<'a> {
             self.replica_scans[c].set(scans.saturating_add(1));
             let (mut by_density, mut as_listed);
             let list: &mut dyn Iterator<Item = (f64, CoreReplica, bool)> = if scans == 0 {
-                as_listed = self.core_replicas[c].iter().map(|r| {
-                    let bytes = (self.model.bytes[r.vshard.0 as usize] as f64).max(1.0);
-                    (r.units / bytes, *r, false)
+                as_listed = self.core_replicas[c].iter().map(|&r| {
+                    let bytes = (self.model.bytes[r.vshard().0 as usize] as f64).max(1.0);
+                    (self.model.units(r) / bytes, r, false)
                 });
                 &mut as_listed
             } else {
@@ -1497,10 +1491,11 @@ impl<'a> Sweep<'a> {
                     }
                     continue;
                 }
-                let vshard = replica.vshard;
+                let vshard = replica.vshard();
+                let replica_units = self.model.units(replica);
                 let bytes = self.model.bytes[vshard.0 as usize];
                 let replica_bound = !self.cooling(vshard, MoveKind::ReplicaMove) && {
-                    let g = open_gain(replica.units);
+                    let g = open_gain(replica_units);
                     per_byte(g, bytes) > floor && beats(slot, g, per_byte(g, bytes))
                 };
                 if !replica_bound {
@@ -1513,7 +1508,7 @@ impl<'a> Sweep<'a> {
                         .any(|(c, _)| self.model.node_of_core(c) == t)
                 });
                 if let Some(&t) = target {
-                    let improvement = gain(t, replica.units);
+                    let improvement = gain(t, replica_units);
                     let value = per_byte(improvement, bytes);
                     if value > floor && beats(slot, improvement, value) {
                         *slot = Some(Candidate {
@@ -1521,7 +1516,7 @@ impl<'a> Sweep<'a> {
                             kind: MoveKind::ReplicaMove,
                             source,
                             target: CoreAddress::new(self.model.nodes[t].id, CoreId(0)),
-                            units: replica.units,
+                            units: replica_units,
                             improvement,
                             value,
                         });
@@ -1629,11 +1624,11 @@ impl<'a> Sweep<'a> {
         let node_limit = 1.0 + self.config.target_spread;
         let core_limit = 1.0 + self.config.core_target_spread;
         let mut best: Option<Candidate> = None;
-        for replica in &self.core_replicas[node.core_base + hot] {
-            if !replica.leader || self.cooling(replica.vshard, MoveKind::LeaderTransfer) {
+        for &replica in &self.core_replicas[node.core_base + hot] {
+            if !replica.leader() || self.cooling(replica.vshard(), MoveKind::LeaderTransfer) {
                 continue;
             }
-            let lead_units = self.model.leader_units[replica.vshard.0 as usize];
+            let lead_units = self.model.leader_units[replica.vshard().0 as usize];
             let lead_traffic = lead_units * scale;
             // It takes off no more than the core's excess: a leadership that would leave the
             // hot core colder than the mean moves a hot spot rather than relieving one (with
@@ -1647,7 +1642,7 @@ impl<'a> Sweep<'a> {
             }
             let entry = self
                 .placement
-                .get(replica.vshard)
+                .get(replica.vshard())
                 .expect("listed vShards exist");
             for p in entry.addresses().filter(|p| p.node != node.id) {
                 let Some(t) = self.eligible_index(p.node) else {
@@ -1666,7 +1661,7 @@ impl<'a> Sweep<'a> {
                 }
                 if beats(&best, improvement, improvement) {
                     best = Some(Candidate {
-                        vshard: replica.vshard,
+                        vshard: replica.vshard(),
                         kind: MoveKind::LeaderTransfer,
                         source,
                         target: p,
@@ -1716,8 +1711,8 @@ impl<'a> Sweep<'a> {
                 .map(|d| REBALANCE_CORE_MOVE_MIN_DENSITY * d)
         };
         let mut best: Option<Candidate> = None;
-        for replica in &self.core_replicas[node.core_base + hot] {
-            if self.cooling_core(replica.vshard) {
+        for &replica in &self.core_replicas[node.core_base + hot] {
+            if self.cooling_core(replica.vshard()) {
                 continue;
             }
             // Followers only, unless the vShard has no other replica: a leader being moved
@@ -1725,29 +1720,31 @@ impl<'a> Sweep<'a> {
             // still a learner then) and gets it back only when the move ends, so the
             // leadership would spend the copy on another node. Leadership leaves a hot core
             // by a transfer (`best_core_transfer`), which copies nothing.
-            if replica.leader
+            if replica.leader()
                 && self
                     .placement
-                    .get(replica.vshard)
+                    .get(replica.vshard())
                     .is_some_and(|e| e.replicas.len() > 1)
             {
                 continue;
             }
-            let traffic = self.model.replica_traffic(replica.vshard, replica.units);
-            let bytes = self.model.bytes[replica.vshard.0 as usize];
-            if traffic < min_traffic_per_byte[usize::from(replica.leader)] * bytes as f64 {
+            let traffic = self
+                .model
+                .replica_traffic(replica.vshard(), self.model.units(replica));
+            let bytes = self.model.bytes[replica.vshard().0 as usize];
+            if traffic < min_traffic_per_byte[usize::from(replica.leader())] * bytes as f64 {
                 continue;
             }
             let improvement = hot_score - (hot_score - traffic).max(cold_score + traffic);
             let value = per_byte(improvement, bytes);
             if beats(&best, improvement, value) {
-                let vshard = replica.vshard;
+                let vshard = replica.vshard();
                 best = Some(Candidate {
                     vshard,
                     kind: MoveKind::ReplicaMove,
                     source,
                     target,
-                    units: replica.units,
+                    units: self.model.units(replica),
                     improvement,
                     value,
                 });
