@@ -338,12 +338,6 @@ pub const RAFT_ELECTION_SPREAD_TICKS: usize = RAFT_ELECTION_TICKS / 2;
 pub const RAFT_HEARTBEAT_TICKS: usize = 2;
 
 const _: () = assert!(RAFT_HEARTBEAT_TICKS * 3 < RAFT_ELECTION_TICKS);
-/// A leader's group quiesces (stops ticking and heartbeating) once its term, log and commit
-/// index have not changed for this many ticks, with every replica caught up: the
-/// quiescing heartbeat itself tells them the commit index. Five ticks (two heartbeat
-/// rounds first) measured worse where writes are spread over many groups, each waking
-/// one: `demo --groups 16384` did 0.22–0.62 × the operations of `--groups 8`.
-pub const QUIESCE_IDLE_TICKS: u32 = 2;
 
 /// First elections a core has under way at once (`RaftHost::start_paced`); the others
 /// wait their turn. All at once, 16 384 groups over three nodes of two cores saturated the

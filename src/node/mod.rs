@@ -2478,6 +2478,44 @@ mod tests {
         assert_eq!(keys(&c), 1000);
     }
 
+    /// Heartbeats are coalesced per peer core: a tick's heartbeats of many awake groups to
+    /// one peer core (and the answers, which the peer sends in one turn) travel as one
+    /// frame, about 25 bytes a group.
+    #[test]
+    fn a_tick_of_heartbeats_for_many_groups_goes_to_a_peer_core_in_one_frame() {
+        let peer = CoreAddress::new(NodeId(2), CoreId(1));
+        let other = CoreAddress::new(NodeId(3), CoreId(0));
+        let heartbeat = |group: u64| {
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeat);
+            m.to = ReplicaId::initial(GroupId(group), 1).0;
+            m.from = ReplicaId::initial(GroupId(group), 0).0;
+            m.term = 3;
+            m.commit = 1_000 + group;
+            m
+        };
+        let mut batches = Batches::default();
+        let mut out = Vec::new();
+        for group in 1..=10_000u64 {
+            out.extend(batches.push(peer, GroupId(group), heartbeat(group)));
+            out.extend(batches.push(other, GroupId(group), heartbeat(group)));
+        }
+        out.extend(batches.finish());
+        assert_eq!(out.len(), 2, "one frame per peer core");
+        for t in out {
+            let Transmit::Raft { payload, .. } = t else {
+                panic!("only Raft batches")
+            };
+            let messages = crate::wire::raft::decode_batch(&payload).unwrap();
+            assert_eq!(messages.len(), 10_000);
+            assert!(
+                payload.len() <= 10_000 * 32,
+                "{} bytes for 10 000 heartbeats",
+                payload.len()
+            );
+        }
+    }
+
     #[test]
     fn a_turn_of_large_appends_goes_in_frames_a_peer_accepts_in_order() {
         let (a, b) = (
