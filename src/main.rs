@@ -59,10 +59,20 @@ enum Command {
     },
     /// Put, get or delete a key in a running cluster; show its placement table or move a
     /// replica.
+    ///
+    /// Exit status: 0 done, 1 failed (the message says why), 2 bad arguments or
+    /// configuration, 3 the key does not exist (`get`, `del`), 4 no answer within
+    /// `--timeout`.
     Kv {
         /// A configuration file with the cluster's [[nodes]], cores, groups and [tls].
         #[arg(long)]
         config: PathBuf,
+        /// Give up after this many seconds without an answer (exit status 4).
+        #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Print one JSON object instead of text.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         op: KvCommandArg,
     },
@@ -103,7 +113,12 @@ fn main() -> ExitCode {
             run_for,
             join,
         } => cli::start::run(&config, run_for, join),
-        Command::Kv { config, op } => cli::kv::run(&config, op),
+        Command::Kv {
+            config,
+            timeout,
+            json,
+            op,
+        } => cli::kv::run(&config, timeout, json, op),
         Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
             Ok(()) => {
                 println!("ok: locked-memory limit and io_uring are sufficient");

@@ -10,6 +10,20 @@ fn cli(args: &[&str]) -> Output {
         .expect("run the binary")
 }
 
+/// Runs the binary with `input` on its stdin.
+fn cli_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Runs a command that must succeed and print one JSON object.
 fn cli_json(args: &[&str]) -> serde_json::Value {
     let out = cli(args);
@@ -348,6 +362,28 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     let get = cli(&["kv", "--config", c, "get", "greeting"]);
     let del = cli(&["kv", "--config", c, "del", "greeting"]);
     let gone = cli(&["kv", "--config", c, "get", "greeting"]);
+    let gone_json = cli(&["kv", "--config", c, "get", "greeting", "--json"]);
+    let del_gone = cli(&["kv", "--config", c, "del", "greeting"]);
+    // A 1 MiB binary value (every byte value, no valid UTF-8) from stdin, read back raw.
+    let binary: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i * 7 + i / 256) as u8 | 0x80)
+        .collect();
+    let put_binary = cli_stdin(&["kv", "--config", c, "put", "blob", "-"], &binary);
+    let get_raw = cli(&["kv", "--config", c, "get", "blob", "--raw"]);
+    let get_json = cli(&["kv", "--config", c, "get", "blob", "--json"]);
+    // A reader that closes the pipe early is no error.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} kv --config {c} get blob --hex | head -c 10",
+            env!("CARGO_BIN_EXE_nodedb-cluster")
+        ))
+        .output()
+        .unwrap();
+    let too_big = cli_stdin(
+        &["kv", "--config", c, "put", "huge", "-"],
+        &vec![1u8; (1 << 20) + 1],
+    );
     // Group 1 starts on two of the three nodes; one of its replicas moves to the third.
     let placement = || {
         let out = cli(&["kv", "--config", c, "placement"]);
@@ -454,7 +490,43 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     );
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
     assert_eq!(String::from_utf8_lossy(&del.stdout).trim(), "deleted");
-    assert_eq!(String::from_utf8_lossy(&gone.stdout).trim(), "(not found)");
+    assert_eq!(gone.status.code(), Some(3), "a missing key exits 3");
+    assert!(gone.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("key \"greeting\" not found"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    assert_eq!(gone_json.status.code(), Some(3));
+    let gone_json: serde_json::Value = serde_json::from_slice(&gone_json.stdout).unwrap();
+    assert_eq!(gone_json["found"], false);
+    assert_eq!(del_gone.status.code(), Some(3));
+    assert!(
+        put_binary.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put_binary.stderr)
+    );
+    assert!(get_raw.status.success());
+    assert!(get_raw.stdout == binary, "the value read back differs");
+    let get_json: serde_json::Value = serde_json::from_slice(&get_json.stdout).unwrap();
+    assert_eq!(get_json["bytes"], 1 << 20);
+    assert_eq!(get_json["value_hex"].as_str().map(str::len), Some(2 << 20));
+    assert!(
+        piped.status.success() && piped.stdout.len() == 10,
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(!too_big.status.success());
+    assert!(
+        String::from_utf8_lossy(&too_big.stderr).contains("exceeds the 1048576-byte limit"),
+        "{}",
+        String::from_utf8_lossy(&too_big.stderr)
+    );
     assert!(before.starts_with("epoch "), "{before}");
     assert_eq!(
         group_1(&before).as_deref(),
@@ -525,6 +597,31 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client pointed at a cluster that is not running gives up within its `--timeout`,
+/// with exit status 4 and a message that says so.
+#[test]
+fn kv_against_a_dead_cluster_fails_within_its_timeout() {
+    let (dir, _port, nodes) = one_node("cli-dead");
+    let client = dir.join("client.toml");
+    std::fs::write(&client, config_toml(None, "node-1", &nodes)).unwrap();
+    let c = client.to_str().unwrap();
+    let out = cli(&["kv", "--config", c, "--timeout", "1.5", "get", "k"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer from the cluster within 1.5 s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = cli(&["kv", "--config", c, "--timeout", "0", "get", "k"]);
+    assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,8 +1,10 @@
 //! `nodedb-cluster kv`: put, get or delete a key in a running cluster; show its placement
 //! table and the rebalancer's status; move a replica or give a move up.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Subcommand;
 use nodedb_cluster::ids::{CoreAddress, CoreId, GroupId, NodeId};
@@ -12,11 +14,28 @@ use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
 
 #[derive(Subcommand, Debug)]
 pub enum KvCommandArg {
-    /// Set KEY to VALUE.
-    Put { key: String, value: String },
-    /// Print KEY's value (linearizable read).
-    Get { key: String },
-    /// Delete KEY.
+    /// Set KEY to VALUE; VALUE `-` reads it from stdin, `--value-file` from a file (any
+    /// bytes, up to the server's 1 MiB limit).
+    Put {
+        key: String,
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<PathBuf>,
+    },
+    /// Print KEY's value (linearizable read) and a newline; exit status 3 if it does not
+    /// exist.
+    Get {
+        key: String,
+        /// Print the value's bytes exactly, with no newline (binary values).
+        #[arg(long, conflicts_with = "hex")]
+        raw: bool,
+        /// Print the value in hexadecimal.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Delete KEY; exit status 3 if it did not exist.
     Del { key: String },
     /// Print the placement table: its epoch and each group's replicas (id@node/core).
     Placement,
@@ -51,11 +70,7 @@ pub enum KvCommandArg {
     /// Print the rebalancer's view from its coordinator (the metadata leader): each node's
     /// state and report age, each core's load, the imbalance, moves in flight and the last
     /// sweep.
-    Status {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
 }
 
 /// `kv status` as a table.
@@ -148,8 +163,75 @@ fn parse_core_address(text: &str) -> Result<CoreAddress, String> {
     })
 }
 
-/// Runs one `kv` operation against the cluster `path` describes.
-pub fn run(path: &Path, op: KvCommandArg) -> ExitCode {
+/// What a `kv` operation printed, or why it did not succeed.
+enum Outcome {
+    /// Bytes for stdout.
+    Printed(Vec<u8>),
+    /// The key does not exist: a message for stderr, or the JSON object for stdout.
+    NotFound(String),
+}
+
+/// Exit status for a key that does not exist (`get`, `del`).
+const EXIT_NOT_FOUND: u8 = 3;
+/// Exit status for no answer within `--timeout`.
+const EXIT_TIMEOUT: u8 = 4;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A value as JSON: text when it is UTF-8, else hexadecimal.
+fn json_value(value: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(value) {
+        Ok(text) => serde_json::json!({ "value": text, "bytes": value.len() }),
+        Err(_) => serde_json::json!({ "value_hex": hex(value), "bytes": value.len() }),
+    }
+}
+
+/// The value `put` sends: the argument, stdin (`-`) or a file.
+fn read_value(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, String> {
+    match (value.as_deref(), file) {
+        (_, Some(path)) => {
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        (Some("-"), None) => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("cannot read the value from stdin: {e}"))?;
+            Ok(bytes)
+        }
+        (Some(text), None) => Ok(text.as_bytes().to_vec()),
+        (None, None) => Err("put needs a VALUE, `-` (stdin) or --value-file".to_owned()),
+    }
+}
+
+/// Writes to stdout; a reader that went away (`kv get k | head -c 1`) is not an error.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn line(text: impl Into<String>) -> Outcome {
+    let mut text = text.into();
+    text.push('\n');
+    Outcome::Printed(text.into_bytes())
+}
+
+fn json_line(value: serde_json::Value) -> Outcome {
+    line(value.to_string())
+}
+
+/// Runs one `kv` operation against the cluster `path` describes, giving up after
+/// `timeout_secs` without an answer.
+pub fn run(path: &Path, timeout_secs: f64, json: bool, op: KvCommandArg) -> ExitCode {
     let config = match LoadedConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -157,88 +239,219 @@ pub fn run(path: &Path, op: KvCommandArg) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = spawn_executor("kv-client", CorePlacement::Unbound, move || async move {
-        let client = KvClient::new(config.spec.clone(), config.tls.clone(), config.mtu)
-            .map_err(|e| e.to_string())?;
-        let result = match op {
-            KvCommandArg::Put { key, value } => client
-                .put(key.as_bytes(), value.as_bytes())
-                .await
-                .map(|()| "OK".to_owned()),
-            KvCommandArg::Get { key } => client.get(key.as_bytes()).await.map(|v| {
-                v.map_or_else(
-                    || "(not found)".to_owned(),
-                    |v| String::from_utf8_lossy(&v).into_owned(),
-                )
-            }),
-            KvCommandArg::Del { key } => client
-                .delete(key.as_bytes())
-                .await
-                .map(|existed| if existed { "deleted" } else { "(not found)" }.to_owned()),
-            KvCommandArg::Placement => match (client.routing().await, client.moves().await) {
-                (Ok((epoch, groups)), Ok(moves)) => {
-                    let mut text = format!("epoch {epoch}");
-                    for (group, replicas) in groups {
-                        text.push_str(&format!("\ngroup {}:", group.0));
-                        for (replica, at) in replicas {
-                            text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
-                        }
-                        if let Some((_, m)) = moves.iter().find(|(g, _)| *g == group) {
-                            text.push_str(&format!(
-                                " (moving {} to {}@{}/{}{})",
-                                m.from.0,
-                                m.new.0,
-                                m.to.node.0,
-                                m.to.core.0,
-                                if m.abandon { ", abandoning" } else { "" }
-                            ));
-                        }
-                    }
-                    Ok(text)
-                }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            },
-            KvCommandArg::Move { group, from, to } => client
-                .move_replica(GroupId(group), NodeId(from), to)
-                .await
-                .map(|()| "move recorded".to_owned()),
-            KvCommandArg::AbandonMove { group } => client
-                .abandon_move(GroupId(group))
-                .await
-                .map(|()| "abandon recorded".to_owned()),
-            KvCommandArg::Decommission { node } => {
-                client.decommission(NodeId(node)).await.map(|()| {
-                    format!(
-                        "node {node} is draining; `kv status` shows it Decommissioned (safe to stop) once its replicas have moved"
-                    )
-                })
-            }
-            KvCommandArg::Recommission { node } => client
-                .recommission(NodeId(node))
-                .await
-                .map(|()| format!("node {node} is active")),
-            KvCommandArg::Status { json } => client.status().await.map(|s| {
-                if json {
-                    serde_json::to_string(&s).unwrap_or_default()
-                } else {
-                    status_table(&s)
-                }
-            }),
-        };
-        client.shutdown().await;
-        result.map_err(|e| e.to_string())
-    })
-    .map_err(|e| e.to_string())
-    .and_then(|h| h.join().map_err(|e| e.to_string()))
-    .and_then(|r| r);
-    match outcome {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
+    let timeout = match Duration::try_from_secs_f64(timeout_secs) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            eprintln!("error: --timeout must be a positive number of seconds, not {timeout_secs}");
+            return ExitCode::from(2);
         }
-        Err(e) => {
+    };
+    // A put's value is read before the clock starts (stdin may be slow to end).
+    let op = match op {
+        KvCommandArg::Put {
+            key,
+            value,
+            value_file,
+        } => match read_value(value, value_file) {
+            Ok(value) => Op::Put { key, value },
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        other => Op::Other(other),
+    };
+    let (done, outcome) = std::sync::mpsc::channel();
+    let spawned = spawn_executor("kv-client", CorePlacement::Unbound, move || async move {
+        let result = execute(config, json, op).await;
+        let _ = done.send(result);
+    });
+    if let Err(e) = spawned {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    // The client retries while a cluster elects or moves leaders; the timeout bounds it
+    // all. On a timeout the process exits with the client thread still trying.
+    match outcome.recv_timeout(timeout) {
+        Ok(Ok(Outcome::Printed(bytes))) => print_out(&bytes),
+        Ok(Ok(Outcome::NotFound(message))) => {
+            if json {
+                print_out(format!("{message}\n").as_bytes());
+            } else {
+                eprintln!("{message}");
+            }
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!(
+                "error: no answer from the cluster within {timeout_secs} s (--timeout); are its nodes running and reachable at the addresses in {}?",
+                path.display()
+            );
+            ExitCode::from(EXIT_TIMEOUT)
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            eprintln!("error: the client stopped without an answer");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An operation, its value already read.
+enum Op {
+    Put { key: String, value: Vec<u8> },
+    Other(KvCommandArg),
+}
+
+async fn execute(config: LoadedConfig, json: bool, op: Op) -> Result<Outcome, String> {
+    let client = KvClient::new(config.spec.clone(), config.tls.clone(), config.mtu)
+        .map_err(|e| e.to_string())?;
+    let result = match op {
+        Op::Put { key, value } => client.put(key.as_bytes(), &value).await.map(|()| {
+            if json {
+                json_line(serde_json::json!({ "ok": true, "key": key, "bytes": value.len() }))
+            } else {
+                line("OK")
+            }
+        }),
+        Op::Other(op) => other(&client, json, op).await,
+    };
+    client.shutdown().await;
+    result.map_err(|e| e.to_string())
+}
+
+async fn other(
+    client: &KvClient,
+    json: bool,
+    op: KvCommandArg,
+) -> Result<Outcome, nodedb_cluster::runtime::client::ClientError> {
+    let not_found = |key: &str| {
+        Outcome::NotFound(if json {
+            serde_json::json!({ "ok": false, "key": key, "found": false }).to_string()
+        } else {
+            format!("error: key {key:?} not found")
+        })
+    };
+    Ok(match op {
+        KvCommandArg::Put { .. } => unreachable!("put is handled with its value read"),
+        KvCommandArg::Get {
+            key,
+            raw,
+            hex: as_hex,
+        } => match client.get(key.as_bytes()).await? {
+            None => not_found(&key),
+            Some(value) if json => {
+                let mut object = json_value(&value);
+                object["ok"] = true.into();
+                object["key"] = key.into();
+                object["found"] = true.into();
+                json_line(object)
+            }
+            Some(value) if raw => Outcome::Printed(value),
+            Some(value) if as_hex => line(hex(&value)),
+            Some(mut value) => {
+                value.push(b'\n');
+                Outcome::Printed(value)
+            }
+        },
+        KvCommandArg::Del { key } => {
+            if !client.delete(key.as_bytes()).await? {
+                not_found(&key)
+            } else if json {
+                json_line(serde_json::json!({ "ok": true, "key": key, "deleted": true }))
+            } else {
+                line("deleted")
+            }
+        }
+        KvCommandArg::Placement => {
+            let (epoch, groups) = client.routing().await?;
+            let moves = client.moves().await?;
+            if json {
+                let groups: Vec<serde_json::Value> = groups
+                    .iter()
+                    .map(|(group, replicas)| {
+                        let moving = moves.iter().find(|(g, _)| g == group).map(|(_, m)| {
+                            serde_json::json!({
+                                "from": m.from.0,
+                                "new": m.new.0,
+                                "to": format!("n{}/c{}", m.to.node.0, m.to.core.0),
+                                "abandon": m.abandon,
+                            })
+                        });
+                        serde_json::json!({
+                            "group": group.0,
+                            "replicas": replicas.iter().map(|(replica, at)| serde_json::json!({
+                                "replica": replica,
+                                "at": format!("n{}/c{}", at.node.0, at.core.0),
+                            })).collect::<Vec<_>>(),
+                            "moving": moving,
+                        })
+                    })
+                    .collect();
+                json_line(serde_json::json!({ "epoch": epoch, "groups": groups }))
+            } else {
+                let mut text = format!("epoch {epoch}");
+                for (group, replicas) in groups {
+                    text.push_str(&format!("\ngroup {}:", group.0));
+                    for (replica, at) in replicas {
+                        text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
+                    }
+                    if let Some((_, m)) = moves.iter().find(|(g, _)| *g == group) {
+                        text.push_str(&format!(
+                            " (moving {} to {}@{}/{}{})",
+                            m.from.0,
+                            m.new.0,
+                            m.to.node.0,
+                            m.to.core.0,
+                            if m.abandon { ", abandoning" } else { "" }
+                        ));
+                    }
+                }
+                line(text)
+            }
+        }
+        KvCommandArg::Move { group, from, to } => {
+            client
+                .move_replica(GroupId(group), NodeId(from), to)
+                .await?;
+            done(json, "move recorded")
+        }
+        KvCommandArg::AbandonMove { group } => {
+            client.abandon_move(GroupId(group)).await?;
+            done(json, "abandon recorded")
+        }
+        KvCommandArg::Decommission { node } => {
+            client.decommission(NodeId(node)).await?;
+            done(
+                json,
+                &format!(
+                    "node {node} is draining; `kv status` shows it Decommissioned (safe to stop) once its replicas have moved"
+                ),
+            )
+        }
+        KvCommandArg::Recommission { node } => {
+            client.recommission(NodeId(node)).await?;
+            done(json, &format!("node {node} is active"))
+        }
+        KvCommandArg::Status => {
+            let s = client.status().await?;
+            if json {
+                line(serde_json::to_string(&s).unwrap_or_default())
+            } else {
+                line(status_table(&s))
+            }
+        }
+    })
+}
+
+/// A command's confirmation, as text or as `{"ok":true,"message":...}`.
+fn done(json: bool, message: &str) -> Outcome {
+    if json {
+        json_line(serde_json::json!({ "ok": true, "message": message }))
+    } else {
+        line(message)
     }
 }
