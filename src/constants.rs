@@ -339,6 +339,13 @@ pub const RAFT_HEARTBEAT_TICKS: usize = 2;
 
 const _: () = assert!(RAFT_HEARTBEAT_TICKS * 3 < RAFT_ELECTION_TICKS);
 
+/// A stopping node's core hands its remaining leaderships away again after this long
+/// (raft-rs gives a transfer up after an election timeout if its target did not catch up).
+pub const LEADERSHIP_HANDOFF_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a stopping node (SIGTERM, SIGINT) waits for its leaderships to move before it
+/// stops anyway.
+pub const LEADERSHIP_HANDOFF_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// First elections a core has under way at once (`RaftHost::start_paced`); the others
 /// wait their turn. All at once, 16 384 groups over three nodes of two cores saturated the
 /// CPU for seconds: answers came later than a leader's check of its quorum, thousands of

@@ -625,6 +625,176 @@ fn kv_against_a_dead_cluster_fails_within_its_timeout() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The response to `GET path` from a node's metrics endpoint, if it answered.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// `/ready` on a node answers 503 while its groups cannot elect (one node of three up),
+/// and 200 once the cluster can serve: a write then succeeds at once.
+#[test]
+fn ready_turns_true_only_once_the_cluster_can_serve() {
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = scratch_dir("cli-ready");
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    for n in 1..=3 {
+        let id = n.to_string();
+        let args = [
+            "certs",
+            "node",
+            "--dir",
+            d,
+            "--id",
+            &id,
+            "--san",
+            "127.0.0.1",
+        ];
+        assert!(cli(&args).status.success());
+    }
+    assert!(
+        cli(&["certs", "client", "--dir", d, "--name", "cli"])
+            .status
+            .success()
+    );
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let nodes: String = (1..=3)
+        .map(|n| {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
+        })
+        .collect();
+    let metrics: Vec<std::net::SocketAddr> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+        .collect();
+    for n in 1..=3u64 {
+        let text = config_toml(Some(n), &format!("node-{n}"), &nodes).replace(
+            "cores = 1",
+            &format!("cores = 1\nmetrics_addr = \"{}\"", metrics[n as usize - 1]),
+        );
+        std::fs::write(dir.join(format!("node-{n}.toml")), text).unwrap();
+    }
+    std::fs::write(
+        dir.join("client.toml"),
+        config_toml(None, "client-cli", &nodes),
+    )
+    .unwrap();
+    let spawn = |n: u64| -> Child {
+        Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+            .args(["start", "--config"])
+            .arg(dir.join(format!("node-{n}.toml")))
+            .args(["--run-for", "120"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for = |addr, path: &str, status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = http_get(addr, path).unwrap_or_default();
+            if answer.starts_with(status) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "{path} never {status}: {answer}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut children = vec![spawn(1)];
+    wait_for(metrics[0], "/health", "HTTP/1.1 200");
+    let alone = http_get(metrics[0], "/ready").unwrap_or_default();
+    children.push(spawn(2));
+    children.push(spawn(3));
+    let ready = wait_for(metrics[0], "/ready", "HTTP/1.1 200");
+    let client = dir.join("client.toml");
+    let put = cli(&[
+        "kv",
+        "--config",
+        client.to_str().unwrap(),
+        "--timeout",
+        "5",
+        "put",
+        "k",
+        "v",
+    ]);
+    let others: Vec<String> = metrics[1..]
+        .iter()
+        .map(|&m| wait_for(m, "/ready", "HTTP/1.1 200"))
+        .collect();
+    let scrape = http_get(metrics[0], "/metrics").unwrap_or_default();
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(alone.starts_with("HTTP/1.1 503"), "{alone}");
+    assert!(alone.contains("know no leader yet"), "{alone}");
+    assert!(ready.contains("ready"), "{ready}");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert_eq!(others.len(), 2);
+    let (head, exposition) = scrape.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    promtool_check(exposition);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) on an exposition. Where
+/// promtool is not installed the check is skipped with a note, unless
+/// `NODEDB_REQUIRE_PROMTOOL` is set (`.ci/run` installs it and sets it).
+fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            assert!(
+                std::env::var_os("NODEDB_REQUIRE_PROMTOOL").is_none(),
+                "promtool is required here but cannot run: {e}"
+            );
+            eprintln!("note: promtool not installed ({e}); the exposition was not checked");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A node whose data directory cannot be used (here: it is a file) stops at once with the
 /// reason and a failure exit, instead of leaving a process that serves nothing.
 #[test]
@@ -905,9 +1075,16 @@ impl FourNodes {
             // A bound on orphans should a test die: well past every test's own deadlines.
             .args(["--run-for", "300"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(format!("node-{n}.log"))).unwrap())
             .spawn()
             .unwrap()
+    }
+
+    /// The leaderships node `id` reported in its last load report (0 before one).
+    fn leaders_on(&self, id: u64) -> u64 {
+        self.node_status(id)["cores"].as_array().map_or(0, |cores| {
+            cores.iter().filter_map(|c| c["leaders"].as_u64()).sum()
+        })
     }
 
     /// Node `id` in `kv status --json` (null before the coordinator answers).
@@ -967,6 +1144,78 @@ impl Writes {
             })
             .collect()
     }
+}
+
+/// SIGTERM on a node that leads groups: it hands their leadership to other replicas,
+/// says so, and exits 0, while a client writing throughout sees no error and loses nothing.
+#[test]
+fn sigterm_hands_leadership_away_before_the_node_exits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let mut cluster = FourNodes::start("cli-sigterm", "");
+    let mut writes = Writes::new(&cluster.client);
+    (0..8).for_each(|i| writes.put(i));
+    assert!(writes.failed.is_empty(), "{:?}", writes.failed);
+    // A node other than the coordinator (which `kv status` asks) that leads groups.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let coordinator = {
+            let out = cli(&["kv", "--config", &cluster.admin, "status", "--json"]);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            status["coordinator"].as_u64()
+        };
+        let found = (1..=4u64).find(|&n| Some(n) != coordinator && cluster.leaders_on(n) > 0);
+        if let Some(n) = found {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node but the coordinator leads"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Writes go on while the node stops.
+    let stop = AtomicBool::new(false);
+    let (writes, exit) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut i = 100;
+            while !stop.load(Ordering::Relaxed) {
+                writes.put(i);
+                i += 1;
+            }
+            writes
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let child = &mut cluster.children[victim as usize - 1];
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let exit = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "node {victim} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // A few more writes after it left.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (writer.join().unwrap(), exit)
+    });
+    let log = std::fs::read_to_string(cluster.dir.join(format!("node-{victim}.log"))).unwrap();
+    assert!(exit.success(), "exit {exit:?}; log:\n{log}");
+    assert!(
+        log.contains("stopping: handing leadership to other replicas")
+            && log.contains("0 still led here"),
+        "{log}"
+    );
+    assert!(writes.failed.is_empty(), "{:?}", writes.failed);
+    assert!(writes.acked.len() > 8, "no write during the stop");
+    assert!(writes.lost().is_empty(), "{:?}", writes.lost());
+    cluster.stop();
 }
 
 #[test]

@@ -5,13 +5,44 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use nodedb_cluster::constants::LEADERSHIP_HANDOFF_BOUND;
 
 use nodedb_cluster::runtime::config::LoadedConfig;
 use nodedb_cluster::runtime::node::Node;
 
 /// How often `start` checks that every core still runs.
 const NODE_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// SIGTERM and SIGINT received so far.
+static STOP_SIGNALS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // An atomic increment is all a signal handler may safely do here.
+    STOP_SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// SIGTERM and SIGINT count in `STOP_SIGNALS` instead of killing the process: the first
+/// stops the node gracefully, a second one skips what is left of the leadership hand-off.
+fn catch_stop_signals() -> std::io::Result<()> {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction with a handler that only touches an atomic, installed
+        // before any other thread could race on the disposition.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// Runs the node `path` describes; with `join`, first joins the cluster the node at that
 /// address belongs to (`runtime::join`).
@@ -31,6 +62,10 @@ pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitC
         }
     };
     let node_id = node_config.node;
+    if let Err(e) = catch_stop_signals() {
+        eprintln!("error: cannot handle SIGTERM/SIGINT: {e}");
+        return ExitCode::FAILURE;
+    }
     let node = match Node::start(node_config) {
         Ok(node) => node,
         Err(e) => {
@@ -58,11 +93,31 @@ pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitC
             break Some(failure);
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if left == Some(Duration::ZERO) {
+        if left == Some(Duration::ZERO) || STOP_SIGNALS.load(Ordering::Relaxed) > 0 {
             break None;
         }
         std::thread::park_timeout(left.map_or(NODE_WATCH_INTERVAL, |l| l.min(NODE_WATCH_INTERVAL)));
     };
+    if failure.is_none() && STOP_SIGNALS.load(Ordering::Relaxed) > 0 {
+        // A planned stop: the node's groups get new leaders now, not after an election
+        // timeout with their clients waiting.
+        eprintln!(
+            "node {} stopping: handing leadership to other replicas (at most {} s; a second signal stops at once)",
+            node_id.0,
+            LEADERSHIP_HANDOFF_BOUND.as_secs()
+        );
+        let started = Instant::now();
+        let (before, left) = node.hand_off_leadership(LEADERSHIP_HANDOFF_BOUND, || {
+            STOP_SIGNALS.load(Ordering::Relaxed) > 1
+        });
+        eprintln!(
+            "node {}: leadership of {} group(s) handed off in {:.2} s, {} still led here; stopping",
+            node_id.0,
+            before - left.min(before),
+            started.elapsed().as_secs_f64(),
+            left
+        );
+    }
     let stopped = node.shutdown();
     match (failure, stopped) {
         (Some(failure), _) => {

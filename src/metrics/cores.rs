@@ -118,6 +118,15 @@ impl CoreCounter {
         CoreCounter::LivenessBlindMillis,
     ];
 
+    /// What one counted unit is in the exported unit (milliseconds exported as seconds,
+    /// Prometheus's base unit).
+    fn scale(self) -> f64 {
+        match self {
+            CoreCounter::LivenessBlindMillis => 1e-3,
+            _ => 1.0,
+        }
+    }
+
     /// Whether the core loop's shell counts this itself (its turns, its transport); the
     /// node core counts the others.
     pub fn counted_by_shell(self) -> bool {
@@ -245,7 +254,7 @@ impl CoreCounter {
                  arrived (it runs, late): not counted against it.",
             ),
             CoreCounter::LivenessBlindMillis => (
-                "liveness_blind_milliseconds_total",
+                "liveness_blind_seconds_total",
                 "Time the failure detector ran late (a pause, a stalled core, a clock jump) and \
                  did not count against other nodes.",
             ),
@@ -278,10 +287,13 @@ pub enum CoreGauge {
     /// Groups whose replica here is quiesced (neither ticks nor heartbeats), counted once
     /// per load tick.
     QuiescedGroups,
+    /// Groups hosted here whose replica knows no leader, counted once per load tick (1
+    /// until the first count: not known to be ready).
+    LeaderlessGroups,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 11] = [
+    pub const ALL: [CoreGauge; 12] = [
         CoreGauge::LeaderGroups,
         CoreGauge::PendingRequests,
         CoreGauge::QuicGsoActive,
@@ -293,6 +305,7 @@ impl CoreGauge {
         CoreGauge::ProbeRttNanos,
         CoreGauge::ProbeRttMaxNanos,
         CoreGauge::QuiescedGroups,
+        CoreGauge::LeaderlessGroups,
     ];
 
     /// What one stored unit is in the exported unit (nanoseconds exported as seconds).
@@ -342,6 +355,10 @@ impl CoreGauge {
             CoreGauge::QuiescedGroups => (
                 "quiesced_groups",
                 "Groups whose replica on this core is quiesced: no ticks, no heartbeats (counted once a second).",
+            ),
+            CoreGauge::LeaderlessGroups => (
+                "leaderless_groups",
+                "Groups hosted on this core whose replica knows no leader (counted once a second).",
             ),
         }
     }
@@ -528,7 +545,7 @@ impl NodeMetrics {
             };
         for c in CoreCounter::ALL {
             let (name, help) = c.name_and_help();
-            series(name, help, "counter", &|m| m.counter(c) as f64);
+            series(name, help, "counter", &|m| m.counter(c) as f64 * c.scale());
         }
         for g in CoreGauge::ALL {
             let (name, help) = g.name_and_help();

@@ -1163,6 +1163,14 @@ impl<R> NodeCore<R> {
         Some((core, Mail::Table(table)))
     }
 
+    /// The node is stopping: hands leadership of every group this core leads to another
+    /// replica (`RaftHost::hand_off_leaderships`); returns how many transfers began. The
+    /// shell calls it again while leaderships remain (a transfer whose target did not
+    /// catch up in an election timeout is given up by raft-rs).
+    pub fn hand_off_leaderships(&mut self) -> usize {
+        self.host.hand_off_leaderships()
+    }
+
     /// The next bytes for a peer core: this turn's Raft messages, one batch per peer.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if self.transmits.is_empty() {
@@ -1325,6 +1333,11 @@ impl<R> NodeCore<R> {
     /// Groups this core leads.
     pub fn leader_groups(&self) -> usize {
         self.host.leader_count()
+    }
+
+    /// Groups whose replica here knows no leader (a walk over the groups).
+    pub fn leaderless_groups(&self) -> usize {
+        self.host.leaderless_groups()
     }
 
     /// Groups whose replica here is quiesced (a walk over the groups).

@@ -5,7 +5,10 @@
 //! Each connection gets its own thread, up to [`CONNECTIONS_MAX`] at once (more are
 //! answered 503 at once), and must send its request within [`REQUEST_DEADLINE`] in all:
 //! a client trickling bytes blocks neither the scrapes beside it nor, for long, itself.
-//! Anything but `GET /metrics` is answered 404 or 400.
+//! `GET /health` answers 200 while every core runs (none failed, each turned its loop in
+//! the last [`CORE_STALL`]), else 503 with the reason; `GET /ready` answers 200 once the
+//! node is healthy and every group it hosts knows its leader (counted once a second), else
+//! 503 with what is missing. Anything else is answered 404 or 400.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,6 +29,53 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections served at once.
 pub const CONNECTIONS_MAX: usize = 16;
+/// A core whose loop turned no turn for this long is stalled (`/health`); an idle core
+/// turns at least every `NODE_LOOP_IDLE` (100 ms).
+pub const CORE_STALL: Duration = Duration::from_secs(2);
+
+/// What `/health` remembers of each core: its loop-turn count and when that last changed.
+#[derive(Default)]
+struct CoreProgress(std::sync::Mutex<Vec<(u64, Instant)>>);
+
+impl CoreProgress {
+    /// Every core runs: none failed, and each turned its loop within `CORE_STALL`.
+    fn health(&self, metrics: &NodeMetrics) -> Result<String, String> {
+        use crate::metrics::cores::CoreGauge;
+        let now = Instant::now();
+        let cores = metrics.core_count();
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() != usize::from(cores) {
+            *seen = vec![(0, now); usize::from(cores)];
+        }
+        for core in 0..cores {
+            let m = metrics.core(core);
+            if m.gauge(CoreGauge::Failed) != 0 {
+                return Err(format!("core {core} failed"));
+            }
+            let turns = m.loop_turns.count();
+            let (last, since) = &mut seen[usize::from(core)];
+            if turns != *last {
+                (*last, *since) = (turns, now);
+            } else if now - *since > CORE_STALL {
+                return Err(format!(
+                    "core {core} has not turned its loop for {:.1} s",
+                    (now - *since).as_secs_f64()
+                ));
+            }
+        }
+        Ok(format!("ok: {cores} core(s) running\n"))
+    }
+
+    /// Healthy, and every group hosted here knows its leader.
+    fn ready(&self, metrics: &NodeMetrics) -> Result<String, String> {
+        use crate::metrics::cores::CoreGauge;
+        self.health(metrics)?;
+        match metrics.gauge_total(CoreGauge::LeaderlessGroups) {
+            0 => Ok("ready\n".into()),
+            n => Err(format!("{n} group(s) hosted here know no leader yet")),
+        }
+    }
+}
 
 /// A running metrics endpoint; stopped when dropped.
 pub struct MetricsServer {
@@ -46,6 +96,7 @@ impl MetricsServer {
                 let stop = stop.clone();
                 move || {
                     let active = Arc::new(AtomicUsize::new(0));
+                    let progress = Arc::new(CoreProgress::default());
                     for stream in listener.incoming() {
                         if stop.load(Ordering::Acquire) {
                             break;
@@ -65,12 +116,12 @@ impl MetricsServer {
                         // Given back when the connection's thread ends, or with the closure
                         // when the thread cannot start.
                         let slot = Active::take(&active);
-                        let metrics = metrics.clone();
+                        let (metrics, progress) = (metrics.clone(), progress.clone());
                         let spawned = std::thread::Builder::new()
                             .name("metrics-conn".into())
                             .spawn(move || {
                                 let _slot = slot;
-                                if let Err(e) = serve(stream, &metrics) {
+                                if let Err(e) = serve(stream, &metrics, &progress) {
                                     debug!(error = %e, "metrics request failed");
                                 }
                             });
@@ -120,7 +171,11 @@ impl Drop for Active {
     }
 }
 
-fn serve(mut stream: TcpStream, metrics: &NodeMetrics) -> std::io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    metrics: &NodeMetrics,
+    progress: &CoreProgress,
+) -> std::io::Result<()> {
     stream.set_write_timeout(Some(SOCKET_TIMEOUT))?;
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut head = Vec::with_capacity(512);
@@ -149,7 +204,22 @@ fn serve(mut stream: TcpStream, metrics: &NodeMetrics) -> std::io::Result<()> {
         (Some(b"GET"), Some(b"/metrics")) => {
             respond(&mut stream, "200 OK", &metrics.render_prometheus())
         }
-        (Some(_), Some(_)) => respond(&mut stream, "404 Not Found", "only /metrics is served\n"),
+        (Some(b"GET"), Some(path @ (b"/health" | b"/ready"))) => {
+            let state = if path == b"/health" {
+                progress.health(metrics)
+            } else {
+                progress.ready(metrics)
+            };
+            match state {
+                Ok(text) => respond(&mut stream, "200 OK", &text),
+                Err(why) => respond(&mut stream, "503 Service Unavailable", &format!("{why}\n")),
+            }
+        }
+        (Some(_), Some(_)) => respond(
+            &mut stream,
+            "404 Not Found",
+            "served: /metrics, /health, /ready\n",
+        ),
         _ => respond(&mut stream, "400 Bad Request", "not an HTTP request\n"),
     }
 }
@@ -201,6 +271,33 @@ mod tests {
 
     /// A client that sends one byte and then nothing (or one a second) holds its own
     /// connection only; a scrape beside it is answered.
+    #[test]
+    fn health_and_ready_answer_503_with_the_reason() {
+        use crate::metrics::cores::CoreGauge;
+        let metrics = Arc::new(NodeMetrics::new(NodeId(1), 2).0);
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), metrics.clone()).unwrap();
+        let ask = |path: &str| get(server.local_addr(), &format!("GET {path} HTTP/1.1\r\n\r\n"));
+        assert!(
+            ask("/health").starts_with("HTTP/1.1 200"),
+            "{}",
+            ask("/health")
+        );
+        assert!(ask("/ready").starts_with("HTTP/1.1 200"));
+        metrics.core(1).set(CoreGauge::LeaderlessGroups, 3);
+        let not_ready = ask("/ready");
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(not_ready.contains("3 group(s) hosted here know no leader yet"));
+        assert!(ask("/health").starts_with("HTTP/1.1 200"));
+        metrics.core(0).set(CoreGauge::Failed, 1);
+        let sick = ask("/health");
+        assert!(
+            sick.starts_with("HTTP/1.1 503") && sick.contains("core 0 failed"),
+            "{sick}"
+        );
+        assert!(ask("/ready").contains("core 0 failed"));
+        drop(server);
+    }
+
     #[test]
     fn a_slow_client_does_not_block_a_scrape() {
         let metrics = Arc::new(NodeMetrics::new(NodeId(1), 1).0);

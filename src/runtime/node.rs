@@ -28,8 +28,9 @@ pub use crate::cluster::spec::ClusterSpec;
 use crate::cluster::spec::core_address;
 use crate::cluster::vshard::fnv1a64;
 use crate::constants::{
-    CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, NODE_LOOP_IDLE,
-    REPLY_CHANNEL_CAPACITY, SLOW_LOOP_TURN, SNAPSHOT_CHUNKS_PER_TURN, SNAPSHOT_TRANSFER_TIMEOUT,
+    CLIENT_CONNECTION_BUFFER_BYTES, CONNECTIONS_PER_IDENTITY_MAX, LEADERSHIP_HANDOFF_RETRY,
+    NODE_LOOP_IDLE, REPLY_CHANNEL_CAPACITY, SLOW_LOOP_TURN, SNAPSHOT_CHUNKS_PER_TURN,
+    SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
 use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
@@ -133,6 +134,8 @@ enum CoreLoopError {
 /// A running node; `shutdown` stops every core.
 pub struct Node {
     runtime: CoreRuntime<()>,
+    /// Set by `hand_off_leadership`: every core hands its leaderships away.
+    leaving: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<NodeMetrics>,
     http: Option<MetricsServer>,
     /// The first error a core stopped with, if any.
@@ -177,7 +180,9 @@ impl Node {
         let writers: Arc<std::sync::Mutex<Vec<Option<SlotWriter>>>> = Arc::new(
             std::sync::Mutex::new(writers.into_iter().map(Some).collect()),
         );
+        let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shared = NodeShared {
+            leaving: leaving.clone(),
             peer_nodes: Arc::new(PeerNodes::default()),
             reaper: Reaper::start(config.node),
             // One clock for the node's cores: a request taken by one core and served by
@@ -220,6 +225,7 @@ impl Node {
         })?;
         Ok(Node {
             runtime,
+            leaving,
             metrics,
             http,
             failure,
@@ -249,6 +255,34 @@ impl Node {
     /// Where the metrics endpoint listens, when one was configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// Before a planned stop: asks every core to hand leadership of its groups to other
+    /// replicas (again every `LEADERSHIP_HANDOFF_RETRY` while some remain), and waits until
+    /// the node leads no group or `bound` passes. Returns how many groups it led when asked
+    /// and how many it still leads. The node keeps serving meanwhile; clients follow the
+    /// new leaders without an election timeout's outage.
+    /// `give_up()` ends the wait early (a second stop signal).
+    pub fn hand_off_leadership(
+        &self,
+        bound: std::time::Duration,
+        give_up: impl Fn() -> bool,
+    ) -> (u64, u64) {
+        let leading = || self.metrics.gauge_total(CoreGauge::LeaderGroups);
+        let before = leading();
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Release);
+        let deadline = std::time::Instant::now() + bound;
+        // The gauge is published every loop turn; a turn takes at most `NODE_LOOP_IDLE`.
+        std::thread::sleep(NODE_LOOP_IDLE);
+        while leading() > 0
+            && std::time::Instant::now() < deadline
+            && self.failure().is_none()
+            && !give_up()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (before, leading())
     }
 
     pub fn shutdown(self) -> Result<(), RuntimeError> {
@@ -434,6 +468,8 @@ struct NodeShared {
     peer_nodes: Arc<PeerNodes>,
     reaper: Reaper,
     clock: MonotonicClock,
+    /// Set when the node is about to stop: cores hand their leaderships away.
+    leaving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn core_loop(
@@ -448,11 +484,16 @@ async fn core_loop(
         peer_nodes,
         reaper,
         clock,
+        leaving,
     } = shared;
+    // When the core last handed its leaderships away (the node is stopping).
+    let mut handed_off: Option<std::time::Instant> = None;
     let ctx = Rc::new(ctx);
     let spec = &config.spec;
     let local = CoreAddress::new(config.node, ctx.core());
     let metrics = node_metrics.core(local.core.0);
+    // Not known to be ready until the first count (`/ready`).
+    metrics.set(CoreGauge::LeaderlessGroups, 1);
     let bind = config
         .listen()
         .and_then(|base| core_address(base, local.core))
@@ -547,6 +588,20 @@ async fn core_loop(
         let turn = std::time::Instant::now();
         let mut phases = TurnPhases::new(turn);
         node.handle_timeout(now);
+        if leaving.load(std::sync::atomic::Ordering::Acquire)
+            && node.leader_groups() > 0
+            && handed_off.is_none_or(|t| t.elapsed() >= LEADERSHIP_HANDOFF_RETRY)
+        {
+            handed_off = Some(std::time::Instant::now());
+            let started = node.hand_off_leaderships();
+            info!(
+                node = local.node.0,
+                core = local.core.0,
+                leading = node.leader_groups(),
+                transfers = started,
+                "stopping: handing leadership to other replicas"
+            );
+        }
         if node.balancer_stats().is_some_and(|s| s.sweeps > sweeps)
             && let Some(rebalancer) = node.rebalancer_metrics()
         {
@@ -726,6 +781,7 @@ async fn core_loop(
         if load.is_some() {
             // A walk over the core's groups: once per load tick, not per turn.
             metrics.set(CoreGauge::QuiescedGroups, node.quiesced_groups() as u64);
+            metrics.set(CoreGauge::LeaderlessGroups, node.leaderless_groups() as u64);
         }
         if let Some(load) = load
             && let Some(slot) = load_slot.as_mut()

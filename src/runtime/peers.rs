@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::peer_health::{Admission, PeerHealth};
 use crate::cluster::spec::core_address;
@@ -716,6 +716,10 @@ pub enum PeerRefusal {
     /// A stream that does not start with a valid `Hello`, or carries bad frames.
     #[error("{0}")]
     BadStream(String),
+    /// The connection ended while a stream was read (the peer stopped or went away): not
+    /// the peer's fault.
+    #[error("connection lost: {0}")]
+    Lost(String),
 }
 
 /// The node an accepted peer connection may speak for: the one its certificate names
@@ -765,9 +769,15 @@ pub async fn receive_peer_streams<H, F>(
     while let Ok(stream) = conn.accept_uni().await {
         let (handler, on_hello, conn) = (handler.clone(), on_hello.clone(), conn.clone());
         glommio::spawn_local(async move {
-            if let Err(refusal) = read_stream(stream, certified, shape, &on_hello, &handler).await {
-                warn!(remote = %conn.remote_address(), %refusal, "closing a peer connection that sent a bad stream");
-                conn.close(1, refusal.to_string().as_bytes());
+            match read_stream(stream, certified, shape, &on_hello, &handler).await {
+                Ok(()) => {}
+                Err(PeerRefusal::Lost(reason)) => {
+                    info!(remote = %conn.remote_address(), %reason, "peer connection lost");
+                }
+                Err(refusal) => {
+                    warn!(remote = %conn.remote_address(), %refusal, "closing a peer connection that sent a bad stream");
+                    conn.close(1, refusal.to_string().as_bytes());
+                }
             }
         })
         .detach();
@@ -792,7 +802,7 @@ where
     while let Some(chunk) = stream
         .read_chunk(usize::MAX)
         .await
-        .map_err(|e| stream_error(e.to_string()))?
+        .map_err(|e| PeerRefusal::Lost(e.to_string()))?
     {
         decoder
             .decode(&chunk, |frame| {
