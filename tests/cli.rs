@@ -625,6 +625,67 @@ fn kv_against_a_dead_cluster_fails_within_its_timeout() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The README's quick start: `examples/local-cluster/cluster.sh up` starts three nodes and
+/// waits until they are ready; a 1 MiB binary value from stdin reads back byte for byte;
+/// `status` shows them ready; `down` stops them all (a copy of the example, so that its
+/// `run/` directory stays out of the source tree; it uses the example's fixed ports).
+#[test]
+fn the_quick_start_cluster_comes_up_serves_binary_values_and_goes_down() {
+    let dir = scratch_dir("cli-quickstart");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/local-cluster");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let script = |command: &str| {
+        Command::new("bash")
+            .arg(dir.join("cluster.sh"))
+            .arg(command)
+            .env("NODEDB", env!("CARGO_BIN_EXE_nodedb-cluster"))
+            .output()
+            .unwrap()
+    };
+    let up = script("up");
+    let client = dir.join("client.toml");
+    let c = client.to_str().unwrap();
+    let value: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let put = cli_stdin(&["kv", "--config", c, "put", "blob", "-"], &value);
+    let get = cli(&["kv", "--config", c, "get", "blob", "--raw"]);
+    let status = script("status");
+    let down = script("down");
+    let after = script("status");
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(text(&up).contains("cluster ready"), "{}", text(&up));
+    assert!(put.status.success(), "{}", text(&put));
+    assert!(get.status.success(), "{}", text(&get));
+    assert!(get.stdout == value, "the value read back differs");
+    assert_eq!(
+        text(&status).matches("/ready: HTTP/1.1 200 OK").count(),
+        3,
+        "{}",
+        text(&status)
+    );
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(
+        text(&after).matches(": stopped;").count(),
+        3,
+        "{}",
+        text(&after)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The response to `GET path` from a node's metrics endpoint, if it answered.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
