@@ -31,10 +31,14 @@ http_status() {
 
 metrics_port() { echo "930$1"; }
 pid_of() { cat "$run/node-$1.pid" 2>/dev/null || true; }
+# Whether node $1's process runs: alive, not a zombie (an orphan's parent may never reap
+# it), and still our node (a pid may be reused).
 running() {
     local pid
     pid=$(pid_of "$1")
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "node-$1.toml"
 }
 
 up() {
