@@ -284,6 +284,47 @@ fn one_node(name: &str) -> (std::path::PathBuf, u16, String) {
     (dir, port, nodes)
 }
 
+/// `[[nodes]]` tables for ids `1..=count`, each on a free loopback UDP port.
+fn nodes_table(count: u64) -> String {
+    (1..=count)
+        .map(|n| {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
+        })
+        .collect()
+}
+
+/// A scratch directory `name` with the cluster CA, node certificates for ids
+/// `1..=nodes` (SAN 127.0.0.1) and `client-cli` and `admin-cli` certificates.
+fn certified_dir(name: &str, nodes: u64) -> std::path::PathBuf {
+    let dir = scratch_dir(name);
+    let d = dir.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", d]).status.success());
+    for n in 1..=nodes {
+        let id = n.to_string();
+        let args = [
+            "certs",
+            "node",
+            "--dir",
+            d,
+            "--id",
+            &id,
+            "--san",
+            "127.0.0.1",
+        ];
+        assert!(cli(&args).status.success());
+    }
+    for role in ["client", "admin"] {
+        let args = ["certs", role, "--dir", d, "--name", "cli"];
+        assert!(cli(&args).status.success());
+    }
+    dir
+}
+
 /// Three `start` processes from configuration files (two replicas per group), then `kv
 /// put/get/del` against them, the placement table, and a replica moved to the third node.
 #[test]
@@ -703,28 +744,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
 fn ready_turns_true_only_once_the_cluster_can_serve() {
     use std::process::{Child, Stdio};
     use std::time::{Duration, Instant};
-    let dir = scratch_dir("cli-ready");
-    let d = dir.to_str().unwrap();
-    assert!(cli(&["certs", "init", "--dir", d]).status.success());
-    for n in 1..=3 {
-        let id = n.to_string();
-        let args = [
-            "certs",
-            "node",
-            "--dir",
-            d,
-            "--id",
-            &id,
-            "--san",
-            "127.0.0.1",
-        ];
-        assert!(cli(&args).status.success());
-    }
-    assert!(
-        cli(&["certs", "client", "--dir", d, "--name", "cli"])
-            .status
-            .success()
-    );
+    let dir = certified_dir("cli-ready", 3);
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -732,16 +752,7 @@ fn ready_turns_true_only_once_the_cluster_can_serve() {
             .unwrap()
             .port()
     };
-    let nodes: String = (1..=3)
-        .map(|n| {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
-        })
-        .collect();
+    let nodes = nodes_table(3);
     let metrics: Vec<std::net::SocketAddr> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
         .collect();
@@ -1073,37 +1084,8 @@ impl FourNodes {
 
     /// Like `start`, with `groups` groups.
     fn start_with(name: &str, groups: u32, extra: &str) -> FourNodes {
-        let dir = scratch_dir(name);
-        let d = dir.to_str().unwrap();
-        assert!(cli(&["certs", "init", "--dir", d]).status.success());
-        for n in 1..=4 {
-            let id = n.to_string();
-            let args = [
-                "certs",
-                "node",
-                "--dir",
-                d,
-                "--id",
-                &id,
-                "--san",
-                "127.0.0.1",
-            ];
-            assert!(cli(&args).status.success());
-        }
-        for role in ["client", "admin"] {
-            let args = ["certs", role, "--dir", d, "--name", "cli"];
-            assert!(cli(&args).status.success());
-        }
-        let nodes: String = (1..=4)
-            .map(|n| {
-                let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port();
-                format!("[[nodes]]\nid = {n}\naddr = \"127.0.0.1:{port}\"\n")
-            })
-            .collect();
+        let dir = certified_dir(name, 4);
+        let nodes = nodes_table(4);
         let config = |id: Option<u64>, cert: &str| {
             config_toml(id, cert, &nodes).replace(
                 "groups = 4",
