@@ -1219,16 +1219,27 @@ fn sigterm_hands_leadership_away_before_the_node_exits() {
     };
     // Writes go on while the node stops.
     let stop = AtomicBool::new(false);
+    let attempted = std::sync::atomic::AtomicUsize::new(0);
+    // Until the writer has made `n` more attempts (each a `kv put` process), bounded.
+    let writes_past = |n: usize| {
+        let target = attempted.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while attempted.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the writer stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let (writes, exit) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let mut i = 100;
             while !stop.load(Ordering::Relaxed) {
                 writes.put(i);
+                attempted.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
             writes
         });
-        std::thread::sleep(Duration::from_millis(300));
+        writes_past(2);
         let child = &mut cluster.children[victim as usize - 1];
         let term = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -1244,7 +1255,7 @@ fn sigterm_hands_leadership_away_before_the_node_exits() {
             std::thread::sleep(Duration::from_millis(20));
         };
         // A few more writes after it left.
-        std::thread::sleep(Duration::from_millis(500));
+        writes_past(3);
         stop.store(true, Ordering::Relaxed);
         (writer.join().unwrap(), exit)
     });

@@ -111,9 +111,10 @@ pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitC
             STOP_SIGNALS.load(Ordering::Relaxed) > 1
         });
         eprintln!(
-            "node {}: leadership of {} group(s) handed off in {:.2} s, {} still led here; stopping",
+            "node {}: {} of its {} led group(s) no longer led here after {:.2} s (handed off, or stepped down with its peers gone), {} still led here; stopping",
             node_id.0,
             before - left.min(before),
+            before,
             started.elapsed().as_secs_f64(),
             left
         );

@@ -273,8 +273,7 @@ impl Node {
         self.leaving
             .store(true, std::sync::atomic::Ordering::Release);
         let deadline = std::time::Instant::now() + bound;
-        // The gauge is published every loop turn; a turn takes at most `NODE_LOOP_IDLE`.
-        std::thread::sleep(NODE_LOOP_IDLE);
+        // The gauges are published every loop turn (at least every `NODE_LOOP_IDLE`).
         while leading() > 0
             && std::time::Instant::now() < deadline
             && self.failure().is_none()
