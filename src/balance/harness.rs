@@ -545,7 +545,7 @@ impl SyntheticCluster {
             .sum()
     }
 
-    fn model(&self, planner: &PlannerConfig) -> LoadModel {
+    fn model(&self, planner: &PlannerConfig) -> LoadModel<'_> {
         LoadModel::build(
             &self.topology,
             &self.placement,
@@ -635,6 +635,8 @@ pub fn run(
     let mut cluster = SyntheticCluster::build(config)?;
     let mut planner = Planner::new(config.planner.clone())?;
     let initial = cluster.model(&config.planner);
+    let (initial_max_over_mean, initial_core_max_over_mean) =
+        (initial.node_max_over_mean(), initial.core_max_over_mean());
     let bytes_must_move = bytes_must_move(config, &cluster);
     let bytes_stored = cluster.bytes_stored();
     let rate = config.move_rate_bytes_per_sec as f64;
@@ -772,8 +774,8 @@ pub fn run(
         bandwidth_bound_seconds: bandwidth_bound_seconds(config, bytes_must_move),
         max_moves_in_flight: max_in_flight,
         max_leader_transfers_per_sweep: max_transfers,
-        initial_max_over_mean: initial.node_max_over_mean(),
-        initial_core_max_over_mean: initial.core_max_over_mean(),
+        initial_max_over_mean,
+        initial_core_max_over_mean,
         final_max_over_mean: settled.node_max_over_mean(),
         final_core_max_over_mean: settled.core_max_over_mean(),
         bound_max_over_mean: settled.node_bound(),

@@ -230,6 +230,33 @@ pub struct LoadTotals {
     pub replicas: f64,
 }
 
+impl LoadTotals {
+    /// Counts one replica of a vShard with `load`, leading or not. The same sums over one
+    /// core's replicas give that core's score (`ScoreScale::units_of`): units are linear in
+    /// the load, so a sweep sums raw loads in its one pass over the placement table and
+    /// scales them once the cluster's totals are known.
+    pub fn add_replica(&mut self, load: &VShardLoad, leader: bool) {
+        self.replica_bytes += load.bytes as f64;
+        self.replica_writes += load.writes_per_sec;
+        self.replicas += 1.0;
+        if leader {
+            self.reads += load.reads_per_sec;
+            self.leaders += 1.0;
+        }
+    }
+
+    /// Both sets of replicas together.
+    pub fn plus(&self, other: &LoadTotals) -> LoadTotals {
+        LoadTotals {
+            replica_bytes: self.replica_bytes + other.replica_bytes,
+            replica_writes: self.replica_writes + other.replica_writes,
+            reads: self.reads + other.reads,
+            leaders: self.leaders + other.leaders,
+            replicas: self.replicas + other.replicas,
+        }
+    }
+}
+
 /// Converts a vShard's load into score units (fractions of an average core).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScoreScale {
@@ -349,6 +376,20 @@ impl ScoreScale {
     /// Score units that leadership adds on top of `follower_units`.
     pub fn leadership_units(&self, load: &VShardLoad) -> f64 {
         load.reads_per_sec * self.per_read + self.per_leader
+    }
+
+    /// The units of the replicas `sums` counts (`LoadTotals::add_replica`): the sum of
+    /// their `follower_units`, plus `leadership_units` for those that lead, up to rounding.
+    pub fn units_of(&self, sums: &LoadTotals) -> f64 {
+        sums.replica_bytes * self.per_replica_byte + self.traffic_of(sums)
+    }
+
+    /// The part of `units_of` that is traffic: everything but the bytes.
+    pub fn traffic_of(&self, sums: &LoadTotals) -> f64 {
+        sums.replica_writes * self.per_replica_write
+            + sums.replicas * self.per_replica
+            + sums.reads * self.per_read
+            + sums.leaders * self.per_leader
     }
 }
 

@@ -84,7 +84,7 @@ impl LeaderKey {
 
 /// Scores and contributions for one sweep.
 #[derive(Clone, Debug)]
-pub struct LoadModel {
+pub struct LoadModel<'a> {
     pub nodes: Vec<ModelNode>,
     pub core_scores: Vec<f64>,
     pub node_scores: Vec<f64>,
@@ -96,18 +96,24 @@ pub struct LoadModel {
     pub core_heaviest_traffic: Vec<f64>,
     /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
     pub mean_traffic_per_byte: [f64; 2],
-    /// The replicas each core hosts (indexed like `core_scores`).
-    pub core_replicas: Vec<Vec<CoreReplica>>,
-    /// Score units a follower replica of each vShard adds to its core (indexed by vShard).
-    pub follower_units: Vec<f64>,
-    /// Score units leadership of each vShard adds on top of `follower_units`.
-    pub leader_units: Vec<f64>,
-    /// Bytes of each vShard (what a replica move copies).
-    pub bytes: Vec<u64>,
+    /// The replicas every core hosts, core after core (in vShard order within a core):
+    /// `replicas_on` gives one core's. One array filled by a counting sort rather than a
+    /// list per core (ARCHITECTURE, *The planner*, Speed). A sweep never changes it: every
+    /// scan skips the vShards it moved.
+    core_replicas: Vec<CoreReplica>,
+    /// Where each core's run in `core_replicas` starts (one more entry than cores).
+    core_replica_start: Vec<u32>,
+    /// The leaders among them, as keys by leadership units, core after core (in vShard
+    /// order within a core): what the planner's per-core leader index sorts.
+    core_leaders: Vec<LeaderKey>,
+    /// Where each core's run in `core_leaders` starts (one more entry than cores).
+    core_leader_start: Vec<u32>,
+    /// Each vShard's load (indexed by vShard), from which its units follow
+    /// (`LoadModel::follower_units` and the like): computed where needed rather than kept in
+    /// arrays of their own, which a sweep would fill for every vShard and read for few.
+    loads: &'a [VShardLoad],
     /// The part of each core's score its replicas' bytes make.
     pub core_bytes: Vec<f64>,
-    /// Score units of each vShard's bytes (in `follower_units`, on every replica).
-    pub bytes_units: Vec<f64>,
     /// Multiplies traffic score units into `core_traffic` units (an average core is 1.0);
     /// zero when there is no traffic.
     pub traffic_scale: f64,
@@ -132,17 +138,18 @@ pub struct LoadModel {
     pub drain_only: bool,
 }
 
-impl LoadModel {
+impl<'a> LoadModel<'a> {
     /// Builds the model. `reporting(node)` says whether a node sent metrics this interval;
     /// only reporting `Active` nodes are eligible targets. `loads` is indexed by vShard id;
     /// vShards without a sample count as idle.
+    #[inline(never)]
     pub fn build(
         topology: &ClusterTopology,
         placement: &PlacementTable,
-        loads: &[VShardLoad],
+        loads: &'a [VShardLoad],
         weights: &LoadWeights,
         reporting: impl Fn(NodeId) -> bool,
-    ) -> LoadModel {
+    ) -> LoadModel<'a> {
         let mut nodes = Vec::with_capacity(topology.len());
         let mut core_base = 0usize;
         for info in topology.nodes() {
@@ -162,20 +169,19 @@ impl LoadModel {
             .collect();
         let vshard_count = placement.vshard_count() as usize;
         let mut frozen = vec![false; vshard_count];
-        let mut totals = LoadTotals::default();
         let mut model = LoadModel {
             core_scores: vec![0.0; core_base],
             core_replicas: Vec::new(),
+            core_replica_start: vec![0; core_base + 1],
+            core_leaders: Vec::new(),
+            core_leader_start: vec![0; core_base + 1],
             node_scores: vec![0.0; nodes.len()],
             node_traffic_means: vec![0.0; nodes.len()],
             core_heaviest: vec![0.0; core_base],
             core_heaviest_traffic: vec![0.0; core_base],
             mean_traffic_per_byte: [0.0; 2],
-            follower_units: vec![0.0; vshard_count],
-            leader_units: vec![0.0; vshard_count],
-            bytes: vec![0; vshard_count],
+            loads,
             core_bytes: vec![0.0; core_base],
-            bytes_units: vec![0.0; vshard_count],
             traffic_scale: 0.0,
             byte_share: 0.0,
             frozen: Vec::new(),
@@ -187,13 +193,18 @@ impl LoadModel {
             drain_only: false,
             nodes,
         };
-        // One pass over the placement table: which vShards the model can place, the totals,
-        // and how many replicas each core hosts (so that each core's list is allocated once,
-        // at its size). The core of every replica (the leader's flagged) and each vShard's
-        // replica count are kept for the pass that attributes units.
+        // One pass over the placement table: which vShards the model can place, and the raw
+        // load of every core's replicas and of all followers and all leaders. Units are
+        // linear in the load, so once the totals give the scale, each core's score follows
+        // from its sums without a second look at its replicas. The core of every replica
+        // (the leader's flagged) is kept for the pass that fills the per-core lists.
         let mut replica_cores: Vec<u32> = Vec::with_capacity(vshard_count * 3);
         let mut replica_start: Vec<u32> = Vec::with_capacity(vshard_count + 1);
-        let mut per_core = vec![0usize; core_base];
+        let mut core_sums = vec![LoadTotals::default(); core_base];
+        let mut per_core = vec![0u32; core_base];
+        let mut leaders_per_core = vec![0u32; core_base];
+        // Followers, then leaders.
+        let mut role_sums = [LoadTotals::default(); 2];
         for (vshard, entry) in placement.iter() {
             let v = vshard.0 as usize;
             if entry.moving.is_some() {
@@ -201,8 +212,8 @@ impl LoadModel {
             }
             let start = replica_cores.len();
             replica_start.push(start as u32);
-            for (i, p) in entry.addresses().enumerate() {
-                match model.core_index(p) {
+            for (i, r) in entry.replicas.iter().enumerate() {
+                match model.core_index(r.at) {
                     Some(c) => {
                         replica_cores.push(c as u32 | if i == entry.leader { LEADER } else { 0 })
                     }
@@ -216,18 +227,17 @@ impl LoadModel {
                 replica_cores.truncate(start);
                 continue;
             }
-            for &c in &replica_cores[start..] {
-                per_core[(c & !LEADER) as usize] += 1;
-            }
-            let count = replica_cores.len() - start;
             let load = &loads[v];
-            totals.replica_bytes += load.bytes as f64 * count as f64;
-            totals.replica_writes += load.writes_per_sec * count as f64;
-            totals.reads += load.reads_per_sec;
-            totals.leaders += 1.0;
-            totals.replicas += count as f64;
+            for &c in &replica_cores[start..] {
+                let (core, leader) = ((c & !LEADER) as usize, c & LEADER != 0);
+                per_core[core] += 1;
+                leaders_per_core[core] += u32::from(leader);
+                core_sums[core].add_replica(load, leader);
+                role_sums[usize::from(leader)].add_replica(load, leader);
+            }
         }
         replica_start.push(replica_cores.len() as u32);
+        let totals = role_sums[0].plus(&role_sums[1]);
         let capacity: u32 = model
             .nodes
             .iter()
@@ -240,56 +250,68 @@ impl LoadModel {
             model.drain_only = model.scale.is_some();
         }
         if let Some(scale) = model.scale {
-            model.core_replicas = per_core.iter().map(|&n| Vec::with_capacity(n)).collect();
+            for (c, sums) in core_sums.iter().enumerate() {
+                model.core_scores[c] = scale.units_of(sums);
+                model.core_bytes[c] = sums.replica_bytes * scale.bytes_units(1);
+            }
+            // Each vShard's units, and every core's replicas with its heaviest.
+            // Where each core's next replica and next leader go (a counting sort).
+            let starts = |counts: &[u32], into: &mut Vec<u32>| {
+                let mut start = 0u32;
+                for (c, &count) in counts.iter().enumerate() {
+                    into[c] = start;
+                    start += count;
+                }
+                into[counts.len()] = start;
+                into[..counts.len()].to_vec()
+            };
+            let mut next = starts(&per_core, &mut model.core_replica_start);
+            let mut next_leader = starts(&leaders_per_core, &mut model.core_leader_start);
+            model.core_replicas =
+                vec![CoreReplica(0); model.core_replica_start[core_base] as usize];
+            model.core_leaders = vec![LeaderKey(0); model.core_leader_start[core_base] as usize];
             model.core_heaviest = vec![0.0; core_base];
             model.core_heaviest_traffic = vec![0.0; core_base];
-            // Traffic (score units) and bytes of all followers, and of all leaders.
-            let mut role_sums = [(0.0f64, 0.0f64); 2];
             for v in 0..vshard_count {
                 if frozen[v] {
                     continue;
                 }
-                let cores =
-                    &replica_cores[replica_start[v] as usize..replica_start[v + 1] as usize];
                 let load = &loads[v];
                 let (follower, leadership) =
                     (scale.follower_units(load), scale.leadership_units(load));
                 let bytes_units = scale.bytes_units(load.bytes);
-                model.follower_units[v] = follower;
-                model.leader_units[v] = leadership;
-                model.bytes[v] = load.bytes;
-                model.bytes_units[v] = bytes_units;
+                let cores =
+                    &replica_cores[replica_start[v] as usize..replica_start[v + 1] as usize];
                 for &c in cores {
                     let (core, leader) = ((c & !LEADER) as usize, c & LEADER != 0);
                     let units = follower + if leader { leadership } else { 0.0 };
-                    let traffic = (units - bytes_units).max(0.0);
-                    model.core_scores[core] += units;
-                    model.core_bytes[core] += bytes_units;
                     let heaviest = &mut model.core_heaviest[core];
                     *heaviest = heaviest.max(units);
                     let heaviest = &mut model.core_heaviest_traffic[core];
-                    *heaviest = heaviest.max(traffic);
-                    let sum = &mut role_sums[usize::from(leader)];
-                    sum.0 += traffic;
-                    sum.1 += load.bytes as f64;
-                    model.core_replicas[core].push(CoreReplica::new(VShardId(v as u32), leader));
+                    *heaviest = heaviest.max((units - bytes_units).max(0.0));
+                    model.core_replicas[next[core] as usize] =
+                        CoreReplica::new(VShardId(v as u32), leader);
+                    next[core] += 1;
+                    if leader {
+                        model.core_leaders[next_leader[core] as usize] =
+                            LeaderKey::new(leadership, VShardId(v as u32));
+                        next_leader[core] += 1;
+                    }
                 }
             }
-            let traffic: f64 = (0..model.core_scores.len())
-                .map(|c| model.core_scores[c] - model.core_bytes[c])
-                .sum();
+            let traffic: f64 = core_sums.iter().map(|sums| scale.traffic_of(sums)).sum();
             if traffic > 1e-12 {
                 model.traffic_scale = f64::from(capacity) / traffic;
             }
             model.byte_share = model.core_bytes.iter().sum::<f64>() / f64::from(capacity);
-            let scale = model.traffic_scale;
+            let traffic_scale = model.traffic_scale;
             model
                 .core_heaviest_traffic
                 .iter_mut()
-                .for_each(|t| *t *= scale);
-            model.mean_traffic_per_byte = role_sums.map(|(traffic, bytes)| {
-                if bytes > 0.0 {
-                    traffic * scale / bytes
+                .for_each(|t| *t *= traffic_scale);
+            model.mean_traffic_per_byte = role_sums.map(|sums| {
+                if sums.replica_bytes > 0.0 {
+                    scale.traffic_of(&sums) * traffic_scale / sums.replica_bytes
                 } else {
                     0.0
                 }
@@ -297,8 +319,6 @@ impl LoadModel {
             for n in 0..model.nodes.len() {
                 model.refresh_node(n);
             }
-        } else {
-            model.core_replicas = vec![Vec::new(); core_base];
         }
         model.frozen = frozen;
         model.replica_cores = replica_cores;
@@ -306,16 +326,54 @@ impl LoadModel {
         model
     }
 
+    /// The replicas core `c` hosts (none when the model has no scale), in vShard order.
+    pub fn replicas_on(&self, c: usize) -> &[CoreReplica] {
+        let (start, end) = (self.core_replica_start[c], self.core_replica_start[c + 1]);
+        &self.core_replicas[start as usize..end as usize]
+    }
+
+    /// The leaders core `c` hosts (none when the model has no scale), in vShard order.
+    pub fn leaders_on(&self, c: usize) -> &[LeaderKey] {
+        let (start, end) = (self.core_leader_start[c], self.core_leader_start[c + 1]);
+        &self.core_leaders[start as usize..end as usize]
+    }
+
     /// The score units replica `r` carries on its core: its vShard's follower units, plus
     /// its leadership units if it leads.
     pub fn units(&self, r: CoreReplica) -> f64 {
-        let v = r.vshard().0 as usize;
-        self.follower_units[v]
+        let Some(scale) = self.scale else {
+            return 0.0;
+        };
+        let load = &self.loads[r.vshard().0 as usize];
+        scale.follower_units(load)
             + if r.leader() {
-                self.leader_units[v]
+                scale.leadership_units(load)
             } else {
                 0.0
             }
+    }
+
+    /// Score units a follower replica of `vshard` adds to its core.
+    pub fn follower_units(&self, vshard: VShardId) -> f64 {
+        self.scale
+            .map_or(0.0, |s| s.follower_units(&self.loads[vshard.0 as usize]))
+    }
+
+    /// Score units leadership of `vshard` adds on top of `follower_units`.
+    pub fn leader_units(&self, vshard: VShardId) -> f64 {
+        self.scale
+            .map_or(0.0, |s| s.leadership_units(&self.loads[vshard.0 as usize]))
+    }
+
+    /// Bytes of `vshard` (what a replica move copies).
+    pub fn bytes(&self, vshard: VShardId) -> u64 {
+        self.loads[vshard.0 as usize].bytes
+    }
+
+    /// Score units of `vshard`'s bytes (in `follower_units`, on every replica).
+    pub fn bytes_units(&self, vshard: VShardId) -> f64 {
+        self.scale
+            .map_or(0.0, |s| s.bytes_units(self.loads[vshard.0 as usize].bytes))
     }
 
     /// The replicas of `vshard` at the sweep's start: the core index of each, and whether it
@@ -334,6 +392,7 @@ impl LoadModel {
     }
 
     /// Index of a node by id (the topology lists nodes in ascending id order).
+    #[inline]
     pub fn node_index(&self, id: NodeId) -> Option<usize> {
         // Fast path: ids are usually dense from 0, so id == index.
         if let Ok(i) = usize::try_from(id.0)
@@ -345,6 +404,7 @@ impl LoadModel {
     }
 
     /// Index into `core_scores` of a placement, if it names a known node and core.
+    #[inline]
     pub fn core_index(&self, p: CoreAddress) -> Option<usize> {
         let n = self.node_index(p.node)?;
         let node = &self.nodes[n];
@@ -388,7 +448,7 @@ impl LoadModel {
     /// Traffic a replica of `vshard` carrying `units` (leadership included or not) adds to
     /// its core, in `core_traffic` units.
     pub fn replica_traffic(&self, vshard: VShardId, units: f64) -> f64 {
-        (units - self.bytes_units[vshard.0 as usize]).max(0.0) * self.traffic_scale
+        (units - self.bytes_units(vshard)).max(0.0) * self.traffic_scale
     }
 
     /// The traffic of node `n`'s cores.
@@ -449,19 +509,14 @@ impl LoadModel {
 
     /// How far cores are from the best their node allows, in traffic: the largest, over
     /// nodes with traffic, of the hottest core's traffic over the larger of the node's mean
-    /// core traffic and its heaviest replica's (1.0 is the best possible). Needs
-    /// `core_replicas` (a model a sweep has not taken apart).
+    /// core traffic and its heaviest replica's (1.0 is the best possible).
     pub fn core_traffic_over_bound(&self) -> f64 {
         (0..self.nodes.len())
             .filter_map(|n| {
                 let mean = self.node_traffic_mean(n);
                 let node = &self.nodes[n];
-                let cores = node.core_base..node.core_base + usize::from(node.cores);
-                let heaviest = self
-                    .core_replicas
-                    .get(cores)?
-                    .iter()
-                    .flatten()
+                let heaviest = (node.core_base..node.core_base + usize::from(node.cores))
+                    .flat_map(|c| self.replicas_on(c))
                     .map(|&r| self.replica_traffic(r.vshard(), self.units(r)))
                     .fold(0.0, f64::max);
                 let floor = mean.max(heaviest);
@@ -473,10 +528,15 @@ impl LoadModel {
     /// The most units any vShard's leader replica carries, and the most traffic (units
     /// less bytes); not necessarily of the same vShard.
     fn heaviest_vshard(&self) -> (f64, f64) {
-        (0..self.follower_units.len())
+        let Some(scale) = self.scale else {
+            return (0.0, 0.0);
+        };
+        (0..self.frozen.len())
+            .filter(|&v| !self.frozen[v])
             .map(|v| {
-                let units = self.follower_units[v] + self.leader_units[v];
-                (units, units - self.bytes_units[v])
+                let load = &self.loads[v];
+                let units = scale.follower_units(load) + scale.leadership_units(load);
+                (units, units - scale.bytes_units(load.bytes))
             })
             .fold((0.0, 0.0), |(u, t), (vu, vt)| (vu.max(u), vt.max(t)))
     }

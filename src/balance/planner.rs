@@ -562,16 +562,16 @@ fn validate_vshard_loads<'a>(
 ) -> Result<std::borrow::Cow<'a, [VShardLoad]>, PlanError> {
     let count = input.placement.vshard_count();
     let samples = input.vshard_loads;
-    if samples.len() == count as usize
-        && samples
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.vshard.0 as usize == i)
-    {
-        for sample in samples {
+    if samples.len() == count as usize {
+        // One pass: in order (then used as they are), and valid.
+        let mut in_order = true;
+        for (i, sample) in samples.iter().enumerate() {
             sample.validate()?;
+            in_order &= sample.vshard.0 as usize == i;
         }
-        return Ok(std::borrow::Cow::Borrowed(samples));
+        if in_order {
+            return Ok(std::borrow::Cow::Borrowed(samples));
+        }
     }
     let mut loads: Vec<VShardLoad> = (0..count)
         .map(|v| VShardLoad {
@@ -643,12 +643,6 @@ struct Candidate {
     value: f64,
 }
 
-/// An integer that orders like `f64::total_cmp` (sorting by it is faster).
-fn total_order_key(x: f64) -> i64 {
-    let bits = x.to_bits() as i64;
-    bits ^ (((bits >> 63) as u64) >> 1) as i64
-}
-
 /// What a replica move of `bytes` is ranked by: improvement per byte copied (an empty
 /// vShard counts as one byte).
 fn per_byte(improvement: f64, bytes: u64) -> f64 {
@@ -660,6 +654,91 @@ fn beats(slot: &Option<Candidate>, improvement: f64, value: f64) -> bool {
     improvement > REBALANCE_MIN_IMPROVEMENT && slot.is_none_or(|b| value > b.value * (1.0 + 1e-12))
 }
 
+/// A core's replicas by units per byte copied, densest first (ties by vShard), put in order
+/// a prefix at a time: a scan stops at the first replica whose density cannot win, so most
+/// of a list is never sorted.
+#[derive(Debug, Default)]
+struct DensityOrder {
+    /// Per replica: its density's bits inverted (the density is never negative, so integer
+    /// order is densest first), then its vShard, then its leader flag.
+    keys: Vec<u128>,
+    /// `keys[..sorted]` are in order, and no key after them is smaller.
+    sorted: usize,
+}
+
+impl DensityOrder {
+    /// The first prefix put in order; each later one is as long as all before it.
+    const FIRST_PREFIX: usize = 16;
+
+    fn new(replicas: impl Iterator<Item = (f64, CoreReplica)>) -> DensityOrder {
+        let keys = replicas
+            .map(|(density, r)| {
+                let density = u64::MAX - density.max(0.0).to_bits();
+                u128::from(density) << 64 | u128::from(r.vshard().0) << 1 | u128::from(r.leader())
+            })
+            .collect();
+        DensityOrder { keys, sorted: 0 }
+    }
+
+    fn get(&mut self, i: usize) -> Option<(f64, CoreReplica)> {
+        while i >= self.sorted && self.sorted < self.keys.len() {
+            let rest = &mut self.keys[self.sorted..];
+            let prefix = self.sorted.max(Self::FIRST_PREFIX).min(rest.len());
+            if prefix < rest.len() {
+                rest.select_nth_unstable(prefix - 1);
+            }
+            rest[..prefix].sort_unstable();
+            self.sorted += prefix;
+        }
+        self.keys.get(i).map(|&key| {
+            let density = f64::from_bits(u64::MAX - (key >> 64) as u64);
+            let vshard = VShardId((key as u64 >> 1) as u32);
+            (density, CoreReplica::new(vshard, key & 1 == 1))
+        })
+    }
+}
+
+/// The heaviest unmoved replicas of a core, kept by `Sweep::refresh_heaviest`: the
+/// values of unmoved replicas never change within a sweep and only leave, so as long as one
+/// kept replica has not moved, the heaviest kept one is the heaviest of all.
+#[derive(Debug, Default)]
+struct HeaviestKept {
+    units: Heaviest,
+    traffic: Heaviest,
+}
+
+/// Up to `Heaviest::KEPT` values with their vShards, lightest first.
+#[derive(Debug, Default)]
+struct Heaviest(Vec<(f64, VShardId)>);
+
+impl Heaviest {
+    const KEPT: usize = 8;
+
+    fn offer(&mut self, value: f64, vshard: VShardId) {
+        let list = &mut self.0;
+        if list.len() == Self::KEPT {
+            if value <= list[0].0 {
+                return;
+            }
+            list.remove(0);
+        }
+        let at = list.partition_point(|&(kept, _)| kept < value);
+        list.insert(at, (value, vshard));
+    }
+
+    /// The heaviest value whose vShard has not moved, dropping those that have; None once
+    /// every kept one has.
+    fn top(&mut self, moved: &[bool]) -> Option<f64> {
+        while let Some(&(value, vshard)) = self.0.last() {
+            if !moved[vshard.0 as usize] {
+                return Some(value);
+            }
+            self.0.pop();
+        }
+        None
+    }
+}
+
 /// Working state of one sweep.
 struct Sweep<'a> {
     config: &'a PlannerConfig,
@@ -667,15 +746,17 @@ struct Sweep<'a> {
     /// Start of the current or last run.
     run_started: Option<Time>,
     placement: &'a PlacementTable,
-    model: LoadModel,
+    model: LoadModel<'a>,
     now: Time,
-    /// Replicas by the core (model core index) hosting them.
-    core_replicas: Vec<Vec<CoreReplica>>,
+    /// Per core (model index) of a node being emptied: how far the drain went through its
+    /// replicas (`Sweep::next_forced_move`).
+    drain_next: Vec<usize>,
     /// Units of the heaviest replica on each core (model core index).
     core_heaviest: Vec<f64>,
     /// Traffic of the heaviest replica on each core, in `core_traffic` units.
     core_heaviest_traffic: Vec<f64>,
-    /// vShards already moved in this sweep; their rows in `core_replicas` are stale.
+    /// vShards already moved in this sweep: every scan skips them (the model's lists and
+    /// scores of their replicas are those of the sweep's start).
     moved: Vec<bool>,
     /// vShards that balancing may not move: cooling down, or moved in the current (or last)
     /// run. Drain ignores it.
@@ -700,11 +781,11 @@ struct Sweep<'a> {
     /// Per core (model index), once indexed: the leaders it holds that have not moved in
     /// this sweep, by leadership units (`Sweep::index_leaders`).
     leaders_by_units: Vec<Option<Vec<LeaderKey>>>,
+    /// Per core (model index), once refreshed: its heaviest unmoved replicas.
+    heaviest_kept: Vec<Option<HeaviestKept>>,
     /// Per core (model index), once scanned for a replica move: the replicas it held at the
-    /// sweep's start, by units per byte, densest first (`Sweep::replicas_by_density`).
-    replicas_by_density: Vec<std::cell::OnceCell<Vec<(f64, CoreReplica)>>>,
-    /// Per core (model index): how many times it was scanned for a replica move.
-    replica_scans: Vec<std::cell::Cell<u8>>,
+    /// sweep's start, densest first (`Sweep::densest`).
+    replicas_by_density: Vec<std::cell::RefCell<Option<DensityOrder>>>,
     /// Per node (model index), once looked at: `Sweep::hosted_on`.
     hosted_on: Vec<std::cell::OnceCell<Vec<bool>>>,
 }
@@ -713,12 +794,12 @@ impl<'a> Sweep<'a> {
     fn new(
         planner: &'a Planner,
         placement: &'a PlacementTable,
-        model: LoadModel,
+        model: LoadModel<'a>,
         now: Time,
         budget: MoveBudget,
     ) -> Sweep<'a> {
         let mut model = model;
-        let core_replicas = std::mem::take(&mut model.core_replicas);
+        let cores = model.core_scores.len();
         let core_heaviest = std::mem::take(&mut model.core_heaviest);
         let core_heaviest_traffic = std::mem::take(&mut model.core_heaviest_traffic);
         let (mut settled, mut settled_leader, mut settled_core) =
@@ -736,16 +817,16 @@ impl<'a> Sweep<'a> {
         Sweep {
             mean_traffic_per_byte: model.mean_traffic_per_byte,
             counts_only: model.scale.is_some_and(|s| s.counts_only()),
-            leaders_by_units: vec![None; core_replicas.len()],
-            replicas_by_density: vec![std::cell::OnceCell::new(); core_replicas.len()],
+            leaders_by_units: vec![None; cores],
+            replicas_by_density: (0..cores).map(|_| Default::default()).collect(),
+            heaviest_kept: (0..cores).map(|_| None).collect(),
             hosted_on: vec![std::cell::OnceCell::new(); nodes],
-            replica_scans: vec![std::cell::Cell::new(0); core_replicas.len()],
             config: &planner.config,
             run_active: planner.run_active,
             run_started: planner.run_started,
             placement,
             now,
-            core_replicas,
+            drain_next: vec![0; cores],
             core_heaviest,
             core_heaviest_traffic,
             moved: vec![false; placement.vshard_count() as usize],
@@ -823,21 +904,30 @@ impl<'a> Sweep<'a> {
         self.model.core_traffic_of(n).collect()
     }
 
-    /// Recomputes the heaviest replica of a core after one left it.
+    /// Recomputes the heaviest replica of a core after one left it: from the heaviest few
+    /// its last walk kept, or by a walk over its replicas when every kept one has moved.
     fn refresh_heaviest(&mut self, core: usize) {
-        let (moved, model) = (&self.moved, &self.model);
-        let (units, traffic) = self.core_replicas[core]
-            .iter()
-            .filter(|r| !moved[r.vshard().0 as usize])
-            .fold((0.0, 0.0), |(units, traffic): (f64, f64), &r| {
-                let r_units = model.units(r);
-                (
-                    units.max(r_units),
-                    traffic.max(model.replica_traffic(r.vshard(), r_units)),
-                )
-            });
-        self.core_heaviest[core] = units;
-        self.core_heaviest_traffic[core] = traffic;
+        let moved = &self.moved;
+        if let Some(kept) = &mut self.heaviest_kept[core]
+            && let (Some(units), Some(traffic)) = (kept.units.top(moved), kept.traffic.top(moved))
+        {
+            self.core_heaviest[core] = units;
+            self.core_heaviest_traffic[core] = traffic;
+            return;
+        }
+        let model = &self.model;
+        let mut kept = HeaviestKept::default();
+        for &r in model.replicas_on(core) {
+            if !moved[r.vshard().0 as usize] {
+                let units = model.units(r);
+                kept.units.offer(units, r.vshard());
+                kept.traffic
+                    .offer(model.replica_traffic(r.vshard(), units), r.vshard());
+            }
+        }
+        self.core_heaviest[core] = kept.units.top(moved).unwrap_or(0.0);
+        self.core_heaviest_traffic[core] = kept.traffic.top(moved).unwrap_or(0.0);
+        self.heaviest_kept[core] = Some(kept);
     }
 
     fn holds(&self, vshard: VShardId, node: NodeId) -> bool {
@@ -882,7 +972,7 @@ impl<'a> Sweep<'a> {
         let v = c.vshard.0 as usize;
         let bytes_units = match c.kind {
             MoveKind::LeaderTransfer => 0.0,
-            MoveKind::ReplicaMove => self.model.bytes_units[v],
+            MoveKind::ReplicaMove => self.model.bytes_units(c.vshard),
         };
         self.model.shift(c.source, c.target, c.units, bytes_units);
         self.moved[v] = true;
@@ -891,12 +981,10 @@ impl<'a> Sweep<'a> {
             .model
             .core_index(c.source)
             .expect("moves start at known placements");
-        let target_core = self
-            .model
-            .core_index(c.target)
-            .expect("moves end at known placements");
-        let (follower_units, leader_units) =
-            (self.model.follower_units[v], self.model.leader_units[v]);
+        let (follower_units, leader_units) = (
+            self.model.follower_units(c.vshard),
+            self.model.leader_units(c.vshard),
+        );
         // A moved vShard is skipped by every later scan: its leader key (on the source
         // core, when the move takes a leader) leaves the index so that scans do not walk
         // past it again and again.
@@ -906,20 +994,8 @@ impl<'a> Sweep<'a> {
             leaders.remove(i);
         }
         let bytes = match c.kind {
-            MoveKind::LeaderTransfer => {
-                // Both replicas stay; leadership (and its units) changes sides.
-                self.update_replica(source_core, c.vshard, |r| *r = r.with_leader(false));
-                self.update_replica(target_core, c.vshard, |r| *r = r.with_leader(true));
-                0
-            }
-            MoveKind::ReplicaMove => {
-                let list = &mut self.core_replicas[source_core];
-                if let Some(i) = list.iter().position(|r| r.vshard() == c.vshard) {
-                    let replica = list.swap_remove(i);
-                    self.core_replicas[target_core].push(replica);
-                }
-                self.model.bytes[v]
-            }
+            MoveKind::LeaderTransfer => 0,
+            MoveKind::ReplicaMove => self.model.bytes(c.vshard),
         };
         // The heaviest replicas count only what may still move this sweep: the moved one
         // leaves both cores' figures, which change only if it was the source's heaviest.
@@ -954,20 +1030,6 @@ impl<'a> Sweep<'a> {
         }
     }
 
-    fn update_replica(
-        &mut self,
-        core: usize,
-        vshard: VShardId,
-        change: impl FnOnce(&mut CoreReplica),
-    ) {
-        if let Some(r) = self.core_replicas[core]
-            .iter_mut()
-            .find(|r| r.vshard() == vshard)
-        {
-            change(r);
-        }
-    }
-
     /// Moves one replica off a draining or decommissioned node, to the coldest eligible
     /// node without a replica of that vShard. Ignores cooldown: a drain must finish.
     fn next_forced_move(&mut self) -> bool {
@@ -985,15 +1047,16 @@ impl<'a> Sweep<'a> {
                 self.budget_blocked.set(true);
                 continue;
             }
+            // Each core's replicas in order, from where the last call stopped: what it
+            // passed over stays out of reach for the rest of the sweep (moved, nowhere to
+            // go, or every open node busy, and nodes only get busier within a sweep).
             for c in node.core_base..node.core_base + usize::from(node.cores) {
                 let core = CoreId((c - node.core_base) as u16);
-                let mut i = 0;
-                while i < self.core_replicas[c].len() {
-                    let replica = self.core_replicas[c][i];
+                while let Some(&replica) = self.model.replicas_on(c).get(self.drain_next[c]) {
+                    self.drain_next[c] += 1;
                     // The placement table is stale for a vShard moved in this sweep: its
                     // drain waits for the next sweep.
                     if self.moved[replica.vshard().0 as usize] {
-                        i += 1;
                         continue;
                     }
                     let open: Vec<usize> = order
@@ -1008,15 +1071,13 @@ impl<'a> Sweep<'a> {
                     {
                         // Somewhere to go, but not now: a later sweep takes it.
                         self.budget_blocked.set(true);
-                        i += 1;
                         continue;
                     }
                     let Some(&t) = open
                         .iter()
                         .find(|&&t| self.budget.node_free(self.model.nodes[t].id))
                     else {
-                        // Nowhere to go: drop it from this sweep's list and count it.
-                        self.core_replicas[c].swap_remove(i);
+                        // Nowhere to go: count it.
                         self.drain_blocked += 1;
                         continue;
                     };
@@ -1128,7 +1189,8 @@ impl<'a> Sweep<'a> {
         let leaders_of = |n: usize| {
             let node = &self.model.nodes[n];
             (node.core_base..node.core_base + usize::from(node.cores)).flat_map(move |c| {
-                self.core_replicas[c]
+                self.model
+                    .replicas_on(c)
                     .iter()
                     .filter(|r| r.leader())
                     .map(move |r| {
@@ -1148,7 +1210,7 @@ impl<'a> Sweep<'a> {
                 continue;
             }
             let Some(ex) = everywhere(x) else { continue };
-            let a = self.model.leader_units[x.0 as usize];
+            let a = self.model.leader_units(x);
             for to in ex.addresses().filter(|p| p.node != h_id) {
                 let Some(t) = self.eligible_index(to.node) else {
                     continue;
@@ -1158,7 +1220,7 @@ impl<'a> Sweep<'a> {
                     f64::from(self.model.nodes[t].cores),
                 );
                 for (y_at, y) in leaders_of(t) {
-                    let b = self.model.leader_units[y.0 as usize];
+                    let b = self.model.leader_units(y);
                     if y == x || b >= a || self.cooling(y, MoveKind::LeaderTransfer) {
                         continue;
                     }
@@ -1202,41 +1264,35 @@ impl<'a> Sweep<'a> {
         let node = &self.model.nodes[h];
         for c in node.core_base..node.core_base + usize::from(node.cores) {
             if self.leaders_by_units[c].is_none() {
-                let mut leaders: Vec<LeaderKey> = self.core_replicas[c]
-                    .iter()
-                    .filter(|r| r.leader() && !self.moved[r.vshard().0 as usize])
-                    .map(|r| {
-                        LeaderKey::new(self.model.leader_units[r.vshard().0 as usize], r.vshard())
-                    })
-                    .collect();
+                let all = self.model.leaders_on(c);
+                let mut leaders = Vec::with_capacity(all.len());
+                leaders.extend(all.iter().filter(|k| !self.moved[k.vshard().0 as usize]));
                 leaders.sort_unstable();
                 self.leaders_by_units[c] = Some(leaders);
             }
         }
     }
 
-    /// The replicas core `c` held when the sweep started, by units per byte copied (densest
-    /// first, ties by vShard): what a copy of each can improve per byte is at most its
+    /// The `i`th densest replica core `c` held when the sweep started, by units per byte
+    /// copied (ties by vShard): what a copy of each can improve per byte is at most its
     /// density over its node's core count, which ends a scan early. A replica whose units
     /// changed since (a leadership moved) has moved in this sweep and is skipped anyway.
-    fn replicas_by_density(&self, c: usize) -> &[(f64, CoreReplica)] {
-        self.replicas_by_density[c].get_or_init(|| {
-            let mut list: Vec<(f64, CoreReplica)> = self.core_replicas[c]
-                .iter()
-                .filter(|r| !self.moved[r.vshard().0 as usize])
-                .map(|&r| {
-                    (
-                        self.model.units(r)
-                            / (self.model.bytes[r.vshard().0 as usize] as f64).max(1.0),
-                        r,
-                    )
-                })
-                .collect();
-            list.sort_unstable_by_key(|&(density, r)| {
-                (std::cmp::Reverse(total_order_key(density)), r.vshard())
-            });
-            list
-        })
+    fn densest(&self, c: usize, i: usize) -> Option<(f64, CoreReplica)> {
+        let mut order = self.replicas_by_density[c].borrow_mut();
+        order
+            .get_or_insert_with(|| {
+                DensityOrder::new(
+                    self.model
+                        .replicas_on(c)
+                        .iter()
+                        .filter(|r| !self.moved[r.vshard().0 as usize])
+                        .map(|&r| {
+                            let bytes = self.model.bytes(r.vshard()) as f64;
+                            (self.model.units(r) / bytes.max(1.0), r)
+                        }),
+                )
+            })
+            .get(i)
     }
 
     /// Whether each vShard had a replica on node `n` when the sweep started (indexed by
@@ -1245,8 +1301,8 @@ impl<'a> Sweep<'a> {
         self.hosted_on[n].get_or_init(|| {
             let node = &self.model.nodes[n];
             let mut on = vec![false; self.moved.len()];
-            for list in
-                &self.core_replicas[node.core_base..node.core_base + usize::from(node.cores)]
+            for list in (node.core_base..node.core_base + usize::from(node.cores))
+                .map(|c| self.model.replicas_on(c))
             {
                 for r in list {
                     on[r.vshard().0 as usize] = true;
@@ -1461,39 +1517,18 @@ impl<'a> Sweep<'a> {
             }
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_replica_per_core[rank];
-            // The first scan of a core goes through its list as it is; a core scanned again
-            // is worth its density index, which ends scans early.
             let c = node.core_base + core;
-            let scans = self.replica_scans[c].get();
-            self.replica_scans[c].set(scans.saturating_add(1));
-            let (mut by_density, mut as_listed);
-            let list: &mut dyn Iterator<Item = (f64, CoreReplica, bool)> = if scans == 0 {
-                as_listed = self.core_replicas[c].iter().map(|&r| {
-                    let bytes = (self.model.bytes[r.vshard().0 as usize] as f64).max(1.0);
-                    (self.model.units(r) / bytes, r, false)
-                });
-                &mut as_listed
-            } else {
-                by_density = self
-                    .replicas_by_density(c)
-                    .iter()
-                    .map(|&(d, r)| (d, r, true));
-                &mut by_density
-            };
-            for (density, replica, sorted) in list {
+            for (density, replica) in (0..).map_while(|i| self.densest(c, i)) {
                 // A copy lowers h by at most its units per byte over h's cores: none further
-                // down a density-sorted list can win.
+                // down the list can win.
                 if density / h_cores <= floor
                     || slot.is_some_and(|b| density / h_cores <= b.value * (1.0 + 1e-12))
                 {
-                    if sorted {
-                        break;
-                    }
-                    continue;
+                    break;
                 }
                 let vshard = replica.vshard();
                 let replica_units = self.model.units(replica);
-                let bytes = self.model.bytes[vshard.0 as usize];
+                let bytes = self.model.bytes(vshard);
                 let replica_bound = !self.cooling(vshard, MoveKind::ReplicaMove) && {
                     let g = open_gain(replica_units);
                     per_byte(g, bytes) > floor && beats(slot, g, per_byte(g, bytes))
@@ -1624,11 +1659,11 @@ impl<'a> Sweep<'a> {
         let node_limit = 1.0 + self.config.target_spread;
         let core_limit = 1.0 + self.config.core_target_spread;
         let mut best: Option<Candidate> = None;
-        for &replica in &self.core_replicas[node.core_base + hot] {
+        for &replica in self.model.replicas_on(node.core_base + hot) {
             if !replica.leader() || self.cooling(replica.vshard(), MoveKind::LeaderTransfer) {
                 continue;
             }
-            let lead_units = self.model.leader_units[replica.vshard().0 as usize];
+            let lead_units = self.model.leader_units(replica.vshard());
             let lead_traffic = lead_units * scale;
             // It takes off no more than the core's excess: a leadership that would leave the
             // hot core colder than the mean moves a hot spot rather than relieving one (with
@@ -1711,7 +1746,7 @@ impl<'a> Sweep<'a> {
                 .map(|d| REBALANCE_CORE_MOVE_MIN_DENSITY * d)
         };
         let mut best: Option<Candidate> = None;
-        for &replica in &self.core_replicas[node.core_base + hot] {
+        for &replica in self.model.replicas_on(node.core_base + hot) {
             if self.cooling_core(replica.vshard()) {
                 continue;
             }
@@ -1731,7 +1766,7 @@ impl<'a> Sweep<'a> {
             let traffic = self
                 .model
                 .replica_traffic(replica.vshard(), self.model.units(replica));
-            let bytes = self.model.bytes[replica.vshard().0 as usize];
+            let bytes = self.model.bytes(replica.vshard());
             if traffic < min_traffic_per_byte[usize::from(replica.leader())] * bytes as f64 {
                 continue;
             }
