@@ -666,6 +666,111 @@ fn kv_against_a_dead_cluster_fails_within_its_timeout() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A certificate the cluster does not trust is reported as such at once, both ways: the
+/// node refusing the client's certificate (issued by another CA), and the client refusing
+/// the node's (its file names another CA). Exit 1, not a timeout; the node logs the refusal.
+#[test]
+fn a_certificate_from_another_ca_is_refused_at_once_with_the_reason() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = certified_dir("cli-badcert", 1);
+    let rogue = dir.join("rogue");
+    std::fs::create_dir_all(&rogue).unwrap();
+    let r = rogue.to_str().unwrap();
+    assert!(cli(&["certs", "init", "--dir", r]).status.success());
+    assert!(
+        cli(&["certs", "client", "--dir", r, "--name", "evil"])
+            .status
+            .success()
+    );
+    let nodes = nodes_table(1);
+    std::fs::write(
+        dir.join("node-1.toml"),
+        config_toml(Some(1), "node-1", &nodes),
+    )
+    .unwrap();
+    let client_file = |name: &str, ca: &std::path::Path, cert: &std::path::Path| {
+        let text = format!(
+            "cores = 1\ngroups = 4\nlayout = \"unbound\"\n\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n\n{nodes}",
+            ca.join("ca.pem"),
+            cert.with_extension("pem"),
+            cert.with_extension("key"),
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = client_file("good.toml", &dir, &dir.join("client-cli"));
+    let foreign_cert = client_file("foreign-cert.toml", &dir, &rogue.join("client-evil"));
+    let foreign_ca = client_file("foreign-ca.toml", &rogue, &dir.join("client-cli"));
+    let log = std::fs::File::create(dir.join("node-1.log")).unwrap();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+        .args(["start", "--config"])
+        .arg(dir.join("node-1.toml"))
+        .args(["--run-for", "120"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The node serves once a get of a missing key says so (exit 3).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli(&[
+            "kv",
+            "--config",
+            good.to_str().unwrap(),
+            "--timeout",
+            "5",
+            "get",
+            "k",
+        ]);
+        if out.status.code() == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never served: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = |file: &std::path::Path| {
+        let out = cli(&[
+            "kv",
+            "--config",
+            file.to_str().unwrap(),
+            "--timeout",
+            "30",
+            "get",
+            "k",
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (by_node, by_client) = (run(&foreign_cert), run(&foreign_ca));
+    let _ = node.kill();
+    let _ = node.wait();
+    let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap();
+    assert_eq!(by_node.0, Some(1), "{}", by_node.1);
+    assert!(
+        by_node.1.contains("refused this client's certificate"),
+        "{}",
+        by_node.1
+    );
+    assert_eq!(by_client.0, Some(1), "{}", by_client.1);
+    assert!(
+        by_client
+            .1
+            .contains("this client refused the certificate of the node"),
+        "{}",
+        by_client.1
+    );
+    assert!(log.contains("refused a TLS handshake"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The README's quick start: `examples/local-cluster/cluster.sh up` starts three nodes and
 /// waits until they are ready; a 1 MiB binary value from stdin reads back byte for byte;
 /// `status` shows them ready; `down` stops them all (a copy of the example, so that its

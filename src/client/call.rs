@@ -85,6 +85,9 @@ pub enum CallError {
     /// The client's configuration does not match the cluster's; nothing was sent.
     #[error("misconfigured: {0}")]
     Misconfigured(String),
+    /// A TLS handshake was refused (a certificate did not verify); nothing was sent.
+    #[error("{0}")]
+    HandshakeRefused(String),
 }
 
 /// What came of a request that got no answer.
@@ -94,6 +97,10 @@ pub enum Failure {
     NotSent(String),
     /// It left, and no answer came (timeout, connection lost): a server may have acted.
     Lost(String),
+    /// The TLS handshake was refused, by the node (this client's certificate) or by this
+    /// client (the node's): nothing was sent, and the same certificates would be refused
+    /// again, so the call ends at once.
+    Refused(String),
 }
 
 /// What the caller does next for a call.
@@ -422,6 +429,9 @@ impl Call {
                 self.state = State::Paused(now + self.policy.retry_pause);
             }
             Failure::Lost(reason) => self.lost(now, routing, reason),
+            Failure::Refused(reason) => {
+                self.state = State::Done(Some(Err(CallError::HandshakeRefused(reason))));
+            }
         }
     }
 
@@ -512,6 +522,24 @@ mod tests {
             CallStep::Done(Ok(KvReply::Written(vec![1])))
         );
         assert_eq!(r.router.leader(GroupId(2)), Some(at(3)));
+    }
+
+    #[test]
+    fn a_refused_handshake_ends_a_read_at_once_with_the_reason() {
+        let mut r = routing();
+        r.store_table(1, &[]);
+        let t = Time::from_secs(1);
+        let mut read = Call::new(
+            GroupId(1),
+            KvOp::Get { key: vec![1] },
+            CallPolicy::default(),
+        );
+        let (_, g) = sent(read.poll(t, &mut r));
+        read.handle_failure(t, &mut r, g.id, Failure::Refused("bad certificate".into()));
+        assert_eq!(
+            read.poll(t, &mut r),
+            CallStep::Done(Err(CallError::HandshakeRefused("bad certificate".into())))
+        );
     }
 
     #[test]

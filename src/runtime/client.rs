@@ -25,7 +25,9 @@ use crate::ids::{CoreAddress, GroupId, NodeId, ReplicaId};
 use crate::metrics::stages::StageHistograms;
 use crate::replication::kv::{KvCommand, KvError, KvResponse};
 use crate::runtime::clock::MonotonicClock;
-use crate::runtime::quic::{Connection, EndpointOptions, QuicEndpoint, TransportError};
+use crate::runtime::quic::{
+    Connection, EndpointOptions, HandshakeRefusal, QuicEndpoint, TransportError,
+};
 use crate::runtime::tls::{self, ALPN_CLIENT, TlsMode};
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
 use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame, ServerTiming};
@@ -348,7 +350,7 @@ impl KvClient {
         }
     }
 
-    async fn connection(&self, node: NodeId, addr: SocketAddr) -> Result<Connection, String> {
+    async fn connection(&self, node: NodeId, addr: SocketAddr) -> Result<Connection, Failure> {
         if let Some(conn) = self.conns.borrow().get(&addr) {
             return Ok(conn.clone());
         }
@@ -365,8 +367,8 @@ impl KvClient {
             None
         };
         let conn = match future::or(connect, timeout).await {
-            Some(result) => result.map_err(|e| e.to_string())?,
-            None => return Err(format!("connecting to {addr} timed out")),
+            Some(result) => result.map_err(|e| not_sent(addr, e))?,
+            None => return Err(Failure::NotSent(format!("connecting to {addr} timed out"))),
         };
         self.conns.borrow_mut().insert(addr, conn.clone());
         Ok(conn)
@@ -397,10 +399,7 @@ impl KvClient {
             ))
         })?;
         let exchange = async {
-            let conn = self
-                .connection(target.node, addr)
-                .await
-                .map_err(Failure::NotSent)?;
+            let conn = self.connection(target.node, addr).await?;
             let result = request_on(&conn, request).await;
             if result.is_err() {
                 self.conns.borrow_mut().remove(&addr);
@@ -477,26 +476,46 @@ impl KvClient {
 
 /// One request on its own stream of `conn`. A request that fails before its stream is
 /// finished never reached the server (`NotSent`); after that, it may have (`Lost`).
+/// A request that could not be sent: refused outright when the TLS handshake was.
+fn not_sent(addr: SocketAddr, e: TransportError) -> Failure {
+    refusal(addr, &e).unwrap_or_else(|| Failure::NotSent(e.to_string()))
+}
+
+/// What a refused TLS handshake with the node at `addr` means for this client.
+fn refusal(addr: SocketAddr, e: &TransportError) -> Option<Failure> {
+    Some(Failure::Refused(match e.handshake_refusal()? {
+        HandshakeRefusal::ByPeer(why) => format!(
+            "the node at {addr} refused this client's certificate ({why}): it must be issued \
+             by the cluster's CA (`nodedb-cluster certs client`) and be the one the client \
+             file's [tls] section names"
+        ),
+        HandshakeRefusal::Here(why) => format!(
+            "this client refused the certificate of the node at {addr} ({why}): the client \
+             file's [tls] ca_cert must be the cluster's CA (ca.pem), and the address must be \
+             that node's"
+        ),
+    }))
+}
+
 async fn request_on(
     conn: &Connection,
     request: &KvRequest,
 ) -> Result<(KvReply, Option<ServerTiming>), Failure> {
-    let not_sent = |e: String| Failure::NotSent(e);
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| not_sent(e.to_string()))?;
+    let addr = conn.remote_address();
+    let not_sent = |e: TransportError| not_sent(addr, e);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(not_sent)?;
     let mut out = Vec::new();
     encode_frame(FrameKind::Request, 0, &request.encode(), &mut out)
-        .map_err(|e| not_sent(e.to_string()))?;
-    send.write_all(&out)
-        .await
-        .map_err(|e| not_sent(e.to_string()))?;
-    send.finish().map_err(|e| not_sent(e.to_string()))?;
+        .map_err(|e| Failure::NotSent(e.to_string()))?;
+    send.write_all(&out).await.map_err(not_sent)?;
+    send.finish().map_err(not_sent)?;
     let lost = |e: String| Failure::Lost(e);
     let mut decoder = FrameDecoder::new();
     let mut frame = None;
     while let Some(chunk) = recv
         .read_chunk(usize::MAX)
         .await
-        .map_err(|e| lost(e.to_string()))?
+        .map_err(|e| refusal(addr, &e).unwrap_or_else(|| lost(e.to_string())))?
     {
         decoder
             .decode(&chunk, |f| frame = Some(f))
@@ -544,7 +563,10 @@ pub async fn cluster_info_at(
         let conn = endpoint
             .connect(addr, tls::ANY_NODE_SERVER_NAME, tls, ALPN_CLIENT)
             .await
-            .map_err(|e| ClientError::Protocol(format!("connecting to {addr}: {e}")))?;
+            .map_err(|e| match refusal(addr, &e) {
+                Some(Failure::Refused(why)) => ClientError::Call(CallError::HandshakeRefused(why)),
+                _ => ClientError::Protocol(format!("connecting to {addr}: {e}")),
+            })?;
         let request = KvRequest {
             id: 1,
             group: GroupId::METADATA,
@@ -556,6 +578,7 @@ pub async fn cluster_info_at(
                 .map_err(|e| ClientError::Protocol(format!("{addr}'s cluster description: {e}"))),
             Ok(KvReply::Forbidden(why)) => Err(refused(format!("{addr} refused: {why}"))),
             Ok(other) => Err(ClientError::Protocol(format!("{addr} answered {other:?}"))),
+            Err(Failure::Refused(why)) => Err(ClientError::Call(CallError::HandshakeRefused(why))),
             Err(Failure::NotSent(e) | Failure::Lost(e)) => {
                 Err(ClientError::Protocol(format!("asking {addr}: {e}")))
             }

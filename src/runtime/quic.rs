@@ -33,7 +33,7 @@ use quinn_proto::{
     IdleTimeout, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
 };
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::constants::{
     QUIC_CLIENT_IDLE_TIMEOUT, QUIC_CLIENT_KEEP_ALIVE_INTERVAL, QUIC_CONNECTIONS_MAX,
@@ -72,6 +72,45 @@ pub enum TransportError {
     EndpointClosed,
 }
 
+impl TransportError {
+    /// How the TLS handshake was refused, if that is what ended the connection. The same
+    /// certificates will be refused again: a client reports it rather than retrying.
+    pub fn handshake_refusal(&self) -> Option<HandshakeRefusal> {
+        match self {
+            TransportError::Closed(e) => HandshakeRefusal::of(e),
+            _ => None,
+        }
+    }
+}
+
+/// A TLS handshake one side refused (a QUIC CRYPTO_ERROR: an alert).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// The peer did not accept this side's certificate (or its absence).
+    ByPeer(String),
+    /// This side did not accept the peer's certificate.
+    Here(String),
+}
+
+impl HandshakeRefusal {
+    /// QUIC carries a TLS alert as error code 0x100 + the alert (RFC 9001, 4.8).
+    fn is_crypto(code: u64) -> bool {
+        (0x100..0x200).contains(&code)
+    }
+
+    pub fn of(e: &ConnectionError) -> Option<HandshakeRefusal> {
+        match e {
+            ConnectionError::TransportError(t) if Self::is_crypto(t.code.into()) => {
+                Some(HandshakeRefusal::Here(t.reason.clone()))
+            }
+            ConnectionError::ConnectionClosed(c) if Self::is_crypto(c.error_code.into()) => Some(
+                HandshakeRefusal::ByPeer(String::from_utf8_lossy(&c.reason).into_owned()),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// Settings of one endpoint.
 #[derive(Clone)]
 pub struct EndpointOptions {
@@ -102,6 +141,8 @@ pub struct EndpointStats {
     /// Driver turns, and how many of them a timer (not new work) started.
     pub driver_turns: u64,
     pub timer_wakes: u64,
+    /// TLS handshakes this endpoint refused: the peer's certificate did not verify.
+    pub handshakes_refused: u64,
 }
 
 /// A wake-up flag for the driver task (single executor).
@@ -204,6 +245,8 @@ struct Inner {
     blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
     stats: EndpointStats,
     closed: bool,
+    /// When a refused handshake was last logged, and how many were refused since.
+    refusals_logged: Option<(Instant, u64)>,
     /// The driver task has exited (every connection drained after shutdown).
     driver_done: bool,
     shutdown_wakers: Vec<Waker>,
@@ -342,6 +385,7 @@ impl QuicEndpoint {
             blocked: None,
             stats,
             closed: false,
+            refusals_logged: None,
             driver_done: false,
             shutdown_wakers: Vec::new(),
         };
@@ -929,7 +973,31 @@ fn handle_received(inner: &mut Inner, now: Instant, meta: &quinn_udp::RecvMeta, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ConnId(u64);
 
+/// At most one log line per this interval about refused handshakes: a peer retrying with a
+/// bad certificate, or a flood of them, must not flood the log.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Inner {
+    /// Counts a TLS handshake this endpoint refused and logs it, rate-limited: the first at
+    /// once, then one line per `REFUSAL_LOG_INTERVAL` that says how many came since.
+    fn note_refused_handshake(&mut self, from: SocketAddr, why: &str) {
+        self.stats.handshakes_refused += 1;
+        let now = Instant::now();
+        match &mut self.refusals_logged {
+            Some((at, since)) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => *since += 1,
+            logged => {
+                let before = logged.map_or(0, |(_, since)| since);
+                info!(
+                    peer = %from,
+                    reason = why,
+                    refused_since_last_line = before,
+                    "refused a TLS handshake: the peer's certificate did not verify (not issued by this cluster's CA, expired, or for the wrong role)"
+                );
+                *logged = Some((now, 0));
+            }
+        }
+    }
+
     fn add_conn(
         &mut self,
         handle: ConnectionHandle,
@@ -1020,6 +1088,11 @@ impl Inner {
                         }
                     }
                     Event::ConnectionLost { reason } => {
+                        if !c.connected
+                            && let Some(HandshakeRefusal::Here(why)) = HandshakeRefusal::of(&reason)
+                        {
+                            self.note_refused_handshake(c.conn.remote_address(), &why);
+                        }
                         debug!(%reason, "connection lost");
                         c.lost = Some(reason);
                     }
