@@ -437,12 +437,13 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
             .map(str::to_owned)
     };
     let before = placement();
-    // "group 1: ID@NODE/CORE ID@NODE/CORE": the nodes holding it, and the spare.
+    // "group 1: nNODE/cCORE nNODE/cCORE" (the leader's marked *): the nodes holding it, and
+    // the spare.
     let holders: Vec<u64> = group_1(&before)
         .unwrap_or_default()
         .split_whitespace()
         .skip(2)
-        .filter_map(|r| r.split_once('@')?.1.split_once('/')?.0.parse().ok())
+        .filter_map(|r| r.strip_prefix('n')?.split_once('/')?.0.parse().ok())
         .collect();
     assert_eq!(holders.len(), 2, "{before}");
     let (from, other) = (holders[0].to_string(), holders[1].to_string());
@@ -463,12 +464,14 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let after = loop {
         let line = group_1(&placement()).unwrap_or_default();
-        let done = line.contains(&format!("@{spare}/0")) && !line.contains(&format!("@{from}/0"));
+        let done =
+            line.contains(&format!(" n{spare}/c0")) && !line.contains(&format!(" n{from}/c0"));
         if done || std::time::Instant::now() > deadline {
             break line;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    let after_json = cli_json(&["kv", "--config", c, "--json", "placement"]);
     let bad_to = cli(&[
         "kv", "--config", c, "move", "--group", "1", "--from", "1", "--to", "3",
     ]);
@@ -568,11 +571,12 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         "{}",
         String::from_utf8_lossy(&too_big.stderr)
     );
-    assert!(before.starts_with("epoch "), "{before}");
+    assert!(before.starts_with("placement epoch "), "{before}");
+    assert!(before.contains("\nnodes: n1 Active"), "{before}");
     assert_eq!(
-        group_1(&before).as_deref(),
-        Some(format!("group 1: 65537@{from}/0 65538@{other}/0").as_str()),
-        "initial replica ids (1 << 16) | (k + 1): {before}"
+        group_1(&before).map(|l| l.replace('*', "")).as_deref(),
+        Some(format!("group 1: n{from}/c0 n{other}/c0").as_str()),
+        "{before}"
     );
     assert!(!forbidden.status.success());
     assert!(
@@ -594,10 +598,17 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
         String::from_utf8_lossy(&moved.stderr)
     );
     assert_eq!(
-        after,
-        format!("group 1: 65538@{other}/0 281474976710656@{spare}/0"),
-        "the first moved replica's id is 2^48"
+        after.replace('*', ""),
+        format!("group 1: n{other}/c0 n{spare}/c0"),
     );
+    // Raft replica ids are in the JSON form: initial ones (1 << 16) | (k + 1), the first
+    // moved replica's 2^48.
+    let ids: Vec<u64> = after_json["groups"][0]["replicas"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["replica"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [65538, 1 << 48], "{after_json}");
+    assert_eq!(after_json["groups"][0]["group"], 1, "{after_json}");
     assert_eq!(
         bad_to.status.code(),
         Some(2),
@@ -1429,7 +1440,9 @@ fn a_node_decommissioned_from_the_cli_drains_under_writes_and_may_then_be_stoppe
     assert_eq!(drained["replicas_placed"], 0, "{drained}");
     let table = String::from_utf8_lossy(&placement_before_stop.stdout);
     assert!(
-        table.lines().skip(1).all(|l| !l.contains("@4/")),
+        table
+            .lines()
+            .all(|l| !l.starts_with("group") || !l.contains(" n4/")),
         "a replica is left on node 4:\n{table}"
     );
     assert!(
@@ -1674,9 +1687,11 @@ fn a_killed_node_is_recorded_down_its_replicas_are_replaced_and_it_returns_activ
     assert!(down_after.is_some(), "never recorded Down: {repaired}");
     assert_eq!(repaired["replicas_placed"], 0, "not repaired: {repaired}");
     let table = String::from_utf8_lossy(&placement.stdout);
-    let on_victim = format!("@{victim}/");
+    let on_victim = format!(" n{victim}/");
     assert!(
-        table.lines().skip(1).all(|l| !l.contains(&on_victim)),
+        table
+            .lines()
+            .all(|l| !l.starts_with("group") || !l.contains(&on_victim)),
         "a replica is left on node {victim}:\n{table}"
     );
     assert_eq!(back["state"], "Active", "{back}");

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use nodedb_cluster::cluster::placement::PendingMove;
 use nodedb_cluster::ids::{CoreAddress, CoreId, GroupId, NodeId};
 use nodedb_cluster::runtime::client::KvClient;
 use nodedb_cluster::runtime::config::LoadedConfig;
@@ -37,7 +38,9 @@ pub enum KvCommandArg {
     },
     /// Delete KEY; exit status 3 if it did not exist.
     Del { key: String },
-    /// Print the placement table: its epoch and each group's replicas (id@node/core).
+    /// Print the placement table: its epoch, the nodes and their states, and each group's
+    /// replicas as nNODE/cCORE, the leader marked * (as its node last reported). `--json`
+    /// adds the Raft replica ids.
     Placement,
     /// Move GROUP's replica on node FROM to core CORE of node NODE (`--to NODE:CORE`). The
     /// move is recorded in the placement table and carried out by the metadata leader;
@@ -369,43 +372,87 @@ async fn other(
         KvCommandArg::Placement => {
             let (epoch, groups) = client.routing().await?;
             let moves = client.moves().await?;
+            // Leaders and node states come from the coordinator; without one (no metadata
+            // leader yet) the table is still worth printing.
+            let status = client.status().await.ok();
+            let at = |a: &CoreAddress| format!("n{}/c{}", a.node.0, a.core.0);
+            let leader_node = |group: GroupId| {
+                let node = status
+                    .as_ref()?
+                    .leaders
+                    .get(usize::try_from(group.0).ok()?.checked_sub(1)?)
+                    .copied()?;
+                (node != 0).then_some(node)
+            };
+            let leader_of = |group: GroupId, replicas: &[(u64, CoreAddress)]| {
+                let node = leader_node(group)?;
+                replicas.iter().position(|(_, a)| a.node.0 == node)
+            };
+            let move_text = |replicas: &[(u64, CoreAddress)], m: &PendingMove| {
+                let from = replicas
+                    .iter()
+                    .find(|(id, _)| *id == m.from.0)
+                    .map_or_else(|| format!("replica {}", m.from.0), |(_, a)| at(a));
+                (from, at(&m.to))
+            };
             if json {
                 let groups: Vec<serde_json::Value> = groups
                     .iter()
                     .map(|(group, replicas)| {
                         let moving = moves.iter().find(|(g, _)| g == group).map(|(_, m)| {
+                            let (from, to) = move_text(replicas, m);
                             serde_json::json!({
-                                "from": m.from.0,
-                                "new": m.new.0,
-                                "to": format!("n{}/c{}", m.to.node.0, m.to.core.0),
+                                "from": from,
+                                "from_replica": m.from.0,
+                                "new_replica": m.new.0,
+                                "to": to,
                                 "abandon": m.abandon,
                             })
                         });
                         serde_json::json!({
                             "group": group.0,
-                            "replicas": replicas.iter().map(|(replica, at)| serde_json::json!({
+                            "replicas": replicas.iter().map(|(replica, a)| serde_json::json!({
                                 "replica": replica,
-                                "at": format!("n{}/c{}", at.node.0, at.core.0),
+                                "at": at(a),
                             })).collect::<Vec<_>>(),
+                            "leader": leader_of(*group, replicas).map(|i| at(&replicas[i].1)),
                             "moving": moving,
                         })
                     })
                     .collect();
-                json_line(serde_json::json!({ "epoch": epoch, "groups": groups }))
+                let nodes = status.as_ref().map(|s| {
+                    s.nodes
+                        .iter()
+                        .map(|n| serde_json::json!({ "node": format!("n{}", n.id), "state": n.state, "fresh": n.fresh }))
+                        .collect::<Vec<_>>()
+                });
+                json_line(serde_json::json!({ "epoch": epoch, "nodes": nodes, "groups": groups }))
             } else {
-                let mut text = format!("epoch {epoch}");
-                for (group, replicas) in groups {
-                    text.push_str(&format!("\ngroup {}:", group.0));
-                    for (replica, at) in replicas {
-                        text.push_str(&format!(" {replica}@{}/{}", at.node.0, at.core.0));
+                let mut text = format!("placement epoch {epoch}");
+                match &status {
+                    Some(s) => {
+                        text.push_str("; * marks the leader, as its node last reported\nnodes:");
+                        for n in &s.nodes {
+                            let stale = if n.fresh { "" } else { " (no recent report)" };
+                            text.push_str(&format!(" n{} {}{stale},", n.id, n.state));
+                        }
+                        text.pop();
                     }
-                    if let Some((_, m)) = moves.iter().find(|(g, _)| *g == group) {
+                    None => {
+                        text.push_str(" (no coordinator answered: leaders and node states unknown)")
+                    }
+                }
+                for (group, replicas) in &groups {
+                    text.push_str(&format!("\ngroup {}:", group.0));
+                    let leader = leader_of(*group, replicas);
+                    for (i, (_, a)) in replicas.iter().enumerate() {
+                        let mark = if leader == Some(i) { "*" } else { "" };
+                        text.push_str(&format!(" {}{mark}", at(a)));
+                    }
+                    if let Some((_, m)) = moves.iter().find(|(g, _)| g == group) {
+                        let (from, to) = move_text(replicas, m);
                         text.push_str(&format!(
-                            " (moving {} to {}@{}/{}{})",
-                            m.from.0,
-                            m.new.0,
-                            m.to.node.0,
-                            m.to.core.0,
+                            " (moving {from} to {to}{})",
                             if m.abandon { ", abandoning" } else { "" }
                         ));
                     }

@@ -193,6 +193,10 @@ pub struct BalancerStatus {
     /// Why the last sweep was skipped, if it was.
     pub last_skip: Option<String>,
     pub stats: BalancerStats,
+    /// The node leading each group, by vShard (group id − 1), as the nodes' fresh reports
+    /// say (each reports the groups it leads); 0 where no fresh report claims the group.
+    #[serde(default)]
+    pub leaders: Vec<u64>,
 }
 
 struct Received {
@@ -957,6 +961,16 @@ impl Balancer {
             })
             .map(|(g, _)| g.0)
             .collect();
+        let mut leaders = vec![0u64; table.vshard_count() as usize];
+        for (node, received) in &self.reports {
+            if now.saturating_since(received.at) <= stale {
+                for sample in &received.report.vshards {
+                    if let Some(slot) = leaders.get_mut(sample.vshard.0 as usize) {
+                        *slot = node.0;
+                    }
+                }
+            }
+        }
         let plan = self.rebalancer.last_plan();
         let (node_max_over_mean, core_max_over_mean, node_bound_max_over_mean) =
             self.imbalance_now(now, store);
@@ -980,6 +994,7 @@ impl Balancer {
             last_plan_status: plan.map(|p| plan_status(p.status)),
             last_skip: self.last_skip.map(str::to_owned),
             stats: self.stats.clone(),
+            leaders,
         }
     }
 
