@@ -325,7 +325,7 @@ impl TurnClock {
     fn of(
         self,
         core: &nodedb_cluster::metrics::cores::CoreMetrics,
-    ) -> &nodedb_cluster::metrics::cores::LoopTurns {
+    ) -> &nodedb_cluster::metrics::cores::TimeHistogram {
         match self {
             TurnClock::Wall => &core.loop_turns,
             TurnClock::Cpu => &core.loop_turn_cpu,

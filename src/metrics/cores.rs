@@ -375,12 +375,14 @@ pub const LOOP_TURN_BUCKETS_US: [u64; 15] = [
     1_000_000, 2_500_000,
 ];
 
-/// How long the core loop's turns take: from the start of a turn (timers, then the work
-/// that arrived, log writes, transmits) to the moment it waits again. Everything that
-/// reaches the core meanwhile waits for the next turn, so the longest turn bounds how
-/// long the core stalled a request.
+/// Durations in the buckets of `LOOP_TURN_BUCKETS_US`, lock-free: how long the core loop's
+/// turns take (from the start of a turn — timers, then the work that arrived, log writes,
+/// transmits — to the moment it waits again; everything that reaches the core meanwhile
+/// waits for the next turn, so the longest turn bounds how long the core stalled a
+/// request), how long a batch of log writes takes to be durable, how long a request
+/// waits for its answer.
 #[derive(Debug, Default)]
-pub struct LoopTurns {
+pub struct TimeHistogram {
     buckets: [AtomicU64; LOOP_TURN_BUCKETS_US.len() + 1],
     sum_ns: AtomicU64,
     max_ns: AtomicU64,
@@ -388,7 +390,7 @@ pub struct LoopTurns {
     recent_max_ns: AtomicU64,
 }
 
-impl LoopTurns {
+impl TimeHistogram {
     pub fn observe(&self, turn: std::time::Duration) {
         let ns = u64::try_from(turn.as_nanos()).unwrap_or(u64::MAX);
         let us = ns / 1_000;
@@ -423,10 +425,40 @@ impl LoopTurns {
 pub struct CoreMetrics {
     counters: [AtomicU64; CoreCounter::ALL.len()],
     gauges: [AtomicU64; CoreGauge::ALL.len()],
-    pub loop_turns: LoopTurns,
+    pub loop_turns: TimeHistogram,
     /// The CPU time of each loop turn (the thread's own clock): a turn far longer than its
     /// CPU time waited for the machine (preempted), not for the core's own work.
-    pub loop_turn_cpu: LoopTurns,
+    pub loop_turn_cpu: TimeHistogram,
+    /// How long each batch of log writes took to become durable (one write with the data
+    /// synced: the group commit of every group on the core).
+    pub wal_write: TimeHistogram,
+    /// How long client requests waited for their answer on this core, from the whole
+    /// request read to the answer ready, by `RequestKind`.
+    pub requests: [TimeHistogram; RequestKind::ALL.len()],
+}
+
+/// What a client request does, for the request latency histogram's `op` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Get and scan.
+    Read,
+    /// Put, delete, metadata commands (anything proposed to a group's log).
+    Write,
+    /// Routing, status, membership views and changes, load reports: the cluster's own
+    /// traffic and operators'.
+    Admin,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 3] = [RequestKind::Read, RequestKind::Write, RequestKind::Admin];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestKind::Read => "read",
+            RequestKind::Write => "write",
+            RequestKind::Admin => "admin",
+        }
+    }
 }
 
 impl CoreMetrics {
@@ -526,6 +558,41 @@ impl NodeMetrics {
         self.cores.iter().map(|c| c.gauge(gauge)).sum()
     }
 
+    /// One histogram's samples for every core: `nodedb_core_{name}` with the node and core
+    /// labels, then `extra` (`,op="read"`), buckets in seconds.
+    fn render_histogram(
+        &self,
+        out: &mut String,
+        name: &str,
+        extra: &str,
+        histogram: &dyn Fn(&CoreMetrics) -> &TimeHistogram,
+    ) {
+        let node = self.node.0;
+        for (core, m) in self.cores.iter().enumerate() {
+            let (labels, h) = (
+                format!("node=\"{node}\",core=\"{core}\"{extra}"),
+                histogram(m),
+            );
+            let mut cumulative = 0;
+            for (i, bound) in LOOP_TURN_BUCKETS_US.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "nodedb_core_{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            cumulative += h.buckets[LOOP_TURN_BUCKETS_US.len()].load(Ordering::Relaxed);
+            let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "nodedb_core_{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(out, "nodedb_core_{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "nodedb_core_{name}_count{{{labels}}} {cumulative}");
+        }
+    }
+
     /// The Prometheus text exposition (format 0.0.4), every series named `nodedb_core_*`.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
@@ -554,29 +621,10 @@ impl NodeMetrics {
         let histogram = |out: &mut String,
                          name: &str,
                          help: &str,
-                         turns: &dyn Fn(&CoreMetrics) -> &LoopTurns| {
+                         turns: &dyn Fn(&CoreMetrics) -> &TimeHistogram| {
             let _ = writeln!(out, "# HELP nodedb_core_{name} {help}");
             let _ = writeln!(out, "# TYPE nodedb_core_{name} histogram");
-            for (core, m) in self.cores.iter().enumerate() {
-                let (labels, turns) = (format!("node=\"{node}\",core=\"{core}\""), turns(m));
-                let mut cumulative = 0;
-                for (i, bound) in LOOP_TURN_BUCKETS_US.iter().enumerate() {
-                    cumulative += turns.buckets[i].load(Ordering::Relaxed);
-                    let le = *bound as f64 / 1e6;
-                    let _ = writeln!(
-                        out,
-                        "nodedb_core_{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-                    );
-                }
-                cumulative += turns.buckets[LOOP_TURN_BUCKETS_US.len()].load(Ordering::Relaxed);
-                let sum = turns.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-                let _ = writeln!(
-                    out,
-                    "nodedb_core_{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-                );
-                let _ = writeln!(out, "nodedb_core_{name}_sum{{{labels}}} {sum}");
-                let _ = writeln!(out, "nodedb_core_{name}_count{{{labels}}} {cumulative}");
-            }
+            self.render_histogram(&mut *out, name, "", turns);
         };
         histogram(
             &mut out,
@@ -592,6 +640,27 @@ impl NodeMetrics {
              than its CPU time was preempted by the machine.",
             &|m| &m.loop_turn_cpu,
         );
+        histogram(
+            &mut out,
+            "wal_write_seconds",
+            "Time for one batch of log writes to become durable (a synced write: the group \
+             commit of every group on the core).",
+            &|m| &m.wal_write,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP nodedb_core_request_seconds Time from a client request read to its answer \
+             ready, by op: read (get, scan), write (anything proposed to a log), admin \
+             (routing, status, membership, load reports); every answer counts, a redirect to \
+             the leader too."
+        );
+        let _ = writeln!(out, "# TYPE nodedb_core_request_seconds histogram");
+        for kind in RequestKind::ALL {
+            let label = format!(",op=\"{}\"", kind.label());
+            self.render_histogram(&mut out, "request_seconds", &label, &|m| {
+                &m.requests[kind as usize]
+            });
+        }
         let _ = writeln!(
             out,
             "# HELP nodedb_core_loop_turn_max_seconds The longest turn of the core loop since \
@@ -721,10 +790,12 @@ mod tests {
             );
         }
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        // Seven load series per core besides the counters and gauges, the loop-turn
-        // histograms of wall and CPU time (their buckets, +Inf, sum and count) and the
-        // longest turn, and the two imbalance gauges of the node.
-        let histogram = 2 * (LOOP_TURN_BUCKETS_US.len() + 3) + 1;
+        // Seven load series per core besides the counters and gauges, the histograms
+        // (their buckets, +Inf, sum and count) of loop turns' wall and CPU time, of log
+        // writes and of requests of each kind, the longest turn, and the two imbalance
+        // gauges of the node.
+        let histograms = 3 + RequestKind::ALL.len();
+        let histogram = histograms * (LOOP_TURN_BUCKETS_US.len() + 3) + 1;
         assert_eq!(
             samples,
             2 * (CoreCounter::ALL.len() + CoreGauge::ALL.len() + 7 + histogram) + 2
@@ -746,6 +817,8 @@ mod tests {
         turns.observe(Duration::from_micros(200));
         assert_eq!(turns.take_recent_max(), Duration::from_micros(200));
         m.core(0).loop_turn_cpu.observe(Duration::from_micros(70));
+        m.core(0).wal_write.observe(Duration::from_micros(300));
+        m.core(0).requests[RequestKind::Write as usize].observe(Duration::from_millis(3));
         let text = m.render_prometheus();
         for line in [
             "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 1",
@@ -758,6 +831,14 @@ mod tests {
             "nodedb_core_loop_turn_cpu_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 0",
             "nodedb_core_loop_turn_cpu_seconds_bucket{node=\"1\",core=\"0\",le=\"0.0001\"} 1",
             "nodedb_core_loop_turn_cpu_seconds_count{node=\"1\",core=\"0\"} 1",
+            "# TYPE nodedb_core_wal_write_seconds histogram",
+            "nodedb_core_wal_write_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00025\"} 0",
+            "nodedb_core_wal_write_seconds_bucket{node=\"1\",core=\"0\",le=\"0.0005\"} 1",
+            "# TYPE nodedb_core_request_seconds histogram",
+            "nodedb_core_request_seconds_bucket{node=\"1\",core=\"0\",op=\"write\",le=\"0.0025\"} 0",
+            "nodedb_core_request_seconds_bucket{node=\"1\",core=\"0\",op=\"write\",le=\"0.005\"} 1",
+            "nodedb_core_request_seconds_sum{node=\"1\",core=\"0\",op=\"write\"} 0.003",
+            "nodedb_core_request_seconds_count{node=\"1\",core=\"0\",op=\"read\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

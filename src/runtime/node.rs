@@ -33,7 +33,7 @@ use crate::constants::{
     SNAPSHOT_TRANSFER_TIMEOUT,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId, Role};
-use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics};
+use crate::metrics::cores::{CoreCounter, CoreGauge, CoreMetrics, NodeMetrics, RequestKind};
 use crate::metrics::load_slots::{CoreLoadRecord, LoadSlots, SlotWriter};
 use crate::node::load::CoreLoad;
 use crate::node::{
@@ -58,7 +58,7 @@ use crate::runtime::tls::{self, ALPN_CLIENT, ALPN_PEER, TlsMode};
 use crate::runtime::wal::{WalFile, WalIoError};
 use crate::time::Time;
 use crate::wire::frame::{FrameDecoder, FrameKind, encode_frame};
-use crate::wire::kv_rpc::{KvReply, KvRequest, KvResponseFrame};
+use crate::wire::kv_rpc::{KvOp, KvReply, KvRequest, KvResponseFrame};
 
 /// How to run one node.
 #[derive(Clone)]
@@ -558,7 +558,11 @@ async fn core_loop(
         inbox.clone(),
         shape,
         peers.clone(),
-        clock,
+        RequestClock {
+            clock,
+            metrics: node_metrics.clone(),
+            core: local.core.0,
+        },
     ));
     // Requests other cores of this node forwarded here, and core 0's tables.
     let mail = glommio::spawn_local({
@@ -627,9 +631,13 @@ async fn core_loop(
                     if let LogDone::Persisted {
                         blocked,
                         checkpoints,
+                        durable,
                         ..
                     } = &done
                     {
+                        if let Some(took) = durable {
+                            metrics.wal_write.observe(*took);
+                        }
                         if !blocked.is_zero() {
                             metrics.loop_turns.observe(*blocked);
                         }
@@ -1152,12 +1160,36 @@ async fn send_snapshot(
 
 /// Accepts connections: peers' streams carry Raft batches and snapshot chunks, clients'
 /// streams requests.
+/// What a client request's task times itself with: the clock, and the core's request
+/// latency histograms (`CoreMetrics::requests`).
+#[derive(Clone)]
+struct RequestClock {
+    clock: MonotonicClock,
+    metrics: Arc<NodeMetrics>,
+    core: u16,
+}
+
+impl RequestClock {
+    fn kind(op: &KvOp) -> RequestKind {
+        match op {
+            KvOp::Get { .. } | KvOp::Scan { .. } => RequestKind::Read,
+            KvOp::Write { .. } => RequestKind::Write,
+            _ => RequestKind::Admin,
+        }
+    }
+
+    fn observe(&self, kind: RequestKind, since: Time) {
+        let took = self.clock.now().saturating_since(since);
+        self.metrics.core(self.core).requests[kind as usize].observe(took);
+    }
+}
+
 async fn accept_loop(
     endpoint: QuicEndpoint,
     inbox: Rc<Inbox>,
     shape: ClusterShape,
     peers: Peers,
-    clock: MonotonicClock,
+    timing: RequestClock,
 ) {
     let per_identity: Rc<RefCell<HashMap<u64, usize>>> = Rc::default();
     while let Some(conn) = endpoint.accept().await {
@@ -1201,9 +1233,10 @@ async fn accept_loop(
                 .detach();
             }
             Some(ALPN_CLIENT) => {
+                let timing = timing.clone();
                 glommio::spawn_local(async move {
                     let _release = release;
-                    serve_client(conn, inbox, clock).await
+                    serve_client(conn, inbox, timing).await
                 })
                 .detach();
             }
@@ -1232,7 +1265,7 @@ impl Drop for IdentitySlot {
 
 /// Serves a client connection's requests with the role its certificate carries (in the
 /// insecure mode, which authenticates nobody, everyone is an admin).
-async fn serve_client(conn: Connection, inbox: Rc<Inbox>, clock: MonotonicClock) {
+async fn serve_client(conn: Connection, inbox: Rc<Inbox>, timing: RequestClock) {
     let role = match tls::role_of(&conn.peer_certificates()) {
         Ok(role) => role.unwrap_or(Role::Admin),
         Err(e) => {
@@ -1250,7 +1283,7 @@ async fn serve_client(conn: Connection, inbox: Rc<Inbox>, clock: MonotonicClock)
             inbox.clone(),
             role,
             buffered.clone(),
-            clock,
+            timing.clone(),
         ))
         .detach();
     }
@@ -1290,8 +1323,9 @@ async fn serve_request(
     inbox: Rc<Inbox>,
     role: Role,
     buffered: Rc<Cell<usize>>,
-    clock: MonotonicClock,
+    timing: RequestClock,
 ) {
+    let clock = timing.clock;
     let mut budget = Buffered {
         total: buffered,
         mine: 0,
@@ -1335,12 +1369,8 @@ async fn serve_request(
         (None, Some(Ok(request))) => {
             drop(budget);
             let (tx, rx) = async_channel::bounded(REPLY_CHANNEL_CAPACITY);
-            // The clock is read for a traced request only.
-            let received = if request.trace {
-                clock.now()
-            } else {
-                Time::ZERO
-            };
+            let received = clock.now();
+            let kind = RequestClock::kind(&request.op);
             let reply = Reply {
                 tx,
                 received,
@@ -1349,6 +1379,7 @@ async fn serve_request(
             inbox.push(Work::Request(request, reply, role));
             match rx.recv().await {
                 Ok(mut reply) => {
+                    timing.observe(kind, received);
                     if let Some(t) = reply.timing.as_mut() {
                         // The rest of the server's time, up to the response's write.
                         t.total_us = micros_between(received, clock.now());
