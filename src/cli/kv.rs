@@ -432,11 +432,15 @@ async fn other(
                 match &status {
                     Some(s) => {
                         text.push_str("; * marks the leader, as its node last reported\nnodes:");
-                        for n in &s.nodes {
-                            let stale = if n.fresh { "" } else { " (no recent report)" };
-                            text.push_str(&format!(" n{} {}{stale},", n.id, n.state));
-                        }
-                        text.pop();
+                        let nodes: Vec<String> = s
+                            .nodes
+                            .iter()
+                            .map(|n| {
+                                let stale = if n.fresh { "" } else { " (no recent report)" };
+                                format!(" n{} {}{stale}", n.id, n.state)
+                            })
+                            .collect();
+                        text.push_str(&nodes.join(","));
                     }
                     None => {
                         text.push_str(" (no coordinator answered: leaders and node states unknown)")

@@ -56,6 +56,8 @@ pub enum CoreCounter {
     QuicDatagramsReceived,
     /// Sends that found the socket buffer full and were retried.
     QuicSendWouldBlock,
+    /// TLS handshakes the core's endpoint refused: the peer's certificate did not verify.
+    TlsHandshakesRefused,
     /// Replica move steps the migration executor decided from a leader's view (core 0).
     MoveSteps,
     /// Replica moves the migration executor ended, moved or abandoned (core 0).
@@ -83,7 +85,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 32] = [
+    pub const ALL: [CoreCounter; 33] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -104,6 +106,7 @@ impl CoreCounter {
         CoreCounter::QuicSendCalls,
         CoreCounter::QuicDatagramsReceived,
         CoreCounter::QuicSendWouldBlock,
+        CoreCounter::TlsHandshakesRefused,
         CoreCounter::MoveSteps,
         CoreCounter::MovesEnded,
         CoreCounter::MovesAbandoned,
@@ -141,6 +144,7 @@ impl CoreCounter {
                 | CoreCounter::QuicSendCalls
                 | CoreCounter::QuicDatagramsReceived
                 | CoreCounter::QuicSendWouldBlock
+                | CoreCounter::TlsHandshakesRefused
         )
     }
 
@@ -207,6 +211,10 @@ impl CoreCounter {
             CoreCounter::QuicSendWouldBlock => (
                 "quic_send_would_block_total",
                 "Sends that found the socket buffer full and were retried.",
+            ),
+            CoreCounter::TlsHandshakesRefused => (
+                "tls_handshakes_refused_total",
+                "TLS handshakes refused because the peer's certificate did not verify.",
             ),
             CoreCounter::MoveSteps => (
                 "replica_move_steps_total",
@@ -421,7 +429,7 @@ impl TimeHistogram {
 }
 
 /// The metrics of one core.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CoreMetrics {
     counters: [AtomicU64; CoreCounter::ALL.len()],
     gauges: [AtomicU64; CoreGauge::ALL.len()],
@@ -435,6 +443,20 @@ pub struct CoreMetrics {
     /// How long client requests waited for their answer on this core, from the whole
     /// request read to the answer ready, by `RequestKind`.
     pub requests: [TimeHistogram; RequestKind::ALL.len()],
+}
+
+impl Default for CoreMetrics {
+    fn default() -> CoreMetrics {
+        CoreMetrics {
+            // More counters than the arrays `Default` covers (32).
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            gauges: Default::default(),
+            loop_turns: TimeHistogram::default(),
+            loop_turn_cpu: TimeHistogram::default(),
+            wal_write: TimeHistogram::default(),
+            requests: Default::default(),
+        }
+    }
 }
 
 /// What a client request does, for the request latency histogram's `op` label.

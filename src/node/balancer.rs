@@ -961,16 +961,24 @@ impl Balancer {
             })
             .map(|(g, _)| g.0)
             .collect();
-        let mut leaders = vec![0u64; table.vshard_count() as usize];
+        // Two fresh reports may both claim a group around a leader transfer: the later
+        // report wins.
+        let mut claims: Vec<Option<(Time, NodeId)>> = vec![None; table.vshard_count() as usize];
         for (node, received) in &self.reports {
             if now.saturating_since(received.at) <= stale {
                 for sample in &received.report.vshards {
-                    if let Some(slot) = leaders.get_mut(sample.vshard.0 as usize) {
-                        *slot = node.0;
+                    if let Some(slot) = claims.get_mut(sample.vshard.0 as usize)
+                        && slot.is_none_or(|(at, _)| received.at > at)
+                    {
+                        *slot = Some((received.at, *node));
                     }
                 }
             }
         }
+        let leaders = claims
+            .iter()
+            .map(|c| c.map_or(0, |(_, node)| node.0))
+            .collect();
         let plan = self.rebalancer.last_plan();
         let (node_max_over_mean, core_max_over_mean, node_bound_max_over_mean) =
             self.imbalance_now(now, store);

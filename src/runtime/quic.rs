@@ -93,9 +93,16 @@ pub enum HandshakeRefusal {
 }
 
 impl HandshakeRefusal {
-    /// QUIC carries a TLS alert as error code 0x100 + the alert (RFC 9001, 4.8).
+    /// Whether a QUIC error code is a TLS alert about a certificate: QUIC carries an alert
+    /// as 0x100 + its code (RFC 9001, 4.8), and of the alerts only these say a certificate
+    /// was refused (RFC 8446, 6.2): bad_certificate (42), unsupported_certificate (43),
+    /// certificate_revoked (44), certificate_expired (45), certificate_unknown (46),
+    /// unknown_ca (48), access_denied (49), decrypt_error (51: a signature that does not
+    /// verify) and certificate_required (116). Other alerts (no common ALPN, protocol
+    /// version, internal error) are not about certificates, and are not called so.
     fn is_crypto(code: u64) -> bool {
-        (0x100..0x200).contains(&code)
+        code.checked_sub(0x100)
+            .is_some_and(|alert| matches!(alert, 42..=46 | 48 | 49 | 51 | 116))
     }
 
     pub fn of(e: &ConnectionError) -> Option<HandshakeRefusal> {
