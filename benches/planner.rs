@@ -8,7 +8,8 @@
 //!
 //! Absolute times on a shared VM vary by ±20 % (and by 2× within minutes on a bad day):
 //! `NODEDB_SWEEP_SPREAD=1 cargo bench --bench planner` prints the min, p25 and median of 40
-//! interleaved first sweeps of each 32 × 16 scenario instead (`sweep_spread`).
+//! interleaved first sweeps of each 32 × 16 scenario instead (`sweep_spread`);
+//! `NODEDB_SWEEP_ONLY=new-node` keeps one scenario (for a profile).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use std::time::Instant;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nodedb_cluster::balance::harness::{HarnessConfig, Scenario, SyntheticCluster};
 use nodedb_cluster::balance::model::LoadModel;
-use nodedb_cluster::balance::{PlanInput, Planner, PlannerConfig};
+use nodedb_cluster::balance::{MoveKind, PlanInput, Planner, PlannerConfig};
 use nodedb_cluster::time::Time;
 
 fn bench_first_sweep(
@@ -111,13 +112,17 @@ fn sweep(c: &mut Criterion) {
 /// what the code costs better than a mean over one scenario's minutes.
 fn sweep_spread() {
     const ROUNDS: usize = 40;
-    let scenarios = [
+    let only = std::env::var("NODEDB_SWEEP_ONLY").ok();
+    let scenarios: Vec<Scenario> = [
         Scenario::HotNode,
         Scenario::HotCore,
         Scenario::Zipf,
         Scenario::NewNode,
         Scenario::Drain,
-    ];
+    ]
+    .into_iter()
+    .filter(|s| only.as_deref().is_none_or(|o| o == s.name()))
+    .collect();
     let clusters: Vec<(SyntheticCluster, _)> = scenarios
         .iter()
         .map(|&s| {
@@ -130,6 +135,8 @@ fn sweep_spread() {
     let planner = Planner::new(PlannerConfig::default()).expect("default config is valid");
     let weights = PlannerConfig::default().weights;
     let mut times = vec![Vec::with_capacity(ROUNDS); scenarios.len() + 1];
+    // Moves and replica moves each sweep plans.
+    let mut planned = vec![(0, 0); scenarios.len() + 1];
     for _ in 0..ROUNDS {
         for (i, (cluster, metrics)) in clusters.iter().enumerate() {
             let input = PlanInput {
@@ -142,9 +149,18 @@ fn sweep_spread() {
             let started = Instant::now();
             let plan = planner.plan(Time::ZERO, black_box(&input));
             times[i].push(started.elapsed());
-            assert!(!plan.expect("valid input").moves.is_empty());
+            let plan = plan.expect("valid input");
+            assert!(!plan.moves.is_empty());
+            let copies = plan
+                .moves
+                .iter()
+                .filter(|m| m.kind == MoveKind::ReplicaMove);
+            planned[i] = (plan.moves.len(), copies.count());
         }
-        let (zipf, _) = &clusters[2];
+        let (zipf, _) = scenarios
+            .iter()
+            .position(|&s| s == Scenario::Zipf)
+            .map_or(&clusters[0], |i| &clusters[i]);
         let started = Instant::now();
         black_box(LoadModel::build(
             &zipf.topology,
@@ -156,14 +172,19 @@ fn sweep_spread() {
         times[scenarios.len()].push(started.elapsed());
     }
     let names = scenarios.iter().map(|s| s.name()).chain(["model build"]);
-    for (name, mut t) in names.zip(times) {
+    for ((name, mut t), (moves, copies)) in names.zip(times).zip(planned) {
         t.sort_unstable();
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{name:12} min {:6.2} ms   p25 {:6.2} ms   median {:6.2} ms",
+            "{name:12} min {:6.2} ms   p25 {:6.2} ms   median {:6.2} ms{}",
             ms(t[0]),
             ms(t[ROUNDS / 4]),
-            ms(t[ROUNDS / 2])
+            ms(t[ROUNDS / 2]),
+            if moves > 0 {
+                format!("   ({moves} moves, {copies} of them replica moves)")
+            } else {
+                String::new()
+            }
         );
     }
 }

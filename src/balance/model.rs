@@ -82,6 +82,91 @@ impl LeaderKey {
     }
 }
 
+/// The heaviest few replicas of a core by one measure (units, or traffic), lightest
+/// first: found in the model build's pass over every replica, so that a sweep's first
+/// look at a core's heaviest after its heaviest moved need not walk the core's replicas
+/// (`Sweep::refresh_heaviest`). Most replicas fail the one comparison against the lightest
+/// kept and never touch the list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TopReplicas {
+    values: [f64; TopReplicas::KEPT],
+    vshards: [u32; TopReplicas::KEPT],
+    len: u8,
+}
+
+impl TopReplicas {
+    pub const KEPT: usize = 4;
+
+    /// The value a replica must exceed to be kept: the lightest kept once full.
+    #[inline]
+    fn floor(&self) -> f64 {
+        if usize::from(self.len) == Self::KEPT {
+            self.values[0]
+        } else {
+            f64::NEG_INFINITY
+        }
+    }
+
+    fn offer(&mut self, value: f64, vshard: VShardId) {
+        let mut at = usize::from(self.len);
+        if at == Self::KEPT {
+            if value <= self.values[0] {
+                return;
+            }
+            self.values.copy_within(1.., 0);
+            self.vshards.copy_within(1.., 0);
+            at -= 1;
+        } else {
+            self.len += 1;
+        }
+        while at > 0 && self.values[at - 1] >= value {
+            self.values[at] = self.values[at - 1];
+            self.vshards[at] = self.vshards[at - 1];
+            at -= 1;
+        }
+        self.values[at] = value;
+        self.vshards[at] = vshard.0;
+    }
+
+    /// The kept replicas, lightest first.
+    pub fn iter(&self) -> impl Iterator<Item = (f64, VShardId)> + '_ {
+        let len = usize::from(self.len);
+        self.values[..len]
+            .iter()
+            .zip(&self.vshards[..len])
+            .map(|(&value, &v)| (value, VShardId(v)))
+    }
+
+    /// The heaviest kept value (0 with none kept).
+    pub fn heaviest(&self) -> f64 {
+        self.iter().last().map_or(0.0, |(value, _)| value)
+    }
+}
+
+/// One core's raw load in the model build's first pass: what `LoadTotals::add_replica`
+/// sums, with the counts kept as integers (the build's hottest loop touches one of these
+/// per replica).
+#[derive(Clone, Copy, Debug, Default)]
+struct CoreSums {
+    bytes: f64,
+    writes: f64,
+    reads: f64,
+    replicas: u32,
+    leaders: u32,
+}
+
+impl CoreSums {
+    fn totals(&self) -> LoadTotals {
+        LoadTotals {
+            replica_bytes: self.bytes,
+            replica_writes: self.writes,
+            reads: self.reads,
+            leaders: f64::from(self.leaders),
+            replicas: f64::from(self.replicas),
+        }
+    }
+}
+
 /// Scores and contributions for one sweep.
 #[derive(Clone, Debug)]
 pub struct LoadModel<'a> {
@@ -94,6 +179,10 @@ pub struct LoadModel<'a> {
     pub core_heaviest: Vec<f64>,
     /// Traffic of the heaviest replica on each core, in `core_traffic` units.
     pub core_heaviest_traffic: Vec<f64>,
+    /// Leadership units (`LeaderKey::units`) of the heaviest leader on each core.
+    pub core_heaviest_leader: Vec<f64>,
+    /// The heaviest replicas of each core by units and by traffic (`core_traffic` units).
+    pub core_top: Vec<[TopReplicas; 2]>,
     /// Traffic (`core_traffic` units) over bytes, of all followers and of all leaders.
     pub mean_traffic_per_byte: [f64; 2],
     /// The replicas every core hosts, core after core (in vShard order within a core):
@@ -179,6 +268,8 @@ impl<'a> LoadModel<'a> {
             node_traffic_means: vec![0.0; nodes.len()],
             core_heaviest: vec![0.0; core_base],
             core_heaviest_traffic: vec![0.0; core_base],
+            core_heaviest_leader: vec![0.0; core_base],
+            core_top: Vec::new(),
             mean_traffic_per_byte: [0.0; 2],
             loads,
             core_bytes: vec![0.0; core_base],
@@ -200,43 +291,57 @@ impl<'a> LoadModel<'a> {
         // (the leader's flagged) is kept for the pass that fills the per-core lists.
         let mut replica_cores: Vec<u32> = Vec::with_capacity(vshard_count * 3);
         let mut replica_start: Vec<u32> = Vec::with_capacity(vshard_count + 1);
-        let mut core_sums = vec![LoadTotals::default(); core_base];
-        let mut per_core = vec![0u32; core_base];
-        let mut leaders_per_core = vec![0u32; core_base];
+        let mut acc = vec![CoreSums::default(); core_base];
         // Followers, then leaders.
         let mut role_sums = [LoadTotals::default(); 2];
-        for (vshard, entry) in placement.iter() {
-            let v = vshard.0 as usize;
-            if entry.moving.is_some() {
-                model.moving.push(vshard);
+        for (v, sites) in placement.packed().iter().enumerate() {
+            if sites.moving() {
+                model.moving.push(VShardId(v as u32));
             }
             let start = replica_cores.len();
             replica_start.push(start as u32);
-            for (i, r) in entry.replicas.iter().enumerate() {
-                match model.core_index(r.at) {
-                    Some(c) => {
-                        replica_cores.push(c as u32 | if i == entry.leader { LEADER } else { 0 })
-                    }
-                    None => {
-                        frozen[v] = true;
-                        break;
-                    }
+            let placed = match sites.sites() {
+                Some(sites) => model.push_cores(sites, &mut replica_cores),
+                None => {
+                    let entry = placement
+                        .get(VShardId(v as u32))
+                        .expect("a vShard of the table");
+                    let sites = entry.replicas.iter().enumerate();
+                    let sites = sites.map(|(i, r)| (r.at, i == entry.leader));
+                    model.push_cores(sites, &mut replica_cores)
                 }
-            }
-            if frozen[v] {
+            };
+            if !placed {
+                frozen[v] = true;
                 replica_cores.truncate(start);
                 continue;
             }
+            // The load's figures once per vShard, added to each replica's core.
             let load = &loads[v];
+            let (bytes, writes, reads) =
+                (load.bytes as f64, load.writes_per_sec, load.reads_per_sec);
+            let mut led = false;
             for &c in &replica_cores[start..] {
-                let (core, leader) = ((c & !LEADER) as usize, c & LEADER != 0);
-                per_core[core] += 1;
-                leaders_per_core[core] += u32::from(leader);
-                core_sums[core].add_replica(load, leader);
-                role_sums[usize::from(leader)].add_replica(load, leader);
+                let sums = &mut acc[(c & !LEADER) as usize];
+                sums.bytes += bytes;
+                sums.writes += writes;
+                sums.replicas += 1;
+                if c & LEADER != 0 {
+                    sums.reads += reads;
+                    sums.leaders += 1;
+                    led = true;
+                }
+            }
+            let followers = (replica_cores.len() - start - usize::from(led)) as f64;
+            role_sums[0].add_replicas(load, followers);
+            if led {
+                role_sums[1].add_replica(load, true);
             }
         }
         replica_start.push(replica_cores.len() as u32);
+        let core_sums: Vec<LoadTotals> = acc.iter().map(CoreSums::totals).collect();
+        let per_core: Vec<u32> = acc.iter().map(|a| a.replicas).collect();
+        let leaders_per_core: Vec<u32> = acc.iter().map(|a| a.leaders).collect();
         let totals = role_sums[0].plus(&role_sums[1]);
         let capacity: u32 = model
             .nodes
@@ -270,8 +375,9 @@ impl<'a> LoadModel<'a> {
             model.core_replicas =
                 vec![CoreReplica(0); model.core_replica_start[core_base] as usize];
             model.core_leaders = vec![LeaderKey(0); model.core_leader_start[core_base] as usize];
-            model.core_heaviest = vec![0.0; core_base];
-            model.core_heaviest_traffic = vec![0.0; core_base];
+            model.core_top = vec![Default::default(); core_base];
+            // What a replica must exceed to join its core's kept units and traffic.
+            let mut top_floor = vec![[f64::NEG_INFINITY; 2]; core_base];
             for v in 0..vshard_count {
                 if frozen[v] {
                     continue;
@@ -285,16 +391,22 @@ impl<'a> LoadModel<'a> {
                 for &c in cores {
                     let (core, leader) = ((c & !LEADER) as usize, c & LEADER != 0);
                     let units = follower + if leader { leadership } else { 0.0 };
-                    let heaviest = &mut model.core_heaviest[core];
-                    *heaviest = heaviest.max(units);
-                    let heaviest = &mut model.core_heaviest_traffic[core];
-                    *heaviest = heaviest.max((units - bytes_units).max(0.0));
+                    let traffic = (units - bytes_units).max(0.0);
+                    for (measure, value) in [units, traffic].into_iter().enumerate() {
+                        if value > top_floor[core][measure] {
+                            let top = &mut model.core_top[core][measure];
+                            top.offer(value, VShardId(v as u32));
+                            top_floor[core][measure] = top.floor();
+                        }
+                    }
                     model.core_replicas[next[core] as usize] =
                         CoreReplica::new(VShardId(v as u32), leader);
                     next[core] += 1;
                     if leader {
-                        model.core_leaders[next_leader[core] as usize] =
-                            LeaderKey::new(leadership, VShardId(v as u32));
+                        let key = LeaderKey::new(leadership, VShardId(v as u32));
+                        let heaviest = &mut model.core_heaviest_leader[core];
+                        *heaviest = heaviest.max(key.units());
+                        model.core_leaders[next_leader[core] as usize] = key;
                         next_leader[core] += 1;
                     }
                 }
@@ -305,10 +417,14 @@ impl<'a> LoadModel<'a> {
             }
             model.byte_share = model.core_bytes.iter().sum::<f64>() / f64::from(capacity);
             let traffic_scale = model.traffic_scale;
-            model
-                .core_heaviest_traffic
-                .iter_mut()
-                .for_each(|t| *t *= traffic_scale);
+            for [_, traffic] in &mut model.core_top {
+                let len = usize::from(traffic.len);
+                traffic.values[..len]
+                    .iter_mut()
+                    .for_each(|t| *t *= traffic_scale);
+            }
+            model.core_heaviest = model.core_top.iter().map(|t| t[0].heaviest()).collect();
+            model.core_heaviest_traffic = model.core_top.iter().map(|t| t[1].heaviest()).collect();
             model.mean_traffic_per_byte = role_sums.map(|sums| {
                 if sums.replica_bytes > 0.0 {
                     scale.traffic_of(&sums) * traffic_scale / sums.replica_bytes
@@ -324,6 +440,23 @@ impl<'a> LoadModel<'a> {
         model.replica_cores = replica_cores;
         model.replica_start = replica_start;
         model
+    }
+
+    /// Appends the core index of each of a vShard's replicas (the leader's flagged) to
+    /// `cores`; false, having stopped, at a replica outside the topology.
+    #[inline]
+    fn push_cores(
+        &self,
+        sites: impl Iterator<Item = (CoreAddress, bool)>,
+        cores: &mut Vec<u32>,
+    ) -> bool {
+        for (at, leader) in sites {
+            match self.core_index(at) {
+                Some(c) => cores.push(c as u32 | if leader { LEADER } else { 0 }),
+                None => return false,
+            }
+        }
+        true
     }
 
     /// The replicas core `c` hosts (none when the model has no scale), in vShard order.
@@ -543,5 +676,30 @@ impl<'a> LoadModel<'a> {
 
     fn node_sum(&self, n: usize) -> f64 {
         self.cores_of(n).iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_replicas_keep_the_heaviest_four_lightest_first() {
+        let mut top = TopReplicas::default();
+        assert_eq!(top.floor(), f64::NEG_INFINITY);
+        assert_eq!(top.heaviest(), 0.0);
+        for (v, value) in [3.0, 1.0, 4.0, 1.5, 9.0, 2.0, 6.0, 0.5]
+            .into_iter()
+            .enumerate()
+        {
+            top.offer(value, VShardId(v as u32));
+        }
+        let kept: Vec<(f64, u32)> = top.iter().map(|(x, v)| (x, v.0)).collect();
+        assert_eq!(kept, vec![(3.0, 0), (4.0, 2), (6.0, 6), (9.0, 4)]);
+        assert_eq!(top.floor(), 3.0);
+        assert_eq!(top.heaviest(), 9.0);
+        // A tie with the lightest kept is not kept (as `Heaviest::offer` does).
+        top.offer(3.0, VShardId(99));
+        assert!(top.iter().all(|(_, v)| v.0 != 99));
     }
 }

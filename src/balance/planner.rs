@@ -698,8 +698,8 @@ impl DensityOrder {
     }
 }
 
-/// The heaviest unmoved replicas of a core, kept by `Sweep::refresh_heaviest`: the
-/// values of unmoved replicas never change within a sweep and only leave, so as long as one
+/// The heaviest unmoved replicas of a core, first those the model build kept
+/// (`TopReplicas`), then those `Sweep::refresh_heaviest`'s walk keeps: the values of unmoved replicas never change within a sweep and only leave, so as long as one
 /// kept replica has not moved, the heaviest kept one is the heaviest of all.
 #[derive(Debug, Default)]
 struct HeaviestKept {
@@ -779,13 +779,15 @@ struct Sweep<'a> {
     /// An idle cluster: the scores count replicas and leaderships (`ScoreScale`).
     counts_only: bool,
     /// Per core (model index), once indexed: the leaders it holds that have not moved in
-    /// this sweep, by leadership units (`Sweep::index_leaders`).
-    leaders_by_units: Vec<Option<Vec<LeaderKey>>>,
+    /// this sweep, by leadership units (`Sweep::leaders_by_units`).
+    leaders_by_units: Vec<std::cell::OnceCell<Vec<LeaderKey>>>,
     /// Per core (model index), once refreshed: its heaviest unmoved replicas.
     heaviest_kept: Vec<Option<HeaviestKept>>,
     /// Per core (model index), once scanned for a replica move: the replicas it held at the
     /// sweep's start, densest first (`Sweep::densest`).
     replicas_by_density: Vec<std::cell::RefCell<Option<DensityOrder>>>,
+    /// Eligible nodes by score, as last sorted (`Sweep::eligible_coldest_first`).
+    coldest_first: std::cell::RefCell<Vec<usize>>,
     /// Per node (model index), once looked at: `Sweep::hosted_on`.
     hosted_on: Vec<std::cell::OnceCell<Vec<bool>>>,
 }
@@ -817,10 +819,20 @@ impl<'a> Sweep<'a> {
         Sweep {
             mean_traffic_per_byte: model.mean_traffic_per_byte,
             counts_only: model.scale.is_some_and(|s| s.counts_only()),
-            leaders_by_units: vec![None; cores],
+            leaders_by_units: vec![std::cell::OnceCell::new(); cores],
             replicas_by_density: (0..cores).map(|_| Default::default()).collect(),
-            heaviest_kept: (0..cores).map(|_| None).collect(),
+            heaviest_kept: model
+                .core_top
+                .iter()
+                .map(|[units, traffic]| {
+                    Some(HeaviestKept {
+                        units: Heaviest(units.iter().collect()),
+                        traffic: Heaviest(traffic.iter().collect()),
+                    })
+                })
+                .collect(),
             hosted_on: vec![std::cell::OnceCell::new(); nodes],
+            coldest_first: Default::default(),
             config: &planner.config,
             run_active: planner.run_active,
             run_started: planner.run_started,
@@ -955,17 +967,18 @@ impl<'a> Sweep<'a> {
         CoreAddress::new(self.model.nodes[n].id, CoreId(best as u16))
     }
 
-    /// Eligible nodes ordered coldest first (ties by id).
+    /// Eligible nodes ordered coldest first (ties by id). The order is kept between calls
+    /// and sorted again: a move changes two nodes' scores, so the kept order is nearly
+    /// sorted and the (adaptive, stable) sort costs about one comparison a node. The key
+    /// is a total order, so the result is that of a sort from scratch.
     fn eligible_coldest_first(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.model.nodes.len())
-            .filter(|&n| self.model.nodes[n].eligible)
-            .collect();
-        order.sort_unstable_by(|&a, &b| {
-            self.model.node_scores[a]
-                .total_cmp(&self.model.node_scores[b])
-                .then(a.cmp(&b))
-        });
-        order
+        let mut order = self.coldest_first.borrow_mut();
+        if order.is_empty() {
+            order.extend((0..self.model.nodes.len()).filter(|&n| self.model.nodes[n].eligible));
+        }
+        let scores = &self.model.node_scores;
+        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+        order.clone()
     }
 
     fn apply(&mut self, c: Candidate, reason: MoveReason) {
@@ -988,7 +1001,7 @@ impl<'a> Sweep<'a> {
         // A moved vShard is skipped by every later scan: its leader key (on the source
         // core, when the move takes a leader) leaves the index so that scans do not walk
         // past it again and again.
-        if let Some(leaders) = &mut self.leaders_by_units[source_core]
+        if let Some(leaders) = self.leaders_by_units[source_core].get_mut()
             && let Ok(i) = leaders.binary_search(&LeaderKey::new(leader_units, c.vshard))
         {
             leaders.remove(i);
@@ -1139,7 +1152,6 @@ impl<'a> Sweep<'a> {
                 // Only leader transfers may leave it this sweep.
                 self.budget_blocked.set(true);
             }
-            self.index_leaders(h);
             // A leadership may land on a busy core only when nothing else relieves the node
             // (see `best_move_from`).
             let best = self.best_move_from(h, &order, false).or_else(|| {
@@ -1256,20 +1268,28 @@ impl<'a> Sweep<'a> {
         best.map(|(_, there, back)| (there, back))
     }
 
-    /// The leaders each core of node `h` holds that have not moved in this sweep, by
-    /// leadership units (ascending, ties by vShard): built on the first look at the node.
-    /// A vShard moved later leaves its core's index (`apply`); one that gained leadership
-    /// here in this sweep has moved, which every scan skips, so it need not join.
-    fn index_leaders(&mut self, h: usize) {
-        let node = &self.model.nodes[h];
-        for c in node.core_base..node.core_base + usize::from(node.cores) {
-            if self.leaders_by_units[c].is_none() {
-                let all = self.model.leaders_on(c);
-                let mut leaders = Vec::with_capacity(all.len());
-                leaders.extend(all.iter().filter(|k| !self.moved[k.vshard().0 as usize]));
-                leaders.sort_unstable();
-                self.leaders_by_units[c] = Some(leaders);
-            }
+    /// The leaders core `c` holds that have not moved in this sweep, by leadership units
+    /// (ascending, ties by vShard): sorted on the first scan of the core, which most cores
+    /// of a node never get (`best_move_from` skips a core whose heaviest leader cannot beat
+    /// what a hotter core found). A vShard moved later leaves the index (`apply`); one that
+    /// gained leadership here in this sweep has moved, which every scan skips, so it need
+    /// not join.
+    fn leaders_by_units(&self, c: usize) -> &[LeaderKey] {
+        self.leaders_by_units[c].get_or_init(|| {
+            let all = self.model.leaders_on(c);
+            let mut leaders = Vec::with_capacity(all.len());
+            leaders.extend(all.iter().filter(|k| !self.moved[k.vshard().0 as usize]));
+            leaders.sort_unstable();
+            leaders
+        })
+    }
+
+    /// At least the leadership units of core `c`'s heaviest unmoved leader: exact once its
+    /// index is sorted, else the heaviest it held at the sweep's start.
+    fn heaviest_leader_bound(&self, c: usize) -> f64 {
+        match self.leaders_by_units[c].get() {
+            Some(leaders) => leaders.last().map_or(0.0, |k| k.units()),
+            None => self.model.core_heaviest_leader[c],
         }
     }
 
@@ -1376,9 +1396,6 @@ impl<'a> Sweep<'a> {
             let source = CoreAddress::new(h_id, CoreId(core as u16));
             let slot = &mut best_transfer_per_core[rank];
             let c = node.core_base + core;
-            let Some(leaders) = &self.leaders_by_units[c] else {
-                continue;
-            };
             // Two passes, each bounded by the coldest node its leaders could go to: those
             // without a replica on the coldest node (bounded by the next coldest), then
             // those with one.
@@ -1390,11 +1407,11 @@ impl<'a> Sweep<'a> {
                     .max(0.0);
                 // The most any leader of this core could gain here: at the units that even
                 // the two nodes, or at its heaviest leader's if all are lighter.
-                let heaviest_leader = leaders.last().map_or(0.0, |k| k.units());
-                let most_here = gain(b, even.min(heaviest_leader));
+                let most_here = gain(b, even.min(self.heaviest_leader_bound(c)));
                 if most_here <= floor || !beats(slot, most_here, most_here) {
                     continue;
                 }
+                let leaders = self.leaders_by_units(c);
                 let start = leaders.partition_point(|k| k.units() < even);
                 let (below, above) = leaders.split_at(start);
                 for side in [

@@ -80,6 +80,68 @@ impl VShardPlacement {
     }
 }
 
+/// How many replicas `PackedSites` holds: a replication factor of 3 during a move.
+const PACKED_SLOTS: usize = 4;
+
+/// The cores of one vShard's replicas, packed for the sweeps that read every vShard (the
+/// planner's model build): `node << 16 | core` per replica, the leader's index, and whether
+/// a move is under way, in 20 bytes and one array with the other vShards'. Reading the
+/// entries instead means following each one's heap list of 24-byte replicas: at 65 536
+/// vShards that walk streamed ~12 MB and was half of a sweep's model build (ARCHITECTURE,
+/// *The planner*, Speed). A vShard with more replicas than the slots, or a node id or core
+/// beyond 16 bits, is marked `overflow`; its entry says where its replicas are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackedSites {
+    slots: [u32; PACKED_SLOTS],
+    len: u8,
+    /// Index of the leader hint (`u8::MAX` when the entry's is out of range).
+    leader: u8,
+    moving: bool,
+    overflow: bool,
+}
+
+impl PackedSites {
+    fn of(entry: &VShardPlacement) -> PackedSites {
+        let mut packed = PackedSites {
+            leader: u8::try_from(entry.leader)
+                .ok()
+                .filter(|&l| usize::from(l) < entry.replicas.len())
+                .unwrap_or(u8::MAX),
+            moving: entry.moving.is_some(),
+            overflow: entry.replicas.len() > PACKED_SLOTS,
+            ..PackedSites::default()
+        };
+        for (slot, r) in packed.slots.iter_mut().zip(&entry.replicas) {
+            match (u16::try_from(r.at.node.0), r.at.core.0) {
+                (Ok(node), core) => *slot = u32::from(node) << 16 | u32::from(core),
+                (Err(_), _) => packed.overflow = true,
+            }
+        }
+        packed.len = entry.replicas.len().min(PACKED_SLOTS) as u8;
+        packed
+    }
+
+    /// A move of one of the replicas is under way.
+    pub fn moving(&self) -> bool {
+        self.moving
+    }
+
+    /// The replicas' cores in table order, each with whether it is the leader hint; `None`
+    /// when they do not fit (`overflow`): read the entry.
+    #[inline]
+    pub fn sites(&self) -> Option<impl Iterator<Item = (CoreAddress, bool)> + '_> {
+        (!self.overflow).then(|| {
+            self.slots[..usize::from(self.len)]
+                .iter()
+                .enumerate()
+                .map(|(i, &slot)| {
+                    let at = CoreAddress::new(NodeId(u64::from(slot >> 16)), CoreId(slot as u16));
+                    (at, i == usize::from(self.leader))
+                })
+        })
+    }
+}
+
 /// A rejected placement change or an invalid placement request.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlacementError {
@@ -158,6 +220,8 @@ pub enum PlacementError {
 pub struct PlacementTable {
     epoch: Epoch,
     vshards: Vec<VShardPlacement>,
+    /// `PackedSites` of each vShard, kept with every change (`PlacementTable::bump`).
+    packed: Vec<PackedSites>,
     /// The id the next replica a move adds gets.
     next_replica: u64,
 }
@@ -225,6 +289,7 @@ impl PlacementTable {
         }
         Ok(PlacementTable {
             epoch: Epoch(0),
+            packed: vshards.iter().map(PackedSites::of).collect(),
             vshards,
             next_replica: ReplicaId::MOVED_FROM,
         })
@@ -244,6 +309,7 @@ impl PlacementTable {
         }
         let table = PlacementTable {
             epoch,
+            packed: vshards.iter().map(PackedSites::of).collect(),
             vshards,
             next_replica: next_replica.max(ReplicaId::MOVED_FROM),
         };
@@ -289,6 +355,11 @@ impl PlacementTable {
     /// The placement of data group `group` (`None` for the metadata group and unknown ids).
     pub fn group(&self, group: GroupId) -> Option<&VShardPlacement> {
         self.get(group.vshard()?)
+    }
+
+    /// Every vShard's `PackedSites`, indexed by vShard.
+    pub fn packed(&self) -> &[PackedSites] {
+        &self.packed
     }
 
     /// All vShards in id order.
@@ -519,6 +590,7 @@ impl PlacementTable {
         self.epoch = self.epoch.next();
         let entry = &mut self.vshards[vshard.0 as usize];
         entry.epoch = entry.epoch.next();
+        self.packed[vshard.0 as usize] = PackedSites::of(entry);
         self.epoch
     }
 }
@@ -594,6 +666,68 @@ mod tests {
                 "leaders {leaders:?}"
             );
         }
+    }
+
+    /// The packed sites of every vShard say what its entry says.
+    fn assert_packed_matches(table: &PlacementTable) {
+        assert_eq!(table.packed().len(), table.vshard_count() as usize);
+        for ((v, entry), packed) in table.iter().zip(table.packed()) {
+            assert_eq!(packed.moving(), entry.moving.is_some(), "{v}");
+            let expected: Vec<(CoreAddress, bool)> = entry
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.at, i == entry.leader))
+                .collect();
+            match packed.sites() {
+                Some(sites) => assert_eq!(sites.collect::<Vec<_>>(), expected, "{v}"),
+                None => assert!(entry.replicas.len() > PACKED_SLOTS, "{v} overflowed"),
+            }
+        }
+    }
+
+    #[test]
+    fn packed_sites_follow_every_change_and_overflow_past_four_replicas() {
+        let t = topology(6, 2);
+        let mut table = PlacementTable::initial(&t, 64, 3).unwrap();
+        assert_packed_matches(&table);
+        let g = GroupId::of_vshard(VShardId(5));
+        let entry = table.group(g).unwrap().clone();
+        let to_node = (0..6)
+            .map(NodeId)
+            .find(|n| entry.replica_on(*n).is_none())
+            .unwrap();
+        let new = table
+            .start_move(
+                g,
+                entry.replicas[0].id,
+                CoreAddress::new(to_node, CoreId(1)),
+                &t,
+            )
+            .unwrap();
+        assert_packed_matches(&table);
+        let follower = table.group(g).unwrap().replicas[1].at;
+        table.transfer_leader(VShardId(5), follower).unwrap();
+        assert_packed_matches(&table);
+        table.end_move(g, new, true).unwrap();
+        assert_packed_matches(&table);
+        // Five replicas during a move of a group of four: its entry is the only truth.
+        let mut table = PlacementTable::initial(&t, 8, 4).unwrap();
+        let entry = table.group(g).unwrap().clone();
+        let to_node = (0..6)
+            .map(NodeId)
+            .find(|n| entry.replica_on(*n).is_none())
+            .unwrap();
+        table
+            .start_move(
+                g,
+                entry.replicas[1].id,
+                CoreAddress::new(to_node, CoreId(0)),
+                &t,
+            )
+            .unwrap();
+        assert!(table.packed()[5].sites().is_none());
+        assert_packed_matches(&table);
     }
 
     #[test]
