@@ -9,7 +9,8 @@
 //! Absolute times on a shared VM vary by ±20 % (and by 2× within minutes on a bad day):
 //! `NODEDB_SWEEP_SPREAD=1 cargo bench --bench planner` prints the min, p25 and median of 40
 //! interleaved first sweeps of each 32 × 16 scenario instead (`sweep_spread`);
-//! `NODEDB_SWEEP_ONLY=new-node` keeps one scenario (for a profile).
+//! `NODEDB_SWEEP_ONLY=new-node` keeps one scenario and `NODEDB_SWEEP_ROUNDS=N` sets the
+//! rounds (for a profile: `valgrind --tool=callgrind` counts instructions repeatably).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -111,7 +112,11 @@ fn sweep(c: &mut Criterion) {
 /// shared VM whose speed drifts by 2× within minutes, the fastest of interleaved runs says
 /// what the code costs better than a mean over one scenario's minutes.
 fn sweep_spread() {
-    const ROUNDS: usize = 40;
+    let rounds: usize = std::env::var("NODEDB_SWEEP_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(40);
     let only = std::env::var("NODEDB_SWEEP_ONLY").ok();
     let scenarios: Vec<Scenario> = [
         Scenario::HotNode,
@@ -134,10 +139,10 @@ fn sweep_spread() {
         .collect();
     let planner = Planner::new(PlannerConfig::default()).expect("default config is valid");
     let weights = PlannerConfig::default().weights;
-    let mut times = vec![Vec::with_capacity(ROUNDS); scenarios.len() + 1];
+    let mut times = vec![Vec::with_capacity(rounds); scenarios.len() + 1];
     // Moves and replica moves each sweep plans.
     let mut planned = vec![(0, 0); scenarios.len() + 1];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (i, (cluster, metrics)) in clusters.iter().enumerate() {
             let input = PlanInput {
                 topology: &cluster.topology,
@@ -178,8 +183,8 @@ fn sweep_spread() {
         println!(
             "{name:12} min {:6.2} ms   p25 {:6.2} ms   median {:6.2} ms{}",
             ms(t[0]),
-            ms(t[ROUNDS / 4]),
-            ms(t[ROUNDS / 2]),
+            ms(t[rounds / 4]),
+            ms(t[rounds / 2]),
             if moves > 0 {
                 format!("   ({moves} moves, {copies} of them replica moves)")
             } else {

@@ -167,6 +167,16 @@ impl CoreSums {
     }
 }
 
+/// One core's state in the model build's second pass (the counting sort's cursors, what
+/// a replica must exceed to join the kept units and traffic, the heaviest leadership).
+#[derive(Clone, Copy, Debug)]
+struct CoreFill {
+    next: u32,
+    next_leader: u32,
+    floor: [f64; 2],
+    heaviest_leader: f64,
+}
+
 /// Scores and contributions for one sweep.
 #[derive(Clone, Debug)]
 pub struct LoadModel<'a> {
@@ -291,6 +301,20 @@ impl<'a> LoadModel<'a> {
         // (the leader's flagged) is kept for the pass that fills the per-core lists.
         let mut replica_cores: Vec<u32> = Vec::with_capacity(vshard_count * 3);
         let mut replica_start: Vec<u32> = Vec::with_capacity(vshard_count + 1);
+        // The first core index and the core count of each node, by node id (ids are
+        // dense in practice and packed sites hold 16 bits of them): a packed site's core
+        // index in two loads. Ids outside the topology have no cores.
+        let table_ids = model
+            .nodes
+            .iter()
+            .map(|n| n.id.0)
+            .filter(|&id| id <= u64::from(u16::MAX))
+            .max()
+            .map_or(0, |id| id as usize + 1);
+        let mut bases = vec![(0u32, 0u32); table_ids];
+        for node in model.nodes.iter().filter(|n| n.id.0 < table_ids as u64) {
+            bases[node.id.0 as usize] = (node.core_base as u32, u32::from(node.cores));
+        }
         let mut acc = vec![CoreSums::default(); core_base];
         // Followers, then leaders.
         let mut role_sums = [LoadTotals::default(); 2];
@@ -300,8 +324,22 @@ impl<'a> LoadModel<'a> {
             }
             let start = replica_cores.len();
             replica_start.push(start as u32);
-            let placed = match sites.sites() {
-                Some(sites) => model.push_cores(sites, &mut replica_cores),
+            let placed = match sites.slots() {
+                Some((slots, leader)) => {
+                    let mut placed = true;
+                    for (i, &slot) in slots.iter().enumerate() {
+                        let (node, core) = ((slot >> 16) as usize, slot & 0xffff);
+                        match bases.get(node) {
+                            Some(&(base, cores)) if core < cores => replica_cores
+                                .push((base + core) | if i == leader { LEADER } else { 0 }),
+                            _ => {
+                                placed = false;
+                                break;
+                            }
+                        }
+                    }
+                    placed
+                }
                 None => {
                     let entry = placement
                         .get(VShardId(v as u32))
@@ -370,47 +408,53 @@ impl<'a> LoadModel<'a> {
                 into[counts.len()] = start;
                 into[..counts.len()].to_vec()
             };
-            let mut next = starts(&per_core, &mut model.core_replica_start);
-            let mut next_leader = starts(&leaders_per_core, &mut model.core_leader_start);
+            let next = starts(&per_core, &mut model.core_replica_start);
+            let next_leader = starts(&leaders_per_core, &mut model.core_leader_start);
             model.core_replicas =
                 vec![CoreReplica(0); model.core_replica_start[core_base] as usize];
             model.core_leaders = vec![LeaderKey(0); model.core_leader_start[core_base] as usize];
             model.core_top = vec![Default::default(); core_base];
-            // What a replica must exceed to join its core's kept units and traffic.
-            let mut top_floor = vec![[f64::NEG_INFINITY; 2]; core_base];
-            for v in 0..vshard_count {
-                if frozen[v] {
-                    continue;
-                }
-                let load = &loads[v];
+            // Everything the pass keeps per core side by side: one bounds check a replica.
+            let mut fill: Vec<CoreFill> = next
+                .iter()
+                .zip(&next_leader)
+                .map(|(&next, &next_leader)| CoreFill {
+                    next,
+                    next_leader,
+                    floor: [f64::NEG_INFINITY; 2],
+                    heaviest_leader: 0.0,
+                })
+                .collect();
+            // A frozen vShard's run is empty.
+            for (v, (run, load)) in replica_start.windows(2).zip(loads).enumerate() {
+                let cores = &replica_cores[run[0] as usize..run[1] as usize];
                 let (follower, leadership) =
                     (scale.follower_units(load), scale.leadership_units(load));
                 let bytes_units = scale.bytes_units(load.bytes);
-                let cores =
-                    &replica_cores[replica_start[v] as usize..replica_start[v + 1] as usize];
+                let vshard = VShardId(v as u32);
                 for &c in cores {
                     let (core, leader) = ((c & !LEADER) as usize, c & LEADER != 0);
+                    let f = &mut fill[core];
                     let units = follower + if leader { leadership } else { 0.0 };
                     let traffic = (units - bytes_units).max(0.0);
                     for (measure, value) in [units, traffic].into_iter().enumerate() {
-                        if value > top_floor[core][measure] {
+                        if value > f.floor[measure] {
                             let top = &mut model.core_top[core][measure];
-                            top.offer(value, VShardId(v as u32));
-                            top_floor[core][measure] = top.floor();
+                            top.offer(value, vshard);
+                            f.floor[measure] = top.floor();
                         }
                     }
-                    model.core_replicas[next[core] as usize] =
-                        CoreReplica::new(VShardId(v as u32), leader);
-                    next[core] += 1;
+                    model.core_replicas[f.next as usize] = CoreReplica::new(vshard, leader);
+                    f.next += 1;
                     if leader {
-                        let key = LeaderKey::new(leadership, VShardId(v as u32));
-                        let heaviest = &mut model.core_heaviest_leader[core];
-                        *heaviest = heaviest.max(key.units());
-                        model.core_leaders[next_leader[core] as usize] = key;
-                        next_leader[core] += 1;
+                        let key = LeaderKey::new(leadership, vshard);
+                        f.heaviest_leader = f.heaviest_leader.max(key.units());
+                        model.core_leaders[f.next_leader as usize] = key;
+                        f.next_leader += 1;
                     }
                 }
             }
+            model.core_heaviest_leader = fill.iter().map(|f| f.heaviest_leader).collect();
             let traffic: f64 = core_sums.iter().map(|sums| scale.traffic_of(sums)).sum();
             if traffic > 1e-12 {
                 model.traffic_scale = f64::from(capacity) / traffic;

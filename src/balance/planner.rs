@@ -563,11 +563,20 @@ fn validate_vshard_loads<'a>(
     let count = input.placement.vshard_count();
     let samples = input.vshard_loads;
     if samples.len() == count as usize {
-        // One pass: in order (then used as they are), and valid.
-        let mut in_order = true;
-        for (i, sample) in samples.iter().enumerate() {
-            sample.validate()?;
-            in_order &= sample.vshard.0 as usize == i;
+        // One pass without branches (a sweep reads every sample): in order (then used
+        // as they are), and valid; the first invalid one is looked for only if any is.
+        let (in_order, valid) =
+            samples
+                .iter()
+                .enumerate()
+                .fold((true, true), |(in_order, valid), (i, sample)| {
+                    (
+                        in_order & (sample.vshard.0 as usize == i),
+                        valid & sample.is_valid(),
+                    )
+                });
+        if !valid {
+            samples.iter().try_for_each(VShardLoad::validate)?;
         }
         if in_order {
             return Ok(std::borrow::Cow::Borrowed(samples));

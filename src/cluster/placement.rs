@@ -126,6 +126,18 @@ impl PackedSites {
         self.moving
     }
 
+    /// The packed cores (`node << 16 | core`) in table order and the leader hint's index
+    /// (`u8::MAX` if out of range); `None` when they do not fit (`overflow`).
+    #[inline]
+    pub fn slots(&self) -> Option<(&[u32], usize)> {
+        (!self.overflow).then(|| {
+            (
+                &self.slots[..usize::from(self.len)],
+                usize::from(self.leader),
+            )
+        })
+    }
+
     /// The replicas' cores in table order, each with whether it is the leader hint; `None`
     /// when they do not fit (`overflow`): read the entry.
     #[inline]
