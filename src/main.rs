@@ -20,7 +20,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 
 use cli::certs::CertsCommand;
 use cli::demo::DemoArgs;
@@ -90,10 +90,28 @@ enum Command {
     /// Exit status: 0 done, 1 failed (the message says why), 2 bad arguments or
     /// configuration, 3 the key does not exist (`get`, `del`), 4 no answer within
     /// `--timeout`.
+    #[command(group(ArgGroup::new("cluster").required(true).args(["config", "endpoints"])))]
     Kv {
-        /// A configuration file with the cluster's [[nodes]], cores, groups and [tls].
+        /// A client file with the cluster's [[nodes]], cores, groups and [tls] (or
+        /// --endpoints with --ca, --cert and --key).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Instead of --config: one or more nodes of the cluster (HOST:PORT of any core,
+        /// comma-separated). The first that answers describes the cluster to the client.
+        #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+        endpoints: Vec<String>,
+        /// With --endpoints: the cluster's CA certificate (PEM).
+        #[arg(long, requires = "endpoints", value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// With --endpoints: this client's certificate, issued by the cluster's CA.
+        #[arg(long, requires = "endpoints", value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// With --endpoints: the private key of --cert.
+        #[arg(long, requires = "endpoints", value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// With --endpoints: a cluster that runs without TLS (`[tls] insecure = true`).
+        #[arg(long, requires = "endpoints", conflicts_with_all = ["ca", "cert", "key"])]
+        insecure: bool,
         /// Give up after this many seconds without an answer (exit status 4).
         #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
         timeout: f64,
@@ -140,10 +158,27 @@ fn main() -> ExitCode {
         } => cli::start::run(&config, run_for, join),
         Command::Kv {
             config,
+            endpoints,
+            ca,
+            cert,
+            key,
+            insecure,
             timeout,
             json,
             op,
-        } => cli::kv::run(&config, timeout, json, op),
+        } => {
+            let target = match config {
+                Some(path) => cli::kv::Target::Config(path),
+                None => cli::kv::Target::Endpoints {
+                    endpoints,
+                    ca,
+                    cert,
+                    key,
+                    insecure,
+                },
+            };
+            cli::kv::run(target, timeout, json, op)
+        }
         Command::Preflight => match nodedb_cluster::runtime::cores::preflight() {
             Ok(()) => {
                 println!("ok: locked-memory limit and io_uring are sufficient");

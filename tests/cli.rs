@@ -110,7 +110,16 @@ fn rebalance_sim_table_prints_one_row_per_sweep_and_a_summary() {
 
 #[test]
 fn bad_arguments_fail_with_a_clear_message() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["kv", "--endpoints", "127.0.0.1:1", "get", "k"],
+            "--endpoints needs --ca, --cert and --key",
+        ),
+        (&["kv", "get", "k"], "--config <CONFIG>|--endpoints"),
+        (
+            &["kv", "--endpoints", "no-port", "--insecure", "get", "k"],
+            "--endpoints: no-port",
+        ),
         (
             &["rebalance-sim", "--scenario", "hot-disk"],
             "unknown scenario",
@@ -812,6 +821,26 @@ fn the_quick_start_cluster_comes_up_serves_binary_values_and_goes_down() {
         .collect();
     let put = cli_stdin(&["kv", "--config", c, "put", "blob", "-"], &value);
     let get = cli(&["kv", "--config", c, "get", "blob", "--raw"]);
+    // Without a client file: a node's address and the three PEM files.
+    let certs = dir.join("run/certs");
+    let pem = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (ca, cert, key) = (
+        pem("ca.pem"),
+        pem("client-quickstart.pem"),
+        pem("client-quickstart.key"),
+    );
+    let endpoints = [
+        "kv",
+        "--endpoints",
+        "127.0.0.1:7512",
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ];
+    let get_by_endpoint = cli(&[&endpoints[..], &["get", "blob", "--raw"]].concat());
     let status = script("status");
     let down = script("down");
     let after = script("status");
@@ -827,6 +856,15 @@ fn the_quick_start_cluster_comes_up_serves_binary_values_and_goes_down() {
     assert!(put.status.success(), "{}", text(&put));
     assert!(get.status.success(), "{}", text(&get));
     assert!(get.stdout == value, "the value read back differs");
+    assert!(
+        get_by_endpoint.status.success(),
+        "{}",
+        text(&get_by_endpoint)
+    );
+    assert!(
+        get_by_endpoint.stdout == value,
+        "the value read back through --endpoints differs"
+    );
     assert_eq!(
         text(&status).matches("/ready: HTTP/1.1 200 OK").count(),
         3,

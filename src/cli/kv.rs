@@ -2,16 +2,20 @@
 //! table and the rebalancer's status; move a replica or give a move up.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use nodedb_cluster::client::call::CallError;
 use nodedb_cluster::cluster::placement::PendingMove;
 use nodedb_cluster::ids::{CoreAddress, CoreId, GroupId, NodeId};
-use nodedb_cluster::runtime::client::KvClient;
-use nodedb_cluster::runtime::config::LoadedConfig;
+use nodedb_cluster::runtime::client::{ClientError, KvClient, cluster_info_at};
+use nodedb_cluster::runtime::config::{DEFAULT_MTU, LoadedConfig, mutual_tls};
 use nodedb_cluster::runtime::executor::{CorePlacement, spawn_executor};
+use nodedb_cluster::runtime::node::ClusterSpec;
+use nodedb_cluster::runtime::tls::TlsMode;
 
 #[derive(Subcommand, Debug)]
 pub enum KvCommandArg {
@@ -232,11 +236,114 @@ fn json_line(value: serde_json::Value) -> Outcome {
     line(value.to_string())
 }
 
-/// Runs one `kv` operation against the cluster `path` describes, giving up after
+/// Where `kv` finds the cluster.
+pub enum Target {
+    /// A client file (`--config`).
+    Config(PathBuf),
+    /// Nodes to ask for the cluster's layout, and this client's certificates
+    /// (`--endpoints`, `--ca`, `--cert`, `--key`, `--insecure`).
+    Endpoints {
+        endpoints: Vec<String>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        insecure: bool,
+    },
+}
+
+/// What the client starts from: the cluster's spec when a file gives it, else the nodes to
+/// ask for it.
+struct Setup {
+    spec: Option<ClusterSpec>,
+    endpoints: Vec<SocketAddr>,
+    tls: TlsMode,
+    mtu: u16,
+    /// Where the addresses came from, for the timeout's message.
+    source: String,
+}
+
+impl Setup {
+    fn new(target: Target) -> Result<Setup, String> {
+        match target {
+            Target::Config(path) => {
+                let config = LoadedConfig::load(&path).map_err(|e| e.to_string())?;
+                Ok(Setup {
+                    spec: Some(config.spec),
+                    endpoints: Vec::new(),
+                    tls: config.tls,
+                    mtu: config.mtu,
+                    source: format!("the addresses in {}", path.display()),
+                })
+            }
+            Target::Endpoints {
+                endpoints,
+                ca,
+                cert,
+                key,
+                insecure,
+            } => {
+                let tls = match (insecure, ca, cert, key) {
+                    (true, ..) => TlsMode::Insecure,
+                    (false, Some(ca), Some(cert), Some(key)) => mutual_tls(&ca, &cert, &key)
+                        .map_err(|e| format!("--ca/--cert/--key: {e}"))?,
+                    _ => {
+                        return Err(
+                            "--endpoints needs --ca, --cert and --key (the cluster's CA and \
+                                    this client's certificate and key), or --insecure"
+                                .to_owned(),
+                        );
+                    }
+                };
+                let mut addrs = Vec::new();
+                for endpoint in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+                    let resolved = endpoint.to_socket_addrs().map_err(|e| {
+                        format!("--endpoints: {endpoint}: {e} (expected HOST:PORT)")
+                    })?;
+                    addrs.extend(resolved);
+                }
+                if addrs.is_empty() {
+                    return Err("--endpoints names no address (expected HOST:PORT,...)".to_owned());
+                }
+                Ok(Setup {
+                    spec: None,
+                    endpoints: addrs,
+                    tls,
+                    mtu: DEFAULT_MTU,
+                    source: format!("--endpoints {}", endpoints.join(",")),
+                })
+            }
+        }
+    }
+
+    /// The cluster's spec: the file's, or the one the first node of `endpoints` that
+    /// answers describes. A refused handshake ends the search at once (every node of a
+    /// cluster has the same CA).
+    async fn spec(&self) -> Result<ClusterSpec, String> {
+        if let Some(spec) = &self.spec {
+            return Ok(spec.clone());
+        }
+        let mut failures = Vec::new();
+        for &addr in &self.endpoints {
+            match cluster_info_at(addr, &self.tls, self.mtu).await {
+                Ok(info) => return Ok(info.spec()),
+                Err(e @ ClientError::Call(CallError::HandshakeRefused(_))) => {
+                    return Err(e.to_string());
+                }
+                Err(e) => failures.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(format!(
+            "no node at --endpoints described the cluster: {}",
+            failures.join("; ")
+        ))
+    }
+}
+
+/// Runs one `kv` operation against the cluster `target` names, giving up after
 /// `timeout_secs` without an answer.
-pub fn run(path: &Path, timeout_secs: f64, json: bool, op: KvCommandArg) -> ExitCode {
-    let config = match LoadedConfig::load(path) {
-        Ok(c) => c,
+pub fn run(target: Target, timeout_secs: f64, json: bool, op: KvCommandArg) -> ExitCode {
+    let setup = match Setup::new(target) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -265,8 +372,9 @@ pub fn run(path: &Path, timeout_secs: f64, json: bool, op: KvCommandArg) -> Exit
         other => Op::Other(other),
     };
     let (done, outcome) = std::sync::mpsc::channel();
+    let source = setup.source.clone();
     let spawned = spawn_executor("kv-client", CorePlacement::Unbound, move || async move {
-        let result = execute(config, json, op).await;
+        let result = execute(setup, json, op).await;
         let _ = done.send(result);
     });
     if let Err(e) = spawned {
@@ -291,8 +399,7 @@ pub fn run(path: &Path, timeout_secs: f64, json: bool, op: KvCommandArg) -> Exit
         }
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             eprintln!(
-                "error: no answer from the cluster within {timeout_secs} s (--timeout); are its nodes running and reachable at the addresses in {}?",
-                path.display()
+                "error: no answer from the cluster within {timeout_secs} s (--timeout); are its nodes running and reachable at {source}?"
             );
             ExitCode::from(EXIT_TIMEOUT)
         }
@@ -309,9 +416,9 @@ enum Op {
     Other(KvCommandArg),
 }
 
-async fn execute(config: LoadedConfig, json: bool, op: Op) -> Result<Outcome, String> {
-    let client = KvClient::new(config.spec.clone(), config.tls.clone(), config.mtu)
-        .map_err(|e| e.to_string())?;
+async fn execute(setup: Setup, json: bool, op: Op) -> Result<Outcome, String> {
+    let spec = setup.spec().await?;
+    let client = KvClient::new(spec, setup.tls.clone(), setup.mtu).map_err(|e| e.to_string())?;
     let result = match op {
         Op::Put { key, value } => client.put(key.as_bytes(), &value).await.map(|()| {
             if json {

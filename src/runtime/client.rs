@@ -487,12 +487,12 @@ fn refusal(addr: SocketAddr, e: &TransportError) -> Option<Failure> {
         HandshakeRefusal::ByPeer(why) => format!(
             "the node at {addr} refused this client's certificate ({why}): it must be issued \
              by the cluster's CA (`nodedb-cluster certs client`) and be the one the client \
-             file's [tls] section names"
+             file's [tls] section (or --cert and --key) names"
         ),
         HandshakeRefusal::Here(why) => format!(
             "this client refused the certificate of the node at {addr} ({why}): the client \
-             file's [tls] ca_cert must be the cluster's CA (ca.pem), and the address must be \
-             that node's"
+             file's [tls] ca_cert (or --ca) must be the cluster's CA (ca.pem), and the address \
+             must be that node's"
         ),
     }))
 }

@@ -145,8 +145,23 @@ fn default_groups() -> u32 {
 /// Replicas per group unless the file says otherwise (fewer in a smaller cluster).
 pub const DEFAULT_REPLICAS: u16 = 3;
 
+/// The QUIC datagram size when a file does not set `mtu`.
+pub const DEFAULT_MTU: u16 = 1452;
+
 fn default_mtu() -> u16 {
-    1452
+    DEFAULT_MTU
+}
+
+/// Mutual TLS from three PEM files: the cluster's CA, and a certificate with its key (what
+/// a `[tls]` section names, and what `kv --ca/--cert/--key` take).
+pub fn mutual_tls(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMode, String> {
+    let ca_cert_pem =
+        std::fs::read_to_string(ca).map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
+    let identity = tls::read_pem_pair(cert, key).map_err(|e| e.to_string())?;
+    Ok(TlsMode::Mutual {
+        ca_cert_pem,
+        identity,
+    })
 }
 
 /// A parsed, validated configuration.
@@ -334,14 +349,7 @@ impl LoadedConfig {
                 need(&file.tls.cert, "cert")?,
                 need(&file.tls.key, "key")?,
             );
-            let ca_cert_pem = std::fs::read_to_string(&ca)
-                .map_err(|e| invalid(format!("[tls] ca_cert {}: {e}", ca.display())))?;
-            let identity =
-                tls::read_pem_pair(&cert, &key).map_err(|e| invalid(format!("[tls] {e}")))?;
-            TlsMode::Mutual {
-                ca_cert_pem,
-                identity,
-            }
+            mutual_tls(&ca, &cert, &key).map_err(|e| invalid(format!("[tls] {e}")))?
         };
         let layout = match file.layout.unwrap_or(LayoutName::Pinned) {
             LayoutName::Pinned => CoreLayout::Pinned {
