@@ -97,7 +97,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Instead of --config: one or more nodes of the cluster (HOST:PORT of any core,
-        /// comma-separated). The first that answers describes the cluster to the client.
+        /// comma-separated). All are asked at once; the first answer describes the cluster.
         #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
         endpoints: Vec<String>,
         /// With --endpoints: the cluster's CA certificate (PEM).

@@ -665,7 +665,7 @@ fn nodes_started_from_config_files_serve_the_kv_cli() {
 /// with exit status 4 and a message that says so.
 #[test]
 fn kv_against_a_dead_cluster_fails_within_its_timeout() {
-    let (dir, _port, nodes) = one_node("cli-dead");
+    let (dir, port, nodes) = one_node("cli-dead");
     let client = dir.join("client.toml");
     std::fs::write(&client, config_toml(None, "node-1", &nodes)).unwrap();
     let c = client.to_str().unwrap();
@@ -683,6 +683,25 @@ fn kv_against_a_dead_cluster_fails_within_its_timeout() {
     );
     let bad = cli(&["kv", "--config", c, "--timeout", "0", "get", "k"]);
     assert_eq!(bad.status.code(), Some(2));
+    // Without a client file: no endpoint answers the question what the cluster is. The
+    // connection attempt ends before a long --timeout, with the addresses tried (exit 1).
+    let endpoint = format!("127.0.0.1:{port}");
+    let args = [
+        "kv",
+        "--endpoints",
+        &endpoint,
+        "--insecure",
+        "--timeout",
+        "60",
+    ];
+    let out = cli(&[&args[..], &["get", "k"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no node at --endpoints described the cluster")
+            && stderr.contains(&format!("connecting to {endpoint}")),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -315,20 +315,34 @@ impl Setup {
         }
     }
 
-    /// The cluster's spec: the file's, or the one the first node of `endpoints` that
-    /// answers describes. A refused handshake ends the search at once (every node of a
-    /// cluster has the same CA).
+    /// The cluster's spec: the file's, or the one the first node of `endpoints` to answer
+    /// describes. All are asked at once, so a dead endpoint costs nothing while another
+    /// answers. A refused handshake ends the search at once (every node of a cluster has
+    /// the same CA).
     async fn spec(&self) -> Result<ClusterSpec, String> {
         if let Some(spec) = &self.spec {
             return Ok(spec.clone());
         }
-        let mut failures = Vec::new();
+        let (answers, answered) = async_channel::unbounded();
         for &addr in &self.endpoints {
-            match cluster_info_at(addr, &self.tls, self.mtu).await {
+            let (answers, tls, mtu) = (answers.clone(), self.tls.clone(), self.mtu);
+            glommio::spawn_local(async move {
+                let _ = answers
+                    .send((addr, cluster_info_at(addr, &tls, mtu).await))
+                    .await;
+            })
+            .detach();
+        }
+        drop(answers);
+        let mut failures = Vec::new();
+        while let Ok((addr, answer)) = answered.recv().await {
+            match answer {
                 Ok(info) => return Ok(info.spec()),
                 Err(e @ ClientError::Call(CallError::HandshakeRefused(_))) => {
                     return Err(e.to_string());
                 }
+                // Its messages name the address ("connecting to …: timed out").
+                Err(ClientError::Protocol(why)) => failures.push(why),
                 Err(e) => failures.push(format!("{addr}: {e}")),
             }
         }
