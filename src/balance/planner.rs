@@ -708,8 +708,9 @@ impl DensityOrder {
 }
 
 /// The heaviest unmoved replicas of a core, first those the model build kept
-/// (`TopReplicas`), then those `Sweep::refresh_heaviest`'s walk keeps: the values of unmoved replicas never change within a sweep and only leave, so as long as one
-/// kept replica has not moved, the heaviest kept one is the heaviest of all.
+/// (`TopReplicas`), then those `Sweep::refresh_heaviest`'s walk keeps: the values of
+/// unmoved replicas never change within a sweep and only leave, so as long as one kept
+/// replica has not moved, the heaviest kept one is the heaviest of all.
 #[derive(Debug, Default)]
 struct HeaviestKept {
     units: Heaviest,
@@ -1278,9 +1279,9 @@ impl<'a> Sweep<'a> {
     }
 
     /// The leaders core `c` holds that have not moved in this sweep, by leadership units
-    /// (ascending, ties by vShard): sorted on the first scan of the core, which most cores
-    /// of a node never get (`best_move_from` skips a core whose heaviest leader cannot beat
-    /// what a hotter core found). A vShard moved later leaves the index (`apply`); one that
+    /// (ascending, ties by vShard): sorted on the first scan of the core; a core that
+    /// `best_move_from` skips (its heaviest leader cannot beat what a hotter core found)
+    /// is never sorted. A vShard moved later leaves the index (`apply`); one that
     /// gained leadership here in this sweep has moved, which every scan skips, so it need
     /// not join.
     fn leaders_by_units(&self, c: usize) -> &[LeaderKey] {

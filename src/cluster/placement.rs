@@ -137,21 +137,6 @@ impl PackedSites {
             )
         })
     }
-
-    /// The replicas' cores in table order, each with whether it is the leader hint; `None`
-    /// when they do not fit (`overflow`): read the entry.
-    #[inline]
-    pub fn sites(&self) -> Option<impl Iterator<Item = (CoreAddress, bool)> + '_> {
-        (!self.overflow).then(|| {
-            self.slots[..usize::from(self.len)]
-                .iter()
-                .enumerate()
-                .map(|(i, &slot)| {
-                    let at = CoreAddress::new(NodeId(u64::from(slot >> 16)), CoreId(slot as u16));
-                    (at, i == usize::from(self.leader))
-                })
-        })
-    }
 }
 
 /// A rejected placement change or an invalid placement request.
@@ -691,8 +676,21 @@ mod tests {
                 .enumerate()
                 .map(|(i, r)| (r.at, i == entry.leader))
                 .collect();
-            match packed.sites() {
-                Some(sites) => assert_eq!(sites.collect::<Vec<_>>(), expected, "{v}"),
+            match packed.slots() {
+                Some((slots, leader)) => {
+                    let sites: Vec<(CoreAddress, bool)> = slots
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &slot)| {
+                            let at = CoreAddress::new(
+                                NodeId(u64::from(slot >> 16)),
+                                CoreId(slot as u16),
+                            );
+                            (at, i == leader)
+                        })
+                        .collect();
+                    assert_eq!(sites, expected, "{v}");
+                }
                 None => assert!(entry.replicas.len() > PACKED_SLOTS, "{v} overflowed"),
             }
         }
@@ -738,7 +736,7 @@ mod tests {
                 &t,
             )
             .unwrap();
-        assert!(table.packed()[5].sites().is_none());
+        assert!(table.packed()[5].slots().is_none());
         assert_packed_matches(&table);
     }
 
