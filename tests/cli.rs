@@ -751,43 +751,25 @@ fn a_certificate_from_another_ca_is_refused_at_once_with_the_reason() {
         .stderr(log)
         .spawn()
         .unwrap();
-    // The node serves once a get of a missing key says so (exit 3).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = cli(&[
-            "kv",
-            "--config",
-            good.to_str().unwrap(),
-            "--timeout",
-            "5",
-            "get",
-            "k",
-        ]);
-        if out.status.code() == Some(3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node never served: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let run = |file: &std::path::Path| {
-        let out = cli(&[
-            "kv",
-            "--config",
-            file.to_str().unwrap(),
-            "--timeout",
-            "30",
-            "get",
-            "k",
-        ]);
+    let get = |file: &std::path::Path, timeout: &str| {
+        let file = file.to_str().unwrap();
+        let out = cli(&["kv", "--config", file, "--timeout", timeout, "get", "k"]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // The node serves once a get of a missing key says so (exit 3).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, stderr) = get(&good, "5");
+        if code == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never served: {stderr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = |file: &std::path::Path| get(file, "30");
     let (by_node, by_client) = (run(&foreign_cert), run(&foreign_ca));
     let _ = node.kill();
     let _ = node.wait();

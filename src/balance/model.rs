@@ -12,7 +12,7 @@
 //! reported core figures (`core_max_over_mean`, `core_bound`) stay on the full score.
 
 use crate::balance::load::{LoadTotals, LoadWeights, ScoreScale, VShardLoad};
-use crate::cluster::placement::PlacementTable;
+use crate::cluster::placement::{PackedSites, PlacementTable};
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::ids::{CoreAddress, NodeId, VShardId};
 
@@ -328,8 +328,9 @@ impl<'a> LoadModel<'a> {
                 Some((slots, leader)) => {
                     let mut placed = true;
                     for (i, &slot) in slots.iter().enumerate() {
-                        let (node, core) = ((slot >> 16) as usize, slot & 0xffff);
-                        match bases.get(node) {
+                        let (node, core) = PackedSites::unpack(slot);
+                        let core = u32::from(core);
+                        match bases.get(usize::from(node)) {
                             Some(&(base, cores)) if core < cores => replica_cores
                                 .push((base + core) | if i == leader { LEADER } else { 0 }),
                             _ => {

@@ -251,11 +251,17 @@ pub enum Target {
     },
 }
 
-/// What the client starts from: the cluster's spec when a file gives it, else the nodes to
-/// ask for it.
+/// What the client knows of the cluster before it starts.
+enum Layout {
+    /// The spec a client file gives.
+    Known(ClusterSpec),
+    /// Nodes to ask for it.
+    Ask(Vec<SocketAddr>),
+}
+
+/// What the client starts from.
 struct Setup {
-    spec: Option<ClusterSpec>,
-    endpoints: Vec<SocketAddr>,
+    layout: Layout,
     tls: TlsMode,
     mtu: u16,
     /// Where the addresses came from, for the timeout's message.
@@ -268,8 +274,7 @@ impl Setup {
             Target::Config(path) => {
                 let config = LoadedConfig::load(&path).map_err(|e| e.to_string())?;
                 Ok(Setup {
-                    spec: Some(config.spec),
-                    endpoints: Vec::new(),
+                    layout: Layout::Known(config.spec),
                     tls: config.tls,
                     mtu: config.mtu,
                     source: format!("the addresses in {}", path.display()),
@@ -305,8 +310,7 @@ impl Setup {
                     return Err("--endpoints names no address (expected HOST:PORT,...)".to_owned());
                 }
                 Ok(Setup {
-                    spec: None,
-                    endpoints: addrs,
+                    layout: Layout::Ask(addrs),
                     tls,
                     mtu: DEFAULT_MTU,
                     source: format!("--endpoints {}", endpoints.join(",")),
@@ -320,11 +324,12 @@ impl Setup {
     /// answers. A refused handshake ends the search at once (every node of a cluster has
     /// the same CA).
     async fn spec(&self) -> Result<ClusterSpec, String> {
-        if let Some(spec) = &self.spec {
-            return Ok(spec.clone());
-        }
+        let endpoints = match &self.layout {
+            Layout::Known(spec) => return Ok(spec.clone()),
+            Layout::Ask(endpoints) => endpoints,
+        };
         let (answers, answered) = async_channel::unbounded();
-        for &addr in &self.endpoints {
+        for &addr in endpoints {
             let (answers, tls, mtu) = (answers.clone(), self.tls.clone(), self.mtu);
             glommio::spawn_local(async move {
                 let _ = answers

@@ -126,6 +126,12 @@ impl PackedSites {
         self.moving
     }
 
+    /// The node id and core a packed slot names.
+    #[inline]
+    pub fn unpack(slot: u32) -> (u16, u16) {
+        ((slot >> 16) as u16, slot as u16)
+    }
+
     /// The packed cores (`node << 16 | core`) in table order and the leader hint's index
     /// (`u8::MAX` if out of range); `None` when they do not fit (`overflow`).
     #[inline]
@@ -682,10 +688,8 @@ mod tests {
                         .iter()
                         .enumerate()
                         .map(|(i, &slot)| {
-                            let at = CoreAddress::new(
-                                NodeId(u64::from(slot >> 16)),
-                                CoreId(slot as u16),
-                            );
+                            let (node, core) = PackedSites::unpack(slot);
+                            let at = CoreAddress::new(NodeId(node.into()), CoreId(core));
                             (at, i == leader)
                         })
                         .collect();
