@@ -47,6 +47,8 @@ struct Cluster {
     forger: Option<Forger>,
     /// Messages delivered so far.
     delivered: usize,
+    /// Tokens of the reads the leaders said may be answered.
+    reads_ready: Vec<u64>,
     /// Hosts start with idle groups quiescing.
     quiescing: bool,
 }
@@ -58,6 +60,7 @@ impl Cluster {
             hosts: BTreeMap::new(),
             disks: HashMap::new(),
             in_flight: Vec::new(),
+            reads_ready: Vec::new(),
             isolated: HashSet::new(),
             applied: HashMap::new(),
             leaders: Vec::new(),
@@ -157,9 +160,8 @@ impl Cluster {
                                 |v: Vec<ReplicaId>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
                             self.confs.insert(i, (ids(voters), ids(learners), joint));
                         }
-                        HostEvent::LeaderChanged { .. }
-                        | HostEvent::ReadReady { .. }
-                        | HostEvent::Committed { .. } => {}
+                        HostEvent::ReadReady { token, .. } => self.reads_ready.push(token.0),
+                        HostEvent::LeaderChanged { .. } | HostEvent::Committed { .. } => {}
                     }
                 }
             }
@@ -170,6 +172,18 @@ impl Cluster {
                     }
                     if out.message.get_msg_type() == MessageType::MsgSnapshot {
                         self.snapshots_delivered += 1;
+                    }
+                    if std::env::var("TRACE").is_ok() {
+                        eprintln!(
+                            "t={:?} {from:?}->{:?} {:?} ctx{} commit{} idx{} n{}",
+                            self.now,
+                            out.to.node,
+                            out.message.get_msg_type(),
+                            out.message.context.len(),
+                            out.message.commit,
+                            out.message.index,
+                            out.message.entries.len()
+                        );
                     }
                     let _ = host.handle_message(out.group, from, out.message);
                     self.delivered += 1;
@@ -1097,6 +1111,61 @@ fn an_idle_group_quiesces_sends_nothing_and_a_write_wakes_it() {
 }
 
 #[test]
+fn a_read_of_a_sleeping_group_takes_one_round_and_leaves_every_replica_asleep() {
+    let mut c = Cluster::asleep();
+    let leader = c.leader().unwrap();
+    let delivered = c.delivered;
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .read(GROUP, ProposalToken(7))
+        .unwrap();
+    // Delivered with no time passing (a tick would repeat the read's heartbeats).
+    c.quiesce();
+    assert_eq!(c.reads_ready, [7]);
+    // Two heartbeats marked as quiescing ones, and two answers: the followers never woke.
+    assert_eq!(c.delivered - delivered, 4);
+    for (i, host) in &c.hosts {
+        if *i != leader {
+            assert!(host.is_quiesced(GROUP), "follower {i} woke");
+        }
+    }
+    // The leader sleeps again at its next tick, sending nothing.
+    assert!(c.run_until(2, Cluster::all_quiesced));
+    for _ in 0..100 {
+        c.step();
+    }
+    assert_eq!(c.delivered - delivered, 4, "no round after the read");
+    // A second read does the same; a write after it wakes the group as before.
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .read(GROUP, ProposalToken(8))
+        .unwrap();
+    assert!(c.run_until(5, |c| c.reads_ready == [7, 8]));
+    assert!(c.run_until(2, Cluster::all_quiesced));
+    // A write: two appends and their answers, then two quiescing heartbeats, which
+    // followers that sleep do not answer.
+    let delivered = c.delivered;
+    assert!(c.put(2, "b", "2"));
+    assert!(c.run_until(20, |c| (1..=3).all(|i| c.store(i).len() == 2)));
+    assert!(c.run_until(20, Cluster::all_quiesced));
+    assert_eq!(c.delivered - delivered, 6);
+    // And a read after the write is one round again.
+    let delivered = c.delivered;
+    c.hosts
+        .get_mut(&leader)
+        .unwrap()
+        .read(GROUP, ProposalToken(9))
+        .unwrap();
+    c.quiesce();
+    assert_eq!(c.reads_ready, [7, 8, 9]);
+    assert_eq!(c.delivered - delivered, 4);
+    assert!(c.run_until(2, Cluster::all_quiesced));
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
 fn quiesced_followers_do_not_campaign_until_the_leaders_node_is_suspected() {
     let mut c = Cluster::asleep();
     let old = c.leader().unwrap();
@@ -1165,13 +1234,17 @@ fn a_follower_does_not_sleep_while_its_leaders_node_is_suspected() {
     for host in c.hosts.values_mut() {
         host.wake_followers_of(NodeId(leader));
     }
-    // The leader quiesces and tells the followers to, but they stay awake.
-    assert!(c.run_until(20, |c| c.hosts[&leader].is_quiesced(GROUP)));
-    c.step();
-    for (i, host) in &c.hosts {
-        if *i != leader {
-            assert!(!host.is_quiesced(GROUP), "follower {i} slept");
+    // The leader quiesces and tells the followers to, but they stay awake, and their
+    // unmarked answers wake the leader, whose heartbeats keep them: no new term while the
+    // leader lives (a suspicion may be false), for well over an election timeout.
+    for _ in 0..40 {
+        c.step();
+        for (i, host) in &c.hosts {
+            if *i != leader {
+                assert!(!host.is_quiesced(GROUP), "follower {i} slept");
+            }
         }
+        assert_eq!(c.leader(), Some(leader), "the suspected leader was deposed");
     }
     // Its node stays down: the awake followers elect another leader.
     c.crash(leader);

@@ -503,6 +503,25 @@ struct Group<S> {
     /// campaigns, until a message, a proposal or `wake_followers_of` wakes it (see
     /// [`RaftHost::set_quiesce`]).
     quiesced: bool,
+    /// The term in which this replica, leading, last told its followers to sleep (its
+    /// quiescing heartbeat), while it has sent them nothing unmarked and heard nothing
+    /// unmarked from them since: they sleep still, so the group sleeps again without
+    /// another round, and a read asks them with marked heartbeats that keep them asleep.
+    followers_asleep: Option<u64>,
+    /// Since this leader last woke, a read's marked heartbeats told every follower its
+    /// commit index again and to sleep on. Only then may it sleep again without a round of
+    /// its own: a follower may have restarted meanwhile with an older commit index (the
+    /// durable one), and woken for anything else, such as a look at its view, the leader
+    /// sends the quiescing round as always, which tells it the commit (simulator seed 847:
+    /// a move waited for such a follower to apply its last entry).
+    sleep_told: bool,
+    /// Ticks left in which this leader, woken from its sleep by a proposal or a read, sends
+    /// no plain heartbeat. A write to a sleeping group commits within a round and the
+    /// group sleeps again at the second tick after (the first writes the new commit
+    /// index): the append or the read's heartbeats went out already and keep the
+    /// followers, which campaign only after `RAFT_ELECTION_TICKS`, so a heartbeat round in
+    /// between (raft-rs counts the ticks before the sleep too) was nearly always waste.
+    quiet_ticks: u8,
     /// The replica led the group when its role was last reported (`poll_persist`).
     leading: bool,
     /// A replica created fresh sleeps waiting for this one, the group's first leader,
@@ -1016,6 +1035,9 @@ impl<S: StateMachine> RaftHost<S> {
             log_bytes,
             proposed: BTreeMap::new(),
             quiesced: false,
+            followers_asleep: None,
+            sleep_told: false,
+            quiet_ticks: 0,
             leading: false,
             expected_leader: None,
         };
@@ -1278,6 +1300,10 @@ impl<S: StateMachine> RaftHost<S> {
                 draw_election_timeout(group);
                 ready |= group.raw.tick();
             }
+            if group.quiet_ticks > 0 {
+                group.quiet_ticks -= 1;
+                drop_plain_heartbeats(&mut group.raw.raft.msgs);
+            }
             send_handover(group);
             if *quiesce {
                 quiesce_if_idle(group, directory, suspected);
@@ -1337,7 +1363,11 @@ impl<S: StateMachine> RaftHost<S> {
         // Any message wakes the group but a follower's answer to the leader's last
         // heartbeat before quiescing.
         if !(marked && kind == MessageType::MsgHeartbeatResponse) {
+            if g.quiesced && g.raw.raft.state == StateRole::Leader {
+                wake_leader(&mut g.raw.raft);
+            }
             g.quiesced = false;
+            g.followers_asleep = None;
             self.awake.insert(group);
         }
         let (from, term) = (message.from, message.term);
@@ -1367,6 +1397,11 @@ impl<S: StateMachine> RaftHost<S> {
                 && raft.raft_log.committed == leader_commit
                 && raft.raft_log.last_index() == leader_commit
                 && g.snapshot_pending.is_none();
+            answer_quiescing_heartbeat(g, from);
+        } else if marked && kind == MessageType::MsgHeartbeat {
+            // Quiescence is off here: the answer must wake the leader, which would
+            // otherwise sleep while this replica ticks.
+            answer_quiescing_heartbeat(g, from);
         }
         Ok(())
     }
@@ -1382,6 +1417,21 @@ impl<S: StateMachine> RaftHost<S> {
             return Err(HostError::NotLeader { group, leader });
         }
         // Whatever a leader is asked to do wakes its group.
+        if g.quiesced {
+            g.sleep_told = false;
+            wake_leader(&mut g.raw.raft);
+        }
+        let raft = &g.raw.raft;
+        if g.quiesced
+            && g.followers_asleep == Some(raft.term)
+            && raft.prs().conf().learners().is_empty()
+            && raft
+                .prs()
+                .iter()
+                .all(|(_, pr)| pr.matched == raft.raft_log.last_index())
+        {
+            g.quiet_ticks = WAKE_QUIET_TICKS;
+        }
         g.quiesced = false;
         self.awake.insert(group);
         self.pollable.insert(group);
@@ -1489,10 +1539,22 @@ impl<S: StateMachine> RaftHost<S> {
 
     /// Starts a linearizable read (Raft ReadIndex): `HostEvent::ReadReady` with `token` says
     /// when the state machine here may answer it. Only the leader serves reads.
+    ///
+    /// A read of a sleeping group whose followers sleep since its quiescing heartbeat, with
+    /// nothing under way, marks its heartbeats as quiescing ones: the followers answer it
+    /// and sleep on, and the leader sleeps again at its next tick, with no round of its own.
     pub fn read(&mut self, group: GroupId, token: ProposalToken) -> Result<(), HostError> {
+        let quiesce = self.quiesce;
         let g = self.leading_group(group)?;
         if g.raw.raft.commit_to_current_term() {
-            g.raw.read_index(token.0.to_le_bytes().to_vec());
+            let raft = &g.raw.raft;
+            let context = if quiesce && g.followers_asleep == Some(raft.term) && settled(g) {
+                g.sleep_told = true;
+                quiescing_context(raft.raft_log.committed, Some(token))
+            } else {
+                token.0.to_le_bytes().to_vec()
+            };
+            g.raw.read_index(context);
         } else {
             g.deferred_reads.push(token);
         }
@@ -1595,6 +1657,9 @@ impl<S: StateMachine> RaftHost<S> {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     sent_snapshots.push(m.to);
                 }
+                if quiesce_commit(&m.context).is_none() {
+                    g.followers_asleep = None;
+                }
                 let view = snapshot_view(g.raw.store(), &m);
                 route(&self.directory, &mut self.outbox, id, m, view);
             }
@@ -1647,9 +1712,8 @@ impl<S: StateMachine> RaftHost<S> {
                 }
             }
             for rs in rd.take_read_states() {
-                if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
-                    g.pending_reads
-                        .push((rs.index, ProposalToken(u64::from_le_bytes(bytes))));
+                if let Some(token) = read_token(&rs.request_ctx) {
+                    g.pending_reads.push((rs.index, token));
                 }
             }
             // Applied only after `advance_append_async` below: applying a joint
@@ -1763,6 +1827,9 @@ impl<S: StateMachine> RaftHost<S> {
                 g.raw.advance_apply_to(index);
             }
             for (m, view) in std::mem::take(&mut g.held) {
+                if quiesce_commit(&m.context).is_none() {
+                    g.followers_asleep = None;
+                }
                 route(&self.directory, &mut self.outbox, group, m, view);
             }
             compact_if_long(g, self.snapshots);
@@ -2026,13 +2093,64 @@ fn send_handover<S>(g: &mut Group<S>) {
 
 /// How the context of a leader's last heartbeat before its group quiesces begins (then the
 /// leader's commit index, 8 bytes little-endian), and the followers' answers to it, which
-/// carry the same context. (A read's heartbeats carry an 8-byte token.)
+/// carry the same context. A read's heartbeats carry its 8-byte token; those of a read of
+/// a sleeping group carry the quiescing context and then the token, so that its followers
+/// answer and sleep on.
 pub const QUIESCE_CONTEXT: &[u8] = b"nodedb:quiesce";
 
-/// The leader's commit index, if `context` is a quiescing heartbeat's.
+/// The leader's commit index, if `context` is a quiescing heartbeat's (a read's or not).
 fn quiesce_commit(context: &[u8]) -> Option<u64> {
-    let commit = context.strip_prefix(QUIESCE_CONTEXT)?;
-    Some(u64::from_le_bytes(commit.try_into().ok()?))
+    let rest = context.strip_prefix(QUIESCE_CONTEXT)?;
+    if rest.len() != 8 && rest.len() != 16 {
+        return None;
+    }
+    Some(u64::from_le_bytes(rest[..8].try_into().ok()?))
+}
+
+/// The read token a ReadIndex context carries: the whole context, or the last 8 bytes of
+/// a sleeping group's read (`quiescing_read_context`).
+fn read_token(context: &[u8]) -> Option<ProposalToken> {
+    let token = match context.strip_prefix(QUIESCE_CONTEXT) {
+        Some(rest) if rest.len() == 16 => &rest[8..],
+        Some(_) => return None,
+        None => context,
+    };
+    Some(ProposalToken(u64::from_le_bytes(token.try_into().ok()?)))
+}
+
+/// The context of a quiescing heartbeat: the mark and the leader's commit index, then the
+/// read's token if it is a read's.
+fn quiescing_context(committed: u64, token: Option<ProposalToken>) -> Vec<u8> {
+    let mut context = Vec::with_capacity(QUIESCE_CONTEXT.len() + 16);
+    context.extend_from_slice(QUIESCE_CONTEXT);
+    context.extend_from_slice(&committed.to_le_bytes());
+    if let Some(token) = token {
+        context.extend_from_slice(&token.0.to_le_bytes());
+    }
+    context
+}
+
+/// A leader's group has nothing under way: everything in its log committed in its term
+/// and applied, nothing proposed, read, handed over or being made durable (its commit index
+/// included: the tick after a write flushes it, the next finds the group settled).
+fn settled<S>(g: &Group<S>) -> bool {
+    let raft = &g.raw.raft;
+    let (last, committed) = (raft.raft_log.last_index(), raft.raft_log.committed);
+    raft.state == StateRole::Leader
+        && committed == last
+        && raft.raft_log.applied == committed
+        && raft.commit_to_current_term()
+        && raft.lead_transferee.is_none()
+        && !raft.has_pending_conf()
+        && raft.pending_read_count() == 0
+        && g.pending_reads.is_empty()
+        && g.deferred_reads.is_empty()
+        && g.held.is_empty()
+        && g.handover.is_none()
+        && g.snapshot_pending.is_none()
+        && g.snapshot_to_persist.is_none()
+        && g.proposed.is_empty()
+        && !g.commit_unwritten
 }
 
 /// Quiesces a leader's group at the first tick that finds it settled, with every replica's
@@ -2050,29 +2168,12 @@ fn quiesce_if_idle<S>(
     directory: &HashMap<ReplicaId, CoreAddress>,
     suspected: &BTreeSet<NodeId>,
 ) {
+    // Only the leader of a settled group decides.
+    if !settled(g) {
+        return;
+    }
     let raft = &g.raw.raft;
-    if raft.state != StateRole::Leader {
-        // Only a leader decides.
-        return;
-    }
     let (last, committed) = (raft.raft_log.last_index(), raft.raft_log.committed);
-    let settled = committed == last
-        && raft.raft_log.applied == committed
-        && raft.commit_to_current_term()
-        && raft.lead_transferee.is_none()
-        && !raft.has_pending_conf()
-        && raft.pending_read_count() == 0
-        && g.pending_reads.is_empty()
-        && g.deferred_reads.is_empty()
-        && g.held.is_empty()
-        && g.handover.is_none()
-        && g.snapshot_pending.is_none()
-        && g.snapshot_to_persist.is_none()
-        && g.proposed.is_empty()
-        && !g.commit_unwritten;
-    if !settled {
-        return;
-    }
     let away = |id: u64| {
         directory
             .get(&ReplicaId(id))
@@ -2086,6 +2187,14 @@ fn quiesce_if_idle<S>(
     if !caught_up {
         return;
     }
+    if g.followers_asleep == Some(raft.term) && g.sleep_told {
+        // They were told to sleep at this commit index and nothing since woke them, and
+        // the read that woke the leader told them both again: the leader sleeps without a
+        // round, and without a heartbeat this tick may have queued.
+        drop_plain_heartbeats(&mut g.raw.raft.msgs);
+        g.quiesced = true;
+        return;
+    }
     // As raft-rs does for every heartbeat, a replica is told to commit no further than it
     // matched: one on a suspected node may be behind, with entries of an older term at
     // indexes the leader committed differently, which it must never commit. The leader's
@@ -2096,15 +2205,11 @@ fn quiesce_if_idle<S>(
         .filter(|(id, _)| **id != raft.id)
         .map(|(id, pr)| (*id, pr.matched.min(committed)))
         .collect();
-    let mut context = Vec::with_capacity(QUIESCE_CONTEXT.len() + 8);
-    context.extend_from_slice(QUIESCE_CONTEXT);
-    context.extend_from_slice(&committed.to_le_bytes());
-    let context = bytes::Bytes::from(context);
+    let context = bytes::Bytes::from(quiescing_context(committed, None));
     let raft = &mut g.raw.raft;
     // The quiescing heartbeat says all a plain one this tick would (the same commit
     // index), so a plain one due now is not sent as well.
-    raft.msgs
-        .retain(|m| m.get_msg_type() != MessageType::MsgHeartbeat || !m.context.is_empty());
+    drop_plain_heartbeats(&mut raft.msgs);
     for (to, commit) in peers {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
@@ -2115,7 +2220,59 @@ fn quiesce_if_idle<S>(
         m.context = context.clone();
         raft.msgs.push(m);
     }
+    g.followers_asleep = Some(raft.term);
     g.quiesced = true;
+}
+
+/// Rewrites a follower's answer to its leader's quiescing heartbeat (raft-rs echoes the
+/// context) once the follower decided whether to sleep. Asleep, it does not answer a plain
+/// quiescing heartbeat at all: the leader sleeps already and would only drop it. Awake
+/// (behind, its leader suspected, or quiescence off here), it answers unmarked, which
+/// wakes the leader, so that a round of heartbeats brings it in before the group sleeps;
+/// a read's answer keeps its mark, which the read needs, and a plain answer follows it.
+fn answer_quiescing_heartbeat<S>(g: &mut Group<S>, leader: u64) {
+    let msgs = &mut g.raw.raft.msgs;
+    let Some(at) = msgs.iter().rposition(|m| {
+        m.get_msg_type() == MessageType::MsgHeartbeatResponse
+            && m.to == leader
+            && quiesce_commit(&m.context).is_some()
+    }) else {
+        return;
+    };
+    let a_read = read_token(&msgs[at].context).is_some();
+    match (g.quiesced, a_read) {
+        (true, true) => {}
+        (true, false) => {
+            msgs.remove(at);
+        }
+        (false, false) => msgs[at].context = bytes::Bytes::new(),
+        (false, true) => {
+            let mut plain = msgs[at].clone();
+            plain.context = bytes::Bytes::new();
+            msgs.push(plain);
+        }
+    }
+}
+
+/// A sleeping leader wakes: its next quorum check (`check_quorum`) comes a whole election
+/// timeout on. Its followers, asleep, did not answer its last heartbeats, so it heard
+/// from none since its last check, which may have been just before it slept; checked at
+/// its first tick, before the answers to what woke it arrive, it would step down.
+fn wake_leader(raft: &mut raft::Raft<GroupStorage>) {
+    if raft.state == StateRole::Leader {
+        raft.election_elapsed = 0;
+    }
+}
+
+/// Ticks after a request wakes a sleeping leader in which it sends no plain heartbeat
+/// (`Group::quiet_ticks`): well within the followers' election timeout.
+const WAKE_QUIET_TICKS: u8 = RAFT_HEARTBEAT_TICKS as u8;
+const _: () = assert!(3 * RAFT_HEARTBEAT_TICKS < RAFT_ELECTION_TICKS);
+
+/// Drops the heartbeats a leader's tick queued that carry no context (a pending read's
+/// carry its context, and stay).
+fn drop_plain_heartbeats(msgs: &mut Vec<Message>) {
+    msgs.retain(|m| m.get_msg_type() != MessageType::MsgHeartbeat || !m.context.is_empty());
 }
 
 /// Remembers the entry a proposal just appended: the log's last, in the current term.

@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::ids::NodeId;
+use crate::metrics::cores::{CoreCounter, NodeMetrics};
 use crate::metrics::stages::StageHistograms;
 use crate::rng::Rng;
 use crate::runtime::client::KvClient;
@@ -125,6 +127,12 @@ pub struct DemoReport {
     pub read_max_us: u64,
     /// Seconds from start until every group accepted a write.
     pub startup_seconds: f64,
+    /// CPU time (user and system) of the whole process, nodes and client together, over
+    /// the timed load, per operation. On a machine whose speed drifts it compares runs
+    /// better than throughput does, once the load saturates the CPUs.
+    pub cpu_us_per_op: f64,
+    /// Raft messages all nodes sent over the timed load, per operation.
+    pub raft_messages_per_op: f64,
     /// With a skew: which, and what the rebalancer did, from the coordinator's status.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub balance: Option<BalanceReport>,
@@ -276,8 +284,9 @@ fn run_in(config: &DemoConfig, dir: &std::path::Path) -> Result<DemoReport, Demo
         identity: client_identity,
     };
     let load = config.clone();
+    let metrics: Vec<_> = running.iter().map(|n| n.metrics().clone()).collect();
     let outcome = spawn_executor("demo-client", CorePlacement::Unbound, move || async move {
-        load_cluster(spec, client_tls, load, started).await
+        load_cluster(spec, client_tls, load, started, metrics).await
     })
     .map_err(|e| setup(&e))
     .and_then(|h| h.join().map_err(|e| setup(&e)));
@@ -296,7 +305,14 @@ async fn load_cluster(
     tls: TlsMode,
     config: DemoConfig,
     started: Instant,
+    metrics: Vec<Arc<NodeMetrics>>,
 ) -> Result<DemoReport, DemoError> {
+    let raft_messages = || -> u64 {
+        metrics
+            .iter()
+            .map(|m| m.total(CoreCounter::RaftMessagesOut))
+            .sum()
+    };
     let client =
         Rc::new(KvClient::new(spec, tls, 1452).map_err(|e| DemoError::Setup(e.to_string()))?);
     // One key per group, each written once; callers share the queue, and a group whose
@@ -361,6 +377,7 @@ async fn load_cluster(
         client.sample_stages(every);
     }
     let out = Rc::new(Recorders::new());
+    let (cpu_before, messages_before) = (process_cpu(), raft_messages());
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
@@ -396,6 +413,8 @@ async fn load_cluster(
         caller.await;
     }
     let seconds = load_started.elapsed().as_secs_f64();
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let messages = raft_messages().saturating_sub(messages_before);
     let samples = match monitor {
         Some(m) => m.await,
         None => Vec::new(),
@@ -432,9 +451,27 @@ async fn load_cluster(
         read_p999_us: r.value_at_quantile(0.999),
         read_max_us: r.max(),
         startup_seconds,
+        cpu_us_per_op: cpu.as_secs_f64() * 1e6 / (w.len() + r.len()).max(1) as f64,
+        raft_messages_per_op: messages as f64 / (w.len() + r.len()).max(1) as f64,
         balance,
         stages,
     })
+}
+
+/// CPU time this process used so far, user and system, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: `getrusage` only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return Duration::ZERO;
+        }
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// The groups a skewed load goes to: those the busiest node (or core) leads, as the
