@@ -182,6 +182,9 @@ enum Outcome {
 const EXIT_NOT_FOUND: u8 = 3;
 /// Exit status for no answer within `--timeout`.
 const EXIT_TIMEOUT: u8 = 4;
+/// How much sooner than `--timeout` the client's own calls end, for their outcome to
+/// reach the process before it stops waiting.
+const CALL_DEADLINE_MARGIN: Duration = Duration::from_millis(300);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -393,8 +396,7 @@ pub fn run(target: Target, timeout_secs: f64, json: bool, op: KvCommandArg) -> E
     let (done, outcome) = std::sync::mpsc::channel();
     let source = setup.source.clone();
     let spawned = spawn_executor("kv-client", CorePlacement::Unbound, move || async move {
-        let result = execute(setup, json, op).await;
-        let _ = done.send(result);
+        let _ = execute(setup, json, op, timeout, done).await;
     });
     if let Err(e) = spawned {
         eprintln!("error: {e}");
@@ -412,7 +414,13 @@ pub fn run(target: Target, timeout_secs: f64, json: bool, op: KvCommandArg) -> E
             }
             ExitCode::from(EXIT_NOT_FOUND)
         }
-        Ok(Err(e)) => {
+        Ok(Err(Failed::Timeout(why))) => {
+            eprintln!(
+                "error: no answer from the cluster within {timeout_secs} s (--timeout): {why}"
+            );
+            ExitCode::from(EXIT_TIMEOUT)
+        }
+        Ok(Err(Failed::Error(e))) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -435,9 +443,37 @@ enum Op {
     Other(KvCommandArg),
 }
 
-async fn execute(setup: Setup, json: bool, op: Op) -> Result<Outcome, String> {
-    let spec = setup.spec().await?;
-    let client = KvClient::new(spec, setup.tls.clone(), setup.mtu).map_err(|e| e.to_string())?;
+/// Why a command failed: its deadline passed with no answer (exit 4, with the last reason
+/// the client met: no leader, no majority of the metadata group, no connection), or
+/// anything else (exit 1).
+enum Failed {
+    Timeout(String),
+    Error(String),
+}
+
+/// Runs `op` and sends its outcome on `done`.
+async fn execute(
+    setup: Setup,
+    json: bool,
+    op: Op,
+    timeout: Duration,
+    done: std::sync::mpsc::Sender<Result<Outcome, Failed>>,
+) -> Result<(), std::sync::mpsc::SendError<Result<Outcome, Failed>>> {
+    let spec = match setup.spec().await {
+        Ok(spec) => spec,
+        Err(e) => return done.send(Err(Failed::Error(e))),
+    };
+    let client = match KvClient::new(spec, setup.tls.clone(), setup.mtu) {
+        Ok(client) => client,
+        Err(e) => return done.send(Err(Failed::Error(e.to_string()))),
+    };
+    // The client gives up just before `--timeout`, with the last reason it met (no
+    // leader, no majority of the metadata group) rather than a bare timeout.
+    client.set_deadline(
+        timeout
+            .saturating_sub(CALL_DEADLINE_MARGIN)
+            .max(timeout / 2),
+    );
     let result = match op {
         Op::Put { key, value } => client.put(key.as_bytes(), &value).await.map(|()| {
             if json {
@@ -448,8 +484,25 @@ async fn execute(setup: Setup, json: bool, op: Op) -> Result<Outcome, String> {
         }),
         Op::Other(op) => other(&client, json, op).await,
     };
-    client.shutdown().await;
-    result.map_err(|e| e.to_string())
+    match result {
+        // Connections closed cleanly before the answer goes out: the process exits once
+        // it is printed.
+        Ok(outcome) => {
+            client.shutdown().await;
+            done.send(Ok(outcome))
+        }
+        // A failure is told at once: closing a connection still being set up can take
+        // longer than the `--timeout` left.
+        Err(e) => {
+            let failed = match e {
+                ClientError::Call(CallError::NoLeader { .. }) => Failed::Timeout(e.to_string()),
+                e => Failed::Error(e.to_string()),
+            };
+            let sent = done.send(Err(failed));
+            client.shutdown().await;
+            sent
+        }
+    }
 }
 
 async fn other(

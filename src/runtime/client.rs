@@ -71,6 +71,8 @@ pub struct KvClient {
     clock: MonotonicClock,
     /// Stage timing of sampled writes (`sample_stages`).
     stages: RefCell<Option<StageSampler>>,
+    /// How persistent each call is (`set_give_up_after`).
+    policy: std::cell::Cell<CallPolicy>,
 }
 
 /// Which writes a client asks to trace, and what their answers said.
@@ -98,7 +100,19 @@ impl KvClient {
             routing: RefCell::new(routing),
             clock: MonotonicClock::new(),
             stages: RefCell::new(None),
+            policy: std::cell::Cell::new(CallPolicy::default()),
         })
+    }
+
+    /// Ends every call `after` its first attempt, a request still awaited then included
+    /// (`CallPolicy::hard_deadline`), with the last reason it met: no leader, no majority
+    /// of the metadata group, a write's unknown outcome. Unless set, a call starts no
+    /// attempt after `CLIENT_CALL_TIMEOUT` and awaits the last one's answer.
+    pub fn set_deadline(&self, after: std::time::Duration) {
+        let mut policy = self.policy.get();
+        policy.give_up_after = after;
+        policy.hard_deadline = true;
+        self.policy.set(policy);
     }
 
     /// Asks every `every`-th write (the first included) for its server timing and keeps
@@ -311,8 +325,7 @@ impl KvClient {
 
     /// Sends `op` to the leader of `group`, following redirects.
     async fn call(&self, group: GroupId, op: KvOp) -> Result<KvReply, ClientError> {
-        self.drive(Call::new(group, op, CallPolicy::default()))
-            .await
+        self.drive(Call::new(group, op, self.policy.get())).await
     }
 
     /// Carries out a call's steps until it is over.
@@ -327,7 +340,13 @@ impl KvClient {
                     request.trace = self.trace(&request);
                     // The clock is read for a traced attempt only.
                     let sent = request.trace.then(|| self.clock.now());
-                    let result = self.exchange_timed(target, &request).await;
+                    // The call's own deadline for this request (`CallPolicy`).
+                    let wait = call
+                        .poll_timeout()
+                        .map_or(CLIENT_REQUEST_TIMEOUT, |deadline| {
+                            deadline.saturating_since(self.clock.now())
+                        });
+                    let result = self.exchange_timed(target, &request, wait).await;
                     let (now, routing) = (self.clock.now(), &mut *self.routing.borrow_mut());
                     match result {
                         Ok((reply, timing)) => {
@@ -382,7 +401,10 @@ impl KvClient {
         target: CoreAddress,
         request: &KvRequest,
     ) -> Result<KvReply, Failure> {
-        Ok(self.exchange_timed(target, request).await?.0)
+        Ok(self
+            .exchange_timed(target, request, CLIENT_REQUEST_TIMEOUT)
+            .await?
+            .0)
     }
 
     /// `exchange`, with the server's timing of a traced write.
@@ -390,6 +412,7 @@ impl KvClient {
         &self,
         target: CoreAddress,
         request: &KvRequest,
+        wait: std::time::Duration,
     ) -> Result<(KvReply, Option<ServerTiming>), Failure> {
         let addr = self.routing.borrow().address(target).ok_or_else(|| {
             Failure::NotSent(format!(
@@ -407,9 +430,9 @@ impl KvClient {
             result
         };
         let timeout = async {
-            glommio::timer::sleep(CLIENT_REQUEST_TIMEOUT).await;
+            glommio::timer::sleep(wait).await;
             Err(Failure::Lost(format!(
-                "no answer from {addr} within {CLIENT_REQUEST_TIMEOUT:?}"
+                "no answer from {addr} within {wait:?}"
             )))
         };
         future::or(exchange, timeout).await
