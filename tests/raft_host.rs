@@ -1111,6 +1111,35 @@ fn an_idle_group_quiesces_sends_nothing_and_a_write_wakes_it() {
 }
 
 #[test]
+fn a_hosts_activity_count_stays_put_while_its_groups_sleep_and_moves_when_one_wakes() {
+    let mut c = Cluster::asleep();
+    // A commit index still to write keeps a sleeping group on the tick's list a little.
+    for _ in 0..5 {
+        c.step();
+    }
+    let activity = |c: &Cluster| -> Vec<u64> { c.hosts.values().map(|h| h.activity()).collect() };
+    let before = activity(&c);
+    for _ in 0..300 {
+        c.step();
+    }
+    assert_eq!(
+        activity(&c),
+        before,
+        "30 s asleep: a walk over the groups (the load tick) would find nothing new"
+    );
+    // A write wakes the group on every replica: every host's count moves.
+    assert!(c.put(2, "b", "2"));
+    assert!(c.run_until(20, |c| (1..=3).all(|i| c.store(i).len() == 2)));
+    let after = activity(&c);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a > b,
+            "a host whose group woke kept its count: {before:?} -> {after:?}"
+        );
+    }
+}
+
+#[test]
 fn a_read_of_a_sleeping_group_takes_one_round_and_leaves_every_replica_asleep() {
     let mut c = Cluster::asleep();
     let leader = c.leader().unwrap();

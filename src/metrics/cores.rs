@@ -29,6 +29,8 @@ pub enum CoreCounter {
     ReadsServed,
     /// Write-ahead log batches made durable (one write + fdatasync each).
     WalBatches,
+    /// Group records in those batches (a group's entries, hard state or snapshot: one each).
+    WalRecords,
     /// Raft messages received from peers.
     RaftMessagesIn,
     /// Raft messages from peers refused before stepping (see `replication::screen`).
@@ -85,7 +87,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 33] = [
+    pub const ALL: [CoreCounter; 34] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -93,6 +95,7 @@ impl CoreCounter {
         CoreCounter::WritesAcked,
         CoreCounter::ReadsServed,
         CoreCounter::WalBatches,
+        CoreCounter::WalRecords,
         CoreCounter::RaftMessagesIn,
         CoreCounter::RaftMessagesRefused,
         CoreCounter::RaftMessagesOut,
@@ -173,6 +176,10 @@ impl CoreCounter {
             CoreCounter::WalBatches => (
                 "wal_batches_total",
                 "Write-ahead log batches made durable (one fdatasync each).",
+            ),
+            CoreCounter::WalRecords => (
+                "wal_records_total",
+                "Group records (entries, hard state, snapshot) in durable log batches.",
             ),
             CoreCounter::RaftMessagesIn => {
                 ("raft_messages_received_total", "Raft messages received.")

@@ -47,11 +47,46 @@ struct Rates {
     writes_per_sec: f64,
 }
 
+/// A decayed rate below this many requests per second counts as none: its group's entry
+/// is dropped, so that a core whose groups all went quiet keeps no rates and its load tick
+/// can skip the walk over its groups.
+const RATE_FLOOR: f64 = 1e-3;
+
 pub(crate) struct LoadMeter {
     tick_started: Option<Time>,
+    /// Rates of the groups that took requests lately (those whose rates decayed below
+    /// `RATE_FLOOR` are dropped).
     groups: BTreeMap<GroupId, Rates>,
     latency: Histogram<u64>,
     ready: Option<CoreLoad>,
+    /// What the last walk over the groups found, and the host's `activity` then.
+    walked: Option<Walked>,
+}
+
+struct Walked {
+    activity: u64,
+    load: CoreLoad,
+    /// The counts of the groups other than the metadata group.
+    others: GroupCounts,
+    /// The same with the metadata group, as of the last tick.
+    counts: GroupCounts,
+}
+
+/// `others` with the metadata group's replica here, if any, asked now.
+fn walked_counts(others: GroupCounts, host: &RaftHost<Cell>) -> GroupCounts {
+    let flags = host.group_flags(GroupId::METADATA).unwrap_or_default();
+    GroupCounts {
+        quiesced: others.quiesced + usize::from(flags.quiesced),
+        leaderless: others.leaderless + usize::from(flags.leaderless),
+    }
+}
+
+/// How many of a core's groups sleep and how many know no leader, as of its last load
+/// tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    pub quiesced: usize,
+    pub leaderless: usize,
 }
 
 impl LoadMeter {
@@ -62,7 +97,13 @@ impl LoadMeter {
             // Microseconds, 2 significant digits: 1 µs .. 1 h in a few KiB.
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
             ready: None,
+            walked: None,
         }
+    }
+
+    /// The counts of the last load tick's walk.
+    pub(crate) fn group_counts(&self) -> GroupCounts {
+        self.walked.as_ref().map(|w| w.counts).unwrap_or_default()
     }
 
     /// A request for `group` was taken here.
@@ -107,14 +148,33 @@ impl LoadMeter {
             vshards: Vec::new(),
         };
         self.latency.reset();
+        if let Some(w) = &mut self.walked
+            && w.activity == host.activity()
+            && self.groups.is_empty()
+        {
+            // No group changed since the last walk, no request came and every rate has
+            // decayed to nothing: the walk would find what it found then. (At 16 384
+            // sleeping groups the walk was most of an idle node's CPU.)
+            w.counts = walked_counts(w.others, host);
+            self.ready = Some(CoreLoad {
+                at: now,
+                p95_latency_us: load.p95_latency_us,
+                p99_latency_us: load.p99_latency_us,
+                ..w.load.clone()
+            });
+            return;
+        }
         // One pass over the host's groups and the rates kept (both in id order): the rates
-        // of groups no longer here are dropped.
+        // of groups no longer here, or decayed to nothing, are dropped.
         let mut kept = std::mem::take(&mut self.groups).into_iter().peekable();
         let mut rates = Vec::with_capacity(kept.len());
-        for (group, state, leading) in host.group_states() {
+        let mut others = GroupCounts::default();
+        for (group, state, flags) in host.group_states() {
             if group == GroupId::METADATA {
                 continue;
             }
+            others.quiesced += usize::from(flags.quiesced);
+            others.leaderless += usize::from(flags.leaderless);
             while kept.next_if(|(g, _)| *g < group).is_some() {}
             let mut r = kept
                 .next_if(|(g, _)| *g == group)
@@ -129,7 +189,7 @@ impl LoadMeter {
             load.bytes_stored += bytes;
             load.reads_per_sec += r.reads_per_sec;
             load.writes_per_sec += r.writes_per_sec;
-            if leading {
+            if flags.leading {
                 load.groups_led += 1;
                 load.vshards.push(VShardLoad {
                     vshard: VShardId((group.0 - 1) as u32),
@@ -138,10 +198,18 @@ impl LoadMeter {
                     reads_per_sec: r.reads_per_sec,
                 });
             }
-            rates.push((group, r));
+            if r.reads_per_sec >= RATE_FLOOR || r.writes_per_sec >= RATE_FLOOR {
+                rates.push((group, r));
+            }
         }
         // Sorted input: built in one pass.
         self.groups = rates.into_iter().collect();
+        self.walked = Some(Walked {
+            activity: host.activity(),
+            load: load.clone(),
+            others,
+            counts: walked_counts(others, host),
+        });
         self.ready = Some(load);
     }
 

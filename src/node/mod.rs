@@ -70,7 +70,7 @@ pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus, No
 use crate::node::cell::Cell;
 use crate::node::hosting::Hosting;
 use crate::node::liveness::{Liveness, MemberState};
-use crate::node::load::{CoreLoad, LoadMeter};
+use crate::node::load::{CoreLoad, GroupCounts, LoadMeter};
 use crate::node::mover::Mover;
 use crate::node::trace::Traces;
 use crate::replication::kv::{KvCommand, KvResponse, KvRestore, StateMachine};
@@ -1123,6 +1123,7 @@ impl<R> NodeCore<R> {
         match batch {
             Some(batch) => {
                 self.in_flight = Some(batch.id);
+                self.count(CoreCounter::WalRecords, batch.writes.len() as u64);
                 if !self.traces.is_empty() {
                     self.traces.on_batch(batch.id, self.now);
                 }
@@ -1343,6 +1344,12 @@ impl<R> NodeCore<R> {
     /// Groups whose replica here is quiesced (a walk over the groups).
     pub fn quiesced_groups(&self) -> usize {
         self.host.quiesced_groups()
+    }
+
+    /// How many groups here slept and how many knew no leader at the last load tick: the
+    /// tick's own walk, which it skips while nothing changed (no walk of its own).
+    pub fn load_tick_counts(&self) -> GroupCounts {
+        self.load.group_counts()
     }
 
     /// Replicas this core hosts (the metadata group included).

@@ -99,6 +99,17 @@ pub enum HostError {
     Refused { group: GroupId, refusal: Refusal },
 }
 
+/// What a walk over the groups reports of one ([`RaftHost::group_states`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupFlags {
+    /// This replica leads the group.
+    pub leading: bool,
+    /// This replica sleeps (quiescence).
+    pub quiesced: bool,
+    /// This replica knows no leader.
+    pub leaderless: bool,
+}
+
 /// One group's share of a persist batch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GroupWrite {
@@ -587,6 +598,8 @@ pub struct RaftHost<S: StateMachine> {
     unled_sleepers: VecDeque<(GroupId, u64)>,
     /// Ticks since this host started.
     ticks: u64,
+    /// Counts the calls that may have changed a group (`activity`).
+    activity: u64,
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -659,6 +672,7 @@ impl<S: StateMachine> RaftHost<S> {
             campaigning: BTreeMap::new(),
             unled_sleepers: VecDeque::new(),
             ticks: 0,
+            activity: 0,
         }
     }
 
@@ -874,12 +888,26 @@ impl<S: StateMachine> RaftHost<S> {
         self.groups.len()
     }
 
-    /// Every group here in id order, with its state machine and whether this replica
-    /// leads it: one pass, for a walk over all of them (the load tick).
-    pub fn group_states(&self) -> impl Iterator<Item = (GroupId, &S, bool)> + '_ {
+    /// Every group here in id order, with its state machine and what a walk over all of
+    /// them reports (the load tick): one pass.
+    pub fn group_states(&self) -> impl Iterator<Item = (GroupId, &S, GroupFlags)> + '_ {
         self.groups
             .iter()
-            .map(|(id, g)| (*id, &g.state_machine, g.raw.raft.state == StateRole::Leader))
+            .map(|(id, g)| (*id, &g.state_machine, flags(g)))
+    }
+
+    /// A count that moves whenever a group here other than the metadata group may have
+    /// changed (a message stepped, a tick of awake groups, a ready state handled, a group
+    /// added or removed); it stays put while they all sleep. A walk over those groups that
+    /// saw it unchanged would find what it found before. (The metadata group stays awake
+    /// on core 0 while the rebalancer proposes; a walk asks it on its own.)
+    pub fn activity(&self) -> u64 {
+        self.activity
+    }
+
+    /// What a walk reports of `group`, if hosted here.
+    pub fn group_flags(&self, group: GroupId) -> Option<GroupFlags> {
+        self.groups.get(&group).map(flags)
     }
 
     /// How many of this core's groups are quiesced.
@@ -952,6 +980,7 @@ impl<S: StateMachine> RaftHost<S> {
         if self.groups.contains_key(&group) {
             return Err(HostError::GroupExists(group));
         }
+        self.activity += 1;
         let log = MemStorage::new();
         let storage = GroupStorage::new(log.clone());
         let raft_err = |e: raft::Error| HostError::Raft(e.to_string());
@@ -1082,6 +1111,7 @@ impl<S: StateMachine> RaftHost<S> {
     /// in flight is forgotten: a new replica of the group here must not take the old one's
     /// persistence acknowledgement.
     pub fn remove_group(&mut self, group: GroupId) -> bool {
+        self.activity += 1;
         if let Some((_, numbers)) = self.in_flight.as_mut() {
             numbers.retain(|(g, ..)| *g != group);
         }
@@ -1257,6 +1287,13 @@ impl<S: StateMachine> RaftHost<S> {
         }
         self.last_tick = Some(last + Duration::from_nanos(ticks * tick_nanos));
         self.ticks += ticks;
+        if beyond_metadata(&self.awake)
+            || !self.first_campaigns.is_empty()
+            || !self.campaigning.is_empty()
+            || !self.unled_sleepers.is_empty()
+        {
+            self.activity += 1;
+        }
         if !self.first_campaigns.is_empty() || !self.campaigning.is_empty() {
             let (now, groups) = (self.ticks, &self.groups);
             self.campaigning.retain(|id, began| {
@@ -1326,6 +1363,9 @@ impl<S: StateMachine> RaftHost<S> {
         node: NodeId,
         message: Message,
     ) -> Result<(), HostError> {
+        if group != GroupId::METADATA {
+            self.activity += 1;
+        }
         let g = self
             .groups
             .get_mut(&group)
@@ -1584,6 +1624,9 @@ impl<S: StateMachine> RaftHost<S> {
     pub fn poll_persist(&mut self) -> Option<PersistBatch> {
         if self.in_flight.is_some() {
             return None;
+        }
+        if beyond_metadata(&self.pollable) {
+            self.activity += 1;
         }
         let mut writes = Vec::new();
         let mut compactions = Vec::new();
@@ -2311,6 +2354,19 @@ fn report_applied<S>(
             response,
         });
     }
+}
+
+fn flags<S: StateMachine>(g: &Group<S>) -> GroupFlags {
+    GroupFlags {
+        leading: g.raw.raft.state == StateRole::Leader,
+        quiesced: g.quiesced,
+        leaderless: g.raw.raft.leader_id == raft::INVALID_ID,
+    }
+}
+
+/// Whether `groups` holds one other than the metadata group.
+fn beyond_metadata(groups: &BTreeSet<GroupId>) -> bool {
+    groups.range(GroupId(1)..).next().is_some()
 }
 
 fn apply_committed<S: StateMachine>(

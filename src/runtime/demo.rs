@@ -133,6 +133,11 @@ pub struct DemoReport {
     pub cpu_us_per_op: f64,
     /// Raft messages all nodes sent over the timed load, per operation.
     pub raft_messages_per_op: f64,
+    /// Write-ahead log batches (one fdatasync each) all nodes made durable over the timed
+    /// load, per operation.
+    pub wal_batches_per_op: f64,
+    /// Group records in those batches, per operation.
+    pub wal_records_per_op: f64,
     /// With a skew: which, and what the rebalancer did, from the coordinator's status.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub balance: Option<BalanceReport>,
@@ -307,12 +312,10 @@ async fn load_cluster(
     started: Instant,
     metrics: Vec<Arc<NodeMetrics>>,
 ) -> Result<DemoReport, DemoError> {
-    let raft_messages = || -> u64 {
-        metrics
-            .iter()
-            .map(|m| m.total(CoreCounter::RaftMessagesOut))
-            .sum()
-    };
+    let total = |counter| -> u64 { metrics.iter().map(|m| m.total(counter)).sum() };
+    let raft_messages = || total(CoreCounter::RaftMessagesOut);
+    let wal_batches = || total(CoreCounter::WalBatches);
+    let wal_records = || total(CoreCounter::WalRecords);
     let client =
         Rc::new(KvClient::new(spec, tls, 1452).map_err(|e| DemoError::Setup(e.to_string()))?);
     // One key per group, each written once; callers share the queue, and a group whose
@@ -377,7 +380,8 @@ async fn load_cluster(
         client.sample_stages(every);
     }
     let out = Rc::new(Recorders::new());
-    let (cpu_before, messages_before) = (process_cpu(), raft_messages());
+    let (cpu_before, messages_before, batches_before, records_before) =
+        (process_cpu(), raft_messages(), wal_batches(), wal_records());
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
@@ -415,6 +419,8 @@ async fn load_cluster(
     let seconds = load_started.elapsed().as_secs_f64();
     let cpu = process_cpu().saturating_sub(cpu_before);
     let messages = raft_messages().saturating_sub(messages_before);
+    let batches = wal_batches().saturating_sub(batches_before);
+    let records = wal_records().saturating_sub(records_before);
     let samples = match monitor {
         Some(m) => m.await,
         None => Vec::new(),
@@ -453,6 +459,8 @@ async fn load_cluster(
         startup_seconds,
         cpu_us_per_op: cpu.as_secs_f64() * 1e6 / (w.len() + r.len()).max(1) as f64,
         raft_messages_per_op: messages as f64 / (w.len() + r.len()).max(1) as f64,
+        wal_batches_per_op: batches as f64 / (w.len() + r.len()).max(1) as f64,
+        wal_records_per_op: records as f64 / (w.len() + r.len()).max(1) as f64,
         balance,
         stages,
     })

@@ -786,9 +786,10 @@ async fn core_loop(
         publish(&node, metrics, &endpoint);
         let load = node.poll_load();
         if load.is_some() {
-            // A walk over the core's groups: once per load tick, not per turn.
-            metrics.set(CoreGauge::QuiescedGroups, node.quiesced_groups() as u64);
-            metrics.set(CoreGauge::LeaderlessGroups, node.leaderless_groups() as u64);
+            // Counted by the load tick's walk over the core's groups.
+            let counts = node.load_tick_counts();
+            metrics.set(CoreGauge::QuiescedGroups, counts.quiesced as u64);
+            metrics.set(CoreGauge::LeaderlessGroups, counts.leaderless as u64);
         }
         if let Some(load) = load
             && let Some(slot) = load_slot.as_mut()
