@@ -563,9 +563,17 @@ async fn other(
                     .copied()?;
                 (node != 0).then_some(node)
             };
+            // The status names the leader's node, not its core: where a move between two
+            // cores of that node is under way, the leader is one of its two replicas there.
             let leader_of = |group: GroupId, replicas: &[(u64, CoreAddress)]| {
                 let node = leader_node(group)?;
-                replicas.iter().position(|(_, a)| a.node.0 == node)
+                let mut on_node = (0..replicas.len()).filter(|i| replicas[*i].1.node.0 == node);
+                let first = on_node.next()?;
+                on_node.next().is_none().then_some(first)
+            };
+            let leader_ambiguous = |group: GroupId, replicas: &[(u64, CoreAddress)], i: usize| {
+                leader_of(group, replicas).is_none()
+                    && leader_node(group) == Some(replicas[i].1.node.0)
             };
             let move_text = |replicas: &[(u64, CoreAddress)], m: &PendingMove| {
                 let from = replicas
@@ -595,6 +603,7 @@ async fn other(
                                 "at": at(a),
                             })).collect::<Vec<_>>(),
                             "leader": leader_of(*group, replicas).map(|i| at(&replicas[i].1)),
+                            "leader_node": leader_node(*group).map(|n| format!("n{n}")),
                             "moving": moving,
                         })
                     })
@@ -610,7 +619,11 @@ async fn other(
                 let mut text = format!("placement epoch {epoch}");
                 match &status {
                     Some(s) => {
-                        text.push_str("; * marks the leader, as its node last reported\nnodes:");
+                        text.push_str(
+                            "; * marks the leader, as its node last reported ((*): one of the \
+                             two replicas on the leader's node, during a move between its \
+                             cores)\nnodes:",
+                        );
                         let nodes: Vec<String> = s
                             .nodes
                             .iter()
@@ -629,7 +642,13 @@ async fn other(
                     text.push_str(&format!("\ngroup {}:", group.0));
                     let leader = leader_of(*group, replicas);
                     for (i, (_, a)) in replicas.iter().enumerate() {
-                        let mark = if leader == Some(i) { "*" } else { "" };
+                        let mark = if leader == Some(i) {
+                            "*"
+                        } else if leader_ambiguous(*group, replicas, i) {
+                            "(*)"
+                        } else {
+                            ""
+                        };
                         text.push_str(&format!(" {}{mark}", at(a)));
                     }
                     if let Some((_, m)) = moves.iter().find(|(g, _)| g == group) {

@@ -84,7 +84,7 @@ pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitC
         }
         None => None,
     };
-    eprintln!("node {} running", node_id.0);
+    eprintln!("node {node_id} running");
     // The cores run on their own threads; this one watches for a core that stopped with
     // an error (a node that silently serves only some of its groups helps nobody: exit,
     // and let the supervisor restart it or the operator see why).
@@ -103,7 +103,7 @@ pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitC
         // timeout with their clients waiting.
         eprintln!(
             "node {} stopping: handing leadership to other replicas (at most {} s; a second signal stops at once)",
-            node_id.0,
+            node_id,
             LEADERSHIP_HANDOFF_BOUND.as_secs()
         );
         let started = Instant::now();
@@ -112,7 +112,7 @@ pub fn run(path: &Path, run_for: Option<f64>, join: Option<SocketAddr>) -> ExitC
         });
         eprintln!(
             "node {}: {} of its {} led group(s) no longer led here after {:.2} s (handed off, or stepped down with its peers gone), {} still led here; stopping",
-            node_id.0,
+            node_id,
             before - left.min(before),
             before,
             started.elapsed().as_secs_f64(),

@@ -31,6 +31,10 @@ pub enum CoreCounter {
     WalBatches,
     /// Group records in those batches (a group's entries, hard state or snapshot: one each).
     WalRecords,
+    /// Groups whose replica here became leader, and those whose replica here stopped
+    /// leading (stepped down, deposed, handed over).
+    LeadershipsWon,
+    LeadershipsLost,
     /// Raft messages received from peers.
     RaftMessagesIn,
     /// Raft messages from peers refused before stepping (see `replication::screen`).
@@ -87,7 +91,7 @@ pub enum CoreCounter {
 }
 
 impl CoreCounter {
-    pub const ALL: [CoreCounter; 34] = [
+    pub const ALL: [CoreCounter; 36] = [
         CoreCounter::ClientRequests,
         CoreCounter::ClientErrors,
         CoreCounter::ClientRedirects,
@@ -96,6 +100,8 @@ impl CoreCounter {
         CoreCounter::ReadsServed,
         CoreCounter::WalBatches,
         CoreCounter::WalRecords,
+        CoreCounter::LeadershipsWon,
+        CoreCounter::LeadershipsLost,
         CoreCounter::RaftMessagesIn,
         CoreCounter::RaftMessagesRefused,
         CoreCounter::RaftMessagesOut,
@@ -180,6 +186,15 @@ impl CoreCounter {
             CoreCounter::WalRecords => (
                 "wal_records_total",
                 "Group records (entries, hard state, snapshot) in durable log batches.",
+            ),
+            CoreCounter::LeadershipsWon => (
+                "raft_leaderships_won_total",
+                "Groups whose replica on this core became leader.",
+            ),
+            CoreCounter::LeadershipsLost => (
+                "raft_leaderships_lost_total",
+                "Groups whose replica on this core stopped leading (stepped down, deposed, \
+                 handed over).",
             ),
             CoreCounter::RaftMessagesIn => {
                 ("raft_messages_received_total", "Raft messages received.")
@@ -305,10 +320,16 @@ pub enum CoreGauge {
     /// Groups hosted here whose replica knows no leader, counted once per load tick (1
     /// until the first count: not known to be ready).
     LeaderlessGroups,
+    /// The most committed entries a replica here has not applied yet, over its groups
+    /// (once per load tick).
+    ApplyLagMax,
+    /// The most entries a voter trails its leader's log by, over the groups led here
+    /// (once per load tick; learners being caught up for a move are not counted).
+    FollowerLagMax,
 }
 
 impl CoreGauge {
-    pub const ALL: [CoreGauge; 12] = [
+    pub const ALL: [CoreGauge; 14] = [
         CoreGauge::LeaderGroups,
         CoreGauge::PendingRequests,
         CoreGauge::QuicGsoActive,
@@ -321,6 +342,8 @@ impl CoreGauge {
         CoreGauge::ProbeRttMaxNanos,
         CoreGauge::QuiescedGroups,
         CoreGauge::LeaderlessGroups,
+        CoreGauge::ApplyLagMax,
+        CoreGauge::FollowerLagMax,
     ];
 
     /// What one stored unit is in the exported unit (nanoseconds exported as seconds).
@@ -375,6 +398,16 @@ impl CoreGauge {
                 "leaderless_groups",
                 "Groups hosted on this core whose replica knows no leader (counted once a second).",
             ),
+            CoreGauge::ApplyLagMax => (
+                "raft_apply_lag_max_entries",
+                "The most committed entries a replica on this core has yet to apply, over its \
+                 groups (once a second).",
+            ),
+            CoreGauge::FollowerLagMax => (
+                "raft_follower_lag_max_entries",
+                "The most entries a voter trails its leader's log by, over the groups led on \
+                 this core (once a second; learners catching up for a move not counted).",
+            ),
         }
     }
 }
@@ -405,15 +438,52 @@ pub struct TimeHistogram {
     recent_max_ns: AtomicU64,
 }
 
+/// The bucket of `TimeHistogram` a duration of `ns` nanoseconds counts in.
+fn bucket_of(ns: u64) -> usize {
+    let us = ns / 1_000;
+    LOOP_TURN_BUCKETS_US
+        .iter()
+        .position(|b| us <= *b)
+        .unwrap_or(LOOP_TURN_BUCKETS_US.len())
+}
+
+/// A histogram in `TimeHistogram`'s buckets that one owner fills with plain counts (the
+/// sans-IO node core), and a shell copies into the shared one (`TimeHistogram::mirror`),
+/// as it copies the core's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalTimeHistogram {
+    buckets: [u64; LOOP_TURN_BUCKETS_US.len() + 1],
+    sum_ns: u64,
+    max_ns: u64,
+}
+
+impl LocalTimeHistogram {
+    pub fn observe(&mut self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(ns)] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    /// Samples counted so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 impl TimeHistogram {
+    /// Takes `local`'s counts as its own (they only grow).
+    pub fn mirror(&self, local: &LocalTimeHistogram) {
+        for (shared, n) in self.buckets.iter().zip(local.buckets) {
+            shared.store(n, Ordering::Relaxed);
+        }
+        self.sum_ns.store(local.sum_ns, Ordering::Relaxed);
+        self.max_ns.store(local.max_ns, Ordering::Relaxed);
+    }
+
     pub fn observe(&self, turn: std::time::Duration) {
         let ns = u64::try_from(turn.as_nanos()).unwrap_or(u64::MAX);
-        let us = ns / 1_000;
-        let bucket = LOOP_TURN_BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(LOOP_TURN_BUCKETS_US.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
         self.recent_max_ns.fetch_max(ns, Ordering::Relaxed);
@@ -450,6 +520,9 @@ pub struct CoreMetrics {
     /// How long client requests waited for their answer on this core, from the whole
     /// request read to the answer ready, by `RequestKind`.
     pub requests: [TimeHistogram; RequestKind::ALL.len()],
+    /// How long writes this core's leader replicas took from the request taken to its
+    /// entry committed and applied (a quorum's durable append; mirrored from the core).
+    pub raft_commit: TimeHistogram,
 }
 
 impl Default for CoreMetrics {
@@ -462,6 +535,7 @@ impl Default for CoreMetrics {
             loop_turn_cpu: TimeHistogram::default(),
             wal_write: TimeHistogram::default(),
             requests: Default::default(),
+            raft_commit: TimeHistogram::default(),
         }
     }
 }
@@ -526,6 +600,8 @@ pub struct NodeMetrics {
     /// Node and core max / mean of the load, as f64 bits: set by core 0 while it
     /// coordinates, 0 otherwise.
     imbalance: [AtomicU64; 2],
+    /// Each other node and whether core 0's failure detector holds it alive (`set_peers`).
+    peers: std::sync::Mutex<Vec<(NodeId, bool)>>,
 }
 
 impl NodeMetrics {
@@ -538,6 +614,7 @@ impl NodeMetrics {
             load,
             rebalancer: std::sync::OnceLock::new(),
             imbalance: [AtomicU64::new(0), AtomicU64::new(0)],
+            peers: std::sync::Mutex::new(Vec::new()),
         };
         (metrics, writers)
     }
@@ -554,6 +631,14 @@ impl NodeMetrics {
 
     /// Node and core max / mean of the cluster's load (the coordinator's view; 0 on other
     /// nodes).
+    /// The other nodes and whether the failure detector holds each alive (core 0, each
+    /// turn: the list is rewritten in place).
+    pub fn set_peers(&self, peers: impl Iterator<Item = (NodeId, bool)>) {
+        let mut list = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        list.clear();
+        list.extend(peers);
+    }
+
     pub fn set_imbalance(&self, node: f64, core: f64) {
         self.imbalance[0].store(node.to_bits(), Ordering::Relaxed);
         self.imbalance[1].store(core.to_bits(), Ordering::Relaxed);
@@ -676,6 +761,13 @@ impl NodeMetrics {
              commit of every group on the core).",
             &|m| &m.wal_write,
         );
+        histogram(
+            &mut out,
+            "raft_commit_seconds",
+            "Time from a write taken by a leader replica on the core to its entry committed \
+             (appended durably by a quorum) and applied there.",
+            &|m| &m.raft_commit,
+        );
         let _ = writeln!(
             out,
             "# HELP nodedb_core_request_seconds Time from a client request read to its answer \
@@ -773,6 +865,20 @@ impl NodeMetrics {
             let _ = writeln!(out, "# TYPE nodedb_rebalancer_{name} gauge");
             let _ = writeln!(out, "nodedb_rebalancer_{name}{{node=\"{node}\"}} {value}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP nodedb_peer_up 1 while this node's failure detector holds the peer node \
+             alive, 0 while it suspects it or holds it dead."
+        );
+        let _ = writeln!(out, "# TYPE nodedb_peer_up gauge");
+        for (peer, up) in self.peers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "nodedb_peer_up{{node=\"{node}\",peer=\"{}\"}} {}",
+                peer.0,
+                u8::from(*up)
+            );
+        }
         if let Some(l) = self.rebalancer.get() {
             l.render_prefixed("nodedb_", node, &mut out);
         }
@@ -821,9 +927,9 @@ mod tests {
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         // Seven load series per core besides the counters and gauges, the histograms
         // (their buckets, +Inf, sum and count) of loop turns' wall and CPU time, of log
-        // writes and of requests of each kind, the longest turn, and the two imbalance
+        // writes, of Raft commits and of requests of each kind, the longest turn, and the two imbalance
         // gauges of the node.
-        let histograms = 3 + RequestKind::ALL.len();
+        let histograms = 4 + RequestKind::ALL.len();
         let histogram = histograms * (LOOP_TURN_BUCKETS_US.len() + 3) + 1;
         assert_eq!(
             samples,
@@ -848,6 +954,14 @@ mod tests {
         m.core(0).loop_turn_cpu.observe(Duration::from_micros(70));
         m.core(0).wal_write.observe(Duration::from_micros(300));
         m.core(0).requests[RequestKind::Write as usize].observe(Duration::from_millis(3));
+        let mut commits = LocalTimeHistogram::default();
+        commits.observe(Duration::from_micros(700));
+        commits.observe(Duration::from_millis(20));
+        m.core(0).raft_commit.mirror(&commits);
+        // Mirrored again after one more: the counts are the core's, not added twice.
+        commits.observe(Duration::from_micros(40));
+        m.core(0).raft_commit.mirror(&commits);
+        m.set_peers([(NodeId(2), true), (NodeId(3), false)].into_iter());
         let text = m.render_prometheus();
         for line in [
             "nodedb_core_loop_turn_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 1",
@@ -868,6 +982,13 @@ mod tests {
             "nodedb_core_request_seconds_bucket{node=\"1\",core=\"0\",op=\"write\",le=\"0.005\"} 1",
             "nodedb_core_request_seconds_sum{node=\"1\",core=\"0\",op=\"write\"} 0.003",
             "nodedb_core_request_seconds_count{node=\"1\",core=\"0\",op=\"read\"} 0",
+            "# TYPE nodedb_core_raft_commit_seconds histogram",
+            "nodedb_core_raft_commit_seconds_bucket{node=\"1\",core=\"0\",le=\"0.00005\"} 1",
+            "nodedb_core_raft_commit_seconds_bucket{node=\"1\",core=\"0\",le=\"0.001\"} 2",
+            "nodedb_core_raft_commit_seconds_bucket{node=\"1\",core=\"0\",le=\"0.025\"} 3",
+            "nodedb_core_raft_commit_seconds_count{node=\"1\",core=\"0\"} 3",
+            "nodedb_peer_up{node=\"1\",peer=\"2\"} 1",
+            "nodedb_peer_up{node=\"1\",peer=\"3\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

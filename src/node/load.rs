@@ -14,7 +14,7 @@ use crate::constants::{LOAD_RATE_DECAY, LOAD_TICK};
 use crate::ids::{GroupId, VShardId};
 use crate::node::cell::Cell;
 use crate::replication::kv::StateMachine;
-use crate::replication::raft_host::RaftHost;
+use crate::replication::raft_host::{GroupFlags, RaftHost};
 use crate::time::Time;
 
 /// One core's load over its last tick.
@@ -73,12 +73,11 @@ struct Walked {
 }
 
 /// `others` with the metadata group's replica here, if any, asked now.
-fn walked_counts(others: GroupCounts, host: &RaftHost<Cell>) -> GroupCounts {
-    let flags = host.group_flags(GroupId::METADATA).unwrap_or_default();
-    GroupCounts {
-        quiesced: others.quiesced + usize::from(flags.quiesced),
-        leaderless: others.leaderless + usize::from(flags.leaderless),
+fn walked_counts(mut others: GroupCounts, host: &RaftHost<Cell>) -> GroupCounts {
+    if let Some(flags) = host.group_flags(GroupId::METADATA) {
+        others.add(flags);
     }
+    others
 }
 
 /// How many of a core's groups sleep and how many know no leader, as of its last load
@@ -87,6 +86,19 @@ fn walked_counts(others: GroupCounts, host: &RaftHost<Cell>) -> GroupCounts {
 pub struct GroupCounts {
     pub quiesced: usize,
     pub leaderless: usize,
+    /// The most entries committed and not applied, over the core's replicas.
+    pub apply_lag_max: u64,
+    /// The most entries a voter trails by, over the groups the core leads.
+    pub follower_lag_max: u64,
+}
+
+impl GroupCounts {
+    fn add(&mut self, flags: GroupFlags) {
+        self.quiesced += usize::from(flags.quiesced);
+        self.leaderless += usize::from(flags.leaderless);
+        self.apply_lag_max = self.apply_lag_max.max(flags.apply_lag);
+        self.follower_lag_max = self.follower_lag_max.max(flags.follower_lag);
+    }
 }
 
 impl LoadMeter {
@@ -173,8 +185,7 @@ impl LoadMeter {
             if group == GroupId::METADATA {
                 continue;
             }
-            others.quiesced += usize::from(flags.quiesced);
-            others.leaderless += usize::from(flags.leaderless);
+            others.add(flags);
             while kept.next_if(|(g, _)| *g < group).is_some() {}
             let mut r = kept
                 .next_if(|(g, _)| *g == group)

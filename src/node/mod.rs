@@ -59,12 +59,12 @@ use crate::cluster::spec::{ClusterInfo, ClusterSpec};
 use crate::cluster::topology::{ClusterTopology, NodeState};
 use crate::cluster::vshard::{VShardCountError, VShardMap};
 use crate::constants::{
-    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX,
-    SNAPSHOT_MAX_BYTES, SNAPSHOT_RESTORE_BYTES_PER_TURN, SNAPSHOT_TRANSFER_TIMEOUT,
-    SNAPSHOT_TRANSFERS_MAX,
+    CLIENT_PENDING_MAX, CLIENT_REQUEST_TIMEOUT, LOAD_TICK, RAFT_BATCH_BYTES_MAX,
+    RAFT_BATCH_MESSAGES_MAX, SNAPSHOT_MAX_BYTES, SNAPSHOT_RESTORE_BYTES_PER_TURN,
+    SNAPSHOT_TRANSFER_TIMEOUT, SNAPSHOT_TRANSFERS_MAX,
 };
 use crate::ids::{CoreAddress, CoreId, Epoch, GroupId, NodeId, ReplicaId, Role};
-use crate::metrics::cores::CoreCounter;
+use crate::metrics::cores::{CoreCounter, LocalTimeHistogram};
 use crate::node::balancer::Balancer;
 pub use crate::node::balancer::{BalanceConfig, BalancerStats, BalancerStatus, NodeStatus};
 use crate::node::cell::Cell;
@@ -392,6 +392,10 @@ pub struct NodeCore<R> {
     audit: Option<VecDeque<Audit>>,
     coordinator: Option<Coordinator>,
     counters: [u64; CoreCounter::ALL.len()],
+    /// Writes led here, from taken to committed and applied (`commit_latency`).
+    commit_latency: LocalTimeHistogram,
+    /// When the next leadership line may be logged, and the counts it last logged.
+    leaderships_logged: (Option<Time>, (u64, u64)),
     bug: Option<NodeBug>,
     /// The first error that stopped the core.
     failure: Option<String>,
@@ -509,6 +513,8 @@ impl<R> NodeCore<R> {
             audit: config.audit.then(VecDeque::new),
             coordinator,
             counters: [0; CoreCounter::ALL.len()],
+            commit_latency: LocalTimeHistogram::default(),
+            leaderships_logged: (None, (0, 0)),
             bug: config.bug,
             failure: None,
         })
@@ -527,6 +533,29 @@ impl<R> NodeCore<R> {
         self.expire_requests(now);
         self.coordinate(now);
         self.load.tick(now, &self.host);
+        self.log_leaderships(now);
+    }
+
+    /// One line a second at most for the leaderships won and lost here: at start-up, or
+    /// when a node fails, thousands of groups elect, and a line each would drown the rest.
+    fn log_leaderships(&mut self, now: Time) {
+        let (due, logged) = &mut self.leaderships_logged;
+        if due.is_some_and(|due| now < due) {
+            return;
+        }
+        *due = Some(now + LOAD_TICK);
+        let (won, lost) = self.host.leaderships();
+        let (won_then, lost_then) = std::mem::replace(logged, (won, lost));
+        if (won, lost) != (won_then, lost_then) {
+            info!(
+                node = self.local.node.0,
+                core = self.local.core.0,
+                won = won - won_then,
+                lost = lost - lost_then,
+                leading = self.host.leader_count(),
+                "leaderships changed here since the last such line"
+            );
+        }
     }
 
     /// This core's load over the load tick that last ended (`LOAD_TICK`), once per tick.
@@ -1273,12 +1302,20 @@ impl<R> NodeCore<R> {
         self.coordinator.as_ref().map(|c| &c.liveness)
     }
 
+    /// How long the writes this core's leader replicas answered took from taken to
+    /// committed and applied (cumulative, for the shell to mirror).
+    pub fn commit_latency(&self) -> &LocalTimeHistogram {
+        &self.commit_latency
+    }
+
     pub fn counter(&self, counter: CoreCounter) -> u64 {
         let mover = self.coordinator.as_ref().map(|c| &c.mover);
         let probes = self.liveness().map(|l| l.stats);
         let stats = self.balancer_stats();
         let stat = |f: fn(&BalancerStats) -> u64| stats.map_or(0, f);
         match counter {
+            CoreCounter::LeadershipsWon => self.host.leaderships().0,
+            CoreCounter::LeadershipsLost => self.host.leaderships().1,
             CoreCounter::MoveSteps => mover.map_or(0, |m| m.steps),
             CoreCounter::MovesEnded => mover.map_or(0, |m| m.ended),
             CoreCounter::MovesAbandoned => mover.map_or(0, |m| m.abandoned),
@@ -1742,7 +1779,9 @@ impl<R> NodeCore<R> {
                 } => match self.pending.remove(&token.0) {
                     Some(Pending::Write { id, reply, since }) => {
                         self.count(CoreCounter::WritesAcked, 1);
-                        self.load.on_served(self.now.saturating_since(since));
+                        let took = self.now.saturating_since(since);
+                        self.load.on_served(took);
+                        self.commit_latency.observe(took);
                         self.replies.push_back((
                             reply,
                             KvResponseFrame {
@@ -2870,5 +2909,19 @@ mod tests {
         }
         let later = core.poll_load().expect("the next tick");
         assert!(later.writes_per_sec > 0.0 && later.writes_per_sec < load.writes_per_sec);
+        // Every write was timed from taken to applied.
+        assert_eq!(core.commit_latency().count(), 50);
+        // A minute later the rate has decayed to nothing (below `RATE_FLOOR`, dropped):
+        // the ticks that skip their walk report the same groups and bytes.
+        for _ in 0..6_000 {
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+        }
+        let quiet = core.poll_load().expect("a tick");
+        assert!(quiet.writes_per_sec < 1e-3, "{quiet:?}");
+        assert_eq!((quiet.groups_led, quiet.replicas), (1, 1));
+        assert_eq!(quiet.bytes_stored, load.bytes_stored);
+        assert_eq!(core.load_tick_counts().leaderless, 0);
+        assert_eq!(core.load_tick_counts().apply_lag_max, 0);
     }
 }

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::client::call::{Call, CallPolicy, Failure};
 use crate::client::routing::Routing;
@@ -382,7 +382,7 @@ impl Mover {
         };
         let (actions, outcome) = m.decide.next(view, &known);
         debug!(group = group.0, ?now, ?view, durable = ?m.durable, ?actions, ?outcome, "replica move decided");
-        let new = m.decide.new;
+        let (new, from) = (m.decide.new, m.decide.from);
         self.steps += 1;
         let mut calls = Vec::new();
         for action in actions {
@@ -406,6 +406,14 @@ impl Mover {
         if let Some(outcome) = outcome {
             let moved = outcome == MoveOutcome::Moved;
             self.abandoned += u64::from(!moved);
+            if !moved {
+                warn!(
+                    group = group.0,
+                    from = from.0,
+                    new = new.0,
+                    "replica move abandoned: its new replica's node failed; ending it"
+                );
+            }
             let command = MetadataCommand::EndMove { group, new, moved };
             self.ends.push((group, command));
             return Stage::Ending;

@@ -108,6 +108,10 @@ pub struct GroupFlags {
     pub quiesced: bool,
     /// This replica knows no leader.
     pub leaderless: bool,
+    /// Entries committed here and not yet applied.
+    pub apply_lag: u64,
+    /// Where this replica leads: the most entries a voter's log trails its own by.
+    pub follower_lag: u64,
 }
 
 /// One group's share of a persist batch.
@@ -600,6 +604,8 @@ pub struct RaftHost<S: StateMachine> {
     ticks: u64,
     /// Counts the calls that may have changed a group (`activity`).
     activity: u64,
+    /// Leaderships won and lost here (`leaderships`).
+    leaderships: (u64, u64),
 }
 
 /// A slog logger whose records go to `tracing` (raft-rs logs through slog).
@@ -673,6 +679,7 @@ impl<S: StateMachine> RaftHost<S> {
             unled_sleepers: VecDeque::new(),
             ticks: 0,
             activity: 0,
+            leaderships: (0, 0),
         }
     }
 
@@ -881,6 +888,12 @@ impl<S: StateMachine> RaftHost<S> {
     /// kept up to date, not a walk over the groups, so every turn may ask.
     pub fn leader_count(&self) -> usize {
         self.leading
+    }
+
+    /// How many times a replica here became leader, and how many times one stopped
+    /// leading, since the host started (as `poll_persist` saw them).
+    pub fn leaderships(&self) -> (u64, u64) {
+        self.leaderships
     }
 
     /// How many groups this core hosts.
@@ -1673,8 +1686,10 @@ impl<S: StateMachine> RaftHost<S> {
                     g.leading = leading;
                     if leading {
                         self.leading += 1;
+                        self.leaderships.0 += 1;
                     } else {
                         self.leading -= 1;
+                        self.leaderships.1 += 1;
                     }
                 }
                 let leader = (ss.leader_id != 0).then_some(ReplicaId(ss.leader_id));
@@ -2357,10 +2372,29 @@ fn report_applied<S>(
 }
 
 fn flags<S: StateMachine>(g: &Group<S>) -> GroupFlags {
+    let raft = &g.raw.raft;
+    let leading = raft.state == StateRole::Leader;
+    let follower_lag = if leading {
+        let last = raft.raft_log.last_index();
+        let voters = raft.prs().conf().voters();
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| voters.contains(**id))
+            .map(|(_, pr)| last.saturating_sub(pr.matched))
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
     GroupFlags {
-        leading: g.raw.raft.state == StateRole::Leader,
+        leading,
         quiesced: g.quiesced,
-        leaderless: g.raw.raft.leader_id == raft::INVALID_ID,
+        leaderless: raft.leader_id == raft::INVALID_ID,
+        apply_lag: raft
+            .raft_log
+            .committed
+            .saturating_sub(raft.raft_log.applied),
+        follower_lag,
     }
 }
 

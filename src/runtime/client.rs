@@ -416,8 +416,8 @@ impl KvClient {
     ) -> Result<(KvReply, Option<ServerTiming>), Failure> {
         let addr = self.routing.borrow().address(target).ok_or_else(|| {
             Failure::NotSent(format!(
-                "node {} core {} is neither in this client's configuration nor in the \
-                 placement tables it fetched",
+                "{target} (node {}, core {}) is neither in this client's configuration nor in \
+                 the placement tables it fetched",
                 target.node, target.core
             ))
         })?;

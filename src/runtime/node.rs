@@ -611,6 +611,10 @@ async fn core_loop(
             // The rebalancer swept during this timeout: its duration is the sweep's.
             rebalancer.set_last_duration(turn.elapsed());
         }
+        if let Some(l) = node.liveness() {
+            let up = |(peer, state)| (peer, state == crate::node::liveness::MemberState::Alive);
+            node_metrics.set_peers(l.states().map(up));
+        }
         if let Some((n, c)) = node.imbalance() {
             node_metrics.set_imbalance(n, c);
         } else if local.core == CoreId(0) {
@@ -790,6 +794,8 @@ async fn core_loop(
             let counts = node.load_tick_counts();
             metrics.set(CoreGauge::QuiescedGroups, counts.quiesced as u64);
             metrics.set(CoreGauge::LeaderlessGroups, counts.leaderless as u64);
+            metrics.set(CoreGauge::ApplyLagMax, counts.apply_lag_max);
+            metrics.set(CoreGauge::FollowerLagMax, counts.follower_lag_max);
         }
         if let Some(load) = load
             && let Some(slot) = load_slot.as_mut()
@@ -991,6 +997,7 @@ fn publish(node: &NodeCore<Reply>, metrics: &CoreMetrics, endpoint: &QuicEndpoin
     {
         metrics.mirror(counter, node.counter(counter));
     }
+    metrics.raft_commit.mirror(node.commit_latency());
     metrics.set(CoreGauge::PendingRequests, node.pending_requests() as u64);
     metrics.set(CoreGauge::LeaderGroups, node.leader_groups() as u64);
     metrics.set(CoreGauge::Replicas, node.replicas() as u64);
