@@ -64,6 +64,7 @@ pub mod constants;
 pub mod ids;
 pub mod metrics;
 pub mod node;
+pub mod plot;
 pub mod replication;
 pub mod rng;
 pub mod runtime;

@@ -210,7 +210,19 @@ fn certs_init_node_and_client_write_pem_files_with_private_keys() {
 
 #[test]
 fn demo_runs_a_cluster_and_reports_json() {
-    let v = cli_json(&["demo", "--seconds", "1", "--concurrency", "4", "--json"]);
+    let dir = scratch_dir("demo-plot");
+    let svg_path = dir.join("demo.svg");
+    let svg_arg = svg_path.to_str().unwrap();
+    let v = cli_json(&[
+        "demo",
+        "--seconds",
+        "2",
+        "--concurrency",
+        "4",
+        "--json",
+        "--plot",
+        svg_arg,
+    ]);
     for key in [
         "writes",
         "reads",
@@ -227,6 +239,21 @@ fn demo_runs_a_cluster_and_reports_json() {
         "{v}"
     );
     assert_eq!(v["errors"], 0, "{v}");
+    // The plot: both panels, a curve for writes and one for reads, and their p50 and p99
+    // lines second by second (two seconds of load), nothing drawn at infinity.
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for text in ["Latency by percentile", "second by second", "writes p99", "reads p50"] {
+        assert!(svg.contains(text), "no {text:?} in the plot");
+    }
+    assert_eq!(svg.matches("<polyline").count(), 6, "{svg}");
+    assert!(!svg.contains("NaN") && !svg.contains("inf"));
+    // A plot that cannot be written fails before the run.
+    let missing = dir.join("no-such-dir").join("demo.svg");
+    let bad = cli(&["demo", "--plot", missing.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--plot"));
+    std::fs::remove_dir_all(&dir).unwrap();
     let bad = cli(&["demo", "--groups", "6"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("power of two"));

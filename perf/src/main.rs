@@ -201,6 +201,10 @@ enum Tool {
         /// PREFIX.during.hgrm (HdrHistogram's plottable percentile format, milliseconds).
         #[arg(long, value_name = "PREFIX")]
         hgrm: Option<PathBuf>,
+        /// Draw the foreground writes' latency into this SVG file: by percentile before and
+        /// during the move, and p50/p99 second by second with the move's start and end.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
         /// Replica moves at once, one per group (the cluster gets the next power of two of
         /// groups, each loaded with `mib`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -337,6 +341,7 @@ fn main() -> ExitCode {
             throttle,
             rate,
             hgrm,
+            plot,
             moves,
             processes,
             binary,
@@ -354,6 +359,7 @@ fn main() -> ExitCode {
                 stages,
             },
             hgrm,
+            plot,
         ),
         Tool::BalanceMatrix { seeds } => balance_matrix(seeds),
         Tool::Idle {
@@ -550,8 +556,25 @@ fn rpc_bench(requests: u64, concurrency: &[usize], payload: usize) -> Outcome {
     Ok((serde_json::json!({ "rpc": rows }), true))
 }
 
-fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>) -> Outcome {
+fn migrate_bench(o: &migrate::Options, hgrm: Option<PathBuf>, plot: Option<PathBuf>) -> Outcome {
+    // Created first: a path that cannot be written fails now, not after the run.
+    let plot_file = match &plot {
+        Some(path) => Some(
+            std::fs::File::create(path).map_err(|e| format!("--plot {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let r = migrate::run(o)?;
+    if let (Some(path), Some(mut file)) = (&plot, plot_file) {
+        use std::io::Write as _;
+        let title = format!(
+            "nodedb-perf migrate: {} MiB, {} move(s), {:.1} s",
+            o.mib, o.moves, r.move_seconds
+        );
+        file.write_all(migrate::plot(&r, &title).as_bytes())
+            .map_err(|e| format!("--plot {}: {e}", path.display()))?;
+        eprintln!("latency plot written to {}", path.display());
+    }
     if let Some(prefix) = hgrm {
         let with = |suffix: &str| {
             let mut name = prefix.clone().into_os_string();

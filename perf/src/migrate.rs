@@ -94,6 +94,44 @@ pub struct MigrateResult {
     /// With `stages`: the writes' stages before and during the move.
     pub baseline_stages: Option<StageHistograms>,
     pub during_stages: Option<StageHistograms>,
+    /// Both windows' writes second by second since the baseline began, and when (seconds
+    /// since then) the move started and ended: the plot's timeline.
+    pub per_second: Vec<Histogram<u64>>,
+    pub move_started_s: f64,
+    pub move_ended_s: f64,
+}
+
+/// Latencies (µs) second by second since `origin`, two significant digits: the timeline
+/// of a plot.
+pub struct PerSecond {
+    origin: Instant,
+    seconds: std::cell::RefCell<Vec<Histogram<u64>>>,
+}
+
+impl PerSecond {
+    pub fn new(origin: Instant) -> PerSecond {
+        PerSecond {
+            origin,
+            seconds: Default::default(),
+        }
+    }
+
+    fn record(&self, micros: u64) {
+        let second = self.origin.elapsed().as_secs() as usize;
+        let mut seconds = self.seconds.borrow_mut();
+        while seconds.len() <= second {
+            seconds.push(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"));
+        }
+        seconds[second].saturating_record(micros);
+    }
+
+    fn since(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.origin).as_secs_f64()
+    }
+
+    fn take(&self) -> Vec<Histogram<u64>> {
+        std::mem::take(&mut self.seconds.borrow_mut())
+    }
 }
 
 pub fn run(o: &Options) -> Result<MigrateResult, String> {
@@ -459,7 +497,15 @@ async fn measure(
     let rss_watch = watch_rss(probe.clone(), watching.clone());
     let stream_watch = watch_stream(probe.clone(), watching.clone());
     let checkpoints_before = probe.checkpoints();
-    let baseline = write_window(client, rate, Duration::from_secs(3), None).await?;
+    let timeline = Rc::new(PerSecond::new(Instant::now()));
+    let baseline = write_window(
+        client,
+        rate,
+        Duration::from_secs(3),
+        None,
+        Some(timeline.clone()),
+    )
+    .await?;
     let checkpoints_in_baseline = probe.checkpoints().saturating_sub(checkpoints_before);
     let baseline_stages = client.stage_histograms();
     if stages {
@@ -468,9 +514,10 @@ async fn measure(
     }
     let moving = Rc::new(Cell::new(true));
     let writer = {
-        let (client, moving) = (client.clone(), moving.clone());
+        let (client, moving, timeline) = (client.clone(), moving.clone(), timeline.clone());
         glommio::spawn_local(async move {
-            write_window(&client, rate, Duration::from_secs(600), Some(moving)).await
+            let length = Duration::from_secs(600);
+            write_window(&client, rate, length, Some(moving), Some(timeline)).await
         })
     };
     // Each moving group's first replica moves to the node that holds none of it.
@@ -503,6 +550,7 @@ async fn measure(
         t.await?;
     }
     let move_seconds = started.elapsed().as_secs_f64();
+    let (move_started_s, move_ended_s) = (timeline.since(started), timeline.since(Instant::now()));
     let checkpoints_during_move = (probe.checkpoints().saturating_sub(checkpoints_before))
         .saturating_sub(checkpoints_in_baseline);
     let max_stall = probe.longest_turn_since(TurnClock::Wall, &turns_before);
@@ -551,7 +599,48 @@ async fn measure(
         during,
         baseline_stages,
         during_stages,
+        per_second: timeline.take(),
+        move_started_s,
+        move_ended_s,
     })
+}
+
+/// The plot of a run: write latency by percentile before and during the move, and second
+/// by second through both windows with the move's start and end marked.
+pub fn plot(r: &MigrateResult, title: &str) -> String {
+    use nodedb_cluster::plot::{self, LatencyRecord, Marker};
+    let empty = Histogram::<u64>::new(2).expect("valid precision");
+    let records = [
+        LatencyRecord {
+            name: "before the move",
+            colors: ["#2ca02c", "#2ca02c"],
+            whole: &r.baseline,
+            per_second: &[],
+        },
+        LatencyRecord {
+            name: "during the move",
+            colors: ["#d62728", "#d62728"],
+            whole: &r.during,
+            per_second: &[],
+        },
+        LatencyRecord {
+            name: "writes",
+            colors: ["#1f77b4", "#9ecae1"],
+            whole: &empty,
+            per_second: &r.per_second,
+        },
+    ];
+    let marks = vec![
+        Marker {
+            x: r.move_started_s,
+            label: "move started".into(),
+        },
+        Marker {
+            x: r.move_ended_s,
+            label: "move ended".into(),
+        },
+    ];
+    plot::render(title, &plot::latency_panels(&records, marks))
 }
 
 /// Writes small values for `length`, or until `running` turns false: one closed-loop
@@ -562,6 +651,7 @@ pub async fn write_window(
     rate: Option<u64>,
     length: Duration,
     running: Option<Rc<Cell<bool>>>,
+    timeline: Option<Rc<PerSecond>>,
 ) -> Result<Histogram<u64>, String> {
     let h = Rc::new(std::cell::RefCell::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
@@ -574,8 +664,11 @@ pub async fn write_window(
         while go_on() {
             let t = Instant::now();
             put(client, i).await?;
-            h.borrow_mut()
-                .saturating_record(t.elapsed().as_micros() as u64);
+            let micros = t.elapsed().as_micros() as u64;
+            h.borrow_mut().saturating_record(micros);
+            if let Some(timeline) = &timeline {
+                timeline.record(micros);
+            }
             i += 1;
         }
         return Ok(h.borrow().clone());
@@ -585,6 +678,7 @@ pub async fn write_window(
     let mut workers = Vec::new();
     for _ in 0..OPEN_LOOP_WORKERS {
         let (client, h, next, go_on) = (client.clone(), h.clone(), next.clone(), go_on.clone());
+        let timeline = timeline.clone();
         workers.push(glommio::spawn_local(async move {
             loop {
                 let i = next.get();
@@ -597,8 +691,11 @@ pub async fn write_window(
                     return Ok::<(), String>(());
                 }
                 put(&client, i).await?;
-                h.borrow_mut()
-                    .saturating_record(due.elapsed().as_micros() as u64);
+                let micros = due.elapsed().as_micros() as u64;
+                h.borrow_mut().saturating_record(micros);
+                if let Some(timeline) = &timeline {
+                    timeline.record(micros);
+                }
             }
         }));
     }

@@ -131,7 +131,7 @@ pub fn ours_open_loop(
     on_processes(binary, dir, move |client| async move {
         ready(&client, stages).await?;
         let length = Duration::from_secs_f64(seconds);
-        let h = crate::migrate::write_window(&client, Some(rate), length, None).await?;
+        let h = crate::migrate::write_window(&client, Some(rate), length, None, None).await?;
         Ok(from_client(&client, &h, seconds))
     })
 }

@@ -41,6 +41,11 @@ pub struct DemoArgs {
     /// durable write, the wait for the quorum, apply, reply (and the follower's round trip).
     #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "EVERY")]
     pub stages: Option<u64>,
+    /// Also draw the latencies into this SVG file: the percentile curve of writes and
+    /// reads, and their p50 and p99 second by second, with the replica moves the
+    /// rebalancer started and ended marked.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -72,7 +77,19 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         skew: args.skew,
         progress: !args.json,
         stages: args.stages,
+        plot: args.plot.is_some(),
         ..DemoConfig::default()
+    };
+    // Created first: a path that cannot be written fails now, not after the run.
+    let plot_file = match &args.plot {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Some((path, file)),
+            Err(e) => {
+                eprintln!("error: --plot {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
     if !args.json {
         eprintln!(
@@ -82,6 +99,16 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     }
     match nodedb_cluster::runtime::demo::run(&config) {
         Ok(r) => {
+            if let (Some((path, mut file)), Some(svg)) = (plot_file, &r.plot_svg) {
+                use std::io::Write as _;
+                if let Err(e) = file.write_all(svg.as_bytes()) {
+                    eprintln!("error: --plot {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                if !args.json {
+                    eprintln!("latency plot written to {}", path.display());
+                }
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {

@@ -24,6 +24,7 @@ use thiserror::Error;
 use crate::ids::NodeId;
 use crate::metrics::cores::{CoreCounter, NodeMetrics};
 use crate::metrics::stages::StageHistograms;
+use crate::plot::{self, LatencyRecord, Marker};
 use crate::rng::Rng;
 use crate::runtime::client::KvClient;
 use crate::runtime::cores::CoreLayout;
@@ -59,6 +60,9 @@ pub struct DemoConfig {
     pub progress: bool,
     /// Trace every N-th write of the load and report where its time went (`stages`).
     pub stages: Option<u64>,
+    /// Draw the latencies (`DemoReport::plot_svg`): a percentile curve and a p50/p99
+    /// timeline per second, with the moves the rebalancer started and ended marked.
+    pub plot: bool,
 }
 
 /// Where a skewed load goes.
@@ -96,6 +100,7 @@ impl Default for DemoConfig {
             skew: None,
             progress: false,
             stages: None,
+            plot: false,
         }
     }
 }
@@ -144,6 +149,9 @@ pub struct DemoReport {
     /// With `stages`: the sampled writes' stage percentiles.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<StageHistograms>,
+    /// With `plot`: an SVG document of the latencies (not in the JSON).
+    #[serde(skip)]
+    pub plot_svg: Option<String>,
 }
 
 /// A skewed demo's balancing, measured from the nodes' own load reports.
@@ -379,12 +387,16 @@ async fn load_cluster(
     if let Some(every) = config.stages {
         client.sample_stages(every);
     }
-    let out = Rc::new(Recorders::new());
+    let out = Rc::new(Recorders::new(config.plot.then(Instant::now)));
     let (cpu_before, messages_before, batches_before, records_before) =
         (process_cpu(), raft_messages(), wal_batches(), wal_records());
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
+    let move_marks = config.plot.then(|| {
+        let metrics = metrics.clone();
+        glommio::spawn_local(async move { move_marks(&metrics, load_started, deadline).await })
+    });
     let monitor = config.skew.map(|_| {
         let (client, progress) = (client.clone(), config.progress);
         glommio::spawn_local(
@@ -431,6 +443,34 @@ async fn load_cluster(
     let stages = client.stage_histograms();
     client.shutdown().await;
     let (w, r) = (out.writes.borrow(), out.reads.borrow());
+    let plot_svg = match (move_marks, &out.seconds) {
+        (Some(marks), Some((_, per_second))) => {
+            let marks = marks.await;
+            let per_second = per_second.borrow();
+            let kind = |i: usize| per_second.iter().map(|s| s[i].clone()).collect::<Vec<_>>();
+            let (writes_per_second, reads_per_second) = (kind(0), kind(1));
+            let records = [
+                LatencyRecord {
+                    name: "writes",
+                    colors: ["#1f77b4", "#9ecae1"],
+                    whole: &w,
+                    per_second: &writes_per_second,
+                },
+                LatencyRecord {
+                    name: "reads",
+                    colors: ["#d62728", "#fc9272"],
+                    whole: &r,
+                    per_second: &reads_per_second,
+                },
+            ];
+            let title = format!(
+                "nodedb-cluster demo: {} nodes x {} cores, {} groups, {} callers, {:.0} s",
+                config.nodes, config.cores, config.groups, config.concurrency, seconds
+            );
+            Some(plot::render(&title, &plot::latency_panels(&records, marks)))
+        }
+        _ => None,
+    };
     Ok(DemoReport {
         nodes: config.nodes,
         cores: config.cores,
@@ -463,7 +503,39 @@ async fn load_cluster(
         wal_records_per_op: records as f64 / (w.len() + r.len()).max(1) as f64,
         balance,
         stages,
+        plot_svg,
     })
+}
+
+/// Samples the nodes' counters of replica moves the rebalancer started and the executor
+/// ended, four times a second until `deadline`: a marker (seconds since `started`) where
+/// either grew.
+async fn move_marks(
+    metrics: &[Arc<NodeMetrics>],
+    started: Instant,
+    deadline: Instant,
+) -> Vec<Marker> {
+    let total = |counter| -> u64 { metrics.iter().map(|m| m.total(counter)).sum() };
+    let counters = [
+        (CoreCounter::RebalancerReplicaMoves, "started"),
+        (CoreCounter::MovesEnded, "ended"),
+    ];
+    let mut seen = counters.map(|(c, _)| total(c));
+    let mut marks = Vec::new();
+    while Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        for (i, (counter, what)) in counters.iter().enumerate() {
+            let now = total(*counter);
+            if now > seen[i] {
+                marks.push(Marker {
+                    x: started.elapsed().as_secs_f64(),
+                    label: format!("{} move(s) {what}", now - seen[i]),
+                });
+                seen[i] = now;
+            }
+        }
+    }
+    marks
 }
 
 /// CPU time this process used so far, user and system, all threads.
@@ -593,17 +665,35 @@ struct Recorders {
     writes: RefCell<Histogram<u64>>,
     reads: RefCell<Histogram<u64>>,
     errors: std::cell::Cell<u64>,
+    /// For a plot: writes' and reads' latencies second by second since the load started.
+    seconds: Option<(Instant, RefCell<Vec<[Histogram<u64>; 2]>>)>,
 }
 
 impl Recorders {
-    fn new() -> Recorders {
+    fn new(seconds_since: Option<Instant>) -> Recorders {
         let histogram =
             || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
         Recorders {
             writes: RefCell::new(histogram()),
             reads: RefCell::new(histogram()),
             errors: std::cell::Cell::new(0),
+            seconds: seconds_since.map(|at| (at, RefCell::new(Vec::new()))),
         }
+    }
+
+    /// Records a latency in its second too, when plotting (two significant digits).
+    fn record_second(&self, micros: u64, write: bool) {
+        let Some((since, seconds)) = &self.seconds else {
+            return;
+        };
+        let second = since.elapsed().as_secs() as usize;
+        let mut seconds = seconds.borrow_mut();
+        while seconds.len() <= second {
+            let histogram =
+                || Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
+            seconds.push([histogram(), histogram()]);
+        }
+        seconds[second][usize::from(!write)].saturating_record(micros);
     }
 
     /// Puts `value` at `key` (a write) or gets `key` (a read without one) and records the
@@ -618,6 +708,9 @@ impl Recorders {
             (false, _) => self.errors.set(self.errors.get() + 1),
             (true, true) => self.writes.borrow_mut().saturating_record(micros),
             (true, false) => self.reads.borrow_mut().saturating_record(micros),
+        }
+        if ok {
+            self.record_second(micros, value.is_some());
         }
     }
 }
