@@ -64,7 +64,9 @@ pub fn curve_quantiles(count: u64) -> Vec<f64> {
     let steps = 60;
     (0..=steps)
         .map(|i| {
-            let nines = 0.30103 + (top - 0.30103) * f64::from(i) / f64::from(steps);
+            // -log10(1 - 0.5): the median.
+            let median = std::f64::consts::LOG10_2;
+            let nines = median + (top - median) * f64::from(i) / f64::from(steps);
             1.0 - 10f64.powf(-nines)
         })
         .collect()
@@ -222,7 +224,9 @@ fn draw_panel(out: &mut String, panel: &Panel, top: f64) {
     let points = |s: &Series| -> Vec<(f64, f64)> {
         s.points
             .iter()
-            .filter_map(|(x, y)| Some((transform(panel.x.scale, *x)?, transform(panel.y.scale, *y)?)))
+            .filter_map(|(x, y)| {
+                Some((transform(panel.x.scale, *x)?, transform(panel.y.scale, *y)?))
+            })
             .collect()
     };
     let all: Vec<(f64, f64)> = panel.series.iter().flat_map(points).collect();
@@ -293,8 +297,8 @@ fn draw_panel(out: &mut String, panel: &Panel, top: f64) {
             continue;
         };
         let at = px(x);
-        // Labels alternate between two heights so that close markers stay readable.
-        let label_y = y0 + 14.0 + 14.0 * (i % 2) as f64;
+        // Labels step down four heights in turn so that close markers stay readable.
+        let label_y = y0 + 14.0 + 14.0 * (i % 4) as f64;
         let _ = writeln!(
             out,
             r##"<line x1="{at:.1}" y1="{y0:.1}" x2="{at:.1}" y2="{y1:.1}" stroke="#888" stroke-dasharray="4 3"/><text x="{:.1}" y="{label_y:.1}" fill="#555">{}</text>"##,

@@ -243,7 +243,12 @@ fn demo_runs_a_cluster_and_reports_json() {
     // lines second by second (two seconds of load), nothing drawn at infinity.
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    for text in ["Latency by percentile", "second by second", "writes p99", "reads p50"] {
+    for text in [
+        "Latency by percentile",
+        "second by second",
+        "writes p99",
+        "reads p50",
+    ] {
         assert!(svg.contains(text), "no {text:?} in the plot");
     }
     assert_eq!(svg.matches("<polyline").count(), 6, "{svg}");

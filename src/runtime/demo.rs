@@ -442,10 +442,13 @@ async fn load_cluster(
         .map(|skew| balance_report(skew, hot_groups, samples));
     let stages = client.stage_histograms();
     client.shutdown().await;
+    let marks = match move_marks {
+        Some(marks) => Some(marks.await),
+        None => None,
+    };
     let (w, r) = (out.writes.borrow(), out.reads.borrow());
-    let plot_svg = match (move_marks, &out.seconds) {
+    let plot_svg = match (marks, &out.seconds) {
         (Some(marks), Some((_, per_second))) => {
-            let marks = marks.await;
             let per_second = per_second.borrow();
             let kind = |i: usize| per_second.iter().map(|s| s[i].clone()).collect::<Vec<_>>();
             let (writes_per_second, reads_per_second) = (kind(0), kind(1));
@@ -524,15 +527,20 @@ async fn move_marks(
     let mut marks = Vec::new();
     while Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(250)).await;
+        // One mark a sample, naming what grew.
+        let mut grew = Vec::new();
         for (i, (counter, what)) in counters.iter().enumerate() {
             let now = total(*counter);
             if now > seen[i] {
-                marks.push(Marker {
-                    x: started.elapsed().as_secs_f64(),
-                    label: format!("{} move(s) {what}", now - seen[i]),
-                });
+                grew.push(format!("{} {what}", now - seen[i]));
                 seen[i] = now;
             }
+        }
+        if !grew.is_empty() {
+            marks.push(Marker {
+                x: started.elapsed().as_secs_f64(),
+                label: format!("moves: {}", grew.join(", ")),
+            });
         }
     }
     marks
@@ -666,8 +674,11 @@ struct Recorders {
     reads: RefCell<Histogram<u64>>,
     errors: std::cell::Cell<u64>,
     /// For a plot: writes' and reads' latencies second by second since the load started.
-    seconds: Option<(Instant, RefCell<Vec<[Histogram<u64>; 2]>>)>,
+    seconds: Option<(Instant, RefCell<Vec<SecondHistograms>>)>,
 }
+
+/// One second's latencies of writes and of reads.
+type SecondHistograms = [Histogram<u64>; 2];
 
 impl Recorders {
     fn new(seconds_since: Option<Instant>) -> Recorders {
