@@ -711,14 +711,24 @@ impl<S: StateMachine> RaftHost<S> {
     }
 
     /// Wakes every quiesced follower whose leader is on `node` (the failure detector
-    /// suspects it), or whose leader is unknown: it ticks again, so it campaigns once its
-    /// election timeout passes without a word from the leader, and it sends the leader a
-    /// heartbeat answer, which wakes a leader that is alive after all (a suspicion may be
-    /// false: an overloaded node answers probes late): its heartbeats then keep the
-    /// followers, with no new term. Returns how many woke.
+    /// suspects it): it ticks again, so it campaigns once its election timeout passes
+    /// without a word from the leader, and it sends the leader a heartbeat answer, which
+    /// wakes a leader that is alive after all (a suspicion may be false: an overloaded node
+    /// answers probes late): its heartbeats then keep the followers, with no new term.
+    ///
+    /// A sleeping follower that knows no leader yet (its first election, at start or after
+    /// a restart, was to come from a replica on `node`, or from nobody named) is not woken
+    /// to run its own timer: the group's lowest voter off the suspected nodes joins its
+    /// core's paced elections (`start_paced`), the others sleep on a while. Woken
+    /// all at once they made an election storm: after a restart of 65 536 groups, with the
+    /// CPU saturated by the paced elections, the nodes suspected each other, thousands of
+    /// groups a core woke and campaigned within half a second, leaders stepped down for
+    /// want of a quorum, and no group had a leader after 300 s. Returns how many woke or
+    /// were queued.
     pub fn wake_followers_of(&mut self, node: NodeId) -> usize {
         self.suspected.insert(node);
         let mut woken = 0;
+        let mut unled = Vec::new();
         for (id, g) in self.groups.iter_mut() {
             if !g.quiesced || g.raw.raft.state == StateRole::Leader {
                 continue;
@@ -729,6 +739,34 @@ impl<S: StateMachine> RaftHost<S> {
                 .and_then(|r| self.directory.get(&r))
                 .map(|a| a.node);
             if leader_node.is_some_and(|n| n != node) {
+                continue;
+            }
+            woken += 1;
+            if g.leader.is_none() {
+                // One replica campaigns: the lowest voter not on a suspected node. The
+                // others sleep on, as replicas rebuilt from their logs do, and wake on
+                // their own only if no leader spoke within `RECOVERED_SLEEP_TICKS`.
+                let (directory, suspected) = (&self.directory, &self.suspected);
+                let chosen = g
+                    .raw
+                    .raft
+                    .prs()
+                    .conf()
+                    .voters()
+                    .ids()
+                    .iter()
+                    .filter(|r| {
+                        directory
+                            .get(&ReplicaId(*r))
+                            .is_none_or(|a| !suspected.contains(&a.node))
+                    })
+                    .min();
+                if chosen == Some(g.raw.raft.id) {
+                    unled.push(*id);
+                } else {
+                    self.unled_sleepers
+                        .push_back((*id, self.ticks + RECOVERED_SLEEP_TICKS));
+                }
                 continue;
             }
             g.quiesced = false;
@@ -744,7 +782,10 @@ impl<S: StateMachine> RaftHost<S> {
                 m.commit = raft.raft_log.committed;
                 raft.msgs.push(m);
             }
-            woken += 1;
+        }
+        if !unled.is_empty() {
+            self.first_campaigns.extend(unled);
+            self.start_first_campaigns();
         }
         woken
     }

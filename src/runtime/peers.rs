@@ -663,6 +663,7 @@ impl Peers {
             .ok_or(PeerError::UnknownPeer(peer))?;
         match outcome {
             Some(Ok(conn)) => {
+                info!(%peer, %addr, "peer connected");
                 slot.health.on_success();
                 slot.conn = Some(conn.clone());
                 slot.restarts_seen = restarts;
