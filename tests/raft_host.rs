@@ -1324,10 +1324,15 @@ fn fresh_replicas_whose_first_leader_is_down_elect_once_its_node_is_suspected() 
     for host in c.hosts.values_mut() {
         assert_eq!(host.wake_followers_of(NodeId(2)), 1);
     }
+    // One replica campaigns for the group, at once and paced: the lowest voter off the
+    // suspected node. The other sleeps on (woken by the election, not by its own timer).
+    assert!(!c.hosts[&1].is_quiesced(GROUP), "replica 1 campaigns");
+    assert!(c.hosts[&3].is_quiesced(GROUP), "replica 3 sleeps on");
     assert!(
         c.run_until(30, |c| c.leader().is_some()),
         "a leader within three seconds of the suspicion"
     );
+    assert_eq!(c.leader(), Some(1));
     assert!(c.put(1, "a", "1"));
     assert!(c.run_until(20, |c| c.applied.len() == 1));
     c.at_most_one_leader_per_term();
