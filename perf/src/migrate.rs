@@ -35,6 +35,7 @@ use nodedb_cluster::ids::{GroupId, NodeId};
 use nodedb_cluster::metrics::cores::{CoreCounter, NodeMetrics};
 use nodedb_cluster::runtime::bench::{self, Cluster, MTU};
 use nodedb_cluster::runtime::client::KvClient;
+use nodedb_cluster::runtime::demo::PerSecond;
 
 use crate::procs::{self, Processes, Shape};
 use nodedb_cluster::metrics::stages::StageHistograms;
@@ -99,39 +100,6 @@ pub struct MigrateResult {
     pub per_second: Vec<Histogram<u64>>,
     pub move_started_s: f64,
     pub move_ended_s: f64,
-}
-
-/// Latencies (µs) second by second since `origin`, two significant digits: the timeline
-/// of a plot.
-pub struct PerSecond {
-    origin: Instant,
-    seconds: std::cell::RefCell<Vec<Histogram<u64>>>,
-}
-
-impl PerSecond {
-    pub fn new(origin: Instant) -> PerSecond {
-        PerSecond {
-            origin,
-            seconds: Default::default(),
-        }
-    }
-
-    fn record(&self, micros: u64) {
-        let second = self.origin.elapsed().as_secs() as usize;
-        let mut seconds = self.seconds.borrow_mut();
-        while seconds.len() <= second {
-            seconds.push(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"));
-        }
-        seconds[second].saturating_record(micros);
-    }
-
-    fn since(&self, at: Instant) -> f64 {
-        at.saturating_duration_since(self.origin).as_secs_f64()
-    }
-
-    fn take(&self) -> Vec<Histogram<u64>> {
-        std::mem::take(&mut self.seconds.borrow_mut())
-    }
 }
 
 pub fn run(o: &Options) -> Result<MigrateResult, String> {
@@ -497,7 +465,7 @@ async fn measure(
     let rss_watch = watch_rss(probe.clone(), watching.clone());
     let stream_watch = watch_stream(probe.clone(), watching.clone());
     let checkpoints_before = probe.checkpoints();
-    let timeline = Rc::new(PerSecond::new(Instant::now()));
+    let timeline = Rc::new(PerSecond::new(Instant::now(), 1));
     let baseline = write_window(
         client,
         rate,
@@ -599,7 +567,7 @@ async fn measure(
         during,
         baseline_stages,
         during_stages,
-        per_second: timeline.take(),
+        per_second: timeline.kind(0),
         move_started_s,
         move_ended_s,
     })
@@ -667,7 +635,7 @@ pub async fn write_window(
             let micros = t.elapsed().as_micros() as u64;
             h.borrow_mut().saturating_record(micros);
             if let Some(timeline) = &timeline {
-                timeline.record(micros);
+                timeline.record(0, micros);
             }
             i += 1;
         }
@@ -694,7 +662,7 @@ pub async fn write_window(
                 let micros = due.elapsed().as_micros() as u64;
                 h.borrow_mut().saturating_record(micros);
                 if let Some(timeline) = &timeline {
-                    timeline.record(micros);
+                    timeline.record(0, micros);
                 }
             }
         }));

@@ -448,10 +448,8 @@ async fn load_cluster(
     };
     let (w, r) = (out.writes.borrow(), out.reads.borrow());
     let plot_svg = match (marks, &out.seconds) {
-        (Some(marks), Some((_, per_second))) => {
-            let per_second = per_second.borrow();
-            let kind = |i: usize| per_second.iter().map(|s| s[i].clone()).collect::<Vec<_>>();
-            let (writes_per_second, reads_per_second) = (kind(0), kind(1));
+        (Some(marks), Some(per_second)) => {
+            let (writes_per_second, reads_per_second) = (per_second.kind(0), per_second.kind(1));
             let records = [
                 LatencyRecord {
                     name: "writes",
@@ -673,12 +671,10 @@ struct Recorders {
     writes: RefCell<Histogram<u64>>,
     reads: RefCell<Histogram<u64>>,
     errors: std::cell::Cell<u64>,
-    /// For a plot: writes' and reads' latencies second by second since the load started.
-    seconds: Option<(Instant, RefCell<Vec<SecondHistograms>>)>,
+    /// For a plot: writes' (kind 0) and reads' (kind 1) latencies second by second since
+    /// the load started.
+    seconds: Option<PerSecond>,
 }
-
-/// One second's latencies of writes and of reads.
-type SecondHistograms = [Histogram<u64>; 2];
 
 impl Recorders {
     fn new(seconds_since: Option<Instant>) -> Recorders {
@@ -688,23 +684,15 @@ impl Recorders {
             writes: RefCell::new(histogram()),
             reads: RefCell::new(histogram()),
             errors: std::cell::Cell::new(0),
-            seconds: seconds_since.map(|at| (at, RefCell::new(Vec::new()))),
+            seconds: seconds_since.map(|at| PerSecond::new(at, 2)),
         }
     }
 
-    /// Records a latency in its second too, when plotting (two significant digits).
+    /// Records a latency in its second too, when plotting.
     fn record_second(&self, micros: u64, write: bool) {
-        let Some((since, seconds)) = &self.seconds else {
-            return;
-        };
-        let second = since.elapsed().as_secs() as usize;
-        let mut seconds = seconds.borrow_mut();
-        while seconds.len() <= second {
-            let histogram =
-                || Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
-            seconds.push([histogram(), histogram()]);
+        if let Some(seconds) = &self.seconds {
+            seconds.record(usize::from(!write), micros);
         }
-        seconds[second][usize::from(!write)].saturating_record(micros);
     }
 
     /// Puts `value` at `key` (a write) or gets `key` (a read without one) and records the
@@ -723,6 +711,51 @@ impl Recorders {
         if ok {
             self.record_second(micros, value.is_some());
         }
+    }
+}
+
+/// Latencies (microseconds) second by second since `origin`, for each of `kinds` kinds of
+/// operation (two significant digits): the timeline of a plot (`demo --plot`, and
+/// `nodedb-perf migrate --plot`).
+pub struct PerSecond {
+    origin: Instant,
+    kinds: usize,
+    seconds: RefCell<Vec<Vec<Histogram<u64>>>>,
+}
+
+impl PerSecond {
+    pub fn new(origin: Instant, kinds: usize) -> PerSecond {
+        PerSecond {
+            origin,
+            kinds,
+            seconds: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Counts `micros` for `kind` in the second it ended in.
+    pub fn record(&self, kind: usize, micros: u64) {
+        let second = self.origin.elapsed().as_secs() as usize;
+        let mut seconds = self.seconds.borrow_mut();
+        while seconds.len() <= second {
+            let histogram =
+                || Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
+            seconds.push((0..self.kinds).map(|_| histogram()).collect());
+        }
+        seconds[second][kind].saturating_record(micros);
+    }
+
+    /// Seconds from the origin to `at`.
+    pub fn since(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.origin).as_secs_f64()
+    }
+
+    /// `kind`'s histograms, one a second.
+    pub fn kind(&self, kind: usize) -> Vec<Histogram<u64>> {
+        self.seconds
+            .borrow()
+            .iter()
+            .map(|s| s[kind].clone())
+            .collect()
     }
 }
 
