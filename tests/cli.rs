@@ -1450,6 +1450,16 @@ fn sigterm_hands_leadership_away_before_the_node_exits() {
     });
     let log = std::fs::read_to_string(cluster.dir.join(format!("node-{victim}.log"))).unwrap();
     assert!(exit.success(), "exit {exit:?}; log:\n{log}");
+    // Its first line said who it is and where it keeps its data.
+    let identity = log.lines().find(|l| l.contains("node starting"));
+    assert!(
+        identity.is_some_and(|l| l.contains(&format!("node=n{victim} "))
+            && l.contains(&format!(
+                "data_dir={}",
+                cluster.dir.join(format!("data-{victim}")).display()
+            ))),
+        "{log}"
+    );
     assert!(
         log.contains("stopping: handing leadership to other replicas")
             && log.contains("0 still led here"),

@@ -170,6 +170,9 @@ pub enum LoadError {
     /// Two metric rows were given for the same node.
     #[error("node {0} has more than one metrics row")]
     DuplicateNodeMetrics(NodeId),
+    /// A sample says a core leads it that the report has no row for.
+    #[error("vShard {vshard} is reported led by core {core}, which the report does not list")]
+    UnknownLeaderCore { vshard: VShardId, core: u16 },
     /// A sample names a vShard outside the placement table.
     #[error("vShard {0} is not in the placement table")]
     UnknownVShard(VShardId),

@@ -13,16 +13,23 @@
 //! report = version:u8 node:varint cores:count core* samples:count sample*
 //! core   = core:varint busy:f64 reads:f64 writes:f64 bytes:varint replicas:varint
 //!          leaders:varint p95_us:f64 p99_us:f64 migration:f64
-//! sample = vshard:varint bytes:varint writes:f64 reads:f64
+//! sample = core:varint vshard:varint bytes:varint writes:f64 reads:f64
 //! f64    = the IEEE-754 bits as a varint
 //! ```
+//!
+//! A sample names the core leading its vShard (version 2), so that the coordinator, and
+//! `placement`, can tell which of two replicas on one node leads while a move between
+//! that node's cores is under way. A version-1 report (no core) is still read, with the
+//! cores unknown.
 
 use crate::balance::load::{LoadError, LoadMetrics, VShardLoad};
 use crate::constants::{CORES_PER_NODE_MAX, NODE_GROUPS_MAX};
 use crate::ids::{CoreId, NodeId, VShardId};
 use crate::wire::codec::{DecodeError, Reader, put_varint};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The first version: samples without their core.
+const VERSION_NO_CORE: u8 = 1;
 
 /// One core's row of a report.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,7 +71,15 @@ pub struct NodeReport {
     pub node: NodeId,
     pub cores: Vec<CoreReport>,
     /// One sample per group the node leads.
-    pub vshards: Vec<VShardLoad>,
+    pub vshards: Vec<LedVShard>,
+}
+
+/// A vShard a node leads: its load, and which core of the node leads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LedVShard {
+    /// `None` in a version-1 report, which did not say.
+    pub core: Option<CoreId>,
+    pub load: VShardLoad,
 }
 
 impl NodeReport {
@@ -112,8 +127,16 @@ impl NodeReport {
             }
         }
         let mut seen = std::collections::BTreeSet::new();
-        for s in &self.vshards {
+        for LedVShard { core, load: s } in &self.vshards {
             s.validate()?;
+            if let Some(core) = core
+                && !self.cores.iter().any(|c| c.core == *core)
+            {
+                return Err(LoadError::UnknownLeaderCore {
+                    vshard: s.vshard,
+                    core: core.0,
+                });
+            }
             if s.vshard.0 >= vshards {
                 return Err(LoadError::UnknownVShard(s.vshard));
             }
@@ -142,7 +165,9 @@ impl NodeReport {
             put_f64(&mut out, c.migration_bytes_per_sec);
         }
         put_varint(&mut out, self.vshards.len() as u64);
-        for s in &self.vshards {
+        for LedVShard { core, load: s } in &self.vshards {
+            // A report built here always knows its cores; 0 if one did not.
+            put_varint(&mut out, core.map_or(0, |c| u64::from(c.0)));
             put_varint(&mut out, u64::from(s.vshard.0));
             put_varint(&mut out, s.bytes);
             put_f64(&mut out, s.writes_per_sec);
@@ -155,7 +180,7 @@ impl NodeReport {
     pub fn decode(bytes: &[u8]) -> Result<NodeReport, DecodeError> {
         let mut r = Reader::new(bytes);
         let version = r.u8("report version")?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_NO_CORE {
             return Err(DecodeError::BadEnum {
                 what: "report version",
                 value: u64::from(version),
@@ -181,12 +206,20 @@ impl NodeReport {
         let count = r.count("vshard samples", NODE_GROUPS_MAX as usize)?;
         let mut vshards = Vec::with_capacity(count);
         for _ in 0..count {
-            vshards.push(VShardLoad {
+            let core = if version == VERSION_NO_CORE {
+                None
+            } else {
+                Some(CoreId(
+                    r.count("vshard core", usize::from(CORES_PER_NODE_MAX))? as u16,
+                ))
+            };
+            let load = VShardLoad {
                 vshard: VShardId(u32_of(&mut r, "vshard")?),
                 bytes: r.varint("vshard bytes")?,
                 writes_per_sec: f64_of(&mut r, "vshard writes")?,
                 reads_per_sec: f64_of(&mut r, "vshard reads")?,
-            });
+            };
+            vshards.push(LedVShard { core, load });
         }
         r.finish()?;
         Ok(NodeReport {
@@ -239,11 +272,14 @@ mod tests {
                     ..CoreReport::idle(CoreId(1))
                 },
             ],
-            vshards: vec![VShardLoad {
-                vshard: VShardId(7),
-                bytes: 4096,
-                writes_per_sec: 3.0,
-                reads_per_sec: 1.0,
+            vshards: vec![LedVShard {
+                core: Some(CoreId(1)),
+                load: VShardLoad {
+                    vshard: VShardId(7),
+                    bytes: 4096,
+                    writes_per_sec: 3.0,
+                    reads_per_sec: 1.0,
+                },
             }],
         }
     }
@@ -256,6 +292,25 @@ mod tests {
         assert_eq!(m.vshards_led, 2);
         assert_eq!(m.reads_per_sec, 10.0);
         assert!((m.cpu_utilization - 0.375).abs() < 1e-12);
+        assert!(r.validate(8).is_ok());
+    }
+
+    #[test]
+    fn a_first_version_report_is_read_with_its_leaders_cores_unknown() {
+        let mut r = report();
+        let mut v1 = r.encode();
+        v1[0] = VERSION_NO_CORE;
+        // The only sample ends the report; version 1 wrote it without its core (its first
+        // byte here).
+        let empty = NodeReport {
+            vshards: Vec::new(),
+            ..r.clone()
+        };
+        let sample_at = empty.encode().len();
+        assert_eq!(v1[sample_at], 1, "the sample's core");
+        v1.remove(sample_at);
+        r.vshards[0].core = None;
+        assert_eq!(NodeReport::decode(&v1).unwrap(), r);
         assert!(r.validate(8).is_ok());
     }
 
@@ -282,6 +337,15 @@ mod tests {
         let mut r = report();
         r.vshards.push(r.vshards[0]);
         assert!(r.validate(8).is_err(), "a vShard named twice");
+        let mut r = report();
+        r.vshards[0].core = Some(CoreId(5));
+        assert!(
+            matches!(
+                r.validate(8),
+                Err(LoadError::UnknownLeaderCore { core: 5, .. })
+            ),
+            "a sample led by a core the report does not list"
+        );
         assert!(
             report().validate(4).is_err(),
             "a vShard outside the cluster"

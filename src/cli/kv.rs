@@ -563,11 +563,22 @@ async fn other(
                     .copied()?;
                 (node != 0).then_some(node)
             };
-            // The status names the leader's node, not its core: where a move between two
-            // cores of that node is under way, the leader is one of its two replicas there.
+            let leader_core = |group: GroupId| {
+                status
+                    .as_ref()?
+                    .leader_cores
+                    .get(usize::try_from(group.0).ok()?.checked_sub(1)?)
+                    .copied()?
+            };
+            // The leader's replica: the one on the core its node reported. A node of an
+            // earlier version reports no core: then, where a move between two cores of
+            // that node is under way, the leader is one of its two replicas there.
             let leader_of = |group: GroupId, replicas: &[(u64, CoreAddress)]| {
                 let node = leader_node(group)?;
                 let mut on_node = (0..replicas.len()).filter(|i| replicas[*i].1.node.0 == node);
+                if let Some(core) = leader_core(group) {
+                    return on_node.find(|i| replicas[*i].1.core.0 == core);
+                }
                 let first = on_node.next()?;
                 on_node.next().is_none().then_some(first)
             };
@@ -622,7 +633,7 @@ async fn other(
                         text.push_str(
                             "; * marks the leader, as its node last reported ((*): one of the \
                              two replicas on the leader's node, during a move between its \
-                             cores)\nnodes:",
+                             cores, when that node does not say which)\nnodes:",
                         );
                         let nodes: Vec<String> = s
                             .nodes

@@ -44,11 +44,11 @@ use crate::balance::rebalancer::{
     ClusterLoad, DispatchError, ElectionGate, LoadMetricsProvider, MigrationDispatcher,
     ProviderError, Rebalancer, RebalancerConfig, SweepOutcome,
 };
-use crate::balance::report::{CoreReport, NodeReport};
+use crate::balance::report::{CoreReport, LedVShard, NodeReport};
 use crate::client::call::{Call, CallPolicy, Failure};
 use crate::client::routing::Routing;
 use crate::cluster::metadata::{MetadataCommand, MetadataStore};
-use crate::cluster::placement::{PlacementError, PlacementTable};
+use crate::cluster::placement::{PlacementError, PlacementTable, VShardPlacement};
 use crate::cluster::spec::ClusterSpec;
 use crate::cluster::topology::NodeState;
 use crate::constants::{
@@ -197,6 +197,22 @@ pub struct BalancerStatus {
     /// say (each reports the groups it leads); 0 where no fresh report claims the group.
     #[serde(default)]
     pub leaders: Vec<u64>,
+    /// The core of that node leading each group, likewise; `None` where no fresh report
+    /// says (or the report came from a node of an earlier version, which did not say).
+    #[serde(default)]
+    pub leader_cores: Vec<Option<u16>>,
+}
+
+/// The replica of `entry` a node's report says leads: the one on the reported core, or
+/// where the report names no core (or one the table has no replica on), the node's first.
+fn leader_replica(
+    entry: &VShardPlacement,
+    node: NodeId,
+    core: Option<CoreId>,
+) -> Option<CoreAddress> {
+    core.map(|core| CoreAddress { node, core })
+        .filter(|at| entry.addresses().any(|a| a == *at))
+        .or_else(|| entry.replica_on(node))
 }
 
 struct Received {
@@ -402,12 +418,17 @@ impl Balancer {
                 p99_latency_us: load.p99_latency_us,
                 migration_bytes_per_sec: load.migration_bytes_per_sec,
             });
-            report.vshards.extend_from_slice(&load.vshards);
+            report
+                .vshards
+                .extend(load.vshards.iter().map(|&load| LedVShard {
+                    core: Some(*core),
+                    load,
+                }));
         }
         // A group whose leadership moved between two cores' ticks may be listed twice:
         // keep one (the later core's figures are as good as the earlier's).
-        report.vshards.sort_by_key(|s| s.vshard);
-        report.vshards.dedup_by_key(|s| s.vshard);
+        report.vshards.sort_by_key(|s| s.load.vshard);
+        report.vshards.dedup_by_key(|s| s.load.vshard);
         report
     }
 
@@ -725,13 +746,14 @@ impl Balancer {
         let mut node_metrics = Vec::new();
         // vShard → (report time, sample): a vShard two nodes claim (a leadership change
         // between their reports) goes to the later report.
-        let mut samples: BTreeMap<u32, (Time, NodeId, VShardLoad)> = BTreeMap::new();
+        let mut samples: BTreeMap<u32, (Time, NodeId, Option<CoreId>, VShardLoad)> =
+            BTreeMap::new();
         for (node, r) in &self.reports {
             if now.saturating_since(r.at) > stale || store.topology().node(*node).is_none() {
                 continue;
             }
             node_metrics.push(r.report.node_metrics());
-            for s in &r.report.vshards {
+            for LedVShard { core, load: s } in &r.report.vshards {
                 let hosted = placement.get(s.vshard).and_then(|e| e.replica_on(*node));
                 if hosted.is_none() {
                     continue;
@@ -742,9 +764,9 @@ impl Balancer {
                 // would make its node look colder than it is (and draw more load onto it).
                 match samples.get_mut(&s.vshard.0) {
                     None => {
-                        samples.insert(s.vshard.0, (r.at, *node, *s));
+                        samples.insert(s.vshard.0, (r.at, *node, *core, *s));
                     }
-                    Some((at, leader, sample)) => {
+                    Some((at, leader, leader_core, sample)) => {
                         let busier = s.reads_per_sec + s.writes_per_sec
                             > sample.reads_per_sec + sample.writes_per_sec;
                         let (reads, writes) = if busier {
@@ -753,7 +775,7 @@ impl Balancer {
                             (sample.reads_per_sec, sample.writes_per_sec)
                         };
                         if r.at > *at {
-                            (*at, *leader, *sample) = (r.at, *node, *s);
+                            (*at, *leader, *leader_core, *sample) = (r.at, *node, *core, *s);
                         }
                         sample.reads_per_sec = reads;
                         sample.writes_per_sec = writes;
@@ -761,10 +783,10 @@ impl Balancer {
                 }
             }
         }
-        for (at_node, sample) in samples.values().map(|(_, n, s)| (*n, s)) {
+        for (_, node, core, sample) in samples.values() {
             if let Some(at) = placement
                 .get(sample.vshard)
-                .and_then(|e| e.replica_on(at_node))
+                .and_then(|e| leader_replica(e, *node, *core))
             {
                 // Already the hint, or set to it now.
                 let _ = placement.transfer_leader(sample.vshard, at);
@@ -787,7 +809,7 @@ impl Balancer {
             topology: store.topology().clone(),
             placement,
             node_metrics,
-            vshard_loads: samples.into_values().map(|(_, _, s)| s).collect(),
+            vshard_loads: samples.into_values().map(|(_, _, _, s)| s).collect(),
             coordinator_cpu,
             budget: MoveBudget {
                 replica_moves: self
@@ -963,21 +985,26 @@ impl Balancer {
             .collect();
         // Two fresh reports may both claim a group around a leader transfer: the later
         // report wins.
-        let mut claims: Vec<Option<(Time, NodeId)>> = vec![None; table.vshard_count() as usize];
+        let mut claims: Vec<Option<(Time, NodeId, Option<CoreId>)>> =
+            vec![None; table.vshard_count() as usize];
         for (node, received) in &self.reports {
             if now.saturating_since(received.at) <= stale {
                 for sample in &received.report.vshards {
-                    if let Some(slot) = claims.get_mut(sample.vshard.0 as usize)
-                        && slot.is_none_or(|(at, _)| received.at > at)
+                    if let Some(slot) = claims.get_mut(sample.load.vshard.0 as usize)
+                        && slot.is_none_or(|(at, _, _)| received.at > at)
                     {
-                        *slot = Some((received.at, *node));
+                        *slot = Some((received.at, *node, sample.core));
                     }
                 }
             }
         }
         let leaders = claims
             .iter()
-            .map(|c| c.map_or(0, |(_, node)| node.0))
+            .map(|c| c.map_or(0, |(_, node, _)| node.0))
+            .collect();
+        let leader_cores = claims
+            .iter()
+            .map(|c| c.and_then(|(_, _, core)| core).map(|c| c.0))
             .collect();
         let plan = self.rebalancer.last_plan();
         let (node_max_over_mean, core_max_over_mean, node_bound_max_over_mean) =
@@ -1003,6 +1030,7 @@ impl Balancer {
             last_skip: self.last_skip.map(str::to_owned),
             stats: self.stats.clone(),
             leaders,
+            leader_cores,
         }
     }
 

@@ -2923,5 +2923,20 @@ mod tests {
         assert_eq!(quiet.bytes_stored, load.bytes_stored);
         assert_eq!(core.load_tick_counts().leaderless, 0);
         assert_eq!(core.load_tick_counts().apply_lag_max, 0);
+        // The node's reports (every 5 s, from the loads its cores handed in) name the
+        // group's leader, node and core: the coordinator's status (what `placement` marks)
+        // says so.
+        for _ in 0..510 {
+            now += Duration::from_millis(10);
+            settle(&mut core, now, &mut answers);
+            if let Some(load) = core.poll_load() {
+                core.handle_load(load);
+            }
+        }
+        let status = core
+            .balancer_status()
+            .expect("core 0 of the only node coordinates");
+        assert_eq!(status.leaders, vec![1], "{status:?}");
+        assert_eq!(status.leader_cores, vec![Some(0)]);
     }
 }

@@ -93,6 +93,46 @@ impl NodeConfig {
     }
 }
 
+/// One info line with who this node is and how it is set up: what an operator checks
+/// first when a node behaves unlike its peers (a wrong file, a wrong data directory).
+fn log_identity(config: &NodeConfig, cluster: u64) {
+    let listen = config.listen().map(|a| a.to_string()).unwrap_or_default();
+    let metrics = config
+        .metrics_addr
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let layout = match config.layout {
+        CoreLayout::Pinned { first_cpu } => format!("pinned from cpu {first_cpu}"),
+        CoreLayout::Unbound => "unbound".to_owned(),
+    };
+    let tls = if config.tls.is_insecure() {
+        "insecure"
+    } else {
+        "mutual"
+    };
+    let rebalance = if config.balance.enabled {
+        format!("every {} s", config.balance.interval.as_secs_f64())
+    } else {
+        "off".to_owned()
+    };
+    info!(
+        node = %format_args!("n{}", config.node.0),
+        cluster = %format_args!("{cluster:016x}"),
+        cores = config.spec.cores,
+        layout = %layout,
+        listen = %listen,
+        joined = config.joined.is_some(),
+        data_dir = %config.data_dir.display(),
+        metrics = %metrics,
+        tls,
+        nodes = config.spec.nodes.len(),
+        groups = config.spec.groups,
+        replicas = config.spec.replicas,
+        quiesce = config.quiesce,
+        rebalance = %rebalance,
+        "node starting"
+    );
+}
+
 /// A node that could not start.
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -160,6 +200,7 @@ impl Node {
             groups: config.spec.groups,
         };
         let data_dir = DataDir::open(&config.data_dir, &identity)?;
+        log_identity(&config, cluster);
         let (metrics, writers) = NodeMetrics::new(config.node, config.spec.cores);
         let metrics = Arc::new(metrics);
         let http = config
