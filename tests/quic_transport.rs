@@ -106,6 +106,88 @@ fn two_nodes_exchange_frames_over_mutual_tls() {
     }
 }
 
+/// A connection an endpoint opened and nobody holds any more is closed, on both sides:
+/// a client whose callers raced to connect (each opening one, one kept) left the others
+/// open, held by keep-alives, and every turn of both endpoints' drivers polled them.
+#[test]
+fn a_connection_nobody_holds_is_closed_on_both_sides() {
+    use futures_lite::future;
+    let ca = generate_ca("test").unwrap();
+    let (tls_a, tls_b) = (node_tls(&ca, 1), node_tls(&ca, 2));
+    let (closed, left, received) = on_executor(move || async move {
+        let server = QuicEndpoint::bind(options(tls_a, true)).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = QuicEndpoint::bind(options(tls_b.clone(), true)).unwrap();
+        let accepted = glommio::spawn_local({
+            let server = server.clone();
+            async move {
+                [
+                    server.accept().await.unwrap(),
+                    server.accept().await.unwrap(),
+                ]
+            }
+        });
+        let name = tls::node_server_name(NodeId(1));
+        let kept = client
+            .connect(addr, &name, &tls_b, ALPN_PEER)
+            .await
+            .unwrap();
+        let unused = client
+            .connect(addr, &name, &tls_b, ALPN_PEER)
+            .await
+            .unwrap();
+        let on_server = accepted.await;
+        assert_eq!(client.stats().connections, 2);
+        drop(unused);
+        // One of the server's two connections closes, within a bound: which one?
+        let closed = future::or(
+            future::or(async { Some((0, on_server[0].closed().await)) }, async {
+                Some((1, on_server[1].closed().await))
+            }),
+            async {
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                None
+            },
+        )
+        .await;
+        // The client endpoint forgets it once drained.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while client.stats().connections > 1 && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let left = client.stats().connections;
+        // The other one still carries frames.
+        let mut received = Vec::new();
+        if let Some((index, _)) = closed {
+            let mut stream = kept.open_uni().await.unwrap();
+            let mut batch = Vec::new();
+            encode_frame(FrameKind::Message, 0, b"still here", &mut batch).unwrap();
+            stream.write_all(&batch).await.unwrap();
+            stream.finish().unwrap();
+            let mut incoming = on_server[1 - index].accept_uni().await.unwrap();
+            let mut decoder = FrameDecoder::new();
+            while let Some(chunk) = incoming.read_chunk(4096).await.unwrap() {
+                decoder
+                    .decode(&chunk, |f| received.push(f.payload))
+                    .unwrap();
+            }
+        }
+        client.shutdown().await;
+        server.shutdown().await;
+        (closed.is_some(), left, received)
+    });
+    assert!(closed, "the server never saw the unused connection close");
+    assert_eq!(
+        left, 1,
+        "the client endpoint still holds the unused connection"
+    );
+    assert_eq!(
+        received,
+        vec![b"still here".to_vec()],
+        "the connection held must stay usable"
+    );
+}
+
 #[test]
 fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     let ca = generate_ca("test").unwrap();

@@ -389,8 +389,10 @@ impl KvClient {
             Some(result) => result.map_err(|e| not_sent(addr, e))?,
             None => return Err(Failure::NotSent(format!("connecting to {addr} timed out"))),
         };
-        self.conns.borrow_mut().insert(addr, conn.clone());
-        Ok(conn)
+        // Callers that found no connection all connect; the first to finish keeps its
+        // connection and the others use it (theirs closes once dropped: the endpoint
+        // closes a connection nobody holds).
+        Ok(self.conns.borrow_mut().entry(addr).or_insert(conn).clone())
     }
 
     /// One request to the core at `target` on its own stream, bounded by

@@ -143,6 +143,11 @@ pub struct DemoReport {
     pub wal_batches_per_op: f64,
     /// Group records in those batches, per operation.
     pub wal_records_per_op: f64,
+    /// Turns of the nodes' core loops, per operation: a turn's fixed costs (driving
+    /// every QUIC connection, submitting to io_uring) are shared by what it handles.
+    pub loop_turns_per_op: f64,
+    /// UDP datagrams the nodes sent, per operation (client and peer connections).
+    pub datagrams_per_op: f64,
     /// With a skew: which, and what the rebalancer did, from the coordinator's status.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub balance: Option<BalanceReport>,
@@ -324,6 +329,12 @@ async fn load_cluster(
     let raft_messages = || total(CoreCounter::RaftMessagesOut);
     let wal_batches = || total(CoreCounter::WalBatches);
     let wal_records = || total(CoreCounter::WalRecords);
+    let turns_and_datagrams = || {
+        (
+            total(CoreCounter::LoopTurns),
+            total(CoreCounter::QuicDatagramsSent),
+        )
+    };
     let client =
         Rc::new(KvClient::new(spec, tls, 1452).map_err(|e| DemoError::Setup(e.to_string()))?);
     // One key per group, each written once; callers share the queue, and a group whose
@@ -390,6 +401,7 @@ async fn load_cluster(
     let out = Rc::new(Recorders::new(config.plot.then(Instant::now)));
     let (cpu_before, messages_before, batches_before, records_before) =
         (process_cpu(), raft_messages(), wal_batches(), wal_records());
+    let (turns_before, datagrams_before) = turns_and_datagrams();
     let deadline = Instant::now() + config.duration;
     let load_started = Instant::now();
     let mut callers = Vec::new();
@@ -433,6 +445,11 @@ async fn load_cluster(
     let messages = raft_messages().saturating_sub(messages_before);
     let batches = wal_batches().saturating_sub(batches_before);
     let records = wal_records().saturating_sub(records_before);
+    let (turns, datagrams) = turns_and_datagrams();
+    let (turns, datagrams) = (
+        turns.saturating_sub(turns_before),
+        datagrams.saturating_sub(datagrams_before),
+    );
     let samples = match monitor {
         Some(m) => m.await,
         None => Vec::new(),
@@ -502,6 +519,8 @@ async fn load_cluster(
         raft_messages_per_op: messages as f64 / (w.len() + r.len()).max(1) as f64,
         wal_batches_per_op: batches as f64 / (w.len() + r.len()).max(1) as f64,
         wal_records_per_op: records as f64 / (w.len() + r.len()).max(1) as f64,
+        loop_turns_per_op: turns as f64 / (w.len() + r.len()).max(1) as f64,
+        datagrams_per_op: datagrams as f64 / (w.len() + r.len()).max(1) as f64,
         balance,
         stages,
         plot_svg,

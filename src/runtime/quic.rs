@@ -150,6 +150,8 @@ pub struct EndpointStats {
     pub timer_wakes: u64,
     /// TLS handshakes this endpoint refused: the peer's certificate did not verify.
     pub handshakes_refused: u64,
+    /// Connections the endpoint holds now (open, closing, or drained with a handle left).
+    pub connections: u64,
 }
 
 /// A wake-up flag for the driver task (single executor).
@@ -424,7 +426,11 @@ impl QuicEndpoint {
     }
 
     pub fn stats(&self) -> EndpointStats {
-        self.inner.borrow().stats
+        let inner = self.inner.borrow();
+        EndpointStats {
+            connections: inner.conns.len() as u64,
+            ..inner.stats
+        }
     }
 
     /// Connects to `addr`, verifying its certificate names `server_name`, speaking `alpn`
@@ -1073,6 +1079,13 @@ impl Inner {
             let Some(mut c) = self.conns.remove(&handle) else {
                 continue;
             };
+            // A connection this endpoint opened that no handle holds any more can never be
+            // used again: close it. Left open, its keep-alives would hold it (and its peer's
+            // side) forever, and every turn of both drivers would poll it.
+            if !c.accepted_by_server && Rc::strong_count(&c.handles) == 1 && !c.conn.is_closed() {
+                c.conn
+                    .close(now, VarInt::from_u32(0), Bytes::from_static(b"unused"));
+            }
             if c.conn.poll_timeout().is_some_and(|t| t <= now) {
                 c.conn.handle_timeout(now);
             }
