@@ -1270,8 +1270,16 @@ impl<S: StateMachine> RaftHost<S> {
     /// The commit index of `group` this replica holds durably: a restart here knows at
     /// least this much is committed (a replica move retires the old replica only once
     /// every voter durably knows the configuration that excludes it).
-    pub fn durable_commit(&self, group: GroupId) -> Option<u64> {
-        self.groups.get(&group).map(|g| g.durable_commit)
+    ///
+    /// A commit index not yet written (a sleeping replica's, say) is written with the next
+    /// batch: asking again then answers it.
+    pub fn durable_commit(&mut self, group: GroupId) -> Option<u64> {
+        let g = self.groups.get(&group)?;
+        if g.commit_unwritten {
+            self.flush_commits = true;
+            self.pollable.insert(group);
+        }
+        Some(g.durable_commit)
     }
 
     /// A one-line summary of this replica of `group` for debugging: role, term, leader,
@@ -1375,13 +1383,16 @@ impl<S: StateMachine> RaftHost<S> {
             let Some(group) = groups.get_mut(id) else {
                 return false;
             };
+            if group.quiesced {
+                // A sleeping replica's unwritten commit index waits for its group's next
+                // write, or for a question about it (`durable_commit`): at tens of
+                // thousands of groups, writing it cost each write two more log records
+                // (one per follower, told the commit by the quiescing heartbeat).
+                return false;
+            }
             if group.commit_unwritten {
                 *flush_commits = true;
                 pollable.insert(*id);
-            }
-            if group.quiesced {
-                // Kept until its unwritten commit index is flushed.
-                return group.commit_unwritten;
             }
             if group.snapshot_pending.is_some() {
                 return true;
@@ -1840,7 +1851,7 @@ impl<S: StateMachine> RaftHost<S> {
                     write.hard_state = Some(hs.clone());
                 } else {
                     g.commit_unwritten = true;
-                    // The next tick flushes it, quiesced or not.
+                    // The next tick flushes it, unless the group sleeps by then.
                     self.awake.insert(id);
                 }
             }
