@@ -504,8 +504,11 @@ struct Group<S> {
     durable_commit: u64,
     /// Its hard state changed in the commit index alone since it was last written. Such a
     /// change is not written on its own (`poll_persist`): it goes with the group's next
-    /// write, or with the flush at the next tick.
+    /// write, or with the flush at the next tick while the group is awake.
     commit_unwritten: bool,
+    /// Someone asked for the durable commit index (`durable_commit`): the unwritten one is
+    /// written with the next batch, asleep or not.
+    commit_asked: bool,
     /// Bytes of entries appended to the log since its last compaction (approximate: entry
     /// data plus a fixed overhead each), for the compaction rule.
     log_bytes: u64,
@@ -1115,6 +1118,7 @@ impl<S: StateMachine> RaftHost<S> {
             prepared: None,
             durable_commit,
             commit_unwritten: false,
+            commit_asked: false,
             log_bytes,
             proposed: BTreeMap::new(),
             quiesced: false,
@@ -1274,9 +1278,9 @@ impl<S: StateMachine> RaftHost<S> {
     /// A commit index not yet written (a sleeping replica's, say) is written with the next
     /// batch: asking again then answers it.
     pub fn durable_commit(&mut self, group: GroupId) -> Option<u64> {
-        let g = self.groups.get(&group)?;
+        let g = self.groups.get_mut(&group)?;
         if g.commit_unwritten {
-            self.flush_commits = true;
+            g.commit_asked = true;
             self.pollable.insert(group);
         }
         Some(g.durable_commit)
@@ -1386,15 +1390,19 @@ impl<S: StateMachine> RaftHost<S> {
             if group.quiesced {
                 // A sleeping replica's unwritten commit index waits for its group's next
                 // write, or for a question about it (`durable_commit`): at tens of
-                // thousands of groups, writing it cost each write two more log records
-                // (one per follower, told the commit by the quiescing heartbeat).
+                // thousands of groups, writing it cost each write three more log records
+                // (the leader's, at the tick it sleeps, and each follower's, told the
+                // commit by the quiescing heartbeat).
                 return false;
             }
-            if group.commit_unwritten {
-                *flush_commits = true;
-                pollable.insert(*id);
-            }
+            let mut flush = |group: &Group<S>| {
+                if group.commit_unwritten && !group.quiesced {
+                    *flush_commits = true;
+                    pollable.insert(*id);
+                }
+            };
             if group.snapshot_pending.is_some() {
+                flush(group);
                 return true;
             }
             let mut ready = false;
@@ -1410,6 +1418,9 @@ impl<S: StateMachine> RaftHost<S> {
             if *quiesce {
                 quiesce_if_idle(group, directory, suspected);
             }
+            // After the quiescence check: a leader that sleeps now leaves its commit index
+            // unwritten too.
+            flush(group);
             // A follower's tick that only counts towards its election timeout leaves
             // nothing for `poll_persist`: with tens of thousands of groups awake (at start,
             // before they first elect) visiting each again cost more than the tick.
@@ -1696,8 +1707,11 @@ impl<S: StateMachine> RaftHost<S> {
         let mut writes = Vec::new();
         let mut compactions = Vec::new();
         let mut numbers = Vec::new();
-        // A tick asked for every unwritten commit index (`commit_unwritten`) to be written.
+        // A tick asked for every awake group's unwritten commit index (`commit_unwritten`)
+        // to be written; a sleeping group's waits (see `handle_tick`) unless asked for.
         let flush = std::mem::take(&mut self.flush_commits);
+        let write_commit =
+            |g: &Group<S>| g.commit_unwritten && ((flush && !g.quiesced) || g.commit_asked);
         for id in std::mem::take(&mut self.pollable) {
             let local = self.local;
             let Some(g) = self.groups.get_mut(&id) else {
@@ -1720,7 +1734,8 @@ impl<S: StateMachine> RaftHost<S> {
                 }
             }
             if !g.raw.has_ready() {
-                if flush && std::mem::take(&mut g.commit_unwritten) {
+                if write_commit(g) {
+                    (g.commit_unwritten, g.commit_asked) = (false, false);
                     let hard_state = g.raw.store().log.rl().hard_state().clone();
                     numbers.push((id, None, Some(hard_state.commit)));
                     writes.push(GroupWrite {
@@ -1856,12 +1871,12 @@ impl<S: StateMachine> RaftHost<S> {
                 }
             }
             if g.commit_unwritten
-                && (flush || !write.entries.is_empty() || write.snapshot.is_some())
+                && (write_commit(g) || !write.entries.is_empty() || write.snapshot.is_some())
             {
                 write.hard_state = Some(g.raw.store().log.rl().hard_state().clone());
             }
             if write.hard_state.is_some() {
-                g.commit_unwritten = false;
+                (g.commit_unwritten, g.commit_asked) = (false, false);
             }
             for m in rd.take_persisted_messages() {
                 let view = snapshot_view(g.raw.store(), &m);
