@@ -319,18 +319,34 @@ pub struct GroupStorage {
     /// raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
     /// the recipient joined): take a fresh one at the next chance.
     wanted: Rc<std::cell::Cell<bool>>,
+    /// The log's first and last index, kept beside it (`refresh_bounds` after every change
+    /// to the log: all are made here). raft-rs asks for them several times a message, and
+    /// each ask of `MemStorage` takes its lock, an atomic write to a cache line that is
+    /// cold at tens of thousands of groups.
+    bounds: Rc<std::cell::Cell<(u64, u64)>>,
 }
 
 impl GroupStorage {
     /// Storage over `log`, with no snapshot yet.
     fn new(log: MemStorage) -> GroupStorage {
-        GroupStorage {
+        let storage = GroupStorage {
             log,
             snapshot: Rc::default(),
             view: Rc::default(),
             handed_out: Rc::default(),
             wanted: Rc::default(),
-        }
+            bounds: Rc::default(),
+        };
+        storage.refresh_bounds();
+        storage
+    }
+
+    /// Reads the log's first and last index again, after a change to the log.
+    fn refresh_bounds(&self) {
+        // MemStorage never fails either.
+        let first = self.log.first_index().unwrap_or(1);
+        let last = self.log.last_index().unwrap_or(0);
+        self.bounds.set((first, last));
     }
 
     /// Keeps `snapshot` (whose state `state_machine` now holds) to serve followers. A large
@@ -401,11 +417,11 @@ impl Storage for GroupStorage {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        self.log.first_index()
+        Ok(self.bounds.get().0)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        self.log.last_index()
+        Ok(self.bounds.get().1)
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
@@ -1087,6 +1103,8 @@ impl<S: StateMachine> RaftHost<S> {
         storage: GroupStorage,
         state_machine: S,
     ) -> Result<(), HostError> {
+        // Recovery filled the log behind the storage's back.
+        storage.refresh_bounds();
         let durable_commit = storage.log.rl().hard_state().commit;
         // A log rebuilt at restart counts what it holds.
         let log_bytes = match (storage.log.first_index(), storage.log.last_index()) {
@@ -1825,6 +1843,7 @@ impl<S: StateMachine> RaftHost<S> {
                 } else {
                     // MemStorage only fails on an out-of-date snapshot, which raft-rs never hands out.
                     let _ = g.raw.store().log.wl().apply_snapshot(snapshot.clone());
+                    g.raw.store().refresh_bounds();
                     g.raw.store().keep(
                         &snapshot,
                         &g.state_machine,
@@ -1847,6 +1866,7 @@ impl<S: StateMachine> RaftHost<S> {
             let committed = rd.take_committed_entries();
             if !rd.entries().is_empty() {
                 let _ = g.raw.store().log.wl().append(rd.entries());
+                g.raw.store().refresh_bounds();
                 g.log_bytes += entries_bytes(rd.entries());
                 write.entries = rd.entries().clone();
             }
@@ -2097,7 +2117,9 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>, policy: SnapshotPolicy) {
         return;
     }
     let cut = compact_to(g, applied);
-    if g.raw.store().log.wl().compact(cut).is_err() {
+    let compacted = g.raw.store().log.wl().compact(cut);
+    g.raw.store().refresh_bounds();
+    if compacted.is_err() {
         return;
     }
     g.raw.store().set_kept(snapshot.clone(), view.clone());
