@@ -570,17 +570,23 @@ async fn other(
                     .get(usize::try_from(group.0).ok()?.checked_sub(1)?)
                     .copied()?
             };
-            // The leader's replica: the one on the core its node reported. A node of an
-            // earlier version reports no core: then, where a move between two cores of
-            // that node is under way, the leader is one of its two replicas there.
+            // The leader's replica: the one on the core its node reported, else the node's
+            // only one. Where the node holds two (a move between its cores) and its report
+            // names neither core (a node of an earlier version, or a report from before
+            // the move), the leader is one of the two.
             let leader_of = |group: GroupId, replicas: &[(u64, CoreAddress)]| {
                 let node = leader_node(group)?;
-                let mut on_node = (0..replicas.len()).filter(|i| replicas[*i].1.node.0 == node);
-                if let Some(core) = leader_core(group) {
-                    return on_node.find(|i| replicas[*i].1.core.0 == core);
-                }
-                let first = on_node.next()?;
-                on_node.next().is_none().then_some(first)
+                let on_node: Vec<usize> = (0..replicas.len())
+                    .filter(|i| replicas[*i].1.node.0 == node)
+                    .collect();
+                leader_core(group)
+                    .and_then(|core| {
+                        on_node
+                            .iter()
+                            .copied()
+                            .find(|i| replicas[*i].1.core.0 == core)
+                    })
+                    .or_else(|| (on_node.len() == 1).then(|| on_node[0]))
             };
             let leader_ambiguous = |group: GroupId, replicas: &[(u64, CoreAddress)], i: usize| {
                 leader_of(group, replicas).is_none()
@@ -633,7 +639,7 @@ async fn other(
                         text.push_str(
                             "; * marks the leader, as its node last reported ((*): one of the \
                              two replicas on the leader's node, during a move between its \
-                             cores, when that node does not say which)\nnodes:",
+                             cores, when its report does not say which)\nnodes:",
                         );
                         let nodes: Vec<String> = s
                             .nodes

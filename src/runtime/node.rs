@@ -121,9 +121,12 @@ fn log_identity(config: &NodeConfig, cluster: u64) {
         layout = %layout,
         listen = %listen,
         joined = config.joined.is_some(),
-        data_dir = %config.data_dir.display(),
+        // Absolute, as opened (the file may name it relative to where the node started).
+        data_dir = %std::fs::canonicalize(&config.data_dir)
+            .unwrap_or_else(|_| config.data_dir.clone())
+            .display(),
         metrics = %metrics,
-        tls,
+        tls = %tls,
         nodes = config.spec.nodes.len(),
         groups = config.spec.groups,
         replicas = config.spec.replicas,
