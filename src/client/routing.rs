@@ -271,6 +271,10 @@ impl Routing {
     /// Where to send the next request for `group`: its last known leader, else one of its
     /// replicas per the cached table (the initial placement without one).
     pub fn target(&mut self, now: Time, group: GroupId) -> CoreAddress {
+        // The common case, without gathering the candidates first.
+        if let Some(leader) = self.router.leader(group) {
+            return leader;
+        }
         let cached = self.table.replicas(group).map(<[CoreAddress]>::to_vec);
         let candidates = cached.unwrap_or_else(|| match self.initial.group(group) {
             Some(p) => p.addresses().collect(),

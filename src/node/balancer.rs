@@ -948,12 +948,18 @@ impl Balancer {
             })
             .collect();
         let (_, replica_moves) = self.in_flight(store.table());
+        // Reports only start to arrive once this node coordinates: a node not heard from
+        // yet is not counted as gone in its first report window (right after a cluster
+        // starts, every group was listed under-replicated for a few seconds).
+        let starting = self
+            .leading_since
+            .is_some_and(|t| now.saturating_since(t) <= stale);
         let live = |node: NodeId| {
             let fresh = node == self.node
                 || self
                     .reports
                     .get(&node)
-                    .is_some_and(|r| now.saturating_since(r.at) <= stale);
+                    .map_or(starting, |r| now.saturating_since(r.at) <= stale);
             fresh
                 && store.topology().node(node).is_some_and(|n| {
                     !matches!(n.state, NodeState::Decommissioned | NodeState::Down)
