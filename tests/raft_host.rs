@@ -1193,6 +1193,34 @@ fn a_hosts_activity_count_stays_put_while_its_groups_sleep_and_moves_when_one_wa
 }
 
 #[test]
+fn a_write_to_a_sleeping_group_costs_each_replica_one_visit_of_the_tick_walk() {
+    let mut c = Cluster::asleep();
+    let awake = |c: &Cluster| -> usize { c.hosts.values().map(|h| h.awake_groups()).sum() };
+    for _ in 0..5 {
+        c.step();
+    }
+    assert_eq!(awake(&c), 0, "asleep, nothing is on a tick's list");
+    assert!(c.put(2, "b", "2"));
+    c.quiesce();
+    assert_eq!(c.store(c.leader().unwrap()).len(), 2, "committed");
+    // Every tick visits the groups on its host's list: count them until all sleep.
+    let mut visits = 0;
+    let mut steps = 0;
+    while !c.all_quiesced() {
+        assert!(steps < 20, "the group did not go back to sleep");
+        visits += awake(&c);
+        c.step();
+        steps += 1;
+    }
+    // A replica leaves the list as it falls asleep (the leader at the tick that finds its
+    // group settled, a follower at the heartbeat that tells it so), not at a tick after.
+    assert_eq!(awake(&c), 0, "asleep but still on a tick's list");
+    assert_eq!(visits, 3, "one visit per replica");
+    assert!((1..=3).all(|i| c.store(i).len() == 2), "applied everywhere");
+    c.at_most_one_leader_per_term();
+}
+
+#[test]
 fn a_read_of_a_sleeping_group_takes_one_round_and_leaves_every_replica_asleep() {
     let mut c = Cluster::asleep();
     let leader = c.leader().unwrap();

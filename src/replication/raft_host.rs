@@ -996,6 +996,11 @@ impl<S: StateMachine> RaftHost<S> {
             .count()
     }
 
+    /// How many groups the next tick visits (those awake here).
+    pub fn awake_groups(&self) -> usize {
+        self.awake.len()
+    }
+
     /// Whether `group` is quiesced here.
     pub fn is_quiesced(&self, group: GroupId) -> bool {
         self.groups.get(&group).is_some_and(|g| g.quiesced)
@@ -1445,7 +1450,8 @@ impl<S: StateMachine> RaftHost<S> {
             if ready || !group.raw.raft.msgs.is_empty() {
                 pollable.insert(*id);
             }
-            true
+            // A leader that slept at this tick leaves the list now, not at the next.
+            !group.quiesced
         });
     }
 
@@ -1532,6 +1538,11 @@ impl<S: StateMachine> RaftHost<S> {
                 && raft.raft_log.last_index() == leader_commit
                 && g.snapshot_pending.is_none();
             answer_quiescing_heartbeat(g, from);
+            if g.quiesced {
+                // Off the tick's list at once: its next visit would only find it asleep
+                // (a cold visit per follower per write, at tens of thousands of groups).
+                self.awake.remove(&group);
+            }
         } else if marked && kind == MessageType::MsgHeartbeat {
             // Quiescence is off here: the answer must wake the leader, which would
             // otherwise sleep while this replica ticks.
@@ -1886,8 +1897,11 @@ impl<S: StateMachine> RaftHost<S> {
                     write.hard_state = Some(hs.clone());
                 } else {
                     g.commit_unwritten = true;
-                    // The next tick flushes it, unless the group sleeps by then.
-                    self.awake.insert(id);
+                    // The next tick flushes it, unless the group sleeps by then (a
+                    // sleeping replica's waits, see `handle_tick`: not put on the list).
+                    if !g.quiesced {
+                        self.awake.insert(id);
+                    }
                 }
             }
             if g.commit_unwritten
@@ -1911,8 +1925,11 @@ impl<S: StateMachine> RaftHost<S> {
             ));
             g.raw.advance_append_async(rd);
             apply_committed(&mut self.events, local, id, g, committed, self.audit);
-            // Applying may have made more ready (a joint configuration's leaving entry).
-            self.pollable.insert(id);
+            // Applying may have made more ready (a joint configuration's leaving entry):
+            // asked here, while the group is at hand, rather than by a later visit.
+            if g.raw.has_ready() {
+                self.pollable.insert(id);
+            }
             // Unless the owner reports delivery, a snapshot travels inside its message:
             // consider it delivered; a lost one shows as a rejected append and is sent again.
             if !self.owner_reports_snapshots {
@@ -1956,7 +1973,6 @@ impl<S: StateMachine> RaftHost<S> {
             let Some(g) = self.groups.get_mut(&group) else {
                 continue;
             };
-            self.pollable.insert(group);
             if let Some(commit) = commit {
                 g.durable_commit = g.durable_commit.max(commit);
             }
@@ -1978,6 +1994,13 @@ impl<S: StateMachine> RaftHost<S> {
                 route(&self.directory, &mut self.outbox, group, m, view);
             }
             compact_if_long(g, self.snapshots);
+            // Visited again by `poll_persist` only with something to do there: a follower's
+            // persisted append leaves nothing (its answer was just routed), and at tens of
+            // thousands of groups each visit is a cold lookup. (A commit index to write and
+            // a read to ask again put the group on the list themselves.)
+            if g.raw.has_ready() || !g.deferred_reads.is_empty() {
+                self.pollable.insert(group);
+            }
         }
     }
 
