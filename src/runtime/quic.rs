@@ -29,16 +29,17 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{
-    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
-    IdleTimeout, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
+    AckFrequencyConfig, ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir,
+    EndpointConfig, Event, IdleTimeout, ServerConfig, StreamEvent, StreamId, TransportConfig,
+    VarInt,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::constants::{
-    QUIC_CLIENT_IDLE_TIMEOUT, QUIC_CLIENT_KEEP_ALIVE_INTERVAL, QUIC_CONNECTIONS_MAX,
-    QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS, QUIC_RECV_BATCH,
-    QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
+    QUIC_ACK_ELICITING_THRESHOLD, QUIC_CLIENT_IDLE_TIMEOUT, QUIC_CLIENT_KEEP_ALIVE_INTERVAL,
+    QUIC_CONNECTIONS_MAX, QUIC_IDLE_TIMEOUT, QUIC_KEEP_ALIVE_INTERVAL, QUIC_MAX_STREAMS,
+    QUIC_RECV_BATCH, QUIC_RECV_BUFFER_BYTES, QUIC_RECV_ROUNDS_PER_TURN, QUIC_RECV_SLOT_BYTES,
     QUIC_SEND_BUFFER_BYTES, QUIC_SEND_RETRY, QUIC_SHUTDOWN_GRACE, QUIC_STREAM_WINDOW_BYTES,
 };
 use crate::runtime::tls::{self, TlsError, TlsMode};
@@ -311,6 +312,9 @@ fn transport_config(mtu: u16, client: bool) -> Arc<TransportConfig> {
     t.send_window(u64::from(QUIC_STREAM_WINDOW_BYTES) * 4);
     t.max_concurrent_uni_streams(VarInt::from_u32(QUIC_MAX_STREAMS));
     t.max_concurrent_bidi_streams(VarInt::from_u32(QUIC_MAX_STREAMS));
+    let mut acks = AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(QUIC_ACK_ELICITING_THRESHOLD));
+    t.ack_frequency_config(Some(acks));
     Arc::new(t)
 }
 
