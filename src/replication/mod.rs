@@ -2,8 +2,9 @@
 //! state machine (`kv`), the write-ahead log's record format and replay rules (`wal`),
 //! out-of-band snapshot transfer (`snapshot_transfer`), the decision procedure of one
 //! replica move (`replica_move`) and the screening of peers' messages before raft-rs sees
-//! them (`screen`). All sans-IO.
+//! them (`screen`), and the table of one core's groups by id (`group_table`). All sans-IO.
 
+pub mod group_table;
 pub mod kv;
 pub mod raft_host;
 pub mod replica_move;

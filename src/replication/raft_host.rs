@@ -38,6 +38,7 @@ use crate::constants::{
     SNAPSHOT_FILE_BYTES,
 };
 use crate::ids::{CoreAddress, CoreId, GroupId, NodeId, ReplicaId};
+use crate::replication::group_table::GroupTable;
 use crate::replication::kv::{KvView, StateMachine};
 use crate::replication::screen::{Recipient, Refusal, screen};
 use crate::time::Time;
@@ -580,7 +581,7 @@ pub struct Discarded<S> {
 /// The groups of one core.
 pub struct RaftHost<S: StateMachine> {
     local: CoreAddress,
-    groups: BTreeMap<GroupId, Group<S>>,
+    groups: GroupTable<Group<S>>,
     directory: HashMap<ReplicaId, CoreAddress>,
     next_batch: u64,
     /// The batch being made durable: its id and what it holds of each group.
@@ -675,7 +676,7 @@ impl<S: StateMachine> RaftHost<S> {
     pub fn new(local: CoreAddress) -> RaftHost<S> {
         RaftHost {
             local,
-            groups: BTreeMap::new(),
+            groups: GroupTable::new(),
             directory: HashMap::new(),
             next_batch: 1,
             in_flight: None,

@@ -47,6 +47,7 @@ use crate::constants::{
     WAL_ZERO_AHEAD_BYTES,
 };
 use crate::ids::GroupId;
+use crate::replication::group_table::GroupTable;
 use crate::replication::kv::StateMachine;
 use crate::replication::raft_host::{
     Compaction, GroupWrite, PersistBatch, PersistedGroup, RaftHost,
@@ -142,7 +143,7 @@ pub struct WalFile {
     stats: WalStats,
     /// What the log holds, folded: the content of the next checkpoint (a snapshot kept in
     /// a file appears here with its metadata only).
-    mirror: BTreeMap<GroupId, PersistedGroup>,
+    mirror: GroupTable<PersistedGroup>,
     /// The group snapshots kept in files: (index, term, length and checksum).
     files: BTreeMap<GroupId, (u64, u64, SnapshotFile)>,
     /// Rewrite the log once it exceeds this and twice its last checkpoint.
@@ -356,7 +357,10 @@ impl WalFile {
         }
         // Each group's latest snapshot, when kept in a file, is read back and checked.
         let mut files = BTreeMap::new();
-        let mut mirror = recovered.groups.clone();
+        let mut mirror = GroupTable::new();
+        for (group, state) in &recovered.groups {
+            mirror.insert(*group, state.clone());
+        }
         for (group, state) in &mut recovered.groups {
             let Some(snapshot) = state.snapshot.as_mut() else {
                 continue;
@@ -368,7 +372,7 @@ impl WalFile {
                 files.insert(*group, (index, term, *file));
             }
         }
-        for (group, state) in &mut mirror {
+        for (group, state) in mirror.iter_mut() {
             if files.contains_key(group)
                 && let Some(snapshot) = state.snapshot.as_mut()
             {
@@ -499,7 +503,7 @@ impl WalFile {
         }
         let mut superseded = false;
         for w in writes {
-            let state = self.mirror.entry(w.group).or_default();
+            let state = self.mirror.get_or_insert_default(w.group);
             state.apply(w);
             let Some(s) = &w.snapshot else { continue };
             let (index, term) = (s.get_metadata().index, s.get_metadata().term);
@@ -929,7 +933,7 @@ impl WalFile {
 
 /// About how many bytes a checkpoint of `mirror` writes: each group's entries and inline
 /// snapshot data, plus a block per group for its record's header, metadata and padding.
-fn checkpoint_estimate(mirror: &BTreeMap<GroupId, PersistedGroup>) -> u64 {
+fn checkpoint_estimate(mirror: &GroupTable<PersistedGroup>) -> u64 {
     mirror
         .values()
         .map(|g| {
