@@ -491,6 +491,8 @@ struct Group<S> {
     raw: RawNode<GroupStorage>,
     state_machine: S,
     leader: Option<ReplicaId>,
+    /// Where its replicas live, as far as looked up (a copy of the directory's entries).
+    addresses: Addresses,
     /// Messages that may leave only once the batch holding this group's write is durable.
     /// (A snapshot among them, from a leader that stepped down before its messages were
     /// taken, keeps the view that encodes its data.)
@@ -582,7 +584,7 @@ pub struct Discarded<S> {
 pub struct RaftHost<S: StateMachine> {
     local: CoreAddress,
     groups: GroupTable<Group<S>>,
-    directory: HashMap<ReplicaId, CoreAddress>,
+    directory: Directory,
     next_batch: u64,
     /// The batch being made durable: its id and what it holds of each group.
     in_flight: Option<(u64, Vec<InFlight>)>,
@@ -677,7 +679,7 @@ impl<S: StateMachine> RaftHost<S> {
         RaftHost {
             local,
             groups: GroupTable::new(),
-            directory: HashMap::new(),
+            directory: Directory::default(),
             next_batch: 1,
             in_flight: None,
             flush_commits: false,
@@ -1149,6 +1151,7 @@ impl<S: StateMachine> RaftHost<S> {
             followers_asleep: None,
             sleep_told: false,
             quiet_ticks: 0,
+            addresses: Addresses::default(),
             leading: false,
             expected_leader: None,
         };
@@ -1480,6 +1483,7 @@ impl<S: StateMachine> RaftHost<S> {
                 to: ReplicaId(message.to),
             });
         }
+        let sender = address_of(&self.directory, &mut g.addresses, ReplicaId(message.from));
         let raft = &g.raw.raft;
         let recipient = Recipient {
             id: raft.id,
@@ -1492,7 +1496,7 @@ impl<S: StateMachine> RaftHost<S> {
                 0
             },
         };
-        screen(&recipient, node, &self.directory, &message)
+        screen(&recipient, node, sender, &message)
             .map_err(|refusal| HostError::Refused { group, refusal })?;
         if g.snapshot_pending.is_some() && message.get_msg_type() == MessageType::MsgTimeoutNow {
             // The leader asks again on its next ticks, or another replica is elected.
@@ -1526,10 +1530,7 @@ impl<S: StateMachine> RaftHost<S> {
             // once, and no other comes while it lasts (simulator seed 422: two followers
             // slept with their leader on a node already suspected, which then stayed
             // down for good, and the group never elected again).
-            let leader_suspected = self
-                .directory
-                .get(&ReplicaId(from))
-                .is_some_and(|a| self.suspected.contains(&a.node));
+            let leader_suspected = sender.is_some_and(|a| self.suspected.contains(&a.node));
             let raft = &g.raw.raft;
             g.quiesced = !leader_suspected
                 && raft.state == StateRole::Follower
@@ -1816,7 +1817,14 @@ impl<S: StateMachine> RaftHost<S> {
                     g.followers_asleep = None;
                 }
                 let view = snapshot_view(g.raw.store(), &m);
-                route(&self.directory, &mut self.outbox, id, m, view);
+                route(
+                    &self.directory,
+                    &mut g.addresses,
+                    &mut self.outbox,
+                    id,
+                    m,
+                    view,
+                );
             }
             let mut compaction = None;
             match g.snapshot_to_persist.take() {
@@ -1992,7 +2000,14 @@ impl<S: StateMachine> RaftHost<S> {
                 if quiesce_commit(&m.context).is_none() {
                     g.followers_asleep = None;
                 }
-                route(&self.directory, &mut self.outbox, group, m, view);
+                route(
+                    &self.directory,
+                    &mut g.addresses,
+                    &mut self.outbox,
+                    group,
+                    m,
+                    view,
+                );
             }
             compact_if_long(g, self.snapshots);
             // Visited again by `poll_persist` only with something to do there: a follower's
@@ -2152,16 +2167,87 @@ fn compact_if_long<S: StateMachine>(g: &mut Group<S>, policy: SnapshotPolicy) {
     g.snapshot_to_persist = Some((snapshot, view));
 }
 
+/// Where every replica this core knows lives (`RaftHost::set_address`).
+#[derive(Default)]
+struct Directory {
+    map: HashMap<ReplicaId, CoreAddress>,
+    /// Moves when a known replica's address changes: the copies groups keep
+    /// ([`Addresses`]) are stale then. A replica added changes no copy (copies hold only
+    /// replicas found).
+    version: u64,
+}
+
+impl Directory {
+    fn get(&self, replica: &ReplicaId) -> Option<&CoreAddress> {
+        self.map.get(replica)
+    }
+
+    fn insert(&mut self, replica: ReplicaId, address: CoreAddress) {
+        if self
+            .map
+            .insert(replica, address)
+            .is_some_and(|old| old != address)
+        {
+            self.version += 1;
+        }
+    }
+}
+
+/// A group's copy of the directory's entries for its own replicas. The directory holds
+/// every replica the core knows, three for each of tens of thousands of groups, and a
+/// lookup there was a cold cache line, several times per message (screening the sender,
+/// addressing each message, checking a leader's or follower's node); a group's members
+/// are a handful, kept next to its state.
+#[derive(Default)]
+struct Addresses {
+    /// The directory's `version` these were copied at.
+    version: u64,
+    entries: [Option<(ReplicaId, CoreAddress)>; ADDRESSES_KEPT],
+}
+
+/// Replicas a group keeps addresses for: three voters and a move's two newcomers, with one
+/// to spare; past that, lookups go to the directory.
+const ADDRESSES_KEPT: usize = 6;
+
+/// Where `replica` lives, from the group's copy when it holds it, else from the directory
+/// (and copied, when there is room).
+fn address_of(
+    directory: &Directory,
+    kept: &mut Addresses,
+    replica: ReplicaId,
+) -> Option<CoreAddress> {
+    if kept.version != directory.version {
+        *kept = Addresses {
+            version: directory.version,
+            ..Addresses::default()
+        };
+    }
+    let mut free = None;
+    for (i, slot) in kept.entries.iter().enumerate() {
+        match slot {
+            Some((r, at)) if *r == replica => return Some(*at),
+            None if free.is_none() => free = Some(i),
+            _ => {}
+        }
+    }
+    let at = *directory.get(&replica)?;
+    if let Some(i) = free {
+        kept.entries[i] = Some((replica, at));
+    }
+    Some(at)
+}
+
 fn route(
-    directory: &HashMap<ReplicaId, CoreAddress>,
+    directory: &Directory,
+    kept: &mut Addresses,
     outbox: &mut VecDeque<Outgoing>,
     group: GroupId,
     message: Message,
     view: Option<KvView>,
 ) {
-    match directory.get(&ReplicaId(message.to)) {
+    match address_of(directory, kept, ReplicaId(message.to)) {
         Some(to) => outbox.push_back(Outgoing {
-            to: *to,
+            to,
             group,
             message,
             view,
@@ -2337,11 +2423,7 @@ fn settled<S>(g: &Group<S>) -> bool {
 /// the quiescing one: waiting five ticks, `demo --groups 16384` did 0.22–0.62 × the
 /// operations of `--groups 8`; two ticks, 0.42–0.56 ×. A busy group that sleeps between
 /// two writes pays one heartbeat round for it, about what staying awake costs.
-fn quiesce_if_idle<S>(
-    g: &mut Group<S>,
-    directory: &HashMap<ReplicaId, CoreAddress>,
-    suspected: &BTreeSet<NodeId>,
-) {
+fn quiesce_if_idle<S>(g: &mut Group<S>, directory: &Directory, suspected: &BTreeSet<NodeId>) {
     // Only the leader of a settled group decides.
     if !settled(g) {
         return;
@@ -2353,10 +2435,11 @@ fn quiesce_if_idle<S>(
             .get(&ReplicaId(id))
             .is_some_and(|a| suspected.contains(&a.node))
     };
+    // Where a replica lives is asked only of one behind (a lookup in the directory).
     let caught_up = raft.prs().iter().all(|(id, pr)| {
         *id == raft.id
-            || away(*id)
             || (pr.matched == last && pr.state == raft::ProgressState::Replicate)
+            || away(*id)
     });
     if !caught_up {
         return;
@@ -2577,6 +2660,39 @@ fn apply_committed<S: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_groups_copy_of_an_address_follows_the_directory() {
+        let at = |node, core| CoreAddress {
+            node: NodeId(node),
+            core: CoreId(core),
+        };
+        let (a, b) = (at(1, 0), at(2, 1));
+        let mut directory = Directory::default();
+        let mut kept = Addresses::default();
+        assert_eq!(address_of(&directory, &mut kept, ReplicaId(7)), None);
+        directory.insert(ReplicaId(7), a);
+        assert_eq!(address_of(&directory, &mut kept, ReplicaId(7)), Some(a));
+        // A replica added leaves the copies alone; one given a new address drops them.
+        directory.insert(ReplicaId(8), b);
+        assert_eq!(directory.version, 0);
+        assert_eq!(address_of(&directory, &mut kept, ReplicaId(7)), Some(a));
+        directory.insert(ReplicaId(7), b);
+        assert_eq!(address_of(&directory, &mut kept, ReplicaId(7)), Some(b));
+        // More replicas than a copy keeps are still found, from the directory.
+        for r in 10..20 {
+            directory.insert(ReplicaId(r), at(r, 0));
+        }
+        for _ in 0..2 {
+            for r in 10..20 {
+                assert_eq!(
+                    address_of(&directory, &mut kept, ReplicaId(r)),
+                    Some(at(r, 0))
+                );
+            }
+        }
+        assert_eq!(address_of(&directory, &mut kept, ReplicaId(7)), Some(b));
+    }
 
     fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
         indexes

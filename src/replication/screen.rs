@@ -10,8 +10,6 @@
 //! that node, with terms and indexes a correct peer could produce. Anything else is refused
 //! with a [`Refusal`] and counted; raft-rs never sees it.
 
-use std::collections::HashMap;
-
 use raft::eraftpb::{ConfState, Message, MessageType};
 use thiserror::Error;
 
@@ -76,11 +74,12 @@ pub struct Recipient {
 }
 
 /// Checks that `message`, received from `node`, is one a correct replica on that node could
-/// have sent to `to`. `directory` places every known replica.
+/// have sent to `to`. `sender` is where the directory places the replica it names as its
+/// sender (`None`: a replica unknown here).
 pub fn screen(
     to: &Recipient,
     node: NodeId,
-    directory: &HashMap<ReplicaId, CoreAddress>,
+    sender: Option<CoreAddress>,
     message: &Message,
 ) -> Result<(), Refusal> {
     use MessageType::*;
@@ -104,7 +103,7 @@ pub fn screen(
     if message.from == to.id {
         return Err(Refusal::FromSelf);
     }
-    match directory.get(&from) {
+    match sender {
         None => return Err(Refusal::UnknownSender(from)),
         Some(at) if at.node != node => {
             return Err(Refusal::ImpersonatedSender {
