@@ -320,11 +320,22 @@ pub struct GroupStorage {
     /// raft-rs asked for a snapshot the stored one cannot serve (too old, or taken before
     /// the recipient joined): take a fresh one at the next chance.
     wanted: Rc<std::cell::Cell<bool>>,
-    /// The log's first and last index, kept beside it (`refresh_bounds` after every change
-    /// to the log: all are made here). raft-rs asks for them several times a message, and
-    /// each ask of `MemStorage` takes its lock, an atomic write to a cache line that is
-    /// cold at tens of thousands of groups.
-    bounds: Rc<std::cell::Cell<(u64, u64)>>,
+    /// The log's first and last index, and its last entry's term, kept beside it
+    /// (`refresh_bounds` after every change to the log: all are made here). raft-rs asks
+    /// for them several times a message (the last entry's term: to send an append, to
+    /// commit, to know a leader committed in its term), and each ask of `MemStorage` takes
+    /// its lock, an atomic write to a cache line that is cold at tens of thousands of
+    /// groups, then reads the entry, another.
+    bounds: Rc<std::cell::Cell<Bounds>>,
+}
+
+/// What `GroupStorage` keeps of its log's shape.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bounds {
+    first: u64,
+    last: u64,
+    /// `MemStorage`'s answer for the term at `last`, when it had one.
+    last_term: Option<u64>,
 }
 
 impl GroupStorage {
@@ -347,7 +358,12 @@ impl GroupStorage {
         // MemStorage never fails either.
         let first = self.log.first_index().unwrap_or(1);
         let last = self.log.last_index().unwrap_or(0);
-        self.bounds.set((first, last));
+        let last_term = self.log.term(last).ok();
+        self.bounds.set(Bounds {
+            first,
+            last,
+            last_term,
+        });
     }
 
     /// Keeps `snapshot` (whose state `state_machine` now holds) to serve followers. A large
@@ -414,15 +430,21 @@ impl Storage for GroupStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
+        let bounds = self.bounds.get();
+        if idx == bounds.last
+            && let Some(term) = bounds.last_term
+        {
+            return Ok(term);
+        }
         self.log.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.bounds.get().0)
+        Ok(self.bounds.get().first)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.bounds.get().1)
+        Ok(self.bounds.get().last)
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
@@ -2702,6 +2724,42 @@ mod tests {
                 ..Entry::default()
             })
             .collect()
+    }
+
+    /// The storage's kept shape answers as `MemStorage` does, through appends that replace
+    /// a suffix, compactions and snapshots.
+    #[test]
+    fn the_storage_answers_first_last_and_terms_as_its_log_does() {
+        let storage = GroupStorage::new(MemStorage::new());
+        let same = |storage: &GroupStorage| {
+            let log = &storage.log;
+            assert_eq!(storage.first_index().unwrap(), log.first_index().unwrap());
+            assert_eq!(storage.last_index().unwrap(), log.last_index().unwrap());
+            let last = log.last_index().unwrap();
+            for idx in 0..=last + 2 {
+                assert_eq!(
+                    storage.term(idx).ok(),
+                    log.term(idx).ok(),
+                    "term at {idx} (last {last})"
+                );
+            }
+        };
+        same(&storage);
+        let change = |f: &dyn Fn(&mut raft::storage::MemStorageCore)| {
+            f(&mut storage.log.wl());
+            storage.refresh_bounds();
+            same(&storage);
+        };
+        change(&|log| log.append(&entries(1..=10, 1)).unwrap());
+        change(&|log| log.append(&entries(8..=9, 2)).unwrap());
+        change(&|log| log.compact(5).unwrap());
+        change(&|log| {
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = 20;
+            snapshot.mut_metadata().term = 3;
+            log.apply_snapshot(snapshot).unwrap()
+        });
+        change(&|log| log.append(&entries(21..=22, 3)).unwrap());
     }
 
     fn indexes_and_terms(g: &PersistedGroup) -> Vec<(u64, u64)> {
